@@ -1,0 +1,257 @@
+"""The graph IR: immutable nodes whose ordered operand tuple is the truth, and graphs over them.
+
+A `Node` is a value: an op name, an ordered tuple of operand nodes, hashable attributes and a result
+`TensorType`.  Nodes compare by identity; structural equality is what CSE computes.  A `Graph` names
+its inputs (nodes of op `arg`) and its outputs; every node reachable from the outputs belongs to it.
+networkx edges are derived from the operand tuples (`to_networkx`), never stored: a DiGraph cannot say
+`mul(x, x)` or which operand comes first.
+
+Shapes are tuples of ints, except that axis 0 may be `None`: the batch dimension, a runtime value of
+every compiled function (printed `?`).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+
+DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "u32": np.uint32, "bool": np.bool_}
+FLOAT_DTYPES = ("f32", "f64")
+
+
+def dtype_of_numpy(dtype) -> str:
+    dtype = np.dtype(dtype)
+    for name, np_type in DTYPES.items():
+        if dtype == np.dtype(np_type):
+            return name
+    raise TypeError(f"no IR dtype for numpy dtype {dtype}; use one of {sorted(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
+        for axis, dim in enumerate(self.shape):
+            if dim is None:
+                if axis != 0:
+                    raise ValueError(f"only axis 0 may be the batch dimension, got shape {self.shape}")
+            elif not isinstance(dim, (int, np.integer)) or dim < 0:
+                raise ValueError(f"bad dimension {dim!r} in shape {self.shape}")
+        object.__setattr__(self, "shape", tuple(None if d is None else int(d) for d in self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def batched(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def static_size(self) -> int:
+        """Number of elements, not counting the batch dimension (elements per batch row)."""
+        return int(np.prod([d for d in self.shape if d is not None], dtype=np.int64))
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(DTYPES[self.dtype]).itemsize
+
+    def concrete_shape(self, batch: int) -> tuple:
+        return tuple(batch if d is None else d for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join('?' if d is None else str(d) for d in self.shape)}]"
+
+
+class ConstValue:
+    """A constant array as a hashable attribute (equality by dtype, shape and bytes)."""
+
+    __slots__ = ("array", "digest")
+
+    def __init__(self, array, digest: str | None = None):
+        self.array = None if array is None else np.ascontiguousarray(array)
+        if digest is None:
+            h = hashlib.sha256()
+            h.update(str((self.array.dtype.str, self.array.shape)).encode())
+            h.update(self.array.tobytes())
+            digest = h.hexdigest()[:16]
+        self.digest = digest
+
+    def __eq__(self, other):
+        return isinstance(other, ConstValue) and self.digest == other.digest
+
+    def __hash__(self):
+        return hash(self.digest)
+
+    def __repr__(self):
+        return f"ConstValue({self.digest})"
+
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    op: str
+    operands: tuple
+    attrs: tuple  # sorted (key, value) pairs, values hashable
+    type: TensorType
+    uid: int = field(default_factory=lambda: next(_ids), compare=False)
+
+    def attr(self, key: str, default: Any = ...) -> Any:
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        if default is ...:
+            raise KeyError(f"{self.op} node has no attribute {key!r}")
+        return default
+
+    @property
+    def attr_dict(self) -> dict:
+        return dict(self.attrs)
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    def key(self) -> tuple:
+        """Structural identity of this node given its operands' identities (used by CSE)."""
+        return (self.op, tuple(o.uid for o in self.operands), self.attrs, self.type)
+
+    def __repr__(self) -> str:
+        return f"<{self.op}:{self.type} #{self.uid}>"
+
+
+def freeze_attrs(attrs: dict) -> tuple:
+    def freeze(v):
+        if isinstance(v, list):
+            return tuple(freeze(x) for x in v)
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+    return tuple(sorted((k, freeze(v)) for k, v in attrs.items()))
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A function: ordered inputs (`arg` nodes) to ordered, named outputs.
+
+    An output whose name equals an input's name is an in-place update of that input's buffer (how a
+    train step returns updated parameters and optimizer slots).
+    """
+    name: str
+    inputs: tuple
+    outputs: tuple  # ((name, Node), ...)
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple((str(n), v) for n, v in self.outputs))
+        names = [n for n, _ in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate output names in graph {self.name}: {names}")
+
+    @property
+    def output_nodes(self) -> list:
+        return [v for _, v in self.outputs]
+
+    @property
+    def input_names(self) -> list:
+        return [n.attr("name") for n in self.inputs]
+
+    @property
+    def output_names(self) -> list:
+        return [n for n, _ in self.outputs]
+
+    def input(self, name: str) -> Node:
+        for n in self.inputs:
+            if n.attr("name") == name:
+                return n
+        raise KeyError(f"graph {self.name} has no input {name!r}; inputs: {self.input_names}")
+
+    def output(self, name: str) -> Node:
+        for n, v in self.outputs:
+            if n == name:
+                return v
+        raise KeyError(f"graph {self.name} has no output {name!r}; outputs: {self.output_names}")
+
+    def nodes(self) -> list:
+        """Every node of the graph in a deterministic topological order (inputs first, in order)."""
+        return topological_order(list(self.inputs) + self.output_nodes)
+
+    def replace(self, outputs=None, inputs=None, name=None) -> "Graph":
+        return Graph(self.name if name is None else name,
+                     self.inputs if inputs is None else inputs,
+                     self.outputs if outputs is None else outputs)
+
+    def users(self) -> dict:
+        users: dict = {}
+        for n in self.nodes():
+            for o in n.operands:
+                users.setdefault(o, []).append(n)
+        return users
+
+    def __str__(self) -> str:
+        from .printer import print_graph
+        return print_graph(self)
+
+
+def topological_order(roots: Sequence[Node]) -> list:
+    """Post-order DFS from `roots` in order, operands left to right: deterministic, iterative."""
+    seen: set = set()
+    order: list = []
+    for root in roots:
+        if root in seen:
+            continue
+        stack = [(root, iter(root.operands))]
+        seen.add(root)
+        while stack:
+            node, it = stack[-1]
+            child = next(it, None)
+            if child is None:
+                stack.pop()
+                order.append(node)
+            elif child not in seen:
+                seen.add(child)
+                stack.append((child, iter(child.operands)))
+    return order
+
+
+def to_networkx(graph: Graph) -> nx.MultiDiGraph:
+    """Edges operand -> user, one per operand slot (key = operand index)."""
+    g = nx.MultiDiGraph()
+    for node in graph.nodes():
+        g.add_node(node)
+        for index, operand in enumerate(node.operands):
+            g.add_edge(operand, node, key=index)
+    return g
+
+
+def rebuild(graph: Graph, rewrite) -> Graph:
+    """Rebuild `graph` bottom-up; `rewrite(node, new_operands)` returns the replacement node.
+
+    `rewrite` is called once per node in topological order with the already-rewritten operands; it
+    may return the node itself when nothing changed (cheap when operands are unchanged).
+    """
+    mapping: dict = {}
+    for node in graph.nodes():
+        new_operands = tuple(mapping[o] for o in node.operands)
+        mapping[node] = rewrite(node, new_operands)
+    return Graph(graph.name, [mapping[i] for i in graph.inputs],
+                 [(name, mapping[v]) for name, v in graph.outputs])
+
+
+def iter_nodes(graphs: Iterable[Graph]):
+    for g in graphs:
+        yield from g.nodes()

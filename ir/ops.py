@@ -1,0 +1,583 @@
+"""The op registry: one entry per primitive, holding everything the compiler knows about it.
+
+Each `OpDef` carries, side by side (as JAX's `lax.py` writes each primitive's rules together):
+
+- `infer(types, attrs) -> TensorType`: the shape and dtype rule; raises ValueError on bad operands;
+- `reference(values, attrs, node) -> np.ndarray`: the numpy semantics, used by the interpreter (the
+  oracle every compiled kernel is tested against) and by constant folding;
+- `grad(node, g) -> [grad or None per operand]`: the reverse-mode rule, written in IR ops, so backward
+  graphs print, parse and optimize like any other graph;
+- `kind`: the fusion pattern kind (TVM's order: elementwise < broadcast < injective < reduce <
+  out-fusable < opaque);
+- `lowering`: filled in by `codegen.lower` (the IR knows nothing of LLVM; `tests/test_registry.py`
+  checks after importing codegen that no op lacks one).
+
+Composites (relu, sigmoid, softmax, log-softmax, cross-entropy) are not here: they decompose into
+these primitives in `ir.build`, so only primitives need gradient and lowering rules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .graph import DTYPES, FLOAT_DTYPES, ConstValue, Node, TensorType, freeze_attrs
+
+ELEMWISE, BROADCAST, INJECTIVE, REDUCE, OUT_FUSABLE, OPAQUE = range(6)
+KIND_NAMES = {ELEMWISE: "elementwise", BROADCAST: "broadcast", INJECTIVE: "injective",
+              REDUCE: "reduce", OUT_FUSABLE: "out-fusable", OPAQUE: "opaque"}
+
+
+@dataclass
+class OpDef:
+    name: str
+    infer: Callable
+    reference: Callable
+    grad: Callable
+    kind: int
+    source: bool = False      # result type comes from attrs 'shape'/'dtype' (printed as the type)
+    doc: str = ""
+    lowering: object = None   # set by codegen.lower
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(name, *, infer, reference, grad, kind, source=False, doc=""):
+    if name in REGISTRY:
+        raise ValueError(f"op {name!r} registered twice")
+    REGISTRY[name] = OpDef(name, infer, reference, grad, kind, source, doc)
+    return REGISTRY[name]
+
+
+def get(name: str) -> OpDef:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; known ops: {sorted(REGISTRY)}") from None
+
+
+def make(op: str, operands=(), **attrs) -> Node:
+    """Create a node, checking operands and inferring its type with the op's rule."""
+    opdef = get(op)
+    operands = tuple(operands)
+    for o in operands:
+        if not isinstance(o, Node):
+            raise TypeError(f"operand of {op} must be an IR node, got {type(o).__name__}")
+    frozen = freeze_attrs(attrs)
+    result = opdef.infer([o.type for o in operands], dict(frozen))
+    return Node(op, operands, frozen, result)
+
+
+def np_dtype(dtype: str):
+    return DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# Shape rules
+# ----------------------------------------------------------------------------------------------
+
+def _fmt(types):
+    return ", ".join(str(t) for t in types)
+
+
+def _same(op, types, n):
+    if len(types) != n:
+        raise ValueError(f"{op} takes {n} operands, got {len(types)}")
+    first = types[0]
+    for t in types[1:]:
+        if t != first:
+            raise ValueError(f"{op} needs operands of one type, got {_fmt(types)}; "
+                             "broadcast or cast them first")
+    return first
+
+
+def _unary_float(op):
+    def infer(types, attrs):
+        t = _same(op, types, 1)
+        if t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{op} needs a float operand, got {t}")
+        return t
+    return infer
+
+
+def _unary_numeric(op):
+    def infer(types, attrs):
+        t = _same(op, types, 1)
+        if t.dtype == "bool":
+            raise ValueError(f"{op} needs a numeric operand, got {t}")
+        return t
+    return infer
+
+
+def _binary(op):
+    def infer(types, attrs):
+        t = _same(op, types, 2)
+        if t.dtype == "bool":
+            raise ValueError(f"{op} needs numeric operands, got {t}")
+        return t
+    return infer
+
+
+def _compare(op):
+    def infer(types, attrs):
+        t = _same(op, types, 2)
+        return TensorType("bool", t.shape)
+    return infer
+
+
+def _select_infer(types, attrs):
+    if len(types) != 3:
+        raise ValueError(f"select takes 3 operands, got {len(types)}")
+    c, a, b = types
+    if c.dtype != "bool" or c.shape != a.shape or a != b:
+        raise ValueError(f"select needs (bool[s], T[s], T[s]), got ({_fmt(types)})")
+    return a
+
+
+def _cast_infer(types, attrs):
+    (t,) = types
+    return TensorType(attrs["dtype"], t.shape)
+
+
+def norm_axes(axes, rank) -> tuple:
+    if axes is None:
+        return tuple(range(rank))
+    if isinstance(axes, (int, np.integer)):
+        axes = (axes,)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -rank <= a < rank:
+            raise ValueError(f"axis {a} is out of range for rank {rank}")
+        out.append(a % rank)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def _reduce_shape(t, attrs):
+    axes = attrs["axes"]
+    for a in axes:
+        if not 0 <= a < t.rank:
+            raise ValueError(f"reduction axis {a} out of range for {t}")
+    if attrs.get("keepdims", False):
+        shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+    # Reducing the batch axis with keepdims leaves a static 1 there; without it the batch is gone.
+    return shape
+
+
+def _reduce_infer(op):
+    def infer(types, attrs):
+        (t,) = types
+        if t.dtype == "bool":
+            raise ValueError(f"{op} needs a numeric operand, got {t}")
+        return TensorType(t.dtype, _reduce_shape(t, attrs))
+    return infer
+
+
+def _argmax_infer(types, attrs):
+    (t,) = types
+    axis = attrs["axis"]
+    if not 0 <= axis < t.rank:
+        raise ValueError(f"argmax axis {axis} out of range for {t}")
+    return TensorType("i32", tuple(d for i, d in enumerate(t.shape) if i != axis))
+
+
+def _reshape_infer(types, attrs):
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    new = TensorType(t.dtype, shape)
+    if new.batched != t.batched or new.static_size != t.static_size:
+        raise ValueError(f"cannot reshape {t} to {new}: the number of elements differs "
+                         "(the batch dimension '?' must stay first)")
+    return new
+
+
+def _transpose_infer(types, attrs):
+    (t,) = types
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(t.rank)):
+        raise ValueError(f"transpose permutation {perm} does not fit {t}")
+    if t.batched and perm[0] != 0:
+        raise ValueError(f"transpose {perm} would move the batch dimension of {t}")
+    return TensorType(t.dtype, tuple(t.shape[p] for p in perm))
+
+
+def broadcast_compatible(src: tuple, dst: tuple) -> bool:
+    if len(src) > len(dst):
+        return False
+    for s, d in zip(reversed(src), reversed(dst)):
+        if s == d or s == 1:
+            continue
+        return False
+    return True
+
+
+def _broadcast_infer(types, attrs):
+    (t,) = types
+    shape = tuple(attrs["shape"])
+    if not broadcast_compatible(t.shape, shape):
+        raise ValueError(f"cannot broadcast {t} to shape {TensorType(t.dtype, shape).shape}")
+    return TensorType(t.dtype, shape)
+
+
+def _matmul_infer(types, attrs):
+    a, b = types
+    ta, tb = attrs.get("transpose_a", False), attrs.get("transpose_b", False)
+    if a.dtype != b.dtype or a.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"matmul needs two float operands of one dtype, got {a} and {b}")
+    if ta and tb:
+        raise ValueError("matmul with both operands transposed is not supported")
+    if ta:
+        # a[L..., K]^T @ b[L..., N] -> [K, N], summing over all leading dims
+        if a.rank < 1 or b.rank < 1 or a.shape[:-1] != b.shape[:-1]:
+            raise ValueError(f"matmul(transpose_a) needs a[L...,K], b[L...,N], got {a} and {b}")
+        return TensorType(a.dtype, (a.shape[-1], b.shape[-1]))
+    if b.rank != 2 or a.rank < 1:
+        raise ValueError(f"matmul needs a[..., K] and a 2-D b, got {a} and {b}")
+    k_b, n = (b.shape[1], b.shape[0]) if tb else (b.shape[0], b.shape[1])
+    if a.shape[-1] != k_b:
+        raise ValueError(f"matmul contraction mismatch: {a} @ {b}{' (b transposed)' if tb else ''}"
+                         f": {a.shape[-1]} != {k_b}")
+    return TensorType(a.dtype, a.shape[:-1] + (n,))
+
+
+def _source_infer(types, attrs):
+    return TensorType(attrs["dtype"], tuple(attrs["shape"]))
+
+
+def _random_infer(types, attrs):
+    (seed,) = types
+    if seed != TensorType("u32", ()):
+        raise ValueError(f"random_uniform takes a u32[] seed, got {seed}")
+    return TensorType("f32", tuple(attrs["shape"]))
+
+
+def _dim_size_infer(types, attrs):
+    (t,) = types
+    if not 0 <= attrs["axis"] < t.rank:
+        raise ValueError(f"dim_size axis {attrs['axis']} out of range for {t}")
+    return TensorType(attrs.get("dtype", "f32"), ())
+
+
+# ----------------------------------------------------------------------------------------------
+# Numpy references
+# ----------------------------------------------------------------------------------------------
+
+def concrete(shape, batch):
+    if None in shape and batch is None:
+        raise ValueError("this value has a batch dimension but the batch size is unknown")
+    return tuple(batch if d is None else d for d in shape)
+
+
+def _cast_to(node, value):
+    return np.asarray(value).astype(np_dtype(node.dtype), copy=False)
+
+
+def _elementwise_ref(fn):
+    def ref(values, attrs, node, batch=None):
+        with np.errstate(all="ignore"):
+            return _cast_to(node, fn(*values))
+    return ref
+
+
+def _reduce_ref(fn):
+    def ref(values, attrs, node, batch=None):
+        (x,) = values
+        return _cast_to(node, fn(x, axis=attrs["axes"], keepdims=attrs.get("keepdims", False)))
+    return ref
+
+
+def _matmul_ref(values, attrs, node, batch=None):
+    a, b = values
+    if attrs.get("transpose_a", False):
+        a2 = a.reshape(-1, a.shape[-1])
+        b2 = b.reshape(-1, b.shape[-1])
+        return _cast_to(node, a2.T @ b2)
+    if attrs.get("transpose_b", False):
+        b = b.T
+    return _cast_to(node, np.matmul(a, b))
+
+
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+def fmix32(h):
+    """murmur3's 32-bit finalizer on uint32 arrays (wrapping arithmetic)."""
+    h = np.asarray(h, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        h = h ^ (h >> np.uint32(16))
+    return h
+
+
+def random_bits(seed, stream, index):
+    """Counter-based random bits: element `index` of stream `stream` under `seed` (all uint32)."""
+    with np.errstate(over="ignore"):
+        key = fmix32(np.uint32(seed) ^ (np.uint32(stream) * _GOLDEN))
+        x = fmix32((np.asarray(index, dtype=np.uint32) * _GOLDEN) ^ key)
+        return fmix32(x + key)
+
+
+def _random_ref(values, attrs, node, batch=None):
+    (seed,) = values
+    shape = concrete(node.shape, batch)
+    index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64).astype(np.uint32)
+    bits = random_bits(np.uint32(seed), np.uint32(attrs["stream"] & 0xFFFFFFFF), index)
+    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
+
+
+def _iota_ref(values, attrs, node, batch=None):
+    shape = concrete(node.shape, batch)
+    axis = attrs["axis"]
+    r = np.arange(shape[axis]).reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    return np.broadcast_to(r, shape).astype(np_dtype(node.dtype))
+
+
+def _const_ref(values, attrs, node, batch=None):
+    value = attrs["value"]
+    if isinstance(value, ConstValue):
+        if value.array is None:
+            raise ValueError(f"constant {value.digest} has no data (parsed from text without its "
+                             "constant table); pass constants= to ir.parse")
+        return value.array
+    return np.asarray(value, dtype=np_dtype(node.dtype))
+
+
+def _arg_ref(values, attrs, node, batch=None):
+    raise RuntimeError("arg nodes are bound by the interpreter, not evaluated")
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient rules (written in IR ops through ir.build, imported lazily to avoid a cycle)
+# ----------------------------------------------------------------------------------------------
+
+def _b():
+    from . import build
+    return build
+
+
+def no_grad(node, g):
+    """Not differentiable (integer/boolean results, sources): no gradient flows to any operand."""
+    return [None] * len(node.operands)
+
+
+def _grad_add(node, g):
+    return [g, g]
+
+
+def _grad_sub(node, g):
+    return [g, _b().neg(g)]
+
+
+def _grad_mul(node, g):
+    B = _b()
+    a, b = node.operands
+    return [B.mul(g, b), B.mul(g, a)]
+
+
+def _grad_div(node, g):
+    B = _b()
+    a, b = node.operands
+    ga = B.div(g, b)
+    return [ga, B.neg(B.mul(ga, node))]  # d(a/b)/db = -(a/b)/b
+
+
+def _grad_neg(node, g):
+    return [_b().neg(g)]
+
+
+def _grad_exp(node, g):
+    return [_b().mul(g, node)]
+
+
+def _grad_log(node, g):
+    return [_b().div(g, node.operands[0])]
+
+
+def _grad_tanh(node, g):
+    B = _b()
+    return [B.mul(g, B.sub(B.scalar(1.0, node), B.mul(node, node)))]
+
+
+def _grad_sqrt(node, g):
+    B = _b()
+    return [B.div(B.mul(g, B.scalar(0.5, node)), node)]
+
+
+def _grad_abs(node, g):
+    B = _b()
+    (x,) = node.operands
+    zero = B.zeros_like(g)
+    return [B.select(B.gt(x, B.zeros_like(x)), g, B.select(B.lt(x, B.zeros_like(x)), B.neg(g), zero))]
+
+
+def _grad_max(node, g):
+    # NOTE: ties send the gradient to the second operand, so relu = max(x, 0) has gradient 0 at 0.
+    B = _b()
+    a, b = node.operands
+    pick_a = B.gt(a, b)
+    zero = B.zeros_like(g)
+    return [B.select(pick_a, g, zero), B.select(pick_a, zero, g)]
+
+
+def _grad_min(node, g):
+    B = _b()
+    a, b = node.operands
+    pick_a = B.lt(a, b)
+    zero = B.zeros_like(g)
+    return [B.select(pick_a, g, zero), B.select(pick_a, zero, g)]
+
+
+def _grad_select(node, g):
+    B = _b()
+    c, _, _ = node.operands
+    zero = B.zeros_like(g)
+    return [None, B.select(c, g, zero), B.select(c, zero, g)]
+
+
+def _grad_cast(node, g):
+    (x,) = node.operands
+    if x.dtype in FLOAT_DTYPES and node.dtype in FLOAT_DTYPES:
+        return [_b().cast(g, x.dtype)]
+    return [None]
+
+
+def _restore_reduced(node, g):
+    """Broadcast a reduction's output gradient back over the reduced axes."""
+    B = _b()
+    (x,) = node.operands
+    axes = node.attr("axes")
+    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    if not node.attr("keepdims", False):
+        g = B.reshape(g, keep_shape)
+    return B.broadcast(g, x.shape)
+
+
+def _grad_reduce_sum(node, g):
+    return [_restore_reduced(node, g)]
+
+
+def _grad_reduce_mean(node, g):
+    B = _b()
+    (x,) = node.operands
+    count = B.reduced_count(x, node.attr("axes"))
+    return [_restore_reduced(node, B.div(g, count))]
+
+
+def _grad_reduce_max(node, g):
+    # NOTE: every position equal to the max receives the full gradient (ties are measure-zero).
+    B = _b()
+    (x,) = node.operands
+    keep = node if node.attr("keepdims", False) else None
+    mx = _restore_reduced(node, node) if keep is None else B.broadcast(node, x.shape)
+    mask = B.eq(x, mx)
+    return [B.select(mask, _restore_reduced(node, g), B.zeros_like(x))]
+
+
+def _grad_reshape(node, g):
+    return [_b().reshape(g, node.operands[0].shape)]
+
+
+def _grad_transpose(node, g):
+    perm = node.attr("perm")
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [_b().transpose(g, inverse)]
+
+
+def _grad_broadcast(node, g):
+    return [_b().unbroadcast(g, node.operands[0].shape)]
+
+
+def _grad_matmul(node, g):
+    B = _b()
+    a, b = node.operands
+    if node.attr("transpose_a", False):      # C = A^T B
+        return [B.matmul(b, g, transpose_b=True), B.matmul(a, g)]
+    if node.attr("transpose_b", False):      # C = A B^T
+        return [B.matmul(g, b), B.matmul(g, a, transpose_a=True)]
+    return [B.matmul(g, b, transpose_b=True), B.matmul(a, g, transpose_a=True)]  # C = A B
+
+
+# ----------------------------------------------------------------------------------------------
+# The primitives
+# ----------------------------------------------------------------------------------------------
+
+register("arg", infer=_source_infer, reference=_arg_ref, grad=no_grad, kind=OPAQUE, source=True,
+         doc="a function input, bound by name")
+register("const", infer=_source_infer, reference=_const_ref, grad=no_grad, kind=OPAQUE,
+         source=True, doc="a constant: attr value is a Python scalar or a ConstValue")
+register("iota", infer=_source_infer, reference=_iota_ref, grad=no_grad, kind=ELEMWISE,
+         source=True, doc="the index along `axis` at every position of `shape`")
+register("random_uniform", infer=_random_infer, reference=_random_ref, grad=no_grad,
+         kind=ELEMWISE, doc="counter-based uniform [0,1) floats: murmur3 fmix32 of (seed, stream, "
+         "flat index), top 24 bits; identical bits in numpy and compiled code")
+register("dim_size", infer=_dim_size_infer,
+         reference=lambda v, a, n, batch=None: np.asarray(v[0].shape[a["axis"]],
+                                                           np_dtype(n.dtype)),
+         grad=no_grad, kind=INJECTIVE, doc="the runtime length of an axis, as a scalar")
+
+for _name, _fn, _grad in [
+    ("add", np.add, _grad_add), ("sub", np.subtract, _grad_sub), ("mul", np.multiply, _grad_mul),
+    ("div", np.divide, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
+]:
+    register(_name, infer=_binary(_name), reference=_elementwise_ref(_fn), grad=_grad,
+             kind=ELEMWISE)
+
+for _name, _fn, _grad in [
+    ("exp", np.exp, _grad_exp), ("log", np.log, _grad_log), ("tanh", np.tanh, _grad_tanh),
+    ("sqrt", np.sqrt, _grad_sqrt),
+]:
+    register(_name, infer=_unary_float(_name), reference=_elementwise_ref(_fn), grad=_grad,
+             kind=ELEMWISE)
+
+register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", types, 1),
+         reference=lambda v, a, n, batch=None: v[0], grad=no_grad, kind=ELEMWISE,
+         doc="identity whose gradient is zero (e.g. the max subtracted inside softmax)")
+register("neg", infer=_unary_numeric("neg"), reference=_elementwise_ref(np.negative),
+         grad=_grad_neg, kind=ELEMWISE)
+register("abs", infer=_unary_numeric("abs"), reference=_elementwise_ref(np.abs), grad=_grad_abs,
+         kind=ELEMWISE)
+
+for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
+                   ("le", np.less_equal), ("eq", np.equal), ("ne", np.not_equal)]:
+    register(_name, infer=_compare(_name), reference=_elementwise_ref(_fn), grad=no_grad,
+             kind=ELEMWISE)
+
+register("select", infer=_select_infer, reference=_elementwise_ref(np.where), grad=_grad_select,
+         kind=ELEMWISE, doc="select(cond, a, b): a where cond else b")
+register("cast", infer=_cast_infer,
+         reference=lambda v, a, n, batch=None: np.asarray(v[0]).astype(np_dtype(a["dtype"])),
+         grad=_grad_cast, kind=ELEMWISE)
+
+register("reduce_sum", infer=_reduce_infer("reduce_sum"), reference=_reduce_ref(np.sum),
+         grad=_grad_reduce_sum, kind=REDUCE)
+register("reduce_max", infer=_reduce_infer("reduce_max"), reference=_reduce_ref(np.max),
+         grad=_grad_reduce_max, kind=REDUCE)
+register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_reduce_ref(np.mean),
+         grad=_grad_reduce_mean, kind=REDUCE)
+register("argmax", infer=_argmax_infer,
+         reference=lambda v, a, n, batch=None: np.argmax(v[0], axis=a["axis"]).astype(np.int32),
+         grad=no_grad, kind=REDUCE, doc="index of the first maximum along `axis`")
+
+register("reshape", infer=_reshape_infer,
+         reference=lambda v, a, n, batch=None: np.reshape(v[0], concrete(n.shape, batch)),
+         grad=_grad_reshape, kind=INJECTIVE)
+register("transpose", infer=_transpose_infer,
+         reference=lambda v, a, n, batch=None: np.transpose(v[0], a["perm"]),
+         grad=_grad_transpose, kind=INJECTIVE)
+register("broadcast", infer=_broadcast_infer,
+         reference=lambda v, a, n, batch=None: np.broadcast_to(v[0], concrete(n.shape, batch)),
+         grad=_grad_broadcast, kind=BROADCAST,
+         doc="numpy broadcast_to: dims of size 1 expand, new dims are added on the left")
+register("matmul", infer=_matmul_infer, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
+         doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")

@@ -1,0 +1,43 @@
+"""Runners: how a traced graph is executed for the training loop, whatever the target.
+
+A runner owns nothing but a compiled (or interpreted) function.  `state` maps input names to numpy
+arrays that persist between calls (parameters, optimizer slots, the step counter): outputs named like
+a state entry are written back into that array in place.  `run(feeds)` takes the other inputs
+(x, y, seed, ...) and returns the other outputs.  Both targets obey the same contract, so the
+training loop does not know which one it drives.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import ir
+
+TARGETS = ("llvm", "reference")
+
+
+class ReferenceRunner:
+    """Runs the graph with the numpy reference interpreter (`target='reference'`)."""
+
+    def __init__(self, graph: ir.Graph, state: dict):
+        self.graph = graph
+        self.state = state
+        self.state_outputs = [n for n in graph.output_names if n in state]
+        self.result_outputs = [n for n in graph.output_names if n not in state]
+
+    def run(self, feeds: dict) -> dict:
+        inputs = {name: self.state[name] for name in self.graph.input_names if name in self.state}
+        inputs.update(feeds)
+        out = ir.run(self.graph, inputs)
+        # Everything is computed before anything is written: an error leaves the state untouched.
+        for name in self.state_outputs:
+            self.state[name][...] = out[name]
+        return {name: out[name] for name in self.result_outputs}
+
+
+def make_runner(graph: ir.Graph, target: str, state: dict, **options):
+    if target == "reference":
+        return ReferenceRunner(graph, state)
+    if target == "llvm":
+        from codegen.runtime import CompiledRunner
+        return CompiledRunner(graph, state, **options)
+    raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
