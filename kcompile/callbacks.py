@@ -1,0 +1,905 @@
+"""Keras-compatible training callbacks.
+
+A callback is told about training events through hook methods (``on_epoch_end(epoch, logs)`` ...); ``fit``,
+``evaluate`` and ``predict`` drive them through one ``CallbackList``. The semantics follow
+``keras.callbacks``; where kcompile differs, a ``NOTE:`` says why.
+
+Callbacks talk to the model only through ``get_weights``/``set_weights``, ``save``/``save_weights``,
+``stop_training`` and ``optimizer.learning_rate``.
+"""
+
+import csv
+import inspect
+import math
+import numbers
+import os
+import shutil
+import sys
+import uuid
+import warnings
+
+import numpy as np
+
+from kcompile.progbar import Progbar
+
+HOOK_NAMES = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_begin",
+    "on_predict_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+    # Older names; on_train_batch_begin/end call them, as in Keras.
+    "on_batch_begin",
+    "on_batch_end",
+)
+
+# Metric names (without a `val_` prefix) that improve upward, for mode='auto'.
+_MAXIMIZED_SUFFIXES = ("acc", "accuracy", "auc", "precision", "recall", "f1_score", "fbeta_score", "iou")
+
+
+def _print_message(message):
+    print(message, file=sys.stdout, flush=True)
+
+
+def _validate_mode(mode, callback_name):
+    if mode not in ("auto", "min", "max"):
+        warnings.warn(
+            f"{callback_name} mode {mode!r} is unknown; falling back to 'auto'. Use 'auto', 'min' or 'max'.",
+            stacklevel=3,
+        )
+        return "auto"
+    return mode
+
+
+def _is_maximized(monitor, mode):
+    """Whether larger values of ``monitor`` are better, under ``mode`` 'min', 'max' or 'auto'."""
+    if mode != "auto":
+        return mode == "max"
+    name = monitor.removeprefix("val_")
+    return name.endswith(_MAXIMIZED_SUFFIXES)
+
+
+def _missing_metric_warning(callback_name, monitor, logs):
+    available = ", ".join(logs) if logs else "none"
+    warnings.warn(
+        f"{callback_name} is conditioned on metric `{monitor}` which is not available. Available metrics are: "
+        f"{available}. Pass monitor= one of those (validation metrics need validation data).",
+        stacklevel=3,
+    )
+
+
+class Callback:
+    """Base class for callbacks: every hook is a no-op that subclasses override.
+
+    Attributes:
+        model: The model being trained, set by ``set_model``.
+        params: Training parameters (``epochs``, ``steps``, ``verbose`` ...), set by ``set_params``.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_params(self, params):
+        self.params = params
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_batch_begin(self, batch, logs=None):
+        """Older name of ``on_train_batch_begin``, still called by it."""
+
+    def on_batch_end(self, batch, logs=None):
+        """Older name of ``on_train_batch_end``, still called by it."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Called at the start of an epoch (``epoch`` counts from 0)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Called at the end of an epoch with the epoch's training and validation metrics in ``logs``."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        """Called at the start of a training batch."""
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Called at the end of a training batch with the running metrics in ``logs``."""
+        self.on_batch_end(batch, logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        """Called at the start of an evaluation batch."""
+
+    def on_test_batch_end(self, batch, logs=None):
+        """Called at the end of an evaluation batch."""
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        """Called at the start of a prediction batch."""
+
+    def on_predict_batch_end(self, batch, logs=None):
+        """Called at the end of a prediction batch."""
+
+    def on_train_begin(self, logs=None):
+        """Called at the start of training."""
+
+    def on_train_end(self, logs=None):
+        """Called at the end of training."""
+
+    def on_test_begin(self, logs=None):
+        """Called at the start of evaluation or validation."""
+
+    def on_test_end(self, logs=None):
+        """Called at the end of evaluation or validation."""
+
+    def on_predict_begin(self, logs=None):
+        """Called at the start of prediction."""
+
+    def on_predict_end(self, logs=None):
+        """Called at the end of prediction."""
+
+
+class CallbackList:
+    """Dispatches every hook to a list of callbacks, in order.
+
+    Args:
+        callbacks: Iterable of ``Callback`` instances (or None).
+        model: Model given to every callback through ``set_model``.
+        add_history: Append a ``History`` callback unless one is already present.
+        add_progbar: Add a ``ProgbarLogger`` unless one is already present.
+        **params: Training parameters given to every callback through ``set_params``.
+    """
+
+    def __init__(self, callbacks=None, model=None, add_history=False, add_progbar=False, **params):
+        self.callbacks = list(callbacks) if callbacks else []
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"Callbacks must be instances of kcompile.callbacks.Callback; got {callback!r}. Subclass "
+                    f"Callback or wrap functions in LambdaCallback."
+                )
+        self._history = next((c for c in self.callbacks if isinstance(c, History)), None)
+        self._progbar = next((c for c in self.callbacks if isinstance(c, ProgbarLogger)), None)
+        if self._history is None and add_history:
+            # Last, so it records entries other callbacks add to the epoch logs (e.g. learning_rate).
+            self._history = History()
+            self.callbacks.append(self._history)
+        if self._progbar is None and add_progbar:
+            # NOTE: first, unlike Keras, so the epoch's bar line is finished before other callbacks print.
+            self._progbar = ProgbarLogger()
+            self.callbacks.insert(0, self._progbar)
+        self.model = None
+        self.params = {}
+        if model is not None:
+            self.set_model(model)
+        if params:
+            self.set_params(params)
+
+    def append(self, callback):
+        self.callbacks.append(callback)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self):
+        return len(self.callbacks)
+
+    def set_model(self, model):
+        self.model = model
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        self.params = params
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def _dispatch(self, hook_name, *args, logs=None):
+        # One dict shared by all callbacks, so entries a callback adds (e.g. learning_rate) reach the later
+        # ones. Passed positionally, so LambdaCallback functions may name the argument as they like.
+        logs = {} if logs is None else logs
+        for callback in self.callbacks:
+            getattr(callback, hook_name)(*args, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        self._dispatch("on_batch_begin", batch, logs=logs)
+
+    def on_batch_end(self, batch, logs=None):
+        self._dispatch("on_batch_end", batch, logs=logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._dispatch("on_epoch_begin", epoch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._dispatch("on_epoch_end", epoch, logs=logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._dispatch("on_train_batch_begin", batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._dispatch("on_train_batch_end", batch, logs=logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._dispatch("on_test_batch_begin", batch, logs=logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._dispatch("on_test_batch_end", batch, logs=logs)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._dispatch("on_predict_batch_begin", batch, logs=logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._dispatch("on_predict_batch_end", batch, logs=logs)
+
+    def on_train_begin(self, logs=None):
+        self._dispatch("on_train_begin", logs=logs)
+
+    def on_train_end(self, logs=None):
+        self._dispatch("on_train_end", logs=logs)
+
+    def on_test_begin(self, logs=None):
+        self._dispatch("on_test_begin", logs=logs)
+
+    def on_test_end(self, logs=None):
+        self._dispatch("on_test_end", logs=logs)
+
+    def on_predict_begin(self, logs=None):
+        self._dispatch("on_predict_begin", logs=logs)
+
+    def on_predict_end(self, logs=None):
+        self._dispatch("on_predict_end", logs=logs)
+
+
+class History(Callback):
+    """Records the epoch logs; ``fit`` returns it and sets it as ``model.history``.
+
+    Attributes:
+        history: Dict mapping each metric name to its list of per-epoch values.
+        epoch: List of the epoch indices recorded.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.epoch.append(epoch)
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(value)
+        # After every epoch, so the model holds the latest history even if training is interrupted.
+        if self.model is not None:
+            self.model.history = self
+
+
+class ProgbarLogger(Callback):
+    """Prints ``Epoch i/n`` headers and a progress bar per epoch, evaluation and prediction.
+
+    Reads ``epochs``, ``steps`` (None if unknown) and ``verbose`` from ``params``.
+
+    Args:
+        stateful_metrics: Names of metrics shown as their last logged value. None means all of them:
+            ``fit`` logs running means already (as Keras does), so averaging them again would be wrong.
+        stream: File-like object to write to; defaults to ``sys.stdout`` at the time of writing.
+    """
+
+    def __init__(self, stateful_metrics=None, stream=None):
+        super().__init__()
+        self.stateful_metrics = None if stateful_metrics is None else set(stateful_metrics)
+        self.stream = stream
+        self.progbar = None
+        self.seen = 0
+        self.target = None
+        self.epochs = 1
+        self.verbose = 1
+        self._called_in_fit = False
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.verbose = params.get("verbose", 1)
+        self.epochs = params.get("epochs", 1)
+        self.target = params.get("steps")
+
+    def _reset_progbar(self):
+        self.seen = 0
+        self.progbar = None
+
+    def _maybe_init_progbar(self):
+        if self.progbar is None:
+            self.progbar = Progbar(
+                target=self.target,
+                verbose=self.verbose,
+                stateful_metrics=self.stateful_metrics,
+                unit_name="step",
+                stream=self.stream,
+            )
+
+    def _update_progbar(self, batch, logs, finalize):
+        self._maybe_init_progbar()
+        logs = dict(logs or {})
+        if self.stateful_metrics is None:
+            self.progbar.stateful_metrics.update(logs)
+        if finalize:
+            if self.progbar.target is None:
+                self.progbar.target = self.seen
+            self.progbar.update(self.progbar.target, list(logs.items()), finalize=True)
+        else:
+            self.seen = batch + 1  # batch counts from 0
+            if self.verbose == 1:
+                self.progbar.update(self.seen, list(logs.items()), finalize=False)
+
+    def on_train_begin(self, logs=None):
+        # Validation inside fit is silent; its metrics appear on the epoch's line.
+        self._called_in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._called_in_fit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose and self.epochs > 1:
+            stream = self.stream if self.stream is not None else sys.stdout
+            stream.write(f"Epoch {epoch + 1}/{self.epochs}\n")
+            stream.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update_progbar(batch, logs, finalize=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._update_progbar(None, logs, finalize=True)
+
+    def on_test_begin(self, logs=None):
+        if not self._called_in_fit:
+            self._reset_progbar()
+            self._maybe_init_progbar()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if not self._called_in_fit:
+            self._update_progbar(batch, logs, finalize=False)
+
+    def on_test_end(self, logs=None):
+        if not self._called_in_fit:
+            self._update_progbar(None, logs, finalize=True)
+
+    def on_predict_begin(self, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        # Prediction logs hold outputs, not metrics: show progress only.
+        self._update_progbar(batch, None, finalize=False)
+
+    def on_predict_end(self, logs=None):
+        self._update_progbar(None, None, finalize=True)
+
+
+class EarlyStopping(Callback):
+    """Stops training when a monitored metric has stopped improving.
+
+    Args:
+        monitor: Metric to watch, e.g. ``'val_loss'``.
+        min_delta: Minimum change that counts as an improvement.
+        patience: Epochs without improvement after which training stops.
+        verbose: 1 prints a message when stopping and when restoring weights.
+        mode: ``'min'``, ``'max'``, or ``'auto'`` (max for accuracy-like names, min otherwise).
+        baseline: Value the metric must beat; training stops after ``patience`` epochs that do not beat it.
+        restore_best_weights: Restore the weights of the best epoch at the end of training (if it stopped
+            early or ran out of epochs, as Keras 3 does).
+        start_from_epoch: Epochs of warm-up before improvement is watched.
+    """
+
+    def __init__(
+        self,
+        monitor="val_loss",
+        min_delta=0,
+        patience=0,
+        verbose=0,
+        mode="auto",
+        baseline=None,
+        restore_best_weights=False,
+        start_from_epoch=0,
+    ):
+        super().__init__()
+        self.monitor = monitor
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.verbose = verbose
+        self.mode = _validate_mode(mode, "EarlyStopping")
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self._maximize = _is_maximized(monitor, self.mode)
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        # Reset, so an instance can be reused across fit calls.
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _is_improvement(self, value, reference):
+        if reference is None:
+            return True
+        if self._maximize:
+            return value - self.min_delta > reference
+        return value + self.min_delta < reference
+
+    def get_monitor_value(self, logs):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            _missing_metric_warning("Early stopping", self.monitor, logs)
+        return value
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self.get_monitor_value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        current = float(current)
+        if self.restore_best_weights and self.best_weights is None:
+            # Until something improves, the current weights are the best seen.
+            self.best_weights = _copy_weights(self.model.get_weights())
+            self.best_epoch = epoch
+
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = _copy_weights(self.model.get_weights())
+            # Restart the wait only if the baseline is beaten too.
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+                return
+            # NOTE: an improvement that does not beat the baseline falls through to the patience check (as in
+            # Keras 2; Keras 3 returns here), so that, as documented, training stops when `patience` epochs pass
+            # without beating the baseline.
+
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            _print_message(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                _print_message(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+def _copy_weights(weights):
+    """Copies a list of weight arrays, in case the model returns views of buffers it updates in place."""
+    return [np.array(weight, copy=True) for weight in weights]
+
+
+def _remove_path(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def atomic_save(save_function, filepath):
+    """Calls ``save_function(path)`` on a temporary path, then moves the result onto ``filepath``.
+
+    The temporary file sits in the same directory (so the final ``os.replace`` is atomic) and its name ends
+    with the whole base name of ``filepath``, so a save function that checks or appends an extension sees
+    the same suffix. If the save function appends an extension anyway, the result is moved to ``filepath``
+    plus that extension, where a direct save would have put it. If saving fails, the temporary file is
+    removed and an existing ``filepath`` is left untouched.
+
+    Returns:
+        The path the result was moved to.
+    """
+    filepath = os.fspath(filepath)
+    directory, base_name = os.path.split(filepath)
+    if os.path.isdir(filepath):
+        raise IsADirectoryError(f"Checkpoint filepath {filepath} is an existing directory; pass a file path.")
+    temporary_prefix = f".tmp-{uuid.uuid4().hex}-"
+    temporary_path = os.path.join(directory, temporary_prefix + base_name)
+    try:
+        save_function(temporary_path)
+        if os.path.lexists(temporary_path):
+            written_path, final_path = temporary_path, filepath
+        else:
+            written = [name for name in os.listdir(directory or ".") if name.startswith(temporary_prefix + base_name)]
+            if len(written) != 1:
+                raise FileNotFoundError(
+                    f"Saving to {temporary_path} did not create that file (found {written or 'nothing'}); the "
+                    f"model's save function must write to the path it is given."
+                )
+            written_path = os.path.join(directory, written[0])
+            final_path = os.path.join(directory, written[0][len(temporary_prefix):])
+        if os.path.isdir(written_path) and os.path.isdir(final_path):
+            # Directories cannot be replaced atomically: move the old one aside first.
+            old_path = os.path.join(directory, temporary_prefix + "old")
+            os.replace(final_path, old_path)
+            try:
+                os.replace(written_path, final_path)
+            except BaseException:
+                os.replace(old_path, final_path)
+                raise
+            _remove_path(old_path)
+        else:
+            os.replace(written_path, final_path)
+    except BaseException:
+        for name in os.listdir(directory or "."):
+            if name.startswith(temporary_prefix):
+                _remove_path(os.path.join(directory, name))
+        raise
+    return final_path
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model or its weights during training.
+
+    Every save is atomic: the model is written to a temporary file in the same directory which then
+    replaces ``filepath``, so an error or interruption mid-save never destroys the previous checkpoint.
+
+    Args:
+        filepath: Where to save. May hold ``str.format`` fields filled from ``epoch`` (counting from 1),
+            ``batch`` (with an integer ``save_freq``) and the logs, e.g. ``'ckpt-{epoch:02d}-{val_loss:.2f}.kc'``.
+        monitor: Metric compared by ``save_best_only``.
+        verbose: 1 prints a message for every save.
+        save_best_only: Save only when ``monitor`` improves on the best value so far.
+        save_weights_only: Call ``model.save_weights(path)`` instead of ``model.save(path)``.
+        mode: ``'min'``, ``'max'``, or ``'auto'`` (max for accuracy-like names, min otherwise).
+        save_freq: ``'epoch'``, or an integer number of batches between saves.
+        initial_value_threshold: Initial best value for ``save_best_only``.
+    """
+
+    def __init__(
+        self,
+        filepath,
+        monitor="val_loss",
+        verbose=0,
+        save_best_only=False,
+        save_weights_only=False,
+        mode="auto",
+        save_freq="epoch",
+        initial_value_threshold=None,
+    ):
+        super().__init__()
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral) or save_freq < 1
+        ):
+            raise ValueError(f"Unrecognized save_freq={save_freq!r}; pass 'epoch' or a positive number of batches.")
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.mode = _validate_mode(mode, "ModelCheckpoint")
+        self.save_freq = save_freq
+        self._maximize = _is_maximized(monitor, self.mode)
+        if initial_value_threshold is not None:
+            self.best = float(initial_value_threshold)
+        else:
+            self.best = -math.inf if self._maximize else math.inf
+        self._current_epoch = 0
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._should_save_on_batch(batch):
+            self._save_model(epoch=self._current_epoch, batch=batch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save_model(epoch=epoch, batch=None, logs=logs)
+
+    def _should_save_on_batch(self, batch):
+        if self.save_freq == "epoch":
+            return False
+        if batch <= self._last_batch_seen:  # a new epoch started
+            added = batch + 1
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += added
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            return True
+        return False
+
+    def _get_file_path(self, epoch, batch, logs):
+        fields = dict(logs)
+        fields["epoch"] = epoch + 1
+        if batch is not None and "batch" not in logs:
+            fields["batch"] = batch + 1
+        try:
+            return self.filepath.format(**fields)
+        except KeyError as error:
+            raise KeyError(
+                f"Failed to format ModelCheckpoint filepath {self.filepath!r}: field {error} is not among the "
+                f"available ones ({', '.join(fields)}). Use only those, or monitor a metric the model logs."
+            ) from error
+
+    def _save_model(self, epoch, batch, logs):
+        logs = logs or {}
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                _missing_metric_warning("ModelCheckpoint save_best_only", self.monitor, logs)
+                return
+            if np.ndim(current) > 0:
+                warnings.warn(
+                    f"ModelCheckpoint can save the best model only when `{self.monitor}` is a scalar; got shape "
+                    f"{np.shape(current)}. Skipping this save.",
+                    stacklevel=2,
+                )
+                return
+            current = float(current)
+            improved = current > self.best if self._maximize else current < self.best
+            if not improved:
+                if self.verbose > 0:
+                    _print_message(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                _print_message(
+                    f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, saving "
+                    f"model to {filepath}"
+                )
+            self.best = current
+        elif self.verbose > 0:
+            _print_message(f"Epoch {epoch + 1}: saving model to {filepath}")
+
+        directory = os.path.dirname(filepath)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        save_function = self.model.save_weights if self.save_weights_only else self.model.save
+        atomic_save(save_function, filepath)
+
+
+def _call_schedule(schedule, epoch, learning_rate):
+    """Calls ``schedule(epoch, lr)``, or ``schedule(epoch)`` for one-argument schedules as Keras allows."""
+    try:
+        parameters = inspect.signature(schedule).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return schedule(epoch, learning_rate)
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    if len(positional) >= 2 or takes_varargs:
+        return schedule(epoch, learning_rate)
+    return schedule(epoch)
+
+
+def _get_learning_rate(model, callback_name):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        raise ValueError(f"{callback_name} needs a model compiled with an optimizer that has a `learning_rate`.")
+    return float(optimizer.learning_rate)
+
+
+class LearningRateScheduler(Callback):
+    """Sets the optimizer's learning rate at the start of every epoch.
+
+    Args:
+        schedule: Function ``(epoch, lr) -> new_lr`` (epoch counts from 0; ``lr`` is the current rate), or
+            ``(epoch) -> new_lr``.
+        verbose: 1 prints the new learning rate every epoch.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a function (epoch, lr) -> new_lr; got {schedule!r}.")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        learning_rate = _call_schedule(self.schedule, epoch, _get_learning_rate(self.model, "LearningRateScheduler"))
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+            raise ValueError(
+                f"The schedule function must return a float; it returned {learning_rate!r} for epoch {epoch}."
+            )
+        learning_rate = float(learning_rate)
+        self.model.optimizer.learning_rate = learning_rate
+        if self.verbose > 0:
+            _print_message(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {learning_rate}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _get_learning_rate(self.model, "LearningRateScheduler")
+
+
+class CSVLogger(Callback):
+    """Streams the epoch logs to a CSV file: a header row, then one row per epoch.
+
+    Args:
+        filename: Path of the CSV file.
+        separator: Field separator.
+        append: Append to an existing file (writing the header only if the file is empty) instead of
+            overwriting it.
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.separator = separator
+        self.append = append
+        self.keys = None
+        self.writer = None
+        self.csv_file = None
+        self._append_header = True
+
+    def on_train_begin(self, logs=None):
+        self._append_header = True
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, newline="") as file:
+                self._append_header = not file.readline()
+        self.csv_file = open(self.filename, "a" if self.append else "w", newline="")
+        self.keys = None
+        self.writer = None
+
+    @staticmethod
+    def _format_value(value):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            return value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return f"[{', '.join(map(str, value))}]"
+        return value
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.csv_file is None:
+            self.on_train_begin()
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self.writer is None:
+            self.writer = csv.writer(self.csv_file, delimiter=self.separator)
+            if self._append_header:
+                self.writer.writerow(["epoch"] + self.keys)
+        self.writer.writerow([epoch] + [self._format_value(logs.get(key, "NA")) for key in self.keys])
+        self.csv_file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file = None
+        self.writer = None
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when a metric has stopped improving.
+
+    Args:
+        monitor: Metric to watch.
+        factor: Multiplier applied to the learning rate, below 1.
+        patience: Epochs without improvement before the rate is reduced.
+        verbose: 1 prints a message on every reduction.
+        mode: ``'min'``, ``'max'``, or ``'auto'`` (max for accuracy-like names, min otherwise).
+        min_delta: Minimum change that counts as an improvement.
+        cooldown: Epochs to wait after a reduction before counting patience again.
+        min_lr: Lower bound on the learning rate.
+    """
+
+    def __init__(
+        self,
+        monitor="val_loss",
+        factor=0.1,
+        patience=10,
+        verbose=0,
+        mode="auto",
+        min_delta=1e-4,
+        cooldown=0,
+        min_lr=0.0,
+    ):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(
+                f"ReduceLROnPlateau does not support factor >= 1.0; got factor={factor}. Pass a factor below 1."
+            )
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.verbose = verbose
+        self.mode = _validate_mode(mode, "ReduceLROnPlateau")
+        self.min_delta = min_delta
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        self._maximize = _is_maximized(monitor, self.mode)
+        self._reset()
+
+    def _reset(self):
+        self.best = -math.inf if self._maximize else math.inf
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _is_improvement(self, value):
+        if self._maximize:
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        # The rate this epoch trained with, before any reduction below.
+        logs["learning_rate"] = _get_learning_rate(self.model, "ReduceLROnPlateau")
+        current = logs.get(self.monitor)
+        if current is None:
+            _missing_metric_warning("Learning rate reduction", self.monitor, logs)
+            return
+        current = float(current)
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_learning_rate = _get_learning_rate(self.model, "ReduceLROnPlateau")
+                # NOTE: compared in float32, the precision the optimizer stores it in.
+                if old_learning_rate > np.float32(self.min_lr):
+                    new_learning_rate = max(old_learning_rate * self.factor, self.min_lr)
+                    self.model.optimizer.learning_rate = new_learning_rate
+                    if self.verbose > 0:
+                        _print_message(
+                            f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_learning_rate}."
+                        )
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's loss is NaN or infinite."""
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.all(np.isfinite(loss)):
+            _print_message(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    """Builds a callback from plain functions, one per hook.
+
+    Each keyword is a hook name (``on_epoch_end=lambda epoch, logs: ...``, ``on_train_begin=lambda logs:
+    ...``) and its value a function with that hook's arguments.
+    """
+
+    def __init__(self, **hooks):
+        super().__init__()
+        unknown = sorted(set(hooks) - set(HOOK_NAMES))
+        if unknown:
+            raise TypeError(
+                f"LambdaCallback got unknown hook names {', '.join(unknown)}; valid names are {', '.join(HOOK_NAMES)}."
+            )
+        for name, function in hooks.items():
+            if function is None:
+                continue
+            if not callable(function):
+                raise TypeError(f"LambdaCallback {name} must be a function; got {function!r}.")
+            setattr(self, name, function)

@@ -1,0 +1,64 @@
+"""User-facing utilities, as in ``keras.utils``."""
+
+import numbers
+
+import numpy as np
+
+from kcompile.progbar import Progbar
+from kcompile.utils.random import set_random_seed
+
+__all__ = ["Progbar", "set_random_seed", "to_categorical"]
+
+
+def to_categorical(y, num_classes=None, dtype="float32"):
+    """Converts a class vector (integers) to a one-hot class matrix, like ``keras.utils.to_categorical``.
+
+    Args:
+        y: Array-like of class indices in [0, num_classes), of any shape. A trailing axis of size 1 is
+            dropped, so labels of shape ``(n, 1)`` give ``(n, num_classes)``, as in Keras.
+        num_classes: Total number of classes. Defaults to ``max(y) + 1``.
+        dtype: Data type of the result.
+
+    Returns:
+        An array of shape ``y.shape + (num_classes,)`` (after dropping a trailing size-1 axis) with a 1 at
+        each label's index and 0 elsewhere.
+
+    Raises:
+        ValueError: If labels are negative, not integers, or not below ``num_classes``.
+    """
+    labels = np.asarray(y)
+    if labels.dtype == object or not (
+        np.issubdtype(labels.dtype, np.integer)
+        or np.issubdtype(labels.dtype, np.floating)
+        or labels.dtype == np.bool_
+    ):
+        raise ValueError(f"to_categorical expects integer class labels; got an array of dtype {labels.dtype}.")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError(
+                "to_categorical expects integer class labels; got non-integer values. Convert predictions to "
+                "labels first, e.g. with argmax."
+            )
+    labels = labels.astype(np.int64)
+    input_shape = labels.shape
+    if len(input_shape) > 1 and input_shape[-1] == 1:
+        input_shape = input_shape[:-1]
+    labels = labels.reshape(-1)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"to_categorical got negative label {labels.min()}; class labels must be >= 0.")
+    if num_classes is None:
+        if labels.size == 0:
+            raise ValueError("to_categorical cannot infer num_classes from empty labels; pass num_classes=.")
+        num_classes = int(labels.max()) + 1
+    else:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer; got num_classes={num_classes!r}.")
+        num_classes = int(num_classes)
+        if labels.size and labels.max() >= num_classes:
+            raise ValueError(
+                f"to_categorical got label {labels.max()} but num_classes={num_classes}; labels must lie in "
+                f"[0, {num_classes}). Pass a larger num_classes or check the labels."
+            )
+    categorical = np.zeros((labels.size, num_classes), dtype=dtype)
+    categorical[np.arange(labels.size), labels] = 1
+    return categorical.reshape(input_shape + (num_classes,))

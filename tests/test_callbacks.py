@@ -1,0 +1,425 @@
+"""Tests for kcompile.callbacks, driven by a small fake model."""
+
+import csv
+import io
+import math
+import os
+import re
+import types
+
+import numpy as np
+import pytest
+
+from kcompile import callbacks as callbacks_module
+from kcompile.callbacks import (
+    Callback,
+    CallbackList,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    LambdaCallback,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ProgbarLogger,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
+
+
+class FakeModel:
+    """The parts of a model that callbacks use. Its single weight is the number of epochs trained."""
+
+    def __init__(self, learning_rate=0.1, fail_saving=False):
+        self.weights = [np.zeros(2, np.float32)]
+        self.stop_training = False
+        self.optimizer = types.SimpleNamespace(learning_rate=learning_rate)
+        self.fail_saving = fail_saving
+        self.saved = []
+
+    def get_weights(self):
+        return self.weights  # views on purpose: callbacks must copy
+
+    def set_weights(self, weights):
+        for target, source in zip(self.weights, weights):
+            target[...] = source
+
+    def _write(self, path, kind):
+        with open(path, "w") as file:
+            file.write(f"{kind} {self.weights[0][0]:.0f}")
+            if self.fail_saving:
+                raise OSError("disk full")
+        self.saved.append(path)
+
+    def save(self, path):
+        self._write(path, "model")
+
+    def save_weights(self, path):
+        self._write(path, "weights")
+
+
+def fit(model, callbacks, epoch_logs, steps=3, verbose=0):
+    """Runs a fake training loop; ``epoch_logs[i]`` are epoch i's logs. Returns the epochs run."""
+    callback_list = CallbackList(
+        callbacks, model=model, add_history=True, epochs=len(epoch_logs), steps=steps, verbose=verbose
+    )
+    callback_list.on_train_begin()
+    epochs_run = 0
+    for epoch, logs in enumerate(epoch_logs):
+        callback_list.on_epoch_begin(epoch)
+        for batch in range(steps):
+            callback_list.on_train_batch_begin(batch)
+            callback_list.on_train_batch_end(batch, {"loss": logs.get("loss", 1.0)})
+        model.weights[0][...] = epoch + 1
+        callback_list.on_epoch_end(epoch, dict(logs))
+        epochs_run += 1
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
+    return epochs_run
+
+
+def losses(*values):
+    return [{"loss": value, "val_loss": value} for value in values]
+
+
+# --- Callback and CallbackList ---
+
+
+def test_base_callback_hooks_are_no_ops():
+    callback = Callback()
+    assert callback.model is None and callback.params == {}
+    for name in callbacks_module.HOOK_NAMES:
+        hook = getattr(callback, name)
+        if "batch" in name or "epoch" in name:
+            hook(0, {})
+        else:
+            hook({})
+
+
+def test_callback_list_dispatches_every_hook_in_order():
+    calls = []
+
+    class Recorder(Callback):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def __getattribute__(self, attribute):
+            if attribute.startswith("on_"):
+                return lambda *args: calls.append((object.__getattribute__(self, "name"), attribute, args))
+            return object.__getattribute__(self, attribute)
+
+    model = FakeModel()
+    first, second = Recorder("first"), Recorder("second")
+    callback_list = CallbackList([first, second], model=model, epochs=2, verbose=0)
+    assert first.model is model and second.params == {"epochs": 2, "verbose": 0}
+    for name in callbacks_module.HOOK_NAMES:
+        calls.clear()
+        args = (3,) if ("batch" in name or "epoch" in name) else ()
+        getattr(callback_list, name)(*args)
+        assert calls == [("first", name, args + ({},)), ("second", name, args + ({},))]
+
+
+def test_callback_list_shares_logs_between_callbacks():
+    seen = []
+    callback_list = CallbackList(
+        [LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(extra=1)),
+         LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))]
+    )
+    callback_list.on_epoch_end(0, {"loss": 2.0})
+    assert seen == [{"loss": 2.0, "extra": 1}]
+
+
+def test_callback_list_adds_history_and_progbar_once():
+    callback_list = CallbackList([], add_history=True, add_progbar=True)
+    assert isinstance(callback_list.callbacks[0], ProgbarLogger) and isinstance(callback_list.callbacks[-1], History)
+    history = History()
+    callback_list = CallbackList([history], add_history=True)
+    assert callback_list.callbacks == [history]
+
+
+def test_callback_list_rejects_non_callbacks():
+    with pytest.raises(TypeError, match="LambdaCallback"):
+        CallbackList([lambda: None])
+
+
+def test_train_batch_hooks_call_legacy_batch_hooks():
+    batches = []
+    callback = LambdaCallback(on_batch_end=lambda batch, logs: batches.append(batch))
+    callback.on_train_batch_end(4, {})
+    assert batches == [4]
+
+
+# --- History ---
+
+
+def test_history_records_epochs_and_sets_model_history():
+    model = FakeModel()
+    history = History()
+    fit(model, [history], losses(3.0, 2.0))
+    assert history.epoch == [0, 1]
+    assert history.history == {"loss": [3.0, 2.0], "val_loss": [3.0, 2.0]}
+    assert model.history is history
+
+
+# --- ProgbarLogger ---
+
+
+def test_progbar_logger_non_terminal_output():
+    stream = io.StringIO()
+    model = FakeModel()
+    fit(model, [ProgbarLogger(stream=stream)], [{"loss": 0.5012, "accuracy": 0.8213}] * 2, steps=1688, verbose=1)
+    output = stream.getvalue()
+    assert "\r" not in output
+    lines = output.splitlines()
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2" and len(lines) == 4
+    # The logs are running means, shown as logged rather than averaged again.
+    assert re.fullmatch(r"1688/1688 \[={30}\] - \d+s \d+(s|ms|us)/step - loss: 0\.5012 - accuracy: 0\.8213", lines[1])
+
+
+def test_progbar_logger_verbose_2_and_unknown_steps():
+    stream = io.StringIO()
+    fit(FakeModel(), [ProgbarLogger(stream=stream)], losses(0.25), steps=5, verbose=2)
+    assert re.fullmatch(r"5/5 - \d+s - \d+(s|ms|us)/step - loss: 0\.2500 - val_loss: 0\.2500\n", stream.getvalue())
+
+    stream = io.StringIO()
+    callback_list = CallbackList([ProgbarLogger(stream=stream)], epochs=1, steps=None, verbose=1)
+    callback_list.on_train_begin()
+    callback_list.on_epoch_begin(0)
+    for batch in range(7):
+        callback_list.on_train_batch_end(batch, {"loss": 1.0})
+    callback_list.on_epoch_end(0, {"loss": 1.0})
+    assert stream.getvalue().startswith("7/7 [")
+
+
+def test_progbar_logger_evaluate_and_predict():
+    stream = io.StringIO()
+    callback_list = CallbackList([ProgbarLogger(stream=stream)], steps=2, verbose=1)
+    callback_list.on_test_begin()
+    callback_list.on_test_batch_end(0, {"loss": 1.0})
+    callback_list.on_test_batch_end(1, {"loss": 1.0})
+    callback_list.on_test_end({"loss": 1.0})
+    callback_list.on_predict_begin()
+    callback_list.on_predict_batch_end(0, {"outputs": np.zeros(3)})
+    callback_list.on_predict_batch_end(1, {"outputs": np.zeros(3)})
+    callback_list.on_predict_end()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("loss: 1.0000") and "outputs" not in lines[1]
+
+
+def test_progbar_logger_verbose_0_prints_nothing(capsys):
+    fit(FakeModel(), [ProgbarLogger()], losses(1.0, 0.5), verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+# --- EarlyStopping ---
+
+
+def test_early_stopping_stops_after_patience():
+    model = FakeModel()
+    stopper = EarlyStopping(patience=2)
+    assert fit(model, [stopper], losses(1.0, 0.5, 0.6, 0.7, 0.4, 0.3)) == 4
+    assert model.stop_training and stopper.stopped_epoch == 3 and stopper.best == 0.5
+
+
+def test_early_stopping_default_patience_keeps_training_while_improving():
+    model = FakeModel()
+    assert fit(model, [EarlyStopping()], losses(1.0, 0.5, 0.4, 0.6, 0.3)) == 4
+    assert model.stop_training
+
+
+def test_early_stopping_restores_best_weights_when_epochs_run_out():
+    model = FakeModel()
+    fit(model, [EarlyStopping(patience=5, restore_best_weights=True)], losses(1.0, 0.5, 0.9))
+    np.testing.assert_array_equal(model.weights[0], [2, 2])
+
+
+def test_early_stopping_min_delta_and_max_mode():
+    model = FakeModel()
+    stopper = EarlyStopping(monitor="val_accuracy", min_delta=0.05, patience=1)
+    logs = [{"val_accuracy": value} for value in (0.5, 0.52, 0.9)]
+    assert fit(model, [stopper], logs) == 2
+
+
+def test_early_stopping_restores_best_weights(capsys):
+    model = FakeModel()
+    stopper = EarlyStopping(patience=2, restore_best_weights=True, verbose=1)
+    fit(model, [stopper], losses(1.0, 0.5, 0.6, 0.7, 0.8))
+    np.testing.assert_array_equal(model.weights[0], [2, 2])  # weights after epoch index 1
+    output = capsys.readouterr().out
+    assert "Epoch 4: early stopping" in output and "best epoch: 2." in output
+
+
+def test_early_stopping_baseline():
+    model = FakeModel()
+    # Improving, but never beating the baseline within `patience` epochs: stop.
+    assert fit(model, [EarlyStopping(patience=2, baseline=0.1)], losses(1.0, 0.5, 0.4, 0.3)) == 2
+    model = FakeModel()
+    assert fit(model, [EarlyStopping(patience=2, baseline=0.45)], losses(1.0, 0.4, 0.3, 0.2)) == 4
+
+
+def test_early_stopping_start_from_epoch():
+    model = FakeModel()
+    assert fit(model, [EarlyStopping(patience=0, start_from_epoch=2)], losses(1, 2, 3, 4, 5)) == 4
+
+
+def test_early_stopping_missing_metric_warns_with_available_keys():
+    model = FakeModel()
+    with pytest.warns(UserWarning, match="`val_accuracy` which is not available.*loss, val_loss"):
+        fit(model, [EarlyStopping(monitor="val_accuracy")], losses(1.0))
+    assert not model.stop_training
+
+
+def test_early_stopping_unknown_mode_warns():
+    with pytest.warns(UserWarning, match="falling back to 'auto'"):
+        assert EarlyStopping(mode="biggest").mode == "auto"
+
+
+# --- ModelCheckpoint ---
+
+
+def test_checkpoint_formats_filepath_every_epoch(tmp_path):
+    model = FakeModel()
+    pattern = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.2f}.kc")
+    fit(model, [ModelCheckpoint(pattern)], losses(0.5, 0.25))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-01-0.50.kc", "ckpt-02-0.25.kc"]
+    assert (tmp_path / "ckpt-02-0.25.kc").read_text() == "model 2"
+
+
+def test_checkpoint_save_best_only_weights(tmp_path, capsys):
+    model = FakeModel()
+    path = tmp_path / "best.weights.npz"
+    fit(model, [ModelCheckpoint(path, save_best_only=True, save_weights_only=True, verbose=1)], losses(1.0, 0.5, 0.7))
+    assert path.read_text() == "weights 2"
+    assert os.listdir(tmp_path) == ["best.weights.npz"]
+    output = capsys.readouterr().out
+    assert "val_loss improved from inf to 1.00000" in output and "did not improve from 0.50000" in output
+
+
+def test_checkpoint_temporary_file_keeps_suffix(tmp_path):
+    model = FakeModel()
+    fit(model, [ModelCheckpoint(tmp_path / "model.weights.h5", save_weights_only=True)], losses(1.0))
+    assert model.saved[0].endswith("model.weights.h5") and os.path.dirname(model.saved[0]) == str(tmp_path)
+    assert model.saved[0] != str(tmp_path / "model.weights.h5")
+
+
+def test_checkpoint_failed_save_keeps_previous_file(tmp_path):
+    model = FakeModel()
+    path = tmp_path / "model.kc"
+    checkpoint = ModelCheckpoint(path)
+    fit(model, [checkpoint], losses(1.0))
+    model.fail_saving = True
+    with pytest.raises(OSError, match="disk full"):
+        fit(model, [checkpoint], losses(1.0))
+    assert path.read_text() == "model 1"
+    assert os.listdir(tmp_path) == ["model.kc"]
+
+
+def test_checkpoint_follows_appended_extension(tmp_path):
+    model = FakeModel()
+    model.save = lambda path: open(path + ".npz", "w").close()
+    fit(model, [ModelCheckpoint(tmp_path / "ckpt")], losses(1.0))
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def test_checkpoint_integer_save_freq(tmp_path):
+    model = FakeModel()
+    pattern = str(tmp_path / "ckpt-{epoch}-{batch}.kc")
+    fit(model, [ModelCheckpoint(pattern, save_freq=2)], losses(1.0, 1.0), steps=3)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1-2.kc", "ckpt-2-1.kc", "ckpt-2-3.kc"]
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ValueError, match="save_freq"):
+        ModelCheckpoint(tmp_path / "x", save_freq="batch")
+    with pytest.raises(KeyError, match="val_accuracy"):
+        fit(FakeModel(), [ModelCheckpoint(str(tmp_path / "{val_accuracy}.kc"))], losses(1.0))
+    with pytest.raises(IsADirectoryError, match="existing directory"):
+        fit(FakeModel(), [ModelCheckpoint(tmp_path)], losses(1.0))
+    with pytest.warns(UserWarning, match="val_accuracy"):
+        fit(FakeModel(), [ModelCheckpoint(tmp_path / "m.kc", monitor="val_accuracy", save_best_only=True)], losses(1.0))
+    assert not (tmp_path / "m.kc").exists()
+
+
+# --- learning rate callbacks ---
+
+
+def test_learning_rate_scheduler():
+    model = FakeModel(learning_rate=1.0)
+    history = History()
+    seen = []
+    scheduler = LearningRateScheduler(lambda epoch, lr: seen.append(lr) or lr * 0.5)
+    fit(model, [scheduler, history], losses(1, 1, 1))
+    assert seen == [1.0, 0.5, 0.25] and model.optimizer.learning_rate == 0.125
+    assert history.history["learning_rate"] == [0.5, 0.25, 0.125]
+
+
+def test_learning_rate_scheduler_one_argument_schedule_and_errors(capsys):
+    model = FakeModel()
+    fit(model, [LearningRateScheduler(lambda epoch: 0.01 * (epoch + 1), verbose=1)], losses(1, 1))
+    assert model.optimizer.learning_rate == pytest.approx(0.02)
+    assert "Epoch 2: LearningRateScheduler setting learning rate to 0.02." in capsys.readouterr().out
+    with pytest.raises(ValueError, match="must return a float"):
+        fit(FakeModel(), [LearningRateScheduler(lambda epoch, lr: "fast")], losses(1))
+    model = FakeModel()
+    del model.optimizer
+    with pytest.raises(ValueError, match="learning_rate"):
+        fit(model, [LearningRateScheduler(lambda epoch, lr: lr)], losses(1))
+
+
+def test_reduce_lr_on_plateau_with_cooldown_and_min_lr():
+    model = FakeModel(learning_rate=1.0)
+    history = History()
+    reducer = ReduceLROnPlateau(factor=0.5, patience=1, cooldown=1, min_lr=0.3)
+    fit(model, [reducer, history], losses(1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
+    # Logged: the rate each epoch trained with. Reduced after epochs 1 and 2 (Keras counts the cooldown down
+    # before checking it, so cooldown=1 only resets the wait), then held at the min_lr floor.
+    assert history.history["learning_rate"] == [1.0, 1.0, 0.5, 0.3, 0.3, 0.3]
+    assert model.optimizer.learning_rate == 0.3
+
+
+def test_reduce_lr_on_plateau_improvement_resets_wait_and_rejects_factor():
+    model = FakeModel(learning_rate=1.0)
+    fit(model, [ReduceLROnPlateau(patience=2)], losses(1.0, 0.9, 0.8, 0.7))
+    assert model.optimizer.learning_rate == 1.0
+    with pytest.raises(ValueError, match="factor"):
+        ReduceLROnPlateau(factor=1.5)
+    with pytest.warns(UserWarning, match="Available metrics are: loss, val_loss"):
+        fit(FakeModel(), [ReduceLROnPlateau(monitor="val_auc")], losses(1.0))
+
+
+# --- CSVLogger ---
+
+
+def test_csv_logger_writes_and_appends(tmp_path):
+    path = tmp_path / "log.csv"
+    fit(FakeModel(), [CSVLogger(path)], losses(1.0, 0.5))
+    fit(FakeModel(), [CSVLogger(path, append=True)], losses(0.25))
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows == [["epoch", "loss", "val_loss"], ["0", "1.0", "1.0"], ["1", "0.5", "0.5"], ["0", "0.25", "0.25"]]
+    fit(FakeModel(), [CSVLogger(path, separator=";")], [{"loss": 1.0, "per_class": [1, 2]}])
+    assert path.read_text().splitlines() == ["epoch;loss;per_class", "0;1.0;[1, 2]"]
+
+
+# --- TerminateOnNaN and LambdaCallback ---
+
+
+def test_terminate_on_nan(capsys):
+    model = FakeModel()
+    fit(model, [TerminateOnNaN()], [{"loss": 1.0}, {"loss": math.nan}, {"loss": 1.0}])
+    assert model.stop_training
+    assert "Batch 0: Invalid loss, terminating training" in capsys.readouterr().out
+
+
+def test_lambda_callback():
+    events = []
+    callback = LambdaCallback(
+        on_train_begin=lambda logs: events.append("begin"),
+        on_epoch_end=lambda epoch, logs: events.append((epoch, logs["loss"])),
+        on_train_end=lambda logs: events.append("end"),
+    )
+    fit(FakeModel(), [callback], losses(3.0, 2.0))
+    assert events == ["begin", (0, 3.0), (1, 2.0), "end"]
+    with pytest.raises(TypeError, match="unknown hook names on_epoch_finish"):
+        LambdaCallback(on_epoch_finish=print)

@@ -1,0 +1,110 @@
+"""Tests for kcompile.utils: to_categorical and the global random state."""
+
+import random
+
+import numpy as np
+import pytest
+
+import kcompile.utils
+from kcompile.utils import random as kcompile_random
+from kcompile.utils import set_random_seed, to_categorical
+
+
+# --- to_categorical ---
+
+
+def test_to_categorical_list():
+    result = to_categorical([0, 2, 1])
+    np.testing.assert_array_equal(result, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    assert result.dtype == np.float32
+
+
+def test_to_categorical_num_classes_and_dtype():
+    result = to_categorical(np.array([1, 3]), num_classes=5, dtype="int32")
+    assert result.shape == (2, 5) and result.dtype == np.int32
+    np.testing.assert_array_equal(result.argmax(axis=-1), [1, 3])
+
+
+def test_to_categorical_drops_trailing_axis_of_size_one():
+    assert to_categorical(np.array([[0], [1], [2]])).shape == (3, 3)
+
+
+def test_to_categorical_keeps_other_shapes():
+    labels = np.array([[0, 1], [2, 3], [1, 1]], dtype=np.uint8)
+    result = to_categorical(labels, num_classes=4)
+    assert result.shape == (3, 2, 4)
+    np.testing.assert_array_equal(result.argmax(axis=-1), labels)
+    assert to_categorical(np.zeros((2, 1, 3), int), 2).shape == (2, 1, 3, 2)
+
+
+def test_to_categorical_scalar_and_integral_floats():
+    np.testing.assert_array_equal(to_categorical(2, num_classes=3), [0, 0, 1])
+    np.testing.assert_array_equal(to_categorical([1.0, 0.0]), [[0, 1], [1, 0]])
+
+
+def test_to_categorical_empty_with_num_classes():
+    assert to_categorical(np.array([], dtype=int), num_classes=3).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "labels, num_classes, message",
+    [
+        ([0, -1], None, "negative label -1"),
+        ([0, 3], 3, "label 3 but num_classes=3"),
+        ([0.5, 1.0], None, "non-integer"),
+        (["a", "b"], None, "integer class labels"),
+        ([], None, "pass num_classes"),
+        ([0, 1], 0, "positive integer"),
+    ],
+)
+def test_to_categorical_errors(labels, num_classes, message):
+    with pytest.raises(ValueError, match=message):
+        to_categorical(labels, num_classes=num_classes)
+
+
+# --- random state ---
+
+
+def test_set_random_seed_makes_everything_reproducible():
+    set_random_seed(1234)
+    first = (random.random(), np.random.rand(), kcompile_random.get_generator().random(), kcompile_random.next_seed())
+    set_random_seed(1234)
+    second = (random.random(), np.random.rand(), kcompile_random.get_generator().random(), kcompile_random.next_seed())
+    assert first == second
+    set_random_seed(4321)
+    assert kcompile_random.next_seed() != first[3]
+
+
+def test_next_seed_range_and_type():
+    set_random_seed(0)
+    seeds = [kcompile_random.next_seed() for _ in range(100)]
+    assert all(type(seed) is int and 0 <= seed < 2**32 for seed in seeds)
+    assert len(set(seeds)) == 100
+
+
+def test_generator_exists_without_seed(monkeypatch):
+    monkeypatch.setattr(kcompile_random, "_generator", None)
+    generator = kcompile_random.get_generator()
+    assert isinstance(generator, np.random.Generator)
+    assert kcompile_random.get_generator() is generator
+
+
+def test_set_random_seed_accepts_numpy_integers():
+    set_random_seed(np.int64(7))
+    value = kcompile_random.next_seed()
+    set_random_seed(7)
+    assert kcompile_random.next_seed() == value
+
+
+@pytest.mark.parametrize(
+    "seed, error",
+    [(-1, ValueError), (2**32, ValueError), (1.5, TypeError), ("1", TypeError), (True, TypeError), (None, TypeError)],
+)
+def test_set_random_seed_rejects_invalid_seeds(seed, error):
+    with pytest.raises(error, match="seed"):
+        set_random_seed(seed)
+
+
+def test_utils_exports():
+    assert kcompile.utils.to_categorical is to_categorical
+    assert kcompile.utils.set_random_seed is kcompile_random.set_random_seed
