@@ -55,22 +55,47 @@ def format_node(node: Node, names: dict) -> str:
 
 
 def print_graph(graph: Graph, groups=None) -> str:
-    """Text of `graph`; with `groups` (a list of (name, kind, [nodes])) the kernels are delimited."""
-    order = graph.nodes()
-    if groups is not None:
-        grouped = [n for _, _, members in groups for n in members]
-        in_group = set(grouped)
-        order = [n for n in order if n not in in_group] + grouped
-    names = {node: f"%{i}" for i, node in enumerate(order)}
+    """Text of `graph`; with `groups` (a list of (name, kind, [nodes])) the kernels are delimited.
+
+    Nodes outside every kernel (inputs, constants, views that kernels evaluate inline) print at
+    top level just before the first kernel that needs them.
+    """
+    names: dict = {}
     lines = [f"graph {format_name(graph.name)}"]
+
+    def emit(node, indent="  "):
+        names[node] = f"%{len(names)}"
+        lines.append(indent + format_node(node, names))
+
     if groups is None:
-        lines += ["  " + format_node(n, names) for n in order]
+        for node in graph.nodes():
+            emit(node)
     else:
         in_group = {n for _, _, members in groups for n in members}
-        lines += ["  " + format_node(n, names) for n in order if n not in in_group]
+
+        def emit_loose(node):
+            stack = [(node, False)]
+            while stack:
+                n, expanded = stack.pop()
+                if n in names or n in in_group:
+                    continue
+                if expanded:
+                    emit(n)
+                else:
+                    stack.append((n, True))
+                    stack.extend((o, False) for o in reversed(n.operands))
+
+        for node in graph.inputs:
+            emit_loose(node)
         for name, kind, members in groups:
+            for m in members:
+                for o in m.operands:
+                    emit_loose(o)
             lines.append(f"  kernel {format_name(name)} {format_name(kind)} {{")
-            lines += ["    " + format_node(n, names) for n in members]
+            for m in members:
+                emit(m, "    ")
             lines.append("  }")
+        for _, value in graph.outputs:
+            emit_loose(value)
     lines.append("  return " + ", ".join(f"{format_name(k)}={names[v]}" for k, v in graph.outputs))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,673 @@
+"""Lowering a fused, memory-planned graph to an llvmlite module.
+
+The module exports one function per graph:
+
+    void NAME(int64_t n, void **table)
+
+`n` is the batch size; `table` holds one pointer per graph input (in order), one per output that has
+its own buffer (`MemoryPlan.outputs`), and last the workspace arena.  Each kernel group becomes an
+internal function `NAME.kI(n, table)` called in schedule order, so one native call runs the graph.
+
+Inside a kernel every value is *evaluated at an index* (a tuple of i64 values): elementwise ops
+apply their scalar lowering to their operands' values at the same index; broadcast, transpose and
+reshape remap the index; materialized values are loaded from their buffer.  That is what makes an
+inlined producer free of memory traffic.  A matmul or reduction anchor is computed into its buffer
+first, then the group's elementwise part runs as one loop nest over the group's shape.  Loops put the
+last axis innermost with unit stride, so LLVM's loop vectorizer turns them into vector code.
+
+Each op's lowering lives in its registry entry (`ir.ops.REGISTRY[op].lowering`), registered here
+with `@lowers(op)`:  a `Scalar` lowering maps operand values to a value; an `Index` lowering
+computes a value from an index; `Kernel` lowerings emit an anchor's whole computation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from llvmlite import ir
+
+import ir as kir
+from ir import ops
+from ir.fusion import FusedGraph, Group, is_free
+from ir.memory import MemoryPlan
+
+from . import mathlib
+from .loops import for_range
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+VALUE_TYPES = {"f32": F32, "f64": F64, "i32": I32, "u32": I32, "bool": I1}
+STORAGE_TYPES = {"f32": F32, "f64": F64, "i32": I32, "u32": I32, "bool": I8}
+# NOTE: reductions may reassociate (that is what lets them vectorize); elementwise ops stay IEEE so
+# compiled results match the numpy reference bit for bit wherever libm is not involved.
+REDUCE_FLAGS = ("reassoc", "nsz")
+
+
+def c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def c32(v: int) -> ir.Constant:
+    """An i32 constant from any 32-bit pattern (LLVM's text form wants it signed)."""
+    v = int(v) & 0xFFFFFFFF
+    return ir.Constant(I32, v - (1 << 32) if v >= 1 << 31 else v)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering kinds and registration
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scalar:
+    """fn(builder, node, operand_values) -> value"""
+    fn: Callable
+
+
+@dataclass(frozen=True)
+class Index:
+    """fn(evaluator, node, index) -> value"""
+    fn: Callable
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """fn(kernel_emitter, node) -> None: computes the anchor into its buffer."""
+    fn: Callable
+
+
+def lowers(op: str, kind=Scalar):
+    def register(fn):
+        ops.get(op).lowering = kind(fn)
+        return fn
+    return register
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype in ("f32", "f64")
+
+
+def _signed(dtype: str) -> bool:
+    return dtype == "i32"
+
+
+def _intrinsic(builder, name, args, ty=None):
+    ty = ty or args[0].type
+    fnty = ir.FunctionType(ty, [a.type for a in args])
+    module = builder.module
+    suffix = {F32: "f32", F64: "f64"}.get(ty, str(ty))
+    full = f"{name}.{suffix}"
+    fn = module.globals.get(full) or ir.Function(module, fnty, full)
+    return builder.call(fn, args)
+
+
+def _binary_lowering(float_fn, int_fn, uint_fn=None):
+    def lower(b, node, args):
+        x, y = args
+        dtype = node.operands[0].dtype
+        if _is_float(dtype):
+            return float_fn(b, x, y)
+        if dtype == "u32" and uint_fn is not None:
+            return uint_fn(b, x, y)
+        return int_fn(b, x, y)
+    return lower
+
+
+lowers("add")(_binary_lowering(lambda b, x, y: b.fadd(x, y), lambda b, x, y: b.add(x, y)))
+lowers("sub")(_binary_lowering(lambda b, x, y: b.fsub(x, y), lambda b, x, y: b.sub(x, y)))
+lowers("mul")(_binary_lowering(lambda b, x, y: b.fmul(x, y), lambda b, x, y: b.mul(x, y)))
+lowers("div")(_binary_lowering(lambda b, x, y: b.fdiv(x, y), lambda b, x, y: b.sdiv(x, y),
+                               lambda b, x, y: b.udiv(x, y)))
+lowers("max")(_binary_lowering(
+    lambda b, x, y: _intrinsic(b, "llvm.maximum", [x, y]),
+    lambda b, x, y: b.select(b.icmp_signed(">", x, y), x, y),
+    lambda b, x, y: b.select(b.icmp_unsigned(">", x, y), x, y)))
+lowers("min")(_binary_lowering(
+    lambda b, x, y: _intrinsic(b, "llvm.minimum", [x, y]),
+    lambda b, x, y: b.select(b.icmp_signed("<", x, y), x, y),
+    lambda b, x, y: b.select(b.icmp_unsigned("<", x, y), x, y)))
+
+
+@lowers("neg")
+def _neg(b, node, args):
+    (x,) = args
+    return b.fneg(x) if _is_float(node.dtype) else b.neg(x)
+
+
+@lowers("abs")
+def _abs(b, node, args):
+    (x,) = args
+    if _is_float(node.dtype):
+        return mathlib.emit_fabs(b, x)
+    if node.dtype == "u32":
+        return x
+    return b.select(b.icmp_signed("<", x, ir.Constant(x.type, 0)), b.neg(x), x)
+
+
+lowers("exp")(lambda b, node, args: mathlib.emit_exp(b, args[0]))
+lowers("log")(lambda b, node, args: mathlib.emit_log(b, args[0]))
+lowers("tanh")(lambda b, node, args: mathlib.emit_tanh(b, args[0]))
+lowers("sqrt")(lambda b, node, args: mathlib.emit_sqrt(b, args[0]))
+lowers("stop_gradient")(lambda b, node, args: args[0])
+
+_FCMP = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+
+
+def _compare_lowering(op):
+    def lower(b, node, args):
+        x, y = args
+        dtype = node.operands[0].dtype
+        if _is_float(dtype):
+            if op == "ne":
+                return b.fcmp_unordered("!=", x, y)
+            return b.fcmp_ordered(_FCMP[op], x, y)
+        if dtype == "i32":
+            return b.icmp_signed(_FCMP[op], x, y)
+        return b.icmp_unsigned(_FCMP[op], x, y)
+    return lower
+
+
+for _op in _FCMP:
+    lowers(_op)(_compare_lowering(_op))
+
+lowers("select")(lambda b, node, args: b.select(args[0], args[1], args[2]))
+
+
+@lowers("cast")
+def _cast(b, node, args):
+    (x,) = args
+    src, dst = node.operands[0].dtype, node.dtype
+    return convert(b, x, src, dst)
+
+
+def convert(b, x, src: str, dst: str):
+    if src == dst or (src in ("i32", "u32") and dst in ("i32", "u32")):
+        return x
+    to = VALUE_TYPES[dst]
+    if dst == "bool":
+        if _is_float(src):
+            return b.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
+        return b.icmp_unsigned("!=", x, ir.Constant(x.type, 0))
+    if src == "bool":
+        return b.uitofp(x, to) if _is_float(dst) else b.zext(x, to)
+    if _is_float(src) and _is_float(dst):
+        return b.fptrunc(x, to) if src == "f64" else b.fpext(x, to)
+    if _is_float(src):
+        return b.fptosi(x, to) if dst == "i32" else b.fptoui(x, to)
+    return b.sitofp(x, to) if src == "i32" else b.uitofp(x, to)
+
+
+def constant(dtype: str, value) -> ir.Constant:
+    ty = VALUE_TYPES[dtype]
+    if _is_float(dtype):
+        return ir.Constant(ty, float(value))
+    if dtype == "bool":
+        return ir.Constant(ty, int(bool(value)))
+    return c32(int(value))
+
+
+# -- index lowerings ----------------------------------------------------------------------------
+
+@lowers("const", Index)
+def _const(ev, node, index):
+    if node.type.shape == ():
+        return constant(node.dtype, node.attr("value"))
+    return ev.load(node, index)
+
+
+@lowers("arg", Index)
+def _arg(ev, node, index):
+    return ev.load(node, index)
+
+
+@lowers("broadcast", Index)
+def _broadcast(ev, node, index):
+    (x,) = node.operands
+    lead = node.type.rank - x.type.rank
+    mapped = tuple(c64(0) if (d == 1 and node.shape[lead + i] != 1) else index[lead + i]
+                   for i, d in enumerate(x.shape))
+    return ev.value(x, mapped)
+
+
+@lowers("transpose", Index)
+def _transpose(ev, node, index):
+    (x,) = node.operands
+    mapped = [None] * x.type.rank
+    for i, p in enumerate(node.attr("perm")):
+        mapped[p] = index[i]
+    return ev.value(x, tuple(mapped))
+
+
+@lowers("reshape", Index)
+def _reshape(ev, node, index):
+    (x,) = node.operands
+    b = ev.builder
+    flat = ev.linear(index, node.type)
+    mapped = []
+    for axis in reversed(range(x.type.rank)):
+        d = x.shape[axis]
+        if axis == 0:
+            mapped.append(flat)
+        else:
+            mapped.append(b.urem(flat, c64(d)))
+            flat = b.udiv(flat, c64(d))
+    return ev.value(x, tuple(reversed(mapped)))
+
+
+@lowers("iota", Index)
+def _iota(ev, node, index):
+    return convert(ev.builder, index[node.attr("axis")], "i32", node.dtype) \
+        if node.dtype != "i32" else ev.builder.trunc(index[node.attr("axis")], I32)
+
+
+@lowers("dim_size", Index)
+def _dim_size(ev, node, index):
+    x = node.operands[0]
+    d = x.shape[node.attr("axis")]
+    size = ev.n if d is None else c64(d)
+    if _is_float(node.dtype):
+        return ev.builder.sitofp(size, VALUE_TYPES[node.dtype])
+    return ev.builder.trunc(size, I32)
+
+
+def _fmix32(b, h):
+    h = b.xor(h, b.lshr(h, c32(16)))
+    h = b.mul(h, c32(0x85EBCA6B))
+    h = b.xor(h, b.lshr(h, c32(13)))
+    h = b.mul(h, c32(0xC2B2AE35))
+    return b.xor(h, b.lshr(h, c32(16)))
+
+
+@lowers("random_uniform", Index)
+def _random_uniform(ev, node, index):
+    # Same bits as ir.ops.random_bits: key = fmix32(seed ^ stream*golden);
+    # x = fmix32(fmix32(i*golden ^ key) + key); value = (x >> 8) * 2^-24.
+    b = ev.builder
+    seed = ev.value(node.operands[0], ())
+    golden = c32(0x9E3779B9)
+    stream = c32(node.attr("stream") * 0x9E3779B9)
+    key = _fmix32(b, b.xor(seed, stream))
+    i = b.trunc(ev.linear(index, node.type), I32)
+    x = _fmix32(b, b.xor(b.mul(i, golden), key))
+    x = _fmix32(b, b.add(x, key))
+    top = b.uitofp(b.lshr(x, c32(8)), F32)
+    return b.fmul(top, ir.Constant(F32, 2.0 ** -24))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of a group at an index
+# ----------------------------------------------------------------------------------------------
+
+class Evaluator:
+    """Computes values of a group's members at an index, loading materialized operands."""
+
+    def __init__(self, emitter: "FunctionEmitter", members: set):
+        self.emitter = emitter
+        self.builder = emitter.builder
+        self.n = emitter.n
+        self.members = members
+        self.memo: dict = {}
+
+    def linear(self, index, ttype) -> ir.Value:
+        """Row-major linear offset of `index` in a value of type `ttype`."""
+        b = self.builder
+        offset = None
+        stride = 1
+        stride_v = None
+        for axis in reversed(range(ttype.rank)):
+            d = ttype.shape[axis]
+            s = stride_v if stride_v is not None else c64(stride)
+            term = index[axis] if (stride_v is None and stride == 1) else b.mul(index[axis], s)
+            offset = term if offset is None else b.add(offset, term)
+            if d is None:
+                stride_v = b.mul(self.n, c64(stride)) if stride_v is None else b.mul(stride_v, self.n)
+            elif stride_v is None:
+                stride *= d
+            else:
+                stride_v = b.mul(stride_v, c64(d))
+        return offset if offset is not None else c64(0)
+
+    def pointer(self, node, index) -> ir.Value:
+        base = self.emitter.pointer_of(node)
+        return self.builder.gep(base, [self.linear(index, node.type)],
+                                source_etype=STORAGE_TYPES[node.dtype])
+
+    def load(self, node, index) -> ir.Value:
+        value = self.builder.load(self.pointer(node, index), typ=STORAGE_TYPES[node.dtype], align=4
+                                  if node.type.itemsize >= 4 else 1)
+        if node.dtype == "bool":
+            value = self.builder.trunc(value, I1)
+        return value
+
+    def store(self, node, index, value) -> None:
+        if node.dtype == "bool":
+            value = self.builder.zext(value, I8)
+        self.builder.store(value, self.pointer(node, index), align=4 if node.type.itemsize >= 4 else 1)
+
+    def value(self, node, index) -> ir.Value:
+        key = (node, tuple(id(i) for i in index))
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
+        if is_free(node):
+            result = constant(node.dtype, node.attr("value"))
+        elif node not in self.members and self.emitter.has_buffer(node):
+            result = self.load(node, index)
+        else:
+            lowering = ops.get(node.op).lowering
+            if isinstance(lowering, Scalar):
+                args = [self.value(o, index) for o in node.operands]
+                result = lowering.fn(self.builder, node, args)
+            elif isinstance(lowering, Index):
+                result = lowering.fn(self, node, index)
+            else:
+                raise AssertionError(f"{node.op} cannot be evaluated inline; it must be an anchor")
+        self.memo[key] = result
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+class loop_nest:
+    """Nested for_range loops over a shape (batch dim = n), outermost first; yields the index."""
+
+    def __init__(self, builder, shape, n):
+        self.builder, self.shape, self.n = builder, shape, n
+        self._contexts = []
+
+    def __enter__(self):
+        index = []
+        for axis, d in enumerate(self.shape):
+            ctx = for_range(self.builder, 0, self.n if d is None else d, name=f"i{axis}")
+            index.append(ctx.__enter__())
+            self._contexts.append(ctx)
+        return tuple(index)
+
+    def __exit__(self, *exc):
+        for ctx in reversed(self._contexts):
+            ctx.__exit__(None, None, None)
+        return False
+
+
+def emit_elementwise_outputs(emitter, group: Group, outputs: list) -> None:
+    if not outputs:
+        return
+    b = emitter.builder
+    members = set(group.members)
+    if group.anchor is not None:
+        members.discard(group.anchor)
+    with loop_nest(b, group.shape, emitter.n) as index:
+        ev = Evaluator(emitter, members)
+        for node in outputs:
+            ev.store(node, index, ev.value(node, index))
+
+
+def _reduce_identity(node):
+    if node.op == "reduce_max":
+        return -np.inf if _is_float(node.dtype) else np.iinfo(ops.np_dtype(node.dtype)).min
+    return 0
+
+
+@lowers("reduce_sum", Kernel)
+@lowers("reduce_max", Kernel)
+@lowers("reduce_mean", Kernel)
+def _reduce_kernel(emitter, node, members):
+    """Accumulate in the output buffer, iterating the input in row-major order so the inner loop
+    is unit-stride; a reduction over the last axis becomes a register reduction LLVM vectorizes."""
+    b = emitter.builder
+    (x,) = node.operands
+    axes = node.attr("axes")
+    out_ev = Evaluator(emitter, set())
+    with loop_nest(b, node.shape, emitter.n) as index:
+        out_ev.store(node, index, constant(node.dtype, _reduce_identity(node)))
+    ev = Evaluator(emitter, members)
+    with loop_nest(b, x.shape, emitter.n) as index:
+        value = ev.value(x, index)
+        if node.attr("keepdims"):
+            out_index = tuple(c64(0) if i in axes else index[i] for i in range(x.type.rank))
+        else:
+            out_index = tuple(index[i] for i in range(x.type.rank) if i not in axes)
+        ptr = Evaluator(emitter, set()).pointer(node, out_index)
+        acc = b.load(ptr, typ=STORAGE_TYPES[node.dtype], align=4)
+        if node.op == "reduce_max":
+            new = (_intrinsic(b, "llvm.maximum", [acc, value]) if _is_float(node.dtype)
+                   else b.select(b.icmp_signed(">", acc, value), acc, value))
+        elif _is_float(node.dtype):
+            new = b.fadd(acc, value, flags=REDUCE_FLAGS)
+        else:
+            new = b.add(acc, value)
+        b.store(new, ptr, align=4)
+    if node.op == "reduce_mean":
+        count = 1
+        dynamic = False
+        for a in axes:
+            if x.shape[a] is None:
+                dynamic = True
+            else:
+                count *= x.shape[a]
+        with loop_nest(b, node.shape, emitter.n) as index:
+            ev2 = Evaluator(emitter, set())
+            total = ev2.load(node, index)
+            divisor = constant(node.dtype, count)
+            if dynamic:
+                nval = b.sitofp(emitter.n, VALUE_TYPES[node.dtype]) if _is_float(node.dtype) \
+                    else b.trunc(emitter.n, I32)
+                divisor = b.fmul(divisor, nval) if _is_float(node.dtype) else b.mul(divisor, nval)
+            ev2.store(node, index, b.fdiv(total, divisor) if _is_float(node.dtype)
+                      else b.sdiv(total, divisor))
+
+
+@lowers("argmax", Kernel)
+def _argmax_kernel(emitter, node, members):
+    b = emitter.builder
+    (x,) = node.operands
+    axis = node.attr("axis")
+    outer = tuple(d for i, d in enumerate(x.shape) if i != axis)
+    ev = Evaluator(emitter, members)
+    best_ptr = emitter.alloca(VALUE_TYPES[x.dtype])
+    idx_ptr = emitter.alloca(I64)
+    with loop_nest(b, outer, emitter.n) as oindex:
+        b.store(ev.value(x, oindex[:axis] + (c64(0),) + oindex[axis:]), best_ptr)
+        b.store(c64(0), idx_ptr)
+        with for_range(b, 1, x.shape[axis], name="am") as j:
+            ev.memo.clear()
+            v = ev.value(x, oindex[:axis] + (j,) + oindex[axis:])
+            best = b.load(best_ptr, typ=VALUE_TYPES[x.dtype])
+            better = (b.fcmp_ordered(">", v, best) if _is_float(x.dtype)
+                      else b.icmp_signed(">", v, best))
+            b.store(b.select(better, v, best), best_ptr)
+            b.store(b.select(better, j, b.load(idx_ptr, typ=I64)), idx_ptr)
+        ev.memo.clear()
+        Evaluator(emitter, set()).store(node, oindex, b.trunc(b.load(idx_ptr, typ=I64), I32))
+
+
+@lowers("matmul", Kernel)
+def _matmul_kernel(emitter, node, members):
+    from .gemm import emit_gemm
+    a, bm = node.operands
+    ta, tb = node.attr("transpose_a"), node.attr("transpose_b")
+    b = emitter.builder
+    rows_a = _rows(b, a, emitter.n, keep_last=1)
+    if ta:
+        m, n, k = a.shape[-1], bm.shape[-1], rows_a
+    else:
+        m, k = rows_a, a.shape[-1]
+        n = bm.shape[0] if tb else bm.shape[1]
+    emit_gemm(b, emitter.pointer_of(a), emitter.pointer_of(bm), emitter.pointer_of(node),
+              m, n, k, trans_a=ta, trans_b=tb, dtype=VALUE_TYPES[node.dtype])
+
+
+def _rows(builder, node, n, keep_last=1):
+    """Product of all but the last `keep_last` dims (an int, or an i64 value with the batch)."""
+    dims = node.shape[:-keep_last] if keep_last else node.shape
+    static = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
+    if any(d is None for d in dims):
+        return builder.mul(n, c64(static)) if static != 1 else n
+    return static
+
+
+# ----------------------------------------------------------------------------------------------
+# The function
+# ----------------------------------------------------------------------------------------------
+
+class FunctionEmitter:
+    """Emits one kernel function `void k(i64 n, ptr noalias b0, ptr noalias b1, ...)`.
+
+    Every buffer the kernel touches is its own `noalias` parameter: the memory plan guarantees that
+    buffers live in the same kernel never overlap (an in-place update reads and writes through one
+    parameter), and telling LLVM so spares the vectorizer its runtime overlap checks.
+    """
+
+    def __init__(self, module, name, buffers: list, consts: dict):
+        self.module = module
+        self.consts = consts
+        self.buffers = list(buffers)
+        fnty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(self.buffers))
+        self.function = ir.Function(module, fnty, name)
+        self.function.linkage = "internal"
+        self.function.attributes.add("noinline")
+        self.function.attributes.add("nounwind")
+        self.n = self.function.args[0]
+        self.n.name = "n"
+        self._pointers = {}
+        for node, arg in zip(self.buffers, self.function.args[1:]):
+            arg.add_attribute("noalias")
+            self._pointers[node] = arg
+        self.entry = self.function.append_basic_block("entry")
+        self.builder = ir.IRBuilder(self.entry)
+
+    def alloca(self, ty):
+        with self.builder.goto_block(self.entry):
+            self.builder.position_at_start(self.entry)
+            return self.builder.alloca(ty)
+
+    def has_buffer(self, node) -> bool:
+        return node in self._pointers or node in self.consts
+
+    def pointer_of(self, node) -> ir.Value:
+        ptr = self._pointers.get(node)
+        if ptr is None:
+            ptr = self.consts.get(node)
+        if ptr is None:
+            raise AssertionError(f"{node} is not a buffer of kernel {self.function.name}")
+        return ptr
+
+    def finish(self):
+        self.builder.ret_void()
+
+
+def _global_constant(module, node, name):
+    value = node.attr("value")
+    if value.array is None:
+        raise ValueError("a constant parsed from text without its data cannot be compiled; pass "
+                         "constants= to ir.parse")
+    flat = np.ascontiguousarray(value.array).reshape(-1)
+    if node.dtype == "bool":
+        flat = flat.astype(np.uint8)
+    arr_ty = ir.ArrayType(STORAGE_TYPES[node.dtype], flat.size)
+    gv = ir.GlobalVariable(module, arr_ty, name)
+    gv.global_constant = True
+    gv.linkage = "internal"
+    gv.align = 64
+    gv.initializer = ir.Constant(arr_ty, bytearray(flat.tobytes()))
+    return gv
+
+
+@dataclass
+class Lowered:
+    module: ir.Module
+    name: str
+    plan: MemoryPlan
+    fused: FusedGraph
+    table_size: int
+
+
+class _Destination:
+    """Stands for the destination buffer of a copy kernel."""
+
+
+def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
+    from ir.fusion import group_inputs
+    seen, out = set(), []
+    for node in group_inputs(group) + list(group.outputs) + ([group.anchor] if group.anchor else []):
+        if node not in seen and node in plan.slots and node not in consts:
+            seen.add(node)
+            out.append(node)
+    return out
+
+
+def _emit_group(fe: FunctionEmitter, group: Group) -> None:
+    members = set(group.members)
+    if group.anchor is not None:
+        ops.get(group.anchor.op).lowering.fn(fe, group.anchor, members - {group.anchor})
+        emit_elementwise_outputs(fe, group, [o for o in group.outputs if o is not group.anchor])
+    else:
+        emit_elementwise_outputs(fe, group, group.outputs)
+
+
+def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None
+          ) -> Lowered:
+    """Add the graph's entry function `name` (and its kernels) to `module`."""
+    graph = fused.graph
+    module = module or ir.Module(name=f"kcompile.{name}")
+    consts = {}
+    for node in graph.nodes():
+        slot = plan.slots.get(node)
+        if slot is not None and slot.where == "const":
+            consts[node] = _global_constant(module, node, f"{name}.const{len(consts)}")
+
+    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR]), name)
+    entry.attributes.add("nounwind")
+    n, table = entry.args
+    n.name, table.name = "n", "table"
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    n_inputs = len(graph.inputs)
+
+    def table_entry(i):
+        return b.load(b.gep(table, [c64(i)], source_etype=PTR), typ=PTR)
+
+    arena = table_entry(n_inputs + len(plan.outputs))
+    pointers: dict = {}
+
+    def pointer(node):
+        if node not in pointers:
+            slot = plan.slots[node]
+            if slot.where == "input":
+                pointers[node] = table_entry(slot.index)
+            elif slot.where == "output":
+                pointers[node] = table_entry(n_inputs + slot.index)
+            else:
+                offset = (c64(slot.offset) if slot.region == "static" else
+                          b.add(c64(plan.static_bytes), b.mul(n, c64(slot.offset))))
+                pointers[node] = b.gep(arena, [offset], source_etype=I8)
+        return pointers[node]
+
+    for group in fused.groups:
+        buffers = _kernel_buffers(group, plan, consts)
+        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts)
+        _emit_group(fe, group)
+        fe.finish()
+        b.call(fe.function, [n] + [pointer(x) for x in buffers])
+
+    input_names = graph.input_names
+    for i, (out_name, node) in enumerate(plan.copies):
+        dest = (table_entry(input_names.index(out_name)) if out_name in input_names
+                else table_entry(n_inputs + plan.outputs.index(out_name)))
+        source = [] if (node not in plan.slots or node in consts) else [node]
+        destination = _Destination()
+        fe = FunctionEmitter(module, f"{name}.copy{i}", source + [destination], consts)
+        ev = Evaluator(fe, set())
+        with loop_nest(fe.builder, node.shape, fe.n) as index:
+            value = ev.value(node, index)
+            if node.dtype == "bool":
+                value = fe.builder.zext(value, I8)
+            ptr = fe.builder.gep(fe.pointer_of(destination), [ev.linear(index, node.type)],
+                                 source_etype=STORAGE_TYPES[node.dtype])
+            fe.builder.store(value, ptr, align=1)
+        fe.finish()
+        b.call(fe.function, [n] + [pointer(x) for x in source] + [dest])
+    b.ret_void()
+    return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1)

@@ -1,0 +1,122 @@
+"""Calling compiled graphs: buffers owned by Python, addresses cached, one ctypes call per run.
+
+`CompiledRunner` implements the runner contract of `kcompile.backend` (state arrays updated in
+place, `run(feeds)` returns the other outputs) without knowing anything about Keras.  The pointer
+table is a numpy uint64 array built once; per call only the entries of the fed inputs change, and the
+workspace arena grows when a larger batch arrives.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+import ir
+from ir.ops import np_dtype
+
+from .compiler import CompileOptions, compile_graph
+
+_ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
+ALIGN = 64
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of at least `nbytes` whose data pointer is 64-byte aligned."""
+    raw = np.empty(max(nbytes, 1) + ALIGN, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset:offset + max(nbytes, 1)]
+
+
+class CompiledRunner:
+    def __init__(self, graph: ir.Graph, state: dict, options: CompileOptions | None = None,
+                 compiled=None):
+        self.compiled = compiled or compile_graph(graph, options)
+        self.graph = self.compiled.optimized
+        self.state = state
+        self._fn = _ENTRY(self.compiled.address)
+        inputs = self.graph.inputs
+        plan = self.compiled.plan
+        self.n_inputs = len(inputs)
+        self.table = np.zeros(self.n_inputs + len(plan.outputs) + 1, dtype=np.uint64)
+        self._table_address = self.table.ctypes.data
+        self.feed_index = {}
+        self.input_types = {}
+        self._keep = {}
+        for i, node in enumerate(inputs):
+            name = node.attr("name")
+            self.input_types[name] = node.type
+            if name in state:
+                array = state[name]
+                self._check(name, array, node.type, None, strict=True)
+                self.table[i] = array.ctypes.data
+                self._keep[name] = array
+            else:
+                self.feed_index[name] = i
+        self.result_names = list(plan.outputs)
+        self.result_types = {name: self.graph.output(name).type for name in self.result_names}
+        self._capacity = -1
+        self._workspace = None
+        self._outputs = {}
+
+    @staticmethod
+    def _check(name, array, ttype, batch, strict=False):
+        if not isinstance(array, np.ndarray) or array.dtype != np.dtype(np_dtype(ttype.dtype)) \
+                or not array.flags.c_contiguous:
+            raise TypeError(f"buffer {name!r} must be a C-contiguous {np.dtype(np_dtype(ttype.dtype))}"
+                            f" array")
+        expected = ttype.concrete_shape(batch if batch is not None else array.shape[0]
+                                        if ttype.batched else 0)
+        if array.shape != expected:
+            raise ValueError(f"buffer {name!r} must have shape {ttype.shape}, got {array.shape}")
+
+    def _ensure(self, batch: int) -> None:
+        if batch <= self._capacity:
+            return
+        capacity = max(batch, 1)
+        plan = self.compiled.plan
+        self._workspace = aligned_empty(plan.workspace_bytes(capacity))
+        self.table[-1] = self._workspace.ctypes.data
+        for j, name in enumerate(self.result_names):
+            ttype = self.result_types[name]
+            out = np.empty(ttype.concrete_shape(capacity), dtype=np_dtype(ttype.dtype))
+            self._outputs[name] = out
+            self.table[self.n_inputs + j] = out.ctypes.data
+        self._capacity = capacity
+
+    def bind(self, feeds: dict) -> None:
+        """Fix the buffers of some fed inputs (staging arrays reused every call)."""
+        for name, array in feeds.items():
+            self._check(name, array, self.input_types[name], None)
+            self.table[self.feed_index[name]] = array.ctypes.data
+            self._keep[name] = array
+
+    def call(self, batch: int) -> None:
+        """Run on the bound buffers with `batch` rows (no checks: the caller validated)."""
+        self._ensure(batch)
+        self._fn(batch, self._table_address)
+
+    def output(self, name: str, batch: int) -> np.ndarray:
+        out = self._outputs[name]
+        return out[:batch] if self.result_types[name].batched else out
+
+    def run(self, feeds: dict) -> dict:
+        batch = None
+        prepared = {}
+        for name, i in self.feed_index.items():
+            if name not in feeds:
+                raise ValueError(f"missing input {name!r}")
+            ttype = self.input_types[name]
+            array = np.ascontiguousarray(feeds[name], dtype=np_dtype(ttype.dtype))
+            if ttype.batched:
+                if batch is not None and array.shape[0] != batch:
+                    raise ValueError(f"inputs disagree on the batch size ({name!r} has "
+                                     f"{array.shape[0]} rows, another input {batch})")
+                batch = array.shape[0]
+            self._check(name, array, ttype, batch)
+            prepared[name] = array
+        batch = 0 if batch is None else batch
+        for name, array in prepared.items():
+            self.table[self.feed_index[name]] = array.ctypes.data
+        self._keep.update(prepared)
+        self.call(batch)
+        return {name: self.output(name, batch).copy() for name in self.result_names}
