@@ -567,12 +567,15 @@ def _global_constant(module, node, name):
     flat = np.ascontiguousarray(value.array).reshape(-1)
     if node.dtype == "bool":
         flat = flat.astype(np.uint8)
-    arr_ty = ir.ArrayType(STORAGE_TYPES[node.dtype], flat.size)
+    # NOTE: stored as raw bytes (llvmlite builds byte-array initializers directly); loads index it
+    # with the element type, which opaque pointers allow.
+    data = bytearray(flat.tobytes())
+    arr_ty = ir.ArrayType(I8, len(data))
     gv = ir.GlobalVariable(module, arr_ty, name)
     gv.global_constant = True
     gv.linkage = "internal"
     gv.align = 64
-    gv.initializer = ir.Constant(arr_ty, bytearray(flat.tobytes()))
+    gv.initializer = ir.Constant(arr_ty, data)
     return gv
 
 
