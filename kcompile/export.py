@@ -1,0 +1,123 @@
+"""Exporting a trained model as a compiled predictor directory (see `kcompile.predictor`).
+
+    DIR/libmodel.so   the predictor, weights embedded, depending only on libc
+    DIR/model.o       the object file it was linked from
+    DIR/model.h       the C interface (documented there)
+    DIR/example.c     a C program that classifies rows read from a file; build command inside
+    DIR/manifest.json shapes, dtypes, layer summary, version, target CPU, hashes
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+import ir
+from ir import build as B
+from ir.graph import rebuild
+
+from .predictor import FORMAT, MANIFEST
+
+EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor.
+ *
+ * Build and run (from this directory):
+ *     cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'
+ *     ./example input.f32 ROWS
+ * input.f32 holds ROWS rows of float32 values (row-major, {row} values per row).
+ * Prints, per row, the index of the largest output.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s input.f32 ROWS\n", argv[0]); return 2; }
+    long rows = atol(argv[2]);
+    if (rows <= 0) { fprintf(stderr, "ROWS must be positive\n"); return 2; }
+    float *x = malloc(sizeof(float) * (size_t)rows * {row});
+    float *out = malloc(sizeof(float) * (size_t)rows * {classes});
+    FILE *f = fopen(argv[1], "rb");
+    if (!x || !out || !f) { fprintf(stderr, "cannot read %s\n", argv[1]); return 1; }
+    if (fread(x, sizeof(float) * {row}, (size_t)rows, f) != (size_t)rows) {
+        fprintf(stderr, "%s holds fewer than %ld rows\n", argv[1], rows); return 1;
+    }
+    fclose(f);
+    int status = kcompile_predict(x, rows, out);
+    if (status != KCOMPILE_OK) { fprintf(stderr, "kcompile_predict failed: %d\n", status); return 1; }
+    for (long r = 0; r < rows; r++) {
+        int best = 0;
+        for (int c = 1; c < {classes}; c++)
+            if (out[r * {classes} + c] > out[r * {classes} + best]) best = c;
+        printf("%d\n", best);
+    }
+    free(x); free(out);
+    return 0;
+}
+"""
+
+
+def freeze(graph: ir.Graph, params: dict) -> ir.Graph:
+    """Replace the parameter inputs of `graph` by constants holding `params` (name -> array)."""
+    def rewrite(node, operands):
+        if node.op == "arg" and node.attr("name") in params:
+            return B.const(np.asarray(params[node.attr("name")]), node.dtype)
+        if operands == node.operands:
+            return node
+        return ir.ops.make(node.op, operands, **node.attr_dict)
+    frozen = rebuild(graph, rewrite)
+    inputs = [n for n in frozen.inputs if n.op == "arg"]
+    return ir.Graph(graph.name, inputs, frozen.outputs)
+
+
+def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=(), version="0",
+                     cpu: str | None = None, features: str | None = None,
+                     fusion_level: int = 1) -> str:
+    """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`."""
+    from codegen import target
+    from codegen.export import export_graph
+    from ir import passes
+
+    frozen = passes.run_pipeline(freeze(graph, params)) if hasattr(passes, "run_pipeline") \
+        else freeze(graph, params)
+    os.makedirs(directory, exist_ok=True)
+    paths = export_graph(frozen, directory, name="model", version=version, cpu=cpu,
+                         features=features)
+    x, (_, y) = frozen.inputs[0], frozen.outputs[0]
+    row = int(np.prod([d for d in x.shape[1:]], dtype=np.int64))
+    classes = int(np.prod([d for d in y.shape[1:]], dtype=np.int64))
+    example = EXAMPLE_C.replace("{row}", str(row)).replace("{classes}", str(classes))
+    _write(os.path.join(directory, "example.c"), example.encode())
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(params[name]).tobytes())
+    with open(paths["library"], "rb") as f:
+        library_sha = hashlib.sha256(f.read()).hexdigest()
+    manifest = {
+        "format": FORMAT,
+        "abi_version": 1,
+        "kcompile_version": version,
+        "library": os.path.basename(paths["library"]),
+        "object": os.path.basename(paths["object"]),
+        "header": os.path.basename(paths["header"]),
+        "library_sha256": library_sha,
+        "input_shape": list(x.shape), "input_dtype": "float32",
+        "output_shape": list(y.shape), "output_dtype": "float32",
+        "layers": list(layers),
+        "target_cpu": cpu or target.host_cpu_name(),
+        "target_features": features or target.host_cpu_features(),
+        "weights_sha256": digest.hexdigest(),
+        "workspace": paths["workspace"],
+        "build_example": "cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'",
+    }
+    _write(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2).encode())
+    return directory
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
