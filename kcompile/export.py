@@ -77,10 +77,9 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`."""
     from codegen import target
     from codegen.export import export_graph
-    from ir import passes
+    from codegen.compiler import CompileOptions, optimize_graph
 
-    frozen = passes.run_pipeline(freeze(graph, params)) if hasattr(passes, "run_pipeline") \
-        else freeze(graph, params)
+    frozen = optimize_graph(freeze(graph, params), CompileOptions())
     os.makedirs(directory, exist_ok=True)
     paths = export_graph(frozen, directory, name="model", version=version, cpu=cpu,
                          features=features)

@@ -1,0 +1,155 @@
+"""Exported predictors: the shared library against the reference interpreter, from Python and C."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import ir
+from ir import build as B
+from kcompile.export import export_predictor
+from kcompile.predictor import PredictorError, load_predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mlp_graph():
+    x = B.arg("x", "f32", (None, 28, 28))
+    w1 = B.arg("d1/kernel", "f32", (784, 64))
+    b1 = B.arg("d1/bias", "f32", (64,))
+    w2 = B.arg("d2/kernel", "f32", (64, 10))
+    b2 = B.arg("d2/bias", "f32", (10,))
+    h = B.relu(B.add(B.matmul(B.reshape(x, (None, 784)), w1), b1))
+    y = B.softmax(B.add(B.matmul(h, w2), b2))
+    return ir.Graph("predict", [x, w1, b1, w2, b2], [("y_pred", y)])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
+              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
+              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
+              "d2/bias": rng.normal(0, 0.1, 10).astype(np.float32)}
+    directory = str(tmp_path_factory.mktemp("export") / "predictor")
+    export_predictor(mlp_graph(), params, directory, layers=["dense", "dense_1"], version="test")
+    return directory, params
+
+
+def reference(params, x):
+    feeds = dict(params, x=x)
+    return ir.run(mlp_graph(), feeds)["y_pred"]
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, 1000])
+def test_predictions_match_reference(exported, rows):
+    directory, params = exported
+    x = np.random.default_rng(rows).random((rows, 28, 28), dtype=np.float32)
+    p = load_predictor(directory)
+    np.testing.assert_allclose(p.predict(x), reference(params, x), atol=1e-6)
+
+
+def test_directory_contents_and_manifest(exported):
+    directory, _ = exported
+    for name in ("libmodel.so", "model.o", "model.h", "example.c", "manifest.json"):
+        assert os.path.isfile(os.path.join(directory, name)), name
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    assert manifest["input_shape"] == [None, 28, 28]
+    assert manifest["output_shape"] == [None, 10]
+    assert manifest["layers"] == ["dense", "dense_1"]
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", os.path.join(directory, "libmodel.so")],
+                               capture_output=True, text=True).stdout
+    libs = {line.split("@")[-1].split("_")[0] for line in undefined.split() if "@" in line}
+    assert libs <= {"GLIBC"}, undefined
+
+
+def test_c_example_prints_same_classes(exported, tmp_path):
+    directory, params = exported
+    work = tmp_path / "c"
+    shutil.copytree(directory, work)
+    x = np.random.default_rng(5).random((9, 28, 28), dtype=np.float32)
+    x.tofile(work / "input.f32")
+    build = subprocess.run(["cc", "-O2", "-o", "example", "example.c", "-L.", "-lmodel",
+                            "-Wl,-rpath,$ORIGIN"], cwd=work, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(["./example", "input.f32", "9"], cwd=work, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    classes = [int(line) for line in run.stdout.split()]
+    assert classes == list(np.argmax(reference(params, x), axis=1))
+
+
+def test_threads_give_serial_results(exported):
+    directory, _ = exported
+    p = load_predictor(directory)
+    inputs = [np.random.default_rng(i).random((50 + i, 28, 28), dtype=np.float32) for i in range(8)]
+    serial = [p.predict(x) for x in inputs]
+    results = [None] * 8
+
+    def work(i):
+        for _ in range(20):
+            results[i] = p.predict(inputs[i])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(results, serial):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs_are_python_errors(exported):
+    p = load_predictor(exported[0])
+    with pytest.raises(PredictorError, match=r"shape \(rows, 28, 28\)"):
+        p.predict(np.zeros((3, 784), np.float32))
+    with pytest.raises(PredictorError, match="numeric"):
+        p.predict(np.array([["a"] * 28] * 28, dtype=object)[None])
+    assert p.predict(np.zeros((0, 28, 28))).shape == (0, 10)
+
+
+def test_native_error_codes(exported):
+    import ctypes
+    lib = ctypes.CDLL(os.path.join(exported[0], "libmodel.so"))
+    lib.kcompile_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    out = np.zeros((2, 10), np.float32)
+    x = np.zeros((2, 28, 28), np.float32)
+    assert lib.kcompile_predict(None, 2, out.ctypes.data) == 1
+    assert lib.kcompile_predict(x.ctypes.data, 2, None) == 1
+    assert lib.kcompile_predict(x.ctypes.data, 0, out.ctypes.data) == 2
+    assert lib.kcompile_predict(x.ctypes.data, -5, out.ctypes.data) == 2
+
+
+def test_corrupt_files_give_clear_errors(exported, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported[0], bad)
+    lib = bad / "libmodel.so"
+    lib.write_bytes(lib.read_bytes()[: 1000])
+    with pytest.raises(PredictorError, match="corrupt or truncated"):
+        load_predictor(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(exported[0], bad)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(PredictorError, match="corrupt"):
+        load_predictor(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(PredictorError, match="no manifest.json"):
+        load_predictor(bad)
+
+
+def test_loader_needs_no_llvmlite(exported, tmp_path):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "llvmlite.py").write_text("raise ImportError('llvmlite is blocked in this test')\n")
+    script = (
+        "import sys, numpy as np\n"
+        "from kcompile.predictor import load_predictor\n"
+        f"p = load_predictor({exported[0]!r})\n"
+        "print(p.predict(np.zeros((2, 28, 28), np.float32)).shape)\n"
+        "assert 'llvmlite' not in sys.modules and 'ir' not in sys.modules, sorted(sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{ROOT}")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "(2, 10)" in result.stdout
