@@ -1,0 +1,165 @@
+"""On-disk compile cache: the same IR on the same CPU is compiled once, later processes load the object file.
+
+A full compile of a train-step module costs 0.1-0.5 s (half optimization, half codegen); loading the machine
+code MCJIT produced for it last time costs about a millisecond.  The key is the sha256 of
+  (format version, IR text, target.identity() = triple + CPU name + CPU features + llvmlite version, speed level),
+so anything that could change the machine code changes the key; stale entries are never wrong, only unused.
+
+Entry layout, one file `<key>.kco` per module:
+    magic (8 bytes) | format version, object length, IR length (little-endian u32, u64, u64) |
+    sha256 of everything after the header (32 bytes) | object file bytes | optimized IR (UTF-8)
+NOTE: the optimized IR sits in the same file as the object rather than in a second file beside it, so one
+atomic rename publishes both and one checksum covers both: an object can never be paired with the IR of
+another writer, and a truncated or corrupt entry is detected (and recompiled) instead of reaching LLVM.
+
+Concurrency: an entry is written to a temporary file in the cache directory and moved into place with
+os.replace, which is atomic on POSIX; two processes compiling the same module both write complete entries
+and the last rename wins.  Readers see either no entry or a complete one.  No fsync: after a power loss a
+torn entry fails its checksum and is recompiled.
+
+Where: `cache_dir` argument, else $KCOMPILE_CACHE_DIR, else $XDG_CACHE_HOME/kcompile, else
+~/.cache/kcompile.  KCOMPILE_CACHE=0 turns the cache off.  A directory that cannot be written to gives one
+warning and the process goes on compiling without storing (reading from it still works, so a read-only,
+pre-filled cache is fine).  Nothing is ever evicted; delete the directory to reclaim the space.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+
+from . import target
+from .jit import JitModule
+
+__all__ = ["compile_cached", "cache_directory", "cache_enabled", "cache_key", "FORMAT_VERSION"]
+
+# Bump when the entry layout or the way code is generated for the JIT changes (target machine options,
+# pass pipeline): old entries then simply stop matching.
+FORMAT_VERSION = 1
+
+_MAGIC = b"KCOBJ\x00\r\n"  # the \r\n catches text-mode mangling
+_HEADER = struct.Struct("<8sIQQ32s")
+_ENTRY_SUFFIX = ".kco"
+
+_log = logging.getLogger(__name__)
+_unwritable: set[str] = set()  # directories already warned about in this process
+
+
+def cache_enabled() -> bool:
+    """False when the environment says KCOMPILE_CACHE=0 (or false/no/off)."""
+    return os.environ.get("KCOMPILE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory used: the argument, else $KCOMPILE_CACHE_DIR, else the XDG cache home's kcompile/."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("KCOMPILE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "kcompile"
+
+
+def cache_key(ir_text: str, speed_level: int = 3) -> str:
+    """sha256 hex digest naming the entry for this IR compiled for this machine at this speed level."""
+    h = hashlib.sha256()
+    # Length-prefixed fields, so no two different tuples hash the same byte string.
+    for field in (f"kcompile-object-cache-v{FORMAT_VERSION}", target.identity(), str(speed_level), ir_text):
+        data = field.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def compile_cached(llvm_module, *, cache_dir: str | os.PathLike | None = None,
+                   speed_level: int = 3) -> JitModule:
+    """Compile `llvm_module` (an llvmlite.ir.Module or its IR text), or load it from the disk cache.
+
+    Returns a JitModule: `.address(name)`, `.optimized_ir`, `.assembly()` and `.cache_hit`, which says
+    whether the machine code was loaded from the cache.
+    """
+    if not cache_enabled():
+        return JitModule(llvm_module, speed_level=speed_level)
+
+    ir_text = str(llvm_module)
+    directory = cache_directory(cache_dir)
+    path = directory / (cache_key(ir_text, speed_level) + _ENTRY_SUFFIX)
+
+    entry = _read_entry(path)
+    if entry is not None:
+        object_code, optimized_ir = entry
+        module = JitModule.from_object(object_code, optimized_ir)
+        module.cache_hit = True
+        return module
+
+    module = JitModule(ir_text, speed_level=speed_level, keep_object=True)
+    _write_entry(directory, path, module.object_code, module.optimized_ir)
+    return module
+
+
+def _read_entry(path: Path):
+    """(object bytes, optimized IR) from a valid entry; None when it is missing, unreadable or corrupt."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # unreadable, or a path component is not a directory
+        _log.debug("compile cache: cannot read %s: %s", path, error)
+        return None
+    if len(data) < _HEADER.size:
+        return _corrupt(path, "shorter than its header")
+    magic, version, object_length, ir_length, digest = _HEADER.unpack_from(data)
+    if magic != _MAGIC or version != FORMAT_VERSION:
+        return _corrupt(path, "bad magic or format version")
+    payload = memoryview(data)[_HEADER.size:]
+    if len(payload) != object_length + ir_length:
+        return _corrupt(path, f"{len(payload)} payload bytes, header says {object_length + ir_length}")
+    if hashlib.sha256(payload).digest() != digest:
+        return _corrupt(path, "checksum mismatch")
+    try:
+        optimized_ir = bytes(payload[object_length:]).decode("utf-8")
+    except UnicodeDecodeError:
+        return _corrupt(path, "IR is not UTF-8")
+    return bytes(payload[:object_length]), optimized_ir
+
+
+def _corrupt(path: Path, reason: str):
+    # Not worth a user-facing warning: the entry is recompiled and overwritten right away.
+    _log.warning("compile cache: ignoring corrupt entry %s (%s); recompiling", path, reason)
+    return None
+
+
+def _write_entry(directory: Path, path: Path, object_code: bytes, optimized_ir: str) -> None:
+    if str(directory) in _unwritable:
+        return
+    ir_bytes = optimized_ir.encode("utf-8")
+    digest = hashlib.sha256(object_code + ir_bytes).digest()
+    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(object_code), len(ir_bytes), digest)
+    temporary = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=path.stem[:16] + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(object_code)
+            f.write(ir_bytes)
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        _unwritable.add(str(directory))
+        warnings.warn(
+            f"kcompile: cannot write the compile cache in {directory} ({error}); compiling without caching. "
+            "Set KCOMPILE_CACHE_DIR to a writable directory, or KCOMPILE_CACHE=0 to turn the cache off.",
+            RuntimeWarning, stacklevel=3)
+    finally:
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
