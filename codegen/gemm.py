@@ -1,0 +1,643 @@
+"""Register-tiled matrix multiply, emitted inline into a caller's LLVM function.
+
+    emit_gemm(builder, a_ptr, b_ptr, c_ptr, m, n, k, trans_a=..., trans_b=..., accumulate=...)
+
+computes C = op(A) @ op(B) (C += ... with `accumulate`), every operand dense and row-major.
+
+Design (figures in ../shared/LLVM-NOTES.md: the naive dot-product loop reaches 1.6 GFLOP/s, a register tile
+of splat(A) * row(B) FMAs reaches 270, so only the latter is ever emitted):
+
+* The micro-kernel computes an `mr x (nv * lanes)` tile of C: `mr * nv` vector accumulators carried
+  through the k loop in SSA registers; each k step loads `nv` vectors of a row of op(B), broadcasts `mr`
+  scalars of op(A) and issues `mr * nv` `llvm.fma` calls.  The tile is chosen so accumulators, the B row
+  and a broadcast fit the register file (`tile_shape`: 6 x 4 vectors with 32 registers, 6 x 2 with 16).
+  Column tails narrower than the full tile use taller tiles (12 x 1 or 12 x 2, `tile_rows`), which
+  keeps enough independent FMA chains for n = 10.  Each kernel is a separate internal, noinline
+  function (LLVM allocates its registers in isolation, and one copy serves every gemm of the module
+  with the same dtype, lanes, tile and A layout).
+* op(A) is read in place.  Without trans_a the `mr` broadcasts come from `mr` rows of A; with trans_a
+  (A stored (k, m)) they are `mr` consecutive scalars of one row of A, which is even better.  So neither
+  layout of A is ever packed.
+* op(B) must give contiguous rows of `nv * lanes` columns.  Without trans_b the full column panels are
+  read in place.  With trans_b (B stored (n, k)) each panel is packed (transposed) into a scratch buffer,
+  `lanes x lanes` blocks at a time with shuffles in registers; the packing is amortised over every row
+  tile of C.  A column tail (n not a multiple of the panel width) is also copied into the scratch buffer,
+  padded to whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the
+  last vector of a tail tile are masked (`llvm.masked.load/store`).
+* Row tails (m not a multiple of mr) use kernels of 8, 4, 2, 1 rows: the binary digits of the remainder.
+* Cache blocking: k in blocks of at most `KC` (the B panel, `KC x nv*lanes`, stays in L2 while every row
+  tile of C streams over it), m in blocks of `MC` rows (the A block `MC x KC` stays in L2 across
+  panels).  The second and later k blocks add to C.
+
+Epilogues (bias, activation) are NOT fused here: callers run them as a separate loop over C, which is
+still hot in cache for the shapes of a training step.  See `emit_gemm`'s docstring.
+
+All loads and stores of user memory claim `align 4` only: numpy buffers are 16-byte aligned at best.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+from llvmlite import ir
+
+from . import target
+from .loops import I64, for_range, i64, smin
+
+I1 = ir.IntType(1)
+I32 = ir.IntType(32)
+
+#: Largest k block (elements of the contracted dimension processed per pass over C).
+KC = 512
+#: Rows of C per m block (a multiple of every row tile used).
+MC = 240
+# NOTE: kernels and packers are `noinline`: one copy serves every call site of the module.  Measured on
+# the benchmark's 9 gemms: compile 1.28 s -> 0.99 s, run time unchanged (the k loop does not benefit
+# from constant strides; the call costs nothing next to a tile's k loop).
+_NOINLINE = True
+
+_KERNEL_PREFIX = "kcompile.gemm"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tile selection
+
+def vector_registers(features: str | None = None) -> int:
+    """Architectural vector registers: 32 with AVX-512 (zmm/ymm/xmm 0-31) or on aarch64, else 16."""
+    features = target.host_cpu_features() if features is None else features
+    feats = {f[1:] for f in features.split(",") if f.startswith("+")}
+    if "avx512f" in feats or "neon" in feats or "fp-armv8" in feats:
+        return 32
+    return 16
+
+
+def _registers_for(lanes: int, dtype_bits: int, features: str | None) -> int:
+    """Vector registers available for `lanes`-wide logical vectors (a logical vector wider than the
+    hardware's takes several registers)."""
+    per_vector = max(1, math.ceil(lanes * dtype_bits / target.vector_bits(features)))
+    return vector_registers(features) // per_vector
+
+
+#: Row counts a tile may have; MC is a multiple of each.
+_TILE_ROWS = (12, 8, 6, 4, 3, 2, 1)
+
+
+def tile_rows(vectors: int, registers: int) -> int:
+    """Rows of a tile `vectors` vectors wide: the most whose accumulators, the `vectors` of a B row
+    and one broadcast fit in `registers` (6 for 4 vectors in 32 registers, 12 for 1 or 2)."""
+    for rows in _TILE_ROWS:
+        if rows * vectors + vectors + 1 <= registers:
+            return rows
+    return 1
+
+
+def tile_shape(lanes: int, dtype_bits: int = 32, features: str | None = None) -> tuple[int, int]:
+    """(rows, vectors per row) of the full register tile for `lanes`-wide vectors of `dtype_bits`
+    floats: 6 x 4 vectors with 32 registers, 6 x 2 with 16.  Narrower column tails use taller tiles
+    (`tile_rows`)."""
+    registers = _registers_for(lanes, dtype_bits, features)
+    for vectors in (4, 2, 1):
+        rows = tile_rows(vectors, registers)
+        if rows >= 6 or vectors == 1:
+            return rows, vectors
+    return 1, 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Small emitters
+
+def _is_const(x) -> bool:
+    return isinstance(x, int)
+
+
+def _gep(builder, ptr, index, etype):
+    if isinstance(index, int) and index == 0:
+        return ptr
+    return builder.gep(ptr, [i64(index)], inbounds=True, source_etype=etype)
+
+
+def _mul(builder, a, b):
+    if _is_const(a) and _is_const(b):
+        return a * b
+    if _is_const(a) and a == 0 or _is_const(b) and b == 0:
+        return 0
+    if _is_const(a) and a == 1:
+        return b
+    if _is_const(b) and b == 1:
+        return a
+    return builder.mul(i64(a), i64(b), flags=("nsw",))
+
+
+def _add(builder, a, b):
+    if _is_const(a) and _is_const(b):
+        return a + b
+    if _is_const(a) and a == 0:
+        return b
+    if _is_const(b) and b == 0:
+        return a
+    return builder.add(i64(a), i64(b), flags=("nsw",))
+
+
+def _round_down(builder, x, multiple: int):
+    """x - x % multiple for x >= 0."""
+    if _is_const(x):
+        return x - x % multiple
+    if multiple & (multiple - 1) == 0:
+        return builder.and_(x, i64(~(multiple - 1)))
+    return builder.sub(x, builder.urem(x, i64(multiple)), flags=("nsw",))
+
+
+def _type_tag(dtype) -> str:
+    if isinstance(dtype, ir.FloatType):
+        return "f32"
+    if isinstance(dtype, ir.DoubleType):
+        return "f64"
+    raise TypeError(f"emit_gemm supports float and double, got {dtype}")
+
+
+def _intrinsic(module, name: str, ret, args):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+class _Vec:
+    """Vector helpers for one (module, dtype, lanes)."""
+
+    def __init__(self, module, dtype, lanes: int):
+        self.module, self.dtype, self.lanes = module, dtype, lanes
+        self.type = ir.VectorType(dtype, lanes)
+        self.mask_type = ir.VectorType(I1, lanes)
+        suffix = f"v{lanes}{_type_tag(dtype)}"
+        # NOTE: llvm.fmuladd becomes one FMA instruction where the CPU has one and mul+add where it
+        # does not; llvm.fma would become a libm call per lane on a CPU without FMA.
+        fma = "llvm.fma" if target.has_fma() else "llvm.fmuladd"
+        self._fma = _intrinsic(module, f"{fma}.{suffix}", self.type, [self.type] * 3)
+        ptr = ir.PointerType()
+        # The 4-argument form (explicit alignment) is what llvmlite's older LLVMs require; LLVM 22
+        # auto-upgrades it to an `align` attribute on the pointer.
+        self._mload = _intrinsic(module, f"llvm.masked.load.{suffix}.p0", self.type,
+                                 [ptr, I32, self.mask_type, self.type])
+        self._mstore = _intrinsic(module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
+                                  [self.type, ptr, I32, self.mask_type])
+        self.zero = ir.Constant(self.type, None)
+        self.iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+    def fma(self, builder, a, b, c):
+        return builder.call(self._fma, [a, b, c])
+
+    def splat(self, builder, scalar):
+        vec = builder.insert_element(ir.Constant(self.type, ir.Undefined), scalar, ir.Constant(I32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(self.type, ir.Undefined),
+                                      ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes))
+
+    def load(self, builder, ptr):
+        return builder.load(ptr, typ=self.type, align=4)
+
+    def store(self, builder, value, ptr):
+        builder.store(value, ptr, align=4)
+
+    def lane_mask(self, builder, count):
+        """<lanes x i1>: lane < count (count an i64)."""
+        splat = builder.insert_element(ir.Constant(ir.VectorType(I64, self.lanes), ir.Undefined),
+                                       i64(count), ir.Constant(I32, 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(ir.VectorType(I64, self.lanes), ir.Undefined),
+                                       ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes))
+        return builder.icmp_signed("<", self.iota, splat)
+
+    def masked_load(self, builder, ptr, mask):
+        return builder.call(self._mload, [ptr, ir.Constant(I32, 4), mask, self.zero])
+
+    def masked_store(self, builder, value, ptr, mask):
+        builder.call(self._mstore, [value, ptr, ir.Constant(I32, 4), mask])
+
+
+def _new_function(module, name, args):
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    if _NOINLINE:
+        fn.attributes.add("noinline")
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-kernel
+
+def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool):
+    """void kernel(a, lda, b, ldb, c, ldc, k, load_c, ncols_last).
+
+    C[r, v*L + l] (+)= sum_p opA[r, p] * B[p, v*L + l] for r < rows, v < nvec, with B rows `ldb` apart
+    and opA[r, p] = a[r*lda + p] (a[p*lda + r] with trans_a).  With `masked`, only the first
+    `ncols_last` lanes of the last vector of each C row are read and written.
+    """
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}"
+            f"{'.ta' if trans_a else ''}{'.masked' if masked else ''}")
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = _new_function(module, name, [ptr, I64, ptr, I64, ptr, I64, I64, I1, I64])
+    a, lda, b, ldb, c, ldc, k, load_c, ncols_last = fn.args
+    for arg, nm in zip(fn.args, ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last")):
+        arg.name = nm
+    for arg in (a, b, c):
+        arg.add_attribute("noalias")
+
+    entry = fn.append_basic_block("entry")
+    body = fn.append_basic_block("k.body")
+    done = fn.append_basic_block("k.done")
+    addc = fn.append_basic_block("add_c")
+    store = fn.append_basic_block("store")
+    bld = ir.IRBuilder(entry)
+
+    if trans_a:
+        a_rows = [a]
+    else:
+        a_rows = [_gep(bld, a, _mul(bld, r, lda), T) for r in range(rows)]
+    bld.cbranch(bld.icmp_signed(">", k, i64(0)), body, done)
+
+    # k loop, rotated (guard in entry, test at the bottom) with the accumulators as phis.
+    bld.position_at_end(body)
+    p = bld.phi(I64, name="p")
+    p.add_incoming(i64(0), entry)
+    accs = []
+    for r in range(rows):
+        row = []
+        for v in range(nvec):
+            phi = bld.phi(vec.type, name=f"acc{r}_{v}")
+            phi.add_incoming(vec.zero, entry)
+            row.append(phi)
+        accs.append(row)
+    b_row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
+    b_vecs = [vec.load(bld, _gep(bld, b_row, v * L, T)) for v in range(nvec)]
+    if trans_a:
+        a_base = _gep(bld, a, bld.mul(p, lda, flags=("nsw",)), T)
+        a_ptrs = [_gep(bld, a_base, r, T) for r in range(rows)]
+    else:
+        a_ptrs = [_gep(bld, a_rows[r], p, T) for r in range(rows)]
+    new_accs = []
+    for r in range(rows):
+        a_splat = vec.splat(bld, bld.load(a_ptrs[r], typ=T, align=4))
+        new_accs.append([vec.fma(bld, a_splat, b_vecs[v], accs[r][v]) for v in range(nvec)])
+    p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
+    p.add_incoming(p_next, body)
+    for r in range(rows):
+        for v in range(nvec):
+            accs[r][v].add_incoming(new_accs[r][v], body)
+    bld.cbranch(bld.icmp_signed("<", p_next, k), body, done)
+
+    bld.position_at_end(done)
+    results = []
+    for r in range(rows):
+        row = []
+        for v in range(nvec):
+            phi = bld.phi(vec.type)
+            phi.add_incoming(vec.zero, entry)
+            phi.add_incoming(new_accs[r][v], body)
+            row.append(phi)
+        results.append(row)
+    mask = vec.lane_mask(bld, ncols_last) if masked else None
+    c_rows = [_gep(bld, c, _mul(bld, r, ldc), T) for r in range(rows)]
+    c_ptrs = [[_gep(bld, c_rows[r], v * L, T) for v in range(nvec)] for r in range(rows)]
+    bld.cbranch(load_c, addc, store)
+
+    def is_masked(v):
+        return masked and v == nvec - 1
+
+    bld.position_at_end(addc)
+    summed = []
+    for r in range(rows):
+        row = []
+        for v in range(nvec):
+            old = (vec.masked_load(bld, c_ptrs[r][v], mask) if is_masked(v)
+                   else vec.load(bld, c_ptrs[r][v]))
+            row.append(bld.fadd(results[r][v], old))
+        summed.append(row)
+    bld.branch(store)
+
+    bld.position_at_end(store)
+    final = []
+    for r in range(rows):
+        for v in range(nvec):
+            phi = bld.phi(vec.type)
+            phi.add_incoming(results[r][v], done)
+            phi.add_incoming(summed[r][v], addc)
+            final.append((r, v, phi))
+    for r, v, value in final:
+        if is_masked(v):
+            vec.masked_store(bld, value, c_ptrs[r][v], mask)
+        else:
+            vec.store(bld, value, c_ptrs[r][v])
+    bld.ret_void()
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing of op(B) panels into scratch
+
+def _transpose(builder, vec: _Vec, rows):
+    """Transpose a lanes x lanes block held as `lanes` vectors (lanes a power of two).
+
+    Stage b swaps bit b of the row index with bit b of the column index, so after one stage per bit
+    every element (i, j) sits at (j, i).
+    """
+    L = vec.lanes
+    rows = list(rows)
+    mask_t = ir.VectorType(I32, L)
+    b = L // 2
+    while b >= 1:
+        lo_mask = ir.Constant(mask_t, [j if j & b == 0 else L + j - b for j in range(L)])
+        hi_mask = ir.Constant(mask_t, [j + b if j & b == 0 else L + j for j in range(L)])
+        for i in range(L):
+            if i & b:
+                continue
+            x, y = rows[i], rows[i + b]
+            rows[i] = builder.shuffle_vector(x, y, lo_mask)
+            rows[i + b] = builder.shuffle_vector(x, y, hi_mask)
+        b //= 2
+    return rows
+
+
+def _pack_transposed(vec: _Vec, nvec: int):
+    """void pack(src, ld, valid, k, dst): dst[p, j] = src[min(j, valid-1)*ld + p] for j < nvec*lanes.
+
+    `src` is B stored (n, k) offset to the panel's first row and the block's first p; `dst` gets
+    rows of nvec*lanes elements for p < round_up(k, lanes).  Rows of B past `valid` are clamped to the
+    last valid one: the columns they fill are computed but never stored.
+    """
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = f"{_KERNEL_PREFIX}.pack_t.{_type_tag(T)}x{L}.{nvec}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr])
+    src, ld, valid, k, dst = fn.args
+    for arg in (src, dst):
+        arg.add_attribute("noalias")
+    width = nvec * L
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    last = bld.sub(valid, i64(1))
+    kfull = _round_down(bld, k, L)
+
+    def block(p, jb, mask):
+        rows = []
+        for c in range(L):
+            j = smin(bld, _add(bld, jb, c), last)
+            rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
+            rows.append(vec.masked_load(bld, rptr, mask) if mask is not None else vec.load(bld, rptr))
+        cols = _transpose(bld, vec, rows)
+        for q in range(L):
+            dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
+            vec.store(bld, cols[q], dptr)
+
+    with for_range(bld, 0, width, L, name="jb") as jb:
+        with for_range(bld, 0, kfull, L, name="p") as p:
+            block(p, jb, None)
+        with bld.if_then(bld.icmp_signed("<", kfull, k)):
+            block(kfull, jb, vec.lane_mask(bld, bld.sub(k, kfull)))
+    bld.ret_void()
+    return fn
+
+
+def _pack_copy(vec: _Vec, nvec: int):
+    """void pack(src, ld, valid, k, dst): dst[p, j] = j < valid ? src[p*ld + j] : 0 for j < nvec*lanes."""
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = f"{_KERNEL_PREFIX}.pack_n.{_type_tag(T)}x{L}.{nvec}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr])
+    src, ld, valid, k, dst = fn.args
+    for arg in (src, dst):
+        arg.add_attribute("noalias")
+    width = nvec * L
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    masks = [vec.lane_mask(bld, bld.sub(valid, i64(v * L))) for v in range(nvec)]
+    with for_range(bld, 0, k, name="p") as p:
+        srow = _gep(bld, src, bld.mul(p, ld, flags=("nsw",)), T)
+        drow = _gep(bld, dst, bld.mul(p, i64(width), flags=("nsw",)), T)
+        for v in range(nvec):
+            value = vec.masked_load(bld, _gep(bld, srow, v * L, T), masks[v])
+            vec.store(bld, value, _gep(bld, drow, v * L, T))
+    bld.ret_void()
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+
+# Scratch slots already allocated per caller function: {(dtype, elements)...}.  The gemms of one
+# function run one after another, so they can share one buffer.
+_SCRATCH_SLOTS: "weakref.WeakKeyDictionary[ir.Function, dict]" = weakref.WeakKeyDictionary()
+
+
+def _function_scratch(builder, dtype, elements: int):
+    """A 64-byte aligned `alloca` of at least `elements` dtypes in the entry block of the builder's
+    function, shared by every gemm emitted into that function."""
+    slots = _SCRATCH_SLOTS.setdefault(builder.function, {})
+    key = str(dtype)
+    if key in slots and slots[key][1] >= elements:
+        return slots[key][0]
+    entry = builder.function.entry_basic_block
+    if builder.block is entry:
+        # NOTE: a second builder inserting into the caller's current block would leave the caller's
+        # insertion index stale, so emit in place: anywhere in the entry block is a static alloca.
+        bld = builder
+    else:
+        bld = ir.IRBuilder(entry)
+        if entry.instructions:
+            bld.position_before(entry.instructions[0])
+    slot = bld.alloca(ir.ArrayType(dtype, elements), name="gemm.scratch")
+    slot.align = 64
+    slots[key] = (slot, elements)
+    return slot
+
+
+def scratch_elements(n, k, *, trans_b=False, dtype=ir.FloatType(), lanes=None) -> int:
+    """Elements of scratch space emit_gemm needs for these arguments (0 when it needs none)."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    _, nvec = tile_shape(L, _dtype_bits(dtype))
+    nr = nvec * L
+    needs = trans_b or not _is_const(n) or n % nr != 0
+    if not needs:
+        return 0
+    kc = _k_block(k, L)[0]
+    return _round_up(kc, L) * nr
+
+
+def _dtype_bits(dtype) -> int:
+    return 32 if _type_tag(dtype) == "f32" else 64
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _k_block(k, lanes: int):
+    """(block size, single block?) for the contracted dimension."""
+    if _is_const(k):
+        if k <= KC:
+            return max(k, 1), True
+        blocks = -(-k // KC)
+        return _round_up(-(-k // blocks), lanes), False
+    return KC, False
+
+
+def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
+              trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
+              accumulate: bool = False, scratch_ptr=None) -> None:
+    """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
+
+    A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
+    (m, n).  All are dense row-major pointers to `dtype` (float or double), aligned to the element
+    only.  m, n, k are Python ints (compile-time constants) or i64 values, in any mix; any may be zero
+    (with k == 0, C is zeroed unless accumulating).
+
+    `lanes` defaults to the host's vector width for `dtype` (`target.vector_lanes`); a smaller power of
+    two is also correct (the tests use 8 and 4 on an AVX-512 host).
+
+    Scratch: with trans_b, or when n is not a multiple of the panel width (or is a runtime value),
+    op(B) panels are copied into a scratch buffer of `scratch_elements(n, k, ...)` elements: at most
+    512 x 64 floats = 128 KiB (f32, 16 lanes; the same in bytes for f64).  Pass `scratch_ptr` to
+    provide it (64-byte aligned preferred); otherwise it is an `alloca` in the entry block of the
+    caller's function, shared by every gemm emitted into that function, so the frame grows by 128 KiB
+    once per dtype.  Code running on small thread stacks should pass `scratch_ptr`.
+
+    Epilogue: none is fused (no `epilogue=` hook).  Callers apply bias/activation as a separate
+    vectorizable loop over C afterwards; C of a training-step GEMM is at most a few hundred KiB and
+    still in L2 (a per-element scalar callback inside the tile would defeat the vector stores).
+
+    Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
+    A or B (A and B may be the same buffer); float and double only; single-threaded code, but
+    reentrant (its only state is the caller's stack or scratch).
+    """
+    module = builder.module
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    if L & (L - 1):
+        raise ValueError(f"emit_gemm needs a power-of-two lane count, got {L}")
+    vec = _Vec(module, dtype, L)
+    T = dtype
+    registers = _registers_for(L, _dtype_bits(dtype), None)
+    _, nv = tile_shape(L, _dtype_bits(dtype))
+    nr = nv * L
+    mc = MC
+
+    lda = m if trans_a else k
+    ldb = k if trans_b else n
+    ldc = n
+
+    kc, single_k = _k_block(k, L)
+    needs_scratch = trans_b or not _is_const(n) or n % nr != 0
+    scratch = None
+    if needs_scratch:
+        if scratch_ptr is not None:
+            scratch = scratch_ptr
+        else:
+            # NOTE: sized for the largest k block rather than this gemm's, so that one slot serves
+            # every gemm of the function; pages this gemm does not touch cost nothing.
+            scratch = _function_scratch(builder, T, _round_up(KC, L) * nr)
+
+    def a_tile(a_block, row):
+        # opA rows start `row` rows down: row*lda elements without trans_a, `row` elements with it.
+        return _gep(builder, a_block, row if trans_a else _mul(builder, row, lda), T)
+
+    def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c):
+        """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block."""
+        def call(rows, row):
+            fn = _kernel(vec, rows, nvec, trans_a, masked)
+            builder.call(fn, [a_tile(a_block, row), i64(lda), b_src, i64(b_ld),
+                              _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
+                              i64(kcur), load_c, i64(ncols_last)])
+
+        mr = tile_rows(nvec, registers)
+        tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
+        mfull = _round_down(builder, mcur, mr)
+        if _is_const(mfull):
+            if mfull == mr:
+                call(mr, 0)
+            elif mfull > 0:
+                with for_range(builder, 0, mfull, mr, name="ir") as row:
+                    call(mr, row)
+        else:
+            with for_range(builder, 0, mfull, mr, name="ir") as row:
+                call(mr, row)
+        # The remainder (< mr) as a sum of distinct powers of two: one smaller kernel per set bit.
+        if _is_const(mcur):
+            rem, row = mcur - mfull, mfull
+            for size in tail_sizes:
+                if rem & size:
+                    call(size, row)
+                    row += size
+        else:
+            rem = builder.sub(mcur, mfull)
+            for size in tail_sizes:
+                bit = builder.and_(rem, i64(size))
+                with builder.if_then(builder.icmp_signed("!=", bit, i64(0))):
+                    row = builder.add(mfull, builder.and_(rem, i64(~(2 * size - 1))))
+                    call(size, row)
+
+    def b_panel(pc, kcur, j0, nvec, valid, full):
+        """Pointer and row stride of the op(B) panel [pc:pc+kcur, j0:j0+nvec*L]."""
+        if trans_b:
+            src = _gep(builder, b_ptr, _add(builder, _mul(builder, j0, ldb), pc), T)
+            builder.call(_pack_transposed(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
+            return scratch, nvec * L
+        src = _gep(builder, b_ptr, _add(builder, _mul(builder, pc, ldb), j0), T)
+        if full:
+            return src, ldb
+        builder.call(_pack_copy(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
+        return scratch, nvec * L
+
+    def m_block(pc, kcur, load_c, ic, mcur):
+        if trans_a:
+            a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, pc, lda), ic), T)
+        else:
+            a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, ic, lda), pc), T)
+        c_row = _gep(builder, c_ptr, _mul(builder, ic, ldc), T)
+
+        def panel(j0, nvec, valid, full, masked, ncols_last):
+            b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
+            row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
+                      ncols_last, kcur, load_c)
+
+        nfull = _round_down(builder, n, nr)
+        if _is_const(nfull) and nfull == nr:
+            panel(0, nv, nr, True, False, L)
+        elif not _is_const(nfull) or nfull > 0:
+            with for_range(builder, 0, nfull, nr, name="jc") as j0:
+                panel(j0, nv, nr, True, False, L)
+        if _is_const(n):
+            nrem = n - nfull
+            if nrem:
+                nvt = -(-nrem // L)
+                last = nrem - (nvt - 1) * L
+                panel(nfull, nvt, nrem, False, last != L, last)
+        else:
+            with for_range(builder, nfull, n, L, name="jv") as jv:
+                valid = smin(builder, L, builder.sub(n, jv))
+                panel(jv, 1, valid, False, True, valid)
+
+    def k_block(pc, kcur, load_c):
+        if _is_const(m) and m <= mc:
+            if m > 0:
+                m_block(pc, kcur, load_c, 0, m)
+            return
+        with for_range(builder, 0, m, mc, name="ic") as ic:
+            m_block(pc, kcur, load_c, ic, smin(builder, mc, builder.sub(i64(m), ic)))
+
+    true, false = ir.Constant(I1, 1), ir.Constant(I1, 0)
+    if single_k:
+        k_block(0, k, true if accumulate else false)
+    else:
+        # At least one block even for k == 0, so that C is still written (zeroed).
+        kmax = builder.select(builder.icmp_signed(">", i64(k), i64(0)), i64(k), i64(1)) \
+            if not _is_const(k) else max(k, 1)
+        with for_range(builder, 0, kmax, kc, name="pc") as pc:
+            kcur = smin(builder, kc, builder.sub(i64(k), pc))
+            load_c = true if accumulate else builder.icmp_signed("!=", pc, i64(0))
+            k_block(pc, kcur, load_c)

@@ -1,0 +1,236 @@
+"""emit_gemm against numpy (float64 reference), and the for_range loop helper.
+
+Compile time dominates, so each test builds one module holding many gemms and then runs every shape
+through it; runtime-sized gemms are run on the whole shape grid, constant-sized ones on a sample.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from codegen import target
+from codegen.gemm import KC, MC, emit_gemm, scratch_elements, tile_shape
+from codegen.jit import JitModule
+from codegen.loops import for_range
+
+PTR, I64 = ir.PointerType(), ir.IntType(64)
+LAYOUTS = {"NN": (False, False), "NT": (False, True), "TN": (True, False), "TT": (True, True)}
+HOST_LANES = target.vector_lanes(32)
+LANES = sorted({HOST_LANES, 8, 4}, reverse=True)
+
+M_VALUES = (1, 5, 6, 7, 13, 32, 37)
+N_VALUES = (1, 10, 16, 17, 64, 65, 130)
+K_VALUES = (1, 3, 28, 100)
+GRID = list(itertools.product(M_VALUES, N_VALUES, K_VALUES))
+# Shapes that cross the cache blocks: m > MC (several m blocks, row tails in the last), k > KC
+# (several k blocks, the later ones adding to C).
+BIG = [(MC + 13, 70, 7), (9, 33, KC + 77), (MC + 1, 17, KC + 1)]
+# A sample of the grid for gemms with every size a constant (each shape is its own code).
+CONSTANT_SAMPLE = [(1, 1, 1), (5, 10, 3), (6, 16, 28), (7, 17, 100), (13, 65, 3), (37, 130, 28),
+                   (32, 64, 100), (1, 130, 100), (37, 1, 28)]
+PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+
+
+class GemmSpec:
+    """One gemm to compile: layout, which of m/n/k are constants (and their values), options."""
+
+    def __init__(self, layout, m=None, n=None, k=None, accumulate=False):
+        self.trans_a, self.trans_b = LAYOUTS[layout]
+        self.layout, self.dims, self.accumulate = layout, {"m": m, "n": n, "k": k}, accumulate
+
+    def accepts(self, m, n, k):
+        return all(v is None or v == x for v, x in zip(self.dims.values(), (m, n, k)))
+
+
+def compile_gemms(specs, *, dtype=ir.FloatType(), lanes=None):
+    """One module, one function `g<i>(a, b, c, m, n, k)` per spec; returns the ctypes callables."""
+    module = ir.Module("test_gemm")
+    for idx, spec in enumerate(specs):
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64]),
+                         f"g{idx}")
+        builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        a, b, c, *sizes = fn.args
+        m, n, k = (v if v is not None else arg for v, arg in zip(spec.dims.values(), sizes))
+        emit_gemm(builder, a, b, c, m, n, k, trans_a=spec.trans_a, trans_b=spec.trans_b, dtype=dtype,
+                  lanes=lanes, accumulate=spec.accumulate)
+        builder.ret_void()
+    jit = JitModule(module)
+    return jit, [PROTO(jit.address(f"g{idx}")) for idx in range(len(specs))]
+
+
+def misaligned(shape, dtype, rng):
+    """A random array whose data starts 1 element past a 64-byte boundary: the gemm may only assume
+    element alignment."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + 64, dtype)
+    start = (-raw.ctypes.data // raw.itemsize) % (64 // raw.itemsize) + 1
+    out = raw[start:start + size].reshape(shape)
+    out[...] = rng.standard_normal(shape)
+    return out
+
+
+def check(fn, spec, m, n, k, dtype, rng):
+    np_dtype = np.float32 if dtype == ir.FloatType() else np.float64
+    a = misaligned((k, m) if spec.trans_a else (m, k), np_dtype, rng)
+    b = misaligned((n, k) if spec.trans_b else (k, n), np_dtype, rng)
+    c = misaligned((m, n), np_dtype, rng)
+    c0 = c.copy()
+    op_a = (a.T if spec.trans_a else a).astype(np.float64)
+    op_b = (b.T if spec.trans_b else b).astype(np.float64)
+    ref = op_a @ op_b
+    scale = np.abs(op_a) @ np.abs(op_b)
+    if spec.accumulate:
+        ref += c0
+        scale += np.abs(c0)
+    fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k)
+    rtol = 1e-5 if np_dtype == np.float32 else 1e-13
+    err = np.abs(c - ref) - rtol * scale
+    assert (err <= 1e-30).all(), (
+        f"{spec.layout} m={m} n={n} k={k} accumulate={spec.accumulate}: worst error "
+        f"{np.abs(c - ref).max()} at {np.unravel_index(np.argmax(err), err.shape)}")
+
+
+def run_specs(specs, shapes, *, dtype=ir.FloatType(), lanes=None, seed=0):
+    rng = np.random.default_rng(seed)
+    _, fns = compile_gemms(specs, dtype=dtype, lanes=lanes)
+    runs = 0
+    for spec, fn in zip(specs, fns):
+        for m, n, k in shapes:
+            if spec.accepts(m, n, k):
+                check(fn, spec, m, n, k, dtype, rng)
+                runs += 1
+    assert runs > 0
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_runtime_sizes_every_layout(lanes):
+    """m, n, k all runtime: every tail path, on the whole grid, plain and accumulating."""
+    specs = [GemmSpec(layout, accumulate=acc) for layout in LAYOUTS for acc in (False, True)]
+    run_specs(specs, GRID + BIG, lanes=None if lanes == HOST_LANES else lanes)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_constant_sizes_every_layout(lanes):
+    specs = [GemmSpec(layout, m, n, k) for layout in LAYOUTS for m, n, k in CONSTANT_SAMPLE]
+    specs.append(GemmSpec("NN", *BIG[0], accumulate=True))
+    specs.append(GemmSpec("NT", *BIG[2]))
+    run_specs(specs, CONSTANT_SAMPLE + BIG, lanes=None if lanes == HOST_LANES else lanes)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_compiler_cases(lanes):
+    """The mixes the compiler emits: forward x@W and dX = dY@W^T with a runtime batch m, and
+    dW = X^T@dY with a runtime batch k; feature sizes constant, including Dense(10)'s n = 10."""
+    features = [(784, 512), (512, 10), (28, 17), (100, 65)]  # (inputs, outputs)
+    specs, shapes = [], []
+    for inputs, outputs in features:
+        specs.append(GemmSpec("NN", n=outputs, k=inputs))
+        specs.append(GemmSpec("NT", n=inputs, k=outputs))
+        specs.append(GemmSpec("TN", m=inputs, n=outputs))
+        specs.append(GemmSpec("TN", m=inputs, n=outputs, accumulate=True))
+        for batch in (1, 7, 32, 37):
+            shapes += [(batch, outputs, inputs), (batch, inputs, outputs), (inputs, outputs, batch)]
+    run_specs(specs, shapes, lanes=None if lanes == HOST_LANES else lanes)
+
+
+@pytest.mark.parametrize("lanes", [None, 4])
+def test_float64(lanes):
+    specs = [GemmSpec(layout, accumulate=acc) for layout in LAYOUTS for acc in (False, True)]
+    specs += [GemmSpec("NN", n=65, k=100), GemmSpec("TN", m=37, n=17)]
+    shapes = [(m, n, k) for m, n, k in GRID if (m + n + k) % 3 == 0] + BIG
+    run_specs(specs, shapes, dtype=ir.DoubleType(), lanes=lanes)
+
+
+def test_empty_and_zero_k():
+    """k == 0 gives C = 0 (or leaves C when accumulating); m or n == 0 writes nothing."""
+    specs = [GemmSpec("NN"), GemmSpec("NT", k=0), GemmSpec("TN", accumulate=True)]
+    _, fns = compile_gemms(specs)
+    c = np.full((5, 7), 3.0, np.float32)
+    a = np.ones((5, 1), np.float32)
+    fns[0](a.ctypes.data, a.ctypes.data, c.ctypes.data, 5, 7, 0)
+    assert (c == 0).all()
+    c[...] = 3.0
+    fns[1](a.ctypes.data, a.ctypes.data, c.ctypes.data, 5, 7, 0)
+    assert (c == 0).all()
+    c[...] = 3.0
+    fns[2](a.ctypes.data, a.ctypes.data, c.ctypes.data, 5, 7, 0)
+    assert (c == 3.0).all()
+    for m, n in ((0, 7), (5, 0)):
+        fns[0](a.ctypes.data, a.ctypes.data, c.ctypes.data, m, n, 1)
+        assert (c == 3.0).all()
+
+
+def test_caller_scratch_and_non_entry_block():
+    """A caller-provided scratch buffer; and a gemm emitted outside the entry block (its alloca
+    still goes to the entry block)."""
+    assert scratch_elements(64, 100) == 0
+    need = scratch_elements(65, 100, trans_b=True)
+    assert need > 0
+    module = ir.Module("scratch")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64]), "g")
+    a, b, c, scratch, m = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    emit_gemm(builder, a, b, c, m, 65, 100, trans_b=True, scratch_ptr=scratch)
+    with builder.if_then(builder.icmp_signed(">", m, ir.Constant(I64, 0))):
+        emit_gemm(builder, a, b, c, m, 65, 100, trans_b=True, accumulate=True)
+    builder.ret_void()
+    assert "alloca" in str(fn.entry_basic_block)
+    jit = JitModule(module)
+    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64)(jit.address("g"))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 100)).astype(np.float32)
+    w = rng.standard_normal((65, 100)).astype(np.float32)
+    out = np.zeros((9, 65), np.float32)
+    buf = np.full(need, np.nan, np.float32)
+    f(x.ctypes.data, w.ctypes.data, out.ctypes.data, buf.ctypes.data, 9)
+    np.testing.assert_allclose(out, 2 * (x @ w.T), rtol=1e-4, atol=1e-4)
+    assert not np.isnan(buf).all()  # the panel was packed there
+
+
+def test_tile_shapes():
+    assert tile_shape(16, 32, "+avx512f,+avx2,+fma") == (6, 4)
+    assert tile_shape(8, 32, "+avx2,+fma") == (6, 2)
+    assert tile_shape(4, 32, "+sse2") == (6, 2)
+    assert tile_shape(16, 32, "+avx2") == (6, 1)  # a 16-lane vector takes two ymm registers
+    assert tile_shape(8, 64, "+avx512f") == (6, 4)
+
+
+def test_emits_fma_tile_not_dot_loop():
+    """The hot loop is the register tile: llvm.fma on vectors of the chosen width."""
+    jit, _ = compile_gemms([GemmSpec("NN", n=64, k=28)])
+    assert f"llvm.fma.v{HOST_LANES}f32" in jit.optimized_ir or "fmuladd" in jit.optimized_ir
+
+
+# ---------------------------------------------------------------------------------------------
+# codegen.loops
+
+
+def test_for_range():
+    """sum(range(start, stop, step)) with constant and runtime bounds, nested loops, empty ranges."""
+    module = ir.Module("loops")
+    fn = ir.Function(module, ir.FunctionType(I64, [I64, I64, I64]), "f")
+    start, stop, step = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    total = builder.alloca(I64)
+    builder.store(ir.Constant(I64, 0), total)
+    with for_range(builder, start, stop, step) as i:
+        builder.store(builder.add(builder.load(total), i), total)
+    # A nested constant loop: adds sum over j < 3 of (j * 1000) * 1 for each of 2 outer iterations.
+    with for_range(builder, 0, 2, name="o"):
+        with for_range(builder, 0, 3, name="j") as j:
+            builder.store(builder.add(builder.load(total), builder.mul(j, ir.Constant(I64, 1000))),
+                          total)
+    builder.ret(builder.load(total))
+    jit = JitModule(module)
+    f = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(
+        jit.address("f"))
+    for args in ((0, 10, 1), (3, 17, 4), (5, 5, 1), (9, 2, 1), (-7, 7, 3)):
+        assert f(*args) == sum(range(*args)) + 6000, args
+    with pytest.raises(ValueError):
+        with for_range(builder, 0, 1, 0):
+            pass
