@@ -1,0 +1,14 @@
+"""Exceptions kcompile raises for bad user input.
+
+Most problems raise the builtin exception Keras raises for them (ValueError for shapes and values,
+TypeError for wrong argument types), so code written against Keras catches them unchanged.
+"""
+
+
+class DataTypeError(TypeError, ValueError):
+    """Training or prediction data whose dtype is not numeric (strings, Python objects, complex).
+
+    NOTE: both a TypeError (what the problem is) and a ValueError (what Keras and TensorFlow raise when
+    they fail to convert such an array), as numpy's AxisError is both a ValueError and an IndexError, so
+    either `except` clause catches it.
+    """

@@ -1,0 +1,274 @@
+"""The core layers: InputLayer/Input, Dense, Flatten, Activation, Dropout.
+
+Each layer writes its `call` in IR ops and its `compute_output_shape` on shapes whose batch axis is
+None; `compute_output_shape` also validates, so a model reports a bad shape before drawing a weight.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import zlib
+
+from ir import build as B
+
+from kcompile import activations, initializers
+from kcompile.layers.layer import Layer, current_scope, format_shape, normalize_input_shape
+
+
+class SymbolicTensor:
+    """What `Input(shape=...)` returns: a placeholder that tells a Sequential model its input shape."""
+
+    def __init__(self, input_layer: "InputLayer"):
+        self._input_layer = input_layer
+
+    @property
+    def shape(self) -> tuple:
+        return self._input_layer.batch_shape
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    @property
+    def name(self) -> str:
+        return self._input_layer.name
+
+    def __repr__(self):
+        return f"<SymbolicTensor shape={format_shape(self.shape)}, dtype=float32, name={self.name}>"
+
+
+class InputLayer(Layer):
+    """The input of a model: its per-sample shape, as `keras.layers.InputLayer`.
+
+    Args:
+        shape: per-sample shape, e.g. (28, 28).
+        batch_size: accepted for compatibility; every compiled function takes any batch size.
+        batch_shape: full shape including the batch axis (its first entry is ignored).
+    """
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None,
+                 input_tensor=None, optional=False, name=None, **kwargs):
+        legacy = kwargs.pop("input_shape", None)
+        if shape is None and legacy is not None:
+            shape = legacy
+        if kwargs.pop("batch_input_shape", None) is not None and batch_shape is None:
+            raise ValueError("pass batch_shape= (or shape=) to InputLayer")
+        if sparse:
+            raise NotImplementedError("sparse inputs are not supported")
+        if input_tensor is not None or optional:
+            raise NotImplementedError("InputLayer(input_tensor=...) and optional inputs are not supported")
+        if shape is None and batch_shape is None:
+            raise ValueError("InputLayer needs shape= (per sample, e.g. shape=(28, 28)) or batch_shape=")
+        if shape is not None and batch_shape is not None:
+            raise ValueError("pass only one of shape= and batch_shape= to InputLayer")
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        if batch_shape is not None:
+            batch_shape = tuple(batch_shape)
+            if not batch_shape:
+                raise ValueError("batch_shape must include the batch dimension, e.g. (None, 784)")
+            per_sample = normalize_input_shape(batch_shape[1:], "batch_shape[1:]")
+        else:
+            per_sample = normalize_input_shape(shape, "shape")
+        self.batch_size = batch_size
+        self.batch_shape = (None,) + per_sample
+        self._batch_input_shape = self.batch_shape
+        self.built = True
+        self._output_shape = self.batch_shape
+        self.output = SymbolicTensor(self)
+
+    def compute_output_shape(self, input_shape):
+        return self.batch_shape
+
+    def call(self, inputs):
+        return inputs
+
+    def get_config(self):
+        return {"batch_shape": self.batch_shape, "dtype": "float32", "name": self.name}
+
+
+def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None,
+          tensor=None, optional=False):
+    """A model input of per-sample `shape`: use it as the first element of a Sequential model."""
+    layer = InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, sparse=sparse,
+                       batch_shape=batch_shape, input_tensor=tensor, optional=optional, name=name)
+    return layer.output
+
+
+class Dense(Layer):
+    """`activation(inputs @ kernel + bias)` on the last axis of inputs of any rank, as `keras.layers.Dense`.
+
+    Args:
+        units: positive integer, the size of the output's last axis.
+        activation: name ('relu', 'softmax', ...) or function; None is linear.
+        use_bias: add a bias vector.
+        kernel_initializer, bias_initializer: initializers (default glorot_uniform and zeros).
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 lora_rank=None, **kwargs):
+        for argument, value in [("kernel_regularizer", kernel_regularizer),
+                                ("bias_regularizer", bias_regularizer),
+                                ("activity_regularizer", activity_regularizer),
+                                ("kernel_constraint", kernel_constraint),
+                                ("bias_constraint", bias_constraint), ("lora_rank", lora_rank)]:
+            if value is not None:
+                raise NotImplementedError(f"Dense({argument}=...) is not supported yet")
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
+            raise ValueError("Received an invalid value for `units`, expected a positive integer. "
+                             f"Received: units={units!r}")
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel = None
+        self.bias = None
+
+    def _check_input(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"Dense layer {self.name!r} needs inputs of shape (batch, ..., features); "
+                             f"got {format_shape(input_shape)}. Give samples a feature axis, e.g. "
+                             "reshape x to (n, 1).")
+        if self.kernel is not None and input_shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
+                             f"axis -1 of input shape to have value {self.kernel.shape[0]}, but "
+                             f"received input with shape {format_shape(input_shape)}")
+
+    def compute_output_shape(self, input_shape):
+        self._check_input(input_shape)
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def build(self, input_shape):
+        self._check_input(input_shape)
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
+                                      initializer=self.kernel_initializer, name="kernel")
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
+                                        name="bias")
+        self.built = True
+
+    def call(self, inputs):
+        # matmul contracts the last axis of any-rank inputs with the kernel's rows.
+        x = B.matmul(inputs, self.kernel.value)
+        if self.use_bias:
+            x = B.add(x, self.bias.value)
+        return self.activation(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        })
+        return config
+
+
+class Flatten(Layer):
+    """Flattens every axis but the batch axis: (None, 28, 28) -> (None, 784)."""
+
+    def __init__(self, data_format=None, **kwargs):
+        if data_format not in (None, "channels_last"):
+            raise NotImplementedError("Flatten supports data_format='channels_last' only")
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, input_shape):
+        if not input_shape:
+            raise ValueError(f"Flatten layer {self.name!r} needs inputs with a batch axis")
+        return (input_shape[0], math.prod(input_shape[1:]))
+
+    def call(self, inputs):
+        return B.reshape(inputs, self.compute_output_shape(inputs.shape))
+
+
+class Activation(Layer):
+    """Applies an activation function: `Activation('softmax')`."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return self.activation(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["activation"] = activations.serialize(self.activation)
+        return config
+
+
+class Dropout(Layer):
+    """Zeroes a fraction `rate` of its inputs in training and scales the rest by 1 / (1 - rate).
+
+    Identity in inference.  The mask comes from the train step's `seed` input through a counter-based
+    generator, on a stream of its own per layer (derived from the layer's name and `seed`), so two
+    Dropout layers never share a mask and a run is reproducible from `set_random_seed`.
+
+    Args:
+        rate: fraction of units to drop, in [0, 1).
+        noise_shape: shape of the mask, broadcast over the inputs (None entries take the input's size).
+        seed: optional integer mixed into this layer's stream.
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+            raise ValueError("Invalid value received for argument `rate`. Expected a float value in "
+                             f"[0, 1) (the fraction of inputs to drop). Received: rate={rate!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"Dropout seed must be an integer or None; got seed={seed!r}")
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.seed = seed
+
+    def compute_output_shape(self, input_shape):
+        if self.noise_shape is not None:
+            self._mask_shape(input_shape)
+        return tuple(input_shape)
+
+    def _mask_shape(self, input_shape) -> tuple:
+        if self.noise_shape is None:
+            return tuple(input_shape)
+        if len(self.noise_shape) != len(input_shape):
+            raise ValueError(f"Dropout noise_shape {self.noise_shape} must have the rank of the inputs "
+                             f"{format_shape(input_shape)}")
+        shape = []
+        for axis, (n, d) in enumerate(zip(self.noise_shape, input_shape)):
+            if n is None:
+                shape.append(d)
+            elif n == 1 or n == d:
+                shape.append(None if axis == 0 and d is None and n != 1 else n)
+            else:
+                raise ValueError(f"Dropout noise_shape {self.noise_shape} does not broadcast to the "
+                                 f"inputs {format_shape(input_shape)}")
+        return tuple(shape)
+
+    @property
+    def stream(self) -> int:
+        """This layer's random stream: distinct per layer name (and seed) within a model."""
+        return zlib.crc32(f"{self.name}/{self.seed}".encode()) & 0xFFFFFFFF
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        scope = current_scope()
+        if scope is None or scope.seed is None:
+            raise RuntimeError(f"Dropout layer {self.name!r} was traced in training mode without a seed")
+        mask_shape = self._mask_shape(inputs.shape)
+        keep = B.ge(B.random_uniform(scope.seed, mask_shape, self.stream), self.rate)
+        keep = B.broadcast(keep, inputs.shape) if keep.shape != inputs.shape else keep
+        # As Keras: select(mask, x / keep_prob, 0).
+        return B.select(keep, B.div(inputs, 1.0 - self.rate), 0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed})
+        return config

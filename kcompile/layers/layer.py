@@ -1,0 +1,421 @@
+"""The `Layer` base class, weight `Variable`s, and the scope that binds variables while tracing.
+
+A layer's `call` is written once, in IR ops (`ir.build`), and serves every purpose: the trainer traces
+it into the predict/eval/train graphs, and a call on a numpy array traces it on the spot and runs the
+reference interpreter (`call_eagerly`).  Inside `call` a weight is read as `self.kernel.value`, which a
+`TraceScope` resolves to the graph input standing for it (Keras 3's StatelessScope does the same for
+its JAX trainer: variables in, values out).
+
+A `Variable` owns one float32 numpy buffer for its whole life: `assign` and the compiled train step
+write into it in place, so runners may keep its address.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import threading
+
+import numpy as np
+
+import ir
+from ir import Node
+from ir import build as B
+
+from kcompile import initializers
+
+_local = threading.local()
+
+
+def to_snake_case(name: str) -> str:
+    """'InputLayer' -> 'input_layer', as Keras derives default names."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def format_shape(shape) -> str:
+    """(None, 28, 28) as Keras prints it."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+# ----------------------------------------------------------------------------------------------
+# Variables and the trace scope
+# ----------------------------------------------------------------------------------------------
+
+class TraceScope:
+    """While active, `variable.value` is the graph value bound to the variable.
+
+    Args:
+        bindings: dict Variable -> ir Node (the graph input standing for it).
+        seed: the u32[] graph input that random layers (Dropout) draw from, or None when the traced
+            function is deterministic (inference).
+    """
+
+    def __init__(self, bindings: dict, seed: Node | None = None):
+        self.bindings = bindings
+        self.seed = seed
+
+    def __enter__(self):
+        stack = getattr(_local, "stack", None)
+        if stack is None:
+            stack = _local.stack = []
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _local.stack.pop()
+
+    def lookup(self, variable: "Variable") -> Node:
+        try:
+            return self.bindings[variable]
+        except KeyError:
+            raise ValueError(f"variable {variable.path!r} is not an input of the graph being traced; "
+                             "a layer used outside the model it belongs to?") from None
+
+
+def current_scope() -> TraceScope | None:
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+class Variable:
+    """A weight: a persistent float32 buffer plus a name and a trainable flag.
+
+    `value` is the traced IR value inside a `TraceScope` and a read-only view of the buffer outside;
+    `numpy()` returns a copy; `assign(value)` writes in place.
+    """
+
+    def __init__(self, value, name: str, trainable: bool = True, owner=None, dtype=np.float32):
+        self._buffer = np.array(value, dtype=dtype, order="C", copy=True)
+        self.name = name
+        self._trainable = bool(trainable)
+        self._owner = owner
+
+    @property
+    def path(self) -> str:
+        """'dense/kernel': the owning layer's name and the weight's; also the graph input's name."""
+        return f"{self._owner.name}/{self.name}" if self._owner is not None else self.name
+
+    @property
+    def shape(self) -> tuple:
+        return self._buffer.shape
+
+    @property
+    def dtype(self) -> str:
+        return self._buffer.dtype.name
+
+    @property
+    def ndim(self) -> int:
+        return self._buffer.ndim
+
+    @property
+    def size(self) -> int:
+        return self._buffer.size
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool):
+        self._trainable = bool(value)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The persistent array itself (what runners read and the train step updates in place)."""
+        return self._buffer
+
+    @property
+    def value(self):
+        scope = current_scope()
+        if scope is not None:
+            return scope.lookup(self)
+        view = self._buffer.view()
+        view.flags.writeable = False
+        return view
+
+    def numpy(self) -> np.ndarray:
+        return self._buffer.copy()
+
+    def assign(self, value):
+        value = np.asarray(value)
+        if value.shape != self._buffer.shape:
+            raise ValueError(f"cannot assign a value of shape {value.shape} to variable {self.path!r} "
+                             f"of shape {self._buffer.shape}")
+        self._buffer[...] = value
+
+    def __array__(self, dtype=None, copy=None):
+        return self._buffer.copy() if dtype is None else self._buffer.astype(dtype)
+
+    def __float__(self):
+        return float(self._buffer)
+
+    def __int__(self):
+        return int(self._buffer)
+
+    def __repr__(self):
+        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+
+
+def call_eagerly(fn, *arrays, variables=(), training: bool = False):
+    """Trace `fn` on IR inputs shaped like `arrays` and run it with the reference interpreter.
+
+    Floats become f32 and integers i32; axis 0 of every array of rank >= 1 is the batch axis.  Returns
+    the numpy value of `fn`'s result.
+    """
+    feeds, args = {}, []
+    for index, array in enumerate(arrays):
+        array = np.asarray(array)
+        if array.dtype.kind in "iu":
+            dtype, np_dtype = "i32", np.int32
+        elif array.dtype.kind in "fb":
+            dtype, np_dtype = "f32", np.float32
+        else:
+            raise TypeError(f"expected a numeric array, got dtype {array.dtype}")
+        shape = (None,) + array.shape[1:] if array.ndim else ()
+        name = f"input_{index}"
+        args.append(B.arg(name, dtype, shape))
+        feeds[name] = array.astype(np_dtype)
+    bindings = {}
+    for index, variable in enumerate(variables):
+        name = f"weight_{index}"
+        bindings[variable] = B.arg(name, "f32", variable.shape)
+        feeds[name] = variable.buffer
+    seed = None
+    if training:
+        from kcompile.utils.random import next_seed
+        seed = B.arg("seed", "u32", ())
+        feeds["seed"] = np.uint32(next_seed())
+    with TraceScope(bindings, seed=seed):
+        out = fn(*args)
+    if not isinstance(out, Node):
+        raise TypeError(f"{fn!r} returned {type(out).__name__}, expected an IR value")
+    inputs = args + list(bindings.values()) + ([seed] if seed is not None else [])
+    graph = ir.Graph("eager", inputs, [("out", out)])
+    return ir.run(graph, feeds)["out"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer
+# ----------------------------------------------------------------------------------------------
+
+def normalize_input_shape(shape, argument: str = "input_shape") -> tuple:
+    """A user's per-sample shape ((28, 28), [784], 784 is refused) as a tuple of positive ints."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        raise ValueError(f"{argument} must be a tuple of dimensions, e.g. {argument}=({int(shape)},); "
+                         f"got {argument}={shape!r}")
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{argument} must be a tuple of dimensions such as (28, 28); got "
+                         f"{argument}={shape!r}") from None
+    for d in dims:
+        if d is None:
+            raise ValueError(f"kcompile needs every dimension but the batch dimension known in "
+                             f"advance; got {argument}={shape!r}")
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
+            raise ValueError(f"{argument} must hold positive integers; got {argument}={shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+class Layer:
+    """Base class of layers, as `keras.layers.Layer`.
+
+    Subclasses create weights in `build(input_shape)` with `add_weight`, compute their output in
+    `call(inputs, training=False)` with IR ops, and say their output shape in
+    `compute_output_shape(input_shape)`.  Shapes include the batch dimension as None.
+
+    Keyword arguments (as Keras): `name`, `trainable`, `dtype` (float32 only), and on the first layer of
+    a Sequential model `input_shape` (per sample, e.g. (28, 28)), `input_dim`, `batch_input_shape` or
+    `batch_size`.
+    """
+
+    _LEGACY_KWARGS = ("input_shape", "input_dim", "batch_input_shape", "batch_size")
+
+    def __init__(self, *, name=None, trainable=True, dtype=None, **kwargs):
+        unknown = {k: v for k, v in kwargs.items() if k not in self._LEGACY_KWARGS}
+        if unknown:
+            raise ValueError(f"Unrecognized keyword arguments passed to {type(self).__name__}: {unknown}")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"Argument `name` must be a non-empty string without '/'; got name={name!r}")
+        if dtype is not None and np.dtype(getattr(dtype, "name", dtype)) != np.float32:
+            raise ValueError(f"kcompile layers compute in float32; got dtype={dtype!r}")
+        self._auto_named = name is None
+        self.name = name if name is not None else to_snake_case(type(self).__name__)
+        self._trainable = bool(trainable)
+        self._weights: list[Variable] = []
+        self.built = False
+        self._build_input_shape = None
+        self._output_shape = None
+        self._batch_input_shape = self._batch_shape_from_kwargs(kwargs)
+
+    @staticmethod
+    def _batch_shape_from_kwargs(kwargs) -> tuple | None:
+        if kwargs.get("batch_input_shape") is not None:
+            shape = tuple(kwargs["batch_input_shape"])
+            if not shape:
+                raise ValueError("batch_input_shape must include the batch dimension, e.g. (None, 784)")
+            return (None,) + normalize_input_shape(shape[1:], "batch_input_shape[1:]")
+        if kwargs.get("input_shape") is not None:
+            return (None,) + normalize_input_shape(kwargs["input_shape"])
+        if kwargs.get("input_dim") is not None:
+            return (None,) + normalize_input_shape((kwargs["input_dim"],), "input_dim")
+        return None
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, name=None, **kwargs):
+        """Create a weight of `shape`, drawn from `initializer` (default glorot_uniform)."""
+        for key in ("regularizer", "constraint"):
+            if kwargs.pop(key, None) is not None:
+                raise NotImplementedError(f"add_weight({key}=...) is not supported yet")
+        kwargs.pop("autocast", None)
+        kwargs.pop("aggregation", None)
+        if kwargs:
+            raise TypeError(f"add_weight got unexpected arguments {sorted(kwargs)}")
+        shape = () if shape is None else tuple(int(d) for d in shape)
+        if name is None:
+            name = f"variable_{len(self._weights)}" if self._weights else "variable"
+        if any(w.name == name for w in self._weights):
+            raise ValueError(f"layer {self.name!r} already has a weight named {name!r}")
+        init = initializers.get("glorot_uniform" if initializer is None else initializer)
+        variable = Variable(init(shape, dtype or "float32"), name, trainable, owner=self)
+        self._weights.append(variable)
+        return variable
+
+    @property
+    def weights(self) -> list:
+        return list(self._weights)
+
+    @property
+    def variables(self) -> list:
+        return self.weights
+
+    @property
+    def trainable_weights(self) -> list:
+        return [w for w in self.weights if w.trainable] if self.trainable else []
+
+    @property
+    def non_trainable_weights(self) -> list:
+        if not self.trainable:
+            return self.weights
+        return [w for w in self.weights if not w.trainable]
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool):
+        self._trainable = bool(value)
+        self._on_structure_change()
+
+    def _on_structure_change(self):
+        """Hook for models: traced graphs depending on this layer are stale."""
+        owner = getattr(self, "_model", None)
+        if owner is not None:
+            owner._on_structure_change()
+
+    def get_weights(self) -> list:
+        return [w.numpy() for w in self.weights]
+
+    def set_weights(self, weights):
+        """Assign every weight; all shapes are checked before anything is written."""
+        own = self.weights
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"You called `set_weights(weights)` on layer {self.name!r} with a weight "
+                             f"list of length {len(weights)}, but the layer was expecting {len(own)} "
+                             f"weights ({', '.join(w.path for w in own) or 'none'}).")
+        arrays = []
+        for variable, value in zip(own, weights):
+            array = np.asarray(value)
+            if array.shape != variable.shape:
+                raise ValueError(f"Layer {self.name!r} weight {variable.path!r} has shape "
+                                 f"{variable.shape}, which is not compatible with the provided weight "
+                                 f"shape {array.shape}.")
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"weight for {variable.path!r} has non-numeric dtype {array.dtype}")
+            arrays.append(array)
+        for variable, array in zip(own, arrays):
+            variable.assign(array)
+
+    def count_params(self) -> int:
+        if not self.built:
+            raise ValueError(f"You tried to call `count_params` on layer {self.name!r}, but the layer "
+                             "isn't built. Build it first with `layer.build(input_shape)` or give the "
+                             "model an input shape.")
+        return int(sum(math.prod(w.shape) for w in self.weights))
+
+    # -- shapes and building ------------------------------------------------------------------
+
+    def build(self, input_shape):
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        raise NotImplementedError(f"{type(self).__name__} does not define compute_output_shape")
+
+    @property
+    def output_shape(self) -> tuple:
+        if self._output_shape is None:
+            raise AttributeError(f"The layer {self.name!r} has never been built on an input shape and "
+                                 "thus has no defined output shape.")
+        return self._output_shape
+
+    def build_for(self, input_shape) -> tuple:
+        """Check `input_shape`, build the weights if not built yet, and return the output shape."""
+        input_shape = tuple(input_shape)
+        output_shape = tuple(self.compute_output_shape(input_shape))  # validates before any weight exists
+        if not self.built:
+            self.build(input_shape)
+            self.built = True
+            self._build_input_shape = input_shape
+        self._output_shape = output_shape
+        return output_shape
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        raise NotImplementedError(f"{type(self).__name__} does not define call")
+
+    def _accepts_training(self) -> bool:
+        cls = type(self)
+        cached = cls.__dict__.get("_call_takes_training")
+        if cached is None:
+            cached = "training" in inspect.signature(cls.call).parameters
+            cls._call_takes_training = cached
+        return cached
+
+    def __call__(self, inputs, training=None):
+        """On an IR value (while tracing): the traced output.  On an array: run eagerly, return numpy."""
+        if isinstance(inputs, Node):
+            if not self.built:
+                self.build_for(inputs.shape)
+            if self._accepts_training():
+                return self.call(inputs, training=bool(training))
+            return self.call(inputs)
+        if hasattr(inputs, "_input_layer"):
+            raise NotImplementedError("Calling layers on `Input(...)` tensors (the functional API) is not "
+                                      "supported yet; put the layers in a Sequential model instead: "
+                                      "Sequential([Input(shape=...), layer1, layer2, ...]).")
+        array = np.asarray(inputs)
+        if array.ndim == 0:
+            raise ValueError(f"layer {self.name!r} needs inputs with a batch axis; got a scalar")
+        self.build_for((None,) + array.shape[1:])
+        return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
+                            training=bool(training))
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        config = {"name": self.name, "trainable": self.trainable, "dtype": "float32"}
+        if self._batch_input_shape is not None:
+            config["batch_input_shape"] = self._batch_input_shape
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name}, built={self.built}>"

@@ -1,0 +1,365 @@
+"""Models: `Model`, the base of trainable stacks of layers, and `Sequential`.
+
+A model is a layer (it traces like one) plus the trainer (compile / fit / evaluate / predict).  A
+Sequential model knows its input shape from an `Input(...)` first element, `input_shape=` on its
+first layer, `model.build(...)`, or else the first data it sees (as Keras builds it on first call);
+it builds each layer as soon as the shape reaching it is known, drawing the weights in layer order.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+
+from kcompile import layers as layers_module
+from kcompile.layers.core import InputLayer, SymbolicTensor
+from kcompile.layers.layer import Layer, format_shape
+from kcompile.trainer import Trainer
+
+
+class Model(Trainer, Layer):
+    """Base class of models.  Use `Sequential`; the functional API is not supported yet."""
+
+    def __init__(self, *args, name=None, trainable=True, **kwargs):
+        if args or "inputs" in kwargs or "outputs" in kwargs:
+            raise NotImplementedError("Model(inputs, outputs) (the functional API) is not supported yet; "
+                                      "use Sequential([Input(shape=...), layer, ...]).")
+        Layer.__init__(self, name=name, trainable=trainable, **kwargs)
+        Trainer.__init__(self)
+
+    @property
+    def layers(self) -> list:
+        return []
+
+    @property
+    def weights(self) -> list:
+        return [w for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list:
+        if not self.trainable:
+            return []
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        if not self.trainable:
+            return self.weights
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
+
+    def _known_input_shape(self):
+        return None
+
+    def _ensure_built(self, input_shape):
+        if not self.built:
+            self.build(input_shape)
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No such layer: {name!r}. Existing layers are: "
+                         f"{[layer.name for layer in self.layers]}.")
+
+    def set_weights(self, weights):
+        """Assign every weight (Keras order: per layer, kernel then bias); checked before writing."""
+        own = self.weights
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"You called `set_weights(weights)` on model {self.name!r} with a weight "
+                             f"list of length {len(weights)}, but the model was expecting {len(own)} "
+                             f"weights ({', '.join(format_shape(w.shape) for w in own)}).")
+        start = 0
+        checked = []
+        for layer in self.layers:
+            count = len(layer.weights)
+            for variable, value in zip(layer.weights, weights[start:start + count]):
+                array = _as_weight(value, variable)
+                checked.append((variable, array))
+            start += count
+        for variable, array in checked:
+            variable.assign(array)
+
+    # -- summary --------------------------------------------------------------------------------
+
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None):
+        """Print the layers, their output shapes and parameter counts, as Keras 3 does."""
+        text = _summary_text(self, line_length, positions)
+        if print_fn is None:
+            stream = sys.stdout
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            try:
+                text.encode(encoding)
+            except (UnicodeEncodeError, LookupError):
+                text = text.translate(_ASCII_BOX)
+            stream.write(text)
+            stream.flush()
+        else:
+            print_fn(text.rstrip("\n"))
+
+
+def _as_weight(value, variable):
+    import numpy as np
+    array = np.asarray(value)
+    if array.shape != variable.shape:
+        raise ValueError(f"Layer weight shape {variable.shape} of {variable.path!r} is not compatible "
+                         f"with provided weight shape {array.shape}.")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"weight for {variable.path!r} has non-numeric dtype {array.dtype}")
+    return array
+
+
+class Sequential(Model):
+    """A linear stack of layers: `Sequential([Flatten(input_shape=(28, 28)), Dense(10)])` or `.add`."""
+
+    def __init__(self, layers=None, trainable=True, name=None):
+        super().__init__(name=name, trainable=trainable)
+        self._layers: list[Layer] = []
+        self._input_layer: InputLayer | None = None
+        if layers is not None:
+            if isinstance(layers, (Layer, SymbolicTensor)):
+                layers = [layers]
+            for layer in layers:
+                self.add(layer, rebuild=False)
+            self._maybe_build()
+
+    @property
+    def layers(self) -> list:
+        return list(self._layers)
+
+    def add(self, layer, rebuild=True):
+        """Append a layer (or an `Input(...)` as the first element)."""
+        if isinstance(layer, SymbolicTensor):
+            layer = layer._input_layer
+        if not isinstance(layer, Layer):
+            raise ValueError("Only instances of kcompile.layers.Layer can be added to a Sequential "
+                             f"model. Received: {layer!r} (of type {type(layer).__name__})")
+        if isinstance(layer, Model):
+            raise NotImplementedError("nesting models inside a Sequential model is not supported yet; "
+                                      "add their layers instead")
+        if isinstance(layer, InputLayer):
+            if self._layers or self._input_layer is not None:
+                raise ValueError(f"Sequential model {self.name!r} already has an input shape; an Input "
+                                 "or InputLayer can only be its first element.")
+            self._input_layer = layer
+            self._on_structure_change()
+            if rebuild:
+                self._maybe_build()
+            return
+        if any(existing is layer for existing in self._layers):
+            raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; a layer can be "
+                             "added once.")
+        self._give_unique_name(layer)
+        if not self._layers and self._input_layer is None and layer._batch_input_shape is not None:
+            self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
+        self._layers.append(layer)
+        layer._model = self
+        self._on_structure_change()
+        if rebuild:
+            try:
+                self._maybe_build()
+            except Exception:
+                # Leave the model as it was: the new layer does not fit the shape reaching it.
+                self._layers.pop()
+                layer._model = None
+                if not self._layers and self._input_layer is not None \
+                        and layer._batch_input_shape is not None:
+                    self._input_layer = None
+                self.built = bool(self._layers) and all(x.built for x in self._layers)
+                raise
+
+    def _give_unique_name(self, layer):
+        taken = {existing.name for existing in self._layers}
+        if layer.name not in taken:
+            return
+        if not layer._auto_named:
+            raise ValueError("All layers added to a Sequential model should have unique names. Name "
+                             f"{layer.name!r} is already the name of a layer in this model. Update the "
+                             "`name` argument to pass a unique name.")
+        base = layer.name
+        index = 1
+        while f"{base}_{index}" in taken:
+            index += 1
+        layer.name = f"{base}_{index}"
+
+    def pop(self, rebuild=True):
+        if not self._layers:
+            raise TypeError("There are no layers in the model.")
+        layer = self._layers.pop()
+        layer._model = None
+        self._on_structure_change()
+        return layer
+
+    def _known_input_shape(self):
+        if self._input_layer is not None:
+            return self._input_layer.batch_shape
+        return self._build_input_shape
+
+    @property
+    def input_shape(self) -> tuple:
+        shape = self._known_input_shape()
+        if shape is None:
+            raise AttributeError(f"Sequential model {self.name!r} has no input shape yet: give the first "
+                                 "layer input_shape=..., start with Input(shape=...), or call build().")
+        return shape
+
+    @property
+    def output_shape(self) -> tuple:
+        if not self.built:
+            raise AttributeError(f"Sequential model {self.name!r} is not built yet, so its output shape "
+                                 "is unknown.")
+        return self._layers[-1].output_shape
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._layers:
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+    def _maybe_build(self):
+        shape = self._known_input_shape()
+        if shape is not None and self._layers:
+            self.build(shape)
+
+    def build(self, input_shape=None):
+        """Build every layer for batched `input_shape` (e.g. (None, 28, 28)); checks all shapes first."""
+        if input_shape is None:
+            input_shape = self._known_input_shape()
+            if input_shape is None:
+                raise ValueError(f"Sequential model {self.name!r} has no input shape; call "
+                                 "build((None, ...)) with one.")
+        input_shape = (None,) + tuple(input_shape)[1:]
+        known = self._known_input_shape()
+        if known is not None and input_shape != known:
+            raise ValueError(f"Sequential model {self.name!r} expects inputs of shape "
+                             f"{format_shape(known)}; cannot build it for {format_shape(input_shape)}")
+        if not self._layers:
+            raise ValueError(f"Sequential model {self.name!r} has no layers; add some with "
+                             "model.add(...) before building it.")
+        self.compute_output_shape(input_shape)  # every shape checked before any weight is drawn
+        shape = input_shape
+        for layer in self._layers:
+            shape = layer.build_for(shape)
+        self._build_input_shape = input_shape
+        self._output_shape = shape
+        self.built = True
+
+    def build_for(self, input_shape):
+        self._ensure_built((None,) + tuple(input_shape)[1:])
+        return self.output_shape
+
+    def _ensure_built(self, input_shape):
+        if not self.built or any(not layer.built for layer in self._layers):
+            self.build(input_shape)
+
+    def call(self, inputs, training=False):
+        x = inputs
+        for layer in self._layers:
+            x = layer(x, training=training)
+        return x
+
+    def count_params(self) -> int:
+        if not self.built:
+            raise ValueError(f"You tried to call `count_params` on model {self.name!r}, but the model "
+                             "isn't built. Give it an input shape (input_shape= on the first layer, "
+                             "Input(shape=...), or build()) or train it first.")
+        return int(sum(math.prod(w.shape) for w in self.weights))
+
+    def get_config(self) -> dict:
+        configs = []
+        if self._input_layer is not None:
+            configs.append(layers_module.serialize(self._input_layer))
+        configs += [layers_module.serialize(layer) for layer in self._layers]
+        return {"name": self.name, "trainable": self.trainable, "layers": configs}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+        for layer_config in config.get("layers", []):
+            model.add(layers_module.deserialize(layer_config, custom_objects), rebuild=False)
+        model._maybe_build()
+        return model
+
+    def _on_structure_change(self):
+        Trainer._on_structure_change(self)
+        if getattr(self, "_layers", None) is not None and self.built:
+            if any(not layer.built for layer in self._layers):
+                self.built = False
+
+
+# ----------------------------------------------------------------------------------------------
+# summary()
+# ----------------------------------------------------------------------------------------------
+
+_ASCII_BOX = str.maketrans("┏┳┓┃┡╇┩│├┼┤└┴┘━─", "+++|+++|++++++=-")
+
+
+def _readable_memory_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size / 1024 < 1:
+            return f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} PB"
+
+
+def _count(variables) -> int:
+    return int(sum(math.prod(v.shape) for v in variables))
+
+
+def _bytes(variables) -> int:
+    return int(sum(math.prod(v.shape) * v.buffer.itemsize for v in variables))
+
+
+def _summary_text(model, line_length=None, positions=None) -> str:
+    """Keras 3's summary table (rich's box style with lines between rows) as plain text."""
+    if line_length is None:
+        line_length = min(88, shutil.get_terminal_size().columns - 4)
+    positions = positions or [0.45, 0.80, 1.0]
+    headers = ["Layer (type)", "Output Shape", "Param #"]
+    rows = []
+    for layer in model.layers:
+        name = f"{layer.name} ({type(layer).__name__})"
+        shape = format_shape(layer._output_shape) if layer._output_shape is not None else "?"
+        params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+        rows.append([name, shape, params])
+    # Column content widths from the relative positions; a cell longer than its column widens it.
+    inner = max(line_length - 10, 30)
+    widths, previous = [], 0
+    for position in positions:
+        widths.append(max(int(position * inner) - previous, 4))
+        previous = int(position * inner)
+    for row in [headers] + rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+
+    def line(left, fill, middle, right):
+        return left + middle.join(fill * (w + 2) for w in widths) + right
+
+    def cells(row, border):
+        parts = [f" {row[0]:<{widths[0]}} ", f" {row[1]:<{widths[1]}} ", f" {row[2]:>{widths[2]}} "]
+        return border + border.join(parts) + border
+
+    out = [f'Model: "{model.name}"', line("┏", "━", "┳", "┓"), cells(headers, "┃"),
+           line("┡", "━", "╇", "┩")]
+    for index, row in enumerate(rows):
+        if index:
+            out.append(line("├", "─", "┼", "┤"))
+        out.append(cells(row, "│"))
+    out.append(line("└", "─", "┴", "┘"))
+
+    trainable, non_trainable = model.trainable_weights, model.non_trainable_weights
+    optimizer = getattr(model, "optimizer", None)
+    optimizer_variables = optimizer.variables if optimizer is not None and optimizer.built else []
+    total = _count(trainable) + _count(non_trainable) + _count(optimizer_variables)
+    total_bytes = _bytes(trainable) + _bytes(non_trainable) + _bytes(optimizer_variables)
+    out.append(f" Total params: {total:,} ({_readable_memory_size(total_bytes)})")
+    out.append(f" Trainable params: {_count(trainable):,} "
+               f"({_readable_memory_size(_bytes(trainable))})")
+    out.append(f" Non-trainable params: {_count(non_trainable):,} "
+               f"({_readable_memory_size(_bytes(non_trainable))})")
+    if optimizer_variables:
+        out.append(f" Optimizer params: {_count(optimizer_variables):,} "
+                   f"({_readable_memory_size(_bytes(optimizer_variables))})")
+    return "\n".join(out) + "\n"
