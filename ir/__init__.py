@@ -9,6 +9,7 @@ from .interpreter import run
 from .parser import ParseError, parse
 from .printer import print_graph
 from .verify import VerificationError, verify
+from . import passes
 
 __all__ = ["build", "ops", "gradients", "ConstValue", "Graph", "Node", "TensorType", "to_networkx",
            "topological_order", "run", "ParseError", "parse", "print_graph", "VerificationError",
