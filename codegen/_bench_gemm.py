@@ -29,6 +29,7 @@ SHAPES = [
     ("NN  x@W   128x784x512", False, False, 128, 512, 784, "m"),
     ("NT  dY@W^T m32 k512 n784", False, True, 32, 784, 512, "m"),
     ("NT  dY@W^T m32 k512 n512", False, True, 32, 512, 512, "m"),
+    ("NT  dY@W^T m32 k10 n512", False, True, 32, 512, 10, "m"),
     ("TN  X^T@dY m784 n512 k32", True, False, 784, 512, 32, "k"),
     ("TN  X^T@dY m784 n512 k128", True, False, 784, 512, 128, "k"),
     ("TN  X^T@dY m512 n10 k32", True, False, 512, 10, 32, "k"),

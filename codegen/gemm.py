@@ -55,6 +55,7 @@ MC = 240
 # the benchmark's 9 gemms: compile 1.28 s -> 0.99 s, run time unchanged (the k loop does not benefit
 # from constant strides; the call costs nothing next to a tile's k loop).
 _NOINLINE = True
+_PREFETCH_NEXT_PANEL = True
 
 _KERNEL_PREFIX = "kcompile.gemm"
 
@@ -181,6 +182,7 @@ class _Vec:
                                  [ptr, I32, self.mask_type, self.type])
         self._mstore = _intrinsic(module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
                                   [self.type, ptr, I32, self.mask_type])
+        self.prefetch = _intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [ptr, I32, I32, I32])
         self.zero = ir.Constant(self.type, None)
         self.iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
 
@@ -225,23 +227,27 @@ def _new_function(module, name, args):
 # --------------------------------------------------------------------------------------------------
 # Micro-kernel
 
-def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool):
-    """void kernel(a, lda, b, ldb, c, ldc, k, load_c, ncols_last).
+def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefetch: bool = False):
+    """void kernel(a, lda, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch, prefetch_step]).
 
     C[r, v*L + l] (+)= sum_p opA[r, p] * B[p, v*L + l] for r < rows, v < nvec, with B rows `ldb` apart
     and opA[r, p] = a[r*lda + p] (a[p*lda + r] with trans_a).  With `masked`, only the first
-    `ncols_last` lanes of the last vector of each C row are read and written.
+    `ncols_last` lanes of the last vector of each C row are read and written.  With `prefetch`, k step
+    p also prefetches (into L2) the byte `prefetch + p * prefetch_step`: how a panel's row tiles pull
+    the next panel's memory in while they compute.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}"
-            f"{'.ta' if trans_a else ''}{'.masked' if masked else ''}")
+            f"{'.ta' if trans_a else ''}{'.masked' if masked else ''}{'.pf' if prefetch else ''}")
     fn = module.globals.get(name)
     if fn is not None:
         return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, ptr, I64, ptr, I64, I64, I1, I64])
-    a, lda, b, ldb, c, ldc, k, load_c, ncols_last = fn.args
-    for arg, nm in zip(fn.args, ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last")):
+    fn = _new_function(module, name, [ptr, I64, ptr, I64, ptr, I64, I64, I1, I64]
+                       + ([ptr, I64] if prefetch else []))
+    a, lda, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:9]
+    for arg, nm in zip(fn.args, ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
+                                 "prefetch", "prefetch_step")):
         arg.name = nm
     for arg in (a, b, c):
         arg.add_attribute("noalias")
@@ -282,6 +288,11 @@ def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool):
     for r in range(rows):
         a_splat = vec.splat(bld, bld.load(a_ptrs[r], typ=T, align=4))
         new_accs.append([vec.fma(bld, a_splat, b_vecs[v], accs[r][v]) for v in range(nvec)])
+    if prefetch:
+        # NOTE: a plain (not inbounds) gep: the address may lie past the end of B, which a prefetch
+        # tolerates.
+        address = bld.gep(fn.args[9], [bld.mul(p, fn.args[10])], source_etype=ir.IntType(8))
+        bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
     for r in range(rows):
@@ -546,26 +557,42 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         # opA rows start `row` rows down: row*lda elements without trans_a, `row` elements with it.
         return _gep(builder, a_block, row if trans_a else _mul(builder, row, lda), T)
 
-    def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c):
-        """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block."""
-        def call(rows, row):
-            fn = _kernel(vec, rows, nvec, trans_a, masked)
+    def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c,
+                  prefetch=None):
+        """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block.
+
+        `prefetch` = (start, bytes) of memory the full row tiles should pull into L2 as they go, one
+        cache line per k step each, tile t taking the lines from t * kcur on.
+        """
+        def call(rows, row, prefetch_args=()):
+            fn = _kernel(vec, rows, nvec, trans_a, masked, bool(prefetch_args))
             builder.call(fn, [a_tile(a_block, row), i64(lda), b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
-                              i64(kcur), load_c, i64(ncols_last)])
+                              i64(kcur), load_c, i64(ncols_last), *prefetch_args])
+
+        def full_tile(row):
+            if prefetch is None:
+                call(mr, row)
+                return
+            start, nbytes = prefetch
+            offset = builder.mul(builder.udiv(i64(row), i64(mr)), builder.mul(i64(kcur), i64(64)))
+            inside = builder.icmp_signed("<", offset, nbytes)
+            address = builder.gep(start, [builder.select(inside, offset, i64(0))],
+                                  source_etype=ir.IntType(8))
+            call(mr, row, (address, builder.select(inside, i64(64), i64(0))))
 
         mr = tile_rows(nvec, registers)
         tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
         mfull = _round_down(builder, mcur, mr)
         if _is_const(mfull):
             if mfull == mr:
-                call(mr, 0)
+                full_tile(0)
             elif mfull > 0:
                 with for_range(builder, 0, mfull, mr, name="ir") as row:
-                    call(mr, row)
+                    full_tile(row)
         else:
             with for_range(builder, 0, mfull, mr, name="ir") as row:
-                call(mr, row)
+                full_tile(row)
         # The remainder (< mr) as a sum of distinct powers of two: one smaller kernel per set bit.
         if _is_const(mcur):
             rem, row = mcur - mfull, mfull
@@ -602,8 +629,17 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
+            prefetch = None
+            if trans_b and full and single_k and _PREFETCH_NEXT_PANEL:
+                # The rows of B the next panel will pack are contiguous (k fits one block): have
+                # this panel's row tiles prefetch them, so the next pack does not wait on L3/DRAM.
+                nxt = _add(builder, j0, nr)
+                rows_left = smin(builder, nr, builder.sub(i64(n), i64(nxt)))
+                start = builder.gep(b_ptr, [i64(_mul(builder, nxt, ldb))], source_etype=T)
+                nbytes = builder.mul(builder.mul(rows_left, i64(ldb)), i64(_dtype_bits(T) // 8))
+                prefetch = (start, nbytes)
             row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
-                      ncols_last, kcur, load_c)
+                      ncols_last, kcur, load_c, prefetch)
 
         nfull = _round_down(builder, n, nr)
         if _is_const(nfull) and nfull == nr:
