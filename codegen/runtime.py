@@ -106,7 +106,9 @@ class CompiledRunner:
             if name not in feeds:
                 raise ValueError(f"missing input {name!r}")
             ttype = self.input_types[name]
-            array = np.ascontiguousarray(feeds[name], dtype=np_dtype(ttype.dtype))
+            array = np.asarray(feeds[name], dtype=np_dtype(ttype.dtype))
+            if not array.flags.c_contiguous:   # (ascontiguousarray would turn a 0-d seed into 1-d)
+                array = array.copy(order="C")
             if ttype.batched:
                 if batch is not None and array.shape[0] != batch:
                     raise ValueError(f"inputs disagree on the batch size ({name!r} has "
