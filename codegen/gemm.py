@@ -23,7 +23,8 @@ of splat(A) * row(B) FMAs reaches 270, so only the latter is ever emitted):
   `lanes x lanes` blocks at a time with shuffles in registers; the packing is amortised over every row
   tile of C.  A column tail (n not a multiple of the panel width) is also copied into the scratch buffer,
   padded to whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the
-  last vector of a tail tile are masked (`llvm.masked.load/store`).
+  last vector of a tail tile are masked (`llvm.masked.load/store`).  While a B^T panel's row tiles
+  compute, they prefetch the rows of B the next panel will pack (one line per k step).
 * Row tails (m not a multiple of mr) use kernels of 8, 4, 2, 1 rows: the binary digits of the remainder.
 * Cache blocking: k in blocks of at most `KC` (the B panel, `KC x nv*lanes`, stays in L2 while every row
   tile of C streams over it), m in blocks of `MC` rows (the A block `MC x KC` stays in L2 across
