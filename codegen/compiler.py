@@ -23,6 +23,7 @@ class CompileOptions:
     reuse_memory: bool = True
     speed_level: int = 3
     passes: tuple | None = None          # None: the default pipeline of ir.passes
+    profile: bool = bool(os.environ.get("KCOMPILE_PROFILE"))   # per-kernel cycle counters
 
 
 @dataclass
@@ -38,6 +39,13 @@ class CompiledFunction:
     @property
     def address(self) -> int:
         return self.code.address(self.lowered.name)
+
+    def profile(self) -> list:
+        """(kernel name, kind, cycles) per kernel, when compiled with profile=True."""
+        import ctypes
+        addr = self.code.engine.get_global_value_address(f"{self.lowered.name}.profile")
+        counts = (ctypes.c_int64 * (len(self.fused.groups) + 1)).from_address(addr)
+        return [(g.name, g.kind, g.root, counts[i]) for i, g in enumerate(self.fused.groups)]
 
     @property
     def input_names(self) -> list:
@@ -64,7 +72,7 @@ def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: 
     optimized = optimize_graph(graph, options, stages)
     fused = fuse(optimized, level=options.fusion_level)
     plan = plan_memory(fused, reuse=options.reuse_memory)
-    lowered = lower(fused, plan, name=name)
+    lowered = lower(fused, plan, name=name, profile=options.profile)
     code = _compile_module(lowered.module, options)
     fn = CompiledFunction(graph, optimized, fused, plan, lowered, code, stages)
     _maybe_dump(fn)

@@ -486,7 +486,6 @@ def _argmax_kernel(emitter, node, members):
 
 @lowers("matmul", Kernel)
 def _matmul_kernel(emitter, node, members):
-    from .gemm import emit_gemm
     a, bm = node.operands
     ta, tb = node.attr("transpose_a"), node.attr("transpose_b")
     b = emitter.builder
@@ -496,8 +495,35 @@ def _matmul_kernel(emitter, node, members):
     else:
         m, k = rows_a, a.shape[-1]
         n = bm.shape[0] if tb else bm.shape[1]
-    emit_gemm(b, emitter.pointer_of(a), emitter.pointer_of(bm), emitter.pointer_of(node),
-              m, n, k, trans_a=ta, trans_b=tb, dtype=VALUE_TYPES[node.dtype])
+    dims = (m, n, k)
+    runtime = [d for d in dims if isinstance(d, ir.Value)]
+    fn = gemm_function(emitter.module, tuple(None if isinstance(d, ir.Value) else d for d in dims),
+                       ta, tb, VALUE_TYPES[node.dtype])
+    b.call(fn, [emitter.pointer_of(a), emitter.pointer_of(bm), emitter.pointer_of(node)]
+           + (runtime[:1] if runtime else [c64(0)]))
+
+
+def gemm_function(module, dims, trans_a, trans_b, dtype) -> ir.Function:
+    """One function per GEMM signature in a module, shared by every kernel (and every graph of
+    the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 runtime_dim)`.
+    At most one of the dims (m, n, k) is runtime (None): the batch rows."""
+    from .gemm import emit_gemm
+    desc = "x".join("r" if d is None else str(d) for d in dims)
+    name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg in fn.args[:3]:
+        arg.add_attribute("noalias")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n, k = (fn.args[3] if d is None else d for d in dims)
+    emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
+              trans_b=trans_b, dtype=dtype)
+    builder.ret_void()
+    return fn
 
 
 def _rows(builder, node, n, keep_last=1):
@@ -611,9 +637,13 @@ def _emit_group(fe: FunctionEmitter, group: Group) -> None:
         emit_elementwise_outputs(fe, group, group.outputs)
 
 
-def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None
-          ) -> Lowered:
-    """Add the graph's entry function `name` (and its kernels) to `module`."""
+def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None,
+          profile: bool = False) -> Lowered:
+    """Add the graph's entry function `name` (and its kernels) to `module`.
+
+    With `profile`, the entry function adds each kernel's cycle count (llvm.readcyclecounter) to
+    the global array `{name}.profile`, one i64 per kernel in schedule order.
+    """
     graph = fused.graph
     module = module or ir.Module(name=f"kcompile.{name}")
     consts = {}
@@ -648,12 +678,28 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
                 pointers[node] = b.gep(arena, [offset], source_etype=I8)
         return pointers[node]
 
-    for group in fused.groups:
+    counters = None
+    if profile:
+        counters = ir.GlobalVariable(module, ir.ArrayType(I64, len(fused.groups) + 1),
+                                     f"{name}.profile")
+        counters.initializer = ir.Constant(counters.value_type, None)
+        clock = module.globals.get("llvm.readcyclecounter") or ir.Function(
+            module, ir.FunctionType(I64, []), "llvm.readcyclecounter")
+
+    for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)
         fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts)
         _emit_group(fe, group)
         fe.finish()
-        b.call(fe.function, [n] + [pointer(x) for x in buffers])
+        args = [n] + [pointer(x) for x in buffers]
+        if counters is None:
+            b.call(fe.function, args)
+            continue
+        start = b.call(clock, [])
+        b.call(fe.function, args)
+        # NOTE: llvmlite types a global's address as a typed pointer; go through an opaque one
+        slot = b.inttoptr(b.add(b.ptrtoint(counters, I64), c64(8 * k)), PTR)
+        b.store(b.add(b.load(slot, typ=I64), b.sub(b.call(clock, []), start)), slot)
 
     input_names = graph.input_names
     for i, (out_name, node) in enumerate(plan.copies):
