@@ -496,7 +496,8 @@ class Trainer:
 
     def _target_hint(self, given, output_shape, y, loss_name) -> str:
         input_shape = self._known_input_shape()
-        if len(output_shape) > len(given) and input_shape is not None and len(input_shape) > 2:
+        if len(output_shape) > 2 and len(output_shape) > len(given) and input_shape is not None \
+                and len(input_shape) > 2:
             return (f" Dense layers act on the last axis only, so the model maps inputs of shape "
                     f"{format_shape(input_shape)} to outputs of shape {format_shape(output_shape)}. "
                     f"Add a Flatten layer before the first Dense layer, e.g. make "
