@@ -60,13 +60,15 @@ def sparse_categorical_accuracy(y_true, y_pred):
 
 
 def binary_accuracy(y_true, y_pred, threshold=0.5):
-    """1.0 where (y_pred > threshold) equals y_true."""
+    """The fraction of the last axis where (y_pred > threshold) equals y_true."""
     if not _traced(y_true, y_pred):
         return _eager(binary_accuracy, y_true, y_pred, threshold=threshold)
     y_true = _float(y_true, y_pred)
     y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
     predicted = B.cast(B.gt(y_pred, threshold), y_true.dtype)
-    return _float(B.eq(y_true, predicted), y_pred)
+    matches = _float(B.eq(y_true, predicted), y_pred)
+    # As Keras: the mean over the last axis, but never over the batch axis (one value per sample).
+    return B.reduce_mean(matches, -1) if matches.type.rank >= 2 else matches
 
 
 mean_squared_error = mse = losses_module.mean_squared_error
