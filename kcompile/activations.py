@@ -29,9 +29,8 @@ def sigmoid(x):
     # NOTE: the textbook 1/(1+exp(-x)) has exp(-x) = inf for x < -88, and its gradient multiplies that inf
     # by 0 (NaN).  exp(-|x|) never overflows, and each branch of the select is finite everywhere.
     e = B.exp(B.neg(B.abs(x)))
-    positive = B.div(1.0, B.add(1.0, e))
-    negative = B.div(e, B.add(1.0, e))
-    return B.select(B.ge(x, 0.0), positive, negative)
+    denominator = B.add(1.0, e)
+    return B.select(B.ge(x, 0.0), B.div(1.0, denominator), B.div(e, denominator))
 
 
 def tanh(x):
