@@ -376,6 +376,12 @@ class Trainer:
         """
         if target not in backend.TARGETS:
             raise ValueError(f"Unknown target {target!r}; use one of {list(backend.TARGETS)}")
+        # NOTE: Keras 2 took (optimizer, loss, metrics, ...) and Keras 3 takes (optimizer, loss,
+        # loss_weights, metrics, ...); loss weights are numbers, so a third positional list of
+        # anything else is the Keras 2 spelling of metrics.
+        if metrics is None and isinstance(loss_weights, (list, tuple)) and loss_weights \
+                and not any(isinstance(w, numbers.Number) for w in loss_weights):
+            metrics, loss_weights = loss_weights, None
         if loss_weights not in (None, 1, 1.0):
             raise NotImplementedError("loss_weights is for models with several outputs, which are not "
                                       "supported yet")

@@ -166,6 +166,10 @@ def test_compile_accepts_strings_objects_functions_and_classes():
     model = small_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy", target=TARGET)
     assert model.optimizer.learning_rate == pytest.approx(0.001)
+    # Keras 2's positional order (optimizer, loss, metrics) is understood too.
+    model.compile("sgd", "categorical_crossentropy", ["accuracy"], target=TARGET)
+    assert model.metrics_names == ["loss", "accuracy"]
+    assert isinstance(model.optimizer, optimizers.SGD)
 
 
 def test_adam_lr_is_accepted_with_a_deprecation_warning():
