@@ -565,7 +565,8 @@ class Trainer:
 
     @staticmethod
     def _metric_count(graph, name) -> int:
-        # The per-row count of a metric's values: the reduce_sum output's operand's static size.
+        # Values per sample of a metric: the static size of what its output (a reduce_sum over
+        # every axis, made by `_loss_and_metrics`) sums.  Epoch result = total / (samples * this).
         node = graph.output(name)
         return node.operands[0].type.static_size if node.operands else 1
 

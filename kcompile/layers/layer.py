@@ -119,6 +119,8 @@ class Variable:
     @trainable.setter
     def trainable(self, value: bool):
         self._trainable = bool(value)
+        if self._owner is not None:
+            self._owner._on_structure_change()  # the train step's gradient list changes
 
     @property
     def buffer(self) -> np.ndarray:
