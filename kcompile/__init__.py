@@ -7,12 +7,33 @@ compiled to native code through LLVM.
     model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['accuracy'])
     model.fit(x, y, epochs=2)
 """
-from kcompile import activations, initializers, layers, losses, metrics, optimizers
-from kcompile import callbacks, datasets, models, utils
-from kcompile.layers import Input
-from kcompile.models import Model, Sequential
+import importlib
 
 __version__ = "0.1.0"
 
+# NOTE: submodules and the top-level aliases load on first use (PEP 562), so `import kcompile` and
+# `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
+_SUBMODULES = ("activations", "backend", "callbacks", "datasets", "errors", "initializers", "layers",
+               "losses", "metrics", "models", "optimizers", "trainer", "utils")
+_ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
+            "Input": ("kcompile.layers", "Input")}
+
 __all__ = ["Input", "Model", "Sequential", "activations", "callbacks", "datasets", "initializers",
            "layers", "losses", "metrics", "models", "optimizers", "utils", "__version__"]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"kcompile.{name}")
+        globals()[name] = module
+        return module
+    if name in _ALIASES:
+        module_name, attribute = _ALIASES[name]
+        value = getattr(importlib.import_module(module_name), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kcompile' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_ALIASES))
