@@ -259,30 +259,29 @@ class _BatchHooks:
         self.every = [c for c in wants_end if not isinstance(c, ProgbarLogger)]
         self.throttled = [c for c in wants_end if isinstance(c, ProgbarLogger)]
         self.last_update = -math.inf
+        self._progress_due = False
 
     def call_begin(self, step):
         for callback in self.begin:
             getattr(callback, self.begin_name)(step, {})
 
     def end_due(self, step: int, last_step: int) -> bool:
-        if self.every:
-            return True
-        if not self.throttled:
-            return False
-        now = time.perf_counter()
-        if step == last_step or now - self.last_update >= PROGRESS_INTERVAL:
-            return True
-        return False
-
-    def call_end(self, step: int, last_step: int, logs: dict):
-        for callback in self.every:
-            getattr(callback, self.end_name)(step, logs)
+        """Whether to build the logs and call end hooks after this step: every step for callbacks
+        that asked for batch hooks, every PROGRESS_INTERVAL seconds (and the last step) for bars."""
+        self._progress_due = False
         if self.throttled:
             now = time.perf_counter()
             if step == last_step or now - self.last_update >= PROGRESS_INTERVAL:
+                self._progress_due = True
                 self.last_update = now
-                for callback in self.throttled:
-                    getattr(callback, self.end_name)(step, logs)
+        return self._progress_due or bool(self.every)
+
+    def call_end(self, step: int, logs: dict):
+        for callback in self.every:
+            getattr(callback, self.end_name)(step, logs)
+        if self._progress_due:
+            for callback in self.throttled:
+                getattr(callback, self.end_name)(step, logs)
 
 
 def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False):
@@ -682,7 +681,7 @@ class Trainer:
                 sums[i] += float(out[name])
             seen += rows
             if hooks.end_due(step, last_step):
-                hooks.call_end(step, last_step, _logs(loss_total, sums, seen, names, counts))
+                hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
             if self.stop_training:
                 break
         return _logs(loss_total, sums, seen, names, counts)
@@ -729,7 +728,7 @@ class Trainer:
                 sums[i] += float(out[name])
             seen += stop - start
             if hooks.end_due(step, steps - 1):
-                hooks.call_end(step, steps - 1, _logs(loss_total, sums, seen, names, counts))
+                hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
         logs = _logs(loss_total, sums, seen, names, counts)
         callback_list.on_test_end(logs)
         return logs
@@ -763,6 +762,6 @@ class Trainer:
             batch_out = run(feeds)["y_pred"]
             outputs[start:stop] = batch_out
             if hooks.end_due(step, steps - 1):
-                hooks.call_end(step, steps - 1, {"outputs": batch_out})
+                hooks.call_end(step, {"outputs": batch_out})
         callback_list.on_predict_end()
         return outputs

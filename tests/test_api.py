@@ -1,6 +1,7 @@
 """The Keras-compatible user surface: names, model construction, summary, weights, configs, output."""
-import io
 import contextlib
+import io
+import time
 import warnings
 
 import numpy as np
@@ -303,3 +304,24 @@ def test_learning_rate_changes_without_recompiling():
     assert model._programs == programs  # same traced graphs and runners
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_live_progress_bar_is_throttled():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((400, 3)), rng.random((400, 2))
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target=TARGET)
+    model.fit(x[:1], y[:1], verbose=0)  # trace outside the timed fit
+    terminal = Terminal()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=1, epochs=1, verbose=1,
+              callbacks=[kcompile.callbacks.ProgbarLogger(stream=terminal)])
+    elapsed = time.perf_counter() - start
+    redraws = terminal.getvalue().count("\r")
+    # 400 steps; the bar redraws at most every 0.1 s, plus the final step.
+    assert 1 <= redraws <= elapsed / 0.1 + 2
+    assert "400/400 [" in terminal.getvalue().rsplit("\r", 1)[1]
