@@ -332,13 +332,14 @@ def _train_small(seed, target="reference", epochs=2):
     return model.get_weights(), history.history
 
 
-def test_same_seed_gives_bit_identical_weights():
-    first, history = _train_small(0)
-    second, history_again = _train_small(0)
+@pytest.mark.parametrize("target", TARGETS)
+def test_same_seed_gives_bit_identical_weights(target):
+    first, history = _train_small(0, target)
+    second, history_again = _train_small(0, target)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert history == history_again
-    other, _ = _train_small(1)
+    other, _ = _train_small(1, target)
     assert not np.array_equal(first[0], other[0])
 
 
