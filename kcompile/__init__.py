@@ -13,12 +13,15 @@ __version__ = "0.1.0"
 
 # NOTE: submodules and the top-level aliases load on first use (PEP 562), so `import kcompile` and
 # `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
-_SUBMODULES = ("activations", "backend", "callbacks", "datasets", "errors", "initializers", "layers",
-               "losses", "metrics", "models", "optimizers", "trainer", "utils")
+_SUBMODULES = ("activations", "backend", "bench", "callbacks", "datasets", "errors", "export",
+               "initializers", "inspection", "layers", "losses", "metrics", "models", "optimizers",
+               "predictor", "trainer", "utils")
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
-            "Input": ("kcompile.layers", "Input")}
+            "Input": ("kcompile.layers", "Input"),
+            "load_predictor": ("kcompile.predictor", "load_predictor"),
+            "load_model": ("kcompile.models", "load_model")}
 
-__all__ = ["Input", "Model", "Sequential", "activations", "callbacks", "datasets", "initializers",
+__all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "activations", "callbacks", "datasets", "initializers",
            "layers", "losses", "metrics", "models", "optimizers", "utils", "__version__"]
 
 

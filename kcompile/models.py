@@ -15,9 +15,10 @@ from kcompile import layers as layers_module
 from kcompile.layers.core import InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, format_shape
 from kcompile.trainer import Trainer
+from kcompile.inspection import InspectionMixin
 
 
-class Model(Trainer, Layer):
+class Model(InspectionMixin, Trainer, Layer):
     """Base class of models.  Use `Sequential`; the functional API is not supported yet."""
 
     def __init__(self, *args, name=None, trainable=True, **kwargs):

@@ -1,0 +1,137 @@
+"""Seeing what the compiler did to a model: `dump_ir`, `compiler_stages`, `to_dot`, `plot`, `export`.
+
+Stages, in pipeline order:
+
+- 'traced': the forward (predict) graph as traced from the layers;
+- 'train': forward + loss + backward + optimizer update, as traced (needs `compile()`);
+- one stage per pass of `ir.passes.DEFAULT_PIPELINE` ('simplify', 'fold_constants', 'cse', ...,
+  repeated passes numbered 'simplify.2'), each the graph after that pass;
+- 'optimized', 'fused' (kernel groups delimited), 'memory' (the arena plan), 'llvm' (optimized
+  LLVM IR), 'asm' (host assembly).
+
+The pass stages and later ones describe the train step when the model is compiled with a loss and
+an optimizer, and the predict function otherwise (`graph='predict'` picks it explicitly).  The
+native stages are produced by the LLVM backend even when the model trains on `target='reference'`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+
+import ir
+
+
+class InspectionMixin:
+    """Methods of `Model` for looking inside the compiler and exporting the result."""
+
+    # -- graphs ---------------------------------------------------------------------------------
+
+    def _inspection_spec(self):
+        from kcompile.trainer import TargetSpec  # noqa: F401  (the spec type lives there)
+        input_shape = self._known_input_shape()
+        if input_shape is None:
+            raise ValueError(f"model {self.name!r} has no input shape yet: give the first layer "
+                             "input_shape=..., start with Input(shape=...), or call build()")
+        self._ensure_built(input_shape)
+        output_shape = tuple(self.compute_output_shape(input_shape))
+        candidates = [np.zeros((1,) + output_shape[1:], np.float32),
+                      np.zeros((1,) + output_shape[1:-1], np.int32)]
+        error = None
+        for y in candidates:
+            try:
+                _, spec, loss = self._prepare_targets(y, input_shape, "y")
+                return spec, loss
+            except ValueError as e:
+                error = e
+        raise error
+
+    def _inspected_program(self, graph: str | None):
+        if graph is None:
+            graph = "train" if getattr(self, "compiled", False) and self.loss is not None else "predict"
+        if graph not in ("train", "eval", "predict"):
+            raise ValueError(f"graph must be 'train', 'eval' or 'predict', got {graph!r}")
+        if graph == "predict":
+            self._ensure_built(self._known_input_shape())
+            return self._program("predict")
+        if not getattr(self, "compiled", False):
+            raise RuntimeError(f"the {graph} graph exists once the model is compiled: call "
+                               "model.compile(optimizer=..., loss=...) first")
+        spec, loss = self._inspection_spec()
+        return self._program(graph, spec, loss)
+
+    def _compiled_function(self, graph: str | None = None):
+        program = self._inspected_program(graph)
+        compiled = getattr(program.runner, "compiled", None)
+        if compiled is None:      # target='reference': compile for inspection only
+            from codegen.compiler import compile_graph
+            compiled = compile_graph(program.graph, name=program.graph.name)
+            program.runner.compiled = compiled
+        return compiled
+
+    def compiler_stages(self, graph: str | None = None) -> list:
+        """The stage names `dump_ir` accepts, in pipeline order."""
+        from codegen.stages import stage_names
+        names = stage_names(self._compiled_function(graph))
+        return ["traced", "train"] + [n for n in names if n not in ("traced",)]
+
+    def dump_ir(self, stage: str = "optimized", graph: str | None = None) -> str:
+        """Text of one compiler stage (see `compiler_stages()`)."""
+        from codegen.stages import stage_text
+        if stage == "traced":
+            return ir.print_graph(self._inspected_program("predict").graph)
+        if stage == "train":
+            return ir.print_graph(self._inspected_program("train").graph)
+        fn = self._compiled_function(graph)
+        try:
+            return stage_text(fn, stage)
+        except KeyError:
+            raise ValueError(f"unknown stage {stage!r}; stages are "
+                             f"{self.compiler_stages(graph)}") from None
+
+    def to_dot(self, path=None, graph: str | None = None) -> str:
+        """Graphviz DOT of the fused graph, one cluster per kernel; written to `path` if given."""
+        from ir.dot import to_dot
+        fn = self._compiled_function(graph)
+        fused = fn.fused
+        text = to_dot(fused.graph, [(g.name, g.kind, g.members) for g in fused.groups])
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def plot(self, path, graph: str | None = None) -> str:
+        """Render the fused graph with Graphviz's `dot` (format from the suffix: .png, .svg, .pdf)."""
+        path = os.fspath(path)
+        fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+        if fmt not in ("png", "svg", "pdf"):
+            raise ValueError(f"plot writes .png, .svg or .pdf files, got {path!r}")
+        dot = shutil.which("dot")
+        if dot is None:
+            raise RuntimeError("model.plot needs Graphviz's `dot` program, which is not installed "
+                               "(apt-get install -y graphviz); model.to_dot(path) writes the DOT "
+                               "text without it")
+        result = subprocess.run([dot, f"-T{fmt}", "-o", path], input=self.to_dot(graph=graph),
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"dot failed: {result.stderr.strip()}")
+        return path
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def export(self, filepath, cpu: str | None = None, features: str | None = None) -> str:
+        """Write a compiled predictor directory (see `kcompile.load_predictor`)."""
+        import kcompile
+        from kcompile.export import export_predictor
+        from kcompile.trainer import trace_predict
+        input_shape = self._known_input_shape()
+        if input_shape is None:
+            raise ValueError(f"model {self.name!r} has no input shape yet; build or fit it before "
+                             "exporting")
+        self._ensure_built(input_shape)
+        params = {w.path: w.numpy() for w in self.weights}
+        layers = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
+        return export_predictor(trace_predict(self), params, os.fspath(filepath), layers=layers,
+                                version=kcompile.__version__, cpu=cpu, features=features)
