@@ -56,6 +56,7 @@ class Group:
 class FusedGraph:
     graph: Graph
     groups: tuple   # of Group, in a valid execution order
+    aliases: dict = field(default_factory=dict)   # reshape node -> the node whose buffer it reuses
 
     def text(self) -> str:
         from .printer import print_graph
@@ -84,11 +85,12 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
     group_of: dict = {}
     groups: list = []
     floating: set = set()   # cheap views evaluated inline by every group that reads them
+    aliases: dict = {}      # reshapes of a materialized value: the same bytes, no kernel at all
 
     def groups_reading(node) -> dict:
         found = {}
         for u in users.get(node, []):
-            if u in floating:
+            if u in floating or u in aliases:
                 found.update(groups_reading(u))
             else:
                 found[id(group_of[u])] = group_of[u]
@@ -108,6 +110,12 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
         us = users.get(node, [])
         target = None
         user_groups = groups_reading(node)
+        if (level >= 1 and node.op == "reshape" and node not in outputs
+                and not (len(user_groups) == 1 and all(u.op != "matmul" for u in us))):
+            # A row-major reshape is a view: read the operand's buffer through the new shape.
+            # (When its only readers are one fusable group, inlining it there is better still.)
+            aliases[node] = node.operands[0]
+            continue
         if (level >= 1 and node.op in _VIEWS and len(user_groups) > 1 and node not in outputs
                 and not any(u.op == "matmul" for u in us)):
             floating.add(node)
@@ -145,10 +153,16 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
         g.outputs.sort(key=position.__getitem__)
     for g in groups:
         g.inputs = _inputs_of(g, floating)
-    groups = _schedule(graph, groups, group_of)
+    # an alias of an alias reads the first one's base
+    for node in list(aliases):
+        base = aliases[node]
+        while base in aliases:
+            base = aliases[base]
+        aliases[node] = base
+    groups = _schedule(graph, groups, group_of, aliases)
     for i, g in enumerate(groups):
         g.name = f"k{i}"
-    return FusedGraph(graph, tuple(groups))
+    return FusedGraph(graph, tuple(groups), aliases)
 
 
 def _inputs_of(group: Group, floating: set) -> list:
@@ -175,7 +189,7 @@ def group_inputs(group: Group) -> list:
     return group.inputs
 
 
-def _schedule(graph: Graph, groups: list, group_of: dict) -> list:
+def _schedule(graph: Graph, groups: list, group_of: dict, aliases: dict) -> list:
     """Order groups so that producers run first and every reader of a buffer updated in place runs
     before the group that overwrites it."""
     import networkx as nx
@@ -186,6 +200,7 @@ def _schedule(graph: Graph, groups: list, group_of: dict) -> list:
     readers: dict = {}
     for i, g in enumerate(groups):
         for o in group_inputs(g):
+            o = aliases.get(o, o)
             if o in group_of:
                 dag.add_edge(index[id(group_of[o])], i)
             readers.setdefault(o, set()).add(i)

@@ -101,6 +101,7 @@ def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
                 start.setdefault(node, step)
                 end[node] = max(end.get(node, step), step)
         for node in group_inputs(group):
+            node = fused.aliases.get(node, node)
             if node in start:
                 end[node] = max(end[node], step)
     last = len(fused.groups)
@@ -119,4 +120,7 @@ def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
         slots[node] = Slot("arena", region="static", offset=off)
     for node, off in batch_offsets.items():
         slots[node] = Slot("arena", region="batch", offset=off)
+    for node, base in fused.aliases.items():
+        if base in slots:
+            slots[node] = slots[base]
     return MemoryPlan(slots, own_outputs, static_total, batch_total, copies)
