@@ -1,0 +1,84 @@
+"""The `kcompile` command.
+
+    kcompile stages MODEL_FILE [--graph train|eval|predict]
+    kcompile inspect MODEL_FILE [--stage optimized] [--graph ...] [-o FILE]
+    kcompile dot MODEL_FILE [-o FILE.dot]
+    kcompile export MODEL_FILE -o DIR [--cpu NAME] [--features +avx2,...]
+    kcompile bench [...]            (see `kcompile bench --help`)
+
+MODEL_FILE is what `model.save()` writes.  Errors print one line to stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _load(path):
+    from kcompile.models import load_model
+    return load_model(path)
+
+
+def _write(text: str, output) -> None:
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kcompile", description="Inspect, export and benchmark "
+                                     "kcompile models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stages", help="list the compiler stages of a saved model")
+    p.add_argument("model")
+    p.add_argument("--graph", choices=["train", "eval", "predict"], default=None)
+
+    p = sub.add_parser("inspect", help="print one compiler stage of a saved model")
+    p.add_argument("model")
+    p.add_argument("--stage", default="optimized")
+    p.add_argument("--graph", choices=["train", "eval", "predict"], default=None)
+    p.add_argument("-o", "--output", default=None)
+
+    p = sub.add_parser("dot", help="Graphviz DOT of the fused graph")
+    p.add_argument("model")
+    p.add_argument("--graph", choices=["train", "eval", "predict"], default=None)
+    p.add_argument("-o", "--output", default=None)
+
+    p = sub.add_parser("export", help="export a saved model as a compiled predictor directory")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="the directory to write")
+    p.add_argument("--cpu", default=None, help="target CPU name (default: this machine's)")
+    p.add_argument("--features", default=None, help="LLVM feature string (default: this machine's)")
+
+    sub.add_parser("bench", help="benchmark against the peers", add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from kcompile import bench
+        return bench.main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "stages":
+            _write("\n".join(_load(args.model).compiler_stages(args.graph)), None)
+        elif args.command == "inspect":
+            _write(_load(args.model).dump_ir(args.stage, graph=args.graph), args.output)
+        elif args.command == "dot":
+            _write(_load(args.model).to_dot(graph=args.graph), args.output)
+        elif args.command == "export":
+            model = _load(args.model)
+            directory = model.export(args.output, cpu=args.cpu, features=args.features)
+            print(f"exported {args.model} to {directory}")
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        print(f"kcompile {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
