@@ -516,8 +516,9 @@ def _build_bench_gemm(m, k, n):
     return jit, ctypes.CFUNCTYPE(None, VOIDP, VOIDP, VOIDP, ctypes.c_int64)(jit.address("gemm_rows"))
 
 
-def measure(fns, budget: float = 0.15) -> dict:
-    """Per-region cost (serial path and 2 threads) and a ~100 us GEMM on 1 and 2 threads."""
+def measure(fns, budget: float = 0.15, shape=(48, 256, 512)) -> dict:
+    """Per-region cost (serial path and 2 threads) and a GEMM (by default ~100 us on one core) on 1 and 2
+    threads, split by rows."""
     out = np.zeros(8 * 64, dtype=np.int64)
     result = {}
     for count in (1, 2):
@@ -525,7 +526,7 @@ def measure(fns, budget: float = 0.15) -> dict:
             fns["regions"](out.ctypes.data, 100, 2)  # start the pool
             result[f"region_us_{count}"] = 1e6 * _seconds_per_call(
                 lambda reps: fns["regions"](out.ctypes.data, reps, 2), budget)
-    m, k, n = 96, 512, 512  # 50 MFLOP: about 100-190 us on one core of the reference machine
+    m, k, n = shape
     jit, gemm = _build_bench_gemm(m, k, n)
     rng = np.random.default_rng(3)
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -592,5 +593,5 @@ if __name__ == "__main__":
     bench_jit = JitModule(module)
     bench_fns = {"regions": ctypes.CFUNCTYPE(None, VOIDP, ctypes.c_int64, ctypes.c_int64)(
         bench_jit.address("regions"))}
-    for _ in range(3):
-        print(report(measure(bench_fns, budget=1.0)))
+    for gemm_shape in [(48, 256, 512), (48, 256, 512), (96, 512, 512), (96, 512, 512)]:
+        print(report(measure(bench_fns, budget=1.0, shape=gemm_shape)))
