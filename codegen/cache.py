@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 
 from . import target
+from . import jit
 from .jit import JitModule
 
 __all__ = ["compile_cached", "cache_directory", "cache_enabled", "cache_key", "FORMAT_VERSION"]
@@ -70,7 +71,8 @@ def cache_key(ir_text: str, speed_level: int = 3) -> str:
     """sha256 hex digest naming the entry for this IR compiled for this machine at this speed level."""
     h = hashlib.sha256()
     # Length-prefixed fields, so no two different tuples hash the same byte string.
-    for field in (f"kcompile-object-cache-v{FORMAT_VERSION}", target.identity(), str(speed_level), ir_text):
+    for field in (f"kcompile-object-cache-v{FORMAT_VERSION}", target.identity(), str(speed_level),
+                  f"unroll={jit.LOOP_UNROLLING}", ir_text):
         data = field.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
