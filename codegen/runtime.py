@@ -57,6 +57,7 @@ class CompiledRunner:
         self._capacity = -1
         self._workspace = None
         self._outputs = {}
+        self._bound = []
 
     @staticmethod
     def _check(name, array, ttype, batch, strict=False):
@@ -84,15 +85,32 @@ class CompiledRunner:
         self._capacity = capacity
 
     def bind(self, feeds: dict) -> None:
-        """Fix the buffers of some fed inputs (staging arrays reused every call)."""
+        """Fix the buffers of fed inputs for `call`: whole arrays (a dataset, or staging buffers
+        refilled every step); `call(batch, offset)` then reads rows [offset, offset + batch)."""
+        self._bound = []
         for name, array in feeds.items():
-            self._check(name, array, self.input_types[name], None)
-            self.table[self.feed_index[name]] = array.ctypes.data
+            ttype = self.input_types[name]
+            if not isinstance(array, np.ndarray) or array.dtype != np.dtype(np_dtype(ttype.dtype)) \
+                    or not array.flags.c_contiguous:
+                raise TypeError(f"bound input {name!r} must be a C-contiguous "
+                                f"{np.dtype(np_dtype(ttype.dtype))} array")
+            self._check(name, array, ttype, array.shape[0] if ttype.batched else None)
+            index = self.feed_index[name]
+            self.table[index] = array.ctypes.data
             self._keep[name] = array
+            if ttype.batched:
+                row_bytes = array.strides[0] if array.ndim else 0
+                self._bound.append((index, array.ctypes.data, row_bytes, array.shape[0]))
 
-    def call(self, batch: int) -> None:
-        """Run on the bound buffers with `batch` rows (no checks: the caller validated)."""
-        self._ensure(batch)
+    def call(self, batch: int, offset: int = 0) -> None:
+        """Run on the bound buffers with `batch` rows starting at row `offset`."""
+        table = self.table
+        for index, base, row_bytes, rows in self._bound:
+            if offset + batch > rows:
+                raise ValueError(f"rows {offset}..{offset + batch} are past the {rows} bound rows")
+            table[index] = base + offset * row_bytes
+        if batch > self._capacity:
+            self._ensure(batch)
         self._fn(batch, self._table_address)
 
     def output(self, name: str, batch: int) -> np.ndarray:
@@ -120,5 +138,7 @@ class CompiledRunner:
         for name, array in prepared.items():
             self.table[self.feed_index[name]] = array.ctypes.data
         self._keep.update(prepared)
-        self.call(batch)
+        self._bound = []
+        self._ensure(batch)
+        self._fn(batch, self._table_address)
         return {name: self.output(name, batch).copy() for name in self.result_names}

@@ -23,6 +23,8 @@ class ReferenceRunner:
         self.state = state
         self.state_outputs = [n for n in graph.output_names if n in state]
         self.result_outputs = [n for n in graph.output_names if n not in state]
+        self._bound: dict = {}
+        self._last: dict = {}
 
     def run(self, feeds: dict) -> dict:
         inputs = {name: self.state[name] for name in self.graph.input_names if name in self.state}
@@ -32,6 +34,21 @@ class ReferenceRunner:
         for name in self.state_outputs:
             self.state[name][...] = out[name]
         return {name: out[name] for name in self.result_outputs}
+
+    # The fast-path contract the training loop uses (the compiled runner implements it natively):
+    # bind whole arrays once, then call(batch, offset) per step and read outputs.
+
+    def bind(self, feeds: dict) -> None:
+        self._bound = dict(feeds)
+
+    def call(self, batch: int, offset: int = 0) -> None:
+        batched = {n.attr("name") for n in self.graph.inputs if n.type.batched}
+        feeds = {name: (array[offset:offset + batch] if name in batched else array)
+                 for name, array in self._bound.items()}
+        self._last = self.run(feeds)
+
+    def output(self, name: str, batch: int) -> np.ndarray:
+        return self._last[name]
 
 
 def make_runner(graph: ir.Graph, target: str, state: dict, **options):

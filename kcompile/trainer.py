@@ -654,11 +654,15 @@ class Trainer:
                             "on_batch_begin", "on_batch_end")
         seed = np.zeros((), np.uint32)
         seed_base = next_seed()
-        feeds = {"x": x, "y": y, "seed": seed}
+        runner = program.runner
         if shuffle:
             order = get_generator().permutation(n)
             x_stage = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
             y_stage = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
+            runner.bind({"x": x_stage, "y": y_stage, "seed": seed})
+        else:
+            runner.bind({"x": x, "y": y, "seed": seed})
+        call, output = runner.call, runner.output
         for step in range(steps):
             start = step * batch_size
             stop = min(start + batch_size, n)
@@ -667,18 +671,14 @@ class Trainer:
                 hooks.call_begin(step)
             if shuffle:
                 index = order[start:stop]
-                xb, yb = x_stage[:rows], y_stage[:rows]
-                np.take(x, index, axis=0, out=xb, mode="clip")
-                np.take(y, index, axis=0, out=yb, mode="clip")
-            else:
-                xb, yb = x[start:stop], y[start:stop]
-            feeds["x"] = xb
-            feeds["y"] = yb
+                np.take(x, index, axis=0, out=x_stage[:rows], mode="clip")
+                np.take(y, index, axis=0, out=y_stage[:rows], mode="clip")
+                start = 0
             seed[...] = (seed_base + step) & 0xFFFFFFFF
-            out = run(feeds)
-            loss_total += float(out["loss"]) * rows
+            call(rows, start)
+            loss_total += float(output("loss", rows)) * rows
             for i, name in enumerate(names):
-                sums[i] += float(out[name])
+                sums[i] += float(output(name, rows))
             seen += rows
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
@@ -708,24 +708,22 @@ class Trainer:
     def _evaluate_arrays(self, program, x, y, batch_size, callback_list) -> dict:
         n = len(x)
         steps = -(-n // batch_size)
-        run = program.runner.run
+        runner = program.runner
         names, counts = program.metric_names, program.metric_counts
         sums = [0.0] * len(names)
         loss_total, seen = 0.0, 0
         hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
-        feeds = {}
+        runner.bind({"x": x, "y": y})
         callback_list.on_test_begin()
         for step in range(steps):
             start = step * batch_size
             stop = min(start + batch_size, n)
             if hooks.begin:
                 hooks.call_begin(step)
-            feeds["x"] = x[start:stop]
-            feeds["y"] = y[start:stop]
-            out = run(feeds)
-            loss_total += float(out["loss"]) * (stop - start)
+            runner.call(stop - start, start)
+            loss_total += float(runner.output("loss", stop - start)) * (stop - start)
             for i, name in enumerate(names):
-                sums[i] += float(out[name])
+                sums[i] += float(runner.output(name, stop - start))
             seen += stop - start
             if hooks.end_due(step, steps - 1):
                 hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
@@ -750,16 +748,16 @@ class Trainer:
         outputs = np.empty((n,) + tuple(self.output_shape[1:]), np.float32)
         callback_list = _make_callbacks(self, callbacks, verbose, 1, steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
-        run = program.runner.run
-        feeds = {}
+        runner = program.runner
+        runner.bind({"x": x})
         callback_list.on_predict_begin()
         for step in range(steps):
             start = step * batch_size
             stop = min(start + batch_size, n)
             if hooks.begin:
                 hooks.call_begin(step)
-            feeds["x"] = x[start:stop]
-            batch_out = run(feeds)["y_pred"]
+            runner.call(stop - start, start)
+            batch_out = runner.output("y_pred", stop - start)
             outputs[start:stop] = batch_out
             if hooks.end_due(step, steps - 1):
                 hooks.call_end(step, {"outputs": batch_out})
