@@ -257,8 +257,8 @@ def _reshape(ev, node, index):
 
 @lowers("iota", Index)
 def _iota(ev, node, index):
-    return convert(ev.builder, index[node.attr("axis")], "i32", node.dtype) \
-        if node.dtype != "i32" else ev.builder.trunc(index[node.attr("axis")], I32)
+    # NOTE: truncate first: the index is an i64, and convert() treats i32 -> u32 as a no-op
+    return convert(ev.builder, ev.builder.trunc(index[node.attr("axis")], I32), "i32", node.dtype)
 
 
 @lowers("dim_size", Index)
@@ -405,6 +405,11 @@ def emit_elementwise_outputs(emitter, group: Group, outputs: list) -> None:
             ev.store(node, index, ev.value(node, index))
 
 
+def _int_greater(b, dtype, x, y):
+    """x > y for i32 (signed), u32 and bool (unsigned: true > false, as numpy orders them)."""
+    return b.icmp_signed(">", x, y) if _signed(dtype) else b.icmp_unsigned(">", x, y)
+
+
 def _reduce_identity(node):
     if node.op == "reduce_max":
         return -np.inf if _is_float(node.dtype) else np.iinfo(ops.np_dtype(node.dtype)).min
@@ -434,7 +439,7 @@ def _reduce_kernel(emitter, node, members):
         acc = b.load(ptr, typ=STORAGE_TYPES[node.dtype], align=4)
         if node.op == "reduce_max":
             new = (_intrinsic(b, "llvm.maximum", [acc, value]) if _is_float(node.dtype)
-                   else b.select(b.icmp_signed(">", acc, value), acc, value))
+                   else b.select(_int_greater(b, node.dtype, acc, value), acc, value))
         elif _is_float(node.dtype):
             new = b.fadd(acc, value, flags=REDUCE_FLAGS)
         else:
@@ -457,6 +462,7 @@ def _reduce_kernel(emitter, node, members):
                     else b.trunc(emitter.n, I32)
                 divisor = b.fmul(divisor, nval) if _is_float(node.dtype) else b.mul(divisor, nval)
             ev2.store(node, index, b.fdiv(total, divisor) if _is_float(node.dtype)
+                      else b.udiv(total, divisor) if node.dtype == "u32"
                       else b.sdiv(total, divisor))
 
 
@@ -472,12 +478,14 @@ def _argmax_kernel(emitter, node, members):
     with loop_nest(b, outer, emitter.n) as oindex:
         b.store(ev.value(x, oindex[:axis] + (c64(0),) + oindex[axis:]), best_ptr)
         b.store(c64(0), idx_ptr)
-        with for_range(b, 1, x.shape[axis], name="am") as j:
+        length = emitter.n if x.shape[axis] is None else x.shape[axis]
+        with for_range(b, 1, length, name="am") as j:
             ev.memo.clear()
             v = ev.value(x, oindex[:axis] + (j,) + oindex[axis:])
             best = b.load(best_ptr, typ=VALUE_TYPES[x.dtype])
-            better = (b.fcmp_ordered(">", v, best) if _is_float(x.dtype)
-                      else b.icmp_signed(">", v, best))
+            # NOTE: numpy's argmax treats NaN as the maximum: the first NaN wins and stays.
+            better = (b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
+                      if _is_float(x.dtype) else _int_greater(b, x.dtype, v, best))
             b.store(b.select(better, v, best), best_ptr)
             b.store(b.select(better, j, b.load(idx_ptr, typ=I64)), idx_ptr)
         ev.memo.clear()
@@ -637,6 +645,43 @@ def _emit_group(fe: FunctionEmitter, group: Group) -> None:
         emit_elementwise_outputs(fe, group, group.outputs)
 
 
+def _order_copies(fused: FusedGraph, plan: MemoryPlan) -> tuple[list, list]:
+    """Split `plan.copies` into those that run before the kernels and those that run after.
+
+    A copy normally runs last, when every value is final.  But a copy of an input whose buffer an
+    in-place update overwrites (`prev = w` beside `w = w - lr * g`) must read the old value, so it
+    runs first; that is only correct when nothing reads its destination, else this raises.  A copy
+    of an input onto itself (`w = w`) is nothing to do.
+    """
+    from ir.fusion import group_inputs
+    graph = fused.graph
+    names = graph.input_names
+    position = {node: i for i, node in enumerate(graph.inputs)}
+    copies = []
+    for i, (out_name, node) in enumerate(plan.copies):
+        dest = names.index(out_name) if out_name in names else None
+        if dest is not None and position.get(node) == dest:
+            continue
+        copies.append((i, out_name, node, dest, position.get(node)))
+    overwritten = {slot.index for node, slot in plan.slots.items()
+                   if slot.where == "input" and node.op != "arg"}
+    overwritten |= {dest for *_, dest, _ in copies if dest is not None}
+    read = {position[x] for g in fused.groups for x in group_inputs(g) if x in position}
+    read |= {source for *_, source in copies if source is not None}
+    early, late = [], []
+    for i, out_name, node, dest, source in copies:
+        if source is None or source not in overwritten:
+            late.append((i, out_name, node))
+        elif dest is None or dest not in read:
+            early.append((i, out_name, node))
+        else:
+            raise ValueError(f"output {out_name!r} must receive the value input "
+                             f"{names[source]!r} had before this step overwrites it in place, but "
+                             f"{out_name!r} is itself still read in this step; return the old "
+                             "value under another name")
+    return early, late
+
+
 def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None,
           profile: bool = False) -> Lowered:
     """Add the graph's entry function `name` (and its kernels) to `module`.
@@ -686,23 +731,10 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
         clock = module.globals.get("llvm.readcyclecounter") or ir.Function(
             module, ir.FunctionType(I64, []), "llvm.readcyclecounter")
 
-    for k, group in enumerate(fused.groups):
-        buffers = _kernel_buffers(group, plan, consts)
-        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts)
-        _emit_group(fe, group)
-        fe.finish()
-        args = [n] + [pointer(x) for x in buffers]
-        if counters is None:
-            b.call(fe.function, args)
-            continue
-        start = b.call(clock, [])
-        b.call(fe.function, args)
-        # NOTE: llvmlite types a global's address as a typed pointer; go through an opaque one
-        slot = b.inttoptr(b.add(b.ptrtoint(counters, I64), c64(8 * k)), PTR)
-        b.store(b.add(b.load(slot, typ=I64), b.sub(b.call(clock, []), start)), slot)
-
     input_names = graph.input_names
-    for i, (out_name, node) in enumerate(plan.copies):
+    early, late = _order_copies(fused, plan)
+
+    def emit_copy(i, out_name, node):
         dest = (table_entry(input_names.index(out_name)) if out_name in input_names
                 else table_entry(n_inputs + plan.outputs.index(out_name)))
         source = [] if (node not in plan.slots or node in consts) else [node]
@@ -718,5 +750,25 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
             fe.builder.store(value, ptr, align=1)
         fe.finish()
         b.call(fe.function, [n] + [pointer(x) for x in source] + [dest])
+
+    for i, out_name, node in early:
+        emit_copy(i, out_name, node)
+    for k, group in enumerate(fused.groups):
+        buffers = _kernel_buffers(group, plan, consts)
+        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts)
+        _emit_group(fe, group)
+        fe.finish()
+        args = [n] + [pointer(x) for x in buffers]
+        if counters is None:
+            b.call(fe.function, args)
+            continue
+        start = b.call(clock, [])
+        b.call(fe.function, args)
+        # NOTE: llvmlite types a global's address as a typed pointer; go through an opaque one
+        slot = b.inttoptr(b.add(b.ptrtoint(counters, I64), c64(8 * k)), PTR)
+        b.store(b.add(b.load(slot, typ=I64), b.sub(b.call(clock, []), start)), slot)
+
+    for i, out_name, node in late:
+        emit_copy(i, out_name, node)
     b.ret_void()
     return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1)

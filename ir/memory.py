@@ -69,19 +69,46 @@ def _first_fit(intervals: list) -> tuple[dict, int]:
     return offsets, total
 
 
+def _reads_elsewhere(group, target, aliases: dict) -> bool:
+    """Does the elementwise loop of `group` read `target` at an index other than the one it writes
+    (through a transpose, broadcast or reshape)?  Then writing its result into `target`'s buffer in
+    place would clobber elements the loop has yet to read."""
+    stack, seen = [(o, False) for o in group.outputs if o is not group.anchor], set()
+    while stack:
+        node, moved = stack.pop()
+        if node is target or aliases.get(node) is target:
+            if moved or node is not target:
+                return True
+            continue
+        if (node, moved) in seen or node is group.anchor or node.op == "dim_size" \
+                or node in group.inputs:
+            continue
+        seen.add((node, moved))
+        moved = moved or node.op in ("broadcast", "transpose", "reshape")
+        stack.extend((o, moved) for o in node.operands)
+    return False
+
+
 def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
     graph = fused.graph
     slots: dict = {}
     for i, node in enumerate(graph.inputs):
         slots[node] = Slot("input", i)
     input_by_name = {n.attr("name"): n for n in graph.inputs}
-    own_outputs, copies = [], []
+    writer = {node: g for g in fused.groups for node in g.outputs}
+    own_outputs, copies, deferred = [], [], set()
     for name, value in graph.outputs:
         target = input_by_name.get(name)
         if value in slots or is_free(value) or is_materialized_source(value):
             copies.append((name, value))       # value lives elsewhere: copy it into the output
             if target is None:
                 own_outputs.append(name)
+            continue
+        if (target is not None and value in writer
+                and _reads_elsewhere(writer[value], target, fused.aliases)):
+            # NOTE: computed in the arena and copied into the input's buffer after every kernel
+            deferred.add(value)
+            copies.append((name, value))
             continue
         if target is not None:
             slots[value] = Slot("input", graph.inputs.index(target))
@@ -105,6 +132,8 @@ def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
             if node in start:
                 end[node] = max(end[node], step)
     last = len(fused.groups)
+    for node in deferred:
+        end[node] = last            # read by its copy, after the last kernel
     static, batch = [], []
     for node, s in start.items():
         e = end[node] if reuse else last
