@@ -12,6 +12,8 @@ import shutil
 import sys
 
 from kcompile import layers as layers_module
+from kcompile import saving
+from kcompile.saving import load_model  # noqa: F401  (kcompile.models.load_model, as Keras)
 from kcompile.layers.core import InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, format_shape
 from kcompile.trainer import Trainer
@@ -82,6 +84,20 @@ class Model(InspectionMixin, Trainer, Layer):
             start += count
         for variable, array in checked:
             variable.assign(array)
+
+    # -- saving (kcompile.saving has the format) -----------------------------------------------
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Save config, compile arguments, weights and optimizer state to a `.keras` file."""
+        saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Save every weight, by path 'layer/weight', to a `.weights.npz` file."""
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Load weights by path from a `.weights.npz` or `.keras` file; all checked before any is set."""
+        saving.load_weights(self, filepath, skip_mismatch=skip_mismatch, **kwargs)
 
     # -- summary --------------------------------------------------------------------------------
 

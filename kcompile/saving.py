@@ -1,0 +1,641 @@
+"""Saving and loading models: `model.save` / `load_model` and `model.save_weights` / `load_weights`.
+
+A model file (`model.save('model.keras')`) is a zip archive, as Keras 3's `.keras` format, holding:
+
+    metadata.json   {"format": "kcompile.model", "format_version": 1, "kcompile_version": ...,
+                     "date_saved": ...}
+    config.json     {"class_name": "Sequential", "config": model.get_config() (every layer as
+                     {"class_name": ..., "config": ...}), "build_config": {"input_shape": ...},
+                     "compile_config": {"optimizer": {"class_name": ..., "config": ...}, "loss": ...,
+                                        "metrics": [...], "target": ...} or null}
+    weights.npz     every model weight, keyed by its path 'layer/weight' (np.savez)
+    optimizer.npz   'optimizer/iterations', 'optimizer/learning_rate' and every slot
+                    ('dense/kernel/m', ...): what the train step reads, so training resumes exactly
+
+A weights file (`model.save_weights('model.weights.npz')`) is the weights.npz member on its own.
+
+Design notes:
+
+- No pickle anywhere: JSON and numeric .npz arrays, read with `allow_pickle=False`, so loading an
+  untrusted file cannot run code.  Functions (a custom loss, a custom activation) are saved by name
+  and found again in `custom_objects=`.
+- Writes are atomic: the file is written under a temporary name in the same directory, fsynced, and
+  moved over `filepath` with `os.replace`, so a failure mid-save leaves the previous file intact.
+- Loads validate before they mutate: a bad file raises a ValueError naming the file and the problem,
+  and `load_weights` checks every name and shape before it writes a single weight.
+- The file holds no random state.  kcompile draws shuffling orders and Dropout seeds from its global
+  generator (`kcompile.utils.set_random_seed`), and Keras does not save that generator either; to
+  resume a run exactly, seed it the same way in both runs (e.g. at every epoch's start).
+  `load_model` itself draws nothing from the generator: the initial weights it draws while
+  rebuilding the layers are overwritten at once, so it puts the generator back as it found it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import uuid
+import warnings
+import zipfile
+import zlib
+
+import numpy as np
+
+import kcompile
+from kcompile import losses, metrics as metrics_module, optimizers
+from kcompile.layers.layer import format_shape
+from kcompile.utils.random import get_generator
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load_model", "load_weights", "save_model", "save_weights"]
+
+FORMAT_NAME = "kcompile.model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".keras"
+WEIGHTS_SUFFIX = ".weights.npz"
+
+METADATA = "metadata.json"
+CONFIG = "config.json"
+WEIGHTS = "weights.npz"
+OPTIMIZER = "optimizer.npz"
+
+# What parsing a damaged zip or .npz raises.  Files are read into memory first, so an OSError here
+# (a seek to a nonsense offset) is the file's fault, not the disk's; RuntimeError is zipfile's
+# "encrypted member" and NotImplementedError its "unknown compression method".
+_FORMAT_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError, KeyError,
+                  OSError, RuntimeError, NotImplementedError)
+
+
+# ----------------------------------------------------------------------------------------------
+# File names
+# ----------------------------------------------------------------------------------------------
+
+def _path(filepath) -> str:
+    if hasattr(filepath, "write") or hasattr(filepath, "read"):
+        raise TypeError("kcompile saves to and loads from file paths; pass a path such as "
+                        f"'model.keras', not a file object ({type(filepath).__name__})")
+    return os.fsdecode(os.fspath(filepath))
+
+
+def _check_model_suffix(filepath: str, action: str):
+    if filepath.endswith(MODEL_SUFFIX):
+        return
+    if filepath.endswith(WEIGHTS_SUFFIX):
+        hint = (" This is a weights file name: use model.save_weights / model.load_weights for it."
+                if action == "saving" else
+                " This is a weights file: rebuild the model in code and call "
+                "model.load_weights(filepath).")
+    elif filepath.endswith((".h5", ".hdf5")):
+        hint = (" The legacy HDF5 format is not supported: it needs h5py, which kcompile does not "
+                "depend on.")
+    else:
+        hint = ""
+    if action == "saving":
+        raise ValueError("Invalid filepath extension for saving. Please add a `.keras` extension "
+                         "(kcompile's model format: a zip of a JSON config and .npz arrays, like "
+                         f"Keras 3's native format).{hint} Received: filepath={filepath}")
+    raise ValueError(f"File format not supported: filepath={filepath}. kcompile loads `.keras` files "
+                     f"written by model.save().{hint}")
+
+
+def _check_weights_suffix(filepath: str, action: str, allow_model_file=False):
+    if filepath.endswith(WEIGHTS_SUFFIX) or (allow_model_file and filepath.endswith(MODEL_SUFFIX)):
+        return
+    if filepath.endswith((".weights.h5", ".h5", ".hdf5")):
+        raise ValueError(f"kcompile cannot {action} HDF5 weight files: HDF5 needs h5py, which kcompile "
+                         f"does not depend on. Use the `{WEIGHTS_SUFFIX}` suffix instead (the same "
+                         f"weights by name, in numpy's .npz format). Received: filepath={filepath}")
+    also = " (or a `.keras` model file)" if allow_model_file else ""
+    raise ValueError(f"The filename must end in `{WEIGHTS_SUFFIX}`{also}. Received: filepath={filepath}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------
+
+def _atomic_write(filepath: str, write, overwrite: bool):
+    """Call `write(binary_file)` on a temporary file next to `filepath`, fsync it, then move it over
+    `filepath`; on any failure the temporary file is removed and an existing `filepath` is untouched."""
+    if os.path.isdir(filepath):
+        raise IsADirectoryError(f"Cannot save to {filepath}: it is an existing directory; pass a file "
+                                "path.")
+    if not overwrite and os.path.lexists(filepath):
+        # NOTE: Keras asks on the terminal; a library call that blocks on input() is worse.
+        raise FileExistsError(f"{filepath} already exists and overwrite=False; pass overwrite=True to "
+                              "replace it.")
+    directory, name = os.path.split(os.path.abspath(filepath))
+    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    # os.open with 0o666 (not mkstemp's 0o600): the saved file gets the user's umask, as open() gives.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, filepath)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str):
+    # Makes the rename itself durable; not possible (nor needed) on every platform.
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _json_bytes(value) -> bytes:
+    def default(item):
+        if isinstance(item, np.generic):
+            return item.item()
+        raise TypeError(f"a config value of type {type(item).__name__} ({item!r}) cannot be written to "
+                        "JSON; get_config() must return plain numbers, strings, lists and dicts")
+    return json.dumps(value, indent=2, default=default).encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+
+def _weight_arrays(model) -> dict:
+    arrays = {}
+    for variable in model.weights:
+        if variable.path in arrays:
+            raise ValueError(f"Cannot save model {model.name!r}: two weights are named "
+                             f"{variable.path!r}; give the layers distinct names.")
+        arrays[variable.path] = variable.buffer
+    return arrays
+
+
+def _optimizer_arrays(optimizer) -> dict:
+    # The train step's own input names (kcompile.optimizers), so the file reads like the graph.
+    return dict(optimizer.state())
+
+
+def _function_name(function, kind: str) -> str:
+    name = getattr(function, "__name__", None)
+    if not name or name == "<lambda>":
+        raise ValueError(f"Cannot save the {kind} {function!r}: functions are saved by name (no pickle), "
+                         "and it has none. Define it with `def` and pass it in "
+                         "custom_objects={name: function} when loading.")
+    return name
+
+
+def _serialize_loss(loss):
+    if loss is None or isinstance(loss, str):
+        return loss
+    if isinstance(loss, losses.Loss):
+        return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return _function_name(loss, "loss")
+
+
+def _serialize_metric(metric):
+    if isinstance(metric, str):
+        return metric
+    if isinstance(metric, type) and issubclass(metric, metrics_module.Metric):
+        metric = metric()
+    if isinstance(metric, metrics_module.Metric):
+        return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    return _function_name(metric, "metric")
+
+
+def _compile_config(model) -> dict | None:
+    if not model.compiled:
+        return None
+    return {
+        "optimizer": optimizers.serialize(model.optimizer),
+        "loss": _serialize_loss(model.loss),
+        # NOTE: the identifiers as compile() received them (Trainer keeps them), so a reloaded model
+        # logs its metrics under the same names.
+        "metrics": [_serialize_metric(m) for m in model._metric_identifiers],
+        "target": model.target,
+    }
+
+
+def _model_config(model) -> dict:
+    input_shape = model._known_input_shape() if model.built else None
+    return {
+        "class_name": type(model).__name__,
+        "config": model.get_config(),
+        "build_config": {"input_shape": list(input_shape)} if input_shape is not None else None,
+        "compile_config": _compile_config(model),
+    }
+
+
+def _metadata() -> dict:
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "kcompile_version": kcompile.__version__,
+            "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def save_model(model, filepath, overwrite=True, zipped=None, include_optimizer=True, **kwargs):
+    """Save `model` to a `.keras` file: its config, compile arguments, weights and optimizer state.
+
+    Args:
+        model: a kcompile model.
+        filepath: path ending in `.keras`.
+        overwrite: replace an existing file (False raises FileExistsError).
+        zipped: accepted for Keras compatibility; only the zipped format exists.
+        include_optimizer: also save the optimizer's state (slots, iterations), so that `fit`
+            after `load_model` continues exactly where this model stopped.
+    """
+    if kwargs:
+        raise ValueError(f"The following argument(s) are not supported: {sorted(kwargs)}")
+    if zipped is False:
+        raise NotImplementedError("model.save(zipped=False) (an unzipped directory) is not supported; "
+                                  "kcompile writes one `.keras` zip file")
+    filepath = _path(filepath)
+    _check_model_suffix(filepath, "saving")
+    # Everything that can fail on the model's side is gathered before the file is opened.
+    config = _model_config(model)
+    weights = _weight_arrays(model)
+    optimizer = None
+    if include_optimizer and model.compiled and model.optimizer is not None:
+        optimizer = _optimizer_arrays(model.optimizer)
+
+    def write(file):
+        with zipfile.ZipFile(file, "w") as archive:
+            archive.writestr(METADATA, _json_bytes(_metadata()), zipfile.ZIP_DEFLATED)
+            archive.writestr(CONFIG, _json_bytes(config), zipfile.ZIP_DEFLATED)
+            # NOTE: deflated, though float arrays barely compress: an .npz is itself a zip, and stored
+            # verbatim its end record would let a truncated file pass for a zip of .npy members.
+            # Level 1 is the cheap end of deflate.
+            archive.writestr(WEIGHTS, _npz_bytes(weights), zipfile.ZIP_DEFLATED, 1)
+            if optimizer is not None:
+                archive.writestr(OPTIMIZER, _npz_bytes(optimizer), zipfile.ZIP_DEFLATED, 1)
+
+    _atomic_write(filepath, write, overwrite)
+
+
+def save_weights(model, filepath, overwrite=True):
+    """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file."""
+    filepath = _path(filepath)
+    _check_weights_suffix(filepath, "save")
+    weights = _weight_arrays(model)
+    _atomic_write(filepath, lambda file: np.savez(file, **weights), overwrite)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
+# ----------------------------------------------------------------------------------------------
+
+def _bad_file(filepath, problem) -> ValueError:
+    # NOTE: raised `from None` where the cause is the zip/npz/JSON parser (its traceback says nothing
+    # the message does not), and `from error` where it may be a custom class's from_config.
+    return ValueError(f"Cannot load {filepath}: {problem}")
+
+
+def _check_exists(filepath):
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"File not found: filepath={filepath}. Please ensure the file exists and "
+                                "is accessible.")
+
+
+def _read_npz(data: bytes, filepath, member) -> dict:
+    """The arrays of an .npz file's bytes, numeric only, or a ValueError that says what is wrong."""
+    where = f"{member} in " if member else ""
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive of named arrays")
+        with npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except _FORMAT_ERRORS as error:
+        raise _bad_file(filepath, f"{where}the file is not a valid .npz archive of numeric arrays "
+                                  f"({type(error).__name__}: {error})") from None
+    for key, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise _bad_file(filepath, f"{where}the file's array {key!r} has dtype {array.dtype}; "
+                                      "weights must be numeric")
+    return arrays
+
+
+class _Archive:
+    """The members of a model file, read and checked: metadata, config, weights, optimizer state."""
+
+    def __init__(self, filepath: str):
+        self.filepath = filepath
+        _check_exists(filepath)
+        with open(filepath, "rb") as file:
+            data = file.read()
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = set(archive.namelist())
+                members = {name: archive.read(name)
+                           for name in (METADATA, CONFIG, WEIGHTS, OPTIMIZER) if name in names}
+        except _FORMAT_ERRORS as error:
+            raise _bad_file(filepath, "the file is not a valid `.keras` zip archive; it may be truncated "
+                                      f"or corrupt ({type(error).__name__}: {error})") from None
+        self._check_members(names, members)
+        self.metadata = self._json(members[METADATA], METADATA)
+        self._check_metadata(names)
+        self.config = self._json(members[CONFIG], CONFIG)
+        self._check_config()
+        self.weights = _read_npz(members[WEIGHTS], filepath, WEIGHTS)
+        self.optimizer = (_read_npz(members[OPTIMIZER], filepath, OPTIMIZER)
+                          if OPTIMIZER in members else None)
+
+    def _check_members(self, names, members):
+        if WEIGHTS not in members and "model.weights.h5" in names:
+            raise _bad_file(self.filepath, "it is a Keras 3 `.keras` file (weights in HDF5, "
+                                           "model.weights.h5), not one written by kcompile's "
+                                           "model.save(); kcompile cannot read HDF5.")
+        missing = [name for name in (METADATA, CONFIG, WEIGHTS) if name not in members]
+        if missing:
+            raise _bad_file(self.filepath, f"it is not a kcompile model file: it has no "
+                                           f"{' or '.join(missing)} (it holds "
+                                           f"{sorted(names) or 'no members'}).")
+
+    def _json(self, data: bytes, member: str):
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise _bad_file(self.filepath, f"{member} is not valid JSON ({error})") from None
+
+    def _check_metadata(self, names):
+        metadata = self.metadata
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+            found = metadata.get("format") if isinstance(metadata, dict) else metadata
+            raise _bad_file(self.filepath, f"{METADATA} does not name the format {FORMAT_NAME!r} "
+                                           f"(found {found!r}); it was not written by kcompile's "
+                                           "model.save().")
+        version = metadata.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise _bad_file(self.filepath, f"{METADATA} has no valid format_version (found {version!r})")
+        if version > FORMAT_VERSION:
+            raise _bad_file(self.filepath, f"it was written in format version {version} by kcompile "
+                                           f"{metadata.get('kcompile_version')}; this kcompile "
+                                           f"({kcompile.__version__}) reads up to version "
+                                           f"{FORMAT_VERSION}. Upgrade kcompile to load it.")
+
+    def _check_config(self):
+        config = self.config
+        if not isinstance(config, dict) or not isinstance(config.get("class_name"), str) \
+                or not isinstance(config.get("config"), dict):
+            raise _bad_file(self.filepath, f"{CONFIG} must be an object with 'class_name' (a string) and "
+                                           "'config' (an object)")
+        for key in ("build_config", "compile_config"):
+            if config.get(key) is not None and not isinstance(config[key], dict):
+                raise _bad_file(self.filepath, f"{CONFIG}: {key!r} must be an object or null")
+
+
+def _read_weights_file(filepath: str) -> dict:
+    _check_exists(filepath)
+    if filepath.endswith(MODEL_SUFFIX):
+        return _Archive(filepath).weights
+    with open(filepath, "rb") as file:
+        data = file.read()
+    return _read_npz(data, filepath, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights: match by path, validate everything, then assign
+# ----------------------------------------------------------------------------------------------
+
+def _match_weights(model, arrays: dict, filepath, skip_mismatch=False) -> list:
+    """[(variable, array)] to assign, after checking every name and shape; raises listing all problems."""
+    own = {}
+    for variable in model.weights:
+        own.setdefault(variable.path, variable)
+    missing = [path for path in own if path not in arrays]
+    unexpected = [path for path in arrays if path not in own]
+    mismatched = [path for path in own if path in arrays and arrays[path].shape != own[path].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing from the file: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"in the file but not in the model: {', '.join(unexpected)}")
+    for path in mismatched:
+        problems.append(f"{path!r} has shape {format_shape(arrays[path].shape)} in the file but "
+                        f"{format_shape(own[path].shape)} in the model")
+    if problems and not skip_mismatch:
+        raise _bad_file(filepath, f"its weights do not fit model {model.name!r} (weights are matched by "
+                                  f"path 'layer/weight'; nothing was loaded):\n  - "
+                                  + "\n  - ".join(problems))
+    if problems:
+        warnings.warn(f"Skipping weights of {filepath} that do not fit model {model.name!r}:\n  - "
+                      + "\n  - ".join(problems), stacklevel=3)
+    return [(variable, arrays[path]) for path, variable in own.items()
+            if path in arrays and path not in mismatched]
+
+
+def _assign(pairs):
+    for variable, array in pairs:
+        variable.assign(array)
+
+
+def load_weights(model, filepath, skip_mismatch=False, **kwargs):
+    """Load weights saved by `save_weights` (`.weights.npz`) or `save` (`.keras`) into `model`.
+
+    Weights are matched by path ('dense/kernel'); every name and shape is checked before any weight
+    changes, so on error the model is left as it was.  With `skip_mismatch=True`, weights missing
+    from the file or of another shape are skipped with a warning instead.
+    """
+    if kwargs:
+        raise ValueError(f"The following argument(s) are not supported: {sorted(kwargs)}")
+    filepath = _path(filepath)
+    _check_weights_suffix(filepath, "load", allow_model_file=True)
+    arrays = _read_weights_file(filepath)
+    if not model.built:
+        shape = model._known_input_shape()
+        if shape is None:
+            raise ValueError(f"Model {model.name!r} is not built yet, so it has no weights to load into. "
+                             "Give it an input shape (Input(shape=...) or input_shape= on the first "
+                             "layer) or call model.build(input_shape) first.")
+        model.build(shape)
+    _assign(_match_weights(model, arrays, filepath, skip_mismatch))
+
+
+# ----------------------------------------------------------------------------------------------
+# load_model
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _generator_untouched():
+    # NOTE: rebuilding the layers draws initial weights that the saved ones replace at once; putting
+    # the global generator back keeps a seeded run's shuffling and Dropout seeds what they would be
+    # had the model never been reloaded.
+    generator = get_generator()
+    state = generator.bit_generator.state
+    try:
+        yield
+    finally:
+        generator.bit_generator.state = state
+
+
+def _resolve_custom_functions(layer_config: dict, custom_objects: dict) -> dict:
+    # Layer configs name their activation; a custom one is found by that name in custom_objects.
+    config = dict(layer_config)
+    inner = dict(config.get("config") or {})
+    activation = inner.get("activation")
+    if isinstance(activation, str) and activation in custom_objects:
+        inner["activation"] = custom_objects[activation]
+    config["config"] = inner
+    return config
+
+
+def _model_class(class_name, custom_objects):
+    from kcompile import models
+    cls = custom_objects.get(class_name)
+    if cls is None and class_name == "Sequential":
+        cls = models.Sequential
+    if cls is None:
+        raise ValueError(f"unknown model class {class_name!r}; kcompile rebuilds Sequential models, and "
+                         "subclasses passed in custom_objects={name: class}")
+    if not (isinstance(cls, type) and issubclass(cls, models.Sequential)):
+        raise ValueError(f"model class {class_name!r} ({cls!r}) is not a Sequential model; only "
+                         "Sequential models (and subclasses) can be rebuilt from their config")
+    return cls
+
+
+def _rebuild(archive: _Archive, custom_objects: dict):
+    config = archive.config
+    try:
+        cls = _model_class(config["class_name"], custom_objects)
+        model_config = dict(config["config"])
+        layer_configs = model_config.get("layers", [])
+        if not isinstance(layer_configs, list) or not all(isinstance(c, dict) for c in layer_configs):
+            raise ValueError("'layers' must be a list of {'class_name': ..., 'config': ...} objects")
+        model_config["layers"] = [_resolve_custom_functions(c, custom_objects) for c in layer_configs]
+        with _generator_untouched():
+            model = cls.from_config(model_config, custom_objects=custom_objects)
+            build_config = config.get("build_config") or {}
+            if build_config.get("input_shape") is not None and not model.built:
+                model.build(tuple(build_config["input_shape"]))
+    except Exception as error:  # the config is data from a file: any failure means it is unusable
+        raise _bad_file(archive.filepath, f"the model cannot be rebuilt from {CONFIG}: "
+                                          f"{type(error).__name__}: {error}") from error
+    return model
+
+
+def _custom_or(value, custom_objects, resolve):
+    """A function or object named or configured in a compile config, custom_objects first."""
+    if isinstance(value, str):
+        return custom_objects.get(value, value)
+    if isinstance(value, dict):
+        cls = custom_objects.get(value.get("class_name"))
+        if cls is not None:
+            return cls.from_config(value.get("config") or {})
+        return resolve(value)
+    raise ValueError(f"expected a name or a {{'class_name': ..., 'config': ...}} object; got {value!r}")
+
+
+def _metric_from_config(value):
+    cls = getattr(metrics_module, str(value.get("class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, metrics_module.Metric)):
+        raise ValueError(f"Unknown metric class {value.get('class_name')!r}; pass custom metric classes "
+                         "in custom_objects=")
+    return cls.from_config(value.get("config") or {})
+
+
+def _compile(model, archive: _Archive, custom_objects: dict):
+    compile_config = archive.config["compile_config"]
+    try:
+        optimizer = _custom_or(compile_config.get("optimizer", "rmsprop"), custom_objects,
+                               optimizers.get)
+        loss = compile_config.get("loss")
+        if loss is not None:
+            loss = _custom_or(loss, custom_objects, losses.deserialize)
+        metrics = [_custom_or(m, custom_objects, _metric_from_config)
+                   for m in compile_config.get("metrics") or []]
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                      target=compile_config.get("target", "llvm"))
+    except Exception as error:  # a config from a file: any failure means it is unusable
+        raise _bad_file(archive.filepath, f"the model cannot be compiled with the arguments saved in "
+                                          f"{CONFIG} ({type(error).__name__}: {error}). Pass custom "
+                                          "losses, metrics and optimizers in custom_objects=, or load "
+                                          "with compile=False.") from error
+
+
+def _restore_optimizer(model, archive: _Archive):
+    """Check every saved optimizer array against the model, then assign them all."""
+    arrays, optimizer, filepath = archive.optimizer, model.optimizer, archive.filepath
+    where = f"{OPTIMIZER}:"
+    for key, kind in ((optimizers.ITERATIONS, "iu"), (optimizers.LEARNING_RATE, "f")):
+        if key not in arrays:
+            raise _bad_file(filepath, f"{where} {key!r} is missing")
+        if arrays[key].shape != () or arrays[key].dtype.kind not in kind:
+            raise _bad_file(filepath, f"{where} {key!r} must be a scalar of kind {kind!r}; got "
+                                      f"{arrays[key].dtype} of shape {arrays[key].shape}")
+    weights = {v.path: v for v in model.weights}
+    slot_names = optimizer.slot_names()
+    slots = {}  # weight path -> {slot name: array}
+    for key, array in arrays.items():
+        if key in (optimizers.ITERATIONS, optimizers.LEARNING_RATE):
+            continue
+        weight_path, _, slot = key.rpartition("/")
+        if weight_path not in weights or slot not in slot_names:
+            raise _bad_file(filepath, f"{where} {key!r} is not a slot of {type(optimizer).__name__} "
+                                      f"(slots {list(slot_names)}) for a weight of the model")
+        shape = weights[weight_path].shape
+        if array.shape != shape:
+            raise _bad_file(filepath, f"{where} slot {key!r} has shape {format_shape(array.shape)}, but "
+                                      f"weight {weight_path!r} has {format_shape(shape)}")
+        slots.setdefault(weight_path, {})[slot] = array
+    for weight_path, own in slots.items():
+        if set(own) != set(slot_names):
+            raise _bad_file(filepath, f"{where} weight {weight_path!r} has slots {sorted(own)}; "
+                                      f"{type(optimizer).__name__} needs {list(slot_names)}")
+    iterations = int(arrays[optimizers.ITERATIONS])
+    if not 0 <= iterations < 2**31:
+        raise _bad_file(filepath, f"{where} 'optimizer/iterations' is {iterations}, outside int32")
+    with_slots = [v for v in model.weights if v.path in slots]  # model order, as the train step builds
+    if with_slots or iterations:
+        optimizer.build(with_slots)
+    for variable in with_slots:
+        for slot, array in slots[variable.path].items():
+            optimizer.slot(variable, slot).assign(array)
+    optimizer.iterations.assign(np.int32(iterations))
+    optimizer.learning_rate = float(arrays[optimizers.LEARNING_RATE])
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Load a model saved by `model.save(filepath)`.
+
+    Rebuilds the model from its config, sets its weights bit-exactly, and (with `compile=True`)
+    compiles it with the saved optimizer, loss, metrics and target and restores the optimizer's
+    state, so `fit` continues where the saved model stopped.
+
+    Args:
+        filepath: a `.keras` file written by `model.save`.
+        custom_objects: {name: class or function} for custom layers, activations, losses, metrics,
+            optimizers and model classes, found by the names saved in the config.
+        compile: compile the model as it was when saved.
+        safe_mode: accepted for Keras compatibility; kcompile's format never runs code (no pickle).
+
+    Raises:
+        ValueError: the file is not a kcompile model file, or is corrupt, truncated or inconsistent;
+            the message names the file and the problem.
+    """
+    filepath = _path(filepath)
+    _check_model_suffix(filepath, "loading")
+    custom_objects = dict(custom_objects or {})
+    archive = _Archive(filepath)
+    model = _rebuild(archive, custom_objects)
+    _assign(_match_weights(model, archive.weights, filepath))
+    if compile and archive.config.get("compile_config") is not None:
+        _compile(model, archive, custom_objects)
+        if archive.optimizer is not None:
+            _restore_optimizer(model, archive)
+    return model
+

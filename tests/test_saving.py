@@ -1,0 +1,516 @@
+"""model.save / load_model and save_weights / load_weights: round trips bit for bit, training that
+resumes exactly, clear errors for damaged or foreign files, atomic writes, and ModelCheckpoint."""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import losses, metrics, optimizers, saving
+from kcompile.callbacks import LambdaCallback, ModelCheckpoint
+from kcompile.layers import Dense, Dropout, Flatten, Input, Layer
+from kcompile.models import Sequential, load_model
+from kcompile.utils import set_random_seed
+from kcompile.utils.random import get_generator
+
+from ir import build as B
+
+
+def _llvm_available():
+    try:
+        import codegen.runtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TARGETS = ["reference"] + (["llvm"] if _llvm_available() else [])
+
+
+def _data(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2, 3)).astype(np.float32)
+    y = (x.sum(axis=(1, 2)) > 0).astype(np.int64) + (x[:, 0, 0] > 1)
+    return x, y
+
+
+def _model(target="reference", optimizer=None, metrics_=("accuracy",), seed=0):
+    set_random_seed(seed)
+    model = Sequential([Input(shape=(2, 3)), Flatten(), Dense(8, activation="relu"), Dropout(0.25),
+                        Dense(3, activation="softmax")])
+    model.compile(optimizer=optimizer or optimizers.Adam(learning_rate=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=list(metrics_), target=target)
+    return model
+
+
+def _bits(array):
+    """The raw bits, so that equality means bit-identical (NaN payloads and -0.0 included)."""
+    array = np.ascontiguousarray(array)
+    return array.view(np.uint8).tobytes(), array.dtype, array.shape
+
+
+def _assert_same_state(a, b):
+    assert [w.path for w in a.weights] == [w.path for w in b.weights]
+    for wa, wb in zip(a.weights, b.weights):
+        assert _bits(wa.buffer) == _bits(wb.buffer), wa.path
+    sa, sb = a.optimizer.state(), b.optimizer.state()
+    assert sorted(sa) == sorted(sb)
+    for key in sa:
+        assert _bits(sa[key]) == _bits(sb[key]), key
+
+
+def _normalized(config):
+    return json.loads(json.dumps(config))
+
+
+# ----------------------------------------------------------------------------------------------
+# Round trips
+# ----------------------------------------------------------------------------------------------
+
+def test_round_trip_restores_config_weights_compile_arguments_and_optimizer(tmp_path):
+    x, y = _data()
+    model = _model(metrics_=("accuracy", metrics.SparseCategoricalAccuracy(name="sparse_acc")))
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    model.optimizer.learning_rate = 0.003  # as a callback would have set it
+    path = tmp_path / "model.keras"
+    model.save(path)
+
+    loaded = load_model(path)
+    assert type(loaded) is Sequential and loaded.name == model.name
+    assert _normalized(loaded.get_config()) == _normalized(model.get_config())
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    _assert_same_state(model, loaded)
+    assert type(loaded.optimizer) is optimizers.Adam
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.optimizer.learning_rate == np.float32(0.003)
+    assert int(loaded.optimizer.iterations.buffer) == 6
+    assert loaded.loss is model.loss
+    assert loaded.metrics_names == ["loss", "accuracy", "sparse_acc"]
+    assert loaded.target == "reference"
+    assert loaded.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)
+    assert kcompile.load_model is load_model
+
+    # The archive: JSON and numeric .npz only, readable without pickle.
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["metadata.json", "config.json", "weights.npz", "optimizer.npz"]
+        metadata = json.loads(archive.read("metadata.json"))
+        config = json.loads(archive.read("config.json"))
+        weights = np.load(io.BytesIO(archive.read("weights.npz")), allow_pickle=False)
+        optimizer_state = np.load(io.BytesIO(archive.read("optimizer.npz")), allow_pickle=False)
+        assert sorted(weights.files) == sorted(w.path for w in model.weights)
+        assert "optimizer/iterations" in optimizer_state.files
+        assert "dense/kernel/m" in optimizer_state.files
+    assert metadata["format"] == saving.FORMAT_NAME and metadata["format_version"] == 1
+    assert metadata["kcompile_version"] == kcompile.__version__ and metadata["date_saved"]
+    assert config["class_name"] == "Sequential"
+    assert config["config"]["layers"][2] == {"class_name": "Dense",
+                                              "config": _normalized(model.layers[1].get_config())}
+    assert config["compile_config"]["optimizer"]["class_name"] == "Adam"
+    assert config["compile_config"]["loss"] == "sparse_categorical_crossentropy"
+    assert config["compile_config"]["metrics"][0] == "accuracy"
+    assert config["compile_config"]["target"] == "reference"
+
+
+@pytest.mark.skipif("llvm" not in TARGETS, reason="the LLVM backend (llvmlite) is not installed")
+def test_round_trip_on_llvm(tmp_path):
+    x, y = _data()
+    model = _model(target="llvm", optimizer=optimizers.SGD(learning_rate=0.05, momentum=0.9))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    model.save(tmp_path / "llvm.keras")
+    loaded = load_model(tmp_path / "llvm.keras")
+    assert loaded.target == "llvm"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    _assert_same_state(model, loaded)
+
+
+def test_models_not_compiled_not_built_or_built_from_data(tmp_path):
+    x, y = _data()
+    plain = Sequential([Input(shape=(2, 3)), Flatten(), Dense(4)])
+    plain.save(tmp_path / "plain.keras")
+    loaded = load_model(tmp_path / "plain.keras")
+    assert not loaded.compiled
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), plain.predict(x, verbose=0))
+
+    unbuilt = Sequential([Flatten(), Dense(4, name="head")])
+    unbuilt.save(tmp_path / "unbuilt.keras")
+    again = load_model(tmp_path / "unbuilt.keras")
+    assert not again.built and again.get_layer("head").units == 4
+
+    # Built from the first data it saw (no Input): the build shape is saved with the config.
+    from_data = Sequential([Flatten(), Dense(3, activation="softmax")])
+    from_data.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", target="reference")
+    from_data.fit(x, y, epochs=1, verbose=0)
+    from_data.save(tmp_path / "from_data.keras", include_optimizer=False)
+    restored = load_model(tmp_path / "from_data.keras")
+    assert restored.built
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), from_data.predict(x, verbose=0))
+    assert int(restored.optimizer.iterations.buffer) == 0  # include_optimizer=False
+
+    uncompiled = load_model(tmp_path / "from_data.keras", compile=False)
+    assert not uncompiled.compiled and uncompiled.optimizer is None
+
+
+def test_loss_objects_metric_functions_and_optimizer_classes_round_trip(tmp_path):
+    model = Sequential([Input(shape=(3,)), Dense(2, activation="softmax")])
+    model.compile(optimizer=optimizers.RMSprop(learning_rate=0.02, rho=0.8, momentum=0.5, centered=True),
+                  loss=losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=["acc", metrics.categorical_accuracy, metrics.BinaryAccuracy(threshold=0.3)],
+                  target="reference")
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert type(loaded.loss) is losses.CategoricalCrossentropy
+    assert loaded.loss.get_config() == model.loss.get_config()
+    assert loaded.metrics_names == model.metrics_names == ["loss", "acc", "categorical_accuracy",
+                                                           "binary_accuracy"]
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert type(loaded.optimizer) is optimizers.RMSprop
+
+
+def scaled_tanh(x):
+    return B.mul(B.tanh(x), 2.0)
+
+
+def hinge_like(y_true, y_pred):
+    return B.reduce_mean(B.mul(B.sub(y_pred, y_true), B.sub(y_pred, y_true)), -1)
+
+
+class Scale(Layer):
+    """A custom layer: one learned scale per feature."""
+
+    def __init__(self, initial=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial = initial
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return B.mul(inputs, self.scale.value)
+
+    def get_config(self):
+        return {**super().get_config(), "initial": self.initial}
+
+
+def test_custom_layers_activations_and_losses_through_custom_objects(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    model = Sequential([Input(shape=(3,)), Scale(initial=0.5), Dense(2, activation=scaled_tanh)])
+    model.compile(optimizer="rmsprop", loss=hinge_like, metrics=[hinge_like], target="reference")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "custom.keras"
+    model.save(path)
+
+    with pytest.raises(ValueError, match=r"custom\.keras.*Unknown layer class 'Scale'"):
+        load_model(path)
+    with pytest.raises(ValueError, match=r"custom\.keras.*Unknown activation function: 'scaled_tanh'"):
+        load_model(path, custom_objects={"Scale": Scale})
+    with pytest.raises(ValueError, match=r"custom\.keras.*cannot be compiled.*custom_objects.*"
+                                         r"compile=False"):
+        load_model(path, custom_objects={"Scale": Scale, "scaled_tanh": scaled_tanh})
+    weights_only = load_model(path, custom_objects={"Scale": Scale, "scaled_tanh": scaled_tanh},
+                              compile=False)
+    for a, b in zip(model.weights, weights_only.weights):
+        assert _bits(a.buffer) == _bits(b.buffer)
+
+    everything = {"Scale": Scale, "scaled_tanh": scaled_tanh, "hinge_like": hinge_like}
+    loaded = load_model(path, custom_objects=everything)
+    assert loaded.loss is hinge_like and loaded.metrics_names == ["loss", "hinge_like"]
+    _assert_same_state(model, loaded)
+    assert loaded.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)
+
+
+def test_a_lambda_loss_cannot_be_saved(tmp_path):
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    model.compile(optimizer="sgd", loss=lambda y_true, y_pred: hinge_like(y_true, y_pred),
+                  target="reference")
+    with pytest.raises(ValueError, match="saved by name.*Define it with `def`"):
+        model.save(tmp_path / "lambda.keras")
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming training exactly
+# ----------------------------------------------------------------------------------------------
+
+def _reseed_every_epoch():
+    # Shuffling and Dropout seeds come from kcompile's global generator, which no model file holds:
+    # seeding it at every epoch's start makes epoch e draw the same in every run.
+    return LambdaCallback(on_epoch_begin=lambda epoch, logs: set_random_seed(1000 + epoch))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_resumes_exactly_after_save_and_load(tmp_path, target):
+    x, y = _data(n=40)
+    fit = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
+
+    in_one_go = _model(target)
+    in_one_go.fit(x, y, epochs=2, **fit)
+
+    first_half = _model(target)
+    first_half.fit(x, y, epochs=1, **fit)
+    first_half.save(tmp_path / "epoch1.keras")
+    resumed = load_model(tmp_path / "epoch1.keras")
+    resumed.fit(x, y, epochs=2, initial_epoch=1, **fit)
+
+    _assert_same_state(in_one_go, resumed)
+    assert int(resumed.optimizer.iterations.buffer) == 6
+
+    # The comparison can tell: without the optimizer's state (Adam's moments, its step) it differs.
+    first_half.save(tmp_path / "no_optimizer.keras", include_optimizer=False)
+    fresh_optimizer = load_model(tmp_path / "no_optimizer.keras")
+    fresh_optimizer.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    assert not np.array_equal(fresh_optimizer.weights[0].buffer, in_one_go.weights[0].buffer)
+
+
+def test_load_model_leaves_the_global_random_generator_alone(tmp_path):
+    _model().save(tmp_path / "m.keras")
+    set_random_seed(7)
+    expected = get_generator().integers(0, 2**32, 4)
+    set_random_seed(7)
+    load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(get_generator().integers(0, 2**32, 4), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# File names
+# ----------------------------------------------------------------------------------------------
+
+def test_file_suffixes_like_keras(tmp_path):
+    model = _model()
+    for name in ("model", "model.h5", "model.kc", "model.weights.npz"):
+        with pytest.raises(ValueError, match=r"Please add a `\.keras` extension"):
+            model.save(tmp_path / name)
+    with pytest.raises(ValueError, match="HDF5 is not supported|legacy HDF5"):
+        model.save(tmp_path / "model.h5")
+    with pytest.raises(ValueError, match=r"h5py.*`\.weights\.npz`"):
+        model.save_weights(tmp_path / "model.weights.h5")
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.npz`"):
+        model.save_weights(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match=r"File format not supported.*`\.keras`"):
+        load_model(tmp_path / "model.h5")
+    with pytest.raises(ValueError, match="model.load_weights"):
+        load_model(tmp_path / "model.weights.npz")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load_model(tmp_path / "missing.keras")
+    model.save(tmp_path / "model.keras")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "model.keras", overwrite=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged and foreign files
+# ----------------------------------------------------------------------------------------------
+
+def _members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _npz(**arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _with_config(members, change):
+    config = json.loads(members["config.json"])
+    change(config)
+    return {**members, "config.json": json.dumps(config)}
+
+
+def _with_weights(members, change):
+    weights = dict(np.load(io.BytesIO(members["weights.npz"])))
+    change(weights)
+    return {**members, "weights.npz": _npz(**weights)}
+
+
+def _unknown_layer(config):
+    config["config"]["layers"][1]["class_name"] = "Conv7D"
+
+
+def _newer_format(members):
+    metadata = json.loads(members["metadata.json"])
+    metadata["format_version"] = 99
+    return {**members, "metadata.json": json.dumps(metadata)}
+
+
+BAD_FILES = {
+    "truncated": (lambda data, members: data[:len(data) // 2], "not a valid `.keras` zip archive"),
+    "random bytes": (lambda data, members: np.random.default_rng(0).bytes(500),
+                     "not a valid `.keras` zip archive"),
+    "empty": (lambda data, members: b"", "not a valid `.keras` zip archive"),
+    "no config.json": ({"metadata.json", "weights.npz"}, "not a kcompile model file: it has no config.json"),
+    "foreign zip": (lambda data, members: {"readme.txt": b"hello"}, "not a kcompile model file"),
+    "Keras 3 file": (lambda data, members: {"config.json": b"{}", "metadata.json": b"{}",
+                                            "model.weights.h5": b"\x89HDF"}, "Keras 3 `.keras` file"),
+    "other format": (lambda data, members: {**members, "metadata.json": b'{"format": "x"}'},
+                     "does not name the format"),
+    "newer format": (lambda data, members: _newer_format(members), "format version 99"),
+    "config not JSON": (lambda data, members: {**members, "config.json": b"{not json"},
+                        "config.json is not valid JSON"),
+    "unknown layer class": (lambda data, members: _with_config(members, _unknown_layer),
+                            "cannot be rebuilt from config.json.*Unknown layer class 'Conv7D'"),
+    "weights not npz": (lambda data, members: {**members, "weights.npz": b"garbage"},
+                        "weights.npz in the file is not a valid .npz"),
+    "missing weight": (lambda data, members: _with_weights(members, lambda w: w.pop("dense/bias")),
+                       "missing from the file: dense/bias"),
+    "mis-shaped weight": (lambda data, members: _with_weights(
+        members, lambda w: w.update({"dense_1/kernel": np.zeros((8, 4), np.float32)})),
+        r"'dense_1/kernel' has shape \(8, 4\) in the file but \(8, 3\) in the model"),
+    "extra weight": (lambda data, members: _with_weights(
+        members, lambda w: w.update({"dense_9/kernel": np.zeros(2, np.float32)})),
+        "in the file but not in the model: dense_9/kernel"),
+    "pickled weights": (lambda data, members: _with_weights(
+        members, lambda w: w.update({"dense/bias": np.array([{"x": 1}], dtype=object)})),
+        "weights.npz in the file is not a valid .npz archive of numeric arrays"),
+    "mis-shaped slot": (lambda data, members: {**members, "optimizer.npz": _npz(**{
+        **dict(np.load(io.BytesIO(members["optimizer.npz"]))),
+        "dense/kernel/m": np.zeros((2, 2), np.float32)})}, r"slot 'dense/kernel/m' has shape \(2, 2\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_damaged_or_foreign_files_give_a_clear_value_error(tmp_path, case):
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    good = tmp_path / "good.keras"
+    model.save(good)
+    data, members = good.read_bytes(), _members(good)
+    damage, message = BAD_FILES[case]
+    bad = tmp_path / "bad.keras"
+    if isinstance(damage, set):
+        _write_zip(bad, {name: members[name] for name in damage})
+    else:
+        damaged = damage(data, members)
+        if isinstance(damaged, dict):
+            _write_zip(bad, damaged)
+        else:
+            bad.write_bytes(damaged)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_model(bad)
+    assert type(raised.value) is ValueError  # not a zipfile / numpy / json error type
+    assert str(raised.value).startswith(f"Cannot load {bad}: ")
+
+
+# ----------------------------------------------------------------------------------------------
+# save_weights / load_weights
+# ----------------------------------------------------------------------------------------------
+
+def test_weights_round_trip_by_path(tmp_path):
+    x, _ = _data()
+    source, target = _model(seed=1), _model(seed=2)
+    source.save_weights(tmp_path / "w.weights.npz")
+    with np.load(tmp_path / "w.weights.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(w.path for w in source.weights)
+    assert not np.array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
+    target.load_weights(tmp_path / "w.weights.npz")
+    np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
+    for a, b in zip(source.weights, target.weights):
+        assert _bits(a.buffer) == _bits(b.buffer)
+
+    # The weights of a whole-model file load too, as in Keras.
+    third = _model(seed=3)
+    source.save(tmp_path / "m.keras")
+    third.load_weights(tmp_path / "m.keras")
+    np.testing.assert_array_equal(third.predict(x, verbose=0), source.predict(x, verbose=0))
+
+
+def test_load_weights_checks_everything_before_changing_anything(tmp_path):
+    model = _model(seed=1)
+    before = [w.numpy() for w in model.weights]
+    arrays = {w.path: w.numpy() + 1 for w in model.weights}
+    arrays["dense_1/bias"] = np.zeros(4, np.float32)  # the last weight does not fit
+    with open(tmp_path / "bad.weights.npz", "wb") as file:
+        np.savez(file, **arrays)
+    with pytest.raises(ValueError, match=r"(?s)bad\.weights\.npz.*nothing was loaded.*'dense_1/bias' has "
+                                         r"shape \(4,\) in the file but \(3,\) in the model") as raised:
+        model.load_weights(tmp_path / "bad.weights.npz")
+    assert type(raised.value) is ValueError
+    for old, variable in zip(before, model.weights):
+        np.testing.assert_array_equal(variable.buffer, old)
+
+    with pytest.warns(UserWarning, match="Skipping weights"):
+        model.load_weights(tmp_path / "bad.weights.npz", skip_mismatch=True)
+    np.testing.assert_array_equal(model.get_layer("dense").kernel.buffer, arrays["dense/kernel"])
+    np.testing.assert_array_equal(model.get_layer("dense_1").bias.buffer, before[3])
+
+    (tmp_path / "junk.weights.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"junk\.weights\.npz: the file is not a valid \.npz"):
+        model.load_weights(tmp_path / "junk.weights.npz")
+    with pytest.raises(ValueError, match="not built yet"):
+        Sequential([Dense(2)]).load_weights(tmp_path / "bad.weights.npz")
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------
+
+def _failing_savez(*args, **kwargs):
+    raise OSError("disk full")
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    x, y = _data()
+    model = _model()
+    model.save(tmp_path / "model.keras")
+    model.save_weights(tmp_path / "model.weights.npz")
+    saved = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+
+    model.fit(x, y, epochs=1, verbose=0)  # something new to save
+    monkeypatch.setattr(np, "savez", _failing_savez)
+    for save, name in ((model.save, "model.keras"), (model.save_weights, "model.weights.npz"),
+                       (model.save, "new.keras")):
+        with pytest.raises(OSError, match="disk full"):
+            save(tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == sorted(saved)
+    for name, data in saved.items():
+        assert (tmp_path / name).read_bytes() == data
+    monkeypatch.undo()
+    assert _normalized(load_model(tmp_path / "model.keras").get_config()) == _normalized(model.get_config())
+
+
+# ----------------------------------------------------------------------------------------------
+# ModelCheckpoint with the real model.save
+# ----------------------------------------------------------------------------------------------
+
+def test_model_checkpoint_saves_the_best_model_during_fit(tmp_path):
+    x, y = _data(n=64)
+    val_x, val_y = _data(n=32, seed=5)
+    model = _model(optimizer=optimizers.SGD(learning_rate=0.5))  # a large rate: val_loss goes up and down
+    snapshots = []
+    record = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(
+        (logs["val_loss"], [w.numpy() for w in model.weights])))
+    best_path = tmp_path / "best.keras"
+    weights_path = tmp_path / "best.weights.npz"
+    history = model.fit(x, y, epochs=6, batch_size=16, verbose=0, validation_data=(val_x, val_y),
+                        callbacks=[record,
+                                   ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
+                                   ModelCheckpoint(weights_path, save_best_only=True,
+                                                   save_weights_only=True)])
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "best.weights.npz"]
+    best_epoch = int(np.argmin(history.history["val_loss"]))
+    best_weights = snapshots[best_epoch][1]
+    loaded = load_model(best_path)
+    for array, variable in zip(best_weights, loaded.weights):
+        assert _bits(array) == _bits(variable.buffer)
+    assert loaded.evaluate(val_x, val_y, verbose=0)[0] == pytest.approx(min(history.history["val_loss"]),
+                                                                        rel=1e-6)
+    from_weights = _model(seed=9)
+    from_weights.load_weights(weights_path)
+    for array, variable in zip(best_weights, from_weights.weights):
+        assert _bits(array) == _bits(variable.buffer)
