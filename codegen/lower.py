@@ -555,10 +555,20 @@ class FunctionEmitter:
     parameter), and telling LLVM so spares the vectorizer its runtime overlap checks.
     """
 
-    def __init__(self, module, name, buffers: list, consts: dict):
+    def __init__(self, module, name, buffers: list, consts: dict, slots: dict | None = None):
         self.module = module
         self.consts = consts
-        self.buffers = list(buffers)
+        # NOTE: values that share a slot (an in-place update and the input it overwrites, a reshape
+        # aliasing its operand) share one parameter: two noalias pointers to the same bytes would
+        # be undefined behaviour.
+        same: dict = {}
+        self.buffers = []
+        for node in buffers:
+            slot = None if slots is None else slots.get(node)
+            if slot is not None and slot.where != "const" and slot in same:
+                continue
+            same.setdefault(slot, node)
+            self.buffers.append(node)
         fnty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(self.buffers))
         self.function = ir.Function(module, fnty, name)
         self.function.linkage = "internal"
@@ -570,6 +580,9 @@ class FunctionEmitter:
         for node, arg in zip(self.buffers, self.function.args[1:]):
             arg.add_attribute("noalias")
             self._pointers[node] = arg
+        for node in buffers:
+            if node not in self._pointers:
+                self._pointers[node] = self._pointers[same[slots[node]]]
         self.entry = self.function.append_basic_block("entry")
         self.builder = ir.IRBuilder(self.entry)
 
@@ -755,10 +768,10 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
         emit_copy(i, out_name, node)
     for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)
-        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts)
+        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts, plan.slots)
         _emit_group(fe, group)
         fe.finish()
-        args = [n] + [pointer(x) for x in buffers]
+        args = [n] + [pointer(x) for x in fe.buffers]
         if counters is None:
             b.call(fe.function, args)
             continue
