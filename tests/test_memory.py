@@ -246,3 +246,21 @@ def test_outputs_that_live_elsewhere_are_copied(level):
         assert sorted(got) == sorted(reference)
         for name in reference:
             assert_matches(got[name], reference[name], rtol=1e-6, what=f"{name} at batch {batch}")
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_kernel_parameters_never_alias(level):
+    """Every kernel parameter is `noalias`, so no two may point at the same bytes: an in-place update
+    and the input it overwrites (or a reshape and the value it views) come in as one parameter."""
+    from codegen.lower import _kernel_buffers, lower
+    graph = mlp_train_step_graph()
+    fused = fuse(graph, level)
+    plan = plan_memory(fused)
+    module = str(lower(fused, plan, name="step").module)
+    for group in fused.groups:
+        header = next(line for line in module.splitlines()
+                      if line.startswith(f'define internal void @"step.{group.name}"('))
+        params = header.count("ptr noalias")
+        slots = {plan.slots[node] for node in _kernel_buffers(group, plan, {})
+                 if plan.slots[node].where != "const"}      # array constants are globals
+        assert params == len(slots), f"{group.name}: {params} pointer parameters for {len(slots)} buffers"
