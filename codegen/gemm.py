@@ -502,7 +502,7 @@ def _k_block(k, lanes: int):
 
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
-              accumulate: bool = False, scratch_ptr=None) -> None:
+              accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -524,6 +524,10 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     vectorizable loop over C afterwards; C of a training-step GEMM is at most a few hundred KiB and
     still in L2 (a per-element scalar callback inside the tile would defeat the vector stores).
 
+    `lda`, `ldb`, `ldc` (ints or i64 values, in elements) override the row strides of the stored
+    matrices, which are otherwise dense (A: k, or m with trans_a; B: n, or k with trans_b; C: n):
+    that is how a caller multiplies a block of rows or columns of larger matrices in place.
+
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
     reentrant (its only state is the caller's stack or scratch).
@@ -539,9 +543,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     nr = nv * L
     mc = MC
 
-    lda = m if trans_a else k
-    ldb = k if trans_b else n
-    ldc = n
+    lda = (m if trans_a else k) if lda is None else lda
+    ldb = (k if trans_b else n) if ldb is None else ldb
+    ldc = n if ldc is None else ldc
 
     kc, single_k = _k_block(k, L)
     needs_scratch = trans_b or not _is_const(n) or n % nr != 0

@@ -232,3 +232,32 @@ def test_for_range():
     with pytest.raises(ValueError):
         with for_range(builder, 0, 1, 0):
             pass
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False)])
+def test_blocks_of_larger_matrices_through_leading_dimensions(trans_a, trans_b):
+    """lda/ldb/ldc let a caller multiply a block of rows or columns in place: the block results
+    must equal the same block of the full product, and C outside the block stays untouched."""
+    M, N, K = 37, 150, 29
+    r0, r1, c0, c1 = 7, 30, 16, 99   # a row block of op(A) and a column block of op(B)
+    module = ir.Module("ld")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64]), "g")
+    a, b, c, rows = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    a_block = builder.gep(a, [ir.Constant(I64, r0 if trans_a else r0 * K)], source_etype=ir.FloatType())
+    b_block = builder.gep(b, [ir.Constant(I64, c0 * K if trans_b else c0)], source_etype=ir.FloatType())
+    c_block = builder.gep(c, [ir.Constant(I64, r0 * N + c0)], source_etype=ir.FloatType())
+    emit_gemm(builder, a_block, b_block, c_block, rows, c1 - c0, K, trans_a=trans_a, trans_b=trans_b,
+              lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N)
+    builder.ret_void()
+    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)(JitModule(module).address("g"))
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    C = np.full((M, N), 5.0, np.float32)
+    f(A.ctypes.data, B.ctypes.data, C.ctypes.data, r1 - r0)
+    full = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B).astype(np.float64)
+    np.testing.assert_allclose(C[r0:r1, c0:c1], full[r0:r1, c0:c1], rtol=1e-5, atol=1e-4)
+    outside = np.ones_like(C, bool)
+    outside[r0:r1, c0:c1] = False
+    assert (C[outside] == 5.0).all()
