@@ -250,7 +250,8 @@ def test_blocks_of_larger_matrices_through_leading_dimensions(trans_a, trans_b):
     emit_gemm(builder, a_block, b_block, c_block, rows, c1 - c0, K, trans_a=trans_a, trans_b=trans_b,
               lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N)
     builder.ret_void()
-    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)(JitModule(module).address("g"))
+    jit = JitModule(module)   # keep the engine (and its code) alive while f is called
+    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)(jit.address("g"))
     rng = np.random.default_rng(7)
     A = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
     B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
