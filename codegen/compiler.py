@@ -24,6 +24,7 @@ class CompileOptions:
     speed_level: int = 3
     passes: tuple | None = None          # None: the default pipeline of ir.passes
     profile: bool = bool(os.environ.get("KCOMPILE_PROFILE"))   # per-kernel cycle counters
+    threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
 
 
 @dataclass
@@ -72,7 +73,7 @@ def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: 
     optimized = optimize_graph(graph, options, stages)
     fused = fuse(optimized, level=options.fusion_level)
     plan = plan_memory(fused, reuse=options.reuse_memory)
-    lowered = lower(fused, plan, name=name, profile=options.profile)
+    lowered = lower(fused, plan, name=name, profile=options.profile, threading=options.threading)
     code = _compile_module(lowered.module, options)
     fn = CompiledFunction(graph, optimized, fused, plan, lowered, code, stages)
     _maybe_dump(fn)

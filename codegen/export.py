@@ -62,7 +62,8 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1):
     fused = fuse(graph, level=fusion_level)
     plan = plan_memory(fused)
     module = ir.Module(name="kcompile.export")
-    lowered = lower(fused, plan, name="kcompile_graph", module=module)
+    # NOTE: no threads in exported code: the library must depend on libc only
+    lowered = lower(fused, plan, name="kcompile_graph", module=module, threading=False)
     module.get_global("kcompile_graph").linkage = "internal"
     out_slot = plan.slots.get(y)
     if out_slot is None or out_slot.where != "output":

@@ -372,16 +372,21 @@ class Evaluator:
 # ----------------------------------------------------------------------------------------------
 
 class loop_nest:
-    """Nested for_range loops over a shape (batch dim = n), outermost first; yields the index."""
+    """Nested for_range loops over a shape (batch dim = n), outermost first; yields the index.
 
-    def __init__(self, builder, shape, n):
+    `ranges` maps an axis to a (start, stop) pair that replaces the full extent of that axis: how a
+    chunk of a parallel region or a block of a GEMM epilogue loops over its part only."""
+
+    def __init__(self, builder, shape, n, ranges=None):
         self.builder, self.shape, self.n = builder, shape, n
+        self.ranges = ranges or {}
         self._contexts = []
 
     def __enter__(self):
         index = []
         for axis, d in enumerate(self.shape):
-            ctx = for_range(self.builder, 0, self.n if d is None else d, name=f"i{axis}")
+            start, stop = self.ranges.get(axis, (0, self.n if d is None else d))
+            ctx = for_range(self.builder, start, stop, name=f"i{axis}")
             index.append(ctx.__enter__())
             self._contexts.append(ctx)
         return tuple(index)
@@ -392,14 +397,14 @@ class loop_nest:
         return False
 
 
-def emit_elementwise_outputs(emitter, group: Group, outputs: list) -> None:
+def emit_elementwise_outputs(emitter, group: Group, outputs: list, ranges=None) -> None:
     if not outputs:
         return
     b = emitter.builder
     members = set(group.members)
     if group.anchor is not None:
         members.discard(group.anchor)
-    with loop_nest(b, group.shape, emitter.n) as index:
+    with loop_nest(b, group.shape, emitter.n, ranges) as index:
         ev = Evaluator(emitter, members)
         for node in outputs:
             ev.store(node, index, ev.value(node, index))
@@ -492,46 +497,60 @@ def _argmax_kernel(emitter, node, members):
         Evaluator(emitter, set()).store(node, oindex, b.trunc(b.load(idx_ptr, typ=I64), I32))
 
 
+def matmul_dims(builder, node, n):
+    """(m, n, k) of a matmul node, each an int or an i64 value (the batch rows)."""
+    a, bm = node.operands
+    rows_a = _rows(builder, a, n, keep_last=1)
+    if node.attr("transpose_a"):
+        return a.shape[-1], bm.shape[-1], rows_a
+    return rows_a, (bm.shape[0] if node.attr("transpose_b") else bm.shape[1]), a.shape[-1]
+
+
 @lowers("matmul", Kernel)
 def _matmul_kernel(emitter, node, members):
+    """The whole product at once (groups that are not blocked: see `_emit_blocked_matmul`)."""
     a, bm = node.operands
-    ta, tb = node.attr("transpose_a"), node.attr("transpose_b")
-    b = emitter.builder
-    rows_a = _rows(b, a, emitter.n, keep_last=1)
-    if ta:
-        m, n, k = a.shape[-1], bm.shape[-1], rows_a
-    else:
-        m, k = rows_a, a.shape[-1]
-        n = bm.shape[0] if tb else bm.shape[1]
-    dims = (m, n, k)
-    runtime = [d for d in dims if isinstance(d, ir.Value)]
-    fn = gemm_function(emitter.module, tuple(None if isinstance(d, ir.Value) else d for d in dims),
-                       ta, tb, VALUE_TYPES[node.dtype])
-    b.call(fn, [emitter.pointer_of(a), emitter.pointer_of(bm), emitter.pointer_of(node)]
-           + (runtime[:1] if runtime else [c64(0)]))
+    m, n, k = matmul_dims(emitter.builder, node, emitter.n)
+    call_gemm(emitter.builder, node, emitter.pointer_of(a), emitter.pointer_of(bm),
+              emitter.pointer_of(node), m, n, k)
 
 
-def gemm_function(module, dims, trans_a, trans_b, dtype) -> ir.Function:
+def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None)):
+    fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
+                                node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds)
+    builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime)
+
+
+def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None)):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
-    the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 runtime_dim)`.
-    At most one of the dims (m, n, k) is runtime (None): the batch rows."""
+    the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>)`.
+
+    `dims` are (m, n, k), each an int (a constant of the code) or an i64 value (passed at run
+    time); `lds` are static leading dimensions or None (dense).  Returns (function, runtime args)."""
     from .gemm import emit_gemm
-    desc = "x".join("r" if d is None else str(d) for d in dims)
+    static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
+    runtime = [d for d in dims if isinstance(d, ir.Value)]
+    desc = "x".join("r" if d is None else str(d) for d in static)
+    if any(ld is not None for ld in lds):
+        desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
-        return fn
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64]), name)
+        return fn, runtime
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)),
+                     name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
         arg.add_attribute("noalias")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    m, n, k = (fn.args[3] if d is None else d for d in dims)
+    values = iter(fn.args[3:])
+    m, n, k = (next(values) if d is None else d for d in static)
+    lda, ldb, ldc = lds
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
-              trans_b=trans_b, dtype=dtype)
+              trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc)
     builder.ret_void()
-    return fn
+    return fn, runtime
 
 
 def _rows(builder, node, n, keep_last=1):
@@ -591,6 +610,23 @@ class FunctionEmitter:
             self.builder.position_at_start(self.entry)
             return self.builder.alloca(ty)
 
+    def captures(self) -> list:
+        """What a parallel chunk of this kernel needs: n and every buffer parameter."""
+        return list(self.function.args)
+
+    def derive(self, builder, values) -> "FunctionEmitter":
+        """The same kernel seen from inside a chunk function whose parameters are `values`
+        (the chunk's copies of `captures()`)."""
+        view = object.__new__(FunctionEmitter)
+        view.module, view.consts, view.buffers = self.module, self.consts, self.buffers
+        view.function = builder.function
+        view.n = values[0]
+        mapping = dict(zip(self.function.args[1:], values[1:]))
+        view._pointers = {node: mapping[arg] for node, arg in self._pointers.items()}
+        view.entry = builder.function.entry_basic_block
+        view.builder = builder
+        return view
+
     def has_buffer(self, node) -> bool:
         return node in self._pointers or node in self.consts
 
@@ -649,13 +685,106 @@ def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
     return out
 
 
-def _emit_group(fe: FunctionEmitter, group: Group) -> None:
+# NOTE: work sizes below which a kernel stays on one thread; a parallel region costs about a
+# microsecond (codegen/parallel.py), so a chunk should hold ~10 us of work.
+PARALLEL_MIN_ELEMENTS = 16384
+ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
+COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+
+
+def _emit_group(fe: "FunctionEmitter", group: Group, threading: bool | None = None) -> None:
     members = set(group.members)
-    if group.anchor is not None:
+    if group.kind == "matmul" and group.anchor is not None and group.shape == group.anchor.shape \
+            and group.anchor.type.rank == 2:
+        _emit_blocked_matmul(fe, group, threading)
+    elif group.anchor is not None:
         ops.get(group.anchor.op).lowering.fn(fe, group.anchor, members - {group.anchor})
         emit_elementwise_outputs(fe, group, [o for o in group.outputs if o is not group.anchor])
+    elif group.shape and threading is not False:
+        _emit_parallel_elementwise(fe, group, threading)
     else:
         emit_elementwise_outputs(fe, group, group.outputs)
+
+
+def _emit_parallel_elementwise(fe, group: Group, threading) -> None:
+    from .parallel import emit_parallel_for
+    first = group.shape[0]
+    row_elements = max(1, int(np.prod(group.shape[1:], dtype=np.int64)))
+    min_rows = max(1, PARALLEL_MIN_ELEMENTS // row_elements)
+    if first is not None and first < 2 * min_rows:
+        emit_elementwise_outputs(fe, group, group.outputs)
+        return
+
+    def body(builder, lo, hi, values):
+        chunk = fe.derive(builder, values)
+        emit_elementwise_outputs(chunk, group, group.outputs, ranges={0: (lo, hi)})
+
+    emit_parallel_for(fe.builder, 0, fe.n if first is None else first, fe.captures(), body,
+                      min_chunk=min_rows, name="rows", threading=threading)
+
+
+def _emit_blocked_matmul(fe, group: Group, threading) -> None:
+    """A matmul and its elementwise epilogue, block by block: each block of C is computed and
+    immediately consumed by the epilogue while it is in cache (so dW feeds the optimizer's update
+    straight from L2), and blocks are shared among threads.
+
+    With a static number of rows (dW = X^T dY: rows are weight rows) the blocks are row blocks;
+    with batch rows they are column blocks (each block reads all of A, which is small)."""
+    from .parallel import emit_parallel_for
+    node = group.anchor
+    a, bm = node.operands
+    ta, tb = node.attr("transpose_a"), node.attr("transpose_b")
+    m, n, k = matmul_dims(fe.builder, node, fe.n)
+    epilogue = [o for o in group.outputs if o is not node]
+    T = VALUE_TYPES[node.dtype]
+    by_rows = not isinstance(m, ir.Value)
+    if by_rows:
+        block, extent = ROW_BLOCK, m
+        lds = (m if ta else k, None, n)
+    else:
+        block, extent = COLUMN_BLOCK, n
+        lds = (None, k if tb else n, n)
+    blocks = -(-extent // block)
+    full, rest = extent // block, extent % block
+
+    def body(builder, lo, hi, values):
+        chunk = fe.derive(builder, values)
+        a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
+        # sizes that involve the batch are values of the chunk function, recomputed here
+        m_here = m if not isinstance(m, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
+        k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
+        with for_range(builder, lo, hi, name="blk") as blk:
+            start = builder.mul(blk, c64(block))
+
+            def one_block(size):
+                if by_rows:
+                    a_off = start if ta else builder.mul(start, c64(k))
+                    a_blk = builder.gep(a_ptr, [a_off], source_etype=T)
+                    c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
+                    call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds)
+                    ranges = {0: (start, builder.add(start, c64(size)))}
+                else:
+                    b_off = builder.mul(start, c64(k)) if tb else start
+                    b_blk = builder.gep(b_ptr, [b_off], source_etype=T)
+                    c_blk = builder.gep(c_ptr, [start], source_etype=T)
+                    call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds)
+                    ranges = {1: (start, builder.add(start, c64(size)))}
+                emit_elementwise_outputs(chunk, group, epilogue, ranges)
+
+            if rest == 0:
+                one_block(block)
+            elif full == 0:
+                one_block(rest)
+            else:
+                is_full = builder.icmp_signed("<", blk, c64(full))
+                with builder.if_else(is_full) as (then, otherwise):
+                    with then:
+                        one_block(block)
+                    with otherwise:
+                        one_block(rest)
+
+    emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
+                      threading=threading)
 
 
 def _order_copies(fused: FusedGraph, plan: MemoryPlan) -> tuple[list, list]:
@@ -696,7 +825,7 @@ def _order_copies(fused: FusedGraph, plan: MemoryPlan) -> tuple[list, list]:
 
 
 def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None,
-          profile: bool = False) -> Lowered:
+          profile: bool = False, threading: bool | None = None) -> Lowered:
     """Add the graph's entry function `name` (and its kernels) to `module`.
 
     With `profile`, the entry function adds each kernel's cycle count (llvm.readcyclecounter) to
@@ -769,7 +898,7 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
     for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)
         fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts, plan.slots)
-        _emit_group(fe, group)
+        _emit_group(fe, group, threading)
         fe.finish()
         args = [n] + [pointer(x) for x in fe.buffers]
         if counters is None:
