@@ -1,0 +1,102 @@
+"""What the compiler did, as a user sees it: dump_ir stages, DOT, plot, KCOMPILE_DUMP."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ir
+import kcompile
+from kcompile.layers import Dense, Dropout, Flatten
+
+
+def small_model(target="llvm"):
+    model = kcompile.Sequential([Flatten(input_shape=(4, 4)), Dense(8, activation="relu"),
+                                 Dropout(0.5), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                  target=target)
+    return model
+
+
+def test_stage_list_is_the_pipeline_in_order():
+    stages = small_model().compiler_stages()
+    from ir.passes import DEFAULT_PIPELINE
+    assert stages[:2] == ["traced", "train"]
+    assert stages[-5:] == ["optimized", "fused", "memory", "llvm", "asm"]
+    assert len(stages) == 2 + len(DEFAULT_PIPELINE) + 5
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_every_graph_stage_round_trips_through_the_parser(target):
+    model = small_model(target)
+    for stage in model.compiler_stages():
+        text = model.dump_ir(stage)
+        assert text.strip(), stage
+        if stage in ("memory", "llvm", "asm"):
+            continue
+        graph, groups = ir.parse(text, with_groups=True)
+        assert ir.print_graph(graph, groups if groups else None) == text, stage
+        ir.verify(graph)
+
+
+def test_stages_show_what_the_compiler_did():
+    model = small_model()
+    traced = model.dump_ir("traced")
+    assert "y_pred=" in traced and "random_uniform" not in traced   # inference: no dropout
+    train = model.dump_ir("train")
+    assert "random_uniform" in train and "optimizer/iterations" in train
+    optimized = model.dump_ir("optimized")
+    assert "stop_gradient" not in optimized and "stop_gradient" in train
+    assert len(optimized.splitlines()) < len(train.splitlines())
+    fused = model.dump_ir("fused")
+    assert fused.count("kernel k") >= 3
+    assert "define" in model.dump_ir("llvm")
+    asm = model.dump_ir("asm")
+    assert "ret" in asm
+    with pytest.raises(ValueError, match="unknown stage 'bogus'"):
+        model.dump_ir("bogus")
+
+
+def test_predict_graph_of_an_uncompiled_model():
+    model = kcompile.Sequential([Flatten(input_shape=(2, 2)), Dense(3)])
+    text = model.dump_ir("fused", graph="predict")
+    assert "matmul" in text
+    with pytest.raises(RuntimeError, match="compile"):
+        model.dump_ir("optimized", graph="train")
+
+
+def test_dot_has_one_cluster_per_kernel(tmp_path):
+    model = small_model()
+    dot = model.to_dot(tmp_path / "g.dot")
+    kernels = model.dump_ir("fused").count("kernel k")
+    assert dot.count("subgraph \"cluster_") == kernels
+    assert (tmp_path / "g.dot").read_text() == dot
+
+
+def test_plot_renders_or_says_what_is_missing(tmp_path, monkeypatch):
+    model = small_model()
+    if shutil.which("dot"):
+        path = model.plot(tmp_path / "g.svg")
+        assert open(path).read().lstrip().startswith("<?xml")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="Graphviz"):
+        model.plot(tmp_path / "g.png")
+
+
+def test_kcompile_dump_writes_every_stage(tmp_path):
+    script = (
+        "import numpy as np, kcompile\n"
+        "from kcompile.layers import Dense, Flatten\n"
+        "m = kcompile.Sequential([Flatten(input_shape=(2, 2)), Dense(3, activation='softmax')])\n"
+        "m.compile(optimizer='sgd', loss='categorical_crossentropy')\n"
+        "m.fit(np.zeros((4, 2, 2)), np.eye(3)[[0, 1, 2, 0]], verbose=0)\n")
+    env = dict(os.environ, KCOMPILE_DUMP=str(tmp_path), KCOMPILE_CACHE="0")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = sorted(os.listdir(tmp_path))
+    for stage in ("traced", "simplify", "optimized", "fused", "memory", "llvm", "asm"):
+        assert f"train.{stage}.txt" in names, names
+    graph = ir.parse((tmp_path / "train.optimized.txt").read_text())
+    assert "loss" in graph.output_names
