@@ -79,19 +79,30 @@ def cache_key(ir_text: str, speed_level: int = 3) -> str:
     return h.hexdigest()
 
 
-def compile_cached(llvm_module, *, cache_dir: str | os.PathLike | None = None,
-                   speed_level: int = 3) -> JitModule:
+def compile_cached(llvm_module=None, *, cache_dir: str | os.PathLike | None = None,
+                   speed_level: int = 3, source_key: str | None = None, build=None) -> JitModule:
     """Compile `llvm_module` (an llvmlite.ir.Module or its IR text), or load it from the disk cache.
+
+    With `source_key` (a string naming everything the module is made from) and `build` (a function
+    returning the module), the entry is looked up before the module is even rendered: a hit costs
+    neither lowering nor printing IR, which is what makes a warm process compile in milliseconds.
 
     Returns a JitModule: `.address(name)`, `.optimized_ir`, `.assembly()` and `.cache_hit`, which says
     whether the machine code was loaded from the cache.
     """
+    if llvm_module is None and build is None:
+        raise TypeError("compile_cached needs llvm_module, or source_key and build")
     if not cache_enabled():
-        return JitModule(llvm_module, speed_level=speed_level)
+        return JitModule(llvm_module if llvm_module is not None else build(), speed_level=speed_level)
 
-    ir_text = str(llvm_module)
+    if source_key is not None:
+        key = cache_key("source:" + source_key, speed_level)
+        ir_text = None
+    else:
+        ir_text = str(llvm_module)
+        key = cache_key(ir_text, speed_level)
     directory = cache_directory(cache_dir)
-    path = directory / (cache_key(ir_text, speed_level) + _ENTRY_SUFFIX)
+    path = directory / (key + _ENTRY_SUFFIX)
 
     entry = _read_entry(path)
     if entry is not None:
@@ -100,6 +111,8 @@ def compile_cached(llvm_module, *, cache_dir: str | os.PathLike | None = None,
         module.cache_hit = True
         return module
 
+    if ir_text is None:
+        ir_text = str(llvm_module if llvm_module is not None else build())
     module = JitModule(ir_text, speed_level=speed_level, keep_object=True)
     _write_entry(directory, path, module.object_code, module.optimized_ir)
     return module

@@ -13,7 +13,6 @@ import ir
 from ir.fusion import fuse
 from ir.memory import plan_memory
 
-from . import jit
 from .lower import lower
 
 
@@ -25,6 +24,7 @@ class CompileOptions:
     passes: tuple | None = None          # None: the default pipeline of ir.passes
     profile: bool = bool(os.environ.get("KCOMPILE_PROFILE"))   # per-kernel cycle counters
     threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
+    verify_each_pass: bool = bool(os.environ.get("KCOMPILE_VERIFY"))
 
 
 @dataclass
@@ -37,14 +37,16 @@ class CompiledFunction:
     code: object                         # a jit.JitModule (or cached equivalent)
     stages: dict = field(default_factory=dict)
 
+    name: str = "main"
+
     @property
     def address(self) -> int:
-        return self.code.address(self.lowered.name)
+        return self.code.address(self.name)
 
     def profile(self) -> list:
         """(kernel name, kind, cycles) per kernel, when compiled with profile=True."""
         import ctypes
-        addr = self.code.engine.get_global_value_address(f"{self.lowered.name}.profile")
+        addr = self.code.engine.get_global_value_address(f"{self.name}.profile")
         counts = (ctypes.c_int64 * (len(self.fused.groups) + 1)).from_address(addr)
         return [(g.name, g.kind, g.root, counts[i]) for i, g in enumerate(self.fused.groups)]
 
@@ -58,11 +60,12 @@ class CompiledFunction:
 
 
 def optimize_graph(graph: ir.Graph, options: CompileOptions, stages: dict | None = None) -> ir.Graph:
-    try:
-        from ir import passes
-    except ImportError:
-        return graph
-    return passes.run_pipeline(graph, options.passes, stages=stages)
+    """The pass pipeline.  The verifier runs on the result (the tests run it after every pass, with
+    `verify_each_pass=True`; in production that would double the time of this stage)."""
+    from ir import passes
+    result = passes.run_pipeline(graph, options.passes, stages=stages,
+                                 verify=options.verify_each_pass)
+    return ir.verify(result)
 
 
 def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: str = "main"
@@ -73,19 +76,57 @@ def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: 
     optimized = optimize_graph(graph, options, stages)
     fused = fuse(optimized, level=options.fusion_level)
     plan = plan_memory(fused, reuse=options.reuse_memory)
-    lowered = lower(fused, plan, name=name, profile=options.profile, threading=options.threading)
-    code = _compile_module(lowered.module, options)
-    fn = CompiledFunction(graph, optimized, fused, plan, lowered, code, stages)
+    threading = options.threading
+    if threading is None:
+        from .parallel import threads_available
+        threading = threads_available()
+    built = []
+
+    def build():
+        built.append(lower(fused, plan, name=name, profile=options.profile, threading=threading))
+        return built[0].module
+
+    key = source_key(fused, plan, name, options, threading)
+    code = _compile_module(build, key, options)
+    fn = CompiledFunction(graph, optimized, fused, plan, built[0] if built else None, code, stages,
+                          name=name)
     _maybe_dump(fn)
     return fn
 
 
-def _compile_module(module, options):
-    try:
-        from .cache import compile_cached
-    except ImportError:
-        return jit.JitModule(module, speed_level=options.speed_level)
-    return compile_cached(module, speed_level=options.speed_level)
+def _compile_module(build, key, options):
+    from .cache import compile_cached
+    return compile_cached(build=build, source_key=key, speed_level=options.speed_level)
+
+
+_FINGERPRINT = []
+
+
+def code_fingerprint() -> str:
+    """A hash of the compiler's own source: cached machine code is reused only by the code that
+    made it."""
+    if not _FINGERPRINT:
+        import hashlib
+        import pathlib
+        h = hashlib.sha256()
+        root = pathlib.Path(__file__).resolve().parent
+        for path in sorted(root.glob("*.py")) + sorted((root.parent / "ir").glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+        _FINGERPRINT.append(h.hexdigest())
+    return _FINGERPRINT[0]
+
+
+def source_key(fused, plan, name, options, threading) -> str:
+    """Everything the lowered module is a function of, as text."""
+    return "\n".join([code_fingerprint(), name, f"profile={options.profile}",
+                      f"threading={threading}", fused.text(), memory_text_of(plan, fused)])
+
+
+def memory_text_of(plan, fused) -> str:
+    order = {n: i for i, n in enumerate(fused.graph.nodes())}
+    slots = sorted((order.get(node, -1), str(slot)) for node, slot in plan.slots.items())
+    return f"{plan.static_bytes} {plan.batch_bytes} {plan.outputs} {plan.copies and [c[0] for c in plan.copies]} {slots}"
 
 
 def _maybe_dump(fn: CompiledFunction) -> None:
