@@ -96,6 +96,11 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
                 found[id(group_of[u])] = group_of[u]
         return found
 
+    def reads_through(view, anchor) -> bool:
+        """Does `anchor` read `view` (a reshape aliasing its operand), directly or via views?"""
+        return any(u is anchor or (u in aliases and reads_through(u, anchor))
+                   for u in users.get(view, []))
+
     def new_group(node):
         g = Group(f"k{len(groups)}", _kind_of(node), node,
                   anchor=None if _kind_of(node) == "elementwise" else node)
@@ -123,7 +128,9 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
         if level >= 1 and len(user_groups) == 1:
             g = next(iter(user_groups.values()))
             kind = ops.get(node.op).kind
-            feeds_anchor = any(u is g.anchor for u in us)
+            # a reshape view of this node read by the anchor reads this node's buffer
+            feeds_anchor = any(u is g.anchor or (u in aliases and reads_through(u, g.anchor))
+                               for u in us)
             if kind in _INLINABLE:
                 # a matmul reads its operands from memory; reductions evaluate producers inline
                 ok = not (feeds_anchor and g.kind == "matmul")
