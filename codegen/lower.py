@@ -914,3 +914,5 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
         emit_copy(i, out_name, node)
     b.ret_void()
     return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1)
+
+from . import lower_nn  # noqa: E402,F401  (the lowerings of ir.ops_nn)

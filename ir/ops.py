@@ -581,3 +581,5 @@ register("broadcast", infer=_broadcast_infer,
          doc="numpy broadcast_to: dims of size 1 expand, new dims are added on the left")
 register("matmul", infer=_matmul_infer, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
          doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")
+
+from . import ops_nn  # noqa: E402,F401

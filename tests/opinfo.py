@@ -467,6 +467,8 @@ def _case_list() -> list:
 
 
 CASES = _case_list()
+from opinfo_nn import nn_cases  # noqa: E402  (convolution and embedding primitives)
+CASES += nn_cases()
 _names = [c.name for c in CASES]
 assert len(set(_names)) == len(_names), "duplicate OpCase names"
 
