@@ -916,3 +916,4 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
     return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1)
 
 from . import lower_nn  # noqa: E402,F401  (the lowerings of ir.ops_nn)
+from . import lower_seq  # noqa: E402,F401  (the lowerings of ir.ops_seq)

@@ -583,3 +583,4 @@ register("matmul", infer=_matmul_infer, reference=_matmul_ref, grad=_grad_matmul
          doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")
 
 from . import ops_nn  # noqa: E402,F401
+from . import ops_seq  # noqa: E402,F401

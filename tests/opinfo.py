@@ -467,6 +467,7 @@ def _case_list() -> list:
 
 
 CASES = _case_list()
+CASES += __import__("opinfo_seq").seq_cases()   # tests/opinfo_seq.py: slice, pad, concat
 from opinfo_nn import nn_cases  # noqa: E402  (convolution and embedding primitives)
 CASES += nn_cases()
 _names = [c.name for c in CASES]
