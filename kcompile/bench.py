@@ -232,6 +232,13 @@ class _OpenBLAS:
         return self._fn("get_corename")().decode() if self.lib else "unknown"
 
 
+def _load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _gemm_operands(ta, tb, m, n, k, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
@@ -1396,6 +1403,7 @@ class Bench:
 
     def _guard(self, what, fn, *args):
         """Run a part of the benchmark; a failure is reported and recorded, and the run goes on."""
+        self.meta["load_average"][f"before {what}"] = _load_average()
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001
@@ -1677,7 +1685,11 @@ class Bench:
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "openblas_env": _openblas_env_text(),
             "KCOMPILE_NUM_THREADS": os.environ.get("KCOMPILE_NUM_THREADS"),
+            "load_average": {"start": _load_average()},
         })
+        load = self.meta["load_average"]["start"]
+        if load:
+            self.say(f"machine: {self.meta['cpus']} CPUs, load average {load[0]:.2f} (1 min) at the start")
         try:
             if any(w in self.workloads for w in ("w1", "w3")):
                 self.load_data()
@@ -1697,6 +1709,7 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
         self.meta["versions"] = self.versions
         self.meta["seconds"] = time.perf_counter() - started
+        self.meta["load_average"]["end"] = _load_average()
         records = self.results.records()
         targets = evaluate_targets(self.results, self.numpy_unset_label, self.batch_sizes, self.epochs)
         self.say("")
@@ -1707,7 +1720,15 @@ class Bench:
             self.say("")
             for name, why in self.skipped.items():
                 self.say(f"skipped: {name}: {why}")
-        self.say(f"versions: " + "; ".join(f"{k}: {v}" for k, v in self.versions.items()))
+        self.say("versions: " + "; ".join(f"{k}: {v}" for k, v in self.versions.items()))
+        loads = [v[0] for v in self.meta["load_average"].values() if v]
+        busy = loads and max(loads) > 1.25 * self.meta["cpus"]
+        self.say(f"load average (1 min) during the run: {min(loads):.2f}-{max(loads):.2f} on "
+                 f"{self.meta['cpus']} CPUs" if loads else "load average: unknown")
+        if busy:
+            self.say("WARNING: other processes were busy during the run; systems that run several threads "
+                     "with spinning barriers (PyTorch's OpenMP pool in particular) slow down out of "
+                     "proportion, so their ratios are less trustworthy than usual")
         self.say(f"took {self.meta['seconds']:.1f} s")
         report = {"meta": self.meta, "skipped": self.skipped, "results": records, "targets": targets,
                   "errors": self.errors}
