@@ -1,20 +1,28 @@
 """Loss functions, as ``keras.losses``: functions, classes, and names, all accepted by `compile`.
 
 A loss function maps (y_true, y_pred) to one value per sample (the last axis reduced); a `Loss`
-object then reduces those to the scalar the optimizer minimizes, by default 'sum_over_batch_size'
-(the mean over every per-sample value).  The formulas are Keras 3's, written in IR primitives:
+object then multiplies those by the sample weights, if any, and reduces them to the scalar the
+optimizer minimizes: by default 'sum_over_batch_size', the sum divided by the number of values (the
+batch size, NOT the sum of the weights: Keras 3's rule; 'mean_with_sample_weight' divides by the
+weights' sum).  The formulas are Keras 3's, written in IR primitives:
 
 - categorical_crossentropy: probabilities are renormalized (p / sum p), clipped to
   [1e-7, 1 - 1e-7] and `-sum(y * log p)` taken over the last axis; `from_logits=True` uses
-  log_softmax instead;
+  log_softmax instead; label smoothing mixes y with the uniform distribution;
 - sparse_categorical_crossentropy: the same on integer labels, one-hot encoded in the graph
   (`iota` compared with the labels);
-- mean_squared_error: `mean((y - p)^2)` over the last axis.
+- binary_crossentropy: `-(y log p + (1 - y) log(1 - p))` with p clipped to [1e-7, 1 - 1e-7], or
+  `-(y log_sigmoid(z) + (1 - y) log_sigmoid(-z))` from logits; the mean over the last axis;
+- mean_squared_error, mean_absolute_error, mean_absolute_percentage_error,
+  mean_squared_logarithmic_error, huber (delta), log_cosh, hinge, squared_hinge, categorical_hinge,
+  poisson, kl_divergence (both arguments clipped to [1e-7, 1]), cosine_similarity.
 
 Called on numpy arrays instead of IR values, every function and object runs eagerly on the reference
 interpreter and returns numpy, so `losses.categorical_crossentropy(y, p)` works as in Keras.
 """
 from __future__ import annotations
+
+import math
 
 import ir
 from ir import Node
@@ -24,7 +32,7 @@ from kcompile.layers.layer import format_shape
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
-REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "none", None)
+REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
 
 
 def _eager(fn, *arrays, **kwargs):
@@ -106,27 +114,207 @@ def one_hot_encode(labels: Node, classes: int, dtype: str) -> Node:
     return B.cast(B.eq(expanded, column), dtype)
 
 
+def _prepare_dense(y_true: Node, y_pred: Node, function: str):
+    """y_true cast to y_pred's dtype, ranks matched as Keras does, shapes checked."""
+    y_true = B.cast(y_true, y_pred.dtype)
+    y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+    _check_same_shape(y_true, y_pred, function)
+    return y_true, y_pred
+
+
+def _mean_last_axis(values: Node) -> Node:
+    return B.reduce_mean(values, -1) if values.type.rank >= 1 else values
+
+
+def _softplus(x: Node) -> Node:
+    # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|)).
+    return B.add(B.relu(x), B.log(B.add(1.0, B.exp(B.neg(B.abs(x))))))
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+    """Cross-entropy of independent binary targets (each entry of the last axis), averaged over it."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(binary_crossentropy, y_true, y_pred, from_logits=from_logits,
+                      label_smoothing=label_smoothing, axis=axis)
+    _check_axis(axis, "binary_crossentropy")
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "binary_crossentropy")
+    if label_smoothing:
+        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), 0.5 * label_smoothing)
+    if from_logits:
+        # -y log_sigmoid(z) - (1 - y) log_sigmoid(-z), with log_sigmoid(z) = -softplus(-z).
+        values = B.add(B.mul(y_true, _softplus(B.neg(y_pred))),
+                       B.mul(B.sub(1.0, y_true), _softplus(y_pred)))
+    else:
+        p = B.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        values = B.neg(B.add(B.mul(y_true, B.log(p)),
+                             B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, p)))))
+    return _mean_last_axis(values)
+
+
 def mean_squared_error(y_true, y_pred):
     """mean((y_true - y_pred)^2) over the last axis."""
     if not _is_traced(y_true, y_pred):
         return _eager(mean_squared_error, y_true, y_pred)
-    y_true = B.cast(y_true, y_pred.dtype)
-    y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
-    _check_same_shape(y_true, y_pred, "mean_squared_error")
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "mean_squared_error")
     difference = B.sub(y_true, y_pred)
-    squared = B.mul(difference, difference)
-    return B.reduce_mean(squared, -1) if squared.type.rank >= 1 else squared
+    return _mean_last_axis(B.mul(difference, difference))
 
 
+def mean_absolute_error(y_true, y_pred):
+    """mean(|y_true - y_pred|) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(mean_absolute_error, y_true, y_pred)
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "mean_absolute_error")
+    return _mean_last_axis(B.abs(B.sub(y_true, y_pred)))
+
+
+def mean_absolute_percentage_error(y_true, y_pred):
+    """100 * mean(|(y_true - y_pred) / max(|y_true|, 1e-7)|) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(mean_absolute_percentage_error, y_true, y_pred)
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "mean_absolute_percentage_error")
+    ratio = B.div(B.sub(y_true, y_pred), B.maximum(B.abs(y_true), EPSILON))
+    return B.mul(_mean_last_axis(B.abs(ratio)), 100.0)
+
+
+def mean_squared_logarithmic_error(y_true, y_pred):
+    """mean((log(max(p, 1e-7) + 1) - log(max(y, 1e-7) + 1))^2) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(mean_squared_logarithmic_error, y_true, y_pred)
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "mean_squared_logarithmic_error")
+    difference = B.sub(B.log(B.add(B.maximum(y_pred, EPSILON), 1.0)),
+                       B.log(B.add(B.maximum(y_true, EPSILON), 1.0)))
+    return _mean_last_axis(B.mul(difference, difference))
+
+
+def huber(y_true, y_pred, delta=1.0):
+    """mean over the last axis of 0.5 e^2 where |e| <= delta, delta |e| - 0.5 delta^2 elsewhere."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(huber, y_true, y_pred, delta=delta)
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "huber")
+    delta = float(delta)
+    error = B.sub(y_pred, y_true)
+    absolute = B.abs(error)
+    values = B.select(B.le(absolute, delta), B.mul(B.mul(error, error), 0.5),
+                      B.sub(B.mul(absolute, delta), 0.5 * delta * delta))
+    return _mean_last_axis(values)
+
+
+def log_cosh(y_true, y_pred):
+    """mean(log(cosh(y_pred - y_true))) over the last axis, as x + softplus(-2x) - log 2."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(log_cosh, y_true, y_pred)
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "log_cosh")
+    x = B.sub(y_pred, y_true)
+    return _mean_last_axis(B.sub(B.add(x, _softplus(B.mul(x, -2.0))), math.log(2.0)))
+
+
+def kl_divergence(y_true, y_pred):
+    """sum(y log(y / p)) over the last axis, both clipped to [1e-7, 1]."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(kl_divergence, y_true, y_pred)
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "kl_divergence")
+    y_true = B.clip(y_true, EPSILON, 1.0)
+    y_pred = B.clip(y_pred, EPSILON, 1.0)
+    values = B.mul(y_true, B.log(B.div(y_true, y_pred)))
+    return B.reduce_sum(values, -1) if values.type.rank >= 1 else values
+
+
+def poisson(y_true, y_pred):
+    """mean(p - y log(p + 1e-7)) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(poisson, y_true, y_pred)
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "poisson")
+    return _mean_last_axis(B.sub(y_pred, B.mul(y_true, B.log(B.add(y_pred, EPSILON)))))
+
+
+def _hinge_labels(y_true: Node) -> Node:
+    """Labels in {0, 1} become -1/1; others pass unchanged (Keras decides per batch, as here)."""
+    binary = B.add(B.cast(B.eq(y_true, 0.0), y_true.dtype), B.cast(B.eq(y_true, 1.0), y_true.dtype))
+    all_binary = B.eq(B.reduce_max(B.sub(1.0, binary)), 0.0)
+    return B.select(all_binary, B.sub(B.mul(y_true, 2.0), 1.0), y_true)
+
+
+def hinge(y_true, y_pred):
+    """mean(max(1 - y * p, 0)) over the last axis, 0/1 labels mapped to -1/1."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(hinge, y_true, y_pred)
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "hinge")
+    return _mean_last_axis(B.relu(B.sub(1.0, B.mul(_hinge_labels(y_true), y_pred))))
+
+
+def squared_hinge(y_true, y_pred):
+    """mean(max(1 - y * p, 0)^2) over the last axis, 0/1 labels mapped to -1/1."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(squared_hinge, y_true, y_pred)
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "squared_hinge")
+    margin = B.relu(B.sub(1.0, B.mul(_hinge_labels(y_true), y_pred)))
+    return _mean_last_axis(B.mul(margin, margin))
+
+
+def categorical_hinge(y_true, y_pred):
+    """max(max((1 - y) p) - sum(y p) + 1, 0) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(categorical_hinge, y_true, y_pred)
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "categorical_hinge")
+    positive = B.reduce_sum(B.mul(y_true, y_pred), -1)
+    negative = B.reduce_max(B.mul(B.sub(1.0, y_true), y_pred), -1)
+    return B.relu(B.add(B.sub(negative, positive), 1.0))
+
+
+def _l2_normalize(x: Node, axis: int) -> Node:
+    squares = B.reduce_sum(B.mul(x, x), axis, keepdims=True)
+    return B.div(x, B.sqrt(B.maximum(squares, 1e-12)))
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    """-sum(l2_normalize(y) * l2_normalize(p)) over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(cosine_similarity, y_true, y_pred, axis=axis)
+    _check_axis(axis, "cosine_similarity")
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "cosine_similarity")
+    return B.neg(B.reduce_sum(B.mul(_l2_normalize(y_true, -1), _l2_normalize(y_pred, -1)), -1))
+
+
+# Keras's short names.
 mse = MSE = mean_squared_error
+mae = MAE = mean_absolute_error
+mape = MAPE = mean_absolute_percentage_error
+msle = MSLE = mean_squared_logarithmic_error
+kld = KLD = kullback_leibler_divergence = kl_divergence
+bce = BCE = binary_crossentropy
+logcosh = log_cosh
 
 
 # ----------------------------------------------------------------------------------------------
 # Loss objects
 # ----------------------------------------------------------------------------------------------
 
+def _weight_like(sample_weight: Node, values: Node) -> Node:
+    """Sample weights (one per sample, or shaped like the values) broadcast against `values`."""
+    sample_weight = B.cast(sample_weight, values.dtype)
+    if sample_weight.type.rank == values.type.rank + 1 and sample_weight.shape[-1] == 1:
+        sample_weight = B.reshape(sample_weight, sample_weight.shape[:-1])
+    if sample_weight.type.rank < values.type.rank:
+        # One weight per sample: trailing axes of 1 (Keras requires ranks that match up to one
+        # trailing axis; this is the broadcast it would have done there).
+        missing = values.type.rank - sample_weight.type.rank
+        sample_weight = B.reshape(sample_weight, sample_weight.shape + (1,) * missing)
+    if sample_weight.type.rank != values.type.rank:
+        raise ValueError(f"sample_weight of shape {format_shape(sample_weight.shape)} does not fit "
+                         f"per-sample losses of shape {format_shape(values.shape)}; pass one weight "
+                         "per sample")
+    return B.broadcast(sample_weight, values.shape)
+
+
 class Loss:
-    """Base class: `call(y_true, y_pred)` gives per-sample values, `__call__` reduces them."""
+    """Base class: `call(y_true, y_pred)` gives per-sample values, `__call__` weights and reduces
+    them."""
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         if reduction not in REDUCTIONS:
@@ -138,23 +326,30 @@ class Loss:
     def call(self, y_true, y_pred):
         raise NotImplementedError
 
-    def reduce(self, values: Node) -> Node:
-        if self.reduction in ("none", None):
-            return values
-        if values.type.rank == 0:
+    def reduce(self, values: Node, sample_weight: Node | None = None) -> Node:
+        """Keras 3's `reduce_weighted_values`: weight, then sum / number of values (or weights)."""
+        if sample_weight is not None:
+            sample_weight = _weight_like(sample_weight, values)
+            values = B.mul(values, sample_weight)
+        if self.reduction in ("none", None) or values.type.rank == 0:
             return values
         if self.reduction == "sum":
             return B.reduce_sum(values)
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
+            total, weights = B.reduce_sum(values), B.reduce_sum(sample_weight)
+            # divide_no_nan: a batch whose weights sum to 0 has loss 0.
+            empty = B.eq(weights, 0.0)
+            return B.select(empty, 0.0, B.div(total, B.select(empty, 1.0, weights)))
         return B.reduce_mean(values)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            raise NotImplementedError("sample_weight is not supported yet")
-        if not _is_traced(y_true, y_pred):
-            return _eager(self.__call__, y_true, y_pred)
+        if not _is_traced(y_true, y_pred, sample_weight):
+            if sample_weight is None:
+                return _eager(lambda t, p: self.__call__(t, p), y_true, y_pred)
+            return _eager(lambda t, p, w: self.__call__(t, p, w), y_true, y_pred, sample_weight)
         if y_pred.dtype not in ir.graph.FLOAT_DTYPES:
             raise ValueError(f"loss {self.name!r} needs float predictions, got {y_pred.type}")
-        return self.reduce(self.call(y_true, y_pred))
+        return self.reduce(self.call(y_true, y_pred), sample_weight)
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction}
@@ -203,23 +398,71 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
         self.from_logits, self.ignore_class = from_logits, ignore_class
 
 
-class MeanSquaredError(LossFunctionWrapper):
-    def __init__(self, reduction="sum_over_batch_size", name="mean_squared_error", dtype=None):
-        super().__init__(mean_squared_error, reduction=reduction, name=name)
+class BinaryCrossentropy(LossFunctionWrapper):
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", name="binary_crossentropy", dtype=None):
+        super().__init__(binary_crossentropy, reduction=reduction, name=name,
+                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+        self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
 
 
-_FUNCTIONS = {
-    "categorical_crossentropy": categorical_crossentropy,
-    "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
-    "mean_squared_error": mean_squared_error,
-    "mse": mean_squared_error,
-    "MSE": mean_squared_error,
-}
-_CLASSES = {cls.__name__: cls for cls in (CategoricalCrossentropy, SparseCategoricalCrossentropy,
-                                           MeanSquaredError)}
+class Huber(LossFunctionWrapper):
+    def __init__(self, delta=1.0, reduction="sum_over_batch_size", name="huber_loss", dtype=None):
+        super().__init__(huber, reduction=reduction, name=name, delta=delta)
+        self.delta = delta
+
+
+class CosineSimilarity(LossFunctionWrapper):
+    def __init__(self, axis=-1, reduction="sum_over_batch_size", name="cosine_similarity",
+                 dtype=None):
+        super().__init__(cosine_similarity, reduction=reduction, name=name, axis=axis)
+        self.axis = axis
+
+
+def _plain_wrapper(class_name: str, fn, default_name: str):
+    """A Loss class around `fn`, which takes no options (MeanSquaredError, ...)."""
+    def __init__(self, reduction="sum_over_batch_size", name=default_name, dtype=None):
+        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name)
+    return type(class_name, (LossFunctionWrapper,),
+                {"__init__": __init__, "__module__": __name__,
+                 "__doc__": f"The `Loss` form of `{fn.__name__}`."})
+
+
+MeanSquaredError = _plain_wrapper("MeanSquaredError", mean_squared_error, "mean_squared_error")
+MeanAbsoluteError = _plain_wrapper("MeanAbsoluteError", mean_absolute_error, "mean_absolute_error")
+MeanAbsolutePercentageError = _plain_wrapper("MeanAbsolutePercentageError",
+                                             mean_absolute_percentage_error,
+                                             "mean_absolute_percentage_error")
+MeanSquaredLogarithmicError = _plain_wrapper("MeanSquaredLogarithmicError",
+                                             mean_squared_logarithmic_error,
+                                             "mean_squared_logarithmic_error")
+LogCosh = _plain_wrapper("LogCosh", log_cosh, "log_cosh")
+KLDivergence = _plain_wrapper("KLDivergence", kl_divergence, "kl_divergence")
+Poisson = _plain_wrapper("Poisson", poisson, "poisson")
+Hinge = _plain_wrapper("Hinge", hinge, "hinge")
+SquaredHinge = _plain_wrapper("SquaredHinge", squared_hinge, "squared_hinge")
+CategoricalHinge = _plain_wrapper("CategoricalHinge", categorical_hinge, "categorical_hinge")
+
+
+_FUNCTIONS = {fn.__name__: fn for fn in (
+    categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy,
+    mean_squared_error, mean_absolute_error, mean_absolute_percentage_error,
+    mean_squared_logarithmic_error, huber, log_cosh, kl_divergence, poisson, hinge, squared_hinge,
+    categorical_hinge, cosine_similarity)}
+_FUNCTIONS.update({"mse": mse, "MSE": mse, "mae": mae, "MAE": mae, "mape": mape, "MAPE": mape,
+                   "msle": msle, "MSLE": msle, "kld": kld, "KLD": kld, "bce": bce, "BCE": bce,
+                   "kullback_leibler_divergence": kl_divergence, "logcosh": log_cosh})
+_CLASSES = {cls.__name__: cls for cls in (
+    CategoricalCrossentropy, SparseCategoricalCrossentropy, BinaryCrossentropy, MeanSquaredError,
+    MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredLogarithmicError, Huber, LogCosh,
+    KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge, CosineSimilarity)}
 
 # Names Keras resolves from the targets' and predictions' shapes (trainer: `resolve`).
 AUTO_NAMES = ("crossentropy", "ce")
+
+# Losses whose targets are shaped like the predictions (the trainer checks and reshapes them).
+_DENSE_TARGETS = frozenset(fn for name, fn in _FUNCTIONS.items()
+                           if fn is not sparse_categorical_crossentropy)
 
 
 def target_kind(loss) -> str | None:
@@ -227,7 +470,7 @@ def target_kind(loss) -> str | None:
     fn = loss.fn if isinstance(loss, LossFunctionWrapper) else loss
     if fn is sparse_categorical_crossentropy:
         return "sparse"
-    if fn in (categorical_crossentropy, mean_squared_error):
+    if fn in _DENSE_TARGETS:
         return "dense"
     return None
 

@@ -1,26 +1,35 @@
 """Metrics, as ``keras.metrics``.
 
-A metric here is a function of (y_true, y_pred) giving one value per prediction (1.0 for a correct
-row, a squared error, ...).  The traced graphs return the SUM of those values over the batch; the
-training loop adds the sums over an epoch and divides by the number of values, which is what Keras's
-running mean computes, without any per-step work beyond one addition.
+A metric is traced into the eval and train graphs as a few SUMS over the batch (`trace_sums`), and
+read back by a Python finisher that combines the sums added up over an epoch:
+
+- a mean metric (accuracy, mae, a loss used as a metric, ...) is a per-prediction function
+  (`MeanMetricWrapper`); its graph output is the sum of its values, and the finisher divides by the
+  number of values seen, which is Keras's running mean without any per-step work beyond one addition.
+  With sample weights (`compile(weighted_metrics=...)`) it sums values * weights and the weights;
+- a ratio metric (Precision, Recall) sums true positives and predicted (or actual) positives, and the
+  finisher divides the epoch's totals: the precision of the epoch, not a mean of batch precisions;
+- AUC sums the four confusion-matrix counts at each of its thresholds (vector sums) and the finisher
+  integrates the curve in numpy, as Keras's `AUC.result`.
 
 `resolve(identifier, y_true_shape, y_pred_shape)` is Keras's `get_metric`: 'accuracy' (or 'acc')
 becomes binary accuracy when predictions have one column, sparse categorical accuracy when the labels
 have one axis less than the predictions (or a last axis of 1), categorical accuracy otherwise; the
 logged name stays the string the user wrote.
 
-Metric objects also work eagerly on numpy arrays: `update_state(y_true, y_pred)`, `result()`,
-`reset_state()`.
+Metric objects also work eagerly on numpy arrays: `update_state(y_true, y_pred, sample_weight=None)`,
+`result()`, `reset_state()`.
 """
 from __future__ import annotations
 
 import numpy as np
 
+import ir
 from ir import Node
 from ir import build as B
 
 from kcompile import losses as losses_module
+from kcompile.layers.layer import to_snake_case
 from kcompile.losses import squeeze_or_expand_to_same_rank
 
 
@@ -37,6 +46,26 @@ def _float(node: Node, like: Node) -> Node:
     return B.cast(node, like.dtype if like.dtype in ("f32", "f64") else "f32")
 
 
+def _divide_no_nan(numerator, denominator):
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator == 0, 0.0, numerator / np.where(denominator == 0, 1.0, denominator))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-prediction metric functions
+# ----------------------------------------------------------------------------------------------
+
+def accuracy(y_true, y_pred):
+    """1.0 where y_true == y_pred exactly, averaged over the last axis."""
+    if not _traced(y_true, y_pred):
+        return _eager(accuracy, y_true, y_pred)
+    y_true = _float(y_true, y_pred)
+    y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+    matches = _float(B.eq(y_true, y_pred), y_pred)
+    return B.reduce_mean(matches, -1) if matches.type.rank >= 2 else matches
+
+
 def categorical_accuracy(y_true, y_pred):
     """1.0 where argmax(y_true) == argmax(y_pred) over the last axis."""
     if not _traced(y_true, y_pred):
@@ -47,15 +76,19 @@ def categorical_accuracy(y_true, y_pred):
     return _float(B.eq(B.argmax(y_true, -1), B.argmax(y_pred, -1)), y_pred)
 
 
+def _sparse_labels(y_true: Node, y_pred: Node, function: str) -> Node:
+    if y_true.type.rank == y_pred.type.rank and y_true.shape[-1] == 1:
+        y_true = B.reshape(y_true, y_true.shape[:-1])
+    if y_true.shape != y_pred.shape[:-1]:
+        raise ValueError(f"{function} needs labels of shape {y_pred.shape[:-1]}; got {y_true.shape}")
+    return y_true
+
+
 def sparse_categorical_accuracy(y_true, y_pred):
     """1.0 where the integer label equals argmax(y_pred) over the last axis."""
     if not _traced(y_true, y_pred):
         return _eager(sparse_categorical_accuracy, y_true, y_pred)
-    if y_true.type.rank == y_pred.type.rank and y_true.shape[-1] == 1:
-        y_true = B.reshape(y_true, y_true.shape[:-1])
-    if y_true.shape != y_pred.shape[:-1]:
-        raise ValueError(f"sparse_categorical_accuracy needs labels of shape {y_pred.shape[:-1]}; got "
-                         f"{y_true.shape}")
+    y_true = _sparse_labels(y_true, y_pred, "sparse_categorical_accuracy")
     return _float(B.eq(B.cast(y_true, "i32"), B.argmax(y_pred, -1)), y_pred)
 
 
@@ -71,32 +104,137 @@ def binary_accuracy(y_true, y_pred, threshold=0.5):
     return B.reduce_mean(matches, -1) if matches.type.rank >= 2 else matches
 
 
+def _in_top_k(one_hot: Node, y_pred: Node, k: int) -> Node:
+    """1.0 where the true class's score is among the k largest (Keras's `in_top_k`: its rank is
+    1 + the number of strictly larger scores, so ties favour the true class)."""
+    true_score = B.reduce_sum(B.select(B.cast(one_hot, "bool"), y_pred, 0.0), -1, keepdims=True)
+    larger = B.reduce_sum(_float(B.gt(y_pred, true_score), y_pred), -1)
+    return _float(B.lt(larger, float(k)), y_pred)
+
+
+def top_k_categorical_accuracy(y_true, y_pred, k=5):
+    """1.0 where argmax(y_true) is among the k highest-scored classes of y_pred."""
+    if not _traced(y_true, y_pred):
+        return _eager(top_k_categorical_accuracy, y_true, y_pred, k=k)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"top_k_categorical_accuracy needs one-hot y_true shaped like y_pred; got "
+                         f"{y_true.shape} and {y_pred.shape}")
+    one_hot = losses_module.one_hot_encode(B.argmax(y_true, -1), y_pred.shape[-1], y_pred.dtype)
+    return _in_top_k(one_hot, y_pred, k)
+
+
+def sparse_top_k_categorical_accuracy(y_true, y_pred, k=5, from_sorted_ids=False):
+    """1.0 where the integer label is among the k highest-scored classes of y_pred."""
+    if not _traced(y_true, y_pred):
+        return _eager(sparse_top_k_categorical_accuracy, y_true, y_pred, k=k,
+                      from_sorted_ids=from_sorted_ids)
+    if from_sorted_ids:
+        raise NotImplementedError("sparse_top_k_categorical_accuracy(from_sorted_ids=True) is not "
+                                  "supported")
+    y_true = _sparse_labels(y_true, y_pred, "sparse_top_k_categorical_accuracy")
+    one_hot = losses_module.one_hot_encode(y_true, y_pred.shape[-1], y_pred.dtype)
+    return _in_top_k(one_hot, y_pred, k)
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    """sum(l2_normalize(y_true) * l2_normalize(y_pred)) over the last axis (the loss negates it)."""
+    if not _traced(y_true, y_pred):
+        return _eager(cosine_similarity, y_true, y_pred, axis=axis)
+    return B.neg(losses_module.cosine_similarity(y_true, y_pred, axis=axis))
+
+
+def log_cosh_error(y_true, y_pred):
+    return losses_module.log_cosh(y_true, y_pred)
+
+
 mean_squared_error = mse = losses_module.mean_squared_error
+mean_absolute_error = mae = losses_module.mean_absolute_error
+mean_absolute_percentage_error = mape = losses_module.mean_absolute_percentage_error
+mean_squared_logarithmic_error = msle = losses_module.mean_squared_logarithmic_error
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric objects
+# ----------------------------------------------------------------------------------------------
+
+def _weight_like(sample_weight: Node, values: Node) -> Node:
+    return losses_module._weight_like(sample_weight, values)
+
+
+def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
+    """Trace `metric.trace_sums` on numpy arrays and run it on the reference interpreter."""
+    feeds, args = {}, []
+    for index, array in enumerate((y_true, y_pred, sample_weight)):
+        if array is None:
+            args.append(None)
+            continue
+        array = np.asarray(array)
+        dtype, np_dtype = ("i32", np.int32) if array.dtype.kind in "iu" else ("f32", np.float32)
+        name = f"input_{index}"
+        args.append(B.arg(name, dtype, (None,) + array.shape[1:] if array.ndim else ()))
+        feeds[name] = array.astype(np_dtype)
+    sums, finish = metric.trace_sums(*args)
+    inputs = [a for a in args if a is not None]
+    graph = ir.Graph("eager_metric", inputs, list(sums.items()))
+    return ir.run(graph, feeds), finish
 
 
 class Metric:
-    """Base class: `values(y_true, y_pred)` traces one value per prediction; the mean is the result."""
+    """Base class: `trace_sums` traces the batch sums a result needs and returns the finisher."""
 
     def __init__(self, name=None, dtype=None):
-        self.name = name or type(self).__name__.lower()
+        self.name = name or to_snake_case(type(self).__name__)
         self.reset_state()
 
     def values(self, y_true: Node, y_pred: Node) -> Node:
-        raise NotImplementedError
+        """One value per prediction, for a metric that is the mean of them (`MeanMetricWrapper`)."""
+        raise NotImplementedError(f"metric {type(self).__name__} must define `values(y_true, y_pred)` "
+                                  "(a mean metric) or `trace_sums`")
+
+    def trace_sums(self, y_true: Node, y_pred: Node, sample_weight: Node | None = None):
+        """({key: scalar or vector sum over the batch}, finish(totals by key, samples) -> result).
+
+        By default the metric is the mean of `values`: the sum of the values (times the weights, and
+        the weights' sum), divided at the end by the number of values (or the weights' sum)."""
+        values = self.values(y_true, y_pred)
+        if values.dtype not in ("f32", "f64"):
+            values = B.cast(values, y_pred.dtype)
+        if not values.type.batched:
+            raise ValueError(f"metric {self.name!r} must give one value per sample; got shape "
+                             f"{values.shape}")
+        if sample_weight is None:
+            per_row = values.type.static_size
+            return {"": B.reduce_sum(values)}, \
+                lambda totals, samples: self._finish_mean(float(totals[""]) / (samples * per_row)
+                                                          if samples else 0.0)
+        weights = _weight_like(sample_weight, values)
+        sums = {"": B.reduce_sum(B.mul(values, weights)), "weight": B.reduce_sum(weights)}
+        return sums, lambda totals, samples: self._finish_mean(
+            float(_divide_no_nan(totals[""], totals["weight"])))
+
+    def _finish_mean(self, mean: float) -> float:
+        return mean
+
+    # -- eager use ------------------------------------------------------------------------------
 
     def reset_state(self):
-        self._total = 0.0
-        self._count = 0
+        self._totals = None
+        self._samples = 0
+        self._finish = None
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            raise NotImplementedError("sample_weight is not supported yet")
-        values = np.asarray(_eager(self.values, y_true, y_pred), dtype=np.float64)
-        self._total += float(values.sum())
-        self._count += values.size
+        sums, finish = _eager_sums(self, y_true, y_pred, sample_weight)
+        if self._totals is None:
+            self._totals = {key: np.zeros(np.shape(value), np.float64) for key, value in sums.items()}
+        for key, value in sums.items():
+            self._totals[key] += value
+        self._samples += len(np.asarray(y_pred))
+        self._finish = finish
 
-    def result(self) -> float:
-        return self._total / self._count if self._count else 0.0
+    def result(self):
+        if self._totals is None:
+            return 0.0
+        return self._finish(self._totals, self._samples)
 
     def get_config(self):
         return {"name": self.name}
@@ -126,42 +264,326 @@ class MeanMetricWrapper(Metric):
         return config
 
 
-class CategoricalAccuracy(MeanMetricWrapper):
-    def __init__(self, name="categorical_accuracy", dtype=None):
-        super().__init__(categorical_accuracy, name=name)
+def _mean_metric(class_name: str, fn, default_name: str, **defaults):
+    """A MeanMetricWrapper class around `fn` taking the keyword options `defaults`."""
+    def __init__(self, name=default_name, dtype=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(defaults))
+        if unknown:
+            raise TypeError(f"{class_name} got unexpected keyword arguments {unknown}")
+        options = dict(defaults)
+        options.update(kwargs)
+        MeanMetricWrapper.__init__(self, fn, name=name, **options)
+    return type(class_name, (MeanMetricWrapper,),
+                {"__init__": __init__, "__module__": __name__,
+                 "__doc__": f"The mean of `{fn.__name__}` over every prediction."})
 
 
-class SparseCategoricalAccuracy(MeanMetricWrapper):
-    def __init__(self, name="sparse_categorical_accuracy", dtype=None):
-        super().__init__(sparse_categorical_accuracy, name=name)
+Accuracy = _mean_metric("Accuracy", accuracy, "accuracy")
+CategoricalAccuracy = _mean_metric("CategoricalAccuracy", categorical_accuracy, "categorical_accuracy")
+SparseCategoricalAccuracy = _mean_metric("SparseCategoricalAccuracy", sparse_categorical_accuracy,
+                                         "sparse_categorical_accuracy")
+BinaryAccuracy = _mean_metric("BinaryAccuracy", binary_accuracy, "binary_accuracy", threshold=0.5)
+TopKCategoricalAccuracy = _mean_metric("TopKCategoricalAccuracy", top_k_categorical_accuracy,
+                                       "top_k_categorical_accuracy", k=5)
+SparseTopKCategoricalAccuracy = _mean_metric("SparseTopKCategoricalAccuracy",
+                                             sparse_top_k_categorical_accuracy,
+                                             "sparse_top_k_categorical_accuracy", k=5,
+                                             from_sorted_ids=False)
+MeanSquaredError = _mean_metric("MeanSquaredError", mean_squared_error, "mean_squared_error")
+MeanAbsoluteError = _mean_metric("MeanAbsoluteError", mean_absolute_error, "mean_absolute_error")
+MeanAbsolutePercentageError = _mean_metric("MeanAbsolutePercentageError",
+                                           mean_absolute_percentage_error,
+                                           "mean_absolute_percentage_error")
+MeanSquaredLogarithmicError = _mean_metric("MeanSquaredLogarithmicError",
+                                           mean_squared_logarithmic_error,
+                                           "mean_squared_logarithmic_error")
+CosineSimilarity = _mean_metric("CosineSimilarity", cosine_similarity, "cosine_similarity", axis=-1)
+LogCoshError = _mean_metric("LogCoshError", log_cosh_error, "logcosh")
+BinaryCrossentropy = _mean_metric("BinaryCrossentropy", losses_module.binary_crossentropy,
+                                  "binary_crossentropy", from_logits=False, label_smoothing=0.0)
+CategoricalCrossentropy = _mean_metric("CategoricalCrossentropy",
+                                       losses_module.categorical_crossentropy,
+                                       "categorical_crossentropy", from_logits=False,
+                                       label_smoothing=0.0, axis=-1)
+SparseCategoricalCrossentropy = _mean_metric("SparseCategoricalCrossentropy",
+                                             losses_module.sparse_categorical_crossentropy,
+                                             "sparse_categorical_crossentropy", from_logits=False,
+                                             axis=-1)
+KLDivergence = _mean_metric("KLDivergence", losses_module.kl_divergence, "kl_divergence")
+Poisson = _mean_metric("Poisson", losses_module.poisson, "poisson")
+Hinge = _mean_metric("Hinge", losses_module.hinge, "hinge")
+SquaredHinge = _mean_metric("SquaredHinge", losses_module.squared_hinge, "squared_hinge")
+CategoricalHinge = _mean_metric("CategoricalHinge", losses_module.categorical_hinge,
+                                "categorical_hinge")
 
 
-class BinaryAccuracy(MeanMetricWrapper):
-    def __init__(self, name="binary_accuracy", dtype=None, threshold=0.5):
-        super().__init__(binary_accuracy, name=name, threshold=threshold)
+def _squared_error(y_true, y_pred):
+    y_true = B.cast(y_true, y_pred.dtype)
+    y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+    difference = B.sub(y_pred, y_true)
+    return B.mul(difference, difference)
 
 
-class MeanSquaredError(MeanMetricWrapper):
-    def __init__(self, name="mean_squared_error", dtype=None):
-        super().__init__(mean_squared_error, name=name)
+class RootMeanSquaredError(MeanMetricWrapper):
+    """sqrt of the mean squared error over the epoch (not a mean of batch roots)."""
+
+    def __init__(self, name="root_mean_squared_error", dtype=None):
+        super().__init__(_squared_error, name=name)
+
+    def _finish_mean(self, mean):
+        return float(np.sqrt(mean))
 
 
-_FUNCTIONS = {
-    "categorical_accuracy": categorical_accuracy,
-    "sparse_categorical_accuracy": sparse_categorical_accuracy,
-    "binary_accuracy": binary_accuracy,
-    "mean_squared_error": mean_squared_error,
-    "mse": mean_squared_error,
-    "categorical_crossentropy": losses_module.categorical_crossentropy,
-    "sparse_categorical_crossentropy": losses_module.sparse_categorical_crossentropy,
-}
-_CLASSES = {cls.__name__: cls for cls in (CategoricalAccuracy, SparseCategoricalAccuracy,
-                                           BinaryAccuracy, MeanSquaredError)}
+# -- confusion-matrix metrics ---------------------------------------------------------------------
+
+def _thresholds(thresholds, default=0.5) -> list:
+    if thresholds is None:
+        return [default]
+    values = [thresholds] if np.ndim(thresholds) == 0 else list(np.asarray(thresholds).ravel())
+    for value in values:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"Threshold values must be in [0, 1]. Received: {thresholds}")
+    return [float(v) for v in values]
+
+
+class _ConfusionMetric(Metric):
+    """Sums of true/false positives/negatives at fixed thresholds (y_pred > threshold is positive;
+    y_true != 0 is positive), every entry of every sample counted, as Keras's
+    `update_confusion_matrix_variables`."""
+
+    COUNTS = ()  # which of 'tp', 'fp', 'tn', 'fn' the result needs
+
+    def __init__(self, thresholds=None, class_id=None, name=None, dtype=None, default_threshold=0.5):
+        self.init_thresholds = thresholds
+        self.thresholds = _thresholds(thresholds, default_threshold)
+        self.class_id = class_id
+        super().__init__(name=name, dtype=dtype)
+
+    def _column(self, x: Node) -> Node:
+        """x[..., class_id] (a one-hot mask summed over the last axis: slicing is not a primitive)."""
+        classes = x.shape[-1]
+        if not 0 <= self.class_id < classes:
+            raise ValueError(f"class_id={self.class_id} is out of range for {classes} classes")
+        mask = np.zeros(classes, np.float32)
+        mask[self.class_id] = 1.0
+        return B.reduce_sum(B.mul(x, B.const(mask, x.dtype)), -1)
+
+    def _prepare(self, y_true, y_pred):
+        y_true = _float(y_true, y_pred)
+        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"{self.name}: y_true and y_pred must have the same shape; got "
+                             f"{y_true.shape} and {y_pred.shape}")
+        if self.class_id is not None:
+            y_true, y_pred = self._column(y_true), self._column(y_pred)
+        return y_true, y_pred
+
+    def _counts(self, y_true, y_pred, sample_weight) -> dict:
+        """{count: sum over the batch, shape (thresholds,)}."""
+        y_true, y_pred = self._prepare(y_true, y_pred)
+        count = len(self.thresholds)
+        shape = y_pred.shape + (count,)
+        thresholds = B.broadcast(B.const(np.asarray(self.thresholds, np.float32), y_pred.dtype), shape)
+        predicted = _float(B.gt(B.broadcast(B.reshape(y_pred, y_pred.shape + (1,)), shape),
+                                thresholds), y_pred)
+        actual = B.broadcast(B.reshape(_float(B.ne(y_true, 0.0), y_pred), y_pred.shape + (1,)), shape)
+        if sample_weight is not None:
+            weights = _weight_like(sample_weight, y_pred)
+            weights = B.broadcast(B.reshape(weights, weights.shape + (1,)), shape)
+        axes = list(range(len(shape) - 1))
+        factors = {"tp": (predicted, actual), "fp": (predicted, B.sub(1.0, actual)),
+                   "fn": (B.sub(1.0, predicted), actual),
+                   "tn": (B.sub(1.0, predicted), B.sub(1.0, actual))}
+        sums = {}
+        for key in self.COUNTS:
+            a, b = factors[key]
+            product = B.mul(a, b)
+            if sample_weight is not None:
+                product = B.mul(product, weights)
+            sums[key] = B.reduce_sum(product, axes)
+        return sums
+
+    def trace_sums(self, y_true, y_pred, sample_weight=None):
+        return self._counts(y_true, y_pred, sample_weight), \
+            lambda totals, samples: self._result(totals)
+
+    def _result(self, totals):
+        raise NotImplementedError
+
+    @staticmethod
+    def _scalar_or_list(values):
+        values = np.asarray(values, np.float64)
+        return float(values[0]) if values.size == 1 else values
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds, "class_id": self.class_id}
+
+
+class Precision(_ConfusionMetric):
+    """true positives / predicted positives, accumulated over the epoch."""
+
+    COUNTS = ("tp", "fp")
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        if top_k is not None:
+            raise NotImplementedError("Precision(top_k=...) is not supported")
+        super().__init__(thresholds=thresholds, class_id=class_id, name=name, dtype=dtype)
+        self.top_k = None
+
+    def _result(self, totals):
+        return self._scalar_or_list(_divide_no_nan(totals["tp"], totals["tp"] + totals["fp"]))
+
+    def get_config(self):
+        return {**super().get_config(), "top_k": self.top_k}
+
+
+class Recall(_ConfusionMetric):
+    """true positives / actual positives, accumulated over the epoch."""
+
+    COUNTS = ("tp", "fn")
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        if top_k is not None:
+            raise NotImplementedError("Recall(top_k=...) is not supported")
+        super().__init__(thresholds=thresholds, class_id=class_id, name=name, dtype=dtype)
+        self.top_k = None
+
+    def _result(self, totals):
+        return self._scalar_or_list(_divide_no_nan(totals["tp"], totals["tp"] + totals["fn"]))
+
+    def get_config(self):
+        return {**super().get_config(), "top_k": self.top_k}
+
+
+def _count_metric(class_name: str, key: str):
+    def __init__(self, thresholds=None, name=None, dtype=None):
+        _ConfusionMetric.__init__(self, thresholds=thresholds, name=name, dtype=dtype)
+
+    def _result(self, totals):
+        return self._scalar_or_list(totals[key])
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.init_thresholds}
+    return type(class_name, (_ConfusionMetric,),
+                {"__init__": __init__, "_result": _result, "get_config": get_config, "COUNTS": (key,),
+                 "__module__": __name__, "__doc__": f"The number (sum of weights) of {class_name}."})
+
+
+TruePositives = _count_metric("TruePositives", "tp")
+FalsePositives = _count_metric("FalsePositives", "fp")
+TrueNegatives = _count_metric("TrueNegatives", "tn")
+FalseNegatives = _count_metric("FalseNegatives", "fn")
+
+
+class AUC(_ConfusionMetric):
+    """Area under the ROC (or PR) curve, from confusion counts at `num_thresholds` thresholds
+    (Keras's: evenly spaced in (0, 1) plus -1e-7 and 1 + 1e-7), integrated as Keras's `AUC.result`.
+    Single-label only: every entry of every sample is one (prediction, label) pair."""
+
+    COUNTS = ("tp", "fp", "tn", "fn")
+
+    def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation", name=None,
+                 dtype=None, thresholds=None, multi_label=False, num_labels=None, label_weights=None,
+                 from_logits=False):
+        if multi_label or label_weights is not None:
+            raise NotImplementedError("AUC(multi_label=True / label_weights=...) is not supported")
+        curve = str(curve).upper()
+        if curve not in ("ROC", "PR"):
+            raise ValueError(f"AUC curve must be 'ROC' or 'PR'; got {curve!r}")
+        if summation_method not in ("interpolation", "minoring", "majoring"):
+            raise ValueError("summation_method must be 'interpolation', 'minoring' or 'majoring'; got "
+                             f"{summation_method!r}")
+        if thresholds is not None:
+            inner = sorted(_thresholds(thresholds))
+            self.num_thresholds = len(inner) + 2
+        else:
+            if num_thresholds <= 1:
+                raise ValueError(f"Argument `num_thresholds` must be an integer > 1. Received: "
+                                 f"num_thresholds={num_thresholds}")
+            self.num_thresholds = num_thresholds
+            inner = [(i + 1) * 1.0 / (num_thresholds - 1) for i in range(num_thresholds - 2)]
+        epsilon = losses_module.EPSILON
+        self.curve, self.summation_method = curve, summation_method
+        self.from_logits = from_logits
+        self._init = {"num_thresholds": num_thresholds, "thresholds": thresholds}
+        super().__init__(thresholds=None, name=name, dtype=dtype)
+        self.thresholds = [0.0 - epsilon] + inner + [1.0 + epsilon]
+
+    def trace_sums(self, y_true, y_pred, sample_weight=None):
+        if self.from_logits:
+            from kcompile.activations import sigmoid
+            y_pred = sigmoid(y_pred)
+        return super().trace_sums(y_true, y_pred, sample_weight)
+
+    def _result(self, totals):
+        tp, fp, tn, fn = (np.asarray(totals[k], np.float64) for k in ("tp", "fp", "tn", "fn"))
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            return self._interpolate_pr_auc(tp, fp, fn)
+        recall = _divide_no_nan(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = _divide_no_nan(fp, fp + tn), recall
+        else:
+            x, y = recall, _divide_no_nan(tp, tp + fp)
+        if self.summation_method == "interpolation":
+            heights = (y[:-1] + y[1:]) / 2.0
+        elif self.summation_method == "minoring":
+            heights = np.minimum(y[:-1], y[1:])
+        else:
+            heights = np.maximum(y[:-1], y[1:])
+        return float(np.sum((x[:-1] - x[1:]) * heights))
+
+    @staticmethod
+    def _interpolate_pr_auc(tp, fp, fn):
+        # Keras's `AUC.interpolate_pr_auc` (Davis & Goadrich 2006), in numpy.
+        dtp = tp[:-1] - tp[1:]
+        p = tp + fp
+        dp = p[:-1] - p[1:]
+        slope = _divide_no_nan(dtp, np.maximum(dp, 0))
+        intercept = tp[1:] - slope * p[1:]
+        both = (p[:-1] > 0) & (p[1:] > 0)
+        ratio = np.where(both, _divide_no_nan(p[:-1], np.maximum(p[1:], 0)), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.where(ratio > 0, ratio, 1.0))
+        increments = _divide_no_nan(slope * (dtp + intercept * logs), np.maximum(tp[1:] + fn[1:], 0))
+        return float(np.sum(increments))
+
+    def get_config(self):
+        return {"name": self.name, "num_thresholds": self._init["num_thresholds"], "curve": self.curve,
+                "summation_method": self.summation_method, "thresholds": self._init["thresholds"],
+                "multi_label": False, "from_logits": self.from_logits}
+
+
+# ----------------------------------------------------------------------------------------------
+# Lookup
+# ----------------------------------------------------------------------------------------------
+
+_FUNCTIONS = {fn.__name__: fn for fn in (
+    accuracy, categorical_accuracy, sparse_categorical_accuracy, binary_accuracy,
+    top_k_categorical_accuracy, sparse_top_k_categorical_accuracy, mean_squared_error,
+    mean_absolute_error, mean_absolute_percentage_error, mean_squared_logarithmic_error,
+    cosine_similarity, log_cosh_error,
+    losses_module.categorical_crossentropy, losses_module.sparse_categorical_crossentropy,
+    losses_module.binary_crossentropy, losses_module.kl_divergence, losses_module.poisson,
+    losses_module.hinge, losses_module.squared_hinge, losses_module.categorical_hinge)}
+_FUNCTIONS.update({"mse": mse, "MSE": mse, "mae": mae, "MAE": mae, "mape": mape, "MAPE": mape,
+                   "msle": msle, "MSLE": msle, "bce": losses_module.binary_crossentropy,
+                   "BCE": losses_module.binary_crossentropy, "logcosh": log_cosh_error})
+_CLASS_LIST = (Accuracy, CategoricalAccuracy, SparseCategoricalAccuracy, BinaryAccuracy,
+               TopKCategoricalAccuracy, SparseTopKCategoricalAccuracy, MeanSquaredError,
+               MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredLogarithmicError,
+               RootMeanSquaredError, CosineSimilarity, LogCoshError, BinaryCrossentropy,
+               CategoricalCrossentropy, SparseCategoricalCrossentropy, KLDivergence, Poisson, Hinge,
+               SquaredHinge, CategoricalHinge, Precision, Recall, AUC, TruePositives, FalsePositives,
+               TrueNegatives, FalseNegatives)
+_CLASSES = {cls.__name__: cls for cls in _CLASS_LIST}
+# As Keras: snake_case class names ('precision', 'auc', 'root_mean_squared_error') name classes too.
+_CLASSES.update({to_snake_case(cls.__name__): cls for cls in _CLASS_LIST
+                 if to_snake_case(cls.__name__) not in _FUNCTIONS})
 ACCURACY_NAMES = ("accuracy", "acc")
 
 
 def get(identifier):
-    """A metric function or object from a name, a class, a function or an object."""
+    """A metric function or object from a name, a config dict, a class, a function or an object."""
     if isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, str):
@@ -172,6 +594,11 @@ def get(identifier):
         known = sorted(set(_FUNCTIONS) | set(_CLASSES) | set(ACCURACY_NAMES))
         raise ValueError(f"Unknown metric function: {identifier!r}. Use one of {known}, a "
                          "kcompile.metrics.Metric instance, or a function (y_true, y_pred).")
+    if isinstance(identifier, dict):
+        cls = _CLASSES.get(identifier.get("class_name"))
+        if cls is None:
+            raise ValueError(f"Unknown metric class in config {identifier!r}")
+        return cls.from_config(identifier.get("config") or {})
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
     if callable(identifier):
@@ -181,7 +608,8 @@ def get(identifier):
 
 def check(identifier):
     """Raise now (at compile) for an identifier `resolve` would reject later."""
-    if identifier is None or (isinstance(identifier, str) and identifier.lower() in ACCURACY_NAMES):
+    if identifier is None or (isinstance(identifier, str)
+                              and identifier.lower() in ACCURACY_NAMES + ("crossentropy", "ce")):
         return
     get(identifier)
 
@@ -203,8 +631,15 @@ def resolve(identifier, y_true_shape, y_pred_shape) -> Metric:
         if is_sparse:
             return SparseCategoricalAccuracy(name=identifier)
         return CategoricalAccuracy(name=identifier)
+    if isinstance(identifier, str) and identifier.lower() in ("crossentropy", "ce"):
+        is_binary, is_sparse = is_binary_or_sparse_categorical(y_true_shape, y_pred_shape)
+        cls = (BinaryCrossentropy if is_binary else SparseCategoricalCrossentropy if is_sparse
+               else CategoricalCrossentropy)
+        return cls(name=identifier)
     metric = get(identifier)
     if isinstance(metric, Metric):
+        if isinstance(identifier, str):
+            metric.name = identifier  # a fresh object: logged under the name the user wrote
         return metric
     name = identifier if isinstance(identifier, str) else getattr(metric, "__name__", "metric")
     return MeanMetricWrapper(metric, name=name)

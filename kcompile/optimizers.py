@@ -1,27 +1,40 @@
 """Optimizers, as ``keras.optimizers``: their update rules are written in IR ops.
 
-The trainer traces `update_step` for every trainable weight into the train-step graph, so one compiled
-call computes the gradients and applies the update.  An optimizer's state lives in numpy buffers the
-train step updates in place:
+The trainer traces the whole update for every trainable weight into the train-step graph, so one
+compiled call computes the gradients and applies the update.  An optimizer's state lives in numpy
+buffers the train step updates in place:
 
-- 'optimizer/learning_rate' (f32[]): an input, so `optimizer.learning_rate = 0.01` (a callback, a
-  schedule) takes effect at the next step without recompiling;
+- 'optimizer/learning_rate' (f32[]): an input, so `optimizer.learning_rate = 0.01` (a callback)
+  takes effect at the next step without recompiling;
 - 'optimizer/iterations' (i32[]): the number of steps applied; the graph returns iterations + 1;
 - one slot per weight and slot name, '{weight path}/{slot}' (e.g. 'dense/kernel/m').
 
-The rules are Keras 3's, step t = iterations + 1:
+A learning-rate schedule (`kcompile.optimizers.schedules`) is evaluated inside the compiled step
+from 'optimizer/iterations' (step k uses schedule(k), as Keras); the learning-rate buffer then only
+mirrors the current value for saving, and `optimizer.learning_rate` reads the schedule.
+
+One step, in Keras 3's order (`BaseOptimizer._backend_apply_gradients`):
+
+1. clip the gradients: `clipnorm` (each gradient g to g * c / max(|g|, c)), or `global_clipnorm`
+   (all of them by c / max(global norm, c)), or `clipvalue` (each entry to [-c, c]) - at most one;
+2. weight decay, if `weight_decay` is set: w -= w * weight_decay * lr (decoupled, as AdamW);
+3. the rule, with step t = iterations + 1:
 
 - SGD: m = momentum * m - lr * g; w += momentum * m - lr * g (nesterov) or w += m; without momentum
   w -= lr * g.
-- Adam: lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); m += (g - m) * (1 - beta_1);
-  v += (g^2 - v) * (1 - beta_2); w -= lr_t * m / (sqrt(v) + epsilon), with beta^t = exp(t * log(beta)).
+- Adam / AdamW: lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); m += (g - m) * (1 - beta_1);
+  v += (g^2 - v) * (1 - beta_2); (amsgrad: v_hat = max(v_hat, v), used for v);
+  w -= lr_t * m / (sqrt(v) + epsilon), with beta^t = exp(t * log(beta)).
 - RMSprop: v = rho * v + (1 - rho) * g^2; w -= lr * g / sqrt(v + epsilon) (with momentum and centered
   variants).
+- Adagrad: a += g^2 (a starts at initial_accumulator_value); w -= lr * g / sqrt(a + epsilon).
 """
 from __future__ import annotations
 
 import math
 import numbers
+import re
+import sys
 import warnings
 
 import numpy as np
@@ -29,14 +42,18 @@ import numpy as np
 from ir import Node
 from ir import build as B
 
+from kcompile import schedules
 from kcompile.layers.layer import Variable
+
+# NOTE: Keras users write `keras.optimizers.schedules.ExponentialDecay` and also
+# `from keras.optimizers.schedules import ...`; registering the module under that name makes both work.
+sys.modules.setdefault(__name__ + ".schedules", schedules)
 
 LEARNING_RATE = "optimizer/learning_rate"
 ITERATIONS = "optimizer/iterations"
 
 # Arguments of Keras optimizers kcompile does not implement yet: accepted only at their defaults.
-_UNSUPPORTED = {"weight_decay": None, "clipnorm": None, "clipvalue": None, "global_clipnorm": None,
-                "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
+_UNSUPPORTED = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
                 "loss_scale_factor": None, "gradient_accumulation_steps": None}
 
 
@@ -51,10 +68,15 @@ def _check_real(value, argument, low=None, high=None, high_open=False):
     return float(value)
 
 
+def _optional_real(value, argument):
+    return None if value is None else _check_real(value, argument)
+
+
 class Optimizer:
     """Base class.  Subclasses set `slot_names()` and write `update_step` in IR ops."""
 
-    def __init__(self, learning_rate=0.001, name=None, **kwargs):
+    def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
         if "lr" in kwargs:
             legacy = kwargs.pop("lr")
             warnings.warn("The `lr` argument is deprecated, use `learning_rate` instead.",
@@ -70,32 +92,71 @@ class Optimizer:
                                               "yet")
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}")
+        clipping = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        if sum(value is not None for value in clipping.values()) > 1:
+            raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                             f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                             f"global_clipnorm={global_clipnorm}")
+        self.clipnorm = _optional_real(clipnorm, "clipnorm")
+        self.clipvalue = _optional_real(clipvalue, "clipvalue")
+        self.global_clipnorm = _optional_real(global_clipnorm, "global_clipnorm")
+        self.weight_decay = _optional_real(weight_decay, "weight_decay")
         self.name = name or type(self).__name__.lower()
-        self._learning_rate = Variable(np.float32(self._check_learning_rate(learning_rate)),
-                                       "learning_rate", trainable=False)
+        self._schedule = None
+        self._learning_rate = Variable(np.float32(0.0), "learning_rate", trainable=False)
         self._iterations = Variable(np.int32(0), "iterations", trainable=False, dtype=np.int32)
         self._slots: dict[str, Variable] = {}
         self._built = False
+        self._exclude_from_weight_decay: set = set()
+        self._exclude_from_weight_decay_pattern = None
+        self.learning_rate = learning_rate
 
     DEFAULT_LEARNING_RATE = 0.001
 
     @staticmethod
     def _check_learning_rate(value):
+        if isinstance(value, schedules.LearningRateSchedule):
+            return value
         if callable(value):
-            raise NotImplementedError("learning-rate schedules are not supported yet; pass a number "
-                                      "and change `optimizer.learning_rate` from a callback")
+            raise NotImplementedError("learning_rate may be a number or a "
+                                      "kcompile.optimizers.schedules.LearningRateSchedule (evaluated "
+                                      "inside the compiled step); a plain function is not supported")
         return _check_real(value, "learning_rate")
 
     # -- state ----------------------------------------------------------------------------------
 
     @property
     def learning_rate(self) -> float:
-        return float(self._learning_rate.buffer)
+        """The rate the next step uses: the number set, or the schedule at `iterations`."""
+        if self._schedule is None:
+            return float(self._learning_rate.buffer)
+        value = schedules._eager_value(self._schedule, int(self._iterations.buffer))
+        self._learning_rate.buffer[...] = np.float32(value)
+        return value
 
     @learning_rate.setter
     def learning_rate(self, value):
+        value = self._check_learning_rate(value)
+        if isinstance(value, schedules.LearningRateSchedule):
+            self._schedule = value  # the trainer retraces: `trace_signature` changed
+            self.learning_rate  # noqa: B018 - refreshes the mirrored buffer
+            return
+        if self._schedule is not None:
+            # NOTE: restoring a saved state assigns the value the schedule itself gives at the saved
+            # iterations; accept that, reject anything else as Keras does.
+            if math.isclose(value, self.learning_rate, rel_tol=1e-5, abs_tol=1e-12):
+                return
+            raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its "
+                            "`learning_rate` constructor argument, hence its learning rate is not "
+                            "settable. If you need the learning rate to be settable, you should "
+                            "instantiate the optimizer with a float `learning_rate` argument.")
         # In place: compiled train steps read this buffer at every call.
-        self._learning_rate.buffer[...] = np.float32(self._check_learning_rate(float(value)))
+        self._learning_rate.buffer[...] = np.float32(value)
+
+    @property
+    def learning_rate_schedule(self):
+        """The schedule given as `learning_rate`, or None."""
+        return self._schedule
 
     @property
     def iterations(self) -> Variable:
@@ -113,22 +174,29 @@ class Optimizer:
     def slot_names(self) -> tuple:
         return ()
 
+    def slot_initial_value(self, slot: str) -> float:
+        """What a slot starts at (0 unless the rule says otherwise, e.g. Adagrad's accumulator)."""
+        return 0.0
+
     @staticmethod
     def slot_path(variable: Variable, slot: str) -> str:
         return f"{variable.path}/{slot}"
 
     def build(self, variables):
-        """Create (zero) slots for `variables` that have none yet."""
+        """Create slots (at their initial values) for `variables` that have none yet."""
         for variable in variables:
             for slot in self.slot_names():
                 path = self.slot_path(variable, slot)
                 if path not in self._slots:
-                    self._slots[path] = Variable(np.zeros(variable.shape, np.float32), path,
-                                                 trainable=False)
+                    self._slots[path] = Variable(
+                        np.full(variable.shape, self.slot_initial_value(slot), np.float32), path,
+                        trainable=False)
         self._built = True
 
     def state(self) -> dict:
         """Buffers of the train step's optimizer inputs, by graph input name."""
+        if self._schedule is not None:
+            self.learning_rate  # noqa: B018 - the mirrored value, current for saving
         state = {LEARNING_RATE: self._learning_rate.buffer, ITERATIONS: self._iterations.buffer}
         state.update({path: slot.buffer for path, slot in self._slots.items()})
         return state
@@ -136,7 +204,68 @@ class Optimizer:
     def slot(self, variable: Variable, slot: str) -> Variable:
         return self._slots[self.slot_path(variable, slot)]
 
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exempt variables from weight decay: these objects, or names matching these patterns."""
+        self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
+        self._exclude_from_weight_decay_pattern = ("|".join(var_names) if var_names else None)
+
+    def _use_weight_decay(self, variable: Variable) -> bool:
+        if id(variable) in self._exclude_from_weight_decay:
+            return False
+        pattern = self._exclude_from_weight_decay_pattern
+        return pattern is None or re.search(pattern, variable.name) is None
+
     # -- the update, in IR ----------------------------------------------------------------------
+
+    def trace_signature(self) -> tuple:
+        """What the traced update depends on besides the weights: a change needs a new trace."""
+        return (type(self), id(self._schedule), self.clipnorm, self.clipvalue, self.global_clipnorm,
+                self.weight_decay, frozenset(self._exclude_from_weight_decay),
+                self._exclude_from_weight_decay_pattern)
+
+    def current_learning_rate(self, learning_rate: Node, iterations: Node) -> Node:
+        """This step's rate (f32[]): the schedule at `iterations` (i32[]), or the rate input."""
+        if self._schedule is None:
+            return learning_rate
+        rate = self._schedule(B.cast(iterations, "f32"))
+        if not isinstance(rate, Node) or rate.shape != ():
+            raise ValueError(f"learning rate schedule {self._schedule!r} must return a scalar IR "
+                             f"value; got {rate!r}")
+        return B.cast(rate, "f32")
+
+    def clip_gradients(self, gradients: list) -> list:
+        """Keras 3's `_clip_gradients`, in IR."""
+        if self.clipnorm and self.clipnorm > 0:
+            return [self._clip_by_norm(g, self.clipnorm) for g in gradients]
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            squared = None
+            for g in gradients:
+                term = B.reduce_sum(B.mul(g, g))
+                squared = term if squared is None else B.add(squared, term)
+            if squared is None:
+                return gradients
+            # c / max(norm, c): Keras's c * min(1 / norm, 1 / c) without dividing by a zero norm.
+            norm = B.sqrt(squared)
+            scale = B.div(self.global_clipnorm, B.maximum(norm, self.global_clipnorm))
+            return [B.mul(g, scale) for g in gradients]
+        if self.clipvalue and self.clipvalue > 0:
+            return [B.clip(g, -self.clipvalue, self.clipvalue) for g in gradients]
+        return gradients
+
+    @staticmethod
+    def _clip_by_norm(g: Node, clipnorm: float) -> Node:
+        squared = B.reduce_sum(B.mul(g, g))
+        # NOTE: sqrt(0) has an infinite derivative; Keras's "two-tap where" keeps a zero gradient
+        # finite.  The update is not differentiated here, but the same guard keeps the formula equal.
+        positive = B.gt(squared, 0.0)
+        norm = B.select(positive, B.sqrt(B.select(positive, squared, 1.0)), squared)
+        return B.div(B.mul(g, clipnorm), B.maximum(norm, clipnorm))
+
+    def apply_weight_decay(self, variable: Variable, value: Node, learning_rate: Node) -> Node:
+        """w - w * weight_decay * lr (Keras 3's `_apply_weight_decay`), or w."""
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return value
+        return B.sub(value, B.mul(B.mul(value, self.weight_decay), learning_rate))
 
     def update_step(self, gradient: Node, variable: Node, learning_rate: Node, step: Node,
                     slots: dict) -> tuple:
@@ -146,10 +275,17 @@ class Optimizer:
     # -- configuration --------------------------------------------------------------------------
 
     def get_config(self) -> dict:
-        return {"name": self.name, "learning_rate": self.learning_rate}
+        learning_rate = (schedules.serialize(self._schedule) if self._schedule is not None
+                         else self.learning_rate)
+        return {"name": self.name, "learning_rate": learning_rate, "weight_decay": self.weight_decay,
+                "clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
+                "clipvalue": self.clipvalue}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"], custom_objects)
         return cls(**config)
 
     def __repr__(self):
@@ -193,15 +329,13 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-07, amsgrad=False,
                  name="adam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if amsgrad:
-            raise NotImplementedError("Adam(amsgrad=True) is not supported yet")
         self.beta_1 = _check_real(beta_1, "beta_1", low=0.0, high=1.0, high_open=True)
         self.beta_2 = _check_real(beta_2, "beta_2", low=0.0, high=1.0, high_open=True)
         self.epsilon = _check_real(epsilon, "epsilon", low=0.0)
-        self.amsgrad = False
+        self.amsgrad = bool(amsgrad)
 
     def slot_names(self):
-        return ("m", "v")
+        return ("m", "v", "velocity_hat") if self.amsgrad else ("m", "v")
 
     def update_step(self, gradient, variable, learning_rate, step, slots):
         m, v = slots["m"], slots["v"]
@@ -211,14 +345,31 @@ class Adam(Optimizer):
         alpha = B.div(B.mul(learning_rate, B.sqrt(B.sub(1.0, beta_2_power))), B.sub(1.0, beta_1_power))
         m_new = B.add(m, B.mul(B.sub(gradient, m), 1.0 - self.beta_1))
         v_new = B.add(v, B.mul(B.sub(B.mul(gradient, gradient), v), 1.0 - self.beta_2))
-        w_new = B.sub(variable, B.div(B.mul(m_new, alpha), B.add(B.sqrt(v_new), self.epsilon)))
-        return w_new, {"m": m_new, "v": v_new}
+        new = {"m": m_new, "v": v_new}
+        denominator_v = v_new
+        if self.amsgrad:
+            denominator_v = new["velocity_hat"] = B.maximum(slots["velocity_hat"], v_new)
+        w_new = B.sub(variable, B.div(B.mul(m_new, alpha), B.add(B.sqrt(denominator_v), self.epsilon)))
+        return w_new, new
 
     def get_config(self):
         config = super().get_config()
         config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
                        "amsgrad": self.amsgrad})
         return config
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): Keras 3's AdamW, whose
+    `weight_decay` (default 0.004) shrinks every weight by w * weight_decay * lr before the Adam
+    step."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-07, amsgrad=False, name="adamw", **kwargs):
+        if weight_decay is None:
+            raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         amsgrad=amsgrad, name=name, weight_decay=weight_decay, **kwargs)
 
 
 class RMSprop(Optimizer):
@@ -266,7 +417,36 @@ class RMSprop(Optimizer):
         return config
 
 
-_CLASSES = {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop}
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al.), as Keras 3 computes it: per-weight rates shrink with the accumulated
+    squared gradients."""
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-07,
+                 name="adagrad", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.initial_accumulator_value = _check_real(initial_accumulator_value,
+                                                     "initial_accumulator_value", low=0.0)
+        self.epsilon = _check_real(epsilon, "epsilon", low=0.0)
+
+    def slot_names(self):
+        return ("accumulator",)
+
+    def slot_initial_value(self, slot):
+        return self.initial_accumulator_value
+
+    def update_step(self, gradient, variable, learning_rate, step, slots):
+        accumulator = B.add(slots["accumulator"], B.mul(gradient, gradient))
+        increment = B.div(B.mul(gradient, learning_rate), B.sqrt(B.add(accumulator, self.epsilon)))
+        return B.sub(variable, increment), {"accumulator": accumulator}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initial_accumulator_value": self.initial_accumulator_value,
+                       "epsilon": self.epsilon})
+        return config
+
+
+_CLASSES = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def serialize(optimizer: Optimizer) -> dict:
@@ -278,7 +458,8 @@ def deserialize(config: dict) -> Optimizer:
 
 
 def get(identifier) -> Optimizer:
-    """An optimizer from a name ('adam', 'Adam', 'sgd', 'rmsprop'), a config dict, a class or an object."""
+    """An optimizer from a name ('adam', 'Adam', 'adamw', 'sgd', 'rmsprop', 'adagrad'), a config dict,
+    a class or an object."""
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):

@@ -1,0 +1,260 @@
+"""Learning-rate schedules, as ``keras.optimizers.schedules`` (also reachable under that name).
+
+A schedule maps the optimizer's step counter to a learning rate.  It is written in IR ops, so the
+compiled train step evaluates it from its own 'optimizer/iterations' input: no Python runs per step,
+and the rate a step uses is exactly the one `optimizer.learning_rate` reports (the same formula, run
+by the reference interpreter, at the current `iterations`).  As in Keras, step k (counting from 0)
+uses `schedule(k)`.
+
+`schedule(step)` takes an IR value (a float32 scalar, while the train step is traced) or a number
+(traced on the spot and run on the reference interpreter, returning a float).  A custom schedule
+subclasses `LearningRateSchedule` and writes `__call__(self, step)` with `ir.build` ops on `step`.
+
+Two functions Keras uses are not IR primitives: `floor` (staircase decay; the step is never negative,
+so floor is truncation, a cast to int32 and back) and `cos` (CosineDecay), computed as
+sin(pi (1/2 - f)) for the completed fraction f in [0, 1] by its Taylor polynomial to degree 13, whose
+error on [-pi/2, pi/2] is below 7e-10.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+from ir import Node
+from ir import build as B
+
+
+def _eager_value(schedule, step) -> float:
+    from kcompile.layers.layer import call_eagerly
+    import numpy as np
+    return float(call_eagerly(lambda node: schedule(node), np.float32(step)))
+
+
+def _floor_nonnegative(x: Node) -> Node:
+    return B.cast(B.cast(x, "i32"), x.dtype)
+
+
+def _ceil_nonnegative(x: Node) -> Node:
+    whole = _floor_nonnegative(x)
+    return B.add(whole, B.cast(B.gt(x, whole), x.dtype))
+
+
+def _power(base: float | Node, exponent: Node) -> Node:
+    """base ** exponent for base > 0, as exp(exponent * log(base))."""
+    if isinstance(base, Node):
+        return B.exp(B.mul(exponent, B.log(base)))
+    return B.exp(B.mul(exponent, math.log(base)))
+
+
+_SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(7))  # u, u^3, ..., u^13
+
+
+def cos_pi(fraction: Node) -> Node:
+    """cos(pi * fraction) for fraction in [0, 1] (see the module docstring for the error)."""
+    u = B.mul(B.sub(0.5, fraction), math.pi)
+    u2 = B.mul(u, u)
+    result = B.scalar(_SIN_TAYLOR[-1], u)
+    for coefficient in reversed(_SIN_TAYLOR[:-1]):
+        result = B.add(B.mul(result, u2), coefficient)
+    return B.mul(result, u)
+
+
+def _check_positive(value, argument):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"Argument `{argument}` must be > 0. Received: {argument}={value!r}")
+
+
+class LearningRateSchedule:
+    """Base class: `__call__(step)` returns the learning rate for `step` (an IR value or a number)."""
+
+    def __call__(self, step):
+        if not isinstance(step, Node):
+            return _eager_value(self, step)
+        return self.call(step)
+
+    def call(self, step: Node) -> Node:
+        raise NotImplementedError(f"Learning rate schedule '{type(self).__name__}' must override "
+                                  "`__call__(self, step)` (or `call`), written with ir.build ops.")
+
+    def get_config(self) -> dict:
+        raise NotImplementedError(f"Learning rate schedule '{type(self).__name__}' must override "
+                                  "`get_config()` in order to be serializable.")
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored if staircase."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+                 name="ExponentialDecay"):
+        _check_positive(decay_steps, "decay_steps")
+        _check_positive(decay_rate, "decay_rate")
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def call(self, step):
+        p = B.div(step, float(self.decay_steps))
+        if self.staircase:
+            p = _floor_nonnegative(p)
+        return B.mul(_power(float(self.decay_rate), p), float(self.initial_learning_rate))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+
+class InverseTimeDecay(LearningRateSchedule):
+    """initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored if
+    staircase."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+                 name="InverseTimeDecay"):
+        _check_positive(decay_steps, "decay_steps")
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def call(self, step):
+        p = B.div(step, float(self.decay_steps))
+        if self.staircase:
+            p = _floor_nonnegative(p)
+        return B.div(float(self.initial_learning_rate), B.add(B.mul(p, float(self.decay_rate)), 1.0))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+
+class PiecewiseConstantDecay(LearningRateSchedule):
+    """values[0] for step <= boundaries[0], values[i] for boundaries[i-1] < step <= boundaries[i],
+    values[-1] after the last boundary."""
+
+    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+        if len(boundaries) != len(values) - 1:
+            raise ValueError("The length of boundaries should be 1 less than the length of values. "
+                             f"Received: boundaries={boundaries} of length {len(boundaries)}, and "
+                             f"values={values} of length {len(values)}.")
+        self.boundaries = list(boundaries)
+        self.values = list(values)
+        self.name = name
+
+    def call(self, step):
+        result = B.scalar(float(self.values[-1]), step)
+        for boundary, value in reversed(list(zip(self.boundaries, self.values[:-1]))):
+            result = B.select(B.le(step, float(boundary)), float(value), result)
+        return result
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
+
+
+class PolynomialDecay(LearningRateSchedule):
+    """(initial - end) * (1 - step / decay_steps) ^ power + end, with the step capped at decay_steps
+    (or, with `cycle`, decay_steps stretched to the next multiple above the step)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
+                 cycle=False, name="PolynomialDecay"):
+        _check_positive(decay_steps, "decay_steps")
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.end_learning_rate = end_learning_rate
+        self.power = power
+        self.cycle = cycle
+        self.name = name
+
+    def call(self, step):
+        decay_steps = B.scalar(float(self.decay_steps), step)
+        if self.cycle:
+            multiplier = B.select(B.eq(step, 0.0), 1.0, _ceil_nonnegative(B.div(step, decay_steps)))
+            decay_steps = B.mul(decay_steps, multiplier)
+        else:
+            step = B.minimum(step, decay_steps)
+        remaining = B.sub(1.0, B.div(step, decay_steps))
+        if self.power == 1:
+            factor = remaining
+        else:
+            # NOTE: exp(power * log(0)) = exp(-inf) = 0 at the end of the decay, as 0 ** power.
+            factor = _power(remaining, B.scalar(float(self.power), step))
+        scale = float(self.initial_learning_rate) - float(self.end_learning_rate)
+        return B.add(B.mul(factor, scale), float(self.end_learning_rate))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "end_learning_rate": self.end_learning_rate, "power": self.power,
+                "cycle": self.cycle, "name": self.name}
+
+
+class CosineDecay(LearningRateSchedule):
+    """Cosine decay from the initial rate (or from `warmup_target` after a linear warmup of
+    `warmup_steps`) to `alpha` times it over `decay_steps`, then constant."""
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
+                 warmup_target=None, warmup_steps=0):
+        _check_positive(decay_steps, "decay_steps")
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.alpha = alpha
+        self.name = name
+        self.warmup_target = warmup_target
+        self.warmup_steps = warmup_steps
+
+    def _decay(self, step: Node, decay_from: float) -> Node:
+        cosine = B.mul(B.add(cos_pi(B.div(step, float(self.decay_steps))), 1.0), 0.5)
+        decayed = B.add(B.mul(cosine, 1.0 - float(self.alpha)), float(self.alpha))
+        return B.mul(decayed, decay_from)
+
+    def call(self, step):
+        decay_steps = float(self.decay_steps)
+        if self.warmup_target is None:
+            return self._decay(B.minimum(step, decay_steps), float(self.initial_learning_rate))
+        warmup_steps = float(self.warmup_steps)
+        target, initial = float(self.warmup_target), float(self.initial_learning_rate)
+        step = B.minimum(step, decay_steps + warmup_steps)
+        # max(warmup_steps, 1): the warmup branch is computed even when unused; no 0 / 0.
+        warmup = B.add(B.mul(B.div(step, max(warmup_steps, 1.0)), target - initial), initial)
+        decay = self._decay(B.maximum(B.sub(step, warmup_steps), 0.0), target)
+        return B.select(B.lt(step, warmup_steps), warmup, decay)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
+                "warmup_steps": self.warmup_steps}
+
+
+_CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay,
+                                           PolynomialDecay, CosineDecay)}
+
+
+def serialize(schedule: LearningRateSchedule) -> dict:
+    return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
+
+
+def deserialize(config: dict, custom_objects=None) -> LearningRateSchedule:
+    classes = dict(_CLASSES)
+    classes.update(custom_objects or {})
+    cls = classes.get(config.get("class_name")) if isinstance(config, dict) else None
+    if cls is None:
+        raise ValueError(f"Unknown learning rate schedule in config {config!r}; pass custom schedule "
+                         "classes in custom_objects=")
+    return cls.from_config(dict(config.get("config") or {}))
+
+
+def get(identifier):
+    """A schedule object from itself or its `serialize` dict."""
+    if isinstance(identifier, LearningRateSchedule):
+        return identifier
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    raise ValueError(f"Could not interpret learning rate schedule identifier: {identifier!r}")
