@@ -33,7 +33,7 @@ from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
 from . import mathlib
-from .loops import for_range
+from .loops import for_range, smin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -690,13 +690,19 @@ def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
 PARALLEL_MIN_ELEMENTS = 16384
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
 
 
 def _emit_group(fe: "FunctionEmitter", group: Group, threading: bool | None = None) -> None:
     members = set(group.members)
+    # Kernel lowerings that split their work among threads must know whether they may
+    fe.threading = threading
     if group.kind == "matmul" and group.anchor is not None and group.shape == group.anchor.shape \
             and group.anchor.type.rank == 2:
         _emit_blocked_matmul(fe, group, threading)
+    elif group.kind == "matmul" and group.anchor is not None and group.shape == group.anchor.shape \
+            and group.anchor.type.batched and not group.anchor.attr("transpose_a"):
+        _emit_sample_blocked_matmul(fe, group, threading)
     elif group.anchor is not None:
         ops.get(group.anchor.op).lowering.fn(fe, group.anchor, members - {group.anchor})
         emit_elementwise_outputs(fe, group, [o for o in group.outputs if o is not group.anchor])
@@ -784,6 +790,41 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                         one_block(rest)
 
     emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
+                      threading=threading)
+
+
+def _emit_sample_blocked_matmul(fe, group: Group, threading) -> None:
+    """A matmul `a[?, R..., K] @ b` (R... static rows per sample: the pixels of a convolution's
+    im2col patches) and its epilogue, by blocks of whole samples: each block's rows of C are
+    computed and consumed by the epilogue while in cache, and blocks are shared among threads
+    (column blocks would leave a thread idle: a convolution has few output channels)."""
+    from .parallel import emit_parallel_for
+    node = group.anchor
+    a, bm = node.operands
+    _, n, k = matmul_dims(fe.builder, node, fe.n)
+    per_sample = int(np.prod(a.shape[1:-1], dtype=np.int64))
+    samples = max(1, SAMPLE_BLOCK_ROWS // per_sample)
+    epilogue = [o for o in group.outputs if o is not node]
+    T = VALUE_TYPES[node.dtype]
+    b = fe.builder
+    blocks = b.udiv(b.add(fe.n, c64(samples - 1)), c64(samples))
+    # a parallel chunk should hold ~10 us of work: a few MFLOP
+    min_blocks = max(1, -(-2_000_000 // (2 * samples * per_sample * n * k)))
+
+    def body(builder, lo, hi, values):
+        chunk = fe.derive(builder, values)
+        a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
+        with for_range(builder, lo, hi, name="blk") as blk:
+            first = builder.mul(blk, c64(samples))
+            last = smin(builder, builder.add(first, c64(samples)), chunk.n)
+            rows = builder.mul(builder.sub(last, first), c64(per_sample))
+            start = builder.mul(first, c64(per_sample))
+            a_blk = builder.gep(a_ptr, [builder.mul(start, c64(k))], source_etype=T)
+            c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
+            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k)
+            emit_elementwise_outputs(chunk, group, epilogue, {0: (first, last)})
+
+    emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=min_blocks, name="samples",
                       threading=threading)
 
 
