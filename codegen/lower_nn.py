@@ -1,18 +1,22 @@
-"""Lowerings of the ops of `ir.ops_nn` (patches, patches_grad, gather, scatter_add).
+"""Lowerings of the ops of `ir.ops_nn`.
 
-`patches` and `patches_grad` are `Index` lowerings: a value at an index is a load (or a static,
-unrolled sum of loads) at another index of the operand.  Every index they compute depends on the
-outer loop variables only, never on the innermost channel axis `c`, so the addresses are affine in
-`c` with unit stride and the bounds checks are uniform along it: the channel loop vectorizes.  Out
-of range positions load from a clamped (valid) index and are replaced by a `select`, so no load
-is ever conditional.
+`patches`, `max_pool`, `max_pool_grad` and `gather` are `Index` lowerings: a value at an index is a
+load (or a static, unrolled max or sum of loads) at other indices of the operands; `patches_grad`
+computes the same kind of sum per pixel in a kernel of its own (see `ir.ops_nn` for why it is a
+reduction).  Every index the window ops compute depends on the outer loop variables only, never on
+the innermost channel axis `c`, so the addresses are affine in `c` with unit stride and the bounds
+checks are uniform along it: the channel loop vectorizes.  Out of range positions load from a
+clamped (valid) index and are replaced by a `select`, so no load is ever conditional.
 
 `scatter_add` is a `Kernel`: the output is zeroed, then every update row is added to the row its
 id picks (in order, so the compiled sum rounds as the reference's `np.add.at`).
 """
 from __future__ import annotations
 
-from .lower import I64, STORAGE_TYPES, Evaluator, Index, Kernel, c64, constant, loop_nest, lowers
+import math
+
+from .lower import (I64, STORAGE_TYPES, Evaluator, Index, Kernel, _intrinsic, c64, constant, loop_nest,
+                    lowers)
 
 
 def _in_range(b, value, size: int):
@@ -28,6 +32,15 @@ def _and(b, a, c):
     return b.and_(a, c)
 
 
+def _tap_position(b, out, tap, stride: int, low: int):
+    """Input position out * stride + tap - low of a window tap (`tap` an int or an i64 value)."""
+    p = b.mul(out, c64(stride)) if stride != 1 else out
+    if isinstance(tap, int):
+        return b.add(p, c64(tap - low)) if tap != low else p
+    p = b.add(p, tap)
+    return b.sub(p, c64(low)) if low else p
+
+
 @lowers("patches", Index)
 def _patches(ev, node, index):
     (x,) = node.operands
@@ -36,11 +49,7 @@ def _patches(ev, node, index):
     (sh, sw), (pt, pb, pl, pr) = node.attr("strides"), node.attr("pads")
     height, width = x.shape[1], x.shape[2]
 
-    def position(out, tap, stride, low):
-        p = b.add(b.mul(out, c64(stride)) if stride != 1 else out, tap)
-        return b.sub(p, c64(low)) if low else p
-
-    ih, iw = position(oh, i, sh, pt), position(ow, j, sw, pl)
+    ih, iw = _tap_position(b, oh, i, sh, pt), _tap_position(b, ow, j, sw, pl)
     inside = None
     # NOTE: without padding on an axis every window lies inside the image (the output size is
     # computed so), so that axis needs no check.
@@ -72,8 +81,8 @@ def _window_taps(b, pixel, tap: int, stride: int, low: int, outputs: int, size: 
     return b.udiv(t, c64(stride)), _and(b, valid, divisible)
 
 
-@lowers("patches_grad", Index)
-def _patches_grad(ev, node, index):
+def _col2im_at(ev, node, index):
+    """patches_grad at one pixel: the sum over the (statically unrolled) taps whose window covers it."""
     (g,) = node.operands
     b = ev.builder
     n, h, w, c = index
@@ -99,6 +108,95 @@ def _patches_grad(ev, node, index):
                 term = ev.value(g, (n, b.select(valid, r, zero_index), b.select(valid, q, zero_index),
                                     c64(i), c64(j), c))
                 term = b.select(valid, term, zero)
+            total = term if total is None else b.fadd(total, term)
+    return zero if total is None else total
+
+
+@lowers("patches_grad", Kernel)
+def _patches_grad_kernel(emitter, node, members):
+    """Each pixel computed once, rows of the batch shared among threads (when the kernel may open
+    parallel regions: never in exported code)."""
+    def pixels(fe, ranges=None):
+        ev = Evaluator(fe, members)
+        with loop_nest(fe.builder, node.shape, fe.n, ranges) as index:
+            ev.store(node, index, _col2im_at(ev, node, index))
+            ev.memo.clear()
+    emit_rows_in_parallel(emitter, node.shape, pixels)
+
+
+def emit_rows_in_parallel(emitter, shape, body) -> None:
+    """body(emitter, ranges) over all of `shape`, split by rows of axis 0 among threads when there
+    is enough work (as `lower._emit_parallel_elementwise` splits elementwise kernels)."""
+    from .lower import PARALLEL_MIN_ELEMENTS
+    from .parallel import emit_parallel_for
+    threading = getattr(emitter, "threading", False)
+    row_elements = max(1, math.prod(shape[1:]))
+    min_rows = max(1, PARALLEL_MIN_ELEMENTS // row_elements)
+    if threading is False or not shape or (shape[0] is not None and shape[0] < 2 * min_rows):
+        body(emitter, None)
+        return
+
+    def chunk(builder, lo, hi, values):
+        body(emitter.derive(builder, values), {0: (lo, hi)})
+
+    emit_parallel_for(emitter.builder, 0, emitter.n if shape[0] is None else shape[0],
+                      emitter.captures(), chunk, min_chunk=min_rows, name="rows", threading=threading)
+
+
+@lowers("max_pool", Index)
+def _max_pool(ev, node, index):
+    (x,) = node.operands
+    b = ev.builder
+    n, oh, ow, c = index
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = node.attr("size"), node.attr("strides"), node.attr("pads")
+    height, width = x.shape[1], x.shape[2]
+    best = None
+    zero = c64(0)
+    for i in range(kh):
+        ih = _tap_position(b, oh, i, sh, pt)
+        row_ok = _in_range(b, ih, height) if (pt or pb) else None
+        for j in range(kw):
+            iw = _tap_position(b, ow, j, sw, pl)
+            ok = _and(b, row_ok, _in_range(b, iw, width) if (pl or pr) else None)
+            if ok is None:
+                value = ev.value(x, (n, ih, iw, c))
+            else:
+                value = ev.value(x, (n, b.select(ok, ih, zero), b.select(ok, iw, zero), c))
+                # padding never wins: it reads as -inf
+                value = b.select(ok, value, constant(node.dtype, float("-inf")))
+            # NOTE: llvm.maximum propagates NaN, as numpy's max does
+            best = value if best is None else _intrinsic(b, "llvm.maximum", [best, value])
+    return best
+
+
+@lowers("max_pool_grad", Index)
+def _max_pool_grad(ev, node, index):
+    x, y, g = node.operands
+    b = ev.builder
+    n, h, w, c = index
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = node.attr("size"), node.attr("strides"), node.attr("pads")
+    oh, ow = y.shape[1], y.shape[2]
+    height, width = x.shape[1], x.shape[2]
+    pixel = ev.value(x, index)
+    zero_index = c64(0)
+    zero = constant(node.dtype, 0.0)
+    total = None
+    for i in range(kh):
+        rows = _window_taps(b, h, i, sh, pt, oh, height)
+        if rows is None:
+            continue
+        for j in range(kw):
+            cols = _window_taps(b, w, j, sw, pl, ow, width)
+            if cols is None:
+                continue
+            (r, row_ok), (q, col_ok) = rows, cols
+            valid = _and(b, row_ok, col_ok)
+            if valid is not None:
+                r, q = b.select(valid, r, zero_index), b.select(valid, q, zero_index)
+            window = (n, r, q, c)
+            hit = b.fcmp_ordered("==", pixel, ev.value(y, window))
+            hit = hit if valid is None else b.and_(valid, hit)
+            term = b.select(hit, ev.value(g, window), zero)
             total = term if total is None else b.fadd(total, term)
     return zero if total is None else total
 

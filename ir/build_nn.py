@@ -2,8 +2,9 @@
 
 A 2-D convolution is `patches` (im2col) reshaped to rows of `KH*KW*C` taps, times the kernel
 reshaped to `[KH*KW*C, C_out]`: the product runs on the GEMM, and its gradients are a GEMM and
-`patches_grad` (col2im).  Pooling is a reduction over the window axes of `patches`; inside one
-kernel the reduction evaluates `patches` at each index (the windows are never stored).
+`patches_grad` (col2im).  Average pooling is a sum over the window axes of `patches` (inside the
+reduction's kernel `patches` is evaluated at each index: the windows are never stored); max pooling
+is that with `reduce_max`, fused into the `max_pool` primitive and its gradient.
 """
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def patches_grad(g: Node, size, strides, pads, image) -> Node:
                 image=tuple(image))
 
 
+def max_pool(x: Node, size, strides, pads) -> Node:
+    return make("max_pool", (x,), size=tuple(size), strides=tuple(strides), pads=tuple(pads))
+
+
+def max_pool_grad(x: Node, y: Node, g: Node, size, strides, pads) -> Node:
+    return make("max_pool_grad", (x, y, g), size=tuple(size), strides=tuple(strides),
+                pads=tuple(pads))
+
+
 def gather(table: Node, ids: Node) -> Node:
     return make("gather", (table, ids))
 
@@ -86,7 +96,7 @@ def pool2d(x: Node, size, strides, padding: str, mode: str) -> Node:
     size, strides = tuple(size), tuple(strides)
     pads = image_pads(x.shape, size, strides, padding)
     if mode == "max":
-        return B.reduce_max(patches(x, size, strides, pads, -np.inf), (3, 4))
+        return max_pool(x, size, strides, pads)
     if mode != "avg":
         raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
     total = B.reduce_sum(patches(x, size, strides, pads), (3, 4))
@@ -99,4 +109,4 @@ def pool2d(x: Node, size, strides, padding: str, mode: str) -> Node:
 
 
 __all__ = ["PADDINGS", "window_pads", "image_pads", "window_output_size", "patches", "patches_grad",
-           "gather", "scatter_add", "conv2d", "pool2d"]
+           "max_pool", "max_pool_grad", "gather", "scatter_add", "conv2d", "pool2d"]

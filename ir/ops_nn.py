@@ -1,6 +1,6 @@
 """The primitives of convolutional and embedding layers, registered like every other op (`ir.ops`).
 
-Four ops, two adjoint pairs; everything else these layers need is a composite (`ir.build_nn`):
+Six ops; everything else these layers need is a composite (`ir.build_nn`):
 
 - `patches` (im2col): the `size` windows of a channels-last image, `x[N,H,W,C] ->
   [N,OH,OW,KH,KW,C]`, zero (or `pad_value`) outside the padded input.  A convolution is `patches`
@@ -9,12 +9,21 @@ Four ops, two adjoint pairs; everything else these layers need is a composite (`
   lowering computes is uniform along the innermost channel axis (the loop vectorizes; padding
   checks hoist).
 - `patches_grad` (col2im): its adjoint, each input pixel's sum of the patch entries that copied it.
+  A reduction (the kernel sums the windows covering each pixel once, in a loop of its own), not an
+  injective op: inlined into a consumer that reads it at several pixels, it would be recomputed
+  there KH*KW-fold.
+- `max_pool`: the maximum of each window (padding ignored) and `max_pool_grad`, which routes a
+  gradient back to the positions equal to their window's maximum.  (Max pooling is also
+  `reduce_max` over `patches`; the two ops are that composite and its gradient fused, without the
+  windows ever stored.)  NOTE: every position equal to its window's maximum receives the gradient
+  (reduce_max's rule); Keras on TensorFlow picks one.  They differ only on exact ties.
 - `gather`: rows of a table picked by integer ids (Embedding), `table[V,D...], ids[S...] ->
   [S...,D...]`.  Ids are clamped to [0, V-1], as JAX does (no bounds error can be raised from a
   compiled kernel, and reading outside the table is not an option).
 - `scatter_add`: its adjoint, the sum of the update rows sent to each id.
 
-Each pair differentiates into the other, so gradients of any order stay in IR ops.
+patches/patches_grad and gather/scatter_add differentiate into each other; max_pool_grad's own
+gradient is its composite form, so gradients of any order stay in IR ops.
 """
 from __future__ import annotations
 
@@ -63,16 +72,21 @@ def _patches_infer(types, attrs):
     return TensorType(x.dtype, (x.shape[0], oh, ow, kh, kw, c))
 
 
-def _patches_ref(values, attrs, node, batch=None):
-    (x,) = values
-    (kh, kw), (sh, sw), (pt, pb, pl, pr) = attrs["size"], attrs["strides"], attrs["pads"]
-    _, oh, ow = node.shape[:3]
-    padded = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=attrs["pad_value"])
-    out = np.empty(concrete(node.shape, batch), x.dtype)
+def windows_of(x, size, strides, pads, pad_value):
+    """numpy im2col: the [N,OH,OW,KH,KW,C] windows of x (the semantics of `patches`)."""
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = size, strides, pads
+    oh = window_output_size(x.shape[1], kh, sh, pt, pb)
+    ow = window_output_size(x.shape[2], kw, sw, pl, pr)
+    padded = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
+    out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]), x.dtype)
     for i in range(kh):
         for j in range(kw):
             out[:, :, :, i, j, :] = padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
     return out
+
+
+def _patches_ref(values, attrs, node, batch=None):
+    return windows_of(values[0], attrs["size"], attrs["strides"], attrs["pads"], attrs["pad_value"])
 
 
 def _grad_patches(node, g):
@@ -110,6 +124,55 @@ def _patches_grad_ref(values, attrs, node, batch=None):
 
 def _grad_patches_grad(node, g):
     return [_nn().patches(g, node.attr("size"), node.attr("strides"), node.attr("pads"))]
+
+
+# ----------------------------------------------------------------------------------------------
+# max_pool / max_pool_grad
+# ----------------------------------------------------------------------------------------------
+
+def _max_pool_infer(types, attrs):
+    (x,) = types
+    p = _patches_infer(types, attrs)
+    return TensorType(x.dtype, p.shape[:3] + (x.shape[3],))
+
+
+def _max_pool_ref(values, attrs, node, batch=None):
+    (x,) = values
+    return windows_of(x, attrs["size"], attrs["strides"], attrs["pads"], -np.inf).max(axis=(3, 4))
+
+
+def _grad_max_pool(node, g):
+    (x,) = node.operands
+    return [_nn().max_pool_grad(x, node, g, node.attr("size"), node.attr("strides"), node.attr("pads"))]
+
+
+def _max_pool_grad_infer(types, attrs):
+    x, y, g = types
+    pooled = _max_pool_infer([x], attrs)
+    if y != pooled or g != pooled:
+        raise ValueError(f"max_pool_grad needs (x, max_pool(x), gradient) of types ({x}, {pooled}, "
+                         f"{pooled}); got ({x}, {y}, {g})")
+    return x
+
+
+def _max_pool_grad_ref(values, attrs, node, batch=None):
+    x, y, g = values
+    windows = windows_of(x, attrs["size"], attrs["strides"], attrs["pads"], -np.inf)
+    routed = np.where(windows == y[:, :, :, None, None, :], g[:, :, :, None, None, :], 0)
+    return _patches_grad_ref([routed.astype(g.dtype)], dict(attrs, image=x.shape[1:3]), node, batch)
+
+
+def _grad_max_pool_grad(node, g):
+    """The adjoint of routing, as a composite: per window, the sum of `g` over the positions equal
+    to the window's maximum (linear in the routed gradient; x and y only select)."""
+    from . import build as B
+    x, y, _ = node.operands
+    size, strides, pads = node.attr("size"), node.attr("strides"), node.attr("pads")
+    windows = _nn().patches(x, size, strides, pads, -np.inf)
+    maxima = B.broadcast(B.reshape(y, y.shape[:3] + (1, 1, y.shape[3])), windows.shape)
+    picked = B.select(B.eq(windows, maxima), _nn().patches(g, size, strides, pads),
+                      B.zeros_like(windows))
+    return [None, None, B.reduce_sum(picked, (3, 4))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,9 +236,16 @@ register("patches", infer=_patches_infer, reference=_patches_ref, grad=_grad_pat
          doc="im2col: x[N,H,W,C] -> [N,OH,OW,KH,KW,C], the size=(kh,kw) windows at strides=(sh,sw) "
              "of x padded by pads=(top,bottom,left,right) with pad_value")
 register("patches_grad", infer=_patches_grad_infer, reference=_patches_grad_ref,
-         grad=_grad_patches_grad, kind=INJECTIVE,
+         grad=_grad_patches_grad, kind=REDUCE,
          doc="col2im, the adjoint of patches: g[N,OH,OW,KH,KW,C] -> [N,H,W,C] with image=(H,W), each "
              "pixel the sum of the patch entries copied from it")
+register("max_pool", infer=_max_pool_infer, reference=_max_pool_ref, grad=_grad_max_pool,
+         kind=INJECTIVE, doc="x[N,H,W,C] -> [N,OH,OW,C], the maximum of each size=(kh,kw) window at "
+                             "strides=(sh,sw); pads=(top,bottom,left,right) never win")
+register("max_pool_grad", infer=_max_pool_grad_infer, reference=_max_pool_grad_ref,
+         grad=_grad_max_pool_grad, kind=INJECTIVE,
+         doc="(x, y=max_pool(x), g) -> [N,H,W,C]: each pixel the sum of g over the windows whose "
+             "maximum it equals")
 register("gather", infer=_gather_infer, reference=_gather_ref, grad=_grad_gather, kind=INJECTIVE,
          doc="table[V,D...] rows at i32 ids[S...] -> [S...,D...]; ids clamped to [0, V-1]")
 register("scatter_add", infer=_scatter_add_infer, reference=_scatter_add_ref, grad=_grad_scatter_add,

@@ -16,7 +16,7 @@ from ir import build_nn as NN
 def nn_cases() -> list:
     # NOTE: imported here, not at the top: tests/opinfo.py imports this module while it is itself
     # being imported, so its names exist only once `_case_list` has run.
-    from opinfo import N, T, OpCase, distinct, each, expand, standard, unit
+    from opinfo import N, T, OpCase, distinct, each, expand, standard, unit, with_specials
 
     cases: list = []
     add = cases.extend
@@ -53,7 +53,7 @@ def nn_cases() -> list:
                    lambda x, k, padding=padding, strides=strides: NN.conv2d(x, k, strides, padding),
                    (image, ((3, 3, 3, 4), T)), **conv_tol))
     for padding in ("valid", "same"):
-        add(expand(("f32",), "patches", f"max_pool_{padding}",
+        add(expand(("f32", "f64"), "max_pool", f"max_pool_{padding}",
                    lambda x, padding=padding: {"s2": NN.pool2d(x, (2, 2), (2, 2), padding, "max"),
                                                "s1": NN.pool2d(x, (3, 2), (1, 1), padding, "max")},
                    (image,), gen=each(distinct), grad=True, rtol=1e-6))
@@ -61,6 +61,17 @@ def nn_cases() -> list:
                    lambda x, padding=padding: {"s2": NN.pool2d(x, (2, 2), (2, 2), padding, "avg"),
                                                "s1": NN.pool2d(x, (3, 2), (1, 1), padding, "avg")},
                    (image,), grad=True, rtol=1e-5, atol=1e-6))
+    # the gradient routed on its own (and differentiated again: its gradient is a composite);
+    # windows that overlap sum the gradients of every window a pixel is the maximum of
+    for label, size, strides, pads in windows[:4]:
+        shape = NN.max_pool(B.arg("x", "f32", image[0]), size, strides, pads).shape
+        add(expand(("f32", "f64"), "max_pool_grad", f"max_pool_grad_{label}",
+                   lambda x, g, size=size, strides=strides, pads=pads:
+                   NN.max_pool_grad(x, NN.max_pool(x, size, strides, pads), g, size, strides, pads),
+                   (image, (shape, T)), gen=each(distinct), grad=True, rtol=1e-6, atol=1e-6))
+    add(expand(("f32",), "max_pool", "max_pool_specials",
+               lambda x: NN.max_pool(x, (2, 2), (2, 2), (0, 1, 0, 1)), (image,),
+               gen=each(with_specials)))
 
     # gather / scatter_add: ids cover the table, repeat, and fall outside it (clamped)
     def ids_and(rng, specs):
