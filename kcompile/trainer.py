@@ -3,18 +3,25 @@
 The graph contract (the same for every target; `kcompile.backend.make_runner` runs the graphs):
 
 - predict: inputs 'x', then every weight by path ('dense/kernel', 'dense/bias', ...); output 'y_pred'.
-- eval: inputs 'x', 'y', weights; outputs 'loss' (the batch's reduced loss, a scalar) and one scalar
-  per metric, named as the metric is logged ('accuracy'): the SUM of its per-prediction values.
-- train: inputs 'x', 'y', 'seed' (u32[], random layers' stream key), weights, the optimizer's
+- eval: inputs 'x', 'y', ['sample_weight' (f32[?]) in a weighted program], weights; outputs 'loss'
+  (the batch's reduced loss, a scalar) and each metric's batch sums (`Metric.trace_sums`): the first
+  named as the metric is logged ('accuracy'), others '{name}/{key}' ('precision/fp').  Python adds
+  the sums over an epoch and the metric's finisher turns the totals into its result.
+- train: inputs 'x', 'y', ['sample_weight'], 'seed' (u32[], random layers' stream key), weights, the
+  optimizer's
   'optimizer/learning_rate' (f32[]), 'optimizer/iterations' (i32[]) and slots ('{weight}/m', ...);
   outputs 'loss', the metric sums, then the in-place updates, named like the inputs they replace:
   every trainable weight, every slot, and 'optimizer/iterations'.
 
-Axis 0 of x, y and y_pred is the batch dimension (None), so one graph serves every batch size.
+Axis 0 of x, y and y_pred is the batch dimension (None), so one graph serves every batch size.  The
+train step clips the gradients, applies weight decay and evaluates a learning-rate schedule from
+'optimizer/iterations' in the graph (`Optimizer.clip_gradients`, `apply_weight_decay`,
+`current_learning_rate`).
 
-The loops do all validation and conversion once, before the first step (a bad input raises with the
-model untouched); per step they slice or gather a batch into staging buffers, make one runner call and
-add a few floats.  Callbacks get batch hooks only if they define them, and progress bars are updated
+With arrays, the loops do all validation and conversion once, before the first step (a bad input
+raises with the model untouched); per step they slice or gather a batch into staging buffers, make one
+runner call and add a few floats.  Batches from a generator or another batch source
+(`kcompile.data_adapters`) are checked and converted one by one.  Callbacks get batch hooks only if they define them, and progress bars are updated
 at most every `PROGRESS_INTERVAL` seconds (and at the last step).
 """
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +37,7 @@ import numpy as np
 import ir
 from ir import build as B
 
-from kcompile import backend, losses, metrics as metrics_module, optimizers
+from kcompile import backend, data_adapters, losses, metrics as metrics_module, optimizers
 from kcompile.errors import DataTypeError
 from kcompile.layers.layer import TraceScope, format_shape
 from kcompile.utils.random import get_generator, next_seed
@@ -64,23 +72,45 @@ def _weight_inputs(model, dtype: str) -> dict:
     return bindings
 
 
-def _loss_and_metrics(model, loss, metric_objects, y, y_pred):
-    """The scalar loss and (name, batch sum, values per row) for every metric."""
+@dataclass(frozen=True)
+class MetricReadout:
+    """How one logged metric is read: the graph outputs holding its batch sums (by the metric's keys)
+    and the finisher `finish(totals by key, samples seen) -> result`."""
+    name: str
+    outputs: tuple
+    keys: tuple
+    finish: object
+
+
+def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None):
+    """The scalar loss, the metric outputs [(graph output name, batch sum)] and a readout per metric.
+
+    `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
+    (compile's `weighted_metrics`) see the sample weights, as in Keras."""
     loss_object = losses.as_loss_object(loss)
-    loss_value = loss_object(y, y_pred)
+    loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
     if loss_value.type.rank != 0:
         raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
                          "a loss with reduction='none' cannot be trained on")
-    results = []
-    for name, metric in metric_objects:
-        values = metric.values(y, y_pred)
-        if values.dtype not in ("f32", "f64"):
-            values = B.cast(values, y_pred.dtype)
-        per_row = values.type.static_size if values.type.batched else None
-        if per_row is None:
-            raise ValueError(f"metric {name!r} must give one value per sample; got shape {values.shape}")
-        results.append((name, B.reduce_sum(values), per_row))
-    return loss_value, results
+    outputs, readouts = [], []
+    for entry in metric_objects:
+        name, metric = entry[0], entry[1]
+        weighted = len(entry) > 2 and entry[2]
+        if not isinstance(metric, metrics_module.Metric):
+            metric = metrics_module.MeanMetricWrapper(metric, name=name)
+        sums, finish = metric.trace_sums(y, y_pred, sample_weight if weighted else None)
+        names = []
+        for key, value in sums.items():
+            if value.type.batched:
+                raise ValueError(f"metric {name!r}: its sum {key!r} must be reduced over the batch; got "
+                                 f"shape {value.shape}")
+            if value.dtype not in ("f32", "f64"):
+                value = B.cast(value, y_pred.dtype)
+            output = name if key == "" else f"{name}/{key}"
+            outputs.append((output, value))
+            names.append(output)
+        readouts.append(MetricReadout(name, tuple(names), tuple(sums), finish))
+    return loss_value, outputs, readouts
 
 
 def trace_predict(model, dtype: str = "f32") -> ir.Graph:
@@ -95,22 +125,34 @@ def _target_input(spec: TargetSpec, dtype: str):
     return B.arg("y", "i32" if spec.dtype == "i32" else dtype, spec.shape)
 
 
-def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32") -> ir.Graph:
+def _sample_weight_input(weighted: bool, dtype: str):
+    return B.arg("sample_weight", dtype, (None,)) if weighted else None
+
+
+def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32", weighted=False,
+               readouts: list | None = None) -> ir.Graph:
+    """The eval step: loss and metric sums; `readouts` (a list) receives the metrics' readouts."""
     x = B.arg("x", dtype, model.input_shape)
     y = _target_input(spec, dtype)
+    sample_weight = _sample_weight_input(weighted, dtype)
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights):
         y_pred = model(x, training=False)
-    loss_value, metric_values = _loss_and_metrics(model, loss, metric_objects, y, y_pred)
-    outputs = [("loss", loss_value)] + [(name, value) for name, value, _ in metric_values]
-    return ir.verify(ir.Graph("eval", [x, y, *weights.values()], outputs))
+    loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
+                                                                    y_pred, sample_weight)
+    if readouts is not None:
+        readouts.extend(metric_readouts)
+    inputs = [x, y] + ([sample_weight] if weighted else []) + list(weights.values())
+    return ir.verify(ir.Graph("eval", inputs, [("loss", loss_value)] + metric_outputs))
 
 
 def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
-                dtype: str = "f32") -> ir.Graph:
-    """The train step: forward in training mode, gradients, and the optimizer's update, in one graph."""
+                dtype: str = "f32", weighted=False, readouts: list | None = None) -> ir.Graph:
+    """The train step: forward in training mode, gradients, and the optimizer's update, in one graph;
+    `readouts` (a list) receives the metrics' readouts."""
     x = B.arg("x", dtype, model.input_shape)
     y = _target_input(spec, dtype)
+    sample_weight = _sample_weight_input(weighted, dtype)
     seed = B.arg("seed", "u32", ())
     weights = _weight_inputs(model, dtype)
     learning_rate = B.arg(optimizers.LEARNING_RATE, "f32", ())
@@ -125,22 +167,29 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
 
     with TraceScope(weights, seed=seed):
         y_pred = model(x, training=True)
-    loss_value, metric_values = _loss_and_metrics(model, loss, metric_objects, y, y_pred)
+    loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
+                                                                    y_pred, sample_weight)
+    if readouts is not None:
+        readouts.extend(metric_readouts)
     gradients = ir.gradients(loss_value, [weights[v] for v in trainable])
 
+    # Keras 3's order: clip the gradients, decay the weights, then the optimizer's rule.
     next_iterations = B.add(iterations, 1)
     step = B.cast(next_iterations, dtype)
-    rate = B.cast(learning_rate, dtype)
+    rate = B.cast(optimizer.current_learning_rate(learning_rate, iterations), dtype)
+    gradients = optimizer.clip_gradients(gradients)
     weight_updates, slot_updates = [], []
     for variable, gradient in zip(trainable, gradients):
         own_slots = {slot: slots[optimizer.slot_path(variable, slot)] for slot in optimizer.slot_names()}
-        new_value, new_slots = optimizer.update_step(gradient, weights[variable], rate, step, own_slots)
+        value = optimizer.apply_weight_decay(variable, weights[variable], rate)
+        new_value, new_slots = optimizer.update_step(gradient, value, rate, step, own_slots)
         weight_updates.append((variable.path, new_value))
         slot_updates += [(optimizer.slot_path(variable, s), v) for s, v in new_slots.items()]
 
-    outputs = [("loss", loss_value)] + [(name, value) for name, value, _ in metric_values]
+    outputs = [("loss", loss_value)] + metric_outputs
     outputs += weight_updates + slot_updates + [(optimizers.ITERATIONS, next_iterations)]
-    inputs = [x, y, seed, *weights.values(), learning_rate, iterations, *slots.values()]
+    inputs = [x, y] + ([sample_weight] if weighted else [])
+    inputs += [seed, *weights.values(), learning_rate, iterations, *slots.values()]
     return ir.verify(ir.Graph("train", inputs, outputs))
 
 
@@ -174,12 +223,6 @@ def check_verbose(verbose) -> int:
         return int(verbose)
     raise ValueError(f"verbose must be 'auto', 0 (silent), 1 (progress bar) or 2 (one line per epoch); "
                      f"got verbose={verbose!r}")
-
-
-def _not_supported(**arguments):
-    for name, value in arguments.items():
-        if value is not None:
-            raise NotImplementedError(f"{name}= is not supported yet")
 
 
 def numeric_array(data, argument: str) -> np.ndarray:
@@ -224,14 +267,23 @@ def _check_lengths(x, y, x_name, y_name):
         raise ValueError(f"`{x_name}` has no samples; pass at least one")
 
 
+def _check_steps(value, argument):
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{argument} must be a positive integer (a number of batches) or None; got "
+                         f"{argument}={value!r}")
+    return int(value)
+
+
 def _unpack_validation_data(validation_data):
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-        raise ValueError("validation_data must be a tuple (x_val, y_val); got "
+        raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                         "val_sample_weight), or a generator of such batches; got "
                          f"{type(validation_data).__name__}")
     if len(validation_data) == 3:
-        if validation_data[2] is not None:
-            raise NotImplementedError("validation sample weights are not supported yet")
-    return validation_data[0], validation_data[1]
+        return validation_data[0], validation_data[1], validation_data[2]
+    return validation_data[0], validation_data[1], None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,13 +349,53 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
 # ----------------------------------------------------------------------------------------------
 
 class _Program:
-    __slots__ = ("graph", "runner", "metric_names", "metric_counts")
+    __slots__ = ("graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums")
 
-    def __init__(self, graph, runner, metric_names=(), metric_counts=()):
+    def __init__(self, graph, runner, readouts=()):
         self.graph = graph
         self.runner = runner
-        self.metric_names = tuple(metric_names)
-        self.metric_counts = tuple(metric_counts)
+        self.readouts = tuple(readouts)
+        self.metric_names = tuple(readout.name for readout in self.readouts)
+        # Every metric's graph outputs, in order; vector sums (AUC's per-threshold counts) are added
+        # as arrays, scalar ones as floats.
+        self.sum_names = tuple(name for readout in self.readouts for name in readout.outputs)
+        self.vector_sums = tuple(graph.output(name).type.rank > 0 for name in self.sum_names)
+
+
+class _Totals:
+    """Running sums of an epoch or an evaluation: the loss weighted by each batch's rows (Keras's
+    loss tracker), the metric sums, and the samples seen."""
+
+    __slots__ = ("program", "loss_total", "seen", "sums")
+
+    def __init__(self, program: _Program):
+        self.program = program
+        self.loss_total = 0.0
+        self.seen = 0
+        self.sums = [0.0] * len(program.sum_names)
+
+    def add(self, output, rows: int):
+        """Add one step's outputs (`runner.output`) for a batch of `rows` samples."""
+        self.loss_total += float(output("loss", rows)) * rows
+        sums, vector = self.sums, self.program.vector_sums
+        for i, name in enumerate(self.program.sum_names):
+            if vector[i]:
+                sums[i] = sums[i] + output(name, rows)  # a new array: output buffers are reused
+            else:
+                sums[i] += float(output(name, rows))
+        self.seen += rows
+
+    def logs(self) -> dict:
+        """Running results, sorted by name as Keras 3 logs them."""
+        seen = self.seen
+        logs = {"loss": self.loss_total / seen if seen else 0.0}
+        start = 0
+        for readout in self.program.readouts:
+            stop = start + len(readout.outputs)
+            logs[readout.name] = (readout.finish(dict(zip(readout.keys, self.sums[start:stop])), seen)
+                                  if seen else 0.0)
+            start = stop
+        return dict(sorted(logs.items()))
 
 
 def _make_runner(graph, target, state):
@@ -334,12 +426,27 @@ def _metric_display_name(identifier) -> str:
     return getattr(identifier, "__name__", type(identifier).__name__)
 
 
-def _logs(loss_total, sums, seen, names, counts) -> dict:
-    """Running epoch results, sorted by name as Keras 3 logs them."""
-    logs = {"loss": loss_total / seen if seen else 0.0}
-    for name, total, count in zip(names, sums, counts):
-        logs[name] = total / (seen * count) if seen else 0.0
-    return dict(sorted(logs.items()))
+def _weighted_metric_names(metric_names, weighted_identifiers):
+    """Keras 3's names for `weighted_metrics`: the metric's name, or 'weighted_{name}' when a plain
+    metric has it already."""
+    used = set(metric_names)
+    names = []
+    for name in _dedupe([_metric_display_name(m) for m in weighted_identifiers]):
+        if name in used:
+            name = f"weighted_{name}"
+            name = next(n for n in [name] + [f"{name}_{i}" for i in range(1, len(used) + 2)]
+                        if n not in used)
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _results(logs: dict, metric_names, return_dict: bool):
+    """Keras's return convention: a dict, the loss alone without metrics, or [loss, *metrics]."""
+    if return_dict:
+        return logs
+    values = [logs["loss"]] + [logs[name] for name in metric_names]
+    return values[0] if len(values) == 1 else values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +464,7 @@ class Trainer:
         self.history = None
         self.target = "llvm"
         self._metric_identifiers = []
+        self._weighted_metric_identifiers = []
         self._programs = {}
 
     # -- compile --------------------------------------------------------------------------------
@@ -370,6 +478,8 @@ class Trainer:
             optimizer: a name ('adam', 'sgd', 'rmsprop') or an optimizer object.
             loss: a name ('categorical_crossentropy', ...), a loss function or a Loss object.
             metrics: list of metric names ('accuracy', ...), functions or Metric objects.
+            weighted_metrics: metrics that are weighted by `sample_weight` (or `class_weight`) in
+                fit and evaluate; plain `metrics` ignore the weights, as in Keras.
             target: 'llvm' (native code through LLVM) or 'reference' (the numpy interpreter).
             run_eagerly: True is the same as target='reference'.
         """
@@ -384,7 +494,6 @@ class Trainer:
         if loss_weights not in (None, 1, 1.0):
             raise NotImplementedError("loss_weights is for models with several outputs, which are not "
                                       "supported yet")
-        _not_supported(weighted_metrics=weighted_metrics)
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution other than 1 is not supported yet")
         resolved_optimizer = optimizers.get(optimizer)
@@ -395,19 +504,30 @@ class Trainer:
         if not isinstance(metrics, (list, tuple)):
             raise ValueError("Expected `metrics` argument to be a list or tuple, e.g. "
                              f"metrics=['accuracy']. Received instead: metrics={metrics!r}")
-        for identifier in metrics:
+        if weighted_metrics is None:
+            weighted_metrics = []
+        if not isinstance(weighted_metrics, (list, tuple)):
+            raise ValueError("Expected `weighted_metrics` argument to be a list or tuple. Received "
+                             f"instead: weighted_metrics={weighted_metrics!r}")
+        for identifier in list(metrics) + list(weighted_metrics):
             metrics_module.check(identifier)
         self.optimizer = resolved_optimizer
         self.loss = loss
         self._metric_identifiers = [m for m in metrics if m is not None]
+        self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
         self.target = "reference" if run_eagerly else target
         self.compiled = True
         self._on_structure_change()
 
+    def _metric_names(self) -> tuple:
+        """(names of `metrics`, names of `weighted_metrics`), as they are logged."""
+        names = _dedupe([_metric_display_name(m) for m in self._metric_identifiers])
+        return names, _weighted_metric_names(names, self._weighted_metric_identifiers)
+
     @property
     def metrics_names(self) -> list:
-        names = _dedupe([_metric_display_name(m) for m in self._metric_identifiers])
-        return ["loss"] + names
+        names, weighted = self._metric_names()
+        return ["loss"] + names + weighted
 
     def _assert_compiled(self, method: str):
         if not self.compiled:
@@ -451,8 +571,7 @@ class Trainer:
             is_binary, is_sparse = metrics_module.is_binary_or_sparse_categorical(given_shape,
                                                                                   output_shape)
             if is_binary:
-                raise NotImplementedError("loss='crossentropy' resolves to binary_crossentropy for "
-                                          "one output column, which is not supported yet")
+                return losses.binary_crossentropy
             return (losses.sparse_categorical_crossentropy if is_sparse
                     else losses.categorical_crossentropy)
         return self.loss
@@ -535,39 +654,81 @@ class Trainer:
         return state
 
     def _metric_objects(self, spec: TargetSpec):
-        names = _dedupe([_metric_display_name(m) for m in self._metric_identifiers])
+        """(name, metric, weighted) for every compiled metric, resolved for these targets."""
+        names, weighted_names = self._metric_names()
         objects = []
         for name, identifier in zip(names, self._metric_identifiers):
-            metric = metrics_module.resolve(identifier, spec.given_shape, self.output_shape)
-            objects.append((name, metric))
+            objects.append((name, metrics_module.resolve(identifier, spec.given_shape,
+                                                         self.output_shape), False))
+        for name, identifier in zip(weighted_names, self._weighted_metric_identifiers):
+            objects.append((name, metrics_module.resolve(identifier, spec.given_shape,
+                                                         self.output_shape), True))
         return objects
 
-    def _program(self, kind: str, spec: TargetSpec | None = None, loss=None) -> _Program:
-        key = (kind, spec)
+    def _program(self, kind: str, spec: TargetSpec | None = None, loss=None,
+                 weighted: bool = False) -> _Program:
+        """The traced graph and runner for 'predict', 'eval' or 'train' (weighted: with a
+        'sample_weight' input), cached until the model, compile settings or optimizer change."""
+        key = (kind, spec, weighted)
+        if kind == "train":
+            key += (self.optimizer.trace_signature(),)
         program = self._programs.get(key)
         if program is not None:
             return program
+        readouts = []
         if kind == "predict":
             graph = trace_predict(self)
-            names, counts = (), ()
         else:
             metric_objects = self._metric_objects(spec)
             if kind == "eval":
-                graph = trace_eval(self, loss, metric_objects, spec)
+                graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted,
+                                   readouts=readouts)
             else:
-                graph = trace_train(self, loss, metric_objects, self.optimizer, spec)
-            names = [name for name, _ in metric_objects]
-            counts = [self._metric_count(graph, name) for name in names]
+                graph = trace_train(self, loss, metric_objects, self.optimizer, spec,
+                                    weighted=weighted, readouts=readouts)
         runner = _make_runner(graph, self.target, self._state())
-        program = self._programs[key] = _Program(graph, runner, names, counts)
+        program = self._programs[key] = _Program(graph, runner, readouts)
         return program
 
-    @staticmethod
-    def _metric_count(graph, name) -> int:
-        # Values per sample of a metric: the static size of what its output (a reduce_sum over
-        # every axis, made by `_loss_and_metrics`) sums.  Epoch result = total / (samples * this).
-        node = graph.output(name)
-        return node.operands[0].type.static_size if node.operands else 1
+    def _prepare_batch(self, batch, class_weight, weighted, argument: str):
+        """One batch of a batch source, checked and converted: (x, y, sample_weight or None, spec,
+        loss, input shape).  `weighted`: the program has a 'sample_weight' input (missing weights
+        are ones)."""
+        x, y, sample_weight = data_adapters.unpack_batch(batch, argument)
+        if y is None:
+            raise ValueError(f"Each batch of `{argument}` must be (x, y) or (x, y, sample_weight) to "
+                             "compute a loss; got a batch without targets")
+        x = numeric_array(x, f"{argument} (a batch's x)")
+        y = numeric_array(y, f"{argument} (a batch's y)")
+        _check_lengths(x, y, f"{argument} (a batch's x)", f"{argument} (a batch's y)")
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified "
+                                 "at the same time: a batch holds sample weights and fit was given "
+                                 "class_weight.")
+            sample_weight = data_adapters.class_weight_to_sample_weights(y, class_weight)
+        if sample_weight is not None:
+            if not weighted:
+                raise ValueError(f"A batch of `{argument}` holds sample weights but the first batch "
+                                 "did not; give every batch sample weights, or none")
+            sample_weight = data_adapters.check_sample_weight(sample_weight, len(x),
+                                                              f"{argument} (a batch's sample_weight)")
+        elif weighted:
+            sample_weight = np.ones(len(x), np.float32)
+        x, y, spec, loss, input_shape = self._prepare(x, y, f"{argument} (a batch's x)",
+                                                      f"{argument} (a batch's y)")
+        return x, y, sample_weight, spec, loss, input_shape
+
+    def _array_weights(self, y, sample_weight, class_weight, samples, argument="sample_weight"):
+        """Per-sample weights for arrays: given, derived from class_weight, or None."""
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified "
+                                 "at the same time.")
+            return data_adapters.class_weight_to_sample_weights(y, class_weight)
+        if sample_weight is not None:
+            return data_adapters.check_sample_weight(sample_weight, samples, argument)
+        return None
 
     # -- fit ------------------------------------------------------------------------------------
 
@@ -575,16 +736,28 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
-        """Train for `epochs` epochs over (x, y); returns a History of the per-epoch logs."""
+        """Train for `epochs` epochs; returns a History of the per-epoch logs.
+
+        `x` is an array of samples, with targets `y` and optional per-sample `sample_weight`, or a
+        batch source: a generator, iterable or PyDataset-like sequence of (x, y) or
+        (x, y, sample_weight) batches (`kcompile.data_adapters`), with optional `steps_per_epoch`.
+        `class_weight` ({class index: weight}) weights every sample by its class.
+        `validation_data` is (x, y), (x, y, sample_weight) or a batch source (with
+        `validation_steps`); it is evaluated every `validation_freq` epochs.
+        """
         self._assert_compiled("fit")
-        _not_supported(class_weight=class_weight, sample_weight=sample_weight,
-                       steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
         batch_size = check_batch_size(batch_size)
         validation_batch_size = (batch_size if validation_batch_size is None
                                  else check_batch_size(validation_batch_size))
         epochs = _check_count(epochs, "epochs")
         initial_epoch = _check_count(initial_epoch, "initial_epoch")
         verbose = check_verbose(verbose)
+        steps_per_epoch = _check_steps(steps_per_epoch, "steps_per_epoch")
+        validation_steps = _check_steps(validation_steps, "validation_steps")
+        class_weight = data_adapters.check_class_weight(class_weight)
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at the "
+                             "same time.")
         if not _is_int(validation_freq) or validation_freq < 1:
             raise ValueError(f"validation_freq must be a positive integer; got {validation_freq!r}")
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
@@ -592,34 +765,55 @@ class Trainer:
             raise ValueError("validation_split must be a float in [0, 1) (the fraction of the data "
                              f"held out); got validation_split={validation_split!r}")
 
-        x = numeric_array(x, "x")
-        y = numeric_array(y, "y")
-        _check_lengths(x, y, "x", "y")
-        if validation_data is not None:
-            val_x, val_y = _unpack_validation_data(validation_data)
-        elif validation_split:
-            # As Keras: the LAST fraction of the data, before any shuffling.
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"Training data contains {len(x)} samples, which is not sufficient to "
-                                 "split it into a validation and training set as specified by "
-                                 f"`validation_split={validation_split}`. Either provide more data, or "
-                                 "a different value for the `validation_split` argument.")
-            x, val_x = x[:split_at], x[split_at:]
-            y, val_y = y[:split_at], y[split_at:]
-        else:
-            val_x = val_y = None
-        x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
-        validation = None
-        if val_x is not None:
-            val_x, val_y, val_spec, val_loss, _ = self._prepare(val_x, val_y, "validation x",
-                                                                "validation y")
-        self._ensure_built(input_shape)
-        train = self._program("train", spec, loss)
-        if val_x is not None:
-            validation = (self._program("eval", val_spec, val_loss), val_x, val_y)
+        if data_adapters.is_batch_source(x):
+            if y is not None or sample_weight is not None:
+                raise ValueError("When `x` is a generator (or another source of batches), `y` and "
+                                 "`sample_weight` must not be given: each batch is an (x, y) or "
+                                 "(x, y, sample_weight) tuple.")
+            if validation_split:
+                raise ValueError("`validation_split` is only supported for arrays; with a generator "
+                                 "pass `validation_data`.")
+            stream = data_adapters.BatchStream(x, steps_per_epoch, shuffle, "x")
+            first = stream.peek()
+            weighted = class_weight is not None or data_adapters.unpack_batch(first, "x")[2] is not None
+            _, _, _, spec, loss, input_shape = self._prepare_batch(first, class_weight, weighted, "x")
+            steps = stream.steps
 
-        steps = -(-len(x) // batch_size)
+            def train_epoch(callback_list):
+                return self._train_stream(stream, class_weight, weighted, callback_list)
+        else:
+            x = numeric_array(x, "x")
+            y = numeric_array(y, "y")
+            _check_lengths(x, y, "x", "y")
+            if sample_weight is not None:
+                sample_weight = data_adapters.check_sample_weight(sample_weight, len(x))
+            if validation_data is None and validation_split:
+                # As Keras: the LAST fraction of the data (and of the sample weights), before any
+                # shuffling.
+                split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+                if split_at == 0 or split_at == len(x):
+                    raise ValueError(f"Training data contains {len(x)} samples, which is not sufficient "
+                                     "to split it into a validation and training set as specified by "
+                                     f"`validation_split={validation_split}`. Either provide more data, "
+                                     "or a different value for the `validation_split` argument.")
+                validation_data = (x[split_at:], y[split_at:],
+                                   None if sample_weight is None else sample_weight[split_at:])
+                x, y = x[:split_at], y[:split_at]
+                if sample_weight is not None:
+                    sample_weight = sample_weight[:split_at]
+            sample_weight = self._array_weights(y, sample_weight, class_weight, len(x))
+            x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
+            weighted = sample_weight is not None
+            plan = _ArrayEpochs(len(x), batch_size, shuffle, steps_per_epoch)
+            steps = plan.steps
+
+            def train_epoch(callback_list):
+                return self._train_epoch(train, x, y, sample_weight, plan, callback_list)
+        validation = self._prepare_validation(validation_data, validation_steps)
+        self._ensure_built(input_shape)
+        train = self._program("train", spec, loss, weighted)
+        run_validation = self._validation_runner(validation, validation_batch_size)
+
         callback_list = _make_callbacks(self, callbacks, verbose, epochs, steps, add_history=True)
         from kcompile.callbacks import History
         history = next(c for c in callback_list.callbacks if isinstance(c, History))
@@ -629,11 +823,12 @@ class Trainer:
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
-            epoch_logs = self._train_epoch(train, x, y, batch_size, shuffle, callback_list)
-            if validation is not None and (epoch + 1) % validation_freq == 0:
-                program, vx, vy = validation
-                val_logs = self._evaluate_arrays(program, vx, vy, validation_batch_size,
-                                                 callback_list)
+            logs = train_epoch(callback_list)
+            if logs is None:  # a generator that ran out of batches (warned)
+                break
+            epoch_logs = logs
+            if run_validation is not None and (epoch + 1) % validation_freq == 0:
+                val_logs = run_validation(callback_list)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
             callback_list.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
@@ -642,78 +837,214 @@ class Trainer:
         self.history = history
         return history
 
-    def _train_epoch(self, program, x, y, batch_size, shuffle, callback_list) -> dict:
-        n = len(x)
-        steps = -(-n // batch_size)
+    def _prepare_validation(self, validation_data, validation_steps):
+        """Validation data checked and converted (nothing about the model changes), or None."""
+        if validation_data is None:
+            return None
+        if data_adapters.is_batch_source(validation_data):
+            stream = data_adapters.BatchStream(validation_data, validation_steps, False,
+                                               "validation_data")
+            first = stream.peek()
+            weighted = data_adapters.unpack_batch(first, "validation_data")[2] is not None
+            _, _, _, spec, loss, _ = self._prepare_batch(first, None, weighted, "validation_data")
+            return "stream", stream, weighted, spec, loss
+        val_x, val_y, val_weight = _unpack_validation_data(validation_data)
+        val_x, val_y, spec, loss, _ = self._prepare(val_x, val_y, "validation x", "validation y")
+        if val_weight is not None:
+            val_weight = data_adapters.check_sample_weight(val_weight, len(val_x),
+                                                           "validation sample_weight")
+        return "arrays", (val_x, val_y, val_weight), val_weight is not None, spec, loss
+
+    def _validation_runner(self, validation, batch_size):
+        """A function (callback_list) -> validation logs, its eval program compiled now."""
+        if validation is None:
+            return None
+        kind, data, weighted, spec, loss = validation
+        program = self._program("eval", spec, loss, weighted)
+        if kind == "stream":
+            return lambda callback_list: self._evaluate_stream(data, weighted, callback_list,
+                                                               "validation_data")
+        val_x, val_y, val_weight = data
+        return lambda callback_list: self._evaluate_arrays(program, val_x, val_y, val_weight,
+                                                           batch_size, callback_list)
+
+    def _train_epoch(self, program, x, y, sample_weight, plan, callback_list) -> dict:
+        order, first_batch, steps = plan.epoch()
+        n, batch_size = len(x), plan.batch_size
         last_step = steps - 1
-        run = program.runner.run
-        names, counts = program.metric_names, program.metric_counts
-        sums = [0.0] * len(names)
-        loss_total, seen = 0.0, 0
+        totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_train_batch_begin", "on_train_batch_end",
                             "on_batch_begin", "on_batch_end")
         seed = np.zeros((), np.uint32)
         seed_base = next_seed()
         runner = program.runner
-        if shuffle:
-            order = get_generator().permutation(n)
-            x_stage = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
-            y_stage = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
-            runner.bind({"x": x_stage, "y": y_stage, "seed": seed})
+        weighted = sample_weight is not None
+        if order is not None:
+            rows_max = min(batch_size, n)
+            x_stage = np.empty((rows_max,) + x.shape[1:], x.dtype)
+            y_stage = np.empty((rows_max,) + y.shape[1:], y.dtype)
+            feeds = {"x": x_stage, "y": y_stage, "seed": seed}
+            if weighted:
+                w_stage = feeds["sample_weight"] = np.empty(rows_max, np.float32)
         else:
-            runner.bind({"x": x, "y": y, "seed": seed})
-        call, output = runner.call, runner.output
+            feeds = {"x": x, "y": y, "seed": seed}
+            if weighted:
+                feeds["sample_weight"] = sample_weight
+        runner.bind(feeds)
+        call, output, add = runner.call, runner.output, totals.add
         for step in range(steps):
-            start = step * batch_size
+            start = (first_batch + step) * batch_size
             stop = min(start + batch_size, n)
             rows = stop - start
             if hooks.begin:
                 hooks.call_begin(step)
-            if shuffle:
+            if order is not None:
                 index = order[start:stop]
                 np.take(x, index, axis=0, out=x_stage[:rows], mode="clip")
                 np.take(y, index, axis=0, out=y_stage[:rows], mode="clip")
+                if weighted:
+                    np.take(sample_weight, index, axis=0, out=w_stage[:rows], mode="clip")
                 start = 0
             seed[...] = (seed_base + step) & 0xFFFFFFFF
             call(rows, start)
-            loss_total += float(output("loss", rows)) * rows
-            for i, name in enumerate(names):
-                sums[i] += float(output(name, rows))
-            seen += rows
+            add(output, rows)
             if hooks.end_due(step, last_step):
-                hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
+                hooks.call_end(step, totals.logs())
             if self.stop_training:
                 break
-        return _logs(loss_total, sums, seen, names, counts)
+        return totals.logs()
+
+    def _train_stream(self, stream, class_weight, weighted, callback_list) -> dict | None:
+        """One epoch over a batch source; None when it had no batch left."""
+        totals = None
+        hooks = _BatchHooks(callback_list, "on_train_batch_begin", "on_train_batch_end",
+                            "on_batch_begin", "on_batch_end")
+        last_step = stream.steps - 1 if stream.steps else -1
+        seed = np.zeros((), np.uint32)
+        seed_base = next_seed()
+        for step, batch in enumerate(stream.epoch()):
+            if hooks.begin:
+                hooks.call_begin(step)
+            x, y, sample_weight, spec, loss, _ = self._prepare_batch(batch, class_weight, weighted, "x")
+            program = self._program("train", spec, loss, weighted)
+            if totals is None:
+                totals = _Totals(program)
+            feeds = {"x": x, "y": y, "seed": seed}
+            if weighted:
+                feeds["sample_weight"] = sample_weight
+            seed[...] = (seed_base + step) & 0xFFFFFFFF
+            runner = program.runner
+            runner.bind(feeds)
+            runner.call(len(x), 0)
+            totals.add(runner.output, len(x))
+            if hooks.end_due(step, last_step):
+                hooks.call_end(step, totals.logs())
+            if self.stop_training:
+                break
+        if stream.ran_out:
+            self.stop_training = True
+        return None if totals is None else totals.logs()
+
+    # -- single batches -------------------------------------------------------------------------
+
+    def _batch_inputs(self, x, y, sample_weight, class_weight):
+        x = numeric_array(x, "x")
+        y = numeric_array(y, "y")
+        _check_lengths(x, y, "x", "y")
+        sample_weight = self._array_weights(y, sample_weight, data_adapters.check_class_weight(
+            class_weight), len(x))
+        x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
+        self._ensure_built(input_shape)
+        feeds = {"x": x, "y": y}
+        if sample_weight is not None:
+            feeds["sample_weight"] = sample_weight
+        return feeds, spec, loss, len(x)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """One optimizer step on this batch; its loss (and metrics, for this batch alone)."""
+        self._assert_compiled("train_on_batch")
+        feeds, spec, loss, rows = self._batch_inputs(x, y, sample_weight, class_weight)
+        program = self._program("train", spec, loss, "sample_weight" in feeds)
+        feeds["seed"] = np.asarray(next_seed() & 0xFFFFFFFF, np.uint32)
+        runner = program.runner
+        runner.bind(feeds)
+        runner.call(rows, 0)
+        totals = _Totals(program)
+        totals.add(runner.output, rows)
+        return _results(totals.logs(), program.metric_names, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """The loss (and metrics) of this batch, without training."""
+        self._assert_compiled("test_on_batch")
+        feeds, spec, loss, rows = self._batch_inputs(x, y, sample_weight, None)
+        program = self._program("eval", spec, loss, "sample_weight" in feeds)
+        runner = program.runner
+        runner.bind(feeds)
+        runner.call(rows, 0)
+        totals = _Totals(program)
+        totals.add(runner.output, rows)
+        return _results(totals.logs(), program.metric_names, return_dict)
+
+    def predict_on_batch(self, x):
+        """The model's outputs for x, in one call."""
+        x = numeric_array(x, "x")
+        input_shape = self._check_inputs(x, "x")
+        x = _float_array(x)
+        self._ensure_built(input_shape)
+        runner = self._program("predict").runner
+        runner.bind({"x": x})
+        runner.call(len(x), 0)
+        return np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)
 
     # -- evaluate -------------------------------------------------------------------------------
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
-        """Loss and metrics on (x, y): `[loss, *metrics]`, the loss alone without metrics, or a dict."""
+        """Loss and metrics on (x, y) (or a batch source's (x, y[, sample_weight]) batches, `steps`
+        of them): `[loss, *metrics]`, the loss alone without metrics, or a dict."""
         self._assert_compiled("evaluate")
-        _not_supported(sample_weight=sample_weight, steps=steps)
         batch_size = check_batch_size(batch_size)
         verbose = check_verbose(verbose)
-        x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
-        self._ensure_built(input_shape)
-        program = self._program("eval", spec, loss)
-        callback_list = _make_callbacks(self, callbacks, verbose, 1, -(-len(x) // batch_size))
-        logs = self._evaluate_arrays(program, x, y, batch_size, callback_list)
-        if return_dict:
-            return logs
-        values = [logs["loss"]] + [logs[name] for name in program.metric_names]
-        return values[0] if len(values) == 1 else values
+        steps = _check_steps(steps, "steps")
+        if data_adapters.is_batch_source(x):
+            if y is not None or sample_weight is not None:
+                raise ValueError("When `x` is a generator (or another source of batches), `y` and "
+                                 "`sample_weight` must not be given: each batch is an (x, y) or "
+                                 "(x, y, sample_weight) tuple.")
+            stream = data_adapters.BatchStream(x, steps, False, "x")
+            first = stream.peek()
+            weighted = data_adapters.unpack_batch(first, "x")[2] is not None
+            _, _, _, spec, loss, input_shape = self._prepare_batch(first, None, weighted, "x")
+            self._ensure_built(input_shape)
+            program = self._program("eval", spec, loss, weighted)
+            callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
+            logs = self._evaluate_stream(stream, weighted, callback_list, "x")
+        else:
+            x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
+            if sample_weight is not None:
+                sample_weight = data_adapters.check_sample_weight(sample_weight, len(x))
+            self._ensure_built(input_shape)
+            program = self._program("eval", spec, loss, sample_weight is not None)
+            total_steps = -(-len(x) // batch_size)
+            callback_list = _make_callbacks(self, callbacks, verbose, 1,
+                                            total_steps if steps is None else min(steps, total_steps))
+            logs = self._evaluate_arrays(program, x, y, sample_weight, batch_size, callback_list,
+                                         steps)
+        return _results(logs, program.metric_names, return_dict)
 
-    def _evaluate_arrays(self, program, x, y, batch_size, callback_list) -> dict:
+    def _evaluate_arrays(self, program, x, y, sample_weight, batch_size, callback_list,
+                         max_steps=None) -> dict:
         n = len(x)
         steps = -(-n // batch_size)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
         runner = program.runner
-        names, counts = program.metric_names, program.metric_counts
-        sums = [0.0] * len(names)
-        loss_total, seen = 0.0, 0
+        totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
-        runner.bind({"x": x, "y": y})
+        feeds = {"x": x, "y": y}
+        if sample_weight is not None:
+            feeds["sample_weight"] = sample_weight
+        runner.bind(feeds)
         callback_list.on_test_begin()
         for step in range(steps):
             start = step * batch_size
@@ -721,29 +1052,55 @@ class Trainer:
             if hooks.begin:
                 hooks.call_begin(step)
             runner.call(stop - start, start)
-            loss_total += float(runner.output("loss", stop - start)) * (stop - start)
-            for i, name in enumerate(names):
-                sums[i] += float(runner.output(name, stop - start))
-            seen += stop - start
+            totals.add(runner.output, stop - start)
             if hooks.end_due(step, steps - 1):
-                hooks.call_end(step, _logs(loss_total, sums, seen, names, counts))
-        logs = _logs(loss_total, sums, seen, names, counts)
+                hooks.call_end(step, totals.logs())
+        logs = totals.logs()
+        callback_list.on_test_end(logs)
+        return logs
+
+    def _evaluate_stream(self, stream, weighted, callback_list, argument) -> dict:
+        totals = None
+        hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
+        last_step = stream.steps - 1 if stream.steps else -1
+        callback_list.on_test_begin()
+        for step, batch in enumerate(stream.epoch()):
+            if hooks.begin:
+                hooks.call_begin(step)
+            x, y, sample_weight, spec, loss, _ = self._prepare_batch(batch, None, weighted, argument)
+            program = self._program("eval", spec, loss, weighted)
+            if totals is None:
+                totals = _Totals(program)
+            feeds = {"x": x, "y": y}
+            if weighted:
+                feeds["sample_weight"] = sample_weight
+            runner = program.runner
+            runner.bind(feeds)
+            runner.call(len(x), 0)
+            totals.add(runner.output, len(x))
+            if hooks.end_due(step, last_step):
+                hooks.call_end(step, totals.logs())
+        logs = {} if totals is None else totals.logs()
         callback_list.on_test_end(logs)
         return logs
 
     # -- predict --------------------------------------------------------------------------------
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """The model's outputs for every sample of x, computed `batch_size` samples at a time."""
-        _not_supported(steps=steps)
+        """The model's outputs for every sample of x, computed `batch_size` samples at a time (or for
+        every batch of a batch source, `steps` of them)."""
         batch_size = check_batch_size(batch_size)
         verbose = check_verbose(verbose)
+        steps = _check_steps(steps, "steps")
+        if data_adapters.is_batch_source(x):
+            return self._predict_stream(data_adapters.BatchStream(x, steps, False, "x"), verbose,
+                                        callbacks)
         x = numeric_array(x, "x")
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
         program = self._program("predict")
-        n = len(x)
+        n = len(x) if steps is None else min(len(x), steps * batch_size)
         steps = -(-n // batch_size)
         outputs = np.empty((n,) + tuple(self.output_shape[1:]), np.float32)
         callback_list = _make_callbacks(self, callbacks, verbose, 1, steps)
@@ -763,3 +1120,65 @@ class Trainer:
                 hooks.call_end(step, {"outputs": batch_out})
         callback_list.on_predict_end()
         return outputs
+
+    def _predict_stream(self, stream, verbose, callbacks):
+        first = data_adapters.unpack_batch(stream.peek(), "x")[0]
+        self._ensure_built(self._check_inputs(numeric_array(first, "x (a batch)"), "x (a batch)"))
+        runner = self._program("predict").runner
+        callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
+        hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
+        last_step = stream.steps - 1 if stream.steps else -1
+        outputs = []
+        callback_list.on_predict_begin()
+        for step, batch in enumerate(stream.epoch()):
+            if hooks.begin:
+                hooks.call_begin(step)
+            x = numeric_array(data_adapters.unpack_batch(batch, "x")[0], "x (a batch)")
+            self._check_inputs(x, "x (a batch)")
+            x = _float_array(x)
+            runner.bind({"x": x})
+            runner.call(len(x), 0)
+            batch_out = np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)
+            outputs.append(batch_out)
+            if hooks.end_due(step, last_step):
+                hooks.call_end(step, {"outputs": batch_out})
+        callback_list.on_predict_end()
+        if not outputs:
+            return np.empty((0,) + tuple(self.output_shape[1:]), np.float32)
+        return np.concatenate(outputs)
+
+
+class _ArrayEpochs:
+    """Which batches of an array each epoch trains on.  Without `steps_per_epoch`, a full pass per
+    epoch (reshuffled).  With it, as Keras 3's EpochIterator: an epoch takes that many batches and
+    the next one continues where it stopped; an epoch ends early (with a warning) at the end of a
+    pass, and the next starts a new pass."""
+
+    def __init__(self, samples: int, batch_size: int, shuffle: bool, steps_per_epoch=None):
+        self.samples = samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.steps_per_epoch = steps_per_epoch
+        self.batches = -(-samples // batch_size)
+        self.order = None
+        self.next_batch = self.batches  # the first epoch starts a pass
+
+    @property
+    def steps(self) -> int:
+        return self.batches if self.steps_per_epoch is None else self.steps_per_epoch
+
+    def epoch(self):
+        """(row order or None for in-place rows, first batch index, number of batches)."""
+        if self.next_batch >= self.batches:
+            self.order = get_generator().permutation(self.samples) if self.shuffle else None
+            self.next_batch = 0
+        count = self.batches - self.next_batch
+        if self.steps_per_epoch is not None:
+            if self.steps_per_epoch > count:
+                warnings.warn("Your input ran out of data; interrupting training. Make sure that your "
+                              "dataset or generator can generate at least `steps_per_epoch * epochs` "
+                              "batches.", stacklevel=3)
+            count = min(count, self.steps_per_epoch)
+        first = self.next_batch
+        self.next_batch += count
+        return self.order, first, count

@@ -285,8 +285,10 @@ def test_bad_fit_arguments():
         model.fit(x, y, verbose=3)
     with pytest.raises(ValueError, match="has no samples"):
         model.fit(x[:0], y[:0], verbose=0)
-    with pytest.raises(NotImplementedError, match="sample_weight= is not supported yet"):
-        model.fit(x, y, sample_weight=np.ones(8), verbose=0)
+    with pytest.raises(ValueError, match=r"one weight per sample \(8 of them"):
+        model.fit(x, y, sample_weight=np.ones(7), verbose=0)
+    with pytest.raises(ValueError, match="`sample_weight` and `class_weight` cannot be specified"):
+        model.fit(x, y, sample_weight=np.ones(8), class_weight={0: 2.0}, verbose=0)
 
 
 def test_bad_layer_and_model_construction():

@@ -1,0 +1,195 @@
+"""Where `fit`, `evaluate` and `predict` get batches when they are not given arrays, and the sample
+weights Keras derives from `class_weight`.
+
+A batch source is a Python generator or iterator, an iterable that is not array-like (re-iterated
+every epoch, e.g. a torch DataLoader), or a sequence with `__len__` and `__getitem__(index)` (Keras's
+`PyDataset`; `on_epoch_end()` is called after each epoch if it has one).  Each batch is `x`,
+`(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+
+Steps per epoch follow Keras 3's `EpochIterator`: without `steps_per_epoch` an epoch runs until the
+source is exhausted (a generator is then empty for the next epoch: training stops with a warning);
+with it, an epoch takes that many batches and the next epoch continues where it stopped (a sequence
+or a re-iterable starts over when exhausted; a generator cannot, and training stops with a warning).
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+from kcompile.utils.random import get_generator
+
+
+def is_batch_source(data) -> bool:
+    """Whether `data` yields batches (a generator, iterator, iterable or sequence), rather than being
+    an array of samples."""
+    if data is None or isinstance(data, (np.ndarray, list, tuple, dict, str, bytes, numbers.Number)):
+        return False
+    if hasattr(data, "__array__") or hasattr(data, "shape"):
+        return False  # array-likes (torch and jax arrays, pandas frames) are samples
+    return hasattr(data, "__next__") or hasattr(data, "__iter__") or (
+        hasattr(data, "__getitem__") and hasattr(data, "__len__"))
+
+
+def unpack_batch(batch, argument: str):
+    """(x, y, sample_weight) of one batch, Keras's `unpack_x_y_sample_weight`."""
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    if not isinstance(batch, tuple):
+        return batch, None, None
+    if len(batch) == 1:
+        return batch[0], None, None
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    if len(batch) == 3:
+        return batch
+    raise ValueError(f"Each batch of `{argument}` must be x, (x,), (x, y) or (x, y, sample_weight); got "
+                     f"a tuple of {len(batch)} elements")
+
+
+def check_sample_weight(sample_weight, samples: int, argument: str = "sample_weight") -> np.ndarray:
+    """One float32 weight per sample (or per sample and time step), C-contiguous, finite."""
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{argument}` must be an array of numbers, one per sample; got "
+                         f"{type(sample_weight).__name__}") from None
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights[:, 0]
+    if weights.ndim != 1 or len(weights) != samples:
+        raise ValueError(f"`{argument}` must hold one weight per sample ({samples} of them, shape "
+                         f"({samples},)); got shape {weights.shape}")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"`{argument}` holds NaN or infinite weights")
+    return np.ascontiguousarray(weights)
+
+
+def check_class_weight(class_weight):
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, dict):
+        raise ValueError("`class_weight` must be a dict mapping class indices (integers) to weights, "
+                         f"e.g. {{0: 1.0, 1: 5.0}}; got {type(class_weight).__name__}")
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+            raise ValueError(f"`class_weight` keys must be integer class indices; got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"`class_weight` values must be numbers; got {value!r} for class {key}")
+    return {int(k): float(v) for k, v in class_weight.items()}
+
+
+def class_weight_to_sample_weights(y, class_weight: dict) -> np.ndarray:
+    """Keras 3's rule: the class of a sample is argmax(y) for one-hot targets, else the (rounded)
+    label; samples of classes missing from the dict weigh 1."""
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else np.squeeze(y, axis=-1)
+    if y.ndim != 1:
+        raise ValueError("`class_weight` needs one class per sample: integer labels, one-hot rows or "
+                         f"one 0/1 column; got targets of shape {np.shape(y)}")
+    labels = np.round(y).astype(np.int64)
+    weights = np.ones(len(labels), np.float32)
+    for label, weight in class_weight.items():
+        weights[labels == label] = weight
+    return weights
+
+
+class BatchStream:
+    """Batches of a batch source, epoch after epoch (see the module docstring)."""
+
+    def __init__(self, source, steps_per_epoch=None, shuffle=False, argument="x"):
+        self.source = source
+        self.steps_per_epoch = steps_per_epoch
+        self.shuffle = shuffle
+        self.argument = argument
+        self.is_sequence = (not hasattr(source, "__next__") and hasattr(source, "__getitem__")
+                            and hasattr(source, "__len__"))
+        self.is_iterator = hasattr(source, "__next__")
+        self._iterator = source if self.is_iterator else None
+        self._pending = []
+        self._order = None
+        self._position = 0
+        self.ran_out = False
+
+    @property
+    def steps(self) -> int | None:
+        """Batches per epoch, if known."""
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        if self.is_sequence:
+            return len(self.source)
+        if not self.is_iterator and hasattr(self.source, "__len__"):
+            try:
+                return len(self.source)
+            except TypeError:
+                return None
+        return None
+
+    def peek(self):
+        """The first batch, without consuming it from the next epoch."""
+        if self.is_sequence:
+            if len(self.source) == 0:
+                raise ValueError(f"`{self.argument}` has no batches (len 0)")
+            return self.source[0]
+        if self._iterator is None:
+            self._iterator = iter(self.source)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            raise ValueError(f"`{self.argument}` yielded no batches") from None
+        self._pending.append(batch)
+        return batch
+
+    def _next_from_iterator(self, restart: bool):
+        if self._pending:
+            return self._pending.pop(0)
+        if self._iterator is None:
+            self._iterator = iter(self.source)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            if not restart or self.is_iterator:
+                raise
+        self._iterator = iter(self.source)
+        return next(self._iterator)  # an empty re-iterable raises StopIteration again
+
+    def _next_from_sequence(self):
+        if self._order is None or self._position >= len(self._order):
+            count = len(self.source)
+            self._order = (get_generator().permutation(count) if self.shuffle else np.arange(count))
+            self._position = 0
+            if count == 0:
+                raise StopIteration
+        index = int(self._order[self._position])
+        self._position += 1
+        return self.source[index]
+
+    def epoch(self):
+        """Yield one epoch's batches; sets `ran_out` when the source could not fill the epoch."""
+        steps = self.steps_per_epoch
+        yielded = 0
+        if not self.is_sequence and steps is None and not self.is_iterator and not self._pending:
+            self._iterator = iter(self.source)  # a re-iterable: a fresh pass every epoch
+        if self.is_sequence and steps is None:
+            self._order = None  # a full pass, reshuffled
+        while steps is None or yielded < steps:
+            try:
+                if self.is_sequence:
+                    if steps is None and self._order is not None \
+                            and self._position >= len(self._order):
+                        break
+                    batch = self._next_from_sequence()
+                else:
+                    batch = self._next_from_iterator(restart=steps is not None)
+            except StopIteration:
+                break
+            yielded += 1
+            yield batch
+        if (steps is not None and yielded < steps) or yielded == 0:
+            self.ran_out = True
+            warnings.warn("Your input ran out of data; interrupting training. Make sure that your "
+                          "dataset or generator can generate at least `steps_per_epoch * epochs` "
+                          "batches.", stacklevel=2)
+        if self.is_sequence and hasattr(self.source, "on_epoch_end"):
+            self.source.on_epoch_end()
