@@ -241,18 +241,34 @@ def _transpose(ev, node, index):
 
 @lowers("reshape", Index)
 def _reshape(ev, node, index):
+    """Axes the reshape leaves alone (the leading and trailing runs of equal dimensions, the batch
+    among them) map straight through; only the axes between are linearized and split again, and a
+    split into one axis needs no division (merging axes, as im2col's taps or Flatten do)."""
     (x,) = node.operands
     b = ev.builder
-    flat = ev.linear(index, node.type)
-    mapped = []
-    for axis in reversed(range(x.type.rank)):
-        d = x.shape[axis]
-        if axis == 0:
-            mapped.append(flat)
+    src, dst = x.shape, node.shape
+    lead = 0
+    while lead < min(len(src), len(dst)) and src[lead] == dst[lead]:
+        lead += 1
+    trail = 0
+    while trail < min(len(src), len(dst)) - lead and src[-1 - trail] == dst[-1 - trail]:
+        trail += 1
+    src_mid, dst_mid = range(lead, len(src) - trail), range(lead, len(dst) - trail)
+    flat, stride = None, 1
+    for axis in reversed(dst_mid):
+        term = index[axis] if stride == 1 else b.mul(index[axis], c64(stride))
+        flat = term if flat is None else b.add(flat, term)
+        stride *= dst[axis]
+    flat = c64(0) if flat is None else flat
+    middle = []
+    for position, axis in enumerate(reversed(src_mid)):
+        if position == len(src_mid) - 1:
+            middle.append(flat)          # the outermost axis takes what is left
         else:
-            mapped.append(b.urem(flat, c64(d)))
-            flat = b.udiv(flat, c64(d))
-    return ev.value(x, tuple(reversed(mapped)))
+            middle.append(b.urem(flat, c64(src[axis])))
+            flat = b.udiv(flat, c64(src[axis]))
+    mapped = tuple(index[:lead]) + tuple(reversed(middle)) + tuple(index[len(dst) - trail:])
+    return ev.value(x, mapped)
 
 
 @lowers("iota", Index)

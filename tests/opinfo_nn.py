@@ -73,6 +73,20 @@ def nn_cases() -> list:
                lambda x: NN.max_pool(x, (2, 2), (2, 2), (0, 1, 0, 1)), (image,),
                gen=each(with_specials)))
 
+    # reshapes the composites make, evaluated inline (the lowering maps the axes a reshape leaves
+    # alone straight through and splits only the others)
+    add(expand(("f32",), "reshape", "reshape_window_axes",
+               lambda x, y: {"merge": B.reduce_sum(B.reshape(x, (N, 2, 3, 12)), 3),
+                             "units": B.reduce_sum(B.reshape(y, (N, 2, 1, 1, 12)), (2, 3)),
+                             "split": B.reduce_max(B.reshape(y, (N, 2, 4, 3)), 1),
+                             "middle": B.reduce_sum(B.reshape(x, (N, 2, 9, 4)), 3),
+                             "all": B.reduce_sum(B.reshape(x, (N, 6, 6, 2)), 1)},
+               (((N, 2, 3, 3, 4), T), ((N, 2, 12), T)), grad=True, rtol=1e-5, atol=1e-6))
+    add(expand(("f32",), "reshape", "reshape_static_units",
+               lambda x: {"a": B.reduce_sum(B.reshape(x, (1, 6, 1, 4)), 0),
+                          "b": B.reduce_sum(B.reshape(x, (24,)), 0)}, (((2, 3, 4), T),),
+               grad=True, rtol=1e-5, atol=1e-6))
+
     # gather / scatter_add: ids cover the table, repeat, and fall outside it (clamped)
     def ids_and(rng, specs):
         out = []
