@@ -11,9 +11,10 @@ uses `schedule(k)`.
 subclasses `LearningRateSchedule` and writes `__call__(self, step)` with `ir.build` ops on `step`.
 
 Two functions Keras uses are not IR primitives: `floor` (staircase decay; the step is never negative,
-so floor is truncation, a cast to int32 and back) and `cos` (CosineDecay), computed as
-sin(pi (1/2 - f)) for the completed fraction f in [0, 1] by its Taylor polynomial to degree 13, whose
-error on [-pi/2, pi/2] is below 7e-10.
+so floor is truncation, a cast to int32 and back) and `cos` (CosineDecay), needed only as cos(pi f)
+for the completed fraction f in [0, 1]: with g = min(f, 1 - f) in [0, 1/2], it is +-cos(pi g), and
+cos on [0, pi/2] is its Taylor polynomial to degree 14 (error below 7e-11), exact at both ends, so
+the decay reaches exactly `alpha` times the initial rate.
 """
 from __future__ import annotations
 
@@ -46,17 +47,18 @@ def _power(base: float | Node, exponent: Node) -> Node:
     return B.exp(B.mul(exponent, math.log(base)))
 
 
-_SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(7))  # u, u^3, ..., u^13
+_COS_TAYLOR = tuple((-1) ** k / math.factorial(2 * k) for k in range(8))  # 1, v^2, ..., v^14
 
 
 def cos_pi(fraction: Node) -> Node:
     """cos(pi * fraction) for fraction in [0, 1] (see the module docstring for the error)."""
-    u = B.mul(B.sub(0.5, fraction), math.pi)
-    u2 = B.mul(u, u)
-    result = B.scalar(_SIN_TAYLOR[-1], u)
-    for coefficient in reversed(_SIN_TAYLOR[:-1]):
-        result = B.add(B.mul(result, u2), coefficient)
-    return B.mul(result, u)
+    nearer = B.minimum(fraction, B.sub(1.0, fraction))  # cos(pi f) = -cos(pi (1 - f))
+    v = B.mul(nearer, math.pi)
+    v2 = B.mul(v, v)
+    result = B.scalar(_COS_TAYLOR[-1], v)
+    for coefficient in reversed(_COS_TAYLOR[:-1]):
+        result = B.add(B.mul(result, v2), coefficient)
+    return B.select(B.le(fraction, 0.5), result, B.neg(result))
 
 
 def _check_positive(value, argument):
