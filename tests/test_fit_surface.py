@@ -1,0 +1,449 @@
+"""The training surface around fit: generators and other batch sources, class and sample weights
+against hand-computed weighted losses and updates, validation data with weights and frequency,
+train/test/predict_on_batch, and callbacks end to end with real training."""
+import csv
+import warnings
+
+import numpy as np
+import pytest
+
+from kcompile import callbacks, metrics, optimizers
+from kcompile.layers import Dense, Input
+from kcompile.models import Sequential
+
+
+def _available_targets():
+    try:
+        import codegen.runtime  # noqa: F401
+    except ImportError:
+        return ["reference"]
+    return ["reference", "llvm"]
+
+
+TARGETS = _available_targets()
+
+
+def linear_model(target="reference", learning_rate=0.1, seed=0, loss="mse", metrics_=None,
+                 optimizer=None, **compile_args):
+    rng = np.random.default_rng(seed)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.set_weights([rng.standard_normal((4, 3)), rng.standard_normal(3)])
+    model.compile(optimizer=optimizer or optimizers.SGD(learning_rate=learning_rate), loss=loss,
+                  metrics=metrics_ or [], target=target, **compile_args)
+    return model
+
+
+def data(rows=24, seed=1):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((rows, 4)).astype(np.float32),
+            rng.standard_normal((rows, 3)).astype(np.float32))
+
+
+def np_weighted_mse_step(kernel, bias, x, y, w, learning_rate):
+    """One SGD step on Keras's weighted MSE: sum_i w_i mean_j (p - y)^2 / batch size."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    d = 2 * w[:, None] * (x @ kernel + bias - y) / (len(x) * y.shape[1])
+    return kernel - learning_rate * x.T @ d, bias - learning_rate * d.sum(0)
+
+
+def np_weighted_mse(kernel, bias, x, y, w):
+    return float((w * ((x @ kernel + bias - y) ** 2).mean(-1)).sum() / len(x))
+
+
+def batches(x, y, size, weights=None):
+    for start in range(0, len(x), size):
+        stop = start + size
+        if weights is None:
+            yield x[start:stop], y[start:stop]
+        else:
+            yield x[start:stop], y[start:stop], weights[start:stop]
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch sources
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_generator_trains_like_the_same_batches_from_arrays(target):
+    x, y = data()
+    from_arrays = linear_model(target)
+    from_arrays.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+
+    def forever():
+        while True:
+            yield from batches(x, y, 8)
+
+    from_generator = linear_model(target)
+    history = from_generator.fit(forever(), steps_per_epoch=3, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    for got, want in zip(from_generator.get_weights(), from_arrays.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert int(from_generator.optimizer.iterations.buffer) == 6
+    # evaluate and predict take batch sources too.
+    evaluated = from_generator.evaluate(batches(x, y, 5), verbose=0)
+    assert evaluated == pytest.approx(from_generator.evaluate(x, y, verbose=0), rel=1e-6)
+    np.testing.assert_allclose(from_generator.predict(batches(x, y, 7), verbose=0),
+                               from_generator.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(from_generator.predict((b for b, _ in batches(x, y, 7)), steps=2,
+                                                      verbose=0),
+                               from_generator.predict(x[:14], verbose=0), rtol=1e-6)
+
+
+def test_steps_per_epoch_continues_the_generator_and_running_out_stops_training():
+    x, y = data()
+    seen = []
+
+    def finite():
+        for index, batch in enumerate(batches(x, y, 4)):  # 6 batches
+            seen.append(index)
+            yield batch
+
+    model = linear_model()
+    with pytest.warns(UserWarning, match="ran out of data"):
+        history = model.fit(finite(), steps_per_epoch=4, epochs=5, verbose=0)
+    # Epoch 1: batches 0-3; epoch 2: batches 4-5, then the generator is exhausted: training stops.
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations.buffer) == 6
+
+    model = linear_model()
+    with pytest.warns(UserWarning, match="ran out of data"):
+        history = model.fit(batches(x, y, 4), epochs=3, verbose=0)  # one pass, then nothing
+    assert len(history.history["loss"]) == 1
+
+
+class Sequence:
+    """Keras's PyDataset protocol: len, getitem, on_epoch_end."""
+
+    def __init__(self, x, y, size, weights=None):
+        self.x, self.y, self.size, self.weights = x, y, size, weights
+        self.epochs_ended = 0
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, index):
+        rows = slice(index * self.size, (index + 1) * self.size)
+        if self.weights is None:
+            return self.x[rows], self.y[rows]
+        return self.x[rows], self.y[rows], self.weights[rows]
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
+
+
+class Reiterable:
+    def __init__(self, x, y, size):
+        self.x, self.y, self.size = x, y, size
+
+    def __iter__(self):
+        return batches(self.x, self.y, self.size)
+
+
+def test_sequences_and_reiterables_give_a_full_pass_every_epoch():
+    x, y = data(20)
+    from_arrays = linear_model()
+    from_arrays.fit(x, y, batch_size=6, epochs=3, shuffle=False, verbose=0)
+    sequence = Sequence(x, y, 6)
+    from_sequence = linear_model()
+    history = from_sequence.fit(sequence, epochs=3, shuffle=False, verbose=0)
+    assert sequence.epochs_ended == 3 and len(history.history["loss"]) == 3
+    from_iterable = linear_model()
+    from_iterable.fit(Reiterable(x, y, 6), epochs=3, verbose=0)
+    for model in (from_sequence, from_iterable):
+        for got, want in zip(model.get_weights(), from_arrays.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    shuffled = linear_model()
+    shuffled.fit(Sequence(x, y, 6), epochs=1, shuffle=True, verbose=0)  # batch order shuffled
+    assert int(shuffled.optimizer.iterations.buffer) == 4
+
+
+def test_weighted_batches_validation_generators_and_logs():
+    x, y = data(16)
+    w = np.linspace(0.5, 2.0, 16).astype(np.float32)
+    model = linear_model(learning_rate=0.0, metrics_=["mae"])
+    kernel, bias = (v.astype(np.float64) for v in model.get_weights())
+    history = model.fit(Sequence(x, y, 5, w), epochs=1, shuffle=False, verbose=0,
+                        validation_data=batches(x, y, 3, w), validation_steps=6).history
+    expected = np_weighted_mse(kernel, bias, x, y, w)
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert history["val_loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert history["mae"][0] == pytest.approx(np.abs(x @ kernel + bias - y).mean(), rel=1e-5)
+
+
+def test_batch_source_errors():
+    x, y = data(8)
+    model = linear_model()
+    with pytest.raises(ValueError, match="`y` and `sample_weight` must not be given"):
+        model.fit(batches(x, y, 4), y, verbose=0)
+    with pytest.raises(ValueError, match="batch without targets"):
+        model.fit((b for b, _ in batches(x, y, 4)), verbose=0)
+    with pytest.raises(ValueError, match="must be x, \\(x,\\), \\(x, y\\)"):
+        model.fit(iter([(x, y, None, None)]), verbose=0)
+    with pytest.raises(ValueError, match="validation_split` is only supported for arrays"):
+        model.fit(batches(x, y, 4), validation_split=0.5, verbose=0)
+    with pytest.raises(ValueError, match="yielded no batches"):
+        model.fit(iter([]), verbose=0)
+    with pytest.raises(ValueError, match="steps_per_epoch must be a positive integer"):
+        model.fit(batches(x, y, 4), steps_per_epoch=0, verbose=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class and sample weights
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sample_weights_scale_the_loss_and_the_update_like_keras(target):
+    x, y = data(10)
+    w = np.random.default_rng(2).random(10).astype(np.float32)
+    model = linear_model(target, learning_rate=0.1)
+    kernel, bias = (v.astype(np.float64) for v in model.get_weights())
+    loss = model.train_on_batch(x, y, sample_weight=w)
+    assert loss == pytest.approx(np_weighted_mse(kernel, bias, x, y, w), rel=1e-5)
+    for got, want in zip(model.get_weights(), np_weighted_mse_step(kernel, bias, x, y, w, 0.1)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # In fit, with a partial last batch: every batch's loss is divided by its own size.
+    model = linear_model(target, learning_rate=0.1)
+    model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for start in range(0, 10, 4):
+        rows = slice(start, start + 4)
+        kernel, bias = np_weighted_mse_step(kernel, bias, x[rows], y[rows], w[rows], 0.1)
+    for got, want in zip(model.get_weights(), (kernel, bias)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weight_equals_the_sample_weights_of_each_class():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 12)
+    class_weight = {0: 0.5, 1: 2.0}  # class 2 is missing: weight 1
+    w = np.array([class_weight.get(int(c), 1.0) for c in labels], np.float32)
+    for loss, y in (("sparse_categorical_crossentropy", labels),
+                    ("categorical_crossentropy", np.eye(3, dtype=np.float32)[labels])):
+        with_classes = linear_model(loss=loss, learning_rate=0.2)
+        history = with_classes.fit(x, y, class_weight=class_weight, batch_size=5, epochs=2,
+                                   shuffle=False, verbose=0).history
+        with_samples = linear_model(loss=loss, learning_rate=0.2)
+        expected = with_samples.fit(x, y, sample_weight=w, batch_size=5, epochs=2, shuffle=False,
+                                    verbose=0).history
+        assert history["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        for got, want in zip(with_classes.get_weights(), with_samples.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+        # train_on_batch and generators take class_weight too.
+        first = linear_model(loss=loss)
+        first.train_on_batch(x, y, class_weight=class_weight)
+        second = linear_model(loss=loss)
+        second.train_on_batch(x, y, sample_weight=w)
+        np.testing.assert_allclose(first.get_weights()[0], second.get_weights()[0], rtol=1e-6)
+        from_generator = linear_model(loss=loss, learning_rate=0.2)
+        from_generator.fit(batches(x, y, 5), class_weight=class_weight, epochs=1, verbose=0)
+        from_arrays = linear_model(loss=loss, learning_rate=0.2)
+        from_arrays.fit(x, y, sample_weight=w, batch_size=5, epochs=1, shuffle=False, verbose=0)
+        np.testing.assert_allclose(from_generator.get_weights()[0], from_arrays.get_weights()[0],
+                                   rtol=1e-6)
+
+
+def test_binary_class_weight_and_weighted_validation():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    y = rng.integers(0, 2, (20, 1)).astype(np.float32)
+    model = Sequential([Input(shape=(4,)), Dense(1, activation="sigmoid")])
+    model.compile(optimizer=optimizers.SGD(0.0), loss="binary_crossentropy", target="reference")
+    p = model.predict(x, verbose=0).astype(np.float64)[:, 0]
+    per_sample = -(y[:, 0] * np.log(p) + (1 - y[:, 0]) * np.log(1 - p))
+    w = np.where(y[:, 0] == 1, 3.0, 1.0)
+    history = model.fit(x, y, class_weight={1: 3.0}, batch_size=20, verbose=0,
+                        validation_data=(x, y, w)).history
+    assert history["loss"][0] == pytest.approx((per_sample * w).mean(), rel=1e-5)
+    assert history["val_loss"][0] == pytest.approx((per_sample * w).mean(), rel=1e-5)
+    # validation_split keeps the last samples' weights with them.
+    history = model.fit(x, y, sample_weight=w, validation_split=0.25, batch_size=20,
+                        verbose=0).history
+    assert history["val_loss"][0] == pytest.approx((per_sample * w)[15:].mean(), rel=1e-5)
+    assert history["loss"][0] == pytest.approx((per_sample * w)[:15].mean(), rel=1e-5)
+
+
+def test_validation_freq_and_steps_per_epoch_on_arrays():
+    x, y = data(20)
+    model = linear_model()
+    history = model.fit(x, y, batch_size=5, epochs=4, validation_data=(x, y), validation_freq=2,
+                        verbose=0).history
+    assert len(history["loss"]) == 4 and len(history["val_loss"]) == 2
+    model = linear_model()
+    with pytest.warns(UserWarning, match="ran out of data"):
+        model.fit(x, y, batch_size=5, epochs=3, steps_per_epoch=3, shuffle=False, verbose=0)
+    # Keras's EpochIterator: 3 batches, then the pass's last one (warned), then 3 of a new pass.
+    assert int(model.optimizer.iterations.buffer) == 7
+
+
+# ----------------------------------------------------------------------------------------------
+# Single batches
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_on_batch_methods_follow_keras_return_conventions(target):
+    x, y = data(6)
+    model = linear_model(target)
+    loss = model.train_on_batch(x, y)
+    assert isinstance(loss, float)
+    before = model.get_weights()
+    assert isinstance(model.test_on_batch(x, y), float)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)  # test_on_batch does not train
+    prediction = model.predict_on_batch(x)
+    assert isinstance(prediction, np.ndarray) and prediction.shape == (6, 3)
+    np.testing.assert_allclose(prediction, model.predict(x, verbose=0), rtol=1e-6)
+
+    model = linear_model(target, metrics_=["mae", metrics.RootMeanSquaredError()])
+    values = model.train_on_batch(x, y)
+    assert isinstance(values, list) and len(values) == 3
+    logs = model.test_on_batch(x[:3], y[:3], return_dict=True)
+    assert set(logs) == {"loss", "mae", "root_mean_squared_error"}
+    # Metrics of this batch alone (Keras resets them on every call).
+    p = model.predict(x[:3], verbose=0)
+    assert logs["mae"] == pytest.approx(np.abs(p - y[:3]).mean(), rel=1e-5)
+    assert logs["root_mean_squared_error"] == pytest.approx(np.sqrt(((p - y[:3]) ** 2).mean()),
+                                                            rel=1e-5)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert sorted(logs) == ["loss", "mae", "root_mean_squared_error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks, end to end
+# ----------------------------------------------------------------------------------------------
+
+class Recorder(callbacks.Callback):
+    """Keras hook names, recorded with the weights at each epoch's start and end."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.weights_at_begin, self.weights_at_end = [], []
+        self.learning_rates = []
+
+    def on_train_begin(self, logs=None):
+        self.events.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.events.append(f"epoch_begin {epoch}")
+        self.weights_at_begin.append([w.astype(np.float64) for w in self.model.get_weights()])
+        self.learning_rates.append(self.model.optimizer.learning_rate)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.events.append(f"batch_begin {batch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        assert "loss" in logs
+        self.events.append(f"batch_end {batch}")
+
+    def on_test_begin(self, logs=None):
+        self.events.append("test_begin")
+
+    def on_test_end(self, logs=None):
+        self.events.append("test_end")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(f"epoch_end {epoch}")
+        self.weights_at_end.append([w.astype(np.float64) for w in self.model.get_weights()])
+
+    def on_train_end(self, logs=None):
+        self.events.append("train_end")
+
+
+def diverging_validation(model, x, seed=5):
+    """Training targets p0 + d and validation targets p0 - d around the model's first predictions:
+    small SGD steps move the predictions towards p0 + d, so val_loss rises every epoch."""
+    p0 = model.predict(x, verbose=0).astype(np.float64)
+    d = np.random.default_rng(seed).standard_normal(p0.shape)
+    return p0 + d, p0 - d
+
+
+def mse_gradient(weights, x, y):
+    kernel, bias = weights
+    d = 2 * (x @ kernel + bias - y) / y.size
+    return [x.T @ d, d.sum(0)]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_learning_rate_callbacks_change_the_compiled_step_without_recompiling(target):
+    x = data(8)[0].astype(np.float64)
+    model = linear_model(target, learning_rate=0.1)
+    y, y_validation = diverging_validation(model, x)
+    recorder = Recorder()
+    plateau = callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=0.0)
+    scheduler = callbacks.LearningRateScheduler(lambda epoch, lr: 0.0 if epoch == 3 else lr)
+    programs = {}
+
+    def snapshot(epoch, logs):
+        programs[epoch] = dict(model._programs)
+
+    history = model.fit(x, y, batch_size=8, epochs=5, verbose=0, validation_data=(x, y_validation),
+                        callbacks=[scheduler, recorder, plateau,
+                                   callbacks.LambdaCallback(on_epoch_end=snapshot)]).history
+    assert np.all(np.diff(history["val_loss"][:3]) > 0)
+    # Epoch 1 does not improve on epoch 0: halved for epoch 2, and again for epoch 3, where the
+    # scheduler (first in the list) sets 0; the plateau cannot reduce 0 further.
+    rates = recorder.learning_rates
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.0, 0.0])
+    assert history["learning_rate"] == pytest.approx([0.1, 0.1, 0.05, 0.0, 0.0])
+    for epoch in range(5):
+        # One batch per epoch: the step is exactly w - lr * g(w) with the rate set by the callbacks.
+        expected = [w - rates[epoch] * g for w, g in zip(
+            recorder.weights_at_begin[epoch], mse_gradient(recorder.weights_at_begin[epoch], x, y))]
+        for got, want in zip(recorder.weights_at_end[epoch], expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert all(programs[epoch] == programs[0] for epoch in programs)  # never retraced
+
+
+def test_early_stopping_restores_the_best_weights():
+    x = data(8)[0]
+    model = linear_model(learning_rate=0.05)
+    y, y_validation = diverging_validation(model, x)
+    recorder = Recorder()
+    stopper = callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    history = model.fit(x, y, batch_size=8, epochs=10, verbose=0, validation_data=(x, y_validation),
+                        callbacks=[recorder, stopper]).history
+    # val_loss rises from the first epoch on: the best is epoch 0, and patience 2 stops after epoch 2.
+    assert len(history["val_loss"]) == 3 and stopper.stopped_epoch == 2
+    assert np.argmin(history["val_loss"]) == 0
+    for got, want in zip(model.get_weights(), recorder.weights_at_end[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_callback_hooks_run_in_keras_order_with_a_generator_and_csv_logger(tmp_path):
+    x, y = data(12)
+    model = linear_model(metrics_=["mae"])
+    recorder = Recorder()
+    log_file = tmp_path / "log.csv"
+    history = model.fit(batches(x, y, 4), epochs=1, verbose=0, validation_data=(x, y),
+                        callbacks=[recorder, callbacks.CSVLogger(str(log_file))]).history
+    assert recorder.events == ["train_begin", "epoch_begin 0", "batch_begin 0", "batch_end 0",
+                               "batch_begin 1", "batch_end 1", "batch_begin 2", "batch_end 2",
+                               "test_begin", "test_end", "epoch_end 0", "train_end"]
+    assert recorder.model is model and recorder.params["epochs"] == 1
+    with open(log_file, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1 and rows[0]["epoch"] == "0"
+    for key in ("loss", "mae", "val_loss", "val_mae"):
+        assert float(rows[0][key]) == pytest.approx(history[key][0], rel=1e-6)
+
+
+def test_a_callback_can_stop_training_mid_epoch_and_progress_bars_handle_unknown_steps(capsys):
+    x, y = data(20)
+
+    class StopAfterTwoBatches(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                self.model.stop_training = True
+
+    model = linear_model()
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[StopAfterTwoBatches()])
+    assert int(model.optimizer.iterations.buffer) == 2
+
+    def generator():
+        yield from batches(x, y, 4)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear_model().fit(generator(), epochs=1, verbose=1)
+    assert "loss" in capsys.readouterr().out
