@@ -11,7 +11,8 @@ The graph contract (the same for every target; `kcompile.backend.make_runner` ru
   optimizer's
   'optimizer/learning_rate' (f32[]), 'optimizer/iterations' (i32[]) and slots ('{weight}/m', ...);
   outputs 'loss', the metric sums, then the in-place updates, named like the inputs they replace:
-  every trainable weight, every slot, and 'optimizer/iterations'.
+  every trainable weight, every slot, 'optimizer/iterations', and the non-trainable weights layers
+  update while training (`TraceScope.add_update`: BatchNormalization's moving statistics).
 
 Axis 0 of x, y and y_pred is the batch dimension (None), so one graph serves every batch size.  The
 train step clips the gradients, applies weight decay and evaluates a learning-rate schedule from
@@ -165,7 +166,7 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
             path = optimizer.slot_path(variable, slot)
             slots[path] = B.arg(path, dtype, variable.shape)
 
-    with TraceScope(weights, seed=seed):
+    with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
                                                                     y_pred, sample_weight)
@@ -188,6 +189,8 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
 
     outputs = [("loss", loss_value)] + metric_outputs
     outputs += weight_updates + slot_updates + [(optimizers.ITERATIONS, next_iterations)]
+    # non-trainable state that layers update in training (BatchNormalization's moving statistics)
+    outputs += [(variable.path, value) for variable, value in scope.updates]
     inputs = [x, y] + ([sample_weight] if weighted else [])
     inputs += [seed, *weights.values(), learning_rate, iterations, *slots.values()]
     return ir.verify(ir.Graph("train", inputs, outputs))

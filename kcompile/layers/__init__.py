@@ -1,11 +1,21 @@
 """Layers, as ``keras.layers``."""
 from kcompile.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, Variable
+from kcompile.layers.convolutional import Conv2D
+from kcompile.layers.embedding import Embedding
+from kcompile.layers.normalization import BatchNormalization, LayerNormalization
+from kcompile.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from kcompile.layers.reshaping import Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
+__all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling2D",
+            "LayerNormalization", "MaxPooling2D", "Reshape"]
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer)}
+_CLASSES.update({cls.__name__: cls for cls in (AveragePooling2D, BatchNormalization, Conv2D, Embedding,
+                                                GlobalAveragePooling2D, LayerNormalization,
+                                                MaxPooling2D, Reshape)})
 
 
 def serialize(layer: Layer) -> dict:

@@ -28,9 +28,10 @@ _local = threading.local()
 
 
 def to_snake_case(name: str) -> str:
-    """'InputLayer' -> 'input_layer', as Keras derives default names."""
+    """'InputLayer' -> 'input_layer', 'Conv2D' -> 'conv2d', as Keras derives default names."""
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    # NOTE: a digit does not end a word ('MaxPooling2D' -> 'max_pooling2d'), as in Keras
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def format_shape(shape) -> str:
@@ -49,11 +50,22 @@ class TraceScope:
         bindings: dict Variable -> ir Node (the graph input standing for it).
         seed: the u32[] graph input that random layers (Dropout) draw from, or None when the traced
             function is deterministic (inference).
+
+    `updates` collects (Variable, new value) pairs that layers record with `add_update` while
+    tracing in training mode (BatchNormalization's moving statistics): the train step outputs each
+    under the variable's path, an in-place update of its buffer.
     """
 
     def __init__(self, bindings: dict, seed: Node | None = None):
         self.bindings = bindings
         self.seed = seed
+        self.updates: list = []
+
+    def add_update(self, variable: "Variable", value: Node) -> None:
+        """Record that the traced step assigns `value` to the (non-trainable) `variable`."""
+        if any(v is variable for v, _ in self.updates):
+            raise ValueError(f"variable {variable.path!r} is updated twice in one traced step")
+        self.updates.append((variable, value))
 
     def __enter__(self):
         stack = getattr(_local, "stack", None)

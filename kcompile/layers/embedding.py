@@ -1,0 +1,83 @@
+"""Embedding, as `keras.layers.Embedding`: integer ids -> rows of a trainable table.
+
+The lookup is the `gather` primitive; its gradient is `scatter_add`, the sum of the gradient rows
+of every occurrence of an id, so the optimizer updates the whole (dense) table.  Models are fed
+float arrays, so the ids arrive as floats holding integers and are cast to i32 in the graph; ids
+outside [0, input_dim) are clamped to the nearest row (as JAX does; Keras on TensorFlow raises).
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+
+from ir import build as B
+from ir import build_nn as NN
+
+from kcompile import initializers
+from kcompile.layers.layer import Layer
+
+# Keras's short names for its default embedding initializer
+_ALIASES = {"uniform": "random_uniform", "normal": "random_normal"}
+
+
+class Embedding(Layer):
+    """Maps each integer id in [0, input_dim) to a vector of `output_dim` values:
+    (batch, ...) -> (batch, ..., output_dim).
+
+    Args:
+        input_dim: the number of ids (rows of the table).
+        output_dim: the size of each vector.
+        embeddings_initializer: default uniform on [-0.05, 0.05], as Keras.
+    """
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
+                 embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
+                 weights=None, lora_rank=None, **kwargs):
+        for argument, value in [("embeddings_regularizer", embeddings_regularizer),
+                                ("embeddings_constraint", embeddings_constraint),
+                                ("lora_rank", lora_rank)]:
+            if value is not None:
+                raise NotImplementedError(f"Embedding({argument}=...) is not supported yet")
+        if mask_zero:
+            raise NotImplementedError("Embedding(mask_zero=True) is not supported: kcompile layers "
+                                      "do not propagate masks")
+        if kwargs.pop("input_length", None) is not None:
+            warnings.warn("Embedding's `input_length` argument is deprecated (as in Keras 3); give "
+                          "the model an input shape instead", stacklevel=2)
+        for argument, value in [("input_dim", input_dim), ("output_dim", output_dim)]:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"Embedding: `{argument}` must be a positive integer; got "
+                                 f"{argument}={value!r}")
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        if isinstance(embeddings_initializer, str):
+            embeddings_initializer = _ALIASES.get(embeddings_initializer, embeddings_initializer)
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings = None
+        self._initial_weights = weights
+
+    def compute_output_shape(self, input_shape):
+        if not input_shape:
+            raise ValueError(f"Embedding layer {self.name!r} needs inputs with a batch axis")
+        return tuple(input_shape) + (self.output_dim,)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight((self.input_dim, self.output_dim),
+                                          self.embeddings_initializer, name="embeddings")
+        if self._initial_weights is not None:
+            self.set_weights(self._initial_weights)
+            self._initial_weights = None
+        self.built = True
+
+    def call(self, inputs):
+        ids = inputs if inputs.dtype == "i32" else B.cast(inputs, "i32")
+        return NN.gather(self.embeddings.value, ids)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "input_dim": self.input_dim, "output_dim": self.output_dim,
+            "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
+            "mask_zero": False,
+        })
+        return config

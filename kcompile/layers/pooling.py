@@ -1,0 +1,84 @@
+"""MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D, as in `keras.layers` (channels_last).
+
+Window pooling is a reduction over the window axes of im2col patches (`ir.build_nn.pool2d`): the
+compiled kernel evaluates each window in place, and the gradient is col2im of the reduction's
+gradient.  Padding never counts: 'same' max pooling ignores it, 'same' average pooling divides by
+the number of pixels inside the image, as Keras does.
+
+NOTE: max pooling sends the gradient to every position of a window that equals its maximum
+(`reduce_max`'s rule); Keras on TensorFlow picks one of them.  They differ only on exact ties, which
+after a ReLU are zeros that receive no gradient anyway.
+"""
+from __future__ import annotations
+
+from ir import build as B
+from ir import build_nn as NN
+
+from kcompile.layers.convolutional import (check_channels_last, check_image, normalize_padding,
+                                           normalize_tuple, window_output_shape)
+from kcompile.layers.layer import Layer, format_shape
+
+
+class _Pooling2D(Layer):
+    _mode = ""
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+        layer = type(self).__name__
+        check_channels_last(data_format, layer)
+        super().__init__(**kwargs)
+        self.pool_size = normalize_tuple(pool_size, 2, "pool_size", layer)
+        self.strides = (self.pool_size if strides is None
+                        else normalize_tuple(strides, 2, "strides", layer))
+        self.padding = normalize_padding(padding, layer)
+
+    def compute_output_shape(self, input_shape):
+        check_image(input_shape, type(self).__name__, self.name)
+        height, width = window_output_shape(input_shape, self.pool_size, self.strides, self.padding)
+        if height < 1 or width < 1:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.pool_size} window "
+                             f"does not fit inputs of shape {format_shape(input_shape)}; use "
+                             "padding='same' or a smaller pool_size.")
+        return (input_shape[0], height, width, input_shape[3])
+
+    def call(self, inputs):
+        return NN.pool2d(inputs, self.pool_size, self.strides, self.padding, self._mode)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding,
+                       "data_format": "channels_last"})
+        return config
+
+
+class MaxPooling2D(_Pooling2D):
+    """The maximum of each `pool_size` window, windows `strides` apart (default: pool_size)."""
+    _mode = "max"
+
+
+class AveragePooling2D(_Pooling2D):
+    """The mean of each `pool_size` window, windows `strides` apart (default: pool_size)."""
+    _mode = "avg"
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with
+    `keepdims=True`."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        check_channels_last(data_format, "GlobalAveragePooling2D")
+        super().__init__(**kwargs)
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape):
+        check_image(input_shape, "GlobalAveragePooling2D", self.name)
+        if self.keepdims:
+            return (input_shape[0], 1, 1, input_shape[3])
+        return (input_shape[0], input_shape[3])
+
+    def call(self, inputs):
+        return B.reduce_mean(inputs, (1, 2), keepdims=self.keepdims)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"data_format": "channels_last", "keepdims": self.keepdims})
+        return config

@@ -1,0 +1,308 @@
+"""Conv2D, the pooling layers and Reshape: the layer harness, then each layer against a direct numpy
+implementation (float64), compiled and interpreted, then a small CNN trained on both targets."""
+import math
+
+import numpy as np
+import pytest
+
+import ir
+from ir import build as B
+from ir import build_nn as NN
+from ir.fusion import fuse
+
+from kcompile.layers import (AveragePooling2D, Conv2D, Dense, Flatten, GlobalAveragePooling2D, Input,
+                             MaxPooling2D, Reshape)
+from kcompile.models import Sequential
+from kcompile.utils import set_random_seed
+
+from layer_harness import run_layer_test
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy references (TensorFlow's placement of 'same' padding: the odd pixel at the end)
+# ----------------------------------------------------------------------------------------------
+
+def _pads(size, window, stride, padding):
+    if padding == "valid":
+        return 0, 0, (size - window) // stride + 1
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def _windows(x, size, strides, padding, fill):
+    """[N, OH, OW, KH, KW, C] windows of x, padded with `fill`."""
+    (kh, kw), (sh, sw) = size, strides
+    top, bottom, oh = _pads(x.shape[1], kh, sh, padding)
+    left, right, ow = _pads(x.shape[2], kw, sw, padding)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=fill)
+    out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]), x.dtype)
+    for r in range(oh):
+        for c in range(ow):
+            out[:, r, c] = padded[:, r * sh:r * sh + kh, c * sw:c * sw + kw, :]
+    return out
+
+
+def conv_numpy(x, kernel, bias, strides, padding):
+    windows = _windows(x.astype(np.float64), kernel.shape[:2], strides, padding, 0.0)
+    return np.einsum("nhwijc,ijco->nhwo", windows, kernel.astype(np.float64)) + bias
+
+
+def pool_numpy(x, size, strides, padding, mode):
+    if mode == "max":
+        return _windows(x.astype(np.float64), size, strides, padding, -np.inf).max(axis=(3, 4))
+    sums = _windows(x.astype(np.float64), size, strides, padding, 0.0).sum(axis=(3, 4))
+    counts = _windows(np.ones(x.shape[:3] + (1,)), size, strides, padding, 0.0).sum(axis=(3, 4))
+    return sums / counts
+
+
+def _predict_both(model, x):
+    """The model's predictions from the reference interpreter and from compiled code."""
+    out = []
+    for target in ("reference", "llvm"):
+        model.compile(optimizer="sgd", loss="mse", target=target)
+        out.append(model.predict(x, verbose=0))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The harness
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_layer, input_shape, output_shape, weights", [
+    (lambda: Conv2D(4, 3), (7, 6, 3), (5, 4, 4), 2),
+    (lambda: Conv2D(4, (3, 2), strides=2, padding="same", activation="relu"), (7, 6, 3), (4, 3, 4), 2),
+    (lambda: Conv2D(2, 1, use_bias=False, activation="tanh"), (4, 5, 3), (4, 5, 2), 1),
+    (lambda: MaxPooling2D(), (6, 7, 3), (3, 3, 3), 0),
+    (lambda: MaxPooling2D((3, 3), strides=(2, 1), padding="same"), (6, 7, 3), (3, 7, 3), 0),
+    (lambda: AveragePooling2D(), (6, 7, 3), (3, 3, 3), 0),
+    (lambda: AveragePooling2D(3, strides=2, padding="same"), (6, 7, 3), (3, 4, 3), 0),
+    (lambda: GlobalAveragePooling2D(), (4, 5, 3), (3,), 0),
+    (lambda: GlobalAveragePooling2D(keepdims=True), (4, 5, 3), (1, 1, 3), 0),
+    (lambda: Reshape((3, 4)), (12,), (3, 4), 0),
+    (lambda: Reshape((-1, 2, 1)), (3, 4), (6, 2, 1), 0),
+])
+def test_layer_harness(make_layer, input_shape, output_shape, weights):
+    run_layer_test(make_layer, input_shape, output_shape, weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conv2D
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [
+    ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((3, 3), (2, 2), "same"),
+    ((2, 3), (2, 1), "valid"), ((4, 4), (3, 2), "same"), ((1, 1), (1, 1), "valid"),
+    ((1, 1), (2, 2), "same"), ((5, 5), (1, 1), "same"),
+])
+def test_conv2d_matches_numpy(kernel_size, strides, padding):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 9, 8, 2)).astype(np.float32)
+    set_random_seed(0)
+    model = Sequential([Input(shape=(9, 8, 2)),
+                        Conv2D(5, kernel_size, strides=strides, padding=padding)])
+    kernel = rng.standard_normal(kernel_size + (2, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    model.set_weights([kernel, bias])
+    expected = conv_numpy(x, kernel, bias, strides, padding)
+    assert model.output_shape == (None,) + expected.shape[1:]
+    for got in _predict_both(model, x):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_gradients_match_finite_differences():
+    """d loss / d (kernel, bias, input) of a strided 'same' convolution, float64, interpreter."""
+    rng = np.random.default_rng(2)
+    x = B.arg("x", "f64", (None, 5, 4, 2))
+    k = B.arg("k", "f64", (3, 2, 2, 3))
+    w = B.arg("w", "f64", (None, 3, 2, 3))
+    loss = B.reduce_sum(B.mul(B.tanh(NN.conv2d(x, k, (2, 2), "same")), w))
+    grads = ir.gradients(loss, [x, k])
+    feeds = {"x": rng.standard_normal((2, 5, 4, 2)), "k": rng.standard_normal((3, 2, 2, 3)),
+             "w": rng.standard_normal((2, 3, 2, 3))}
+    graph = ir.Graph("conv", [x, k, w], [("loss", loss), ("dx", grads[0]), ("dk", grads[1])])
+    analytic = ir.run(graph, feeds)
+    loss_only = ir.Graph("conv_loss", [x, k, w], [("loss", loss)])
+    for name in ("x", "k"):
+        numeric = np.zeros_like(feeds[name])
+        for i in range(numeric.size):
+            values = []
+            for step in (1e-6, -1e-6):
+                moved = feeds[name].copy()
+                moved.reshape(-1)[i] += step
+                values.append(float(ir.run(loss_only, {**feeds, name: moved})["loss"]))
+            numeric.reshape(-1)[i] = (values[0] - values[1]) / 2e-6
+        np.testing.assert_allclose(analytic["d" + name], numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_conv2d_kernel_is_glorot_uniform_over_the_receptive_field():
+    set_random_seed(0)
+    layer = Conv2D(64, 3)
+    layer.build((None, 28, 28, 32))
+    kernel, bias = layer.get_weights()
+    assert kernel.shape == (3, 3, 32, 64)
+    limit = np.sqrt(6 / (9 * 32 + 9 * 64))
+    assert np.abs(kernel).max() <= limit
+    assert kernel.var() == pytest.approx(limit ** 2 / 3, rel=0.05)
+    np.testing.assert_array_equal(bias, 0)
+
+
+def test_conv2d_config_has_keras_keys_and_names():
+    layer = Conv2D(8, 3)
+    assert layer.name == "conv2d"
+    config = layer.get_config()
+    for key in ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
+                "groups", "activation", "use_bias", "kernel_initializer", "bias_initializer"):
+        assert key in config
+    assert config["kernel_size"] == (3, 3) and config["strides"] == (1, 1)
+    assert MaxPooling2D().name == "max_pooling2d"
+
+
+@pytest.mark.parametrize("make_layer, shape, message", [
+    (lambda: Conv2D(4, 3), (None, 28, 28), "Reshape((28, 28, 1))"),
+    (lambda: Conv2D(4, 5), (None, 3, 3, 1), "padding='same'"),
+    (lambda: MaxPooling2D(), (None, 10), "(batch, height, width, channels)"),
+    (lambda: MaxPooling2D(4), (None, 3, 3, 2), "padding='same'"),
+    (lambda: Reshape((5, 5)), (None, 12), "number of values"),
+])
+def test_shape_errors_say_what_to_do(make_layer, shape, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_layer().compute_output_shape(shape)
+
+
+@pytest.mark.parametrize("make_layer", [
+    lambda: Conv2D(0, 3), lambda: Conv2D(4, (3, 3, 3)), lambda: Conv2D(4, 3, padding="full"),
+    lambda: MaxPooling2D(pool_size=0), lambda: Reshape((2, 0)), lambda: Reshape((-1, -1)),
+])
+def test_bad_arguments_are_refused(make_layer):
+    with pytest.raises(ValueError):
+        make_layer()
+
+
+@pytest.mark.parametrize("make_layer", [
+    lambda: Conv2D(4, 3, dilation_rate=2), lambda: Conv2D(4, 3, groups=2),
+    lambda: Conv2D(4, 3, data_format="channels_first"),
+    lambda: MaxPooling2D(data_format="channels_first"),
+])
+def test_unsupported_arguments_say_so(make_layer):
+    with pytest.raises(NotImplementedError):
+        make_layer()
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_size, strides, padding", [
+    ((2, 2), None, "valid"), ((2, 2), None, "same"), ((3, 3), (2, 2), "same"),
+    ((3, 2), (1, 1), "valid"), ((2, 3), (3, 2), "same"),
+])
+@pytest.mark.parametrize("layer_class, mode", [(MaxPooling2D, "max"), (AveragePooling2D, "avg")])
+def test_pooling_matches_numpy(layer_class, mode, pool_size, strides, padding):
+    rng = np.random.default_rng(3)
+    # negative values: 'same' max pooling must ignore the padding, not read zeros
+    x = (rng.standard_normal((2, 7, 5, 3)) - 3).astype(np.float32)
+    model = Sequential([Input(shape=(7, 5, 3)), layer_class(pool_size, strides, padding)])
+    expected = pool_numpy(x, pool_size, strides or pool_size, padding, mode)
+    assert model.output_shape == (None,) + expected.shape[1:]
+    for got in _predict_both(model, x):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pooling_sends_the_gradient_to_the_maximum():
+    x = np.array([[1., 5., 2., 0.], [3., 4., 7., 8.], [0., 1., 2., 3.], [9., 6., 5., 4.]], np.float32)
+    node = B.arg("x", "f32", (None, 4, 4, 1))
+    pooled = NN.pool2d(node, (2, 2), (2, 2), "valid", "max")
+    (grad,) = ir.gradients(B.reduce_sum(B.mul(pooled, B.const(np.arange(1.0, 5.0).reshape(2, 2, 1)))),
+                           [node])
+    out = ir.run(ir.Graph("g", [node], [("y", pooled), ("dx", grad)]), {"x": x.reshape(1, 4, 4, 1)})
+    np.testing.assert_array_equal(out["y"].reshape(2, 2), [[5, 8], [9, 5]])
+    np.testing.assert_array_equal(out["dx"].reshape(4, 4), [[0, 1, 0, 0], [0, 0, 0, 2],
+                                                            [0, 0, 0, 0], [3, 0, 4, 0]])
+
+
+def test_global_average_pooling_is_the_spatial_mean():
+    x = np.random.default_rng(4).standard_normal((3, 4, 5, 6)).astype(np.float32)
+    for keepdims in (False, True):
+        model = Sequential([Input(shape=(4, 5, 6)), GlobalAveragePooling2D(keepdims=keepdims)])
+        for got in _predict_both(model, x):
+            np.testing.assert_allclose(got, x.mean(axis=(1, 2), keepdims=keepdims), rtol=1e-5,
+                                       atol=1e-6)
+
+
+def test_pooling_strides_default_to_the_pool_size():
+    assert MaxPooling2D(3).strides == (3, 3)
+    assert AveragePooling2D((2, 3), strides=1).strides == (1, 1)
+    assert MaxPooling2D(3).get_config()["strides"] == (3, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reshape
+# ----------------------------------------------------------------------------------------------
+
+def test_reshape_adds_a_channel_axis_for_conv2d():
+    x = np.random.default_rng(5).random((4, 6, 6)).astype(np.float32)
+    set_random_seed(1)
+    model = Sequential([Input(shape=(6, 6)), Reshape((6, 6, 1)), Conv2D(2, 3)])
+    kernel, bias = model.get_weights()
+    for got in _predict_both(model, x):
+        np.testing.assert_allclose(got, conv_numpy(x[..., None], kernel, bias, (1, 1), "valid"),
+                                   rtol=1e-5, atol=1e-6)
+    assert Reshape((-1, 3)).compute_output_shape((None, 4, 6)) == (None, 8, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernels a CNN compiles to, and a CNN trained on both targets
+# ----------------------------------------------------------------------------------------------
+
+def test_convolution_runs_on_the_gemm_and_pooling_feeds_dense_through_a_view():
+    """im2col patches are materialized for the GEMM (the matmul reads memory) and a pooled image
+    reaches Dense through Flatten's view, without a copy."""
+    x = B.arg("x", "f32", (None, 10, 10, 3))
+    k = B.arg("k", "f32", (3, 3, 3, 4))
+    w = B.arg("w", "f32", (64, 2))
+    pooled = NN.pool2d(B.relu(NN.conv2d(x, k)), (2, 2), (2, 2), "valid", "max")
+    out = B.matmul(B.reshape(pooled, (None, 64)), w)
+    fused = fuse(ir.passes.run_pipeline(ir.Graph("cnn", [x, k, w], [("y", out)])))
+    kinds = [(g.kind, g.root.op) for g in fused.groups]
+    assert ("elementwise", "patches") in kinds
+    assert sum(kind == "matmul" for kind, _ in kinds) == 2
+    assert any(node.op == "reshape" for node in fused.aliases)
+
+
+def _small_cnn():
+    return Sequential([Input(shape=(12, 12, 1)), Conv2D(4, 3, activation="relu"),
+                       MaxPooling2D(), Conv2D(6, 3, padding="same", activation="relu"),
+                       AveragePooling2D(), Flatten(), Dense(10, activation="softmax")])
+
+
+def test_small_cnn_trains_alike_compiled_and_interpreted():
+    rng = np.random.default_rng(6)
+    x = rng.random((40, 12, 12, 1)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 40)]
+    results = {}
+    for target in ("reference", "llvm"):
+        set_random_seed(7)
+        model = _small_cnn()
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                      target=target)
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        results[target] = (history.history["loss"], model.get_weights(), model.predict(x, verbose=0))
+    reference, compiled = results["reference"], results["llvm"]
+    np.testing.assert_allclose(compiled[0], reference[0], rtol=1e-4)
+    for got, want in zip(compiled[1], reference[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(compiled[2], reference[2], rtol=1e-4, atol=1e-6)
+
+
+def test_cnn_saves_and_loads(tmp_path):
+    from kcompile.models import load_model
+    set_random_seed(8)
+    model = _small_cnn()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", target="llvm")
+    x = np.random.default_rng(9).random((5, 12, 12, 1)).astype(np.float32)
+    model.save(tmp_path / "cnn.keras")
+    loaded = load_model(tmp_path / "cnn.keras")
+    assert [type(layer).__name__ for layer in loaded.layers] == \
+        [type(layer).__name__ for layer in model.layers]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

@@ -1,0 +1,91 @@
+"""Embedding: the layer harness with integer ids, the lookup and its gradient (repeated ids add up)
+against numpy, clamping of ids outside the table, and a small model trained on both targets."""
+import numpy as np
+import pytest
+
+from kcompile import optimizers
+from kcompile.layers import Dense, Embedding, Flatten, GlobalAveragePooling2D, Input, Reshape
+from kcompile.models import Sequential
+from kcompile.utils import set_random_seed
+
+from layer_harness import run_layer_test
+
+
+def _ids(rows):
+    return lambda rng, shape: rng.integers(0, rows, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("make_layer, input_shape, output_shape", [
+    (lambda: Embedding(7, 3), (5,), (5, 3)),
+    (lambda: Embedding(4, 2, embeddings_initializer="ones"), (2, 3), (2, 3, 2)),
+])
+def test_embedding_harness(make_layer, input_shape, output_shape):
+    run_layer_test(make_layer, input_shape, output_shape, 1, inputs=_ids(4))
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_lookup_and_gradient_match_numpy(target):
+    rng = np.random.default_rng(0)
+    ids = np.array([[1, 3, 1, 0], [3, 3, 2, 1], [4, 0, 0, 0]], np.float32)
+    y = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    model = Sequential([Input(shape=(4,)), Embedding(5, 2)])
+    table = rng.standard_normal((5, 2)).astype(np.float32)
+    model.set_weights([table])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="mse", target=target)
+    np.testing.assert_array_equal(model.predict(ids, verbose=0), table[ids.astype(int)])
+    model.fit(ids, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    # mse: d loss / d out = 2 (out - y) / size; every occurrence of an id adds its row
+    d_out = 2 * (table[ids.astype(int)] - y) / y.size
+    d_table = np.zeros_like(table)
+    np.add.at(d_table, ids.astype(int).reshape(-1), d_out.reshape(-1, 2))
+    np.testing.assert_allclose(model.get_weights()[0], table - 0.5 * d_table, rtol=1e-5, atol=1e-6)
+
+
+def test_ids_outside_the_table_are_clamped():
+    table = np.arange(8, dtype=np.float32).reshape(4, 2)
+    model = Sequential([Input(shape=(3,)), Embedding(4, 2)])
+    model.set_weights([table])
+    ids = np.array([[-3, 0, 9]], np.float32)
+    for target in ("reference", "llvm"):
+        model.compile(optimizer="sgd", loss="mse", target=target)
+        np.testing.assert_array_equal(model.predict(ids, verbose=0)[0], table[[0, 0, 3]])
+
+
+def test_default_initializer_is_uniform_005_and_config_round_trips():
+    set_random_seed(1)
+    layer = Embedding(1000, 16)
+    layer.build((None, 3))
+    (table,) = layer.get_weights()
+    assert np.abs(table).max() <= 0.05 and table.std() > 0.02
+    assert layer.get_config()["embeddings_initializer"]["class_name"] == "RandomUniform"
+    assert Embedding.from_config(layer.get_config()).get_config() == layer.get_config()
+    assert layer.name == "embedding"
+
+
+def test_embedding_arguments_are_checked():
+    with pytest.raises(ValueError, match="input_dim"):
+        Embedding(0, 3)
+    with pytest.raises(ValueError, match="output_dim"):
+        Embedding(3, 2.5)
+    with pytest.raises(NotImplementedError, match="mask"):
+        Embedding(3, 2, mask_zero=True)
+    with pytest.warns(UserWarning, match="input_length"):
+        Embedding(3, 2, input_length=5)
+
+
+def test_a_text_classifier_trains_alike_compiled_and_interpreted():
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 20, (48, 6)).astype(np.float32)
+    labels = (ids[:, 0] < 10).astype(np.int32)
+    results = {}
+    for target in ("reference", "llvm"):
+        set_random_seed(3)
+        model = Sequential([Input(shape=(6,)), Embedding(20, 4), Reshape((6, 1, 4)),
+                            GlobalAveragePooling2D(), Dense(8, activation="relu"), Flatten(),
+                            Dense(2, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", target=target)
+        history = model.fit(ids, labels, batch_size=16, epochs=3, shuffle=False, verbose=0)
+        results[target] = (history.history["loss"], model.get_weights())
+    np.testing.assert_allclose(results["llvm"][0], results["reference"][0], rtol=1e-4)
+    for got, want in zip(results["llvm"][1], results["reference"][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
