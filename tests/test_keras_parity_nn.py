@@ -1,0 +1,102 @@
+"""Keras parity of the convolutional, normalization, reshaping and embedding layers: the same model
+built in Keras 3 (JAX backend) and in kcompile, Keras's weights copied over; predictions and the
+weights after one SGD step must agree.  Skipped when Keras 3 with JAX is not installed (kcompile never
+imports either; they are only the yardstick)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kcompile import optimizers
+from kcompile import layers as L
+from kcompile.models import Sequential
+
+
+def _keras_available() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in ("keras", "jax"))
+
+
+pytestmark = pytest.mark.skipif(not _keras_available(),
+                                reason="Keras 3 with the JAX backend is not installed")
+
+# (name, Keras layer expressions (as written in both APIs), input shape, integer inputs)
+MODELS = {
+    "conv_pool": (["Conv2D(4, 3, activation='relu')", "MaxPooling2D()",
+                   "Conv2D(3, (2, 3), strides=2, padding='same')", "AveragePooling2D(2, padding='same')",
+                   "Flatten()", "Dense(3)"], (9, 8, 2), False),
+    "pool_same": (["MaxPooling2D(3, strides=2, padding='same')", "GlobalAveragePooling2D()",
+                   "Dense(2)"], (7, 6, 3), False),
+    "batch_norm": (["Conv2D(3, 3, padding='same')", "BatchNormalization(momentum=0.8)", "Flatten()",
+                    "Dense(2)", "LayerNormalization()"], (5, 5, 2), False),
+    "embedding": (["Embedding(11, 4)", "Reshape((6, 1, 4))", "GlobalAveragePooling2D()", "Dense(2)"],
+                  (6,), True),
+}
+
+# Runs in a child process (Keras and JAX stay out of the test process), once for every model.
+KERAS_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, keras
+    from keras.layers import *
+    for spec in sys.argv[1:]:
+        exprs, shape, path = eval(spec)
+        data = np.load(path)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input(shape)] + [eval(e) for e in exprs])
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="mse")
+        weights = model.get_weights()
+        prediction = model.predict(data["x"], verbose=0)
+        model.fit(data["x"], data["y"], batch_size=len(data["x"]), epochs=1, shuffle=False,
+                  verbose=0)
+        np.savez(path, prediction=prediction, after=model.predict(data["x"], verbose=0),
+                 **{f"w{i}": w for i, w in enumerate(weights)},
+                 **{f"t{i}": w for i, w in enumerate(model.get_weights())})
+""")
+
+
+def _kcompile_model(name):
+    exprs, shape, _ = MODELS[name]
+    namespace = {k: getattr(L, k) for k in dir(L) if not k.startswith("_")}
+    return Sequential([L.Input(shape=shape)] + [eval(e, namespace) for e in exprs])
+
+
+def _data(name):
+    _, shape, integer = MODELS[name]
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 11, (8,) + shape) if integer else rng.standard_normal((8,) + shape))
+    y = rng.standard_normal((8,) + _kcompile_model(name).output_shape[1:])
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def keras_results(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("keras")
+    specs = []
+    for name, (exprs, shape, _) in MODELS.items():
+        x, y = _data(name)
+        path = directory / f"{name}.npz"
+        np.savez(path, x=x, y=y)
+        specs.append(repr((exprs, shape, str(path))))
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", KERAS_SCRIPT] + specs, env=env, check=True,
+                   capture_output=True)
+    return {name: np.load(directory / f"{name}.npz") for name in MODELS}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_layers_agree_with_keras(name, keras_results):
+    keras_out = keras_results[name]
+    x, y = _data(name)
+    model = _kcompile_model(name)
+    count = len(model.weights)
+    model.set_weights([keras_out[f"w{i}"] for i in range(count)])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target="llvm")
+    np.testing.assert_allclose(model.predict(x, verbose=0), keras_out["prediction"], rtol=1e-4,
+                               atol=1e-5)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for i, (variable, got) in enumerate(zip(model.weights, model.get_weights())):
+        np.testing.assert_allclose(got, keras_out[f"t{i}"], rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{name}: {variable.path} after one SGD step")
+    np.testing.assert_allclose(model.predict(x, verbose=0), keras_out["after"], rtol=1e-4, atol=1e-5)
