@@ -83,6 +83,18 @@ def conv2d(x: Node, kernel: Node, strides=(1, 1), padding: str = "valid") -> Nod
     return B.matmul(columns, B.reshape(kernel, (kh * kw * cin, cout)))
 
 
+def relu_operand(x: Node):
+    """z when x is relu(z) as `ir.build.relu` writes it (max(z, broadcast(0))), else None."""
+    if x.op != "max":
+        return None
+    z, zero = x.operands
+    while zero.op == "broadcast":
+        zero = zero.operands[0]
+    if zero.op == "const" and zero.type.shape == () and zero.attr("value") == 0:
+        return z
+    return None
+
+
 def _valid_counts(size, window, stride, low, out) -> np.ndarray:
     starts = np.arange(out) * stride - low
     return np.minimum(starts + window, size) - np.maximum(starts, 0)
@@ -96,6 +108,14 @@ def pool2d(x: Node, size, strides, padding: str, mode: str) -> Node:
     size, strides = tuple(size), tuple(strides)
     pads = image_pads(x.shape, size, strides, padding)
     if mode == "max":
+        z = relu_operand(x)
+        if z is not None:
+            # NOTE: max pooling commutes with relu (both are maxima): relu(max_pool(z)) is
+            # max_pool(relu(z)) bit for bit, and so is its gradient (every tie rule agrees: a
+            # window whose maximum is <= 0 passes no gradient either way).  Pooling first applies
+            # relu to KH*KW-fold fewer values and its gradient reads z, which the convolution
+            # materializes anyway, instead of relu(z), which then need not exist.
+            return B.relu(max_pool(z, size, strides, pads))
         return max_pool(x, size, strides, pads)
     if mode != "avg":
         raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")

@@ -221,6 +221,25 @@ def test_max_pooling_sends_the_gradient_to_the_maximum():
                                                             [0, 0, 0, 0], [3, 0, 4, 0]])
 
 
+def test_max_pooling_after_relu_pools_first_with_identical_values_and_gradients():
+    """pool2d turns max_pool(relu(z)) into relu(max_pool(z)): the same values and gradients, ties
+    and zeros included."""
+    rng = np.random.default_rng(10)
+    z = B.arg("z", "f32", (None, 6, 6, 3))
+    w = B.arg("w", "f32", (None, 3, 3, 3))
+    rewritten = NN.pool2d(B.relu(z), (2, 2), (2, 2), "valid", "max")
+    assert rewritten.op == "max" and rewritten.operands[0].op == "max_pool"
+    direct = NN.max_pool(B.relu(z), (2, 2), (2, 2), (0, 0, 0, 0))
+    feeds = {"z": rng.integers(-2, 3, (4, 6, 6, 3)).astype(np.float32),   # many ties, zeros
+             "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    results = []
+    for pooled in (rewritten, direct):
+        (grad,) = ir.gradients(B.reduce_sum(B.mul(pooled, w)), [z])
+        results.append(ir.run(ir.Graph("g", [z, w], [("y", pooled), ("dz", grad)]), feeds))
+    np.testing.assert_array_equal(results[0]["y"], results[1]["y"])
+    np.testing.assert_array_equal(results[0]["dz"], results[1]["dz"])
+
+
 def test_global_average_pooling_is_the_spatial_mean():
     x = np.random.default_rng(4).standard_normal((3, 4, 5, 6)).astype(np.float32)
     for keepdims in (False, True):
