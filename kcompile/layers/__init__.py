@@ -13,6 +13,7 @@ __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "Gl
             "LayerNormalization", "MaxPooling2D", "Reshape"]
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer)}
+_CLASSES.update({cls.__name__: cls for cls in (GRU, LSTM, SimpleRNN)})
 _CLASSES.update({cls.__name__: cls for cls in (AveragePooling2D, BatchNormalization, Conv2D, Embedding,
                                                 GlobalAveragePooling2D, LayerNormalization,
                                                 MaxPooling2D, Reshape)})

@@ -1,0 +1,417 @@
+"""Recurrent layers: SimpleRNN, LSTM and GRU, as ``keras.layers`` (Keras 3 semantics and weights).
+
+The number of timesteps is static, so `call` unrolls the recurrence into the traced graph: a Python
+loop over time builds each step's matmuls and gates from IR ops, and `ir.gradients` on the result is
+backpropagation through time.  Timestep t of the input is `take(x, t)` (a `slice`), a step's gates
+are `slice`s of its matmul's output, and `return_sequences` stacks the steps with `concat`
+(`ir.ops_seq`).  Each step computes `x_t @ kernel` and `h @ recurrent_kernel` as Keras's cells do;
+the first step starts from zero state, so it skips the recurrent matmul and the terms it would zero.
+
+The weights have Keras 3's names, shapes and layout, so weights copied from Keras give the same
+outputs: `kernel` (features, k*units), `recurrent_kernel` (units, k*units) and `bias` with the gates
+side by side in Keras's order -- LSTM i, f, c, o (k=4; bias (4*units,), the forget part initialized
+to ones by `unit_forget_bias`); GRU z, r, h (k=3; bias (2, 3*units) with `reset_after=True`, the
+Keras 3 default: input bias and recurrent bias; (3*units,) otherwise).
+"""
+from __future__ import annotations
+
+import numbers
+import zlib
+
+import numpy as np
+
+from ir import build as B
+from ir import build_seq as S
+
+from kcompile import activations, initializers
+from kcompile.layers.layer import Layer, current_scope, format_shape
+
+
+class Orthogonal(initializers.Initializer):
+    """`keras.initializers.Orthogonal`: a (semi-)orthogonal matrix times `gain`, from the QR
+    decomposition of a normal matrix; the default `recurrent_initializer` of recurrent layers.
+
+    NOTE: kept beside the recurrent layers (their only user) and resolved by them by name; it
+    belongs in `kcompile.initializers` once that module takes it.
+    """
+
+    def __init__(self, gain=1.0, seed=None):
+        super().__init__(seed)
+        self.gain = float(gain)
+
+    def generate(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"the orthogonal initializer needs a shape of rank >= 2; got {shape}")
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        a = self._generator().standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))        # a uniform distribution over orthogonal matrices
+        if rows < cols:
+            q = q.T
+        return self.gain * q.reshape(shape)
+
+    def get_config(self):
+        return {"gain": self.gain, "seed": self.seed}
+
+
+def _initializer(identifier):
+    """`initializers.get`, plus the orthogonal initializer by any of its names."""
+    if isinstance(identifier, str) and identifier in ("orthogonal", "Orthogonal"):
+        return Orthogonal()
+    if isinstance(identifier, dict) and identifier.get("class_name") == "Orthogonal":
+        return Orthogonal.from_config(identifier.get("config", {}))
+    return initializers.get(identifier)
+
+
+def _serialize_initializer(initializer) -> dict:
+    return initializers.serialize(initializer)
+
+
+def _check_rate(argument: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"Argument `{argument}` must be a float in [0, 1) (the fraction of units to "
+                         f"drop); got {argument}={value!r}")
+    return float(value)
+
+
+class _Recurrent(Layer):
+    """What the three layers share: arguments, input checks, the unrolled loop, dropout, config.
+
+    A subclass sets `GATES` (how many units-wide blocks its kernels hold) and writes `step`."""
+
+    GATES = 1
+    _NOT_SUPPORTED = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+                      "activity_regularizer", "kernel_constraint", "recurrent_constraint",
+                      "bias_constraint")
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None,
+                 return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+                 unroll=False, **kwargs):
+        for argument in self._NOT_SUPPORTED:
+            if kwargs.pop(argument, None) is not None:
+                raise NotImplementedError(f"{type(self).__name__}({argument}=...) is not supported yet")
+        for argument in ("use_cudnn", "implementation"):
+            kwargs.pop(argument, None)      # backend choices of Keras: one implementation here
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
+            raise ValueError("Received an invalid value for argument `units`, expected a positive "
+                             f"integer, got {units!r}.")
+        if return_state:
+            raise NotImplementedError(f"{type(self).__name__}(return_state=True) is not supported: a "
+                                      "Sequential model passes one value from layer to layer. Use "
+                                      "return_sequences=True to get every step's output.")
+        if stateful:
+            raise NotImplementedError(f"{type(self).__name__}(stateful=True) is not supported: every "
+                                      "batch starts from zero state")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"{type(self).__name__} seed must be an integer or None; got seed={seed!r}")
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer)
+        self.recurrent_initializer = _initializer(recurrent_initializer)
+        self.bias_initializer = _initializer(bias_initializer)
+        self.dropout = _check_rate("dropout", dropout)
+        self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        self.seed = None if seed is None else int(seed)
+        self.return_sequences = bool(return_sequences)
+        self.go_backwards = bool(go_backwards)
+        # NOTE: the loop is always unrolled (the sequence length is static); `unroll` is kept
+        # only so configs round-trip with Keras's.
+        self.unroll = bool(unroll)
+        self.kernel = self.recurrent_kernel = self.bias = None
+
+    # -- shapes and weights -------------------------------------------------------------------
+
+    def _check_input(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or any(d is None for d in input_shape[1:]):
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} needs inputs of shape "
+                             f"(batch, timesteps, features) with a known number of timesteps and "
+                             f"features; got {format_shape(input_shape)}")
+        if self.kernel is not None and input_shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
+                             f"{self.kernel.shape[0]} features, got input shape "
+                             f"{format_shape(input_shape)}")
+
+    def compute_output_shape(self, input_shape):
+        self._check_input(input_shape)
+        if self.return_sequences:
+            return (input_shape[0], input_shape[1], self.units)
+        return (input_shape[0], self.units)
+
+    def _bias_shape(self) -> tuple:
+        return (self.GATES * self.units,)
+
+    def _bias_initial_value(self, shape, dtype="float32"):
+        return self.bias_initializer(shape, dtype)
+
+    def build(self, input_shape):
+        self._check_input(input_shape)
+        k = self.GATES * self.units
+        self.kernel = self.add_weight(shape=(input_shape[-1], k), initializer=self.kernel_initializer,
+                                      name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, k),
+                                                initializer=self.recurrent_initializer,
+                                                name="recurrent_kernel")
+        if self.use_bias:
+            self.bias = self.add_weight(shape=self._bias_shape(), name="bias",
+                                        initializer=self._bias_initial_value)
+        self.built = True
+
+    # -- the unrolled loop --------------------------------------------------------------------
+
+    def _mask(self, shape, rate: float, kind: str):
+        """Keras's dropout mask of an RNN cell: 0 or 1/(1-rate), drawn once and shared by every
+        timestep, from a stream of this layer's own (distinct per layer name, seed and kind)."""
+        scope = current_scope()
+        if scope is None or scope.seed is None:
+            raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
+                               "without a seed")
+        stream = zlib.crc32(f"{self.name}/{kind}/{self.seed}".encode()) & 0xFFFFFFFF
+        uniform = B.random_uniform(scope.seed, shape, stream)
+        return B.select(B.ge(uniform, rate), B.full_like(uniform, 1.0 / (1.0 - rate)), 0.0)
+
+    def call(self, inputs, training=False):
+        self._check_input(inputs.shape)
+        steps = inputs.shape[1]
+        input_mask = state_mask = None
+        if training and self.dropout > 0:
+            input_mask = self._mask((None, inputs.shape[2]), self.dropout, "dropout")
+        if training and self.recurrent_dropout > 0:
+            state_mask = self._mask((None, self.units), self.recurrent_dropout, "recurrent_dropout")
+        weights = self._step_weights()
+        state, outputs = None, []
+        order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
+        for t in order:
+            x_t = S.take(inputs, t, 1)
+            if input_mask is not None:
+                x_t = B.mul(x_t, input_mask)
+            output, state = self.step(x_t, state, weights, state_mask)
+            outputs.append(output)
+        if self.return_sequences:
+            return S.stack(outputs, 1)
+        return outputs[-1]
+
+    def _step_weights(self) -> dict:
+        """The weights' traced values, and any fixed slices of them, made once for all steps."""
+        return {"kernel": self.kernel.value, "recurrent_kernel": self.recurrent_kernel.value,
+                "bias": self.bias.value if self.use_bias else None}
+
+    def step(self, x_t, state, weights, state_mask):
+        """One timestep: (output, new state) from the step's input and the state (None at the first
+        step, when the state is zero)."""
+        raise NotImplementedError
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+            "recurrent_initializer": _serialize_initializer(self.recurrent_initializer),
+            "bias_initializer": _serialize_initializer(self.bias_initializer),
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "seed": self.seed,
+            "return_sequences": self.return_sequences,
+            "return_state": False,
+            "go_backwards": self.go_backwards,
+            "stateful": False,
+            "unroll": self.unroll,
+        })
+        return config
+
+
+class SimpleRNN(_Recurrent):
+    """A fully connected RNN: h_t = activation(x_t @ kernel + bias + h_{t-1} @ recurrent_kernel).
+
+    Args (as `keras.layers.SimpleRNN`):
+        units: size of the output and the state.
+        activation: default 'tanh'.
+        use_bias, kernel_initializer ('glorot_uniform'), recurrent_initializer ('orthogonal'),
+        bias_initializer ('zeros').
+        dropout: fraction of the inputs dropped in training (one mask for every timestep);
+        recurrent_dropout: the same for the state fed to the recurrent matmul.
+        return_sequences: output every step, (batch, timesteps, units), instead of the last one.
+        go_backwards: read the sequence from its end (the steps are output in that order).
+        seed: mixed into the dropout masks' random stream.
+    """
+
+    GATES = 1
+
+    def __init__(self, units, activation="tanh", use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros", dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, seed=None, **kwargs):
+        super().__init__(units, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer, dropout=dropout,
+                         recurrent_dropout=recurrent_dropout, seed=seed,
+                         return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
+
+    def step(self, x_t, h, weights, state_mask):
+        z = B.matmul(x_t, weights["kernel"])
+        if weights["bias"] is not None:
+            z = B.add(z, weights["bias"])
+        if h is not None:
+            if state_mask is not None:
+                h = B.mul(h, state_mask)
+            z = B.add(z, B.matmul(h, weights["recurrent_kernel"]))
+        h = self.activation(z)
+        return h, h
+
+
+class _Gated(_Recurrent):
+    """LSTM and GRU: a recurrent activation for the gates; recurrent dropout is not supported
+    (Keras drops a different mask per gate there, with one matmul per gate)."""
+
+    def __init__(self, units, recurrent_dropout=0.0, **kwargs):
+        if recurrent_dropout:
+            raise NotImplementedError(f"{type(self).__name__}(recurrent_dropout=...) is not supported "
+                                      "yet; use dropout= (on the inputs)")
+        super().__init__(units, recurrent_dropout=recurrent_dropout, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["recurrent_activation"] = activations.serialize(self.recurrent_activation)
+        return config
+
+
+class LSTM(_Gated):
+    """Long short-term memory (Hochreiter & Schmidhuber, 1997), as `keras.layers.LSTM`.
+
+    z = x_t @ kernel + h @ recurrent_kernel + bias, split into gates i, f, c, o (in that order):
+    c_t = sigmoid(f) * c + sigmoid(i) * tanh(c~), h_t = sigmoid(o) * tanh(c_t) (with the default
+    activations).  Arguments as `SimpleRNN`, plus `recurrent_activation` (default 'sigmoid') and
+    `unit_forget_bias` (default True: the forget gate's bias starts at one).
+    """
+
+    GATES = 4
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer, dropout=dropout,
+                         recurrent_dropout=recurrent_dropout, seed=seed,
+                         return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _bias_initial_value(self, shape, dtype="float32"):
+        if not self.unit_forget_bias:
+            return self.bias_initializer(shape, dtype)
+        u = self.units
+        return np.concatenate([self.bias_initializer((u,), dtype), np.ones((u,), np.float32),
+                               self.bias_initializer((2 * u,), dtype)])
+
+    def step(self, x_t, state, weights, state_mask):
+        z = B.matmul(x_t, weights["kernel"])
+        if state is not None:
+            h, c = state
+            z = B.add(z, B.matmul(h, weights["recurrent_kernel"]))
+        if weights["bias"] is not None:
+            z = B.add(z, weights["bias"])
+        z_i, z_f, z_c, z_o = S.split(z, 4, 1)
+        i = self.recurrent_activation(z_i)
+        candidate = B.mul(i, self.activation(z_c))
+        c = candidate if state is None else B.add(B.mul(self.recurrent_activation(z_f), c), candidate)
+        h = B.mul(self.recurrent_activation(z_o), self.activation(c))
+        return h, (h, c)
+
+    def get_config(self):
+        config = super().get_config()
+        config["unit_forget_bias"] = self.unit_forget_bias
+        return config
+
+
+class GRU(_Gated):
+    """Gated recurrent unit (Cho et al., 2014), as `keras.layers.GRU`.
+
+    Gates z (update), r (reset), h (candidate) side by side in the kernels.  With `reset_after=True`
+    (the default, Keras 3's and cuDNN's convention) the reset gate multiplies the recurrent
+    projection after the matmul, and the bias has two rows (input bias, recurrent bias):
+    hh = tanh(x_h + r * (h @ U_h + b_rh)); h_t = z * h + (1 - z) * hh.  With `reset_after=False`:
+    hh = tanh(x_h + (r * h) @ U_h), one bias row.  Arguments as `LSTM` (without unit_forget_bias).
+    """
+
+    GATES = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None,
+                 return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+                 unroll=False, reset_after=True, **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer, dropout=dropout,
+                         recurrent_dropout=recurrent_dropout, seed=seed,
+                         return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
+        self.reset_after = bool(reset_after)
+
+    def _bias_shape(self) -> tuple:
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def _step_weights(self) -> dict:
+        weights = super()._step_weights()
+        bias, kernel = weights["bias"], weights["recurrent_kernel"]
+        weights["input_bias"] = weights["recurrent_bias"] = None
+        if bias is not None and self.reset_after:
+            weights["input_bias"], weights["recurrent_bias"] = S.take(bias, 0, 0), S.take(bias, 1, 0)
+        elif bias is not None:
+            weights["input_bias"] = bias
+        if not self.reset_after:
+            u = self.units
+            weights["recurrent_gates"] = S.slice(kernel, 0, 2 * u, 1)
+            weights["recurrent_candidate"] = S.slice(kernel, 2 * u, 3 * u, 1)
+        return weights
+
+    def step(self, x_t, h, weights, state_mask):
+        matrix_x = B.matmul(x_t, weights["kernel"])
+        if weights["input_bias"] is not None:
+            matrix_x = B.add(matrix_x, weights["input_bias"])
+        x_z, x_r, x_h = S.split(matrix_x, 3, 1)
+        if self.reset_after:
+            inner = None if h is None else B.matmul(h, weights["recurrent_kernel"])
+            if weights["recurrent_bias"] is not None:
+                inner = (B.broadcast(weights["recurrent_bias"], matrix_x.shape) if inner is None
+                         else B.add(inner, weights["recurrent_bias"]))
+        else:
+            inner = None if h is None else B.matmul(h, weights["recurrent_gates"])
+        if inner is None:       # first step without bias: the recurrent terms are all zero
+            z = self.recurrent_activation(x_z)
+            hh = self.activation(x_h)
+        else:
+            r_z, r_r = S.slice(inner, 0, self.units, 1), S.slice(inner, self.units, 2 * self.units, 1)
+            z = self.recurrent_activation(B.add(x_z, r_z))
+            r = self.recurrent_activation(B.add(x_r, r_r))
+            if self.reset_after:
+                recurrent_h = B.mul(r, S.slice(inner, 2 * self.units, 3 * self.units, 1))
+                hh = self.activation(B.add(x_h, recurrent_h))
+            elif h is None:
+                hh = self.activation(x_h)
+            else:
+                hh = self.activation(B.add(x_h, B.matmul(B.mul(r, h), weights["recurrent_candidate"])))
+        candidate = B.mul(B.sub(1.0, z), hh)
+        h = candidate if h is None else B.add(B.mul(z, h), candidate)
+        return h, h
+
+    def get_config(self):
+        config = super().get_config()
+        config["reset_after"] = self.reset_after
+        return config
