@@ -1,6 +1,7 @@
 """Layers, as ``keras.layers``."""
 from kcompile.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, Variable
+from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
 from kcompile.layers.convolutional import Conv2D
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
@@ -9,6 +10,7 @@ from kcompile.layers.reshaping import Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
+__all__ += ["GRU", "LSTM", "SimpleRNN"]
 __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling2D",
             "LayerNormalization", "MaxPooling2D", "Reshape"]
 
