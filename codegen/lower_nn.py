@@ -86,7 +86,8 @@ def _col2im_at(ev, node, index):
     (g,) = node.operands
     b = ev.builder
     n, h, w, c = index
-    (kh, kw), (sh, sw), (pt, pb, pl, pr) = node.attr("size"), node.attr("strides"), node.attr("pads")
+    (kh, kw), (sh, sw) = node.attr("size"), node.attr("strides")
+    pt, pl = node.attr("pads")[0], node.attr("pads")[2]
     oh, ow = g.shape[1], g.shape[2]
     height, width = node.shape[1], node.shape[2]
     zero_index = c64(0)
@@ -174,7 +175,8 @@ def _max_pool_grad(ev, node, index):
     x, y, g = node.operands
     b = ev.builder
     n, h, w, c = index
-    (kh, kw), (sh, sw), (pt, pb, pl, pr) = node.attr("size"), node.attr("strides"), node.attr("pads")
+    (kh, kw), (sh, sw) = node.attr("size"), node.attr("strides")
+    pt, pl = node.attr("pads")[0], node.attr("pads")[2]
     oh, ow = y.shape[1], y.shape[2]
     height, width = x.shape[1], x.shape[2]
     pixel = ev.value(x, index)

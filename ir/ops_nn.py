@@ -4,8 +4,8 @@ Six ops; everything else these layers need is a composite (`ir.build_nn`):
 
 - `patches` (im2col): the `size` windows of a channels-last image, `x[N,H,W,C] ->
   [N,OH,OW,KH,KW,C]`, zero (or `pad_value`) outside the padded input.  A convolution is `patches`
-  reshaped to `[N,OH,OW,KH*KW*C]` times the reshaped kernel, so it runs on the GEMM; pooling is a
-  reduction over the window axes (3, 4).  Window axes stay separate so that every index the
+  reshaped to `[N,OH,OW,KH*KW*C]` times the reshaped kernel, so it runs on the GEMM; average
+  pooling is a sum over the window axes (3, 4).  Window axes stay separate so that every index the
   lowering computes is uniform along the innermost channel axis (the loop vectorizes; padding
   checks hoist).
 - `patches_grad` (col2im): its adjoint, each input pixel's sum of the patch entries that copied it.
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import FLOAT_DTYPES, TensorType
-from .ops import INJECTIVE, REDUCE, concrete, register
+from .ops import INJECTIVE, REDUCE, register
 
 
 def _nn():

@@ -325,3 +325,18 @@ def test_cnn_saves_and_loads(tmp_path):
     assert [type(layer).__name__ for layer in loaded.layers] == \
         [type(layer).__name__ for layer in model.layers]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_exported_cnn_predictor_matches_the_model(tmp_path):
+    """model.export: serial code depending on libc only (no parallel regions), same predictions."""
+    import kcompile
+    set_random_seed(11)
+    model = _small_cnn()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", target="llvm")
+    x = np.random.default_rng(12).random((9, 12, 12, 1)).astype(np.float32)
+    model.export(str(tmp_path / "cnn"))
+    with open(tmp_path / "cnn" / "model.h") as header:
+        assert "kcompile_predict" in header.read()
+    predictor = kcompile.load_predictor(str(tmp_path / "cnn"))
+    np.testing.assert_allclose(predictor.predict(x), model.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-7)
