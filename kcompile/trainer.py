@@ -8,8 +8,8 @@ The graph contract (the same for every target; `kcompile.backend.make_runner` ru
   named as the metric is logged ('accuracy'), others '{name}/{key}' ('precision/fp').  Python adds
   the sums over an epoch and the metric's finisher turns the totals into its result.
 - train: inputs 'x', 'y', ['sample_weight'], 'seed' (u32[], random layers' stream key), weights, the
-  optimizer's
-  'optimizer/learning_rate' (f32[]), 'optimizer/iterations' (i32[]) and slots ('{weight}/m', ...);
+  optimizer's 'optimizer/learning_rate' (f32[]), 'optimizer/iterations' (i32[]) and slots
+  ('{weight}/m', ...);
   outputs 'loss', the metric sums, then the in-place updates, named like the inputs they replace:
   every trainable weight, every slot, 'optimizer/iterations', and the non-trainable weights layers
   update while training (`TraceScope.add_update`: BatchNormalization's moving statistics).
@@ -22,8 +22,9 @@ train step clips the gradients, applies weight decay and evaluates a learning-ra
 With arrays, the loops do all validation and conversion once, before the first step (a bad input
 raises with the model untouched); per step they slice or gather a batch into staging buffers, make one
 runner call and add a few floats.  Batches from a generator or another batch source
-(`kcompile.data_adapters`) are checked and converted one by one.  Callbacks get batch hooks only if they define them, and progress bars are updated
-at most every `PROGRESS_INTERVAL` seconds (and at the last step).
+(`kcompile.data_adapters`) are checked and converted one by one.  Callbacks get batch hooks only if
+they define them, and progress bars are updated at most every `PROGRESS_INTERVAL` seconds (and at the
+last step).
 """
 from __future__ import annotations
 
