@@ -479,7 +479,7 @@ class Trainer:
         """Configure training: optimizer, loss, metrics, and the target the graphs run on.
 
         Args:
-            optimizer: a name ('adam', 'sgd', 'rmsprop') or an optimizer object.
+            optimizer: a name ('adam', 'adamw', 'sgd', 'rmsprop', 'adagrad') or an optimizer object.
             loss: a name ('categorical_crossentropy', ...), a loss function or a Loss object.
             metrics: list of metric names ('accuracy', ...), functions or Metric objects.
             weighted_metrics: metrics that are weighted by `sample_weight` (or `class_weight`) in
