@@ -704,6 +704,7 @@ def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
 # NOTE: work sizes below which a kernel stays on one thread; a parallel region costs about a
 # microsecond (codegen/parallel.py), so a chunk should hold ~10 us of work.
 PARALLEL_MIN_ELEMENTS = 16384
+PARALLEL_MIN_FLOPS = 2_000_000     # multiply-adds of a blocked GEMM below which it stays serial
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
@@ -805,8 +806,25 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     with otherwise:
                         one_block(rest)
 
-    emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
-                      threading=threading)
+    if threading is False or blocks < 2:
+        emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
+                          threading=False)
+        return
+    # NOTE: a small product (one-row predict, a tiny batch) is not worth a parallel region: it costs
+    # ~1 us when the other core is idle and milliseconds when another process holds it.
+    b = fe.builder
+    flops = b.mul(b.mul(i64_of(b, m), i64_of(b, n)), i64_of(b, k))
+    small = b.icmp_signed("<", flops, c64(PARALLEL_MIN_FLOPS))
+    with b.if_else(small) as (serial, parallel):
+        with parallel:
+            chunk = emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1,
+                                      name="blocks", threading=threading)
+        with serial:
+            b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
+
+
+def i64_of(builder, value) -> ir.Value:
+    return value if isinstance(value, ir.Value) else c64(value)
 
 
 def _emit_sample_blocked_matmul(fe, group: Group, threading) -> None:
