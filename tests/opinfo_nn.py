@@ -29,12 +29,14 @@ def nn_cases() -> list:
                ("pad3x3_s23", (3, 3), (2, 3), (1, 1, 1, 1)),
                ("valid1x4_s13", (1, 4), (1, 3), (0, 0, 0, 0))]
     grad_tol = dict(grad_rtol=1e-5, grad_atol=1e-6)
-    for label, size, strides, pads in windows:
-        add(expand(("f32", "f64"), "patches", f"patches_{label}",
+    # f64 on one window pattern only: the lowering does not depend on the dtype (CI time)
+    for index, (label, size, strides, pads) in enumerate(windows):
+        dtypes = ("f32", "f64") if index == 1 else ("f32",)
+        add(expand(dtypes, "patches", f"patches_{label}",
                    lambda x, size=size, strides=strides, pads=pads: NN.patches(x, size, strides, pads),
                    (image,), grad=True, **grad_tol))
         shape = NN.patches(B.arg("x", "f32", image[0]), size, strides, pads).shape
-        add(expand(("f32", "f64"), "patches_grad", f"patches_grad_{label}",
+        add(expand(dtypes, "patches_grad", f"patches_grad_{label}",
                    lambda g, size=size, strides=strides, pads=pads:
                    NN.patches_grad(g, size, strides, pads, (6, 5)),
                    ((shape, T),), grad=True, rtol=1e-6, atol=1e-6, **grad_tol))
@@ -43,17 +45,17 @@ def nn_cases() -> list:
                           "back": NN.patches_grad(NN.patches(x, (2, 3), (1, 2), (1, 0, 1, 1)),
                                                   (2, 3), (1, 2), (1, 0, 1, 1), (4, 5))},
                (((2, 4, 5, 2), T),), grad=True, rtol=1e-6, atol=1e-6))
-    add(expand(("f32", "f64"), "patches", "patches_pad_value",
+    add(expand(("f32",), "patches", "patches_pad_value",
                lambda x: NN.patches(x, (2, 2), (2, 2), (0, 1, 1, 1), -np.inf), (image,)))
 
     # composites: a convolution (patches -> reshape -> matmul) and both poolings
     conv_tol = dict(rtol=1e-5, atol=1e-5, grad=True, gen=each(unit))
-    for padding, strides in [("valid", (1, 1)), ("same", (1, 1)), ("same", (2, 2)), ("valid", (2, 1))]:
+    for padding, strides in [("valid", (1, 1)), ("same", (2, 2)), ("valid", (2, 1))]:
         add(expand(("f32",), "patches", f"conv2d_{padding}_{strides[0]}{strides[1]}",
                    lambda x, k, padding=padding, strides=strides: NN.conv2d(x, k, strides, padding),
                    (image, ((3, 3, 3, 4), T)), **conv_tol))
     for padding in ("valid", "same"):
-        add(expand(("f32", "f64"), "max_pool", f"max_pool_{padding}",
+        add(expand(("f32",), "max_pool", f"max_pool_{padding}",
                    lambda x, padding=padding: {"s2": NN.pool2d(x, (2, 2), (2, 2), padding, "max"),
                                                "s1": NN.pool2d(x, (3, 2), (1, 1), padding, "max")},
                    (image,), gen=each(distinct), grad=True, rtol=1e-6))
@@ -63,9 +65,10 @@ def nn_cases() -> list:
                    (image,), grad=True, rtol=1e-5, atol=1e-6))
     # the gradient routed on its own (and differentiated again: its gradient is a composite);
     # windows that overlap sum the gradients of every window a pixel is the maximum of
-    for label, size, strides, pads in windows[:4]:
+    for label, size, strides, pads in (windows[0], windows[3]):
         shape = NN.max_pool(B.arg("x", "f32", image[0]), size, strides, pads).shape
-        add(expand(("f32", "f64"), "max_pool_grad", f"max_pool_grad_{label}",
+        add(expand(("f32", "f64") if label == windows[3][0] else ("f32",), "max_pool_grad",
+                   f"max_pool_grad_{label}",
                    lambda x, g, size=size, strides=strides, pads=pads:
                    NN.max_pool_grad(x, NN.max_pool(x, size, strides, pads), g, size, strides, pads),
                    (image, (shape, T)), gen=each(distinct), grad=True, rtol=1e-6, atol=1e-6))
