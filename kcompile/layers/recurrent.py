@@ -63,10 +63,6 @@ def _initializer(identifier):
     return initializers.get(identifier)
 
 
-def _serialize_initializer(initializer) -> dict:
-    return initializers.serialize(initializer)
-
-
 def _check_rate(argument: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"Argument `{argument}` must be a float in [0, 1) (the fraction of units to "
@@ -217,9 +213,9 @@ class _Recurrent(Layer):
             "units": self.units,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
-            "kernel_initializer": _serialize_initializer(self.kernel_initializer),
-            "recurrent_initializer": _serialize_initializer(self.recurrent_initializer),
-            "bias_initializer": _serialize_initializer(self.bias_initializer),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "seed": self.seed,
