@@ -21,7 +21,7 @@ computes a value from an index; `Kernel` lowerings emit an anchor's whole comput
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -596,14 +596,8 @@ class FunctionEmitter:
         # NOTE: values that share a slot (an in-place update and the input it overwrites, a reshape
         # aliasing its operand) share one parameter: two noalias pointers to the same bytes would
         # be undefined behaviour.
-        same: dict = {}
-        self.buffers = []
-        for node in buffers:
-            slot = None if slots is None else slots.get(node)
-            if slot is not None and slot.where != "const" and slot in same:
-                continue
-            same.setdefault(slot, node)
-            self.buffers.append(node)
+        self.buffers = kernel_parameters(buffers, slots)
+        same = {None if slots is None else slots.get(node): node for node in reversed(self.buffers)}
         fnty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(self.buffers))
         self.function = ir.Function(module, fnty, name)
         self.function.linkage = "internal"
@@ -685,10 +679,68 @@ class Lowered:
     plan: MemoryPlan
     fused: FusedGraph
     table_size: int
+    kernels: dict = field(default_factory=dict)   # group name -> name of the function it calls
 
 
 class _Destination:
     """Stands for the destination buffer of a copy kernel."""
+
+
+def kernel_parameters(buffers: list, slots: dict | None) -> list:
+    """The buffers a kernel takes as parameters, in order: one per memory slot (values that share
+    a slot, an in-place update and the input it overwrites, share one parameter)."""
+    same: dict = {}
+    params = []
+    for node in buffers:
+        slot = None if slots is None else slots.get(node)
+        if slot is not None and slot.where != "const" and slot in same:
+            continue
+        same.setdefault(slot, node)
+        params.append(node)
+    return params
+
+
+def kernel_structure(group: Group, buffers: list, params: list, slots: dict, consts: dict) -> tuple:
+    """What the code of a group's kernel is a function of: its members' ops, attributes and types,
+    how they connect, which parameter every value read from memory comes from, and the constants it
+    embeds -- not which buffers those parameters point to (the caller passes them).  Groups alike
+    (the steps of an unrolled recurrent layer, forward and backward) share one kernel function, so
+    LLVM optimizes each distinct kernel once."""
+    param_of = {}
+    for node in buffers:
+        slot = slots.get(node)
+        param_of[node] = next(i for i, p in enumerate(params)
+                              if p is node or (slot is not None and slots.get(p) == slot))
+    members = set(group.members)
+    refs: dict = {}
+    rows: list = []
+
+    def ref(node):
+        found = refs.get(node)
+        if found is not None:
+            return found
+        # the order of Evaluator.value: free constants, values read from memory, computed values
+        if is_free(node):
+            found = ("free", node.dtype, repr(node.attr("value")))
+        elif node not in members and node in param_of:
+            found = ("param", param_of[node], str(node.type))
+        elif node not in members and node in consts:
+            found = ("const", node.attr("value").digest, str(node.type))
+        else:
+            operands = tuple(ref(o) for o in node.operands)
+            attrs = tuple((key, value.digest if isinstance(value, kir.ConstValue) else repr(value))
+                          for key, value in node.attrs)
+            rows.append((node.op, attrs, str(node.type), operands, node in members))
+            found = ("value", len(rows) - 1)
+        refs[node] = found
+        return found
+
+    for member in group.members:
+        ref(member)
+    return (group.kind, tuple(group.shape), ref(group.root),
+            None if group.anchor is None else ref(group.anchor),
+            tuple(ref(o) for o in group.outputs), tuple(rows),
+            tuple((param_of[node], ref(node)) for node in buffers))
 
 
 def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
@@ -970,17 +1022,25 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
 
     for i, out_name, node in early:
         emit_copy(i, out_name, node)
+    emitted: dict = {}      # kernel structure -> its function, shared by groups alike
+    kernels: dict = {}
     for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)
-        fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts, plan.slots)
-        _emit_group(fe, group, threading)
-        fe.finish()
-        args = [n] + [pointer(x) for x in fe.buffers]
+        params = kernel_parameters(buffers, plan.slots)
+        key = kernel_structure(group, buffers, params, plan.slots, consts)
+        function = emitted.get(key)
+        if function is None:
+            fe = FunctionEmitter(module, f"{name}.{group.name}", buffers, consts, plan.slots)
+            _emit_group(fe, group, threading)
+            fe.finish()
+            function = emitted[key] = fe.function
+        kernels[group.name] = function.name
+        args = [n] + [pointer(x) for x in params]
         if counters is None:
-            b.call(fe.function, args)
+            b.call(function, args)
             continue
         start = b.call(clock, [])
-        b.call(fe.function, args)
+        b.call(function, args)
         # NOTE: llvmlite types a global's address as a typed pointer; go through an opaque one
         slot = b.inttoptr(b.add(b.ptrtoint(counters, I64), c64(8 * k)), PTR)
         b.store(b.add(b.load(slot, typ=I64), b.sub(b.call(clock, []), start)), slot)
@@ -988,7 +1048,7 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
     for i, out_name, node in late:
         emit_copy(i, out_name, node)
     b.ret_void()
-    return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1)
+    return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1, kernels)
 
 from . import lower_nn  # noqa: E402,F401  (the lowerings of ir.ops_nn)
 from . import lower_seq  # noqa: E402,F401  (the lowerings of ir.ops_seq)

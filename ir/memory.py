@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import ops
 from .fusion import FusedGraph, group_inputs, is_free, is_materialized_source
 
 ALIGN = 64
@@ -71,7 +72,7 @@ def _first_fit(intervals: list) -> tuple[dict, int]:
 
 def _reads_elsewhere(group, target, aliases: dict) -> bool:
     """Does the elementwise loop of `group` read `target` at an index other than the one it writes
-    (through a transpose, broadcast or reshape)?  Then writing its result into `target`'s buffer in
+    (through a transpose, broadcast, reshape, slice, pad, concat...)?  Then writing its result into `target`'s buffer in
     place would clobber elements the loop has yet to read."""
     stack, seen = [(o, False) for o in group.outputs if o is not group.anchor], set()
     while stack:
@@ -84,7 +85,8 @@ def _reads_elsewhere(group, target, aliases: dict) -> bool:
                 or node in group.inputs:
             continue
         seen.add((node, moved))
-        moved = moved or node.op in ("broadcast", "transpose", "reshape")
+        # NOTE: by kind, not by name: slice, pad, concat, patches, gather... remap the index too
+        moved = moved or ops.get(node.op).kind in (ops.BROADCAST, ops.INJECTIVE)
         stack.extend((o, moved) for o in node.operands)
     return False
 
