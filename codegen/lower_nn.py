@@ -17,6 +17,7 @@ import math
 
 from .lower import (I64, STORAGE_TYPES, Evaluator, Index, Kernel, _intrinsic, c64, constant, loop_nest,
                     lowers)
+from .loops import for_range
 
 
 def _in_range(b, value, size: int):
@@ -81,48 +82,49 @@ def _window_taps(b, pixel, tap: int, stride: int, low: int, outputs: int, size: 
     return b.udiv(t, c64(stride)), _and(b, valid, divisible)
 
 
-def _col2im_at(ev, node, index):
-    """patches_grad at one pixel: the sum over the (statically unrolled) taps whose window covers it."""
-    (g,) = node.operands
-    b = ev.builder
-    n, h, w, c = index
-    (kh, kw), (sh, sw) = node.attr("size"), node.attr("strides")
-    pt, pl = node.attr("pads")[0], node.attr("pads")[2]
-    oh, ow = g.shape[1], g.shape[2]
-    height, width = node.shape[1], node.shape[2]
-    zero_index = c64(0)
-    zero = constant(node.dtype, 0.0)
-    total = None
-    for i in range(kh):
-        rows = _window_taps(b, h, i, sh, pt, oh, height)
-        if rows is None:
-            continue
-        for j in range(kw):
-            cols = _window_taps(b, w, j, sw, pl, ow, width)
-            if cols is None:
-                continue
-            (r, row_ok), (q, col_ok) = rows, cols
-            valid = _and(b, row_ok, col_ok)
-            if valid is None:
-                term = ev.value(g, (n, r, q, c64(i), c64(j), c))
-            else:
-                term = ev.value(g, (n, b.select(valid, r, zero_index), b.select(valid, q, zero_index),
-                                    c64(i), c64(j), c))
-                term = b.select(valid, term, zero)
-            total = term if total is None else b.fadd(total, term)
-    return zero if total is None else total
-
-
 @lowers("patches_grad", Kernel)
 def _patches_grad_kernel(emitter, node, members):
-    """Each pixel computed once, rows of the batch shared among threads (when the kernel may open
-    parallel regions: never in exported code)."""
-    def pixels(fe, ranges=None):
-        ev = Evaluator(fe, members)
-        with loop_nest(fe.builder, node.shape, fe.n, ranges) as index:
-            ev.store(node, index, _col2im_at(ev, node, index))
-            ev.memo.clear()
-    emit_rows_in_parallel(emitter, node.shape, pixels)
+    """Sample by sample: the sample's pixels are zeroed, then every patch entry is added to the pixel
+    it was copied from.  The patches are read once, in order (a stream from memory), while the
+    sample's pixels stay in L1; samples are shared among threads (when the kernel may open parallel
+    regions: never in exported code)."""
+    (g,) = node.operands
+    (kh, kw), (sh, sw) = node.attr("size"), node.attr("strides")
+    pt, pb, pl, pr = node.attr("pads")
+    height, width, channels = node.shape[1:]
+    windows = g.shape[1:3]
+    zero = constant(node.dtype, 0.0)
+    storage = STORAGE_TYPES[node.dtype]
+
+    def samples(fe, ranges=None):
+        b = fe.builder
+        out = Evaluator(fe, set())
+        lo, hi = ranges[0] if ranges else (0, fe.n if node.shape[0] is None else node.shape[0])
+        with for_range(b, lo, hi, name="n") as n:
+            with loop_nest(b, node.shape[1:], fe.n) as pixel:
+                out.store(node, (n,) + tuple(pixel), zero)
+            with loop_nest(b, windows, fe.n) as (r, q):
+                for i in range(kh):
+                    ih = _tap_position(b, r, i, sh, pt)
+                    row_ok = _in_range(b, ih, height) if (pt or pb) else None
+                    for j in range(kw):
+                        iw = _tap_position(b, q, j, sw, pl)
+                        inside = _and(b, row_ok, _in_range(b, iw, width) if (pl or pr) else None)
+
+                        def add_tap(i=i, j=j, ih=ih, iw=iw):
+                            # a fresh evaluator: nothing it computes here is reused outside
+                            ev = Evaluator(fe, members)
+                            with for_range(b, 0, channels, name="c") as c:
+                                value = ev.value(g, (n, r, q, c64(i), c64(j), c))
+                                ptr = out.pointer(node, (n, ih, iw, c))
+                                b.store(b.fadd(b.load(ptr, typ=storage, align=4), value), ptr,
+                                        align=4)
+                        if inside is None:
+                            add_tap()
+                        else:
+                            with b.if_then(inside):
+                                add_tap()
+    emit_rows_in_parallel(emitter, node.shape, samples)
 
 
 def emit_rows_in_parallel(emitter, shape, body) -> None:
