@@ -340,3 +340,29 @@ def test_exported_cnn_predictor_matches_the_model(tmp_path):
     predictor = kcompile.load_predictor(str(tmp_path / "cnn"))
     np.testing.assert_allclose(predictor.predict(x), model.predict(x, verbose=0), rtol=1e-5,
                                atol=1e-7)
+
+
+def test_convolutions_large_enough_for_threads_match_the_reference():
+    """Sample blocks of the GEMM and col2im's samples split among threads (the partial last block
+    included) compute what the interpreter computes."""
+    from codegen.compiler import CompileOptions
+    from codegen.parallel import threads_available
+    from codegen.runtime import CompiledRunner
+    x = B.arg("x", "f32", (None, 28, 28, 8))
+    k1 = B.arg("k1", "f32", (3, 3, 8, 16))
+    k2 = B.arg("k2", "f32", (3, 3, 16, 16))
+    h = NN.pool2d(B.relu(NN.conv2d(x, k1)), (2, 2), (2, 2), "valid", "max")
+    loss = B.reduce_sum(B.tanh(NN.conv2d(h, k2, padding="same")))
+    grads = ir.gradients(loss, [x, k1, k2])
+    graph = ir.Graph("big", [x, k1, k2], [("loss", loss), ("dx", grads[0]), ("dk1", grads[1]),
+                                          ("dk2", grads[2])])
+    runner = CompiledRunner(graph, {}, CompileOptions(threading=None if threads_available() else False))
+    rng = np.random.default_rng(13)
+    weights = {"k1": rng.normal(0, 0.2, (3, 3, 8, 16)).astype(np.float32),
+               "k2": rng.normal(0, 0.1, (3, 3, 16, 16)).astype(np.float32)}
+    for batch in (37, 5):
+        feeds = dict(weights, x=rng.standard_normal((batch, 28, 28, 8)).astype(np.float32))
+        expected, actual = ir.run(graph, feeds), runner.run(feeds)
+        for name in expected:
+            np.testing.assert_allclose(actual[name], expected[name], rtol=2e-4, atol=2e-4,
+                                       err_msg=f"{name}, batch {batch}")
