@@ -154,3 +154,29 @@ def test_loader_needs_no_llvmlite(exported, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "(2, 10)" in result.stdout
+
+
+def test_portable_build_for_a_named_cpu(tmp_path):
+    """cpu=/features= build for another x86-64 level (a portable AVX2 library); this host (any
+    x86-64 with AVX2) runs it and gets the host build's predictions."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the portable-build example names an x86-64 CPU")
+    rng = np.random.default_rng(3)
+    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
+              "d1/bias": np.zeros(64, np.float32),
+              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
+              "d2/bias": np.zeros(10, np.float32)}
+    from codegen import target
+    if "avx2" not in target.host_cpu_features():
+        pytest.skip("this host cannot run an AVX2 build")
+    directory = str(tmp_path / "portable")
+    export_predictor(mlp_graph(), params, directory, cpu="haswell", features="+avx2,+fma")
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    assert manifest["target_cpu"] == "haswell"
+    asm = subprocess.run(["objdump", "-d", os.path.join(directory, "model.o")],
+                         capture_output=True, text=True).stdout
+    assert "ymm" in asm and "zmm" not in asm          # 256-bit vectors, no AVX-512
+    x = rng.random((13, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x),
+                               atol=1e-6)
