@@ -33,7 +33,7 @@ from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
 from . import mathlib
-from .loops import for_range, smin
+from .loops import for_range, i64, smin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -865,7 +865,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # NOTE: a small product (one-row predict, a tiny batch) is not worth a parallel region: it costs
     # ~1 us when the other core is idle and milliseconds when another process holds it.
     b = fe.builder
-    flops = b.mul(b.mul(i64_of(b, m), i64_of(b, n)), i64_of(b, k))
+    flops = b.mul(b.mul(i64(m), i64(n)), i64(k))
     small = b.icmp_signed("<", flops, c64(PARALLEL_MIN_FLOPS))
     with b.if_else(small) as (serial, parallel):
         with parallel:
@@ -873,10 +873,6 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                                       name="blocks", threading=threading)
         with serial:
             b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
-
-
-def i64_of(builder, value) -> ir.Value:
-    return value if isinstance(value, ir.Value) else c64(value)
 
 
 def _emit_sample_blocked_matmul(fe, group: Group, threading) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import FLOAT_DTYPES, ConstValue, Node, TensorType, dtype_of_numpy
-from .ops import broadcast_compatible, make, norm_axes
+from .ops import make, norm_axes
 
 
 # -- sources ------------------------------------------------------------------------------------

@@ -102,20 +102,12 @@ def _unary_float(op):
     return infer
 
 
-def _unary_numeric(op):
+def _numeric(op, arity):
+    """Operands of one numeric (not bool) type; the result has that type."""
     def infer(types, attrs):
-        t = _same(op, types, 1)
+        t = _same(op, types, arity)
         if t.dtype == "bool":
-            raise ValueError(f"{op} needs a numeric operand, got {t}")
-        return t
-    return infer
-
-
-def _binary(op):
-    def infer(types, attrs):
-        t = _same(op, types, 2)
-        if t.dtype == "bool":
-            raise ValueError(f"{op} needs numeric operands, got {t}")
+            raise ValueError(f"{op} needs numeric operand{'s' if arity > 1 else ''}, got {t}")
         return t
     return infer
 
@@ -530,7 +522,7 @@ for _name, _fn, _grad in [
     ("add", np.add, _grad_add), ("sub", np.subtract, _grad_sub), ("mul", np.multiply, _grad_mul),
     ("div", np.divide, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
 ]:
-    register(_name, infer=_binary(_name), reference=_elementwise_ref(_fn), grad=_grad,
+    register(_name, infer=_numeric(_name, 2), reference=_elementwise_ref(_fn), grad=_grad,
              kind=ELEMWISE)
 
 for _name, _fn, _grad in [
@@ -543,9 +535,9 @@ for _name, _fn, _grad in [
 register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", types, 1),
          reference=lambda v, a, n, batch=None: v[0], grad=no_grad, kind=ELEMWISE,
          doc="identity whose gradient is zero (e.g. the max subtracted inside softmax)")
-register("neg", infer=_unary_numeric("neg"), reference=_elementwise_ref(np.negative),
+register("neg", infer=_numeric("neg", 1), reference=_elementwise_ref(np.negative),
          grad=_grad_neg, kind=ELEMWISE)
-register("abs", infer=_unary_numeric("abs"), reference=_elementwise_ref(np.abs), grad=_grad_abs,
+register("abs", infer=_numeric("abs", 1), reference=_elementwise_ref(np.abs), grad=_grad_abs,
          kind=ELEMWISE)
 
 for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),

@@ -5,7 +5,7 @@ import json
 import re
 
 from . import ops
-from .graph import ConstValue, Graph, Node, TensorType, freeze_attrs
+from .graph import ConstValue, Graph, TensorType
 
 _DEF = re.compile(r"^(%\d+):(\w+)\[([^\]]*)\]\s*=\s*([A-Za-z_][A-Za-z0-9_]*)(.*)$")
 

@@ -23,6 +23,7 @@ class ReferenceRunner:
         self.state = state
         self.state_outputs = [n for n in graph.output_names if n in state]
         self.result_outputs = [n for n in graph.output_names if n not in state]
+        self._batched = {n.attr("name") for n in graph.inputs if n.type.batched}
         self._bound: dict = {}
         self._last: dict = {}
 
@@ -42,8 +43,7 @@ class ReferenceRunner:
         self._bound = dict(feeds)
 
     def call(self, batch: int, offset: int = 0) -> None:
-        batched = {n.attr("name") for n in self.graph.inputs if n.type.batched}
-        feeds = {name: (array[offset:offset + batch] if name in batched else array)
+        feeds = {name: (array[offset:offset + batch] if name in self._batched else array)
                  for name, array in self._bound.items()}
         self._last = self.run(feeds)
 

@@ -30,7 +30,6 @@ class InspectionMixin:
     # -- graphs ---------------------------------------------------------------------------------
 
     def _inspection_spec(self):
-        from kcompile.trainer import TargetSpec  # noqa: F401  (the spec type lives there)
         input_shape = self._known_input_shape()
         if input_shape is None:
             raise ValueError(f"model {self.name!r} has no input shape yet: give the first layer "
