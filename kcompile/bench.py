@@ -1,18 +1,26 @@
 """Benchmark: kcompile against what a user would pick instead, in one run, alternating the systems.
 
-    python -m kcompile.bench [--quick] [--json PATH] [--workloads w1,w3,gemm,compile]
+    python -m kcompile.bench [--quick] [--json PATH] [--workloads compile,w1,w2,w3,gemm,fusion]
                              [--batch-sizes 32,128] [--epochs 2] [--trials 3]
                              [--peers auto|none|torch,keras,jax,onnxruntime]
 
 Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets):
 
-* ``compile``: W1's compile + first training step, measured in fresh processes (imports not counted):
+* ``compile``: W1's compile + first training step, and the compile of train + evaluate + predict (the
+  first fit step, evaluate and predict calls), measured in fresh processes (imports not counted):
   kcompile with an empty cache directory (``KCOMPILE_CACHE_DIR`` = a new temporary directory) and then a
-  second process on the same, now warm, directory; also the first evaluate and predict calls.
+  second process on the same, now warm, directory; both figures for both processes.
 * ``w1``: the seed's MLP on Fashion-MNIST (Flatten -> Dense 512 relu -> Dropout 0.2 -> Dense 512 relu ->
   Dropout 0.2 -> Dense 10 softmax, categorical cross-entropy, Adam(1e-3, epsilon=1e-7)): steady-state
   seconds per epoch (``fit(..., epochs=1)`` after a warm-up fit) per batch size, and (full mode only)
   the test accuracy after ``--epochs`` epochs at the first batch size.
+* ``w2``: the small CNN of PEERS.md / examples/fashion_mnist_cnn.py (Input 28x28x1 -> Conv2D 32 3x3 relu
+  -> MaxPooling2D 2 -> Conv2D 64 3x3 relu -> MaxPooling2D 2 -> Flatten -> Dense 128 relu -> Dense 10
+  softmax, the same loss and Adam), batch 128 always (``--batch-sizes`` is W1's): compile + first step
+  and compile of train + evaluate + predict in fresh processes as for ``compile`` (kcompile cold and warm
+  cache), steady-state seconds per epoch after a warm-up, and (full mode only) the test accuracy after
+  ``--epochs`` epochs.  Peers: PyTorch eager (``nn.Conv2d`` on NCHW, Glorot-uniform weights, zero
+  biases) and Keras 3 on JAX.
 * ``w3``: inference with the trained W1 model: one-sample latency (median of 1000 calls) and
   batch-1024 throughput of ``model.predict``, of the exported predictor from Python
   (``kcompile.load_predictor``) and from C (a small timing program built with ``cc``), of a numpy
@@ -21,6 +29,17 @@ Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets
   through ``codegen.gemm.emit_gemm``, against numpy with one thread, both with the OpenBLAS environment
   as set in this process and in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed (OpenBLAS
   picks its kernels when it loads, so that needs another process).
+* ``fusion``: what fusion buys on W1's batch-32 train step.  The train graph fit traces (the model's
+  train program, as ``model.dump_ir`` sees it) is compiled twice through ``kcompile.backend.make_runner``,
+  with ``codegen.compiler.CompileOptions(fusion_level=0)`` (one kernel per op) and with the default
+  options, each on its own copy of the weights and optimizer state; both must agree on one step first.
+  Figures: the number of kernels, and native steps per second: one epoch's worth of rows (60000 -> 1875
+  steps) bound once with ``runner.bind`` and stepped through with ``runner.call(32, offset)`` and a new
+  dropout seed per step, as fit's fast path does (without fit's per-step batch gather and loss
+  bookkeeping).  For comparison, in the same trials: ``model.fit`` of kcompile, PyTorch eager and Keras 3
+  on JAX, their steps per second *derived from one batch-32 W1 epoch* over the same rows (steps / epoch
+  seconds, so their own training loops' per-step batch handling is included; the kcompile ``model.fit``
+  line shows what that costs kcompile).  Ratios are to the default-options native figure.
 
 Peers (benchmark only; the library never imports them, and neither does this module outside its worker
 processes): PyTorch eager, Keras 3 on JAX, a hand-written JAX jit step, onnxruntime (W3, with the
@@ -50,7 +69,7 @@ import traceback
 
 import numpy as np
 
-WORKLOADS = ("compile", "w1", "w3", "gemm")
+WORKLOADS = ("compile", "w1", "w2", "w3", "gemm", "fusion")
 PEERS = ("torch", "keras", "jax", "onnxruntime")
 PEER_ALIASES = {"pytorch": "torch", "onnx": "onnxruntime", "ort": "onnxruntime", "keras-jax": "keras"}
 RESULT_MARKER = "KCOMPILE_BENCH_RESULT "
@@ -64,6 +83,9 @@ KC_PRED_PY = "kcompile predictor from Python"
 KC_PRED_C = "kcompile predictor from C"
 KC_PRED_C_WS = "kcompile predictor from C, caller's workspace"
 KC_GEMM = "kcompile emit_gemm"
+KC_FUSED = "kcompile native step, default options"
+KC_UNFUSED = "kcompile native step, fusion_level=0"
+KC_FIT = "kcompile model.fit (from epoch time)"
 TORCH = "PyTorch eager"
 KERAS = "Keras 3 on JAX"
 JAX = "JAX jit, hand-written step"
@@ -74,14 +96,23 @@ FIGURES = {
     "compile_first_step_s": ("compile + first step", "s", "lower"),
     "compile_all_s": ("compile train+evaluate+predict (first calls)", "s", "lower"),
     "epoch_s": ("steady-state seconds per epoch", "s", "lower"),
+    "kernels": ("kernels in the compiled train step", "kernels", "lower"),
     "steps_per_s": ("training steps per second", "steps/s", "higher"),
     "accuracy": ("test accuracy", "", "higher"),
     "latency_us": ("one-sample predict latency, median", "us", "lower"),
     "throughput": ("batch-1024 predict throughput", "samples/s", "higher"),
     "gflops": ("GFLOP/s, one thread", "GFLOP/s", "higher"),
 }
-WORKLOAD_TITLES = {"compile": "W1 compile", "w1": "W1", "w3": "W3", "gemm": "GEMM"}
-REFERENCE = {"compile": KC_COLD, "w1": KC, "w3": KC_PREDICT, "gemm": KC_GEMM}
+WORKLOAD_TITLES = {"compile": "W1 compile", "w1": "W1", "w2": "W2", "w3": "W3", "gemm": "GEMM",
+                   "fusion": "W1 fusion"}
+REFERENCE = {"compile": KC_COLD, "w1": KC, "w2": KC, "w3": KC_PREDICT, "gemm": KC_GEMM, "fusion": KC_FUSED}
+COMPILE_FIGURES = ("compile_first_step_s", "compile_all_s")
+
+
+def reference_system(workload, figure):
+    """The kcompile figure the ratios of (workload, figure) are taken to: the cold-cache process for
+    compile figures (W2 has them too), else the workload's reference."""
+    return KC_COLD if figure in COMPILE_FIGURES else REFERENCE[workload]
 
 # The matrix multiplies of a W1 training step: (label, trans_a, trans_b, m, n, k, runtime dimension).
 # The label is "kind MxKxN" with op(A) M x K and op(B) K x N; the batch is the runtime dimension, as the
@@ -107,6 +138,8 @@ GEMM_SHAPES = [
 
 LEARNING_RATE, EPSILON, DROPOUT = 1e-3, 1e-7, 0.2
 W3_BATCH = 1024
+W2_BATCH = 128
+FUSION_BATCH = 32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,6 +191,11 @@ def _w3_inputs(x_test, rows=64):
     ones = [np.ascontiguousarray(x_test[i:i + 1]) for i in range(min(rows, len(x_test)))]
     batch = np.ascontiguousarray(x_test[np.arange(W3_BATCH) % len(x_test)])
     return ones, batch
+
+
+def _nhwc(x):
+    """Images (n, 28, 28) as (n, 28, 28, 1), a view (the layout of kcompile's and Keras's Conv2D)."""
+    return x.reshape(len(x), 28, 28, 1)
 
 
 def _softmax(z):
@@ -295,6 +333,8 @@ class KcompileSystem(_System):
     def __init__(self):
         import kcompile  # noqa: F401  (light: submodules load on first use)
         self._w1_model = None
+        self._w2_model = None
+        self._fusion = {}
         self.trained = None
 
     def version(self):
@@ -361,6 +401,111 @@ class KcompileSystem(_System):
     def weights(self):
         return [np.asarray(w.numpy(), np.float32) for w in self.trained.weights]
 
+    # -- W2: the CNN ------------------------------------------------------------------------------
+
+    def build_w2(self, seed=0):
+        from kcompile.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
+        from kcompile.models import Sequential
+        from kcompile.optimizers import Adam
+        from kcompile.utils import set_random_seed
+        set_random_seed(seed)
+        model = Sequential([Input(shape=(28, 28, 1)), Conv2D(32, (3, 3), activation="relu"), MaxPooling2D((2, 2)),
+                            Conv2D(64, (3, 3), activation="relu"), MaxPooling2D((2, 2)), Flatten(),
+                            Dense(128, activation="relu"), Dense(10, activation="softmax")])
+        model.compile(optimizer=Adam(learning_rate=LEARNING_RATE, epsilon=EPSILON),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def w2_compile_first_step(self, x, y, batch):
+        x = _nhwc(x)
+        t0 = time.perf_counter()
+        model = self.build_w2()
+        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
+        model.predict(x[:1], verbose=0)
+        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+
+    def w2_prepare(self, batch):
+        if self._w2_model is None:
+            self._w2_model = self.build_w2(seed=1)
+        rows = self._warmup_rows(batch)
+        self._w2_model.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
+        return True
+
+    def w2_epoch(self, batch):
+        x = _nhwc(self.x_train)
+        t0 = time.perf_counter()
+        self._w2_model.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
+        return time.perf_counter() - t0
+
+    def w2_accuracy(self, epochs, batch, seed=0):
+        model = self.build_w2(seed)
+        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
+        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
+
+    # -- fusion: W1's train step compiled with and without fusion ---------------------------------
+
+    def fusion_prepare(self, batch, steps):
+        """Compile W1's traced train step with the default options and with fusion_level=0, each
+        runner on its own copy of the weights and optimizer state, check that one step of both agrees,
+        and bind `steps` batches of training rows.  Returns the kernel counts and compile times."""
+        from codegen.compiler import CompileOptions
+        from kcompile import backend
+        model = self.build(seed=2)
+        # The train graph exactly as fit traces it: the model's train program, the one model.dump_ir
+        # and model.compiler_stages inspect (with the targets spec of one-hot float labels).
+        graph = model._inspected_program("train").graph
+        state = model._state()
+        rows = min(len(self.x_train), steps * batch)
+        x = np.ascontiguousarray(self.x_train[:rows], dtype=np.float32)
+        y = np.ascontiguousarray(self.y_train[:rows], dtype=np.float32)
+        self._fusion = {}
+        info = {}
+        for label, options in ((KC_FUSED, CompileOptions()), (KC_UNFUSED, CompileOptions(fusion_level=0))):
+            own = {name: np.array(array, copy=True, order="C") for name, array in state.items()}
+            t0 = time.perf_counter()
+            runner = backend.make_runner(graph, "llvm", own, options=options)
+            compile_s = time.perf_counter() - t0
+            seed = np.zeros((), np.uint32)
+            runner.bind({"x": x, "y": y, "seed": seed})
+            self._fusion[label] = (runner, seed, own)
+            info[label] = {"kernels": len(runner.compiled.fused.groups), "fusion_level": options.fusion_level,
+                           "compile_s (cache as found)": compile_s}
+        # Both variants compute the same step: one step from the same state, batch and seed.
+        (fused, _, fused_state), (unfused, _, unfused_state) = (self._fusion[KC_FUSED], self._fusion[KC_UNFUSED])
+        fused.call(batch, 0)
+        unfused.call(batch, 0)
+        loss_a, loss_b = float(fused.output("loss", batch)), float(unfused.output("loss", batch))
+        # Summation order differs between the variants, so an Adam update whose gradient is ~0 may
+        # differ by up to 2 x the learning rate; a wrong step would differ in most elements.
+        floats = [name for name in fused_state if fused_state[name].dtype.kind == "f"]
+        diffs = np.concatenate([np.abs(fused_state[n].astype(np.float64) - unfused_state[n]).ravel() for n in floats])
+        worst, off = float(diffs.max()), float(np.mean(diffs > 1e-4))
+        if not (np.isfinite(loss_a) and np.isfinite(diffs).all()
+                and abs(loss_a - loss_b) <= 1e-4 * max(1.0, abs(loss_a)) and off <= 1e-3):
+            raise RuntimeError(f"fusion_level=0 and the default options disagree on one train step: loss "
+                               f"{loss_b:.6g} vs {loss_a:.6g}, {off:.2%} of the state differs by more than "
+                               f"1e-4 (largest difference {worst:.3g})")
+        for label in self._fusion:        # warm-up: a few more steps of each
+            self.fusion_steps(label, batch, min(steps, 10))
+        info["one_step_agreement"] = {"loss": [loss_a, loss_b], "max_state_difference": worst,
+                                      "fraction_over_1e-4": off}
+        info["steps"] = rows // batch
+        return info
+
+    def fusion_steps(self, label, batch, steps):
+        """Native steps per second of one variant: `steps` runner.call()s over the bound rows, a new
+        dropout seed each step, as fit's fast path does."""
+        runner, seed, _ = self._fusion[label]
+        call = runner.call
+        t0 = time.perf_counter()
+        for step in range(steps):
+            seed[...] = step
+            call(batch, step * batch)
+        return steps / (time.perf_counter() - t0)
+
     def w3_load(self, predictor=None):
         self._predictor = predictor
         return True
@@ -411,6 +556,7 @@ class TorchSystem(_System):
         torch.set_num_threads(2)
         self.torch = torch
         self._w1 = None
+        self._w2 = None
 
     def version(self):
         return f"torch {self.torch.__version__}, {self.torch.get_num_threads()} threads"
@@ -516,6 +662,66 @@ class TorchSystem(_System):
     def _predict(self, x):
         return self.torch.softmax(self._w3_model(self.torch.from_numpy(x)), 1).numpy()
 
+    # -- W2: the CNN, NCHW ------------------------------------------------------------------------
+
+    def build_w2(self, seed=0):
+        torch = self.torch
+        nn = torch.nn
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(),
+                              nn.Linear(128, 10))
+        for layer in model:
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(layer.weight)     # fans of a conv: in/out channels x 3 x 3, as Keras
+                nn.init.zeros_(layer.bias)
+        return model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=EPSILON)
+
+    def _nchw(self, x):
+        x = x if isinstance(x, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(x))
+        return x.reshape(len(x), 1, 28, 28)
+
+    def w2_compile_first_step(self, x, y, batch):
+        torch = self.torch
+        x, y = self._nchw(x), torch.from_numpy(y)
+        t0 = time.perf_counter()
+        state = self.build_w2()
+        self._epoch(state, x[:batch], y[:batch], batch)
+        first = time.perf_counter() - t0
+        model = state[0]
+        t0 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            model(x[:batch])
+            model(x[:1])
+        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+
+    def w2_prepare(self, batch):
+        if self._w2 is None:
+            self._w2 = self.build_w2(seed=1)
+        rows = self._warmup_rows(batch)
+        self._epoch(self._w2, self._nchw(self.tx[:rows]), self.ty[:rows], batch)
+        return True
+
+    def w2_epoch(self, batch):
+        x = self._nchw(self.tx)
+        t0 = time.perf_counter()
+        self._epoch(self._w2, x, self.ty, batch)
+        return time.perf_counter() - t0
+
+    def w2_accuracy(self, epochs, batch, seed=0):
+        torch = self.torch
+        state = self.build_w2(seed)
+        x = self._nchw(self.tx)
+        for _ in range(epochs):
+            self._epoch(state, x, self.ty, batch)
+        model = state[0]
+        model.eval()
+        xt = self._nchw(self.x_test)
+        with torch.no_grad():      # in chunks: the whole test set's activations would take ~1 GB
+            pred = torch.cat([model(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)]).numpy()
+        return float(np.mean(pred == self.y_test.argmax(1)))
+
     def w3_latency(self, n):
         with self.torch.no_grad():
             return {f"{TORCH}, no_grad": _latency_us(self._predict, self._w3_ones, n)}
@@ -535,6 +741,7 @@ class KerasSystem(_System):
             raise RuntimeError(f"Keras runs on {keras.backend.backend()!r}, not JAX (set KERAS_BACKEND=jax)")
         self.keras = keras
         self._w1 = None
+        self._w2 = None
 
     def version(self):
         import jax
@@ -593,6 +800,47 @@ class KerasSystem(_System):
         self._w3_model = self.build()
         self._w3_model.set_weights(_load_weights(weights))
         return True
+
+    def build_w2(self, seed=0):
+        keras = self.keras
+        L = keras.layers
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([keras.Input(shape=(28, 28, 1)), L.Conv2D(32, (3, 3), activation="relu"),
+                                  L.MaxPooling2D((2, 2)), L.Conv2D(64, (3, 3), activation="relu"),
+                                  L.MaxPooling2D((2, 2)), L.Flatten(), L.Dense(128, activation="relu"),
+                                  L.Dense(10, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, epsilon=EPSILON),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def w2_compile_first_step(self, x, y, batch):
+        x = _nhwc(x)
+        t0 = time.perf_counter()
+        model = self.build_w2()
+        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
+        model.predict(x[:1], verbose=0)
+        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+
+    def w2_prepare(self, batch):
+        if self._w2 is None:
+            self._w2 = self.build_w2(seed=1)
+        rows = self._warmup_rows(batch)
+        self._w2.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
+        return True
+
+    def w2_epoch(self, batch):
+        x = _nhwc(self.x_train)
+        t0 = time.perf_counter()
+        self._w2.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
+        return time.perf_counter() - t0
+
+    def w2_accuracy(self, epochs, batch, seed=0):
+        model = self.build_w2(seed)
+        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
+        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
 
     def w3_latency(self, n):
         m = self._w3_model
@@ -925,8 +1173,9 @@ class Local:
         pass
 
 
-def _child_compile(system, batch):
-    """In a fresh process: import, start the backend, then time compile + first step (printed as JSON)."""
+def _child_compile(system, batch, model="w1"):
+    """In a fresh process: import, start the backend, then time compile + first step of W1 or W2
+    (printed as JSON)."""
     t0 = time.perf_counter()
     impl = WORKER_SYSTEMS[system]()
     imported = time.perf_counter() - t0
@@ -936,7 +1185,7 @@ def _child_compile(system, batch):
     rng = np.random.default_rng(0)
     x = rng.random((batch, 28, 28), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
-    result = impl.compile_first_step(x, y, batch)
+    result = (impl.w2_compile_first_step if model == "w2" else impl.compile_first_step)(x, y, batch)
     result["import_s"] = imported
     result["warmup_s"] = warmup
     cache = os.environ.get("KCOMPILE_CACHE_DIR")
@@ -1111,7 +1360,7 @@ class Results:
         position = {k: i for i, k in enumerate(self.data)}
         order = sorted(self.data, key=lambda k: (WORKLOADS.index(k[0]), list(FIGURES).index(k[1]), position[k]))
         for workload, figure, key in order:
-            ref_name = REFERENCE[workload]
+            ref_name = reference_system(workload, figure)
             systems = self.data[(workload, figure, key)]
             systems = dict(sorted(systems.items(), key=lambda item: (item[0] != ref_name,
                                                                       not item[0].startswith(KC))))
@@ -1139,6 +1388,8 @@ def _format_value(value, unit):
         return f"{value:.1f} us"
     if unit == "GFLOP/s":
         return f"{value:.1f}"
+    if unit == "kernels":
+        return f"{value:.0f}"
     return f"{value:.3g} {unit}"
 
 
@@ -1146,7 +1397,7 @@ def _verdict(record):
     ratio, better = record["ratio_to_kcompile"], record["better"]
     if ratio is None or record["system"].startswith(KC):
         return ""
-    if record["figure"] == "accuracy":
+    if record["figure"] in ("accuracy", "kernels"):
         return ""
     factor = ratio if better == "lower" else 1 / ratio     # > 1: kcompile is faster
     if factor >= 1:
@@ -1214,6 +1465,8 @@ def evaluate_targets(results, numpy_unset_label, batch_sizes, epochs):
 
     ratio_target("W1 batch 32, seconds per epoch", "w1", "epoch_s", "batch 32", KC, KERAS, "<=", 0.35)
     ratio_target("W1 batch 128, seconds per epoch", "w1", "epoch_s", "batch 128", KC, KERAS, "<=", 0.7)
+    ratio_target(f"W2 batch {W2_BATCH}, seconds per epoch", "w2", "epoch_s", f"batch {W2_BATCH}", KC, TORCH,
+                 "<=", 0.7)
     compile_key = f"batch {batch_sizes[0]}"
     ratio_target("W1 compile + first step, cold", "compile", "compile_first_step_s", compile_key, KC_COLD,
                  KERAS, "<=", 1.0)
@@ -1271,9 +1524,9 @@ def build_parser():
                    type=lambda s: _parse_list(s, WORKLOADS, "workload"),
                    help="comma-separated subset of: " + ", ".join(WORKLOADS) + " (default: all)")
     p.add_argument("--batch-sizes", default=None, type=lambda s: [int(v) for v in s.split(",") if v.strip()],
-                   help="W1 batch sizes (default 32,128)")
+                   help="W1 batch sizes (default 32,128; W2 always uses 128, fusion 32)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs of the accuracy run, full mode only (default 2)")
+                   help="epochs of the W1 and W2 accuracy runs, full mode only (default 2)")
     p.add_argument("--trials", type=int, default=None,
                    help="trials per figure, systems alternating (default 3; --quick: 2)")
     p.add_argument("--peers", default="auto",
@@ -1281,6 +1534,7 @@ def build_parser():
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--child-compile", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--child-model", choices=("w1", "w2"), default="w1", help=argparse.SUPPRESS)
     return p
 
 
@@ -1428,11 +1682,17 @@ class Bench:
 
     def run_compile(self, peers):
         batch = self.batch_sizes[0]
-        key = f"batch {batch}"
-        systems = ["kcompile"] + [p for p in peers if p in ("torch", "keras", "jax")]
-        labels = {"torch": TORCH, "keras": KERAS, "jax": JAX}
         self.say(f"== compile + first step of W1 (fresh processes, batch {batch}; not counted: imports and "
                  "one-time start-up, done first on a tiny model of other shapes) ==")
+        systems = ["kcompile"] + [p for p in peers if p in ("torch", "keras", "jax")]
+        self._compile_trials("compile", "w1", batch, systems)
+
+    def _compile_trials(self, workload, model, batch, systems):
+        """Compile + first step (and + first evaluate and predict) of `model` in fresh processes, the
+        systems alternating trial by trial: kcompile on an empty cache directory, then a second process
+        on the same directory (warm), each peer in its own process."""
+        key = f"batch {batch}"
+        labels = {"torch": TORCH, "keras": KERAS, "jax": JAX}
         failed = set()
         for trial in range(self.trials):
             for system in _rotate(systems, trial):
@@ -1441,17 +1701,18 @@ class Bench:
                 if system == "kcompile":
                     cache = tempfile.mkdtemp(prefix="cache-", dir=self.tmp)
                     env = {"KCOMPILE_CACHE_DIR": cache, "KCOMPILE_CACHE": "1"}
-                    cold = self._child_compile("kcompile", batch, env)
-                    warm = self._child_compile("kcompile", batch, env)
+                    cold = self._child_compile("kcompile", batch, env, model)
+                    warm = self._child_compile("kcompile", batch, env, model)
                     missed = warm.get("cache_entries", 0) > cold.get("cache_entries", 0)
                     for label, r in ((KC_COLD, cold), (KC_WARM, warm)):
                         if label == KC_WARM and missed:
                             continue
-                        for figure in ("compile_first_step_s", "compile_all_s"):
-                            self.results.add("compile", figure, key, label, r[figure])
-                    self.say(f"  trial {trial + 1}: kcompile cold {cold['compile_first_step_s']:.3f} s, warm "
-                             f"{warm['compile_first_step_s']:.3f} s (cache entries {cold.get('cache_entries')} -> "
-                             f"{warm.get('cache_entries')})")
+                        for figure in COMPILE_FIGURES:
+                            self.results.add(workload, figure, key, label, r[figure])
+                    self.say(f"  trial {trial + 1}: kcompile cold {cold['compile_first_step_s']:.3f} s "
+                             f"(+ evaluate, predict: {cold['compile_all_s']:.3f} s), warm "
+                             f"{warm['compile_first_step_s']:.3f} s ({warm['compile_all_s']:.3f} s); cache "
+                             f"entries {cold.get('cache_entries')} -> {warm.get('cache_entries')}")
                     if missed:
                         self.say("    the second process missed the cache (did the compiler's source change "
                                  "during the run?): its figure is left out")
@@ -1459,20 +1720,21 @@ class Bench:
                         self.meta["warm_cache_misses"] += 1
                 else:
                     try:
-                        r = self._child_compile(system, batch, _peer_env(system))
+                        r = self._child_compile(system, batch, _peer_env(system), model)
                     except RuntimeError as e:
                         failed.add(system)
-                        self.errors.append({"part": f"{system} compile", "error": str(e), "peer": True})
-                        self.say(f"peer failed: {system} compile: {e}")
+                        self.errors.append({"part": f"{system} {model} compile", "error": str(e), "peer": True})
+                        self.say(f"peer failed: {system} {model} compile: {e}")
                         continue
-                    for figure in ("compile_first_step_s", "compile_all_s"):
-                        self.results.add("compile", figure, key, labels[system], r[figure])
-                    self.say(f"  trial {trial + 1}: {labels[system]} {r['compile_first_step_s']:.3f} s")
+                    for figure in COMPILE_FIGURES:
+                        self.results.add(workload, figure, key, labels[system], r[figure])
+                    self.say(f"  trial {trial + 1}: {labels[system]} {r['compile_first_step_s']:.3f} s "
+                             f"(+ evaluate, predict: {r['compile_all_s']:.3f} s)")
 
-    def _child_compile(self, system, batch, env):
+    def _child_compile(self, system, batch, env, model="w1"):
         proc = subprocess.run([sys.executable, "-m", "kcompile.bench", "--child-compile", system,
-                               "--batch", str(batch)], env=_child_env(env), capture_output=True, text=True,
-                              timeout=self.timeout)
+                               "--child-model", model, "--batch", str(batch)], env=_child_env(env),
+                              capture_output=True, text=True, timeout=self.timeout)
         for line in reversed(proc.stdout.splitlines()):
             if line.startswith(RESULT_MARKER):
                 return json.loads(line[len(RESULT_MARKER):])
@@ -1519,6 +1781,92 @@ class Bench:
             if acc is not None:
                 self.results.add("w1", "accuracy", key, label, acc)
                 self.say(f"  {label}: {acc:.4f}")
+
+    def _epoch_systems(self, peers, wanted):
+        """kcompile (this process) and the wanted peers' workers that started: label -> (name, handle)."""
+        systems = {KC: ("kcompile", self.kcompile())}
+        for peer, label in (("torch", TORCH), ("keras", KERAS), ("jax", JAX)):
+            if peer in peers and peer in wanted:
+                handle = self.peer(peer)
+                if handle is not None:
+                    systems[label] = (peer, handle)
+        return systems
+
+    def run_w2(self, peers):
+        batch = W2_BATCH
+        key = f"batch {batch}"
+        self.say(f"== W2 (CNN): compile + first step (fresh processes, batch {batch}; not counted: imports and "
+                 "one-time start-up, done first on a tiny model of other shapes) ==")
+        self._compile_trials("w2", "w2", batch, ["kcompile"] + [p for p in peers if p in ("torch", "keras")])
+        systems = self._epoch_systems(peers, ("torch", "keras"))
+        rows = len(self.data[0])
+        steps = -(-rows // batch)
+        self.say(f"== W2 (CNN): seconds per epoch ({rows} rows, batch {batch}) ==")
+        for label, (name, handle) in list(systems.items()):
+            if self._peer_call(name, handle, "w2_prepare", batch=batch) is None:
+                del systems[label]
+        for trial in range(self.trials):
+            for label in _rotate(list(systems), trial):
+                name, handle = systems[label]
+                seconds = self._peer_call(name, handle, "w2_epoch", batch=batch)
+                if seconds is None:
+                    del systems[label]
+                    continue
+                self.results.add("w2", "epoch_s", key, label, seconds)
+                self.results.add("w2", "steps_per_s", key, label, steps / seconds)
+                self.say(f"  trial {trial + 1}: {label} {seconds:.3f} s")
+        if self.quick:
+            return
+        key = f"batch {batch}, {self.epochs} epochs"
+        self.say(f"== W2 (CNN): test accuracy after {self.epochs} epochs at batch {batch} (fresh models) ==")
+        for label, (name, handle) in systems.items():
+            acc = self._peer_call(name, handle, "w2_accuracy", epochs=self.epochs, batch=batch)
+            if acc is not None:
+                self.results.add("w2", "accuracy", key, label, acc)
+                self.say(f"  {label}: {acc:.4f}")
+
+    def run_fusion(self, peers):
+        batch = FUSION_BATCH
+        kc = self.kcompile()
+        rows = len(self.data[0])
+        steps = rows // batch
+        self.say(f"== W1 fusion: the batch-{batch} train step compiled with fusion_level=0 and with the default "
+                 f"options; native steps/s over {steps} bound batches; model.fit and the peers: steps / "
+                 f"seconds of one W1 epoch ({rows} rows) ==")
+        info = kc.call("fusion_prepare", batch=batch, steps=steps)
+        self.meta["fusion"] = info
+        for label in (KC_FUSED, KC_UNFUSED):
+            self.say(f"  {label}: {info[label]['kernels']} kernels "
+                     f"(compiled in {info[label]['compile_s (cache as found)']:.2f} s, cache as found)")
+        agreement = info["one_step_agreement"]
+        self.say(f"  one step from the same state agrees: loss {agreement['loss'][0]:.6f} vs "
+                 f"{agreement['loss'][1]:.6f}, largest state difference {agreement['max_state_difference']:.2g}")
+        epoch_systems = self._epoch_systems(peers, ("torch", "keras"))
+        epoch_systems[KC_FIT] = epoch_systems.pop(KC)
+        for label, (name, handle) in list(epoch_systems.items()):
+            if self._peer_call(name, handle, "w1_prepare", batch=batch) is None:
+                del epoch_systems[label]
+        epoch_steps = -(-rows // batch)
+        order = [KC_FUSED, KC_UNFUSED] + list(epoch_systems)
+        key = f"batch {batch}"
+        for trial in range(self.trials):
+            for label in _rotate(order, trial):
+                if label in (KC_FUSED, KC_UNFUSED):
+                    rate = self._peer_call("kcompile", kc, "fusion_steps", label=label, batch=batch, steps=steps)
+                    if rate is None:
+                        return
+                    self.results.add("fusion", "kernels", "W1 train step", label, info[label]["kernels"])
+                else:
+                    if label not in epoch_systems:
+                        continue
+                    name, handle = epoch_systems[label]
+                    seconds = self._peer_call(name, handle, "w1_epoch", batch=batch)
+                    if seconds is None:
+                        del epoch_systems[label]
+                        continue
+                    rate = epoch_steps / seconds
+                self.results.add("fusion", "steps_per_s", key, label, rate)
+                self.say(f"  trial {trial + 1}: {label} {rate:.1f} steps/s")
 
     def _trained_kcompile(self):
         kc = self.kcompile()
@@ -1700,7 +2048,7 @@ class Bench:
         if load:
             self.say(f"machine: {self.meta['cpus']} CPUs, load average {load[0]:.2f} (1 min) at the start")
         try:
-            if any(w in self.workloads for w in ("w1", "w3")):
+            if any(w in self.workloads for w in ("w1", "w2", "w3", "fusion")):
                 self.load_data()
             else:
                 self.data = None
@@ -1708,10 +2056,14 @@ class Bench:
                 self._guard("compile", self.run_compile, peers)
             if "w1" in self.workloads:
                 self._guard("W1", self.run_w1, peers)
+            if "w2" in self.workloads:
+                self._guard("W2", self.run_w2, peers)
             if "w3" in self.workloads:
                 self._guard("W3", self.run_w3, peers)
             if "gemm" in self.workloads:
                 self._guard("GEMM", self.run_gemm)
+            if "fusion" in self.workloads:
+                self._guard("fusion", self.run_fusion, peers)
         finally:
             for handle in self.handles.values():
                 handle.close()
@@ -1756,7 +2108,7 @@ def main(argv=None) -> int:
     if args.worker:
         return _serve(args.worker)
     if args.child_compile:
-        return _child_compile(args.child_compile, args.batch)
+        return _child_compile(args.child_compile, args.batch, args.child_model)
     if args.trials is not None and args.trials < 1:
         parser.error("--trials must be at least 1")
     if args.epochs is not None and args.epochs < 1:

@@ -32,6 +32,22 @@ def quick_run(tmp_path_factory):
         return json.load(f), proc.stdout
 
 
+@pytest.fixture(scope="module")
+def quick_new_workloads(tmp_path_factory):
+    """W2 and fusion alone (the data is loaded for them without W1 or W3), one trial."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "kcompile.bench", "--quick", "--peers", "none",
+                           "--workloads", "w2,fusion", "--trials", "1", "--json", str(path)], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(path) as f:
+        return json.load(f), proc.stdout
+
+
+def _figures(report):
+    return {(r["workload"], r["figure"], r["key"], r["system"]): r for r in report["results"]}
+
+
 def test_quick_json_structure(quick_run):
     report, _ = quick_run
     assert set(report) >= {"meta", "skipped", "results", "targets", "errors"}
@@ -54,8 +70,15 @@ def test_quick_json_structure(quick_run):
 def test_quick_covers_every_workload(quick_run):
     report, _ = quick_run
     seen = {(r["workload"], r["figure"], r["system"]) for r in report["results"]}
-    assert ("compile", "compile_first_step_s", bench.KC_COLD) in seen
-    assert ("compile", "compile_first_step_s", bench.KC_WARM) in seen
+    warm_ok = not report["meta"].get("warm_cache_misses")   # (a compiler edit mid-run drops warm figures)
+    for workload in ("compile", "w2"):
+        for figure in ("compile_first_step_s", "compile_all_s"):
+            assert (workload, figure, bench.KC_COLD) in seen
+            assert (workload, figure, bench.KC_WARM) in seen or not warm_ok
+    assert ("w2", "epoch_s", bench.KC) in seen
+    assert ("fusion", "kernels", bench.KC_FUSED) in seen and ("fusion", "kernels", bench.KC_UNFUSED) in seen
+    assert ("fusion", "steps_per_s", bench.KC_FUSED) in seen
+    assert ("fusion", "steps_per_s", bench.KC_UNFUSED) in seen
     assert ("w1", "epoch_s", bench.KC) in seen
     assert ("w1", "steps_per_s", bench.KC) in seen
     assert ("w3", "latency_us", bench.KC_PREDICT) in seen
@@ -70,7 +93,7 @@ def test_quick_covers_every_workload(quick_run):
     assert len({r["system"] for r in gemm}) == 3
     assert all("OPENBLAS_CORETYPE" in r["note"] for r in gemm if r["system"] != bench.KC_GEMM)
     for r in report["results"]:
-        if r["system"] == bench.REFERENCE[r["workload"]]:
+        if r["system"] == bench.reference_system(r["workload"], r["figure"]):
             assert r["ratio_to_kcompile"] == pytest.approx(1.0)
 
 
@@ -88,6 +111,50 @@ def test_quick_targets_and_table(quick_run):
     assert "peers: none" in stdout
     assert "ratio" in stdout and "Targets (issue 4)" in stdout
     assert "OPENBLAS_CORETYPE" in stdout
+
+
+def test_quick_w2(quick_new_workloads):
+    report, stdout = quick_new_workloads
+    assert report["errors"] == []
+    assert report["meta"]["workloads"] == ["w2", "fusion"]
+    assert report["meta"]["data"]["train_rows"] <= 1000
+    figures = _figures(report)
+    key = f"batch {bench.W2_BATCH}"
+    for figure in ("compile_first_step_s", "compile_all_s"):
+        cold = figures[("w2", figure, key, bench.KC_COLD)]
+        assert cold["median"] > 0 and cold["ratio_to_kcompile"] == pytest.approx(1.0)
+    assert (figures[("w2", "compile_all_s", key, bench.KC_COLD)]["median"]
+            >= figures[("w2", "compile_first_step_s", key, bench.KC_COLD)]["median"])
+    epoch = figures[("w2", "epoch_s", key, bench.KC)]
+    assert epoch["median"] > 0 and epoch["unit"] == "s" and len(epoch["trials"]) == 1
+    assert figures[("w2", "steps_per_s", key, bench.KC)]["median"] > 0
+    assert not any(r["figure"] == "accuracy" for r in report["results"])     # full mode only
+    assert {r["system"] for r in report["results"] if r["workload"] == "w2"} <= {
+        bench.KC, bench.KC_COLD, bench.KC_WARM}
+    target = next(t for t in report["targets"] if t["target"].startswith("W2 "))
+    assert target["requirement"] == f"<= 0.7 x {bench.TORCH}" and target["status"] == "n/a"
+    assert "W2" in stdout and "<= 0.7 x PyTorch eager" in stdout
+
+
+def test_quick_fusion(quick_new_workloads):
+    report, stdout = quick_new_workloads
+    figures = _figures(report)
+    fused = figures[("fusion", "kernels", "W1 train step", bench.KC_FUSED)]
+    unfused = figures[("fusion", "kernels", "W1 train step", bench.KC_UNFUSED)]
+    # one kernel per op without fusion; matmul + bias + activation, optimizer updates... fused by default
+    assert unfused["median"] > fused["median"] > 0
+    assert unfused["ratio_to_kcompile"] == pytest.approx(unfused["median"] / fused["median"])
+    key = f"batch {bench.FUSION_BATCH}"
+    for system in (bench.KC_FUSED, bench.KC_UNFUSED, bench.KC_FIT):
+        record = figures[("fusion", "steps_per_s", key, system)]
+        assert record["median"] > 0 and record["unit"] == "steps/s" and record["better"] == "higher"
+    assert figures[("fusion", "steps_per_s", key, bench.KC_FUSED)]["ratio_to_kcompile"] == pytest.approx(1.0)
+    meta = report["meta"]["fusion"]
+    assert meta[bench.KC_UNFUSED]["fusion_level"] == 0 and meta[bench.KC_FUSED]["fusion_level"] >= 1
+    assert meta["steps"] == report["meta"]["data"]["train_rows"] // bench.FUSION_BATCH
+    loss_default, loss_unfused = meta["one_step_agreement"]["loss"]
+    assert loss_unfused == pytest.approx(loss_default, rel=1e-4)
+    assert "fusion_level=0" in stdout and "kernels" in stdout
 
 
 def test_module_does_not_import_peers():
@@ -113,6 +180,37 @@ def test_targets_pass_and_miss():
     assert "too slow" in miss["note"]
     assert targets["W3 batch-1024 throughput"]["status"] == "PASS"
     assert targets["W3 one-sample predict latency"]["status"] == "n/a"
+    assert targets["W2 batch 128, seconds per epoch"]["status"] == "n/a"
+    for torch_epoch, status in ((10.0, "PASS"), (1.2, "MISS")):
+        results = bench.Results()
+        results.add("w2", "epoch_s", "batch 128", bench.KC, 1.0)
+        results.add("w2", "epoch_s", "batch 128", bench.TORCH, torch_epoch)
+        targets = {t["target"]: t for t in bench.evaluate_targets(results, None, [32, 128], 2)}
+        assert targets["W2 batch 128, seconds per epoch"]["status"] == status
+
+
+def test_fusion_and_w2_records():
+    results = bench.Results()
+    results.add("fusion", "kernels", "W1 train step", bench.KC_UNFUSED, 192)
+    results.add("fusion", "kernels", "W1 train step", bench.KC_FUSED, 34)
+    results.add("fusion", "steps_per_s", "batch 32", bench.KC_UNFUSED, 50.0)
+    results.add("fusion", "steps_per_s", "batch 32", bench.KC_FUSED, 200.0)
+    results.add("fusion", "steps_per_s", "batch 32", bench.TORCH, 100.0)
+    results.add("w2", "compile_first_step_s", "batch 128", bench.KC_COLD, 2.0)
+    results.add("w2", "compile_first_step_s", "batch 128", bench.TORCH, 0.5)
+    results.add("w2", "epoch_s", "batch 128", bench.KC, 4.0)
+    records = results.records()
+    # W2 before the fusion workload; the default-options figure first, and every ratio taken to it
+    assert [r["workload"] for r in records][:3] == ["w2"] * 3
+    kernels = [r for r in records if r["figure"] == "kernels"]
+    assert [r["system"] for r in kernels] == [bench.KC_FUSED, bench.KC_UNFUSED]
+    assert kernels[1]["ratio_to_kcompile"] == pytest.approx(192 / 34)
+    assert bench._verdict(kernels[1]) == "" and bench._format_value(192, "kernels") == "192"
+    steps = {r["system"]: r for r in records if r["figure"] == "steps_per_s"}
+    assert bench._verdict(steps[bench.TORCH]) == "kcompile 2.00x faster"
+    assert steps[bench.KC_UNFUSED]["ratio_to_kcompile"] == pytest.approx(0.25)
+    w2_compile = {r["system"]: r for r in records if r["figure"] == "compile_first_step_s"}
+    assert w2_compile[bench.TORCH]["ratio_to_kcompile"] == pytest.approx(0.25)     # to the cold process
 
 
 def test_medians_ratios_and_rotation():
@@ -128,7 +226,7 @@ def test_medians_ratios_and_rotation():
     assert [bench._rotate("abc", t) for t in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
 
 
-@pytest.mark.parametrize("argv, message", [(["--workloads", "w2"], "w2"), (["--trials", "0"], "--trials"),
+@pytest.mark.parametrize("argv, message", [(["--workloads", "w9"], "w9"), (["--trials", "0"], "--trials"),
                                            (["--peers", "tensorflow"], "tensorflow")])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
