@@ -7,7 +7,9 @@ so anything that could change the machine code changes the key; stale entries ar
 
 Entry layout, one file `<key>.kco` per module:
     magic (8 bytes) | format version, object length, IR length (little-endian u32, u64, u64) |
-    sha256 of everything after the header (32 bytes) | object file bytes | optimized IR (UTF-8)
+    sha256 of everything after the header (32 bytes) | object files | optimized IR (UTF-8)
+where "object files" is a u32 count and then a u64 length and the bytes of each object file (a module's
+kernels and its GEMM library are two object files, linked when loaded).
 NOTE: the optimized IR sits in the same file as the object rather than in a second file beside it, so one
 atomic rename publishes both and one checksum covers both: an object can never be paired with the IR of
 another writer, and a truncated or corrupt entry is detected (and recompiled) instead of reaching LLVM.
@@ -40,7 +42,7 @@ __all__ = ["compile_cached", "cache_directory", "cache_enabled", "cache_key", "F
 
 # Bump when the entry layout or the way code is generated for the JIT changes (target machine options,
 # pass pipeline): old entries then simply stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _MAGIC = b"KCOBJ\x00\r\n"  # the \r\n catches text-mode mangling
 _HEADER = struct.Struct("<8sIQQ32s")
@@ -93,7 +95,7 @@ def compile_cached(llvm_module=None, *, cache_dir: str | os.PathLike | None = No
     if llvm_module is None and build is None:
         raise TypeError("compile_cached needs llvm_module, or source_key and build")
     if not cache_enabled():
-        return JitModule(llvm_module if llvm_module is not None else build(), speed_level=speed_level)
+        return _compile(llvm_module if llvm_module is not None else build(), speed_level)
 
     if source_key is not None:
         key = cache_key("source:" + source_key, speed_level)
@@ -106,15 +108,25 @@ def compile_cached(llvm_module=None, *, cache_dir: str | os.PathLike | None = No
 
     entry = _read_entry(path)
     if entry is not None:
-        object_code, optimized_ir = entry
-        module = JitModule.from_object(object_code, optimized_ir)
+        objects, optimized_ir = entry
+        module = JitModule.from_objects(objects, optimized_ir)
         module.cache_hit = True
         return module
 
-    if ir_text is None:
-        ir_text = str(llvm_module if llvm_module is not None else build())
-    module = JitModule(ir_text, speed_level=speed_level, keep_object=True)
-    _write_entry(directory, path, module.object_code, module.optimized_ir)
+    built = ir_text if ir_text is not None else llvm_module if llvm_module is not None else build()
+    module = _compile(built, speed_level)
+    _write_entry(directory, path, module.objects, module.optimized_ir)
+    return module
+
+
+def _compile(built, speed_level: int) -> JitModule:
+    """Machine code of one module, or of a list of modules linked together (compiled side by side)."""
+    if isinstance(built, (list, tuple)):
+        results = jit.compile_objects(list(built), speed_level)
+        return JitModule.from_objects([code for code, _ in results],
+                                      jit.MODULE_SEPARATOR.join(text for _, text in results))
+    module = JitModule(built, speed_level=speed_level, keep_object=True)
+    module.objects = [module.object_code]
     return module
 
 
@@ -141,7 +153,33 @@ def _read_entry(path: Path):
         optimized_ir = bytes(payload[object_length:]).decode("utf-8")
     except UnicodeDecodeError:
         return _corrupt(path, "IR is not UTF-8")
-    return bytes(payload[:object_length]), optimized_ir
+    objects = _unframe(bytes(payload[:object_length]))
+    if objects is None:
+        return _corrupt(path, "bad object framing")
+    return objects, optimized_ir
+
+
+def _frame(objects: list) -> bytes:
+    """The object files of an entry as one field: count, then (length, bytes) each."""
+    parts = [struct.pack("<I", len(objects))]
+    for code in objects:
+        parts += [struct.pack("<Q", len(code)), bytes(code)]
+    return b"".join(parts)
+
+
+def _unframe(data: bytes):
+    try:
+        (count,), offset, objects = struct.unpack_from("<I", data), 4, []
+        for _ in range(count):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            offset += 8
+            objects.append(data[offset:offset + length])
+            offset += length
+    except struct.error:
+        return None
+    if offset != len(data) or not objects or any(not o for o in objects):
+        return None
+    return objects
 
 
 def _corrupt(path: Path, reason: str):
@@ -150,9 +188,10 @@ def _corrupt(path: Path, reason: str):
     return None
 
 
-def _write_entry(directory: Path, path: Path, object_code: bytes, optimized_ir: str) -> None:
+def _write_entry(directory: Path, path: Path, objects: list, optimized_ir: str) -> None:
     if str(directory) in _unwritable:
         return
+    object_code = _frame(objects)
     ir_bytes = optimized_ir.encode("utf-8")
     digest = hashlib.sha256(object_code + ir_bytes).digest()
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(object_code), len(ir_bytes), digest)

@@ -13,7 +13,7 @@ import ir
 from ir.fusion import fuse
 from ir.memory import plan_memory
 
-from .lower import lower
+from .lower import GEMM_LIBRARY, lower
 
 
 @dataclass(frozen=True)
@@ -70,28 +70,54 @@ def optimize_graph(graph: ir.Graph, options: CompileOptions, stages: dict | None
 
 def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: str = "main"
                   ) -> CompiledFunction:
+    return compile_graphs({name: graph}, options)[name]
+
+
+def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
+    """Compile several graphs (entry name -> graph) into one module of machine code.
+
+    Kernels alike (same structure, see codegen.lower.kernel_structure) and GEMM functions of the same
+    shape are generated, optimized and compiled once for all of them: a model's train step, evaluate
+    and predict functions share most of their forward kernels and every GEMM.  Returns entry name ->
+    CompiledFunction, all holding the same `code`.
+    """
+    from llvmlite import ir as llvm_ir
     options = options or CompileOptions()
-    ir.verify(graph)
-    stages: dict = {"traced": graph}
-    optimized = optimize_graph(graph, options, stages)
-    fused = fuse(optimized, level=options.fusion_level)
-    plan = plan_memory(fused, reuse=options.reuse_memory)
     threading = options.threading
     if threading is None:
         from .parallel import threads_available
         threading = threads_available()
-    built = []
+    prepared = []
+    for name, graph in graphs.items():
+        ir.verify(graph)
+        stages: dict = {"traced": graph}
+        optimized = optimize_graph(graph, options, stages)
+        fused = fuse(optimized, level=options.fusion_level)
+        plan = plan_memory(fused, reuse=options.reuse_memory)
+        prepared.append((name, graph, stages, optimized, fused, plan))
+    lowered: dict = {}
 
     def build():
-        built.append(lower(fused, plan, name=name, profile=options.profile, threading=threading))
-        return built[0].module
+        # NOTE: two modules, the kernels and the GEMMs they call, so that two cores can compile them
+        # side by side (codegen.jit.compile_objects); they are linked in one engine when loaded.
+        module = llvm_ir.Module(name="kcompile." + "+".join(graphs))
+        library = llvm_ir.Module(name=module.name + ".gemm")
+        GEMM_LIBRARY[module] = library
+        shared: dict = {}
+        for name, _, _, _, fused, plan in prepared:
+            lowered[name] = lower(fused, plan, name=name, module=module, profile=options.profile,
+                                  threading=threading, shared_kernels=shared)
+        return [module, library] if library.functions else [module]
 
-    key = source_key(fused, plan, name, options, threading)
+    key = source_key([(name, fused, plan) for name, _, _, _, fused, plan in prepared], options,
+                     threading)
     code = _compile_module(build, key, options)
-    fn = CompiledFunction(graph, optimized, fused, plan, built[0] if built else None, code, stages,
-                          name=name)
-    _maybe_dump(fn)
-    return fn
+    functions = {}
+    for name, graph, stages, optimized, fused, plan in prepared:
+        fn = functions[name] = CompiledFunction(graph, optimized, fused, plan, lowered.get(name), code,
+                                                stages, name=name)
+        _maybe_dump(fn)
+    return functions
 
 
 def _compile_module(build, key, options):
@@ -117,10 +143,12 @@ def code_fingerprint() -> str:
     return _FINGERPRINT[0]
 
 
-def source_key(fused, plan, name, options, threading) -> str:
-    """Everything the lowered module is a function of, as text."""
-    return "\n".join([code_fingerprint(), name, f"profile={options.profile}",
-                      f"threading={threading}", fused.text(), memory_text_of(plan, fused)])
+def source_key(entries, options, threading) -> str:
+    """Everything a lowered module is a function of, as text; `entries` is [(name, fused, plan)]."""
+    parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}"]
+    for name, fused, plan in entries:
+        parts += [f"entry {name}", fused.text(), memory_text_of(plan, fused)]
+    return "\n".join(parts)
 
 
 def memory_text_of(plan, fused) -> str:

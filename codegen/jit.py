@@ -4,6 +4,14 @@ Render (codegen.lower) -> compile (here) -> load (addresses for ctypes) are sepa
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import select
+import signal
+import struct
+import threading
+import time
+
 import llvmlite.binding as llvm
 
 from . import target
@@ -32,6 +40,10 @@ def parse_and_verify(llvm_module, tm):
     ref.data_layout = str(tm.target_data)
     ref.verify()
     return ref
+
+
+# Between the optimized IR of the modules of one JitModule (the kernels and their GEMM library).
+MODULE_SEPARATOR = "\n; ---- kcompile: the next module, linked with the one above ----\n"
 
 
 class JitModule:
@@ -69,6 +81,12 @@ class JitModule:
 
         `optimized_ir` is only kept for `.optimized_ir` and `.assembly()`; `.module_ref` is None.
         """
+        return cls.from_objects([object_code], optimized_ir)
+
+    @classmethod
+    def from_objects(cls, objects: list, optimized_ir: str) -> "JitModule":
+        """Load and link object files (from `compile_objects`, or the cache) into one engine: calls
+        from one to a function another defines are resolved within this engine."""
         self = cls.__new__(cls)
         tm = target.target_machine()
         empty = llvm.parse_assembly("")
@@ -76,10 +94,12 @@ class JitModule:
         empty.data_layout = str(tm.target_data)
         self.module_ref = None
         self.optimized_ir = optimized_ir
-        self.object_code = bytes(object_code)
+        self.objects = [bytes(o) for o in objects]
+        self.object_code = self.objects[0] if len(self.objects) == 1 else None
         self._assembly = None
         self.engine = llvm.create_mcjit_compiler(empty, tm)
-        self.engine.add_object_file(llvm.ObjectFileRef.from_data(self.object_code))
+        for code in self.objects:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         self.engine.finalize_object()
         return self
 
@@ -94,9 +114,127 @@ class JitModule:
         if self._assembly is None:
             # NOTE: re-parsed rather than taken from module_ref: MCJIT's codegen has run on module_ref in
             # place, and on a cache hit there is no module at all.
-            tm = target.target_machine()
-            ref = llvm.parse_assembly(self.optimized_ir)
-            ref.triple = tm.triple
-            ref.data_layout = str(tm.target_data)
-            self._assembly = tm.emit_assembly(ref)
+            parts = []
+            for text in self.optimized_ir.split(MODULE_SEPARATOR):
+                tm = target.target_machine()
+                ref = llvm.parse_assembly(text)
+                ref.triple = tm.triple
+                ref.data_layout = str(tm.target_data)
+                parts.append(tm.emit_assembly(ref))
+            self._assembly = "".join(parts)
         return self._assembly
+
+
+# -- compiling several modules at once ---------------------------------------------------------------
+
+def compile_object(module, speed_level: int = 3) -> tuple:
+    """(object file bytes, optimized IR text) of one module (an llvmlite.ir.Module or its IR text),
+    made with the JIT's target machine, so `JitModule.from_objects` can load it."""
+    tm = target.target_machine()
+    ref = parse_and_verify(module, tm)
+    optimize(ref, tm, speed_level)
+    return target.target_machine().emit_object(ref), str(ref)
+
+
+def compile_jobs() -> int:
+    """How many processes may compile the modules of one function at once: $KCOMPILE_COMPILE_JOBS,
+    else 2 when the process may use 2 or more cores (1: everything in this process)."""
+    value = os.environ.get("KCOMPILE_COMPILE_JOBS", "").strip()
+    if value:
+        try:
+            jobs = int(value)
+        except ValueError:
+            raise ValueError(f"KCOMPILE_COMPILE_JOBS must be a positive integer, got {value!r}") from None
+        if jobs < 1:
+            raise ValueError(f"KCOMPILE_COMPILE_JOBS must be a positive integer, got {value!r}")
+        return jobs
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
+def _can_fork() -> bool:
+    # NOTE: forking is safe here only when no other Python thread can be inside LLVM (holding
+    # llvmlite's lock, which the child would inherit held); libgomp's worker threads never enter it.
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+_CHILD_TIMEOUT_S = 120.0
+
+
+def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None) -> list:
+    """[(object bytes, optimized IR)] for each module, the later modules compiled in forked child
+    processes while this one compiles the first (LLVM's optimizer and code generator are
+    single-threaded; a module of GEMMs and one of kernels compile side by side on two cores).
+
+    Any failure of a child (it died, timed out, or its result is damaged) makes this process compile
+    that module itself, so the result never depends on whether forking worked."""
+    texts = [str(m) for m in modules]
+    jobs = compile_jobs() if jobs is None else jobs
+    children = {}
+    if jobs > 1 and len(texts) > 1 and _can_fork():
+        for index in range(1, min(len(texts), jobs)):
+            children[index] = _fork_compile(texts[index], speed_level)
+    results = [None] * len(texts)
+    for index, text in enumerate(texts):
+        if index not in children:
+            results[index] = compile_object(text, speed_level)
+    for index, child in children.items():
+        results[index] = _collect(child) or compile_object(texts[index], speed_level)
+    return results
+
+
+def _fork_compile(text: str, speed_level: int):
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, send, and leave without running any Python cleanup
+        status = 1
+        try:
+            os.close(read_fd)
+            code, optimized = compile_object(text, speed_level)
+            payload = optimized.encode("utf-8")
+            header = struct.pack("<QQ", len(code), len(payload))
+            digest = hashlib.sha256(header + code + payload).digest()
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(header + digest)
+                out.write(code)
+                out.write(payload)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    return pid, read_fd
+
+
+def _collect(child):
+    """The child's (object, IR), or None when anything went wrong (then the caller compiles)."""
+    pid, read_fd = child
+    chunks = []
+    deadline = time.monotonic() + _CHILD_TIMEOUT_S
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([read_fd], [], [], remaining)[0]:
+                os.kill(pid, signal.SIGKILL)
+                return None
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    data = b"".join(chunks)
+    if len(data) < 48:
+        return None
+    code_length, ir_length = struct.unpack_from("<QQ", data)
+    digest, body = data[16:48], data[48:]
+    if len(body) != code_length + ir_length or \
+            hashlib.sha256(data[:16] + body).digest() != digest:
+        return None
+    return bytes(body[:code_length]), bytes(body[code_length:]).decode("utf-8")

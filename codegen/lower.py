@@ -21,6 +21,7 @@ computes a value from an index; `Kernel` lowerings emit an anchor's whole comput
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -537,6 +538,11 @@ def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime)
 
 
+# module -> the module that defines its GEMM functions (see codegen.compiler.compile_graphs); the
+# GEMMs of a module without one are internal functions of that module.
+GEMM_LIBRARY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None)):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>)`.
@@ -553,9 +559,15 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None))
     fn = module.globals.get(name)
     if fn is not None:
         return fn, runtime
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)),
-                     name)
-    fn.linkage = "internal"
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime))
+    library = GEMM_LIBRARY.get(module)
+    if library is not None:
+        # defined in the module's GEMM library (compiled separately), declared here
+        gemm_function(library, dims, trans_a, trans_b, dtype, lds)
+        return ir.Function(module, fnty, name), runtime
+    fn = ir.Function(module, fnty, name)
+    if module not in GEMM_LIBRARY.values():
+        fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
         arg.add_attribute("noalias")
@@ -948,8 +960,13 @@ def _order_copies(fused: FusedGraph, plan: MemoryPlan) -> tuple[list, list]:
 
 
 def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Module | None = None,
-          profile: bool = False, threading: bool | None = None) -> Lowered:
+          profile: bool = False, threading: bool | None = None,
+          shared_kernels: dict | None = None) -> Lowered:
     """Add the graph's entry function `name` (and its kernels) to `module`.
+
+    `shared_kernels` (kernel structure -> function) lets several graphs lowered into one module share
+    the kernels they have alike, as the groups of one graph do (see kernel_structure); GEMM functions
+    are shared by name anyway.
 
     With `profile`, the entry function adds each kernel's cycle count (llvm.readcyclecounter) to
     the global array `{name}.profile`, one i64 per kernel in schedule order.
@@ -1018,7 +1035,8 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
 
     for i, out_name, node in early:
         emit_copy(i, out_name, node)
-    emitted: dict = {}      # kernel structure -> its function, shared by groups alike
+    # kernel structure -> its function, shared by groups alike
+    emitted: dict = {} if shared_kernels is None else shared_kernels
     kernels: dict = {}
     for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)

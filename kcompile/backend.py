@@ -52,9 +52,18 @@ class ReferenceRunner:
 
 
 def make_runner(graph: ir.Graph, target: str, state: dict, **options):
+    return make_runners({"main": graph}, target, state, **options)["main"]
+
+
+def make_runners(graphs: dict, target: str, state: dict, **options) -> dict:
+    """Runners for several graphs of one model (entry name -> graph), sharing `state`.  For 'llvm'
+    they are compiled into one module, so the kernels and GEMMs they have alike are compiled once."""
     if target == "reference":
-        return ReferenceRunner(graph, state)
+        return {name: ReferenceRunner(graph, state) for name, graph in graphs.items()}
     if target == "llvm":
+        from codegen.compiler import compile_graphs
         from codegen.runtime import CompiledRunner
-        return CompiledRunner(graph, state, **options)
+        compiled = compile_graphs(graphs, options.get("options"))
+        return {name: CompiledRunner(graph, state, compiled=compiled[name])
+                for name, graph in graphs.items()}
     raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")

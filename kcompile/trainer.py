@@ -402,9 +402,9 @@ class _Totals:
         return dict(sorted(logs.items()))
 
 
-def _make_runner(graph, target, state):
+def _make_runners(graphs, target, state):
     try:
-        return backend.make_runner(graph, target, state)
+        return backend.make_runners(graphs, target, state)
     except ImportError as error:
         raise RuntimeError(f"target={target!r} is not available here ({error}); compile the model "
                            "with target='reference' to run on the numpy interpreter") from error
@@ -669,30 +669,55 @@ class Trainer:
                                                          self.output_shape), True))
         return objects
 
+    def _program_key(self, kind: str, spec, weighted: bool) -> tuple:
+        key = (kind, spec, weighted)
+        if kind == "train":
+            key += (self.optimizer.trace_signature(),)
+        return key
+
+    def _trace(self, kind: str, spec, loss, weighted: bool):
+        """(graph, readouts) of the 'predict', 'eval' or 'train' program."""
+        readouts: list = []
+        if kind == "predict":
+            return trace_predict(self), readouts
+        metric_objects = self._metric_objects(spec)
+        if kind == "eval":
+            graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted, readouts=readouts)
+        else:
+            graph = trace_train(self, loss, metric_objects, self.optimizer, spec, weighted=weighted,
+                                readouts=readouts)
+        return graph, readouts
+
     def _program(self, kind: str, spec: TargetSpec | None = None, loss=None,
                  weighted: bool = False) -> _Program:
         """The traced graph and runner for 'predict', 'eval' or 'train' (weighted: with a
         'sample_weight' input), cached until the model, compile settings or optimizer change."""
-        key = (kind, spec, weighted)
-        if kind == "train":
-            key += (self.optimizer.trace_signature(),)
+        key = self._program_key(kind, spec, weighted)
         program = self._programs.get(key)
         if program is not None:
             return program
-        readouts = []
-        if kind == "predict":
-            graph = trace_predict(self)
-        else:
-            metric_objects = self._metric_objects(spec)
-            if kind == "eval":
-                graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted,
-                                   readouts=readouts)
-            else:
-                graph = trace_train(self, loss, metric_objects, self.optimizer, spec,
-                                    weighted=weighted, readouts=readouts)
-        runner = _make_runner(graph, self.target, self._state())
-        program = self._programs[key] = _Program(graph, runner, readouts)
-        return program
+        wanted = [(kind, spec, weighted)]
+        if self.target == "llvm":
+            # NOTE: compiled into one module, train, evaluate and predict share their GEMMs and most
+            # kernels, and the three cost about half of what they cost one by one; so the first
+            # program compiled brings along the cheaper ones a Keras user calls next.
+            siblings = {"train": [("eval", spec, False), ("predict", None, False)],
+                        "eval": [("predict", None, False)]}.get(kind, [])
+            wanted += [s for s in siblings if self._program_key(*s) not in self._programs]
+        traced = {}
+        for i, (k, s, w) in enumerate(wanted):
+            try:
+                traced[(k, s, w)] = self._trace(k, s, loss, w)
+            except Exception:
+                if i == 0:
+                    raise
+                # a sibling is only an optimization: it is traced again (and fails loudly) when asked for
+        names = {w: f"{w[0]}_weighted" if w[2] else w[0] for w in traced}
+        runners = _make_runners({names[w]: graph for w, (graph, _) in traced.items()}, self.target,
+                                self._state())
+        for w, (graph, readouts) in traced.items():
+            self._programs[self._program_key(*w)] = _Program(graph, runners[names[w]], readouts)
+        return self._programs[key]
 
     def _prepare_batch(self, batch, class_weight, weighted, argument: str):
         """One batch of a batch source, checked and converted: (x, y, sample_weight or None, spec,
