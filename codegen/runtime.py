@@ -113,6 +113,17 @@ class CompiledRunner:
             self._ensure(batch)
         self._fn(batch, self._table_address)
 
+    def call_on(self, name: str, array: np.ndarray) -> None:
+        """Run with `array` as the batched input `name` (the only fed input), all its rows: the
+        caller has checked that it is a C-contiguous array of the input's dtype and row shape."""
+        batch = len(array)
+        self.table[self.feed_index[name]] = array.ctypes.data
+        self._keep[name] = array
+        self._bound = []
+        if batch > self._capacity:
+            self._ensure(batch)
+        self._fn(batch, self._table_address)
+
     def output(self, name: str, batch: int) -> np.ndarray:
         out = self._outputs[name]
         return out[:batch] if self.result_types[name].batched else out

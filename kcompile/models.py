@@ -11,6 +11,8 @@ import math
 import shutil
 import sys
 
+import numpy as np
+
 from kcompile import layers as layers_module
 from kcompile import saving
 from kcompile.saving import load_model  # noqa: F401  (kcompile.models.load_model, as Keras)
@@ -271,6 +273,14 @@ class Sequential(Model):
     def _ensure_built(self, input_shape):
         if not self.built or any(not layer.built for layer in self._layers):
             self.build(input_shape)
+
+    def __call__(self, inputs, training=None):
+        """On an array in inference mode: the compiled predict function (compiled on first use),
+        as predict_on_batch; while tracing or with training=True: as any layer."""
+        if not training and isinstance(inputs, np.ndarray) and inputs.ndim >= 1 \
+                and len(inputs) > 0 and self.target == "llvm":
+            return self.predict_on_batch(inputs)
+        return super().__call__(inputs, training=training)
 
     def call(self, inputs, training=False):
         x = inputs

@@ -1,0 +1,77 @@
+"""predict's short path for one batch of float32 samples, predict_on_batch, and model(x) on arrays:
+the same answers as the general path and the reference interpreter, and bad input still refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kcompile.layers import Dense, Dropout, Flatten, Input
+from kcompile.models import Sequential
+
+
+def make(target="llvm"):
+    model = Sequential([Input(shape=(4, 5)), Flatten(), Dense(16, activation="relu"), Dropout(0.5),
+                        Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", target=target)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    compiled, reference = make(), make("reference")
+    reference.set_weights(compiled.get_weights())
+    return compiled, reference
+
+
+def test_one_sample_and_one_batch_match_the_reference(models):
+    compiled, reference = models
+    rng = np.random.default_rng(0)
+    for rows in (1, 7, 32):
+        x = rng.standard_normal((rows, 4, 5)).astype(np.float32)
+        expected = reference.predict(x, verbose=0)
+        np.testing.assert_allclose(compiled.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compiled.predict_on_batch(x), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compiled(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_results_are_copies_and_follow_new_weights(models):
+    compiled, _ = models
+    x = np.ones((2, 4, 5), np.float32)
+    first = compiled.predict(x, verbose=0)
+    second = compiled.predict(2 * x, verbose=0)
+    assert not np.shares_memory(first, second)
+    assert not np.allclose(first, second)
+    weights = compiled.get_weights()
+    try:
+        compiled.set_weights([np.zeros_like(w) for w in weights])
+        # all-zero weights: softmax of zeros is uniform
+        np.testing.assert_allclose(compiled.predict(x, verbose=0), np.full((2, 3), 1 / 3), rtol=1e-6)
+    finally:
+        compiled.set_weights(weights)
+
+
+def test_other_inputs_take_the_general_path_with_the_same_answers(models):
+    compiled, reference = models
+    x = np.random.default_rng(1).standard_normal((40, 4, 5))
+    # float64, more rows than one batch, a non-contiguous view, a list
+    for data in (x, x.astype(np.float32)[:, ::1], np.asfortranarray(x.astype(np.float32)),
+                 x[:3].tolist()):
+        expected = reference.predict(np.asarray(data, np.float32), verbose=0)
+        np.testing.assert_allclose(compiled.predict(data, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_shapes_are_still_refused(models):
+    compiled, _ = models
+    with pytest.raises(ValueError, match="shape|expected"):
+        compiled.predict(np.ones((1, 5, 4), np.float32), verbose=0)
+    with pytest.raises(ValueError, match="shape|expected"):
+        compiled(np.ones((1, 20), np.float32))
+
+
+def test_model_call_in_training_mode_applies_dropout(models):
+    compiled, _ = models
+    x = np.ones((64, 4, 5), np.float32)
+    inference = compiled(x)
+    training = compiled(x, training=True)
+    assert inference.shape == training.shape == (64, 3)
+    assert not np.allclose(inference, training)
