@@ -14,6 +14,7 @@ from ir.fusion import fuse
 from ir.memory import plan_memory
 
 from .lower import GEMM_LIBRARY, lower
+from .step import emit_step_driver
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
         for name, _, _, _, fused, plan in prepared:
             lowered[name] = lower(fused, plan, name=name, module=module, profile=options.profile,
                                   threading=threading, shared_kernels=shared)
+        emit_step_driver(module)
         return [module, library] if library.functions else [module]
 
     key = source_key([(name, fused, plan) for name, _, _, _, fused, plan in prepared], options,

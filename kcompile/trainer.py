@@ -392,6 +392,18 @@ class _Totals:
                 sums[i] += float(output(name, rows))
         self.seen += rows
 
+    def accumulate(self) -> list:
+        """What runner.bind_epoch should add up over the steps for this program's totals."""
+        return [("loss", "mean")] + [(name, "sum") for name in self.program.sum_names]
+
+    def load(self, accumulators: dict, seen: int) -> None:
+        """Take the sums a runner accumulated (see accumulate) over `seen` samples."""
+        self.loss_total = float(accumulators["loss"][0])
+        for i, name in enumerate(self.program.sum_names):
+            acc = accumulators[name]
+            self.sums[i] = acc.copy() if self.program.vector_sums[i] else float(acc[0])
+        self.seen = seen
+
     def logs(self) -> dict:
         """Running results, sorted by name as Keras 3 logs them."""
         seen = self.seen
@@ -907,43 +919,30 @@ class Trainer:
         totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_train_batch_begin", "on_train_batch_end",
                             "on_batch_begin", "on_batch_end")
-        seed = np.zeros((), np.uint32)
-        seed_base = next_seed()
+        # NOTE: one native call per step does everything per step: gathers the batch through the
+        # epoch's order, bumps the dropout seed, adds the loss and metric sums (codegen/step.py).
+        seed = np.full((), next_seed() & 0xFFFFFFFF, np.uint32)
         runner = program.runner
-        weighted = sample_weight is not None
-        if order is not None:
-            rows_max = min(batch_size, n)
-            x_stage = np.empty((rows_max,) + x.shape[1:], x.dtype)
-            y_stage = np.empty((rows_max,) + y.shape[1:], y.dtype)
-            feeds = {"x": x_stage, "y": y_stage, "seed": seed}
-            if weighted:
-                w_stage = feeds["sample_weight"] = np.empty(rows_max, np.float32)
-        else:
-            feeds = {"x": x, "y": y, "seed": seed}
-            if weighted:
-                feeds["sample_weight"] = sample_weight
-        runner.bind(feeds)
-        call, output, add = runner.call, runner.output, totals.add
+        feeds = {"x": x, "y": y, "seed": seed}
+        if sample_weight is not None:
+            feeds["sample_weight"] = sample_weight
+        accumulators = runner.bind_epoch(feeds, index=order, max_rows=min(batch_size, n),
+                                         counters=("seed",), accumulate=totals.accumulate())
+        step_fn = runner.step
+        seen = 0
         for step in range(steps):
             start = (first_batch + step) * batch_size
-            stop = min(start + batch_size, n)
-            rows = stop - start
+            rows = min(start + batch_size, n) - start
             if hooks.begin:
                 hooks.call_begin(step)
-            if order is not None:
-                index = order[start:stop]
-                np.take(x, index, axis=0, out=x_stage[:rows], mode="clip")
-                np.take(y, index, axis=0, out=y_stage[:rows], mode="clip")
-                if weighted:
-                    np.take(sample_weight, index, axis=0, out=w_stage[:rows], mode="clip")
-                start = 0
-            seed[...] = (seed_base + step) & 0xFFFFFFFF
-            call(rows, start)
-            add(output, rows)
+            step_fn(rows, start)
+            seen += rows
             if hooks.end_due(step, last_step):
+                totals.load(accumulators, seen)
                 hooks.call_end(step, totals.logs())
             if self.stop_training:
                 break
+        totals.load(accumulators, seen)
         return totals.logs()
 
     def _train_stream(self, stream, class_weight, weighted, callback_list) -> dict | None:
