@@ -11,6 +11,7 @@ import signal
 import struct
 import threading
 import time
+import warnings
 
 import llvmlite.binding as llvm
 
@@ -188,7 +189,11 @@ def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None
 
 def _fork_compile(text: str, speed_level: int):
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # NOTE: Python 3.12+ warns when forking a process with other OS threads; here those are
+        # libgomp's idle workers, which hold no lock the child (LLVM alone) could need.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: compile, send, and leave without running any Python cleanup
         status = 1
         try:
