@@ -33,13 +33,14 @@ Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets
   train program, as ``model.dump_ir`` sees it) is compiled twice through ``kcompile.backend.make_runner``,
   with ``codegen.compiler.CompileOptions(fusion_level=0)`` (one kernel per op) and with the default
   options, each on its own copy of the weights and optimizer state; both must agree on one step first.
-  Figures: the number of kernels, and native steps per second: one epoch's worth of rows (60000 -> 1875
-  steps) bound once with ``runner.bind`` and stepped through with ``runner.call(32, offset)`` and a new
-  dropout seed per step, as fit's fast path does (without fit's per-step batch gather and loss
-  bookkeeping).  For comparison, in the same trials: ``model.fit`` of kcompile, PyTorch eager and Keras 3
-  on JAX, their steps per second *derived from one batch-32 W1 epoch* over the same rows (steps / epoch
-  seconds, so their own training loops' per-step batch handling is included; the kcompile ``model.fit``
-  line shows what that costs kcompile).  Ratios are to the default-options native figure.
+  Figures: the number of kernels, and native steps per second: one epoch of rows (60000 -> 1875 steps)
+  bound once with ``runner.bind_epoch`` (a shuffled order, the dropout seed as a counter, the loss and
+  metric sums accumulated) and stepped through with ``runner.step(32, start)``, one native call per step
+  that also gathers the batch, as fit's array epochs do (fit adds only its Python loop and callbacks).
+  For comparison, in the same trials: ``model.fit`` of kcompile, PyTorch eager and Keras 3 on JAX, their
+  steps per second *derived from one batch-32 W1 epoch* over the same rows (steps / epoch seconds: their
+  own training loops, per-step batch handling included; the kcompile ``model.fit`` line shows what the
+  loop around the native steps costs kcompile).  Ratios are to the default-options native figure.
 
 Peers (benchmark only; the library never imports them, and neither does this module outside its worker
 processes): PyTorch eager, Keras 3 on JAX, a hand-written JAX jit step, onnxruntime (W3, with the
@@ -449,8 +450,8 @@ class KcompileSystem(_System):
 
     def fusion_prepare(self, batch, steps):
         """Compile W1's traced train step with the default options and with fusion_level=0, each
-        runner on its own copy of the weights and optimizer state, check that one step of both agrees,
-        and bind `steps` batches of training rows.  Returns the kernel counts and compile times."""
+        runner on its own copy of the weights and optimizer state, bind an epoch of `steps` batches as
+        fit does, and check that one step of both agrees.  Returns the kernel counts and compile times."""
         from codegen.compiler import CompileOptions
         from kcompile import backend
         model = self.build(seed=2)
@@ -461,6 +462,9 @@ class KcompileSystem(_System):
         rows = min(len(self.x_train), steps * batch)
         x = np.ascontiguousarray(self.x_train[:rows], dtype=np.float32)
         y = np.ascontiguousarray(self.y_train[:rows], dtype=np.float32)
+        order = np.random.default_rng(0).permutation(rows)           # a shuffled epoch, as fit's
+        # fit's accumulators: the loss (a batch mean) and every metric sum, i.e. the other outputs
+        sums = [(name, "sum") for name in graph.output_names if name != "loss" and name not in state]
         self._fusion = {}
         info = {}
         for label, options in ((KC_FUSED, CompileOptions()), (KC_UNFUSED, CompileOptions(fusion_level=0))):
@@ -469,14 +473,15 @@ class KcompileSystem(_System):
             runner = backend.make_runner(graph, "llvm", own, options=options)
             compile_s = time.perf_counter() - t0
             seed = np.zeros((), np.uint32)
-            runner.bind({"x": x, "y": y, "seed": seed})
-            self._fusion[label] = (runner, seed, own)
+            runner.bind_epoch({"x": x, "y": y, "seed": seed}, index=order, max_rows=batch, counters=("seed",),
+                              accumulate=[("loss", "mean")] + sums)
+            self._fusion[label] = (runner, own)
             info[label] = {"kernels": len(runner.compiled.fused.groups), "fusion_level": options.fusion_level,
                            "compile_s (cache as found)": compile_s}
-        # Both variants compute the same step: one step from the same state, batch and seed.
-        (fused, _, fused_state), (unfused, _, unfused_state) = (self._fusion[KC_FUSED], self._fusion[KC_UNFUSED])
-        fused.call(batch, 0)
-        unfused.call(batch, 0)
+        # Both variants compute the same step: one step from the same state, rows and seed.
+        (fused, fused_state), (unfused, unfused_state) = self._fusion[KC_FUSED], self._fusion[KC_UNFUSED]
+        fused.step(batch, 0)
+        unfused.step(batch, 0)
         loss_a, loss_b = float(fused.output("loss", batch)), float(unfused.output("loss", batch))
         # Summation order differs between the variants, so an Adam update whose gradient is ~0 may
         # differ by up to 2 x the learning rate; a wrong step would differ in most elements.
@@ -496,14 +501,14 @@ class KcompileSystem(_System):
         return info
 
     def fusion_steps(self, label, batch, steps):
-        """Native steps per second of one variant: `steps` runner.call()s over the bound rows, a new
-        dropout seed each step, as fit's fast path does."""
-        runner, seed, _ = self._fusion[label]
-        call = runner.call
+        """Native steps per second of one variant: `steps` runner.step()s through the bound epoch, each
+        one native call that gathers the batch through the shuffled order, runs the train step, bumps the
+        dropout seed and adds up the loss and metric sums, as fit's array epochs do."""
+        runner, _ = self._fusion[label]
+        step = runner.step
         t0 = time.perf_counter()
-        for step in range(steps):
-            seed[...] = step
-            call(batch, step * batch)
+        for i in range(steps):
+            step(batch, i * batch)
         return steps / (time.perf_counter() - t0)
 
     def w3_load(self, predictor=None):
@@ -1390,7 +1395,7 @@ def _format_value(value, unit):
         return f"{value:.1f}"
     if unit == "kernels":
         return f"{value:.0f}"
-    return f"{value:.3g} {unit}"
+    return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:.0f} {unit}"
 
 
 def _verdict(record):
@@ -1831,7 +1836,7 @@ class Bench:
         rows = len(self.data[0])
         steps = rows // batch
         self.say(f"== W1 fusion: the batch-{batch} train step compiled with fusion_level=0 and with the default "
-                 f"options; native steps/s over {steps} bound batches; model.fit and the peers: steps / "
+                 f"options; native steps/s over {steps} steps of a bound epoch; model.fit and the peers: steps / "
                  f"seconds of one W1 epoch ({rows} rows) ==")
         info = kc.call("fusion_prepare", batch=batch, steps=steps)
         self.meta["fusion"] = info

@@ -206,6 +206,7 @@ def test_fusion_and_w2_records():
     assert [r["system"] for r in kernels] == [bench.KC_FUSED, bench.KC_UNFUSED]
     assert kernels[1]["ratio_to_kcompile"] == pytest.approx(192 / 34)
     assert bench._verdict(kernels[1]) == "" and bench._format_value(192, "kernels") == "192"
+    assert bench._format_value(1183.4, "steps/s") == "1183 steps/s"
     steps = {r["system"]: r for r in records if r["figure"] == "steps_per_s"}
     assert bench._verdict(steps[bench.TORCH]) == "kcompile 2.00x faster"
     assert steps[bench.KC_UNFUSED]["ratio_to_kcompile"] == pytest.approx(0.25)
