@@ -178,7 +178,7 @@ def _max_pool_grad(ev, node, index):
     b = ev.builder
     n, h, w, c = index
     (kh, kw), (sh, sw) = node.attr("size"), node.attr("strides")
-    pt, pl = node.attr("pads")[0], node.attr("pads")[2]
+    pt, pb, pl, pr = node.attr("pads")
     oh, ow = y.shape[1], y.shape[2]
     height, width = x.shape[1], x.shape[2]
     pixel = ev.value(x, index)
@@ -198,8 +198,23 @@ def _max_pool_grad(ev, node, index):
             if valid is not None:
                 r, q = b.select(valid, r, zero_index), b.select(valid, q, zero_index)
             window = (n, r, q, c)
-            hit = b.fcmp_ordered("==", pixel, ev.value(y, window))
+            maximum = ev.value(y, window)
+            hit = b.fcmp_ordered("==", pixel, maximum)
             hit = hit if valid is None else b.and_(valid, hit)
+            # the window's gradient goes to its first tap equal to the maximum: no earlier one may
+            for i2 in range(kh):
+                for j2 in range(kw):
+                    if (i2, j2) >= (i, j):
+                        break
+                    row = _tap_position(b, r, i2, sh, pt)
+                    col = _tap_position(b, q, j2, sw, pl)
+                    inside = _and(b, _in_range(b, row, height) if (pt or pb) else None,
+                                  _in_range(b, col, width) if (pl or pr) else None)
+                    if inside is not None:
+                        row, col = b.select(inside, row, zero_index), b.select(inside, col, zero_index)
+                    earlier = b.fcmp_ordered("==", ev.value(x, (n, row, col, c)), maximum)
+                    earlier = earlier if inside is None else b.and_(inside, earlier)
+                    hit = b.and_(hit, b.not_(earlier))
             term = b.select(hit, ev.value(g, window), zero)
             total = term if total is None else b.fadd(total, term)
     return zero if total is None else total

@@ -13,10 +13,11 @@ Six ops; everything else these layers need is a composite (`ir.build_nn`):
   injective op: inlined into a consumer that reads it at several pixels, it would be recomputed
   there KH*KW-fold.
 - `max_pool`: the maximum of each window (padding ignored) and `max_pool_grad`, which routes a
-  gradient back to the positions equal to their window's maximum.  (Max pooling is also
-  `reduce_max` over `patches`; the two ops are that composite and its gradient fused, without the
-  windows ever stored.)  NOTE: every position equal to its window's maximum receives the gradient
-  (reduce_max's rule); Keras on TensorFlow picks one.  They differ only on exact ties.
+  window's gradient back to the first position (row-major over the window, padding never) equal to
+  its maximum, as Keras 3 on JAX, TensorFlow and PyTorch do.  NOTE: not to every tied position
+  (reduce_max's rule): exact ties at a positive maximum are common in images with flat regions (a
+  convolution over Fashion-MNIST's zero background is its bias), and routing to all of them made a
+  CNN's convolution gradients differ from Keras's.
 - `gather`: rows of a table picked by integer ids (Embedding), `table[V,D...], ids[S...] ->
   [S...,D...]`.  Ids are clamped to [0, V-1], as JAX does (no bounds error can be raised from a
   compiled kernel, and reading outside the table is not an option).
@@ -157,22 +158,33 @@ def _max_pool_grad_infer(types, attrs):
 
 def _max_pool_grad_ref(values, attrs, node, batch=None):
     x, y, g = values
-    windows = windows_of(x, attrs["size"], attrs["strides"], attrs["pads"], -np.inf)
-    routed = np.where(windows == y[:, :, :, None, None, :], g[:, :, :, None, None, :], 0)
-    return _patches_grad_ref([routed.astype(g.dtype)], dict(attrs, image=x.shape[1:3]), node, batch)
+    windows = windows_of(x, attrs["size"], attrs["strides"], attrs["pads"], np.nan)  # pads never equal
+    flat = windows.reshape(windows.shape[:3] + (-1, windows.shape[5]))
+    at_max = flat == y[:, :, :, None, :]
+    first = at_max & (np.cumsum(at_max, axis=3) == 1)
+    routed = np.where(first, g[:, :, :, None, :], 0).astype(g.dtype).reshape(windows.shape)
+    return _patches_grad_ref([routed], dict(attrs, image=x.shape[1:3]), node, batch)
 
 
 def _grad_max_pool_grad(node, g):
-    """The adjoint of routing, as a composite: per window, the sum of `g` over the positions equal
-    to the window's maximum (linear in the routed gradient; x and y only select)."""
+    """The adjoint of routing, as a composite: per window, `g` at the first position equal to the
+    window's maximum (linear in the routed gradient; x and y only select)."""
     from . import build as B
     x, y, _ = node.operands
     size, strides, pads = node.attr("size"), node.attr("strides"), node.attr("pads")
+    taps = size[0] * size[1]
     windows = _nn().patches(x, size, strides, pads, -np.inf)
-    maxima = B.broadcast(B.reshape(y, y.shape[:3] + (1, 1, y.shape[3])), windows.shape)
-    picked = B.select(B.eq(windows, maxima), _nn().patches(g, size, strides, pads),
-                      B.zeros_like(windows))
-    return [None, None, B.reduce_sum(picked, (3, 4))]
+    flat_shape = windows.shape[:3] + (taps, windows.shape[5])
+    flat = B.reshape(windows, flat_shape)
+    at_max = B.eq(flat, B.broadcast(B.reshape(y, y.shape[:3] + (1, y.shape[3])), flat_shape))
+    # taps - k at the taps k equal to the maximum, 0 elsewhere: the largest is taps - (the first k)
+    rank = B.iota(flat_shape, 3, x.dtype)
+    score = B.reduce_max(B.select(at_max, B.sub(float(taps), rank), B.zeros_like(flat)), 3,
+                         keepdims=True)
+    first = B.select(B.eq(score, 0.0), B.full_like(score, -1.0), B.sub(float(taps), score))
+    picked = B.select(B.eq(rank, B.broadcast(first, flat_shape)),
+                      B.reshape(_nn().patches(g, size, strides, pads), flat_shape), B.zeros_like(flat))
+    return [None, None, B.reduce_sum(picked, (3,))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +257,7 @@ register("max_pool", infer=_max_pool_infer, reference=_max_pool_ref, grad=_grad_
 register("max_pool_grad", infer=_max_pool_grad_infer, reference=_max_pool_grad_ref,
          grad=_grad_max_pool_grad, kind=INJECTIVE,
          doc="(x, y=max_pool(x), g) -> [N,H,W,C]: each pixel the sum of g over the windows whose "
-             "maximum it equals")
+             "maximum it is the first (row-major) to equal")
 register("gather", infer=_gather_infer, reference=_gather_ref, grad=_grad_gather, kind=INJECTIVE,
          doc="table[V,D...] rows at i32 ids[S...] -> [S...,D...]; ids clamped to [0, V-1]")
 register("scatter_add", infer=_scatter_add_infer, reference=_scatter_add_ref, grad=_grad_scatter_add,

@@ -72,6 +72,20 @@ def nn_cases() -> list:
                    lambda x, g, size=size, strides=strides, pads=pads:
                    NN.max_pool_grad(x, NN.max_pool(x, size, strides, pads), g, size, strides, pads),
                    (image, (shape, T)), gen=each(distinct), grad=True, rtol=1e-6, atol=1e-6))
+    # ties: an image of three levels, flat regions like an image's background; every window sends
+    # its gradient to its first tap equal to the maximum (row-major), padding never (the values
+    # are checked against the interpreter, whose rule tests/test_cnn_recipe.py checks by hand)
+    def levels(rng, shape, dtype):
+        return rng.integers(0, 3, shape).astype(np.float32 if dtype == "f32" else np.float64)
+
+    for label, size, strides, pads in windows[:4]:
+        shape = NN.max_pool(B.arg("x", "f32", image[0]), size, strides, pads).shape
+        add(expand(("f32",), "max_pool_grad", f"max_pool_grad_ties_{label}",
+                   lambda x, g, size=size, strides=strides, pads=pads:
+                   NN.max_pool_grad(x, NN.max_pool(x, size, strides, pads), g, size, strides, pads),
+                   (image, (shape, T)), gen=lambda rng, specs: [levels(rng, *specs[0]),
+                                                                unit(rng, *specs[1])],
+                   rtol=1e-6, atol=1e-6))
     add(expand(("f32",), "max_pool", "max_pool_specials",
                lambda x: NN.max_pool(x, (2, 2), (2, 2), (0, 1, 0, 1)), (image,),
                gen=each(with_specials)))

@@ -6,17 +6,7 @@ gradient.  Padding never counts: 'same' max pooling ignores it, 'same' average p
 the number of pixels inside the image, as Keras does.
 
 Max pooling's gradient goes to the *first* position of each window (row-major over the window)
-that equals its maximum, as Keras 3 on JAX and PyTorch send it (TensorFlow too picks one position).
-NOTE: exact ties at a positive maximum are common: a convolution is its bias wherever its window
-is all zeros (Fashion-MNIST's background) or one flat value, and stays so through the ReLU and the
-next convolution.  The IR's `max_pool_grad` sends the gradient to *every* tied position (up to
-KH*KW-fold in a flat region), which made the example CNN's convolution gradients differ from Keras's
-(by 1-2% at the first step, and several-fold for the conv biases once they are positive).  So a
-layer traced for training pools with `first_max_pool2d` (the first tap equal to the maximum picked
-by a select: its gradient reaches that tap alone); inference keeps the `max_pool` primitive, which
-gives the same values bit for bit.  NOTE: the composite costs the example's train step about 15%
-(measured single-threaded); `max_pool_grad` routing to the first maximum itself would make it free,
-and `call` could then return to `ir.build_nn.pool2d`.
+that equals its maximum, as Keras 3 on JAX and PyTorch send it (the `max_pool_grad` op's rule).
 """
 from __future__ import annotations
 
@@ -26,39 +16,6 @@ from ir import build_nn as NN
 from kcompile.layers.convolutional import (check_channels_last, check_image, normalize_padding,
                                            normalize_tuple, window_output_shape)
 from kcompile.layers.layer import Layer, format_shape
-
-
-def first_max_pool2d(x, size, strides, padding: str):
-    """Max pooling of x[N,H,W,C] whose gradient goes to the first maximum of each window (row-major),
-    as Keras's.  Values equal `ir.build_nn.pool2d(..., 'max')`'s."""
-    size, strides = tuple(size), tuple(strides)
-    pads = NN.image_pads(x.shape, size, strides, padding)
-    z = NN.relu_operand(x)
-    if z is not None:
-        # relu(pool(z)) == pool(relu(z)), gradients included: a positive maximum is first at the same
-        # position in z and relu(z); a window whose maximum is <= 0 passes no gradient either way.
-        return B.relu(_first_max_pool(z, size, strides, pads))
-    return _first_max_pool(x, size, strides, pads)
-
-
-def _first_max_pool(x, size, strides, pads):
-    windows = NN.patches(x, size, strides, pads, float("-inf"))     # [N,OH,OW,KH,KW,C]; pads lose
-    taps = size[0] * size[1]
-    flat = B.reshape(windows, windows.shape[:3] + (taps, windows.shape[5]))
-    maxima = B.stop_gradient(NN.max_pool(x, size, strides, pads))  # [N,OH,OW,C]
-    at_max = B.eq(flat, B.broadcast(B.reshape(maxima, maxima.shape[:3] + (1,) + maxima.shape[3:]),
-                                    flat.shape))
-    # NOTE: not `argmax`, whose kernel loops over the taps one channel at a time: reductions over
-    # the tap axis vectorize along the channels.  taps - k at the taps k equal to the maximum, 0
-    # elsewhere: the largest is taps - (the first such k).
-    rank = B.iota(flat.shape, 3, x.dtype)
-    score = B.reduce_max(B.select(at_max, B.sub(float(taps), rank), B.zeros_like(flat)), 3,
-                         keepdims=True)
-    chosen = B.eq(rank, B.sub(float(taps), B.broadcast(score, flat.shape)))
-    # A sum of the maximum and zeros: exactly the maximum; its gradient reaches that tap alone.
-    pooled = B.reduce_sum(B.select(chosen, flat, B.zeros_like(flat)), 3)
-    # A NaN window equals no tap: its maximum (NaN) passes, without a gradient.
-    return B.select(B.eq(B.reshape(score, maxima.shape), 0.0), maxima, pooled)
 
 
 class _Pooling2D(Layer):
@@ -82,9 +39,7 @@ class _Pooling2D(Layer):
                              "padding='same' or a smaller pool_size.")
         return (input_shape[0], height, width, input_shape[3])
 
-    def call(self, inputs, training=False):
-        if self._mode == "max" and training:
-            return first_max_pool2d(inputs, self.pool_size, self.strides, self.padding)
+    def call(self, inputs):
         return NN.pool2d(inputs, self.pool_size, self.strides, self.padding, self._mode)
 
     def get_config(self):
