@@ -797,7 +797,8 @@ def _kernel_buffers(group: Group, plan: MemoryPlan, consts) -> list:
 # NOTE: work sizes below which a kernel stays on one thread; a parallel region costs about a
 # microsecond (codegen/parallel.py), so a chunk should hold ~10 us of work.
 PARALLEL_MIN_ELEMENTS = 16384
-PARALLEL_MIN_FLOPS = 2_000_000     # multiply-adds of a blocked GEMM below which it stays serial
+PARALLEL_MIN_FLOPS = 2_000_000     # work of a blocked GEMM below which it stays serial
+GEMM_READ_WORK = 8      # multiply-adds a float of B read from L3 is worth (1.6 MB of weight = 3.2M)
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
@@ -903,11 +904,14 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
         emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
                           threading=False)
         return
-    # NOTE: a small product (one-row predict, a tiny batch) is not worth a parallel region: it costs
-    # ~1 us when the other core is idle and milliseconds when another process holds it.
+    # NOTE: a small product (a tiny batch times a small weight) is not worth a parallel region: it
+    # costs ~1 us when the other core is idle and milliseconds when another process holds it.  The
+    # work counts the multiply-adds and the reads of B (a weight): with a few rows (one-sample
+    # predict) the product is memory-bound, and two cores read a 1.6 MB weight in half the time.
     b = fe.builder
-    flops = b.mul(b.mul(i64(m), i64(n)), i64(k))
-    small = b.icmp_signed("<", flops, c64(PARALLEL_MIN_FLOPS))
+    work = b.add(b.mul(b.mul(i64(m), i64(n)), i64(k)), c64(GEMM_READ_WORK * n * k) if not
+                 isinstance(n, ir.Value) and not isinstance(k, ir.Value) else c64(0))
+    small = b.icmp_signed("<", work, c64(PARALLEL_MIN_FLOPS))
     with b.if_else(small) as (serial, parallel):
         with parallel:
             chunk = emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1,
