@@ -20,7 +20,8 @@ Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets
   and compile of train + evaluate + predict in fresh processes as for ``compile`` (kcompile cold and warm
   cache), steady-state seconds per epoch after a warm-up, and (full mode only) the test accuracy after
   ``--epochs`` epochs.  Peers: PyTorch eager (``nn.Conv2d`` on NCHW, Glorot-uniform weights, zero
-  biases) and Keras 3 on JAX.
+  biases, 2 threads as in every torch workload) and Keras 3 on JAX.  The issue's target, printed with
+  the others: kcompile's epoch <= 0.7 x PyTorch eager's.
 * ``w3``: inference with the trained W1 model: one-sample latency (median of 1000 calls) and
   batch-1024 throughput of ``model.predict``, of the exported predictor from Python
   (``kcompile.load_predictor``) and from C (a small timing program built with ``cc``), of a numpy
