@@ -329,13 +329,48 @@ class _System:
         return ""
 
 
-class KcompileSystem(_System):
+class _KerasAPIW2:
+    """W2 through the Keras API (`self.build_w2(seed)` gives a compiled Sequential): kcompile and
+    Keras run the same calls."""
+
+    _w2 = None
+
+    def w2_compile_first_step(self, x, y, batch):
+        x = _nhwc(x)
+        t0 = time.perf_counter()
+        model = self.build_w2()
+        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
+        model.predict(x[:1], verbose=0)
+        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+
+    def w2_prepare(self, batch):
+        if self._w2 is None:
+            self._w2 = self.build_w2(seed=1)
+        rows = self._warmup_rows(batch)
+        self._w2.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
+        return True
+
+    def w2_epoch(self, batch):
+        x = _nhwc(self.x_train)
+        t0 = time.perf_counter()
+        self._w2.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
+        return time.perf_counter() - t0
+
+    def w2_accuracy(self, epochs, batch, seed=0):
+        model = self.build_w2(seed)
+        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
+        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
+
+
+class KcompileSystem(_KerasAPIW2, _System):
     label = KC
 
     def __init__(self):
         import kcompile  # noqa: F401  (light: submodules load on first use)
         self._w1_model = None
-        self._w2_model = None
         self._fusion = {}
         self.trained = None
 
@@ -417,35 +452,6 @@ class KcompileSystem(_System):
         model.compile(optimizer=Adam(learning_rate=LEARNING_RATE, epsilon=EPSILON),
                       loss="categorical_crossentropy", metrics=["accuracy"])
         return model
-
-    def w2_compile_first_step(self, x, y, batch):
-        x = _nhwc(x)
-        t0 = time.perf_counter()
-        model = self.build_w2()
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
-        model.predict(x[:1], verbose=0)
-        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
-
-    def w2_prepare(self, batch):
-        if self._w2_model is None:
-            self._w2_model = self.build_w2(seed=1)
-        rows = self._warmup_rows(batch)
-        self._w2_model.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
-        return True
-
-    def w2_epoch(self, batch):
-        x = _nhwc(self.x_train)
-        t0 = time.perf_counter()
-        self._w2_model.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
-        return time.perf_counter() - t0
-
-    def w2_accuracy(self, epochs, batch, seed=0):
-        model = self.build_w2(seed)
-        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
-        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
 
     # -- fusion: W1's train step compiled with and without fusion ---------------------------------
 
@@ -737,7 +743,7 @@ class TorchSystem(_System):
             return {f"{TORCH}, no_grad": _throughput(self._predict, self._w3_batch[:batch], reps)}
 
 
-class KerasSystem(_System):
+class KerasSystem(_KerasAPIW2, _System):
     label = KERAS
 
     def __init__(self):
@@ -818,35 +824,6 @@ class KerasSystem(_System):
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, epsilon=EPSILON),
                       loss="categorical_crossentropy", metrics=["accuracy"])
         return model
-
-    def w2_compile_first_step(self, x, y, batch):
-        x = _nhwc(x)
-        t0 = time.perf_counter()
-        model = self.build_w2()
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
-        model.predict(x[:1], verbose=0)
-        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
-
-    def w2_prepare(self, batch):
-        if self._w2 is None:
-            self._w2 = self.build_w2(seed=1)
-        rows = self._warmup_rows(batch)
-        self._w2.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
-        return True
-
-    def w2_epoch(self, batch):
-        x = _nhwc(self.x_train)
-        t0 = time.perf_counter()
-        self._w2.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
-        return time.perf_counter() - t0
-
-    def w2_accuracy(self, epochs, batch, seed=0):
-        model = self.build_w2(seed)
-        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
-        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
 
     def w3_latency(self, n):
         m = self._w3_model
