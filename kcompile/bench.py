@@ -329,6 +329,19 @@ class _System:
         return ""
 
 
+def _keras_api_first_calls(build, x, y, batch):
+    """Compile + first step, and + the first evaluate and predict, of a model `build()` makes,
+    through the Keras API (kcompile and Keras alike)."""
+    t0 = time.perf_counter()
+    model = build()
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
+    model.predict(x[:1], verbose=0)
+    return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+
+
 class _KerasAPIW2:
     """W2 through the Keras API (`self.build_w2(seed)` gives a compiled Sequential): kcompile and
     Keras run the same calls."""
@@ -336,15 +349,7 @@ class _KerasAPIW2:
     _w2 = None
 
     def w2_compile_first_step(self, x, y, batch):
-        x = _nhwc(x)
-        t0 = time.perf_counter()
-        model = self.build_w2()
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
-        model.predict(x[:1], verbose=0)
-        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+        return _keras_api_first_calls(self.build_w2, _nhwc(x), y, batch)
 
     def w2_prepare(self, batch):
         if self._w2 is None:
@@ -407,15 +412,7 @@ class KcompileSystem(_KerasAPIW2, _System):
         model.predict(x, verbose=0)
 
     def compile_first_step(self, x, y, batch):
-        t0 = time.perf_counter()
-        model = self.build()
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
-        model.predict(x[:1], verbose=0)
-        rest = time.perf_counter() - t0
-        return {"compile_first_step_s": first, "compile_all_s": first + rest}
+        return _keras_api_first_calls(self.build, x, y, batch)
 
     def w1_prepare(self, batch):
         if self._w1_model is None:
@@ -782,14 +779,7 @@ class KerasSystem(_KerasAPIW2, _System):
         model.predict(x, verbose=0)
 
     def compile_first_step(self, x, y, batch):
-        t0 = time.perf_counter()
-        model = self.build()
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
-        model.predict(x[:1], verbose=0)
-        return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
+        return _keras_api_first_calls(self.build, x, y, batch)
 
     def w1_prepare(self, batch):
         if self._w1 is None:
