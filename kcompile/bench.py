@@ -342,42 +342,75 @@ def _keras_api_first_calls(build, x, y, batch):
     return {"compile_first_step_s": first, "compile_all_s": first + time.perf_counter() - t0}
 
 
-class _KerasAPIW2:
-    """W2 through the Keras API (`self.build_w2(seed)` gives a compiled Sequential): kcompile and
-    Keras run the same calls."""
+def _tiny_first_calls(model):
+    """fit, evaluate and predict once on a tiny model: a system's one-time start-up."""
+    x, y = np.ones((4, 3), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    model.predict(x, verbose=0)
 
-    _w2 = None
+
+def _same(x):
+    return x
+
+
+class _KerasAPI:
+    """W1 and W2 through the Keras API (`self.build(seed)` and `self.build_w2(seed)` give compiled
+    Sequentials): kcompile and Keras run the same calls.  W1's accuracy model is kept as
+    `self.trained` (kcompile's W3 runs it)."""
+
+    _w1 = _w2 = trained = None
+
+    def _prepare(self, which, build, shape, batch):
+        if getattr(self, which) is None:
+            setattr(self, which, build(seed=1))
+        rows = self._warmup_rows(batch)
+        getattr(self, which).fit(shape(self.x_train[:rows]), self.y_train[:rows], batch_size=batch,
+                                 epochs=1, verbose=0)
+        return True
+
+    def _epoch_s(self, model, shape, batch):
+        x = shape(self.x_train)
+        t0 = time.perf_counter()
+        model.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
+        return time.perf_counter() - t0
+
+    def _accuracy(self, model, shape, epochs, batch):
+        model.fit(shape(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
+        return float(model.evaluate(shape(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
+
+    def compile_first_step(self, x, y, batch):
+        return _keras_api_first_calls(self.build, x, y, batch)
+
+    def w1_prepare(self, batch):
+        return self._prepare("_w1", self.build, _same, batch)
+
+    def w1_epoch(self, batch):
+        return self._epoch_s(self._w1, _same, batch)
+
+    def w1_accuracy(self, epochs, batch, seed=0):
+        self.trained = self.build(seed)
+        return self._accuracy(self.trained, _same, epochs, batch)
 
     def w2_compile_first_step(self, x, y, batch):
         return _keras_api_first_calls(self.build_w2, _nhwc(x), y, batch)
 
     def w2_prepare(self, batch):
-        if self._w2 is None:
-            self._w2 = self.build_w2(seed=1)
-        rows = self._warmup_rows(batch)
-        self._w2.fit(_nhwc(self.x_train[:rows]), self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
-        return True
+        return self._prepare("_w2", self.build_w2, _nhwc, batch)
 
     def w2_epoch(self, batch):
-        x = _nhwc(self.x_train)
-        t0 = time.perf_counter()
-        self._w2.fit(x, self.y_train, batch_size=batch, epochs=1, verbose=0)
-        return time.perf_counter() - t0
+        return self._epoch_s(self._w2, _nhwc, batch)
 
     def w2_accuracy(self, epochs, batch, seed=0):
-        model = self.build_w2(seed)
-        model.fit(_nhwc(self.x_train), self.y_train, batch_size=batch, epochs=epochs, verbose=0)
-        return float(model.evaluate(_nhwc(self.x_test), self.y_test, batch_size=256, verbose=0)[1])
+        return self._accuracy(self.build_w2(seed), _nhwc, epochs, batch)
 
 
-class KcompileSystem(_KerasAPIW2, _System):
+class KcompileSystem(_KerasAPI, _System):
     label = KC
 
     def __init__(self):
         import kcompile  # noqa: F401  (light: submodules load on first use)
-        self._w1_model = None
         self._fusion = {}
-        self.trained = None
 
     def version(self):
         import kcompile
@@ -406,31 +439,7 @@ class KcompileSystem(_KerasAPIW2, _System):
         target.initialize()
         model = Sequential([Dense(4, activation="relu", input_shape=(3,)), Dense(2, activation="softmax")])
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-        x, y = np.ones((4, 3), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
-        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-        model.evaluate(x, y, verbose=0)
-        model.predict(x, verbose=0)
-
-    def compile_first_step(self, x, y, batch):
-        return _keras_api_first_calls(self.build, x, y, batch)
-
-    def w1_prepare(self, batch):
-        if self._w1_model is None:
-            self._w1_model = self.build(seed=1)
-        rows = self._warmup_rows(batch)
-        self._w1_model.fit(self.x_train[:rows], self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
-        return True
-
-    def w1_epoch(self, batch):
-        t0 = time.perf_counter()
-        self._w1_model.fit(self.x_train, self.y_train, batch_size=batch, epochs=1, verbose=0)
-        return time.perf_counter() - t0
-
-    def w1_accuracy(self, epochs, batch, seed=0):
-        model = self.build(seed)
-        model.fit(self.x_train, self.y_train, batch_size=batch, epochs=epochs, verbose=0)
-        self.trained = model
-        return float(model.evaluate(self.x_test, self.y_test, batch_size=256, verbose=0)[1])
+        _tiny_first_calls(model)
 
     def weights(self):
         return [np.asarray(w.numpy(), np.float32) for w in self.trained.weights]
@@ -740,7 +749,7 @@ class TorchSystem(_System):
             return {f"{TORCH}, no_grad": _throughput(self._predict, self._w3_batch[:batch], reps)}
 
 
-class KerasSystem(_KerasAPIW2, _System):
+class KerasSystem(_KerasAPI, _System):
     label = KERAS
 
     def __init__(self):
@@ -749,8 +758,6 @@ class KerasSystem(_KerasAPIW2, _System):
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"Keras runs on {keras.backend.backend()!r}, not JAX (set KERAS_BACKEND=jax)")
         self.keras = keras
-        self._w1 = None
-        self._w2 = None
 
     def version(self):
         import jax
@@ -773,30 +780,7 @@ class KerasSystem(_KerasAPIW2, _System):
         model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(4, activation="relu"),
                                   keras.layers.Dense(2, activation="softmax")])
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-        x, y = np.ones((4, 3), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
-        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-        model.evaluate(x, y, verbose=0)
-        model.predict(x, verbose=0)
-
-    def compile_first_step(self, x, y, batch):
-        return _keras_api_first_calls(self.build, x, y, batch)
-
-    def w1_prepare(self, batch):
-        if self._w1 is None:
-            self._w1 = self.build(seed=1)
-        rows = self._warmup_rows(batch)
-        self._w1.fit(self.x_train[:rows], self.y_train[:rows], batch_size=batch, epochs=1, verbose=0)
-        return True
-
-    def w1_epoch(self, batch):
-        t0 = time.perf_counter()
-        self._w1.fit(self.x_train, self.y_train, batch_size=batch, epochs=1, verbose=0)
-        return time.perf_counter() - t0
-
-    def w1_accuracy(self, epochs, batch, seed=0):
-        model = self.build(seed)
-        model.fit(self.x_train, self.y_train, batch_size=batch, epochs=epochs, verbose=0)
-        return float(model.evaluate(self.x_test, self.y_test, batch_size=256, verbose=0)[1])
+        _tiny_first_calls(model)
 
     def w3_load(self, weights):
         self._w3_model = self.build()
