@@ -915,7 +915,6 @@ class Trainer:
     def _train_epoch(self, program, x, y, sample_weight, plan, callback_list) -> dict:
         order, first_batch, steps = plan.epoch()
         n, batch_size = len(x), plan.batch_size
-        last_step = steps - 1
         totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_train_batch_begin", "on_train_batch_end",
                             "on_batch_begin", "on_batch_end")
@@ -928,6 +927,14 @@ class Trainer:
             feeds["sample_weight"] = sample_weight
         accumulators = runner.bind_epoch(feeds, index=order, max_rows=min(batch_size, n),
                                          counters=("seed",), accumulate=totals.accumulate())
+        return self._run_steps(runner, totals, accumulators, hooks, steps, first_batch, batch_size,
+                               n, stoppable=True)
+
+    def _run_steps(self, runner, totals, accumulators, hooks, steps, first_batch, batch_size, n,
+                   stoppable) -> dict:
+        """The steps of an epoch bound with runner.bind_epoch: one native call each, the logs read
+        from the accumulators only when a hook wants them.  `stoppable`: end early when a callback
+        sets model.stop_training."""
         step_fn = runner.step
         seen = 0
         for step in range(steps):
@@ -937,10 +944,10 @@ class Trainer:
                 hooks.call_begin(step)
             step_fn(rows, start)
             seen += rows
-            if hooks.end_due(step, last_step):
+            if hooks.end_due(step, steps - 1):
                 totals.load(accumulators, seen)
                 hooks.call_end(step, totals.logs())
-            if self.stop_training:
+            if stoppable and self.stop_training:
                 break
         totals.load(accumulators, seen)
         return totals.logs()
@@ -1093,18 +1100,10 @@ class Trainer:
         feeds = {"x": x, "y": y}
         if sample_weight is not None:
             feeds["sample_weight"] = sample_weight
-        runner.bind(feeds)
+        accumulators = runner.bind_epoch(feeds, accumulate=totals.accumulate())
         callback_list.on_test_begin()
-        for step in range(steps):
-            start = step * batch_size
-            stop = min(start + batch_size, n)
-            if hooks.begin:
-                hooks.call_begin(step)
-            runner.call(stop - start, start)
-            totals.add(runner.output, stop - start)
-            if hooks.end_due(step, steps - 1):
-                hooks.call_end(step, totals.logs())
-        logs = totals.logs()
+        logs = self._run_steps(runner, totals, accumulators, hooks, steps, 0, batch_size, n,
+                               stoppable=False)
         callback_list.on_test_end(logs)
         return logs
 
