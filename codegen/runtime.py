@@ -37,6 +37,7 @@ class CompiledRunner:
         self.graph = self.compiled.optimized
         self.state = state
         self._fn = _ENTRY(self.compiled.address)
+        self._step = _STEP(self.compiled.code.address(STEP_DRIVER))
         inputs = self.graph.inputs
         plan = self.compiled.plan
         self.n_inputs = len(inputs)
@@ -127,71 +128,39 @@ class CompiledRunner:
         added over the steps ('mean': a batch mean, added times the step's rows) into the returned
         accumulators (name -> float64 array of one element for a scalar, float32 array for a vector).
         """
+        from .epoch import make_epoch
         from .step import ACC_MEAN, ACC_SUM, ACC_VECTOR
+        batched = {name for name in feeds if self.input_types[name].batched}
+        epoch = make_epoch(feeds, batched, self.result_types, index, max_rows, counters, accumulate)
         self.bind(feeds)
-        batched = [(name, array) for name, array in feeds.items() if self.input_types[name].batched]
-        rows = {len(array) for _, array in batched}
-        if len(rows) > 1:
-            raise ValueError(f"bound inputs disagree on the number of rows: {sorted(rows)}")
-        self._epoch_rows = rows.pop() if rows else 0
-        words = []
-        if index is not None:
-            index = np.ascontiguousarray(index, dtype=np.int64)
-            if len(index) and (index.min() < 0 or index.max() >= self._epoch_rows):
-                raise ValueError(f"row indices must lie in [0, {self._epoch_rows}); got "
-                                 f"{index.min()}..{index.max()}")
-            if max_rows < 1:
-                raise ValueError("bind_epoch with an index needs max_rows >= 1 (the staging rows)")
-            self._epoch_limit = len(index)
-            words.append(index.ctypes.data)
-        else:
-            self._epoch_limit = self._epoch_rows
-            words.append(0)
+        index = epoch.index
         keep = [index]
-        words.append(len(batched))
-        for name, array in batched:
-            row_bytes = array.strides[0] if array.ndim else 0
+        words = [0 if index is None else index.ctypes.data, len(batched)]
+        for name, array in feeds.items():
+            if name not in batched:
+                continue
             staging = None
             if index is not None:
                 staging = np.empty((max_rows,) + array.shape[1:], array.dtype)
                 keep.append(staging)
             words += [self.feed_index[name], array.ctypes.data,
-                      0 if staging is None else staging.ctypes.data, row_bytes]
-        words.append(len(counters))
-        for name in counters:
-            array = feeds.get(name)
-            if array is None or array.dtype != np.uint32 or array.shape != ():
-                raise TypeError(f"counter {name!r} must be a fed uint32 scalar array")
-            words.append(self.feed_index[name])
-        accumulators = {}
-        words.append(len(accumulate))
-        for name, how in accumulate:
-            ttype = self.result_types.get(name)
-            if ttype is None or ttype.dtype != "f32" or ttype.batched or how not in ("mean", "sum"):
-                raise TypeError(f"cannot accumulate output {name!r} ({ttype}) as {how!r}: only "
-                                "unbatched f32 outputs, as 'mean' or 'sum'")
-            if ttype.rank:
-                acc = np.zeros(ttype.shape, np.float32)
-                kind = ACC_VECTOR
-            else:
-                acc = np.zeros(1, np.float64)
-                kind = ACC_MEAN if how == "mean" else ACC_SUM
-            accumulators[name] = acc
-            words += [kind, self.n_inputs + self.result_names.index(name), acc.ctypes.data,
-                      acc.size]
+                      0 if staging is None else staging.ctypes.data, array.strides[0]]
+        words.append(len(epoch.counters))
+        words += [self.feed_index[name] for name in epoch.counters]
+        words.append(len(epoch.accumulate))
+        for name, how, acc in epoch.accumulate:
+            kind = ACC_VECTOR if acc.dtype == np.float32 else ACC_MEAN if how == "mean" else ACC_SUM
+            words += [kind, self.n_inputs + self.result_names.index(name), acc.ctypes.data, acc.size]
+            keep.append(acc)
+        self._epoch = epoch
         self._epoch_plan = np.array(words, dtype=np.uint64)
-        self._epoch_keep = keep + list(accumulators.values())
-        self._epoch_max_rows = max_rows if index is not None else None
-        self._step = _STEP(self.compiled.code.address(STEP_DRIVER))
+        self._epoch_keep = keep
         self._plan_address = self._epoch_plan.ctypes.data
-        return accumulators
+        return {name: acc for name, _, acc in epoch.accumulate}
 
     def step(self, rows: int, start: int) -> None:
         """One step on rows [start, start + rows) of the epoch bound by `bind_epoch`."""
-        if rows < 1 or start < 0 or start + rows > self._epoch_limit or \
-                (self._epoch_max_rows is not None and rows > self._epoch_max_rows):
-            raise ValueError(f"step rows {start}..{start + rows} are outside the bound epoch "
-                             f"({self._epoch_limit} rows, at most {self._epoch_max_rows} per step)")
+        self._epoch.check_step(rows, start)
         if rows > self._capacity:
             self._ensure(rows)
         self._step(self.compiled.address, rows, start, self._table_address, self._plan_address)

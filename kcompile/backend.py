@@ -50,49 +50,23 @@ class ReferenceRunner:
     def bind_epoch(self, feeds: dict, index=None, max_rows: int = 0, counters=(),
                    accumulate=()) -> dict:
         """As codegen.runtime.CompiledRunner.bind_epoch, in numpy, with the same arithmetic."""
+        from codegen.epoch import make_epoch   # numpy only
+        outputs = {name: self.graph.output(name).type for name in self.graph.output_names}
+        self._epoch = make_epoch(feeds, self._batched, outputs, index, max_rows, counters,
+                                 accumulate)
         self._bound = dict(feeds)
-        rows = {len(a) for n, a in feeds.items() if n in self._batched}
-        if len(rows) > 1:
-            raise ValueError(f"bound inputs disagree on the number of rows: {sorted(rows)}")
-        total = rows.pop() if rows else 0
-        if index is not None:
-            index = np.asarray(index, dtype=np.int64)
-            if len(index) and (index.min() < 0 or index.max() >= total):
-                raise ValueError(f"row indices must lie in [0, {total}); got "
-                                 f"{index.min()}..{index.max()}")
-            if max_rows < 1:
-                raise ValueError("bind_epoch with an index needs max_rows >= 1 (the staging rows)")
-        self._epoch = (index, total if index is None else len(index),
-                       max_rows if index is not None else None)
-        for name in counters:
-            array = feeds.get(name)
-            if array is None or array.dtype != np.uint32 or array.shape != ():
-                raise TypeError(f"counter {name!r} must be a fed uint32 scalar array")
-        self._counters = list(counters)
-        self._accumulate = []
-        accumulators = {}
-        for name, how in accumulate:
-            ttype = self.graph.output(name).type if name in self.graph.output_names else None
-            if ttype is None or ttype.dtype != "f32" or ttype.batched or how not in ("mean", "sum"):
-                raise TypeError(f"cannot accumulate output {name!r} ({ttype}) as {how!r}: only "
-                                "unbatched f32 outputs, as 'mean' or 'sum'")
-            acc = np.zeros(ttype.shape, np.float32) if ttype.rank else np.zeros(1, np.float64)
-            accumulators[name] = acc
-            self._accumulate.append((name, how, acc))
-        return accumulators
+        return {name: acc for name, _, acc in self._epoch.accumulate}
 
     def step(self, rows: int, start: int) -> None:
-        index, limit, max_rows = self._epoch
-        if rows < 1 or start < 0 or start + rows > limit or (max_rows is not None and rows > max_rows):
-            raise ValueError(f"step rows {start}..{start + rows} are outside the bound epoch "
-                             f"({limit} rows, at most {max_rows} per step)")
-        take = slice(start, start + rows) if index is None else index[start:start + rows]
+        epoch = self._epoch
+        epoch.check_step(rows, start)
+        take = slice(start, start + rows) if epoch.index is None else epoch.index[start:start + rows]
         feeds = {name: (array[take] if name in self._batched else array)
                  for name, array in self._bound.items()}
         self._last = self.run(feeds)
-        for name in self._counters:
+        for name in epoch.counters:
             np.add(self._bound[name], np.uint32(1), out=self._bound[name])  # wraps as u32
-        for name, how, acc in self._accumulate:
+        for name, how, acc in epoch.accumulate:
             out = self._last[name]
             if acc.dtype == np.float32:
                 acc += out
