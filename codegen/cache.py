@@ -125,9 +125,7 @@ def _compile(built, speed_level: int) -> JitModule:
         results = jit.compile_objects(list(built), speed_level)
         return JitModule.from_objects([code for code, _ in results],
                                       jit.MODULE_SEPARATOR.join(text for _, text in results))
-    module = JitModule(built, speed_level=speed_level, keep_object=True)
-    module.objects = [module.object_code]
-    return module
+    return JitModule(built, speed_level=speed_level, keep_object=True)
 
 
 def _read_entry(path: Path):

@@ -75,6 +75,7 @@ class JitModule:
         self.engine.finalize_object()
         if keep_object:
             self.object_code = captured[0] if captured else target.target_machine().emit_object(self.module_ref)
+        self.objects = None if self.object_code is None else [self.object_code]
 
     @classmethod
     def from_object(cls, object_code: bytes, optimized_ir: str) -> "JitModule":

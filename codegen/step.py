@@ -30,16 +30,10 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .loops import for_range
+from .lower import F32, F64, I1, I8, I32, I64, PTR
 
 NAME = "kcompile.step"
 ACC_MEAN, ACC_SUM, ACC_VECTOR = 0, 1, 2
-
-I8 = ir.IntType(8)
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
-F32 = ir.FloatType()
-F64 = ir.DoubleType()
-PTR = ir.PointerType()
 VOID = ir.VoidType()
 
 
@@ -59,7 +53,7 @@ def emit_step_driver(module: ir.Module) -> ir.Function:
         arg.name = name
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-    false = ir.Constant(ir.IntType(1), 0)
+    false = ir.Constant(I1, 0)
 
     def word(position):
         return b.load(b.gep(plan, [position], source_etype=I64), typ=I64)
