@@ -91,52 +91,51 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({args})"
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored if staircase."""
+class _RateDecay(LearningRateSchedule):
+    """The schedules of (initial_learning_rate, decay_steps, decay_rate, staircase): the decay is a
+    function of p = step / decay_steps, floored if staircase."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
-                 name="ExponentialDecay"):
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
         _check_positive(decay_steps, "decay_steps")
-        _check_positive(decay_rate, "decay_rate")
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.decay_rate = decay_rate
         self.staircase = staircase
         self.name = name
 
-    def call(self, step):
+    def _progress(self, step):
         p = B.div(step, float(self.decay_steps))
-        if self.staircase:
-            p = _floor_nonnegative(p)
-        return B.mul(_power(float(self.decay_rate), p), float(self.initial_learning_rate))
+        return _floor_nonnegative(p) if self.staircase else p
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
                 "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class ExponentialDecay(_RateDecay):
+    """initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored if staircase."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+                 name="ExponentialDecay"):
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
+        _check_positive(decay_rate, "decay_rate")
+
+    def call(self, step):
+        return B.mul(_power(float(self.decay_rate), self._progress(step)),
+                     float(self.initial_learning_rate))
+
+
+class InverseTimeDecay(_RateDecay):
     """initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored if
     staircase."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="InverseTimeDecay"):
-        _check_positive(decay_steps, "decay_steps")
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def call(self, step):
-        p = B.div(step, float(self.decay_steps))
-        if self.staircase:
-            p = _floor_nonnegative(p)
-        return B.div(float(self.initial_learning_rate), B.add(B.mul(p, float(self.decay_rate)), 1.0))
-
-    def get_config(self):
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+        return B.div(float(self.initial_learning_rate),
+                     B.add(B.mul(self._progress(step), float(self.decay_rate)), 1.0))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
