@@ -14,6 +14,11 @@ NOTE: the optimized IR sits in the same file as the object rather than in a seco
 atomic rename publishes both and one checksum covers both: an object can never be paired with the IR of
 another writer, and a truncated or corrupt entry is detected (and recompiled) instead of reaching LLVM.
 
+Program manifests, one JSON file `<key>.kcm` each, save a warm process the graph passes: keyed by the
+graphs as traced (plus the compile options and the compiler's source), a manifest names the module entry
+the passes led to and holds what a caller needs of them (entry signatures, workspace sizes), so a hit
+goes from traced graphs straight to loaded machine code (`load_program`, `store_program`).
+
 Concurrency: an entry is written to a temporary file in the cache directory and moved into place with
 os.replace, which is atomic on POSIX; two processes compiling the same module both write complete entries
 and the last rename wins.  Readers see either no entry or a complete one.  No fsync: after a power loss a
@@ -27,6 +32,7 @@ pre-filled cache is fine).  Nothing is ever evicted; delete the directory to rec
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -38,7 +44,7 @@ from . import target
 from . import jit
 from .jit import JitModule
 
-__all__ = ["compile_cached", "cache_directory", "cache_enabled", "cache_key", "FORMAT_VERSION"]
+__all__ = ["compile_cached", "load_program", "store_program", "cache_directory", "cache_enabled", "cache_key", "FORMAT_VERSION"]
 
 # Bump when the entry layout or the way code is generated for the JIT changes (target machine options,
 # pass pipeline): old entries then simply stop matching.
@@ -47,6 +53,7 @@ FORMAT_VERSION = 2
 _MAGIC = b"KCOBJ\x00\r\n"  # the \r\n catches text-mode mangling
 _HEADER = struct.Struct("<8sIQQ32s")
 _ENTRY_SUFFIX = ".kco"
+_MANIFEST_SUFFIX = ".kcm"
 
 _log = logging.getLogger(__name__)
 _unwritable: set[str] = set()  # directories already warned about in this process
@@ -111,11 +118,13 @@ def compile_cached(llvm_module=None, *, cache_dir: str | os.PathLike | None = No
         objects, optimized_ir = entry
         module = JitModule.from_objects(objects, optimized_ir)
         module.cache_hit = True
+        module.cache_key = key
         return module
 
     built = ir_text if ir_text is not None else llvm_module if llvm_module is not None else build()
     module = _compile(built, speed_level)
     _write_entry(directory, path, module.objects, module.optimized_ir)
+    module.cache_key = key
     return module
 
 
@@ -187,20 +196,24 @@ def _corrupt(path: Path, reason: str):
 
 
 def _write_entry(directory: Path, path: Path, objects: list, optimized_ir: str) -> None:
-    if str(directory) in _unwritable:
-        return
     object_code = _frame(objects)
     ir_bytes = optimized_ir.encode("utf-8")
     digest = hashlib.sha256(object_code + ir_bytes).digest()
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(object_code), len(ir_bytes), digest)
+    _publish(directory, path, (header, object_code, ir_bytes))
+
+
+def _publish(directory: Path, path: Path, chunks) -> None:
+    """Write `chunks` (bytes) to a temporary file in `directory` and rename it to `path` (atomic)."""
+    if str(directory) in _unwritable:
+        return
     temporary = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=path.stem[:16] + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(object_code)
-            f.write(ir_bytes)
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(temporary, path)
         temporary = None
     except OSError as error:
@@ -208,10 +221,59 @@ def _write_entry(directory: Path, path: Path, objects: list, optimized_ir: str) 
         warnings.warn(
             f"kcompile: cannot write the compile cache in {directory} ({error}); compiling without caching. "
             "Set KCOMPILE_CACHE_DIR to a writable directory, or KCOMPILE_CACHE=0 to turn the cache off.",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning, stacklevel=4)
     finally:
         if temporary is not None:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Program manifests: what the passes made of a set of graphs, so that a hit skips them
+# ----------------------------------------------------------------------------------------------
+
+def _manifest_path(description: str, cache_dir, speed_level: int) -> Path:
+    return cache_directory(cache_dir) / (cache_key("program:" + description, speed_level) + _MANIFEST_SUFFIX)
+
+
+def load_program(description: str, *, cache_dir: str | os.PathLike | None = None, speed_level: int = 3):
+    """(JitModule, data) stored by `store_program` under the same description, or None.
+
+    `description` names everything a program is made from (its graphs as traced, the compile
+    options, the compiler's own source); `data` is the JSON value stored with it (what the passes
+    computed that a caller needs: entry signatures, workspace sizes).  A missing, damaged or
+    foreign manifest, or one whose module entry is gone, is a miss."""
+    if not cache_enabled():
+        return None
+    path = _manifest_path(description, cache_dir, speed_level)
+    try:
+        manifest = json.loads(path.read_bytes())
+        module_key, data = manifest["module"], manifest["data"]
+        if manifest["format"] != FORMAT_VERSION or not isinstance(module_key, str) \
+                or len(module_key) != 64 or any(c not in "0123456789abcdef" for c in module_key):
+            raise ValueError("bad manifest fields")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        _log.warning("compile cache: ignoring unreadable manifest %s (%s)", path, error)
+        return None
+    entry = _read_entry(path.parent / (module_key + _ENTRY_SUFFIX))
+    if entry is None:
+        return None
+    module = JitModule.from_objects(*entry)
+    module.cache_hit = True
+    module.cache_key = module_key
+    return module, data
+
+
+def store_program(description: str, module: JitModule, data, *,
+                  cache_dir: str | os.PathLike | None = None, speed_level: int = 3) -> None:
+    """Remember `data` (a JSON value) and `module`'s cache entry under `description`."""
+    module_key = getattr(module, "cache_key", None)
+    if not cache_enabled() or module_key is None:
+        return
+    path = _manifest_path(description, cache_dir, speed_level)
+    text = json.dumps({"format": FORMAT_VERSION, "module": module_key, "data": data})
+    _publish(path.parent, path, (text.encode("utf-8"),))

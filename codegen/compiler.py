@@ -7,10 +7,11 @@ table layout and gives the address of its entry point.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ir
 from ir.fusion import fuse
+from ir.graph import TensorType
 from ir.memory import plan_memory
 
 from .lower import GEMM_LIBRARY, lower
@@ -28,17 +29,71 @@ class CompileOptions:
     verify_each_pass: bool = bool(os.environ.get("KCOMPILE_VERIFY"))
 
 
-@dataclass
-class CompiledFunction:
-    graph: ir.Graph                      # the graph as traced
-    optimized: ir.Graph                  # after the pass pipeline
-    fused: object
-    plan: object
-    lowered: object
-    code: object                         # a jit.JitModule (or cached equivalent)
-    stages: dict = field(default_factory=dict)
+@dataclass(frozen=True)
+class Signature:
+    """What a caller of a compiled entry needs to know: its inputs and outputs in table order (name,
+    TensorType) and its workspace size.  Computed by the passes, stored in the cache's program
+    manifest, so that a warm process can call the entry without running them."""
+    inputs: tuple
+    outputs: tuple
+    static_bytes: int
+    batch_bytes: int
 
-    name: str = "main"
+    @classmethod
+    def of(cls, optimized: ir.Graph, plan) -> "Signature":
+        return cls(tuple((n.attr("name"), n.type) for n in optimized.inputs),
+                   tuple((name, optimized.output(name).type) for name in plan.outputs),
+                   int(plan.static_bytes), int(plan.batch_bytes))
+
+    def workspace_bytes(self, batch: int) -> int:
+        return self.static_bytes + self.batch_bytes * batch
+
+    def to_json(self) -> dict:
+        def values(pairs):
+            return [[name, t.dtype, list(t.shape)] for name, t in pairs]
+        return {"inputs": values(self.inputs), "outputs": values(self.outputs),
+                "static_bytes": self.static_bytes, "batch_bytes": self.batch_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Signature":
+        def values(rows):
+            return tuple((str(name), TensorType(dtype, tuple(shape))) for name, dtype, shape in rows)
+        return cls(values(data["inputs"]), values(data["outputs"]), int(data["static_bytes"]),
+                   int(data["batch_bytes"]))
+
+
+class CompiledFunction:
+    """One entry of a compiled module: its machine code (`code`, `address`), its `signature`, and
+    the graph at every stage (`graph` as traced, `optimized`, `fused`, `plan`, `stages`).  When the
+    code came from the cache's program manifest, the stages after tracing are computed again only
+    if something asks for them (inspection, profiling)."""
+
+    def __init__(self, graph, code, signature: Signature, *, name: str = "main",
+                 options: CompileOptions | None = None, prepared: tuple | None = None,
+                 lowered=None):
+        self._graph = graph                 # an ir.Graph, or a function that traces it
+        self.code = code                    # a jit.JitModule (or cached equivalent)
+        self.signature = signature
+        self.name = name
+        self.lowered = lowered
+        self._options = options or CompileOptions()
+        self._prepared = prepared           # (stages, optimized, fused, plan)
+
+    @property
+    def graph(self) -> ir.Graph:
+        if callable(self._graph):
+            self._graph = self._graph()
+        return self._graph
+
+    def _stage(self, i: int):
+        if self._prepared is None:
+            self._prepared = _prepare(self.graph, self._options)
+        return self._prepared[i]
+
+    stages = property(lambda self: self._stage(0))
+    optimized = property(lambda self: self._stage(1))
+    fused = property(lambda self: self._stage(2))
+    plan = property(lambda self: self._stage(3))
 
     @property
     def address(self) -> int:
@@ -53,11 +108,11 @@ class CompiledFunction:
 
     @property
     def input_names(self) -> list:
-        return self.optimized.input_names
+        return [name for name, _ in self.signature.inputs]
 
     @property
     def output_names(self) -> list:
-        return list(self.plan.outputs)
+        return [name for name, _ in self.signature.outputs]
 
 
 def optimize_graph(graph: ir.Graph, options: CompileOptions, stages: dict | None = None) -> ir.Graph:
@@ -67,6 +122,15 @@ def optimize_graph(graph: ir.Graph, options: CompileOptions, stages: dict | None
     result = passes.run_pipeline(graph, options.passes, stages=stages,
                                  verify=options.verify_each_pass)
     return ir.verify(result)
+
+
+def _prepare(graph: ir.Graph, options: CompileOptions) -> tuple:
+    """(stages, optimized, fused, plan) of a traced graph: everything before lowering."""
+    ir.verify(graph)
+    stages: dict = {"traced": graph}
+    optimized = optimize_graph(graph, options, stages)
+    fused = fuse(optimized, level=options.fusion_level)
+    return stages, optimized, fused, plan_memory(fused, reuse=options.reuse_memory)
 
 
 def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: str = "main"
@@ -81,21 +145,34 @@ def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
     shape are generated, optimized and compiled once for all of them: a model's train step, evaluate
     and predict functions share most of their forward kernels and every GEMM.  Returns entry name ->
     CompiledFunction, all holding the same `code`.
+
+    A process that finds these graphs in the cache's program manifests (codegen.cache.load_program)
+    loads the machine code without running the passes (they run later only if a stage is asked for).
     """
-    from llvmlite import ir as llvm_ir
     options = options or CompileOptions()
     threading = options.threading
     if threading is None:
         from .parallel import threads_available
         threading = threads_available()
-    prepared = []
-    for name, graph in graphs.items():
-        ir.verify(graph)
-        stages: dict = {"traced": graph}
-        optimized = optimize_graph(graph, options, stages)
-        fused = fuse(optimized, level=options.fusion_level)
-        plan = plan_memory(fused, reuse=options.reuse_memory)
-        prepared.append((name, graph, stages, optimized, fused, plan))
+    description = program_description(graphs, options, threading)
+    if description is not None:
+        found = load_program_signatures(description, options)
+        if found is not None and set(found[1]) == set(graphs):
+            code, signatures = found
+            return {name: CompiledFunction(graph, code, signatures[name], name=name, options=options)
+                    for name, graph in graphs.items()}
+    functions = _compile_graphs(graphs, options, threading)
+    if description is not None:
+        from .cache import store_program
+        code = next(iter(functions.values())).code
+        store_program(description, code, {name: fn.signature.to_json() for name, fn in functions.items()},
+                      speed_level=options.speed_level)
+    return functions
+
+
+def _compile_graphs(graphs: dict, options: CompileOptions, threading: bool) -> dict:
+    from llvmlite import ir as llvm_ir
+    prepared = {name: _prepare(graph, options) for name, graph in graphs.items()}
     lowered: dict = {}
 
     def build():
@@ -105,22 +182,49 @@ def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
         library = llvm_ir.Module(name=module.name + ".gemm")
         GEMM_LIBRARY[module] = library
         shared: dict = {}
-        for name, _, _, _, fused, plan in prepared:
+        for name, (_, _, fused, plan) in prepared.items():
             lowered[name] = lower(fused, plan, name=name, module=module, profile=options.profile,
                                   threading=threading, shared_kernels=shared)
         emit_step_driver(module)
         return [module, library] if library.functions else [module]
 
-    key = source_key([(name, fused, plan) for name, _, _, _, fused, plan in prepared], options,
+    key = source_key([(name, fused, plan) for name, (_, _, fused, plan) in prepared.items()], options,
                      threading)
     code = _compile_module(build, key, options)
     functions = {}
-    for name, graph, stages, optimized, fused, plan in prepared:
-        fn = functions[name] = CompiledFunction(graph, optimized, fused, plan, lowered.get(name), code,
-                                                stages, name=name)
+    for name, graph in graphs.items():
+        stages, optimized, fused, plan = prepared[name]
+        fn = functions[name] = CompiledFunction(graph, code, Signature.of(optimized, plan), name=name,
+                                                options=options, prepared=prepared[name],
+                                                lowered=lowered.get(name))
         _maybe_dump(fn)
     return functions
 
+
+def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
+    """Everything the module compiled from `graphs` is a function of, as text (the key of a program
+    manifest), or None when it cannot be described: custom passes (their code is not hashed),
+    per-kernel profiling or stage dumps (both want the passes' results)."""
+    if options.passes is not None or options.profile or os.environ.get("KCOMPILE_DUMP"):
+        return None
+    parts = [code_fingerprint(), f"threading={threading}", f"fusion_level={options.fusion_level}",
+             f"reuse_memory={options.reuse_memory}"]
+    for name, graph in graphs.items():
+        parts += [f"entry {name}", ir.print_graph(graph)]
+    return "\n".join(parts)
+
+
+def load_program_signatures(description: str, options: CompileOptions):
+    """(code, entry name -> Signature) from the cache's program manifest, or None (a miss)."""
+    from .cache import load_program
+    found = load_program(description, speed_level=options.speed_level)
+    if found is None:
+        return None
+    code, data = found
+    try:
+        return code, {name: Signature.from_json(value) for name, value in data.items()}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 def _compile_module(build, key, options):
     from .cache import compile_cached

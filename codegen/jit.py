@@ -56,6 +56,7 @@ class JitModule:
     """
 
     cache_hit = False  # set by codegen.cache.compile_cached when the code came from the disk cache
+    cache_key = None   # and the name of its cache entry (None: not cached)
 
     def __init__(self, llvm_module, *, speed_level: int = 3, keep_object: bool = False):
         """`keep_object=True` also keeps the object file MCJIT produced in `.object_code` (bytes)."""

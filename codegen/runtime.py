@@ -34,34 +34,36 @@ class CompiledRunner:
     def __init__(self, graph: ir.Graph, state: dict, options: CompileOptions | None = None,
                  compiled=None):
         self.compiled = compiled or compile_graph(graph, options)
-        self.graph = self.compiled.optimized
         self.state = state
         self._fn = _ENTRY(self.compiled.address)
         self._step = _STEP(self.compiled.code.address(STEP_DRIVER))
-        inputs = self.graph.inputs
-        plan = self.compiled.plan
-        self.n_inputs = len(inputs)
-        self.table = np.zeros(self.n_inputs + len(plan.outputs) + 1, dtype=np.uint64)
+        signature = self.signature = self.compiled.signature
+        self.n_inputs = len(signature.inputs)
+        self.table = np.zeros(self.n_inputs + len(signature.outputs) + 1, dtype=np.uint64)
         self._table_address = self.table.ctypes.data
         self.feed_index = {}
         self.input_types = {}
         self._keep = {}
-        for i, node in enumerate(inputs):
-            name = node.attr("name")
-            self.input_types[name] = node.type
+        for i, (name, ttype) in enumerate(signature.inputs):
+            self.input_types[name] = ttype
             if name in state:
                 array = state[name]
-                self._check(name, array, node.type, None, strict=True)
+                self._check(name, array, ttype, None, strict=True)
                 self.table[i] = array.ctypes.data
                 self._keep[name] = array
             else:
                 self.feed_index[name] = i
-        self.result_names = list(plan.outputs)
-        self.result_types = {name: self.graph.output(name).type for name in self.result_names}
+        self.result_names = [name for name, _ in signature.outputs]
+        self.result_types = dict(signature.outputs)
         self._capacity = -1
         self._workspace = None
         self._outputs = {}
         self._bound = []
+
+    @property
+    def graph(self) -> ir.Graph:
+        """The graph the code was compiled from, after the passes."""
+        return self.compiled.optimized
 
     @staticmethod
     def _check(name, array, ttype, batch, strict=False):
@@ -78,8 +80,7 @@ class CompiledRunner:
         if batch <= self._capacity:
             return
         capacity = max(batch, 1)
-        plan = self.compiled.plan
-        self._workspace = aligned_empty(plan.workspace_bytes(capacity))
+        self._workspace = aligned_empty(self.signature.workspace_bytes(capacity))
         self.table[-1] = self._workspace.ctypes.data
         for j, name in enumerate(self.result_names):
             ttype = self.result_types[name]
