@@ -138,7 +138,8 @@ def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: 
     return compile_graphs({name: graph}, options)[name]
 
 
-def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
+def compile_graphs(graphs: dict, options: CompileOptions | None = None, *, alias: str | None = None,
+                   extra=None) -> dict:
     """Compile several graphs (entry name -> graph) into one module of machine code.
 
     Kernels alike (same structure, see codegen.lower.kernel_structure) and GEMM functions of the same
@@ -148,26 +149,49 @@ def compile_graphs(graphs: dict, options: CompileOptions | None = None) -> dict:
 
     A process that finds these graphs in the cache's program manifests (codegen.cache.load_program)
     loads the machine code without running the passes (they run later only if a stage is asked for).
+    `alias` (text) is the caller's own complete description of what the graphs are made from: the
+    module is also filed under it, with `extra` (a JSON value), for `load_alias`, which needs no graphs.
     """
     options = options or CompileOptions()
-    threading = options.threading
-    if threading is None:
-        from .parallel import threads_available
-        threading = threads_available()
+    threading = _threading(options)
     description = program_description(graphs, options, threading)
+    functions = None
     if description is not None:
-        found = load_program_signatures(description, options)
+        found = _load_manifest(description, options)
         if found is not None and set(found[1]) == set(graphs):
-            code, signatures = found
-            return {name: CompiledFunction(graph, code, signatures[name], name=name, options=options)
-                    for name, graph in graphs.items()}
-    functions = _compile_graphs(graphs, options, threading)
-    if description is not None:
-        from .cache import store_program
-        code = next(iter(functions.values())).code
-        store_program(description, code, {name: fn.signature.to_json() for name, fn in functions.items()},
-                      speed_level=options.speed_level)
+            code, signatures, _ = found
+            functions = {name: CompiledFunction(graph, code, signatures[name], name=name, options=options)
+                         for name, graph in graphs.items()}
+    if functions is None:
+        functions = _compile_graphs(graphs, options, threading)
+        if description is not None:
+            _store_manifest(description, functions, None, options)
+    alias_key = alias_description(alias, options, threading) if alias is not None else None
+    if alias_key is not None:
+        _store_manifest(alias_key, functions, extra, options)
     return functions
+
+
+def load_alias(alias: str, graphs: dict, options: CompileOptions | None = None):
+    """(entry name -> CompiledFunction, extra) filed by `compile_graphs(..., alias=alias)`, or None.
+
+    `graphs` maps each entry name to a function returning its graph, called only if something asks
+    for a stage of that entry (the machine code and signatures come from the cache)."""
+    options = options or CompileOptions()
+    key = alias_description(alias, options, _threading(options))
+    found = None if key is None else _load_manifest(key, options)
+    if found is None or set(found[1]) != set(graphs):
+        return None
+    code, signatures, extra = found
+    return {name: CompiledFunction(trace, code, signatures[name], name=name, options=options)
+            for name, trace in graphs.items()}, extra
+
+
+def _threading(options: CompileOptions) -> bool:
+    if options.threading is not None:
+        return options.threading
+    from .parallel import threads_available
+    return threads_available()
 
 
 def _compile_graphs(graphs: dict, options: CompileOptions, threading: bool) -> dict:
@@ -201,30 +225,53 @@ def _compile_graphs(graphs: dict, options: CompileOptions, threading: bool) -> d
     return functions
 
 
-def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
-    """Everything the module compiled from `graphs` is a function of, as text (the key of a program
-    manifest), or None when it cannot be described: custom passes (their code is not hashed),
-    per-kernel profiling or stage dumps (both want the passes' results)."""
+def _options_description(options: CompileOptions, threading: bool) -> list | None:
+    # None when a module cannot be described: custom passes (their code is not hashed), per-kernel
+    # profiling or stage dumps (both want the passes' results).
     if options.passes is not None or options.profile or os.environ.get("KCOMPILE_DUMP"):
         return None
-    parts = [code_fingerprint(), f"threading={threading}", f"fusion_level={options.fusion_level}",
-             f"reuse_memory={options.reuse_memory}"]
+    return [code_fingerprint(), f"threading={threading}", f"fusion_level={options.fusion_level}",
+            f"reuse_memory={options.reuse_memory}"]
+
+
+def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
+    """Everything the module compiled from `graphs` is a function of, as text (the key of a program
+    manifest), or None when it cannot be described."""
+    parts = _options_description(options, threading)
+    if parts is None:
+        return None
     for name, graph in graphs.items():
         parts += [f"entry {name}", ir.print_graph(graph)]
     return "\n".join(parts)
 
 
-def load_program_signatures(description: str, options: CompileOptions):
-    """(code, entry name -> Signature) from the cache's program manifest, or None (a miss)."""
+def alias_description(alias: str, options: CompileOptions, threading: bool) -> str | None:
+    """The manifest key of a caller's description of its graphs (see compile_graphs), or None."""
+    parts = _options_description(options, threading)
+    return None if parts is None else "\n".join(parts + ["alias", alias])
+
+
+def _store_manifest(description: str, functions: dict, extra, options: CompileOptions) -> None:
+    from .cache import store_program
+    code = next(iter(functions.values())).code
+    data = {"entries": {name: fn.signature.to_json() for name, fn in functions.items()},
+            "extra": extra}
+    store_program(description, code, data, speed_level=options.speed_level)
+
+
+def _load_manifest(description: str, options: CompileOptions):
+    """(code, entry name -> Signature, extra) from the cache's program manifest, or None (a miss)."""
     from .cache import load_program
     found = load_program(description, speed_level=options.speed_level)
     if found is None:
         return None
     code, data = found
     try:
-        return code, {name: Signature.from_json(value) for name, value in data.items()}
-    except (KeyError, TypeError, ValueError):
+        return code, {name: Signature.from_json(value) for name, value in data["entries"].items()}, \
+            data["extra"]
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
 
 def _compile_module(build, key, options):
     from .cache import compile_cached

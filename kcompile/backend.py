@@ -85,15 +85,31 @@ def make_runner(graph: ir.Graph, target: str, state: dict, **options):
     return make_runners({"main": graph}, target, state, **options)["main"]
 
 
-def make_runners(graphs: dict, target: str, state: dict, **options) -> dict:
+def make_runners(graphs: dict, target: str, state: dict, *, alias: str | None = None, extra=None,
+                 **options) -> dict:
     """Runners for several graphs of one model (entry name -> graph), sharing `state`.  For 'llvm'
-    they are compiled into one module, so the kernels and GEMMs they have alike are compiled once."""
+    they are compiled into one module, so the kernels and GEMMs they have alike are compiled once;
+    `alias` and `extra` file the module in the compile cache under the caller's description of the
+    graphs (codegen.compiler.compile_graphs), for `load_runners`."""
     if target == "reference":
         return {name: ReferenceRunner(graph, state) for name, graph in graphs.items()}
     if target == "llvm":
         from codegen.compiler import compile_graphs
         from codegen.runtime import CompiledRunner
-        compiled = compile_graphs(graphs, options.get("options"))
+        compiled = compile_graphs(graphs, options.get("options"), alias=alias, extra=extra)
         return {name: CompiledRunner(graph, state, compiled=compiled[name])
                 for name, graph in graphs.items()}
     raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+
+
+def load_runners(alias: str, traces: dict, state: dict, **options):
+    """(entry name -> runner, extra) of a module filed under `alias` by make_runners (target 'llvm'),
+    or None when the cache has none; `traces` maps entry names to functions that trace their graphs
+    (called only if something asks for a graph)."""
+    from codegen.compiler import load_alias
+    from codegen.runtime import CompiledRunner
+    found = load_alias(alias, traces, options.get("options"))
+    if found is None:
+        return None
+    compiled, extra = found
+    return {name: CompiledRunner(None, state, compiled=fn) for name, fn in compiled.items()}, extra

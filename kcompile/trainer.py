@@ -94,6 +94,13 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
     if loss_value.type.rank != 0:
         raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
                          "a loss with reduction='none' cannot be trained on")
+    return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
+
+
+def _metric_outputs(metric_objects, y, y_pred, sample_weight=None):
+    """The metric outputs [(graph output name, batch sum)] and a readout per metric (see
+    _loss_and_metrics); they depend on nothing but the metrics and the types of y, y_pred and the
+    sample weights."""
     outputs, readouts = [], []
     for entry in metric_objects:
         name, metric = entry[0], entry[1]
@@ -112,7 +119,7 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
             outputs.append((output, value))
             names.append(output)
         readouts.append(MetricReadout(name, tuple(names), tuple(sums), finish))
-    return loss_value, outputs, readouts
+    return outputs, readouts
 
 
 def trace_predict(model, dtype: str = "f32") -> ir.Graph:
@@ -132,8 +139,9 @@ def _sample_weight_input(weighted: bool, dtype: str):
 
 
 def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32", weighted=False,
-               readouts: list | None = None) -> ir.Graph:
-    """The eval step: loss and metric sums; `readouts` (a list) receives the metrics' readouts."""
+               readouts: list | None = None, y_pred_type: list | None = None) -> ir.Graph:
+    """The eval step: loss and metric sums; `readouts` (a list) receives the metrics' readouts, and
+    `y_pred_type` (a list) the type of the model's output."""
     x = B.arg("x", dtype, model.input_shape)
     y = _target_input(spec, dtype)
     sample_weight = _sample_weight_input(weighted, dtype)
@@ -144,14 +152,17 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
                                                                     y_pred, sample_weight)
     if readouts is not None:
         readouts.extend(metric_readouts)
+    if y_pred_type is not None:
+        y_pred_type.append(y_pred.type)
     inputs = [x, y] + ([sample_weight] if weighted else []) + list(weights.values())
     return ir.verify(ir.Graph("eval", inputs, [("loss", loss_value)] + metric_outputs))
 
 
 def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
-                dtype: str = "f32", weighted=False, readouts: list | None = None) -> ir.Graph:
+                dtype: str = "f32", weighted=False, readouts: list | None = None,
+                y_pred_type: list | None = None) -> ir.Graph:
     """The train step: forward in training mode, gradients, and the optimizer's update, in one graph;
-    `readouts` (a list) receives the metrics' readouts."""
+    `readouts` and `y_pred_type` as for trace_eval."""
     x = B.arg("x", dtype, model.input_shape)
     y = _target_input(spec, dtype)
     sample_weight = _sample_weight_input(weighted, dtype)
@@ -173,6 +184,8 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
                                                                     y_pred, sample_weight)
     if readouts is not None:
         readouts.extend(metric_readouts)
+    if y_pred_type is not None:
+        y_pred_type.append(y_pred.type)
     gradients = ir.gradients(loss_value, [weights[v] for v in trainable])
 
     # Keras 3's order: clip the gradients, decay the weights, then the optimizer's rule.
@@ -353,20 +366,33 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
 # ----------------------------------------------------------------------------------------------
 
 class _Program:
-    __slots__ = ("graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums",
-                 "row_shape")
+    __slots__ = ("_graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums",
+                 "row_shape", "input_types", "output_types")
 
-    def __init__(self, graph, runner, readouts=()):
-        self.graph = graph
+    def __init__(self, graph, runner, readouts=(), signature=None):
+        """`graph`: the traced graph, or a function that traces it, called when something asks for
+        `.graph` (a program loaded from the compile cache was never traced); `signature`: (input
+        name -> type, output name -> type) of the traced graph, read from `graph` when not given."""
+        self._graph = graph
         self.runner = runner
-        x = graph.inputs[graph.input_names.index("x")] if "x" in graph.input_names else None
-        self.row_shape = None if x is None else tuple(x.type.shape[1:])
+        if signature is None:
+            signature = ({n.attr("name"): n.type for n in graph.inputs},
+                         {name: graph.output(name).type for name in graph.output_names})
+        self.input_types, self.output_types = signature
+        x = self.input_types.get("x")
+        self.row_shape = None if x is None else tuple(x.shape[1:])
         self.readouts = tuple(readouts)
         self.metric_names = tuple(readout.name for readout in self.readouts)
         # Every metric's graph outputs, in order; vector sums (AUC's per-threshold counts) are added
         # as arrays, scalar ones as floats.
         self.sum_names = tuple(name for readout in self.readouts for name in readout.outputs)
-        self.vector_sums = tuple(graph.output(name).type.rank > 0 for name in self.sum_names)
+        self.vector_sums = tuple(self.output_types[name].rank > 0 for name in self.sum_names)
+
+    @property
+    def graph(self) -> ir.Graph:
+        if not isinstance(self._graph, ir.Graph):
+            self._graph = self._graph()
+        return self._graph
 
 
 class _Totals:
@@ -417,9 +443,13 @@ class _Totals:
         return dict(sorted(logs.items()))
 
 
-def _make_runners(graphs, target, state):
+# Inputs the loops feed (the others are state: weights, optimizer slots, the step counter).
+_FED = frozenset({"x", "y", "sample_weight", "seed"})
+
+
+def _make_runners(graphs, target, state, alias=None, extra=None):
     try:
-        return backend.make_runners(graphs, target, state)
+        return backend.make_runners(graphs, target, state, alias=alias, extra=extra)
     except ImportError as error:
         raise RuntimeError(f"target={target!r} is not available here ({error}); compile the model "
                            "with target='reference' to run on the numpy interpreter") from error
@@ -691,17 +721,19 @@ class Trainer:
         return key
 
     def _trace(self, kind: str, spec, loss, weighted: bool):
-        """(graph, readouts) of the 'predict', 'eval' or 'train' program."""
+        """(graph, readouts, type of y_pred or None) of the 'predict', 'eval' or 'train' program."""
         readouts: list = []
+        y_pred_type: list = []
         if kind == "predict":
-            return trace_predict(self), readouts
+            return trace_predict(self), readouts, None
         metric_objects = self._metric_objects(spec)
         if kind == "eval":
-            graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted, readouts=readouts)
+            graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted, readouts=readouts,
+                               y_pred_type=y_pred_type)
         else:
             graph = trace_train(self, loss, metric_objects, self.optimizer, spec, weighted=weighted,
-                                readouts=readouts)
-        return graph, readouts
+                                readouts=readouts, y_pred_type=y_pred_type)
+        return graph, readouts, y_pred_type[0]
 
     def _program(self, kind: str, spec: TargetSpec | None = None, loss=None,
                  weighted: bool = False) -> _Program:
@@ -719,6 +751,19 @@ class Trainer:
             siblings = {"train": [("eval", spec, False), ("predict", None, False)],
                         "eval": [("predict", None, False)]}.get(kind, [])
             wanted += [s for s in siblings if self._program_key(*s) not in self._programs]
+        names = {w: f"{w[0]}_weighted" if w[2] else w[0] for w in wanted}
+        # A warm process finds the compiled programs by a description of the model and compile
+        # settings, without tracing (kcompile.describe); else it traces, and the compile cache still
+        # finds the machine code by the traced graphs.
+        alias = self._describe_programs(wanted, loss)
+        programs = None if alias is None else self._load_programs(alias, wanted, names, loss)
+        if programs is None:
+            programs = self._trace_and_compile(wanted, names, loss, alias)
+        for w, program in programs.items():
+            self._programs[self._program_key(*w)] = program
+        return self._programs[key]
+
+    def _trace_and_compile(self, wanted, names, loss, alias) -> dict:
         traced = {}
         for i, (k, s, w) in enumerate(wanted):
             try:
@@ -727,12 +772,72 @@ class Trainer:
                 if i == 0:
                     raise
                 # a sibling is only an optimization: it is traced again (and fails loudly) when asked for
-        names = {w: f"{w[0]}_weighted" if w[2] else w[0] for w in traced}
-        runners = _make_runners({names[w]: graph for w, (graph, _) in traced.items()}, self.target,
-                                self._state())
-        for w, (graph, readouts) in traced.items():
-            self._programs[self._program_key(*w)] = _Program(graph, runners[names[w]], readouts)
-        return self._programs[key]
+        extra = {}
+        for w, (graph, _, y_pred_type) in traced.items():
+            extra[names[w]] = {
+                "inputs": [[n.attr("name"), n.type.dtype, list(n.type.shape)] for n in graph.inputs],
+                "outputs": [[name, graph.output(name).type.dtype, list(graph.output(name).type.shape)]
+                            for name in graph.output_names],
+                "y_pred": None if y_pred_type is None else [y_pred_type.dtype, list(y_pred_type.shape)]}
+        runners = _make_runners({names[w]: graph for w, (graph, _, _) in traced.items()}, self.target,
+                                self._state(), alias=alias if len(traced) == len(wanted) else None,
+                                extra=extra)
+        return {w: _Program(graph, runners[names[w]], readouts)
+                for w, (graph, readouts, _) in traced.items()}
+
+    def _describe_programs(self, wanted, loss) -> str | None:
+        """Everything the traced graphs of `wanted` are made from, as text (kcompile.describe), or None
+        when that cannot be vouched for (a user's own layer, loss or metric code, another target)."""
+        if self.target != "llvm":
+            return None
+        from kcompile.describe import Undescribable, describe, source_fingerprint
+        try:
+            parts = {
+                "source": source_fingerprint(), "model": describe(type(self)),
+                "input_shape": describe(tuple(self.input_shape)), "layers": describe(list(self.layers)),
+                "weights": describe(list(self.weights)),
+                "trainable": [v.path for v in self.trainable_weights],
+                "loss": describe(loss), "optimizer": describe(self.optimizer),
+                "metric_names": describe(self._metric_names()),
+                "wanted": [[k, describe(s), w, None if k == "predict" else describe(self._metric_objects(s))]
+                           for k, s, w in wanted]}
+        except Undescribable:
+            return None
+        import json
+        return json.dumps(parts, sort_keys=True)
+
+    def _load_programs(self, alias, wanted, names, loss) -> dict | None:
+        """The programs of `wanted` from the compile cache (filed under `alias` by a process that
+        traced them), or None.  Nothing is traced: the runners' signatures come from the cache, and
+        the metrics' readouts are traced on stand-ins for y and y_pred of the stored types."""
+        if any(k == "train" for k, _, _ in wanted):
+            self.optimizer.build(self.trainable_weights)   # the slots, as tracing would make them
+        state = self._state()
+        traces = {names[w]: (lambda w=w: self._trace(w[0], w[1], loss, w[2])[0]) for w in wanted}
+        found = backend.load_runners(alias, traces, state)
+        if found is None:
+            return None
+        runners, extra = found
+        programs = {}
+        try:
+            for w in wanted:
+                kind, spec, weighted = w
+                info = extra[names[w]]
+                inputs = {n: ir.TensorType(d, tuple(shape)) for n, d, shape in info["inputs"]}
+                outputs = {n: ir.TensorType(d, tuple(shape)) for n, d, shape in info["outputs"]}
+                if any(name not in state and name not in _FED for name in inputs):
+                    return None
+                readouts = []
+                if kind != "predict":
+                    y_pred = B.arg("y_pred", info["y_pred"][0], tuple(info["y_pred"][1]))
+                    _, readouts = _metric_outputs(self._metric_objects(spec), _target_input(spec, "f32"),
+                                                  y_pred, _sample_weight_input(weighted, "f32"))
+                    if any(name not in outputs for r in readouts for name in r.outputs):
+                        return None
+                programs[w] = _Program(traces[names[w]], runners[names[w]], readouts, (inputs, outputs))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+        return programs
 
     def _prepare_batch(self, batch, class_weight, weighted, argument: str):
         """One batch of a batch source, checked and converted: (x, y, sample_weight or None, spec,

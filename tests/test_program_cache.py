@@ -162,41 +162,54 @@ def test_cache_off_writes_no_manifest(tmp_path, monkeypatch):
     check_against_interpreter({"forward": fn}, graphs())
 
 
-def test_second_process_trains_from_the_manifest(tmp_path):
-    """Two processes train the same model: the second loads everything from manifests (no pass runs)
-    and ends with the same weights as the first."""
+@pytest.mark.parametrize("loss", ["builtin", "user function"])
+def test_second_process_trains_from_the_cache(tmp_path, loss):
+    """Two processes train the same model.  The second runs no pass, and with kcompile's own loss it
+    does not even trace (the programs are found by the model's description); with a user's loss
+    function (code the description cannot vouch for) it traces, and finds the machine code by the
+    traced graphs.  Either way it ends with exactly the first one's losses, metrics and weights."""
     script = textwrap.dedent("""
         import json, sys
         import numpy as np
         import kcompile
         from kcompile import layers
+        import kcompile.trainer as T
         import codegen.compiler as C
-        ran = []
-        real = C._prepare
-        C._prepare = lambda *a: ran.append(1) or real(*a)
+        passes, traces = [], []
+        real_prepare, real_trace = C._prepare, T.Trainer._trace
+        C._prepare = lambda *a: passes.append(1) or real_prepare(*a)
+        T.Trainer._trace = lambda *a: traces.append(1) or real_trace(*a)
+
+        def my_loss(y_true, y_pred):
+            return kcompile.losses.categorical_crossentropy(y_true, y_pred)
+
         kcompile.utils.set_random_seed(3)
         model = kcompile.Sequential([layers.Input((6,)), layers.Dense(8, activation="relu"),
                                      layers.Dropout(0.1), layers.Dense(3, activation="softmax")])
-        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer="adam", loss=my_loss if sys.argv[1] == "user function"
+                      else "categorical_crossentropy", metrics=["accuracy"])
         rng = np.random.default_rng(0)
         x = rng.random((40, 6), dtype=np.float32)
         y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
         history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
         result = model.evaluate(x, y, verbose=0)
         prediction = model.predict(x[:5], verbose=0)
-        print(json.dumps({"passes": len(ran), "loss": history.history["loss"], "eval": result,
-                          "pred": prediction.tolist(),
+        print(json.dumps({"passes": len(passes), "traces": len(traces), "history": history.history,
+                          "eval": result, "pred": prediction.tolist(),
                           "w": [w.numpy().tolist() for w in model.weights]}))
     """)
     env = dict(__import__("os").environ, KCOMPILE_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
 
     def run():
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                             timeout=300, cwd=REPO)
+        out = subprocess.run([sys.executable, "-c", script, loss], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=REPO)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     cold, warm = run(), run()
-    assert cold["passes"] > 0 and warm["passes"] == 0
-    assert warm["loss"] == cold["loss"] and warm["eval"] == cold["eval"]
+    assert cold["passes"] > 0 and cold["traces"] > 0
+    assert warm["passes"] == 0
+    assert (warm["traces"] == 0) == (loss == "builtin")
+    assert set(warm["history"]) == {"loss", "accuracy"}
+    assert warm["history"] == cold["history"] and warm["eval"] == cold["eval"]
     assert warm["pred"] == cold["pred"] and warm["w"] == cold["w"]
