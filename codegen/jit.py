@@ -174,22 +174,23 @@ def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None
 
     Any failure of a child (it died, timed out, or its result is damaged) makes this process compile
     that module itself, so the result never depends on whether forking worked."""
-    texts = [str(m) for m in modules]
     jobs = compile_jobs() if jobs is None else jobs
     children = {}
-    if jobs > 1 and len(texts) > 1 and _can_fork():
-        for index in range(1, min(len(texts), jobs)):
-            children[index] = _fork_compile(texts[index], speed_level)
-    results = [None] * len(texts)
-    for index, text in enumerate(texts):
+    if jobs > 1 and len(modules) > 1 and _can_fork():
+        # NOTE: forked before any module is rendered as text: rendering is Python work (tens of ms
+        # for a train step's module), so each process renders the modules it compiles.
+        for index in range(1, min(len(modules), jobs)):
+            children[index] = _fork_compile(modules[index], speed_level)
+    results = [None] * len(modules)
+    for index, module in enumerate(modules):
         if index not in children:
-            results[index] = compile_object(text, speed_level)
+            results[index] = compile_object(module, speed_level)
     for index, child in children.items():
-        results[index] = _collect(child) or compile_object(texts[index], speed_level)
+        results[index] = _collect(child) or compile_object(modules[index], speed_level)
     return results
 
 
-def _fork_compile(text: str, speed_level: int):
+def _fork_compile(module, speed_level: int):
     read_fd, write_fd = os.pipe()
     with warnings.catch_warnings():
         # NOTE: Python 3.12+ warns when forking a process with other OS threads; here those are
@@ -200,7 +201,7 @@ def _fork_compile(text: str, speed_level: int):
         status = 1
         try:
             os.close(read_fd)
-            code, optimized = compile_object(text, speed_level)
+            code, optimized = compile_object(module, speed_level)
             payload = optimized.encode("utf-8")
             header = struct.pack("<QQ", len(code), len(payload))
             digest = hashlib.sha256(header + code + payload).digest()
