@@ -515,6 +515,9 @@ class Trainer:
         self._metric_identifiers = []
         self._weighted_metric_identifiers = []
         self._programs = {}
+        #: Seconds this model has spent making its compiled functions (tracing, passes, code
+        #: generation, or loading them from the compile cache); the benchmark reports it.
+        self.compile_seconds = 0.0
 
     # -- compile --------------------------------------------------------------------------------
 
@@ -743,6 +746,13 @@ class Trainer:
         program = self._programs.get(key)
         if program is not None:
             return program
+        started = time.perf_counter()
+        try:
+            return self._new_program(kind, spec, loss, weighted, key)
+        finally:
+            self.compile_seconds += time.perf_counter() - started
+
+    def _new_program(self, kind, spec, loss, weighted, key) -> _Program:
         wanted = [(kind, spec, weighted)]
         if self.target == "llvm":
             # NOTE: compiled into one module, train, evaluate and predict share their GEMMs and most

@@ -87,7 +87,14 @@ def test_an_identical_model_is_loaded_untraced_and_trains_identically(tmp_path, 
         np.testing.assert_array_equal(a, b)
     # the loaded programs still show their graphs on demand (traced then)
     model = mlp()
+    assert model.compile_seconds == 0.0
     fit(model)
+    spent = model.compile_seconds
+    assert spent > 0.0
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    assert model.compile_seconds == spent          # nothing compiled again
     assert "dense" in model.dump_ir("traced")
 
 
