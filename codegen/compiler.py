@@ -230,8 +230,9 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # profiling or stage dumps (both want the passes' results).
     if options.passes is not None or options.profile or os.environ.get("KCOMPILE_DUMP"):
         return None
-    return [code_fingerprint(), f"threading={threading}", f"fusion_level={options.fusion_level}",
-            f"reuse_memory={options.reuse_memory}"]
+    import numpy   # constant folding runs numpy's arithmetic
+    return [code_fingerprint(), f"numpy={numpy.__version__}", f"threading={threading}",
+            f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}"]
 
 
 def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
