@@ -28,6 +28,7 @@ last step).
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import time
@@ -813,7 +814,6 @@ class Trainer:
                            for k, s, w in wanted]}
         except Undescribable:
             return None
-        import json
         return json.dumps(parts, sort_keys=True)
 
     def _load_programs(self, alias, wanted, names, loss) -> dict | None:
@@ -824,12 +824,14 @@ class Trainer:
             self.optimizer.build(self.trainable_weights)   # the slots, as tracing would make them
         state = self._state()
         traces = {names[w]: (lambda w=w: self._trace(w[0], w[1], loss, w[2])[0]) for w in wanted}
-        found = backend.load_runners(alias, traces, state)
-        if found is None:
-            return None
-        runners, extra = found
         programs = {}
         try:
+            # NOTE: a runner checks the state arrays against the stored signature; a mismatch (which
+            # the description should rule out) means tracing, not an error
+            found = backend.load_runners(alias, traces, state)
+            if found is None:
+                return None
+            runners, extra = found
             for w in wanted:
                 kind, spec, weighted = w
                 info = extra[names[w]]

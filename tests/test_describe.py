@@ -151,3 +151,30 @@ def test_the_learning_rate_is_an_input_not_part_of_the_description(tmp_path, mon
     assert got[0] == expected[0]
     for a, b in zip(got[1], expected[1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_manifest_that_disagrees_with_the_model_means_tracing(tmp_path, monkeypatch):
+    """The description rules this out, but should a stored signature disagree with the model's
+    arrays (here: a weight's shape edited in the file), the runner's check sends the model back to
+    tracing instead of failing or running code on the wrong buffers."""
+    import json
+    monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path))
+    first = fit(mlp())
+    edited = 0
+    for path in tmp_path.glob("*.kcm"):
+        manifest = json.loads(path.read_text())
+        if manifest["data"]["extra"] is None:
+            continue                                # a manifest keyed by traced graphs
+        for entry in manifest["data"]["entries"].values():
+            for row in entry["inputs"]:
+                if row[0].endswith("/kernel"):
+                    row[2] = [row[2][0] + 1] + row[2][1:]
+                    edited += 1
+        path.write_text(json.dumps(manifest))
+    assert edited
+    traces = count_traces(monkeypatch)
+    second = fit(mlp())
+    assert traces
+    assert second[0] == first[0]
+    for a, b in zip(first[1], second[1]):
+        np.testing.assert_array_equal(a, b)
