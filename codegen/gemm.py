@@ -682,3 +682,116 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             kcur = smin(builder, kc, builder.sub(i64(k), pc))
             load_c = true if accumulate else builder.icmp_signed("!=", pc, i64(0))
             k_block(pc, kcur, load_c)
+
+
+# --------------------------------------------------------------------------------------------------
+# One-row products (GEMV)
+
+#: Vectors of C per pass of a one-row product (16 x 16 floats: 1 KiB of each row of B per k step).
+GEMV_GROUP = 16
+
+
+def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
+    """void pass(a, b, c, k, ldb, kc, ncols_last): c[v*L + l] = sum_p a[p] * b[p*ldb + v*L + l] for
+    v < nvec, k > 0, summed exactly as the GEMM micro-kernel sums one row: in k blocks of `kc`,
+    each block's products accumulated from zero in order of p by FMA and the block's sum added to
+    the sum so far (so a one-row product gives, bit for bit, the row a batch would).  With `masked`
+    only the first `ncols_last` lanes of the last vector are read and written."""
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64])
+    a, b, c, k, ldb, kc, ncols_last = fn.args
+    for arg, nm in zip(fn.args, ("a", "b", "c", "k", "ldb", "kc", "ncols_last")):
+        arg.name = nm
+    for arg in (a, b, c):
+        arg.add_attribute("noalias")
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    mask = vec.lane_mask(bld, ncols_last) if masked else None
+    c_ptrs = [_gep(bld, c, v * L, T) for v in range(nvec)]
+
+    def last(v):
+        return masked and v == nvec - 1
+
+    with for_range(bld, 0, k, kc, name="pc") as pc:
+        kend = smin(bld, bld.add(pc, kc), k)
+        head = bld.block
+        body = bld.append_basic_block("p.body")
+        done = bld.append_basic_block("p.done")
+        bld.branch(body)
+        bld.position_at_end(body)
+        p = bld.phi(I64, name="p")
+        p.add_incoming(pc, head)
+        accs = []
+        for v in range(nvec):
+            phi = bld.phi(vec.type, name=f"acc{v}")
+            phi.add_incoming(vec.zero, head)
+            accs.append(phi)
+        row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
+        a_splat = vec.splat(bld, bld.load(_gep(bld, a, p, T), typ=T, align=4))
+        new = []
+        for v in range(nvec):
+            ptr_v = _gep(bld, row, v * L, T)
+            b_vec = vec.masked_load(bld, ptr_v, mask) if last(v) else vec.load(bld, ptr_v)
+            new.append(vec.fma(bld, a_splat, b_vec, accs[v]))
+        p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
+        p.add_incoming(p_next, bld.block)
+        for v in range(nvec):
+            accs[v].add_incoming(new[v], bld.block)
+        bld.cbranch(bld.icmp_signed("<", p_next, kend), body, done)
+        bld.position_at_end(done)
+        first = bld.icmp_signed("==", pc, i64(0))
+        for v in range(nvec):
+            old = vec.masked_load(bld, c_ptrs[v], mask) if last(v) else vec.load(bld, c_ptrs[v])
+            value = bld.select(first, new[v], bld.fadd(new[v], old))
+            if last(v):
+                vec.masked_store(bld, value, c_ptrs[v], mask)
+            else:
+                vec.store(bld, value, c_ptrs[v])
+    bld.ret_void()
+    return fn
+
+
+def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None) -> ir.Function:
+    """`void gemv(a, b, c, ncols, k, ldb, kc)`: C (one row of ncols) = A (one row of k) @ B (k rows
+    `ldb` apart, ncols columns), k > 0, summed in k blocks of `kc` as emit_gemm sums (see
+    _gemv_pass).  The memory-bound product of a one-sample predict: passes of GEMV_GROUP vectors
+    stream whole 1 KiB runs of each row of B, then 4- and 1-vector passes and a masked one take
+    the rest of the columns.
+    NOTE (one thread, W3's one-sample predict, interleaved processes): 50-53 us against 55-56 us
+    with the GEMM's one-row tiles; software prefetch of rows 4, 8 or 16 ahead was slower."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(dtype)}x{L}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    vec = _Vec(module, dtype, L)
+    ptr = ir.PointerType()
+    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64])
+    a, b, c, ncols, k, ldb, kc = fn.args
+    for arg, nm in zip(fn.args, ("a", "b", "c", "ncols", "k", "ldb", "kc")):
+        arg.name = nm
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    done_cols = i64(0)
+    for group in (GEMV_GROUP, 4, 1):
+        width = group * L
+        stop = _round_down(bld, ncols, width)
+        with for_range(bld, done_cols, stop, width, name=f"g{group}") as j:
+            bld.call(_gemv_pass(vec, group, False),
+                     [a, _gep(bld, b, j, dtype), _gep(bld, c, j, dtype), k, ldb, kc, i64(L)])
+        done_cols = bld.select(bld.icmp_signed(">", stop, done_cols), stop, done_cols)
+    with bld.if_then(bld.icmp_signed("<", done_cols, ncols)):
+        bld.call(_gemv_pass(vec, 1, True),
+                 [a, _gep(bld, b, done_cols, dtype), _gep(bld, c, done_cols, dtype), k, ldb, kc,
+                  bld.sub(ncols, done_cols)])
+    bld.ret_void()
+    return fn
+
+
+def gemv_k_block(k: int, dtype=ir.FloatType(), lanes: int | None = None) -> int:
+    """The k block emit_gemm uses for a static k (what gemv_function must be given as kc)."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    return _k_block(k, L)[0]

@@ -538,6 +538,25 @@ def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime)
 
 
+def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
+    """C[0, :ncols] = A[0, :k] @ B[:k, :ncols] (B rows `ldb` apart) for a matmul with one row, summed
+    as call_gemm would sum it (codegen.gemm.gemv_function), from the module's GEMM library when it
+    has one."""
+    from .gemm import gemv_function, gemv_k_block
+    dtype = VALUE_TYPES[node.dtype]
+    module = builder.module
+    library = GEMM_LIBRARY.get(module)
+    if library is not None:
+        defined = gemv_function(library, dtype)
+        defined.linkage = ""      # external: called from the kernels' module
+        fn = module.globals.get(defined.name) or ir.Function(module, defined.function_type,
+                                                              defined.name)
+    else:
+        fn = gemv_function(module, dtype)
+    builder.call(fn, [a_ptr, b_ptr, c_ptr, i64(ncols), i64(k), i64(ldb),
+                      i64(gemv_k_block(k, dtype))])
+
+
 # module -> the module that defines its GEMM functions (see codegen.compiler.compile_graphs); the
 # GEMMs of a module without one are internal functions of that module.
 GEMM_LIBRARY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -864,12 +883,30 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     blocks = -(-extent // block)
     full, rest = extent // block, extent % block
 
+    # NOTE: one batch row (a one-sample predict) is a memory-bound product: a GEMV streams long runs
+    # of each row of B (the weight) where the GEMM's 1-row tiles read 256 bytes per row and panel.
+    one_row_path = not by_rows and not ta and not tb and isinstance(k, int) and k > 0
+
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
         a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
         # sizes that involve the batch are values of the chunk function, recomputed here
         m_here = m if not isinstance(m, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
         k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
+        if not one_row_path:
+            column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here)
+            return
+        with builder.if_else(builder.icmp_signed("==", m_here, c64(1))) as (one, many):
+            with one:
+                c0 = builder.mul(lo, c64(block))
+                c1 = smin(builder, builder.mul(hi, c64(block)), c64(n))
+                call_gemv(builder, node, a_ptr, builder.gep(b_ptr, [c0], source_etype=T),
+                          builder.gep(c_ptr, [c0], source_etype=T), builder.sub(c1, c0), k, n)
+                emit_elementwise_outputs(chunk, group, epilogue, {1: (c0, c1)})
+            with many:
+                column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here)
+
+    def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
         with for_range(builder, lo, hi, name="blk") as blk:
             start = builder.mul(blk, c64(block))
 

@@ -91,3 +91,23 @@ def test_static_rows_every_split(k, n):
         grad = x.T.astype(np.float64) @ dy.astype(np.float64)
         check(out["grad"], grad, f"grad, batch {batch}")
         check(out["w_new"], w - 0.1 * grad, f"w_new, batch {batch}")
+
+
+@pytest.mark.parametrize("k,n", [(KC + 272, 520), (784, 512), (37, 10), (300, 70), (64, 1030)])
+def test_one_row_is_bit_for_bit_its_row_in_a_batch(k, n):
+    """A one-row product takes the GEMV path (codegen.gemm.gemv_function), which sums as the GEMM's
+    tiles do: a sample's outputs do not depend on the batch it is predicted in."""
+    rng = np.random.default_rng(k * 7 + n)
+    graph = forward_graph(k, n, False)
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    bias = rng.random(n, dtype=np.float32) - 0.5
+    x = rng.random((9, k), dtype=np.float32) - 0.5
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    assert "kcompile.gemm.gemv" in runner.compiled.code.optimized_ir
+    batch = runner.run({"x": x, "w": w, "bias": bias})
+    for row in (0, 4, 8):
+        one = run_all_thread_counts(graph, {"x": x[row:row + 1], "w": w, "bias": bias})
+        for name in ("act", "scaled"):
+            np.testing.assert_array_equal(one[name][0], batch[name][row], err_msg=f"{name}, row {row}")
+        product = x[row].astype(np.float64) @ w.astype(np.float64)
+        check(one["act"][0], np.maximum(product + bias, 0.0), f"act, row {row}")
