@@ -190,3 +190,25 @@ def test_trainable_false_freezes_a_layer():
     for a, b in zip(frozen, model.layers[0].get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(trained[0], model.layers[1].get_weights()[0])
+
+
+def test_weight_and_slot_buffers_start_on_a_cache_line():
+    """Weights and optimizer slots are 64-byte aligned (compiled kernels stream them with full-width
+    vector loads), and keep their buffer, so its address, through assign and training."""
+    import kcompile
+    from kcompile.layers.layer import BUFFER_ALIGNMENT
+    model = kcompile.Sequential([kcompile.layers.Input((13,)), kcompile.layers.Dense(7),
+                                 kcompile.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    x = np.ones((4, 13), np.float32)
+    model.fit(x, np.zeros((4, 3), np.float32), verbose=0)
+    variables = list(model.weights) + list(model.optimizer._slots.values())
+    assert len(variables) == 4 + 8
+    for variable in variables:
+        assert variable.buffer.ctypes.data % BUFFER_ALIGNMENT == 0, variable.path
+        assert variable.buffer.flags.c_contiguous
+    kernel = model.weights[0]
+    address = kernel.buffer.ctypes.data
+    kernel.assign(np.full((13, 7), 0.5, np.float32))
+    assert kernel.buffer.ctypes.data == address
+    np.testing.assert_array_equal(kernel.numpy(), np.full((13, 7), 0.5, np.float32))
