@@ -216,12 +216,18 @@ class _Vec:
         builder.call(self._mstore, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def _new_function(module, name, args):
+def _new_function(module, name, args, names=(), noalias=()):
+    """A new internal void function; `names` name its parameters in order, `noalias` (indices)
+    marks pointer parameters that alias nothing else."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     if _NOINLINE:
         fn.attributes.add("noinline")
+    for arg, nm in zip(fn.args, names):
+        arg.name = nm
+    for index in noalias:
+        fn.args[index].add_attribute("noalias")
     return fn
 
 
@@ -245,13 +251,10 @@ def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefet
         return fn
     ptr = ir.PointerType()
     fn = _new_function(module, name, [ptr, I64, ptr, I64, ptr, I64, I64, I1, I64]
-                       + ([ptr, I64] if prefetch else []))
+                       + ([ptr, I64] if prefetch else []),
+                       ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last", "prefetch",
+                        "prefetch_step"), noalias=(0, 2, 4))
     a, lda, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:9]
-    for arg, nm in zip(fn.args, ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
-                                 "prefetch", "prefetch_step")):
-        arg.name = nm
-    for arg in (a, b, c):
-        arg.add_attribute("noalias")
 
     entry = fn.append_basic_block("entry")
     body = fn.append_basic_block("k.body")
@@ -386,10 +389,8 @@ def _pack_transposed(vec: _Vec, nvec: int):
     if fn is not None:
         return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr])
+    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
     src, ld, valid, k, dst = fn.args
-    for arg in (src, dst):
-        arg.add_attribute("noalias")
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     last = bld.sub(valid, i64(1))
@@ -423,10 +424,8 @@ def _pack_copy(vec: _Vec, nvec: int):
     if fn is not None:
         return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr])
+    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
     src, ld, valid, k, dst = fn.args
-    for arg in (src, dst):
-        arg.add_attribute("noalias")
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = [vec.lane_mask(bld, bld.sub(valid, i64(v * L))) for v in range(nvec)]
@@ -703,12 +702,9 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     if fn is not None:
         return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64])
+    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
+                       ("a", "b", "c", "k", "ldb", "kc", "ncols_last"), noalias=(0, 1, 2))
     a, b, c, k, ldb, kc, ncols_last = fn.args
-    for arg, nm in zip(fn.args, ("a", "b", "c", "k", "ldb", "kc", "ncols_last")):
-        arg.name = nm
-    for arg in (a, b, c):
-        arg.add_attribute("noalias")
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     mask = vec.lane_mask(bld, ncols_last) if masked else None
     c_ptrs = [_gep(bld, c, v * L, T) for v in range(nvec)]
@@ -770,10 +766,9 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None) -> ir.
         return fn
     vec = _Vec(module, dtype, L)
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64])
+    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
+                       ("a", "b", "c", "ncols", "k", "ldb", "kc"))
     a, b, c, ncols, k, ldb, kc = fn.args
-    for arg, nm in zip(fn.args, ("a", "b", "c", "ncols", "k", "ldb", "kc")):
-        arg.name = nm
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     done_cols = i64(0)
     for group in (GEMV_GROUP, 4, 1):
