@@ -812,7 +812,7 @@ class Trainer:
                 "metric_names": describe(self._metric_names()),
                 "wanted": [[k, describe(s), w, None if k == "predict" else describe(self._metric_objects(s))]
                            for k, s, w in wanted]}
-        except Undescribable:
+        except (Undescribable, RecursionError):     # (a structure too deep to walk: trace it)
             return None
         return json.dumps(parts, sort_keys=True)
 
