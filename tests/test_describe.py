@@ -11,6 +11,12 @@ from kcompile.describe import Undescribable, describe
 import kcompile.trainer as trainer_module
 
 
+@pytest.fixture(autouse=True)
+def cache_on(monkeypatch):
+    """These tests are about the cache: on, whatever the environment says (a test may turn it off)."""
+    monkeypatch.setenv("KCOMPILE_CACHE", "1")
+
+
 def mlp(rate=0.2, activation="relu", units=16, seed=5):
     kcompile.utils.set_random_seed(seed)
     return kcompile.Sequential([layers.Input((7,)), layers.Dense(units, activation=activation),

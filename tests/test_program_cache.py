@@ -21,6 +21,12 @@ from ir import build as B
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def cache_on(monkeypatch):
+    """These tests are about the cache: on, whatever the environment says (a test may turn it off)."""
+    monkeypatch.setenv("KCOMPILE_CACHE", "1")
+
+
 def graphs(scale: float = 2.0):
     """A forward pass and a loss over the same weights; `scale` is a constant in both."""
     out = {}
@@ -198,7 +204,8 @@ def test_second_process_trains_from_the_cache(tmp_path, loss):
                           "eval": result, "pred": prediction.tolist(),
                           "w": [w.numpy().tolist() for w in model.weights]}))
     """)
-    env = dict(__import__("os").environ, KCOMPILE_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    env = dict(__import__("os").environ, KCOMPILE_CACHE_DIR=str(tmp_path), KCOMPILE_CACHE="1",
+               PYTHONPATH=str(REPO))
 
     def run():
         out = subprocess.run([sys.executable, "-c", script, loss], env=env, capture_output=True,
