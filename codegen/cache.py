@@ -44,7 +44,8 @@ from . import target
 from . import jit
 from .jit import JitModule
 
-__all__ = ["compile_cached", "load_program", "store_program", "cache_directory", "cache_enabled", "cache_key", "FORMAT_VERSION"]
+__all__ = ["compile_cached", "load_program", "store_program", "cache_directory", "cache_enabled",
+           "cache_key", "FORMAT_VERSION"]
 
 # Bump when the entry layout or the way code is generated for the JIT changes (target machine options,
 # pass pipeline): old entries then simply stop matching.

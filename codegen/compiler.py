@@ -6,8 +6,12 @@ table layout and gives the address of its entry point.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 from dataclasses import dataclass
+
+import numpy as np
 
 import ir
 from ir.fusion import fuse
@@ -50,14 +54,14 @@ class Signature:
 
     def to_json(self) -> dict:
         def values(pairs):
-            return [[name, t.dtype, list(t.shape)] for name, t in pairs]
+            return [[name, t.to_json()] for name, t in pairs]
         return {"inputs": values(self.inputs), "outputs": values(self.outputs),
                 "static_bytes": self.static_bytes, "batch_bytes": self.batch_bytes}
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
         def values(rows):
-            return tuple((str(name), TensorType(dtype, tuple(shape))) for name, dtype, shape in rows)
+            return tuple((str(name), TensorType.from_json(t)) for name, t in rows)
         return cls(values(data["inputs"]), values(data["outputs"]), int(data["static_bytes"]),
                    int(data["batch_bytes"]))
 
@@ -81,7 +85,7 @@ class CompiledFunction:
 
     @property
     def graph(self) -> ir.Graph:
-        if callable(self._graph):
+        if not isinstance(self._graph, ir.Graph):
             self._graph = self._graph()
         return self._graph
 
@@ -155,13 +159,8 @@ def compile_graphs(graphs: dict, options: CompileOptions | None = None, *, alias
     options = options or CompileOptions()
     threading = _threading(options)
     description = program_description(graphs, options, threading)
-    functions = None
-    if description is not None:
-        found = _load_manifest(description, options)
-        if found is not None and set(found[1]) == set(graphs):
-            code, signatures, _ = found
-            functions = {name: CompiledFunction(graph, code, signatures[name], name=name, options=options)
-                         for name, graph in graphs.items()}
+    found = None if description is None else _from_manifest(description, graphs, options)
+    functions = None if found is None else found[0]
     if functions is None:
         functions = _compile_graphs(graphs, options, threading)
         if description is not None:
@@ -179,12 +178,7 @@ def load_alias(alias: str, graphs: dict, options: CompileOptions | None = None):
     for a stage of that entry (the machine code and signatures come from the cache)."""
     options = options or CompileOptions()
     key = alias_description(alias, options, _threading(options))
-    found = None if key is None else _load_manifest(key, options)
-    if found is None or set(found[1]) != set(graphs):
-        return None
-    code, signatures, extra = found
-    return {name: CompiledFunction(trace, code, signatures[name], name=name, options=options)
-            for name, trace in graphs.items()}, extra
+    return None if key is None else _from_manifest(key, graphs, options)
 
 
 def _threading(options: CompileOptions) -> bool:
@@ -230,8 +224,8 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # profiling or stage dumps (both want the passes' results).
     if options.passes is not None or options.profile or os.environ.get("KCOMPILE_DUMP"):
         return None
-    import numpy   # constant folding runs numpy's arithmetic
-    return [code_fingerprint(), f"numpy={numpy.__version__}", f"threading={threading}",
+    # (numpy's version: constant folding runs numpy's arithmetic)
+    return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
             f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}"]
 
 
@@ -260,18 +254,23 @@ def _store_manifest(description: str, functions: dict, extra, options: CompileOp
     store_program(description, code, data, speed_level=options.speed_level)
 
 
-def _load_manifest(description: str, options: CompileOptions):
-    """(code, entry name -> Signature, extra) from the cache's program manifest, or None (a miss)."""
+def _from_manifest(description: str, graphs: dict, options: CompileOptions):
+    """(entry name -> CompiledFunction, extra) from the cache's program manifest for the entries of
+    `graphs` (graphs, or functions that trace them), or None (a miss)."""
     from .cache import load_program
     found = load_program(description, speed_level=options.speed_level)
     if found is None:
         return None
     code, data = found
     try:
-        return code, {name: Signature.from_json(value) for name, value in data["entries"].items()}, \
-            data["extra"]
+        signatures = {name: Signature.from_json(value) for name, value in data["entries"].items()}
+        extra = data["extra"]
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+    if set(signatures) != set(graphs):
+        return None
+    return {name: CompiledFunction(graph, code, signatures[name], name=name, options=options)
+            for name, graph in graphs.items()}, extra
 
 
 def _compile_module(build, key, options):
@@ -279,22 +278,29 @@ def _compile_module(build, key, options):
     return compile_cached(build=build, source_key=key, speed_level=options.speed_level)
 
 
-_FINGERPRINT = []
+_FINGERPRINTS: dict = {}
+
+
+def source_fingerprint(*packages) -> str:
+    """A hash of the Python source of `packages` (directories, searched recursively), computed
+    once per process: what code made an entry is part of its key."""
+    key = tuple(str(p) for p in packages)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for package in packages:
+            root = pathlib.Path(package)
+            for path in sorted(root.rglob("*.py")):
+                h.update(f"{root.name}/{path.relative_to(root)}".encode())
+                h.update(path.read_bytes())
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
 
 
 def code_fingerprint() -> str:
-    """A hash of the compiler's own source: cached machine code is reused only by the code that
-    made it."""
-    if not _FINGERPRINT:
-        import hashlib
-        import pathlib
-        h = hashlib.sha256()
-        root = pathlib.Path(__file__).resolve().parent
-        for path in sorted(root.glob("*.py")) + sorted((root.parent / "ir").glob("*.py")):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
-        _FINGERPRINT.append(h.hexdigest())
-    return _FINGERPRINT[0]
+    """A hash of the compiler's own source (codegen and ir): cached machine code is reused only by
+    the code that made it."""
+    root = pathlib.Path(__file__).resolve().parent
+    return source_fingerprint(root, root.parent / "ir")
 
 
 def source_key(entries, options, threading) -> str:

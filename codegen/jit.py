@@ -117,14 +117,9 @@ class JitModule:
         if self._assembly is None:
             # NOTE: re-parsed rather than taken from module_ref: MCJIT's codegen has run on module_ref in
             # place, and on a cache hit there is no module at all.
-            parts = []
-            for text in self.optimized_ir.split(MODULE_SEPARATOR):
-                tm = target.target_machine()
-                ref = llvm.parse_assembly(text)
-                ref.triple = tm.triple
-                ref.data_layout = str(tm.target_data)
-                parts.append(tm.emit_assembly(ref))
-            self._assembly = "".join(parts)
+            tm = target.target_machine()
+            self._assembly = "".join(tm.emit_assembly(parse_and_verify(text, tm))
+                                     for text in self.optimized_ir.split(MODULE_SEPARATOR))
         return self._assembly
 
 
@@ -136,7 +131,7 @@ def compile_object(module, speed_level: int = 3) -> tuple:
     tm = target.target_machine()
     ref = parse_and_verify(module, tm)
     optimize(ref, tm, speed_level)
-    return target.target_machine().emit_object(ref), str(ref)
+    return tm.emit_object(ref), str(ref)
 
 
 def compile_jobs() -> int:

@@ -546,13 +546,8 @@ def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
     dtype = VALUE_TYPES[node.dtype]
     module = builder.module
     library = GEMM_LIBRARY.get(module)
-    if library is not None:
-        defined = gemv_function(library, dtype)
-        defined.linkage = ""      # external: called from the kernels' module
-        fn = module.globals.get(defined.name) or ir.Function(module, defined.function_type,
-                                                              defined.name)
-    else:
-        fn = gemv_function(module, dtype)
+    fn = gemv_function(module, dtype) if library is None else \
+        _declaration(module, gemv_function(library, dtype))
     builder.call(fn, [a_ptr, b_ptr, c_ptr, i64(ncols), i64(k), i64(ldb),
                       i64(gemv_k_block(k, dtype))])
 
@@ -560,6 +555,13 @@ def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
 # module -> the module that defines its GEMM functions (see codegen.compiler.compile_graphs); the
 # GEMMs of a module without one are internal functions of that module.
 GEMM_LIBRARY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _declaration(module, fn: ir.Function) -> ir.Function:
+    """`fn`, defined in another module that is linked with `module` when loaded (its GEMM library,
+    or the other way round), made external and declared in `module`."""
+    fn.linkage = ""
+    return module.globals.get(fn.name) or ir.Function(module, fn.function_type, fn.name)
 
 
 class _Placement:
@@ -607,15 +609,14 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None))
     fn = module.globals.get(name)
     if fn is not None:
         return fn, runtime
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime))
     library = GEMM_LIBRARY.get(module)
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
-        gemm_function(library, dims, trans_a, trans_b, dtype, lds)
-        return ir.Function(module, fnty, name), runtime
-    fn = ir.Function(module, fnty, name)
-    if module not in GEMM_LIBRARY.values():
-        fn.linkage = "internal"
+        return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds)[0]), \
+            runtime
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)),
+                     name)
+    fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
         arg.add_attribute("noalias")
@@ -1120,14 +1121,11 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
             if placement is not None and not any(node in consts for node in group.inputs):
                 home = placement.choose()
             fe = FunctionEmitter(home, f"{name}.{group.name}", buffers, consts, plan.slots)
-            if home is not module:
-                fe.function.linkage = ""   # called from the entry, in the other module
             _emit_group(fe, group, threading)
             fe.finish()
             function = emitted[key] = fe.function
         if function.module is not module:
-            function = module.globals.get(function.name) or ir.Function(
-                module, function.function_type, function.name)
+            function = _declaration(module, function)   # called from the entry, in the other module
         kernels[group.name] = function.name
         args = [n] + [pointer(x) for x in params]
         if counters is None:

@@ -14,20 +14,13 @@ import numpy as np
 import ir
 from ir.ops import np_dtype
 
+from .buffers import aligned_empty
 from .compiler import CompileOptions, compile_graph
 from .step import NAME as STEP_DRIVER
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                          ctypes.c_void_p)
-ALIGN = 64
-
-
-def aligned_empty(nbytes: int) -> np.ndarray:
-    """A uint8 buffer of at least `nbytes` whose data pointer is 64-byte aligned."""
-    raw = np.empty(max(nbytes, 1) + ALIGN, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % ALIGN
-    return raw[offset:offset + max(nbytes, 1)]
 
 
 class CompiledRunner:

@@ -70,6 +70,15 @@ class TensorType:
     def __str__(self) -> str:
         return f"{self.dtype}[{','.join('?' if d is None else str(d) for d in self.shape)}]"
 
+    def to_json(self) -> list:
+        """[dtype, shape] (None for the batch dimension): what `from_json` reads back."""
+        return [self.dtype, list(self.shape)]
+
+    @classmethod
+    def from_json(cls, value) -> "TensorType":
+        dtype, shape = value
+        return cls(dtype, tuple(shape))
+
 
 class ConstValue:
     """A constant array as a hashable attribute (equality by dtype, shape and bytes)."""

@@ -41,7 +41,7 @@ def describe(value, _path: tuple = ()):
     """A JSON value that is equal for two values exactly when they trace alike (see the module)."""
     if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, (int, float)) and type(value) in (int, float):
+    if type(value) in (int, float):
         return [type(value).__name__, repr(value)]
     if isinstance(value, np.generic):
         return ["np", value.dtype.str, repr(value.item())]
@@ -85,16 +85,7 @@ def describe(value, _path: tuple = ()):
                    key=lambda item: item[0])]
 
 
-_FINGERPRINT: list = []
-
-
 def source_fingerprint() -> str:
     """A hash of kcompile's own Python source (every module under kcompile/)."""
-    if not _FINGERPRINT:
-        h = hashlib.sha256()
-        root = pathlib.Path(__file__).resolve().parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
-        _FINGERPRINT.append(h.hexdigest())
-    return _FINGERPRINT[0]
+    from codegen.compiler import source_fingerprint as fingerprint
+    return fingerprint(pathlib.Path(__file__).resolve().parent)

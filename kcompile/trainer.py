@@ -783,13 +783,10 @@ class Trainer:
                 if i == 0:
                     raise
                 # a sibling is only an optimization: it is traced again (and fails loudly) when asked for
-        extra = {}
-        for w, (graph, _, y_pred_type) in traced.items():
-            extra[names[w]] = {
-                "inputs": [[n.attr("name"), n.type.dtype, list(n.type.shape)] for n in graph.inputs],
-                "outputs": [[name, graph.output(name).type.dtype, list(graph.output(name).type.shape)]
-                            for name in graph.output_names],
-                "y_pred": None if y_pred_type is None else [y_pred_type.dtype, list(y_pred_type.shape)]}
+        # what a process that loads these programs cannot read from the compiled signatures (the
+        # passes keep a graph's inputs and outputs): the type of y_pred, for the metrics' readouts
+        extra = {names[w]: None if y_pred_type is None else y_pred_type.to_json()
+                 for w, (_, _, y_pred_type) in traced.items()}
         runners = _make_runners({names[w]: graph for w, (graph, _, _) in traced.items()}, self.target,
                                 self._state(), alias=alias if len(traced) == len(wanted) else None,
                                 extra=extra)
@@ -818,8 +815,9 @@ class Trainer:
 
     def _load_programs(self, alias, wanted, names, loss) -> dict | None:
         """The programs of `wanted` from the compile cache (filed under `alias` by a process that
-        traced them), or None.  Nothing is traced: the runners' signatures come from the cache, and
-        the metrics' readouts are traced on stand-ins for y and y_pred of the stored types."""
+        traced them), or None.  Nothing is traced: the runners' signatures come from the cache (the
+        passes keep the traced graphs' inputs and outputs), and the metrics' readouts are traced on
+        stand-ins for y and y_pred of the stored types."""
         if any(k == "train" for k, _, _ in wanted):
             self.optimizer.build(self.trainable_weights)   # the slots, as tracing would make them
         state = self._state()
@@ -834,19 +832,19 @@ class Trainer:
             runners, extra = found
             for w in wanted:
                 kind, spec, weighted = w
-                info = extra[names[w]]
-                inputs = {n: ir.TensorType(d, tuple(shape)) for n, d, shape in info["inputs"]}
-                outputs = {n: ir.TensorType(d, tuple(shape)) for n, d, shape in info["outputs"]}
-                if any(name not in state and name not in _FED for name in inputs):
+                runner = runners[names[w]]
+                if not set(runner.feed_index) <= _FED:
                     return None
                 readouts = []
                 if kind != "predict":
-                    y_pred = B.arg("y_pred", info["y_pred"][0], tuple(info["y_pred"][1]))
+                    stored = ir.TensorType.from_json(extra[names[w]])
+                    y_pred = B.arg("y_pred", stored.dtype, stored.shape)
                     _, readouts = _metric_outputs(self._metric_objects(spec), _target_input(spec, "f32"),
                                                   y_pred, _sample_weight_input(weighted, "f32"))
-                    if any(name not in outputs for r in readouts for name in r.outputs):
+                    if any(name not in runner.result_types for r in readouts for name in r.outputs):
                         return None
-                programs[w] = _Program(traces[names[w]], runners[names[w]], readouts, (inputs, outputs))
+                programs[w] = _Program(traces[names[w]], runner, readouts,
+                                       (runner.input_types, runner.result_types))
         except (KeyError, TypeError, ValueError, IndexError):
             return None
         return programs

@@ -172,9 +172,9 @@ def test_a_manifest_that_disagrees_with_the_model_means_tracing(tmp_path, monkey
         if manifest["data"]["extra"] is None:
             continue                                # a manifest keyed by traced graphs
         for entry in manifest["data"]["entries"].values():
-            for row in entry["inputs"]:
-                if row[0].endswith("/kernel"):
-                    row[2] = [row[2][0] + 1] + row[2][1:]
+            for name, (dtype, shape) in entry["inputs"]:
+                if name.endswith("/kernel"):
+                    shape[0] += 1
                     edited += 1
         path.write_text(json.dumps(manifest))
     assert edited

@@ -196,7 +196,7 @@ def test_weight_and_slot_buffers_start_on_a_cache_line():
     """Weights and optimizer slots are 64-byte aligned (compiled kernels stream them with full-width
     vector loads), and keep their buffer, so its address, through assign and training."""
     import kcompile
-    from kcompile.layers.layer import BUFFER_ALIGNMENT
+    from codegen.buffers import ALIGN as BUFFER_ALIGNMENT
     model = kcompile.Sequential([kcompile.layers.Input((13,)), kcompile.layers.Dense(7),
                                  kcompile.layers.Dense(3)])
     model.compile(optimizer="adam", loss="mse")

@@ -22,6 +22,7 @@ import ir
 from ir import Node
 from ir import build as B
 
+from codegen.buffers import aligned_copy
 from kcompile import initializers
 
 _local = threading.local()
@@ -90,24 +91,6 @@ def current_scope() -> TraceScope | None:
     return stack[-1] if stack else None
 
 
-#: Alignment of weight buffers, in bytes: a cache line, and an AVX-512 vector.
-BUFFER_ALIGNMENT = 64
-
-
-def _aligned_copy(value, dtype) -> np.ndarray:
-    """A C-contiguous copy of `value` (as `dtype`) whose data starts on a BUFFER_ALIGNMENT boundary.
-
-    NOTE: numpy's large arrays start 16 bytes into a page, so every 64-byte vector load of such a
-    weight touched two cache lines; the compiled kernels stream weights (a one-sample predict, the
-    optimizer's update of W and its slots), so they all start on a line."""
-    source = np.asarray(value, dtype=dtype)
-    raw = np.empty(source.nbytes + BUFFER_ALIGNMENT, np.uint8)
-    offset = (-raw.ctypes.data) % BUFFER_ALIGNMENT
-    out = raw[offset:offset + source.nbytes].view(source.dtype).reshape(source.shape)
-    out[...] = source
-    return out
-
-
 class Variable:
     """A weight: a persistent float32 buffer plus a name and a trainable flag.
 
@@ -116,7 +99,7 @@ class Variable:
     """
 
     def __init__(self, value, name: str, trainable: bool = True, owner=None, dtype=np.float32):
-        self._buffer = _aligned_copy(value, dtype)
+        self._buffer = aligned_copy(value, dtype)   # whole vectors of it start on a cache line
         self.name = name
         self._trainable = bool(trainable)
         self._owner = owner
