@@ -14,10 +14,10 @@ of splat(A) * row(B) FMAs reaches 270, so only the latter is ever emitted):
   Column tails narrower than the full tile use taller tiles (12 x 1 or 12 x 2, `tile_rows`), which
   keeps enough independent FMA chains for n = 10.  Each kernel is a separate internal, noinline
   function (LLVM allocates its registers in isolation, and one copy serves every gemm of the module
-  with the same dtype, lanes, tile and A layout).
-* op(A) is read in place.  Without trans_a the `mr` broadcasts come from `mr` rows of A; with trans_a
-  (A stored (k, m)) they are `mr` consecutive scalars of one row of A, which is even better.  So neither
-  layout of A is ever packed.
+  with the same dtype, lanes and tile).
+* op(A) is read in place, through a row and a column stride the kernel takes as arguments.  Without
+  trans_a the `mr` broadcasts come from `mr` rows of A; with trans_a (A stored (k, m)) they are `mr`
+  consecutive scalars of one row of A.  So neither layout of A is ever packed, and both share kernels.
 * op(B) must give contiguous rows of `nv * lanes` columns.  Without trans_b the full column panels are
   read in place.  With trans_b (B stored (n, k)) each panel is packed (transposed) into a scratch buffer,
   `lanes x lanes` blocks at a time with shuffles in registers; the packing is amortised over every row
@@ -234,27 +234,29 @@ def _new_function(module, name, args, names=(), noalias=()):
 # --------------------------------------------------------------------------------------------------
 # Micro-kernel
 
-def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefetch: bool = False):
-    """void kernel(a, lda, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch, prefetch_step]).
+def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: bool = False):
+    """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch, prefetch_step]).
 
     C[r, v*L + l] (+)= sum_p opA[r, p] * B[p, v*L + l] for r < rows, v < nvec, with B rows `ldb` apart
-    and opA[r, p] = a[r*lda + p] (a[p*lda + r] with trans_a).  With `masked`, only the first
-    `ncols_last` lanes of the last vector of each C row are read and written.  With `prefetch`, k step
-    p also prefetches (into L2) the byte `prefetch + p * prefetch_step`: how a panel's row tiles pull
-    the next panel's memory in while they compute.
+    and opA[r, p] = a[r*a_rs + p*a_cs]: (lda, 1) reads A in place, (1, lda) reads it transposed (one
+    kernel serves both layouts: a stride costs the k loop nothing, a second kernel costs compile time).
+    With `masked`, only the first `ncols_last` lanes of the last vector of each C row are read and
+    written.  With `prefetch`, k step p also prefetches (into L2) the byte
+    `prefetch + p * prefetch_step`: how a panel's row tiles pull the next panel's memory in while
+    they compute.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}"
-            f"{'.ta' if trans_a else ''}{'.masked' if masked else ''}{'.pf' if prefetch else ''}")
+            f"{'.masked' if masked else ''}{'.pf' if prefetch else ''}")
     fn = module.globals.get(name)
     if fn is not None:
         return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, ptr, I64, ptr, I64, I64, I1, I64]
+    fn = _new_function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
                        + ([ptr, I64] if prefetch else []),
-                       ("a", "lda", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last", "prefetch",
-                        "prefetch_step"), noalias=(0, 2, 4))
-    a, lda, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:9]
+                       ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
+                        "prefetch", "prefetch_step"), noalias=(0, 3, 5))
+    a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:10]
 
     entry = fn.append_basic_block("entry")
     body = fn.append_basic_block("k.body")
@@ -263,10 +265,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefet
     store = fn.append_basic_block("store")
     bld = ir.IRBuilder(entry)
 
-    if trans_a:
-        a_rows = [a]
-    else:
-        a_rows = [_gep(bld, a, _mul(bld, r, lda), T) for r in range(rows)]
+    a_rows = [_gep(bld, a, _mul(bld, r, a_rs), T) for r in range(rows)]
     bld.cbranch(bld.icmp_signed(">", k, i64(0)), body, done)
 
     # k loop, rotated (guard in entry, test at the bottom) with the accumulators as phis.
@@ -283,11 +282,8 @@ def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefet
         accs.append(row)
     b_row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
     b_vecs = [vec.load(bld, _gep(bld, b_row, v * L, T)) for v in range(nvec)]
-    if trans_a:
-        a_base = _gep(bld, a, bld.mul(p, lda, flags=("nsw",)), T)
-        a_ptrs = [_gep(bld, a_base, r, T) for r in range(rows)]
-    else:
-        a_ptrs = [_gep(bld, a_rows[r], p, T) for r in range(rows)]
+    a_step = bld.mul(p, a_cs, flags=("nsw",))
+    a_ptrs = [_gep(bld, a_rows[r], a_step, T) for r in range(rows)]
     new_accs = []
     for r in range(rows):
         a_splat = vec.splat(bld, bld.load(a_ptrs[r], typ=T, align=4))
@@ -295,7 +291,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, trans_a: bool, masked: bool, prefet
     if prefetch:
         # NOTE: a plain (not inbounds) gep: the address may lie past the end of B, which a prefetch
         # tolerates.
-        address = bld.gep(fn.args[9], [bld.mul(p, fn.args[10])], source_etype=ir.IntType(8))
+        address = bld.gep(fn.args[10], [bld.mul(p, fn.args[11])], source_etype=ir.IntType(8))
         bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
@@ -569,8 +565,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         cache line per k step each, tile t taking the lines from t * kcur on.
         """
         def call(rows, row, prefetch_args=()):
-            fn = _kernel(vec, rows, nvec, trans_a, masked, bool(prefetch_args))
-            builder.call(fn, [a_tile(a_block, row), i64(lda), b_src, i64(b_ld),
+            fn = _kernel(vec, rows, nvec, masked, bool(prefetch_args))
+            a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
+            builder.call(fn, [a_tile(a_block, row), *a_strides, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
                               i64(kcur), load_c, i64(ncols_last), *prefetch_args])
 

@@ -392,7 +392,8 @@ class loop_nest:
     """Nested for_range loops over a shape (batch dim = n), outermost first; yields the index.
 
     `ranges` maps an axis to a (start, stop) pair that replaces the full extent of that axis: how a
-    chunk of a parallel region or a block of a GEMM epilogue loops over its part only."""
+    chunk of a parallel region or a block of a GEMM epilogue loops over its part only.  A pair of an
+    i64 value and a Python int is (offset, count): the indices offset, ..., offset + count - 1."""
 
     def __init__(self, builder, shape, n, ranges=None):
         self.builder, self.shape, self.n = builder, shape, n
@@ -403,8 +404,14 @@ class loop_nest:
         index = []
         for axis, d in enumerate(self.shape):
             start, stop = self.ranges.get(axis, (0, self.n if d is None else d))
-            ctx = for_range(self.builder, start, stop, name=f"i{axis}")
-            index.append(ctx.__enter__())
+            if isinstance(start, ir.Value) and isinstance(stop, int):
+                # (offset value, constant count): the loop counts from 0, so LLVM knows its trip
+                # count (a GEMM block's epilogue needs no vector epilogue or remainder loop).
+                ctx = for_range(self.builder, 0, stop, name=f"i{axis}")
+                index.append(self.builder.add(start, ctx.__enter__(), flags=("nsw", "nuw")))
+            else:
+                ctx = for_range(self.builder, start, stop, name=f"i{axis}")
+                index.append(ctx.__enter__())
             self._contexts.append(ctx)
         return tuple(index)
 
@@ -909,7 +916,9 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
 
     def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
         with for_range(builder, lo, hi, name="blk") as blk:
-            start = builder.mul(blk, c64(block))
+            # NOTE: nsw/nuw let LLVM see that a block's epilogue loops run exactly `size` times (no
+            # vector epilogue or scalar remainder loops to optimize and generate).
+            start = builder.mul(blk, c64(block), flags=("nsw", "nuw"))
 
             def one_block(size):
                 if by_rows:
@@ -917,13 +926,13 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     a_blk = builder.gep(a_ptr, [a_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
                     call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds)
-                    ranges = {0: (start, builder.add(start, c64(size)))}
+                    ranges = {0: (start, size)}
                 else:
                     b_off = builder.mul(start, c64(k)) if tb else start
                     b_blk = builder.gep(b_ptr, [b_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [start], source_etype=T)
                     call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds)
-                    ranges = {1: (start, builder.add(start, c64(size)))}
+                    ranges = {1: (start, size)}
                 emit_elementwise_outputs(chunk, group, epilogue, ranges)
 
             if rest == 0:
