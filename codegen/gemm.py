@@ -390,24 +390,23 @@ def _pack_transposed(vec: _Vec, nvec: int):
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     last = bld.sub(valid, i64(1))
-    kfull = _round_down(bld, k, L)
+    kceil = _round_down(bld, bld.add(k, i64(L - 1)), L)
 
-    def block(p, jb, mask):
-        rows = []
-        for c in range(L):
-            j = smin(bld, _add(bld, jb, c), last)
-            rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
-            rows.append(vec.masked_load(bld, rptr, mask) if mask is not None else vec.load(bld, rptr))
-        cols = _transpose(bld, vec, rows)
-        for q in range(L):
-            dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
-            vec.store(bld, cols[q], dptr)
-
+    # NOTE: one block body for whole and partial blocks of k (the lanes past k masked off): the
+    # shuffles of a transpose are the costliest code of the library to compile, and a masked load
+    # of all lanes runs as fast as a plain one.
     with for_range(bld, 0, width, L, name="jb") as jb:
-        with for_range(bld, 0, kfull, L, name="p") as p:
-            block(p, jb, None)
-        with bld.if_then(bld.icmp_signed("<", kfull, k)):
-            block(kfull, jb, vec.lane_mask(bld, bld.sub(k, kfull)))
+        with for_range(bld, 0, kceil, L, name="p") as p:
+            mask = vec.lane_mask(bld, bld.sub(k, p))
+            rows = []
+            for c in range(L):
+                j = smin(bld, _add(bld, jb, c), last)
+                rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
+                rows.append(vec.masked_load(bld, rptr, mask))
+            cols = _transpose(bld, vec, rows)
+            for q in range(L):
+                dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
+                vec.store(bld, cols[q], dptr)
     bld.ret_void()
     return fn
 
