@@ -577,9 +577,10 @@ class _Placement:
     modules, compiled side by side, take about the same time.  Kernels that read constants stay in
     the module that defines them."""
 
-    # NOTE: measured on the W1 train step: optimizing and compiling a GEMM library costs 0.13 ms per
-    # IR line, the kernels (loops for LLVM to vectorize) 0.22 ms.
-    GEMM_WEIGHT = 0.6
+    # NOTE: tuned on W1's train+evaluate+predict.  With 0.6 (when the GEMM library still had a
+    # micro-kernel per layout of A) the library's process finished 100-160 ms after the kernels'
+    # process; with 0.9 the two finish within ~20 ms of each other.
+    GEMM_WEIGHT = 0.9
 
     def __init__(self, *modules):
         self.modules = modules
