@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 
 import llvmlite.binding as llvm
 
@@ -125,12 +126,24 @@ class JitModule:
 
 # -- compiling several modules at once ---------------------------------------------------------------
 
+_WITHOUT_IR_PASSES: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def without_ir_passes(module):
+    """Mark an llvmlite.ir.Module to be compiled by compile_object with no IR optimization (only the
+    code generator's own passes): for straight-line vector code, written as the machine should run
+    it, where LLVM's optimizer costs compile time and changes nothing.  Returns the module."""
+    _WITHOUT_IR_PASSES.add(module)
+    return module
+
+
 def compile_object(module, speed_level: int = 3) -> tuple:
     """(object file bytes, optimized IR text) of one module (an llvmlite.ir.Module or its IR text),
     made with the JIT's target machine, so `JitModule.from_objects` can load it."""
     tm = target.target_machine()
     ref = parse_and_verify(module, tm)
-    optimize(ref, tm, speed_level)
+    if isinstance(module, str) or module not in _WITHOUT_IR_PASSES:
+        optimize(ref, tm, speed_level)
     return tm.emit_object(ref), str(ref)
 
 
@@ -163,29 +176,35 @@ _CHILD_TIMEOUT_S = 120.0
 
 
 def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None) -> list:
-    """[(object bytes, optimized IR)] for each module, the later modules compiled in forked child
-    processes while this one compiles the first (LLVM's optimizer and code generator are
-    single-threaded; a module of GEMMs and one of kernels compile side by side on two cores).
+    """[(object bytes, optimized IR)] for each module.  With `jobs` processes, module i is compiled
+    by process min(i, jobs - 1): this one compiles the first, forked children the rest (LLVM's
+    optimizer and code generator are single-threaded; a module of kernels and one of GEMMs compile
+    side by side on two cores).
 
     Any failure of a child (it died, timed out, or its result is damaged) makes this process compile
-    that module itself, so the result never depends on whether forking worked."""
+    its modules itself, so the result never depends on whether forking worked."""
     jobs = compile_jobs() if jobs is None else jobs
-    children = {}
+    share = {}
     if jobs > 1 and len(modules) > 1 and _can_fork():
-        # NOTE: forked before any module is rendered as text: rendering is Python work (tens of ms
-        # for a train step's module), so each process renders the modules it compiles.
-        for index in range(1, min(len(modules), jobs)):
-            children[index] = _fork_compile(modules[index], speed_level)
+        for index in range(1, len(modules)):
+            share.setdefault(min(index, jobs - 1), []).append(index)
+    children = {}
+    # NOTE: forked before any module is rendered as text: rendering is Python work (tens of ms
+    # for a train step's module), so each process renders the modules it compiles.
+    for process, indices in share.items():
+        children[process] = (indices, _fork_compile([modules[i] for i in indices], speed_level))
+    mine = set(range(len(modules))) - {i for indices in share.values() for i in indices}
     results = [None] * len(modules)
-    for index, module in enumerate(modules):
-        if index not in children:
-            results[index] = compile_object(module, speed_level)
-    for index, child in children.items():
-        results[index] = _collect(child) or compile_object(modules[index], speed_level)
+    for index in sorted(mine):
+        results[index] = compile_object(modules[index], speed_level)
+    for indices, child in children.values():
+        got = _collect(child, len(indices))
+        for position, index in enumerate(indices):
+            results[index] = got[position] if got else compile_object(modules[index], speed_level)
     return results
 
 
-def _fork_compile(module, speed_level: int):
+def _fork_compile(modules: list, speed_level: int):
     read_fd, write_fd = os.pipe()
     with warnings.catch_warnings():
         # NOTE: Python 3.12+ warns when forking a process with other OS threads; here those are
@@ -196,14 +215,18 @@ def _fork_compile(module, speed_level: int):
         status = 1
         try:
             os.close(read_fd)
-            code, optimized = compile_object(module, speed_level)
-            payload = optimized.encode("utf-8")
-            header = struct.pack("<QQ", len(code), len(payload))
-            digest = hashlib.sha256(header + code + payload).digest()
+            lengths, parts = [], []
+            for module in modules:
+                code, optimized = compile_object(module, speed_level)
+                payload = optimized.encode("utf-8")
+                lengths += [len(code), len(payload)]
+                parts += [code, payload]
+            header = struct.pack(f"<Q{len(lengths)}Q", len(modules), *lengths)
+            digest = hashlib.sha256(header + b"".join(parts)).digest()
             with os.fdopen(write_fd, "wb") as out:
                 out.write(header + digest)
-                out.write(code)
-                out.write(payload)
+                for part in parts:
+                    out.write(part)
             status = 0
         finally:
             os._exit(status)
@@ -211,8 +234,9 @@ def _fork_compile(module, speed_level: int):
     return pid, read_fd
 
 
-def _collect(child):
-    """The child's (object, IR), or None when anything went wrong (then the caller compiles)."""
+def _collect(child, count: int):
+    """The child's [(object, IR)] for its `count` modules, or None when anything went wrong (then
+    the caller compiles them)."""
     pid, read_fd = child
     chunks = []
     deadline = time.monotonic() + _CHILD_TIMEOUT_S
@@ -233,11 +257,18 @@ def _collect(child):
         except ChildProcessError:
             pass
     data = b"".join(chunks)
-    if len(data) < 48:
+    header_size = 8 * (1 + 2 * count)
+    if len(data) < header_size + 32:
         return None
-    code_length, ir_length = struct.unpack_from("<QQ", data)
-    digest, body = data[16:48], data[48:]
-    if len(body) != code_length + ir_length or \
-            hashlib.sha256(data[:16] + body).digest() != digest:
+    sent, *lengths = struct.unpack_from(f"<Q{2 * count}Q", data)
+    digest, body = data[header_size:header_size + 32], data[header_size + 32:]
+    if sent != count or len(body) != sum(lengths) or \
+            hashlib.sha256(data[:header_size] + body).digest() != digest:
         return None
-    return bytes(body[:code_length]), bytes(body[code_length:]).decode("utf-8")
+    results, offset = [], 0
+    for code_length, ir_length in zip(lengths[::2], lengths[1::2]):
+        code = bytes(body[offset:offset + code_length])
+        text = bytes(body[offset + code_length:offset + code_length + ir_length]).decode("utf-8")
+        results.append((code, text))
+        offset += code_length + ir_length
+    return results

@@ -595,19 +595,28 @@ class _Placement:
     # process; with 0.9 the two finish within ~20 ms of each other.
     GEMM_WEIGHT = 0.9
 
-    def __init__(self, *modules):
-        self.modules = modules
-        self.seen = {m: 0 for m in modules}
-        self.cost = {m: 0.0 for m in modules}
+    # NOTE: the micro-kernels' module, compiled by the library's process with no IR passes.
+    MICRO_WEIGHT = 0.5
+
+    def __init__(self, module, library):
+        from .gemm import MICRO_KERNELS
+        self.modules = (module, library)
+        # what each process compiles: the kernels; the library and the micro-kernels
+        self.parts = {module: [(module, 1.0)],
+                      library: [(library, None)] + ([(MICRO_KERNELS[library], self.MICRO_WEIGHT)]
+                                                    if library in MICRO_KERNELS else [])}
+        self.seen: dict = {}
+        self.cost = {m: 0.0 for m in self.modules}
 
     def choose(self):
         for m in self.modules:
-            functions = m.functions
-            for fn in functions[self.seen[m]:]:
-                size = sum(len(block.instructions) for block in fn.blocks)
-                self.cost[m] += size * (self.GEMM_WEIGHT if fn.name.startswith("kcompile.gemm")
-                                        else 1.0)
-            self.seen[m] = len(functions)
+            for part, weight in self.parts[m]:
+                functions = part.functions
+                for fn in functions[self.seen.get(part, 0):]:
+                    size = sum(len(block.instructions) for block in fn.blocks)
+                    self.cost[m] += size * (weight if weight is not None else self.GEMM_WEIGHT
+                                            if fn.name.startswith("kcompile.gemm") else 1.0)
+                self.seen[part] = len(functions)
         return min(self.modules, key=lambda m: self.cost[m])
 
 

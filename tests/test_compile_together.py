@@ -1,6 +1,6 @@
-"""Several graphs in one module (codegen.compiler.compile_graphs), the GEMM library compiled in a
-forked process (codegen.jit.compile_objects), and the trainer compiling train, evaluate and predict
-together."""
+"""Several graphs in one module (codegen.compiler.compile_graphs), the GEMM library and its
+micro-kernels compiled in a forked process (codegen.jit.compile_objects), and the trainer compiling
+train, evaluate and predict together."""
 from __future__ import annotations
 
 import os
@@ -59,35 +59,65 @@ def test_graphs_compiled_together_share_code_and_compute_what_the_interpreter_do
     np.testing.assert_allclose(loss.run({"x": x, "y": y})["loss"], expected_loss, rtol=1e-5)
 
 
-def test_the_gemm_library_is_a_second_object_and_the_cache_keeps_both(tmp_path, monkeypatch):
+def test_the_gemm_library_and_its_micro_kernels_are_objects_of_their_own_and_cached(tmp_path,
+                                                                                    monkeypatch):
     monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path))
     graphs = mlp_graphs()
     first = compile_graphs(graphs)["forward"].code
-    assert len(first.objects) == 2 and not first.cache_hit
-    assert "kcompile.gemm" in first.optimized_ir and jit.MODULE_SEPARATOR in first.optimized_ir
+    assert len(first.objects) == 3 and not first.cache_hit
+    kernels, library, micro = first.optimized_ir.split(jit.MODULE_SEPARATOR)
+    assert "kcompile.gemm.NN" in library and "kcompile.gemm.NN" not in micro
+    assert "kcompile.gemm.kernel" in micro
+    assert not any(line.startswith("define") and "kcompile.gemm.kernel" in line
+                   for line in library.splitlines())
     again = compile_graphs(graphs)["forward"].code
     assert again.cache_hit and again.objects == first.objects
-    assembly = again.assembly()   # both modules, each parsed on its own
-    assert "kcompile.gemm" in assembly
+    assembly = again.assembly()   # every module, each parsed on its own
+    assert "kcompile.gemm.kernel" in assembly
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_compile_objects_gives_the_same_code_with_and_without_a_child_process(jobs):
+def test_the_micro_kernels_are_compiled_without_ir_passes_and_the_rest_with_them():
+    from llvmlite import ir as llvm_ir
+    from codegen.loops import for_range
+
+    def summing_module(name):
+        module = llvm_ir.Module(name)
+        f64 = llvm_ir.DoubleType()
+        fn = llvm_ir.Function(module, llvm_ir.FunctionType(f64, [llvm_ir.IntType(64)]), "f")
+        b = llvm_ir.IRBuilder(fn.append_basic_block("entry"))
+        slot = b.alloca(f64)
+        b.store(llvm_ir.Constant(f64, 0.0), slot)
+        with for_range(b, 0, fn.args[0]) as i:
+            b.store(b.fadd(b.load(slot), b.sitofp(i, f64)), slot)
+        b.ret(b.load(slot))
+        return module
+
+    (_, optimized), (_, untouched) = jit.compile_objects(
+        [summing_module("a"), jit.without_ir_passes(summing_module("b"))], jobs=1)
+    assert "alloca" not in optimized      # mem2reg ran
+    assert "alloca" in untouched          # no IR pass ran
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_compile_objects_gives_the_same_code_with_and_without_child_processes(jobs):
     graphs = mlp_graphs()
     module_sets = []
 
     def modules():
         from llvmlite import ir as llvm_ir
+        from codegen.gemm import MICRO_KERNELS
         from codegen.lower import GEMM_LIBRARY, lower
         from ir.fusion import fuse
         from ir.memory import plan_memory
         module = llvm_ir.Module("t")
         library = llvm_ir.Module("t.gemm")
+        micro = jit.without_ir_passes(llvm_ir.Module("t.micro"))
         GEMM_LIBRARY[module] = library
+        MICRO_KERNELS[library] = micro
         fused = fuse(ir.passes.run_pipeline(graphs["forward"]))
         lower(fused, plan_memory(fused), name="forward", module=module, threading=False)
-        module_sets.append((module, library))
-        return [module, library]
+        module_sets.append((module, library, micro))
+        return [module, library, micro]
 
     serial = jit.compile_objects(modules(), jobs=1)
     other = jit.compile_objects(modules(), jobs=jobs)
@@ -110,7 +140,7 @@ def test_a_failing_child_falls_back_to_compiling_here(monkeypatch):
     monkeypatch.setenv("KCOMPILE_CACHE", "0")
     monkeypatch.setenv("KCOMPILE_COMPILE_JOBS", "2")
     compiled = compile_graphs(graphs)["forward"]
-    assert len(compiled.code.objects) == 2
+    assert len(compiled.code.objects) == 3
     x = np.ones((3, 24), np.float32)
     state = {"w1": np.ones((24, 40), np.float32), "b1": np.zeros(40, np.float32),
              "w2": np.ones((40, 7), np.float32)}
