@@ -14,9 +14,7 @@ of splat(A) * row(B) FMAs reaches 270, so only the latter is ever emitted):
   Column tails narrower than the full tile use taller tiles (12 x 1 or 12 x 2, `tile_rows`), which
   keeps enough independent FMA chains for n = 10.  Each kernel is a separate internal, noinline
   function (LLVM allocates its registers in isolation, and one copy serves every gemm of the module
-  with the same dtype, lanes and tile).  With `MICRO_KERNELS` set for a module, the kernels, packers
-  and GEMV passes are defined in that other module instead (compiled without IR passes, see
-  codegen.compiler) and declared in this one.
+  with the same dtype, lanes and tile).
 * op(A) is read in place, through a row and a column stride the kernel takes as arguments.  Without
   trans_a the `mr` broadcasts come from `mr` rows of A; with trans_a (A stored (k, m)) they are `mr`
   consecutive scalars of one row of A.  So neither layout of A is ever packed, and both share kernels.
@@ -39,7 +37,6 @@ All loads and stores of user memory claim `align 4` only: numpy buffers are 16-b
 """
 from __future__ import annotations
 
-import functools
 import math
 import weakref
 
@@ -235,28 +232,8 @@ def _new_function(module, name, args, names=(), noalias=()):
 
 
 # --------------------------------------------------------------------------------------------------
-# Micro-kernels, and the module they live in
+# Micro-kernel
 
-#: module -> the module its micro-kernels (register tiles, packers, GEMV passes) are defined in, when
-#: they are compiled separately (codegen.compiler); the drivers that call them declare them.
-MICRO_KERNELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _micro_kernel(define):
-    """`define(vec, ...)` gets or defines a micro-kernel in vec's module.  Wrapped, it defines the
-    kernel in the module's micro-kernel module when it has one, and returns its declaration."""
-    @functools.wraps(define)
-    def get(vec: _Vec, *args):
-        home = MICRO_KERNELS.get(vec.module)
-        if home is None:
-            return define(vec, *args)
-        fn = define(_Vec(home, vec.dtype, vec.lanes), *args)
-        fn.linkage = ""   # external: called from the other module when both are loaded
-        return vec.module.globals.get(fn.name) or ir.Function(vec.module, fn.function_type, fn.name)
-    return get
-
-
-@_micro_kernel
 def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: bool = False):
     """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch, prefetch_step]).
 
@@ -395,7 +372,6 @@ def _transpose(builder, vec: _Vec, rows):
     return rows
 
 
-@_micro_kernel
 def _pack_transposed(vec: _Vec, nvec: int):
     """void pack(src, ld, valid, k, dst): dst[p, j] = src[min(j, valid-1)*ld + p] for j < nvec*lanes.
 
@@ -435,7 +411,6 @@ def _pack_transposed(vec: _Vec, nvec: int):
     return fn
 
 
-@_micro_kernel
 def _pack_copy(vec: _Vec, nvec: int):
     """void pack(src, ld, valid, k, dst): dst[p, j] = j < valid ? src[p*ld + j] : 0 for j < nvec*lanes."""
     module, T, L = vec.module, vec.dtype, vec.lanes
@@ -711,7 +686,6 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 GEMV_GROUP = 16
 
 
-@_micro_kernel
 def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     """void pass(a, b, c, k, ldb, kc, ncols_last): c[v*L + l] = sum_p a[p] * b[p*ldb + v*L + l] for
     v < nvec, k > 0, summed exactly as the GEMM micro-kernel sums one row: in k blocks of `kc`,

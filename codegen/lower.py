@@ -575,6 +575,8 @@ def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
 # module -> the module that defines its GEMM functions (see codegen.compiler.compile_graphs); the
 # GEMMs of a module without one are internal functions of that module.
 GEMM_LIBRARY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# module -> a second module of kernels, compiled alongside it (see _Placement)
+COMPANION: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _declaration(module, fn: ir.Function) -> ir.Function:
@@ -585,26 +587,21 @@ def _declaration(module, fn: ir.Function) -> ir.Function:
 
 
 class _Placement:
-    """Where the next kernel of a module with a GEMM library goes: to whichever of the two has less
-    estimated compile work so far (instructions, a GEMM's weighted by GEMM_WEIGHT), so that the two
-    modules, compiled side by side, take about the same time.  Kernels that read constants stay in
-    the module that defines them."""
+    """Where the next kernel goes: to the module, or to its companion, whichever process has less
+    estimated compile work so far (instructions; the companion's process also compiles the GEMM
+    library, whose instructions weigh LIBRARY_WEIGHT), so that the two processes, compiling side by
+    side, take about the same time.  Kernels that read constants stay in the module that defines
+    them."""
 
-    # NOTE: tuned on W1's train+evaluate+predict.  With 0.6 (when the GEMM library still had a
-    # micro-kernel per layout of A) the library's process finished 100-160 ms after the kernels'
-    # process; with 0.9 the two finish within ~20 ms of each other.
-    GEMM_WEIGHT = 0.9
+    # NOTE: the library gets no IR passes (only the code generator).  Tuned on W1's
+    # train+evaluate+predict so that the two processes finish within ~20 ms of each other.
+    LIBRARY_WEIGHT = 0.5
 
-    # NOTE: the micro-kernels' module, compiled by the library's process with no IR passes.
-    MICRO_WEIGHT = 0.5
-
-    def __init__(self, module, library):
-        from .gemm import MICRO_KERNELS
-        self.modules = (module, library)
-        # what each process compiles: the kernels; the library and the micro-kernels
-        self.parts = {module: [(module, 1.0)],
-                      library: [(library, None)] + ([(MICRO_KERNELS[library], self.MICRO_WEIGHT)]
-                                                    if library in MICRO_KERNELS else [])}
+    def __init__(self, module, companion, library):
+        self.modules = (module, companion)
+        self.parts = {module: [(module, 1.0)], companion: [(companion, 1.0)]}
+        if library is not None:
+            self.parts[companion].append((library, self.LIBRARY_WEIGHT))
         self.seen: dict = {}
         self.cost = {m: 0.0 for m in self.modules}
 
@@ -613,9 +610,7 @@ class _Placement:
             for part, weight in self.parts[m]:
                 functions = part.functions
                 for fn in functions[self.seen.get(part, 0):]:
-                    size = sum(len(block.instructions) for block in fn.blocks)
-                    self.cost[m] += size * (weight if weight is not None else self.GEMM_WEIGHT
-                                            if fn.name.startswith("kcompile.gemm") else 1.0)
+                    self.cost[m] += weight * sum(len(block.instructions) for block in fn.blocks)
                 self.seen[part] = len(functions)
         return min(self.modules, key=lambda m: self.cost[m])
 
@@ -1140,8 +1135,9 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
         emit_copy(i, out_name, node)
     # kernel structure -> its function, shared by groups alike
     emitted: dict = {} if shared_kernels is None else shared_kernels
-    library = GEMM_LIBRARY.get(module)
-    placement = None if library is None else PLACEMENT.setdefault(module, _Placement(module, library))
+    companion = COMPANION.get(module)
+    placement = None if companion is None else PLACEMENT.setdefault(
+        module, _Placement(module, companion, GEMM_LIBRARY.get(module)))
     kernels: dict = {}
     for k, group in enumerate(fused.groups):
         buffers = _kernel_buffers(group, plan, consts)

@@ -1,5 +1,5 @@
-"""Several graphs in one module (codegen.compiler.compile_graphs), the GEMM library and its
-micro-kernels compiled in a forked process (codegen.jit.compile_objects), and the trainer compiling
+"""Several graphs in one module (codegen.compiler.compile_graphs), the GEMM library and a share of
+the kernels compiled in a forked process (codegen.jit.compile_objects), and the trainer compiling
 train, evaluate and predict together."""
 from __future__ import annotations
 
@@ -59,24 +59,25 @@ def test_graphs_compiled_together_share_code_and_compute_what_the_interpreter_do
     np.testing.assert_allclose(loss.run({"x": x, "y": y})["loss"], expected_loss, rtol=1e-5)
 
 
-def test_the_gemm_library_and_its_micro_kernels_are_objects_of_their_own_and_cached(tmp_path,
-                                                                                    monkeypatch):
+def test_the_gemm_library_and_a_share_of_the_kernels_are_objects_of_their_own_and_cached(
+        tmp_path, monkeypatch):
     monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path))
     graphs = mlp_graphs()
     first = compile_graphs(graphs)["forward"].code
     assert len(first.objects) == 3 and not first.cache_hit
-    kernels, library, micro = first.optimized_ir.split(jit.MODULE_SEPARATOR)
-    assert "kcompile.gemm.NN" in library and "kcompile.gemm.NN" not in micro
-    assert "kcompile.gemm.kernel" in micro
-    assert not any(line.startswith("define") and "kcompile.gemm.kernel" in line
-                   for line in library.splitlines())
+    kernels, companion, library = first.optimized_ir.split(jit.MODULE_SEPARATOR)
+    for name in ("kcompile.gemm.NN", "kcompile.gemm.kernel"):
+        assert any(line.startswith("define") and name in line for line in library.splitlines())
+        assert not any(line.startswith("define") and name in line
+                       for line in (kernels + companion).splitlines())
+    assert "define" in companion     # a share of the kernels
     again = compile_graphs(graphs)["forward"].code
     assert again.cache_hit and again.objects == first.objects
     assembly = again.assembly()   # every module, each parsed on its own
     assert "kcompile.gemm.kernel" in assembly
 
 
-def test_the_micro_kernels_are_compiled_without_ir_passes_and_the_rest_with_them():
+def test_a_module_marked_so_is_compiled_without_ir_passes_and_the_rest_with_them():
     from llvmlite import ir as llvm_ir
     from codegen.loops import for_range
 
@@ -105,19 +106,18 @@ def test_compile_objects_gives_the_same_code_with_and_without_child_processes(jo
 
     def modules():
         from llvmlite import ir as llvm_ir
-        from codegen.gemm import MICRO_KERNELS
-        from codegen.lower import GEMM_LIBRARY, lower
+        from codegen.lower import COMPANION, GEMM_LIBRARY, lower
         from ir.fusion import fuse
         from ir.memory import plan_memory
         module = llvm_ir.Module("t")
-        library = llvm_ir.Module("t.gemm")
-        micro = jit.without_ir_passes(llvm_ir.Module("t.micro"))
-        GEMM_LIBRARY[module] = library
-        MICRO_KERNELS[library] = micro
+        companion = llvm_ir.Module("t.2")
+        library = jit.without_ir_passes(llvm_ir.Module("t.gemm"))
+        GEMM_LIBRARY[module] = GEMM_LIBRARY[companion] = library
+        COMPANION[module] = companion
         fused = fuse(ir.passes.run_pipeline(graphs["forward"]))
         lower(fused, plan_memory(fused), name="forward", module=module, threading=False)
-        module_sets.append((module, library, micro))
-        return [module, library, micro]
+        module_sets.append((module, companion, library))
+        return [module, companion, library]
 
     serial = jit.compile_objects(modules(), jobs=1)
     other = jit.compile_objects(modules(), jobs=jobs)
