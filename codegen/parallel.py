@@ -43,8 +43,8 @@ Why this shape:
   NOTE (measured on the 2-core reference machine, W1's batch-32 epoch of 20000 rows): with libgomp's
   GOMP_parallel, which these regions used before, a busy loop in another process on one core made 2
   threads 5x slower (0.50 s -> 2.70 s, against 1.14 s on one thread): the caller waited at each
-  region's end for a worker the OS had descheduled.  With the pool: 0.50-0.53 s idle, 1.5-1.6 s beside
-  the busy loop (one thread: 0.96-1.02 s; see codegen.pool for the workers' polling).
+  region's end for a worker the OS had descheduled.  With the pool: 0.52 s idle, 0.97 s beside the busy
+  loop (one thread: 0.99 s and 1.02 s).
   NOTE: MCJIT aborts the process on an unresolved symbol, so an object file that references the pool
   must be loaded only in a process where threads_available() returned True.  The compile cache keys on
   the IR text, which is lowered (and so has called threads_available()) before the cache is consulted.

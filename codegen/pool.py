@@ -7,9 +7,8 @@ unit runs on whichever thread gets to it first, and the caller waits only for un
 actually started.  That is the point of having a pool of our own: with libgomp's GOMP_parallel the
 caller waited at the region's end for every thread of the team, so when another process held a
 core, each region waited for a descheduled worker to be scheduled again (measured on the 2-core
-machine with a busy loop on one core: a batch-32 epoch of 20000 W1 rows took 2.5-3.1 s on 2 threads
-against 1.0 s on one; with this pool 1.5-1.6 s).  Here a worker that is not running simply takes no
-units and the caller does them.
+machine with a busy loop on one core: a batch-32 epoch of W1 took 2.7 s on 2 threads against 1.1 s
+on one).  Here a worker that is not running simply takes no units and the caller does them.
 
 Design:
 * The runtime is a small LLVM module compiled once per process (`start`); `kcompile_parallel` is
@@ -22,9 +21,9 @@ Design:
   `units` by an atomic add on `word` (acquire) is sure that fn and ctx are the current job's and
   stay so until it counts the unit done (the owner waits for that before starting another job).
 * Workers are native threads (pthread_create), started from Python with ctypes: they never take the
-  GIL and do not count as Python threads.  An idle worker polls for about a millisecond (a training
-  step's regions come much closer together than that), then naps in usleep: a region that starts
-  while the workers sleep runs on the caller alone.
+  GIL and do not count as Python threads.  An idle worker spins a few tens of microseconds (a
+  training step's regions come much closer together than that), then sleeps in usleep with a
+  backoff up to 5 ms: a region that starts while the workers sleep runs on the caller alone.
 * At exit (atexit) the workers are told to stop and joined before the runtime's code is freed.  A
   forked child has no workers (threads do not survive fork); codegen.parallel then runs its
   regions serially.
@@ -44,20 +43,10 @@ from . import target
 #: The function generated code calls: void kcompile_parallel(ptr fn, ptr ctx, i64 units).
 PARALLEL_SYMBOL = "kcompile_parallel"
 
-# An idle worker polls (with a pause) for _SPIN_CYCLES of the cycle counter since it last ran a unit
-# (~0.8 ms at 2.5 GHz: the regions of a training step, serial kernels and Python between them, come
-# closer together than that), then naps _DOZE_US at a time, and after _DOZE_CYCLES (~20 ms) of idling
-# sleeps _SLEEP_US at a time.
-# NOTE (W1 batch-32 epochs of 20000 rows beside a busy loop on one core, a few runs each, noisy):
-# polling 0.8 ms gave 1.47-1.62 s, 0.2 ms 1.85-2.04 s, libgomp 2.5-3.1 s; one thread 0.96 s.  A worker
-# that shares its core with another process still takes units and may be descheduled holding one.
-# NOTE: a backoff that doubled each nap from 20 us (reset only when the worker ran a unit) let the
-# worker drift into long sleeps within a training epoch, where the caller then ran every unit itself:
-# the bench's batch-32 step ran at single-thread speed for whole trials.
-_SPIN_CYCLES = 2_000_000
-_DOZE_CYCLES = 50_000_000
-_DOZE_US = 50
-_SLEEP_US = 1000
+# Idle worker: this many polls with a pause between them, then sleeps of 20 us doubling to 5 ms.
+_SPIN_POLLS = 4000
+_SLEEP_FIRST_US = 20
+_SLEEP_MAX_US = 5000
 # The owner waiting for units in progress: polls with a pause, yielding the core after this many.
 _WAIT_POLLS_BEFORE_YIELD = 2000
 
@@ -86,7 +75,6 @@ def _runtime_ir() -> str:
 
 declare i32 @usleep(i32)
 declare i32 @sched_yield()
-declare i64 @llvm.readcyclecounter()
 {declare_pause}
 
 define void @{PARALLEL_SYMBOL}(ptr %fn, ptr %ctx, i64 %units) nounwind {{
@@ -140,10 +128,10 @@ exit:
 
 define ptr @kcompile_pool_worker(ptr %unused) nounwind {{
 entry:
-  %t0 = call i64 @llvm.readcyclecounter()
   br label %loop
 loop:
-  %last = phi i64 [%t0, %entry], [%t1, %ran], [%last, %idle], [%last, %dozed]
+  %idle = phi i64 [0, %entry], [0, %ran], [%idle1, %spin], [0, %slept]
+  %sleep = phi i32 [{_SLEEP_FIRST_US}, %entry], [{_SLEEP_FIRST_US}, %ran], [%sleep, %spin], [%sleep2, %slept]
   %stop = load atomic i64, ptr @kcompile_pool_stop monotonic, align 8
   %stopping = icmp ne i64 %stop, 0
   br i1 %stopping, label %exit, label %look
@@ -152,7 +140,7 @@ look:
   %next = and i64 %w, 4294967295
   %units = lshr i64 %w, 32
   %open = icmp ult i64 %next, %units
-  br i1 %open, label %take, label %idle.check
+  br i1 %open, label %take, label %idle.spin
 take:
   %prev = atomicrmw add ptr @kcompile_pool_word, i64 1 acq_rel
   %unit = and i64 %prev, 4294967295
@@ -166,22 +154,21 @@ run:
   %d0 = atomicrmw add ptr @kcompile_pool_done, i64 1 release
   br label %ran
 ran:
-  %t1 = call i64 @llvm.readcyclecounter()
   br label %loop
-idle.check:
-  %now = call i64 @llvm.readcyclecounter()
-  %quiet = sub i64 %now, %last
-  %spinning = icmp ult i64 %quiet, {_SPIN_CYCLES}
-  br i1 %spinning, label %idle, label %nap
-idle:
+idle.spin:
+  %idle1 = add i64 %idle, 1
+  %spinning = icmp slt i64 %idle1, {_SPIN_POLLS}
+  br i1 %spinning, label %spin, label %nap
+spin:
   {pause}
   br label %loop
 nap:
-  %dozing = icmp ult i64 %quiet, {_DOZE_CYCLES}
-  %us = select i1 %dozing, i32 {_DOZE_US}, i32 {_SLEEP_US}
-  %r = call i32 @usleep(i32 %us)
-  br label %dozed
-dozed:
+  %r = call i32 @usleep(i32 %sleep)
+  %sleep1 = shl i32 %sleep, 1
+  %capped = icmp sgt i32 %sleep1, {_SLEEP_MAX_US}
+  %sleep2 = select i1 %capped, i32 {_SLEEP_MAX_US}, i32 %sleep1
+  br label %slept
+slept:
   br label %loop
 exit:
   ret ptr null
