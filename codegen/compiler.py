@@ -30,7 +30,7 @@ class CompileOptions:
     speed_level: int = 3
     passes: tuple | None = None          # None: the default pipeline of ir.passes
     profile: bool = bool(os.environ.get("KCOMPILE_PROFILE"))   # per-kernel cycle counters
-    threading: bool | None = None        # None: parallel regions when the thread pool starts; False: never
+    threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
     verify_each_pass: bool = bool(os.environ.get("KCOMPILE_VERIFY"))
 
 

@@ -59,14 +59,11 @@ class JitModule:
     cache_hit = False  # set by codegen.cache.compile_cached when the code came from the disk cache
     cache_key = None   # and the name of its cache entry (None: not cached)
 
-    def __init__(self, llvm_module, *, speed_level: int = 3, keep_object: bool = False,
-                 ir_passes: bool = True):
-        """`keep_object=True` also keeps the object file MCJIT produced in `.object_code` (bytes);
-        `ir_passes=False` skips LLVM's IR optimization (the code generator still optimizes)."""
+    def __init__(self, llvm_module, *, speed_level: int = 3, keep_object: bool = False):
+        """`keep_object=True` also keeps the object file MCJIT produced in `.object_code` (bytes)."""
         tm = target.target_machine()
         self.module_ref = parse_and_verify(llvm_module, tm)
-        if ir_passes:
-            optimize(self.module_ref, tm, speed_level)
+        optimize(self.module_ref, tm, speed_level)
         self.optimized_ir = str(self.module_ref)
         self.engine = llvm.create_mcjit_compiler(self.module_ref, target.target_machine())
         self.object_code = None
@@ -171,7 +168,7 @@ def compile_jobs() -> int:
 
 def _can_fork() -> bool:
     # NOTE: forking is safe here only when no other Python thread can be inside LLVM (holding
-    # llvmlite's lock, which the child would inherit held); the thread pool's native workers never enter it.
+    # llvmlite's lock, which the child would inherit held); libgomp's worker threads never enter it.
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
@@ -211,7 +208,7 @@ def _fork_compile(modules: list, speed_level: int):
     read_fd, write_fd = os.pipe()
     with warnings.catch_warnings():
         # NOTE: Python 3.12+ warns when forking a process with other OS threads; here those are
-        # the thread pool's native workers, which hold no lock the child (LLVM alone) could need.
+        # libgomp's idle workers, which hold no lock the child (LLVM alone) could need.
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: compile, send, and leave without running any Python cleanup

@@ -1,4 +1,4 @@
-"""Parallel regions in generated code: a loop range split into static chunks run by kcompile's thread pool.
+"""Parallel regions in generated code: a loop range split into static chunks, one per thread, through libgomp.
 
     emit_parallel_for(builder, start, stop, captured, body, *, min_chunk=1, grain=1, name="par")
 
@@ -7,45 +7,44 @@ chunk function's copies of `captured`.  What gets emitted, in the caller's funct
 
     chunk = NAME(lo, hi, captured...)          internal function holding the body; the captured values
                                                are its parameters (noalias carried over, see below)
-    NAME.unit(ptr ctx, i64 unit, i64 units)    internal; what the pool runs for each unit: loads start,
-                                               stop and the captures from ctx, takes the unit's static
-                                               chunk, calls NAME on it
+    NAME.omp(ptr ctx)                          internal; what GOMP_parallel runs on every thread: loads
+                                               start, stop and the captures from ctx, takes this
+                                               thread's static chunk, calls NAME on it
     at the call site:
         want = min(load kcompile_num_threads, (stop - start) / min_chunk, units of `grain`)
-        if want >= 2:  ctx = {start, stop, captured...};  kcompile_parallel(NAME.unit, &ctx, want)
-        elif start < stop:  NAME(start, stop, captured...)       (serial: no pool call at all)
+        if want >= 2:  ctx = {start, stop, captured...};  GOMP_parallel(NAME.omp, &ctx, want, 0)
+        elif start < stop:  NAME(start, stop, captured...)       (serial: no libgomp call at all)
 
 Why this shape:
 * The body is a separate function, so everything it allocates (`alloca` in its entry block, e.g. the
   GEMM's B-panel scratch) is per thread, and the serial path is a plain direct call: no context struct,
-  no pool, the same machine code the body would have had without threads.
-* A region of `want` threads is `want` units, each a static chunk.  The pool (codegen.pool) runs each
-  unit once, on the calling thread or a worker, whichever takes it first; the caller waits only for
-  units a worker has started.  So a worker that the OS has descheduled (another process holds the
-  core) costs nothing: the caller runs its unit too.  A region started inside another (a parallel
-  body calling code with parallel regions), or while another thread's region runs, runs all its
-  units on its own thread, which is correct.
-* Chunks are static and contiguous: unit t of T takes grains [t*q + min(t, r), ...) of the range cut
-  into grains of `grain` elements (q, r = divmod(grains, T)), so every index is covered exactly once,
+  no libgomp, the same machine code the body would have had without threads (LLVM inlines it when small).
+* The serial path never asks libgomp who it is.  Inside another parallel region omp_get_num_threads()
+  answers for the *outer* team, so a chunk computed from it would be wrong there; only NAME.omp, which
+  runs as the body of our own region, calls omp_get_thread_num/omp_get_num_threads.  A nested region
+  (a parallel body calling code with parallel regions) gets a team of one from libgomp and is correct.
+* Chunks are static and contiguous: thread t of T takes units [t*q + min(t, r), ...) of the range cut
+  into units of `grain` elements (q, r = divmod(units, T)), so every index is covered exactly once,
   chunk boundaries fall on start + k*grain (GEMM row tiles, vector widths, cache lines), and chunk sizes
-  differ by at most one grain.  The body is never called with an empty range.
+  differ by at most one unit.  The body is never called with an empty range.
 * The thread count is read when the region starts from `kcompile_num_threads`, an `external global
   i32` that this module defines in the process (a ctypes int registered with llvmlite's add_symbol):
   one knob for every compiled module, cached ones included, changed with `set_num_threads` without
   recompiling.  Its first value is the `num_threads()` policy: $KCOMPILE_NUM_THREADS, else the CPUs
   this process may run on.  Small ranges (fewer than 2 * min_chunk elements) stay serial: a region costs
-  about a microsecond when the workers are spinning, so choose min_chunk as the number of elements
-  worth ~10-20 us.
-* Threads are optional.  `threads_available()` starts the pool once, and only then may a module
-  reference kcompile_parallel or kcompile_num_threads: when it cannot start, or `threading=False` is
-  passed (exported shared libraries, which must depend on libc only), the region is emitted as the
-  plain serial call and the module has no trace of threads.
-  NOTE (measured on the 2-core reference machine, W1's batch-32 epoch of 20000 rows): with libgomp's
-  GOMP_parallel, which these regions used before, a busy loop in another process on one core made 2
-  threads 5x slower (0.50 s -> 2.70 s, against 1.14 s on one thread): the caller waited at each
-  region's end for a worker the OS had descheduled.  With the pool: 0.52 s idle, 0.97 s beside the busy
-  loop (one thread: 0.99 s and 1.02 s).
-  NOTE: MCJIT aborts the process on an unresolved symbol, so an object file that references the pool
+  about a microsecond when the workers are spinning, and far more when the machine is oversubscribed
+  (../shared/LLVM-NOTES.md, "Threads"), so choose min_chunk as the number of elements worth ~10-20 us.
+* libgomp is optional.  `threads_available()` loads it once (load_library_permanently) and only then
+  may a module reference GOMP_parallel, omp_* or kcompile_num_threads: when it cannot be loaded, or
+  `threading=False` is passed (exported shared libraries, which must depend on libc only), the region
+  is emitted as the plain serial call and the module has no trace of threads.
+  NOTE (measured on the 2-core reference machine): with libgomp's default wait policy a region costs
+  0.6-0.8 us back to back and a 110 us GEMM split by rows runs 1.9x faster on 2 threads; when another
+  process keeps a core busy the same region costs 3-12 ms (the waiting thread spins while the one it
+  waits for is not scheduled).  OMP_WAIT_POLICY=passive bounds that to ~10 us but costs 7-8 us per
+  region on an idle machine, where it made the 2-thread GEMM slower than 1 thread.  So the libgomp
+  defaults are kept, and on a shared machine the answer is KCOMPILE_NUM_THREADS=1 / set_num_threads(1).
+  NOTE: MCJIT aborts the process on an unresolved symbol, so an object file that references libgomp
   must be loaded only in a process where threads_available() returned True.  The compile cache keys on
   the IR text, which is lowered (and so has called threads_available()) before the cache is consulted.
 
@@ -55,12 +54,14 @@ instruction directly is caught here with a ValueError naming the value, before L
 reject the module.  A captured caller argument marked `noalias` that is captured once gives a `noalias`
 parameter: the chunk function sees the same buffer, and the vectorizer keeps skipping overlap checks.
 
-Fork: threads do not survive fork().  A forked child starts with the thread count set to 1, so its
-regions run serially on its one thread (a process forked only to compile starts no threads);
-set_num_threads(n > 1) in the child starts workers of its own.
+Fork: libgomp's worker pool does not survive fork(): a forked child that starts a region with two or
+more threads waits forever for workers that do not exist (tried with this libgomp).  A child of a process that loaded libgomp here
+therefore starts with the thread count set to 1, so its regions run serially without calling libgomp,
+and set_num_threads(n > 1) in it raises RuntimeError.  (multiprocessing's 'spawn' and 'forkserver'
+start methods give children that can use threads.)
 
-Thread-safety: regions may be started from several Python threads at once (one runs on the pool, the
-others on their own threads); the body must only write to its own chunk's part of memory.
+Thread-safety: regions may be started from several Python threads at once (libgomp gives each its own
+team); the body must only write to its own chunk's part of memory.
 """
 from __future__ import annotations
 
@@ -73,11 +74,11 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from .loops import I64, i64
-from .pool import PARALLEL_SYMBOL
 
 __all__ = ["emit_parallel_for", "threads_available", "num_threads", "get_num_threads", "set_num_threads",
-           "NUM_THREADS_SYMBOL", "ENV_NUM_THREADS"]
+           "NUM_THREADS_SYMBOL", "ENV_NUM_THREADS", "LIBGOMP"]
 
+LIBGOMP = "libgomp.so.1"
 #: Name of the process-wide i32 that generated code reads at each region to get its thread count.
 NUM_THREADS_SYMBOL = "kcompile_num_threads"
 ENV_NUM_THREADS = "KCOMPILE_NUM_THREADS"
@@ -90,8 +91,7 @@ VOID = ir.VoidType()
 # policy); generated code treats anything below 2 as "run serially".
 _num_threads_cell = ctypes.c_int32(0)
 _lock = _threading.Lock()
-#: Most threads a region runs on (the pool's workers are real threads, started on demand).
-MAX_THREADS = 256
+_libgomp_handle = None  # ctypes.CDLL, kept so that the library is never unloaded (see threads_available)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,22 +139,28 @@ def set_num_threads(count: int) -> int:
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"set_num_threads needs a positive int, got {count!r}")
+    if count > 1 and _forked_child:
+        raise RuntimeError("compiled code cannot use threads in a process forked after libgomp was loaded "
+                           "(libgomp's thread pool does not survive fork and the region would hang); start "
+                           "worker processes with multiprocessing's 'spawn' or 'forkserver' method instead")
     with _lock:
         previous = get_num_threads()
-        _num_threads_cell.value = min(count, MAX_THREADS)
-    if _available:
-        from . import pool
-        pool.start(_num_threads_cell.value - 1)
+        _num_threads_cell.value = min(count, 2**31 - 1)
     return previous
 
 
+_forked_child = False
+
+
 def _after_fork_in_child() -> None:
-    # NOTE: the child has no workers (codegen.pool); it runs serially until it asks for threads.
+    # NOTE: libgomp's pool is not fork-safe (a region in the child waits for threads that do not exist).
+    global _forked_child
+    _forked_child = True
     _num_threads_cell.value = 1
 
 
 def threads_available() -> bool:
-    """Start kcompile's thread pool (codegen.pool) once; True when generated code may use it.
+    """Load libgomp into the process once; True when generated code may use it.
 
     On success the JIT can also resolve NUM_THREADS_SYMBOL, whose value is set from `num_threads()` here
     unless set_num_threads came first (so an invalid $KCOMPILE_NUM_THREADS raises ValueError here).
@@ -164,21 +170,33 @@ def threads_available() -> bool:
         return _available
     with _lock:
         if _available is None:
-            _available = _start_pool()
+            _available = _load_libgomp()
     return _available
 
 
 _available: bool | None = None
 
 
-def _start_pool() -> bool:
-    from . import pool
-    if _num_threads_cell.value == 0:
-        _num_threads_cell.value = min(num_threads(), MAX_THREADS)
+def _load_libgomp() -> bool:
+    global _libgomp_handle
     try:
-        pool.start(_num_threads_cell.value - 1)
-    except RuntimeError:
+        # NOTE: llvmlite dlcloses what load_library_permanently loaded when the process exits
+        # (llvm::sys::DynamicLibrary's globals), while libgomp's workers may still be spinning in its
+        # code: with OMP_WAIT_POLICY=active a script that ran one region crashed at exit 10 times in 10.
+        # An RTLD_NODELETE handle of our own keeps the library mapped until the process is gone.
+        # NOTE: libgomp reads its environment once, when loaded.  Its default spin (300k iterations
+        # before sleeping) is what collapses a region to milliseconds when another process holds a
+        # core; 10k iterations bounded a batch-32 training step to 2.75 ms where the default took
+        # 7.3 ms (one thread: 1.85 ms) on the loaded 2-core machine.  A user's setting wins.
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+        _libgomp_handle = ctypes.CDLL(LIBGOMP, mode=os.RTLD_GLOBAL | getattr(os, "RTLD_NODELETE", 0))
+        llvm.load_library_permanently(LIBGOMP)
+    except (OSError, RuntimeError):
         return False
+    if not (llvm.address_of_symbol("GOMP_parallel") and llvm.address_of_symbol("omp_get_thread_num")):
+        return False
+    if _num_threads_cell.value == 0:
+        _num_threads_cell.value = min(num_threads(), 2**31 - 1)
     llvm.add_symbol(NUM_THREADS_SYMBOL, ctypes.addressof(_num_threads_cell))
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -264,7 +282,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
                   least min_chunk elements, and a range shorter than 2 * min_chunk runs serially on the
                   calling thread.  Pick it as the elements worth ~10-20 us of work.
     grain:        chunk boundaries (other than stop) fall on start + k * grain.
-    threading:    None = use the thread pool if threads_available(); False = emit only the serial call.
+    threading:    None = use libgomp if threads_available(); False = emit only the serial call.
 
     The builder must be at the end of a block (the region adds blocks, as for_range does); it is left
     after the region.  Returns the chunk function.
@@ -279,7 +297,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
     if threading is None:
         threading = threads_available()
     elif threading and not threads_available():
-        raise RuntimeError(f"threading=True but kcompile's thread pool cannot start here; pass threading=None to fall "
+        raise RuntimeError(f"threading=True but {LIBGOMP} could not be loaded; pass threading=None to fall "
                            f"back to serial code")
 
     module, caller = builder.module, builder.function
@@ -313,18 +331,22 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
         call_serial(builder)
         return chunk_fn
 
-    # -- the trampoline the pool runs for each unit (a chunk) of the region --------------------------------
+    # -- the per-thread trampoline GOMP_parallel runs ------------------------------------------------------
     ctx_type = ir.LiteralStructType([I64, I64] + [v.type for v in captured])
-    omp_fn = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, I64]), f"{base}.unit")
+    omp_fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{base}.omp")
     omp_fn.linkage = "internal"
     omp_fn.attributes.add("nounwind")
-    ctx_arg, thread, team = omp_fn.args
-    ctx_arg.name, thread.name, team.name = "ctx", "unit", "units"
+    ctx_arg = omp_fn.args[0]
+    ctx_arg.name = "ctx"
     b = ir.IRBuilder(omp_fn.append_basic_block("entry"))
     fields = [b.load(b.gep(ctx_arg, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ctx_type,
                            inbounds=True), typ=t)
               for i, t in enumerate(ctx_type.elements)]
     t_start, t_stop, *t_values = fields
+    get_id = _declare(module, "omp_get_thread_num", ir.FunctionType(I32, []))
+    get_count = _declare(module, "omp_get_num_threads", ir.FunctionType(I32, []))
+    thread = b.zext(b.call(get_id, []), I64, name="thread")
+    team = b.zext(b.call(get_count, []), I64, name="team")
     total = b.sub(t_stop, t_start, name="total")
     units = total if grain == 1 else b.udiv(b.add(total, i64(grain - 1)), i64(grain))
     quotient, remainder = b.udiv(units, team), b.urem(units, team)
@@ -344,7 +366,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
     b.ret_void()
 
     # -- the call site ---------------------------------------------------------------------------------------
-    run_units = _declare(module, PARALLEL_SYMBOL, ir.FunctionType(VOID, [PTR, PTR, I64]))
+    gomp_parallel = _declare(module, "GOMP_parallel", ir.FunctionType(VOID, [PTR, PTR, I32, I32]))
     ctx = _entry_alloca(builder, ctx_type, f"{name}.ctx")
     total = builder.sub(stop, start, name=f"{name}.total")
     # Largest useful team: at most total // min_chunk threads, and no more threads than grain units.
@@ -362,7 +384,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
                 # which store() checks; with source_etype it would claim to point at the whole struct.
                 builder.store(value, builder.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],
                                                  inbounds=True))
-            builder.call(run_units, [omp_fn, ctx, team_size])
+            builder.call(gomp_parallel, [omp_fn, ctx, builder.trunc(team_size, I32), ir.Constant(I32, 0)])
         with serial:
             call_serial(builder)
     return chunk_fn
