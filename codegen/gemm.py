@@ -216,9 +216,13 @@ class _Vec:
         builder.call(self._mstore, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def _new_function(module, name, args, names=(), noalias=()):
-    """A new internal void function; `names` name its parameters in order, `noalias` (indices)
-    marks pointer parameters that alias nothing else."""
+def _function(module, name, args, names=(), noalias=()):
+    """(fn, True): a new internal void function `name` for the caller to define, its parameters named
+    by `names` in order, `noalias` (indices) marking pointer parameters that alias nothing else; or
+    (fn, False) when the module has `name` already (one copy serves every call site)."""
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn, False
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -228,7 +232,7 @@ def _new_function(module, name, args, names=(), noalias=()):
         arg.name = nm
     for index in noalias:
         fn.args[index].add_attribute("noalias")
-    return fn
+    return fn, True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,14 +252,13 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: bool = Fals
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}"
             f"{'.masked' if masked else ''}{'.pf' if prefetch else ''}")
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
-                       + ([ptr, I64] if prefetch else []),
-                       ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
-                        "prefetch", "prefetch_step"), noalias=(0, 3, 5))
+    fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
+                        + ([ptr, I64] if prefetch else []),
+                        ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
+                         "prefetch", "prefetch_step"), noalias=(0, 3, 5))
+    if not new:
+        return fn
     a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:10]
 
     entry = fn.append_basic_block("entry")
@@ -381,11 +384,10 @@ def _pack_transposed(vec: _Vec, nvec: int):
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_t.{_type_tag(T)}x{L}.{nvec}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    if not new:
+        return fn
     src, ld, valid, k, dst = fn.args
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -415,11 +417,10 @@ def _pack_copy(vec: _Vec, nvec: int):
     """void pack(src, ld, valid, k, dst): dst[p, j] = j < valid ? src[p*ld + j] : 0 for j < nvec*lanes."""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_n.{_type_tag(T)}x{L}.{nvec}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    if not new:
+        return fn
     src, ld, valid, k, dst = fn.args
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -694,12 +695,11 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     only the first `ncols_last` lanes of the last vector are read and written."""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
-                       ("a", "b", "c", "k", "ldb", "kc", "ncols_last"), noalias=(0, 1, 2))
+    fn, new = _function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
+                        ("a", "b", "c", "k", "ldb", "kc", "ncols_last"), noalias=(0, 1, 2))
+    if not new:
+        return fn
     a, b, c, k, ldb, kc, ncols_last = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     mask = vec.lane_mask(bld, ncols_last) if masked else None
@@ -757,13 +757,12 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None) -> ir.
     with the GEMM's one-row tiles; software prefetch of rows 4, 8 or 16 ahead was slower."""
     L = lanes or target.vector_lanes(_dtype_bits(dtype))
     name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(dtype)}x{L}"
-    fn = module.globals.get(name)
-    if fn is not None:
+    ptr = ir.PointerType()
+    fn, new = _function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
+                        ("a", "b", "c", "ncols", "k", "ldb", "kc"))
+    if not new:
         return fn
     vec = _Vec(module, dtype, L)
-    ptr = ir.PointerType()
-    fn = _new_function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
-                       ("a", "b", "c", "ncols", "k", "ldb", "kc"))
     a, b, c, ncols, k, ldb, kc = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     done_cols = i64(0)

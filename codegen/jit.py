@@ -200,7 +200,8 @@ def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None
     for indices, child in children.values():
         got = _collect(child, len(indices))
         for position, index in enumerate(indices):
-            results[index] = got[position] if got else compile_object(modules[index], speed_level)
+            results[index] = got[position] if got is not None else \
+                compile_object(modules[index], speed_level)
     return results
 
 

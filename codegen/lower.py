@@ -934,8 +934,8 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
 
     def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
         with for_range(builder, lo, hi, name="blk") as blk:
-            # NOTE: nsw/nuw let LLVM see that a block's epilogue loops run exactly `size` times (no
-            # vector epilogue or scalar remainder loops to optimize and generate).
+            # NOTE: a block's epilogue loops count from 0 to `size` from this offset (the (offset,
+            # count) ranges of loop_nest), so LLVM knows their trip counts.
             start = builder.mul(blk, c64(block), flags=("nsw", "nuw"))
 
             def one_block(size):
