@@ -11,6 +11,20 @@ import numpy as np
 
 ALIGN = 64
 
+# Writes to persistent buffers (weights, optimizer slots) so far: runs of compiled graphs that update
+# their state in place (codegen.runtime) and writes noted with note_write (a variable's assign).  A
+# property of the weights computed at some count (kcompile's check that they are finite) holds while
+# the count stays the same.
+_writes = [0]
+
+
+def note_write() -> None:
+    _writes[0] += 1
+
+
+def writes() -> int:
+    return _writes[0]
+
 
 def aligned_empty(nbytes: int) -> np.ndarray:
     """A uint8 buffer of at least `nbytes` whose data pointer is ALIGN-byte aligned."""

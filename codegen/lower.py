@@ -561,13 +561,15 @@ def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None
 def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
     """C[0, :ncols] = A[0, :k] @ B[:k, :ncols] (B rows `ldb` apart) for a matmul with one row, summed
     as call_gemm would sum it (codegen.gemm.gemv_function), from the module's GEMM library when it
-    has one."""
+    has one.  Rows of B whose entry of A is zero are skipped when B is known finite
+    (ir.known_finite: the same sums, without reading them)."""
     from .gemm import gemv_function, gemv_k_block
     dtype = VALUE_TYPES[node.dtype]
     module = builder.module
     library = GEMM_LIBRARY.get(module)
-    fn = gemv_function(module, dtype) if library is None else \
-        _declaration(module, gemv_function(library, dtype))
+    skip = kir.known_finite(node.operands[1])
+    fn = gemv_function(module, dtype, skip_zeros=skip) if library is None else \
+        _declaration(module, gemv_function(library, dtype, skip_zeros=skip))
     builder.call(fn, [a_ptr, b_ptr, c_ptr, i64(ncols), i64(k), i64(ldb),
                       i64(gemv_k_block(k, dtype))])
 
@@ -823,7 +825,9 @@ def kernel_structure(group: Group, buffers: list, params: list, slots: dict, con
 
     for member in group.members:
         ref(member)
-    return (group.kind, tuple(group.shape), ref(group.root),
+    # a one-row product skips the zero entries of A for a B known finite (call_gemv)
+    finite = () if group.anchor is None else tuple(kir.known_finite(o) for o in group.anchor.operands)
+    return (group.kind, tuple(group.shape), ref(group.root), finite,
             None if group.anchor is None else ref(group.anchor),
             tuple(ref(o) for o in group.outputs), tuple(rows),
             tuple((param_of[node], ref(node)) for node in buffers))

@@ -14,7 +14,7 @@ import numpy as np
 import ir
 from ir.ops import np_dtype
 
-from .buffers import aligned_empty
+from .buffers import aligned_empty, note_write
 from .compiler import CompileOptions, compile_graph
 from .step import NAME as STEP_DRIVER
 
@@ -47,6 +47,7 @@ class CompiledRunner:
             else:
                 self.feed_index[name] = i
         self.result_names = [name for name, _ in signature.outputs]
+        self.updates_state = any(name in state for name in self.result_names)
         self.result_types = dict(signature.outputs)
         self._capacity = -1
         self._workspace = None
@@ -110,6 +111,8 @@ class CompiledRunner:
         if batch > self._capacity:
             self._ensure(batch)
         self._fn(batch, self._table_address)
+        if self.updates_state:
+            note_write()
 
     def bind_epoch(self, feeds: dict, index: np.ndarray | None = None, max_rows: int = 0,
                    counters=(), accumulate=()) -> dict:
@@ -158,6 +161,8 @@ class CompiledRunner:
         if rows > self._capacity:
             self._ensure(rows)
         self._step(self.compiled.address, rows, start, self._table_address, self._plan_address)
+        if self.updates_state:
+            note_write()
 
     def call_on(self, name: str, array: np.ndarray) -> None:
         """Run with `array` as the batched input `name` (the only fed input), all its rows: the
@@ -169,6 +174,8 @@ class CompiledRunner:
         if batch > self._capacity:
             self._ensure(batch)
         self._fn(batch, self._table_address)
+        if self.updates_state:
+            note_write()
 
     def output(self, name: str, batch: int) -> np.ndarray:
         out = self._outputs[name]
@@ -198,4 +205,6 @@ class CompiledRunner:
         self._bound = []
         self._ensure(batch)
         self._fn(batch, self._table_address)
+        if self.updates_state:
+            note_write()
         return {name: self.output(name, batch).copy() for name in self.result_names}

@@ -15,7 +15,10 @@ from .ops import make, norm_axes
 
 # -- sources ------------------------------------------------------------------------------------
 
-def arg(name: str, dtype: str, shape) -> Node:
+def arg(name: str, dtype: str, shape, finite: bool = False) -> Node:
+    """An input.  `finite=True` promises that its values hold no inf or NaN (see graph.known_finite)."""
+    if finite:
+        return make("arg", name=name, dtype=dtype, shape=tuple(shape), finite=True)
     return make("arg", name=name, dtype=dtype, shape=tuple(shape))
 
 

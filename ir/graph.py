@@ -143,6 +143,19 @@ class Node:
         return f"<{self.op}:{self.type} #{self.uid}>"
 
 
+def known_finite(node: Node) -> bool:
+    """True when every value of `node` is known to be finite (no inf, no NaN): a constant whose values
+    are, or an input marked `finite=true` (a promise of the caller, which the reference interpreter
+    checks).  Lowering may then rely on 0 * x == 0 (codegen's one-row products skip zero entries)."""
+    if node.op == "arg":
+        return bool(node.attr("finite", False))
+    if node.op == "const" and node.dtype.startswith("f"):
+        value = node.attr("value")
+        array = value.array if isinstance(value, ConstValue) else np.asarray(value)
+        return array is not None and bool(np.isfinite(array).all())
+    return False
+
+
 def freeze_attrs(attrs: dict) -> tuple:
     def freeze(v):
         if isinstance(v, list):

@@ -31,7 +31,11 @@ def check_feed(node: Node, value, batch) -> np.ndarray:
     if array.shape != expected:
         raise ValueError(f"input {name!r} must have shape {node.type.shape} "
                          f"(concrete {expected}), got {array.shape}")
-    return array.astype(ops.np_dtype(node.dtype), copy=False)
+    array = array.astype(ops.np_dtype(node.dtype), copy=False)
+    if node.attr("finite", False) and not np.isfinite(array).all():
+        raise ValueError(f"input {name!r} is marked finite=true but holds inf or NaN; feed finite "
+                         f"values or drop the mark")
+    return array
 
 
 def run(graph: Graph, feeds: dict, *, batch: int | None = None, env: dict | None = None) -> dict:

@@ -40,6 +40,7 @@ import numpy as np
 import ir
 from ir import build as B
 
+from codegen import buffers
 from kcompile import backend, data_adapters, losses, metrics as metrics_module, optimizers
 from kcompile.errors import DataTypeError
 from kcompile.layers.layer import TraceScope, format_shape
@@ -63,7 +64,8 @@ class TargetSpec:
     given_shape: tuple
 
 
-def _weight_inputs(model, dtype: str) -> dict:
+def _weight_inputs(model, dtype: str, finite: bool = False) -> dict:
+    """The weights' graph inputs; `finite`: marked finite=true (see ir.known_finite)."""
     bindings = {}
     seen = set()
     for variable in model.weights:
@@ -71,7 +73,7 @@ def _weight_inputs(model, dtype: str) -> dict:
             raise ValueError(f"two weights of model {model.name!r} are named {variable.path!r}; give "
                              "the layers distinct names")
         seen.add(variable.path)
-        bindings[variable] = B.arg(variable.path, dtype, variable.shape)
+        bindings[variable] = B.arg(variable.path, dtype, variable.shape, finite=finite)
     return bindings
 
 
@@ -123,9 +125,11 @@ def _metric_outputs(metric_objects, y, y_pred, sample_weight=None):
     return outputs, readouts
 
 
-def trace_predict(model, dtype: str = "f32") -> ir.Graph:
+def trace_predict(model, dtype: str = "f32", finite_weights: bool = False) -> ir.Graph:
+    """The predict graph: x and the weights in, y_pred out.  `finite_weights`: the weights are marked
+    finite, which lets one-row products skip the rows of zero inputs (the caller must check it)."""
     x = B.arg("x", dtype, model.input_shape)
-    weights = _weight_inputs(model, dtype)
+    weights = _weight_inputs(model, dtype, finite_weights)
     with TraceScope(weights):
         y_pred = model(x, training=False)
     return ir.verify(ir.Graph("predict", [x, *weights.values()], [("y_pred", y_pred)]))
@@ -368,7 +372,7 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
 
 class _Program:
     __slots__ = ("_graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums",
-                 "row_shape", "input_types", "output_types")
+                 "row_shape", "input_types", "output_types", "finite_at")
 
     def __init__(self, graph, runner, readouts=(), signature=None):
         """`graph`: the traced graph, or a function that traces it, called when something asks for
@@ -376,6 +380,7 @@ class _Program:
         name -> type, output name -> type) of the traced graph, read from `graph` when not given."""
         self._graph = graph
         self.runner = runner
+        self.finite_at = -1      # codegen.buffers.writes() when the weights were last found finite
         if signature is None:
             signature = ({n.attr("name"): n.type for n in graph.inputs},
                          {name: graph.output(name).type for name in graph.output_names})
@@ -446,6 +451,8 @@ class _Totals:
 
 # Inputs the loops feed (the others are state: weights, optimizer slots, the step counter).
 _FED = frozenset({"x", "y", "sample_weight", "seed"})
+# the predict programs: with the weights marked finite, and for weights that hold inf or NaN
+_PREDICT_KINDS = ("predict", "predict_nonfinite")
 
 
 def _make_runners(graphs, target, state, alias=None, extra=None):
@@ -728,8 +735,13 @@ class Trainer:
         """(graph, readouts, type of y_pred or None) of the 'predict', 'eval' or 'train' program."""
         readouts: list = []
         y_pred_type: list = []
-        if kind == "predict":
-            return trace_predict(self), readouts, None
+        if kind in _PREDICT_KINDS:
+            # NOTE: "predict" (compiled) takes its weights as finite: a one-sample predict then reads
+            # only the weight rows of nonzero inputs (half of a Fashion-MNIST image, most of a ReLU
+            # layer's outputs).  _predict_program checks the promise and takes "predict_nonfinite"
+            # when a weight holds inf or NaN, so that 0 * inf is NaN as numpy and Keras have it.
+            finite = kind == "predict" and self.target == "llvm"
+            return trace_predict(self, finite_weights=finite), readouts, None
         metric_objects = self._metric_objects(spec)
         if kind == "eval":
             graph = trace_eval(self, loss, metric_objects, spec, weighted=weighted, readouts=readouts,
@@ -807,7 +819,8 @@ class Trainer:
                 "trainable": [v.path for v in self.trainable_weights],
                 "loss": describe(loss), "optimizer": describe(self.optimizer),
                 "metric_names": describe(self._metric_names()),
-                "wanted": [[k, describe(s), w, None if k == "predict" else describe(self._metric_objects(s))]
+                "wanted": [[k, describe(s), w,
+                            None if k in _PREDICT_KINDS else describe(self._metric_objects(s))]
                            for k, s, w in wanted]}
         except (Undescribable, RecursionError):     # (a structure too deep to walk: trace it)
             return None
@@ -836,7 +849,7 @@ class Trainer:
                 if not set(runner.feed_index) <= _FED:
                     return None
                 readouts = []
-                if kind != "predict":
+                if kind not in _PREDICT_KINDS:
                     stored = ir.TensorType.from_json(extra[names[w]])
                     y_pred = B.arg("y_pred", stored.dtype, stored.shape)
                     _, readouts = _metric_outputs(self._metric_objects(spec), _target_input(spec, "f32"),
@@ -1147,11 +1160,33 @@ class Trainer:
                 or not 0 < len(x) <= batch_size:
             return None
         program = self._programs.get(("predict", None, False))
-        if program is None or x.shape[1:] != program.row_shape:
+        if program is None or x.shape[1:] != program.row_shape or not self._weights_finite(program):
             return None
         runner = program.runner
         runner.call_on("x", x)
         return np.array(runner.output("y_pred", len(x)), copy=True)
+
+    def _predict_program(self) -> _Program:
+        """The predict program for the weights as they are now (see _trace and _weights_finite)."""
+        program = self._program("predict")
+        return program if self._weights_finite(program) else self._program("predict_nonfinite")
+
+    def _weights_finite(self, program: _Program) -> bool:
+        """Whether the weights hold no inf or NaN, as `program` (compiled with its weights marked
+        finite) needs; checked again only after a write to a persistent buffer (a train step, an
+        assign: codegen.buffers.writes)."""
+        if self.target != "llvm":
+            return True
+        now = buffers.writes()
+        if program.finite_at == now:
+            return True
+        # NOTE: a float sum is finite only if every term is (an inf or NaN term makes it inf or NaN):
+        # one pass over each weight, ~0.1 ms for W1's 2.7 MB.  A sum that overflows on finite terms
+        # only sends predict to the unmarked program, which is exact for any weights.
+        if not all(np.isfinite(np.add.reduce(w.buffer, axis=None)) for w in self.weights):
+            return False
+        program.finite_at = now
+        return True
 
     def predict_on_batch(self, x):
         """The model's outputs for x, in one call."""
@@ -1162,7 +1197,7 @@ class Trainer:
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
-        runner = self._program("predict").runner
+        runner = self._predict_program().runner
         runner.bind({"x": x})
         runner.call(len(x), 0)
         return np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)
@@ -1266,7 +1301,7 @@ class Trainer:
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
-        program = self._program("predict")
+        program = self._predict_program()
         n = len(x) if steps is None else min(len(x), steps * batch_size)
         steps = -(-n // batch_size)
         outputs = np.empty((n,) + tuple(self.output_shape[1:]), np.float32)
@@ -1291,7 +1326,7 @@ class Trainer:
     def _predict_stream(self, stream, verbose, callbacks):
         first = data_adapters.unpack_batch(stream.peek(), "x")[0]
         self._ensure_built(self._check_inputs(numeric_array(first, "x (a batch)"), "x (a batch)"))
-        runner = self._program("predict").runner
+        runner = self._predict_program().runner
         callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
         last_step = stream.steps - 1 if stream.steps else -1

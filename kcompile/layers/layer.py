@@ -22,7 +22,7 @@ import ir
 from ir import Node
 from ir import build as B
 
-from codegen.buffers import aligned_copy
+from codegen.buffers import aligned_copy, note_write
 from kcompile import initializers
 
 _local = threading.local()
@@ -158,6 +158,7 @@ class Variable:
             raise ValueError(f"cannot assign a value of shape {value.shape} to variable {self.path!r} "
                              f"of shape {self._buffer.shape}")
         self._buffer[...] = value
+        note_write()
 
     def __array__(self, dtype=None, copy=None):
         return self._buffer.copy() if dtype is None else self._buffer.astype(dtype)

@@ -1,0 +1,175 @@
+"""One-row products skip the rows of a finite weight whose input is zero (codegen.gemm's `.nz` GEMV).
+
+fma(0, w, acc) is acc for every finite w, so skipping gives the same sums bit for bit; for a weight
+that may hold inf or NaN (0 * inf is NaN) nothing is skipped.  A weight is known finite when it is a
+constant of finite values or an input marked finite=true (ir.known_finite); kcompile's predict program
+marks its weights and falls back to an unmarked program when a weight holds inf or NaN.
+"""
+import numpy as np
+import pytest
+
+import ir
+import kcompile as kc
+from codegen import parallel
+from codegen.compiler import CompileOptions
+from codegen.runtime import CompiledRunner
+from ir import build as B
+from kcompile import layers
+
+SKIPPING = "kcompile.gemm.gemv.f32"
+
+
+def forward_graph(k, n, weight):
+    """relu(x @ w + bias), x one or more rows; `weight` is the w node (an arg or a const)."""
+    x = B.arg("x", "f32", (None, k))
+    bias = B.arg("bias", "f32", (n,))
+    inputs = [x, bias] + ([weight] if weight.op == "arg" else [])
+    return ir.Graph("fwd", inputs, [("act", B.relu(B.add(B.matmul(x, weight), bias)))])
+
+
+def skips(runner) -> bool:
+    return ".nz" in runner.compiled.code.optimized_ir
+
+
+def sparse_rows(rng, rows, k):
+    """Rows with most entries zero (some -0.0), one of them all zero, one with a run of zeros
+    longer than a k block."""
+    x = rng.random((rows, k), dtype=np.float32) - 0.5
+    x[rng.random((rows, k)) < 0.6] = 0.0
+    x[rng.random((rows, k)) < 0.05] = -0.0
+    x[1] = 0.0
+    x[2, : k * 3 // 4] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("k,n", [(784, 512), (300, 70), (37, 10)])
+def test_finite_weight_rows_of_zero_inputs_are_skipped_with_the_same_sums(k, n):
+    rng = np.random.default_rng(k + n)
+    graph = forward_graph(k, n, B.arg("w", "f32", (k, n), finite=True))
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    bias = rng.random(n, dtype=np.float32) - 0.5
+    x = sparse_rows(rng, 6, k)
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    assert skips(runner)
+    batch = runner.run({"x": x, "w": w, "bias": bias})["act"]
+    reference = ir.run(graph, {"x": x, "w": w, "bias": bias})["act"]
+    np.testing.assert_allclose(batch, reference, rtol=1e-5, atol=1e-5)
+    for threads in (1, 2):
+        previous = parallel.set_num_threads(threads) if parallel.threads_available() else None
+        try:
+            for row in range(len(x)):
+                one = runner.run({"x": x[row:row + 1], "w": w, "bias": bias})["act"]
+                # the batch path reads every row: the skipping one-row path sums the same
+                np.testing.assert_array_equal(one[0], batch[row], err_msg=f"row {row}, {threads} threads")
+        finally:
+            if previous is not None:
+                parallel.set_num_threads(previous)
+
+
+def test_an_unmarked_weight_is_not_skipped_and_inf_times_zero_is_nan():
+    k, n = 64, 40
+    rng = np.random.default_rng(3)
+    graph = forward_graph(k, n, B.arg("w", "f32", (k, n)))
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    w[5, 7] = np.inf
+    bias = np.zeros(n, np.float32)
+    x = rng.random((1, k), dtype=np.float32)
+    x[0, 5] = 0.0
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    assert not skips(runner)
+    out = runner.run({"x": x, "w": w, "bias": bias})["act"]
+    with np.errstate(invalid="ignore"):
+        expected = np.maximum(x @ w + bias, 0)       # numpy: 0 * inf is NaN
+    assert np.isnan(expected[0, 7]) and np.isnan(out[0, 7])
+    np.testing.assert_allclose(np.delete(out, 7, 1), np.delete(expected, 7, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_constant_weights_skip_only_when_finite():
+    k, n = 48, 20
+    rng = np.random.default_rng(4)
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    x = rng.random((1, k), dtype=np.float32)
+    x[0, :10] = 0.0
+    bias = np.zeros(n, np.float32)
+    finite = CompiledRunner(forward_graph(k, n, B.const(w)), {}, CompileOptions())
+    assert skips(finite)
+    np.testing.assert_allclose(finite.run({"x": x, "bias": bias})["act"], np.maximum(x @ w, 0),
+                               rtol=1e-5, atol=1e-6)
+    w[3, 2] = -np.inf
+    with_inf = CompiledRunner(forward_graph(k, n, B.const(w)), {}, CompileOptions())
+    assert not skips(with_inf)
+    assert np.isnan(with_inf.run({"x": x, "bias": bias})["act"][0, 2])
+
+
+def test_known_finite_and_the_interpreter_checks_the_mark():
+    marked = B.arg("w", "f32", (2, 2), finite=True)
+    assert ir.known_finite(marked)
+    assert not ir.known_finite(B.arg("w", "f32", (2, 2)))
+    assert ir.known_finite(B.const(np.ones((2, 2), np.float32)))
+    assert not ir.known_finite(B.const(np.array([[1.0, np.nan]], np.float32)))
+    x = B.arg("x", "f32", (None, 2))
+    graph = ir.Graph("g", [x, marked], [("y", B.matmul(x, marked))])
+    text = ir.print_graph(graph)
+    assert "finite=true" in text
+    assert ir.print_graph(ir.parse(text)) == text
+    assert ir.known_finite(ir.parse(text).input("w"))
+    with pytest.raises(ValueError, match="'w' is marked finite=true but holds inf or NaN"):
+        ir.run(graph, {"x": np.ones((1, 2), np.float32), "w": np.array([[1, np.inf], [0, 1]], np.float32)})
+
+
+def _mlp():
+    model = kc.Sequential([layers.Input((6, 6)), layers.Flatten(), layers.Dense(24, activation="relu"),
+                           layers.Dense(5)])
+    model.compile(optimizer="adam", loss="mse", target="llvm")
+    return model
+
+
+def _numpy_forward(model, x):
+    w1, b1, w2, b2 = model.get_weights()
+    with np.errstate(invalid="ignore"):
+        return np.maximum(x.reshape(len(x), -1) @ w1 + b1, 0) @ w2 + b2
+
+
+def test_predict_marks_its_weights_finite_and_falls_back_for_inf():
+    model = _mlp()
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 6, 6), dtype=np.float32)
+    x[:, 0, :] = 0.0                                # pixels 0..5 are zero in every sample
+    one = np.ascontiguousarray(x[:1])
+    np.testing.assert_allclose(model.predict(one, verbose=0), _numpy_forward(model, one), rtol=1e-5,
+                               atol=1e-6)
+    program = model._programs[("predict", None, False)]
+    assert all(ir.known_finite(program.graph.input(w.path)) for w in model.weights)
+    assert skips(program.runner)
+
+    kernel = model.layers[1].kernel
+    value = kernel.numpy()
+    value[2, 4] = np.inf                            # a row whose input is zero
+    kernel.assign(value)
+    expected = _numpy_forward(model, one)
+    assert np.isnan(expected).all()                 # NaN in unit 4 reaches every output
+    for out in (model.predict(one, verbose=0), model.predict(x, verbose=0)[:1],
+                model.predict_on_batch(one), model(one)):
+        assert np.isnan(out).all()
+    assert ("predict_nonfinite", None, False) in model._programs
+
+    value[2, 4] = 0.5
+    kernel.assign(value)
+    np.testing.assert_allclose(model.predict(one, verbose=0), _numpy_forward(model, one), rtol=1e-5,
+                               atol=1e-6)
+    assert program.finite_at >= 0                   # the finite program is back in use
+
+
+def test_training_into_nan_weights_is_seen_by_the_next_predict():
+    model = _mlp()
+    x = np.random.default_rng(6).random((8, 6, 6), dtype=np.float32)
+    x[:, 0, :] = 0.0
+    y = np.zeros((8, 5), np.float32)
+    one = np.ascontiguousarray(x[:1])
+    assert np.isfinite(model.predict(one, verbose=0)).all()
+    bad = x.copy()
+    bad[0, 3, 3] = np.nan                           # the gradient makes the weights NaN
+    model.train_on_batch(bad, y)
+    assert not all(np.isfinite(w).all() for w in model.get_weights())
+    assert np.isnan(model.predict(one, verbose=0)).all()
+    assert np.isnan(_numpy_forward(model, one)).all()
