@@ -180,3 +180,26 @@ def test_portable_build_for_a_named_cpu(tmp_path):
     x = rng.random((13, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x),
                                atol=1e-6)
+
+
+def test_zero_inputs_skip_finite_weight_rows_only(exported, tmp_path):
+    """Weights are constants of the exported code: one-row products skip the weight rows of zero
+    inputs when every weight is finite (the same sums), and read them all when one is not, so that
+    0 * inf is NaN as in the reference."""
+    directory, params = exported
+    rng = np.random.default_rng(9)
+    x = rng.random((3, 28, 28), dtype=np.float32)
+    x[x < 0.5] = 0.0
+    x[:, 0, :] = 0.0
+    p = load_predictor(directory)
+    for row in range(len(x)):
+        np.testing.assert_allclose(p.predict(x[row:row + 1]), reference(params, x[row:row + 1]),
+                                   atol=1e-6)
+    bad = dict(params)
+    bad["d1/kernel"] = params["d1/kernel"].copy()
+    bad["d1/kernel"][5, 3] = np.inf                    # pixel (0, 5): zero in every row of x
+    export_predictor(mlp_graph(), bad, str(tmp_path / "inf"), version="test")
+    with np.errstate(invalid="ignore"):
+        expected = reference(bad, x[:1])
+    assert np.isnan(expected).all()
+    assert np.isnan(load_predictor(str(tmp_path / "inf")).predict(x[:1])).all()
