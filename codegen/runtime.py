@@ -110,6 +110,11 @@ class CompiledRunner:
             table[index] = base + offset * row_bytes
         if batch > self._capacity:
             self._ensure(batch)
+        self._run(batch)
+
+    def _run(self, batch: int) -> None:
+        """The native call on the table as it is; a graph that updates its state in place counts as a
+        write to the weights (codegen.buffers.writes)."""
         self._fn(batch, self._table_address)
         if self.updates_state:
             note_write()
@@ -173,9 +178,7 @@ class CompiledRunner:
         self._bound = []
         if batch > self._capacity:
             self._ensure(batch)
-        self._fn(batch, self._table_address)
-        if self.updates_state:
-            note_write()
+        self._run(batch)
 
     def output(self, name: str, batch: int) -> np.ndarray:
         out = self._outputs[name]
@@ -204,7 +207,5 @@ class CompiledRunner:
         self._keep.update(prepared)
         self._bound = []
         self._ensure(batch)
-        self._fn(batch, self._table_address)
-        if self.updates_state:
-            note_write()
+        self._run(batch)
         return {name: self.output(name, batch).copy() for name in self.result_names}
