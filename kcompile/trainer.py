@@ -372,7 +372,7 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
 
 class _Program:
     __slots__ = ("_graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums",
-                 "row_shape", "input_types", "output_types", "finite_at")
+                 "row_shape", "input_types", "output_types", "finite")
 
     def __init__(self, graph, runner, readouts=(), signature=None):
         """`graph`: the traced graph, or a function that traces it, called when something asks for
@@ -380,7 +380,7 @@ class _Program:
         name -> type, output name -> type) of the traced graph, read from `graph` when not given."""
         self._graph = graph
         self.runner = runner
-        self.finite_at = -1      # codegen.buffers.writes() when the weights were last found finite
+        self.finite = (-1, False)   # (codegen.buffers.writes() when checked, weights all finite)
         if signature is None:
             signature = ({n.attr("name"): n.type for n in graph.inputs},
                          {name: graph.output(name).type for name in graph.output_names})
@@ -1178,15 +1178,14 @@ class Trainer:
         if self.target != "llvm":
             return True
         now = buffers.writes()
-        if program.finite_at == now:
-            return True
-        # NOTE: a float sum is finite only if every term is (an inf or NaN term makes it inf or NaN):
-        # one pass over each weight, ~0.1 ms for W1's 2.7 MB.  A sum that overflows on finite terms
-        # only sends predict to the unmarked program, which is exact for any weights.
-        if not all(np.isfinite(np.add.reduce(w.buffer, axis=None)) for w in self.weights):
-            return False
-        program.finite_at = now
-        return True
+        checked, finite = program.finite
+        if checked != now:
+            # NOTE: a float sum is finite only if every term is (an inf or NaN term makes it inf or
+            # NaN): one pass over each weight, ~0.1 ms for W1's 2.7 MB.  A sum that overflows on
+            # finite terms only sends predict to the unmarked program, which is exact for any weights.
+            finite = all(np.isfinite(np.add.reduce(w.buffer, axis=None)) for w in self.weights)
+            program.finite = (now, finite)
+        return finite
 
     def predict_on_batch(self, x):
         """The model's outputs for x, in one call."""
