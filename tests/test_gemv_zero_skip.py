@@ -33,12 +33,13 @@ def skips(runner) -> bool:
 
 def sparse_rows(rng, rows, k):
     """Rows with most entries zero (some -0.0), one of them all zero, one with a run of zeros
-    longer than a k block."""
+    longer than a k block, one with a NaN (not zero: it is read, and gives NaN)."""
     x = rng.random((rows, k), dtype=np.float32) - 0.5
     x[rng.random((rows, k)) < 0.6] = 0.0
     x[rng.random((rows, k)) < 0.05] = -0.0
     x[1] = 0.0
     x[2, : k * 3 // 4] = 0.0
+    x[3, k // 2] = np.nan
     return x
 
 
@@ -54,6 +55,7 @@ def test_finite_weight_rows_of_zero_inputs_are_skipped_with_the_same_sums(k, n):
     batch = runner.run({"x": x, "w": w, "bias": bias})["act"]
     reference = ir.run(graph, {"x": x, "w": w, "bias": bias})["act"]
     np.testing.assert_allclose(batch, reference, rtol=1e-5, atol=1e-5)
+    assert np.isnan(batch[3]).all()
     for threads in (1, 2):
         previous = parallel.set_num_threads(threads) if parallel.threads_available() else None
         try:
