@@ -1,4 +1,4 @@
-"""Parallel regions in generated code: a loop range split into static chunks, one per thread, through libgomp.
+"""Parallel regions in generated code: a loop range split into chunks that threads take as they come, through libgomp.
 
     emit_parallel_for(builder, start, stop, captured, body, *, min_chunk=1, grain=1, name="par")
 
@@ -8,11 +8,12 @@ chunk function's copies of `captured`.  What gets emitted, in the caller's funct
     chunk = NAME(lo, hi, captured...)          internal function holding the body; the captured values
                                                are its parameters (noalias carried over, see below)
     NAME.omp(ptr ctx)                          internal; what GOMP_parallel runs on every thread: loads
-                                               start, stop and the captures from ctx, takes this
-                                               thread's static chunk, calls NAME on it
+                                               start, stop and the captures from ctx, then takes chunks
+                                               (atomic add on ctx's counter) and calls NAME on each
+                                               until none is left
     at the call site:
         want = min(load kcompile_num_threads, (stop - start) / min_chunk, units of `grain`)
-        if want >= 2:  ctx = {start, stop, captured...};  GOMP_parallel(NAME.omp, &ctx, want, 0)
+        if want >= 2:  ctx = {start, stop, 0, captured...};  GOMP_parallel(NAME.omp, &ctx, want, 0)
         elif start < stop:  NAME(start, stop, captured...)       (serial: no libgomp call at all)
 
 Why this shape:
@@ -20,13 +21,21 @@ Why this shape:
   GEMM's B-panel scratch) is per thread, and the serial path is a plain direct call: no context struct,
   no libgomp, the same machine code the body would have had without threads (LLVM inlines it when small).
 * The serial path never asks libgomp who it is.  Inside another parallel region omp_get_num_threads()
-  answers for the *outer* team, so a chunk computed from it would be wrong there; only NAME.omp, which
-  runs as the body of our own region, calls omp_get_thread_num/omp_get_num_threads.  A nested region
+  answers for the *outer* team, so a piece size computed from it would be off there; only NAME.omp,
+  which runs as the body of our own region, calls omp_get_num_threads.  A nested region
   (a parallel body calling code with parallel regions) gets a team of one from libgomp and is correct.
-* Chunks are static and contiguous: thread t of T takes units [t*q + min(t, r), ...) of the range cut
-  into units of `grain` elements (q, r = divmod(units, T)), so every index is covered exactly once,
-  chunk boundaries fall on start + k*grain (GEMM row tiles, vector widths, cache lines), and chunk sizes
-  differ by at most one unit.  The body is never called with an empty range.
+* Chunks are contiguous pieces of ceil(units / (T * PIECES_PER_THREAD)) units of the range cut into
+  units of `grain` elements (the last piece may be shorter), handed out in order by an atomic counter
+  to whichever of the T threads asks next: every index is covered exactly once, chunk boundaries fall
+  on start + k*grain (GEMM row tiles, vector widths, cache lines), and the body is never called with an
+  empty range.  A thread that the OS (or the hypervisor) has descheduled holds at most the piece it
+  started, not 1/T of the region: the others take the rest.  The results never depend on which thread
+  runs a piece (the body writes only its chunk's part of memory), nor on the thread count.
+  NOTE (W1 batch-32 epochs of 20000 rows, alternating with one static chunk per thread, throwaway
+  /tmp/kc3/fit20k.py): beside a busy loop on one core, 2.69-3.08 s against 2.84-3.35 s in five pairs;
+  idle, no difference beyond the noise in twenty pairs (0.52-1.28 s against 0.53-0.98 s, both
+  drifting with the machine).  A region's end still waits for every thread of the team, so beside a
+  busy process one thread (KCOMPILE_NUM_THREADS=1) is much faster: 1.02-1.24 s in the same test.
 * The thread count is read when the region starts from `kcompile_num_threads`, an `external global
   i32` that this module defines in the process (a ctypes int registered with llvmlite's add_symbol):
   one knob for every compiled module, cached ones included, changed with `set_num_threads` without
@@ -193,7 +202,7 @@ def _load_libgomp() -> bool:
         llvm.load_library_permanently(LIBGOMP)
     except (OSError, RuntimeError):
         return False
-    if not (llvm.address_of_symbol("GOMP_parallel") and llvm.address_of_symbol("omp_get_thread_num")):
+    if not (llvm.address_of_symbol("GOMP_parallel") and llvm.address_of_symbol("omp_get_num_threads")):
         return False
     if _num_threads_cell.value == 0:
         _num_threads_cell.value = min(num_threads(), 2**31 - 1)
@@ -268,6 +277,11 @@ def _check_closed(function: ir.Function, captured: Sequence[ir.Value]) -> None:
                                  f"of another function{hint}")
 
 
+#: A region's units are handed out in pieces of ceil(units / (threads * PIECES_PER_THREAD)), each
+#: taken by whichever thread asks next (see the module docstring).
+PIECES_PER_THREAD = 4
+
+
 def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.Value],
                       body: Callable[[ir.IRBuilder, ir.Value, ir.Value, list], None], *,
                       min_chunk: int = 1, grain: int = 1, name: str = "par",
@@ -332,7 +346,8 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
         return chunk_fn
 
     # -- the per-thread trampoline GOMP_parallel runs ------------------------------------------------------
-    ctx_type = ir.LiteralStructType([I64, I64] + [v.type for v in captured])
+    # ctx = {start, stop, next unit to hand out, captured...}
+    ctx_type = ir.LiteralStructType([I64, I64, I64] + [v.type for v in captured])
     omp_fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{base}.omp")
     omp_fn.linkage = "internal"
     omp_fn.attributes.add("nounwind")
@@ -342,17 +357,15 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
     fields = [b.load(b.gep(ctx_arg, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ctx_type,
                            inbounds=True), typ=t)
               for i, t in enumerate(ctx_type.elements)]
-    t_start, t_stop, *t_values = fields
-    get_id = _declare(module, "omp_get_thread_num", ir.FunctionType(I32, []))
+    t_start, t_stop, _, *t_values = fields
+    next_unit = b.gep(ctx_arg, [ir.Constant(I32, 0), ir.Constant(I32, 2)], source_etype=ctx_type,
+                      inbounds=True)
     get_count = _declare(module, "omp_get_num_threads", ir.FunctionType(I32, []))
-    thread = b.zext(b.call(get_id, []), I64, name="thread")
     team = b.zext(b.call(get_count, []), I64, name="team")
     total = b.sub(t_stop, t_start, name="total")
     units = total if grain == 1 else b.udiv(b.add(total, i64(grain - 1)), i64(grain))
-    quotient, remainder = b.udiv(units, team), b.urem(units, team)
-    extra = b.select(b.icmp_unsigned("<", thread, remainder), thread, remainder)
-    first = b.add(b.mul(thread, quotient), extra)
-    count = b.add(quotient, b.zext(b.icmp_unsigned("<", thread, remainder), I64))
+    pieces = b.mul(team, i64(PIECES_PER_THREAD))
+    piece = b.udiv(b.add(units, b.sub(pieces, i64(1))), pieces, name="piece")
 
     def element(unit):
         if grain == 1:
@@ -360,9 +373,18 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
         offset = b.mul(unit, i64(grain))
         return b.add(t_start, b.select(b.icmp_unsigned("<", offset, total), offset, total))
 
-    c_lo, c_hi = element(first), element(b.add(first, count))
-    with b.if_then(b.icmp_signed("<", c_lo, c_hi)):
-        b.call(chunk_fn, [c_lo, c_hi] + t_values)
+    loop, done = omp_fn.append_basic_block("take"), omp_fn.append_basic_block("done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    first = b.atomic_rmw("add", next_unit, piece, "monotonic", name="first")
+    work = omp_fn.append_basic_block("work")
+    b.cbranch(b.icmp_unsigned("<", first, units), work, done)
+    b.position_at_end(work)
+    last = b.add(first, piece)
+    last = b.select(b.icmp_unsigned("<", last, units), last, units)
+    b.call(chunk_fn, [element(first), element(last)] + t_values)
+    b.branch(loop)
+    b.position_at_end(done)
     b.ret_void()
 
     # -- the call site ---------------------------------------------------------------------------------------
@@ -379,7 +401,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
     team_size = builder.select(builder.icmp_signed("<", wanted, limit), wanted, limit, name=f"{name}.team")
     with builder.if_else(builder.icmp_signed(">", team_size, i64(1))) as (parallel, serial):
         with parallel:
-            for i, value in enumerate([start, stop] + captured):
+            for i, value in enumerate([start, stop, i64(0)] + captured):
                 # NOTE: no source_etype: llvmlite then types the field pointer from the (typed) alloca,
                 # which store() checks; with source_etype it would claim to point at the whole struct.
                 builder.store(value, builder.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, i)],

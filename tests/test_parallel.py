@@ -201,8 +201,17 @@ def expected_team(size, requested, *, min_chunk=1, grain=1):
     return max(1, min(requested, size // min_chunk, units)) if size > 0 else 0
 
 
+def expected_piece(size, team, grain=1):
+    """Units of `grain` per chunk a team of `team` hands out (codegen.parallel.PIECES_PER_THREAD)."""
+    units = -(-size // grain)
+    if team <= 1:
+        return units                      # the serial path: one chunk
+    pieces = team * parallel.PIECES_PER_THREAD
+    return -(-units // pieces)
+
+
 # ----------------------------------------------------------------------------------------------
-# Coverage: every index exactly once, the static schedule, grain and min_chunk
+# Coverage: every index exactly once, the pieces of the schedule, grain and min_chunk
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", list(COVER_VARIANTS))
@@ -218,15 +227,16 @@ def test_every_index_covered_exactly_once(compiled, variant, requested):
             assert (counts == 1).all(), (variant, requested, start, size)
             team = 1 if options.get("threading") is False and size else \
                 expected_team(size, requested, min_chunk=min_chunk, grain=grain)
-            assert len(chunks) == team, (variant, requested, start, size, chunks)
-            if not chunks:
+            if not size:
+                assert not chunks
                 continue
-            # contiguous, ascending, non-empty, boundaries on the grain, sizes within one grain unit
+            piece = expected_piece(size, team, grain)
+            assert len(chunks) == -(-(-(-size // grain)) // piece), (variant, requested, start, size, chunks)
+            # contiguous, ascending, non-empty, boundaries on the grain, all pieces but the last whole
             assert chunks[0][0] == start and chunks[-1][1] == start + size
             assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
             assert all(lo < hi and (lo - start) % grain == 0 for lo, hi in chunks)
-            sizes = [hi - lo for lo, hi in chunks[:-1]] + [-(-(chunks[-1][1] - chunks[-1][0]) // grain) * grain]
-            assert max(sizes) - min(sizes) <= grain
+            assert all(hi - lo == piece * grain for lo, hi in chunks[:-1])
 
 
 @pytest.mark.parametrize("variant", list(COVER_VARIANTS))
@@ -387,7 +397,8 @@ def test_cached_object_resolves_the_thread_count(compiled):
     f = ctypes.CFUNCTYPE(None, VOIDP, VOIDP, VOIDP, ctypes.c_int64, ctypes.c_int64)(again.address("cover_plain"))
     with threads(2):
         counts, chunks = run_cover({"cover_plain": f}, "plain", 0, 10)
-    assert (counts == 1).all() and chunks == [(0, 5), (5, 10)]
+    piece = expected_piece(10, 2)           # a team of two hands out pieces (one thread: one chunk)
+    assert (counts == 1).all() and chunks == [(lo, min(lo + piece, 10)) for lo in range(0, 10, piece)]
 
 
 def test_forked_child_runs_serially(compiled):
