@@ -505,7 +505,8 @@ def _grad_matmul(node, g):
 # ----------------------------------------------------------------------------------------------
 
 register("arg", infer=_source_infer, reference=_arg_ref, grad=no_grad, kind=OPAQUE, source=True,
-         doc="a function input, bound by name")
+         doc="a function input, bound by name; finite=true promises it holds no inf or NaN "
+         "(graph.known_finite; the interpreter checks it)")
 register("const", infer=_source_infer, reference=_const_ref, grad=no_grad, kind=OPAQUE,
          source=True, doc="a constant: attr value is a Python scalar or a ConstValue")
 register("iota", infer=_source_infer, reference=_iota_ref, grad=no_grad, kind=ELEMWISE,
