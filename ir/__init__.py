@@ -12,6 +12,5 @@ from .verify import VerificationError, verify
 from . import passes
 
 __all__ = ["build", "ops", "gradients", "ConstValue", "Graph", "Node", "TensorType", "known_finite",
-           "to_networkx",
-           "topological_order", "run", "ParseError", "parse", "print_graph", "VerificationError",
-           "verify"]
+           "to_networkx", "topological_order", "run", "ParseError", "parse", "print_graph",
+           "VerificationError", "verify"]
