@@ -790,10 +790,10 @@ def kernel_parameters(buffers: list, slots: dict | None) -> list:
 
 def kernel_structure(group: Group, buffers: list, params: list, slots: dict, consts: dict) -> tuple:
     """What the code of a group's kernel is a function of: its members' ops, attributes and types,
-    how they connect, which parameter every value read from memory comes from, and the constants it
-    embeds -- not which buffers those parameters point to (the caller passes them).  Groups alike
-    (the steps of an unrolled recurrent layer, forward and backward) share one kernel function, so
-    LLVM optimizes each distinct kernel once."""
+    how they connect, which parameter every value read from memory comes from (and whether it is
+    known finite), and the constants it embeds -- not which buffers those parameters point to (the
+    caller passes them).  Groups alike (the steps of an unrolled recurrent layer, forward and
+    backward) share one kernel function, so LLVM optimizes each distinct kernel once."""
     param_of = {}
     for node in buffers:
         slot = slots.get(node)
@@ -811,7 +811,8 @@ def kernel_structure(group: Group, buffers: list, params: list, slots: dict, con
         if is_free(node):
             found = ("free", node.dtype, repr(node.attr("value")))
         elif node not in members and node in param_of:
-            found = ("param", param_of[node], str(node.type))
+            # (known finite: a one-row product may skip the zero entries of A, see call_gemv)
+            found = ("param", param_of[node], str(node.type), kir.known_finite(node))
         elif node not in members and node in consts:
             found = ("const", node.attr("value").digest, str(node.type))
         else:
@@ -825,9 +826,7 @@ def kernel_structure(group: Group, buffers: list, params: list, slots: dict, con
 
     for member in group.members:
         ref(member)
-    # a one-row product skips the zero entries of A for a B known finite (call_gemv)
-    finite = () if group.anchor is None else tuple(kir.known_finite(o) for o in group.anchor.operands)
-    return (group.kind, tuple(group.shape), ref(group.root), finite,
+    return (group.kind, tuple(group.shape), ref(group.root),
             None if group.anchor is None else ref(group.anchor),
             tuple(ref(o) for o in group.outputs), tuple(rows),
             tuple((param_of[node], ref(node)) for node in buffers))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 import ir
+from codegen.buffers import note_write   # numpy only
 
 TARGETS = ("llvm", "reference")
 
@@ -34,6 +35,8 @@ class ReferenceRunner:
         # Everything is computed before anything is written: an error leaves the state untouched.
         for name in self.state_outputs:
             self.state[name][...] = out[name]
+        if self.state_outputs:
+            note_write()
         return {name: out[name] for name in self.result_outputs}
 
     # The fast-path contract the training loop uses (the compiled runner implements it natively):

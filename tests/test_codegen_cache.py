@@ -19,6 +19,9 @@ from codegen import cache, mathlib, target
 from codegen.cache import compile_cached
 from codegen.jit import JitModule
 
+# these tests are about the cache: on, whatever the environment says (conftest.cache_on)
+pytestmark = pytest.mark.usefixtures("cache_on")
+
 REPO = Path(__file__).resolve().parent.parent
 F64 = ir.DoubleType()
 I64 = ir.IntType(64)
@@ -114,11 +117,6 @@ def expected_lookups():
 
 def entries(directory: Path):
     return sorted(directory.glob("*.kco"))
-
-
-@pytest.fixture(autouse=True)
-def _cache_on(monkeypatch):
-    monkeypatch.delenv("KCOMPILE_CACHE", raising=False)
 
 
 def test_miss_then_hit(tmp_path):

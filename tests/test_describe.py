@@ -11,10 +11,8 @@ from kcompile.describe import Undescribable, describe
 import kcompile.trainer as trainer_module
 
 
-@pytest.fixture(autouse=True)
-def cache_on(monkeypatch):
-    """These tests are about the cache: on, whatever the environment says (a test may turn it off)."""
-    monkeypatch.setenv("KCOMPILE_CACHE", "1")
+# these tests are about the cache: on, whatever the environment says (conftest.cache_on)
+pytestmark = pytest.mark.usefixtures("cache_on")
 
 
 def mlp(rate=0.2, activation="relu", units=16, seed=5):

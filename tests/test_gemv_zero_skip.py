@@ -175,3 +175,36 @@ def test_training_into_nan_weights_is_seen_by_the_next_predict():
     assert not all(np.isfinite(w).all() for w in model.get_weights())
     assert np.isnan(model.predict(one, verbose=0)).all()
     assert np.isnan(_numpy_forward(model, one)).all()
+
+
+def test_the_reference_target_also_sees_training_into_nan_weights():
+    """target='reference' traces the same marked predict graph; its runner counts its writes too, so
+    the interpreter is never fed NaN weights under the finite mark (it would raise)."""
+    model = kc.Sequential([layers.Input((6, 6)), layers.Flatten(), layers.Dense(24, activation="relu"),
+                           layers.Dense(5)])
+    model.compile(optimizer="adam", loss="mse", target="reference")
+    x = np.random.default_rng(7).random((8, 6, 6), dtype=np.float32)
+    one = np.ascontiguousarray(x[:1])
+    np.testing.assert_allclose(model.predict(one, verbose=0), _numpy_forward(model, one), rtol=1e-5,
+                               atol=1e-6)
+    assert ir.known_finite(model._programs[("predict", None, False)].graph.input(model.weights[0].path))
+    bad = x.copy()
+    bad[0, 3, 3] = np.nan
+    model.train_on_batch(bad, np.zeros((8, 5), np.float32))
+    assert np.isnan(model.predict(one, verbose=0)).all()
+    assert ("predict_nonfinite", None, False) in model._programs
+
+
+def test_predict_compiled_beside_evaluate_still_skips():
+    """fit compiles train, evaluate and predict into one module, sharing kernels alike: evaluate's
+    forward kernels read unmarked weights, so predict's must not be taken for them (with this model
+    every forward kernel of evaluate is alike one of predict's but for the mark)."""
+    model = kc.Sequential([layers.Input((6, 6)), layers.Flatten(), layers.Dense(24, activation="relu"),
+                           layers.Dense(24, activation="relu"), layers.Dense(5, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", target="llvm")
+    x = np.random.default_rng(8).random((8, 6, 6), dtype=np.float32)
+    model.fit(x, np.eye(5, dtype=np.float32)[np.arange(8) % 5], epochs=1, batch_size=4, verbose=0)
+    program = model._programs[("predict", None, False)]
+    evaluate = next(p for k, p in model._programs.items() if k[0] == "eval")
+    assert program.runner.compiled.code is evaluate.runner.compiled.code     # one module
+    assert skips(program.runner)

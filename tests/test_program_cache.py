@@ -21,10 +21,8 @@ from ir import build as B
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def cache_on(monkeypatch):
-    """These tests are about the cache: on, whatever the environment says (a test may turn it off)."""
-    monkeypatch.setenv("KCOMPILE_CACHE", "1")
+# these tests are about the cache: on, whatever the environment says (conftest.cache_on)
+pytestmark = pytest.mark.usefixtures("cache_on")
 
 
 def graphs(scale: float = 2.0):
