@@ -34,6 +34,7 @@ from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
 from . import mathlib
+from .gemm import NARROW_BLOCK, narrow_product
 from .loops import for_range, i64, smin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -904,7 +905,10 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     T = VALUE_TYPES[node.dtype]
     by_rows = not isinstance(m, ir.Value)
     if by_rows:
-        block, extent = ROW_BLOCK, m
+        # NOTE: a narrow dW (Dense(10)'s 512 x 10) is computed transposed (gemm.narrow_product),
+        # which wants long blocks; 256 x 10 floats are 10 KiB.
+        narrow = narrow_product(m, n, ta, tb, T)
+        block, extent = (NARROW_BLOCK if narrow else ROW_BLOCK), m
         lds = (m if ta else k, None, n)
     else:
         block, extent = COLUMN_BLOCK, n

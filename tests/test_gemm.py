@@ -13,7 +13,7 @@ import pytest
 from llvmlite import ir
 
 from codegen import target
-from codegen.gemm import KC, MC, emit_gemm, scratch_elements, tile_shape
+from codegen.gemm import KC, MC, NARROW_BLOCK, emit_gemm, narrow_product, scratch_elements, tile_shape
 from codegen.jit import JitModule
 from codegen.loops import for_range
 
@@ -135,6 +135,54 @@ def test_compiler_cases(lanes):
         for batch in (1, 7, 32, 37):
             shapes += [(batch, outputs, inputs), (batch, inputs, outputs), (inputs, outputs, batch)]
     run_specs(specs, shapes, lanes=None if lanes == HOST_LANES else lanes)
+
+
+# A^T @ B with few columns and many rows, which emit_gemm computes as C^T = B^T @ A in blocks of
+# NARROW_BLOCK rows and transposes into C: one and two vector groups of C^T rows, several blocks and a
+# remainder that is not a whole vector, one row past a vector, and k = 0.
+NARROW = [(512, 10, 128), (300, 17, 50), (777, 3, 1), (2 * NARROW_BLOCK + 5, 15, 37), (65, 1, 9),
+          (520, 10, 0)]
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_narrow_columns_are_computed_transposed(lanes):
+    run_lanes = None if lanes == HOST_LANES else lanes
+    assert narrow_product(512, 10, True, False, lanes=lanes)
+    if lanes == 16:
+        assert all(narrow_product(m, n, True, False, lanes=lanes) for m, n, _ in NARROW)
+    assert not narrow_product(512, 10, False, False, lanes=lanes)   # A not transposed
+    assert not narrow_product(4 * lanes - 1, 10, True, False, lanes=lanes)  # too few rows
+    assert not narrow_product(512, 4 * lanes, True, False, lanes=lanes)  # whole vectors already
+    specs = [GemmSpec("TN", m, n, accumulate=acc) for m, n, _ in NARROW for acc in (False, True)]
+    jit, _ = compile_gemms(specs[:1], lanes=run_lanes)
+    assert "kcompile.gemm.store_t" in jit.optimized_ir
+    run_specs(specs, NARROW, lanes=run_lanes)
+
+
+def test_narrow_columns_write_a_block_of_a_larger_c_only():
+    """ldc > n: the transposed store writes n columns of each row and nothing past them."""
+    M, K, N, c0, n = 300, 20, 40, 3, 10
+    module = ir.Module("narrow_ld")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]), "g")
+    a, b, c = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    b_block = builder.gep(b, [ir.Constant(I64, c0)], source_etype=ir.FloatType())
+    c_block = builder.gep(c, [ir.Constant(I64, c0)], source_etype=ir.FloatType())
+    assert narrow_product(M, n, True, False)
+    emit_gemm(builder, a, b_block, c_block, M, n, K, trans_a=True, ldb=N, ldc=N, accumulate=True)
+    builder.ret_void()
+    jit = JitModule(module)
+    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3)(jit.address("g"))
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((K, M)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C = np.full((M, N), 5.0, np.float32)
+    f(A.ctypes.data, B.ctypes.data, C.ctypes.data)
+    expected = 5.0 + A.T.astype(np.float64) @ B[:, c0:c0 + n].astype(np.float64)
+    np.testing.assert_allclose(C[:, c0:c0 + n], expected, rtol=1e-5, atol=1e-4)
+    outside = np.ones_like(C, bool)
+    outside[:, c0:c0 + n] = False
+    assert (C[outside] == 5.0).all()
 
 
 def test_float64():
