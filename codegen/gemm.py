@@ -723,14 +723,13 @@ def _emit_narrow(builder, vec, a_ptr, b_ptr, c_ptr, m, n, k, lda, ldb, ldc, accu
     T, L = vec.dtype, vec.lanes
     nb = NARROW_BLOCK
     ct = _function_scratch(builder, T, n * nb, purpose="narrow")
-    store = _store_transposed(vec, n)
-    flag = ir.Constant(I1, 1 if accumulate else 0)
+    store = _store_transposed(vec, n, accumulate)
 
     def block(row, rows):
         emit_gemm(builder, b_ptr, _gep(builder, a_ptr, row, T), ct, n, rows, k, trans_a=True,
                   dtype=T, lanes=L, scratch_ptr=scratch_ptr, lda=ldb, ldb=lda, ldc=nb)
         builder.call(store, [ct, i64(nb), i64(rows),
-                             _gep(builder, c_ptr, _mul(builder, row, ldc), T), i64(ldc), flag])
+                             _gep(builder, c_ptr, _mul(builder, row, ldc), T), i64(ldc)])
 
     full = m - m % nb
     if full == nb:
@@ -742,17 +741,17 @@ def _emit_narrow(builder, vec, a_ptr, b_ptr, c_ptr, m, n, k, lda, ldb, ldc, accu
         block(full, m % nb)
 
 
-def _store_transposed(vec: _Vec, n: int):
-    """void store(ct, ld_ct, rows, c, ldc, add): C[i, j] (+)= CT[j, i] for i < rows, j < n (< lanes
-    per vector group: n a constant), lanes rows at a time through a transpose in registers; C's rows
-    are written with masked stores of n lanes."""
+def _store_transposed(vec: _Vec, n: int, add: bool):
+    """void store(ct, ld_ct, rows, c, ldc): C[i, j] = CT[j, i] (+= with `add`) for i < rows, j < n
+    (n a constant), lanes rows at a time through a transpose in registers; C's rows are written with
+    masked stores of n lanes."""
     module, T, L = vec.module, vec.dtype, vec.lanes
-    name = f"{_KERNEL_PREFIX}.store_t.{_type_tag(T)}x{L}.{n}"
+    name = f"{_KERNEL_PREFIX}.store_t.{_type_tag(T)}x{L}.{n}{'.add' if add else ''}"
     ptr = ir.PointerType()
-    fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, I1], noalias=(0, 3))
+    fn, new = _function(module, name, [ptr, I64, I64, ptr, I64], noalias=(0, 3))
     if not new:
         return fn
-    ct, ld_ct, rows, c, ldc, add = fn.args
+    ct, ld_ct, rows, c, ldc = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     groups = -(-n // L)
     masks = [vec.lane_mask(bld, i64(min(L, n - g * L))) for g in range(groups)]
@@ -768,12 +767,9 @@ def _store_transposed(vec: _Vec, n: int):
                 with bld.if_then(inside):
                     dst = _gep(bld, _gep(bld, c, _mul(bld, _add(bld, i, q), ldc), T), g * L, T)
                     value = out[q]
-                    with bld.if_else(add) as (then, otherwise):
-                        with then:
-                            summed = bld.fadd(value, vec.masked_load(bld, dst, masks[g]))
-                            vec.masked_store(bld, summed, dst, masks[g])
-                        with otherwise:
-                            vec.masked_store(bld, value, dst, masks[g])
+                    if add:
+                        value = bld.fadd(value, vec.masked_load(bld, dst, masks[g]))
+                    vec.masked_store(bld, value, dst, masks[g])
     bld.ret_void()
     return fn
 
