@@ -13,6 +13,7 @@ or a re-iterable starts over when exhausted; a generator cannot, and training st
 """
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
@@ -76,6 +77,9 @@ def check_class_weight(class_weight):
             raise ValueError(f"`class_weight` keys must be integer class indices; got {key!r}")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"`class_weight` values must be numbers; got {value!r} for class {key}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"`class_weight` holds a NaN or infinite weight ({value!r}) for class "
+                             f"{key}; give every class a finite weight")
     return {int(k): float(v) for k, v in class_weight.items()}
 
 

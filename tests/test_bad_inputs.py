@@ -291,6 +291,31 @@ def test_bad_fit_arguments():
         model.fit(x, y, sample_weight=np.ones(8), class_weight={0: 2.0}, verbose=0)
 
 
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -np.inf])
+def test_class_weight_that_is_not_finite_is_refused_before_training(weight):
+    x, y = images(8)
+    model = mlp()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="NaN or infinite weight .* for class 3"):
+        model.fit(x, y, class_weight={0: 1.0, 3: weight}, verbose=0)
+    with pytest.raises(ValueError, match="NaN or infinite weight .* for class 3"):
+        model.train_on_batch(x, y, class_weight={3: weight})
+    assert_untouched(model, before)
+
+
+def test_assign_of_a_value_that_does_not_convert_leaves_the_variable_unchanged():
+    model = mlp()
+    bias = model.layers[1].bias
+    before = bias.numpy()
+    bad = np.array([1.0, 2.0, "x"] + [0.0] * (before.size - 3), dtype=object)
+    with pytest.raises(ValueError, match="does not convert to float32"):
+        bias.assign(bad)
+    np.testing.assert_array_equal(bias.numpy(), before)
+    good = np.arange(before.size, dtype=np.float64)
+    bias.assign(good)
+    np.testing.assert_array_equal(bias.numpy(), good.astype(np.float32))
+
+
 def test_bad_layer_and_model_construction():
     with pytest.raises(ValueError, match="expected a positive integer. Received: units=0"):
         Dense(0)

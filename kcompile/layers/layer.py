@@ -153,11 +153,18 @@ class Variable:
         return self._buffer.copy()
 
     def assign(self, value):
+        """Set the variable's value.  The value is converted in full before anything is written, so
+        a value that cannot be converted leaves the variable as it was."""
         value = np.asarray(value)
         if value.shape != self._buffer.shape:
             raise ValueError(f"cannot assign a value of shape {value.shape} to variable {self.path!r} "
                              f"of shape {self._buffer.shape}")
-        self._buffer[...] = value
+        try:
+            converted = value.astype(self._buffer.dtype, copy=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"cannot assign to variable {self.path!r}: the value (dtype {value.dtype}) "
+                             f"does not convert to {self._buffer.dtype}: {error}") from None
+        self._buffer[...] = converted
         note_write()
 
     def __array__(self, dtype=None, copy=None):
