@@ -26,6 +26,7 @@ class ReferenceRunner:
         self.result_outputs = [n for n in graph.output_names if n not in state]
         self._batched = {n.attr("name") for n in graph.inputs if n.type.batched}
         self._bound: dict = {}
+        self._epoch_bound: dict = {}
         self._last: dict = {}
 
     def run(self, feeds: dict) -> dict:
@@ -57,18 +58,21 @@ class ReferenceRunner:
         outputs = {name: self.graph.output(name).type for name in self.graph.output_names}
         self._epoch = make_epoch(feeds, self._batched, outputs, index, max_rows, counters,
                                  accumulate)
-        self._bound = dict(feeds)
+        # NOTE: apart from `bind`'s feeds, as the compiled runner's epoch binding is: a callback may
+        # call train_on_batch (bind + call) between two steps of the epoch.
+        self._epoch_bound = dict(feeds)
         return {name: acc for name, _, acc in self._epoch.accumulate}
 
     def step(self, rows: int, start: int) -> None:
         epoch = self._epoch
         epoch.check_step(rows, start)
         take = slice(start, start + rows) if epoch.index is None else epoch.index[start:start + rows]
+        bound = self._epoch_bound
         feeds = {name: (array[take] if name in self._batched else array)
-                 for name, array in self._bound.items()}
+                 for name, array in bound.items()}
         self._last = self.run(feeds)
         for name in epoch.counters:
-            np.add(self._bound[name], np.uint32(1), out=self._bound[name])  # wraps as u32
+            np.add(bound[name], np.uint32(1), out=bound[name])  # wraps as u32
         for name, how, acc in epoch.accumulate:
             out = self._last[name]
             if acc.dtype == np.float32:

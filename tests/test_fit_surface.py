@@ -193,6 +193,29 @@ def test_batch_source_errors():
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_train_on_batch_from_a_callback_between_the_steps_of_fit(target):
+    """A callback's train_on_batch runs between two steps of the epoch and leaves the epoch's own
+    batches, order and logs alone: the same as the steps taken one by one."""
+    x, y = data(rows=12)
+    extra_x, extra_y = x[:5] * 0.5, y[:5]
+
+    class Nested(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.train_on_batch(extra_x, extra_y)
+
+    model = linear_model(target)
+    history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, callbacks=[Nested()], verbose=0)
+    by_hand = linear_model(target)
+    losses = []
+    for start in range(0, 12, 4):
+        losses.append(by_hand.train_on_batch(x[start:start + 4], y[start:start + 4]))
+        by_hand.train_on_batch(extra_x, extra_y)
+    for got, want in zip(model.get_weights(), by_hand.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(history.history["loss"][0], np.mean(losses), rtol=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_sample_weights_scale_the_loss_and_the_update_like_keras(target):
     x, y = data(10)
     w = np.random.default_rng(2).random(10).astype(np.float32)
