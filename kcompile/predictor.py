@@ -6,6 +6,13 @@
 The directory holds `manifest.json`, the shared library and its C header (see `kcompile.export`).
 The library's SHA-256 is checked against the manifest before it is loaded, so a corrupt or truncated
 file is reported as such instead of being handed to the dynamic loader.
+
+The dynamic loader keeps one copy of a library per path (and per file), so loading a directory that
+was exported to again would give the library loaded first.  Each distinct library (by SHA-256) is
+therefore loaded from a private copy, a temporary file that is removed as soon as it is mapped; a
+predictor keeps running the library it loaded after the directory is overwritten, and loading an
+unchanged directory again reuses the library already loaded.  The shapes in the manifest are checked
+against those the library reports, and the output buffer is sized from the library.
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ import ctypes
 import hashlib
 import json
 import os
+import tempfile
+import threading
 
 import numpy as np
 
@@ -32,6 +41,78 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# SHA-256 of a library -> its loaded handle.  The same bytes are the same code, so predictors of
+# identical libraries share one mapping (the loader never unloads a ctypes library anyway).
+_LOADED: dict = {}
+_LOADED_LOCK = threading.Lock()
+_TEMP_PREFIX = "kcompile-predictor-"
+
+
+def _load_private_copy(library: str, digest: str, where: str) -> ctypes.CDLL:
+    """dlopen a copy of `library` made in `where`, checked against `digest`; the copy is removed
+    once mapped (the mapping stays valid), so the loader cannot hand back an older library that
+    was loaded from the same path."""
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".so", dir=where)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as dst, open(library, "rb") as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                dst.write(chunk)
+        if h.hexdigest() != digest:
+            raise PredictorError(f"{library} changed while it was being loaded (an export to the "
+                                 "same directory is running?); load it again")
+        return ctypes.CDLL(tmp, mode=ctypes.RTLD_LOCAL)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _load_library(library: str, digest: str) -> ctypes.CDLL:
+    with _LOADED_LOCK:
+        lib = _LOADED.get(digest)
+        if lib is not None:
+            return lib
+        # the temporary directory first; the export directory if that one cannot hold loadable
+        # code (mounted noexec, full, not writable)
+        errors = []
+        for where in (tempfile.gettempdir(), os.path.dirname(os.path.abspath(library))):
+            try:
+                lib = _load_private_copy(library, digest, where)
+                break
+            except OSError as e:
+                errors.append(f"{where}: {e}")
+        else:
+            raise PredictorError(f"cannot load {library}: " + "; ".join(errors))
+        _LOADED[digest] = lib
+        return lib
+
+
+def _shape(lib, library: str, which: str) -> tuple:
+    """The shape the library reports for its input or output (batch dimension None)."""
+    try:
+        rank_fn = getattr(lib, f"kcompile_{which}_rank")
+        shape_fn = getattr(lib, f"kcompile_{which}_shape")
+    except AttributeError:
+        raise PredictorError(f"{library} does not report its {which} shape (not a kcompile "
+                             "predictor, or from an older kcompile); export the model "
+                             "again") from None
+    rank_fn.argtypes, rank_fn.restype = [], ctypes.c_int
+    shape_fn.argtypes, shape_fn.restype = [ctypes.c_void_p], None
+    rank = rank_fn()
+    if not 1 <= rank <= 64:
+        raise PredictorError(f"{library} reports an {which} rank of {rank}")
+    dims = (ctypes.c_int64 * rank)()
+    shape_fn(ctypes.addressof(dims))
+    shape = tuple(None if d < 0 else int(d) for d in dims)
+    if shape[0] is not None or any(d is None or d <= 0 for d in shape[1:]):
+        raise PredictorError(f"{library} reports an {which} shape {shape}: expected a batch "
+                             "dimension followed by positive sizes")
+    return shape
 
 
 class Predictor:
@@ -63,23 +144,33 @@ class Predictor:
         if _sha256(library) != digest:
             raise PredictorError(f"{library} is corrupt or truncated: its SHA-256 does not match the "
                                  "manifest; export the model again")
+        lib = _load_library(library, digest)
         try:
-            lib = ctypes.CDLL(os.path.abspath(library))
             self._predict = lib.kcompile_predict
-        except (OSError, AttributeError) as e:
+            version = lib.kcompile_version
+        except AttributeError as e:
             raise PredictorError(f"cannot load {library}: {e}") from None
         self._predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         self._predict.restype = ctypes.c_int
-        lib.kcompile_version.restype = ctypes.c_char_p
-        self.version = lib.kcompile_version().decode()
+        version.argtypes, version.restype = [], ctypes.c_char_p
+        self.version = version().decode()
         self._lib = lib
-        rank = lib.kcompile_input_rank()
-        dims = (ctypes.c_int64 * rank)()
-        lib.kcompile_input_shape(dims)
-        native = tuple(None if d < 0 else d for d in dims)
-        if native != self.input_shape:
-            raise PredictorError(f"{library} takes inputs of shape {native} but the manifest says "
-                                 f"{self.input_shape}")
+        # the library's own shapes are the truth (the output buffer is sized from them); a
+        # manifest that disagrees belongs to another export
+        for which, claimed in (("input", self.input_shape), ("output", self.output_shape)):
+            native = _shape(lib, library, which)
+            if native != claimed:
+                raise PredictorError(
+                    f"{path} says {which}s {claimed} but the library {library} "
+                    f"{'takes' if which == 'input' else 'computes'} {native}: the directory was "
+                    "edited or mixed from two exports; export again")
+            setattr(self, f"{which}_shape", native)
+        for which in ("input", "output"):
+            dtype = manifest.get(f"{which}_dtype", "float32")
+            if dtype != "float32":
+                raise PredictorError(f"{path} says {which}s are {dtype} but the library "
+                                     f"{library} {'takes' if which == 'input' else 'computes'} "
+                                     "float32: the directory was edited; export again")
 
     def predict(self, x, batch_size=None) -> np.ndarray:
         """Outputs for every row of `x` (shape (rows, *input_shape[1:]))."""
