@@ -125,6 +125,9 @@ def _atomic_write(filepath: str, write, overwrite: bool):
         raise FileExistsError(f"{filepath} already exists and overwrite=False; pass overwrite=True to "
                               "replace it.")
     directory, name = os.path.split(os.path.abspath(filepath))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Cannot save to {filepath}: the directory {directory} does not exist; "
+                                "create it first (os.makedirs).")
     temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     # os.open with 0o666 (not mkstemp's 0o600): the saved file gets the user's umask, as open() gives.
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
@@ -371,6 +374,9 @@ class _Archive:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise _bad_file(self.filepath, f"{member} is not valid JSON ({error})") from None
+        except RecursionError:
+            raise _bad_file(self.filepath, f"{member} is nested too deeply to be a model's "
+                                           "configuration") from None
 
     def _check_metadata(self, names):
         metadata = self.metadata

@@ -658,9 +658,12 @@ class Trainer:
                                      "loss='categorical_crossentropy'.")
             classes = output_shape[-1]
             if y.size and (y.min() < 0 or y.max() >= classes):
+                fix = ("class labels are never negative: map them to 0, 1, ... first"
+                       if y.min() < 0 else
+                       f"make the last layer Dense({int(y.max()) + 1}) or fix the labels")
                 raise ValueError(f"`{argument}` holds class labels in [{int(y.min())}, {int(y.max())}], "
-                                 f"but the model outputs {classes} classes (labels 0 to {classes - 1}). "
-                                 f"Make the last layer Dense({int(y.max()) + 1}) or fix the labels.")
+                                 f"but the model outputs {classes} classes (labels 0 to {classes - 1}): "
+                                 f"{fix}.")
             return (np.ascontiguousarray(y, dtype=np.int32),
                     TargetSpec("i32", given, given), loss)
         fed = given

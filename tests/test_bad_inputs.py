@@ -245,8 +245,11 @@ def test_class_labels_that_do_not_fit_the_model():
     labels = y.argmax(1)
     model = mlp(loss="sparse_categorical_crossentropy")
     before = snapshot(model)
-    with pytest.raises(ValueError, match=r"class labels in \[5, 14\].*outputs 10 classes"):
+    with pytest.raises(ValueError, match=r"class labels in \[5, 14\].*outputs 10 classes.*"
+                                         r"make the last layer Dense\(15\)"):
         model.fit(x, labels + 5, verbose=0)
+    with pytest.raises(ValueError, match=r"class labels in \[-1, .*never negative"):
+        model.fit(x, labels - 1, verbose=0)
     with pytest.raises(ValueError, match="non-integer values"):
         model.fit(x, labels + 0.5, verbose=0)
     with pytest.raises(ValueError, match=r"integer class labels of shape \(None,\)"):

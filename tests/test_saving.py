@@ -303,6 +303,11 @@ def test_file_suffixes_like_keras(tmp_path):
     model.save(tmp_path / "model.keras")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.save(tmp_path / "model.keras", overwrite=False)
+    missing = tmp_path / "no_such_dir"
+    for save, name in ((model.save, "model.keras"), (model.save_weights, "model.weights.npz")):
+        with pytest.raises(FileNotFoundError, match=f"{missing} does not exist; create it first"):
+            save(missing / name)
+    assert not missing.exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +367,9 @@ BAD_FILES = {
     "newer format": (lambda data, members: _newer_format(members), "format version 99"),
     "config not JSON": (lambda data, members: {**members, "config.json": b"{not json"},
                         "config.json is not valid JSON"),
+    "config nested too deeply": (lambda data, members: {**members,
+                                                        "config.json": b"[" * 100000 + b"]" * 100000},
+                                 "config.json is nested too deeply"),
     "unknown layer class": (lambda data, members: _with_config(members, _unknown_layer),
                             "cannot be rebuilt from config.json.*Unknown layer class 'Conv7D'"),
     "weights not npz": (lambda data, members: {**members, "weights.npz": b"garbage"},
