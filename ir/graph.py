@@ -142,6 +142,56 @@ class Node:
     def __repr__(self) -> str:
         return f"<{self.op}:{self.type} #{self.uid}>"
 
+    # Arithmetic operators build nodes (ir.build's add, sub, ...: numpy broadcasting, Python scalars
+    # promoted), so code traced into a graph -- a custom loss, a layer's call -- can write `a - b`.
+    # Comparisons are not overloaded: == and hashing stay identity, as graphs need.
+
+    def __add__(self, other):
+        return _build().add(self, other)
+
+    def __radd__(self, other):
+        return _build().add(other, self)
+
+    def __sub__(self, other):
+        return _build().sub(self, other)
+
+    def __rsub__(self, other):
+        return _build().sub(other, self)
+
+    def __mul__(self, other):
+        return _build().mul(self, other)
+
+    def __rmul__(self, other):
+        return _build().mul(other, self)
+
+    def __truediv__(self, other):
+        return _build().div(self, other)
+
+    def __rtruediv__(self, other):
+        return _build().div(other, self)
+
+    def __neg__(self):
+        return _build().neg(self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+            if exponent == 2:
+                return _build().mul(self, self)
+            if exponent == 1:
+                return self
+            if exponent == 0.5:
+                return _build().sqrt(self)
+        raise TypeError(f"x ** {exponent!r} on a traced value: only the exponents 1, 2 and 0.5 are "
+                        "built in; write x ** p as exp(p * log(x)) for x > 0")
+
+    def __matmul__(self, other):
+        return _build().matmul(self, other)
+
+
+def _build():
+    from . import build    # build imports this module
+    return build
+
 
 def known_finite(node: Node) -> bool:
     """True when every value of `node` is known to be finite (no inf, no NaN): a constant whose values

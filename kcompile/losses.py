@@ -45,11 +45,18 @@ def _is_traced(*values) -> bool:
 
 
 def squeeze_or_expand_to_same_rank(y_true: Node, y_pred: Node):
-    """Drop a trailing axis of size 1 so the ranks agree, as Keras does before comparing."""
+    """Make the ranks agree as Keras does before comparing: when one has a trailing axis of size 1
+    the other lacks, a rank-1 other gains that axis ((N,) against (N, 1): one value per sample), and
+    otherwise the axis is dropped."""
+    def fit(longer, shorter):
+        if shorter.type.rank == 1:
+            return longer, B.reshape(shorter, shorter.shape + (1,))
+        return B.reshape(longer, longer.shape[:-1]), shorter
+
     if y_true.type.rank == y_pred.type.rank - 1 and y_pred.shape[-1] == 1:
-        y_pred = B.reshape(y_pred, y_pred.shape[:-1])
+        y_pred, y_true = fit(y_pred, y_true)
     elif y_pred.type.rank == y_true.type.rank - 1 and y_true.shape[-1] == 1:
-        y_true = B.reshape(y_true, y_true.shape[:-1])
+        y_true, y_pred = fit(y_true, y_pred)
     return y_true, y_pred
 
 
@@ -506,7 +513,7 @@ def get(identifier):
         known = sorted(set(_FUNCTIONS) | set(_CLASSES) | set(AUTO_NAMES))
         raise ValueError(f"Unknown loss function: {identifier!r}. Use one of {known}, a "
                          "kcompile.losses.Loss instance, or a function (y_true, y_pred) -> "
-                         "per-sample losses written with kcompile.losses functions.")
+                         "per-sample losses written with arithmetic operators and kcompile.losses functions.")
     if isinstance(identifier, dict):
         cls = _CLASSES.get(identifier.get("class_name"))
         if cls is None:

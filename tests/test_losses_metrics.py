@@ -200,6 +200,54 @@ def test_a_train_step_through_every_loss_matches_the_reference(target):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_one_column_predictions_against_flat_targets_give_one_loss_per_sample():
+    """Keras gives (N,) targets against (N, 1) predictions an axis (not the predictions' axis
+    dropped, which would average over the batch): per-sample losses, weighted objects, metrics."""
+    rng = np.random.default_rng(9)
+    y = rng.standard_normal(12).astype(np.float32)
+    p = rng.random((12, 1)).astype(np.float32)
+    w = rng.random(12).astype(np.float32)
+    squared, absolute = (y - p[:, 0]) ** 2, np.abs(y - p[:, 0])
+    for fn, want in ((losses.mean_squared_error, squared), (losses.mean_absolute_error, absolute)):
+        for a, b in ((y, p), (p, y)):
+            got = np.asarray(fn(a, b))
+            assert got.shape == (12,)
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert float(losses.MeanSquaredError()(y, p, sample_weight=w)) == pytest.approx(
+        (squared * w).mean(), rel=1e-5)
+    metric = metrics.MeanAbsoluteError()
+    metric.update_state(y, p, sample_weight=w)
+    assert float(metric.result()) == pytest.approx((absolute * w).sum() / w.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_custom_loss_written_with_operators(target):
+    """A Keras-style custom loss of plain arithmetic on the traced tensors: its value averages over
+    every element, as Keras's does, and one SGD step follows its gradient (by hand in float64)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+
+    def custom(y_true, y_pred):
+        d = y_pred - y_true
+        return 0.5 * d ** 2 + 1.0 / (2.0 + d * d) - (-d) / 4
+
+    model, kernel, bias = fixed_model("linear")
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss=custom, target=target)
+    d = x.astype(np.float64) @ kernel + bias - y
+    value = 0.5 * d ** 2 + 1.0 / (2.0 + d * d) + d / 4
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(value.mean(), rel=1e-5)
+    grad_d = (d - 2 * d / (2.0 + d * d) ** 2 + 0.25) / d.size
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(model.get_weights()[0], kernel - 0.1 * x.T.astype(np.float64) @ grad_d,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.get_weights()[1], bias - 0.1 * grad_d.sum(0), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(TypeError, match="only the exponents 1, 2 and 0.5"):
+        model.compile(optimizer="sgd", loss=lambda t, p: (p - t) ** 3, target=target)
+        model.evaluate(x, y, verbose=0)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_gradient_matches_finite_differences_in_float64(name):
     loss, _, kind, activation = LOSSES[name]
