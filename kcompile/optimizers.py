@@ -72,6 +72,27 @@ def _optional_real(value, argument):
     return None if value is None else _check_real(value, argument)
 
 
+class LearningRateValue(float):
+    """What `optimizer.learning_rate` returns: its value as a float, plus the methods Keras code calls
+    on the learning-rate variable (`assign`, `numpy`), which read and write the optimizer."""
+
+    def __new__(cls, value, optimizer):
+        self = super().__new__(cls, value)
+        self._optimizer = optimizer
+        return self
+
+    def assign(self, value):
+        """Set the optimizer's learning rate (as `optimizer.learning_rate = value`)."""
+        self._optimizer.learning_rate = value
+        return self._optimizer.learning_rate
+
+    def numpy(self) -> np.float32:
+        return np.float32(self)
+
+    def __reduce__(self):     # pickles and deep-copies as the plain float, not the optimizer
+        return float, (float(self),)
+
+
 class Optimizer:
     """Base class.  Subclasses set `slot_names()` and write `update_step` in IR ops."""
 
@@ -126,13 +147,14 @@ class Optimizer:
     # -- state ----------------------------------------------------------------------------------
 
     @property
-    def learning_rate(self) -> float:
-        """The rate the next step uses: the number set, or the schedule at `iterations`."""
+    def learning_rate(self) -> "LearningRateValue":
+        """The rate the next step uses: the number set, or the schedule at `iterations`.  A float,
+        with Keras's variable methods: `optimizer.learning_rate.assign(0.01)` sets it."""
         if self._schedule is None:
-            return float(self._learning_rate.buffer)
+            return LearningRateValue(float(self._learning_rate.buffer), self)
         value = schedules._eager_value(self._schedule, int(self._iterations.buffer))
         self._learning_rate.buffer[...] = np.float32(value)
-        return value
+        return LearningRateValue(value, self)
 
     @learning_rate.setter
     def learning_rate(self, value):
@@ -276,7 +298,7 @@ class Optimizer:
 
     def get_config(self) -> dict:
         learning_rate = (schedules.serialize(self._schedule) if self._schedule is not None
-                         else self.learning_rate)
+                         else float(self.learning_rate))
         return {"name": self.name, "learning_rate": learning_rate, "weight_decay": self.weight_decay,
                 "clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
                 "clipvalue": self.clipvalue}

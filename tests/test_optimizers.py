@@ -283,6 +283,36 @@ def test_learning_rate_of_a_schedule_is_read_only_except_its_own_value():
     assert optimizer.learning_rate == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_learning_rate_assign_as_keras_code_writes_it(target):
+    """`optimizer.learning_rate` is a float that also has the Keras variable's `assign` and
+    `numpy`: a callback that assigns 0 freezes the next epoch's steps."""
+    x, y, kernel, bias = linear_problem(1)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.set_weights([kernel, bias])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
+    rate = model.optimizer.learning_rate
+    assert isinstance(rate, float) and rate == pytest.approx(0.1) and rate.numpy() == np.float32(0.1)
+    assert model.optimizer.get_config()["learning_rate"] == pytest.approx(0.1)
+    assert type(model.optimizer.get_config()["learning_rate"]) is float
+
+    class Freeze(kcompile.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(0.0)
+            self.after_first = [w.copy() for w in self.model.get_weights()]
+
+    freeze = Freeze()
+    model.fit(x, y, epochs=1, batch_size=len(x), callbacks=[freeze], verbose=0)
+    assert model.optimizer.learning_rate == 0.0
+    model.fit(x, y, epochs=1, batch_size=len(x), verbose=0)
+    for got, want in zip(model.get_weights(), freeze.after_first):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(freeze.after_first[0], kernel.astype(np.float32))
+    scheduled = optimizers.SGD(learning_rate=schedules.ExponentialDecay(0.1, 1, 0.5))
+    with pytest.raises(TypeError, match="learning rate is not settable"):
+        scheduled.learning_rate.assign(0.5)
+
+
 def test_a_new_schedule_or_clipping_retraces_the_train_step():
     x, y, kernel, bias = linear_problem(1)
     model = Sequential([Input(shape=(4,)), Dense(3)])
