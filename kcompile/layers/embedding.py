@@ -3,7 +3,8 @@
 The lookup is the `gather` primitive; its gradient is `scatter_add`, the sum of the gradient rows
 of every occurrence of an id, so the optimizer updates the whole (dense) table.  Models are fed
 float arrays, so the ids arrive as floats holding integers and are cast to i32 in the graph; ids
-outside [0, input_dim) are clamped to the nearest row (as JAX does; Keras on TensorFlow raises).
+outside [0, input_dim) are clamped to the nearest row.  Keras differs by backend there: on JAX an id
+past the end gives NaN and a negative id counts from the end; on TensorFlow both raise.
 """
 from __future__ import annotations
 
