@@ -394,7 +394,9 @@ class EarlyStopping(Callback):
         patience: Epochs without improvement after which training stops.
         verbose: 1 prints a message when stopping and when restoring weights.
         mode: ``'min'``, ``'max'``, or ``'auto'`` (max for accuracy-like names, min otherwise).
-        baseline: Value the metric must beat; training stops after ``patience`` epochs that do not beat it.
+        baseline: Value the metric must beat: an epoch that improves on the best so far without beating it
+            does not restart the patience count, and training stops at the first epoch that does not
+            improve once ``patience`` epochs have passed without beating it (as Keras 3).
         restore_best_weights: Restore the weights of the best epoch at the end of training (if it stopped
             early or ran out of epochs, as Keras 3 does).
         start_from_epoch: Epochs of warm-up before improvement is watched.
@@ -465,13 +467,11 @@ class EarlyStopping(Callback):
             self.best_epoch = epoch
             if self.restore_best_weights:
                 self.best_weights = _copy_weights(self.model.get_weights())
-            # Restart the wait only if the baseline is beaten too.
+            # Restart the wait only if the baseline is beaten too.  An improvement never stops training
+            # (Keras 3; Keras 2 let one that misses the baseline reach the patience check).
             if self.baseline is None or self._is_improvement(current, self.baseline):
                 self.wait = 0
-                return
-            # NOTE: an improvement that does not beat the baseline falls through to the patience check (as in
-            # Keras 2; Keras 3 returns here), so that, as documented, training stops when `patience` epochs pass
-            # without beating the baseline.
+            return
 
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch

@@ -251,9 +251,15 @@ def test_early_stopping_restores_best_weights(capsys):
 
 
 def test_early_stopping_baseline():
+    """Expected epoch counts are those of Keras 3.15's EarlyStopping driven with the same losses."""
     model = FakeModel()
-    # Improving, but never beating the baseline within `patience` epochs: stop.
-    assert fit(model, [EarlyStopping(patience=2, baseline=0.1)], losses(1.0, 0.5, 0.4, 0.3)) == 2
+    # Keras 3: an epoch that improves never stops training, even without beating the baseline ...
+    assert fit(model, [EarlyStopping(patience=2, baseline=0.1)], losses(1.0, 0.5, 0.4, 0.3)) == 4
+    # ... but it does not restart the wait: the first epoch that does not improve stops it.
+    model = FakeModel()
+    assert fit(model, [EarlyStopping(patience=2, baseline=0.1)], losses(1.0, 0.5, 0.6, 0.3)) == 3
+    model = FakeModel()
+    assert fit(model, [EarlyStopping(patience=2, baseline=0.45)], losses(1.0, 0.5, 0.6, 0.3)) == 3
     model = FakeModel()
     assert fit(model, [EarlyStopping(patience=2, baseline=0.45)], losses(1.0, 0.4, 0.3, 0.2)) == 4
 
