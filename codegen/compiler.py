@@ -324,13 +324,23 @@ def memory_text_of(plan, fused) -> str:
     return f"{plan.static_bytes} {plan.batch_bytes} {plan.outputs} {plan.copies and [c[0] for c in plan.copies]} {slots}"
 
 
+# (directory, graph name) -> functions of that name this process has dumped there
+_DUMPED: dict = {}
+
+
 def _maybe_dump(fn: CompiledFunction) -> None:
+    """KCOMPILE_DUMP=dir: every stage of `fn` as `dir/<graph>.<stage>.txt`; the second function of the
+    same name this process compiles is `<graph>-2`, and so on, so one model's files do not replace
+    another's."""
     directory = os.environ.get("KCOMPILE_DUMP")
     if not directory:
         return
     from .stages import stage_texts
     os.makedirs(directory, exist_ok=True)
+    key = (os.path.abspath(directory), fn.graph.name)
+    _DUMPED[key] = count = _DUMPED.get(key, 0) + 1
+    name = fn.graph.name if count == 1 else f"{fn.graph.name}-{count}"
     for stage, text in stage_texts(fn).items():
-        path = os.path.join(directory, f"{fn.graph.name}.{stage}.txt")
+        path = os.path.join(directory, f"{name}.{stage}.txt")
         with open(path, "w") as f:
             f.write(text)

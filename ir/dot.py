@@ -17,7 +17,10 @@ def to_dot(graph: Graph, groups=None) -> str:
     """DOT text.  Edges come from networkx (operand -> user, labelled with the operand index)."""
     nx_graph = to_networkx(graph)
     ids = {node: f"n{i}" for i, node in enumerate(graph.nodes())}
-    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
+    # NOTE: newrank: without it Graphviz 2.43's ranking of edges between clusters fails on small
+    # training graphs ("trouble in init_rank ... lost edge").
+    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", "  newrank=true;",
+             '  node [shape=box, fontname="monospace"];']
     grouped = set()
     for gi, (name, kind, members) in enumerate(groups or []):
         lines.append(f'  subgraph "cluster_{gi}" {{')

@@ -9,7 +9,7 @@ import pytest
 
 import ir
 import kcompile
-from kcompile.layers import Dense, Dropout, Flatten
+from kcompile.layers import Dense, Dropout, Flatten, Input
 
 
 def small_model(target="llvm"):
@@ -80,6 +80,11 @@ def test_plot_renders_or_says_what_is_missing(tmp_path, monkeypatch):
     if shutil.which("dot"):
         path = model.plot(tmp_path / "g.svg")
         assert open(path).read().lstrip().startswith("<?xml")
+        # a training graph whose clusters Graphviz 2.43 could not rank without newrank
+        other = kcompile.Sequential([Input((6,)), Dense(8, activation="relu"),
+                                     Dense(3, activation="softmax")])
+        other.compile("adam", "sparse_categorical_crossentropy")
+        assert open(other.plot(tmp_path / "t.svg")).read().lstrip().startswith("<?xml")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Graphviz"):
         model.plot(tmp_path / "g.png")
@@ -91,12 +96,18 @@ def test_kcompile_dump_writes_every_stage(tmp_path):
         "from kcompile.layers import Dense, Flatten\n"
         "m = kcompile.Sequential([Flatten(input_shape=(2, 2)), Dense(3, activation='softmax')])\n"
         "m.compile(optimizer='sgd', loss='categorical_crossentropy')\n"
-        "m.fit(np.zeros((4, 2, 2)), np.eye(3)[[0, 1, 2, 0]], verbose=0)\n")
+        "m.fit(np.zeros((4, 2, 2)), np.eye(3)[[0, 1, 2, 0]], verbose=0)\n"
+        "m2 = kcompile.Sequential([Flatten(input_shape=(2, 2)), Dense(5, activation='softmax')])\n"
+        "m2.compile(optimizer='sgd', loss='categorical_crossentropy')\n"
+        "m2.fit(np.zeros((4, 2, 2)), np.eye(5)[[0, 1, 2, 4]], verbose=0)\n")
     env = dict(os.environ, KCOMPILE_DUMP=str(tmp_path), KCOMPILE_CACHE="0")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     names = sorted(os.listdir(tmp_path))
     for stage in ("traced", "simplify", "optimized", "fused", "memory", "llvm", "asm"):
         assert f"train.{stage}.txt" in names, names
+        assert f"train-2.{stage}.txt" in names, names     # the second model's, beside the first's
+    assert "f32[?,3]" in (tmp_path / "train.optimized.txt").read_text()
+    assert "f32[?,5]" in (tmp_path / "train-2.optimized.txt").read_text()
     graph = ir.parse((tmp_path / "train.optimized.txt").read_text())
     assert "loss" in graph.output_names
