@@ -173,6 +173,9 @@ class Node:
     def __neg__(self):
         return _build().neg(self)
 
+    def __abs__(self):
+        return _build().abs(self)
+
     def __pow__(self, exponent):
         if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
             if exponent == 2:

@@ -15,7 +15,7 @@ import numpy as np
 
 from kcompile import layers as layers_module
 from kcompile import saving
-from kcompile.saving import load_model  # noqa: F401  (kcompile.models.load_model, as Keras)
+from kcompile.saving import load_model, model_from_json  # noqa: F401  (as keras.models)
 from kcompile.layers.core import InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, format_shape
 from kcompile.trainer import Trainer
@@ -92,6 +92,10 @@ class Model(InspectionMixin, Trainer, Layer):
     def save(self, filepath, overwrite=True, zipped=None, **kwargs):
         """Save config, compile arguments, weights and optimizer state to a `.keras` file."""
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def to_json(self, **kwargs) -> str:
+        """The architecture as JSON text (no weights); `kcompile.models.model_from_json` reads it."""
+        return saving.model_to_json(self, **kwargs)
 
     def save_weights(self, filepath, overwrite=True):
         """Save every weight, by path 'layer/weight', to a `.weights.npz` file."""
@@ -390,3 +394,31 @@ def _summary_text(model, line_length=None, positions=None) -> str:
         out.append(f" Optimizer params: {_count(optimizer_variables):,} "
                    f"({_readable_memory_size(_bytes(optimizer_variables))})")
     return "\n".join(out) + "\n"
+
+
+def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
+    """A new model of the same architecture with fresh weights (not compiled), as
+    `keras.models.clone_model`.  `clone_function(layer)` makes each new layer (default: the layer's
+    class from its config)."""
+    if input_tensors is not None or kwargs.get("call_function") is not None:
+        raise NotImplementedError("clone_model of a Sequential model takes no input_tensors or "
+                                  "call_function")
+    unknown = set(kwargs) - {"call_function", "recursive"}
+    if unknown:
+        raise TypeError(f"clone_model() got unexpected keyword arguments {sorted(unknown)}")
+    if not isinstance(model, Sequential):
+        raise ValueError(f"clone_model expects a kcompile Sequential model; got {type(model).__name__}")
+    if clone_function is None:
+        return saving.model_from_json(model.to_json(), {type(model).__name__: type(model)})
+    if not callable(clone_function):
+        raise ValueError(f"clone_function must be callable; got {clone_function!r}")
+    clone = Sequential(name=model.name, trainable=model.trainable)
+    if model._input_layer is not None:
+        clone.add(layers_module.deserialize(layers_module.serialize(model._input_layer)), rebuild=False)
+    for layer in model.layers:
+        new = clone_function(layer)
+        if not isinstance(new, Layer):
+            raise ValueError(f"clone_function must return a layer; got {new!r} for {layer.name!r}")
+        clone.add(new, rebuild=False)
+    clone._maybe_build()
+    return clone

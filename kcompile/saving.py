@@ -514,24 +514,55 @@ def _model_class(class_name, custom_objects):
     return cls
 
 
+def _model_from_config(config: dict, custom_objects: dict):
+    """A new model (fresh weights) from {"class_name", "config", "build_config"}."""
+    cls = _model_class(config["class_name"], custom_objects)
+    model_config = dict(config["config"])
+    layer_configs = model_config.get("layers", [])
+    if not isinstance(layer_configs, list) or not all(isinstance(c, dict) for c in layer_configs):
+        raise ValueError("'layers' must be a list of {'class_name': ..., 'config': ...} objects")
+    model_config["layers"] = [_resolve_custom_functions(c, custom_objects) for c in layer_configs]
+    model = cls.from_config(model_config, custom_objects=custom_objects)
+    build_config = config.get("build_config") or {}
+    if build_config.get("input_shape") is not None and not model.built:
+        model.build(tuple(build_config["input_shape"]))
+    return model
+
+
 def _rebuild(archive: _Archive, custom_objects: dict):
-    config = archive.config
     try:
-        cls = _model_class(config["class_name"], custom_objects)
-        model_config = dict(config["config"])
-        layer_configs = model_config.get("layers", [])
-        if not isinstance(layer_configs, list) or not all(isinstance(c, dict) for c in layer_configs):
-            raise ValueError("'layers' must be a list of {'class_name': ..., 'config': ...} objects")
-        model_config["layers"] = [_resolve_custom_functions(c, custom_objects) for c in layer_configs]
         with _generator_untouched():
-            model = cls.from_config(model_config, custom_objects=custom_objects)
-            build_config = config.get("build_config") or {}
-            if build_config.get("input_shape") is not None and not model.built:
-                model.build(tuple(build_config["input_shape"]))
+            model = _model_from_config(archive.config, custom_objects)
     except Exception as error:  # the config is data from a file: any failure means it is unusable
         raise _bad_file(archive.filepath, f"the model cannot be rebuilt from {CONFIG}: "
                                           f"{type(error).__name__}: {error}") from error
     return model
+
+
+def model_to_json(model, **kwargs) -> str:
+    """`model.to_json()`: the architecture (no weights, no compile arguments) as JSON text, as Keras's;
+    `kwargs` go to json.dumps."""
+    config = _model_config(model)
+    config.pop("compile_config")
+    return json.dumps(config, **kwargs)
+
+
+def model_from_json(json_string, custom_objects=None):
+    """A new, uncompiled model with fresh weights from `model.to_json()` text, as Keras's."""
+    try:
+        config = json.loads(json_string)
+    except (TypeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"model_from_json needs the text of model.to_json(); this is not valid JSON "
+                         f"({error})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str) \
+            or not isinstance(config.get("config"), dict):
+        raise ValueError("model_from_json needs the text of model.to_json(): a JSON object with "
+                         "'class_name' and 'config'")
+    try:
+        return _model_from_config(config, dict(custom_objects or {}))
+    except Exception as error:
+        raise ValueError(f"the model cannot be rebuilt from this JSON: {type(error).__name__}: "
+                         f"{error}") from error
 
 
 def _custom_or(value, custom_objects, resolve):

@@ -282,6 +282,42 @@ def test_load_model_leaves_the_global_random_generator_alone(tmp_path):
 # File names
 # ----------------------------------------------------------------------------------------------
 
+def test_to_json_model_from_json_and_clone_model_rebuild_the_architecture():
+    from kcompile.models import clone_model, model_from_json
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    text = model.to_json()
+    assert json.loads(text)["class_name"] == "Sequential" and "compile_config" not in text
+    for copy in (model_from_json(text), clone_model(model)):
+        assert copy.get_config() == model.get_config()
+        assert copy.optimizer is None                            # not compiled, as Keras's
+        assert not np.array_equal(copy.get_weights()[0], model.get_weights()[0])  # fresh weights
+        copy.set_weights(model.get_weights())
+        np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0),
+                                   rtol=1e-5, atol=1e-6)
+    before = [w.copy() for w in model.get_weights()]
+    clone = clone_model(model)
+    clone.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    clone.fit(x, y, epochs=1, verbose=0)                         # the original is not touched
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    seen = []
+
+    def clone_function(layer):
+        seen.append(layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    assert clone_model(model, clone_function=clone_function).get_config() == model.get_config()
+    assert seen == [layer.name for layer in model.layers]
+    with pytest.raises(ValueError, match="not valid JSON"):
+        model_from_json("{oops")
+    with pytest.raises(ValueError, match="'class_name' and 'config'"):
+        model_from_json("[1, 2]")
+    with pytest.raises(ValueError, match="cannot be rebuilt.*Conv7D"):
+        model_from_json(text.replace('"Dense"', '"Conv7D"'))
+
+
 def test_file_suffixes_like_keras(tmp_path):
     model = _model()
     for name in ("model", "model.h5", "model.kc", "model.weights.npz"):
