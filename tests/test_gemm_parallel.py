@@ -1,5 +1,6 @@
 """Blocked GEMM kernels split among threads (codegen.lower._emit_blocked_matmul): column blocks for
-batch rows, row blocks for static rows (dW).
+batch rows, row blocks for static rows (dW; blocks of NARROW_BLOCK rows for a narrow dW, which the
+GEMM computes transposed).
 
 Each case runs at 1, 2 and 3 threads: the results must be identical (the split decides which rows or
 columns share a GEMM call, never the arithmetic of an element) and agree with numpy in float64.
@@ -79,7 +80,8 @@ def test_batch_rows_every_split(k, n, transpose_b):
         check(out["scaled"], 2.0 * product, f"scaled, batch {batch}")
 
 
-@pytest.mark.parametrize("k,n", [(784, 512), (13, 70), (lower.ROW_BLOCK * 3 + 5, 10)])
+@pytest.mark.parametrize("k,n", [(784, 512), (13, 70), (lower.ROW_BLOCK * 3 + 5, 10),
+                                 (lower.NARROW_BLOCK * 2 + 5, 10)])
 def test_static_rows_every_split(k, n):
     rng = np.random.default_rng(k * n)
     graph = weight_gradient_graph(k, n)
