@@ -44,22 +44,32 @@ def _activation(fn):
 
 # -- helpers in primitives ------------------------------------------------------------------------
 
+# NOTE: the stable forms below branch on the sign of x with one `select` condition and take |x| as
+# that select too, never as `abs` or `max`/`min`: those have gradient 0 at x == 0 (abs's sign(0),
+# max's tie), which gave sigmoid'(0) = softplus'(0) = 0 -- an input row of zeros into a zero-bias
+# sigmoid layer got no gradient.  Through the select, x == 0 takes one branch whole, whose gradient
+# there is the true one (as JAX's where-based forms).
+
 def _expm1_nonpositive(x: Node) -> Node:
-    """exp(min(x, 0)) - 1: finite for every x, and so is its gradient."""
-    return B.sub(B.exp(B.minimum(x, 0.0)), 1.0)
+    """exp(x) - 1 for x <= 0 (0 for x > 0): finite for every x, and so is its gradient; at 0 the
+    gradient is exp(0) = 1."""
+    return B.sub(B.exp(B.select(B.gt(x, 0.0), B.zeros_like(x), x)), 1.0)
 
 
 def _softplus(x: Node) -> Node:
     # log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): never overflows.
-    return B.add(B.relu(x), B.log(B.add(1.0, B.exp(B.neg(B.abs(x))))))
+    positive = B.ge(x, 0.0)
+    return B.add(B.select(positive, x, B.zeros_like(x)),
+                 B.log(B.add(1.0, B.exp(B.select(positive, B.neg(x), x)))))
 
 
 def _sigmoid(x: Node) -> Node:
     # NOTE: the textbook 1/(1+exp(-x)) has exp(-x) = inf for x < -88, and its gradient multiplies that
     # inf by 0 (NaN).  exp(-|x|) never overflows, and each branch of the select is finite everywhere.
-    e = B.exp(B.neg(B.abs(x)))
+    positive = B.ge(x, 0.0)
+    e = B.exp(B.select(positive, B.neg(x), x))
     denominator = B.add(1.0, e)
-    return B.select(B.ge(x, 0.0), B.div(1.0, denominator), B.div(e, denominator))
+    return B.select(positive, B.div(1.0, denominator), B.div(e, denominator))
 
 
 # Eigen's / XLA's float32 erf: x * P(x^2) / Q(x^2) on [-4, 4] (erf(4) = 1 - 1.5e-8 rounds to 1).
@@ -167,7 +177,7 @@ def selu(x):
 def celu(x, alpha=1.0):
     """max(x, 0) + alpha * (exp(min(x, 0) / alpha) - 1)."""
     alpha = float(alpha)
-    return B.add(B.relu(x), B.mul(_expm1_nonpositive(B.div(B.minimum(x, 0.0), alpha)), alpha))
+    return B.add(B.relu(x), B.mul(_expm1_nonpositive(B.div(x, alpha)), alpha))
 
 
 @_activation

@@ -134,8 +134,9 @@ def _mean_last_axis(values: Node) -> Node:
 
 
 def _softplus(x: Node) -> Node:
-    # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|)).
-    return B.add(B.relu(x), B.log(B.add(1.0, B.exp(B.neg(B.abs(x))))))
+    # log(1 + exp(x)) without overflow, with the true gradient at 0 (see kcompile.activations)
+    from kcompile.activations import softplus
+    return softplus(x)
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):

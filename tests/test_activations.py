@@ -180,6 +180,32 @@ def test_gradient_matches_finite_differences_in_float64(name):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=2e-6 if name != "gelu" else 1e-5)
 
 
+# Gradients at exactly 0 where the activation is not differentiable there: JAX's (Keras's) choice,
+# the x <= 0 branch for the elu family; relu-like kinks give 0 (max's tie), as jax.nn.relu.
+AT_ZERO = {"elu": 1.0, "elu_0.5": 0.5, "selu": SELU_SCALE * SELU_ALPHA, "celu": 1.0, "relu": 0.0}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, _, kinks) in CASES.items()
+                                        if 0 not in kinks or n in AT_ZERO))
+def test_gradient_at_exactly_zero(name):
+    """At x == 0 a stable form's branches meet; the gradient there must be the true one (sigmoid'(0)
+    = 1/4, softplus'(0) = 1/2), not 0 from an abs or max inside it (which left a zero input row
+    into a zero-bias sigmoid layer without gradient)."""
+    fn, formula, _ = CASES[name]
+    arg = B.arg("x", "f64", (None, 3))
+    weights = B.arg("w", "f64", (None, 3))
+    (gradient,) = ir.gradients(B.reduce_sum(B.mul(fn(arg), weights)), [arg])
+    x, w = np.zeros((1, 3)), np.array([[1.0, -2.0, 0.5]])
+    got = ir.run(ir.Graph("g0", [arg, weights], [("g", gradient)]), {"x": x, "w": w})["g"]
+    if name in AT_ZERO:
+        want = AT_ZERO[name] * w
+    else:   # smooth at 0: central differences of the formula (softmax-like ones mix the row)
+        h = 1e-6
+        want = np.array([[((formula(x + h * np.eye(3)[j]) - formula(x - h * np.eye(3)[j])) * w).sum()
+                          / (2 * h) for j in range(3)]])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
 def test_gelu_erf_approximation_error_is_as_documented():
     x = np.linspace(-6, 6, 20001)
     exact = np_erf(x)
