@@ -231,6 +231,8 @@ def _compile_config(model) -> dict | None:
         # NOTE: the identifiers as compile() received them (Trainer keeps them), so a reloaded model
         # logs its metrics under the same names.
         "metrics": [_serialize_metric(m) for m in model._metric_identifiers],
+        "weighted_metrics": [_serialize_metric(m) for m in model._weighted_metric_identifiers],
+        "loss_weights": model.loss_weight,
         "target": model.target,
     }
 
@@ -593,9 +595,11 @@ def _compile(model, archive: _Archive, custom_objects: dict):
         loss = compile_config.get("loss")
         if loss is not None:
             loss = _custom_or(loss, custom_objects, losses.deserialize)
-        metrics = [_custom_or(m, custom_objects, _metric_from_config)
-                   for m in compile_config.get("metrics") or []]
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+        metrics, weighted = ([_custom_or(m, custom_objects, _metric_from_config)
+                              for m in compile_config.get(key) or []]
+                             for key in ("metrics", "weighted_metrics"))
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted,
+                      loss_weights=compile_config.get("loss_weights"),
                       target=compile_config.get("target", "llvm"))
     except Exception as error:  # a config from a file: any failure means it is unusable
         raise _bad_file(archive.filepath, f"the model cannot be compiled with the arguments saved in "

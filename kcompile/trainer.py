@@ -97,6 +97,9 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
     if loss_value.type.rank != 0:
         raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
                          "a loss with reduction='none' cannot be trained on")
+    weight = getattr(model, "loss_weight", 1.0)
+    if weight != 1.0:
+        loss_value = ir.build.mul(loss_value, weight)
     return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
 
 
@@ -218,6 +221,25 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
 # ----------------------------------------------------------------------------------------------
 # Argument and data validation
 # ----------------------------------------------------------------------------------------------
+
+def _single_loss_weight(loss_weights) -> float:
+    """compile's `loss_weights` for the model's one output: a number, or a list or dict of one (Keras
+    takes one per output); the loss that is reported and trained on is scaled by it."""
+    given = loss_weights
+    if loss_weights is None:
+        return 1.0
+    if isinstance(loss_weights, dict):
+        loss_weights = list(loss_weights.values())
+    if isinstance(loss_weights, (list, tuple)):
+        if len(loss_weights) != 1:
+            raise NotImplementedError(f"loss_weights={given!r} gives {len(loss_weights)} weights, one per "
+                                      "output, but kcompile models have one output: give one weight")
+        (loss_weights,) = loss_weights
+    if isinstance(loss_weights, bool) or not isinstance(loss_weights, numbers.Real) \
+            or not np.isfinite(loss_weights):
+        raise ValueError(f"loss_weights must be a finite number (or a list or dict of one); got {given!r}")
+    return float(loss_weights)
+
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -551,9 +573,7 @@ class Trainer:
         if metrics is None and isinstance(loss_weights, (list, tuple)) and loss_weights \
                 and not any(isinstance(w, numbers.Number) for w in loss_weights):
             metrics, loss_weights = loss_weights, None
-        if loss_weights not in (None, 1, 1.0):
-            raise NotImplementedError("loss_weights is for models with several outputs, which are not "
-                                      "supported yet")
+        loss_weight = _single_loss_weight(loss_weights)
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution other than 1 is not supported yet")
         resolved_optimizer = optimizers.get(optimizer)
@@ -573,6 +593,7 @@ class Trainer:
             metrics_module.check(identifier)
         self.optimizer = resolved_optimizer
         self.loss = loss
+        self.loss_weight = loss_weight
         self._metric_identifiers = [m for m in metrics if m is not None]
         self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
         self.target = "reference" if run_eagerly else target

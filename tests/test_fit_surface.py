@@ -9,7 +9,7 @@ import pytest
 
 from kcompile import callbacks, metrics, optimizers
 from kcompile.layers import Dense, Input
-from kcompile.models import Sequential
+from kcompile.models import Sequential, load_model
 
 
 def _available_targets():
@@ -191,6 +191,30 @@ def test_batch_source_errors():
 # ----------------------------------------------------------------------------------------------
 # Class and sample weights
 # ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_loss_weights_of_the_one_output_scale_the_loss_and_its_gradient(target, tmp_path):
+    x, y = data(rows=8)
+    plain = linear_model(target, learning_rate=0.2)
+    for weights in (2.0, [2.0], {"dense": 2.0}):
+        weighted = linear_model(target, learning_rate=0.1, loss_weights=weights,
+                                weighted_metrics=["mae"])
+        assert weighted.evaluate(x, y, verbose=0)[0] == pytest.approx(
+            2 * plain.evaluate(x, y, verbose=0), rel=1e-6)
+    # twice the loss at half the rate: the same SGD step
+    assert weighted.train_on_batch(x, y)[0] == pytest.approx(2 * plain.train_on_batch(x, y), rel=1e-6)
+    for got, want in zip(weighted.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    weighted.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.loss_weight == 2.0 and loaded.metrics_names == weighted.metrics_names
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), weighted.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+    with pytest.raises(NotImplementedError, match="2 weights, one per output"):
+        linear_model(target, loss_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="finite number"):
+        linear_model(target, loss_weights=float("nan"))
+
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_train_on_batch_from_a_callback_between_the_steps_of_fit(target):
