@@ -2,9 +2,10 @@
 weights Keras derives from `class_weight`.
 
 A batch source is a Python generator or iterator, an iterable that is not array-like (re-iterated
-every epoch, e.g. a torch DataLoader), or a sequence with `__len__` and `__getitem__(index)` (Keras's
-`PyDataset`; `on_epoch_end()` is called after each epoch if it has one).  Each batch is `x`,
-`(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+every epoch, e.g. a torch DataLoader), or a sequence with `__len__` (or `num_batches`) and
+`__getitem__(index)` (Keras's `PyDataset`, here `kcompile.utils.PyDataset`; its `on_epoch_begin()`
+and `on_epoch_end()` are called around each epoch).  Each batch is `x`, `(x,)`, `(x, y)` or
+`(x, y, sample_weight)`.
 
 Steps per epoch follow Keras 3's `EpochIterator`: without `steps_per_epoch` an epoch runs until the
 source is exhausted (a generator is then empty for the next epoch: training stops with a warning);
@@ -99,6 +100,18 @@ def class_weight_to_sample_weights(y, class_weight: dict) -> np.ndarray:
     return weights
 
 
+def _has_num_batches(source) -> bool:
+    try:
+        return isinstance(getattr(source, "num_batches", None), numbers.Integral)
+    except NotImplementedError:
+        return False
+
+
+def _batches(source) -> int:
+    """Batches per epoch of a sequence: len(), or a PyDataset's num_batches."""
+    return len(source) if hasattr(source, "__len__") else int(source.num_batches)
+
+
 class BatchStream:
     """Batches of a batch source, epoch after epoch (see the module docstring)."""
 
@@ -108,7 +121,7 @@ class BatchStream:
         self.shuffle = shuffle
         self.argument = argument
         self.is_sequence = (not hasattr(source, "__next__") and hasattr(source, "__getitem__")
-                            and hasattr(source, "__len__"))
+                            and (hasattr(source, "__len__") or _has_num_batches(source)))
         self.is_iterator = hasattr(source, "__next__")
         self._iterator = source if self.is_iterator else None
         self._pending = []
@@ -122,7 +135,7 @@ class BatchStream:
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
         if self.is_sequence:
-            return len(self.source)
+            return _batches(self.source)
         if not self.is_iterator and hasattr(self.source, "__len__"):
             try:
                 return len(self.source)
@@ -133,7 +146,7 @@ class BatchStream:
     def peek(self):
         """The first batch, without consuming it from the next epoch."""
         if self.is_sequence:
-            if len(self.source) == 0:
+            if _batches(self.source) == 0:
                 raise ValueError(f"`{self.argument}` has no batches (len 0)")
             return self.source[0]
         if self._iterator is None:
@@ -160,7 +173,7 @@ class BatchStream:
 
     def _next_from_sequence(self):
         if self._order is None or self._position >= len(self._order):
-            count = len(self.source)
+            count = _batches(self.source)
             self._order = (get_generator().permutation(count) if self.shuffle else np.arange(count))
             self._position = 0
             if count == 0:
@@ -177,6 +190,8 @@ class BatchStream:
             self._iterator = iter(self.source)  # a re-iterable: a fresh pass every epoch
         if self.is_sequence and steps is None:
             self._order = None  # a full pass, reshuffled
+        if self.is_sequence and hasattr(self.source, "on_epoch_begin"):
+            self.source.on_epoch_begin()
         while steps is None or yielded < steps:
             try:
                 if self.is_sequence:

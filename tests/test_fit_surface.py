@@ -158,6 +158,46 @@ def test_sequences_and_reiterables_give_a_full_pass_every_epoch():
     assert int(shuffled.optimizer.iterations.buffer) == 4
 
 
+def test_a_keras_style_py_dataset_trains_like_the_same_batches_from_arrays():
+    from kcompile.utils import PyDataset
+    x, y = data(20)
+
+    class Rows(PyDataset):
+        def __init__(self, size, **kwargs):
+            super().__init__(**kwargs)
+            self.size, self.events = size, []
+
+        def __getitem__(self, index):
+            return x[index * self.size:(index + 1) * self.size], y[index * self.size:(index + 1) * self.size]
+
+        def on_epoch_begin(self):
+            self.events.append("begin")
+
+        def on_epoch_end(self):
+            self.events.append("end")
+
+    class Batches(Rows):
+        def __len__(self):
+            return -(-len(x) // self.size)
+
+    class Counted(Rows):      # num_batches instead of __len__, as Keras 3 also allows
+        @property
+        def num_batches(self):
+            return -(-len(x) // self.size)
+
+    from_arrays = linear_model()
+    from_arrays.fit(x, y, batch_size=6, epochs=2, shuffle=False, verbose=0)
+    for source in (Batches(6, workers=2, use_multiprocessing=False), Counted(6, max_queue_size=4)):
+        model = linear_model()
+        history = model.fit(source, epochs=2, shuffle=False, verbose=0)
+        assert len(history.history["loss"]) == 2 and source.events == ["begin", "end"] * 2
+        for got, want in zip(model.get_weights(), from_arrays.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert model.evaluate(source, verbose=0) == pytest.approx(
+            from_arrays.evaluate(x, y, verbose=0), rel=1e-5)
+    assert Batches(6, workers=3).workers == 3
+
+
 def test_weighted_batches_validation_generators_and_logs():
     x, y = data(16)
     w = np.linspace(0.5, 2.0, 16).astype(np.float32)

@@ -7,7 +7,44 @@ import numpy as np
 from kcompile.progbar import Progbar
 from kcompile.utils.random import set_random_seed
 
-__all__ = ["Progbar", "set_random_seed", "to_categorical"]
+__all__ = ["Progbar", "PyDataset", "set_random_seed", "to_categorical"]
+
+
+class PyDataset:
+    """Base class of a batch source for `fit`, `evaluate` and `predict`, as ``keras.utils.PyDataset``.
+
+    Subclass it with ``__len__`` (batches per epoch; or a ``num_batches`` property) and
+    ``__getitem__(index)`` returning ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` for batch `index`.
+    ``on_epoch_begin()`` and ``on_epoch_end()`` are called around every epoch.  `workers`,
+    `use_multiprocessing` and `max_queue_size` are kept for Keras code that passes them; batches are
+    read in the calling thread, in index order (shuffled when fit's ``shuffle`` is True).
+    """
+
+    def __init__(self, workers=1, use_multiprocessing=False, max_queue_size=10):
+        self.workers = workers
+        self.use_multiprocessing = use_multiprocessing
+        self.max_queue_size = max_queue_size
+
+    def __getitem__(self, index):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__(index), the batch at "
+                                  "position index")
+
+    def __iter__(self):
+        for index in range(self.num_batches):
+            yield self[index]
+
+    @property
+    def num_batches(self) -> int:
+        if hasattr(self, "__len__"):
+            return len(self)
+        raise NotImplementedError(f"{type(self).__name__} must define __len__ (or a num_batches "
+                                  "property): the batches per epoch")
+
+    def on_epoch_begin(self):
+        pass
+
+    def on_epoch_end(self):
+        pass
 
 
 def to_categorical(y, num_classes=None, dtype="float32"):
