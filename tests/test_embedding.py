@@ -62,6 +62,33 @@ def test_default_initializer_is_uniform_005_and_config_round_trips():
     assert layer.name == "embedding"
 
 
+def test_an_integer_input_feeds_ids_as_keras_models_write_it(tmp_path):
+    """Input(dtype='int32') before an Embedding: int ids are looked up as the float-fed model's, the
+    dtype survives get_config and save/load, and float dtypes other than float32 are refused."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 30, (12, 6)).astype(np.int32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 12)]
+    models = []
+    for dtype in ("int32", None):
+        set_random_seed(3)
+        model = Sequential([Input((6,), dtype=dtype), Embedding(30, 4), Flatten(), Dense(3)])
+        model.compile(optimizer=optimizers.SGD(0.1), loss="mse")
+        model.fit(ids if dtype else ids.astype(np.float32), y, epochs=2, batch_size=4, shuffle=False,
+                  verbose=0)
+        models.append(model)
+    for got, want in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_array_equal(got, want)
+    table, kernel, bias = (w.astype(np.float64) for w in models[0].get_weights())
+    np.testing.assert_allclose(models[0].predict(ids, verbose=0),
+                               table[ids].reshape(12, -1) @ kernel + bias, rtol=1e-5, atol=1e-6)
+    assert models[0].get_config()["layers"][0]["config"]["dtype"] == "int32"
+    models[0].save(tmp_path / "m.keras")
+    from kcompile.models import load_model
+    assert load_model(tmp_path / "m.keras").get_config() == models[0].get_config()
+    with pytest.raises(ValueError, match="float32 inputs, or integer ids"):
+        Input((6,), dtype="float16")
+
+
 def test_embedding_arguments_are_checked():
     with pytest.raises(ValueError, match="input_dim"):
         Embedding(0, 3)

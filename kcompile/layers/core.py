@@ -9,6 +9,8 @@ import math
 import numbers
 import zlib
 
+import numpy as np
+
 from ir import build as B
 
 from kcompile import activations, initializers
@@ -44,6 +46,8 @@ class InputLayer(Layer):
         shape: per-sample shape, e.g. (28, 28).
         batch_size: accepted for compatibility; every compiled function takes any batch size.
         batch_shape: full shape including the batch axis (its first entry is ignored).
+        dtype: 'float32' (the default), or an integer dtype such as 'int32' for the ids an `Embedding`
+            reads: integer inputs are fed as float32, which holds every id below 2**24 exactly.
     """
 
     def __init__(self, shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None,
@@ -61,7 +65,8 @@ class InputLayer(Layer):
             raise ValueError("InputLayer needs shape= (per sample, e.g. shape=(28, 28)) or batch_shape=")
         if shape is not None and batch_shape is not None:
             raise ValueError("pass only one of shape= and batch_shape= to InputLayer")
-        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.input_dtype = _input_dtype(dtype)
+        super().__init__(name=name, **kwargs)
         if batch_shape is not None:
             batch_shape = tuple(batch_shape)
             if not batch_shape:
@@ -83,7 +88,22 @@ class InputLayer(Layer):
         return inputs
 
     def get_config(self):
-        return {"batch_shape": self.batch_shape, "dtype": "float32", "name": self.name}
+        return {"batch_shape": self.batch_shape, "dtype": self.input_dtype, "name": self.name}
+
+
+def _input_dtype(dtype) -> str:
+    """The dtype name an InputLayer records: float32 or an integer type (fed as float32)."""
+    if dtype is None:
+        return "float32"
+    try:
+        resolved = np.dtype(getattr(dtype, "name", dtype))
+    except TypeError:
+        raise ValueError(f"Input dtype={dtype!r} is not a dtype; use 'float32' or an integer type "
+                         "such as 'int32'") from None
+    if resolved == np.float32 or resolved.kind in "iu":
+        return resolved.name
+    raise ValueError(f"kcompile models take float32 inputs, or integer ids (fed as float32) for an "
+                     f"Embedding; got dtype={dtype!r}")
 
 
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None,

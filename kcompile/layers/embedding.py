@@ -2,7 +2,8 @@
 
 The lookup is the `gather` primitive; its gradient is `scatter_add`, the sum of the gradient rows
 of every occurrence of an id, so the optimizer updates the whole (dense) table.  Models are fed
-float arrays, so the ids arrive as floats holding integers and are cast to i32 in the graph; ids
+float32 arrays (an `Input(dtype='int32')` takes integer ids and feeds them as float32, exact below
+2**24), so the ids arrive as floats holding integers and are cast to i32 in the graph; ids
 outside [0, input_dim) are clamped to the nearest row.  Keras differs by backend there: on JAX an id
 past the end gives NaN and a negative id counts from the end; on TensorFlow both raise.
 """
