@@ -465,13 +465,14 @@ def _grad_reduce_mean(node, g):
 
 
 def _grad_reduce_max(node, g):
-    # NOTE: every position equal to the max receives the full gradient (ties are measure-zero).
+    # NOTE: positions tied for the max share the gradient equally (JAX's rule for jnp.max, so Keras's
+    # GlobalMaxPooling after a relu, where whole channels tie at 0, trains as Keras does).
     B = _b()
     (x,) = node.operands
-    keep = node if node.attr("keepdims", False) else None
-    mx = _restore_reduced(node, node) if keep is None else B.broadcast(node, x.shape)
-    mask = B.eq(x, mx)
-    return [B.select(mask, _restore_reduced(node, g), B.zeros_like(x))]
+    mask = B.eq(x, _restore_reduced(node, node))
+    ties = B.reduce_sum(B.select(mask, B.full_like(x, 1.0), B.zeros_like(x)), node.attr("axes"),
+                        keepdims=node.attr("keepdims", False))
+    return [B.select(mask, _restore_reduced(node, B.div(g, ties)), B.zeros_like(x))]
 
 
 def _grad_reshape(node, g):

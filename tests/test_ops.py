@@ -108,6 +108,22 @@ def test_stop_gradient_blocks_the_gradient():
     np.testing.assert_array_equal(out["gz"], np.zeros((4, 3)))
 
 
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reduce_max_gradient_is_shared_among_ties(keepdims):
+    """JAX's rule for jnp.max: positions tied for the maximum share the gradient equally (hand-
+    computed); the compiled backward agrees."""
+    x = B.arg("x", "f32", (N, 3))
+    w = B.arg("w", "f32", (N, 1) if keepdims else (N,))
+    (gx,) = ir.gradients(B.reduce_sum(B.mul(B.reduce_max(x, 1, keepdims=keepdims), w)), [x])
+    graph = Graph("max_ties", [x, w], [("gx", gx)])
+    feeds = {"x": np.array([[1, 3, 3], [2, 2, 2], [0, -1, 5]], np.float32),
+             "w": np.array([2.0, 3.0, 4.0], np.float32).reshape((3, 1) if keepdims else (3,))}
+    want = np.array([[0, 1, 1], [1, 1, 1], [0, 0, 4]], np.float32)
+    np.testing.assert_allclose(ir.run(graph, feeds)["gx"], want, rtol=1e-6)
+    check_compiled(graph, lambda batch: feeds, 1, rtol=1e-6, atol=1e-6, batches=(3,),
+                   what="reduce_max ties")
+
+
 # -- (c) compiled backward vs interpreted backward -------------------------------------------------
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
