@@ -10,7 +10,8 @@ from ir import build as B
 from ir import build_nn as NN
 from ir.fusion import fuse
 
-from kcompile.layers import (AveragePooling2D, Conv2D, Dense, Flatten, GlobalAveragePooling2D, Input,
+from kcompile.layers import (AveragePooling2D, Conv2D, Dense, Flatten, GlobalAveragePooling1D,
+                             GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, Input,
                              MaxPooling2D, Reshape)
 from kcompile.models import Sequential
 from kcompile.utils import set_random_seed
@@ -79,6 +80,9 @@ def _predict_both(model, x):
     (lambda: AveragePooling2D(3, strides=2, padding="same"), (6, 7, 3), (3, 4, 3), 0),
     (lambda: GlobalAveragePooling2D(), (4, 5, 3), (3,), 0),
     (lambda: GlobalAveragePooling2D(keepdims=True), (4, 5, 3), (1, 1, 3), 0),
+    (lambda: GlobalMaxPooling2D(), (4, 5, 3), (3,), 0),
+    (lambda: GlobalAveragePooling1D(), (6, 3), (3,), 0),
+    (lambda: GlobalMaxPooling1D(keepdims=True), (6, 3), (1, 3), 0),
     (lambda: Reshape((3, 4)), (12,), (3, 4), 0),
     (lambda: Reshape((-1, 2, 1)), (3, 4), (6, 2, 1), 0),
 ])

@@ -34,6 +34,11 @@ MODELS = {
                     "Dense(2)", "LayerNormalization()"], (5, 5, 2), False),
     "embedding": (["Embedding(11, 4)", "Reshape((6, 1, 4))", "GlobalAveragePooling2D()", "Dense(2)"],
                   (6,), True),
+    # text-classifier pooling; the relu makes whole channels tie at 0 for GlobalMaxPooling
+    "global_1d": (["Embedding(11, 4)", "GlobalAveragePooling1D(keepdims=True)", "Dense(5, activation='relu')",
+                   "Reshape((5, 1))", "GlobalMaxPooling1D()", "Dense(2)"], (6,), True),
+    "global_max_2d": (["Conv2D(4, 3, activation='relu')", "GlobalMaxPooling2D()", "Dense(2)"], (5, 5, 2),
+                      False),
 }
 
 # Runs in a child process (Keras and JAX stay out of the test process), once for every model.

@@ -5,20 +5,23 @@ from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
 from kcompile.layers.convolutional import Conv2D
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
-from kcompile.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from kcompile.layers.pooling import (AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                     GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling2D)
 from kcompile.layers.reshaping import Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
 __all__ += ["GRU", "LSTM", "SimpleRNN"]
-__all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling2D",
-            "LayerNormalization", "MaxPooling2D", "Reshape"]
+__all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling1D",
+            "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
+            "MaxPooling2D", "Reshape"]
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer)}
 _CLASSES.update({cls.__name__: cls for cls in (GRU, LSTM, SimpleRNN)})
 _CLASSES.update({cls.__name__: cls for cls in (AveragePooling2D, BatchNormalization, Conv2D, Embedding,
-                                                GlobalAveragePooling2D, LayerNormalization,
-                                                MaxPooling2D, Reshape)})
+                                                GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                                GlobalMaxPooling1D, GlobalMaxPooling2D,
+                                                LayerNormalization, MaxPooling2D, Reshape)})
 
 
 def serialize(layer: Layer) -> dict:

@@ -1,4 +1,5 @@
-"""MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D, as in `keras.layers` (channels_last).
+"""MaxPooling2D, AveragePooling2D and the global poolings (1D and 2D, mean and max), as in
+`keras.layers` (channels_last).
 
 Window pooling is a reduction over the window axes of im2col patches (`ir.build_nn.pool2d`): the
 compiled kernel evaluates each window in place, and the gradient is col2im of the reduction's
@@ -59,25 +60,54 @@ class AveragePooling2D(_Pooling2D):
     _mode = "avg"
 
 
-class GlobalAveragePooling2D(Layer):
-    """The mean over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with
-    `keepdims=True`."""
+class _GlobalPooling(Layer):
+    """The mean or max over the steps of (batch, steps, features) (1D) or the pixels of
+    (batch, h, w, channels) (2D): (batch, channels), or with `keepdims=True` the reduced axes kept as
+    size 1.  Max pooling's gradient is shared among positions tied for the maximum (jnp.max's rule)."""
+    rank = 2
+    reduce = None
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
-        check_channels_last(data_format, "GlobalAveragePooling2D")
+        check_channels_last(data_format, type(self).__name__)
         super().__init__(**kwargs)
         self.keepdims = bool(keepdims)
 
     def compute_output_shape(self, input_shape):
-        check_image(input_shape, "GlobalAveragePooling2D", self.name)
+        if self.rank == 2:
+            check_image(input_shape, type(self).__name__, self.name)
+        elif len(input_shape) != 3:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} needs inputs of shape (batch, "
+                             f"steps, features); got inputs of shape {format_shape(input_shape)}")
         if self.keepdims:
-            return (input_shape[0], 1, 1, input_shape[3])
-        return (input_shape[0], input_shape[3])
+            return (input_shape[0],) + (1,) * self.rank + (input_shape[-1],)
+        return (input_shape[0], input_shape[-1])
 
     def call(self, inputs):
-        return B.reduce_mean(inputs, (1, 2), keepdims=self.keepdims)
+        return type(self).reduce(inputs, tuple(range(1, self.rank + 1)), keepdims=self.keepdims)
 
     def get_config(self):
         config = super().get_config()
         config.update({"data_format": "channels_last", "keepdims": self.keepdims})
         return config
+
+
+class GlobalAveragePooling2D(_GlobalPooling):
+    """The mean over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with
+    `keepdims=True`."""
+    rank, reduce = 2, staticmethod(B.reduce_mean)
+
+
+class GlobalMaxPooling2D(_GlobalPooling):
+    """The maximum over height and width: (batch, h, w, c) -> (batch, c) (or (batch, 1, 1, c))."""
+    rank, reduce = 2, staticmethod(B.reduce_max)
+
+
+class GlobalAveragePooling1D(_GlobalPooling):
+    """The mean over the steps: (batch, steps, features) -> (batch, features) (or (batch, 1,
+    features)), as after an Embedding in a text classifier."""
+    rank, reduce = 1, staticmethod(B.reduce_mean)
+
+
+class GlobalMaxPooling1D(_GlobalPooling):
+    """The maximum over the steps: (batch, steps, features) -> (batch, features)."""
+    rank, reduce = 1, staticmethod(B.reduce_max)
