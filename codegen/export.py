@@ -213,9 +213,12 @@ const char *kcompile_version(void);
 
 def export_graph(graph: kir.Graph, directory: str, *, name: str = "model", version: str = "0",
                  cpu: str | None = None, features: str | None = None) -> dict:
-    """Write `lib{name}.so`, `{name}.o` and `{name}.h` into `directory`; returns their paths."""
+    """Write `lib{name}.so`, `{name}.o` and `{name}.h` into `directory`; returns their paths and the
+    target built for (see `target.export_target`: the host's by default)."""
+    cpu, features = target.export_target(cpu, features)
     os.makedirs(directory, exist_ok=True)
-    module, plan = build_module(graph, version)
+    with target.generating_for(features):   # vector width and FMA use of the target, not the host
+        module, plan = build_module(graph, version)
     obj = emit_object(module, cpu, features)
     obj_path = os.path.join(directory, f"{name}.o")
     lib_path = os.path.join(directory, f"lib{name}.so")
@@ -233,7 +236,8 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model", versi
                            guard=name.upper().replace("-", "_"))
     _atomic_write(header_path, header.encode())
     return {"library": lib_path, "object": obj_path, "header": header_path,
-            "workspace": {"static_bytes": plan.static_bytes, "batch_bytes": plan.batch_bytes}}
+            "workspace": {"static_bytes": plan.static_bytes, "batch_bytes": plan.batch_bytes},
+            "cpu": cpu, "features": features}
 
 
 def _atomic_write(path: str, data: bytes) -> None:

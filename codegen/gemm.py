@@ -70,7 +70,7 @@ _KERNEL_PREFIX = "kcompile.gemm"
 
 def vector_registers(features: str | None = None) -> int:
     """Architectural vector registers: 32 with AVX-512 (zmm/ymm/xmm 0-31) or on aarch64, else 16."""
-    features = target.host_cpu_features() if features is None else features
+    features = target.code_features() if features is None else features
     feats = {f[1:] for f in features.split(",") if f.startswith("+")}
     if "avx512f" in feats or "neon" in feats or "fp-armv8" in feats:
         return 32

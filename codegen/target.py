@@ -6,7 +6,12 @@ from the features, so the same generator is correct on AVX2, SSE-only x86-64 and
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
+import tempfile
+import threading
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -31,13 +36,86 @@ def host_cpu_features() -> str:
     return llvm.get_host_cpu_features().flatten()
 
 
+_GENERATING = threading.local()
+
+
+@contextlib.contextmanager
+def generating_for(features: str):
+    """Code emitted inside (in this thread) picks its vector width, register tile and FMA use for
+    `features` instead of the host's: how an ahead-of-time export for another CPU is generated."""
+    stack = _GENERATING.__dict__.setdefault("stack", [])
+    stack.append(features)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def code_features() -> str:
+    """The feature string code is being generated for: the host's, or an export's target's."""
+    stack = getattr(_GENERATING, "stack", None)
+    return stack[-1] if stack else host_cpu_features()
+
+
+def export_target(cpu: str | None = None, features: str | None = None) -> tuple[str, str]:
+    """(cpu, features) an ahead-of-time library is built for.  By default the host's.  A `cpu` given
+    without `features` gets only what that CPU implies (LLVM's defaults for it), never the host's
+    features: a library for 'x86-64' must not contain AVX-512.  ValueError for a malformed feature
+    string, or a CPU or feature LLVM does not know (which LLVM itself would only warn about)."""
+    if features is not None:
+        if not isinstance(features, str):
+            raise ValueError(f"features must be a string such as '+avx2,+fma'; got {features!r}")
+        items = [item.strip() for item in features.split(",")] if features.strip() else []
+        bad = [item for item in items if len(item) < 2 or item[0] not in "+-"]
+        if bad:
+            raise ValueError(f"feature {bad[0]!r} in {features!r} must start with + or - (e.g. "
+                             "'+avx2,+fma,-avx512f'), comma-separated")
+        features = ",".join(items)
+    if cpu is not None and (not isinstance(cpu, str) or not cpu.strip()):
+        raise ValueError(f"cpu must be an LLVM CPU name such as 'x86-64' or 'haswell'; got {cpu!r}")
+    if cpu is None and features is None:
+        return host_cpu_name(), host_cpu_features()
+    cpu = host_cpu_name() if cpu is None else cpu.strip()
+    features = "" if features is None else features
+    if (cpu, features) == (host_cpu_name(), host_cpu_features()):
+        return cpu, features
+    complaints = _llvm_complaints(cpu, features)
+    if complaints:
+        raise ValueError(f"LLVM does not know the target cpu={cpu!r} features={features!r}: "
+                         + "; ".join(complaints))
+    return cpu, features
+
+
+def _llvm_complaints(cpu: str, features: str) -> list[str]:
+    """What LLVM prints on stderr while making a target machine for (cpu, features): it warns about
+    an unknown CPU or feature and goes on with the host's defaults."""
+    initialize()
+    sys.stderr.flush()
+    try:
+        capture = tempfile.TemporaryFile()
+    except OSError:
+        return []        # nowhere to catch LLVM's words: it only warns, and goes on
+    saved = os.dup(2)
+    with capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    lines = sorted({line.strip() for line in text.splitlines() if "not a recognized" in line})
+    return [line.split(" (ignoring")[0] for line in lines]
+
+
 def _enabled(features: str) -> set[str]:
     return {f[1:] for f in features.split(",") if f.startswith("+")}
 
 
 def vector_bits(features: str | None = None) -> int:
     """Width in bits of the widest float vector register the features allow."""
-    feats = _enabled(host_cpu_features() if features is None else features)
+    feats = _enabled(code_features() if features is None else features)
     # NOTE: AVX-512 float vectors need avx512f; 'prefer-256-bit' style tuning is left to LLVM.
     if "avx512f" in feats:
         return 512
@@ -52,7 +130,7 @@ def vector_lanes(dtype_bits: int = 32, features: str | None = None) -> int:
 
 
 def has_fma(features: str | None = None) -> bool:
-    feats = _enabled(host_cpu_features() if features is None else features)
+    feats = _enabled(code_features() if features is None else features)
     return "fma" in feats or "neon" in feats or "fp-armv8" in feats
 
 

@@ -50,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a saved model as a compiled predictor directory")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="the directory to write")
-    p.add_argument("--cpu", default=None, help="target CPU name (default: this machine's)")
-    p.add_argument("--features", default=None, help="LLVM feature string (default: this machine's)")
+    p.add_argument("--cpu", default=None,
+                   help="target CPU name as LLVM knows it, e.g. x86-64 or haswell (default: this "
+                        "machine's)")
+    p.add_argument("--features", default=None,
+                   help="LLVM feature string, e.g. +avx2,+fma (default: this machine's; with --cpu, "
+                        "only what that CPU implies)")
 
     sub.add_parser("bench", help="benchmark against the peers", add_help=False)
     return parser

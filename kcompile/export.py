@@ -79,6 +79,10 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     from codegen.export import export_graph
     from codegen.compiler import CompileOptions, optimize_graph
 
+    cpu, features = target.export_target(cpu, features)   # a bad target fails before any writing
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
+                         "new or existing directory path)")
     frozen = optimize_graph(freeze(graph, params), CompileOptions())
     os.makedirs(directory, exist_ok=True)
     paths = export_graph(frozen, directory, name="model", version=version, cpu=cpu,
@@ -105,8 +109,8 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
         "input_shape": list(x.shape), "input_dtype": "float32",
         "output_shape": list(y.shape), "output_dtype": "float32",
         "layers": list(layers),
-        "target_cpu": cpu or target.host_cpu_name(),
-        "target_features": features or target.host_cpu_features(),
+        "target_cpu": paths["cpu"],
+        "target_features": paths["features"],
         "weights_sha256": digest.hexdigest(),
         "workspace": paths["workspace"],
         "build_example": "cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'",

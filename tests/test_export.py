@@ -182,6 +182,42 @@ def test_portable_build_for_a_named_cpu(tmp_path):
                                atol=1e-6)
 
 
+def test_a_cpu_without_features_gets_that_cpus_baseline_not_the_hosts(tmp_path):
+    """cpu='x86-64' alone: the library is generated for SSE2 (4-lane vectors, no FMA: no libm call
+    either) and runs here with the reference's predictions; bad targets fail before anything is
+    written."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the baseline build names an x86-64 CPU")
+    rng = np.random.default_rng(4)
+    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
+              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
+              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
+              "d2/bias": np.zeros(10, np.float32)}
+    directory = str(tmp_path / "baseline")
+    export_predictor(mlp_graph(), params, directory, cpu="x86-64")
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    assert (manifest["target_cpu"], manifest["target_features"]) == ("x86-64", "")
+    asm = subprocess.run(["objdump", "-d", os.path.join(directory, "libmodel.so")],
+                         capture_output=True, text=True).stdout
+    assert "xmm" in asm and "ymm" not in asm and "zmm" not in asm and "vfmadd" not in asm
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", os.path.join(directory, "libmodel.so")],
+                               capture_output=True, text=True).stdout
+    assert "fma" not in undefined
+    x = rng.random((13, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x), atol=1e-6)
+    for bad, message in ((dict(features="avx2"), "must start with \\+ or -"),
+                         (dict(features="+avx2,,+fma"), "must start with \\+ or -"),
+                         (dict(cpu="no-such-cpu"), "'no-such-cpu' is not a recognized processor"),
+                         (dict(features="+no-such-feature"), "is not a recognized feature")):
+        with pytest.raises(ValueError, match=message):
+            export_predictor(mlp_graph(), params, str(tmp_path / "bad"), **bad)
+        assert not (tmp_path / "bad").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="it is a file"):
+        export_predictor(mlp_graph(), params, str(tmp_path / "file"))
+
+
 def test_zero_inputs_skip_finite_weight_rows_only(exported, tmp_path):
     """Weights are constants of the exported code: one-row products skip the weight rows of zero
     inputs when every weight is finite (the same sums), and read them all when one is not, so that
