@@ -1473,7 +1473,17 @@ def _parse_list(text, allowed, what, aliases=None):
     bad = [s for s in items if s not in allowed]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
+    if not items:
+        raise argparse.ArgumentTypeError(f"no {what} given; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(items))
+
+
+def _batch_sizes(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes are comma-separated integers, e.g. 32,128; got "
+                                         f"{text!r}") from None
 
 
 def build_parser():
@@ -1485,7 +1495,7 @@ def build_parser():
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    type=lambda s: _parse_list(s, WORKLOADS, "workload"),
                    help="comma-separated subset of: " + ", ".join(WORKLOADS) + " (default: all)")
-    p.add_argument("--batch-sizes", default=None, type=lambda s: [int(v) for v in s.split(",") if v.strip()],
+    p.add_argument("--batch-sizes", default=None, type=_batch_sizes,
                    help="W1 batch sizes (default 32,128; W2 always uses 128, fusion 32)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the W1 and W2 accuracy runs, full mode only (default 2)")
@@ -2086,6 +2096,13 @@ def main(argv=None) -> int:
             _parse_list(args.peers, PEERS, "peer", PEER_ALIASES)
         except argparse.ArgumentTypeError as e:
             parser.error(f"--peers: {e}")
+    if args.json:
+        # checked before a run that may take many minutes, not when its results are written
+        directory = os.path.dirname(os.path.abspath(args.json)) or "."
+        if os.path.isdir(args.json) or not os.path.isdir(directory) \
+                or not os.access(directory, os.W_OK):
+            parser.error(f"--json {args.json}: cannot write there (the directory must exist and be "
+                         "writable, and the path must not be a directory)")
     args.argv = argv
     return Bench(args).run()
 

@@ -30,6 +30,8 @@ def _write(text: str, output) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kcompile", description="Inspect, export and benchmark "
                                      "kcompile models.")
+    from kcompile import __version__
+    parser.add_argument("--version", action="version", version=f"kcompile {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stages", help="list the compiler stages of a saved model")

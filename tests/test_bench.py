@@ -228,7 +228,10 @@ def test_medians_ratios_and_rotation():
 
 
 @pytest.mark.parametrize("argv, message", [(["--workloads", "w9"], "w9"), (["--trials", "0"], "--trials"),
-                                           (["--peers", "tensorflow"], "tensorflow")])
+                                           (["--peers", "tensorflow"], "tensorflow"),
+                                           (["--workloads", ","], "no workload given"),
+                                           (["--batch-sizes", "a"], "comma-separated integers"),
+                                           (["--json", "/no/such/dir/b.json"], "cannot write there")])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)

@@ -76,3 +76,21 @@ def test_console_script_is_installed(saved_model):
     assert script, "the `kcompile` console script is missing: install the package (pip install -e .)"
     result = subprocess.run([script, "stages", saved_model[0]], capture_output=True, text=True)
     assert result.returncode == 0 and "fused" in result.stdout.split()
+
+
+def test_python_dash_m_and_version(saved_model):
+    import kcompile
+    result = subprocess.run([sys.executable, "-m", "kcompile", "--version"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"kcompile {kcompile.__version__}"
+    result = subprocess.run([sys.executable, "-m", "kcompile", "stages", saved_model[0]],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "fused" in result.stdout.split()
+
+
+def test_export_refuses_a_malformed_feature_string_in_one_line(saved_model, tmp_path):
+    result = kc("export", saved_model[0], "-o", str(tmp_path / "e"), "--features", "avx2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "must start with + or -" in result.stderr
+    assert not (tmp_path / "e").exists()
+
