@@ -74,14 +74,18 @@ class InspectionMixin:
         """The stage names `dump_ir` accepts, in pipeline order."""
         from codegen.stages import stage_names
         names = stage_names(self._compiled_function(graph))
-        return ["traced", "train"] + [n for n in names if n not in ("traced",)]
+        trainable = getattr(self, "compiled", False) and self.loss is not None
+        return ["traced"] + (["train"] if trainable else []) + [n for n in names if n != "traced"]
 
     def dump_ir(self, stage: str = "optimized", graph: str | None = None) -> str:
         """Text of one compiler stage (see `compiler_stages()`)."""
         from codegen.stages import stage_text
-        if stage == "traced":
-            return ir.print_graph(self._inspected_program("predict").graph)
-        if stage == "train":
+        if stage == "traced":     # as traced: the predict graph unless `graph` names another
+            return ir.print_graph(self._inspected_program(graph or "predict").graph)
+        if stage == "train":      # the train graph as traced, whatever `graph` says
+            if graph not in (None, "train"):
+                raise ValueError(f"stage 'train' is the traced train graph; for the {graph} graph as "
+                                 f"traced use stage='traced', graph={graph!r}")
             return ir.print_graph(self._inspected_program("train").graph)
         fn = self._compiled_function(graph)
         try:

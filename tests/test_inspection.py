@@ -57,6 +57,19 @@ def test_stages_show_what_the_compiler_did():
     assert "ret" in asm
     with pytest.raises(ValueError, match="unknown stage 'bogus'"):
         model.dump_ir("bogus")
+    # `graph` picks the traced graph too; 'train' is the train graph only
+    assert model.dump_ir("traced", graph="train") == train
+    assert "random_uniform" not in model.dump_ir("traced", graph="eval")
+    with pytest.raises(ValueError, match="stage='traced', graph='predict'"):
+        model.dump_ir("train", graph="predict")
+
+
+def test_an_uncompiled_model_lists_no_train_stage():
+    model = kcompile.Sequential([Flatten(input_shape=(2, 2)), Dense(3)])
+    stages = model.compiler_stages()
+    assert stages[0] == "traced" and "train" not in stages
+    for stage in stages:
+        assert model.dump_ir(stage).strip(), stage
 
 
 def test_predict_graph_of_an_uncompiled_model():
