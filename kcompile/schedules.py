@@ -234,8 +234,58 @@ class CosineDecay(LearningRateSchedule):
                 "warmup_steps": self.warmup_steps}
 
 
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts (SGDR, Loshchilov & Hutter), as Keras's: the first period
+    lasts `first_decay_steps`, each next one `t_mul` times longer and starting from `m_mul` times the
+    previous period's initial rate; within a period the rate falls from it to `alpha` times it."""
+
+    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
+                 name="SGDRDecay"):
+        _check_positive(first_decay_steps, "first_decay_steps")
+        self.initial_learning_rate = initial_learning_rate
+        self.first_decay_steps = first_decay_steps
+        self.t_mul = t_mul
+        self.m_mul = m_mul
+        self.alpha = alpha
+        self.name = name
+
+    def call(self, step):
+        completed = B.div(step, float(self.first_decay_steps))
+        t_mul, m_mul = float(self.t_mul), float(self.m_mul)
+        if t_mul == 1.0:
+            restart = _floor_nonnegative(completed)
+            fraction = B.sub(completed, restart)
+        else:
+            # periods 1, t, t^2, ...: the restart i is the largest with (1 - t^i) / (1 - t) <= f
+            restart = _floor_nonnegative(B.div(B.log(B.sub(1.0, B.mul(completed, 1.0 - t_mul))),
+                                               math.log(t_mul)))
+            scale = _power(t_mul, restart)
+            fraction = B.div(B.sub(completed, B.div(B.sub(1.0, scale), 1.0 - t_mul)), scale)
+        cosine = B.mul(B.add(cos_pi(fraction), 1.0), 0.5)
+        if m_mul != 1.0:
+            cosine = B.mul(cosine, _integer_power(m_mul, restart))
+        decayed = B.add(B.mul(cosine, 1.0 - float(self.alpha)), float(self.alpha))
+        return B.mul(decayed, float(self.initial_learning_rate))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "first_decay_steps": self.first_decay_steps, "t_mul": self.t_mul,
+                "m_mul": self.m_mul, "alpha": self.alpha, "name": self.name}
+
+
+def _integer_power(base: float, exponent: Node) -> Node:
+    """base ** exponent for a whole, non-negative exponent and any real base (0 ** 0 = 1)."""
+    if base == 0.0:
+        return B.cast(B.eq(exponent, 0.0), exponent.dtype)
+    magnitude = _power(abs(base), exponent)
+    if base > 0:
+        return magnitude
+    odd = B.sub(exponent, B.mul(_floor_nonnegative(B.mul(exponent, 0.5)), 2.0))
+    return B.mul(magnitude, B.sub(1.0, B.mul(odd, 2.0)))
+
+
 _CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay,
-                                           PolynomialDecay, CosineDecay)}
+                                           PolynomialDecay, CosineDecay, CosineDecayRestarts)}
 
 
 def serialize(schedule: LearningRateSchedule) -> dict:

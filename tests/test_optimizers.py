@@ -62,6 +62,12 @@ def np_schedule(config, step):
             return (c["warmup_target"] - c["initial_learning_rate"]) * step / c["warmup_steps"] \
                 + c["initial_learning_rate"]
         return decay(step - c["warmup_steps"], c["warmup_target"])
+    if kind == "restarts":      # walked period by period (Keras's rule takes a log instead)
+        start, period, m_fac = 0.0, c["first_decay_steps"], 1.0
+        while step >= start + period:
+            start, period, m_fac = start + period, period * c["t_mul"], m_fac * c["m_mul"]
+        cosine = 0.5 * m_fac * (1 + math.cos(math.pi * (step - start) / period))
+        return c["initial_learning_rate"] * ((1 - c["alpha"]) * cosine + c["alpha"])
     raise AssertionError(kind)
 
 
@@ -85,6 +91,14 @@ SCHEDULES = {
                                                      power=2.0),
                    ("polynomial", dict(initial_learning_rate=0.1, decay_steps=4,
                                        end_learning_rate=0.01, power=2.0))),
+    "restarts": (lambda: schedules.CosineDecayRestarts(0.1, first_decay_steps=3, t_mul=2.0, m_mul=0.5,
+                                                        alpha=0.1),
+                 ("restarts", dict(initial_learning_rate=0.1, first_decay_steps=3, t_mul=2.0, m_mul=0.5,
+                                   alpha=0.1))),
+    "restarts_fixed_period": (lambda: schedules.CosineDecayRestarts(0.2, first_decay_steps=4, t_mul=1.0,
+                                                                     m_mul=-0.5),
+                              ("restarts", dict(initial_learning_rate=0.2, first_decay_steps=4,
+                                                t_mul=1.0, m_mul=-0.5, alpha=0.0))),
     "polynomial_cycle": (lambda: schedules.PolynomialDecay(0.1, decay_steps=3, cycle=True),
                          ("polynomial", dict(initial_learning_rate=0.1, decay_steps=3,
                                              end_learning_rate=0.0001, power=1.0, cycle=True))),
