@@ -26,7 +26,7 @@ EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor
  *     cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'
  *     ./example input.f32 ROWS
  * input.f32 holds ROWS rows of float32 values (row-major, {row} values per row).
- * Prints, per row, the index of the largest output.
+ * Prints, per row, the index of the largest output (the output itself when there is only one).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +47,7 @@ int main(int argc, char **argv) {
     int status = kcompile_predict(x, rows, out);
     if (status != KCOMPILE_OK) { fprintf(stderr, "kcompile_predict failed: %d\n", status); return 1; }
     for (long r = 0; r < rows; r++) {
+        if ({classes} == 1) { printf("%g\n", out[r]); continue; }
         int best = 0;
         for (int c = 1; c < {classes}; c++)
             if (out[r * {classes} + c] > out[r * {classes} + best]) best = c;

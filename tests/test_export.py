@@ -82,6 +82,23 @@ def test_c_example_prints_same_classes(exported, tmp_path):
     assert classes == list(np.argmax(reference(params, x), axis=1))
 
 
+def test_c_example_prints_the_output_of_a_one_output_model(tmp_path):
+    x_node = B.arg("x", "f32", (None, 3))
+    w = B.arg("w", "f32", (3, 1))
+    graph = ir.Graph("predict", [x_node, w], [("y", B.matmul(x_node, w))])
+    weights = np.array([[0.5], [-1.25], [2.0]], np.float32)
+    directory = tmp_path / "one"
+    export_predictor(graph, {"w": weights}, str(directory))
+    x = np.array([[1, 2, 3], [0, 0, 1], [4, 0, 0]], np.float32)
+    x.tofile(directory / "input.f32")
+    build = subprocess.run(["cc", "-O2", "-o", "example", "example.c", "-L.", "-lmodel",
+                            "-Wl,-rpath,$ORIGIN"], cwd=directory, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(["./example", "input.f32", "3"], cwd=directory, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_allclose([float(v) for v in run.stdout.split()], (x @ weights)[:, 0], rtol=1e-5)
+
+
 def test_threads_give_serial_results(exported):
     directory, _ = exported
     p = load_predictor(directory)
