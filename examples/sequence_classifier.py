@@ -5,10 +5,9 @@ Prints the time of every epoch (the first includes tracing and compiling the unr
 28 steps forward and backward through time in one native function; a second run of the script
 loads it from the compile cache) and the test accuracy.
 
-Measured on the project's 2-core machine while other jobs kept its load average near 5: test
-accuracy 0.856 after three epochs; epochs of 43 s (51 s for the first, compiling included), about
-3.5 minutes in all.  One thread alone spends 27 ms of CPU per training step (13 s per epoch), so an
-idle machine runs the script in well under that.
+Measured on the project's 2-core machine, lightly loaded: test accuracy 0.855 after three epochs,
+epochs of 9.1-9.4 s (the compile cache was warm), under 40 s in all.  Under a load average near 5
+the epochs took 43 s.
 
 The same script runs under Keras 3 by changing the imports (and dropping `target=`).
 """
