@@ -405,10 +405,11 @@ def _grad_sqrt(node, g):
 
 
 def _grad_abs(node, g):
+    # NOTE: at x == 0 the gradient is +g, JAX's choice for jnp.abs (so an L1 penalty or a mean
+    # absolute error at exactly 0 steps as Keras 3 does), not 0.
     B = _b()
     (x,) = node.operands
-    zero = B.zeros_like(g)
-    return [B.select(B.gt(x, B.zeros_like(x)), g, B.select(B.lt(x, B.zeros_like(x)), B.neg(g), zero))]
+    return [B.select(B.ge(x, B.zeros_like(x)), g, B.neg(g))]
 
 
 def _grad_max(node, g):

@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 # `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
 _SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets", "errors", "export",
                "initializers", "inspection", "layers", "losses", "metrics", "models", "optimizers",
-               "predictor", "saving", "trainer", "utils")
+               "predictor", "regularizers", "saving", "trainer", "utils")
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
             "Input": ("kcompile.layers", "Input"),
             "load_predictor": ("kcompile.predictor", "load_predictor"),
             "load_model": ("kcompile.models", "load_model")}
 
 __all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "activations", "callbacks", "datasets", "initializers",
-           "layers", "losses", "metrics", "models", "optimizers", "utils", "__version__"]
+           "layers", "losses", "metrics", "models", "optimizers", "regularizers", "utils", "__version__"]
 
 
 def __getattr__(name):

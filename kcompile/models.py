@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from ir import build as B
+
 from kcompile import layers as layers_module
 from kcompile import saving
 from kcompile.saving import load_model, model_from_json  # noqa: F401  (as keras.models)
@@ -92,6 +94,15 @@ class Model(InspectionMixin, Trainer, Layer):
     def save(self, filepath, overwrite=True, zipped=None, **kwargs):
         """Save config, compile arguments, weights and optimizer state to a `.keras` file."""
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def regularization(self):
+        """The sum of every layer's weight penalties (traced), or None when no weight has one."""
+        total = Layer.regularization(self)
+        for layer in self.layers:
+            penalty = layer.regularization()
+            if penalty is not None:
+                total = penalty if total is None else B.add(total, penalty)
+        return total
 
     def to_json(self, **kwargs) -> str:
         """The architecture as JSON text (no weights); `kcompile.models.model_from_json` reads it."""

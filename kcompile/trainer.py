@@ -87,7 +87,7 @@ class MetricReadout:
     finish: object
 
 
-def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None):
+def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None, penalty=None):
     """The scalar loss, the metric outputs [(graph output name, batch sum)] and a readout per metric.
 
     `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
@@ -100,6 +100,8 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
     weight = getattr(model, "loss_weight", 1.0)
     if weight != 1.0:
         loss_value = ir.build.mul(loss_value, weight)
+    if penalty is not None:     # the weights' regularization (Keras adds it in training and evaluation)
+        loss_value = ir.build.add(loss_value, penalty)
     return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
 
 
@@ -156,8 +158,9 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights):
         y_pred = model(x, training=False)
+        penalty = model.regularization()
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
-                                                                    y_pred, sample_weight)
+                                                                    y_pred, sample_weight, penalty)
     if readouts is not None:
         readouts.extend(metric_readouts)
     if y_pred_type is not None:
@@ -188,8 +191,9 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
 
     with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
+        penalty = model.regularization()
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
-                                                                    y_pred, sample_weight)
+                                                                    y_pred, sample_weight, penalty)
     if readouts is not None:
         readouts.extend(metric_readouts)
     if y_pred_type is not None:

@@ -129,6 +129,14 @@ MODELS += [
                lambda M: [M.layers.Dense(5), M.layers.Activation(
                    lambda x: M.activations.relu(x, negative_slope=0.1, max_value=1.0, threshold=0.2)),
                    M.layers.Dense(3)]),
+    # weight penalties in the loss (biases of ones: at 0, L1's slope is the backend's choice of
+    # abs'(0), 1 on JAX and 0 on PyTorch)
+    ParityCase("regularizers",
+               lambda M: [M.layers.Dense(5, activation="relu",
+                                         kernel_regularizer=M.regularizers.L1L2(l1=0.01, l2=0.02),
+                                         bias_regularizer="l1", bias_initializer="ones"),
+                          M.layers.Dense(3, kernel_regularizer=M.regularizers.l2(0.05))],
+               steps=3),
 ]
 
 

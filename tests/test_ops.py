@@ -108,6 +108,16 @@ def test_stop_gradient_blocks_the_gradient():
     np.testing.assert_array_equal(out["gz"], np.zeros((4, 3)))
 
 
+def test_abs_gradient_at_zero_is_one_as_jax():
+    x = B.arg("x", "f32", (N, 3))
+    (gx,) = ir.gradients(B.reduce_sum(B.abs(x)), [x])
+    graph = Graph("abs0", [x], [("gx", gx)])
+    feeds = {"x": np.array([[0.0, 1.5, -2.0], [-0.0, -1e-30, 1e-30]], np.float32)}
+    want = np.array([[1, 1, -1], [1, -1, 1]], np.float32)     # -0.0 >= 0 too
+    np.testing.assert_array_equal(ir.run(graph, feeds)["gx"], want)
+    check_compiled(graph, lambda batch: feeds, 1, batches=(2,), what="abs at 0")
+
+
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_reduce_max_gradient_is_shared_among_ties(keepdims):
     """JAX's rule for jnp.max: positions tied for the maximum share the gradient equally (hand-

@@ -10,7 +10,7 @@ import numbers
 from ir import build as B
 from ir import build_nn as NN
 
-from kcompile import activations, initializers
+from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -80,9 +80,7 @@ class Conv2D(Layer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
-        for argument, value in [("kernel_regularizer", kernel_regularizer),
-                                ("bias_regularizer", bias_regularizer),
-                                ("activity_regularizer", activity_regularizer),
+        for argument, value in [("activity_regularizer", activity_regularizer),
                                 ("kernel_constraint", kernel_constraint),
                                 ("bias_constraint", bias_constraint)]:
             if value is not None:
@@ -104,6 +102,8 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel = None
         self.bias = None
 
@@ -126,10 +126,11 @@ class Conv2D(Layer):
     def build(self, input_shape):
         self._check_input(input_shape)
         shape = self.kernel_size + (input_shape[-1], self.filters)
-        self.kernel = self.add_weight(shape=shape, initializer=self.kernel_initializer, name="kernel")
+        self.kernel = self.add_weight(shape=shape, initializer=self.kernel_initializer, name="kernel",
+                                      regularizer=self.kernel_regularizer)
         if self.use_bias:
             self.bias = self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
-                                        name="bias")
+                                        name="bias", regularizer=self.bias_regularizer)
         self.built = True
 
     def call(self, inputs):
@@ -152,5 +153,7 @@ class Conv2D(Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
         })
         return config

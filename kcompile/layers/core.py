@@ -13,7 +13,7 @@ import numpy as np
 
 from ir import build as B
 
-from kcompile import activations, initializers
+from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, current_scope, format_shape, normalize_input_shape
 
 
@@ -128,9 +128,7 @@ class Dense(Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  lora_rank=None, **kwargs):
-        for argument, value in [("kernel_regularizer", kernel_regularizer),
-                                ("bias_regularizer", bias_regularizer),
-                                ("activity_regularizer", activity_regularizer),
+        for argument, value in [("activity_regularizer", activity_regularizer),
                                 ("kernel_constraint", kernel_constraint),
                                 ("bias_constraint", bias_constraint), ("lora_rank", lora_rank)]:
             if value is not None:
@@ -144,6 +142,8 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel = None
         self.bias = None
 
@@ -164,10 +164,11 @@ class Dense(Layer):
     def build(self, input_shape):
         self._check_input(input_shape)
         self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer, name="kernel")
+                                      initializer=self.kernel_initializer, name="kernel",
+                                      regularizer=self.kernel_regularizer)
         if self.use_bias:
             self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
-                                        name="bias")
+                                        name="bias", regularizer=self.bias_regularizer)
         self.built = True
 
     def call(self, inputs):
@@ -185,6 +186,8 @@ class Dense(Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
         })
         return config
 

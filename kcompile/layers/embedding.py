@@ -15,7 +15,7 @@ import warnings
 from ir import build as B
 from ir import build_nn as NN
 
-from kcompile import initializers
+from kcompile import initializers, regularizers
 from kcompile.layers.layer import Layer
 
 # Keras's short names for its default embedding initializer
@@ -35,8 +35,7 @@ class Embedding(Layer):
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
                  weights=None, lora_rank=None, **kwargs):
-        for argument, value in [("embeddings_regularizer", embeddings_regularizer),
-                                ("embeddings_constraint", embeddings_constraint),
+        for argument, value in [("embeddings_constraint", embeddings_constraint),
                                 ("lora_rank", lora_rank)]:
             if value is not None:
                 raise NotImplementedError(f"Embedding({argument}=...) is not supported yet")
@@ -55,6 +54,7 @@ class Embedding(Layer):
         if isinstance(embeddings_initializer, str):
             embeddings_initializer = _ALIASES.get(embeddings_initializer, embeddings_initializer)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
         self.embeddings = None
         self._initial_weights = weights
 
@@ -65,7 +65,8 @@ class Embedding(Layer):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight((self.input_dim, self.output_dim),
-                                          self.embeddings_initializer, name="embeddings")
+                                          self.embeddings_initializer, name="embeddings",
+                                          regularizer=self.embeddings_regularizer)
         if self._initial_weights is not None:
             self.set_weights(self._initial_weights)
             self._initial_weights = None
@@ -80,6 +81,7 @@ class Embedding(Layer):
         config.update({
             "input_dim": self.input_dim, "output_dim": self.output_dim,
             "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
+            "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
             "mask_zero": False,
         })
         return config

@@ -267,6 +267,7 @@ class Layer:
         self.name = name if name is not None else to_snake_case(type(self).__name__)
         self._trainable = bool(trainable)
         self._weights: list[Variable] = []
+        self._regularized: list = []      # (variable, regularizer) pairs: see regularization()
         self.built = False
         self._build_input_shape = None
         self._output_shape = None
@@ -289,9 +290,10 @@ class Layer:
 
     def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, name=None, **kwargs):
         """Create a weight of `shape`, drawn from `initializer` (default glorot_uniform)."""
-        for key in ("regularizer", "constraint"):
-            if kwargs.pop(key, None) is not None:
-                raise NotImplementedError(f"add_weight({key}=...) is not supported yet")
+        from kcompile import regularizers
+        regularizer = regularizers.get(kwargs.pop("regularizer", None))
+        if kwargs.pop("constraint", None) is not None:
+            raise NotImplementedError("add_weight(constraint=...) is not supported yet")
         kwargs.pop("autocast", None)
         kwargs.pop("aggregation", None)
         if kwargs:
@@ -304,7 +306,17 @@ class Layer:
         init = initializers.get("glorot_uniform" if initializer is None else initializer)
         variable = Variable(init(shape, dtype or "float32"), name, trainable, owner=self)
         self._weights.append(variable)
+        if regularizer is not None:
+            self._regularized.append((variable, regularizer))
         return variable
+
+    def regularization(self):
+        """The sum of this layer's weight penalties (traced: call inside a trace), or None."""
+        total = None
+        for variable, regularizer in getattr(self, "_regularized", ()):
+            penalty = regularizer(variable.value)
+            total = penalty if total is None else B.add(total, penalty)
+        return total
 
     @property
     def weights(self) -> list:

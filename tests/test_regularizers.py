@@ -1,0 +1,107 @@
+"""Weight regularizers (kcompile.regularizers): penalties against numpy, the loss that train and
+evaluate report with them, one SGD step against a hand-derived gradient, configs and saving."""
+import numpy as np
+import pytest
+
+import ir
+from ir import build as B
+from kcompile import optimizers, regularizers
+from kcompile.layers import Conv2D, Dense, Embedding, Flatten, Input
+from kcompile.models import Sequential, load_model
+
+
+def _targets():
+    try:
+        import codegen.runtime  # noqa: F401
+    except ImportError:
+        return ["reference"]
+    return ["reference", "llvm"]
+
+
+TARGETS = _targets()
+
+
+@pytest.mark.parametrize("regularizer, formula", [
+    ("l1", lambda w: 0.01 * np.abs(w).sum()),
+    ("l2", lambda w: 0.01 * (w * w).sum()),
+    (regularizers.L1(0.3), lambda w: 0.3 * np.abs(w).sum()),
+    (regularizers.l2(0.2), lambda w: 0.2 * (w * w).sum()),
+    (regularizers.L1L2(l1=0.1, l2=0.4), lambda w: 0.1 * np.abs(w).sum() + 0.4 * (w * w).sum()),
+    (regularizers.l1_l2(), lambda w: 0.01 * np.abs(w).sum() + 0.01 * (w * w).sum()),
+    (regularizers.L1L2(), lambda w: 0.0 * w.sum()),
+])
+def test_penalty_values(regularizer, formula):
+    w = np.random.default_rng(0).standard_normal((4, 3))
+    node = B.arg("w", "f64", (4, 3))
+    value = ir.run(ir.Graph("p", [node], [("p", regularizers.get(regularizer)(node))]), {"w": w})["p"]
+    assert float(value) == pytest.approx(formula(w), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_loss_and_sgd_step_include_the_penalties(target):
+    """mse + 0.05 |K1|_1 + 0.1 |K1|^2 + 0.2 |b1|^2 + 0.3 |K2|^2, reported by evaluate and
+    train_on_batch, and its gradient in the step (by hand, float64)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    model = Sequential([Input((4,)),
+                        Dense(3, kernel_regularizer=regularizers.L1L2(l1=0.05, l2=0.1),
+                              bias_regularizer=regularizers.L2(0.2), bias_initializer="ones"),
+                        Dense(2, kernel_regularizer=regularizers.l2(0.3))])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
+    k1, b1, k2, b2 = (w.astype(np.float64) for w in model.get_weights())
+    h = x @ k1 + b1
+    error = h @ k2 + b2 - y
+    penalty = 0.05 * np.abs(k1).sum() + 0.1 * (k1 ** 2).sum() + 0.2 * (b1 ** 2).sum() \
+        + 0.3 * (k2 ** 2).sum()
+    loss = (error ** 2).mean() + penalty
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(loss, rel=1e-5)
+    assert model.train_on_batch(x, y) == pytest.approx(loss, rel=1e-5)
+    d_out = 2 * error / error.size
+    d_h = d_out @ k2.T
+    want = [k1 - 0.1 * (x.T @ d_h + 0.05 * np.sign(k1) + 0.2 * k1), b1 - 0.1 * (d_h.sum(0) + 0.4 * b1),
+            k2 - 0.1 * (h.T @ d_out + 0.6 * k2), b2 - 0.1 * d_out.sum(0)]
+    for got, expected in zip(model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_l1_at_exactly_zero_steps_as_keras_on_jax():
+    """abs'(0) = 1 (JAX's jnp.abs): an L1 penalty moves a zero weight down by lr * l1."""
+    model = Sequential([Input((2,)), Dense(1, bias_regularizer=regularizers.L1(0.5))])
+    model.set_weights([np.zeros((2, 1)), np.zeros(1)])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target="reference")
+    model.train_on_batch(np.zeros((1, 2), np.float32), np.zeros((1, 1), np.float32))
+    np.testing.assert_allclose(model.get_weights()[1], [-0.05])
+
+
+def test_conv_and_embedding_regularizers_configs_and_saving(tmp_path):
+    model = Sequential([Input((5, 5, 1)), Conv2D(2, 3, kernel_regularizer="l2", bias_regularizer="l1"),
+                        Flatten(), Dense(1)])
+    conv = model.layers[0]
+    assert conv.get_config()["kernel_regularizer"] == {"class_name": "L2", "config": {"l2": 0.01}}
+    text = Sequential([Input((3,)), Embedding(7, 2, embeddings_regularizer=regularizers.L1(0.2))])
+    table = text.layers[0].embeddings.numpy().astype(np.float64)
+    text.compile(optimizer="sgd", loss="mse", target="reference")
+    ids, y = np.array([[1, 2, 2]], np.float32), np.zeros((1, 3, 2), np.float32)
+    expected = (table[[1, 2, 2]] ** 2).mean() + 0.2 * np.abs(table).sum()
+    assert text.evaluate(ids, y, verbose=0) == pytest.approx(expected, rel=1e-5)
+    model.compile(optimizer="adam", loss="mse")
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.get_config() == model.get_config()
+    x = np.random.default_rng(2).random((4, 5, 5, 1), dtype=np.float32)
+    y = np.zeros((4, 1), np.float32)
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-6)
+
+
+def test_bad_regularizers_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown regularizer: 'l3'"):
+        Dense(2, kernel_regularizer="l3")
+    with pytest.raises(ValueError, match="`l2` must be a finite number >= 0"):
+        regularizers.L2(-1.0)
+    model = Sequential([Input((2,)), Dense(1, kernel_regularizer=lambda w: B.reduce_sum(w))])
+    model.compile(optimizer="sgd", loss="mse", target="reference")
+    model.fit(np.ones((2, 2)), np.ones((2, 1)), verbose=0)     # a function trains ...
+    with pytest.raises(ValueError, match="plain function, which cannot be saved"):
+        model.save(tmp_path / "m.keras")                    # ... but cannot be saved
+    assert not (tmp_path / "m.keras").exists()
