@@ -12,17 +12,7 @@ from ir import build as B
 from kcompile import activations, backend, optimizers
 from kcompile.layers import Activation, Dense, Input
 from kcompile.models import Sequential
-
-
-def _available_targets():
-    try:
-        import codegen.runtime  # noqa: F401
-    except ImportError:
-        return ["reference"]
-    return ["reference", "llvm"]
-
-
-TARGETS = _available_targets()
+from targets import TARGETS
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 

@@ -67,18 +67,24 @@ def test_directory_contents_and_manifest(exported):
     assert libs <= {"GLIBC"}, undefined
 
 
+def run_example(directory, x) -> list:
+    """Build the export's example.c with cc and run it on the rows of x; its output lines."""
+    x.tofile(directory / "input.f32")
+    build = subprocess.run(["cc", "-O2", "-o", "example", "example.c", "-L.", "-lmodel",
+                            "-Wl,-rpath,$ORIGIN"], cwd=directory, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(["./example", "input.f32", str(len(x))], cwd=directory, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.split()
+
+
 def test_c_example_prints_same_classes(exported, tmp_path):
     directory, params = exported
     work = tmp_path / "c"
     shutil.copytree(directory, work)
     x = np.random.default_rng(5).random((9, 28, 28), dtype=np.float32)
-    x.tofile(work / "input.f32")
-    build = subprocess.run(["cc", "-O2", "-o", "example", "example.c", "-L.", "-lmodel",
-                            "-Wl,-rpath,$ORIGIN"], cwd=work, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run(["./example", "input.f32", "9"], cwd=work, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    classes = [int(line) for line in run.stdout.split()]
+    classes = [int(line) for line in run_example(work, x)]
     assert classes == list(np.argmax(reference(params, x), axis=1))
 
 
@@ -90,13 +96,8 @@ def test_c_example_prints_the_output_of_a_one_output_model(tmp_path):
     directory = tmp_path / "one"
     export_predictor(graph, {"w": weights}, str(directory))
     x = np.array([[1, 2, 3], [0, 0, 1], [4, 0, 0]], np.float32)
-    x.tofile(directory / "input.f32")
-    build = subprocess.run(["cc", "-O2", "-o", "example", "example.c", "-L.", "-lmodel",
-                            "-Wl,-rpath,$ORIGIN"], cwd=directory, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run(["./example", "input.f32", "3"], cwd=directory, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    np.testing.assert_allclose([float(v) for v in run.stdout.split()], (x @ weights)[:, 0], rtol=1e-5)
+    np.testing.assert_allclose([float(v) for v in run_example(directory, x)], (x @ weights)[:, 0],
+                               rtol=1e-5)
 
 
 def test_threads_give_serial_results(exported):

@@ -10,17 +10,7 @@ import pytest
 from kcompile import callbacks, metrics, optimizers
 from kcompile.layers import Dense, Input
 from kcompile.models import Sequential, load_model
-
-
-def _available_targets():
-    try:
-        import codegen.runtime  # noqa: F401
-    except ImportError:
-        return ["reference"]
-    return ["reference", "llvm"]
-
-
-TARGETS = _available_targets()
+from targets import TARGETS
 
 
 def linear_model(target="reference", learning_rate=0.1, seed=0, loss="mse", metrics_=None,

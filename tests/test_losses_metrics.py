@@ -10,17 +10,8 @@ from kcompile import losses, metrics, optimizers
 from kcompile.layers import Dense, Input
 from kcompile.models import Sequential
 from kcompile.trainer import TargetSpec, trace_train
+from targets import TARGETS
 
-
-def _available_targets():
-    try:
-        import codegen.runtime  # noqa: F401
-    except ImportError:
-        return ["reference"]
-    return ["reference", "llvm"]
-
-
-TARGETS = _available_targets()
 EPS = 1e-7
 
 

@@ -11,17 +11,7 @@ from kcompile import optimizers
 from kcompile.layers import Dense, Input
 from kcompile.models import Sequential, load_model
 from kcompile.optimizers import schedules
-
-
-def _available_targets():
-    try:
-        import codegen.runtime  # noqa: F401
-    except ImportError:
-        return ["reference"]
-    return ["reference", "llvm"]
-
-
-TARGETS = _available_targets()
+from targets import TARGETS
 
 
 # ----------------------------------------------------------------------------------------------

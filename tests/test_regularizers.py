@@ -9,16 +9,7 @@ from kcompile import optimizers, regularizers
 from kcompile.layers import Conv2D, Dense, Embedding, Flatten, Input
 from kcompile.models import Sequential, load_model
 
-
-def _targets():
-    try:
-        import codegen.runtime  # noqa: F401
-    except ImportError:
-        return ["reference"]
-    return ["reference", "llvm"]
-
-
-TARGETS = _targets()
+from targets import TARGETS
 
 
 @pytest.mark.parametrize("regularizer, formula", [
