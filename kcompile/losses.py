@@ -28,6 +28,7 @@ import ir
 from ir import Node
 from ir import build as B
 
+from kcompile import activations
 from kcompile.layers.layer import format_shape
 
 EPSILON = 1e-7  # keras.backend.epsilon()
@@ -157,6 +158,61 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         values = B.neg(B.add(B.mul(y_true, B.log(p)),
                              B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, p)))))
     return _mean_last_axis(values)
+
+
+def _power_of_nonnegative(x: Node, gamma: float) -> Node:
+    """x ** gamma for x >= 0: repeated products for a whole gamma, else exp(gamma log x) with 0 ** gamma
+    = 0 and a zero gradient there (jnp.power's for gamma > 1)."""
+    gamma = float(gamma)
+    if gamma == int(gamma) and 0 <= gamma <= 8:
+        result = B.full_like(x, 1.0)
+        for _ in range(int(gamma)):
+            result = B.mul(result, x)
+        return result
+    positive = B.gt(x, 0.0)
+    safe = B.select(positive, x, B.full_like(x, 1.0))
+    return B.select(positive, B.exp(B.mul(B.log(safe), gamma)), B.zeros_like(x))
+
+
+def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25, gamma=2.0,
+                              from_logits=False, label_smoothing=0.0, axis=-1):
+    """Keras's focal binary cross-entropy (Lin et al.): (1 - p_t) ** gamma times the cross-entropy,
+    p_t = y p + (1 - y)(1 - p), optionally weighted alpha / 1 - alpha by class; mean over the last axis."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(binary_focal_crossentropy, y_true, y_pred,
+                      apply_class_balancing=apply_class_balancing, alpha=alpha, gamma=gamma,
+                      from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+    _check_axis(axis, "binary_focal_crossentropy")
+    y_true, y_pred = _prepare_dense(y_true, y_pred, "binary_focal_crossentropy")
+    if label_smoothing:
+        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), 0.5 * label_smoothing)
+    p = activations.sigmoid(y_pred) if from_logits else y_pred
+    clipped = B.clip(p, EPSILON, 1.0 - EPSILON)
+    bce = B.neg(B.add(B.mul(y_true, B.log(clipped)),
+                      B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, clipped)))))
+    p_t = B.add(B.mul(y_true, p), B.mul(B.sub(1.0, y_true), B.sub(1.0, p)))
+    values = B.mul(_power_of_nonnegative(B.sub(1.0, p_t), gamma), bce)
+    if apply_class_balancing:
+        values = B.mul(values, B.add(B.mul(y_true, alpha), B.mul(B.sub(1.0, y_true), 1.0 - alpha)))
+    return _mean_last_axis(values)
+
+
+def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
+                                   label_smoothing=0.0, axis=-1):
+    """Keras's focal categorical cross-entropy: sum over classes of
+    -alpha (1 - p) ** gamma y log p, p the (clipped, normalized) probabilities."""
+    if not _is_traced(y_true, y_pred):
+        return _eager(categorical_focal_crossentropy, y_true, y_pred, alpha=alpha, gamma=gamma,
+                      from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+    _check_axis(axis, "categorical_focal_crossentropy")
+    y_true = B.cast(y_true, y_pred.dtype)
+    _check_same_shape(y_true, y_pred, "categorical_focal_crossentropy")
+    if label_smoothing:
+        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), label_smoothing / y_pred.shape[-1])
+    p = B.softmax(y_pred, -1) if from_logits else y_pred
+    p = B.clip(B.div(p, B.reduce_sum(p, -1, keepdims=True)), EPSILON, 1.0 - EPSILON)
+    factor = B.mul(_power_of_nonnegative(B.sub(1.0, p), gamma), float(alpha))
+    return B.reduce_sum(B.mul(factor, B.neg(B.mul(y_true, B.log(p)))), -1)
 
 
 def mean_squared_error(y_true, y_pred):
@@ -414,6 +470,23 @@ class BinaryCrossentropy(LossFunctionWrapper):
         self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
 
 
+class BinaryFocalCrossentropy(LossFunctionWrapper):
+    def __init__(self, apply_class_balancing=False, alpha=0.25, gamma=2.0, from_logits=False,
+                 label_smoothing=0.0, axis=-1, reduction="sum_over_batch_size",
+                 name="binary_focal_crossentropy", dtype=None):
+        super().__init__(binary_focal_crossentropy, reduction=reduction, name=name,
+                         apply_class_balancing=apply_class_balancing, alpha=alpha, gamma=gamma,
+                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+
+
+class CategoricalFocalCrossentropy(LossFunctionWrapper):
+    def __init__(self, alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", name="categorical_focal_crossentropy", dtype=None):
+        super().__init__(categorical_focal_crossentropy, reduction=reduction, name=name, alpha=alpha,
+                         gamma=gamma, from_logits=from_logits, label_smoothing=label_smoothing,
+                         axis=axis)
+
+
 class Huber(LossFunctionWrapper):
     def __init__(self, delta=1.0, reduction="sum_over_batch_size", name="huber_loss", dtype=None):
         super().__init__(huber, reduction=reduction, name=name, delta=delta)
@@ -456,14 +529,15 @@ _FUNCTIONS = {fn.__name__: fn for fn in (
     categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy,
     mean_squared_error, mean_absolute_error, mean_absolute_percentage_error,
     mean_squared_logarithmic_error, huber, log_cosh, kl_divergence, poisson, hinge, squared_hinge,
-    categorical_hinge, cosine_similarity)}
+    categorical_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy)}
 _FUNCTIONS.update({"mse": mse, "MSE": mse, "mae": mae, "MAE": mae, "mape": mape, "MAPE": mape,
                    "msle": msle, "MSLE": msle, "kld": kld, "KLD": kld, "bce": bce, "BCE": bce,
                    "kullback_leibler_divergence": kl_divergence, "logcosh": log_cosh})
 _CLASSES = {cls.__name__: cls for cls in (
     CategoricalCrossentropy, SparseCategoricalCrossentropy, BinaryCrossentropy, MeanSquaredError,
     MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredLogarithmicError, Huber, LogCosh,
-    KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge, CosineSimilarity)}
+    KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge, CosineSimilarity,
+    BinaryFocalCrossentropy, CategoricalFocalCrossentropy)}
 
 # Names Keras resolves from the targets' and predictions' shapes (trainer: `resolve`).
 AUTO_NAMES = ("crossentropy", "ce")

@@ -114,6 +114,12 @@ MODELS = [
     ParityCase("categorical_hinge, log_sigmoid", head("log_sigmoid"), loss="categorical_hinge",
                targets="one_hot"),
     ParityCase("cosine_similarity, mish", head("mish"), loss="cosine_similarity"),
+    ParityCase("BinaryFocalCrossentropy balanced logits, elu", head("elu"),
+               loss=lambda M: M.losses.BinaryFocalCrossentropy(apply_class_balancing=True, gamma=1.5,
+                                                                from_logits=True),
+               targets="binary"),
+    ParityCase("categorical_focal_crossentropy, tanh", head("tanh", "softmax"),
+               loss="categorical_focal_crossentropy", targets="one_hot"),
     ParityCase("one output column, squareplus", head("squareplus", "sigmoid", units=1),
                loss="binary_crossentropy", targets="binary"),
 ]

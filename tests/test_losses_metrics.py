@@ -43,6 +43,23 @@ def np_cce(y, p, from_logits=False, label_smoothing=0.0):
     return -(y * log_p).sum(-1)
 
 
+def np_binary_focal(y, p, gamma=2.0, alpha=None, from_logits=False, label_smoothing=0.0):
+    y = y * (1 - label_smoothing) + 0.5 * label_smoothing
+    p = 1 / (1 + np.exp(-p)) if from_logits else p
+    q = np.clip(p, EPS, 1 - EPS)
+    p_t = y * p + (1 - y) * (1 - p)
+    values = (1 - p_t) ** gamma * -(y * np.log(q) + (1 - y) * np.log(1 - q))
+    if alpha is not None:
+        values = values * (y * alpha + (1 - y) * (1 - alpha))
+    return values.mean(-1)
+
+
+def np_categorical_focal(y, p, gamma=2.0, alpha=0.25, from_logits=False):
+    p = np.exp(np_log_softmax(p)) if from_logits else p
+    p = np.clip(p / p.sum(-1, keepdims=True), EPS, 1 - EPS)
+    return (alpha * (1 - p) ** gamma * -y * np.log(p)).sum(-1)
+
+
 def np_huber(y, p, delta=1.0):
     e = p - y
     return np.where(np.abs(e) <= delta, 0.5 * e * e, delta * np.abs(e) - 0.5 * delta ** 2).mean(-1)
@@ -92,6 +109,16 @@ LOSSES = {
     "categorical_hinge": ("categorical_hinge",
                           lambda y, p: np.maximum(((1 - y) * p).max(-1) - (y * p).sum(-1) + 1, 0),
                           "one_hot", "linear"),
+    "binary_focal": ("binary_focal_crossentropy", np_binary_focal, "binary", "sigmoid"),
+    "binary_focal_options": (
+        losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.3, gamma=1.5,
+                                       from_logits=True, label_smoothing=0.1),
+        lambda y, p: np_binary_focal(y, p, 1.5, 0.3, True, 0.1), "binary", "linear"),
+    "categorical_focal": ("categorical_focal_crossentropy", np_categorical_focal, "one_hot",
+                          "softmax"),
+    "categorical_focal_logits": (
+        losses.CategoricalFocalCrossentropy(alpha=0.5, gamma=2.5, from_logits=True),
+        lambda y, p: np_categorical_focal(y, p, 2.5, 0.5, True), "one_hot", "linear"),
     "cosine_similarity": (losses.CosineSimilarity(),
                           lambda y, p: -(np_l2_normalize(y) * np_l2_normalize(p)).sum(-1), "real",
                           "linear"),
