@@ -844,7 +844,8 @@ class Trainer:
                 "input_shape": describe(tuple(self.input_shape)), "layers": describe(list(self.layers)),
                 "weights": describe(list(self.weights)),
                 "trainable": [v.path for v in self.trainable_weights],
-                "loss": describe(loss), "optimizer": describe(self.optimizer),
+                "loss": describe(loss), "loss_weight": describe(getattr(self, "loss_weight", 1.0)),
+                "optimizer": describe(self.optimizer),
                 "metric_names": describe(self._metric_names()),
                 "wanted": [[k, describe(s), w,
                             None if k in _PREDICT_KINDS else describe(self._metric_objects(s))]

@@ -222,6 +222,18 @@ def test_batch_source_errors():
 # Class and sample weights
 # ----------------------------------------------------------------------------------------------
 
+def test_loss_weights_are_part_of_the_compile_cache_key(cache_on, tmp_path, monkeypatch):
+    """The same model compiled again with other loss_weights must not reuse the cached program."""
+    monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
+    x, y = data(rows=8)
+    model = linear_model("llvm", learning_rate=0.1)
+    plain = model.evaluate(x, y, verbose=0)
+    for weight in (5.0, 0.5, None):
+        model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", loss_weights=weight,
+                      target="llvm")
+        assert model.evaluate(x, y, verbose=0) == pytest.approx((weight or 1.0) * plain, rel=1e-6)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_loss_weights_of_the_one_output_scale_the_loss_and_its_gradient(target, tmp_path):
     x, y = data(rows=8)
