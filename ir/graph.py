@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -176,16 +178,28 @@ class Node:
     def __abs__(self):
         return _build().abs(self)
 
+    def __pos__(self):
+        return self
+
     def __pow__(self, exponent):
-        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+        if isinstance(exponent, numbers.Real) and not isinstance(exponent, bool):
             if exponent == 2:
                 return _build().mul(self, self)
             if exponent == 1:
                 return self
+            if exponent == 0:
+                return _build().full_like(self, 1.0)
             if exponent == 0.5:
                 return _build().sqrt(self)
-        raise TypeError(f"x ** {exponent!r} on a traced value: only the exponents 1, 2 and 0.5 are "
-                        "built in; write x ** p as exp(p * log(x)) for x > 0")
+        raise TypeError(f"x ** {exponent!r} on a traced value: only the exponents 0, 1, 2 and 0.5 "
+                        "are built in; write x ** p as exp(p * log(x)) for x > 0")
+
+    def __rpow__(self, base):
+        # b ** x = exp(x log b) for a constant b > 0
+        if isinstance(base, numbers.Real) and not isinstance(base, bool) and base > 0:
+            B = _build()
+            return B.exp(B.mul(self, math.log(base)))
+        raise TypeError(f"{base!r} ** x on a traced value: the base must be a number > 0")
 
     def __matmul__(self, other):
         return _build().matmul(self, other)

@@ -413,7 +413,11 @@ class Loss:
             return _eager(lambda t, p, w: self.__call__(t, p, w), y_true, y_pred, sample_weight)
         if y_pred.dtype not in ir.graph.FLOAT_DTYPES:
             raise ValueError(f"loss {self.name!r} needs float predictions, got {y_pred.type}")
-        return self.reduce(self.call(y_true, y_pred), sample_weight)
+        values = self.call(y_true, y_pred)
+        if not isinstance(values, Node):
+            raise TypeError(f"loss {self.name!r} returned {values!r}; a loss function must return "
+                            "its per-sample losses computed from (y_true, y_pred)")
+        return self.reduce(values, sample_weight)
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction}

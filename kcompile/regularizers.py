@@ -5,10 +5,10 @@ train step's loss (and evaluate's, as in Keras 3) is the compiled loss plus the 
 regularized weight's penalty, so the gradient of the penalty reaches the optimizer with the rest.
 
 - ``L1(l1=0.01)``: l1 * sum(|w|);  ``L2(l2=0.01)``: l2 * sum(w^2);  ``L1L2(l1=0.0, l2=0.0)``: both.
-- Strings 'l1', 'l2', 'l1_l2' give the classes with their defaults; the functions ``l1(0.01)``,
-  ``l2(0.01)``, ``l1_l2(l1=0.01, l2=0.01)`` are Keras's aliases.
+- Strings 'l1', 'l2', 'l1_l2' give the classes with their defaults; ``l1``, ``l2`` and ``l1_l2`` are
+  the classes under Keras 3's lower-case names.
 - A subclass defines ``__call__(self, x)`` with traced arithmetic (``x ** 2``, ``abs(x)``,
-  ``ir.build`` ops) and ``get_config``.
+  ``ir.build`` ops) and ``get_config``; a penalty that is not a scalar is summed, as in Keras.
 """
 from __future__ import annotations
 
@@ -80,16 +80,8 @@ class L2(L1L2):
         return {"l2": self.l2}
 
 
-def l1(l1=0.01):
-    return L1(l1)
-
-
-def l2(l2=0.01):
-    return L2(l2)
-
-
-def l1_l2(l1=0.01, l2=0.01):
-    return L1L2(l1=l1, l2=l2)
+# Keras 3's lower-case names are the classes themselves (so l1_l2() is L1L2(0.0, 0.0)).
+l1, l2, l1_l2 = L1, L2, L1L2
 
 
 _CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}

@@ -242,6 +242,7 @@ class CosineDecayRestarts(LearningRateSchedule):
     def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
                  name="SGDRDecay"):
         _check_positive(first_decay_steps, "first_decay_steps")
+        _check_positive(t_mul, "t_mul")
         self.initial_learning_rate = initial_learning_rate
         self.first_decay_steps = first_decay_steps
         self.t_mul = t_mul

@@ -248,7 +248,8 @@ def test_a_custom_loss_written_with_operators(target):
 
     def custom(y_true, y_pred):
         d = y_pred - y_true
-        return 0.5 * d ** 2 + 1.0 / (2.0 + d * d) - (-d) / 4 + abs(d) * 0.0
+        return 0.5 * d ** np.int64(2) + 1.0 / (2.0 + d * d) - (-d) / 4 + abs(d) * 0.0 + (+d) ** 0 \
+            - 2.0 ** (d * 0.0)
 
     model, kernel, bias = fixed_model("linear")
     model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss=custom, target=target)
@@ -261,8 +262,11 @@ def test_a_custom_loss_written_with_operators(target):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.get_weights()[1], bias - 0.1 * grad_d.sum(0), rtol=1e-5,
                                atol=1e-6)
-    with pytest.raises(TypeError, match="only the exponents 1, 2 and 0.5"):
+    with pytest.raises(TypeError, match="only the exponents 0, 1, 2 and 0.5"):
         model.compile(optimizer="sgd", loss=lambda t, p: (p - t) ** 3, target=target)
+        model.evaluate(x, y, verbose=0)
+    with pytest.raises(TypeError, match="returned None; a loss function must return"):
+        model.compile(optimizer="sgd", loss=lambda t, p: None, target=target)
         model.evaluate(x, y, verbose=0)
 
 

@@ -336,6 +336,8 @@ def test_argument_errors_follow_keras():
         optimizers.SGD(clipnorm=1.0, clipvalue=1.0)
     with pytest.raises(ValueError, match="`decay_steps` must be > 0"):
         schedules.CosineDecay(0.1, decay_steps=0)
+    with pytest.raises(ValueError, match="`t_mul` must be > 0"):
+        schedules.CosineDecayRestarts(0.1, 10, t_mul=0.0)
     with pytest.raises(ValueError, match="length of boundaries should be 1 less"):
         schedules.PiecewiseConstantDecay([1, 2], [0.1])
     with pytest.raises(NotImplementedError, match="LearningRateSchedule"):

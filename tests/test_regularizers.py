@@ -18,7 +18,8 @@ from targets import TARGETS
     (regularizers.L1(0.3), lambda w: 0.3 * np.abs(w).sum()),
     (regularizers.l2(0.2), lambda w: 0.2 * (w * w).sum()),
     (regularizers.L1L2(l1=0.1, l2=0.4), lambda w: 0.1 * np.abs(w).sum() + 0.4 * (w * w).sum()),
-    (regularizers.l1_l2(), lambda w: 0.01 * np.abs(w).sum() + 0.01 * (w * w).sum()),
+    (regularizers.l1_l2(l1=0.01, l2=0.02), lambda w: 0.01 * np.abs(w).sum() + 0.02 * (w * w).sum()),
+    (regularizers.l1_l2(), lambda w: 0.0 * w.sum()),        # Keras 3: l1_l2 is L1L2, (0, 0)
     (regularizers.L1L2(), lambda w: 0.0 * w.sum()),
 ])
 def test_penalty_values(regularizer, formula):
@@ -83,6 +84,20 @@ def test_conv_and_embedding_regularizers_configs_and_saving(tmp_path):
     x = np.random.default_rng(2).random((4, 5, 5, 1), dtype=np.float32)
     y = np.zeros((4, 1), np.float32)
     assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-6)
+
+
+def test_a_function_regularizer_with_a_tensor_penalty_is_summed():
+    rng = np.random.default_rng(5)
+    x, y = rng.random((4, 3), dtype=np.float32), rng.random((4, 2), dtype=np.float32)
+    model = Sequential([Input((3,)), Dense(2, use_bias=False, kernel_regularizer=lambda w: 0.1 * w ** 2)])
+    model.compile(optimizer="sgd", loss="mse", target="reference")
+    w = model.get_weights()[0].astype(np.float64)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(((x @ w - y) ** 2).mean()
+                                                           + 0.1 * (w ** 2).sum(), rel=1e-5)
+    broken = Sequential([Input((3,)), Dense(2, kernel_regularizer=lambda w: None)])
+    broken.compile(optimizer="sgd", loss="mse", target="reference")
+    with pytest.raises(TypeError, match="regularizer of 'dense/kernel' returned None"):
+        broken.evaluate(x, y, verbose=0)
 
 
 def test_bad_regularizers_are_clear_errors(tmp_path):

@@ -315,6 +315,11 @@ class Layer:
         total = None
         for variable, regularizer in getattr(self, "_regularized", ()):
             penalty = regularizer(variable.value)
+            if not isinstance(penalty, Node):
+                raise TypeError(f"the regularizer of {variable.path!r} returned {penalty!r}; it must "
+                                "compute a penalty from the weight it is given")
+            if penalty.type.rank:
+                penalty = B.reduce_sum(penalty)      # Keras sums a non-scalar penalty
             total = penalty if total is None else B.add(total, penalty)
         return total
 
