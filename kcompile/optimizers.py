@@ -86,8 +86,21 @@ class LearningRateValue(float):
         self._optimizer.learning_rate = value
         return self._optimizer.learning_rate
 
-    def numpy(self) -> np.float32:
-        return np.float32(self)
+    def assign_add(self, delta):
+        return self.assign(float(self) + float(delta))
+
+    def assign_sub(self, delta):
+        return self.assign(float(self) - float(delta))
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self, dtype=np.float32)
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.numpy()
+
+    shape = ()
+    dtype = "float32"
 
     def __reduce__(self):     # pickles and deep-copies as the plain float, not the optimizer
         return float, (float(self),)

@@ -297,6 +297,9 @@ def test_learning_rate_assign_as_keras_code_writes_it(target):
     model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
     rate = model.optimizer.learning_rate
     assert isinstance(rate, float) and rate == pytest.approx(0.1) and rate.numpy() == np.float32(0.1)
+    assert rate.numpy().shape == () and rate.shape == () and rate.dtype == "float32"
+    assert rate.assign_add(0.05) == pytest.approx(0.15) and model.optimizer.learning_rate.assign_sub(
+        0.05) == pytest.approx(0.1)
     assert model.optimizer.get_config()["learning_rate"] == pytest.approx(0.1)
     assert type(model.optimizer.get_config()["learning_rate"]) is float
 
