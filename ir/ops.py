@@ -471,8 +471,7 @@ def _grad_reduce_max(node, g):
     B = _b()
     (x,) = node.operands
     mask = B.eq(x, _restore_reduced(node, node))
-    ties = B.reduce_sum(B.select(mask, B.full_like(x, 1.0), B.zeros_like(x)), node.attr("axes"),
-                        keepdims=node.attr("keepdims", False))
+    ties = B.reduce_sum(B.cast(mask, x.dtype), node.attr("axes"), keepdims=node.attr("keepdims", False))
     return [B.select(mask, _restore_reduced(node, B.div(g, ties)), B.zeros_like(x))]
 
 

@@ -76,16 +76,14 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
                      cpu: str | None = None, features: str | None = None,
                      fusion_level: int = 1) -> str:
     """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`."""
-    from codegen import target
     from codegen.export import export_graph
     from codegen.compiler import CompileOptions, optimize_graph
 
-    cpu, features = target.export_target(cpu, features)   # a bad target fails before any writing
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
                          "new or existing directory path)")
     frozen = optimize_graph(freeze(graph, params), CompileOptions())
-    os.makedirs(directory, exist_ok=True)
+    # (export_graph checks the target before it creates the directory: a bad one writes nothing)
     paths = export_graph(frozen, directory, name="model", version=version, cpu=cpu,
                          features=features)
     x, (_, y) = frozen.inputs[0], frozen.outputs[0]

@@ -73,11 +73,22 @@ def _check_axis(axis, function):
         raise NotImplementedError(f"{function} supports axis=-1 only; got axis={axis}")
 
 
+def _clipped_probabilities(p: Node) -> Node:
+    """Predicted class probabilities normalized over the last axis and clipped to [eps, 1 - eps]."""
+    return B.clip(B.div(p, B.reduce_sum(p, -1, keepdims=True)), EPSILON, 1.0 - EPSILON)
+
+
 def _log_probabilities(y_pred: Node, from_logits: bool) -> Node:
     if from_logits:
         return B.log_softmax(y_pred, -1)
-    probabilities = B.div(y_pred, B.reduce_sum(y_pred, -1, keepdims=True))
-    return B.log(B.clip(probabilities, EPSILON, 1.0 - EPSILON))
+    return B.log(_clipped_probabilities(y_pred))
+
+
+def _smooth_labels(y_true: Node, label_smoothing: float, classes: int) -> Node:
+    """Keras's label smoothing: y (1 - s) + s / classes (classes = 2 for binary targets)."""
+    if not label_smoothing:
+        return y_true
+    return B.add(B.mul(y_true, 1.0 - label_smoothing), label_smoothing / classes)
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
@@ -88,9 +99,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     _check_axis(axis, "categorical_crossentropy")
     y_true = B.cast(y_true, y_pred.dtype)
     _check_same_shape(y_true, y_pred, "categorical_crossentropy")
-    if label_smoothing:
-        classes = y_pred.shape[-1]
-        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), label_smoothing / classes)
+    y_true = _smooth_labels(y_true, label_smoothing, y_pred.shape[-1])
     return B.neg(B.reduce_sum(B.mul(y_true, _log_probabilities(y_pred, from_logits)), -1))
 
 
@@ -134,10 +143,10 @@ def _mean_last_axis(values: Node) -> Node:
     return B.reduce_mean(values, -1) if values.type.rank >= 1 else values
 
 
-def _softplus(x: Node) -> Node:
-    # log(1 + exp(x)) without overflow, with the true gradient at 0 (see kcompile.activations)
-    from kcompile.activations import softplus
-    return softplus(x)
+def _binary_cross_entropy(y_true: Node, p: Node) -> Node:
+    """-(y log p + (1 - y) log(1 - p)) of probabilities p, clipped to [eps, 1 - eps] first."""
+    p = B.clip(p, EPSILON, 1.0 - EPSILON)
+    return B.neg(B.add(B.mul(y_true, B.log(p)), B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, p)))))
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
@@ -147,16 +156,13 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
                       label_smoothing=label_smoothing, axis=axis)
     _check_axis(axis, "binary_crossentropy")
     y_true, y_pred = _prepare_dense(y_true, y_pred, "binary_crossentropy")
-    if label_smoothing:
-        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), 0.5 * label_smoothing)
+    y_true = _smooth_labels(y_true, label_smoothing, 2)
     if from_logits:
         # -y log_sigmoid(z) - (1 - y) log_sigmoid(-z), with log_sigmoid(z) = -softplus(-z).
-        values = B.add(B.mul(y_true, _softplus(B.neg(y_pred))),
-                       B.mul(B.sub(1.0, y_true), _softplus(y_pred)))
+        values = B.add(B.mul(y_true, activations.softplus(B.neg(y_pred))),
+                       B.mul(B.sub(1.0, y_true), activations.softplus(y_pred)))
     else:
-        p = B.clip(y_pred, EPSILON, 1.0 - EPSILON)
-        values = B.neg(B.add(B.mul(y_true, B.log(p)),
-                             B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, p)))))
+        values = _binary_cross_entropy(y_true, y_pred)
     return _mean_last_axis(values)
 
 
@@ -184,12 +190,9 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
                       from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
     _check_axis(axis, "binary_focal_crossentropy")
     y_true, y_pred = _prepare_dense(y_true, y_pred, "binary_focal_crossentropy")
-    if label_smoothing:
-        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), 0.5 * label_smoothing)
+    y_true = _smooth_labels(y_true, label_smoothing, 2)
     p = activations.sigmoid(y_pred) if from_logits else y_pred
-    clipped = B.clip(p, EPSILON, 1.0 - EPSILON)
-    bce = B.neg(B.add(B.mul(y_true, B.log(clipped)),
-                      B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, clipped)))))
+    bce = _binary_cross_entropy(y_true, p)
     p_t = B.add(B.mul(y_true, p), B.mul(B.sub(1.0, y_true), B.sub(1.0, p)))
     values = B.mul(_power_of_nonnegative(B.sub(1.0, p_t), gamma), bce)
     if apply_class_balancing:
@@ -207,10 +210,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     _check_axis(axis, "categorical_focal_crossentropy")
     y_true = B.cast(y_true, y_pred.dtype)
     _check_same_shape(y_true, y_pred, "categorical_focal_crossentropy")
-    if label_smoothing:
-        y_true = B.add(B.mul(y_true, 1.0 - label_smoothing), label_smoothing / y_pred.shape[-1])
-    p = B.softmax(y_pred, -1) if from_logits else y_pred
-    p = B.clip(B.div(p, B.reduce_sum(p, -1, keepdims=True)), EPSILON, 1.0 - EPSILON)
+    y_true = _smooth_labels(y_true, label_smoothing, y_pred.shape[-1])
+    p = _clipped_probabilities(B.softmax(y_pred, -1) if from_logits else y_pred)
     factor = B.mul(_power_of_nonnegative(B.sub(1.0, p), gamma), float(alpha))
     return B.reduce_sum(B.mul(factor, B.neg(B.mul(y_true, B.log(p)))), -1)
 
@@ -270,7 +271,7 @@ def log_cosh(y_true, y_pred):
         return _eager(log_cosh, y_true, y_pred)
     y_true, y_pred = _prepare_dense(y_true, y_pred, "log_cosh")
     x = B.sub(y_pred, y_true)
-    return _mean_last_axis(B.sub(B.add(x, _softplus(B.mul(x, -2.0))), math.log(2.0)))
+    return _mean_last_axis(B.sub(B.add(x, activations.softplus(B.mul(x, -2.0))), math.log(2.0)))
 
 
 def kl_divergence(y_true, y_pred):

@@ -97,9 +97,8 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
     if loss_value.type.rank != 0:
         raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
                          "a loss with reduction='none' cannot be trained on")
-    weight = getattr(model, "loss_weight", 1.0)
-    if weight != 1.0:
-        loss_value = ir.build.mul(loss_value, weight)
+    if model.loss_weight != 1.0:
+        loss_value = ir.build.mul(loss_value, model.loss_weight)
     if penalty is not None:     # the weights' regularization (Keras adds it in training and evaluation)
         loss_value = ir.build.add(loss_value, penalty)
     return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
@@ -543,6 +542,7 @@ class Trainer:
         self.compiled = False
         self.optimizer = None
         self.loss = None
+        self.loss_weight = 1.0
         self.stop_training = False
         self.history = None
         self.target = "llvm"
@@ -844,7 +844,7 @@ class Trainer:
                 "input_shape": describe(tuple(self.input_shape)), "layers": describe(list(self.layers)),
                 "weights": describe(list(self.weights)),
                 "trainable": [v.path for v in self.trainable_weights],
-                "loss": describe(loss), "loss_weight": describe(getattr(self, "loss_weight", 1.0)),
+                "loss": describe(loss), "loss_weight": describe(self.loss_weight),
                 "optimizer": describe(self.optimizer),
                 "metric_names": describe(self._metric_names()),
                 "wanted": [[k, describe(s), w,

@@ -313,7 +313,7 @@ class Layer:
     def regularization(self):
         """The sum of this layer's weight penalties (traced: call inside a trace), or None."""
         total = None
-        for variable, regularizer in getattr(self, "_regularized", ()):
+        for variable, regularizer in self._regularized:
             penalty = regularizer(variable.value)
             if not isinstance(penalty, Node):
                 raise TypeError(f"the regularizer of {variable.path!r} returned {penalty!r}; it must "

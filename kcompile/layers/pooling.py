@@ -83,7 +83,7 @@ class _GlobalPooling(Layer):
         return (input_shape[0], input_shape[-1])
 
     def call(self, inputs):
-        return type(self).reduce(inputs, tuple(range(1, self.rank + 1)), keepdims=self.keepdims)
+        return self.reduce(inputs, tuple(range(1, self.rank + 1)), keepdims=self.keepdims)
 
     def get_config(self):
         config = super().get_config()
