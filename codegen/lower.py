@@ -850,6 +850,8 @@ PARALLEL_MIN_FLOPS = 2_000_000     # work of a blocked GEMM below which it stays
 GEMM_READ_WORK = 8      # multiply-adds a float of B read from L3 is worth (1.6 MB of weight = 3.2M)
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
+BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
 
 
@@ -972,10 +974,30 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     with otherwise:
                         one_block(rest)
 
-    if threading is False or blocks < 2:
-        emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1, name="blocks",
-                          threading=False)
+    def columns():
+        if threading is False or blocks < 2:
+            emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1,
+                              name="blocks", threading=False)
+        else:
+            _emit_column_region(fe, m, n, k, blocks, body, threading)
+
+    # NOTE: from BATCH_ROWS_MIN batch rows (a large predict), column blocks each stream all of A
+    # (1024 x 784 floats: 3.2 MB, past L2) once per block; blocks of whole rows keep their part of A
+    # in L2 across every panel of B instead (one thread, W1's first layer at 1024 rows: 25.5M ->
+    # 22.6M cycles, KCOMPILE_PROFILE).  Not for B^T, which each row block would pack again.
+    if by_rows or ta or tb:
+        columns()
         return
+    b = fe.builder
+    with b.if_else(b.icmp_signed(">=", m, c64(BATCH_ROWS_MIN))) as (tall, short):
+        with tall:
+            _emit_batch_row_blocks(fe, group, threading, m, n, k, lds)
+        with short:
+            columns()
+
+
+def _emit_column_region(fe, m, n, k, blocks, body, threading):
+    from .parallel import emit_parallel_for
     # NOTE: a small product (a tiny batch times a small weight) is not worth a parallel region: it
     # costs ~1 us when the other core is idle and milliseconds when another process holds it.  The
     # work counts the multiply-adds and the reads of B (a weight): with a few rows (one-sample
@@ -990,6 +1012,36 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                                       name="blocks", threading=threading)
         with serial:
             b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
+
+
+def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
+    """A tall product of batch rows (a large predict): blocks of BATCH_ROW_BLOCK whole rows of C,
+    each computed with every column (its block of A stays in L2 across the panels of B) and
+    consumed by the epilogue while in cache; blocks are shared among threads."""
+    from .parallel import emit_parallel_for
+    node = group.anchor
+    a, bm = node.operands
+    epilogue = [o for o in group.outputs if o is not node]
+    T = VALUE_TYPES[node.dtype]
+    b = fe.builder
+    blocks = b.udiv(b.add(m, c64(BATCH_ROW_BLOCK - 1)), c64(BATCH_ROW_BLOCK))
+
+    def body(builder, lo, hi, values):
+        chunk = fe.derive(builder, values)
+        a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
+        m_here = _rows(builder, a, chunk.n, keep_last=1)
+        k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
+        with for_range(builder, lo, hi, name="rblk") as blk:
+            start = builder.mul(blk, c64(BATCH_ROW_BLOCK), flags=("nsw", "nuw"))
+            stop = smin(builder, builder.add(start, c64(BATCH_ROW_BLOCK)), m_here)
+            rows = builder.sub(stop, start)
+            a_blk = builder.gep(a_ptr, [builder.mul(start, c64(k))], source_etype=T)
+            c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
+            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k_here, lds)
+            emit_elementwise_outputs(chunk, group, epilogue, {0: (start, stop)})
+
+    emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1, name="rowblocks",
+                      threading=threading)
 
 
 def _emit_sample_blocked_matmul(fe, group: Group, threading) -> None:

@@ -1,5 +1,5 @@
 """Blocked GEMM kernels split among threads (codegen.lower._emit_blocked_matmul): column blocks for
-batch rows, row blocks for static rows (dW; blocks of NARROW_BLOCK rows for a narrow dW, which the
+batch rows (blocks of whole rows from BATCH_ROWS_MIN rows on), row blocks for static rows (dW; blocks of NARROW_BLOCK rows for a narrow dW, which the
 GEMM computes transposed).
 
 Each case runs at 1, 2 and 3 threads: the results must be identical (the split decides which rows or
@@ -19,18 +19,30 @@ from codegen.runtime import CompiledRunner
 from ir import build as B
 
 THREADS = (1, 2, 3)
-BATCHES = (1, 7, 128, 255, 256, 257, 301, 1030)
+BATCHES = (1, 7, 128, 255, 256, 257, 301, lower.BATCH_ROWS_MIN - 1, lower.BATCH_ROWS_MIN,
+           lower.BATCH_ROWS_MIN + lower.BATCH_ROW_BLOCK + 5, 1030)
 
 
 def forward_graph(k, n, transpose_b):
-    """relu(x @ w + bias) and x @ w alone, x with batch rows; w stored (n, k) with transpose_b."""
+    """relu(x @ w + bias) and 2 * (x @ -w), x with batch rows; w stored (n, k) with transpose_b.
+
+    Each product has one consumer, so each GEMM kernel runs its elementwise epilogue block by block
+    (the two products are different nodes, which CSE cannot merge into one with two consumers)."""
     x = B.arg("x", "f32", (None, k))
     w = B.arg("w", "f32", (n, k) if transpose_b else (k, n))
     bias = B.arg("bias", "f32", (n,))
     product = B.matmul(x, w, transpose_b=transpose_b)
+    negated = B.matmul(x, B.neg(w), transpose_b=transpose_b)
     return ir.Graph("fwd", [x, w, bias], [("act", B.relu(B.add(product, bias))),
-                                           ("scaled", B.mul(B.matmul(x, w, transpose_b=transpose_b),
-                                                            2.0))])
+                                           ("scaled", B.mul(negated, 2.0))])
+
+
+def test_forward_products_run_their_epilogues_in_the_gemm_kernel():
+    graph = forward_graph(37, 70, False)
+    groups = CompiledRunner(graph, {}, CompileOptions()).compiled.fused.groups
+    fused = sorted(sorted({node.op for node in group.members} - {"broadcast"}) for group in groups
+                   if group.kind == "matmul")
+    assert fused == [["add", "matmul", "max"], ["matmul", "mul"]], fused
 
 
 def weight_gradient_graph(k, n):
@@ -77,7 +89,7 @@ def test_batch_rows_every_split(k, n, transpose_b):
         out = run_all_thread_counts(graph, {"x": x, "w": w, "bias": bias})
         product = x.astype(np.float64) @ w64
         check(out["act"], np.maximum(product + bias, 0.0), f"act, batch {batch}")
-        check(out["scaled"], 2.0 * product, f"scaled, batch {batch}")
+        check(out["scaled"], -2.0 * product, f"scaled, batch {batch}")
 
 
 @pytest.mark.parametrize("k,n", [(784, 512), (13, 70), (lower.ROW_BLOCK * 3 + 5, 10),
