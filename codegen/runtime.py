@@ -28,7 +28,8 @@ class CompiledRunner:
                  compiled=None):
         self.compiled = compiled or compile_graph(graph, options)
         self.state = state
-        self._fn = _ENTRY(self.compiled.address)
+        self._entry_address = self.compiled.address
+        self._fn = _ENTRY(self._entry_address)
         self._step = _STEP(self.compiled.code.address(STEP_DRIVER))
         signature = self.signature = self.compiled.signature
         self.n_inputs = len(signature.inputs)
@@ -165,7 +166,7 @@ class CompiledRunner:
         self._epoch.check_step(rows, start)
         if rows > self._capacity:
             self._ensure(rows)
-        self._step(self.compiled.address, rows, start, self._table_address, self._plan_address)
+        self._step(self._entry_address, rows, start, self._table_address, self._plan_address)
         if self.updates_state:
             note_write()
 
