@@ -243,25 +243,26 @@ def _function(module, name, args, names=(), noalias=()):
 # --------------------------------------------------------------------------------------------------
 # Micro-kernel
 
-def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: bool = False):
-    """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch, prefetch_step]).
+def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0):
+    """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch..., prefetch_step]).
 
     C[r, v*L + l] (+)= sum_p opA[r, p] * B[p, v*L + l] for r < rows, v < nvec, with B rows `ldb` apart
     and opA[r, p] = a[r*a_rs + p*a_cs]: (lda, 1) reads A in place, (1, lda) reads it transposed (one
     kernel serves both layouts: a stride costs the k loop nothing, a second kernel costs compile time).
     With `masked`, only the first `ncols_last` lanes of the last vector of each C row are read and
-    written.  With `prefetch`, k step p also prefetches (into L2) the byte
-    `prefetch + p * prefetch_step`: how a panel's row tiles pull the next panel's memory in while
-    they compute.
+    written.  With `prefetch` = s > 0 streams, k step p also prefetches (into L2) the byte
+    `prefetch_i + p * prefetch_step` of each stream i: how row tiles pull in memory that is read
+    after them (the next panel of B to pack, an epilogue's operands) while they compute.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
-    name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}"
-            f"{'.masked' if masked else ''}{'.pf' if prefetch else ''}")
+    pf = "" if not prefetch else ".pf" if prefetch == 1 else f".pf{prefetch}"
+    name = f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}{'.masked' if masked else ''}{pf}"
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
-                        + ([ptr, I64] if prefetch else []),
-                        ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last",
-                         "prefetch", "prefetch_step"), noalias=(0, 3, 5))
+                        + [ptr] * prefetch + ([I64] if prefetch else []),
+                        ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last")
+                        + tuple(f"prefetch{i}" for i in range(prefetch)) + ("prefetch_step",),
+                        noalias=(0, 3, 5))
     if not new:
         return fn
     a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last = fn.args[:10]
@@ -297,10 +298,13 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: bool = Fals
         a_splat = vec.splat(bld, bld.load(a_ptrs[r], typ=T, align=4))
         new_accs.append([vec.fma(bld, a_splat, b_vecs[v], accs[r][v]) for v in range(nvec)])
     if prefetch:
-        # NOTE: a plain (not inbounds) gep: the address may lie past the end of B, which a prefetch
-        # tolerates.
-        address = bld.gep(fn.args[10], [bld.mul(p, fn.args[11])], source_etype=ir.IntType(8))
-        bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
+        # NOTE: a plain (not inbounds) gep: the address may lie past the end of its buffer, which a
+        # prefetch tolerates.
+        step = bld.mul(p, fn.args[10 + prefetch])
+        for i in range(prefetch):
+            address = bld.gep(fn.args[10 + i], [step], source_etype=ir.IntType(8))
+            bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2),
+                                    ir.Constant(I32, 1)])
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
     for r in range(rows):
@@ -503,7 +507,8 @@ def _k_block(k, lanes: int):
 
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
-              accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None) -> None:
+              accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
+              then_read=()) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -528,6 +533,11 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     `lda`, `ldb`, `ldc` (ints or i64 values, in elements) override the row strides of the stored
     matrices, which are otherwise dense (A: k, or m with trans_a; B: n, or k with trans_b; C: n):
     that is how a caller multiplies a block of rows or columns of larger matrices in place.
+
+    `then_read`: (pointer, bytes) pairs of memory the caller reads right after this product (an
+    epilogue's operands): the row tiles prefetch it into L2, one cache line per k step and pair, so
+    that it arrives while they compute instead of when the epilogue waits for it.  Each pair costs
+    a prefetch per k step; bytes past what the k steps cover (k x 64 per full tile) are not fetched.
 
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
@@ -572,11 +582,13 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                   prefetch=None):
         """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block.
 
-        `prefetch` = (start, bytes) of memory the full row tiles should pull into L2 as they go, one
-        cache line per k step each, tile t taking the lines from t * kcur on.
+        `prefetch` = (streams, panel): memory the full row tiles should pull into L2 as they go,
+        `streams` a list of (start, bytes), one cache line per k step and stream, the t-th full tile
+        of the product taking the lines from t * kcur on (this panel's first tile is the
+        `panel`-th times the full tiles per panel).
         """
         def call(rows, row, prefetch_args=()):
-            fn = _kernel(vec, rows, nvec, masked, bool(prefetch_args))
+            fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0)
             a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
             builder.call(fn, [a_tile(a_block, row), *a_strides, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
@@ -586,12 +598,17 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             if prefetch is None:
                 call(mr, row)
                 return
-            start, nbytes = prefetch
-            offset = builder.mul(builder.udiv(i64(row), i64(mr)), builder.mul(i64(kcur), i64(64)))
-            inside = builder.icmp_signed("<", offset, nbytes)
-            address = builder.gep(start, [builder.select(inside, offset, i64(0))],
-                                  source_etype=ir.IntType(8))
-            call(mr, row, (address, builder.select(inside, i64(64), i64(0))))
+            streams, panel = prefetch
+            tile = builder.add(builder.mul(i64(panel), builder.udiv(i64(mfull), i64(mr))),
+                               builder.udiv(i64(row), i64(mr)))
+            offset = builder.mul(tile, builder.mul(i64(kcur), i64(64)))
+            addresses, any_inside = [], None
+            for start, nbytes in streams:
+                inside = builder.icmp_signed("<", offset, i64(nbytes))
+                addresses.append(builder.gep(start, [builder.select(inside, offset, i64(0))],
+                                             source_etype=ir.IntType(8)))
+                any_inside = inside if any_inside is None else builder.or_(any_inside, inside)
+            call(mr, row, (*addresses, builder.select(any_inside, i64(64), i64(0))))
 
         mr = tile_rows(nvec, registers)
         tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
@@ -649,7 +666,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 rows_left = smin(builder, nr, builder.sub(i64(n), i64(nxt)))
                 start = builder.gep(b_ptr, [i64(_mul(builder, nxt, ldb))], source_etype=T)
                 nbytes = builder.mul(builder.mul(rows_left, i64(ldb)), i64(_dtype_bits(T) // 8))
-                prefetch = (start, nbytes)
+                prefetch = ([(start, nbytes)], 0)
+            elif then_read:
+                prefetch = (then_read, builder.udiv(i64(j0), i64(nr)))
             row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
                       ncols_last, kcur, load_c, prefetch)
 

@@ -553,10 +553,13 @@ def _matmul_kernel(emitter, node, members):
               emitter.pointer_of(node), m, n, k)
 
 
-def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None)):
+def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=()):
+    """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
+    i64 bytes) pairs."""
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
-                                node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds)
-    builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime)
+                                node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
+                                len(then_read))
+    builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair])
 
 
 def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
@@ -621,18 +624,23 @@ class _Placement:
 PLACEMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None)):
+def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
-    the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>)`.
+    the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
+    [, ptr, i64 bytes] * then_read)`.
 
     `dims` are (m, n, k), each an int (a constant of the code) or an i64 value (passed at run
-    time); `lds` are static leading dimensions or None (dense).  Returns (function, runtime args)."""
+    time); `lds` are static leading dimensions or None (dense); `then_read` counts the (pointer,
+    bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  Returns (function, runtime
+    args)."""
     from .gemm import emit_gemm
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
     desc = "x".join("r" if d is None else str(d) for d in static)
     if any(ld is not None for ld in lds):
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
+    if then_read:
+        desc += f".pf{then_read}"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -640,10 +648,10 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None))
     library = GEMM_LIBRARY.get(module)
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
-        return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds)[0]), \
-            runtime
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)),
-                     name)
+        return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
+                                                  then_read)[0]), runtime
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
+                                             + [PTR, I64] * then_read), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
@@ -651,9 +659,11 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None))
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     values = iter(fn.args[3:])
     m, n, k = (next(values) if d is None else d for d in static)
+    pairs = list(fn.args[3 + len(runtime):])
     lda, ldb, ldc = lds
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
-              trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc)
+              trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
+              then_read=list(zip(pairs[::2], pairs[1::2])))
     builder.ret_void()
     return fn, runtime
 
@@ -850,6 +860,7 @@ PARALLEL_MIN_FLOPS = 2_000_000     # work of a blocked GEMM below which it stays
 GEMM_READ_WORK = 8      # multiply-adds a float of B read from L3 is worth (1.6 MB of weight = 3.2M)
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches for the next (weight, Adam's m, v)
 BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
 BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
@@ -906,6 +917,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     epilogue = [o for o in group.outputs if o is not node]
     T = VALUE_TYPES[node.dtype]
     by_rows = not isinstance(m, ir.Value)
+    narrow = False
     if by_rows:
         # NOTE: a narrow dW (Dense(10)'s 512 x 10) is computed transposed (gemm.narrow_product),
         # which wants long blocks; 256 x 10 floats are 10 KiB.
@@ -941,6 +953,25 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
             with many:
                 column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here)
 
+    # NOTE: the epilogue of a row block of dW (the optimizer's update) reads rows of the weight and
+    # its slots, 8 MB for W1 at Adam, from L3: while a block's product computes, its row tiles
+    # prefetch the next block's rows of them (the product is bound by FMAs, the update by memory).
+    streamed = [] if not by_rows or narrow else [
+        x for x in group.inputs if x is not a and x is not bm and x.shape == node.shape
+        and fe.has_buffer(x)][:MAX_PREFETCH_STREAMS]
+
+    def next_rows(builder, chunk, start, size):
+        if not streamed:
+            return ()
+        nxt = builder.add(start, c64(size))
+        rows = builder.sub(smin(builder, builder.add(nxt, c64(block)), c64(m)), nxt)
+        pairs = []
+        for x in streamed:
+            width = c64(n * np.dtype(ops.np_dtype(x.dtype)).itemsize)
+            pairs.append((builder.gep(chunk.pointer_of(x), [builder.mul(nxt, width)],
+                                      source_etype=I8), builder.mul(rows, width)))
+        return pairs
+
     def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
         with for_range(builder, lo, hi, name="blk") as blk:
             # NOTE: a block's epilogue loops count from 0 to `size` from this offset (the (offset,
@@ -952,7 +983,8 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     a_off = start if ta else builder.mul(start, c64(k))
                     a_blk = builder.gep(a_ptr, [a_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
-                    call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds)
+                    call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds,
+                              next_rows(builder, chunk, start, size))
                     ranges = {0: (start, size)}
                 else:
                     b_off = builder.mul(start, c64(k)) if tb else start

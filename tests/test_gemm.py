@@ -310,3 +310,41 @@ def test_blocks_of_larger_matrices_through_leading_dimensions(trans_a, trans_b):
     outside = np.ones_like(C, bool)
     outside[r0:r1, c0:c1] = False
     assert (C[outside] == 5.0).all()
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
+def test_prefetching_what_is_read_next_leaves_the_product_unchanged(layout, streams):
+    """`then_read` makes the row tiles prefetch other memory (a dW block's epilogue operands): the
+    prefetch kernels take extra arguments, which must not shift the ones that compute.  The product
+    is bit-for-bit the one without prefetching, for regions shorter and longer than the k steps
+    cover, empty, and reaching past the end of their buffer."""
+    trans_a, trans_b = LAYOUTS[layout]
+    module = ir.Module("then_read")
+    for name, count in (("plain", 0), ("pf", streams)):
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64]
+                                                 + [PTR, I64] * count), name)
+        builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        a, b, c, m, n, k, *pairs = fn.args
+        emit_gemm(builder, a, b, c, m, n, k, trans_a=trans_a, trans_b=trans_b,
+                  then_read=list(zip(pairs[::2], pairs[1::2])))
+        builder.ret_void()
+    jit = JitModule(module)
+    assert jit.optimized_ir.count("call void @llvm.prefetch") >= streams
+    plain = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3)(jit.address("plain"))
+    pf = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 3,
+                          *[ctypes.c_void_p, ctypes.c_int64] * streams)(jit.address("pf"))
+    rng = np.random.default_rng(streams)
+    other = rng.standard_normal(4096).astype(np.float32)
+    for m, n, k in [(48, 512, 32), (37, 130, 28), (6, 64, 1), (13, 17, 100)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        want, got = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+        plain(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
+        regions = [(other.ctypes.data, other.nbytes), (other.ctypes.data + 4000, 1 << 20),
+                   (other.ctypes.data + other.nbytes, 0)][:streams]
+        pf(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k,
+           *[x for region in regions for x in region])
+        np.testing.assert_array_equal(got, want, err_msg=f"{layout} {m}x{n}x{k}")
+        ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
