@@ -955,21 +955,17 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
 
     # NOTE: the epilogue of a row block of dW (the optimizer's update) reads rows of the weight and
     # its slots, 8 MB for W1 at Adam, from L3: while a block's product computes, its row tiles
-    # prefetch the next block's rows of them (the product is bound by FMAs, the update by memory).
+    # prefetch the block's rows of them (the product is bound by FMAs, the update by memory).
     streamed = [] if not by_rows or narrow else [
         x for x in group.inputs if x is not a and x is not bm and x.shape == node.shape
         and fe.has_buffer(x)][:MAX_PREFETCH_STREAMS]
 
-    def next_rows(builder, chunk, start, size):
-        if not streamed:
-            return ()
-        nxt = builder.add(start, c64(size))
-        rows = builder.sub(smin(builder, builder.add(nxt, c64(block)), c64(m)), nxt)
+    def block_rows(builder, chunk, start, size):
         pairs = []
         for x in streamed:
-            width = c64(n * np.dtype(ops.np_dtype(x.dtype)).itemsize)
-            pairs.append((builder.gep(chunk.pointer_of(x), [builder.mul(nxt, width)],
-                                      source_etype=I8), builder.mul(rows, width)))
+            width = n * np.dtype(ops.np_dtype(x.dtype)).itemsize
+            pairs.append((builder.gep(chunk.pointer_of(x), [builder.mul(start, c64(width))],
+                                      source_etype=I8), c64(size * width)))
         return pairs
 
     def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
@@ -984,7 +980,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     a_blk = builder.gep(a_ptr, [a_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
                     call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds,
-                              next_rows(builder, chunk, start, size))
+                              block_rows(builder, chunk, start, size))
                     ranges = {0: (start, size)}
                 else:
                     b_off = builder.mul(start, c64(k)) if tb else start
