@@ -204,6 +204,15 @@ class Node:
     def __matmul__(self, other):
         return _build().matmul(self, other)
 
+    # numpy must not take a traced value for an array: with __array_ufunc__ None, `array * x` defers
+    # to x.__rmul__ (one node, not an object array of them), and np.mean(x) says why it cannot be.
+    __array_ufunc__ = None
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"a traced value ({self!r}) cannot become a numpy array: code traced into a "
+                        "graph (a custom loss or metric, a layer's call) must compute with "
+                        "operators and kcompile.ops, not numpy functions")
+
 
 def _build():
     from . import build    # build imports this module

@@ -60,12 +60,28 @@ def _validate_mode(mode, callback_name):
     return mode
 
 
-def _is_maximized(monitor, mode):
-    """Whether larger values of ``monitor`` are better, under ``mode`` 'min', 'max' or 'auto'."""
+def _is_maximized(monitor, mode, model=None, callback_name="callback"):
+    """Whether larger values of ``monitor`` are better, under ``mode`` 'min', 'max' or 'auto'.
+
+    With 'auto', as in Keras: the loss is minimized, and a compiled metric of the model improves
+    the way the metric object says (`Metric._direction`); one that cannot say (a user's function)
+    is a ValueError.  A name that is none of the model's metrics goes by its suffix (accuracy, auc,
+    precision, ... are maximized)."""
     if mode != "auto":
         return mode == "max"
     name = monitor.removeprefix("val_")
-    return name.endswith(_MAXIMIZED_SUFFIXES)
+    if name == "loss":
+        return False
+    finder = getattr(model, "_metric_direction", None)
+    found, direction = finder(name) if finder is not None else (False, None)
+    if not found:
+        return name.endswith(_MAXIMIZED_SUFFIXES)
+    if direction is None:
+        raise ValueError(
+            f"{callback_name} received monitor={monitor!r}, but cannot tell whether the metric "
+            f"{name!r} should be maximized or minimized (it is a function of yours). Pass "
+            "mode='max' to keep its highest value, or mode='min' to keep its lowest.")
+    return direction == "up"
 
 
 def _missing_metric_warning(callback_name, monitor, logs):
@@ -430,6 +446,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
 
     def on_train_begin(self, logs=None):
+        self._maximize = _is_maximized(self.monitor, self.mode, self.model, "EarlyStopping")
         # Reset, so an instance can be reused across fit calls.
         self.wait = 0
         self.stopped_epoch = 0
@@ -584,6 +601,16 @@ class ModelCheckpoint(Callback):
         ):
             raise ValueError(f"Unrecognized save_freq={save_freq!r}; pass 'epoch' or a positive number of batches.")
         self.filepath = os.fspath(filepath)
+        # As Keras: a path the save would refuse is refused now, not after the first epoch.
+        from kcompile import saving
+        try:
+            if save_weights_only:
+                saving._check_weights_suffix(self.filepath, "save")
+            else:
+                saving._check_model_suffix(self.filepath, "saving")
+        except ValueError as error:
+            weights = " with save_weights_only=True" if save_weights_only else ""
+            raise ValueError(f"ModelCheckpoint{weights}: {error}") from None
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
@@ -591,6 +618,7 @@ class ModelCheckpoint(Callback):
         self.mode = _validate_mode(mode, "ModelCheckpoint")
         self.save_freq = save_freq
         self._maximize = _is_maximized(monitor, self.mode)
+        self._threshold_given = initial_value_threshold is not None
         if initial_value_threshold is not None:
             self.best = float(initial_value_threshold)
         else:
@@ -598,6 +626,12 @@ class ModelCheckpoint(Callback):
         self._current_epoch = 0
         self._batches_seen_since_last_saving = 0
         self._last_batch_seen = -1
+
+    def on_train_begin(self, logs=None):
+        maximize = _is_maximized(self.monitor, self.mode, self.model, "ModelCheckpoint")
+        if maximize != self._maximize and not self._threshold_given and math.isinf(self.best):
+            self.best = -math.inf if maximize else math.inf   # nothing saved as best yet
+        self._maximize = maximize
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
@@ -840,6 +874,7 @@ class ReduceLROnPlateau(Callback):
         return self.cooldown_counter > 0
 
     def on_train_begin(self, logs=None):
+        self._maximize = _is_maximized(self.monitor, self.mode, self.model, "ReduceLROnPlateau")
         self._reset()
 
     def on_epoch_end(self, epoch, logs=None):

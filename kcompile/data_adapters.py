@@ -11,6 +11,8 @@ Steps per epoch follow Keras 3's `EpochIterator`: without `steps_per_epoch` an e
 source is exhausted (a generator is then empty for the next epoch: training stops with a warning);
 with it, an epoch takes that many batches and the next epoch continues where it stopped (a sequence
 or a re-iterable starts over when exhausted; a generator cannot, and training stops with a warning).
+Validation data that is a generator (without `validation_steps`) is read once, and its batches are
+kept and evaluated again after every epoch, so that each epoch has its `val_` logs as in Keras.
 """
 from __future__ import annotations
 
@@ -112,14 +114,28 @@ def _batches(source) -> int:
     return len(source) if hasattr(source, "__len__") else int(source.num_batches)
 
 
+def _copied(batch):
+    if isinstance(batch, np.ndarray):
+        return batch.copy()
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_copied(part) for part in batch)
+    if isinstance(batch, dict):
+        return {key: _copied(value) for key, value in batch.items()}
+    return batch
+
+
 class BatchStream:
     """Batches of a batch source, epoch after epoch (see the module docstring)."""
 
-    def __init__(self, source, steps_per_epoch=None, shuffle=False, argument="x"):
+    def __init__(self, source, steps_per_epoch=None, shuffle=False, argument="x", replay=False):
         self.source = source
         self.steps_per_epoch = steps_per_epoch
         self.shuffle = shuffle
         self.argument = argument
+        # `replay`: a one-shot iterator read to its end (no steps_per_epoch) gives its batches
+        # again in later epochs, kept from the first (validation data evaluated every epoch)
+        self._recorded = [] if replay and steps_per_epoch is None else None
+        self._replaying = False
         self.is_sequence = (not hasattr(source, "__next__") and hasattr(source, "__getitem__")
                             and (hasattr(source, "__len__") or _has_num_batches(source)))
         self.is_iterator = hasattr(source, "__next__")
@@ -184,6 +200,10 @@ class BatchStream:
 
     def epoch(self):
         """Yield one epoch's batches; sets `ran_out` when the source could not fill the epoch."""
+        if self._replaying:
+            yield from self._recorded
+            return
+        replay = self._recorded is not None and self.is_iterator
         steps = self.steps_per_epoch
         yielded = 0
         if not self.is_sequence and steps is None and not self.is_iterator and not self._pending:
@@ -204,7 +224,12 @@ class BatchStream:
             except StopIteration:
                 break
             yielded += 1
+            if replay:   # copies: a generator may refill one buffer batch after batch
+                self._recorded.append(_copied(batch))
             yield batch
+        if replay and yielded:
+            self._replaying = True
+            return
         if (steps is not None and yielded < steps) or yielded == 0:
             self.ran_out = True
             warnings.warn("Your input ran out of data; interrupting training. Make sure that your "

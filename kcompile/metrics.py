@@ -180,7 +180,12 @@ def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
 
 
 class Metric:
-    """Base class: `trace_sums` traces the batch sums a result needs and returns the finisher."""
+    """Base class: `trace_sums` traces the batch sums a result needs and returns the finisher.
+
+    `_direction` is 'up' for a metric that improves upward, 'down' for one that improves
+    downward, None when unknown: how callbacks with mode='auto' decide, as in Keras."""
+
+    _direction = None
 
     def __init__(self, name=None, dtype=None):
         self.name = name or to_snake_case(type(self).__name__)
@@ -197,6 +202,11 @@ class Metric:
         By default the metric is the mean of `values`: the sum of the values (times the weights, and
         the weights' sum), divided at the end by the number of values (or the weights' sum)."""
         values = self.values(y_true, y_pred)
+        if not isinstance(values, Node):
+            raise TypeError(f"metric {self.name!r} returned {values!r}; a metric function must "
+                            "return its per-sample values computed from (y_true, y_pred), the "
+                            "traced tensors it is given (operators, kcompile.ops), not numpy "
+                            "arrays or Python numbers")
         if values.dtype not in ("f32", "f64"):
             values = B.cast(values, y_pred.dtype)
         if not values.type.batched:
@@ -253,6 +263,8 @@ class MeanMetricWrapper(Metric):
     def __init__(self, fn, name=None, dtype=None, **kwargs):
         self.fn = fn
         self._fn_kwargs = kwargs
+        if type(self)._direction is None:
+            self._direction = _function_direction(fn)
         super().__init__(name=name or getattr(fn, "__name__", "metric"))
 
     def values(self, y_true, y_pred):
@@ -580,6 +592,29 @@ _CLASSES = {cls.__name__: cls for cls in _CLASS_LIST}
 _CLASSES.update({to_snake_case(cls.__name__): cls for cls in _CLASS_LIST
                  if to_snake_case(cls.__name__) not in _FUNCTIONS})
 ACCURACY_NAMES = ("accuracy", "acc")
+# Functions whose larger values are better (every other named function is an error or a loss).
+_UPWARD = (accuracy, categorical_accuracy, sparse_categorical_accuracy, binary_accuracy,
+           top_k_categorical_accuracy, sparse_top_k_categorical_accuracy, cosine_similarity)
+for _cls in (Precision, Recall, AUC):
+    _cls._direction = "up"
+RootMeanSquaredError._direction = "down"
+
+
+def _function_direction(fn):
+    if fn in _UPWARD:
+        return "up"
+    return "down" if fn in _FUNCTIONS.values() else None
+
+
+def direction(identifier):
+    """'up', 'down' or None (unknown, a user's function): which way the metric `identifier` (as
+    `compile(metrics=...)` takes it) improves."""
+    if isinstance(identifier, str) and identifier.lower() in ACCURACY_NAMES:
+        return "up"
+    if isinstance(identifier, str) and identifier.lower() in ("crossentropy", "ce"):
+        return "down"
+    metric = get(identifier)
+    return metric._direction if isinstance(metric, Metric) else _function_direction(metric)
 
 
 def get(identifier):

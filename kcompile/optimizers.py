@@ -58,6 +58,8 @@ _UNSUPPORTED = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency
 
 
 def _check_real(value, argument, low=None, high=None, high_open=False):
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()    # a 0-d array (np.array(0.1), a variable's numpy()), as Keras takes
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{argument} must be a finite number; got {argument}={value!r}")
     if low is not None and value < low:

@@ -581,8 +581,16 @@ class Trainer:
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution other than 1 is not supported yet")
         resolved_optimizer = optimizers.get(optimizer)
+        loss = self._for_the_output(loss, "loss")
+        if isinstance(loss, (list, tuple)):
+            if len(loss) != 1:
+                raise NotImplementedError(f"loss={loss!r} gives {len(loss)} losses, one per output, "
+                                          "but kcompile models have one output: give one loss")
+            (loss,) = loss
         if loss is not None and not (isinstance(loss, str) and loss in losses.AUTO_NAMES):
             loss = losses.get(loss)
+        metrics = self._for_the_output(metrics, "metrics", nested=True)
+        weighted_metrics = self._for_the_output(weighted_metrics, "weighted_metrics", nested=True)
         if metrics is None:
             metrics = []
         if not isinstance(metrics, (list, tuple)):
@@ -608,6 +616,36 @@ class Trainer:
         """(names of `metrics`, names of `weighted_metrics`), as they are logged."""
         names = _dedupe([_metric_display_name(m) for m in self._metric_identifiers])
         return names, _weighted_metric_names(names, self._weighted_metric_identifiers)
+
+    def _for_the_output(self, value, argument: str, nested: bool = False):
+        """Keras's per-output spellings of a compile argument, for the model's one output: a dict
+        keyed by the output's name, and (`nested`, metrics) a list holding one list."""
+        if isinstance(value, dict):
+            output = self.layers[-1].name if getattr(self, "layers", None) else None
+            if len(value) != 1 or (output is not None and next(iter(value)) != output):
+                raise ValueError(f"`{argument}` as a dict takes one entry, keyed by the name of the "
+                                 f"model's one output ({output!r}); got the keys {list(value)}")
+            value = next(iter(value.values()))
+            if nested and value is not None and not isinstance(value, (list, tuple)):
+                value = [value]
+        elif nested and isinstance(value, (list, tuple)) and value \
+                and all(isinstance(v, (list, tuple)) for v in value):
+            if len(value) != 1:
+                raise NotImplementedError(f"{argument}={value!r} gives {len(value)} lists, one per "
+                                          "output, but kcompile models have one output")
+            (value,) = value
+        return value
+
+    def _metric_direction(self, name: str) -> tuple:
+        """(found, 'up' / 'down' / None) for the compiled metric logged as `name`."""
+        if not getattr(self, "compiled", False):
+            return False, None
+        names, weighted_names = self._metric_names()
+        for logged, identifier in [*zip(names, self._metric_identifiers),
+                                   *zip(weighted_names, self._weighted_metric_identifiers)]:
+            if logged == name:
+                return True, metrics_module.direction(identifier)
+        return False, None
 
     @property
     def metrics_names(self) -> list:
@@ -1043,7 +1081,7 @@ class Trainer:
             return None
         if data_adapters.is_batch_source(validation_data):
             stream = data_adapters.BatchStream(validation_data, validation_steps, False,
-                                               "validation_data")
+                                               "validation_data", replay=True)
             first = stream.peek()
             weighted = data_adapters.unpack_batch(first, "validation_data")[2] is not None
             _, _, _, spec, loss, _ = self._prepare_batch(first, None, weighted, "validation_data")

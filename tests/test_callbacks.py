@@ -286,10 +286,10 @@ def test_early_stopping_unknown_mode_warns():
 
 def test_checkpoint_formats_filepath_every_epoch(tmp_path):
     model = FakeModel()
-    pattern = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.2f}.kc")
+    pattern = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.2f}.keras")
     fit(model, [ModelCheckpoint(pattern)], losses(0.5, 0.25))
-    assert sorted(os.listdir(tmp_path)) == ["ckpt-01-0.50.kc", "ckpt-02-0.25.kc"]
-    assert (tmp_path / "ckpt-02-0.25.kc").read_text() == "model 2"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-01-0.50.keras", "ckpt-02-0.25.keras"]
+    assert (tmp_path / "ckpt-02-0.25.keras").read_text() == "model 2"
 
 
 def test_checkpoint_save_best_only_weights(tmp_path, capsys):
@@ -304,47 +304,48 @@ def test_checkpoint_save_best_only_weights(tmp_path, capsys):
 
 def test_checkpoint_temporary_file_keeps_suffix(tmp_path):
     model = FakeModel()
-    fit(model, [ModelCheckpoint(tmp_path / "model.weights.h5", save_weights_only=True)], losses(1.0))
-    assert model.saved[0].endswith("model.weights.h5") and os.path.dirname(model.saved[0]) == str(tmp_path)
-    assert model.saved[0] != str(tmp_path / "model.weights.h5")
+    fit(model, [ModelCheckpoint(tmp_path / "model.weights.npz", save_weights_only=True)], losses(1.0))
+    assert model.saved[0].endswith("model.weights.npz") and os.path.dirname(model.saved[0]) == str(tmp_path)
+    assert model.saved[0] != str(tmp_path / "model.weights.npz")
 
 
 def test_checkpoint_failed_save_keeps_previous_file(tmp_path):
     model = FakeModel()
-    path = tmp_path / "model.kc"
+    path = tmp_path / "model.keras"
     checkpoint = ModelCheckpoint(path)
     fit(model, [checkpoint], losses(1.0))
     model.fail_saving = True
     with pytest.raises(OSError, match="disk full"):
         fit(model, [checkpoint], losses(1.0))
     assert path.read_text() == "model 1"
-    assert os.listdir(tmp_path) == ["model.kc"]
+    assert os.listdir(tmp_path) == ["model.keras"]
 
 
 def test_checkpoint_follows_appended_extension(tmp_path):
     model = FakeModel()
     model.save = lambda path: open(path + ".npz", "w").close()
-    fit(model, [ModelCheckpoint(tmp_path / "ckpt")], losses(1.0))
-    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    fit(model, [ModelCheckpoint(tmp_path / "ckpt.keras")], losses(1.0))
+    assert os.listdir(tmp_path) == ["ckpt.keras.npz"]
 
 
 def test_checkpoint_integer_save_freq(tmp_path):
     model = FakeModel()
-    pattern = str(tmp_path / "ckpt-{epoch}-{batch}.kc")
+    pattern = str(tmp_path / "ckpt-{epoch}-{batch}.keras")
     fit(model, [ModelCheckpoint(pattern, save_freq=2)], losses(1.0, 1.0), steps=3)
-    assert sorted(os.listdir(tmp_path)) == ["ckpt-1-2.kc", "ckpt-2-1.kc", "ckpt-2-3.kc"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1-2.keras", "ckpt-2-1.keras", "ckpt-2-3.keras"]
 
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="save_freq"):
         ModelCheckpoint(tmp_path / "x", save_freq="batch")
     with pytest.raises(KeyError, match="val_accuracy"):
-        fit(FakeModel(), [ModelCheckpoint(str(tmp_path / "{val_accuracy}.kc"))], losses(1.0))
+        fit(FakeModel(), [ModelCheckpoint(str(tmp_path / "{val_accuracy}.keras"))], losses(1.0))
+    (tmp_path / "d.keras").mkdir()
     with pytest.raises(IsADirectoryError, match="existing directory"):
-        fit(FakeModel(), [ModelCheckpoint(tmp_path)], losses(1.0))
+        fit(FakeModel(), [ModelCheckpoint(tmp_path / "d.keras")], losses(1.0))
     with pytest.warns(UserWarning, match="val_accuracy"):
-        fit(FakeModel(), [ModelCheckpoint(tmp_path / "m.kc", monitor="val_accuracy", save_best_only=True)], losses(1.0))
-    assert not (tmp_path / "m.kc").exists()
+        fit(FakeModel(), [ModelCheckpoint(tmp_path / "m.keras", monitor="val_accuracy", save_best_only=True)], losses(1.0))
+    assert not (tmp_path / "m.keras").exists()
 
 
 # --- learning rate callbacks ---
@@ -429,3 +430,69 @@ def test_lambda_callback():
     assert events == ["begin", (0, 3.0), (1, 2.0), "end"]
     with pytest.raises(TypeError, match="unknown hook names on_epoch_finish"):
         LambdaCallback(on_epoch_finish=print)
+
+
+# --- which way a monitored metric improves (mode='auto'), from the model's metric objects ---
+
+
+def _compiled_model(metrics):
+    import kcompile
+    model = kcompile.Sequential([kcompile.Input((3,)), kcompile.layers.Dense(1, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy", metrics=metrics)
+    return model
+
+
+def _waits(callback, model, values):
+    """callback.wait after epochs logging `values` of its monitor (EarlyStopping)."""
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(epoch, {callback.monitor: value})
+    return callback.wait
+
+
+def test_auto_mode_asks_the_metric_object_which_way_is_better():
+    import kcompile
+    model = _compiled_model([kcompile.metrics.Precision(thresholds=0.3), kcompile.metrics.AUC(name="roc"),
+                             kcompile.metrics.CosineSimilarity(), "mae", "accuracy"])
+    # rising values improve these (Keras: Precision, AUC and CosineSimilarity have direction 'up')
+    for monitor in ("val_precision", "val_roc", "cosine_similarity", "val_accuracy"):
+        assert _waits(EarlyStopping(monitor=monitor), model, [0.5, 0.7]) == 0, monitor
+        assert _waits(EarlyStopping(monitor=monitor), model, [0.7, 0.5]) == 1, monitor
+    assert _waits(EarlyStopping(monitor="val_mae"), model, [0.7, 0.5]) == 0
+    assert _waits(EarlyStopping(monitor="loss"), model, [0.7, 0.5]) == 0
+    # the other two callbacks that compare
+    plateau = ReduceLROnPlateau(monitor="val_roc", patience=1)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    assert plateau.best == -math.inf
+    checkpoint = ModelCheckpoint("best.keras", monitor="val_roc", save_best_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    assert checkpoint.best == -math.inf
+    # mode given: as given; a name none of the metrics has: by its suffix
+    assert _waits(EarlyStopping(monitor="val_roc", mode="min"), model, [0.5, 0.7]) == 1
+    assert _waits(EarlyStopping(monitor="val_auc"), model, [0.5, 0.7]) == 0
+
+
+def test_auto_mode_refuses_a_metric_function_of_unknown_direction():
+    def mean_prediction(y_true, y_pred):
+        return y_pred
+    model = _compiled_model([mean_prediction])
+    for callback in (EarlyStopping(monitor="val_mean_prediction"),
+                     ReduceLROnPlateau(monitor="mean_prediction"),
+                     ModelCheckpoint("m.keras", monitor="mean_prediction", save_best_only=True)):
+        callback.set_model(model)
+        with pytest.raises(ValueError, match="mode='max'"):
+            callback.on_train_begin()
+    assert _waits(EarlyStopping(monitor="mean_prediction", mode="max"), model, [0.5, 0.7]) == 0
+
+
+@pytest.mark.parametrize("path,weights_only,match", [
+    ("ckpt/noext", False, "`.keras`"), ("model.h5", False, "HDF5"),
+    ("w.weights.h5", True, "HDF5"), ("model.keras", True, "weights.npz"),
+    ("w.weights.npz", False, "weights file name")])
+def test_checkpoint_refuses_a_path_its_save_would_refuse_before_training(path, weights_only, match):
+    with pytest.raises(ValueError, match=match) as caught:
+        ModelCheckpoint(path, save_weights_only=weights_only)
+    assert path in str(caught.value) and ".tmp-" not in str(caught.value)

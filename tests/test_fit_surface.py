@@ -201,6 +201,55 @@ def test_weighted_batches_validation_generators_and_logs():
     assert history["mae"][0] == pytest.approx(np.abs(x @ kernel + bias - y).mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_validation_generator_is_evaluated_after_every_epoch(target):
+    """A generator cannot restart: its batches are kept from the first epoch, so every epoch logs
+    val_loss (as Keras does), each the loss of the whole validation set under that epoch's weights
+    (and a generator refilling one buffer is copied, not aliased)."""
+    x, y = data(24)
+    val_x, val_y = data(9, seed=2)
+
+    def refilling(size):
+        buffer_x, buffer_y = np.empty((size, 4), np.float32), np.empty((size, 3), np.float32)
+        for start in range(0, len(val_x), size):
+            rows = len(val_x[start:start + size])
+            buffer_x[:rows], buffer_y[:rows] = val_x[start:start + size], val_y[start:start + size]
+            yield buffer_x[:rows], buffer_y[:rows]
+
+    model = linear_model(target)
+    weights = []
+    record = callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(
+        [w.astype(np.float64) for w in model.get_weights()]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "ran out of data"
+        history = model.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0,
+                            validation_data=refilling(4), callbacks=[record]).history
+    assert len(history["val_loss"]) == 3
+    for (kernel, bias), got in zip(weights, history["val_loss"]):
+        assert got == pytest.approx(float(((val_x @ kernel + bias - val_y) ** 2).mean()), rel=1e-5)
+
+
+def test_compile_takes_kerass_per_output_spellings_for_the_one_output():
+    x, y = data(16)
+    model = linear_model()
+    output = model.layers[-1].name
+    for spelling in (dict(loss=["mse"], metrics=[["mae"]]),
+                     dict(loss={output: "mse"}, metrics={output: ["mae"]}),
+                     dict(loss="mse", metrics={output: "mae"}, weighted_metrics=[["mse"]])):
+        model.compile(optimizers.SGD(0.0), **spelling)
+        logs = model.evaluate(x, y, verbose=0, return_dict=True)
+        assert logs["mae"] == pytest.approx(np.abs(model.predict(x, verbose=0) - y).mean(), rel=1e-5)
+        assert logs["loss"] == pytest.approx(((model.predict(x, verbose=0) - y) ** 2).mean(), rel=1e-5)
+    model.compile(optimizers.SGD(0.0), loss="mse", metrics=["mae"])
+    with pytest.raises(ValueError, match=repr(output)):
+        model.compile("sgd", loss={"another": "mse"})
+    with pytest.raises(NotImplementedError, match="one output"):
+        model.compile("sgd", loss=["mse", "mae"])
+    with pytest.raises(NotImplementedError, match="one output"):
+        model.compile("sgd", loss="mse", metrics=[["mae"], ["mse"]])
+    assert model.metrics_names == ["loss", "mae"]   # the refused compiles changed nothing
+
+
 def test_batch_source_errors():
     x, y = data(8)
     model = linear_model()

@@ -268,6 +268,17 @@ def test_a_custom_loss_written_with_operators(target):
     with pytest.raises(TypeError, match="returned None; a loss function must return"):
         model.compile(optimizer="sgd", loss=lambda t, p: None, target=target)
         model.evaluate(x, y, verbose=0)
+    # numpy arrays and scalars combine with traced values into graph nodes ...
+    model.compile(optimizer="sgd", loss=lambda t, p: np.float32(0.5) * (p - t) * (p - t)
+                  + np.zeros(3, np.float32) * p, target=target)
+    d = x.astype(np.float64) @ model.get_weights()[0] + model.get_weights()[1] - y
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(0.5 * (d ** 2).mean(), rel=1e-5)
+    # ... but a numpy function cannot take one, and a metric must return a traced value
+    for metric, problem in ((lambda t, p: np.mean(p), "cannot become a numpy array"),
+                            (lambda t, p: 1.0, "returned 1.0; a metric function must return")):
+        model.compile(optimizer="sgd", loss="mse", metrics=[metric], target=target)
+        with pytest.raises(TypeError, match=problem):
+            model.evaluate(x, y, verbose=0)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

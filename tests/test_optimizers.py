@@ -302,6 +302,14 @@ def test_learning_rate_assign_as_keras_code_writes_it(target):
         0.05) == pytest.approx(0.1)
     assert model.optimizer.get_config()["learning_rate"] == pytest.approx(0.1)
     assert type(model.optimizer.get_config()["learning_rate"]) is float
+    # 0-d arrays (a variable's numpy()) are numbers too, as in Keras; a 1-element vector is not
+    model.optimizer.learning_rate = np.array(0.25)
+    assert model.optimizer.learning_rate == 0.25 and model.optimizer.learning_rate.numpy() == 0.25
+    model.optimizer.learning_rate = rate.numpy() * 0 + np.float32(0.1)
+    assert optimizers.Adam(learning_rate=np.array(0.5, np.float64)).learning_rate == 0.5
+    with pytest.raises(ValueError, match="finite number"):
+        model.optimizer.learning_rate = np.array([0.5])
+    assert model.optimizer.learning_rate == pytest.approx(0.1)
 
     class Freeze(kcompile.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
