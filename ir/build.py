@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import FLOAT_DTYPES, ConstValue, Node, TensorType, dtype_of_numpy
-from .ops import make, norm_axes
+from .ops import as_traced, make, norm_axes
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -121,6 +121,7 @@ def unbroadcast(g: Node, shape: tuple) -> Node:
 
 def _lift(a, b):
     """Make two operands (nodes or Python scalars) one type: constants, casts-free broadcast."""
+    a, b = as_traced(a), as_traced(b)
     if not isinstance(a, Node) and not isinstance(b, Node):
         raise TypeError("at least one operand must be an IR node")
     if not isinstance(a, Node):

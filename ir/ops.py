@@ -58,10 +58,21 @@ def get(name: str) -> OpDef:
         raise KeyError(f"unknown op {name!r}; known ops: {sorted(REGISTRY)}") from None
 
 
+def as_traced(x):
+    """`x`, or the node an object stands for while a graph is traced: an object whose type has
+    `__ir_node__()` (a model's weight) gives it, or None when it is not being traced."""
+    to_node = getattr(type(x), "__ir_node__", None)
+    if to_node is not None:
+        node = to_node(x)
+        if node is not None:
+            return node
+    return x
+
+
 def make(op: str, operands=(), **attrs) -> Node:
     """Create a node, checking operands and inferring its type with the op's rule."""
     opdef = get(op)
-    operands = tuple(operands)
+    operands = tuple(as_traced(o) for o in operands)
     for o in operands:
         if not isinstance(o, Node):
             raise TypeError(f"operand of {op} must be an IR node, got {type(o).__name__}")

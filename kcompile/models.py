@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import weakref
 
 import numpy as np
 
@@ -24,6 +25,14 @@ from kcompile.trainer import Trainer
 from kcompile.inspection import InspectionMixin
 
 
+def _owners(layer) -> "weakref.WeakSet":
+    """The models that hold `layer` (Layer._on_structure_change tells each of them)."""
+    owners = layer.__dict__.get("_models")
+    if owners is None:
+        owners = layer._models = weakref.WeakSet()
+    return owners
+
+
 class Model(InspectionMixin, Trainer, Layer):
     """Base class of models.  Use `Sequential`; the functional API is not supported yet."""
 
@@ -31,12 +40,31 @@ class Model(InspectionMixin, Trainer, Layer):
         if args or "inputs" in kwargs or "outputs" in kwargs:
             raise NotImplementedError("Model(inputs, outputs) (the functional API) is not supported yet; "
                                       "use Sequential([Input(shape=...), layer, ...]).")
+        if type(self) is not Model and not isinstance(self, Sequential):
+            raise NotImplementedError(
+                f"{type(self).__name__} subclasses kcompile.Model: a model defined by its own call() "
+                "is not supported yet. Subclass Sequential instead, or put the layers in "
+                "Sequential([Input(shape=...), layer, ...]) (a custom step of layers can be one "
+                "custom Layer with a call()).")
         Layer.__init__(self, name=name, trainable=trainable, **kwargs)
         Trainer.__init__(self)
 
     @property
     def layers(self) -> list:
         return []
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool):
+        # As Keras: freezing (or unfreezing) a model sets every layer's flag, so a frozen
+        # BatchNormalization also runs in inference mode and keeps its moving statistics.
+        self._trainable = bool(value)
+        for layer in self.layers:
+            layer.trainable = value
+        self._on_structure_change()
 
     @property
     def weights(self) -> list:
@@ -121,7 +149,7 @@ class Model(InspectionMixin, Trainer, Layer):
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):
         """Print the layers, their output shapes and parameter counts, as Keras 3 does."""
-        text = _summary_text(self, line_length, positions)
+        text = _summary_text(self, line_length, positions, show_trainable, layer_range)
         if print_fn is None:
             stream = sys.stdout
             encoding = getattr(stream, "encoding", None) or "ascii"
@@ -190,7 +218,7 @@ class Sequential(Model):
         if not self._layers and self._input_layer is None and layer._batch_input_shape is not None:
             self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
         self._layers.append(layer)
-        layer._model = self
+        _owners(layer).add(self)
         self._on_structure_change()
         if rebuild:
             try:
@@ -198,7 +226,7 @@ class Sequential(Model):
             except Exception:
                 # Leave the model as it was: the new layer does not fit the shape reaching it.
                 self._layers.pop()
-                layer._model = None
+                _owners(layer).discard(self)
                 if not self._layers and self._input_layer is not None \
                         and layer._batch_input_shape is not None:
                     self._input_layer = None
@@ -223,8 +251,10 @@ class Sequential(Model):
         if not self._layers:
             raise TypeError("There are no layers in the model.")
         layer = self._layers.pop()
-        layer._model = None
+        _owners(layer).discard(self)
         self._on_structure_change()
+        if not self._layers:
+            self.built = False
         return layer
 
     def _known_input_shape(self):
@@ -355,24 +385,51 @@ def _bytes(variables) -> int:
     return int(sum(math.prod(v.shape) * v.buffer.itemsize for v in variables))
 
 
-def _summary_text(model, line_length=None, positions=None) -> str:
+def _layer_range(layers, layer_range) -> tuple:
+    """Keras's `layer_range`: [first, last] layer names (or regular expressions, matched from the
+    start of a name), both included, as a slice of `layers`."""
+    import re
+    if layer_range is None:
+        return 0, len(layers)
+    if not isinstance(layer_range, (list, tuple)) or len(layer_range) != 2 \
+            or not all(isinstance(name, str) for name in layer_range):
+        raise ValueError("layer_range must be a list or tuple of 2 layer names (strings). Received: "
+                         f"layer_range={layer_range!r}")
+    lower = [i for i, layer in enumerate(layers) if re.match(layer_range[0], layer.name)]
+    upper = [i for i, layer in enumerate(layers) if re.match(layer_range[1], layer.name)]
+    if not lower or not upper:
+        raise ValueError(f"layer_range={list(layer_range)} does not match the layer names of the "
+                         f"model: {[layer.name for layer in layers]}")
+    if min(lower) > max(upper):
+        return min(upper), max(lower) + 1
+    return min(lower), max(upper) + 1
+
+
+def _summary_text(model, line_length=None, positions=None, show_trainable=False,
+                  layer_range=None) -> str:
     """Keras 3's summary table (rich's box style with lines between rows) as plain text."""
     if line_length is None:
         line_length = min(88, shutil.get_terminal_size().columns - 4)
     positions = positions or [0.45, 0.80, 1.0]
     headers = ["Layer (type)", "Output Shape", "Param #"]
+    first, stop = _layer_range(model.layers, layer_range)
     rows = []
-    for layer in model.layers:
+    for layer in model.layers[first:stop]:
         name = f"{layer.name} ({type(layer).__name__})"
         shape = format_shape(layer._output_shape) if layer._output_shape is not None else "?"
         params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
         rows.append([name, shape, params])
+        if show_trainable:
+            rows[-1].append(("Y" if layer.trainable else "N") if layer.weights else "-")
     # Column content widths from the relative positions; a cell longer than its column widens it.
     inner = max(line_length - 10, 30)
     widths, previous = [], 0
     for position in positions:
         widths.append(max(int(position * inner) - previous, 4))
         previous = int(position * inner)
+    if show_trainable:
+        headers.append("Trainable")
+        widths.append(len("Trainable"))
     for row in [headers] + rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
 
@@ -381,6 +438,7 @@ def _summary_text(model, line_length=None, positions=None) -> str:
 
     def cells(row, border):
         parts = [f" {row[0]:<{widths[0]}} ", f" {row[1]:<{widths[1]}} ", f" {row[2]:>{widths[2]}} "]
+        parts += [f" {cell:^{width}} " for cell, width in zip(row[3:], widths[3:])]
         return border + border.join(parts) + border
 
     out = [f'Model: "{model.name}"', line("┏", "━", "┳", "┓"), cells(headers, "┃"),

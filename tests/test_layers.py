@@ -192,6 +192,44 @@ def test_trainable_false_freezes_a_layer():
     assert not np.array_equal(trained[0], model.layers[1].get_weights()[0])
 
 
+def test_freezing_a_model_freezes_its_layers_as_keras():
+    """model.trainable sets every layer's flag (Keras): a frozen model's BatchNormalization keeps
+    its moving statistics, and model.trainable = True unfreezes a layer frozen on its own."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    model = Sequential([Input(shape=(4,)), Dense(3), kcompile.layers.BatchNormalization(), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.trainable = False
+    assert [layer.trainable for layer in model.layers] == [False, False, False]
+    before = model.get_weights()
+    model.fit(x, x[:, :2], batch_size=8, verbose=0)   # after compile: no recompile needed
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    model.layers[0].trainable = False
+    model.trainable = True
+    assert [layer.trainable for layer in model.layers] == [True, True, True]
+    assert len(model.trainable_weights) == 2 + 2 + 2
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_a_layer_shared_by_two_models_frozen_through_one_is_frozen_in_both(target):
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 2)).astype(np.float32)
+    shared = Dense(2)
+    first = Sequential([Input(shape=(3,)), shared])
+    first.compile(optimizer="sgd", loss="mse", target=target)
+    first.fit(x, y, verbose=0)
+    second = Sequential([Input(shape=(3,)), shared])
+    second.compile(optimizer="sgd", loss="mse", target=target)
+    shared.trainable = False
+    assert first.trainable_weights == [] and second.trainable_weights == []
+    before = shared.get_weights()
+    first.fit(x, y, verbose=0)
+    second.fit(x, y, verbose=0)
+    for old, new in zip(before, shared.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
 def test_weight_and_slot_buffers_start_on_a_cache_line():
     """Weights and optimizer slots are 64-byte aligned (compiled kernels stream them with full-width
     vector loads), and keep their buffer, so its address, through assign and training."""
@@ -212,3 +250,81 @@ def test_weight_and_slot_buffers_start_on_a_cache_line():
     kernel.assign(np.full((13, 7), 0.5, np.float32))
     assert kernel.buffer.ctypes.data == address
     np.testing.assert_array_equal(kernel.numpy(), np.full((13, 7), 0.5, np.float32))
+
+
+@pytest.mark.parametrize("expression", ["x * self.w", "self.w * x", "B.mul(x, self.w)",
+                                        "x * (self.w * 2.0) - self.w"])
+def test_a_weight_used_directly_in_a_custom_call_is_trained(expression):
+    """`x * self.w` in a custom layer's call uses the traced weight (it used to bake its value in
+    as a constant, so the weight never trained): checked against SGD on mean((x w)^2) by hand."""
+    class Scale(kcompile.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+        def call(self, x):
+            return eval(expression, {"B": B, "x": x, "self": self})
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = Sequential([Input(shape=(3,)), Scale()])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse")
+    model.fit(np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32), epochs=3, verbose=0)
+    w = 1.0
+    for _ in range(3):   # every output is w_j: d mean over 4 x 3 of w_j^2 / d w_j = 4 * 2 w_j / 12
+        w -= 0.1 * 2 * w / 3
+    np.testing.assert_allclose(model.get_weights()[0], np.full(3, w, np.float32), rtol=1e-6)
+
+
+def test_weights_take_keras_variable_operations():
+    dense = Dense(2)
+    Sequential([Input(shape=(3,)), dense])
+    kernel = dense.kernel.numpy()
+    dense.kernel.assign(dense.kernel * 0.5)
+    np.testing.assert_array_equal(dense.kernel.numpy(), kernel * np.float32(0.5))
+    dense.bias.assign_add(np.ones(2))
+    dense.bias.assign_sub(0.25)
+    np.testing.assert_array_equal(dense.bias.numpy(), np.full(2, 0.75, np.float32))
+    np.testing.assert_array_equal(dense.kernel[0], kernel[0] * np.float32(0.5))
+    np.testing.assert_array_equal(-dense.kernel, -kernel * np.float32(0.5))
+    np.testing.assert_array_equal(dense.kernel > 0, kernel > 0)
+    np.testing.assert_array_equal(2 - dense.bias, np.full(2, 1.25, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        dense.bias.assign_add(np.ones(3))
+    np.testing.assert_array_equal(dense.bias.numpy(), np.full(2, 0.75, np.float32))
+
+
+def test_a_subclassed_model_is_refused_at_construction():
+    class Custom(kcompile.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    with pytest.raises(NotImplementedError, match="Custom subclasses kcompile.Model"):
+        Custom()
+
+    class Stack(kcompile.Sequential):
+        pass
+
+    assert Stack([Input(shape=(3,)), Dense(2)]).output_shape == (None, 2)
+
+
+def test_summary_show_trainable_and_layer_range(capsys):
+    model = Sequential([Input(shape=(3,)), Dense(4, name="first"), Dropout(0.1, name="drop"),
+                        Dense(2, name="last")])
+    model.layers[0].trainable = False
+    model.summary(show_trainable=True, layer_range=["drop", "last"])
+    text = capsys.readouterr().out
+    assert "Trainable" in text and "first" not in text
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert [row.split("│")[1].split()[0] for row in rows] == ["drop", "last"]
+    assert [row.split("│")[4].strip() for row in rows] == ["-", "Y"]
+    assert "Total params: 26" in text   # the whole model's
+    with pytest.raises(ValueError, match="does not match"):
+        model.summary(layer_range=["nothing", "last"])
+    for _ in range(3):
+        model.pop()
+    assert not model.built

@@ -167,8 +167,50 @@ class Variable:
         self._buffer[...] = converted
         note_write()
 
+    def assign_add(self, delta):
+        self.assign(self._buffer + np.asarray(delta))
+
+    def assign_sub(self, delta):
+        self.assign(self._buffer - np.asarray(delta))
+
+    def __ir_node__(self):
+        """While a layer's call is traced, the graph input this weight is (ir.ops.as_traced): so
+        `x * self.w` and `B.matmul(x, self.kernel)` train the weight instead of baking its value."""
+        scope = current_scope()
+        return None if scope is None else scope.lookup(self)
+
     def __array__(self, dtype=None, copy=None):
         return self._buffer.copy() if dtype is None else self._buffer.astype(dtype)
+
+    # Arithmetic, comparisons and indexing as Keras variables have them: on the traced value inside
+    # a layer's call, on a read-only view of the buffer outside.  == and hashing stay identity.
+    def _operand(self):
+        return self.value
+
+    def __add__(self, other): return self._operand() + other          # noqa: E704
+    def __radd__(self, other): return other + self._operand()         # noqa: E704
+    def __sub__(self, other): return self._operand() - other          # noqa: E704
+    def __rsub__(self, other): return other - self._operand()         # noqa: E704
+    def __mul__(self, other): return self._operand() * other          # noqa: E704
+    def __rmul__(self, other): return other * self._operand()         # noqa: E704
+    def __truediv__(self, other): return self._operand() / other      # noqa: E704
+    def __rtruediv__(self, other): return other / self._operand()     # noqa: E704
+    def __matmul__(self, other): return self._operand() @ other       # noqa: E704
+    def __rmatmul__(self, other): return other @ self._operand()      # noqa: E704
+    def __pow__(self, other): return self._operand() ** other         # noqa: E704
+    def __neg__(self): return -self._operand()                        # noqa: E704
+    def __pos__(self): return +self._operand()                        # noqa: E704
+    def __abs__(self): return abs(self._operand())                    # noqa: E704
+    def __lt__(self, other): return self._operand() < other           # noqa: E704
+    def __le__(self, other): return self._operand() <= other          # noqa: E704
+    def __gt__(self, other): return self._operand() > other           # noqa: E704
+    def __ge__(self, other): return self._operand() >= other          # noqa: E704
+
+    def __getitem__(self, index):
+        if current_scope() is not None:
+            raise TypeError(f"indexing weight {self.path!r} inside a traced call is not supported; "
+                            "use its whole value")
+        return self._operand()[index]
 
     def __float__(self):
         return float(self._buffer)
@@ -351,9 +393,9 @@ class Layer:
         self._on_structure_change()
 
     def _on_structure_change(self):
-        """Hook for models: traced graphs depending on this layer are stale."""
-        owner = getattr(self, "_model", None)
-        if owner is not None:
+        """Hook for models: traced graphs depending on this layer are stale, in every model that
+        holds it (a layer may be shared: a GAN's discriminator sits in two models)."""
+        for owner in list(getattr(self, "_models", ())):
             owner._on_structure_change()
 
     def get_weights(self) -> list:
