@@ -53,18 +53,12 @@ class Model(InspectionMixin, Trainer, Layer):
     def layers(self) -> list:
         return []
 
-    @property
-    def trainable(self) -> bool:
-        return self._trainable
-
-    @trainable.setter
-    def trainable(self, value: bool):
+    def _set_trainable(self, value: bool):
         # As Keras: freezing (or unfreezing) a model sets every layer's flag, so a frozen
         # BatchNormalization also runs in inference mode and keeps its moving statistics.
-        self._trainable = bool(value)
         for layer in self.layers:
             layer.trainable = value
-        self._on_structure_change()
+        Layer._set_trainable(self, value)
 
     @property
     def weights(self) -> list:

@@ -389,6 +389,9 @@ class Layer:
 
     @trainable.setter
     def trainable(self, value: bool):
+        self._set_trainable(value)
+
+    def _set_trainable(self, value: bool):
         self._trainable = bool(value)
         self._on_structure_change()
 
