@@ -217,6 +217,12 @@ def reduced_count(x: Node, axes) -> Node:
 
 
 def matmul(a: Node, b: Node, transpose_a: bool = False, transpose_b: bool = False) -> Node:
+    """a @ b; a constant operand (an array) takes the other one's dtype."""
+    a, b = as_traced(a), as_traced(b)
+    if not isinstance(a, Node) and isinstance(b, Node):
+        a = const(a, b.dtype)
+    if not isinstance(b, Node) and isinstance(a, Node):
+        b = const(b, a.dtype)
     return make("matmul", (a, b), transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
 
 

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import math
 import numbers
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -204,6 +205,18 @@ class Node:
     def __matmul__(self, other):
         return _build().matmul(self, other)
 
+    def __rmatmul__(self, other):
+        return _build().matmul(other, self)
+
+    def __bool__(self):
+        # NOTE: compiler code may test a node for being there (`if group.anchor`); only code traced
+        # for a user (inside `refuse_truth()`: a layer's call, a loss) is told that it cannot branch
+        if getattr(_truth, "refused", 0):
+            raise TypeError(f"the truth value of a traced value ({self!r}) is not known while the "
+                            "graph is traced: Python `if`, `and`, `or` and `not` cannot branch on "
+                            "it; select elementwise instead (ir.build.select(condition, a, b))")
+        return True
+
     # numpy must not take a traced value for an array: with __array_ufunc__ None, `array * x` defers
     # to x.__rmul__ (one node, not an object array of them), and np.mean(x) says why it cannot be.
     __array_ufunc__ = None
@@ -211,12 +224,28 @@ class Node:
     def __array__(self, dtype=None, copy=None):
         raise TypeError(f"a traced value ({self!r}) cannot become a numpy array: code traced into a "
                         "graph (a custom loss or metric, a layer's call) must compute with "
-                        "operators and kcompile.ops, not numpy functions")
+                        "operators (+ - * / @ abs) and kcompile.ops, not numpy functions")
 
 
 def _build():
     from . import build    # build imports this module
     return build
+
+
+_truth = threading.local()
+
+
+class refuse_truth:
+    """While active (in this thread), `bool(node)` raises: code being traced cannot branch on values
+    it does not have yet (a tracer enters this around a user's function)."""
+
+    def __enter__(self):
+        _truth.refused = getattr(_truth, "refused", 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        _truth.refused -= 1
+        return False
 
 
 def known_finite(node: Node) -> bool:

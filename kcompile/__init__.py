@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # NOTE: submodules and the top-level aliases load on first use (PEP 562), so `import kcompile` and
 # `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
 _SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets", "errors", "export",
-               "initializers", "inspection", "layers", "losses", "metrics", "models", "optimizers",
+               "initializers", "inspection", "layers", "losses", "metrics", "models", "ops", "optimizers",
                "predictor", "regularizers", "saving", "trainer", "utils")
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
             "Input": ("kcompile.layers", "Input"),
@@ -22,7 +22,7 @@ _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile
             "load_model": ("kcompile.models", "load_model")}
 
 __all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "activations", "callbacks", "datasets", "initializers",
-           "layers", "losses", "metrics", "models", "optimizers", "regularizers", "utils", "__version__"]
+           "layers", "losses", "metrics", "models", "ops", "optimizers", "regularizers", "utils", "__version__"]
 
 
 def __getattr__(name):

@@ -50,7 +50,7 @@ class Initializer:
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"kcompile weights are float32; got dtype={dtype!r}")
         shape = tuple(int(d) for d in shape)
-        return np.ascontiguousarray(self.generate(shape), dtype=np.float32)
+        return np.array(self.generate(shape), dtype=np.float32, order="C")  # (0-d stays 0-d)
 
     def generate(self, shape) -> np.ndarray:
         raise NotImplementedError

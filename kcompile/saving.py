@@ -493,11 +493,17 @@ def _generator_untouched():
 
 def _resolve_custom_functions(layer_config: dict, custom_objects: dict) -> dict:
     # Layer configs name their activation; a custom one is found by that name in custom_objects.
+    # A custom initializer or regularizer is a {"class_name", "config"} entry whose class is there.
     config = dict(layer_config)
     inner = dict(config.get("config") or {})
     activation = inner.get("activation")
     if isinstance(activation, str) and activation in custom_objects:
         inner["activation"] = custom_objects[activation]
+    for key, value in inner.items():
+        if isinstance(value, dict) and value.get("class_name") in custom_objects:
+            cls = custom_objects[value["class_name"]]
+            arguments = dict(value.get("config") or {})
+            inner[key] = cls.from_config(arguments) if hasattr(cls, "from_config") else cls(**arguments)
     config["config"] = inner
     return config
 

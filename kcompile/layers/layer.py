@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import re
 import threading
 
@@ -21,6 +22,8 @@ import numpy as np
 import ir
 from ir import Node
 from ir import build as B
+from ir.graph import refuse_truth
+from ir.ops import as_traced
 
 from codegen.buffers import aligned_copy, note_write
 from kcompile import initializers
@@ -73,9 +76,12 @@ class TraceScope:
         if stack is None:
             stack = _local.stack = []
         stack.append(self)
+        self._no_branching = refuse_truth()
+        self._no_branching.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._no_branching.__exit__(*exc)
         _local.stack.pop()
 
     def lookup(self, variable: "Variable") -> Node:
@@ -150,11 +156,26 @@ class Variable:
         return view
 
     def numpy(self) -> np.ndarray:
+        self._refuse_numpy_in_trace("numpy()")
         return self._buffer.copy()
+
+    def _refuse_numpy_in_trace(self, what):
+        if current_scope() is not None:
+            raise TypeError(f"{what} of weight {self.path!r} inside a traced call: the graph would "
+                            "hold its current value as a constant, which never trains. Use the "
+                            "weight itself (x * self.w, x @ self.kernel)")
 
     def assign(self, value):
         """Set the variable's value.  The value is converted in full before anything is written, so
-        a value that cannot be converted leaves the variable as it was."""
+        a value that cannot be converted leaves the variable as it was.
+
+        Inside a traced call (a layer's `call` in training) the assignment is recorded as an update
+        of the step (`TraceScope.add_update`), as Keras layers update counters and statistics; a
+        trainable weight cannot be assigned there (the optimizer writes it)."""
+        scope = current_scope()
+        if scope is not None:
+            self._assign_in_trace(scope, value)
+            return
         value = np.asarray(value)
         if value.shape != self._buffer.shape:
             raise ValueError(f"cannot assign a value of shape {value.shape} to variable {self.path!r} "
@@ -167,10 +188,32 @@ class Variable:
         self._buffer[...] = converted
         note_write()
 
+    def _assign_in_trace(self, scope, value):
+        if self.trainable:
+            raise TypeError(f"assigning trainable weight {self.path!r} inside a traced call is not "
+                            "supported: the optimizer updates it. Make it non-trainable "
+                            "(add_weight(..., trainable=False)) to update it in call")
+        current = scope.lookup(self)
+        node = as_traced(value)
+        if not isinstance(node, Node):
+            node = B.const(np.asarray(value, np.float32))
+        if node.dtype != current.dtype:
+            node = B.cast(node, current.dtype)
+        try:
+            node = B.broadcast(node, current.shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"cannot assign a value of shape {node.shape} to variable {self.path!r} "
+                             f"of shape {current.shape}") from None
+        scope.add_update(self, node)
+
     def assign_add(self, delta):
+        if current_scope() is not None:
+            return self.assign(self._operand() + delta)
         self.assign(self._buffer + np.asarray(delta))
 
     def assign_sub(self, delta):
+        if current_scope() is not None:
+            return self.assign(self._operand() - delta)
         self.assign(self._buffer - np.asarray(delta))
 
     def __ir_node__(self):
@@ -180,7 +223,17 @@ class Variable:
         return None if scope is None else scope.lookup(self)
 
     def __array__(self, dtype=None, copy=None):
+        self._refuse_numpy_in_trace("np.asarray")
         return self._buffer.copy() if dtype is None else self._buffer.astype(dtype)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if current_scope() is None:   # numpy on the value, as on an array
+            inputs = tuple(x._buffer if isinstance(x, Variable) else x for x in inputs)
+            return getattr(ufunc, method)(*inputs, **kwargs)
+        operator = _TRACED_UFUNCS.get(ufunc)
+        if operator is None or method != "__call__" or kwargs:
+            self._refuse_numpy_in_trace(f"numpy's {ufunc.__name__}")
+        return operator(*(as_traced(x) for x in inputs))
 
     # Arithmetic, comparisons and indexing as Keras variables have them: on the traced value inside
     # a layer's call, on a read-only view of the buffer outside.  == and hashing stay identity.
@@ -213,13 +266,32 @@ class Variable:
         return self._operand()[index]
 
     def __float__(self):
+        self._refuse_numpy_in_trace("float()")
         return float(self._buffer)
 
     def __int__(self):
+        self._refuse_numpy_in_trace("int()")
         return int(self._buffer)
 
     def __repr__(self):
         return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+
+
+def _plain_data(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
+
+
+# numpy's arithmetic on a weight inside a traced call (np.float32(2) * self.w) is the operator on its
+# traced value; any other ufunc is refused (its result would be a constant)
+_TRACED_UFUNCS = {np.add: operator.add, np.subtract: operator.sub, np.multiply: operator.mul,
+                  np.true_divide: operator.truediv, np.matmul: operator.matmul,
+                  np.negative: operator.neg}
 
 
 def call_eagerly(fn, *arrays, variables=(), training: bool = False):
@@ -296,6 +368,13 @@ class Layer:
     """
 
     _LEGACY_KWARGS = ("input_shape", "input_dim", "batch_input_shape", "batch_size")
+
+    def __new__(cls, *args, **kwargs):
+        # The constructor's arguments, for the config of a custom layer that defines no get_config
+        # (as Keras 3 records them)
+        layer = super().__new__(cls)
+        layer._init_arguments = (args, kwargs)
+        return layer
 
     def __init__(self, *, name=None, trainable=True, dtype=None, **kwargs):
         unknown = {k: v for k, v in kwargs.items() if k not in self._LEGACY_KWARGS}
@@ -450,7 +529,16 @@ class Layer:
     def build_for(self, input_shape) -> tuple:
         """Check `input_shape`, build the weights if not built yet, and return the output shape."""
         input_shape = tuple(input_shape)
-        output_shape = tuple(self.compute_output_shape(input_shape))  # validates before any weight exists
+        try:
+            output_shape = tuple(self.compute_output_shape(input_shape))  # validates before any weight exists
+        except AttributeError:
+            if self.built:
+                raise
+            # a custom compute_output_shape that reads its weights (self.kernel.shape): build first
+            self.build(input_shape)
+            self.built = True
+            self._build_input_shape = input_shape
+            output_shape = tuple(self.compute_output_shape(input_shape))
         if not self.built:
             self.build(input_shape)
             self.built = True
@@ -477,8 +565,8 @@ class Layer:
             if not self.built:
                 self.build_for(inputs.shape)
             if self._accepts_training():
-                return self.call(inputs, training=bool(training))
-            return self.call(inputs)
+                return self._checked_output(self.call(inputs, training=bool(training)), inputs.shape)
+            return self._checked_output(self.call(inputs), inputs.shape)
         if hasattr(inputs, "_input_layer"):
             raise NotImplementedError("Calling layers on `Input(...)` tensors (the functional API) is not "
                                       "supported yet; put the layers in a Sequential model instead: "
@@ -492,11 +580,57 @@ class Layer:
 
     # -- configuration ------------------------------------------------------------------------
 
+    def _checked_output(self, output, input_shape):
+        """What call returned, checked to be a traced value of the shape compute_output_shape says
+        (the model sizes its buffers and the next layer's weights from the latter)."""
+        traced = as_traced(output)
+        if not isinstance(traced, Node):
+            raise TypeError(f"layer {self.name!r} ({type(self).__name__}): call returned "
+                            f"{type(output).__name__}; it must return the traced value it computes "
+                            "from its inputs (a missing `return`?)")
+        expected = tuple(None if d is None else int(d)
+                         for d in self.compute_output_shape(tuple(input_shape)))
+        if expected != tuple(traced.shape):
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}): call returned shape "
+                             f"{format_shape(traced.shape)}, but compute_output_shape gives "
+                             f"{format_shape(expected)}; make the two agree")
+        return traced
+
     def get_config(self) -> dict:
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32"}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = self._batch_input_shape
+        if type(self).get_config is Layer.get_config and type(self).__init__ is not Layer.__init__:
+            config = {**self._recorded_arguments(), **config}
         return config
+
+    def _recorded_arguments(self) -> dict:
+        """A custom layer's constructor arguments, when they are plain data (Keras 3's auto config);
+        saving it otherwise needs its own get_config."""
+        args, kwargs = getattr(self, "_init_arguments", ((), {}))
+        signature = inspect.signature(type(self).__init__)
+        arguments = {}
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            bound = None
+        else:
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    if value:
+                        bound = None   # unnamed arguments: no keyword to record them under
+                elif kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+                else:
+                    arguments[name] = value
+        if bound is None or not all(_plain_data(value) for value in arguments.values()):
+            raise NotImplementedError(
+                f"Layer {type(self).__name__} does not define get_config(), and its constructor's "
+                f"arguments {args!r} {kwargs!r} are not plain data (numbers, strings, lists, dicts) "
+                "that can be recorded for it: define get_config() returning them, with "
+                "super().get_config(), to save or clone this layer")
+        return arguments
 
     @classmethod
     def from_config(cls, config):

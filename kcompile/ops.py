@@ -1,0 +1,154 @@
+"""Tensor functions under Keras 3's `keras.ops` names, for code that is traced into a graph: a custom
+layer's `call`, a custom loss or metric.
+
+    from kcompile import ops
+    def my_loss(y_true, y_pred):
+        return ops.mean(ops.square(y_pred - y_true), axis=-1)
+
+Each takes traced values (a layer's weights too) and numpy constants, and builds IR nodes with
+`ir.build`; they are not for numpy arrays outside a trace (use numpy there).  Python operators do the
+same for + - * / @ abs and ** 0, 1, 2, 0.5.
+"""
+from __future__ import annotations
+
+from ir import build as B
+from ir.graph import Node
+from ir.ops import as_traced
+
+__all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_divide", "negative",
+           "square", "sqrt", "exp", "log", "tanh", "sigmoid", "relu", "softmax", "log_softmax",
+           "logsumexp", "maximum", "minimum", "clip", "where", "mean", "sum", "max", "matmul",
+           "dot", "transpose", "reshape", "expand_dims", "squeeze", "cast", "stop_gradient",
+           "ones_like", "zeros_like", "argmax", "greater", "greater_equal", "less", "less_equal",
+           "equal", "not_equal"]
+
+_DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
+           "f64": "f64", "i32": "i32"}
+
+
+def _node(x, name: str) -> Node:
+    node = as_traced(x)
+    if not isinstance(node, Node):
+        raise TypeError(f"kcompile.ops.{name} works on traced values (inside a layer's call, a loss "
+                        f"or a metric); got {type(x).__name__}. Outside a trace, use numpy.")
+    return node
+
+
+def _unary(build_fn, name):
+    def fn(x):
+        return build_fn(_node(x, name))
+    fn.__name__ = name
+    return fn
+
+
+def _binary(build_fn, name):
+    def fn(x1, x2):
+        x1, x2 = as_traced(x1), as_traced(x2)
+        if not isinstance(x1, Node) and not isinstance(x2, Node):
+            _node(x1, name)
+        return build_fn(x1, x2)
+    fn.__name__ = name
+    return fn
+
+
+abs = absolute = _unary(B.abs, "abs")  # noqa: A001  (Keras's name)
+negative = _unary(B.neg, "negative")
+sqrt = _unary(B.sqrt, "sqrt")
+exp = _unary(B.exp, "exp")
+log = _unary(B.log, "log")
+tanh = _unary(B.tanh, "tanh")
+sigmoid = _unary(B.sigmoid, "sigmoid")
+relu = _unary(B.relu, "relu")
+stop_gradient = _unary(B.stop_gradient, "stop_gradient")
+zeros_like = _unary(B.zeros_like, "zeros_like")
+add = _binary(B.add, "add")
+subtract = _binary(B.sub, "subtract")
+multiply = _binary(B.mul, "multiply")
+divide = true_divide = _binary(B.div, "divide")
+maximum = _binary(B.maximum, "maximum")
+minimum = _binary(B.minimum, "minimum")
+greater = _binary(B.gt, "greater")
+greater_equal = _binary(B.ge, "greater_equal")
+less = _binary(B.lt, "less")
+less_equal = _binary(B.le, "less_equal")
+equal = _binary(B.eq, "equal")
+not_equal = _binary(B.ne, "not_equal")
+matmul = dot = _binary(B.matmul, "matmul")
+
+
+def square(x):
+    x = _node(x, "square")
+    return B.mul(x, x)
+
+
+def ones_like(x):
+    return B.full_like(_node(x, "ones_like"), 1)
+
+
+def softmax(x, axis=-1):
+    return B.softmax(_node(x, "softmax"), axis)
+
+
+def log_softmax(x, axis=-1):
+    return B.log_softmax(_node(x, "log_softmax"), axis)
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    return B.logsumexp(_node(x, "logsumexp"), axis, keepdims=keepdims)
+
+
+def clip(x, x_min, x_max):
+    return B.clip(_node(x, "clip"), x_min, x_max)
+
+
+def where(condition, x1, x2):
+    return B.select(_node(condition, "where"), as_traced(x1), as_traced(x2))
+
+
+def mean(x, axis=None, keepdims=False):
+    return B.reduce_mean(_node(x, "mean"), axis, keepdims)
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
+    return B.reduce_sum(_node(x, "sum"), axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
+    return B.reduce_max(_node(x, "max"), axis, keepdims)
+
+
+def argmax(x, axis=-1):
+    return B.argmax(_node(x, "argmax"), axis)
+
+
+def transpose(x, axes=None):
+    x = _node(x, "transpose")
+    return B.transpose(x, tuple(reversed(range(x.type.rank))) if axes is None else axes)
+
+
+def reshape(x, new_shape):
+    return B.reshape(_node(x, "reshape"), new_shape)
+
+
+def expand_dims(x, axis):
+    x = _node(x, "expand_dims")
+    shape = list(x.shape)
+    shape.insert(axis % (len(shape) + 1), 1)
+    return B.reshape(x, shape)
+
+
+def squeeze(x, axis=None):
+    x = _node(x, "squeeze")
+    rank = x.type.rank
+    axes = {a % rank for a in ((axis,) if isinstance(axis, int) else axis)} if axis is not None \
+        else {i for i, d in enumerate(x.shape) if d == 1}
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ValueError(f"cannot squeeze axis {a} of shape {x.shape}: its size is not 1")
+    return B.reshape(x, [d for i, d in enumerate(x.shape) if i not in axes])
+
+
+def cast(x, dtype):
+    if dtype not in _DTYPES:
+        raise ValueError(f"kcompile.ops.cast: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    return B.cast(_node(x, "cast"), _DTYPES[dtype])

@@ -1,0 +1,195 @@
+"""What a user writes around the library: custom layers (weights used in call, scalar weights,
+counters assigned in call, constructor arguments saved without a get_config), custom losses with
+`kcompile.ops`, and the errors for code that cannot be traced.  Checked against numpy and hand-
+computed SGD steps, on both targets."""
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import ops
+from kcompile.layers import Dense, Input, Layer
+from kcompile.layers.layer import call_eagerly
+from kcompile.models import Sequential, load_model
+from targets import TARGETS
+
+RNG = np.random.default_rng(11)
+A = RNG.standard_normal((4, 3)).astype(np.float32)
+C = RNG.standard_normal((4, 3)).astype(np.float32)
+
+UNARY = [(ops.abs, np.abs), (ops.negative, np.negative), (ops.square, np.square),
+         (lambda x: ops.sqrt(ops.abs(x)), lambda x: np.sqrt(np.abs(x))), (ops.exp, np.exp),
+         (lambda x: ops.log(ops.abs(x)), lambda x: np.log(np.abs(x))), (ops.tanh, np.tanh),
+         (ops.sigmoid, lambda x: 1 / (1 + np.exp(-x))), (ops.relu, lambda x: np.maximum(x, 0)),
+         (ops.softmax, lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+         (ops.log_softmax, lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
+         (lambda x: ops.logsumexp(x, axis=-1), lambda x: np.log(np.exp(x).sum(-1))),
+         (lambda x: ops.clip(x, -0.5, 0.5), lambda x: np.clip(x, -0.5, 0.5)),
+         (lambda x: ops.mean(x, axis=-1), lambda x: x.mean(-1)),
+         (lambda x: ops.sum(x, axis=1, keepdims=True), lambda x: x.sum(1, keepdims=True)),
+         (lambda x: ops.max(x, axis=-1), lambda x: x.max(-1)),
+         (lambda x: ops.cast(ops.argmax(x, axis=-1), "float32"), lambda x: x.argmax(-1)),
+         (lambda x: ops.squeeze(ops.expand_dims(x, -1), -1), lambda x: x),
+         (lambda x: ops.reshape(x, (None, 3, 1)), lambda x: x.reshape(-1, 3, 1)),
+         (ops.ones_like, np.ones_like), (ops.zeros_like, np.zeros_like),
+         (lambda x: ops.where(ops.greater(x, 0.0), x, ops.multiply(x, 0.1)),
+          lambda x: np.where(x > 0, x, 0.1 * x)),
+         (lambda x: ops.matmul(x, np.eye(3, 2, dtype=np.float32)), lambda x: x @ np.eye(3, 2)),
+         (lambda x: ops.transpose(ops.reshape(x, (None, 3, 1)), (0, 2, 1)),
+          lambda x: x.reshape(-1, 3, 1).transpose(0, 2, 1))]
+BINARY = [(ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
+          (ops.divide, np.divide), (ops.maximum, np.maximum), (ops.minimum, np.minimum),
+          (lambda a, c: ops.cast(ops.less_equal(a, c), "float32"), lambda a, c: a <= c)]
+
+
+@pytest.mark.parametrize("index", range(len(UNARY)))
+def test_ops_unary_against_numpy(index):
+    fn, reference = UNARY[index]
+    np.testing.assert_allclose(call_eagerly(fn, A), reference(A.astype(np.float64)), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("index", range(len(BINARY)))
+def test_ops_binary_against_numpy(index):
+    fn, reference = BINARY[index]
+    np.testing.assert_allclose(call_eagerly(fn, A, C), reference(A.astype(np.float64), C),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ops_refuse_numpy_arrays_outside_a_trace():
+    with pytest.raises(TypeError, match="works on traced values"):
+        ops.exp(np.ones(3))
+
+
+class Counter(Layer):
+    """A scalar weight used directly, and a non-trainable counter assigned in call."""
+
+    def __init__(self, scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def build(self, input_shape):
+        self.s = self.add_weight(shape=(), initializer="ones", name="s")
+        self.steps = self.add_weight(shape=(), initializer="zeros", name="steps", trainable=False)
+
+    def call(self, x, training=False):
+        if training:
+            self.steps.assign_add(1.0)
+        return x * self.s * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_custom_layer_with_a_scalar_weight_and_a_counter(target, tmp_path):
+    model = Sequential([Input(shape=(3,)), Counter(scale=2.0)])
+    layer = model.layers[0]
+    assert layer.s.shape == () and float(layer.s) == 1.0
+    model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.01), loss="mse", target=target)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0)
+    s = 1.0
+    for _ in range(6):   # output 2 s everywhere: d mean((2 s)^2) / ds = 8 s
+        s -= 0.01 * 8 * s
+    assert float(layer.s) == pytest.approx(s, rel=1e-6)
+    assert float(layer.steps) == 6.0   # once per step, not once when traced
+    layer.s.assign(5.0)
+    model.set_weights([np.array(1.5), np.array(0.0)])
+    # saved without a get_config: the constructor's plain arguments are recorded
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras", custom_objects={"Counter": Counter})
+    assert loaded.layers[0].scale == 2.0
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), np.full((4, 3), 3.0))
+
+
+def test_a_layer_without_get_config_and_unrecordable_arguments_is_refused_at_save(tmp_path):
+    class Holder(Layer):
+        def __init__(self, table, **kwargs):
+            super().__init__(**kwargs)
+            self.table = table
+
+        def call(self, x):
+            return x
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = Sequential([Input(shape=(3,)), Holder(np.ones(3))])
+    with pytest.raises(NotImplementedError, match="define get_config"):
+        model.save(tmp_path / "h.keras")
+    assert not (tmp_path / "h.keras").exists()
+
+
+@pytest.mark.parametrize("body,error,match", [
+    ("x * self.w.numpy()", TypeError, "constant, which never trains"),
+    ("x * np.asarray(self.w)", TypeError, "constant, which never trains"),
+    ("np.exp(self.w) * x", TypeError, "numpy's exp"),
+    ("x if x else -x", TypeError, "cannot branch"),
+    ("self.w.assign(self.w * 2) or x", TypeError, "trainable weight"),
+    ("None", TypeError, "call returned NoneType"),
+    ("ops.expand_dims(x, -1)", ValueError, r"returned shape \(None, 3, 1\), but compute_output_shape"),
+])
+def test_code_that_cannot_be_traced_is_refused_with_the_reason(body, error, match):
+    class Bad(Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3,), initializer="ones", name="w")
+
+        def call(self, x):
+            return eval(body, {"np": np, "ops": ops, "x": x, "self": self})
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = Sequential([Input(shape=(3,)), Bad()])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(error, match=match):
+        model.fit(np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32), verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], np.ones(3, np.float32))
+
+
+def test_numpy_arithmetic_on_a_weight_in_call_trains_it():
+    class Scaled(Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3,), initializer="ones", name="w")
+
+        def call(self, x):
+            return np.float32(0.5) * self.w * x
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = Sequential([Input(shape=(3,)), Scaled()])
+    model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.1), loss="mse")
+    model.fit(np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32), verbose=0)
+    # output 0.5 w: d mean((0.5 w_j)^2) / d w_j = 2 * 0.25 w_j * 2 / 6
+    np.testing.assert_allclose(model.get_weights()[0], np.full(3, 1 - 0.1 * 1 / 6), rtol=1e-6)
+
+
+def test_custom_regularizers_and_initializers_load_through_custom_objects(tmp_path):
+    class Halves(kcompile.initializers.Initializer):
+        def generate(self, shape):
+            return np.full(shape, 0.5)
+
+        def get_config(self):
+            return {}
+
+    class Squares(kcompile.regularizers.Regularizer):
+        def __init__(self, factor=0.1):
+            self.factor = factor
+
+        def __call__(self, x):
+            return self.factor * ops.sum(ops.square(x))
+
+        def get_config(self):
+            return {"factor": self.factor}
+
+    model = Sequential([Input(shape=(3,)), Dense(2, kernel_initializer=Halves(),
+                                                  kernel_regularizer=Squares(0.2))])
+    model.compile(optimizer="sgd", loss="mse")
+    model.save(tmp_path / "r.keras")
+    loaded = load_model(tmp_path / "r.keras", custom_objects={"Halves": Halves, "Squares": Squares})
+    dense = loaded.layers[0]
+    assert isinstance(dense.kernel_regularizer, Squares) and dense.kernel_regularizer.factor == 0.2
+    np.testing.assert_array_equal(loaded.get_weights()[0], np.full((3, 2), 0.5, np.float32))
+    x, y = np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32)
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(0.2 * 6 * 0.25, rel=1e-6)
