@@ -28,9 +28,11 @@ last step).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -535,6 +537,20 @@ def _results(logs: dict, metric_names, return_dict: bool):
 # The Trainer: compile / fit / evaluate / predict
 # ----------------------------------------------------------------------------------------------
 
+def _one_call_at_a_time(method):
+    """A model's programs keep their bound inputs and outputs between the native calls of one fit,
+    evaluate or predict: calls from several Python threads take turns (each may still use every
+    core), where they would read each other's rows."""
+    @functools.wraps(method)
+    def serialized(self, *args, **kwargs):
+        lock = self.__dict__.get("_call_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
+        with lock:
+            return method(self, *args, **kwargs)
+    return serialized
+
+
 class Trainer:
     """compile / fit / evaluate / predict for a model that can be traced (mixed into `Model`)."""
 
@@ -970,6 +986,7 @@ class Trainer:
 
     # -- fit ------------------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
@@ -1192,6 +1209,7 @@ class Trainer:
             feeds["sample_weight"] = sample_weight
         return feeds, spec, loss, len(x)
 
+    @_one_call_at_a_time
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on this batch; its loss (and metrics, for this batch alone)."""
         self._assert_compiled("train_on_batch")
@@ -1205,6 +1223,7 @@ class Trainer:
         totals.add(runner.output, rows)
         return _results(totals.logs(), program.metric_names, return_dict)
 
+    @_one_call_at_a_time
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """The loss (and metrics) of this batch, without training."""
         self._assert_compiled("test_on_batch")
@@ -1252,6 +1271,7 @@ class Trainer:
             program.finite = (now, finite)
         return finite
 
+    @_one_call_at_a_time
     def predict_on_batch(self, x):
         """The model's outputs for x, in one call."""
         out = self._predict_fast(x, len(x) if hasattr(x, "__len__") else 0)
@@ -1268,6 +1288,7 @@ class Trainer:
 
     # -- evaluate -------------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
         """Loss and metrics on (x, y) (or a batch source's (x, y[, sample_weight]) batches, `steps`
@@ -1348,6 +1369,7 @@ class Trainer:
 
     # -- predict --------------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """The model's outputs for every sample of x, computed `batch_size` samples at a time (or for
         every batch of a batch source, `steps` of them)."""

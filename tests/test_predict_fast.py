@@ -75,3 +75,30 @@ def test_model_call_in_training_mode_applies_dropout(models):
     training = compiled(x, training=True)
     assert inference.shape == training.shape == (64, 3)
     assert not np.allclose(inference, training)
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_predict_from_several_python_threads_gives_each_its_own_rows(target):
+    """Two threads predicting on one model take turns (the programs keep their bound rows between
+    native calls); each gets the serial answer for its own input."""
+    import threading
+    from kcompile.layers import Dense, Input
+    from kcompile.models import Sequential
+    model = Sequential([Input(shape=(30,)), Dense(16, activation="relu"), Dense(4)])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    rng = np.random.default_rng(0)
+    inputs = [rng.random((300, 30)).astype(np.float32), rng.random((7, 30)).astype(np.float32)]
+    expected = [model.predict(x, verbose=0) for x in inputs]
+    errors = []
+
+    def work(x, want):
+        for _ in range(20):
+            errors.append(float(np.abs(model.predict(x, verbose=0) - want).max()))
+            errors.append(float(np.abs(model(x) - want).max()))
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(inputs, expected)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 80 and max(errors) == 0.0
