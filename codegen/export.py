@@ -9,8 +9,8 @@ The library exports (prefix `kcompile_`):
     int kcompile_output_rank(void);  void kcompile_output_shape(int64_t *dims);
     const char *kcompile_version(void);
 
-Shapes report the batch dimension as -1.  Error codes: 0 ok, 1 null pointer, 2 rows <= 0, 3 out of
-memory.  There is no global mutable state: the workspace comes from the caller or from malloc per
+Shapes report the batch dimension as -1.  Error codes: 0 ok, 1 null pointer, 2 rows <= 0 (or too
+many to address), 3 out of memory.  There is no global mutable state: the workspace comes from the caller or from malloc per
 call, so the functions are reentrant and thread-safe.  Weights are constants inside the code.
 The same lowering serves the JIT; only the target machine (position-independent, any named CPU)
 and the wrappers differ.
@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 from llvmlite import ir
 
 import ir as kir
@@ -69,9 +70,18 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1):
     if out_slot is None or out_slot.where != "output":
         raise ValueError("the predictor's output must be computed by the graph")
 
+    # NOTE: a row count whose buffers' sizes would overflow i64 arithmetic is refused (ERR_ROWS),
+    # not wrapped around into a small workspace
+    row_bytes = max([plan.batch_bytes, 1] + [4 * int(np.prod(x.shape[1:], dtype=np.int64))
+                                              for x in (*graph.inputs, *[n for _, n in graph.outputs])])
+    max_rows = (2 ** 62 - plan.static_bytes - 64) // row_bytes
     ws = ir.Function(module, ir.FunctionType(I64, [I64]), "kcompile_workspace_bytes")
     b = ir.IRBuilder(ws.append_basic_block())
-    b.ret(b.add(c64(plan.static_bytes + 64), b.mul(ws.args[0], c64(plan.batch_bytes))))
+    rows_ok = b.and_(b.icmp_signed(">", ws.args[0], c64(0)), b.icmp_signed("<=", ws.args[0],
+                                                                        c64(max_rows)))
+    b.ret(b.select(rows_ok, b.add(c64(plan.static_bytes + 64), b.mul(ws.args[0],
+                                                                      c64(plan.batch_bytes))),
+                   c64(-1)))
 
     with_ws = ir.Function(module, ir.FunctionType(I32, [PTR, I64, PTR, PTR]),
                           "kcompile_predict_with_workspace")
@@ -88,7 +98,8 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1):
     b.position_at_end(bad)
     b.ret(ir.Constant(I32, ERR_NULL))
     b.position_at_end(check_rows)
-    b.cbranch(b.icmp_signed("<=", rows, c64(0)), bad_rows, run)
+    b.cbranch(b.or_(b.icmp_signed("<=", rows, c64(0)), b.icmp_signed(">", rows, c64(max_rows))),
+              bad_rows, run)
     b.position_at_end(bad_rows)
     b.ret(ir.Constant(I32, ERR_ROWS))
     b.position_at_end(run)
@@ -113,7 +124,7 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1):
     nomem = pred.append_basic_block("nomem")
     call = pred.append_basic_block("call")
     invalid = b.or_(b.or_(b.icmp_unsigned("==", xp, null), b.icmp_unsigned("==", outp, null)),
-                    b.icmp_signed("<=", rows, c64(0)))
+                    b.or_(b.icmp_signed("<=", rows, c64(0)), b.icmp_signed(">", rows, c64(max_rows))))
     b.cbranch(invalid, early, alloc)
     b.position_at_end(early)
     # delegate the error code to the checking function (a null workspace is never reached)
@@ -183,13 +194,14 @@ extern "C" {{
 
 #define KCOMPILE_OK 0             /* success */
 #define KCOMPILE_ERR_NULL 1       /* a pointer argument was NULL */
-#define KCOMPILE_ERR_ROWS 2       /* rows <= 0 */
+#define KCOMPILE_ERR_ROWS 2       /* rows <= 0, or too many to address */
 #define KCOMPILE_ERR_MEMORY 3     /* the workspace could not be allocated */
 
 /* Predict `rows` rows of `x` into `out` (rows * {output_row} floats).  Returns an error code. */
 int kcompile_predict(const float *x, int64_t rows, float *out);
 
-/* Bytes of scratch memory kcompile_predict_with_workspace needs for `rows` rows. */
+/* Bytes of scratch memory kcompile_predict_with_workspace needs for `rows` rows (-1 for a row
+ * count kcompile_predict refuses with KCOMPILE_ERR_ROWS). */
 int64_t kcompile_workspace_bytes(int64_t rows);
 
 /* As kcompile_predict, with caller-owned scratch of kcompile_workspace_bytes(rows) bytes. */

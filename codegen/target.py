@@ -75,15 +75,50 @@ def export_target(cpu: str | None = None, features: str | None = None) -> tuple[
         raise ValueError(f"cpu must be an LLVM CPU name such as 'x86-64' or 'haswell'; got {cpu!r}")
     if cpu is None and features is None:
         return host_cpu_name(), host_cpu_features()
-    cpu = host_cpu_name() if cpu is None else cpu.strip()
-    features = "" if features is None else features
+    # NOTE: features without a cpu mean a generic CPU with those features: the host's CPU name
+    # would bring all of its own (AVX-512 into a '+avx2,+fma' library)
+    cpu = _generic_cpu() if cpu is None else cpu.strip()
     if (cpu, features) == (host_cpu_name(), host_cpu_features()):
         return cpu, features
-    complaints = _llvm_complaints(cpu, features)
+    complaints = _llvm_complaints(cpu, features or "")
     if complaints:
         raise ValueError(f"LLVM does not know the target cpu={cpu!r} features={features!r}: "
                          + "; ".join(complaints))
-    return cpu, features
+    return cpu, implied_features(cpu) if features is None else features
+
+
+def _generic_cpu() -> str:
+    triple = llvm.get_default_triple()
+    return "x86-64" if triple.startswith(("x86_64", "amd64")) else "generic"
+
+
+@functools.lru_cache(maxsize=None)
+def implied_features(cpu: str) -> str:
+    """The vector features a CPU name implies, as far as the generator needs them (vector width and
+    FMA), read off the code LLVM emits for it: a <16 x float> multiply-add in zmm registers means
+    AVX-512, in ymm AVX (with vfmadd, FMA too).  llvmlite cannot ask LLVM for a CPU's features."""
+    triple = llvm.get_default_triple()
+    if not triple.startswith(("x86_64", "amd64")):
+        return ""          # aarch64: NEON and FMA are baseline (vector_bits, has_fma)
+    initialize()
+    machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features="")
+
+    def assembly(operation):
+        return machine.emit_assembly(llvm.parse_assembly(
+            "declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)\n"
+            "define void @probe(ptr %p) {\n"
+            "  %a = load <16 x float>, ptr %p, align 4\n"
+            f"  {operation}\n"
+            "  store <16 x float> %r, ptr %p, align 4\n"
+            "  ret void\n}\n"))
+
+    widest = assembly("%m = fmul <16 x float> %a, %a\n  %r = fadd <16 x float> %m, %a")
+    implied = ["+avx512f"] if "%zmm" in widest else ["+avx"] if "%ymm" in widest else []
+    fused = assembly("%r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %a, "
+                     "<16 x float> %a)")
+    if "vfmadd" in fused:
+        implied.append("+fma")
+    return ",".join(implied)
 
 
 def _llvm_complaints(cpu: str, features: str) -> list[str]:

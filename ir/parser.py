@@ -81,7 +81,18 @@ def _parse_type(dtype: str, dims: str) -> TensorType:
 
 def parse(text: str, constants: dict | None = None, *, with_groups: bool = False):
     """Graph from text.  `constants` maps digests to arrays for `@digest` constants (without it,
-    such constants keep only their digest and cannot be evaluated)."""
+    such constants keep only their digest and cannot be evaluated).  Malformed text is a ParseError
+    naming the line."""
+    where = [1]
+    try:
+        return _parse(text, constants, with_groups, where)
+    except ParseError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        raise ParseError(f"line {where[0]}: malformed IR ({type(error).__name__}: {error})") from None
+
+
+def _parse(text: str, constants, with_groups: bool, where: list):
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not lines or not lines[0].startswith("graph "):
         raise ParseError("IR text must start with 'graph NAME'")
@@ -90,6 +101,7 @@ def parse(text: str, constants: dict | None = None, *, with_groups: bool = False
     inputs, outputs, groups = [], None, []
     current = None
     for lineno, raw in enumerate(lines[1:], start=2):
+        where[0] = lineno
         line = raw.strip()
         if line.startswith("kernel "):
             gname, i = _scan_name(line, len("kernel "))

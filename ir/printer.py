@@ -23,7 +23,17 @@ _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:\-]*$")
 
 
 def format_name(name: str) -> str:
-    return name if _BARE.match(name) and name not in ("true", "false") else json.dumps(name)
+    return name if _BARE.match(name) and name not in ("true", "false") and not _number(name) \
+        else json.dumps(name)
+
+
+def _number(word: str) -> bool:
+    """Whether the parser would read the bare word as a number ('inf', 'nan', 'Infinity')."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def format_value(value) -> str:

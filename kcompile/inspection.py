@@ -55,9 +55,9 @@ class InspectionMixin:
         if graph == "predict":
             self._ensure_built(self._known_input_shape())
             return self._program("predict")
-        if not getattr(self, "compiled", False):
-            raise RuntimeError(f"the {graph} graph exists once the model is compiled: call "
-                               "model.compile(optimizer=..., loss=...) first")
+        if not getattr(self, "compiled", False) or self.loss is None:
+            raise RuntimeError(f"the {graph} graph exists once the model is compiled with a loss: "
+                               "call model.compile(optimizer=..., loss=...) first")
         spec, loss = self._inspection_spec()
         return self._program(graph, spec, loss)
 
@@ -74,8 +74,11 @@ class InspectionMixin:
         """The stage names `dump_ir` accepts, in pipeline order."""
         from codegen.stages import stage_names
         names = stage_names(self._compiled_function(graph))
+        # 'train' (the train graph as traced) is a stage of the train graph's list only, as
+        # dump_ir takes it
         trainable = getattr(self, "compiled", False) and self.loss is not None
-        return ["traced"] + (["train"] if trainable else []) + [n for n in names if n != "traced"]
+        train_listed = trainable and graph in (None, "train")
+        return ["traced"] + (["train"] if train_listed else []) + [n for n in names if n != "traced"]
 
     def dump_ir(self, stage: str = "optimized", graph: str | None = None) -> str:
         """Text of one compiler stage (see `compiler_stages()`)."""

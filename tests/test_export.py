@@ -11,6 +11,7 @@ import pytest
 
 import ir
 from ir import build as B
+from codegen.target import host_cpu_features
 from kcompile.export import export_predictor
 from kcompile.predictor import PredictorError, load_predictor
 
@@ -138,6 +139,16 @@ def test_native_error_codes(exported):
     assert lib.kcompile_predict(x.ctypes.data, 2, None) == 1
     assert lib.kcompile_predict(x.ctypes.data, 0, out.ctypes.data) == 2
     assert lib.kcompile_predict(x.ctypes.data, -5, out.ctypes.data) == 2
+    # a row count whose sizes overflow 64-bit arithmetic: refused, not a wrapped-around workspace
+    lib.kcompile_workspace_bytes.argtypes = [ctypes.c_int64]
+    lib.kcompile_workspace_bytes.restype = ctypes.c_int64
+    assert lib.kcompile_workspace_bytes(1 << 60) == -1 and lib.kcompile_workspace_bytes(0) == -1
+    assert 0 < lib.kcompile_workspace_bytes(2) < lib.kcompile_workspace_bytes(4)
+    assert lib.kcompile_predict(x.ctypes.data, 1 << 60, out.ctypes.data) == 2
+    lib.kcompile_predict_with_workspace.argtypes = [ctypes.c_void_p, ctypes.c_int64,
+                                                    ctypes.c_void_p, ctypes.c_void_p]
+    assert lib.kcompile_predict_with_workspace(x.ctypes.data, 1 << 60, out.ctypes.data,
+                                               out.ctypes.data) == 2
 
 
 def test_corrupt_files_give_clear_errors(exported, tmp_path):
@@ -234,6 +245,38 @@ def test_a_cpu_without_features_gets_that_cpus_baseline_not_the_hosts(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="it is a file"):
         export_predictor(mlp_graph(), params, str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("target,width", [(dict(cpu="haswell"), "ymm"),
+                                          (dict(features="+avx2,+fma"), "ymm"),
+                                          (dict(cpu="x86-64-v4"), "zmm")])
+def test_a_named_cpu_gets_the_vectors_it_implies_and_features_alone_a_generic_cpu(target, width,
+                                                                                 tmp_path):
+    """cpu='haswell' alone builds 256-bit FMA code (not 128-bit: llvmlite cannot list a CPU's
+    features, so they are read off a probe LLVM compiles); features alone build for a generic CPU
+    with those features, not the host's CPU (whose AVX-512 would come along)."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the CPUs named are x86-64 ones")
+    if width == "zmm" and "avx512f" not in host_cpu_features():
+        pytest.skip("this host cannot run the AVX-512 library it builds")
+    rng = np.random.default_rng(5)
+    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
+              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
+              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
+              "d2/bias": np.zeros(10, np.float32)}
+    directory = str(tmp_path / "named")
+    export_predictor(mlp_graph(), params, directory, **target)
+    asm = subprocess.run(["objdump", "-d", os.path.join(directory, "libmodel.so")],
+                         capture_output=True, text=True).stdout
+    assert width in asm and "vfmadd" in asm
+    if width == "ymm":
+        assert "zmm" not in asm and "%k1" not in asm
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    assert manifest["target_cpu"] == target.get("cpu", "x86-64")
+    x = rng.random((13, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x),
+                               atol=1e-5)
 
 
 def test_zero_inputs_skip_finite_weight_rows_only(exported, tmp_path):

@@ -124,3 +124,37 @@ def test_kcompile_dump_writes_every_stage(tmp_path):
     assert "f32[?,5]" in (tmp_path / "train-2.optimized.txt").read_text()
     graph = ir.parse((tmp_path / "train.optimized.txt").read_text())
     assert "loss" in graph.output_names
+
+
+@pytest.mark.parametrize("text", [
+    "graph g\n %0:f32[?,3] = arg name=x\n %1:f32[?,3] = exp %x\n return o=%1",       # bad operand
+    "graph g\n %0:f32[?,3] = arg name=x\n %1:f32[?,3,1] = reshape %0\n return o=%1",  # no shape=
+    "graph g\n %0:f32[?,3] = arg name=x\n return o",                                  # no =%ref
+])
+def test_malformed_ir_text_is_a_parse_error_naming_the_line(text):
+    with pytest.raises(ir.parser.ParseError, match="line 3"):
+        ir.parse(text)
+
+
+def test_names_that_read_as_numbers_round_trip():
+    from ir import build as B
+    for name in ("Infinity", "nan", "inf", "1e5"):
+        x = B.arg(name, "f32", (None, 3))
+        text = ir.print_graph(ir.Graph("g", [x], [("o", B.exp(x))]))
+        assert ir.parse(text).input_names == [name]
+        assert ir.print_graph(ir.parse(text)) == text
+
+
+def test_train_and_eval_graphs_need_a_loss_and_train_is_listed_for_the_train_graph_only():
+    model = kcompile.Sequential([Input(shape=(5,)), Dense(3)])
+    model.compile(optimizer="sgd", loss=None)
+    for graph in ("train", "eval"):
+        with pytest.raises(RuntimeError, match="compiled with a loss"):
+            model.dump_ir("optimized", graph=graph)
+    model.compile(optimizer="sgd", loss="mse")
+    assert "train" in model.compiler_stages() and "train" in model.compiler_stages("train")
+    for graph in ("eval", "predict"):
+        stages = model.compiler_stages(graph)
+        assert "train" not in stages
+        for stage in stages[:3]:
+            model.dump_ir(stage, graph=graph)
