@@ -674,18 +674,19 @@ class ModelCheckpoint(Callback):
     def _save_model(self, epoch, batch, logs):
         logs = logs or {}
         filepath = self._get_file_path(epoch, batch, logs)
-        if self.save_best_only:
-            current = logs.get(self.monitor)
-            if current is None:
-                _missing_metric_warning("ModelCheckpoint save_best_only", self.monitor, logs)
-                return
-            if np.ndim(current) > 0:
-                warnings.warn(
-                    f"ModelCheckpoint can save the best model only when `{self.monitor}` is a scalar; got shape "
-                    f"{np.shape(current)}. Skipping this save.",
-                    stacklevel=2,
-                )
-                return
+        # As Keras 3: a monitor that is not logged, or not a scalar, saves as save_best_only=False
+        # would (with a warning), so that training still leaves a checkpoint.
+        current = logs.get(self.monitor) if self.save_best_only else None
+        if self.save_best_only and current is None:
+            _missing_metric_warning("ModelCheckpoint save_best_only (saving every time instead)",
+                                    self.monitor, logs)
+        elif self.save_best_only and np.ndim(current) > 0:
+            warnings.warn(
+                f"ModelCheckpoint can save the best model only when `{self.monitor}` is a scalar; got shape "
+                f"{np.shape(current)}. Falling back to save_best_only=False.",
+                stacklevel=2,
+            )
+        elif self.save_best_only:
             current = float(current)
             improved = current > self.best if self._maximize else current < self.best
             if not improved:

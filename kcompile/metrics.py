@@ -164,6 +164,12 @@ def _weight_like(sample_weight: Node, values: Node) -> Node:
 def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
     """Trace `metric.trace_sums` on numpy arrays and run it on the reference interpreter."""
     feeds, args = {}, []
+    # as Keras: predictions and weights are float whatever their dtype, labels too except the class
+    # ids of a sparse metric
+    sparse = "sparse" in (getattr(getattr(metric, "fn", None), "__name__", "")
+                          + type(metric).__name__.lower())
+    y_true = losses_module.eager_labels(y_true, sparse)
+    y_pred = np.asarray(y_pred, np.float32)
     for index, array in enumerate((y_true, y_pred, sample_weight)):
         if array is None:
             args.append(None)

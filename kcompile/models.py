@@ -25,6 +25,11 @@ from kcompile.trainer import Trainer
 from kcompile.inspection import InspectionMixin
 
 
+class _Unsupported(AttributeError, NotImplementedError):
+    """An attribute of Keras that kcompile does not have: `hasattr` is False, and the message says
+    why."""
+
+
 def _owners(layer) -> "weakref.WeakSet":
     """The models that hold `layer` (Layer._on_structure_change tells each of them)."""
     owners = layer.__dict__.get("_models")
@@ -65,6 +70,17 @@ class Model(InspectionMixin, Trainer, Layer):
         return [w for layer in self.layers for w in layer.weights]
 
     @property
+    def inputs(self):
+        raise _Unsupported("model.inputs and model.outputs are symbolic tensors of the functional API, "
+                           "which kcompile does not support yet; use model.input_shape / "
+                           "model.output_shape, or model.layers")
+
+    outputs = inputs
+
+    def reset_metrics(self):
+        """Nothing to reset: metrics are computed afresh by every fit, evaluate and *_on_batch."""
+
+    @property
     def trainable_weights(self) -> list:
         if not self.trainable:
             return []
@@ -85,6 +101,9 @@ class Model(InspectionMixin, Trainer, Layer):
 
     def get_layer(self, name=None, index=None):
         if index is not None:
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"Was asked to retrieve layer at index {index} but model only has "
+                                 f"{len(self.layers)} layers.")
             return self.layers[index]
         for layer in self.layers:
             if layer.name == name:

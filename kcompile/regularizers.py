@@ -15,7 +15,11 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
+from ir import Node
 from ir import build as B
+from ir.ops import as_traced
 
 
 class Regularizer:
@@ -48,6 +52,10 @@ class L1L2(Regularizer):
         self.l2 = _factor(l2, "l2")
 
     def __call__(self, x):
+        x = as_traced(x)
+        if not isinstance(x, Node):   # a numpy weight: its penalty, as a number (Keras's tensor)
+            from kcompile.layers.layer import call_eagerly
+            return call_eagerly(self.__call__, np.asarray(x, np.float32).reshape((1, -1)))
         penalty = None
         if self.l1:
             penalty = B.mul(B.reduce_sum(B.abs(x)), self.l1)

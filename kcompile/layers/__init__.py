@@ -1,5 +1,6 @@
 """Layers, as ``keras.layers``."""
-from kcompile.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, SymbolicTensor
+from kcompile.layers.core import (Activation, Dense, Dropout, Flatten, Input, InputLayer, LeakyReLU,
+                                  Rescaling, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
 from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
 from kcompile.layers.convolutional import Conv2D
@@ -15,8 +16,13 @@ __all__ += ["GRU", "LSTM", "SimpleRNN"]
 __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling1D",
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
+__all__ += ["AvgPool2D", "LeakyReLU", "MaxPool2D", "Rescaling"]
 
-_CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer)}
+# Keras's aliases
+MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
+
+_CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer, LeakyReLU,
+                                           Rescaling)}
 _CLASSES.update({cls.__name__: cls for cls in (GRU, LSTM, SimpleRNN)})
 _CLASSES.update({cls.__name__: cls for cls in (AveragePooling2D, BatchNormalization, Conv2D, Embedding,
                                                 GlobalAveragePooling1D, GlobalAveragePooling2D,

@@ -295,3 +295,44 @@ class Dropout(Layer):
         config = super().get_config()
         config.update({"rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed})
         return config
+
+
+class LeakyReLU(Layer):
+    """max(x, negative_slope * x), as `keras.layers.LeakyReLU` (default slope 0.3)."""
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
+                or negative_slope < 0:
+            raise ValueError(f"negative_slope of LeakyReLU must be a number >= 0; got "
+                             f"negative_slope={negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return activations.leaky_relu(inputs, negative_slope=self.negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+class Rescaling(Layer):
+    """inputs * scale + offset, as `keras.layers.Rescaling` (e.g. scale=1/255 for pixels)."""
+
+    def __init__(self, scale, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("scale", scale), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} of Rescaling must be a number; got {name}={value!r}")
+        self.scale, self.offset = float(scale), float(offset)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return B.add(B.mul(B.cast(inputs, "f32"), self.scale), self.offset)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}

@@ -463,6 +463,14 @@ class Layer:
         return [w for w in self.weights if not w.trainable]
 
     @property
+    def trainable_variables(self) -> list:
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self) -> list:
+        return self.non_trainable_weights
+
+    @property
     def trainable(self) -> bool:
         return self._trainable
 

@@ -7,7 +7,7 @@ import numpy as np
 from kcompile.progbar import Progbar
 from kcompile.utils.random import set_random_seed
 
-__all__ = ["Progbar", "PyDataset", "set_random_seed", "to_categorical"]
+__all__ = ["Progbar", "PyDataset", "normalize", "set_random_seed", "to_categorical"]
 
 
 class PyDataset:
@@ -99,3 +99,15 @@ def to_categorical(y, num_classes=None, dtype="float32"):
     categorical = np.zeros((labels.size, num_classes), dtype=dtype)
     categorical[np.arange(labels.size), labels] = 1
     return categorical.reshape(input_shape + (num_classes,))
+
+
+def normalize(x, axis=-1, order=2):
+    """x divided by its `order`-norm along `axis` (zero vectors stay zero), as
+    `keras.utils.normalize` on a numpy array."""
+    array = np.asarray(x)
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"normalize takes a numeric array; got dtype {array.dtype}")
+    array = array.astype(np.float32) if array.dtype.kind != "f" else array
+    norm = np.atleast_1d(np.linalg.norm(array, order, axis))
+    norm[norm == 0] = 1
+    return array / np.expand_dims(norm, axis)

@@ -1,0 +1,70 @@
+"""Keras names that tutorials use, checked against numpy and Keras's documented formulas: metric and
+loss objects called on integer lists, a regularizer on a numpy weight, LeakyReLU, Rescaling,
+MaxPool2D/AvgPool2D, utils.normalize, get_layer(index), and attributes kcompile does not have."""
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import layers, losses, metrics, regularizers, utils
+from targets import TARGETS
+
+
+def test_metrics_and_losses_on_integer_lists_compute_in_float():
+    y_true, y_pred = [[0, 1], [0, 0]], [[1, 1], [0, 0]]
+    errors = np.array(y_pred, np.float64) - np.array(y_true)
+    for metric, want in ((metrics.MeanAbsoluteError(), np.abs(errors).mean()),
+                         (metrics.MeanSquaredError(), (errors ** 2).mean()),
+                         (metrics.Accuracy(), 0.75),
+                         (metrics.LogCoshError(), np.log(np.cosh(errors)).mean())):
+        metric.update_state(y_true, y_pred)
+        assert metric.result() == pytest.approx(want, rel=1e-6), type(metric).__name__
+    np.testing.assert_allclose(losses.mean_squared_error([[0, 1]], [[1, 1]]), [0.5])
+    assert losses.MeanSquaredError()([[0, 1]], [[1, 1]]) == pytest.approx(0.5)
+    # class ids stay integers for the sparse ones
+    accuracy = metrics.SparseCategoricalAccuracy()
+    accuracy.update_state([1, 0], [[0.1, 0.9], [0.8, 0.2]])
+    assert accuracy.result() == 1.0
+    assert losses.SparseCategoricalCrossentropy()([1, 0], [[0.1, 0.9], [0.8, 0.2]]) == \
+        pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2, rel=1e-6)
+
+
+def test_a_regularizer_on_a_numpy_weight_is_its_penalty():
+    assert regularizers.l2(0.1)(np.ones((2, 2), np.float32)) == pytest.approx(0.4)
+    assert regularizers.L1L2(0.1, 0.2)(np.array([1.0, -2.0])) == pytest.approx(0.3 + 1.0)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_leaky_relu_and_rescaling_layers(target, tmp_path):
+    model = kcompile.Sequential([layers.Input(shape=(3,)), layers.Rescaling(1 / 255.0, offset=-0.5),
+                                 layers.LeakyReLU(), layers.LeakyReLU(negative_slope=0.1)])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    x = np.array([[0, 100, 255], [255, 0, 10]], np.float32)
+    scaled = x / 255.0 - 0.5
+    want = np.where(scaled > 0, scaled, 0.3 * 0.1 * scaled)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-6, atol=1e-7)
+    model.save(tmp_path / "m.keras")
+    loaded = kcompile.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="negative_slope"):
+        layers.LeakyReLU(negative_slope=-1)
+    assert layers.MaxPool2D is layers.MaxPooling2D and layers.AvgPool2D is layers.AveragePooling2D
+
+
+def test_utils_normalize():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, -1.0]])
+    np.testing.assert_allclose(utils.normalize(x), [[0.6, 0.8], [0, 0], [2 ** -0.5, -(2 ** -0.5)]])
+    np.testing.assert_allclose(utils.normalize(x, axis=0, order=1)[:, 0], [0.75, 0, 0.25])
+
+
+def test_model_attributes_keras_has_and_kcompile_lacks_say_so():
+    model = kcompile.Sequential([layers.Input(shape=(3,)), layers.Dense(2)])
+    assert not hasattr(model, "inputs") and not hasattr(model, "outputs")
+    with pytest.raises(AttributeError, match="functional API"):
+        model.inputs
+    with pytest.raises(ValueError, match="index 5 but model only has 1 layers"):
+        model.get_layer(index=5)
+    assert model.get_layer(index=-1) is model.layers[0]
+    assert model.trainable_variables == model.trainable_weights and len(model.trainable_variables) == 2
+    model.layers[0].trainable = False
+    assert model.non_trainable_variables == model.layers[0].weights
+    model.reset_metrics()
