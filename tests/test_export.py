@@ -32,13 +32,18 @@ def mlp_graph():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     rng = np.random.default_rng(1)
-    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
-              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
-              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
-              "d2/bias": rng.normal(0, 0.1, 10).astype(np.float32)}
+    params = mlp_params(rng)
     directory = str(tmp_path_factory.mktemp("export") / "predictor")
     export_predictor(mlp_graph(), params, directory, layers=["dense", "dense_1"], version="test")
     return directory, params
+
+
+def mlp_params(rng, biases=True):
+    """Weights for mlp_graph: small normal values (zero biases without `biases`)."""
+    def bias(size, scale):
+        return rng.normal(0, scale, size).astype(np.float32) if biases else np.zeros(size, np.float32)
+    return {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32), "d1/bias": bias(64, 0.1),
+            "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32), "d2/bias": bias(10, 0.1)}
 
 
 def reference(params, x):
@@ -192,10 +197,7 @@ def test_portable_build_for_a_named_cpu(tmp_path):
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the portable-build example names an x86-64 CPU")
     rng = np.random.default_rng(3)
-    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
-              "d1/bias": np.zeros(64, np.float32),
-              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
-              "d2/bias": np.zeros(10, np.float32)}
+    params = mlp_params(rng, biases=False)
     from codegen import target
     if "avx2" not in target.host_cpu_features():
         pytest.skip("this host cannot run an AVX2 build")
@@ -219,10 +221,7 @@ def test_a_cpu_without_features_gets_that_cpus_baseline_not_the_hosts(tmp_path):
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the baseline build names an x86-64 CPU")
     rng = np.random.default_rng(4)
-    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
-              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
-              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
-              "d2/bias": np.zeros(10, np.float32)}
+    params = mlp_params(rng)
     directory = str(tmp_path / "baseline")
     export_predictor(mlp_graph(), params, directory, cpu="x86-64")
     manifest = json.load(open(os.path.join(directory, "manifest.json")))
@@ -261,10 +260,7 @@ def test_a_named_cpu_gets_the_vectors_it_implies_and_features_alone_a_generic_cp
     if width == "zmm" and "avx512f" not in host_cpu_features():
         pytest.skip("this host cannot run the AVX-512 library it builds")
     rng = np.random.default_rng(5)
-    params = {"d1/kernel": rng.normal(0, 0.05, (784, 64)).astype(np.float32),
-              "d1/bias": rng.normal(0, 0.1, 64).astype(np.float32),
-              "d2/kernel": rng.normal(0, 0.2, (64, 10)).astype(np.float32),
-              "d2/bias": np.zeros(10, np.float32)}
+    params = mlp_params(rng)
     directory = str(tmp_path / "named")
     export_predictor(mlp_graph(), params, directory, **target)
     asm = subprocess.run(["objdump", "-d", os.path.join(directory, "libmodel.so")],
