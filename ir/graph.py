@@ -183,17 +183,26 @@ class Node:
         return self
 
     def __pow__(self, exponent):
-        if isinstance(exponent, numbers.Real) and not isinstance(exponent, bool):
-            if exponent == 2:
-                return _build().mul(self, self)
-            if exponent == 1:
-                return self
-            if exponent == 0:
-                return _build().full_like(self, 1.0)
-            if exponent == 0.5:
-                return _build().sqrt(self)
-        raise TypeError(f"x ** {exponent!r} on a traced value: only the exponents 0, 1, 2 and 0.5 "
-                        "are built in; write x ** p as exp(p * log(x)) for x > 0")
+        """x ** p for a number p: products for an integer p (x ** -2 is 1 / (x * x)), sqrt for 0.5,
+        exp(p log x) otherwise (NaN for x < 0, as numpy's float power)."""
+        B = _build()
+        if not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
+            raise TypeError(f"x ** {exponent!r} on a traced value: the exponent must be a number")
+        if exponent == 0.5:
+            return B.sqrt(self)
+        if float(exponent).is_integer() and abs(exponent) <= 64:
+            n = abs(int(exponent))
+            if n == 0:
+                return B.full_like(self, 1.0)
+            result, square = None, self
+            while n:                       # square and multiply
+                if n & 1:
+                    result = square if result is None else B.mul(result, square)
+                n >>= 1
+                if n:
+                    square = B.mul(square, square)
+            return result if exponent > 0 else B.div(1.0, result)
+        return B.exp(B.mul(B.log(self), float(exponent)))
 
     def __rpow__(self, base):
         # b ** x = exp(x log b) for a constant b > 0

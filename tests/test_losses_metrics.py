@@ -262,8 +262,15 @@ def test_a_custom_loss_written_with_operators(target):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.get_weights()[1], bias - 0.1 * grad_d.sum(0), rtol=1e-5,
                                atol=1e-6)
-    with pytest.raises(TypeError, match="only the exponents 0, 1, 2 and 0.5"):
-        model.compile(optimizer="sgd", loss=lambda t, p: (p - t) ** 3, target=target)
+    # other exponents: products for integers (negative ones too), exp(p log x) otherwise
+    w0, b0 = (w.astype(np.float64) for w in model.get_weights())
+    d = x.astype(np.float64) @ w0 + b0 - y
+    model.compile(optimizer="sgd", target=target,
+                  loss=lambda t, p: (p - t) ** 3 + (p - t) ** -2 + abs(p - t) ** 1.5 + (p - t) ** 7)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(
+        (d ** 3 + d ** -2.0 + np.abs(d) ** 1.5 + d ** 7).mean(), rel=1e-4)
+    with pytest.raises(TypeError, match="must be a number"):
+        model.compile(optimizer="sgd", loss=lambda t, p: (p - t) ** "2", target=target)
         model.evaluate(x, y, verbose=0)
     with pytest.raises(TypeError, match="returned None; a loss function must return"):
         model.compile(optimizer="sgd", loss=lambda t, p: None, target=target)

@@ -251,6 +251,7 @@ class Variable:
     def __matmul__(self, other): return self._operand() @ other       # noqa: E704
     def __rmatmul__(self, other): return other @ self._operand()      # noqa: E704
     def __pow__(self, other): return self._operand() ** other         # noqa: E704
+    def __rpow__(self, other): return other ** self._operand()        # noqa: E704
     def __neg__(self): return -self._operand()                        # noqa: E704
     def __pos__(self): return +self._operand()                        # noqa: E704
     def __abs__(self): return abs(self._operand())                    # noqa: E704
