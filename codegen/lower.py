@@ -860,6 +860,9 @@ PARALLEL_MIN_FLOPS = 2_000_000     # work of a blocked GEMM below which it stays
 GEMM_READ_WORK = 8      # multiply-adds a float of B read from L3 is worth (1.6 MB of weight = 3.2M)
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
 COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+# NOTE: GEMM blocks are handed to threads one at a time: 784 dW rows are 17 blocks of 48, which
+# pieces of 3 blocks split 432:352 rows between two threads, single blocks 400:384.
+ONE_BLOCK_PIECES = 1 << 20
 MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches for the next (weight, Adam's m, v)
 BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
 BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
@@ -1037,7 +1040,8 @@ def _emit_column_region(fe, m, n, k, blocks, body, threading):
     with b.if_else(small) as (serial, parallel):
         with parallel:
             chunk = emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1,
-                                      name="blocks", threading=threading)
+                                      name="blocks", threading=threading,
+                                      pieces_per_thread=ONE_BLOCK_PIECES)
         with serial:
             b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
 
@@ -1069,7 +1073,7 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
             emit_elementwise_outputs(chunk, group, epilogue, {0: (start, stop)})
 
     emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1, name="rowblocks",
-                      threading=threading)
+                      threading=threading, pieces_per_thread=ONE_BLOCK_PIECES)
 
 
 def _emit_sample_blocked_matmul(fe, group: Group, threading) -> None:

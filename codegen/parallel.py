@@ -285,7 +285,7 @@ PIECES_PER_THREAD = 4
 def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.Value],
                       body: Callable[[ir.IRBuilder, ir.Value, ir.Value, list], None], *,
                       min_chunk: int = 1, grain: int = 1, name: str = "par",
-                      threading: bool | None = None) -> ir.Function:
+                      threading: bool | None = None, pieces_per_thread: int = 0) -> ir.Function:
     """Emit `for chunk in split(range(start, stop)): body(chunk)`, the chunks running on parallel threads.
 
     start, stop:  i64 values or Python ints.
@@ -297,6 +297,9 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
                   calling thread.  Pick it as the elements worth ~10-20 us of work.
     grain:        chunk boundaries (other than stop) fall on start + k * grain.
     threading:    None = use libgomp if threads_available(); False = emit only the serial call.
+    pieces_per_thread: how finely the range is cut (PIECES_PER_THREAD by default); a region of a few
+                  costly units (GEMM blocks) passes a large number, so that each unit is one piece
+                  and the threads finish within one unit of each other.
 
     The builder must be at the end of a block (the region adds blocks, as for_range does); it is left
     after the region.  Returns the chunk function.
@@ -364,7 +367,7 @@ def emit_parallel_for(builder: ir.IRBuilder, start, stop, captured: Sequence[ir.
     team = b.zext(b.call(get_count, []), I64, name="team")
     total = b.sub(t_stop, t_start, name="total")
     units = total if grain == 1 else b.udiv(b.add(total, i64(grain - 1)), i64(grain))
-    pieces = b.mul(team, i64(PIECES_PER_THREAD))
+    pieces = b.mul(team, i64(pieces_per_thread or PIECES_PER_THREAD))
     piece = b.udiv(b.add(units, b.sub(pieces, i64(1))), pieces, name="piece")
 
     def element(unit):

@@ -40,6 +40,8 @@ COVER_VARIANTS = {
     "min100": dict(min_chunk=100),
     "grain6_min100": dict(grain=6, min_chunk=100),
     "serial": dict(threading=False),
+    "one_unit_pieces": dict(pieces_per_thread=1 << 20),
+    "grain6_two_pieces": dict(grain=6, pieces_per_thread=2),
 }
 BLOCK = 4096  # elements per partial sum in block_sums
 
@@ -187,7 +189,7 @@ def run_cover(fns, variant, start, stop):
     """Run cover_<variant> over [start, stop); returns (counts over [start, stop), sorted chunks)."""
     size = max(stop - start, 0)
     counts = np.zeros(size + 2, dtype=np.int32)  # one guard slot each side
-    log = np.full(2 * 64, -1, dtype=np.int64)
+    log = np.full(2 * max(64, size + 1), -1, dtype=np.int64)   # room for a chunk per index
     slot = np.zeros(1, dtype=np.int64)
     base = counts.ctypes.data + 4 - 4 * start  # so that counts[start] is the first slot after the guard
     fns[f"cover_{variant}"](base, log.ctypes.data, slot.ctypes.data, start, stop)
@@ -201,12 +203,13 @@ def expected_team(size, requested, *, min_chunk=1, grain=1):
     return max(1, min(requested, size // min_chunk, units)) if size > 0 else 0
 
 
-def expected_piece(size, team, grain=1):
-    """Units of `grain` per chunk a team of `team` hands out (codegen.parallel.PIECES_PER_THREAD)."""
+def expected_piece(size, team, grain=1, pieces_per_thread=0):
+    """Units of `grain` per chunk a team of `team` hands out (codegen.parallel.PIECES_PER_THREAD
+    unless the region asks for `pieces_per_thread`)."""
     units = -(-size // grain)
     if team <= 1:
         return units                      # the serial path: one chunk
-    pieces = team * parallel.PIECES_PER_THREAD
+    pieces = team * (pieces_per_thread or parallel.PIECES_PER_THREAD)
     return -(-units // pieces)
 
 
@@ -230,7 +233,7 @@ def test_every_index_covered_exactly_once(compiled, variant, requested):
             if not size:
                 assert not chunks
                 continue
-            piece = expected_piece(size, team, grain)
+            piece = expected_piece(size, team, grain, options.get("pieces_per_thread", 0))
             assert len(chunks) == -(-(-(-size // grain)) // piece), (variant, requested, start, size, chunks)
             # contiguous, ascending, non-empty, boundaries on the grain, all pieces but the last whole
             assert chunks[0][0] == start and chunks[-1][1] == start + size
