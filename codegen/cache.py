@@ -204,6 +204,15 @@ def _write_entry(directory: Path, path: Path, objects: list, optimized_ir: str) 
     _publish(directory, path, (header, object_code, ir_bytes))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)     # (the only way to read it; done once, at import)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _publish(directory: Path, path: Path, chunks) -> None:
     """Write `chunks` (bytes) to a temporary file in `directory` and rename it to `path` (atomic)."""
     if str(directory) in _unwritable:
@@ -212,6 +221,9 @@ def _publish(directory: Path, path: Path, chunks) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=path.stem[:16] + ".", suffix=".tmp")
+        # NOTE: mkstemp makes the file 0600; a cache filled by one user is read by others (a
+        # read-only, pre-filled cache), so it gets the mode a plain open() would give
+        os.chmod(temporary, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -255,9 +267,13 @@ def load_program(description: str, *, cache_dir: str | os.PathLike | None = None
         if manifest["format"] != FORMAT_VERSION or not isinstance(module_key, str) \
                 or len(module_key) != 64 or any(c not in "0123456789abcdef" for c in module_key):
             raise ValueError("bad manifest fields")
+        # NOTE: the data sizes buffers the native code writes: an edited or damaged manifest must
+        # be a miss, not a crash
+        if manifest.get("digest") != _manifest_digest(module_key, data):
+            raise ValueError("checksum mismatch")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         _log.warning("compile cache: ignoring unreadable manifest %s (%s)", path, error)
         return None
     entry = _read_entry(path.parent / (module_key + _ENTRY_SUFFIX))
@@ -276,5 +292,10 @@ def store_program(description: str, module: JitModule, data, *,
     if not cache_enabled() or module_key is None:
         return
     path = _manifest_path(description, cache_dir, speed_level)
-    text = json.dumps({"format": FORMAT_VERSION, "module": module_key, "data": data})
+    text = json.dumps({"format": FORMAT_VERSION, "module": module_key, "data": data,
+                       "digest": _manifest_digest(module_key, data)})
     _publish(path.parent, path, (text.encode("utf-8"),))
+
+
+def _manifest_digest(module_key: str, data) -> str:
+    return hashlib.sha256(json.dumps([module_key, data], sort_keys=True).encode("utf-8")).hexdigest()

@@ -23,15 +23,20 @@ from .lower import COMPANION, GEMM_LIBRARY, lower
 from .step import emit_step_driver
 
 
+def _flag(name: str) -> bool:
+    """An on/off environment variable: unset, '', 0, false, no and off are off."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     fusion_level: int = 1
     reuse_memory: bool = True
     speed_level: int = 3
     passes: tuple | None = None          # None: the default pipeline of ir.passes
-    profile: bool = bool(os.environ.get("KCOMPILE_PROFILE"))   # per-kernel cycle counters
+    profile: bool = _flag("KCOMPILE_PROFILE")   # per-kernel cycle counters
     threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
-    verify_each_pass: bool = bool(os.environ.get("KCOMPILE_VERIFY"))
+    verify_each_pass: bool = _flag("KCOMPILE_VERIFY")
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,11 @@ def _maybe_dump(fn: CompiledFunction) -> None:
     if not directory:
         return
     from .stages import stage_texts
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"KCOMPILE_DUMP={directory!r}: cannot make that directory for the compiler's "
+                      f"stages ({error}); point it at a writable directory, or unset it") from None
     key = (os.path.abspath(directory), fn.graph.name)
     _DUMPED[key] = count = _DUMPED.get(key, 0) + 1
     name = fn.graph.name if count == 1 else f"{fn.graph.name}-{count}"

@@ -166,6 +166,19 @@ def compile_jobs() -> int:
     return 2 if cores >= 2 else 1
 
 
+def _hold_llvm_across_fork() -> None:
+    """Fork waits for any thread inside LLVM (llvmlite's lock is taken around the fork and released
+    on both sides), so that a child never inherits the lock held by a thread it does not have."""
+    from llvmlite.binding import ffi
+    lock = getattr(getattr(ffi.lib, "_lock", None), "_lock", None)   # llvmlite's RLock
+    if lock is not None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=lock.acquire, after_in_parent=lock.release,
+                            after_in_child=lock.release)
+
+
+_hold_llvm_across_fork()
+
+
 def _can_fork() -> bool:
     # NOTE: forking is safe here only when no other Python thread can be inside LLVM (holding
     # llvmlite's lock, which the child would inherit held); libgomp's worker threads never enter it.
@@ -195,8 +208,15 @@ def compile_objects(modules: list, speed_level: int = 3, jobs: int | None = None
         children[process] = (indices, _fork_compile([modules[i] for i in indices], speed_level))
     mine = set(range(len(modules))) - {i for indices in share.values() for i in indices}
     results = [None] * len(modules)
-    for index in sorted(mine):
-        results[index] = compile_object(modules[index], speed_level)
+    try:
+        for index in sorted(mine):
+            results[index] = compile_object(modules[index], speed_level)
+    except BaseException:
+        # NOTE: a KeyboardInterrupt (or an error) here must not leave the children blocked on
+        # pipes nobody reads: kill and reap them, then let it propagate
+        for _, (pid, read_fd) in children.values():
+            _abandon(pid, read_fd)
+        raise
     for indices, child in children.values():
         got = _collect(child, len(indices))
         for position, index in enumerate(indices):
@@ -233,6 +253,19 @@ def _fork_compile(modules: list, speed_level: int):
             os._exit(status)
     os.close(write_fd)
     return pid, read_fd
+
+
+def _abandon(pid: int, read_fd: int) -> None:
+    """Kill a compiling child whose result is no longer wanted, and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.close(read_fd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _collect(child, count: int):

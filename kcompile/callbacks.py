@@ -560,7 +560,8 @@ def atomic_save(save_function, filepath):
             os.replace(written_path, final_path)
     except BaseException:
         for name in os.listdir(directory or "."):
-            if name.startswith(temporary_prefix):
+            # (and a save function's own temporary file for it: '.' + our name + ...)
+            if name.startswith((temporary_prefix, "." + temporary_prefix)):
                 _remove_path(os.path.join(directory, name))
         raise
     return final_path

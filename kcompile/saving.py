@@ -129,10 +129,11 @@ def _atomic_write(filepath: str, write, overwrite: bool):
         raise FileNotFoundError(f"Cannot save to {filepath}: the directory {directory} does not exist; "
                                 "create it first (os.makedirs).")
     temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 (not mkstemp's 0o600): the saved file gets the user's umask, as open() gives.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                         0o666)
     try:
+        # os.open with 0o666 (not mkstemp's 0o600): the saved file gets the user's umask, as open()
+        # gives.  Inside the try: an interrupt just after it must not leave the empty file behind.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()

@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import numbers
+import os
 import threading
 import time
 import warnings
@@ -537,16 +538,27 @@ def _results(logs: dict, metric_names, return_dict: bool):
 # The Trainer: compile / fit / evaluate / predict
 # ----------------------------------------------------------------------------------------------
 
+_LOCK_CREATION = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_LOCK_CREATION",
+                                                                      threading.Lock()))
+
+
 def _one_call_at_a_time(method):
     """A model's programs keep their bound inputs and outputs between the native calls of one fit,
     evaluate or predict: calls from several Python threads take turns (each may still use every
     core), where they would read each other's rows."""
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
-        lock = self.__dict__.get("_call_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
-        with lock:
+        # NOTE: keyed by process: a child forked while another thread held the lock gets its own
+        # (the inherited one would stay held forever)
+        owner = self.__dict__.get("_call_lock")
+        if owner is None or owner[0] != os.getpid():
+            with _LOCK_CREATION:
+                owner = self.__dict__.get("_call_lock")
+                if owner is None or owner[0] != os.getpid():
+                    owner = self.__dict__["_call_lock"] = (os.getpid(), threading.RLock())
+        with owner[1]:
             return method(self, *args, **kwargs)
     return serialized
 
