@@ -282,7 +282,7 @@ def test_weights_take_keras_variable_operations():
     kernel = dense.kernel.numpy()
     dense.kernel.assign(dense.kernel * 0.5)
     np.testing.assert_array_equal(dense.kernel.numpy(), kernel * np.float32(0.5))
-    dense.bias.assign_add(np.ones(2))
+    np.testing.assert_array_equal(dense.bias.assign_add(np.ones(2)), np.ones(2))   # returns the value
     dense.bias.assign_sub(0.25)
     np.testing.assert_array_equal(dense.bias.numpy(), np.full(2, 0.75, np.float32))
     np.testing.assert_array_equal(dense.kernel[0], kernel[0] * np.float32(0.5))

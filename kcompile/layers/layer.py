@@ -174,8 +174,7 @@ class Variable:
         trainable weight cannot be assigned there (the optimizer writes it)."""
         scope = current_scope()
         if scope is not None:
-            self._assign_in_trace(scope, value)
-            return
+            return self._assign_in_trace(scope, value)
         value = np.asarray(value)
         if value.shape != self._buffer.shape:
             raise ValueError(f"cannot assign a value of shape {value.shape} to variable {self.path!r} "
@@ -187,6 +186,7 @@ class Variable:
                              f"does not convert to {self._buffer.dtype}: {error}") from None
         self._buffer[...] = converted
         note_write()
+        return self.numpy()     # as Keras: the value assigned
 
     def _assign_in_trace(self, scope, value):
         if self.trainable:
@@ -205,16 +205,17 @@ class Variable:
             raise ValueError(f"cannot assign a value of shape {node.shape} to variable {self.path!r} "
                              f"of shape {current.shape}") from None
         scope.add_update(self, node)
+        return node
 
     def assign_add(self, delta):
         if current_scope() is not None:
             return self.assign(self._operand() + delta)
-        self.assign(self._buffer + np.asarray(delta))
+        return self.assign(self._buffer + np.asarray(delta))
 
     def assign_sub(self, delta):
         if current_scope() is not None:
             return self.assign(self._operand() - delta)
-        self.assign(self._buffer - np.asarray(delta))
+        return self.assign(self._buffer - np.asarray(delta))
 
     def __ir_node__(self):
         """While a layer's call is traced, the graph input this weight is (ir.ops.as_traced): so
