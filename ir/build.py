@@ -128,6 +128,11 @@ def _lift(a, b):
         a = scalar(a, b)
     if not isinstance(b, Node):
         b = scalar(b, a)
+    # a mask times a float (numpy's promotion): the bool side becomes 0.0 / 1.0
+    if a.dtype == "bool" and b.dtype in FLOAT_DTYPES:
+        a = cast(a, b.dtype)
+    elif b.dtype == "bool" and a.dtype in FLOAT_DTYPES:
+        b = cast(b, a.dtype)
     if a.dtype != b.dtype:
         raise ValueError(f"operands have different dtypes {a.type} and {b.type}; cast one first")
     if a.shape != b.shape:

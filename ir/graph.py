@@ -184,13 +184,13 @@ class Node:
 
     def __pow__(self, exponent):
         """x ** p for a number p: products for an integer p (x ** -2 is 1 / (x * x)), sqrt for 0.5,
-        exp(p log x) otherwise (NaN for x < 0, as numpy's float power)."""
+        exp(p log x) otherwise (0 at x = 0 for p > 0, NaN for x < 0, as numpy's float power)."""
         B = _build()
         if not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
             raise TypeError(f"x ** {exponent!r} on a traced value: the exponent must be a number")
         if exponent == 0.5:
             return B.sqrt(self)
-        if float(exponent).is_integer() and abs(exponent) <= 64:
+        if float(exponent).is_integer():
             n = abs(int(exponent))
             if n == 0:
                 return B.full_like(self, 1.0)
@@ -202,7 +202,13 @@ class Node:
                 if n:
                     square = B.mul(square, square)
             return result if exponent > 0 else B.div(1.0, result)
-        return B.exp(B.mul(B.log(self), float(exponent)))
+        # exp(p log x) where x > 0; at 0 the limit (0, or inf for p < 0) through a select, so that
+        # the gradient there is that of a constant (0), not 0 * inf
+        positive = B.gt(self, 0.0)
+        safe = B.select(positive, self, 1.0)
+        at_zero = B.select(B.eq(self, 0.0), B.full_like(self, 0.0 if exponent > 0 else math.inf),
+                           math.nan)
+        return B.select(positive, B.exp(B.mul(B.log(safe), float(exponent))), at_zero)
 
     def __rpow__(self, base):
         # b ** x = exp(x log b) for a constant b > 0
@@ -217,13 +223,40 @@ class Node:
     def __rmatmul__(self, other):
         return _build().matmul(other, self)
 
+    # Ordering comparisons build bool nodes.  == and != stay identity between nodes (graphs key
+    # dicts by node); against a number or an array, inside code traced for a user (`t != 0` in a
+    # loss), they build the comparison too, where identity would silently be True or False.
+    def __lt__(self, other):
+        return _build().lt(self, other)
+
+    def __le__(self, other):
+        return _build().le(self, other)
+
+    def __gt__(self, other):
+        return _build().gt(self, other)
+
+    def __ge__(self, other):
+        return _build().ge(self, other)
+
+    def __eq__(self, other):
+        if _compared_in_trace(other):
+            return _build().eq(self, other)
+        return NotImplemented
+
+    def __ne__(self, other):
+        if _compared_in_trace(other):
+            return _build().ne(self, other)
+        return NotImplemented
+
+    __hash__ = object.__hash__
+
     def __bool__(self):
         # NOTE: compiler code may test a node for being there (`if group.anchor`); only code traced
         # for a user (inside `refuse_truth()`: a layer's call, a loss) is told that it cannot branch
         if getattr(_truth, "refused", 0):
             raise TypeError(f"the truth value of a traced value ({self!r}) is not known while the "
                             "graph is traced: Python `if`, `and`, `or` and `not` cannot branch on "
-                            "it; select elementwise instead (ir.build.select(condition, a, b))")
+                            "it; select elementwise instead (kcompile.ops.where(condition, a, b))")
         return True
 
     # numpy must not take a traced value for an array: with __array_ufunc__ None, `array * x` defers
@@ -242,6 +275,12 @@ def _build():
 
 
 _truth = threading.local()
+
+
+def _compared_in_trace(other) -> bool:
+    return bool(getattr(_truth, "refused", 0)) and not isinstance(other, (Node, bool)) and (
+        isinstance(other, (numbers.Number, np.ndarray, np.generic))
+        or getattr(type(other), "__ir_node__", None) is not None)
 
 
 class refuse_truth:

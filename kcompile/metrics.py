@@ -215,6 +215,10 @@ class Metric:
                             "arrays or Python numbers")
         if values.dtype not in ("f32", "f64"):
             values = B.cast(values, y_pred.dtype)
+        if values.type.rank == 0 and y_pred.type.batched:
+            # a function that returns the batch's mean (a scalar): the value of every sample, so
+            # the epoch's result weighs batches by their size
+            values = B.broadcast(values, (y_pred.shape[0],))
         if not values.type.batched:
             raise ValueError(f"metric {self.name!r} must give one value per sample; got shape "
                              f"{values.shape}")

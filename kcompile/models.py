@@ -491,7 +491,9 @@ def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
     if not isinstance(model, Sequential):
         raise ValueError(f"clone_model expects a kcompile Sequential model; got {type(model).__name__}")
     if clone_function is None:
-        return saving.model_from_json(model.to_json(), {type(model).__name__: type(model)})
+        classes = {type(layer).__name__: type(layer) for layer in model.layers}   # custom layers too
+        classes[type(model).__name__] = type(model)
+        return saving.model_from_json(model.to_json(), classes)
     if not callable(clone_function):
         raise ValueError(f"clone_function must be callable; got {clone_function!r}")
     clone = Sequential(name=model.name, trainable=model.trainable)

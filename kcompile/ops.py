@@ -17,7 +17,7 @@ from ir.ops import as_traced
 
 __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_divide", "negative",
            "square", "sqrt", "exp", "log", "tanh", "sigmoid", "relu", "softmax", "log_softmax",
-           "logsumexp", "maximum", "minimum", "clip", "where", "mean", "sum", "max", "matmul",
+           "logsumexp", "maximum", "minimum", "clip", "where", "mean", "sum", "max", "min", "matmul",
            "dot", "transpose", "reshape", "expand_dims", "squeeze", "cast", "stop_gradient",
            "ones_like", "zeros_like", "argmax", "greater", "greater_equal", "less", "less_equal",
            "equal", "not_equal"]
@@ -93,8 +93,12 @@ def log_softmax(x, axis=-1):
     return B.log_softmax(_node(x, "log_softmax"), axis)
 
 
-def logsumexp(x, axis=-1, keepdims=False):
-    return B.logsumexp(_node(x, "logsumexp"), axis, keepdims=keepdims)
+def logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over `axis` (None: every axis, as Keras), computed from the maximum."""
+    x = _node(x, "logsumexp")
+    m = B.stop_gradient(B.reduce_max(x, axis, keepdims=True))
+    out = B.add(B.log(B.reduce_sum(B.exp(B.sub(x, m)), axis, keepdims=True)), m)
+    return out if keepdims else B.reduce_sum(out, axis, keepdims=False)   # (drops the size-1 axes)
 
 
 def clip(x, x_min, x_max):
@@ -102,7 +106,14 @@ def clip(x, x_min, x_max):
 
 
 def where(condition, x1, x2):
-    return B.select(_node(condition, "where"), as_traced(x1), as_traced(x2))
+    """x1 where condition holds (nonzero), else x2; either branch may be a number."""
+    condition = _node(condition, "where")
+    if condition.dtype != "bool":
+        condition = B.ne(condition, 0)
+    x1, x2 = as_traced(x1), as_traced(x2)
+    if not isinstance(x1, Node) and not isinstance(x2, Node):
+        x1 = B.broadcast(B.const(float(x1)), condition.shape)
+    return B.select(condition, x1, x2)
 
 
 def mean(x, axis=None, keepdims=False):
@@ -117,23 +128,54 @@ def max(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
     return B.reduce_max(_node(x, "max"), axis, keepdims)
 
 
-def argmax(x, axis=-1):
-    return B.argmax(_node(x, "argmax"), axis)
+def min(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
+    return B.neg(B.reduce_max(B.neg(_node(x, "min")), axis, keepdims))
+
+
+def argmax(x, axis=None, keepdims=False):
+    """Index of the largest value along `axis`; axis=None (Keras's default) flattens, which a value
+    with a batch axis cannot do here (give the axis)."""
+    x = _node(x, "argmax")
+    if axis is None:
+        if x.type.rank != 1 or x.shape[0] is None:
+            raise ValueError(f"kcompile.ops.argmax over every axis of {x.type} is not supported; "
+                             "pass axis=-1 (or another axis)")
+        axis = 0
+    out = B.argmax(x, axis)
+    return expand_dims(out, axis) if keepdims else out
 
 
 def transpose(x, axes=None):
     x = _node(x, "transpose")
-    return B.transpose(x, tuple(reversed(range(x.type.rank))) if axes is None else axes)
+    rank = x.type.rank
+    return B.transpose(x, tuple(reversed(range(rank))) if axes is None else
+                       tuple(int(a) % rank for a in axes))
 
 
 def reshape(x, new_shape):
-    return B.reshape(_node(x, "reshape"), new_shape)
+    """Keras's reshape; a -1 that stands for the batch (the other sizes are one sample's) keeps it."""
+    x = _node(x, "reshape")
+    shape = list(new_shape)
+    if x.shape and x.shape[0] is None and None not in shape and shape.count(-1) == 1:
+        rest = 1
+        for d in shape:
+            rest *= d if d != -1 else 1
+        if rest == x.type.static_size:
+            shape[shape.index(-1)] = None
+        else:
+            raise ValueError(f"kcompile.ops.reshape: {tuple(new_shape)} would mix the batch axis of "
+                             f"{x.type} with others; keep the batch first, e.g. (-1, ...) with "
+                             "one sample's sizes after it")
+    return B.reshape(x, shape)
 
 
 def expand_dims(x, axis):
     x = _node(x, "expand_dims")
     shape = list(x.shape)
-    shape.insert(axis % (len(shape) + 1), 1)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    rank = len(shape) + len(axes)
+    for a in sorted(int(a) % rank for a in axes):
+        shape.insert(a, 1)
     return B.reshape(x, shape)
 
 
@@ -149,6 +191,9 @@ def squeeze(x, axis=None):
 
 
 def cast(x, dtype):
-    if dtype not in _DTYPES:
-        raise ValueError(f"kcompile.ops.cast: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-    return B.cast(_node(x, "cast"), _DTYPES[dtype])
+    import numpy as np
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name not in _DTYPES:
+        raise ValueError(f"kcompile.ops.cast: dtype {dtype!r} is not one of {sorted(_DTYPES)} "
+                         "(kcompile computes in float32, float64, int32 and bool)")
+    return B.cast(_node(x, "cast"), _DTYPES[name])

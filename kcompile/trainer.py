@@ -46,6 +46,7 @@ from ir import build as B
 from codegen import buffers
 from kcompile import backend, data_adapters, losses, metrics as metrics_module, optimizers
 from kcompile.errors import DataTypeError
+from ir.graph import refuse_truth
 from kcompile.layers.layer import TraceScope, format_shape
 from kcompile.utils.random import get_generator, next_seed
 
@@ -96,7 +97,8 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
     `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
     (compile's `weighted_metrics`) see the sample weights, as in Keras."""
     loss_object = losses.as_loss_object(loss)
-    loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
+    with refuse_truth():     # a user's loss cannot branch on traced values (see ir.graph)
+        loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
     if loss_value.type.rank != 0:
         raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
                          "a loss with reduction='none' cannot be trained on")
@@ -104,7 +106,8 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
         loss_value = ir.build.mul(loss_value, model.loss_weight)
     if penalty is not None:     # the weights' regularization (Keras adds it in training and evaluation)
         loss_value = ir.build.add(loss_value, penalty)
-    return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
+    with refuse_truth():
+        return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
 
 
 def _metric_outputs(metric_objects, y, y_pred, sample_weight=None):
@@ -605,6 +608,8 @@ class Trainer:
         if metrics is None and isinstance(loss_weights, (list, tuple)) and loss_weights \
                 and not any(isinstance(w, numbers.Number) for w in loss_weights):
             metrics, loss_weights = loss_weights, None
+        if isinstance(loss_weights, dict) and len(loss_weights) == 1:
+            loss_weights = self._for_the_output(loss_weights, "loss_weights")   # checks the key
         loss_weight = _single_loss_weight(loss_weights)
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution other than 1 is not supported yet")

@@ -36,6 +36,17 @@ UNARY = [(ops.abs, np.abs), (ops.negative, np.negative), (ops.square, np.square)
          (lambda x: ops.matmul(x, np.eye(3, 2, dtype=np.float32)), lambda x: x @ np.eye(3, 2)),
          (lambda x: ops.transpose(ops.reshape(x, (None, 3, 1)), (0, 2, 1)),
           lambda x: x.reshape(-1, 3, 1).transpose(0, 2, 1))]
+UNARY += [(lambda x: ops.logsumexp(x), lambda x: np.log(np.exp(x).sum())),
+          (lambda x: ops.logsumexp(x, axis=(0, 1), keepdims=True),
+           lambda x: np.log(np.exp(x).sum(keepdims=True))),
+          (lambda x: ops.min(x, axis=-1), lambda x: x.min(-1)),
+          (lambda x: ops.reshape(x, (-1, 3, 1)), lambda x: x.reshape(-1, 3, 1)),
+          (lambda x: ops.expand_dims(x, (1, 2)), lambda x: x[:, None, None, :]),
+          (lambda x: ops.transpose(ops.expand_dims(x, -1), (0, -1, -2)), lambda x: x[:, None, :]),
+          (lambda x: ops.where(x > 0.5, 1.0, 0.0), lambda x: (x > 0.5).astype(float)),
+          (lambda x: ops.cast(x >= 0.0, np.float32) * x, lambda x: np.maximum(x, 0)),
+          (lambda x: x ** 1.5, lambda x: np.where(x >= 0, np.abs(x) ** 1.5, np.nan)),
+          (lambda x: x ** -3, lambda x: x ** -3.0), (lambda x: x ** 70, lambda x: x ** 70)]
 BINARY = [(ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
           (ops.divide, np.divide), (ops.maximum, np.maximum), (ops.minimum, np.minimum),
           (lambda a, c: ops.cast(ops.less_equal(a, c), "float32"), lambda a, c: a <= c)]
@@ -193,3 +204,77 @@ def test_custom_regularizers_and_initializers_load_through_custom_objects(tmp_pa
     np.testing.assert_array_equal(loaded.get_weights()[0], np.full((3, 2), 0.5, np.float32))
     x, y = np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32)
     assert loaded.evaluate(x, y, verbose=0) == pytest.approx(0.2 * 6 * 0.25, rel=1e-6)
+
+
+
+def test_ops_reshape_refuses_to_mix_the_batch_axis():
+    with pytest.raises(ValueError, match="batch axis"):
+        call_eagerly(lambda x: ops.reshape(x, (-1,)), A)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_masked_loss_with_comparisons_and_a_power_at_zero(target):
+    """`t != 0` in a loss is a mask (it was Python's identity, True: silently unmasked), a bool mask
+    times a float is 0/1, and w ** 1.5 at w = 0 has gradient 0 (not 0 * inf = NaN)."""
+    def masked(y_true, y_pred):
+        return ops.sum(ops.square(y_pred - y_true) * (y_true != 0), axis=-1)
+
+    rng = np.random.default_rng(2)
+    x = rng.random((8, 3)).astype(np.float32)
+    y = rng.random((8, 2)).astype(np.float32)
+    y[:, 0] = 0
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    model.compile(optimizer="sgd", loss=masked, target=target)
+    p = model.predict(x, verbose=0).astype(np.float64)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(
+        (((p - y) ** 2) * (y != 0)).sum(-1).mean(), rel=1e-5)
+
+    class Power(Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3,), initializer="zeros", name="w")
+
+        def call(self, x):
+            return x + self.w ** 1.5 + ops.cast(self.w > 1.0, "float32")
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    model = Sequential([Input(shape=(3,)), Power()])
+    model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
+    model.fit(np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32), verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_metric_returning_the_batch_mean_and_keras_layer_arguments(target):
+    def matches(y_true, y_pred):
+        return ops.mean(ops.cast(ops.equal(ops.argmax(y_true, axis=-1),
+                                           ops.argmax(y_pred, axis=-1)), "float32"))
+
+    rng = np.random.default_rng(3)
+    x = rng.random((10, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[np.arange(10) % 2]
+    model = Sequential([Input(shape=(3,)), kcompile.layers.Rescaling(np.float32(0.5),
+                                                                     offset=[0.0, 1.0, 2.0]),
+                        kcompile.layers.LeakyReLU(alpha=0.2), Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=[matches], target=target)
+    logs = model.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
+    assert logs["matches"] == pytest.approx((model.predict(x, verbose=0).argmax(-1)
+                                            == y.argmax(-1)).mean())
+    assert model.layers[1].negative_slope == pytest.approx(0.2)
+    clone = kcompile.models.clone_model(model)
+    assert clone.layers[0].offset == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="keyed by the name of the model's one output"):
+        model.compile(optimizer="sgd", loss="mse", loss_weights={"wrong": 1.0})
+
+
+def test_clone_model_clones_custom_layers():
+    class Positive(Layer):
+        def call(self, x):
+            return ops.relu(x)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    clone = kcompile.models.clone_model(Sequential([Input(shape=(3,)), Positive()]))
+    assert type(clone.layers[0]) is Positive

@@ -301,9 +301,11 @@ class LeakyReLU(Layer):
     """max(x, negative_slope * x), as `keras.layers.LeakyReLU` (default slope 0.3)."""
 
     def __init__(self, negative_slope=0.3, **kwargs):
+        if "alpha" in kwargs:     # Keras 2's name, which Keras 3 still takes
+            negative_slope = kwargs.pop("alpha")
         super().__init__(**kwargs)
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
-                or negative_slope < 0:
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
+                or not negative_slope >= 0:
             raise ValueError(f"negative_slope of LeakyReLU must be a number >= 0; got "
                              f"negative_slope={negative_slope!r}")
         self.negative_slope = float(negative_slope)
@@ -323,16 +325,27 @@ class Rescaling(Layer):
 
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
+        values = {}
         for name, value in (("scale", scale), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} of Rescaling must be a number; got {name}={value!r}")
-        self.scale, self.offset = float(scale), float(offset)
+            array = np.asarray(value)
+            if array.dtype.kind not in "fiu" or array.ndim > 1 or not np.isfinite(array).all():
+                raise ValueError(f"{name} of Rescaling must be a finite number (or one per channel); "
+                                 f"got {name}={value!r}")
+            values[name] = float(array) if array.ndim == 0 else [float(v) for v in array]
+        self.scale, self.offset = values["scale"], values["offset"]
 
     def compute_output_shape(self, input_shape):
+        for name in ("scale", "offset"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) not in (1, input_shape[-1]):
+                raise ValueError(f"Rescaling has {len(value)} {name} values for {input_shape[-1]} "
+                                 "channels")
         return tuple(input_shape)
 
     def call(self, inputs):
-        return B.add(B.mul(B.cast(inputs, "f32"), self.scale), self.offset)
+        def constant(value):
+            return value if not isinstance(value, list) else B.const(np.array(value, np.float32))
+        return B.add(B.mul(B.cast(inputs, "f32"), constant(self.scale)), constant(self.offset))
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "offset": self.offset}
