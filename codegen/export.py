@@ -10,8 +10,9 @@ The library exports (prefix `kcompile_`):
     const char *kcompile_version(void);
 
 Shapes report the batch dimension as -1.  Error codes: 0 ok, 1 null pointer, 2 rows <= 0 (or too
-many to address), 3 out of memory.  There is no global mutable state: the workspace comes from the caller or from malloc per
-call, so the functions are reentrant and thread-safe.  Weights are constants inside the code.
+many to address), 3 out of memory.  There is no global mutable state: the workspace comes from the
+caller or from malloc per call, so the functions are reentrant and thread-safe.  Weights are
+constants inside the code.
 The same lowering serves the JIT; only the target machine (position-independent, any named CPU)
 and the wrappers differ.
 """

@@ -261,6 +261,10 @@ def _abandon(pid: int, read_fd: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    _reap(pid, read_fd)
+
+
+def _reap(pid: int, read_fd: int) -> None:
     os.close(read_fd)
     try:
         os.waitpid(pid, 0)
@@ -285,11 +289,7 @@ def _collect(child, count: int):
                 break
             chunks.append(chunk)
     finally:
-        os.close(read_fd)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        _reap(pid, read_fd)
     data = b"".join(chunks)
     header_size = 8 * (1 + 2 * count)
     if len(data) < header_size + 32:

@@ -863,7 +863,7 @@ COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple 
 # NOTE: GEMM blocks are handed to threads one at a time: 784 dW rows are 17 blocks of 48, which
 # pieces of 3 blocks split 432:352 rows between two threads, single blocks 400:384.
 ONE_BLOCK_PIECES = 1 << 20
-MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches for the next (weight, Adam's m, v)
+MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches (the weight, Adam's m and v)
 BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
 BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
@@ -1061,15 +1061,14 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
         a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
-        m_here = _rows(builder, a, chunk.n, keep_last=1)
-        k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
+        m_here = _rows(builder, a, chunk.n, keep_last=1)   # (k is static: A is not transposed)
         with for_range(builder, lo, hi, name="rblk") as blk:
             start = builder.mul(blk, c64(BATCH_ROW_BLOCK), flags=("nsw", "nuw"))
             stop = smin(builder, builder.add(start, c64(BATCH_ROW_BLOCK)), m_here)
             rows = builder.sub(stop, start)
             a_blk = builder.gep(a_ptr, [builder.mul(start, c64(k))], source_etype=T)
             c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
-            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k_here, lds)
+            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k, lds)
             emit_elementwise_outputs(chunk, group, epilogue, {0: (start, stop)})
 
     emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1, name="rowblocks",

@@ -87,9 +87,12 @@ def export_target(cpu: str | None = None, features: str | None = None) -> tuple[
     return cpu, implied_features(cpu) if features is None else features
 
 
+def _x86() -> bool:
+    return llvm.get_default_triple().startswith(("x86_64", "amd64"))
+
+
 def _generic_cpu() -> str:
-    triple = llvm.get_default_triple()
-    return "x86-64" if triple.startswith(("x86_64", "amd64")) else "generic"
+    return "x86-64" if _x86() else "generic"
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,8 +100,7 @@ def implied_features(cpu: str) -> str:
     """The vector features a CPU name implies, as far as the generator needs them (vector width and
     FMA), read off the code LLVM emits for it: a <16 x float> multiply-add in zmm registers means
     AVX-512, in ymm AVX (with vfmadd, FMA too).  llvmlite cannot ask LLVM for a CPU's features."""
-    triple = llvm.get_default_triple()
-    if not triple.startswith(("x86_64", "amd64")):
+    if not _x86():
         return ""          # aarch64: NEON and FMA are baseline (vector_bits, has_fma)
     initialize()
     machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features="")

@@ -147,7 +147,7 @@ class Node:
 
     # Arithmetic operators build nodes (ir.build's add, sub, ...: numpy broadcasting, Python scalars
     # promoted), so code traced into a graph -- a custom loss, a layer's call -- can write `a - b`.
-    # Comparisons are not overloaded: == and hashing stay identity, as graphs need.
+    # Comparisons: see below (== and hashing stay identity between nodes, as graphs need).
 
     def __add__(self, other):
         return _build().add(self, other)

@@ -38,19 +38,12 @@ EPSILON = 1e-7  # keras.backend.epsilon()
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
 
 
-def _eager(fn, y_true, *arrays, **kwargs):
-    """`fn` run on numpy arrays.  Predictions (and weights) are float, as in Keras, whatever the
-    arrays' dtype (integer lists are common in examples); labels stay integers only for the
-    sparse functions, which take class ids."""
+def _eager(fn, *arrays, **kwargs):
+    """`fn` run on numpy arrays, every one of them float as in Keras whatever its dtype (integer
+    lists are common in examples; the sparse functions take float class ids too)."""
     from kcompile.layers.layer import call_eagerly
     return call_eagerly(lambda *nodes: fn(*nodes, **kwargs),
-                        eager_labels(y_true, sparse="sparse" in getattr(fn, "__name__", "")),
                         *(np.asarray(a, np.float32) for a in arrays))
-
-
-def eager_labels(y_true, sparse: bool):
-    array = np.asarray(y_true)
-    return array if sparse and array.dtype.kind in "iu" else array.astype(np.float32)
 
 
 def _is_traced(*values) -> bool:
@@ -421,13 +414,9 @@ class Loss:
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if not _is_traced(y_true, y_pred, sample_weight):
-            sparse = "sparse" in type(self).__name__.lower() or "sparse" in str(self.name)
-            call = (lambda t, p: self.__call__(t, p)) if sample_weight is None else \
-                (lambda t, p, w: self.__call__(t, p, w))
-            call.__name__ = "sparse" if sparse else "loss"
             if sample_weight is None:
-                return _eager(call, y_true, y_pred)
-            return _eager(call, y_true, y_pred, sample_weight)
+                return _eager(lambda t, p: self.__call__(t, p), y_true, y_pred)
+            return _eager(lambda t, p, w: self.__call__(t, p, w), y_true, y_pred, sample_weight)
         if y_pred.dtype not in ir.graph.FLOAT_DTYPES:
             raise ValueError(f"loss {self.name!r} needs float predictions, got {y_pred.type}")
         values = self.call(y_true, y_pred)

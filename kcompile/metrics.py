@@ -164,21 +164,15 @@ def _weight_like(sample_weight: Node, values: Node) -> Node:
 def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
     """Trace `metric.trace_sums` on numpy arrays and run it on the reference interpreter."""
     feeds, args = {}, []
-    # as Keras: predictions and weights are float whatever their dtype, labels too except the class
-    # ids of a sparse metric
-    sparse = "sparse" in (getattr(getattr(metric, "fn", None), "__name__", "")
-                          + type(metric).__name__.lower())
-    y_true = losses_module.eager_labels(y_true, sparse)
-    y_pred = np.asarray(y_pred, np.float32)
+    # as Keras: every array is float whatever its dtype (class ids of sparse metrics too)
     for index, array in enumerate((y_true, y_pred, sample_weight)):
         if array is None:
             args.append(None)
             continue
-        array = np.asarray(array)
-        dtype, np_dtype = ("i32", np.int32) if array.dtype.kind in "iu" else ("f32", np.float32)
+        array = np.asarray(array, np.float32)
         name = f"input_{index}"
-        args.append(B.arg(name, dtype, (None,) + array.shape[1:] if array.ndim else ()))
-        feeds[name] = array.astype(np_dtype)
+        args.append(B.arg(name, "f32", (None,) + array.shape[1:] if array.ndim else ()))
+        feeds[name] = array
     sums, finish = metric.trace_sums(*args)
     inputs = [a for a in args if a is not None]
     graph = ir.Graph("eager_metric", inputs, list(sums.items()))
@@ -349,6 +343,8 @@ def _squared_error(y_true, y_pred):
 class RootMeanSquaredError(MeanMetricWrapper):
     """sqrt of the mean squared error over the epoch (not a mean of batch roots)."""
 
+    _direction = "down"
+
     def __init__(self, name="root_mean_squared_error", dtype=None):
         super().__init__(_squared_error, name=name)
 
@@ -445,6 +441,7 @@ class Precision(_ConfusionMetric):
     """true positives / predicted positives, accumulated over the epoch."""
 
     COUNTS = ("tp", "fp")
+    _direction = "up"
 
     def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
         if top_k is not None:
@@ -463,6 +460,7 @@ class Recall(_ConfusionMetric):
     """true positives / actual positives, accumulated over the epoch."""
 
     COUNTS = ("tp", "fn")
+    _direction = "up"
 
     def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
         if top_k is not None:
@@ -501,6 +499,8 @@ class AUC(_ConfusionMetric):
     """Area under the ROC (or PR) curve, from confusion counts at `num_thresholds` thresholds
     (Keras's: evenly spaced in (0, 1) plus -1e-7 and 1 + 1e-7), integrated as Keras's `AUC.result`.
     Single-label only: every entry of every sample is one (prediction, label) pair."""
+
+    _direction = "up"
 
     COUNTS = ("tp", "fp", "tn", "fn")
 
@@ -605,9 +605,6 @@ ACCURACY_NAMES = ("accuracy", "acc")
 # Functions whose larger values are better (every other named function is an error or a loss).
 _UPWARD = (accuracy, categorical_accuracy, sparse_categorical_accuracy, binary_accuracy,
            top_k_categorical_accuracy, sparse_top_k_categorical_accuracy, cosine_similarity)
-for _cls in (Precision, Recall, AUC):
-    _cls._direction = "up"
-RootMeanSquaredError._direction = "down"
 
 
 def _function_direction(fn):

@@ -15,6 +15,8 @@ from ir import build as B
 from ir.graph import Node
 from ir.ops import as_traced
 
+from kcompile import activations
+
 __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_divide", "negative",
            "square", "sqrt", "exp", "log", "tanh", "sigmoid", "relu", "softmax", "log_softmax",
            "logsumexp", "maximum", "minimum", "clip", "where", "mean", "sum", "max", "min", "matmul",
@@ -56,9 +58,9 @@ negative = _unary(B.neg, "negative")
 sqrt = _unary(B.sqrt, "sqrt")
 exp = _unary(B.exp, "exp")
 log = _unary(B.log, "log")
-tanh = _unary(B.tanh, "tanh")
-sigmoid = _unary(B.sigmoid, "sigmoid")
-relu = _unary(B.relu, "relu")
+tanh = _unary(activations.tanh, "tanh")
+sigmoid = _unary(activations.sigmoid, "sigmoid")
+relu = _unary(activations.relu, "relu")
 stop_gradient = _unary(B.stop_gradient, "stop_gradient")
 zeros_like = _unary(B.zeros_like, "zeros_like")
 add = _binary(B.add, "add")
@@ -86,11 +88,11 @@ def ones_like(x):
 
 
 def softmax(x, axis=-1):
-    return B.softmax(_node(x, "softmax"), axis)
+    return activations.softmax(_node(x, "softmax"), axis)
 
 
 def log_softmax(x, axis=-1):
-    return B.log_softmax(_node(x, "log_softmax"), axis)
+    return activations.log_softmax(_node(x, "log_softmax"), axis)
 
 
 def logsumexp(x, axis=None, keepdims=False):

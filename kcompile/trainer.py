@@ -96,17 +96,15 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
 
     `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
     (compile's `weighted_metrics`) see the sample weights, as in Keras."""
-    loss_object = losses.as_loss_object(loss)
-    with refuse_truth():     # a user's loss cannot branch on traced values (see ir.graph)
-        loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
-    if loss_value.type.rank != 0:
-        raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a scalar: "
-                         "a loss with reduction='none' cannot be trained on")
-    if model.loss_weight != 1.0:
-        loss_value = ir.build.mul(loss_value, model.loss_weight)
-    if penalty is not None:     # the weights' regularization (Keras adds it in training and evaluation)
-        loss_value = ir.build.add(loss_value, penalty)
-    with refuse_truth():
+    with refuse_truth():     # a user's loss or metric cannot branch on traced values (see ir.graph)
+        loss_value = losses.as_loss_object(loss)(y, y_pred, sample_weight=sample_weight)
+        if loss_value.type.rank != 0:
+            raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a "
+                             "scalar: a loss with reduction='none' cannot be trained on")
+        if model.loss_weight != 1.0:
+            loss_value = ir.build.mul(loss_value, model.loss_weight)
+        if penalty is not None:   # the weights' regularization (Keras adds it in training and evaluation)
+            loss_value = ir.build.add(loss_value, penalty)
         return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
 
 
@@ -232,13 +230,12 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
 # ----------------------------------------------------------------------------------------------
 
 def _single_loss_weight(loss_weights) -> float:
-    """compile's `loss_weights` for the model's one output: a number, or a list or dict of one (Keras
-    takes one per output); the loss that is reported and trained on is scaled by it."""
+    """compile's `loss_weights` for the model's one output: a number, or a list of one (Keras takes
+    one per output; a dict keyed by the output's name is Trainer._for_the_output's); the loss that
+    is reported and trained on is scaled by it."""
     given = loss_weights
     if loss_weights is None:
         return 1.0
-    if isinstance(loss_weights, dict):
-        loss_weights = list(loss_weights.values())
     if isinstance(loss_weights, (list, tuple)):
         if len(loss_weights) != 1:
             raise NotImplementedError(f"loss_weights={given!r} gives {len(loss_weights)} weights, one per "
@@ -608,9 +605,7 @@ class Trainer:
         if metrics is None and isinstance(loss_weights, (list, tuple)) and loss_weights \
                 and not any(isinstance(w, numbers.Number) for w in loss_weights):
             metrics, loss_weights = loss_weights, None
-        if isinstance(loss_weights, dict) and len(loss_weights) == 1:
-            loss_weights = self._for_the_output(loss_weights, "loss_weights")   # checks the key
-        loss_weight = _single_loss_weight(loss_weights)
+        loss_weight = _single_loss_weight(self._for_the_output(loss_weights, "loss_weights"))
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution other than 1 is not supported yet")
         resolved_optimizer = optimizers.get(optimizer)

@@ -545,16 +545,17 @@ class Layer:
             if self.built:
                 raise
             # a custom compute_output_shape that reads its weights (self.kernel.shape): build first
-            self.build(input_shape)
-            self.built = True
-            self._build_input_shape = input_shape
+            self._build_once(input_shape)
             output_shape = tuple(self.compute_output_shape(input_shape))
+        self._build_once(input_shape)
+        self._output_shape = output_shape
+        return output_shape
+
+    def _build_once(self, input_shape):
         if not self.built:
             self.build(input_shape)
             self.built = True
             self._build_input_shape = input_shape
-        self._output_shape = output_shape
-        return output_shape
 
     # -- calling ------------------------------------------------------------------------------
 
