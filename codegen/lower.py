@@ -21,6 +21,7 @@ computes a value from an index; `Kernel` lowerings emit an anchor's whole comput
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable
@@ -866,6 +867,7 @@ ONE_BLOCK_PIECES = 1 << 20
 MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches (the weight, Adam's m and v)
 BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
 BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
+SCRATCH_MAX_BYTES = 256 << 10  # a dW row block kept on a chunk's stack (48 x 512 floats: 96 KiB)
 SAMPLE_BLOCK_ROWS = 512  # GEMM rows per block of samples (a[?, ..., K] @ b: several rows per sample)
 
 
@@ -937,9 +939,20 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # of each row of B (the weight) where the GEMM's 1-row tiles read 256 bytes per row and panel.
     one_row_path = not by_rows and not ta and not tb and isinstance(k, int) and k > 0
 
+    # NOTE: a row block of dW read by nothing but its epilogue (the optimizer's update) goes to a
+    # block-sized scratch on the chunk's stack, reused block after block, rather than to its rows
+    # of the whole dW: 2.6 MB of W1's gradients were otherwise written, and later evicted dirty,
+    # every step, on top of the weights and Adam slots the update streams.
+    scratch_floats = block * n if by_rows and node not in group.outputs else 0
+    if scratch_floats * node.type.itemsize > SCRATCH_MAX_BYTES:
+        scratch_floats = 0
+
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
         a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
+        if scratch_floats:
+            c_ptr = chunk.alloca(ir.ArrayType(T, scratch_floats))
+            c_ptr.align = 64
         # sizes that involve the batch are values of the chunk function, recomputed here
         m_here = m if not isinstance(m, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
         k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
@@ -981,10 +994,20 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                 if by_rows:
                     a_off = start if ta else builder.mul(start, c64(k))
                     a_blk = builder.gep(a_ptr, [a_off], source_etype=T)
-                    c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
+                    c_off = builder.mul(start, c64(n))
+                    c_blk = c_ptr if scratch_floats else builder.gep(c_ptr, [c_off], source_etype=T)
                     call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds,
                               block_rows(builder, chunk, start, size))
                     ranges = {0: (start, size)}
+                    if scratch_floats:
+                        # the epilogue indexes dW by weight row: row `start` is the scratch's first
+                        # (a pointer before the scratch, never dereferenced there: no inbounds)
+                        view = copy.copy(chunk)
+                        view._pointers = dict(chunk._pointers)
+                        view._pointers[node] = builder.gep(c_ptr, [builder.neg(c_off)],
+                                                           source_etype=T)
+                        emit_elementwise_outputs(view, group, epilogue, ranges)
+                        return
                 else:
                     b_off = builder.mul(start, c64(k)) if tb else start
                     b_blk = builder.gep(b_ptr, [b_off], source_etype=T)

@@ -45,13 +45,15 @@ def test_forward_products_run_their_epilogues_in_the_gemm_kernel():
     assert fused == [["add", "matmul", "max"], ["matmul", "mul"]], fused
 
 
-def weight_gradient_graph(k, n):
-    """w - 0.1 * x^T @ dy: static rows (k of them), the batch contracted."""
+def weight_gradient_graph(k, n, grad_is_output=True):
+    """w - 0.1 * x^T @ dy: static rows (k of them), the batch contracted.  When the gradient is not
+    an output, only the update reads it: each row block of it lives in a block-sized scratch."""
     x = B.arg("x", "f32", (None, k))
     dy = B.arg("dy", "f32", (None, n))
     w = B.arg("w", "f32", (k, n))
     grad = B.matmul(x, dy, transpose_a=True)
-    return ir.Graph("dw", [x, dy, w], [("w_new", B.sub(w, B.mul(grad, 0.1))), ("grad", grad)])
+    outputs = [("w_new", B.sub(w, B.mul(grad, 0.1)))]
+    return ir.Graph("dw", [x, dy, w], outputs + ([("grad", grad)] if grad_is_output else []))
 
 
 def run_all_thread_counts(graph, feeds):
@@ -92,19 +94,34 @@ def test_batch_rows_every_split(k, n, transpose_b):
         check(out["scaled"], -2.0 * product, f"scaled, batch {batch}")
 
 
+@pytest.mark.parametrize("grad_is_output", [True, False])
 @pytest.mark.parametrize("k,n", [(784, 512), (13, 70), (lower.ROW_BLOCK * 3 + 5, 10),
                                  (lower.NARROW_BLOCK * 2 + 5, 10)])
-def test_static_rows_every_split(k, n):
+def test_static_rows_every_split(k, n, grad_is_output):
     rng = np.random.default_rng(k * n)
-    graph = weight_gradient_graph(k, n)
+    graph = weight_gradient_graph(k, n, grad_is_output)
     w = rng.random((k, n), dtype=np.float32) - 0.5
     for batch in (1, 32, 129):
         x = rng.random((batch, k), dtype=np.float32) - 0.5
         dy = rng.random((batch, n), dtype=np.float32) - 0.5
         out = run_all_thread_counts(graph, {"x": x, "dy": dy, "w": w})
         grad = x.T.astype(np.float64) @ dy.astype(np.float64)
-        check(out["grad"], grad, f"grad, batch {batch}")
+        if grad_is_output:
+            check(out["grad"], grad, f"grad, batch {batch}")
         check(out["w_new"], w - 0.1 * grad, f"w_new, batch {batch}")
+
+
+@pytest.mark.parametrize("k,n,block", [(784, 512, lower.ROW_BLOCK), (600, 10, lower.NARROW_BLOCK)])
+def test_a_gradient_only_the_update_reads_stays_in_a_block_sized_scratch(k, n, block):
+    """A row block of dW that nothing but its epilogue reads is computed into a scratch of one
+    block on the chunk's stack; a gradient that is also an output is written whole."""
+    def allocas(graph):
+        code = CompiledRunner(graph, {}, CompileOptions()).compiled.code.optimized_ir
+        # (the GEMM's own packing and transposing buffers are named gemm.*)
+        return [line for line in code.splitlines() if "alloca [" in line and "gemm." not in line]
+    assert any(f"alloca [{block * n} x float], align 64" in line
+               for line in allocas(weight_gradient_graph(k, n, grad_is_output=False)))
+    assert allocas(weight_gradient_graph(k, n, grad_is_output=True)) == []
 
 
 @pytest.mark.parametrize("k,n", [(KC + 272, 520), (784, 512), (37, 10), (300, 70), (64, 1030)])
