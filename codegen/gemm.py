@@ -487,6 +487,40 @@ def scratch_elements(n, k, *, trans_b=False, dtype=ir.FloatType(), lanes=None) -
     return _round_up(kc, L) * nr
 
 
+def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.FloatType(),
+                            lanes=None) -> tuple[int, int]:
+    """(pack, narrow): elements of the two scratch buffers emit_gemm needs for these arguments when
+    the caller provides them (`scratch_ptr`, `narrow_scratch_ptr`), each 0 when it needs none.
+
+    Sized for this product (its k block and the panels it really packs), not for the largest k
+    block as the shared stack slot is: code that takes its scratch from a caller's workspace
+    (codegen.export) reserves only what its GEMMs use."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    _, nvec = tile_shape(L, _dtype_bits(dtype))
+    nr = nvec * L
+    if _narrow_columns(m, n, trans_a, trans_b, L, nr):
+        # C^T blocks of NARROW_BLOCK (and m % NARROW_BLOCK) columns, from an untransposed B
+        blocks = [rows for rows in (NARROW_BLOCK if m >= NARROW_BLOCK else 0, m % NARROW_BLOCK)
+                  if rows]
+        return (max(_pack_elements(rows, k, False, L, nr) for rows in blocks),
+                n * NARROW_BLOCK)
+    return _pack_elements(n, k, trans_b, L, nr), 0
+
+
+def _pack_elements(n, k, trans_b: bool, L: int, nr: int) -> int:
+    """Scratch elements the op(B) panels of emit_gemm's main path fill (see its `b_panel`): every
+    panel with trans_b, only the column tail (one vector per runtime-n step) without it."""
+    if not (trans_b or not _is_const(n) or n % nr != 0):
+        return 0
+    if trans_b:
+        width = nr
+    elif not _is_const(n):
+        width = L
+    else:
+        width = -(-(n % nr) // L) * L
+    return _round_up(_k_block(k, L)[0], L) * width
+
+
 def _dtype_bits(dtype) -> int:
     return 32 if _type_tag(dtype) == "f32" else 64
 
@@ -508,7 +542,7 @@ def _k_block(k, lanes: int):
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
-              then_read=()) -> None:
+              then_read=(), narrow_scratch_ptr=None) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -524,7 +558,10 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     512 x 64 floats = 128 KiB (f32, 16 lanes; the same in bytes for f64).  Pass `scratch_ptr` to
     provide it (64-byte aligned preferred); otherwise it is an `alloca` in the entry block of the
     caller's function, shared by every gemm emitted into that function, so the frame grows by 128 KiB
-    once per dtype.  Code running on small thread stacks should pass `scratch_ptr`.
+    once per dtype.  Code running on small thread stacks should pass `scratch_ptr`, and
+    `narrow_scratch_ptr` too: a narrow product from a transposed A (see `narrow_product`) computes
+    C^T blocks into a second buffer, otherwise also an entry-block `alloca`.
+    `caller_scratch_elements` gives the sizes of both.
 
     Epilogue: none is fused (no `epilogue=` hook).  Callers apply bias/activation as a separate
     vectorizable loop over C afterwards; C of a training-step GEMM is at most a few hundred KiB and
@@ -560,7 +597,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 
     if _narrow_columns(m, n, trans_a, trans_b, L, nr):
         _emit_narrow(builder, vec, a_ptr, b_ptr, c_ptr, m, n, k, lda, ldb, ldc, accumulate,
-                     scratch_ptr)
+                     scratch_ptr, narrow_scratch_ptr)
         return
 
     kc, single_k = _k_block(k, L)
@@ -736,13 +773,14 @@ def narrow_product(m, n, trans_a: bool, trans_b: bool, dtype=ir.FloatType(),
 
 
 def _emit_narrow(builder, vec, a_ptr, b_ptr, c_ptr, m, n, k, lda, ldb, ldc, accumulate,
-                 scratch_ptr):
+                 scratch_ptr, narrow_scratch_ptr=None):
     """C (+)= A^T @ B for A stored (k, m), B stored (k, n), n narrow: by blocks of NARROW_BLOCK rows
     of C, C^T's block = B^T @ A[:, block] into a scratch buffer (n x NARROW_BLOCK), then transposed
     into C by `_store_transposed`."""
     T, L = vec.dtype, vec.lanes
     nb = NARROW_BLOCK
-    ct = _function_scratch(builder, T, n * nb, purpose="narrow")
+    ct = narrow_scratch_ptr if narrow_scratch_ptr is not None else \
+        _function_scratch(builder, T, n * nb, purpose="narrow")
     store = _store_transposed(vec, n, accumulate)
 
     def block(row, rows):

@@ -557,10 +557,12 @@ def _matmul_kernel(emitter, node, members):
 def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=()):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
     i64 bytes) pairs."""
+    scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
-                                len(then_read))
-    builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair])
+                                len(then_read), scratch=scratch is not None)
+    builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
+                 + ([scratch] if scratch is not None else []))
 
 
 def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
@@ -624,17 +626,36 @@ class _Placement:
 
 PLACEMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+# module -> {"bytes": int}: the GEMMs of such a module (an exported predictor's, see
+# codegen.export) take their packing scratch from the caller instead of an `alloca` of up to
+# 128 KiB, so that they run on small thread stacks.  Every kernel of the module takes one more
+# parameter, the GEMM_SCRATCH buffer (the table entry after the arena), and passes it down to the
+# GEMM functions, which record in "bytes" the most any of them uses.  The JIT's modules are not
+# in here: their code is unchanged.
+WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0):
+
+class _GemmScratch:
+    """Stands for the GEMM scratch buffer of a kernel of a WORKSPACE_SCRATCH module."""
+
+
+GEMM_SCRATCH = _GemmScratch()
+# kernel or chunk function -> its GEMM scratch pointer (a parameter), for call_gemm
+_SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
+                  scratch=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
 
     `dims` are (m, n, k), each an int (a constant of the code) or an i64 value (passed at run
     time); `lds` are static leading dimensions or None (dense); `then_read` counts the (pointer,
-    bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  Returns (function, runtime
-    args)."""
-    from .gemm import emit_gemm
+    bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  With `scratch` the function
+    takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH).  Returns (function,
+    runtime args)."""
+    from .gemm import caller_scratch_elements, emit_gemm
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
     desc = "x".join("r" if d is None else str(d) for d in static)
@@ -642,6 +663,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     if then_read:
         desc += f".pf{then_read}"
+    if scratch:
+        desc += ".ws"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -650,9 +673,9 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
-                                                  then_read)[0]), runtime
+                                                  then_read, scratch)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
-                                             + [PTR, I64] * then_read), name)
+                                             + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
@@ -660,11 +683,23 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     values = iter(fn.args[3:])
     m, n, k = (next(values) if d is None else d for d in static)
-    pairs = list(fn.args[3 + len(runtime):])
+    pairs = list(fn.args[3 + len(runtime):3 + len(runtime) + 2 * then_read])
     lda, ldb, ldc = lds
+    scratch_ptrs = {}
+    if scratch:
+        # the packing buffer first, then the narrow path's C^T blocks, each 64-byte aligned
+        pack, narrow = caller_scratch_elements(m, n, k, trans_a=trans_a, trans_b=trans_b,
+                                               dtype=dtype)
+        itemsize = 8 if isinstance(dtype, ir.DoubleType) else 4
+        pack_bytes = -(-pack * itemsize // 64) * 64
+        scratch_ptrs = {"scratch_ptr": fn.args[-1],
+                        "narrow_scratch_ptr": builder.gep(fn.args[-1], [c64(pack_bytes)],
+                                                          source_etype=I8)}
+        record = WORKSPACE_SCRATCH.setdefault(module, {"bytes": 0})
+        record["bytes"] = max(record["bytes"], pack_bytes + narrow * itemsize)
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
-              then_read=list(zip(pairs[::2], pairs[1::2])))
+              then_read=list(zip(pairs[::2], pairs[1::2])), **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 
@@ -712,6 +747,8 @@ class FunctionEmitter:
         for node in buffers:
             if node not in self._pointers:
                 self._pointers[node] = self._pointers[same[slots[node]]]
+        if GEMM_SCRATCH in self._pointers:
+            _SCRATCH_ARGUMENT[self.function] = self._pointers[GEMM_SCRATCH]
         self.entry = self.function.append_basic_block("entry")
         self.builder = ir.IRBuilder(self.entry)
 
@@ -733,6 +770,8 @@ class FunctionEmitter:
         view.n = values[0]
         mapping = dict(zip(self.function.args[1:], values[1:]))
         view._pointers = {node: mapping[arg] for node, arg in self._pointers.items()}
+        if GEMM_SCRATCH in view._pointers:
+            _SCRATCH_ARGUMENT[view.function] = view._pointers[GEMM_SCRATCH]
         view.entry = builder.function.entry_basic_block
         view.builder = builder
         return view
@@ -944,7 +983,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # of the whole dW: 2.6 MB of W1's gradients were otherwise written, and later evicted dirty,
     # every step, on top of the weights and Adam slots the update streams.
     scratch_floats = block * n if by_rows and node not in group.outputs else 0
-    if scratch_floats * node.type.itemsize > SCRATCH_MAX_BYTES:
+    if scratch_floats * node.type.itemsize > SCRATCH_MAX_BYTES or fe.module in WORKSPACE_SCRATCH:
         scratch_floats = 0
 
     def body(builder, lo, hi, values):
@@ -1202,6 +1241,9 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
 
     arena = table_entry(n_inputs + len(plan.outputs))
     pointers: dict = {}
+    gemm_scratch = module in WORKSPACE_SCRATCH
+    if gemm_scratch:
+        pointers[GEMM_SCRATCH] = table_entry(n_inputs + len(plan.outputs) + 1)
 
     def pointer(node):
         if node not in pointers:
@@ -1256,6 +1298,8 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
         buffers = _kernel_buffers(group, plan, consts)
         params = kernel_parameters(buffers, plan.slots)
         key = kernel_structure(group, buffers, params, plan.slots, consts)
+        if gemm_scratch:    # (every kernel of the module takes it last: not part of the key)
+            buffers, params = buffers + [GEMM_SCRATCH], params + [GEMM_SCRATCH]
         function = emitted.get(key)
         if function is None:
             home = module
@@ -1281,7 +1325,8 @@ def lower(fused: FusedGraph, plan: MemoryPlan, name: str = "main", module: ir.Mo
     for i, out_name, node in late:
         emit_copy(i, out_name, node)
     b.ret_void()
-    return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1, kernels)
+    return Lowered(module, name, plan, fused, n_inputs + len(plan.outputs) + 1 + gemm_scratch,
+                   kernels)
 
 from . import lower_nn  # noqa: E402,F401  (the lowerings of ir.ops_nn)
 from . import lower_seq  # noqa: E402,F401  (the lowerings of ir.ops_seq)
