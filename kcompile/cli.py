@@ -3,7 +3,7 @@
     kcompile stages MODEL_FILE [--graph train|eval|predict]
     kcompile inspect MODEL_FILE [--stage optimized] [--graph ...] [-o FILE]
     kcompile dot MODEL_FILE [-o FILE.dot]
-    kcompile export MODEL_FILE -o DIR [--cpu NAME] [--features +avx2,...]
+    kcompile export MODEL_FILE -o DIR [--cpu NAME] [--features +avx2,...] [--name NAME]
     kcompile bench [...]            (see `kcompile bench --help`)
 
 MODEL_FILE is what `model.save()` writes.  Errors print one line to stderr and exit with status 2.
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None,
                    help="LLVM feature string, e.g. +avx2,+fma (default: this machine's; with --cpu, "
                         "only what that CPU implies)")
+    p.add_argument("--name", default=None,
+                   help="a C identifier naming the files (libNAME.so, NAME.h) and prefixing the C "
+                        "functions (NAME_predict), so that several models link into one program "
+                        "(default: libmodel.so, model.h, kcompile_predict)")
 
     sub.add_parser("bench", help="benchmark against the peers", add_help=False)
     return parser
@@ -77,8 +81,11 @@ def main(argv=None) -> int:
         elif args.command == "dot":
             _write(_load(args.model).to_dot(graph=args.graph), args.output)
         elif args.command == "export":
+            from kcompile.export import check_name
+            check_name(args.name)          # before the model is loaded, let alone traced
             model = _load(args.model)
-            directory = model.export(args.output, cpu=args.cpu, features=args.features)
+            directory = model.export(args.output, cpu=args.cpu, features=args.features,
+                                     name=args.name)
             print(f"exported {args.model} to {directory}")
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         print(f"kcompile {args.command}: {error}", file=sys.stderr)

@@ -4,13 +4,20 @@
     DIR/model.o       the object file it was linked from
     DIR/model.h       the C interface (documented there)
     DIR/example.c     a C program that classifies rows read from a file; build command inside
-    DIR/manifest.json shapes, dtypes, layer summary, version, target CPU, hashes
+    DIR/manifest.json shapes, dtypes, layer summary, version, target CPU, hashes, symbol prefix
+
+Without a name the functions are `kcompile_predict` and so on.  With `name='mnist'` the files are
+libmnist.so, mnist.o and mnist.h, the functions `mnist_predict`, ..., the macros `MNIST_OK`, ...
+and the header guard KCOMPILE_MNIST_H, so that models with different names link into one program.
+A failed export leaves no directory behind that it created.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 
@@ -23,14 +30,14 @@ from .predictor import FORMAT, MANIFEST
 EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor.
  *
  * Build and run (from this directory):
- *     cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'
+ *     {build}
  *     ./example input.f32 ROWS
  * input.f32 holds ROWS rows of float32 values (row-major, {row} values per row).
  * Prints, per row, the index of the largest output (the output itself when there is only one).
  */
 #include <stdio.h>
 #include <stdlib.h>
-#include "model.h"
+#include "{file}.h"
 
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: %s input.f32 ROWS\n", argv[0]); return 2; }
@@ -44,8 +51,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s holds fewer than %ld rows\n", argv[1], rows); return 1;
     }
     fclose(f);
-    int status = kcompile_predict(x, rows, out);
-    if (status != KCOMPILE_OK) { fprintf(stderr, "kcompile_predict failed: %d\n", status); return 1; }
+    int status = {prefix}_predict(x, rows, out);
+    if (status != {macro}_OK) { fprintf(stderr, "{prefix}_predict failed: %d\n", status); return 1; }
     for (long r = 0; r < rows; r++) {
         if ({classes} == 1) { printf("%g\n", out[r]); continue; }
         int best = 0;
@@ -72,35 +79,87 @@ def freeze(graph: ir.Graph, params: dict) -> ir.Graph:
     return ir.Graph(graph.name, inputs, frozen.outputs)
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_name(name) -> None:
+    """ValueError unless `name` (an export's name= argument) can name C functions and files."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 64:
+        hint = ""
+        if isinstance(name, str) and name:
+            fixed = re.sub(r"[^A-Za-z0-9_]", "_", name)[:64]
+            hint = f" such as {('_' + fixed if fixed[0].isdigit() else fixed)!r}"
+        raise ValueError(f"export name {name!r} must be a C identifier (letters, digits and "
+                         "underscores, not starting with a digit, at most 64 characters): it "
+                         f"prefixes the C functions and names the files; pass one{hint}")
+
+
 def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=(), version="0",
                      cpu: str | None = None, features: str | None = None,
-                     fusion_level: int = 1) -> str:
-    """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`."""
-    from codegen.export import export_graph
-    from codegen.compiler import CompileOptions, optimize_graph
+                     fusion_level: int = 1, name: str | None = None) -> str:
+    """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`.
 
+    `name`: None gives libmodel.so, model.h and functions `kcompile_predict`, ...; a C identifier N
+    gives libN.so, N.h and functions `N_predict`, ... (see the module docstring)."""
+    check_name(name)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
                          "new or existing directory path)")
+    created = _first_missing(directory)
+    try:
+        return _export(graph, params, directory, layers=layers, version=version, cpu=cpu,
+                       features=features, fusion_level=fusion_level, name=name)
+    except BaseException:
+        # (export_graph checks the target and generates the code before it creates the directory;
+        # a later failure, linking, removes what this export created)
+        if created is not None and os.path.isdir(created):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing(directory: str) -> str | None:
+    """The outermost of `directory` and its parents that does not exist yet (what an export to
+    it creates), or None."""
+    path, missing = os.path.abspath(directory), None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _export(graph, params, directory, *, layers, version, cpu, features, fusion_level, name):
+    from codegen.export import DEFAULT_PREFIX, export_graph
+    from codegen.compiler import CompileOptions, optimize_graph
+
+    file, prefix = ("model", DEFAULT_PREFIX) if name is None else (name, name)
     frozen = optimize_graph(freeze(graph, params), CompileOptions())
-    # (export_graph checks the target before it creates the directory: a bad one writes nothing)
-    paths = export_graph(frozen, directory, name="model", version=version, cpu=cpu,
+    paths = export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
                          features=features)
     x, (_, y) = frozen.inputs[0], frozen.outputs[0]
     row = int(np.prod([d for d in x.shape[1:]], dtype=np.int64))
     classes = int(np.prod([d for d in y.shape[1:]], dtype=np.int64))
-    example = EXAMPLE_C.replace("{row}", str(row)).replace("{classes}", str(classes))
+    build = f"cc -O2 -o example example.c -L. -l{file} -Wl,-rpath,'$ORIGIN'"
+    example = EXAMPLE_C
+    for key, value in (("{row}", str(row)), ("{classes}", str(classes)), ("{file}", file),
+                       ("{prefix}", prefix), ("{macro}", prefix.upper()), ("{build}", build)):
+        example = example.replace(key, value)
     _write(os.path.join(directory, "example.c"), example.encode())
     digest = hashlib.sha256()
-    for name in sorted(params):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(params[name]).tobytes())
+    for param in sorted(params):
+        digest.update(param.encode())
+        digest.update(np.ascontiguousarray(params[param]).tobytes())
     with open(paths["library"], "rb") as f:
         library_sha = hashlib.sha256(f.read()).hexdigest()
     manifest = {
         "format": FORMAT,
         "abi_version": 1,
         "kcompile_version": version,
+        "name": name,
+        "symbol_prefix": prefix,
         "library": os.path.basename(paths["library"]),
         "object": os.path.basename(paths["object"]),
         "header": os.path.basename(paths["header"]),
@@ -112,7 +171,7 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
         "target_features": paths["features"],
         "weights_sha256": digest.hexdigest(),
         "workspace": paths["workspace"],
-        "build_example": "cc -O2 -o example example.c -L. -lmodel -Wl,-rpath,'$ORIGIN'",
+        "build_example": build,
     }
     _write(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2).encode())
     return directory

@@ -127,11 +127,14 @@ class InspectionMixin:
 
     # -- export ---------------------------------------------------------------------------------
 
-    def export(self, filepath, cpu: str | None = None, features: str | None = None) -> str:
-        """Write a compiled predictor directory (see `kcompile.load_predictor`)."""
+    def export(self, filepath, cpu: str | None = None, features: str | None = None,
+               name: str | None = None) -> str:
+        """Write a compiled predictor directory (see `kcompile.load_predictor`); `name` names its
+        files and prefixes its C functions (see `kcompile.export`)."""
         import kcompile
-        from kcompile.export import export_predictor
+        from kcompile.export import check_name, export_predictor
         from kcompile.trainer import trace_predict
+        check_name(name)
         input_shape = self._known_input_shape()
         if input_shape is None:
             raise ValueError(f"model {self.name!r} has no input shape yet; build or fit it before "
@@ -140,4 +143,5 @@ class InspectionMixin:
         params = {w.path: w.numpy() for w in self.weights}
         layers = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
         return export_predictor(trace_predict(self), params, os.fspath(filepath), layers=layers,
-                                version=kcompile.__version__, cpu=cpu, features=features)
+                                version=kcompile.__version__, cpu=cpu, features=features,
+                                name=name)

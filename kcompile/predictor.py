@@ -27,6 +27,8 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 FORMAT = "kcompile-predictor"
+# the functions' prefix of an export without a name (and of every export from before names)
+DEFAULT_PREFIX = "kcompile"
 _ERRORS = {1: "a null pointer was passed", 2: "the number of rows must be positive",
            3: "the predictor could not allocate its workspace"}
 
@@ -92,11 +94,11 @@ def _load_library(library: str, digest: str) -> ctypes.CDLL:
         return lib
 
 
-def _shape(lib, library: str, which: str) -> tuple:
+def _shape(lib, library: str, which: str, prefix: str = DEFAULT_PREFIX) -> tuple:
     """The shape the library reports for its input or output (batch dimension None)."""
     try:
-        rank_fn = getattr(lib, f"kcompile_{which}_rank")
-        shape_fn = getattr(lib, f"kcompile_{which}_shape")
+        rank_fn = getattr(lib, f"{prefix}_{which}_rank")
+        shape_fn = getattr(lib, f"{prefix}_{which}_shape")
     except AttributeError:
         raise PredictorError(f"{library} does not report its {which} shape (not a kcompile "
                              "predictor, or from an older kcompile); export the model "
@@ -136,6 +138,9 @@ class Predictor:
             self.output_shape = tuple(None if d is None else int(d) for d in manifest["output_shape"])
             library = os.path.join(self.directory, manifest["library"])
             digest = manifest["library_sha256"]
+            prefix = manifest.get("symbol_prefix", DEFAULT_PREFIX)
+            if not isinstance(prefix, str) or not prefix.isidentifier() or not prefix.isascii():
+                raise ValueError(f"symbol_prefix {prefix!r} is not a C identifier")
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(f"{path} is missing or has a bad field: {e}") from None
         self.manifest = manifest
@@ -146,8 +151,8 @@ class Predictor:
                                  "manifest; export the model again")
         lib = _load_library(library, digest)
         try:
-            self._predict = lib.kcompile_predict
-            version = lib.kcompile_version
+            self._predict = getattr(lib, f"{prefix}_predict")
+            version = getattr(lib, f"{prefix}_version")
         except AttributeError as e:
             raise PredictorError(f"cannot load {library}: {e}") from None
         self._predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
@@ -158,7 +163,7 @@ class Predictor:
         # the library's own shapes are the truth (the output buffer is sized from them); a
         # manifest that disagrees belongs to another export
         for which, claimed in (("input", self.input_shape), ("output", self.output_shape)):
-            native = _shape(lib, library, which)
+            native = _shape(lib, library, which, prefix)
             if native != claimed:
                 raise PredictorError(
                     f"{path} says {which}s {claimed} but the library {library} "
