@@ -38,12 +38,31 @@ EPSILON = 1e-7  # keras.backend.epsilon()
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
 
 
+def eager_arrays(y_true, y_pred, sample_weight=None) -> list:
+    """The arrays of an eager loss or metric call, float as in Keras whatever their dtype (integer
+    lists are common in examples; the sparse functions take float class ids too), with one row per
+    sample each: a sample weight of one number weighs every sample.  Rows that disagree are a
+    ValueError naming the arguments."""
+    arrays = [np.asarray(y_true, np.float32), np.asarray(y_pred, np.float32)]
+    rows = [len(a) if a.ndim else None for a in arrays]
+    if None not in rows and rows[0] != rows[1]:
+        raise ValueError(f"y_true has {rows[0]} rows and y_pred has {rows[1]}: they must have one "
+                         "row per sample")
+    if sample_weight is None:
+        return arrays
+    weight = np.asarray(sample_weight, np.float32)
+    if rows[1] is not None and weight.size == 1:
+        weight = np.full((rows[1],) + weight.shape[1:], weight.reshape(-1)[0], np.float32)
+    elif rows[1] is not None and (not weight.ndim or len(weight) != rows[1]):
+        raise ValueError(f"sample_weight has shape {weight.shape} but y_pred has {rows[1]} rows: give "
+                         "one weight per sample, or one number for all")
+    return arrays + [weight]
+
+
 def _eager(fn, *arrays, **kwargs):
-    """`fn` run on numpy arrays, every one of them float as in Keras whatever its dtype (integer
-    lists are common in examples; the sparse functions take float class ids too)."""
+    """`fn` run on numpy arrays (y_true, y_pred[, sample_weight]), as `eager_arrays` makes them."""
     from kcompile.layers.layer import call_eagerly
-    return call_eagerly(lambda *nodes: fn(*nodes, **kwargs),
-                        *(np.asarray(a, np.float32) for a in arrays))
+    return call_eagerly(lambda *nodes: fn(*nodes, **kwargs), *eager_arrays(*arrays))
 
 
 def _is_traced(*values) -> bool:

@@ -163,14 +163,13 @@ def _weight_like(sample_weight: Node, values: Node) -> Node:
 
 def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
     """Trace `metric.trace_sums` on numpy arrays and run it on the reference interpreter."""
+    from kcompile.losses import eager_arrays
     feeds, args = {}, []
-    # as Keras: every array is float whatever its dtype (class ids of sparse metrics too)
-    for index, array in enumerate((y_true, y_pred, sample_weight)):
+    arrays = eager_arrays(y_true, y_pred, sample_weight)
+    for name, array in zip(("y_true", "y_pred", "sample_weight"), arrays + [None]):
         if array is None:
             args.append(None)
             continue
-        array = np.asarray(array, np.float32)
-        name = f"input_{index}"
         args.append(B.arg(name, "f32", (None,) + array.shape[1:] if array.ndim else ()))
         feeds[name] = array
     sums, finish = metric.trace_sums(*args)
@@ -210,8 +209,14 @@ class Metric:
         if values.dtype not in ("f32", "f64"):
             values = B.cast(values, y_pred.dtype)
         if values.type.rank == 0 and y_pred.type.batched:
-            # a function that returns the batch's mean (a scalar): the value of every sample, so
-            # the epoch's result weighs batches by their size
+            if sample_weight is None:
+                # a function that returns one number for the batch (its mean) counts once per
+                # batch, as in Keras's MeanMetricWrapper: the epoch's result is the mean of the
+                # batches' numbers, whatever their sizes
+                return {"": values, "batches": B.const(np.float32(1.0))}, \
+                    lambda totals, samples: self._finish_mean(
+                        float(totals[""]) / float(totals["batches"]) if samples else 0.0)
+            # weighted, as Keras: the number is every sample's value, weighed by its weight
             values = B.broadcast(values, (y_pred.shape[0],))
         if not values.type.batched:
             raise ValueError(f"metric {self.name!r} must give one value per sample; got shape "
@@ -535,7 +540,9 @@ class AUC(_ConfusionMetric):
         if self.from_logits:
             from kcompile.activations import sigmoid
             y_pred = sigmoid(y_pred)
-        return super().trace_sums(y_true, y_pred, sample_weight)
+        # as Keras: scores are counted clipped to [0, 1] (a linear output's scores below 0 would
+        # otherwise lie under every threshold, and the curve never reach (1, 1))
+        return super().trace_sums(y_true, B.clip(y_pred, 0.0, 1.0), sample_weight)
 
     def _result(self, totals):
         tp, fp, tn, fn = (np.asarray(totals[k], np.float64) for k in ("tp", "fp", "tn", "fn"))

@@ -259,8 +259,17 @@ def test_a_metric_returning_the_batch_mean_and_keras_layer_arguments(target):
                         kcompile.layers.LeakyReLU(alpha=0.2), Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=[matches], target=target)
     logs = model.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
-    assert logs["matches"] == pytest.approx((model.predict(x, verbose=0).argmax(-1)
-                                            == y.argmax(-1)).mean())
+    hits = model.predict(x, verbose=0).argmax(-1) == y.argmax(-1)
+    assert logs["matches"] == pytest.approx(hits.mean())
+    # a number per batch counts once per batch, as Keras's MeanMetricWrapper counts it: batches of
+    # 4, 4 and 2 rows give the mean of their three means
+    logs = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    assert logs["matches"] == pytest.approx(np.mean([hits[:4].mean(), hits[4:8].mean(),
+                                                     hits[8:].mean()]))
+    model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.0), loss="mse",
+                  metrics=[matches], target=target)
+    history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert history.history["matches"][0] == pytest.approx(logs["matches"])
     assert model.layers[1].negative_slope == pytest.approx(0.2)
     clone = kcompile.models.clone_model(model)
     assert clone.layers[0].offset == [0.0, 1.0, 2.0]

@@ -330,6 +330,10 @@ METRICS = [
                lambda M: M.metrics.AUC(curve="PR", num_thresholds=50, from_logits=True), "binary",
                "real", weighted=True),
     MetricCase("TruePositives", lambda M: M.metrics.TruePositives()),
+    # scores outside [0, 1] (a linear output) count clipped, as in Keras
+    MetricCase("AUC of real scores", lambda M: M.metrics.AUC(), "binary", "real"),
+    MetricCase("AUC PR of real scores weighted", lambda M: M.metrics.AUC(curve="PR"), "binary",
+               "real", weighted=True),
 ]
 
 

@@ -518,3 +518,33 @@ def test_top_k_metrics_in_fit_logs(target):
     assert history["sparse_top_k_categorical_accuracy"][0] == pytest.approx(
         np_in_top_k(labels, p, 2).mean())
     assert history["sparse_categorical_accuracy"][0] == pytest.approx((p.argmax(-1) == labels).mean())
+
+
+def test_eager_calls_name_the_arguments_whose_rows_disagree_and_take_one_weight_for_all():
+    with pytest.raises(ValueError, match="y_true has 3 rows and y_pred has 4"):
+        losses.mean_squared_error(np.zeros((3, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="y_true has 3 rows and y_pred has 4"):
+        metrics.Accuracy().update_state(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="sample_weight has shape \\(2,\\) but y_pred has 3 rows"):
+        losses.MeanSquaredError()(np.zeros((3, 2)), np.ones((3, 2)), sample_weight=[1.0, 2.0])
+    # one number weighs every sample (Keras broadcasts it): mean over the batch of 2 * 1
+    t, p = np.zeros((3, 2)), np.ones((3, 2))
+    assert losses.MeanSquaredError()(t, p, sample_weight=[2.0]) == pytest.approx(2.0)
+    assert losses.MeanSquaredError()(t, p, sample_weight=2.0) == pytest.approx(2.0)
+    metric = metrics.MeanAbsoluteError()
+    metric.update_state(t, np.array([[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]), sample_weight=[0.5])
+    assert metric.result() == pytest.approx(3.0)
+
+
+def test_auc_counts_scores_outside_the_unit_interval_clipped():
+    """A linear output's scores: Keras clips them to [0, 1] before counting, so the ranking of the
+    scores inside decides (hand-computed: positives at 0.7 and a clipped 0, negatives at two
+    clipped 0s; ROC AUC 0.75)."""
+    y = np.array([[0], [0], [1], [1]], np.float32)
+    p = np.array([[-3.0], [-1.0], [-2.0], [0.7]], np.float32)
+    auc = metrics.AUC()
+    auc.update_state(y, p)
+    assert auc.result() == pytest.approx(0.75, abs=1e-6)
+    clipped = metrics.AUC()
+    clipped.update_state(y, np.clip(p, 0.0, 1.0))
+    assert clipped.result() == pytest.approx(auc.result())
