@@ -351,3 +351,14 @@ def test_adding_a_layer_that_does_not_fit_leaves_the_model_usable():
     assert [layer.name for layer in model.layers] == ["dense"]
     model.compile(optimizer="sgd", loss="mse", target=TARGET)
     assert model.predict(np.zeros((2, 4)), verbose=0).shape == (2, 3)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64", "mixed_float16", "bfloat16",
+                                   "mixed_bfloat16", object()])
+def test_a_layer_dtype_other_than_float32_is_refused_by_name(dtype):
+    """Keras dtype policies ('mixed_float16') are not numpy dtypes: the same ValueError, not
+    numpy's TypeError."""
+    with pytest.raises(ValueError, match="compute in float32"):
+        Dense(2, dtype=dtype)
+    assert Dense(2, dtype="float32").units == 2
+    assert Dense(2, dtype=np.float32).units == 2

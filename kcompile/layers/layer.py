@@ -357,6 +357,15 @@ def normalize_input_shape(shape, argument: str = "input_shape") -> tuple:
     return tuple(int(d) for d in dims)
 
 
+def _is_float32(dtype) -> bool:
+    """Does a layer's `dtype` (a numpy dtype or name, or a Keras dtype policy such as
+    'mixed_float16', which numpy does not know) name float32?"""
+    try:
+        return np.dtype(getattr(dtype, "name", dtype)) == np.float32
+    except TypeError:
+        return False
+
+
 class Layer:
     """Base class of layers, as `keras.layers.Layer`.
 
@@ -384,8 +393,9 @@ class Layer:
             raise ValueError(f"Unrecognized keyword arguments passed to {type(self).__name__}: {unknown}")
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"Argument `name` must be a non-empty string without '/'; got name={name!r}")
-        if dtype is not None and np.dtype(getattr(dtype, "name", dtype)) != np.float32:
-            raise ValueError(f"kcompile layers compute in float32; got dtype={dtype!r}")
+        if dtype is not None and not _is_float32(dtype):
+            raise ValueError(f"kcompile layers compute in float32; got dtype={dtype!r} (leave "
+                             "dtype unset, or give 'float32')")
         self._auto_named = name is None
         self.name = name if name is not None else to_snake_case(type(self).__name__)
         self._trainable = bool(trainable)
