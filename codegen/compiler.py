@@ -19,7 +19,7 @@ from ir.graph import TensorType
 from ir.memory import plan_memory
 
 from .jit import without_ir_passes
-from .lower import COMPANION, GEMM_LIBRARY, lower
+from .lower import COMPANION, GEMM_LIBRARY, blocked_anchors, lower
 from .step import emit_step_driver
 
 
@@ -140,7 +140,8 @@ def _prepare(graph: ir.Graph, options: CompileOptions) -> tuple:
     stages: dict = {"traced": graph}
     optimized = optimize_graph(graph, options, stages)
     fused = fuse(optimized, level=options.fusion_level)
-    return stages, optimized, fused, plan_memory(fused, reuse=options.reuse_memory)
+    return stages, optimized, fused, plan_memory(fused, reuse=options.reuse_memory,
+                                                 blocked=blocked_anchors(fused))
 
 
 def compile_graph(graph: ir.Graph, options: CompileOptions | None = None, name: str = "main"

@@ -946,6 +946,35 @@ def _emit_parallel_elementwise(fe, group: Group, threading) -> None:
                       min_chunk=min_rows, name="rows", threading=threading)
 
 
+def _blocked_rows(group: Group) -> bool:
+    """Is `group` a product with its epilogue, multiplied by row blocks (static rows: a dW)?"""
+    node = group.anchor
+    return (group.kind == "matmul" and node is not None and group.shape == node.shape
+            and node.type.rank == 2 and node.shape[0] is not None)
+
+
+def _block_scratch_elements(group: Group) -> int:
+    """Elements of one row block of a group's product (`_blocked_rows`), or 0 when they would make
+    too large a stack frame."""
+    node = group.anchor
+    m, n = node.shape
+    T = VALUE_TYPES[node.dtype]
+    narrow = narrow_product(m, n, node.attr("transpose_a"), node.attr("transpose_b"), T)
+    elements = (NARROW_BLOCK if narrow else ROW_BLOCK) * n
+    return elements if elements * node.type.itemsize <= SCRATCH_MAX_BYTES else 0
+
+
+def blocked_anchors(fused: FusedGraph) -> frozenset:
+    """Products that need no buffer of their own (ir.memory.plan_memory's `blocked`): a row block
+    of dW that nothing but its epilogue (the optimizer's update) reads goes to a block-sized
+    scratch on the stack of the thread computing it, reused block after block, rather than to its
+    rows of the whole dW.  W1 wrote 2.6 MB of gradients per step and evicted them dirty later, on
+    top of the weights and Adam slots the update streams.  (Exported predictors, whose stack must
+    stay small, plan without this.)"""
+    return frozenset(g.anchor for g in fused.groups if _blocked_rows(g)
+                     and g.anchor not in g.outputs and _block_scratch_elements(g))
+
+
 def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     """A matmul and its elementwise epilogue, block by block: each block of C is computed and
     immediately consumed by the epilogue while it is in cache (so dW feeds the optimizer's update
@@ -978,18 +1007,17 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # of each row of B (the weight) where the GEMM's 1-row tiles read 256 bytes per row and panel.
     one_row_path = not by_rows and not ta and not tb and isinstance(k, int) and k > 0
 
-    # NOTE: a row block of dW read by nothing but its epilogue (the optimizer's update) goes to a
-    # block-sized scratch on the chunk's stack, reused block after block, rather than to its rows
-    # of the whole dW: 2.6 MB of W1's gradients were otherwise written, and later evicted dirty,
-    # every step, on top of the weights and Adam slots the update streams.
-    scratch_floats = block * n if by_rows and node not in group.outputs else 0
-    if scratch_floats * node.type.itemsize > SCRATCH_MAX_BYTES or fe.module in WORKSPACE_SCRATCH:
-        scratch_floats = 0
+    # a product the memory plan gave no buffer (blocked_anchors) lives a block at a time on the
+    # chunk's stack
+    scratch_floats = 0 if fe.has_buffer(node) else _block_scratch_elements(group)
+    assert fe.has_buffer(node) or scratch_floats, f"{node} has no buffer"
 
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
-        a_ptr, b_ptr, c_ptr = (chunk.pointer_of(x) for x in (a, bm, node))
-        if scratch_floats:
+        a_ptr, b_ptr = chunk.pointer_of(a), chunk.pointer_of(bm)
+        if not scratch_floats:
+            c_ptr = chunk.pointer_of(node)
+        else:
             c_ptr = chunk.alloca(ir.ArrayType(T, scratch_floats))
             c_ptr.align = 64
         # sizes that involve the batch are values of the chunk function, recomputed here

@@ -91,7 +91,10 @@ def _reads_elsewhere(group, target, aliases: dict) -> bool:
     return False
 
 
-def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
+def plan_memory(fused: FusedGraph, reuse: bool = True, blocked: frozenset = frozenset()) -> MemoryPlan:
+    """Where every value of `fused` lives.  `blocked`: anchors that get no buffer, because the code
+    generator keeps them a block at a time in scratch of its own (the row blocks of a dW that only
+    the optimizer's update reads: codegen.lower.blocked_anchors)."""
     graph = fused.graph
     slots: dict = {}
     for i, node in enumerate(graph.inputs):
@@ -126,7 +129,7 @@ def plan_memory(fused: FusedGraph, reuse: bool = True) -> MemoryPlan:
     end: dict = {}
     for step, group in enumerate(fused.groups):
         for node in group.outputs + ([group.anchor] if group.anchor is not None else []):
-            if node not in slots:
+            if node not in slots and node not in blocked:
                 start.setdefault(node, step)
                 end[node] = max(end.get(node, step), step)
         for node in group_inputs(group):

@@ -115,13 +115,17 @@ def test_static_rows_every_split(k, n, grad_is_output):
 def test_a_gradient_only_the_update_reads_stays_in_a_block_sized_scratch(k, n, block):
     """A row block of dW that nothing but its epilogue reads is computed into a scratch of one
     block on the chunk's stack; a gradient that is also an output is written whole."""
-    def allocas(graph):
-        code = CompiledRunner(graph, {}, CompileOptions()).compiled.code.optimized_ir
+    def allocas_and_planned_products(graph):
+        compiled = CompiledRunner(graph, {}, CompileOptions()).compiled
         # (the GEMM's own packing and transposing buffers are named gemm.*)
-        return [line for line in code.splitlines() if "alloca [" in line and "gemm." not in line]
-    assert any(f"alloca [{block * n} x float], align 64" in line
-               for line in allocas(weight_gradient_graph(k, n, grad_is_output=False)))
-    assert allocas(weight_gradient_graph(k, n, grad_is_output=True)) == []
+        allocas = [line for line in compiled.code.optimized_ir.splitlines()
+                   if "alloca [" in line and "gemm." not in line]
+        return allocas, [node for node in compiled.plan.slots if node.op == "matmul"]
+    allocas, planned = allocas_and_planned_products(weight_gradient_graph(k, n, False))
+    assert any(f"alloca [{block * n} x float], align 64" in line for line in allocas)
+    assert planned == []    # the memory plan gives it no buffer
+    allocas, planned = allocas_and_planned_products(weight_gradient_graph(k, n, True))
+    assert allocas == [] and len(planned) == 1
 
 
 @pytest.mark.parametrize("k,n", [(KC + 272, 520), (784, 512), (37, 10), (300, 70), (64, 1030)])
