@@ -74,19 +74,25 @@ def _optional_real(value, argument):
     return None if value is None else _check_real(value, argument)
 
 
-class LearningRateValue(float):
-    """What `optimizer.learning_rate` returns: its value as a float, plus the methods Keras code calls
-    on the learning-rate variable (`assign`, `numpy`), which read and write the optimizer."""
+class LearningRateValue:
+    """What `optimizer.learning_rate` returns: a live view of the rate, as Keras returns its
+    learning-rate variable.  It reads the optimizer whenever it is used (`float(lr)`, `lr * 0.5`,
+    `lr.numpy()`, comparisons, formatting), so a reference kept across steps, epochs or callbacks
+    sees every later change, and `lr.assign(...)` sets the optimizer's rate.  Arithmetic gives plain
+    floats.  With a schedule it is the schedule's value at the optimizer's current iteration."""
 
-    def __new__(cls, value, optimizer):
-        self = super().__new__(cls, value)
+    __slots__ = ("_optimizer",)
+
+    def __init__(self, optimizer):
         self._optimizer = optimizer
-        return self
+
+    def __float__(self) -> float:
+        return self._optimizer._current_learning_rate()
 
     def assign(self, value):
         """Set the optimizer's learning rate (as `optimizer.learning_rate = value`)."""
         self._optimizer.learning_rate = value
-        return self._optimizer.learning_rate
+        return self
 
     def assign_add(self, delta):
         return self.assign(float(self) + float(delta))
@@ -95,7 +101,7 @@ class LearningRateValue(float):
         return self.assign(float(self) - float(delta))
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self, dtype=np.float32)
+        return np.asarray(float(self), dtype=np.float32)
 
     @property
     def value(self) -> np.ndarray:
@@ -104,8 +110,56 @@ class LearningRateValue(float):
     shape = ()
     dtype = "float32"
 
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(float(self), dtype=np.float32 if dtype is None else dtype)
+
+    def __int__(self):
+        return int(float(self))
+
+    def __bool__(self):
+        return bool(float(self))
+
+    def __round__(self, ndigits=None):
+        return round(float(self), ndigits)
+
+    def __format__(self, spec):
+        return format(float(self), spec)
+
+    def __repr__(self):
+        return f"<learning_rate: {float(self)!r}>"
+
+    def __str__(self):
+        return str(float(self))
+
     def __reduce__(self):     # pickles and deep-copies as the plain float, not the optimizer
         return float, (float(self),)
+
+    def __neg__(self):
+        return -float(self)
+
+    def __pos__(self):
+        return float(self)
+
+    def __abs__(self):
+        return abs(float(self))
+
+    __hash__ = object.__hash__
+
+
+def _lr_operator(name):
+    def operator(self, other):
+        if isinstance(other, LearningRateValue):
+            other = float(other)
+        return getattr(float(self), name)(other)
+    operator.__name__ = name
+    return operator
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__",
+              "__rpow__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(LearningRateValue, _name, _lr_operator(_name))
+numbers.Real.register(LearningRateValue)
 
 
 class Optimizer:
@@ -163,25 +217,30 @@ class Optimizer:
 
     @property
     def learning_rate(self) -> "LearningRateValue":
-        """The rate the next step uses: the number set, or the schedule at `iterations`.  A float,
-        with Keras's variable methods: `optimizer.learning_rate.assign(0.01)` sets it."""
+        """The rate the next step uses: the number set, or the schedule at `iterations`, as a live
+        number with Keras's variable methods (`LearningRateValue`):
+        `optimizer.learning_rate.assign(0.01)` sets it."""
+        self._current_learning_rate()   # (refreshes the mirrored value of a schedule)
+        return LearningRateValue(self)
+
+    def _current_learning_rate(self) -> float:
         if self._schedule is None:
-            return LearningRateValue(float(self._learning_rate.buffer), self)
+            return float(self._learning_rate.buffer)
         value = schedules._eager_value(self._schedule, int(self._iterations.buffer))
         self._learning_rate.buffer[...] = np.float32(value)
-        return LearningRateValue(value, self)
+        return value
 
     @learning_rate.setter
     def learning_rate(self, value):
         value = self._check_learning_rate(value)
         if isinstance(value, schedules.LearningRateSchedule):
             self._schedule = value  # the trainer retraces: `trace_signature` changed
-            self.learning_rate  # noqa: B018 - refreshes the mirrored buffer
+            self._current_learning_rate()   # refreshes the mirrored buffer
             return
         if self._schedule is not None:
             # NOTE: restoring a saved state assigns the value the schedule itself gives at the saved
             # iterations; accept that, reject anything else as Keras does.
-            if math.isclose(value, self.learning_rate, rel_tol=1e-5, abs_tol=1e-12):
+            if math.isclose(value, self._current_learning_rate(), rel_tol=1e-5, abs_tol=1e-12):
                 return
             raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its "
                             "`learning_rate` constructor argument, hence its learning rate is not "
@@ -233,7 +292,7 @@ class Optimizer:
     def state(self) -> dict:
         """Buffers of the train step's optimizer inputs, by graph input name."""
         if self._schedule is not None:
-            self.learning_rate  # noqa: B018 - the mirrored value, current for saving
+            self._current_learning_rate()   # the mirrored value, current for saving
         state = {LEARNING_RATE: self._learning_rate.buffer, ITERATIONS: self._iterations.buffer}
         state.update({path: slot.buffer for path, slot in self._slots.items()})
         return state
@@ -490,11 +549,13 @@ def serialize(optimizer: Optimizer) -> dict:
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
 
 
-def deserialize(config: dict) -> Optimizer:
-    return get(config)
+def deserialize(config: dict, custom_objects=None) -> Optimizer:
+    """An optimizer from its config dict (as `serialize` gives it); `custom_objects` names custom
+    learning-rate schedule classes."""
+    return get(config, custom_objects)
 
 
-def get(identifier) -> Optimizer:
+def get(identifier, custom_objects=None) -> Optimizer:
     """An optimizer from a name ('adam', 'Adam', 'adamw', 'sgd', 'rmsprop', 'adagrad'), a config dict,
     a class or an object."""
     if isinstance(identifier, Optimizer):
@@ -510,7 +571,7 @@ def get(identifier) -> Optimizer:
         cls = _CLASSES.get(str(identifier.get("class_name", "")).lower())
         if cls is None:
             raise ValueError(f"Unknown optimizer class in config {identifier!r}")
-        return cls.from_config(identifier.get("config", {}))
+        return cls.from_config(identifier.get("config", {}), custom_objects)
     if isinstance(identifier, type) and issubclass(identifier, Optimizer):
         return identifier()
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}; pass a name such as "

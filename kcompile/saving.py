@@ -598,7 +598,7 @@ def _compile(model, archive: _Archive, custom_objects: dict):
     compile_config = archive.config["compile_config"]
     try:
         optimizer = _custom_or(compile_config.get("optimizer", "rmsprop"), custom_objects,
-                               optimizers.get)
+                               lambda config: optimizers.deserialize(config, custom_objects))
         loss = compile_config.get("loss")
         if loss is not None:
             loss = _custom_or(loss, custom_objects, losses.deserialize)

@@ -18,6 +18,7 @@ the decay reaches exactly `alpha` times the initial rate.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -66,13 +67,43 @@ def _check_positive(value, argument):
         raise ValueError(f"Argument `{argument}` must be > 0. Received: {argument}={value!r}")
 
 
+def _rate(schedule, result, step: Node) -> Node:
+    """What a schedule returned for the traced `step`, as a value of the graph: a number (Keras
+    takes a schedule that returns a float) is a constant rate."""
+    if isinstance(result, Node):
+        return result
+    if hasattr(result, "ndim") and getattr(result, "ndim", None) == 0:
+        result = result.item()
+    if isinstance(result, numbers.Real) and not isinstance(result, bool):
+        return B.scalar(float(result), step)
+    raise TypeError(f"learning-rate schedule {type(schedule).__name__} returned {result!r} for a "
+                    "step; return a number, or a value computed from `step` with kcompile.ops")
+
+
 class LearningRateSchedule:
-    """Base class: `__call__(step)` returns the learning rate for `step` (an IR value or a number)."""
+    """Base class: `__call__(step)` returns the learning rate for `step` (an IR value or a number).
+
+    A subclass may write `call(step)` or, as in Keras, `__call__(self, step)`: either way it is
+    traced on an IR value, and calling the schedule on a number (to print or plot it) runs that."""
 
     def __call__(self, step):
         if not isinstance(step, Node):
             return _eager_value(self, step)
-        return self.call(step)
+        return _rate(self, self.call(step), step)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__call__")
+        if own is None or getattr(own, "_kcompile_wrapped", False):
+            return
+
+        @functools.wraps(own)
+        def __call__(self, step):
+            if not isinstance(step, Node):
+                return _eager_value(self, step)
+            return _rate(self, own(self, step), step)
+        __call__._kcompile_wrapped = True
+        cls.__call__ = __call__
 
     def call(self, step: Node) -> Node:
         raise NotImplementedError(f"Learning rate schedule '{type(self).__name__}' must override "
@@ -185,6 +216,8 @@ class PolynomialDecay(LearningRateSchedule):
         remaining = B.sub(1.0, B.div(step, decay_steps))
         if self.power == 1:
             factor = remaining
+        elif self.power == 0:
+            factor = B.scalar(1.0, step)     # 0 ** 0 = 1 at the end too (exp(0 * log 0) is NaN)
         else:
             # NOTE: exp(power * log(0)) = exp(-inf) = 0 at the end of the decay, as 0 ** power.
             factor = _power(remaining, B.scalar(float(self.power), step))

@@ -465,7 +465,7 @@ class Recorder(callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.events.append(f"epoch_begin {epoch}")
         self.weights_at_begin.append([w.astype(np.float64) for w in self.model.get_weights()])
-        self.learning_rates.append(self.model.optimizer.learning_rate)
+        self.learning_rates.append(float(self.model.optimizer.learning_rate))
 
     def on_train_batch_begin(self, batch, logs=None):
         self.events.append(f"batch_begin {batch}")

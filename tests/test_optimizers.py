@@ -2,6 +2,7 @@
 model with every rule, gradient clipping, weight decay and learning-rate schedule, on every target;
 schedules against their formulas; configs and saved state round trips."""
 import math
+import numbers
 
 import numpy as np
 import pytest
@@ -89,6 +90,10 @@ SCHEDULES = {
                                                                      m_mul=-0.5),
                               ("restarts", dict(initial_learning_rate=0.2, first_decay_steps=4,
                                                 t_mul=1.0, m_mul=-0.5, alpha=0.0))),
+    # 0 ** 0 is 1: constant, also once the decay is over
+    "polynomial_power_0": (lambda: schedules.PolynomialDecay(0.1, decay_steps=4, power=0.0),
+                           ("polynomial", dict(initial_learning_rate=0.1, decay_steps=4,
+                                               end_learning_rate=0.0001, power=0.0))),
     "polynomial_cycle": (lambda: schedules.PolynomialDecay(0.1, decay_steps=3, cycle=True),
                          ("polynomial", dict(initial_learning_rate=0.1, decay_steps=3,
                                              end_learning_rate=0.0001, power=1.0, cycle=True))),
@@ -289,14 +294,16 @@ def test_learning_rate_of_a_schedule_is_read_only_except_its_own_value():
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_learning_rate_assign_as_keras_code_writes_it(target):
-    """`optimizer.learning_rate` is a float that also has the Keras variable's `assign` and
-    `numpy`: a callback that assigns 0 freezes the next epoch's steps."""
+    """`optimizer.learning_rate` is a live number with the Keras variable's `assign` and `numpy`:
+    a reference kept across changes reads the current rate, and a callback that assigns 0 freezes
+    the next epoch's steps."""
     x, y, kernel, bias = linear_problem(1)
     model = Sequential([Input(shape=(4,)), Dense(3)])
     model.set_weights([kernel, bias])
     model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
     rate = model.optimizer.learning_rate
-    assert isinstance(rate, float) and rate == pytest.approx(0.1) and rate.numpy() == np.float32(0.1)
+    assert isinstance(rate, numbers.Real) and rate == pytest.approx(0.1)
+    assert rate.numpy() == np.float32(0.1) and f"{rate:.2f}" == "0.10" and rate * 2 == pytest.approx(0.2)
     assert rate.numpy().shape == () and rate.shape == () and rate.dtype == "float32"
     assert rate.assign_add(0.05) == pytest.approx(0.15) and model.optimizer.learning_rate.assign_sub(
         0.05) == pytest.approx(0.1)
@@ -305,6 +312,9 @@ def test_learning_rate_assign_as_keras_code_writes_it(target):
     # 0-d arrays (a variable's numpy()) are numbers too, as in Keras; a 1-element vector is not
     model.optimizer.learning_rate = np.array(0.25)
     assert model.optimizer.learning_rate == 0.25 and model.optimizer.learning_rate.numpy() == 0.25
+    assert rate == 0.25 and float(rate) == 0.25   # the reference taken before: live, as in Keras
+    rate.assign(rate * 0.5)
+    assert model.optimizer.learning_rate == 0.125 and rate == 0.125
     model.optimizer.learning_rate = rate.numpy() * 0 + np.float32(0.1)
     assert optimizers.Adam(learning_rate=np.array(0.5, np.float64)).learning_rate == 0.5
     with pytest.raises(ValueError, match="finite number"):
@@ -397,3 +407,52 @@ def test_saved_schedule_and_adamw_state_resume_exactly(tmp_path):
     for got, want in zip(resumed.get_weights(), in_one_go.get_weights()):
         np.testing.assert_array_equal(got, want)
     assert resumed.optimizer.learning_rate == pytest.approx(in_one_go.optimizer.learning_rate)
+
+
+class KerasStyleWarmup(schedules.LearningRateSchedule):
+    """A custom schedule written as Keras documents it: `__call__` on `step`."""
+
+    def __init__(self, peak):
+        self.peak = peak
+
+    def __call__(self, step):
+        return self.peak * kcompile.ops.minimum((step + 1) / 4.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak}
+
+
+class ConstantRate(schedules.LearningRateSchedule):
+    def __call__(self, step):
+        return 0.5     # a number, as Keras takes it
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_custom_schedules_written_with_call_run_on_numbers_train_and_reload(target, tmp_path):
+    warmup = KerasStyleWarmup(0.2)
+    assert [warmup(step) for step in range(5)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2])
+    assert ConstantRate()(7) == 0.5
+
+    # one SGD step of a linear model at the constant rate: w - 0.5 * dL/dw, by hand
+    x, y, kernel, bias = linear_problem(3)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.set_weights([kernel, bias])
+    model.compile(optimizer=optimizers.SGD(learning_rate=ConstantRate()), loss="mse", target=target)
+    model.train_on_batch(x, y)
+    error = 2 * (x @ kernel + bias - y) / y.size
+    np.testing.assert_allclose(model.get_weights()[0], kernel - 0.5 * x.T @ error, rtol=1e-4,
+                               atol=1e-5)
+
+    model.compile(optimizer=optimizers.SGD(learning_rate=warmup), loss="mse", target=target)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)      # 2 steps: the next rate is warmup(2)
+    path = str(tmp_path / "warm.keras")
+    model.save(path)
+    loaded = load_model(path, custom_objects={"KerasStyleWarmup": KerasStyleWarmup})
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.15)
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+
+    class Bad(schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return "fast"
+    with pytest.raises(TypeError, match="schedule Bad returned 'fast'"):
+        optimizers.SGD(learning_rate=Bad())
