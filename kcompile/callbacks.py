@@ -527,11 +527,11 @@ def atomic_save(save_function, filepath):
     Returns:
         The path the result was moved to.
     """
-    filepath = os.fspath(filepath)
+    filepath = os.path.realpath(os.fspath(filepath))     # (a symlink's target is replaced)
     directory, base_name = os.path.split(filepath)
     if os.path.isdir(filepath):
         raise IsADirectoryError(f"Checkpoint filepath {filepath} is an existing directory; pass a file path.")
-    temporary_prefix = f".tmp-{uuid.uuid4().hex}-"
+    temporary_prefix = f".tmp-{uuid.uuid4().hex[:8]}-"
     temporary_path = os.path.join(directory, temporary_prefix + base_name)
     try:
         save_function(temporary_path)
@@ -707,7 +707,15 @@ class ModelCheckpoint(Callback):
         if directory:
             os.makedirs(directory, exist_ok=True)
         save_function = self.model.save_weights if self.save_weights_only else self.model.save
-        atomic_save(save_function, filepath)
+        if _saves_atomically(save_function):
+            save_function(filepath)     # through a symlink, keeping the file's mode, any name length
+        else:
+            atomic_save(save_function, filepath)
+
+
+def _saves_atomically(save_function) -> bool:
+    """Is this kcompile's own Model.save or save_weights (which write atomically themselves)?"""
+    return getattr(save_function, "writes_atomically", False) is True
 
 
 def _call_schedule(schedule, epoch, learning_rate):

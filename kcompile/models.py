@@ -136,6 +136,8 @@ class Model(InspectionMixin, Trainer, Layer):
         """Save config, compile arguments, weights and optimizer state to a `.keras` file."""
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
 
+    save.writes_atomically = True   # (ModelCheckpoint calls it directly)
+
     def regularization(self):
         """The sum of every layer's weight penalties (traced), or None when no weight has one."""
         total = Layer.regularization(self)
@@ -152,6 +154,8 @@ class Model(InspectionMixin, Trainer, Layer):
     def save_weights(self, filepath, overwrite=True):
         """Save every weight, by path 'layer/weight', to a `.weights.npz` file."""
         saving.save_weights(self, filepath, overwrite=overwrite)
+
+    save_weights.writes_atomically = True
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Load weights by path from a `.weights.npz` or `.keras` file; all checked before any is set."""

@@ -36,6 +36,7 @@ import datetime
 import io
 import json
 import os
+import stat
 import uuid
 import warnings
 import zipfile
@@ -116,7 +117,10 @@ def _check_weights_suffix(filepath: str, action: str, allow_model_file=False):
 
 def _atomic_write(filepath: str, write, overwrite: bool):
     """Call `write(binary_file)` on a temporary file next to `filepath`, fsync it, then move it over
-    `filepath`; on any failure the temporary file is removed and an existing `filepath` is untouched."""
+    `filepath`; on any failure the temporary file is removed and an existing `filepath` is untouched.
+
+    A symbolic link is saved through: its target is replaced, and the link stays.  A file replaced
+    keeps its permissions (a private 0600 model stays private); a new one gets the umask's."""
     if os.path.isdir(filepath):
         raise IsADirectoryError(f"Cannot save to {filepath}: it is an existing directory; pass a file "
                                 "path.")
@@ -124,21 +128,35 @@ def _atomic_write(filepath: str, write, overwrite: bool):
         # NOTE: Keras asks on the terminal; a library call that blocks on input() is worse.
         raise FileExistsError(f"{filepath} already exists and overwrite=False; pass overwrite=True to "
                               "replace it.")
-    directory, name = os.path.split(os.path.abspath(filepath))
+    target = os.path.realpath(filepath)
+    directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Cannot save to {filepath}: the directory {directory} does not exist; "
                                 "create it first (os.makedirs).")
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = None
+    # (a short name: the final name may be as long as the file system allows)
+    temporary = os.path.join(directory, f".kcompile-{uuid.uuid4().hex[:16]}.tmp")
     try:
         # os.open with 0o666 (not mkstemp's 0o600): the saved file gets the user's umask, as open()
         # gives.  Inside the try: an interrupt just after it must not leave the empty file behind.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                             | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as error:
+            raise type(error)(error.errno, f"Cannot save to {filepath}: cannot create a file in "
+                              f"{directory} ({error.strerror}). A save writes a new file next to the "
+                              "old one and renames it over it, so that an interrupted save loses "
+                              "nothing: the directory must be writable") from None
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, filepath)
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -647,6 +665,10 @@ def _restore_optimizer(model, archive: _Archive):
     iterations = int(arrays[optimizers.ITERATIONS])
     if not 0 <= iterations < 2**31:
         raise _bad_file(filepath, f"{where} 'optimizer/iterations' is {iterations}, outside int32")
+    learning_rate = float(arrays[optimizers.LEARNING_RATE])
+    if not np.isfinite(learning_rate):
+        raise _bad_file(filepath, f"{where} 'optimizer/learning_rate' is {learning_rate}, not a "
+                                  "finite number")
     with_slots = [v for v in model.weights if v.path in slots]  # model order, as the train step builds
     if with_slots or iterations:
         optimizer.build(with_slots)
@@ -654,7 +676,7 @@ def _restore_optimizer(model, archive: _Archive):
         for slot, array in slots[variable.path].items():
             optimizer.slot(variable, slot).assign(array)
     optimizer.iterations.assign(np.int32(iterations))
-    optimizer.learning_rate = float(arrays[optimizers.LEARNING_RATE])
+    optimizer.learning_rate = learning_rate
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

@@ -424,6 +424,10 @@ BAD_FILES = {
     "mis-shaped slot": (lambda data, members: {**members, "optimizer.npz": _npz(**{
         **dict(np.load(io.BytesIO(members["optimizer.npz"]))),
         "dense/kernel/m": np.zeros((2, 2), np.float32)})}, r"slot 'dense/kernel/m' has shape \(2, 2\)"),
+    "NaN learning rate": (lambda data, members: {**members, "optimizer.npz": _npz(**{
+        **dict(np.load(io.BytesIO(members["optimizer.npz"]))),
+        "optimizer/learning_rate": np.float32("nan")})},
+        "bad.keras: optimizer.npz: 'optimizer/learning_rate' is nan, not a finite number"),
 }
 
 
@@ -558,3 +562,51 @@ def test_model_checkpoint_saves_the_best_model_during_fit(tmp_path):
     from_weights.load_weights(weights_path)
     for array, variable in zip(best_weights, from_weights.weights):
         assert _bits(array) == _bits(variable.buffer)
+
+
+def test_saving_through_a_symlink_keeps_the_link_and_the_file_keeps_its_mode(tmp_path):
+    """As open() would: the link's target is replaced and the link stays; a private file stays
+    private (the new file took the umask's 0644 and replaced the link itself)."""
+    x, y = _data()
+    model = _model()
+    target, weights_target = tmp_path / "run1.keras", tmp_path / "run1.weights.npz"
+    model.save(target)
+    model.save_weights(weights_target)
+    os.chmod(target, 0o600)
+    (tmp_path / "latest.keras").symlink_to(target.name)
+    (tmp_path / "latest.weights.npz").symlink_to(weights_target.name)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "latest.keras")
+    model.save_weights(tmp_path / "latest.weights.npz")
+    ModelCheckpoint(tmp_path / "latest.keras").set_model(model)
+    for link, real in (("latest.keras", target), ("latest.weights.npz", weights_target)):
+        assert (tmp_path / link).is_symlink()
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["latest.keras", "latest.weights.npz", "run1.keras",
+                                            "run1.weights.npz"]
+    for got, want in zip(load_model(target).get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_long_file_names_save_and_checkpoint(tmp_path):
+    """The temporary file's name is short: any name the file system takes can be saved to (one of
+    249 bytes failed, naming a temporary file the user never gave)."""
+    x, y = _data()
+    model = _model()
+    name = "m" * (249 - len(".keras")) + ".keras"
+    model.save(tmp_path / name)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(tmp_path / ("c" + name[1:]))])
+    assert sorted(os.listdir(tmp_path)) == sorted([name, "c" + name[1:]])
+
+
+def test_a_directory_that_refuses_new_files_is_named(tmp_path, monkeypatch):
+    model = _model()
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionError, match=f"cannot create a file in {tmp_path}.*must be writable"):
+        model.save(tmp_path / "model.keras")
