@@ -287,3 +287,35 @@ def test_clone_model_clones_custom_layers():
 
     clone = kcompile.models.clone_model(Sequential([Input(shape=(3,)), Positive()]))
     assert type(clone.layers[0]) is Positive
+
+
+class Projection(Layer):
+    """No compute_output_shape: the shape comes from tracing call, as Keras 3 infers it."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="ones", name="w")
+        self.calls = self.add_weight(shape=(), initializer="zeros", name="calls", trainable=False)
+
+    def call(self, x, training=False):
+        if training:
+            self.calls.assign_add(1.0)
+        return ops.matmul(x, self.w) * 2.0
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_custom_layer_without_compute_output_shape_gets_it_from_call(target):
+    model = Sequential([Input(shape=(3,)), Projection(4), Dense(2, kernel_initializer="ones")])
+    assert model.layers[0].output_shape == (None, 4)
+    assert model.layers[1].get_weights()[0].shape == (4, 2)
+    model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.0), loss="mse", target=target)
+    x = RNG.standard_normal((6, 3)).astype(np.float32)
+    model.fit(x, np.zeros((6, 2), np.float32), batch_size=2, epochs=1, verbose=0)
+    # three steps counted: the shape inference's own trace records nothing
+    assert float(model.layers[0].calls.numpy()) == 3.0
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               (x @ np.ones((3, 4)) * 2.0) @ np.ones((4, 2)), rtol=1e-5)
+    assert Projection(5)(x).shape == (6, 5)

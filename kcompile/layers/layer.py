@@ -537,7 +537,24 @@ class Layer:
         self.built = True
 
     def compute_output_shape(self, input_shape):
-        raise NotImplementedError(f"{type(self).__name__} does not define compute_output_shape")
+        """The output shape for `input_shape`.  A layer that does not define it gets it as Keras 3
+        does, by calling the layer on a symbolic input: `call` is traced (built first, in inference
+        mode, in a scope of its own, so nothing it records reaches a model's step)."""
+        input_shape = tuple(input_shape)
+        inferred = self.__dict__.setdefault("_inferred_output_shapes", {})
+        if input_shape not in inferred:
+            self._build_once(input_shape)
+            x = B.arg("inputs", "f32", input_shape)
+            bindings = {v: B.arg(v.path, "f32", v.shape) for v in self.weights}
+            with TraceScope(bindings, seed=B.arg("seed", "u32", ())):
+                output = self.call(x, training=False) if self._accepts_training() else self.call(x)
+            traced = as_traced(output)
+            if not isinstance(traced, Node):
+                raise TypeError(f"layer {self.name!r} ({type(self).__name__}): call returned "
+                                f"{type(output).__name__}; it must return the traced value it "
+                                "computes from its inputs (a missing `return`?)")
+            inferred[input_shape] = tuple(traced.shape)
+        return inferred[input_shape]
 
     @property
     def output_shape(self) -> tuple:
