@@ -9,13 +9,19 @@ and `on_epoch_end()` are called around each epoch).  Each batch is `x`, `(x,)`, 
 
 Steps per epoch follow Keras 3's `EpochIterator`: without `steps_per_epoch` an epoch runs until the
 source is exhausted (a generator is then empty for the next epoch: training stops with a warning);
-with it, an epoch takes that many batches and the next epoch continues where it stopped (a sequence
-or a re-iterable starts over when exhausted; a generator cannot, and training stops with a warning).
-Validation data that is a generator (without `validation_steps`) is read once, and its batches are
-kept and evaluated again after every epoch, so that each epoch has its `val_` logs as in Keras.
+with it, an epoch takes that many batches and the next epoch continues where it stopped.  A
+sequence's epoch ends early, with a warning, at the end of a pass (never reading a batch twice in
+one epoch), and the next epoch starts a new pass; a re-iterable starts over when exhausted; a
+generator cannot, and training stops with a warning.  A PyDataset whose `num_batches` is None is
+endless: its batches are read by index 0, 1, 2, ... across epochs (give `steps_per_epoch`).
+Validation data that can start over (a sequence, a re-iterable) does so for every evaluation, so
+that `validation_steps` evaluates the same batches every epoch; a generator (without
+`validation_steps`) is read once, and its batches are kept and evaluated again after every epoch,
+so that each epoch has its `val_` logs as in Keras.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -109,6 +115,13 @@ def _has_num_batches(source) -> bool:
         return False
 
 
+def _num_batches_is_none(source) -> bool:
+    try:
+        return getattr(source, "num_batches", 0) is None
+    except NotImplementedError:
+        return False
+
+
 def _batches(source) -> int:
     """Batches per epoch of a sequence: len(), or a PyDataset's num_batches."""
     return len(source) if hasattr(source, "__len__") else int(source.num_batches)
@@ -138,8 +151,12 @@ class BatchStream:
         self._replaying = False
         self.is_sequence = (not hasattr(source, "__next__") and hasattr(source, "__getitem__")
                             and (hasattr(source, "__len__") or _has_num_batches(source)))
-        self.is_iterator = hasattr(source, "__next__")
-        self._iterator = source if self.is_iterator else None
+        # a PyDataset with num_batches None: endless, read by index as a one-way iterator
+        self.is_endless = (not self.is_sequence and not hasattr(source, "__next__")
+                           and hasattr(source, "__getitem__") and _num_batches_is_none(source))
+        self.is_iterator = hasattr(source, "__next__") or self.is_endless
+        self._iterator = source if hasattr(source, "__next__") else (
+            (source[index] for index in itertools.count()) if self.is_endless else None)
         self._pending = []
         self._order = None
         self._position = 0
@@ -173,6 +190,15 @@ class BatchStream:
             raise ValueError(f"`{self.argument}` yielded no batches") from None
         self._pending.append(batch)
         return batch
+
+    def rewind(self):
+        """Start the next epoch from the source's first batch, when the source can start over (a
+        sequence, a re-iterable): how every evaluation of validation data reads the same batches."""
+        if self._replaying or self.is_iterator:
+            return
+        self._order, self._position = None, 0
+        if not self.is_sequence:
+            self._iterator, self._pending = None, []
 
     def _next_from_iterator(self, restart: bool):
         if self._pending:
@@ -210,13 +236,17 @@ class BatchStream:
             self._iterator = iter(self.source)  # a re-iterable: a fresh pass every epoch
         if self.is_sequence and steps is None:
             self._order = None  # a full pass, reshuffled
-        if self.is_sequence and hasattr(self.source, "on_epoch_begin"):
+        pyd_hooks = self.is_sequence or self.is_endless
+        if pyd_hooks and hasattr(self.source, "on_epoch_begin"):
             self.source.on_epoch_begin()
+        pass_ended = False
         while steps is None or yielded < steps:
             try:
                 if self.is_sequence:
-                    if steps is None and self._order is not None \
-                            and self._position >= len(self._order):
+                    if self._order is not None and self._position >= len(self._order) \
+                            and (steps is None or yielded):
+                        # the end of a pass ends the epoch (early, with steps_per_epoch)
+                        pass_ended = steps is not None
                         break
                     batch = self._next_from_sequence()
                 else:
@@ -230,10 +260,15 @@ class BatchStream:
         if replay and yielded:
             self._replaying = True
             return
-        if (steps is not None and yielded < steps) or yielded == 0:
+        if pass_ended:
+            self._order = None   # the next epoch: a new pass
+            warnings.warn(f"Your input ran out of data: `{self.argument}` has "
+                          f"{_batches(self.source)} batches, fewer than the {steps} steps asked "
+                          "for; this epoch ends after them.", stacklevel=2)
+        elif (steps is not None and yielded < steps) or yielded == 0:
             self.ran_out = True
             warnings.warn("Your input ran out of data; interrupting training. Make sure that your "
                           "dataset or generator can generate at least `steps_per_epoch * epochs` "
                           "batches.", stacklevel=2)
-        if self.is_sequence and hasattr(self.source, "on_epoch_end"):
+        if pyd_hooks and hasattr(self.source, "on_epoch_end"):
             self.source.on_epoch_end()

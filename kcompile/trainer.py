@@ -382,6 +382,16 @@ class _BatchHooks:
         for callback in self.every:
             getattr(callback, self.end_name)(step, logs)
         if self._progress_due:
+            self._shown = step
+            for callback in self.throttled:
+                getattr(callback, self.end_name)(step, logs)
+
+    def finish(self, step: int, logs) -> None:
+        """After the epoch's last step: the bars see it even when it was not known to be the last
+        (a source of unknown length), as they count the steps from what they are shown.  `logs`:
+        the logs, or a function that makes them."""
+        if self.throttled and step >= 0 and getattr(self, "_shown", -1) != step:
+            logs = logs() if callable(logs) else logs
             for callback in self.throttled:
                 getattr(callback, self.end_name)(step, logs)
 
@@ -1129,8 +1139,10 @@ class Trainer:
         kind, data, weighted, spec, loss = validation
         program = self._program("eval", spec, loss, weighted)
         if kind == "stream":
-            return lambda callback_list: self._evaluate_stream(data, weighted, callback_list,
-                                                               "validation_data")
+            def evaluate_stream(callback_list):
+                data.rewind()   # the same batches every epoch, when the source can start over
+                return self._evaluate_stream(data, weighted, callback_list, "validation_data")
+            return evaluate_stream
         val_x, val_y, val_weight = data
         return lambda callback_list: self._evaluate_arrays(program, val_x, val_y, val_weight,
                                                            batch_size, callback_list)
@@ -1202,6 +1214,8 @@ class Trainer:
                 hooks.call_end(step, totals.logs())
             if self.stop_training:
                 break
+        if totals is not None:
+            hooks.finish(step, totals.logs)
         if stream.ran_out:
             self.stop_training = True
         return None if totals is None else totals.logs()
@@ -1375,6 +1389,8 @@ class Trainer:
             totals.add(runner.output, len(x))
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, totals.logs())
+        if totals is not None:
+            hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
         callback_list.on_test_end(logs)
         return logs
@@ -1442,6 +1458,8 @@ class Trainer:
             outputs.append(batch_out)
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, {"outputs": batch_out})
+        if outputs:
+            hooks.finish(len(outputs) - 1, {"outputs": outputs[-1]})
         callback_list.on_predict_end()
         if not outputs:
             return np.empty((0,) + tuple(self.output_shape[1:]), np.float32)

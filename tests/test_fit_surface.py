@@ -148,6 +148,75 @@ def test_sequences_and_reiterables_give_a_full_pass_every_epoch():
     assert int(shuffled.optimizer.iterations.buffer) == 4
 
 
+class ReadLog(Sequence):
+    """A sequence that records which batches are read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = []
+
+    def __getitem__(self, index):
+        self.read.append(index)
+        return super().__getitem__(index)
+
+
+def test_a_sequence_shorter_than_the_steps_asked_is_read_once_per_epoch():
+    """As Keras's EpochIterator: steps beyond a sequence's batches end the epoch with a warning
+    (a wrap-around read batches twice: 64 predictions for 40 samples)."""
+    x, y = data(20)
+    model = linear_model()
+    sequence = ReadLog(x, y, 6)      # 4 batches
+    with pytest.warns(UserWarning, match="ran out of data"):
+        assert model.predict(sequence, steps=7, verbose=0).shape == (20, 3)
+    with pytest.warns(UserWarning, match="ran out of data"):
+        assert model.evaluate(sequence, steps=7, verbose=0) == pytest.approx(
+            model.evaluate(sequence, verbose=0))
+    with pytest.warns(UserWarning, match="ran out of data"):
+        history = model.fit(sequence, steps_per_epoch=7, epochs=2, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations.buffer) == 8
+    sequence.read.clear()
+    with pytest.warns(UserWarning, match="ran out of data"):
+        model.fit(sequence, steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
+    # (after the first batch, read once for its shape) the second epoch ends early, at the end of
+    # the pass
+    assert sequence.read == [0, 0, 1, 2, 3]
+
+
+def test_validation_steps_of_a_sequence_evaluate_the_same_batches_every_epoch():
+    x, y = data(20)
+    model = linear_model(learning_rate=0.0)
+    validation = ReadLog(x, y, 6)
+    history = model.fit(x, y, epochs=3, verbose=0, validation_data=validation, validation_steps=2)
+    assert validation.read[-6:] == [0, 1] * 3
+    losses = history.history["val_loss"]
+    assert losses[0] == losses[1] == losses[2]
+
+
+def test_an_endless_py_dataset_reads_batches_by_index_across_epochs(capsys):
+    """num_batches None (Keras's infinite PyDataset): read 0, 1, 2, ... with steps_per_epoch;
+    and a source of unknown length shows its real step count in the progress line."""
+    from kcompile.utils import PyDataset
+    x, y = data(20)
+
+    class Endless(PyDataset):
+        read = []
+
+        @property
+        def num_batches(self):
+            return None
+
+        def __getitem__(self, index):
+            self.read.append(index)
+            return x[index % 4 * 5:index % 4 * 5 + 5], y[index % 4 * 5:index % 4 * 5 + 5]
+
+    model = linear_model()
+    model.fit(Endless(), steps_per_epoch=3, epochs=2, verbose=0)
+    assert Endless.read == [0, 1, 2, 3, 4, 5]
+    assert model.predict(Endless(), steps=2, verbose=0).shape == (10, 3)
+    model.evaluate(batches(x, y, 5), verbose=2)
+    assert capsys.readouterr().out.startswith("4/4 ")
+
+
 def test_a_keras_style_py_dataset_trains_like_the_same_batches_from_arrays():
     from kcompile.utils import PyDataset
     x, y = data(20)

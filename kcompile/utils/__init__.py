@@ -1,5 +1,6 @@
 """User-facing utilities, as in ``keras.utils``."""
 
+import itertools
 import numbers
 
 import numpy as np
@@ -30,7 +31,8 @@ class PyDataset:
                                   "position index")
 
     def __iter__(self):
-        for index in range(self.num_batches):
+        count = self.num_batches
+        for index in (itertools.count() if count is None else range(count)):  # None: endless
             yield self[index]
 
     @property
