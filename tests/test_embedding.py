@@ -94,6 +94,10 @@ def test_embedding_arguments_are_checked():
         Embedding(0, 3)
     with pytest.raises(ValueError, match="output_dim"):
         Embedding(3, 2.5)
+    # ids are fed as float32: 2**24 + 1 would be read as 2**24
+    assert Embedding(2 ** 24, 1).input_dim == 2 ** 24
+    with pytest.raises(ValueError, match="exact up to 2\\*\\*24"):
+        Embedding(2 ** 24 + 1, 1)
     with pytest.raises(NotImplementedError, match="mask"):
         Embedding(3, 2, mask_zero=True)
     with pytest.warns(UserWarning, match="input_length"):

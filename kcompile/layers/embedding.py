@@ -18,6 +18,9 @@ from ir import build_nn as NN
 from kcompile import initializers, regularizers
 from kcompile.layers.layer import Layer
 
+# ids travel as float32 (see the module docstring): every id below this is exact
+MAX_INPUT_DIM = 2 ** 24
+
 # Keras's short names for its default embedding initializer
 _ALIASES = {"uniform": "random_uniform", "normal": "random_normal"}
 
@@ -49,6 +52,10 @@ class Embedding(Layer):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
                 raise ValueError(f"Embedding: `{argument}` must be a positive integer; got "
                                  f"{argument}={value!r}")
+        if input_dim > MAX_INPUT_DIM:
+            raise ValueError(f"Embedding: input_dim={input_dim} is more ids than kcompile can feed "
+                             f"exactly: ids travel as float32, exact up to 2**24 = {MAX_INPUT_DIM}; "
+                             "hash or bucket the ids into at most that many rows")
         super().__init__(**kwargs)
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         if isinstance(embeddings_initializer, str):
