@@ -259,14 +259,43 @@ class Node:
                             "it; select elementwise instead (kcompile.ops.where(condition, a, b))")
         return True
 
-    # numpy must not take a traced value for an array: with __array_ufunc__ None, `array * x` defers
-    # to x.__rmul__ (one node, not an object array of them), and np.mean(x) says why it cannot be.
-    __array_ufunc__ = None
+    # numpy must not take a traced value for an array: `array * x` is x.__rmul__(array) (one node,
+    # not an object array of them), numpy's other functions say why they cannot be (np.mean(x) by
+    # __array__, np.tanh(x) here).
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        names = _OPERATOR_UFUNCS.get(ufunc.__name__)
+        if names is not None and method == "__call__" and not kwargs:
+            if len(inputs) == 1:
+                return getattr(self, names[0])()
+            a, b = inputs
+            result = getattr(a, names[0])(b) if a is self else getattr(b, names[1])(a)
+            if result is NotImplemented:    # == and != outside traced user code: identity
+                return ufunc.__name__ == "not_equal"
+            return result
+        raise TypeError(f"numpy's {ufunc.__name__} cannot compute on a traced value ({self!r}): "
+                        "code traced into a graph (a custom loss or metric, a layer's call) must "
+                        "compute with operators (+ - * / @ abs) and kcompile.ops "
+                        f"(kcompile.ops.{_OPS_NAMES.get(ufunc.__name__, ufunc.__name__)}, ...), "
+                        "not numpy functions")
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(f"a traced value ({self!r}) cannot become a numpy array: code traced into a "
                         "graph (a custom loss or metric, a layer's call) must compute with "
                         "operators (+ - * / @ abs) and kcompile.ops, not numpy functions")
+
+
+# numpy ufuncs that are Python operators on a traced value: (method, reflected method) by name
+_OPERATOR_UFUNCS = {
+    "add": ("__add__", "__radd__"), "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"), "divide": ("__truediv__", "__rtruediv__"),
+    "true_divide": ("__truediv__", "__rtruediv__"), "matmul": ("__matmul__", "__rmatmul__"),
+    "power": ("__pow__", "__rpow__"), "less": ("__lt__", "__gt__"),
+    "less_equal": ("__le__", "__ge__"), "greater": ("__gt__", "__lt__"),
+    "greater_equal": ("__ge__", "__le__"), "equal": ("__eq__", "__eq__"),
+    "not_equal": ("__ne__", "__ne__"), "negative": ("__neg__",), "absolute": ("__abs__",),
+    "positive": ("__pos__",)}
+# numpy's names that kcompile.ops spells otherwise
+_OPS_NAMES = {"arctan": "arctan", "absolute": "abs", "true_divide": "divide"}
 
 
 def _build():

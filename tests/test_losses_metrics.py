@@ -277,11 +277,16 @@ def test_a_custom_loss_written_with_operators(target):
         model.evaluate(x, y, verbose=0)
     # numpy arrays and scalars combine with traced values into graph nodes ...
     model.compile(optimizer="sgd", loss=lambda t, p: np.float32(0.5) * (p - t) * (p - t)
-                  + np.zeros(3, np.float32) * p, target=target)
+                  + np.zeros(3, np.float32) * p + np.negative(np.zeros(3, np.float32) - p) * 0.0,
+                  target=target)
     d = x.astype(np.float64) @ model.get_weights()[0] + model.get_weights()[1] - y
     assert model.evaluate(x, y, verbose=0) == pytest.approx(0.5 * (d ** 2).mean(), rel=1e-5)
     # ... but a numpy function cannot take one, and a metric must return a traced value
     for metric, problem in ((lambda t, p: np.mean(p), "cannot become a numpy array"),
+                            (lambda t, p: np.tanh(p), "numpy's tanh cannot compute on a traced "
+                                                      "value.*kcompile.ops.tanh"),
+                            (lambda t, p: np.abs(p - t) + np.exp(p),
+                             "numpy's exp cannot compute on a traced value"),
                             (lambda t, p: 1.0, "returned 1.0; a metric function must return")):
         model.compile(optimizer="sgd", loss="mse", metrics=[metric], target=target)
         with pytest.raises(TypeError, match=problem):
