@@ -5,8 +5,19 @@ The module exports one function per graph:
     void NAME(int64_t n, void **table)
 
 `n` is the batch size; `table` holds one pointer per graph input (in order), one per output that has
-its own buffer (`MemoryPlan.outputs`), and last the workspace arena.  Each kernel group becomes an
-internal function `NAME.kI(n, table)` called in schedule order, so one native call runs the graph.
+its own buffer (`MemoryPlan.outputs`), and then the workspace arena (an exported module's table
+has one more, the GEMMs' packing scratch: see WORKSPACE_SCRATCH).  Each kernel group becomes a
+function
+
+    void NAME.kI(i64 n, ptr noalias b0, ptr noalias b1, ...)
+
+with one pointer per buffer the kernel touches (values sharing a memory slot share one; see
+`FunctionEmitter`).  The entry loads the pointers from the table (or computes them as offsets into
+the arena) and calls the kernels in schedule order, so one native call runs the graph.  Groups alike
+share one kernel function (`kernel_structure`), named after the first of them; in an exported
+module every kernel takes the packing scratch as its last pointer.  A kernel is internal
+unless it is placed in the companion module a second process compiles (`_Placement`): then it is
+external, so the entry can call it once the two objects are linked.
 
 Inside a kernel every value is *evaluated at an index* (a tuple of i64 values): elementwise ops
 apply their scalar lowering to their operands' values at the same index; broadcast, transpose and

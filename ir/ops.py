@@ -3,8 +3,10 @@
 Each `OpDef` carries, side by side (as JAX's `lax.py` writes each primitive's rules together):
 
 - `infer(types, attrs) -> TensorType`: the shape and dtype rule; raises ValueError on bad operands;
-- `reference(values, attrs, node) -> np.ndarray`: the numpy semantics, used by the interpreter (the
-  oracle every compiled kernel is tested against) and by constant folding;
+- `reference(values, attrs, node, batch=None) -> np.ndarray`: the numpy semantics, used by the
+  interpreter (the oracle every compiled kernel is tested against) and by constant folding; `batch` is
+  the batch size, for the ops that build a result shape with a batch dimension themselves
+  (`random_uniform`, `iota`, `broadcast`, `reshape`);
 - `grad(node, g) -> [grad or None per operand]`: the reverse-mode rule, written in IR ops, so backward
   graphs print, parse and optimize like any other graph;
 - `kind`: the fusion pattern kind (TVM's order: elementwise < broadcast < injective < reduce <
