@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,9 +34,11 @@ class CompileOptions:
     reuse_memory: bool = True
     speed_level: int = 3
     passes: tuple | None = None          # None: the default pipeline of ir.passes
-    profile: bool = _flag("KCOMPILE_PROFILE")   # per-kernel cycle counters
+    # per-kernel cycle counters; the default read from the environment when the options are made
+    # (a model's compile), not when kcompile is imported
+    profile: bool = field(default_factory=lambda: _flag("KCOMPILE_PROFILE"))
     threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
-    verify_each_pass: bool = _flag("KCOMPILE_VERIFY")
+    verify_each_pass: bool = field(default_factory=lambda: _flag("KCOMPILE_VERIFY"))
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,12 @@ class CompiledFunction:
         return self.code.address(self.name)
 
     def profile(self) -> list:
-        """(kernel name, kind, cycles) per kernel, when compiled with profile=True."""
+        """(kernel name, kind, root node, cycles) per kernel, when compiled with profile=True: the
+        time stamp counter's cycles spent in each kernel's calls since the code was loaded."""
         import ctypes
+        if not self._options.profile:
+            raise RuntimeError("this function was compiled without profile counters: set "
+                               "KCOMPILE_PROFILE=1 before it compiles")
         addr = self.code.engine.get_global_value_address(f"{self.name}.profile")
         counts = (ctypes.c_int64 * (len(self.fused.groups) + 1)).from_address(addr)
         return [(g.name, g.kind, g.root, counts[i]) for i, g in enumerate(self.fused.groups)]

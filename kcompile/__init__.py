@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # NOTE: submodules and the top-level aliases load on first use (PEP 562), so `import kcompile` and
 # `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
-_SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets", "errors", "export",
+_SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets", "describe", "errors", "export",
                "initializers", "inspection", "layers", "losses", "metrics", "models", "ops", "optimizers",
                "predictor", "regularizers", "saving", "trainer", "utils")
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),

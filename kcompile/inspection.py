@@ -1,4 +1,5 @@
-"""Seeing what the compiler did to a model: `dump_ir`, `compiler_stages`, `to_dot`, `plot`, `export`.
+"""Seeing what the compiler did to a model: `dump_ir`, `compiler_stages`, `kernel_profile`,
+`to_dot`, `plot`, `export`.
 
 Stages, in pipeline order:
 
@@ -96,6 +97,17 @@ class InspectionMixin:
         except KeyError:
             raise ValueError(f"unknown stage {stage!r}; stages are "
                              f"{self.compiler_stages(graph)}") from None
+
+    def kernel_profile(self, graph: str | None = None) -> list:
+        """Where the time of a compiled program went: `(kernel name, kind, cycles)` per kernel of
+        `graph` ('train', 'eval' or 'predict'; as `dump_ir` picks it by default), the time stamp
+        counter's cycles of every call so far, for a model that compiled with KCOMPILE_PROFILE=1
+        set on target 'llvm'.  Kernel names are those of `dump_ir('fused')`."""
+        if getattr(self, "target", "llvm") != "llvm":
+            raise RuntimeError(f"kernel_profile measures native code: model {self.name!r} runs on "
+                               f"target {self.target!r}; compile it with target='llvm'")
+        fn = self._compiled_function(graph)
+        return [(name, kind, cycles) for name, kind, _, cycles in fn.profile()]
 
     def to_dot(self, path=None, graph: str | None = None) -> str:
         """Graphviz DOT of the fused graph, one cluster per kernel; written to `path` if given."""

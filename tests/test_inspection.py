@@ -158,3 +158,32 @@ def test_train_and_eval_graphs_need_a_loss_and_train_is_listed_for_the_train_gra
         assert "train" not in stages
         for stage in stages[:3]:
             model.dump_ir(stage, graph=graph)
+
+
+def test_kernel_profile_counts_the_cycles_of_every_kernel(monkeypatch):
+    """KCOMPILE_PROFILE is read when the model compiles (here after kcompile was imported)."""
+    monkeypatch.setenv("KCOMPILE_PROFILE", "1")
+    model = small_model()
+    x = np.random.default_rng(0).random((64, 4, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(64) % 3]
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    profile = model.kernel_profile()
+    kernels = [line.split()[1] for line in model.dump_ir("fused").splitlines()
+               if line.strip().startswith("kernel ")]
+    assert [name for name, _, _ in profile] == kernels
+    assert all(cycles > 0 for _, _, cycles in profile)   # every kernel of the train step ran
+    assert {kind for _, kind, _ in profile} >= {"matmul", "elementwise"}
+    assert all(cycles == 0 for _, _, cycles in model.kernel_profile("predict"))   # never run
+
+    monkeypatch.setenv("KCOMPILE_PROFILE", "0")
+    unprofiled = small_model()
+    unprofiled.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(RuntimeError, match="KCOMPILE_PROFILE=1 before it compiles"):
+        unprofiled.kernel_profile()
+    with pytest.raises(RuntimeError, match="target='llvm'"):
+        small_model(target="reference").kernel_profile()
+
+
+def test_every_module_the_readme_names_is_an_attribute_of_kcompile():
+    for name in ("describe", "inspection", "saving", "ops", "callbacks", "datasets", "predictor"):
+        assert getattr(kcompile, name).__name__ == f"kcompile.{name}"
