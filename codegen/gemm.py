@@ -4,8 +4,9 @@
 
 computes C = op(A) @ op(B) (C += ... with `accumulate`), every operand dense and row-major.
 
-Design (figures in ../shared/LLVM-NOTES.md: the naive dot-product loop reaches 1.6 GFLOP/s, a register tile
-of splat(A) * row(B) FMAs reaches 270, so only the latter is ever emitted):
+Design (measured on one core of the 2-core AMD EPYC reference machine, float32 128x784x512: the
+naive dot-product loop reaches 1.6 GFLOP/s even at O3 with fast-math, a register tile of
+splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter is ever emitted):
 
 * The micro-kernel computes an `mr x (nv * lanes)` tile of C: `mr * nv` vector accumulators carried
   through the k loop in SSA registers; each k step loads `nv` vectors of a row of op(B), broadcasts `mr`

@@ -41,8 +41,9 @@ Why this shape:
   one knob for every compiled module, cached ones included, changed with `set_num_threads` without
   recompiling.  Its first value is the `num_threads()` policy: $KCOMPILE_NUM_THREADS, else the CPUs
   this process may run on.  Small ranges (fewer than 2 * min_chunk elements) stay serial: a region costs
-  about a microsecond when the workers are spinning, and far more when the machine is oversubscribed
-  (../shared/LLVM-NOTES.md, "Threads"), so choose min_chunk as the number of elements worth ~10-20 us.
+  about a microsecond when the workers are spinning (0.5-1.4 us measured on the 2-core machine), and
+  far more when the machine is oversubscribed (a spinning pool beside a busy process took 7.6 ms per
+  empty region), so choose min_chunk as the number of elements worth ~10-20 us.
 * libgomp is optional.  `threads_available()` loads it once (load_library_permanently) and only then
   may a module reference GOMP_parallel, omp_* or kcompile_num_threads: when it cannot be loaded, or
   `threading=False` is passed (exported shared libraries, which must depend on libc only), the region
@@ -51,8 +52,12 @@ Why this shape:
   0.6-0.8 us back to back and a 110 us GEMM split by rows runs 1.9x faster on 2 threads; when another
   process keeps a core busy the same region costs 3-12 ms (the waiting thread spins while the one it
   waits for is not scheduled).  OMP_WAIT_POLICY=passive bounds that to ~10 us but costs 7-8 us per
-  region on an idle machine, where it made the 2-thread GEMM slower than 1 thread.  So the libgomp
-  defaults are kept, and on a shared machine the answer is KCOMPILE_NUM_THREADS=1 / set_num_threads(1).
+  region on an idle machine, where it made the 2-thread GEMM slower than 1 thread.  So the wait policy
+  stays libgomp's, but the spin before a waiting thread sleeps is shortened: `_load_libgomp` sets
+  GOMP_SPINCOUNT=10000 (libgomp's default without OMP_WAIT_POLICY is 300000) with
+  os.environ.setdefault before loading libgomp, which reads it once.  A value the user set wins, and
+  subprocesses started afterwards inherit the variable.  On a shared machine the answer is still
+  KCOMPILE_NUM_THREADS=1 / set_num_threads(1).
   NOTE: MCJIT aborts the process on an unresolved symbol, so an object file that references libgomp
   must be loaded only in a process where threads_available() returned True.  The compile cache keys on
   the IR text, which is lowered (and so has called threads_available()) before the cache is consulted.

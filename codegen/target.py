@@ -1,8 +1,9 @@
 """The host CPU as LLVM sees it: target machines, feature flags, and the vector width to generate for.
 
 Every target machine is made with the host's CPU name and feature string: without them LLVM emits
-SSE-only code (see ../shared/LLVM-NOTES.md).  Nothing here assumes AVX-512: the vector width is read
-from the features, so the same generator is correct on AVX2, SSE-only x86-64 and aarch64 (NEON).
+SSE-only code on x86-64, whatever the CPU can do (that is what a target machine made without them
+gives).  Nothing here assumes AVX-512: the vector width is read from the features, so the same
+generator is correct on AVX2, SSE-only x86-64 and aarch64 (NEON).
 """
 from __future__ import annotations
 
