@@ -4,7 +4,8 @@
                              [--batch-sizes 32,128] [--epochs 2] [--trials 3]
                              [--peers auto|none|torch,keras,jax,onnxruntime]
 
-Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets):
+Workloads (the targets a run is held to, ratios to a peer measured in the same run, are in
+`evaluate_targets` and printed at the end):
 
 * ``compile``: W1's compile + first training step, and the compile of train + evaluate + predict (the
   first fit step, evaluate and predict calls), measured in fresh processes (imports not counted):
@@ -14,14 +15,14 @@ Workloads (see ../shared/PEERS.md for the peers' figures and the issue's targets
   Dropout 0.2 -> Dense 10 softmax, categorical cross-entropy, Adam(1e-3, epsilon=1e-7)): steady-state
   seconds per epoch (``fit(..., epochs=1)`` after a warm-up fit) per batch size, and (full mode only)
   the test accuracy after ``--epochs`` epochs at the first batch size.
-* ``w2``: the small CNN of PEERS.md / examples/fashion_mnist_cnn.py (Input 28x28x1 -> Conv2D 32 3x3 relu
+* ``w2``: the small CNN of examples/fashion_mnist_cnn.py (Input 28x28x1 -> Conv2D 32 3x3 relu
   -> MaxPooling2D 2 -> Conv2D 64 3x3 relu -> MaxPooling2D 2 -> Flatten -> Dense 128 relu -> Dense 10
   softmax, the same loss and Adam), batch 128 always (``--batch-sizes`` is W1's): compile + first step
   and compile of train + evaluate + predict in fresh processes as for ``compile`` (kcompile cold and warm
   cache), steady-state seconds per epoch after a warm-up, and (full mode only) the test accuracy after
   ``--epochs`` epochs.  Peers: PyTorch eager (``nn.Conv2d`` on NCHW, Glorot-uniform weights, zero
-  biases, 2 threads as in every torch workload) and Keras 3 on JAX.  The issue's target, printed with
-  the others: kcompile's epoch <= 0.7 x PyTorch eager's.
+  biases, 2 threads as in every torch workload) and Keras 3 on JAX.  Its target, printed with the
+  others: kcompile's epoch <= 0.7 x PyTorch eager's.
 * ``w3``: inference with the trained W1 model: one-sample latency (median of 1000 calls) and
   batch-1024 throughput of ``model.predict``, of the exported predictor from Python
   (``kcompile.load_predictor``) and from C (a small timing program built with ``cc``), of a numpy
@@ -1402,7 +1403,7 @@ def print_table(records, out=sys.stdout):
 
 
 # ------------------------------------------------------------------------------------------------
-# Targets (issue 4)
+# Targets
 # ------------------------------------------------------------------------------------------------
 
 def evaluate_targets(results, numpy_unset_label, batch_sizes, epochs):
@@ -1454,7 +1455,7 @@ def evaluate_targets(results, numpy_unset_label, batch_sizes, epochs):
 
 
 def print_targets(targets, out=sys.stdout):
-    print("Targets (issue 4), ratios of medians measured in this run:", file=out)
+    print("Targets, ratios of medians measured in this run:", file=out)
     for t in targets:
         ratio = "" if t["ratio"] is None else f"ratio {t['ratio']:.3f}"
         if t["ratio"] is None and t["kcompile"] is not None and t["peer"] is not None:

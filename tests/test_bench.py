@@ -109,7 +109,7 @@ def test_quick_targets_and_table(quick_run):
         else:
             assert t["status"] == "n/a"          # no peers in this run
     assert "peers: none" in stdout
-    assert "ratio" in stdout and "Targets (issue 4)" in stdout
+    assert "ratio" in stdout and "Targets, ratios of medians" in stdout
     assert "OPENBLAS_CORETYPE" in stdout
 
 
