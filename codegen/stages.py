@@ -1,9 +1,14 @@
 """Text of every stage a compiled function went through, for `dump_ir`, the CLI and KCOMPILE_DUMP.
 
-Stage names, in pipeline order: 'traced' (the graph as traced), one per pass of the pipeline
-('simplify', 'fold_constants', 'cse', ..., repeated passes as 'simplify.2'), 'optimized',
-'fused' (kernel groups delimited), 'memory' (the arena plan), 'llvm' (optimized LLVM IR) and
-'asm' (machine code for the host CPU).
+Stage names of one compiled function, in pipeline order: 'traced' (its graph as traced), one per
+pass of the pipeline ('simplify', 'fold_constants', 'cse', ..., repeated passes as 'simplify.2'),
+'optimized', 'fused' (kernel groups delimited), 'memory' (the arena plan), 'llvm' (optimized LLVM
+IR) and 'asm' (machine code for the host CPU).  KCOMPILE_DUMP writes these for every function
+(`train.traced.txt` is the train graph as traced).
+
+A model's `compiler_stages()` and `dump_ir` (kcompile/inspection.py) present one more, 'train', after
+'traced': there 'traced' is the predict graph as traced and 'train' the train step as traced
+(forward, loss, backward and optimizer update), listed when the model is compiled with a loss.
 """
 from __future__ import annotations
 

@@ -1,15 +1,23 @@
-"""The text form of the IR, one line per value, read like jaxpr or HLO:
+"""The text form of the IR, one line per value, read like jaxpr or HLO.  `dump_ir('traced')` of
+`Sequential([Flatten(input_shape=(28, 28)), Dense(10)])`:
 
     graph predict
       %0:f32[?,28,28] = arg name=x
-      %1:f32[784,512] = arg name=dense/kernel
-      %2:f32[?,784] = reshape %0 shape=(?,784)
-      %3:f32[?,512] = matmul %2, %1 transpose_a=false transpose_b=false
-      return out=%3
+      %1:f32[784,10] = arg finite=true name=dense/kernel
+      %2:f32[10] = arg finite=true name=dense/bias
+      %3:f32[?,784] = reshape %0 shape=(?,784)
+      %4:f32[?,10] = matmul %3, %1 transpose_a=false transpose_b=false
+      %5:f32[?,10] = broadcast %2 shape=(?,10)
+      %6:f32[?,10] = add %4, %5
+      return y_pred=%6
 
-The batch dimension prints as `?`.  Array constants print as `@digest` (their bytes live in the node;
-`ir.parse` takes a table for them).  Kernel groups of a fused graph print as `kernel NAME kind {...}`.
-`ir.parse(print_graph(g))` prints identically.
+Each line is `%N:dtype[shape] = op operands attributes`, attributes sorted by name.  The batch
+dimension prints as `?`.  `finite=true` on an `arg` is a promise that the input holds no inf or NaN
+(`graph.known_finite`): the model's predict program makes it for its weights, which `predict` checks
+after every change to them, so that lowering may skip the zero entries of a one-row product.
+Array constants print as `@digest` (their bytes live in the node; `ir.parse` takes a table for
+them).  Kernel groups of a fused graph print as `kernel NAME kind {...}`.  `ir.parse(print_graph(g))`
+prints identically; `ir.parse(text, with_groups=True)` also returns the kernel groups.
 """
 from __future__ import annotations
 

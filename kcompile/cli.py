@@ -2,7 +2,7 @@
 
     kcompile stages MODEL_FILE [--graph train|eval|predict]
     kcompile inspect MODEL_FILE [--stage optimized] [--graph ...] [-o FILE]
-    kcompile dot MODEL_FILE [-o FILE.dot]
+    kcompile dot MODEL_FILE [--graph ...] [-o FILE.dot]
     kcompile export MODEL_FILE -o DIR [--cpu NAME] [--features +avx2,...] [--name NAME]
     kcompile bench [...]            (see `kcompile bench --help`)
 
