@@ -172,26 +172,16 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
     return ir.verify(ir.Graph("eval", inputs, [("loss", loss_value)] + metric_outputs))
 
 
-def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
-                dtype: str = "f32", weighted=False, readouts: list | None = None,
-                y_pred_type: list | None = None) -> ir.Graph:
-    """The train step: forward in training mode, gradients, and the optimizer's update, in one graph;
-    `readouts` and `y_pred_type` as for trace_eval."""
+def _forward_and_gradients(model, loss, metric_objects, spec: TargetSpec, dtype: str, weighted,
+                           readouts, y_pred_type):
+    """The forward pass in training mode, the loss and metrics, and the gradients of the loss with
+    respect to every trainable weight: (fed inputs, weight inputs by variable, outputs, gradients,
+    non-trainable updates)."""
     x = B.arg("x", dtype, model.input_shape)
     y = _target_input(spec, dtype)
     sample_weight = _sample_weight_input(weighted, dtype)
     seed = B.arg("seed", "u32", ())
     weights = _weight_inputs(model, dtype)
-    learning_rate = B.arg(optimizers.LEARNING_RATE, "f32", ())
-    iterations = B.arg(optimizers.ITERATIONS, "i32", ())
-    trainable = model.trainable_weights
-    optimizer.build(trainable)
-    slots = {}
-    for variable in trainable:
-        for slot in optimizer.slot_names():
-            path = optimizer.slot_path(variable, slot)
-            slots[path] = B.arg(path, dtype, variable.shape)
-
     with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
         penalty = model.regularization()
@@ -201,8 +191,26 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
         readouts.extend(metric_readouts)
     if y_pred_type is not None:
         y_pred_type.append(y_pred.type)
-    gradients = ir.gradients(loss_value, [weights[v] for v in trainable])
+    gradients = ir.gradients(loss_value, [weights[v] for v in model.trainable_weights])
+    fed = [x, y] + ([sample_weight] if weighted else []) + [seed]
+    outputs = [("loss", loss_value)] + metric_outputs
+    # non-trainable state that layers update in training (BatchNormalization's moving statistics)
+    updates = [(variable.path, value) for variable, value in scope.updates]
+    return fed, weights, outputs, gradients, updates
 
+
+def _optimizer_step(model, optimizer, weights: dict, gradients: list, dtype: str):
+    """The optimizer's update of every trainable weight from its gradient: (inputs: the learning
+    rate, the step counter and the slots; outputs: new weights, new slots, the next counter)."""
+    learning_rate = B.arg(optimizers.LEARNING_RATE, "f32", ())
+    iterations = B.arg(optimizers.ITERATIONS, "i32", ())
+    trainable = model.trainable_weights
+    optimizer.build(trainable)
+    slots = {}
+    for variable in trainable:
+        for slot in optimizer.slot_names():
+            path = optimizer.slot_path(variable, slot)
+            slots[path] = B.arg(path, dtype, variable.shape)
     # Keras 3's order: clip the gradients, decay the weights, then the optimizer's rule.
     next_iterations = B.add(iterations, 1)
     step = B.cast(next_iterations, dtype)
@@ -215,14 +223,56 @@ def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
         new_value, new_slots = optimizer.update_step(gradient, value, rate, step, own_slots)
         weight_updates.append((variable.path, new_value))
         slot_updates += [(optimizer.slot_path(variable, s), v) for s, v in new_slots.items()]
+    inputs = [learning_rate, iterations, *slots.values()]
+    return inputs, weight_updates + slot_updates + [(optimizers.ITERATIONS, next_iterations)]
 
-    outputs = [("loss", loss_value)] + metric_outputs
-    outputs += weight_updates + slot_updates + [(optimizers.ITERATIONS, next_iterations)]
-    # non-trainable state that layers update in training (BatchNormalization's moving statistics)
-    outputs += [(variable.path, value) for variable, value in scope.updates]
-    inputs = [x, y] + ([sample_weight] if weighted else [])
-    inputs += [seed, *weights.values(), learning_rate, iterations, *slots.values()]
-    return ir.verify(ir.Graph("train", inputs, outputs))
+
+def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
+                dtype: str = "f32", weighted=False, readouts: list | None = None,
+                y_pred_type: list | None = None) -> ir.Graph:
+    """The train step: forward in training mode, gradients, and the optimizer's update, in one graph
+    (the update fuses into the kernels that compute the gradients); `readouts` and `y_pred_type` as
+    for trace_eval.  `trace_gradients` and `trace_update` are the same step as two graphs."""
+    fed, weights, outputs, gradients, updates = _forward_and_gradients(
+        model, loss, metric_objects, spec, dtype, weighted, readouts, y_pred_type)
+    step_inputs, step_outputs = _optimizer_step(model, optimizer, weights, gradients, dtype)
+    return ir.verify(ir.Graph("train", fed + [*weights.values(), *step_inputs],
+                              outputs + step_outputs + updates))
+
+
+GRADIENTS = "gradients"
+
+
+def trace_gradients(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32",
+                    weighted=False, readouts: list | None = None) -> ir.Graph:
+    """The first half of the train step as a graph of its own: the loss, the metrics, and every
+    trainable weight's gradient, flattened and concatenated in `model.trainable_weights` order
+    into one output, 'gradients' (f32[total size]): the buffer that data-parallel training sums
+    across processes (an MPI Allreduce) before `trace_update` applies it."""
+    fed, weights, outputs, gradients, updates = _forward_and_gradients(
+        model, loss, metric_objects, spec, dtype, weighted, readouts, None)
+    from ir import build_seq
+    flat = build_seq.concat([B.reshape(g, (int(np.prod(g.shape, dtype=np.int64)),))
+                             for g in gradients], axis=0)
+    return ir.verify(ir.Graph("gradients", fed + list(weights.values()),
+                              outputs + [(GRADIENTS, flat)] + updates))
+
+
+def trace_update(model, optimizer, dtype: str = "f32") -> ir.Graph:
+    """The second half of the train step: the optimizer's update of every trainable weight from
+    the 'gradients' input, laid out as `trace_gradients` outputs it."""
+    trainable = model.trainable_weights
+    sizes = [int(np.prod(v.shape, dtype=np.int64)) for v in trainable]
+    flat = B.arg(GRADIENTS, dtype, (sum(sizes),))
+    from ir import build_seq
+    gradients, start = [], 0
+    for variable, size in zip(trainable, sizes):
+        gradients.append(B.reshape(build_seq.slice(flat, start, start + size, axis=0),
+                                   tuple(variable.shape)))
+        start += size
+    weights = {v: B.arg(v.path, dtype, v.shape) for v in trainable}
+    step_inputs, step_outputs = _optimizer_step(model, optimizer, weights, gradients, dtype)
+    return ir.verify(ir.Graph("update", [flat, *weights.values(), *step_inputs], step_outputs))
 
 
 # ----------------------------------------------------------------------------------------------
