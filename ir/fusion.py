@@ -142,7 +142,8 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
                     target = g
             elif node.op == "matmul" or (kind == ops.REDUCE and node.op != "argmax"):
                 if (g.kind == "elementwise" and g.anchor is None and node.shape == g.shape
-                        and all(_reads_elementwise(u, node) for u in us)):
+                        and all(_reads_elementwise(u, node) for u in us)
+                        and (node.op != "matmul" or _reads_at_its_index(g, node, users))):
                     g.kind = _kind_of(node)
                     g.anchor = node
                     target = g
@@ -170,6 +171,24 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
     for i, g in enumerate(groups):
         g.name = f"k{i}"
     return FusedGraph(graph, tuple(groups), aliases)
+
+
+def _reads_at_its_index(group: Group, anchor: Node, users: dict) -> bool:
+    """Does every member of `group` computed from `anchor` read it at its own index (elementwise
+    ops of its shape only)?  A product's epilogue runs block by block as the blocks of the product
+    are computed (codegen.lower._emit_blocked_matmul), so it may read no other element of it: in
+    `(w + w^T) @ ...`'s gradient, the transpose of dW read rows of blocks not computed yet."""
+    members = set(group.members)
+    stack, seen = [anchor], set()
+    while stack:
+        node = stack.pop()
+        for user in users.get(node, []):
+            if user in members and user not in seen:
+                if not _reads_elementwise(user, node) or user.shape != anchor.shape:
+                    return False
+                seen.add(user)
+                stack.append(user)
+    return True
 
 
 def _inputs_of(group: Group, floating: set) -> list:

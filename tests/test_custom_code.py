@@ -319,3 +319,34 @@ def test_a_custom_layer_without_compute_output_shape_gets_it_from_call(target):
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                (x @ np.ones((3, 4)) * 2.0) @ np.ones((4, 2)), rtol=1e-5)
     assert Projection(5)(x).shape == (6, 5)
+
+
+class Symmetric(Layer):
+    """A weight used with its own transpose: its gradient's update reads dW transposed."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], input_shape[-1]),
+                                 initializer="glorot_uniform", name="w")
+
+    def call(self, x):
+        return x @ ((self.w + ops.transpose(self.w)) * 0.5)
+
+
+def test_a_weight_used_with_its_transpose_trains_as_the_reference_does():
+    """dW's row blocks are computed and updated one by one; an update that reads dW transposed
+    must wait for all of it (it read rows not computed yet: garbage, NaN or a crash past 48
+    rows)."""
+    rng = np.random.default_rng(1)
+    x, y = (rng.standard_normal((64, 100)).astype(np.float32) for _ in range(2))
+    results = []
+    for target in ("reference", "llvm"):
+        kcompile.utils.set_random_seed(5)
+        model = Sequential([Input(shape=(100,)), Symmetric()])
+        initial = model.get_weights()[0]
+        model.compile(optimizer=kcompile.optimizers.SGD(learning_rate=0.05), loss="mse",
+                      target=target)
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        results.append(model.get_weights()[0])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-6)
+    step = results[1] - initial
+    np.testing.assert_allclose(step, step.T, atol=1e-6)   # the gradient of a symmetric use
