@@ -272,11 +272,12 @@ class Node:
             if result is NotImplemented:    # == and != outside traced user code: identity
                 return ufunc.__name__ == "not_equal"
             return result
-        raise TypeError(f"numpy's {ufunc.__name__} cannot compute on a traced value ({self!r}): "
-                        "code traced into a graph (a custom loss or metric, a layer's call) must "
-                        "compute with operators (+ - * / @ abs) and kcompile.ops "
-                        f"(kcompile.ops.{_OPS_NAMES.get(ufunc.__name__, ufunc.__name__)}, ...), "
-                        "not numpy functions")
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        suggestion = _OPS_NAMES.get(name, ufunc.__name__)
+        raise TypeError(f"numpy's {name} cannot compute on a traced value ({self!r}): code traced "
+                        "into a graph (a custom loss or metric, a layer's call) must compute with "
+                        f"operators (+ - * / @ abs) and kcompile.ops (kcompile.ops.{suggestion}, "
+                        "...), not numpy functions")
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(f"a traced value ({self!r}) cannot become a numpy array: code traced into a "
@@ -295,7 +296,9 @@ _OPERATOR_UFUNCS = {
     "not_equal": ("__ne__", "__ne__"), "negative": ("__neg__",), "absolute": ("__abs__",),
     "positive": ("__pos__",)}
 # numpy's names that kcompile.ops spells otherwise
-_OPS_NAMES = {"arctan": "arctan", "absolute": "abs", "true_divide": "divide"}
+_OPS_NAMES = {"absolute": "abs", "true_divide": "divide", "add.reduce": "sum",
+              "multiply.reduce": "prod", "maximum.reduce": "max", "minimum.reduce": "min",
+              "add.accumulate": "cumsum"}
 
 
 def _build():

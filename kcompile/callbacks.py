@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from kcompile.optimizers import LearningRateValue
 from kcompile.progbar import Progbar
 
 HOOK_NAMES = (
@@ -293,6 +294,8 @@ class History(Callback):
         logs = logs or {}
         self.epoch.append(epoch)
         for name, value in logs.items():
+            if isinstance(value, LearningRateValue):   # its value now, not a live view
+                value = float(value)
             self.history.setdefault(name, []).append(value)
         # After every epoch, so the model holds the latest history even if training is interrupted.
         if self.model is not None:
@@ -866,7 +869,8 @@ class ReduceLROnPlateau(Callback):
         self.mode = _validate_mode(mode, "ReduceLROnPlateau")
         self.min_delta = min_delta
         self.cooldown = cooldown
-        self.min_lr = min_lr
+        # (a number: a live learning rate given as the floor is read now)
+        self.min_lr = float(min_lr) if isinstance(min_lr, LearningRateValue) else min_lr
         self._maximize = _is_maximized(monitor, self.mode)
         self._reset()
 

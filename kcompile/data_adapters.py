@@ -262,9 +262,10 @@ class BatchStream:
             return
         if pass_ended:
             self._order = None   # the next epoch: a new pass
-            warnings.warn(f"Your input ran out of data: `{self.argument}` has "
-                          f"{_batches(self.source)} batches, fewer than the {steps} steps asked "
-                          "for; this epoch ends after them.", stacklevel=2)
+            warnings.warn(f"Your input ran out of data: the pass over the {_batches(self.source)} "
+                          f"batches of `{self.argument}` ended after {yielded} of this epoch's "
+                          f"{steps} steps; the epoch ends there, and the next one starts a new "
+                          "pass.", stacklevel=2)
         elif (steps is not None and yielded < steps) or yielded == 0:
             self.ran_out = True
             warnings.warn("Your input ran out of data; interrupting training. Make sure that your "

@@ -320,7 +320,13 @@ class Sequential(Model):
         if not self._layers:
             raise ValueError(f"Sequential model {self.name!r} has no layers; add some with "
                              "model.add(...) before building it.")
-        self.compute_output_shape(input_shape)  # every shape checked before any weight is drawn
+        # every shape checked before any weight is drawn, up to a layer whose shape is inferred by
+        # building it (Layer.compute_output_shape): its weights are drawn in layer order, below
+        shape = input_shape
+        for layer in self._layers:
+            if not layer.built and type(layer).compute_output_shape is Layer.compute_output_shape:
+                break
+            shape = tuple(layer.compute_output_shape(shape))
         shape = input_shape
         for layer in self._layers:
             shape = layer.build_for(shape)

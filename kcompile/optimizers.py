@@ -134,6 +134,32 @@ class LearningRateValue:
     def __reduce__(self):     # pickles and deep-copies as the plain float, not the optimizer
         return float, (float(self),)
 
+    @property
+    def real(self) -> float:
+        return float(self)
+
+    @property
+    def imag(self) -> float:
+        return 0.0
+
+    def conjugate(self) -> float:
+        return float(self)
+
+    def as_integer_ratio(self) -> tuple:
+        return float(self).as_integer_ratio()
+
+    def __complex__(self):
+        return complex(float(self))
+
+    def __trunc__(self):
+        return math.trunc(float(self))
+
+    def __floor__(self):
+        return math.floor(float(self))
+
+    def __ceil__(self):
+        return math.ceil(float(self))
+
     def __neg__(self):
         return -float(self)
 
@@ -156,8 +182,9 @@ def _lr_operator(name):
 
 
 for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
-              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__",
-              "__rpow__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__divmod__",
+              "__rdivmod__", "__pow__", "__rpow__", "__eq__", "__ne__", "__lt__", "__le__",
+              "__gt__", "__ge__"):
     setattr(LearningRateValue, _name, _lr_operator(_name))
 numbers.Real.register(LearningRateValue)
 

@@ -91,10 +91,16 @@ class LearningRateSchedule:
             return _eager_value(self, step)
         return _rate(self, self.call(step), step)
 
+    def __setattr__(self, name, value):
+        # a live learning rate (optimizer.learning_rate) given as an argument is read now: the
+        # schedule keeps a number, which its config saves
+        from kcompile.optimizers import LearningRateValue
+        super().__setattr__(name, float(value) if isinstance(value, LearningRateValue) else value)
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("__call__")
-        if own is None or getattr(own, "_kcompile_wrapped", False):
+        own = cls.__call__      # (its own, a mixin's, or an already wrapped parent's)
+        if own is LearningRateSchedule.__call__ or getattr(own, "_kcompile_wrapped", False):
             return
 
         @functools.wraps(own)

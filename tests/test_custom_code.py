@@ -350,3 +350,23 @@ def test_a_weight_used_with_its_transpose_trains_as_the_reference_does():
     np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-6)
     step = results[1] - initial
     np.testing.assert_allclose(step, step.T, atol=1e-6)   # the gradient of a symmetric use
+
+
+def test_an_inferred_output_shape_draws_the_weights_in_layer_order():
+    class Scale(Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="random_normal")
+
+        def call(self, x):
+            return x * self.w
+
+    class ScaleWithShape(Scale):
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    weights = []
+    for layer in (Scale, ScaleWithShape):
+        kcompile.utils.set_random_seed(0)
+        weights.append(Sequential([Input(shape=(3,)), Dense(4), layer()]).get_weights())
+    for inferred, given in zip(*weights):
+        np.testing.assert_array_equal(inferred, given)

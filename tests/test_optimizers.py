@@ -456,3 +456,49 @@ def test_custom_schedules_written_with_call_run_on_numbers_train_and_reload(targ
             return "fast"
     with pytest.raises(TypeError, match="schedule Bad returned 'fast'"):
         optimizers.SGD(learning_rate=Bad())
+
+
+def test_a_live_learning_rate_is_a_number_where_it_is_stored():
+    """The history keeps each epoch's rate, a schedule or a callback given the live rate keeps its
+    value then, and it has the methods of a real number."""
+    x, y, kernel, bias = linear_problem(2)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.01), loss="mse")
+
+    class Halve(kcompile.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["lr"] = self.model.optimizer.learning_rate   # the live view, as Keras code does
+            self.model.optimizer.learning_rate.assign(self.model.optimizer.learning_rate * 0.5)
+
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[Halve()])
+    assert history.history["lr"] == pytest.approx([0.005, 0.0025, 0.00125])
+    rate = model.optimizer.learning_rate
+    schedule = schedules.ExponentialDecay(rate, decay_steps=10, decay_rate=0.5)
+    plateau = kcompile.callbacks.ReduceLROnPlateau(min_lr=rate)
+    rate.assign(1.0)
+    assert schedule.initial_learning_rate == pytest.approx(0.00125) and schedule(0) == pytest.approx(
+        0.00125)
+    assert plateau.min_lr == pytest.approx(0.00125) and type(plateau.min_lr) is float
+    assert (math.trunc(rate), math.floor(rate), math.ceil(rate), divmod(rate, 0.3)[0]) == (1, 1, 1, 3)
+    assert rate.real == 1.0 and rate.imag == 0.0 and rate.as_integer_ratio() == (1, 1)
+
+
+class ConstantMixin:
+    def __call__(self, step):
+        return 0.05
+
+
+class MixedIn(ConstantMixin, schedules.LearningRateSchedule):
+    pass
+
+
+def test_a_schedule_whose_call_comes_from_a_mixin_trains():
+    assert MixedIn()(3) == pytest.approx(0.05)
+    x, y, kernel, bias = linear_problem(4)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.set_weights([kernel, bias])
+    model.compile(optimizer=optimizers.SGD(learning_rate=MixedIn()), loss="mse")
+    model.train_on_batch(x, y)
+    error = 2 * (x @ kernel + bias - y) / y.size
+    np.testing.assert_allclose(model.get_weights()[0], kernel - 0.05 * x.T @ error, rtol=1e-4,
+                               atol=1e-5)
