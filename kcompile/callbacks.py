@@ -818,6 +818,10 @@ class CSVLogger(Callback):
             self.on_train_begin()
         if self.keys is None:
             self.keys = sorted(logs)
+            # as Keras: the first epoch may have no validation (validation_freq > 1); its `val_`
+            # columns are reserved, so that every row matches the header
+            if not any(key.startswith("val_") for key in self.keys):
+                self.keys += ["val_" + key for key in self.keys]
         if self.writer is None:
             self.writer = csv.writer(self.csv_file, delimiter=self.separator)
             if self._append_header:
@@ -867,7 +871,7 @@ class ReduceLROnPlateau(Callback):
         self.patience = patience
         self.verbose = verbose
         self.mode = _validate_mode(mode, "ReduceLROnPlateau")
-        self.min_delta = min_delta
+        self.min_delta = abs(min_delta)   # as Keras (and EarlyStopping): a change of this size
         self.cooldown = cooldown
         # (a number: a live learning rate given as the floor is read now)
         self.min_lr = float(min_lr) if isinstance(min_lr, LearningRateValue) else min_lr
@@ -875,14 +879,14 @@ class ReduceLROnPlateau(Callback):
         self._reset()
 
     def _reset(self):
-        self.best = -math.inf if self._maximize else math.inf
+        self.best = None   # as Keras: the first value is the best so far, whatever it is (inf, NaN)
         self.cooldown_counter = 0
         self.wait = 0
 
     def _is_improvement(self, value):
         if self._maximize:
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
+            return self.best is None or value > self.best + self.min_delta
+        return self.best is None or value < self.best - self.min_delta
 
     def in_cooldown(self):
         return self.cooldown_counter > 0
@@ -923,11 +927,19 @@ class ReduceLROnPlateau(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training as soon as a batch's loss is NaN or infinite."""
+    """Stops training as soon as a batch's loss is NaN or infinite; with `raise_error=True`, raises
+    a RuntimeError there instead (as Keras 3)."""
+
+    def __init__(self, raise_error=False):
+        super().__init__()
+        self.raise_error = bool(raise_error)
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(loss)):
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf found in the loss ({loss}) at batch {batch}; "
+                                   "training stopped (TerminateOnNaN(raise_error=True))")
             _print_message(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
 

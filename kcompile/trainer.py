@@ -408,8 +408,13 @@ class _BatchHooks:
                       if _overrides(c, begin) or (legacy_begin and _overrides(c, legacy_begin))]
         wants_end = [c for c in callbacks
                      if _overrides(c, end) or (legacy_end and _overrides(c, legacy_end))]
-        self.every = [c for c in wants_end if not isinstance(c, ProgbarLogger)]
-        self.throttled = [c for c in wants_end if isinstance(c, ProgbarLogger)]
+        # (a subclass of the bar that has its own batch hook gets every batch)
+        throttled = [c for c in wants_end if isinstance(c, ProgbarLogger)
+                     and getattr(type(c), end) is getattr(ProgbarLogger, end)
+                     and (legacy_end is None or getattr(type(c), legacy_end, None)
+                          is getattr(ProgbarLogger, legacy_end, None))]
+        self.every = [c for c in wants_end if not any(c is t for t in throttled)]
+        self.throttled = throttled
         self.last_update = -math.inf
         self._progress_due = False
 
@@ -632,6 +637,8 @@ class Trainer:
         self.loss = None
         self.loss_weight = 1.0
         self.stop_training = False
+        self.stop_evaluating = False
+        self.stop_predicting = False
         self.history = None
         self.target = "llvm"
         self._metric_identifiers = []
@@ -1213,13 +1220,13 @@ class Trainer:
         accumulators = runner.bind_epoch(feeds, index=order, max_rows=min(batch_size, n),
                                          counters=("seed",), accumulate=totals.accumulate())
         return self._run_steps(runner, totals, accumulators, hooks, steps, first_batch, batch_size,
-                               n, stoppable=True)
+                               n, stoppable="stop_training")
 
     def _run_steps(self, runner, totals, accumulators, hooks, steps, first_batch, batch_size, n,
                    stoppable) -> dict:
         """The steps of an epoch bound with runner.bind_epoch: one native call each, the logs read
-        from the accumulators only when a hook wants them.  `stoppable`: end early when a callback
-        sets model.stop_training."""
+        from the accumulators only when a hook wants them.  `stoppable`: the model's flag that ends
+        the loop early when a callback sets it ('stop_training', 'stop_evaluating')."""
         step_fn = runner.step
         seen = 0
         for step in range(steps):
@@ -1232,7 +1239,7 @@ class Trainer:
             if hooks.end_due(step, steps - 1):
                 totals.load(accumulators, seen)
                 hooks.call_end(step, totals.logs())
-            if stoppable and self.stop_training:
+            if getattr(self, stoppable):
                 break
         totals.load(accumulators, seen)
         return totals.logs()
@@ -1412,9 +1419,10 @@ class Trainer:
         if sample_weight is not None:
             feeds["sample_weight"] = sample_weight
         accumulators = runner.bind_epoch(feeds, accumulate=totals.accumulate())
+        self.stop_evaluating = False   # (a callback may set it, as in Keras 3)
         callback_list.on_test_begin()
         logs = self._run_steps(runner, totals, accumulators, hooks, steps, 0, batch_size, n,
-                               stoppable=False)
+                               stoppable="stop_evaluating")
         callback_list.on_test_end(logs)
         return logs
 
@@ -1422,6 +1430,7 @@ class Trainer:
         totals = None
         hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
         last_step = stream.steps - 1 if stream.steps else -1
+        self.stop_evaluating = False   # (a callback may set it, as in Keras 3)
         callback_list.on_test_begin()
         for step, batch in enumerate(stream.epoch()):
             if hooks.begin:
@@ -1439,6 +1448,8 @@ class Trainer:
             totals.add(runner.output, len(x))
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, totals.logs())
+            if self.stop_evaluating:
+                break
         if totals is not None:
             hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
@@ -1473,6 +1484,7 @@ class Trainer:
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
         runner = program.runner
         runner.bind({"x": x})
+        self.stop_predicting = False   # (a callback may set it, as in Keras 3)
         callback_list.on_predict_begin()
         for step in range(steps):
             start = step * batch_size
@@ -1483,7 +1495,12 @@ class Trainer:
             batch_out = runner.output("y_pred", stop - start)
             outputs[start:stop] = batch_out
             if hooks.end_due(step, steps - 1):
-                hooks.call_end(step, {"outputs": batch_out})
+                # (the batch's own rows of the result, not the program's output buffer, which the
+                # next batch overwrites: a callback may keep them)
+                hooks.call_end(step, {"outputs": outputs[start:stop]})
+            if self.stop_predicting:
+                outputs = outputs[:stop]
+                break
         callback_list.on_predict_end()
         return outputs
 
@@ -1495,6 +1512,7 @@ class Trainer:
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
         last_step = stream.steps - 1 if stream.steps else -1
         outputs = []
+        self.stop_predicting = False   # (a callback may set it, as in Keras 3)
         callback_list.on_predict_begin()
         for step, batch in enumerate(stream.epoch()):
             if hooks.begin:
@@ -1508,6 +1526,8 @@ class Trainer:
             outputs.append(batch_out)
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, {"outputs": batch_out})
+            if self.stop_predicting:
+                break
         if outputs:
             hooks.finish(len(outputs) - 1, {"outputs": outputs[-1]})
         callback_list.on_predict_end()

@@ -407,7 +407,9 @@ def test_csv_logger_writes_and_appends(tmp_path):
         rows = list(csv.reader(file))
     assert rows == [["epoch", "loss", "val_loss"], ["0", "1.0", "1.0"], ["1", "0.5", "0.5"], ["0", "0.25", "0.25"]]
     fit(FakeModel(), [CSVLogger(path, separator=";")], [{"loss": 1.0, "per_class": [1, 2]}])
-    assert path.read_text().splitlines() == ["epoch;loss;per_class", "0;1.0;[1, 2]"]
+    # (as Keras: a run whose first epoch has no validation reserves its columns)
+    assert path.read_text().splitlines() == ["epoch;loss;per_class;val_loss;val_per_class",
+                                             "0;1.0;[1, 2];NA;NA"]
 
 
 # --- TerminateOnNaN and LambdaCallback ---
@@ -463,10 +465,8 @@ def test_auto_mode_asks_the_metric_object_which_way_is_better():
     assert _waits(EarlyStopping(monitor="val_mae"), model, [0.7, 0.5]) == 0
     assert _waits(EarlyStopping(monitor="loss"), model, [0.7, 0.5]) == 0
     # the other two callbacks that compare
-    plateau = ReduceLROnPlateau(monitor="val_roc", patience=1)
-    plateau.set_model(model)
-    plateau.on_train_begin()
-    assert plateau.best == -math.inf
+    assert _waits(ReduceLROnPlateau(monitor="val_roc", patience=5), model, [0.5, 0.7]) == 0
+    assert _waits(ReduceLROnPlateau(monitor="val_roc", patience=5), model, [0.7, 0.5]) == 1
     checkpoint = ModelCheckpoint("best.keras", monitor="val_roc", save_best_only=True)
     checkpoint.set_model(model)
     checkpoint.on_train_begin()
@@ -497,3 +497,73 @@ def test_checkpoint_refuses_a_path_its_save_would_refuse_before_training(path, w
     with pytest.raises(ValueError, match=match) as caught:
         ModelCheckpoint(path, save_weights_only=weights_only)
     assert path in str(caught.value) and ".tmp-" not in str(caught.value)
+
+
+# --- as Keras 3 (found by a callback parity campaign) ---
+
+
+def _rates(callback, values):
+    """The learning rate after each epoch logging `values` of its monitor (ReduceLROnPlateau)."""
+    model = FakeModel(learning_rate=0.01)
+    fit(model, [callback], [{callback.monitor: value} for value in values])
+    return model.optimizer.learning_rate
+
+
+def test_reduce_lr_takes_the_size_of_min_delta_and_any_first_value_as_the_best():
+    # a worsening val_loss with patience 1: halved after epochs 2, 3, 4 and 5 (Keras: abs(min_delta))
+    rlr = ReduceLROnPlateau(patience=1, min_delta=-0.05, factor=0.5)
+    assert _rates(rlr, [1.0, 1.02, 1.04, 1.06, 1.08]) == pytest.approx(0.000625)
+    # an infinite first value is the best so far, not a reason to reduce
+    assert _rates(ReduceLROnPlateau(patience=1, factor=0.5), [math.inf, 5.0, 4.0, 3.0]) == 0.01
+
+
+def test_csv_logger_reserves_validation_columns(tmp_path):
+    path = tmp_path / "log.csv"
+    logger = CSVLogger(path)
+    fit(FakeModel(), [logger], [{"loss": 1.0}, {"loss": 0.5, "val_loss": 0.7}])
+    rows = list(csv.reader(open(path)))
+    assert rows == [["epoch", "loss", "val_loss"], ["0", "1.0", "NA"], ["1", "0.5", "0.7"]]
+
+
+def test_terminate_on_nan_can_raise():
+    with pytest.raises(RuntimeError, match="NaN or Inf found in the loss"):
+        fit(FakeModel(), [TerminateOnNaN(raise_error=True)], [{"loss": math.nan}])
+    assert fit(FakeModel(), [TerminateOnNaN()], [{"loss": math.nan}, {"loss": 1.0}]) == 1
+
+
+def test_real_models_stop_evaluating_and_predicting_and_keep_each_batch_of_outputs():
+    import kcompile
+    model = _compiled_model([])
+    x = np.random.default_rng(0).random((24, 3)).astype(np.float32)
+    y = (x.sum(1, keepdims=True) > 1.5).astype(np.float32)
+    kept, seen = [], []
+
+    class Keep(Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            kept.append(logs["outputs"])
+
+    predicted = model.predict(x, batch_size=8, verbose=0, callbacks=[Keep()])
+    np.testing.assert_array_equal(np.concatenate(kept), predicted)   # not the last batch 3 times
+
+    class StopAfterOne(Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            seen.append(("test", batch))
+            self.model.stop_evaluating = True
+
+        def on_predict_batch_end(self, batch, logs=None):
+            seen.append(("predict", batch))
+            self.model.stop_predicting = True
+
+    model.evaluate(x, y, batch_size=8, verbose=0, callbacks=[StopAfterOne()])
+    assert model.predict(x, batch_size=8, verbose=0, callbacks=[StopAfterOne()]).shape == (8, 1)
+    assert seen == [("test", 0), ("predict", 0)]
+    assert model.predict(x, batch_size=8, verbose=0).shape == (24, 1)   # the flags start False
+
+    class Counting(kcompile.callbacks.ProgbarLogger):
+        calls = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Counting.calls += 1
+
+    model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[Counting()])
+    assert Counting.calls == 24    # a subclass of the bar with its own hook is not throttled
