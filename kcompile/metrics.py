@@ -188,7 +188,12 @@ class Metric:
 
     def __init__(self, name=None, dtype=None):
         self.name = name or to_snake_case(type(self).__name__)
-        self.reset_state()
+        Metric.reset_state(self)   # (the eager totals; a subclass's own state is not set up yet)
+
+    def add_variable(self, *args, **kwargs):
+        raise NotImplementedError(_STATEFUL_METRIC)
+
+    add_weight = add_variable
 
     def values(self, y_true: Node, y_pred: Node) -> Node:
         """One value per prediction, for a metric that is the mean of them (`MeanMetricWrapper`)."""
@@ -655,12 +660,23 @@ def get(identifier):
     raise ValueError(f"Could not interpret metric identifier: {identifier!r}")
 
 
+_STATEFUL_METRIC = (
+    "a metric with state variables updated in Python (Keras's add_variable, update_state and "
+    "result) is not supported: kcompile traces metrics into the compiled step.  Subclass "
+    "kcompile.metrics.Metric with `values(self, y_true, y_pred)` returning one value per sample "
+    "(written with kcompile.ops; the result is their mean over the epoch), or pass a metric function")
+
+
 def check(identifier):
     """Raise now (at compile) for an identifier `resolve` would reject later."""
     if identifier is None or (isinstance(identifier, str)
                               and identifier.lower() in ACCURACY_NAMES + ("crossentropy", "ce")):
         return
-    get(identifier)
+    metric = get(identifier)
+    cls = type(metric)
+    if isinstance(metric, Metric) and cls.values is Metric.values \
+            and cls.trace_sums is Metric.trace_sums:
+        raise NotImplementedError(f"metric {metric.name!r} ({cls.__name__}): {_STATEFUL_METRIC}")
 
 
 def is_binary_or_sparse_categorical(y_true_shape, y_pred_shape):

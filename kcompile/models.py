@@ -41,6 +41,8 @@ def _owners(layer) -> "weakref.WeakSet":
 class Model(InspectionMixin, Trainer, Layer):
     """Base class of models.  Use `Sequential`; the functional API is not supported yet."""
 
+    _is_model = True   # (its layers are its own: see Layer._refuse_sublayers)
+
     def __init__(self, *args, name=None, trainable=True, **kwargs):
         if args or "inputs" in kwargs or "outputs" in kwargs:
             raise NotImplementedError("Model(inputs, outputs) (the functional API) is not supported yet; "

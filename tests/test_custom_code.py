@@ -370,3 +370,39 @@ def test_an_inferred_output_shape_draws_the_weights_in_layer_order():
         weights.append(Sequential([Input(shape=(3,)), Dense(4), layer()]).get_weights())
     for inferred, given in zip(*weights):
         np.testing.assert_array_equal(inferred, given)
+
+
+def test_layers_inside_layers_and_stateful_metrics_are_refused_with_the_way_out():
+    class Block(Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = Dense(4)
+
+        def call(self, x):
+            return self.inner(x)
+
+    with pytest.raises(NotImplementedError, match="holds the layer 'dense'.*in self.inner"):
+        Sequential([Input(shape=(3,)), Block()])
+
+    class TruePositives(kcompile.metrics.Metric):     # Keras's guide: state in Python variables
+        def __init__(self, name="tp", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.count = self.add_variable(shape=(), name="tp", initializer="zeros")
+
+    with pytest.raises(NotImplementedError, match="add_variable, update_state and result"):
+        TruePositives()
+
+    class Counted(kcompile.metrics.Metric):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            pass
+
+        def result(self):
+            return 0.0
+
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    with pytest.raises(NotImplementedError, match="'counted' \\(Counted\\).*values\\(self, y_true"):
+        model.compile(optimizer="sgd", loss="mse", metrics=[Counted()])
+    # a subclass of Sequential keeps its layers, of course
+    class MySequential(Sequential):
+        pass
+    assert MySequential([Input(shape=(3,)), Dense(2)]).output_shape == (None, 2)

@@ -543,6 +543,7 @@ class Layer:
         input_shape = tuple(input_shape)
         inferred = self.__dict__.setdefault("_inferred_output_shapes", {})
         if input_shape not in inferred:
+            self._refuse_sublayers()
             self._build_once(input_shape)
             x = B.arg("inputs", "f32", input_shape)
             bindings = {v: B.arg(v.path, "f32", v.shape) for v in self.weights}
@@ -597,9 +598,27 @@ class Layer:
             cls._call_takes_training = cached
         return cached
 
+    def _refuse_sublayers(self):
+        """A user's layer that holds other layers (Keras's MLPBlock pattern) would call them with
+        weights the model does not know of: refused with the way out, not a tracing error."""
+        if type(self).__module__.startswith("kcompile.") or getattr(self, "_is_model", False):
+            return
+        for name, value in vars(self).items():
+            items = value if isinstance(value, (list, tuple)) else (
+                value.values() if isinstance(value, dict) else (value,))
+            inner = next((item for item in items if isinstance(item, Layer)), None)
+            if inner is not None:
+                raise NotImplementedError(
+                    f"layer {self.name!r} ({type(self).__name__}) holds the layer {inner.name!r} "
+                    f"({type(inner).__name__}) in self.{name}: layers inside layers are not "
+                    "supported yet; put the inner layers in the Sequential model itself "
+                    "(Sequential([..., inner_1, inner_2, ...])), or give this layer weights of its "
+                    "own with add_weight")
+
     def __call__(self, inputs, training=None):
         """On an IR value (while tracing): the traced output.  On an array: run eagerly, return numpy."""
         if isinstance(inputs, Node):
+            self._refuse_sublayers()
             if not self.built:
                 self.build_for(inputs.shape)
             if self._accepts_training():
