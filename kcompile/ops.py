@@ -22,7 +22,8 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "logsumexp", "maximum", "minimum", "clip", "where", "mean", "sum", "max", "min", "matmul",
            "dot", "transpose", "reshape", "expand_dims", "squeeze", "cast", "stop_gradient",
            "ones_like", "zeros_like", "argmax", "greater", "greater_equal", "less", "less_equal",
-           "equal", "not_equal"]
+           "equal", "not_equal", "power", "softplus", "silu", "swish", "sign", "rsqrt", "var",
+           "std", "concatenate", "stack", "ones", "zeros"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -199,3 +200,75 @@ def cast(x, dtype):
         raise ValueError(f"kcompile.ops.cast: dtype {dtype!r} is not one of {sorted(_DTYPES)} "
                          "(kcompile computes in float32, float64, int32 and bool)")
     return B.cast(_node(x, "cast"), _DTYPES[name])
+
+
+def power(x1, x2):
+    """x1 ** x2: a number exponent as the `**` operator takes it (integers as products), a traced
+    one as exp(x2 log x1) (x1 > 0)."""
+    base, exponent = as_traced(x1), as_traced(x2)
+    if isinstance(base, Node) and not isinstance(exponent, Node):
+        return base ** exponent
+    if not isinstance(exponent, Node):
+        _node(exponent, "power")
+    return B.exp(B.mul(exponent, B.log(base)))
+
+
+def softplus(x):
+    """log(1 + exp(x)), as max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
+    x = _node(x, "softplus")
+    return B.add(B.maximum(x, 0.0), B.log(B.add(B.exp(B.neg(B.abs(x))), 1.0)))
+
+
+def silu(x):
+    """x * sigmoid(x)."""
+    x = _node(x, "silu")
+    return B.mul(x, activations.sigmoid(x))
+
+
+swish = silu
+
+
+def sign(x):
+    """-1, 0 or 1, as x is negative, zero or positive."""
+    x = _node(x, "sign")
+    return B.select(B.gt(x, 0.0), B.full_like(x, 1.0),
+                    B.select(B.lt(x, 0.0), B.full_like(x, -1.0), B.full_like(x, 0.0)))
+
+
+def rsqrt(x):
+    return B.div(1.0, B.sqrt(_node(x, "rsqrt")))
+
+
+def var(x, axis=None, keepdims=False):
+    """The (biased) variance, as numpy's and Keras's."""
+    x = _node(x, "var")
+    deviation = B.sub(x, B.reduce_mean(x, axis, keepdims=True))
+    return B.reduce_mean(B.mul(deviation, deviation), axis, keepdims)
+
+
+def std(x, axis=None, keepdims=False):
+    return B.sqrt(var(x, axis, keepdims))
+
+
+def concatenate(xs, axis=0):
+    """Keras's concatenate (default axis 0); along the batch axis it is not supported."""
+    from ir import build_seq
+    nodes = [_node(x, "concatenate") for x in xs]
+    return build_seq.concat(nodes, axis)
+
+
+def stack(xs, axis=0):
+    """The values, each of one shape, along a new axis."""
+    nodes = [expand_dims(_node(x, "stack"), axis) for x in xs]
+    return concatenate(nodes, axis)
+
+
+def ones(shape, dtype="float32"):
+    """An array of ones (a constant where it meets traced values), as numpy's."""
+    import numpy as np
+    return np.ones(shape, dtype)
+
+
+def zeros(shape, dtype="float32"):
+    import numpy as np
+    return np.zeros(shape, dtype)

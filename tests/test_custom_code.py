@@ -47,6 +47,15 @@ UNARY += [(lambda x: ops.logsumexp(x), lambda x: np.log(np.exp(x).sum())),
           (lambda x: ops.cast(x >= 0.0, np.float32) * x, lambda x: np.maximum(x, 0)),
           (lambda x: x ** 1.5, lambda x: np.where(x >= 0, np.abs(x) ** 1.5, np.nan)),
           (lambda x: x ** -3, lambda x: x ** -3.0), (lambda x: x ** 70, lambda x: x ** 70)]
+UNARY += [(lambda x: ops.power(ops.abs(x), 2.5), lambda x: np.abs(x) ** 2.5),
+          (lambda x: ops.power(ops.abs(x) + 1.0, x), lambda x: (np.abs(x) + 1.0) ** x),
+          (ops.softplus, lambda x: np.log1p(np.exp(x))), (ops.silu, lambda x: x / (1 + np.exp(-x))),
+          (ops.sign, np.sign), (lambda x: ops.rsqrt(ops.abs(x)), lambda x: 1 / np.sqrt(np.abs(x))),
+          (lambda x: ops.var(x, axis=-1), lambda x: x.var(-1)),
+          (lambda x: ops.std(x, axis=1, keepdims=True), lambda x: x.std(1, keepdims=True)),
+          (lambda x: ops.concatenate([x, x * 2.0], axis=-1), lambda x: np.concatenate([x, 2 * x], -1)),
+          (lambda x: ops.stack([x, -x], axis=1), lambda x: np.stack([x, -x], 1)),
+          (lambda x: x * ops.ones((3,)) + ops.zeros((1, 3)), lambda x: x)]
 BINARY = [(ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
           (ops.divide, np.divide), (ops.maximum, np.maximum), (ops.minimum, np.minimum),
           (lambda a, c: ops.cast(ops.less_equal(a, c), "float32"), lambda a, c: a <= c)]
