@@ -78,7 +78,9 @@ def _reads_elementwise(user: Node, node: Node) -> bool:
     return ops.get(user.op).kind == ops.ELEMWISE and user.shape == node.shape
 
 
-def fuse(graph: Graph, level: int = 1) -> FusedGraph:
+def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset()) -> FusedGraph:
+    """Kernel groups of `graph` (see the module docstring).  `_copied`: reshapes that must not
+    alias their operand (set by the retry below)."""
     order = graph.nodes()
     users = graph.users()
     outputs = {v for _, v in graph.outputs}
@@ -115,7 +117,7 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
         us = users.get(node, [])
         target = None
         user_groups = groups_reading(node)
-        if (level >= 1 and node.op == "reshape" and node not in outputs
+        if (level >= 1 and node.op == "reshape" and node not in outputs and node not in _copied
                 and not (len(user_groups) == 1 and all(u.op != "matmul" for u in us))):
             # A row-major reshape is a view: read the operand's buffer through the new shape.
             # (When its only readers are one fusable group, inlining it there is better still.)
@@ -167,6 +169,15 @@ def fuse(graph: Graph, level: int = 1) -> FusedGraph:
         while base in aliases:
             base = aliases[base]
         aliases[node] = base
+    # A reshape aliases a buffer, so its base must be one: an argument, an array constant or a
+    # group's output.  Whether it is was decided after the reshape (producers come later in this
+    # walk): a base that ended up a view evaluated inline (a transpose read by several kernels)
+    # or a member inside a kernel has none, and the reshape is a copy after all.
+    written = {node for g in groups for node in g.outputs}
+    bufferless = frozenset(node for node, base in aliases.items()
+                           if not (is_materialized_source(base) or base in written))
+    if bufferless:
+        return fuse(graph, level, _copied | bufferless)
     groups = _schedule(graph, groups, group_of, aliases)
     for i, g in enumerate(groups):
         g.name = f"k{i}"

@@ -420,3 +420,26 @@ def test_output_of_an_input_that_is_also_updated_in_place(name, level):
     got.update(state)
     for out in reference:
         np.testing.assert_array_equal(got[out], reference[out], err_msg=f"{out}, level {level}")
+
+
+def test_a_reshape_of_a_view_evaluated_inline_is_a_copy_not_an_alias():
+    """A reshape read by several kernels aliases its operand's buffer, but a transpose (or a
+    broadcast) read by several kernels has none: evaluated inline where it is read.  softmax after
+    Permute and Flatten crashed the compiler ("not a buffer of kernel")."""
+    from codegen.compiler import CompileOptions
+    from codegen.runtime import CompiledRunner
+    rng = np.random.default_rng(0)
+    x = B.arg("x", "f32", (None, 2, 3))
+    t = B.reshape(B.transpose(x, (0, 2, 1)), (None, 6))
+    graphs = [ir.Graph("softmax", [x], [("y", B.softmax(t))]),
+              ir.Graph("argmax_mask", [x], [("y", B.eq(t, B.reduce_max(t, 1, keepdims=True)))])]
+    s = B.arg("s", "f32", (None, 5))
+    spread = B.reshape(B.broadcast(B.reduce_sum(s, 0, keepdims=True), (6, 5)), (30,))
+    graphs.append(ir.Graph("broadcast", [s], [("y", B.softmax(spread, 0))]))
+    feeds = [{"x": rng.normal(size=(4, 2, 3)).astype(np.float32)}] * 2 + [
+        {"s": rng.normal(size=(4, 5)).astype(np.float32)}]
+    for graph, feed in zip(graphs, feeds):
+        want = ir.run(graph, feed)["y"]
+        for level in (0, 1):
+            got = CompiledRunner(graph, {}, CompileOptions(fusion_level=level)).run(feed)["y"]
+            np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{graph.name} {level}")
