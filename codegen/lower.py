@@ -548,12 +548,21 @@ def _argmax_kernel(emitter, node, members):
 
 
 def matmul_dims(builder, node, n):
-    """(m, n, k) of a matmul node, each an int or an i64 value (the batch rows)."""
+    """(m, n, k) of a matmul node, each an int or an i64 value (the batch rows).  A product whose
+    batch axis is contracted or becomes a column (a rank-1 batched operand: the interpreter runs
+    those) is a NotImplementedError here, not a crash in the GEMM's size arithmetic."""
     a, bm = node.operands
     rows_a = _rows(builder, a, n, keep_last=1)
     if node.attr("transpose_a"):
-        return a.shape[-1], bm.shape[-1], rows_a
-    return rows_a, (bm.shape[0] if node.attr("transpose_b") else bm.shape[1]), a.shape[-1]
+        dims = a.shape[-1], bm.shape[-1], rows_a
+    else:
+        dims = rows_a, (bm.shape[0] if node.attr("transpose_b") else bm.shape[1]), a.shape[-1]
+    if any(d is None for d in dims):
+        raise NotImplementedError(f"{node}: a matmul over the batch axis of {a.type} and "
+                                  f"{bm.type} (contracted, or made a column) is not compiled; "
+                                  "keep the batch as the rows of the product (target='reference' "
+                                  "runs it)")
+    return dims
 
 
 @lowers("matmul", Kernel)

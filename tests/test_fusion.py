@@ -443,3 +443,15 @@ def test_a_reshape_of_a_view_evaluated_inline_is_a_copy_not_an_alias():
         for level in (0, 1):
             got = CompiledRunner(graph, {}, CompileOptions(fusion_level=level)).run(feed)["y"]
             np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{graph.name} {level}")
+
+
+def test_a_matmul_over_the_batch_axis_is_refused_by_the_compiler_not_a_crash():
+    from codegen.compiler import CompileOptions
+    from codegen.runtime import CompiledRunner
+    a, column = B.arg("a", "f32", (None,)), B.arg("c", "f32", (4,))
+    outer = ir.Graph("outer", [a, column], [("y", B.matmul(a, column, transpose_a=True))])
+    b = B.arg("b", "f32", (None, 5))
+    contracted = ir.Graph("contracted", [a, b], [("y", B.matmul(a, b))])
+    for graph in (outer, contracted):
+        with pytest.raises(NotImplementedError, match="matmul over the batch axis"):
+            CompiledRunner(graph, {}, CompileOptions())
