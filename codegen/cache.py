@@ -71,7 +71,7 @@ _unwritable: set[str] = set()  # directories already warned about in this proces
 
 def cache_enabled() -> bool:
     """False when the environment says KCOMPILE_CACHE=0 (or false/no/off)."""
-    return os.environ.get("KCOMPILE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return jit.env_flag("KCOMPILE_CACHE", default=True)
 
 
 def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:

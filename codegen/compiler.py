@@ -18,14 +18,9 @@ from ir.fusion import fuse
 from ir.graph import TensorType
 from ir.memory import plan_memory
 
-from .jit import without_ir_passes
+from .jit import env_flag, without_ir_passes
 from .lower import COMPANION, GEMM_LIBRARY, blocked_anchors, lower
 from .step import emit_step_driver
-
-
-def _flag(name: str) -> bool:
-    """An on/off environment variable: unset, '', 0, false, no and off are off."""
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -36,9 +31,9 @@ class CompileOptions:
     passes: tuple | None = None          # None: the default pipeline of ir.passes
     # per-kernel cycle counters; the default read from the environment when the options are made
     # (a model's compile), not when kcompile is imported
-    profile: bool = field(default_factory=lambda: _flag("KCOMPILE_PROFILE"))
+    profile: bool = field(default_factory=lambda: env_flag("KCOMPILE_PROFILE"))
     threading: bool | None = None        # None: parallel regions when libgomp loads; False: never
-    verify_each_pass: bool = field(default_factory=lambda: _flag("KCOMPILE_VERIFY"))
+    verify_each_pass: bool = field(default_factory=lambda: env_flag("KCOMPILE_VERIFY"))
 
 
 @dataclass(frozen=True)

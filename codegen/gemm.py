@@ -476,16 +476,21 @@ def _function_scratch(builder, dtype, elements: int, purpose: str = "pack"):
     return slot
 
 
+def _lanes_and_panel(dtype, lanes) -> tuple[int, int]:
+    """(vector lanes, panel width nr) emit_gemm uses for `dtype`."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    return L, tile_shape(L, _dtype_bits(dtype))[1] * L
+
+
+def _packs_b(n, trans_b: bool, nr: int) -> bool:
+    """Does emit_gemm copy op(B) panels into scratch (B^T, or columns that are not whole panels)?"""
+    return trans_b or not _is_const(n) or n % nr != 0
+
+
 def scratch_elements(n, k, *, trans_b=False, dtype=ir.FloatType(), lanes=None) -> int:
     """Elements of scratch space emit_gemm needs for these arguments (0 when it needs none)."""
-    L = lanes or target.vector_lanes(_dtype_bits(dtype))
-    _, nvec = tile_shape(L, _dtype_bits(dtype))
-    nr = nvec * L
-    needs = trans_b or not _is_const(n) or n % nr != 0
-    if not needs:
-        return 0
-    kc = _k_block(k, L)[0]
-    return _round_up(kc, L) * nr
+    L, nr = _lanes_and_panel(dtype, lanes)
+    return _round_up(_k_block(k, L)[0], L) * nr if _packs_b(n, trans_b, nr) else 0
 
 
 def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.FloatType(),
@@ -496,9 +501,7 @@ def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.F
     Sized for this product (its k block and the panels it really packs), not for the largest k
     block as the shared stack slot is: code that takes its scratch from a caller's workspace
     (codegen.export) reserves only what its GEMMs use."""
-    L = lanes or target.vector_lanes(_dtype_bits(dtype))
-    _, nvec = tile_shape(L, _dtype_bits(dtype))
-    nr = nvec * L
+    L, nr = _lanes_and_panel(dtype, lanes)
     if _narrow_columns(m, n, trans_a, trans_b, L, nr):
         # C^T blocks of NARROW_BLOCK (and m % NARROW_BLOCK) columns, from an untransposed B
         blocks = [rows for rows in (NARROW_BLOCK if m >= NARROW_BLOCK else 0, m % NARROW_BLOCK)
@@ -511,7 +514,7 @@ def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.F
 def _pack_elements(n, k, trans_b: bool, L: int, nr: int) -> int:
     """Scratch elements the op(B) panels of emit_gemm's main path fill (see its `b_panel`): every
     panel with trans_b, only the column tail (one vector per runtime-n step) without it."""
-    if not (trans_b or not _is_const(n) or n % nr != 0):
+    if not _packs_b(n, trans_b, nr):
         return 0
     if trans_b:
         width = nr

@@ -147,6 +147,13 @@ def compile_object(module, speed_level: int = 3) -> tuple:
     return tm.emit_object(ref), str(ref)
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable: 0, false, no and off are off, any other value on; unset or
+    empty, `default`."""
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
 def compile_jobs() -> int:
     """How many processes may compile the modules of one function at once: $KCOMPILE_COMPILE_JOBS,
     else 2 when the process may use 2 or more cores (1: everything in this process)."""

@@ -934,8 +934,7 @@ def _emit_group(fe: "FunctionEmitter", group: Group, threading: bool | None = No
     members = set(group.members)
     # Kernel lowerings that split their work among threads must know whether they may
     fe.threading = threading
-    if group.kind == "matmul" and group.anchor is not None and group.shape == group.anchor.shape \
-            and group.anchor.type.rank == 2:
+    if _blocked(group):
         _emit_blocked_matmul(fe, group, threading)
     elif group.kind == "matmul" and group.anchor is not None and group.shape == group.anchor.shape \
             and group.anchor.type.batched and not group.anchor.attr("transpose_a"):
@@ -966,21 +965,29 @@ def _emit_parallel_elementwise(fe, group: Group, threading) -> None:
                       min_chunk=min_rows, name="rows", threading=threading)
 
 
-def _blocked_rows(group: Group) -> bool:
-    """Is `group` a product with its epilogue, multiplied by row blocks (static rows: a dW)?"""
+def _blocked(group: Group) -> bool:
+    """Is `group` a 2-D product with its epilogue, multiplied block by block
+    (`_emit_blocked_matmul`)?"""
     node = group.anchor
     return (group.kind == "matmul" and node is not None and group.shape == node.shape
-            and node.type.rank == 2 and node.shape[0] is not None)
+            and node.type.rank == 2)
+
+
+def _row_block(node, m: int, n: int) -> tuple[bool, int]:
+    """(narrow, rows per block) of a product with static rows (a dW).  NOTE: a narrow dW (Dense(10)'s
+    512 x 10) is computed transposed (gemm.narrow_product), which wants long blocks; 256 x 10
+    floats are 10 KiB."""
+    narrow = narrow_product(m, n, node.attr("transpose_a"), node.attr("transpose_b"),
+                            VALUE_TYPES[node.dtype])
+    return narrow, (NARROW_BLOCK if narrow else ROW_BLOCK)
 
 
 def _block_scratch_elements(group: Group) -> int:
-    """Elements of one row block of a group's product (`_blocked_rows`), or 0 when they would make
+    """Elements of one row block of a group's product (static rows), or 0 when they would make
     too large a stack frame."""
     node = group.anchor
     m, n = node.shape
-    T = VALUE_TYPES[node.dtype]
-    narrow = narrow_product(m, n, node.attr("transpose_a"), node.attr("transpose_b"), T)
-    elements = (NARROW_BLOCK if narrow else ROW_BLOCK) * n
+    elements = _row_block(node, m, n)[1] * n
     return elements if elements * node.type.itemsize <= SCRATCH_MAX_BYTES else 0
 
 
@@ -991,7 +998,7 @@ def blocked_anchors(fused: FusedGraph) -> frozenset:
     rows of the whole dW.  W1 wrote 2.6 MB of gradients per step and evicted them dirty later, on
     top of the weights and Adam slots the update streams.  (Exported predictors, whose stack must
     stay small, plan without this.)"""
-    return frozenset(g.anchor for g in fused.groups if _blocked_rows(g)
+    return frozenset(g.anchor for g in fused.groups if _blocked(g) and g.anchor.shape[0] is not None
                      and g.anchor not in g.outputs and _block_scratch_elements(g))
 
 
@@ -1012,10 +1019,8 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     by_rows = not isinstance(m, ir.Value)
     narrow = False
     if by_rows:
-        # NOTE: a narrow dW (Dense(10)'s 512 x 10) is computed transposed (gemm.narrow_product),
-        # which wants long blocks; 256 x 10 floats are 10 KiB.
-        narrow = narrow_product(m, n, ta, tb, T)
-        block, extent = (NARROW_BLOCK if narrow else ROW_BLOCK), m
+        narrow, block = _row_block(node, m, n)
+        extent = m
         lds = (m if ta else k, None, n)
     else:
         block, extent = COLUMN_BLOCK, n

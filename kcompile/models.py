@@ -324,11 +324,11 @@ class Sequential(Model):
                              "model.add(...) before building it.")
         # every shape checked before any weight is drawn, up to a layer whose shape is inferred by
         # building it (Layer.compute_output_shape): its weights are drawn in layer order, below
-        shape = input_shape
+        checked = input_shape
         for layer in self._layers:
             if not layer.built and type(layer).compute_output_shape is Layer.compute_output_shape:
                 break
-            shape = tuple(layer.compute_output_shape(shape))
+            checked = tuple(layer.compute_output_shape(checked))
         shape = input_shape
         for layer in self._layers:
             shape = layer.build_for(shape)

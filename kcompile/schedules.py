@@ -72,12 +72,24 @@ def _rate(schedule, result, step: Node) -> Node:
     takes a schedule that returns a float) is a constant rate."""
     if isinstance(result, Node):
         return result
-    if hasattr(result, "ndim") and getattr(result, "ndim", None) == 0:
+    if getattr(result, "ndim", None) == 0:     # a numpy scalar or 0-d array
         result = result.item()
     if isinstance(result, numbers.Real) and not isinstance(result, bool):
         return B.scalar(float(result), step)
     raise TypeError(f"learning-rate schedule {type(schedule).__name__} returned {result!r} for a "
                     "step; return a number, or a value computed from `step` with kcompile.ops")
+
+
+def _schedule_call(rule):
+    """`__call__` of a schedule from its rule on a traced step: a number step (to print or plot
+    the schedule) is traced and run on the spot, and what the rule returns becomes a graph value."""
+    @functools.wraps(rule)
+    def __call__(self, step):
+        if not isinstance(step, Node):
+            return _eager_value(self, step)
+        return _rate(self, rule(self, step), step)
+    __call__._kcompile_wrapped = True
+    return __call__
 
 
 class LearningRateSchedule:
@@ -86,10 +98,9 @@ class LearningRateSchedule:
     A subclass may write `call(step)` or, as in Keras, `__call__(self, step)`: either way it is
     traced on an IR value, and calling the schedule on a number (to print or plot it) runs that."""
 
+    @_schedule_call
     def __call__(self, step):
-        if not isinstance(step, Node):
-            return _eager_value(self, step)
-        return _rate(self, self.call(step), step)
+        return self.call(step)
 
     def __setattr__(self, name, value):
         # a live learning rate (optimizer.learning_rate) given as an argument is read now: the
@@ -100,16 +111,8 @@ class LearningRateSchedule:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         own = cls.__call__      # (its own, a mixin's, or an already wrapped parent's)
-        if own is LearningRateSchedule.__call__ or getattr(own, "_kcompile_wrapped", False):
-            return
-
-        @functools.wraps(own)
-        def __call__(self, step):
-            if not isinstance(step, Node):
-                return _eager_value(self, step)
-            return _rate(self, own(self, step), step)
-        __call__._kcompile_wrapped = True
-        cls.__call__ = __call__
+        if not getattr(own, "_kcompile_wrapped", False):
+            cls.__call__ = _schedule_call(own)
 
     def call(self, step: Node) -> Node:
         raise NotImplementedError(f"Learning rate schedule '{type(self).__name__}' must override "

@@ -42,6 +42,7 @@ import numpy as np
 
 import ir
 from ir import build as B
+from ir import build_seq
 
 from codegen import buffers
 from kcompile import backend, data_adapters, losses, metrics as metrics_module, optimizers
@@ -251,7 +252,6 @@ def trace_gradients(model, loss, metric_objects, spec: TargetSpec, dtype: str = 
     across processes (an MPI Allreduce) before `trace_update` applies it."""
     fed, weights, outputs, gradients, updates = _forward_and_gradients(
         model, loss, metric_objects, spec, dtype, weighted, readouts, None)
-    from ir import build_seq
     flat = build_seq.concat([B.reshape(g, (int(np.prod(g.shape, dtype=np.int64)),))
                              for g in gradients], axis=0)
     return ir.verify(ir.Graph("gradients", fed + list(weights.values()),
@@ -264,7 +264,6 @@ def trace_update(model, optimizer, dtype: str = "f32") -> ir.Graph:
     trainable = model.trainable_weights
     sizes = [int(np.prod(v.shape, dtype=np.int64)) for v in trainable]
     flat = B.arg(GRADIENTS, dtype, (sum(sizes),))
-    from ir import build_seq
     gradients, start = [], 0
     for variable, size in zip(trainable, sizes):
         gradients.append(B.reshape(build_seq.slice(flat, start, start + size, axis=0),
@@ -417,6 +416,7 @@ class _BatchHooks:
         self.throttled = throttled
         self.last_update = -math.inf
         self._progress_due = False
+        self._shown = -1    # the last step the throttled bars were shown
 
     def call_begin(self, step):
         for callback in self.begin:
@@ -445,7 +445,7 @@ class _BatchHooks:
         """After the epoch's last step: the bars see it even when it was not known to be the last
         (a source of unknown length), as they count the steps from what they are shown.  `logs`:
         the logs, or a function that makes them."""
-        if self.throttled and step >= 0 and getattr(self, "_shown", -1) != step:
+        if self.throttled and step >= 0 and self._shown != step:
             logs = logs() if callable(logs) else logs
             for callback in self.throttled:
                 getattr(callback, self.end_name)(step, logs)

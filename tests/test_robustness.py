@@ -56,10 +56,15 @@ def test_cache_files_take_the_umask_and_a_damaged_manifest_is_a_miss(tmp_path):
 
 
 def test_on_off_environment_switches(monkeypatch):
+    from codegen import cache
     for value, on in (("", False), ("0", False), ("false", False), ("No", False), ("off", False),
                       ("1", True), ("yes", True)):
         monkeypatch.setenv("KCOMPILE_PROFILE", value)
-        assert compiler._flag("KCOMPILE_PROFILE") is on, value
+        monkeypatch.setenv("KCOMPILE_VERIFY", value)
+        options = compiler.CompileOptions()
+        assert options.profile is on and options.verify_each_pass is on, value
+        monkeypatch.setenv("KCOMPILE_CACHE", value)     # on unless switched off
+        assert cache.cache_enabled() is (on or value == ""), value
 
 
 def test_an_unusable_dump_directory_names_kcompile_dump(tmp_path, monkeypatch):

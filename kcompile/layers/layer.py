@@ -549,12 +549,7 @@ class Layer:
             bindings = {v: B.arg(v.path, "f32", v.shape) for v in self.weights}
             with TraceScope(bindings, seed=B.arg("seed", "u32", ())):
                 output = self.call(x, training=False) if self._accepts_training() else self.call(x)
-            traced = as_traced(output)
-            if not isinstance(traced, Node):
-                raise TypeError(f"layer {self.name!r} ({type(self).__name__}): call returned "
-                                f"{type(output).__name__}; it must return the traced value it "
-                                "computes from its inputs (a missing `return`?)")
-            inferred[input_shape] = tuple(traced.shape)
+            inferred[input_shape] = tuple(self._traced_output(output).shape)
         return inferred[input_shape]
 
     @property
@@ -637,14 +632,19 @@ class Layer:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def _checked_output(self, output, input_shape):
-        """What call returned, checked to be a traced value of the shape compute_output_shape says
-        (the model sizes its buffers and the next layer's weights from the latter)."""
+    def _traced_output(self, output) -> Node:
+        """What call returned, as the traced value it must be."""
         traced = as_traced(output)
         if not isinstance(traced, Node):
             raise TypeError(f"layer {self.name!r} ({type(self).__name__}): call returned "
                             f"{type(output).__name__}; it must return the traced value it computes "
                             "from its inputs (a missing `return`?)")
+        return traced
+
+    def _checked_output(self, output, input_shape):
+        """What call returned, checked to be a traced value of the shape compute_output_shape says
+        (the model sizes its buffers and the next layer's weights from the latter)."""
+        traced = self._traced_output(output)
         expected = tuple(None if d is None else int(d)
                          for d in self.compute_output_shape(tuple(input_shape)))
         if expected != tuple(traced.shape):
