@@ -68,13 +68,15 @@ def scatter_add(ids: Node, updates: Node, rows: int) -> Node:
 
 # -- composites ---------------------------------------------------------------------------------
 
-def conv2d(x: Node, kernel: Node, strides=(1, 1), padding: str = "valid") -> Node:
-    """x[N,H,W,C] (*) kernel[KH,KW,C,C_out] -> [N,OH,OW,C_out] (cross-correlation, as Keras)."""
+def conv2d(x: Node, kernel: Node, strides=(1, 1), padding="valid") -> Node:
+    """x[N,H,W,C] (*) kernel[KH,KW,C,C_out] -> [N,OH,OW,C_out] (cross-correlation, as Keras);
+    `padding` 'valid', 'same' or explicit zero pads (top, bottom, left, right)."""
     kh, kw, cin, cout = kernel.shape
     if x.type.rank != 4 or x.shape[3] != cin:
         raise ValueError(f"conv2d needs an image [N,H,W,{cin}] for kernel {kernel.type}, got {x.type}")
     strides = tuple(strides)
-    pads = image_pads(x.shape, (kh, kw), strides, padding)
+    pads = (image_pads(x.shape, (kh, kw), strides, padding) if isinstance(padding, str)
+            else tuple(padding))
     if (kh, kw) == (1, 1) and strides == (1, 1):
         columns = x                       # a 1x1 convolution is a matmul of the pixels
     else:

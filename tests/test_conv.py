@@ -10,9 +10,9 @@ from ir import build as B
 from ir import build_nn as NN
 from ir.fusion import fuse
 
-from kcompile.layers import (AveragePooling2D, Conv2D, Dense, Flatten, GlobalAveragePooling1D,
-                             GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, Input,
-                             MaxPooling2D, Reshape)
+from kcompile.layers import (AveragePooling1D, AveragePooling2D, Conv1D, Conv2D, Dense, Flatten,
+                             GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
+                             GlobalMaxPooling2D, Input, MaxPooling1D, MaxPooling2D, Reshape)
 from kcompile.models import Sequential
 from kcompile.utils import set_random_seed
 
@@ -85,6 +85,10 @@ def _predict_both(model, x):
     (lambda: GlobalMaxPooling1D(keepdims=True), (6, 3), (1, 3), 0),
     (lambda: Reshape((3, 4)), (12,), (3, 4), 0),
     (lambda: Reshape((-1, 2, 1)), (3, 4), (6, 2, 1), 0),
+    (lambda: Conv1D(4, 3), (9, 2), (7, 4), 2),
+    (lambda: Conv1D(3, 4, strides=2, padding="causal", activation="relu"), (9, 2), (5, 3), 2),
+    (lambda: MaxPooling1D(), (7, 3), (3, 3), 0),
+    (lambda: AveragePooling1D(3, strides=2, padding="same"), (7, 3), (4, 3), 0),
 ])
 def test_layer_harness(make_layer, input_shape, output_shape, weights):
     run_layer_test(make_layer, input_shape, output_shape, weights)
@@ -191,6 +195,65 @@ def test_bad_arguments_are_refused(make_layer):
 def test_unsupported_arguments_say_so(make_layer):
     with pytest.raises(NotImplementedError):
         make_layer()
+
+
+# ----------------------------------------------------------------------------------------------
+# Conv1D and the 1-D poolings: a sequence (N, L, C) is the one-row image (N, 1, L, C)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [
+    (3, 1, "valid"), (3, 2, "same"), (4, 3, "same"), (1, 1, "valid"), (4, 1, "causal"),
+    (3, 2, "causal"), (5, 1, "same"),
+])
+def test_conv1d_matches_numpy(kernel_size, strides, padding):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 10, 2)).astype(np.float32)
+    model = Sequential([Input(shape=(10, 2)), Conv1D(5, kernel_size, strides=strides,
+                                                      padding=padding)])
+    kernel = rng.standard_normal((kernel_size, 2, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    model.set_weights([kernel, bias])
+    image = x[:, None]
+    if padding == "causal":   # kernel_size - 1 zeros before the sequence, then a valid convolution
+        image = np.pad(image, ((0, 0), (0, 0), (kernel_size - 1, 0), (0, 0)))
+    expected = conv_numpy(image, kernel[None], bias, (1, strides),
+                          "valid" if padding == "causal" else padding)[:, 0]
+    assert model.output_shape == (None,) + expected.shape[1:]
+    for got in _predict_both(model, x):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_size, strides, padding", [
+    (2, None, "valid"), (2, None, "same"), (3, 2, "same"), (3, 1, "valid"),
+])
+@pytest.mark.parametrize("layer_class, mode", [(MaxPooling1D, "max"), (AveragePooling1D, "avg")])
+def test_pooling1d_matches_numpy(layer_class, mode, pool_size, strides, padding):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 7, 3)) - 3).astype(np.float32)
+    model = Sequential([Input(shape=(7, 3)), layer_class(pool_size, strides, padding)])
+    expected = pool_numpy(x[:, None], (1, pool_size), (1, strides or pool_size), padding, mode)[:, 0]
+    assert model.output_shape == (None,) + expected.shape[1:]
+    for got in _predict_both(model, x):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_conv1d_config_round_trips_and_errors_name_the_fix():
+    layer = Conv1D(6, 3, strides=2, padding="causal", activation="relu", name="c")
+    config = layer.get_config()
+    assert (config["kernel_size"], config["strides"], config["padding"]) == ((3,), (2,), "causal")
+    assert config["dilation_rate"] == (1,)
+    again = Conv1D.from_config(config)
+    assert (again.kernel_size, again.strides, again.padding) == ((3,), (2,), "causal")
+    with pytest.raises(ValueError, match=r"Reshape\(\(10, 1\)\)"):
+        Conv1D(4, 3).compute_output_shape((None, 10))
+    with pytest.raises(ValueError, match="sequences of shape"):
+        MaxPooling1D().compute_output_shape((None, 4, 4, 1))
+    with pytest.raises(ValueError, match="'causal'"):
+        Conv1D(4, 3, padding="full")
+    with pytest.raises(ValueError, match="'valid' or 'same'"):
+        Conv2D(4, 3, padding="causal")
+    with pytest.raises(NotImplementedError, match="Conv1D supports dilation_rate=1"):
+        Conv1D(4, 3, dilation_rate=2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,6 +39,14 @@ MODELS = {
                    "Reshape((5, 1))", "GlobalMaxPooling1D()", "Dense(2)"], (6,), True),
     "global_max_2d": (["Conv2D(4, 3, activation='relu')", "GlobalMaxPooling2D()", "Dense(2)"], (5, 5, 2),
                       False),
+    # sequences: Conv1D and the 1-D poolings (one-row images inside kcompile)
+    "conv1d": (["Conv1D(4, 3, activation='relu')", "MaxPooling1D()",
+                "Conv1D(3, 2, strides=2, padding='same')", "AveragePooling1D(2, padding='same')",
+                "Flatten()", "Dense(3)"], (11, 2), False),
+    "conv1d_causal": (["Conv1D(3, 4, padding='causal', activation='tanh')",
+                       "MaxPooling1D(3, strides=2, padding='same')",
+                       "AveragePooling1D(pool_size=2, strides=1)", "GlobalAveragePooling1D()",
+                       "Dense(2)"], (9, 2), False),
 }
 
 # Runs in a child process (Keras and JAX stay out of the test process), once for every model.

@@ -3,11 +3,12 @@ from kcompile.layers.core import (Activation, Dense, Dropout, Flatten, Input, In
                                   Rescaling, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
 from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
-from kcompile.layers.convolutional import Conv2D
+from kcompile.layers.convolutional import Conv1D, Conv2D
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
-from kcompile.layers.pooling import (AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
-                                     GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling2D)
+from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
+                                     GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
+                                     MaxPooling1D, MaxPooling2D)
 from kcompile.layers.reshaping import Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
@@ -17,14 +18,19 @@ __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "Gl
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
 __all__ += ["AvgPool2D", "LeakyReLU", "MaxPool2D", "Rescaling"]
+__all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
+            "MaxPooling1D"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
+MaxPool1D, AvgPool1D = MaxPooling1D, AveragePooling1D
+Convolution1D, Convolution2D = Conv1D, Conv2D
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer, LeakyReLU,
                                            Rescaling)}
 _CLASSES.update({cls.__name__: cls for cls in (GRU, LSTM, SimpleRNN)})
-_CLASSES.update({cls.__name__: cls for cls in (AveragePooling2D, BatchNormalization, Conv2D, Embedding,
+_CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2D, BatchNormalization,
+                                                Conv1D, Conv2D, Embedding, MaxPooling1D,
                                                 GlobalAveragePooling1D, GlobalAveragePooling2D,
                                                 GlobalMaxPooling1D, GlobalMaxPooling2D,
                                                 LayerNormalization, MaxPooling2D, Reshape)})

@@ -1,7 +1,8 @@
-"""Conv2D, as `keras.layers.Conv2D` (channels_last).
+"""Conv1D and Conv2D, as `keras.layers.Conv1D` and `Conv2D` (channels_last).
 
 The convolution is `ir.build_nn.conv2d`: im2col patches times the kernel reshaped to a matrix, so the
-compiled step runs it on the GEMM; its gradients are a GEMM and col2im.
+compiled step runs it on the GEMM; its gradients are a GEMM and col2im.  A sequence (batch, steps,
+channels) is convolved as a one-row image (batch, 1, steps, channels) with a (1, kernel_size) window.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def normalize_tuple(value, n: int, argument: str, layer: str) -> tuple:
     return tuple(int(v) for v in values)
 
 
-def normalize_padding(padding, layer: str) -> str:
-    if not isinstance(padding, str) or padding.lower() not in NN.PADDINGS:
-        raise ValueError(f"{layer}: `padding` must be 'valid' or 'same'; got padding={padding!r}")
+def normalize_padding(padding, layer: str, allowed=NN.PADDINGS) -> str:
+    if not isinstance(padding, str) or padding.lower() not in allowed:
+        names = " or ".join(", ".join(repr(a) for a in allowed).rsplit(", ", 1))
+        raise ValueError(f"{layer}: `padding` must be {names}; got padding={padding!r}")
     return padding.lower()
 
 
@@ -51,6 +53,27 @@ def check_image(input_shape, layer, name: str) -> None:
                          f"got inputs of shape {format_shape(input_shape)}.{hint}")
 
 
+def check_sequence(input_shape, layer, name: str) -> None:
+    if len(input_shape) != 3:
+        hint = ""
+        if len(input_shape) == 2:
+            steps = input_shape[1]
+            hint = (f" For one feature per step add a channel axis: x.reshape(-1, {steps}, 1), or put "
+                    f"Reshape(({steps}, 1)) first.")
+        raise ValueError(f"{layer} layer {name!r} needs sequences of shape (batch, steps, channels); "
+                         f"got inputs of shape {format_shape(input_shape)}.{hint}")
+
+
+def as_image(x):
+    """A sequence [N,L,C] as the one-row image [N,1,L,C]."""
+    return B.reshape(x, (x.shape[0], 1) + tuple(x.shape[1:]))
+
+
+def as_sequence(x):
+    """A one-row image [N,1,L,C] as the sequence [N,L,C]."""
+    return B.reshape(x, (x.shape[0],) + tuple(x.shape[2:]))
+
+
 def window_output_shape(input_shape, size, strides, padding) -> tuple:
     """(height, width) of the output of `size` windows, or a ValueError if none fits."""
     pads = NN.image_pads(input_shape, size, strides, padding)
@@ -59,7 +82,121 @@ def window_output_shape(input_shape, size, strides, padding) -> tuple:
     return height, width
 
 
-class Conv2D(Layer):
+class _Conv(Layer):
+    """A convolution over channels-last inputs of `rank` spatial axes (Conv1D, Conv2D)."""
+
+    rank = 2
+    paddings = NN.PADDINGS
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, **kwargs):
+        layer = type(self).__name__
+        for argument, value in [("activity_regularizer", activity_regularizer),
+                                ("kernel_constraint", kernel_constraint),
+                                ("bias_constraint", bias_constraint)]:
+            if value is not None:
+                raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
+        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
+            raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
+                             f"integer (the number of output channels). Received filters={filters!r}")
+        check_channels_last(data_format, layer)
+        ones = (1,) * self.rank
+        if normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer) != ones:
+            raise NotImplementedError(f"{layer} supports dilation_rate=1 only; got {dilation_rate!r}")
+        if groups != 1:
+            raise NotImplementedError(f"{layer} supports groups=1 only; got groups={groups!r}")
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
+        self.strides = normalize_tuple(strides, self.rank, "strides", layer)
+        self.padding = normalize_padding(padding, layer, self.paddings)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel = None
+        self.bias = None
+
+    # The 2-D view of the layer: window, strides and pads of the image a Conv2D convolves.
+    def _window(self):
+        return self.kernel_size, self.strides
+
+    def _pads(self, image_shape):
+        size, strides = self._window()
+        return NN.image_pads(image_shape, size, strides, self.padding)
+
+    def _image_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _check_input(self, input_shape):
+        check_image(input_shape, "Conv2D", self.name)
+        self._check_channels(input_shape)
+
+    def _check_channels(self, input_shape):
+        if self.kernel is not None and input_shape[-1] != self.kernel.shape[-2]:
+            raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
+                             f"{self.kernel.shape[-2]} input channels (axis -1), but received input "
+                             f"with shape {format_shape(input_shape)}")
+
+    def compute_output_shape(self, input_shape):
+        self._check_input(input_shape)
+        image = self._image_shape(input_shape)
+        size, strides = self._window()
+        pads = self._pads(image)
+        height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
+        width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
+        if height < 1 or width < 1:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} kernel "
+                             f"does not fit inputs of shape {format_shape(input_shape)} with padding "
+                             f"{self.padding!r}; use padding='same' or a smaller kernel_size.")
+        spatial = (width,) if self.rank == 1 else (height, width)
+        return (input_shape[0],) + spatial + (self.filters,)
+
+    def build(self, input_shape):
+        self._check_input(input_shape)
+        shape = self.kernel_size + (input_shape[-1], self.filters)
+        self.kernel = self.add_weight(shape=shape, initializer=self.kernel_initializer, name="kernel",
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
+                                        name="bias", regularizer=self.bias_regularizer)
+        self.built = True
+
+    def _convolve(self, inputs):
+        return NN.conv2d(inputs, self.kernel.value, self.strides, self.padding)
+
+    def call(self, inputs):
+        x = self._convolve(inputs)
+        if self.use_bias:
+            x = B.add(x, self.bias.value)
+        return self.activation(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": "channels_last",
+            "dilation_rate": (1,) * self.rank,
+            "groups": 1,
+            "activation": activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+        })
+        return config
+
+
+class Conv2D(_Conv):
     """2-D convolution over channels-last images: `activation(conv(inputs, kernel) + bias)`.
 
     Args:
@@ -76,84 +213,54 @@ class Conv2D(Layer):
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
-                 dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
-                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
-                 bias_constraint=None, **kwargs):
-        for argument, value in [("activity_regularizer", activity_regularizer),
-                                ("kernel_constraint", kernel_constraint),
-                                ("bias_constraint", bias_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"Conv2D({argument}=...) is not supported yet")
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
-            raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
-                             f"integer (the number of output channels). Received filters={filters!r}")
-        check_channels_last(data_format, "Conv2D")
-        if normalize_tuple(dilation_rate, 2, "dilation_rate", "Conv2D") != (1, 1):
-            raise NotImplementedError(f"Conv2D supports dilation_rate=1 only; got {dilation_rate!r}")
-        if groups != 1:
-            raise NotImplementedError(f"Conv2D supports groups=1 only; got groups={groups!r}")
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size", "Conv2D")
-        self.strides = normalize_tuple(strides, 2, "strides", "Conv2D")
-        self.padding = normalize_padding(padding, "Conv2D")
-        self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel = None
-        self.bias = None
+                 dilation_rate=(1, 1), groups=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate, groups=groups,
+                         activation=activation, use_bias=use_bias, **kwargs)
+
+
+class Conv1D(_Conv):
+    """1-D convolution over channels-last sequences (batch, steps, channels):
+    `activation(conv(inputs, kernel) + bias)`, computed as a Conv2D of one-row images.
+
+    Args:
+        filters: the number of output channels.
+        kernel_size: an int (or a 1-tuple), the window's length in steps.
+        strides: an int (or a 1-tuple), the step between windows (default 1).
+        padding: 'valid' (windows inside the sequence), 'same' (zero padding, output length
+            ceil(steps / strides), as Keras places it) or 'causal' (kernel_size - 1 zeros before the
+            sequence: output t sees inputs up to t).
+        activation, use_bias, kernel_initializer, bias_initializer, ...: as Conv2D.
+
+    The kernel has shape (kernel_size, input_channels, filters), as Keras's.
+    """
+
+    rank = 1
+    paddings = NN.PADDINGS + ("causal",)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate, groups=groups,
+                         activation=activation, use_bias=use_bias, **kwargs)
+
+    def _window(self):
+        return (1,) + self.kernel_size, (1,) + self.strides
+
+    def _pads(self, image_shape):
+        if self.padding == "causal":
+            return (0, 0, self.kernel_size[0] - 1, 0)
+        return super()._pads(image_shape)
+
+    def _image_shape(self, input_shape):
+        return (input_shape[0], 1) + tuple(input_shape[1:])
 
     def _check_input(self, input_shape):
-        check_image(input_shape, "Conv2D", self.name)
-        if self.kernel is not None and input_shape[-1] != self.kernel.shape[2]:
-            raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
-                             f"{self.kernel.shape[2]} input channels (axis -1), but received input "
-                             f"with shape {format_shape(input_shape)}")
+        check_sequence(input_shape, "Conv1D", self.name)
+        self._check_channels(input_shape)
 
-    def compute_output_shape(self, input_shape):
-        self._check_input(input_shape)
-        height, width = window_output_shape(input_shape, self.kernel_size, self.strides, self.padding)
-        if height < 1 or width < 1:
-            raise ValueError(f"Conv2D layer {self.name!r}: a {self.kernel_size} kernel does not fit "
-                             f"inputs of shape {format_shape(input_shape)} with padding "
-                             f"{self.padding!r}; use padding='same' or a smaller kernel_size.")
-        return (input_shape[0], height, width, self.filters)
-
-    def build(self, input_shape):
-        self._check_input(input_shape)
-        shape = self.kernel_size + (input_shape[-1], self.filters)
-        self.kernel = self.add_weight(shape=shape, initializer=self.kernel_initializer, name="kernel",
-                                      regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.bias = self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
-                                        name="bias", regularizer=self.bias_regularizer)
-        self.built = True
-
-    def call(self, inputs):
-        x = NN.conv2d(inputs, self.kernel.value, self.strides, self.padding)
-        if self.use_bias:
-            x = B.add(x, self.bias.value)
-        return self.activation(x)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "data_format": "channels_last",
-            "dilation_rate": (1, 1),
-            "groups": 1,
-            "activation": activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-        })
-        return config
+    def _convolve(self, inputs):
+        image = as_image(inputs)
+        size, strides = self._window()
+        kernel = B.reshape(self.kernel.value, (1,) + self.kernel.shape)
+        return as_sequence(NN.conv2d(image, kernel, strides, self._pads(image.shape)))

@@ -1,5 +1,5 @@
-"""MaxPooling2D, AveragePooling2D and the global poolings (1D and 2D, mean and max), as in
-`keras.layers` (channels_last).
+"""MaxPooling1D/2D, AveragePooling1D/2D and the global poolings (1D and 2D, mean and max), as in
+`keras.layers` (channels_last).  The 1-D poolings are the 2-D ones of one-row images.
 
 Window pooling is a reduction over the window axes of im2col patches (`ir.build_nn.pool2d`): the
 compiled kernel evaluates each window in place, and the gradient is col2im of the reduction's
@@ -14,34 +14,49 @@ from __future__ import annotations
 from ir import build as B
 from ir import build_nn as NN
 
-from kcompile.layers.convolutional import (check_channels_last, check_image, normalize_padding,
-                                           normalize_tuple, window_output_shape)
+from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
+                                           check_sequence, normalize_padding, normalize_tuple,
+                                           window_output_shape)
 from kcompile.layers.layer import Layer, format_shape
 
 
 class _Pooling2D(Layer):
     _mode = ""
+    rank = 2
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
         layer = type(self).__name__
         check_channels_last(data_format, layer)
         super().__init__(**kwargs)
-        self.pool_size = normalize_tuple(pool_size, 2, "pool_size", layer)
+        self.pool_size = normalize_tuple(pool_size, self.rank, "pool_size", layer)
         self.strides = (self.pool_size if strides is None
-                        else normalize_tuple(strides, 2, "strides", layer))
+                        else normalize_tuple(strides, self.rank, "strides", layer))
         self.padding = normalize_padding(padding, layer)
 
-    def compute_output_shape(self, input_shape):
+    def _check_input(self, input_shape):
         check_image(input_shape, type(self).__name__, self.name)
-        height, width = window_output_shape(input_shape, self.pool_size, self.strides, self.padding)
+
+    def _window(self):
+        """(pool_size, strides) of the 2-D pooling that computes the layer."""
+        return self.pool_size, self.strides
+
+    def compute_output_shape(self, input_shape):
+        self._check_input(input_shape)
+        image = input_shape if self.rank == 2 else (input_shape[0], 1) + tuple(input_shape[1:])
+        size, strides = self._window()
+        height, width = window_output_shape(image, size, strides, self.padding)
         if height < 1 or width < 1:
             raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.pool_size} window "
                              f"does not fit inputs of shape {format_shape(input_shape)}; use "
                              "padding='same' or a smaller pool_size.")
-        return (input_shape[0], height, width, input_shape[3])
+        spatial = (width,) if self.rank == 1 else (height, width)
+        return (input_shape[0],) + spatial + (input_shape[-1],)
 
     def call(self, inputs):
-        return NN.pool2d(inputs, self.pool_size, self.strides, self.padding, self._mode)
+        size, strides = self._window()
+        if self.rank == 1:
+            return as_sequence(NN.pool2d(as_image(inputs), size, strides, self.padding, self._mode))
+        return NN.pool2d(inputs, size, strides, self.padding, self._mode)
 
     def get_config(self):
         config = super().get_config()
@@ -57,6 +72,33 @@ class MaxPooling2D(_Pooling2D):
 
 class AveragePooling2D(_Pooling2D):
     """The mean of each `pool_size` window, windows `strides` apart (default: pool_size)."""
+    _mode = "avg"
+
+
+class _Pooling1D(_Pooling2D):
+    """Pooling over the steps of channels-last sequences (batch, steps, channels), computed as the 2-D
+    pooling of one-row images."""
+    rank = 1
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(pool_size=pool_size, strides=strides, padding=padding,
+                         data_format=data_format, **kwargs)
+
+    def _check_input(self, input_shape):
+        check_sequence(input_shape, type(self).__name__, self.name)
+
+    def _window(self):
+        return (1,) + self.pool_size, (1,) + self.strides
+
+
+class MaxPooling1D(_Pooling1D):
+    """The maximum of each `pool_size` steps, windows `strides` apart (default: pool_size)."""
+    _mode = "max"
+
+
+class AveragePooling1D(_Pooling1D):
+    """The mean of each `pool_size` steps, windows `strides` apart (default: pool_size); 'same'
+    padding divides by the steps inside the sequence."""
     _mode = "avg"
 
 
