@@ -45,11 +45,15 @@ import zlib
 import numpy as np
 
 import kcompile
-from kcompile import losses, metrics as metrics_module, optimizers
+from kcompile import losses, metrics as metrics_module, optimizers, registry
+from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custom_objects,  # noqa: F401
+                               get_registered_name, get_registered_object, register_keras_serializable)
 from kcompile.layers.layer import format_shape
 from kcompile.utils.random import get_generator
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load_model", "load_weights", "save_model", "save_weights"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load_model", "load_weights", "save_model", "save_weights",
+           "CustomObjectScope", "custom_object_scope", "get_custom_objects", "get_registered_name",
+           "get_registered_object", "register_keras_serializable"]
 
 FORMAT_NAME = "kcompile.model"
 FORMAT_VERSION = 1
@@ -586,7 +590,7 @@ def model_from_json(json_string, custom_objects=None):
         raise ValueError("model_from_json needs the text of model.to_json(): a JSON object with "
                          "'class_name' and 'config'")
     try:
-        return _model_from_config(config, dict(custom_objects or {}))
+        return _model_from_config(config, registry.custom_objects_for(custom_objects))
     except Exception as error:
         raise ValueError(f"the model cannot be rebuilt from this JSON: {type(error).__name__}: "
                          f"{error}") from error
@@ -689,7 +693,9 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     Args:
         filepath: a `.keras` file written by `model.save`.
         custom_objects: {name: class or function} for custom layers, activations, losses, metrics,
-            optimizers and model classes, found by the names saved in the config.
+            optimizers and model classes, found by the names saved in the config (objects
+            registered with `register_keras_serializable` or in a `custom_object_scope` need not
+            be passed).
         compile: compile the model as it was when saved.
         safe_mode: accepted for Keras compatibility; kcompile's format never runs code (no pickle).
 
@@ -699,7 +705,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """
     filepath = _path(filepath)
     _check_model_suffix(filepath, "loading")
-    custom_objects = dict(custom_objects or {})
+    custom_objects = registry.custom_objects_for(custom_objects)
     archive = _Archive(filepath)
     model = _rebuild(archive, custom_objects)
     _assign(_match_weights(model, archive.weights, filepath))

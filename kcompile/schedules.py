@@ -25,6 +25,8 @@ import numbers
 from ir import Node
 from ir import build as B
 
+from kcompile import registry
+
 
 def _eager_value(schedule, step) -> float:
     from kcompile.layers.layer import call_eagerly
@@ -337,7 +339,7 @@ def serialize(schedule: LearningRateSchedule) -> dict:
 
 def deserialize(config: dict, custom_objects=None) -> LearningRateSchedule:
     classes = dict(_CLASSES)
-    classes.update(custom_objects or {})
+    classes.update(registry.custom_objects_for(custom_objects))
     cls = classes.get(config.get("class_name")) if isinstance(config, dict) else None
     if cls is None:
         raise ValueError(f"Unknown learning rate schedule in config {config!r}; pass custom schedule "

@@ -226,6 +226,60 @@ def test_custom_layers_activations_and_losses_through_custom_objects(tmp_path):
     assert loaded.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)
 
 
+def test_registered_and_scoped_custom_objects_load_without_custom_objects(tmp_path, monkeypatch):
+    # A fresh registry for this test: registration is process-global.
+    from kcompile import registry
+    monkeypatch.setattr(registry, "_GLOBAL_CUSTOM_OBJECTS", {})
+    monkeypatch.setattr(registry, "_REGISTERED_NAMES", {})
+
+    @saving.register_keras_serializable(package="tests")
+    class Shift(Scale):
+        pass
+
+    registered_tanh = saving.register_keras_serializable("tests", name="tanh2")(scaled_tanh)
+    assert saving.get_registered_name(Shift) == "tests>Shift"
+    assert saving.get_registered_name(registered_tanh) == "tests>tanh2"
+    assert saving.get_custom_objects()["tests>Shift"] is Shift
+    assert saving.get_registered_object("tests>tanh2") is scaled_tanh
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    model = Sequential([Input(shape=(3,)), Shift(initial=0.5), Dense(2, activation=scaled_tanh)])
+    model.compile(optimizer="rmsprop", loss=hinge_like, target="reference")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "registered.keras"
+    model.save(path)
+
+    # the layer and the activation are registered; the loss is not, so it comes from a scope
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        load_model(path)
+    with kcompile.utils.custom_object_scope({"hinge_like": hinge_like}):
+        loaded = load_model(path)
+    assert isinstance(loaded.layers[0], Shift) and loaded.loss is hinge_like
+    _assert_same_state(model, loaded)
+    # outside the scope the loss is unknown again; put in the global dict, it is found
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        load_model(path)
+    saving.get_custom_objects()["hinge_like"] = hinge_like
+    np.testing.assert_array_equal(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0))
+    # custom_objects= still overrides the registry
+    other = load_model(path, custom_objects={"Shift": Scale})
+    assert type(other.layers[0]) is Scale
+
+
+def test_registering_needs_a_config_and_a_name():
+    class NoConfig:
+        pass
+
+    with pytest.raises(ValueError, match="get_config"):
+        saving.register_keras_serializable()(NoConfig)
+    with pytest.raises(ValueError, match="package"):
+        saving.register_keras_serializable(package="a>b")
+    with pytest.raises(TypeError, match="dicts"):
+        kcompile.utils.custom_object_scope(["not", "a", "dict"])
+
+
 def test_a_lambda_loss_cannot_be_saved(tmp_path):
     model = Sequential([Input(shape=(3,)), Dense(2)])
     model.compile(optimizer="sgd", loss=lambda y_true, y_pred: hinge_like(y_true, y_pred),

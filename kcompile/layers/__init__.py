@@ -1,4 +1,5 @@
 """Layers, as ``keras.layers``."""
+from kcompile import registry
 from kcompile.layers.core import (Activation, Dense, Dropout, Flatten, Input, InputLayer, LeakyReLU,
                                   Rescaling, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
@@ -42,7 +43,7 @@ def serialize(layer: Layer) -> dict:
 
 def deserialize(config: dict, custom_objects=None) -> Layer:
     classes = dict(_CLASSES)
-    classes.update(custom_objects or {})
+    classes.update(registry.custom_objects_for(custom_objects))
     cls = classes.get(config.get("class_name"))
     if cls is None:
         raise ValueError(f"Unknown layer class {config.get('class_name')!r}; known: {sorted(classes)}. "

@@ -6,9 +6,13 @@ import numbers
 import numpy as np
 
 from kcompile.progbar import Progbar
+from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custom_objects,
+                               get_registered_name, get_registered_object, register_keras_serializable)
 from kcompile.utils.random import set_random_seed
 
-__all__ = ["Progbar", "PyDataset", "normalize", "set_random_seed", "to_categorical"]
+__all__ = ["CustomObjectScope", "Progbar", "PyDataset", "custom_object_scope", "get_custom_objects",
+           "get_registered_name", "get_registered_object", "normalize", "register_keras_serializable",
+           "set_random_seed", "to_categorical"]
 
 
 class PyDataset:

@@ -1,0 +1,104 @@
+"""Custom objects known by name when a model is loaded, as Keras's ``keras.saving`` registry.
+
+    @kcompile.saving.register_keras_serializable(package="my_package")
+    class Scale(kcompile.layers.Layer): ...
+
+    kcompile.load_model("m.keras")          # finds Scale without custom_objects=
+
+A saved config names a custom layer, activation, loss, metric, schedule or model class by its Python
+name; `custom_objects_for(given)` gives what loading looks such names up in: every registered object (under
+its registered name 'package>name', its name and its Python name), then the objects of the open
+`custom_object_scope`s (innermost last), then the `custom_objects=` of the call, each overriding the
+ones before.  `get_custom_objects()` is the global dict itself, which a user may also fill directly.
+"""
+from __future__ import annotations
+
+import inspect
+
+__all__ = ["CustomObjectScope", "custom_object_scope", "custom_objects_for", "get_custom_objects",
+           "get_registered_name", "get_registered_object", "register_keras_serializable"]
+
+_GLOBAL_CUSTOM_OBJECTS: dict = {}   # registered name -> object (and whatever users put in it)
+_REGISTERED_NAMES: dict = {}        # object -> registered name
+_SCOPES: list = []                  # the dicts of the open custom_object_scopes
+
+
+def register_keras_serializable(package="Custom", name=None):
+    """A decorator registering a class or function under 'package>name' (name: its own by default),
+    so that loading a model that uses it needs no `custom_objects=`."""
+    if not isinstance(package, str) or ">" in package:
+        raise ValueError(f"register_keras_serializable: `package` must be a string without '>'; got "
+                         f"package={package!r}")
+
+    def decorator(obj):
+        if not callable(obj):
+            raise TypeError(f"register_keras_serializable registers classes and functions; got {obj!r}")
+        own = name if name is not None else getattr(obj, "__name__", None)
+        if not isinstance(own, str) or not own:
+            raise ValueError(f"register_keras_serializable: {obj!r} has no __name__; pass name=")
+        if inspect.isclass(obj) and not hasattr(obj, "get_config"):
+            raise ValueError(f"Cannot register a class that does not have a get_config() method: "
+                             f"{obj.__name__}")
+        registered = f"{package}>{own}"
+        _GLOBAL_CUSTOM_OBJECTS[registered] = obj
+        _REGISTERED_NAMES[obj] = registered
+        return obj
+
+    return decorator
+
+
+def get_custom_objects() -> dict:
+    """The global {name: object} dict loading consults (registered objects; users may add to it)."""
+    return _GLOBAL_CUSTOM_OBJECTS
+
+
+def get_registered_name(obj) -> str:
+    """'package>name' for a registered object, else its Python name."""
+    return _REGISTERED_NAMES.get(obj, getattr(obj, "__name__", None))
+
+
+def get_registered_object(name, custom_objects=None, module_objects=None):
+    """The object registered or in scope under `name` (None if none), as Keras's function."""
+    found = custom_objects_for(custom_objects)
+    if name in found:
+        return found[name]
+    return (module_objects or {}).get(name)
+
+
+class CustomObjectScope:
+    """`with custom_object_scope({"Scale": Scale}):` makes the objects known to loading in the block."""
+
+    def __init__(self, *objects):
+        self.objects = {}
+        for mapping in objects:
+            if not isinstance(mapping, dict):
+                raise TypeError(f"custom_object_scope takes dicts of {{name: object}}; got {mapping!r}")
+            self.objects.update(mapping)
+
+    def __enter__(self):
+        _SCOPES.append(self.objects)
+        return self
+
+    def __exit__(self, *exc):
+        _SCOPES.remove(self.objects)
+        return False
+
+
+custom_object_scope = CustomObjectScope
+
+
+def custom_objects_for(given=None) -> dict:
+    """What loading looks names up in: the registry, the open scopes, then `given` (see the module)."""
+    found = {}
+    for key, obj in _GLOBAL_CUSTOM_OBJECTS.items():
+        short = key.rpartition(">")[2]
+        for alias in (getattr(obj, "__name__", None), short):
+            if alias:
+                found.setdefault(alias, obj)
+    for key, obj in _GLOBAL_CUSTOM_OBJECTS.items():
+        found[key] = obj
+    for scope in _SCOPES:
+        found.update(scope)
+    found.update(given or {})
+    return found
+
