@@ -7,7 +7,38 @@ import pytest
 
 import kcompile.utils
 from kcompile.utils import random as kcompile_random
-from kcompile.utils import set_random_seed, to_categorical
+from kcompile.utils import pad_sequences, set_random_seed, to_categorical
+
+
+# --- pad_sequences (expectations worked by hand from Keras's documented rules) ---
+
+def test_pad_sequences_pads_and_truncates_at_either_end():
+    seqs = [[1, 2, 3], [4], [], [5, 6, 7, 8, 9]]
+    np.testing.assert_array_equal(pad_sequences(seqs), [[0, 0, 1, 2, 3], [0, 0, 0, 0, 4],
+                                                        [0, 0, 0, 0, 0], [5, 6, 7, 8, 9]])
+    np.testing.assert_array_equal(pad_sequences(seqs, maxlen=3, padding="post", truncating="post",
+                                                value=-1),
+                                  [[1, 2, 3], [4, -1, -1], [-1, -1, -1], [5, 6, 7]])
+    np.testing.assert_array_equal(pad_sequences(seqs, maxlen=2), [[2, 3], [0, 4], [0, 0], [8, 9]])
+    assert pad_sequences(seqs).dtype == np.int32
+    floats = pad_sequences([[0.5], [1.5, 2.5]], dtype="float32", padding="post")
+    np.testing.assert_array_equal(floats, np.array([[0.5, 0], [1.5, 2.5]], np.float32))
+    assert pad_sequences([], maxlen=4).shape == (0, 4)
+
+
+def test_pad_sequences_keeps_the_shape_of_each_step_and_refuses_bad_input():
+    steps = [np.ones((2, 3)), np.full((1, 3), 2.0)]
+    out = pad_sequences(steps, dtype="float32")
+    assert out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out[1], [[0, 0, 0], [2, 2, 2]])
+    with pytest.raises(ValueError, match="'pre' or 'post'"):
+        pad_sequences([[1]], padding="middle")
+    with pytest.raises(ValueError, match="non-iterable: 3 at position 1"):
+        pad_sequences([[1], 3])
+    with pytest.raises(ValueError, match="different from expected shape"):
+        pad_sequences([np.ones((2, 3)), np.ones((2, 4))])
+    with pytest.raises(ValueError, match="maxlen"):
+        pad_sequences([[1]], maxlen=-1)
 
 
 # --- to_categorical ---

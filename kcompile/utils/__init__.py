@@ -11,7 +11,8 @@ from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custo
 from kcompile.utils.random import set_random_seed
 
 __all__ = ["CustomObjectScope", "Progbar", "PyDataset", "custom_object_scope", "get_custom_objects",
-           "get_registered_name", "get_registered_object", "normalize", "register_keras_serializable",
+           "get_registered_name", "get_registered_object", "normalize", "pad_sequences",
+           "register_keras_serializable",
            "set_random_seed", "to_categorical"]
 
 
@@ -51,6 +52,49 @@ class PyDataset:
 
     def on_epoch_end(self):
         pass
+
+
+def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0.0):
+    """Sequences of different lengths as one array (samples, maxlen, ...), as
+    ``keras.utils.pad_sequences``: sequences longer than `maxlen` (default: the longest) lose their
+    start ('pre') or end ('post'); shorter ones are filled with `value` before ('pre') or after
+    ('post')."""
+    for argument, given in (("padding", padding), ("truncating", truncating)):
+        if given not in ("pre", "post"):
+            raise ValueError(f"pad_sequences: `{argument}` must be 'pre' or 'post'; got "
+                             f"{argument}={given!r}")
+    if not hasattr(sequences, "__len__"):
+        raise ValueError(f"`sequences` must be iterable; got {type(sequences).__name__}")
+    lengths = []
+    sample_shape = ()
+    found_shape = False
+    for position, sequence in enumerate(sequences):
+        try:
+            lengths.append(len(sequence))
+        except TypeError:
+            raise ValueError("`sequences` must be a list of iterables. Found non-iterable: "
+                             f"{sequence!r} at position {position}") from None
+        if not found_shape and len(sequence):
+            sample_shape = np.asarray(sequence).shape[1:]
+            found_shape = True
+    if maxlen is None:
+        maxlen = max(lengths, default=0)
+    elif isinstance(maxlen, bool) or not isinstance(maxlen, numbers.Integral) or maxlen < 0:
+        raise ValueError(f"pad_sequences: `maxlen` must be None or an integer >= 0; got maxlen={maxlen!r}")
+    out = np.full((len(lengths), int(maxlen)) + sample_shape, value, dtype=dtype)
+    for position, sequence in enumerate(sequences):
+        if not len(sequence) or not maxlen:
+            continue
+        kept = sequence[-maxlen:] if truncating == "pre" else sequence[:maxlen]
+        kept = np.asarray(kept, dtype=dtype)
+        if kept.shape[1:] != sample_shape:
+            raise ValueError(f"Shape of sample {kept.shape[1:]} of sequence at position {position} is "
+                             f"different from expected shape {sample_shape}")
+        if padding == "post":
+            out[position, :len(kept)] = kept
+        else:
+            out[position, -len(kept):] = kept
+    return out
 
 
 def to_categorical(y, num_classes=None, dtype="float32"):
