@@ -52,6 +52,7 @@ from . import target
 from .loops import I64, for_range, i64, smin
 
 I1 = ir.IntType(1)
+I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 
 #: Largest k block (elements of the contracted dimension processed per pass over C).
@@ -244,8 +245,9 @@ def _function(module, name, args, names=(), noalias=()):
 # --------------------------------------------------------------------------------------------------
 # Micro-kernel
 
-def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0):
-    """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch..., prefetch_step]).
+def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, listed: bool = False):
+    """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch..., prefetch_step]
+    [, steps]).
 
     C[r, v*L + l] (+)= sum_p opA[r, p] * B[p, v*L + l] for r < rows, v < nvec, with B rows `ldb` apart
     and opA[r, p] = a[r*a_rs + p*a_cs]: (lda, 1) reads A in place, (1, lda) reads it transposed (one
@@ -254,15 +256,19 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0):
     written.  With `prefetch` = s > 0 streams, k step p also prefetches (into L2) the byte
     `prefetch_i + p * prefetch_step` of each stream i: how row tiles pull in memory that is read
     after them (the next panel of B to pack, an epilogue's operands) while they compute.
+    With `listed`, the k loop visits only the `k` steps listed in `steps` (an i16 array, see
+    `_zero_skip_list`): the steps where some of the tile's A values is not zero.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     pf = "" if not prefetch else ".pf" if prefetch == 1 else f".pf{prefetch}"
-    name = f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}{'.masked' if masked else ''}{pf}"
+    name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}{'.masked' if masked else ''}{pf}"
+            f"{'.listed' if listed else ''}")
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
-                        + [ptr] * prefetch + ([I64] if prefetch else []),
+                        + [ptr] * prefetch + ([I64] if prefetch else []) + ([ptr] if listed else []),
                         ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last")
-                        + tuple(f"prefetch{i}" for i in range(prefetch)) + ("prefetch_step",),
+                        + tuple(f"prefetch{i}" for i in range(prefetch))
+                        + (("prefetch_step",) if prefetch else ()) + (("steps",) if listed else ()),
                         noalias=(0, 3, 5))
     if not new:
         return fn
@@ -290,9 +296,12 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0):
             phi.add_incoming(vec.zero, entry)
             row.append(phi)
         accs.append(row)
-    b_row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
+    step_index = p
+    if listed:
+        step_index = bld.zext(bld.load(_gep(bld, fn.args[-1], p, I16), typ=I16, align=2), I64)
+    b_row = _gep(bld, b, bld.mul(step_index, ldb, flags=("nsw",)), T)
     b_vecs = [vec.load(bld, _gep(bld, b_row, v * L, T)) for v in range(nvec)]
-    a_step = bld.mul(p, a_cs, flags=("nsw",))
+    a_step = bld.mul(step_index, a_cs, flags=("nsw",))
     a_ptrs = [_gep(bld, a_rows[r], a_step, T) for r in range(rows)]
     new_accs = []
     for r in range(rows):
@@ -355,6 +364,55 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0):
             vec.masked_store(bld, value, c_ptrs[r][v], mask)
         else:
             vec.store(bld, value, c_ptrs[r][v])
+    bld.ret_void()
+    return fn
+
+
+def _zero_skip_list(vec: _Vec, rows: int):
+    """void list(a, a_rs, a_cs, k, steps, count): the steps p < k at which some opA[r, p] (r < rows,
+    addressed as in `_kernel`) is not zero (+0 or -0), in order, into `steps` (i16), and how many
+    into `*count` (i64).  A listed kernel then skips the others: their FMAs add exact zeros
+    (x + 0*b == x for every finite b), so C is the same bit for bit unless B holds an inf or NaN
+    where A is zero (0*inf is NaN; the skipped term is not computed)."""
+    module, T = vec.module, vec.dtype
+    ptr = ir.PointerType()
+    name = f"{_KERNEL_PREFIX}.zero_skip_list.{_type_tag(T)}.{rows}"
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr, ptr],
+                        ("a", "a_rs", "a_cs", "k", "steps", "count"), noalias=(0, 4, 5))
+    if not new:
+        return fn
+    a, a_rs, a_cs, k, steps, count = fn.args
+    bits = ir.IntType(_dtype_bits(T))
+    magnitude_mask = ir.Constant(bits, (1 << (bits.width - 1)) - 1)
+    entry = fn.append_basic_block("entry")
+    body = fn.append_basic_block("body")
+    done = fn.append_basic_block("done")
+    bld = ir.IRBuilder(entry)
+    a_rows = [_gep(bld, a, _mul(bld, r, a_rs), T) for r in range(rows)]
+    bld.cbranch(bld.icmp_signed(">", k, i64(0)), body, done)
+    bld.position_at_end(body)
+    p = bld.phi(I64, name="p")
+    n = bld.phi(I64, name="n")
+    p.add_incoming(i64(0), entry)
+    n.add_incoming(i64(0), entry)
+    a_step = bld.mul(p, a_cs, flags=("nsw",))
+    word = None
+    for r in range(rows):
+        value = bld.bitcast(bld.load(_gep(bld, a_rows[r], a_step, T), typ=T, align=4), bits)
+        word = value if word is None else bld.or_(word, value)
+    nonzero = bld.icmp_unsigned("!=", bld.and_(word, magnitude_mask), ir.Constant(bits, 0))
+    # Branch-free: every step is written at the next free slot, which only a listed step takes.
+    bld.store(bld.trunc(p, I16), _gep(bld, steps, n, I16), align=2)
+    n_next = bld.add(n, bld.zext(nonzero, I64), flags=("nsw", "nuw"))
+    p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
+    p.add_incoming(p_next, body)
+    n.add_incoming(n_next, body)
+    bld.cbranch(bld.icmp_signed("<", p_next, k), body, done)
+    bld.position_at_end(done)
+    total = bld.phi(I64)
+    total.add_incoming(i64(0), entry)
+    total.add_incoming(n_next, body)
+    bld.store(total, count, align=8)
     bld.ret_void()
     return fn
 
@@ -546,7 +604,7 @@ def _k_block(k, lanes: int):
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
-              then_read=(), narrow_scratch_ptr=None) -> None:
+              then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -579,6 +637,14 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     epilogue's operands): the row tiles prefetch it into L2, one cache line per k step and pair, so
     that it arrives while they compute instead of when the epilogue waits for it.  Each pair costs
     a prefetch per k step; bytes past what the k steps cover (k x 64 per full tile) are not fetched.
+
+    `skip_zeros`: each full row tile of C first lists the k steps where one of its rows of op(A) is
+    not zero (`_zero_skip_list`), and its kernel then runs only those, for every column panel; the
+    lists take two `alloca`s of the caller's function (MC / tile rows x KC i16 steps, 40 KiB with
+    AVX-512, and the counts).  Activations after relu and Dropout, and their gradients, are mostly
+    zero, and in row tiles often together: W1's training step skips about a third of the FMAs of its
+    large products.  Only when C has two full column panels or more (the list is then reused);
+    results are the same bit for bit, except where B holds an inf or NaN facing a zero of A.
 
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
@@ -615,12 +681,29 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             # every gemm of the function; pages this gemm does not touch cost nothing.
             scratch = _function_scratch(builder, T, _round_up(KC, L) * nr)
 
+    a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
+    mr_main = tile_rows(nv, registers)
+    use_lists = skip_zeros and _is_const(n) and n // nr >= 2
+
+    def zero_skip_lists(a_block, mcur, kcur):
+        """(steps, counts) of every full row tile of the m block (see `skip_zeros`)."""
+        capacity = MC // mr_main
+        steps = _function_scratch(builder, I16, capacity * KC, purpose="zero_skip")
+        counts = _function_scratch(builder, I64, capacity, purpose="zero_skip_count")
+        fn = _zero_skip_list(vec, mr_main)
+        with for_range(builder, 0, _round_down(builder, mcur, mr_main), mr_main, name="zl") as row:
+            tile = builder.udiv(i64(row), i64(mr_main))
+            builder.call(fn, [a_tile(a_block, row), *a_strides, i64(kcur),
+                              _gep(builder, steps, builder.mul(tile, i64(KC)), I16),
+                              _gep(builder, counts, tile, I64)])
+        return steps, counts
+
     def a_tile(a_block, row):
         # opA rows start `row` rows down: row*lda elements without trans_a, `row` elements with it.
         return _gep(builder, a_block, row if trans_a else _mul(builder, row, lda), T)
 
     def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c,
-                  prefetch=None):
+                  prefetch=None, lists=None):
         """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block.
 
         `prefetch` = (streams, panel): memory the full row tiles should pull into L2 as they go,
@@ -628,16 +711,23 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         of the product taking the lines from t * kcur on (this panel's first tile is the
         `panel`-th times the full tiles per panel).
         """
-        def call(rows, row, prefetch_args=()):
-            fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0)
-            a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
+        def call(rows, row, prefetch_args=(), listed=None):
+            fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
+                         listed is not None)
+            steps, count = listed if listed is not None else ((), i64(kcur))
             builder.call(fn, [a_tile(a_block, row), *a_strides, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
-                              i64(kcur), load_c, i64(ncols_last), *prefetch_args])
+                              count, load_c, i64(ncols_last), *prefetch_args, *steps])
 
         def full_tile(row):
+            listed = None
+            if lists is not None:
+                steps, counts = lists
+                tile = builder.udiv(i64(row), i64(mr))
+                listed = ((_gep(builder, steps, builder.mul(tile, i64(KC)), I16),),
+                          builder.load(_gep(builder, counts, tile, I64), typ=I64, align=8))
             if prefetch is None:
-                call(mr, row)
+                call(mr, row, listed=listed)
                 return
             streams, panel = prefetch
             tile = builder.add(builder.mul(i64(panel), builder.udiv(i64(mfull), i64(mr))),
@@ -649,7 +739,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 addresses.append(builder.gep(start, [builder.select(inside, offset, i64(0))],
                                              source_etype=ir.IntType(8)))
                 any_inside = inside if any_inside is None else builder.or_(any_inside, inside)
-            call(mr, row, (*addresses, builder.select(any_inside, i64(64), i64(0))))
+            call(mr, row, (*addresses, builder.select(any_inside, i64(64), i64(0))), listed)
 
         mr = tile_rows(nvec, registers)
         tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
@@ -696,6 +786,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         else:
             a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, ic, lda), pc), T)
         c_row = _gep(builder, c_ptr, _mul(builder, ic, ldc), T)
+        lists = zero_skip_lists(a_block, mcur, kcur) if use_lists else None
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
@@ -711,7 +802,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             elif then_read:
                 prefetch = (then_read, builder.udiv(i64(j0), i64(nr)))
             row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
-                      ncols_last, kcur, load_c, prefetch)
+                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None)
 
         nfull = _round_down(builder, n, nr)
         if _is_const(nfull) and nfull == nr:

@@ -653,6 +653,8 @@ PLACEMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # GEMM functions, which record in "bytes" the most any of them uses.  The JIT's modules are not
 # in here: their code is unchanged.
 WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: GEMMs of JIT code skip the k steps where a row tile of op(A) is all zero (emit_gemm's skip_zeros).
+SKIP_ZEROS = True
 
 
 class _GemmScratch:
@@ -717,9 +719,12 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
                                                           source_etype=I8)}
         record = WORKSPACE_SCRATCH.setdefault(module, {"bytes": 0})
         record["bytes"] = max(record["bytes"], pack_bytes + narrow * itemsize)
+    # Zero skipping needs two stack buffers (its step lists): JIT code only, whose threads have
+    # large stacks; code with workspace scratch (exported predictors) keeps its stack small.
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
-              then_read=list(zip(pairs[::2], pairs[1::2])), **scratch_ptrs)
+              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=SKIP_ZEROS and not scratch,
+              **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 

@@ -39,9 +39,10 @@ PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 class GemmSpec:
     """One gemm to compile: layout, which of m/n/k are constants (and their values), options."""
 
-    def __init__(self, layout, m=None, n=None, k=None, accumulate=False):
+    def __init__(self, layout, m=None, n=None, k=None, accumulate=False, skip_zeros=False):
         self.trans_a, self.trans_b = LAYOUTS[layout]
         self.layout, self.dims, self.accumulate = layout, {"m": m, "n": n, "k": k}, accumulate
+        self.skip_zeros = skip_zeros
 
     def accepts(self, m, n, k):
         return all(v is None or v == x for v, x in zip(self.dims.values(), (m, n, k)))
@@ -57,7 +58,7 @@ def compile_gemms(specs, *, dtype=ir.FloatType(), lanes=None):
         a, b, c, *sizes = fn.args
         m, n, k = (v if v is not None else arg for v, arg in zip(spec.dims.values(), sizes))
         emit_gemm(builder, a, b, c, m, n, k, trans_a=spec.trans_a, trans_b=spec.trans_b, dtype=dtype,
-                  lanes=lanes, accumulate=spec.accumulate)
+                  lanes=lanes, accumulate=spec.accumulate, skip_zeros=spec.skip_zeros)
         builder.ret_void()
     jit = JitModule(module)
     return jit, [PROTO(jit.address(f"g{idx}")) for idx in range(len(specs))]
@@ -120,6 +121,78 @@ def test_constant_sizes_every_layout(lanes):
     specs.append(GemmSpec("NN", *BIG[0], accumulate=True))
     specs.append(GemmSpec("NT", *BIG[2]))
     run_specs(specs, CONSTANT_SAMPLE + BIG, lanes=None if lanes == HOST_LANES else lanes)
+
+
+def _sparse(shape, pattern, rng):
+    """A float32 matrix whose zeros follow `pattern` (how relu and Dropout leave activations)."""
+    a = rng.standard_normal(shape).astype(np.float32)
+    if pattern == "rows":
+        a[rng.random(shape[0]) < 0.5] = 0.0
+    elif pattern == "columns":
+        a[:, rng.random(shape[1]) < 0.5] = 0.0
+    elif pattern == "mostly_zero":
+        a[rng.random(shape) < 0.85] = 0.0
+    elif pattern == "zero":
+        a[...] = 0.0
+    elif pattern == "negative_zero":
+        a[rng.random(shape) < 0.7] = -0.0
+    return a
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_zero_skipping_gives_the_dense_products_values(lanes):
+    """skip_zeros: every layout, runtime and constant sizes across the m and k blocks, with C of two
+    and more column panels plus a tail; against numpy and, value for value, the dense kernels."""
+    lanes_arg = None if lanes == HOST_LANES else lanes
+    nr = tile_shape(lanes)[1] * lanes
+    shapes = [(37, 2 * nr + 10, 28), (6, 2 * nr, 3), (MC + 13, 3 * nr, 7), (9, 2 * nr + 1, KC + 77),
+              (32, 4 * nr, 100), (1, 2 * nr, 5)]
+    specs, dense = [], []
+    for layout in LAYOUTS:
+        for acc in (False, True):
+            specs.append(GemmSpec(layout, n=2 * nr + 10, accumulate=acc, skip_zeros=True))
+            dense.append(GemmSpec(layout, n=2 * nr + 10, accumulate=acc))
+        specs.append(GemmSpec(layout, skip_zeros=True))   # runtime n: no lists, dense kernels
+        dense.append(GemmSpec(layout))
+    for m, n, k in shapes[1:]:
+        specs.append(GemmSpec("TN", m=m, n=n, k=k, skip_zeros=True))
+        dense.append(GemmSpec("TN", m=m, n=n, k=k))
+        specs.append(GemmSpec("NN", n=n, skip_zeros=True))
+        dense.append(GemmSpec("NN", n=n))
+    _, fns = compile_gemms(specs + dense, lanes=lanes_arg)
+    rng = np.random.default_rng(11)
+    runs = 0
+    for spec, fn, plain in zip(specs, fns[:len(specs)], fns[len(specs):]):
+        for m, n, k in shapes:
+            if not spec.accepts(m, n, k):
+                continue
+            for pattern in ("rows", "columns", "mostly_zero", "zero", "negative_zero"):
+                a = _sparse((k, m) if spec.trans_a else (m, k), pattern, rng)
+                b = rng.standard_normal((n, k) if spec.trans_b else (k, n)).astype(np.float32)
+                c0 = rng.standard_normal((m, n)).astype(np.float32)
+                got, want = c0.copy(), c0.copy()
+                fn(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k)
+                plain(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
+                where = f"{spec.layout} m={m} n={n} k={k} acc={spec.accumulate} {pattern}"
+                np.testing.assert_array_equal(got, want, err_msg=where)
+                op_a = (a.T if spec.trans_a else a).astype(np.float64)
+                op_b = (b.T if spec.trans_b else b).astype(np.float64)
+                ref = op_a @ op_b + (c0 if spec.accumulate else 0)
+                np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=where)
+                runs += 1
+    assert runs > 100
+
+
+def test_zero_skipping_never_skips_a_nan():
+    nr = tile_shape(HOST_LANES)[1] * HOST_LANES
+    _, (fn,) = compile_gemms([GemmSpec("NN", n=2 * nr, skip_zeros=True)])
+    a = np.zeros((12, 9), np.float32)
+    a[7, 4] = np.nan
+    b = np.ones((9, 2 * nr), np.float32)
+    c = np.empty((12, 2 * nr), np.float32)
+    fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, 12, 2 * nr, 9)
+    assert np.isnan(c[7]).all() and not np.isnan(np.delete(c, 7, axis=0)).any()
+    assert (np.delete(c, 7, axis=0) == 0).all()
 
 
 @pytest.mark.parametrize("lanes", LANES)
