@@ -120,3 +120,56 @@ def load_runners(alias: str, traces: dict, state: dict, **options):
         return None
     compiled, extra = found
     return {name: CompiledRunner(None, state, compiled=fn) for name, fn in compiled.items()}, extra
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras's `keras.backend` utilities (the settings kcompile has, and the one float type it computes in)
+# ----------------------------------------------------------------------------------------------
+
+def backend() -> str:
+    """The name of the backend: 'kcompile' (Keras answers 'jax', 'tensorflow' or 'torch')."""
+    return "kcompile"
+
+
+def floatx() -> str:
+    """The default float type: 'float32', the one kcompile computes in."""
+    return "float32"
+
+
+def set_floatx(value) -> None:
+    if value != "float32":
+        raise ValueError(f"kcompile computes in float32 only; set_floatx({value!r}) is not supported")
+
+
+def epsilon() -> float:
+    """The fuzz factor of the losses (probabilities are clipped to [epsilon, 1 - epsilon]): 1e-7."""
+    from kcompile import losses
+    return losses.EPSILON
+
+
+def set_epsilon(value) -> None:
+    """Set the losses' fuzz factor (used by models compiled afterwards)."""
+    from kcompile import losses
+    value = float(value)
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"set_epsilon needs a value in [0, 0.5); got {value!r}")
+    losses.EPSILON = value
+
+
+def image_data_format() -> str:
+    """'channels_last', the layout of kcompile's images (batch, height, width, channels)."""
+    return "channels_last"
+
+
+def set_image_data_format(data_format) -> None:
+    if data_format != "channels_last":
+        raise ValueError("kcompile supports data_format='channels_last' only; got "
+                         f"set_image_data_format({data_format!r})")
+
+
+def clear_session(free_memory=True) -> None:
+    """As Keras's: forget global state.  kcompile's models keep their own (names, compiled code), so
+    this only collects garbage, which frees the compiled code of models no longer referenced."""
+    import gc
+    if free_memory:
+        gc.collect()

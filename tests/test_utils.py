@@ -139,3 +139,27 @@ def test_set_random_seed_rejects_invalid_seeds(seed, error):
 def test_utils_exports():
     assert kcompile.utils.to_categorical is to_categorical
     assert kcompile.utils.set_random_seed is kcompile_random.set_random_seed
+
+
+# --- keras.backend's utilities ---
+
+def test_backend_settings_are_keras_defaults_and_epsilon_reaches_the_losses():
+    from kcompile import backend, losses
+    assert (backend.floatx(), backend.epsilon(), backend.image_data_format()) == \
+        ("float32", 1e-7, "channels_last")
+    y_true = np.array([[0.0, 1.0]], np.float32)
+    y_pred = np.array([[1.0, 0.0]], np.float32)      # the true class has probability 0: clipped
+    default = float(losses.CategoricalCrossentropy()(y_true, y_pred))
+    assert default == pytest.approx(-np.log(1e-7), rel=1e-5)
+    try:
+        backend.set_epsilon(1e-3)
+        assert float(losses.CategoricalCrossentropy()(y_true, y_pred)) == \
+            pytest.approx(-np.log(1e-3), rel=1e-5)
+    finally:
+        backend.set_epsilon(1e-7)
+    with pytest.raises(ValueError, match="float32 only"):
+        backend.set_floatx("float16")
+    with pytest.raises(ValueError, match="channels_last"):
+        backend.set_image_data_format("channels_first")
+    kcompile.utils.clear_session()   # as Keras's: callable, and the library still works afterwards
+    assert backend.floatx() == "float32"

@@ -5,12 +5,14 @@ import numbers
 
 import numpy as np
 
+from kcompile.backend import clear_session
 from kcompile.progbar import Progbar
 from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custom_objects,
                                get_registered_name, get_registered_object, register_keras_serializable)
 from kcompile.utils.random import set_random_seed
 
-__all__ = ["CustomObjectScope", "Progbar", "PyDataset", "custom_object_scope", "get_custom_objects",
+__all__ = ["CustomObjectScope", "Progbar", "PyDataset", "clear_session", "custom_object_scope",
+           "get_custom_objects",
            "get_registered_name", "get_registered_object", "normalize", "pad_sequences",
            "register_keras_serializable",
            "set_random_seed", "to_categorical"]
