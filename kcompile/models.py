@@ -102,6 +102,11 @@ class Model(InspectionMixin, Trainer, Layer):
             self.build(input_shape)
 
     def get_layer(self, name=None, index=None):
+        if name is not None and index is not None:
+            raise ValueError("Provide only a layer name or a layer index. Received: "
+                             f"index={index}, name={name!r}.")
+        if name is None and index is None:
+            raise ValueError("Provide either a layer name or layer index at `get_layer`.")
         if index is not None:
             if not -len(self.layers) <= index < len(self.layers):
                 raise ValueError(f"Was asked to retrieve layer at index {index} but model only has "
@@ -370,13 +375,20 @@ class Sequential(Model):
         if self._input_layer is not None:
             configs.append(layers_module.serialize(self._input_layer))
         configs += [layers_module.serialize(layer) for layer in self._layers]
-        return {"name": self.name, "trainable": self.trainable, "layers": configs}
+        config = {"name": self.name, "trainable": self.trainable, "layers": configs}
+        if self._input_layer is None and self._build_input_shape is not None:
+            # built by build() or a first call: Keras's key, so that from_config builds the copy
+            config["build_input_shape"] = tuple(self._build_input_shape)
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for layer_config in config.get("layers", []):
             model.add(layers_module.deserialize(layer_config, custom_objects), rebuild=False)
+        build_input_shape = config.get("build_input_shape")
+        if model._known_input_shape() is None and build_input_shape is not None and model._layers:
+            model.build(tuple(build_input_shape))
         model._maybe_build()
         return model
 

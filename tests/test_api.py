@@ -268,6 +268,28 @@ def test_layer_and_model_configs_round_trip():
     assert Dropout.from_config(Dropout(0.3).get_config()).rate == 0.3
 
 
+def test_a_model_built_by_build_or_by_data_copies_built_from_its_config():
+    for build in (lambda m: m.build((None, 4)), lambda m: m.predict(np.ones((2, 4)), verbose=0)):
+        model = Sequential([Dense(3), Dense(2)])
+        model.compile(optimizer="sgd", loss="mse", target=TARGET)
+        build(model)
+        config = model.get_config()
+        assert tuple(config["build_input_shape"]) == (None, 4)
+        copy = Sequential.from_config(config)
+        assert copy.built and copy.count_params() == 3 * 4 + 3 + 2 * 3 + 2 == 23
+        copy.set_weights(model.get_weights())
+    assert "build_input_shape" not in issue_model().get_config()   # its Input layer says it
+
+
+def test_get_layer_needs_exactly_one_of_name_and_index():
+    model = Sequential([Dense(2, input_shape=(3,), name="a"), Dense(1, name="b")])
+    assert model.get_layer("b") is model.get_layer(index=1) is model.layers[-1]
+    with pytest.raises(ValueError, match="either a layer name or layer index"):
+        model.get_layer()
+    with pytest.raises(ValueError, match="only a layer name or a layer index"):
+        model.get_layer(name="a", index=1)
+
+
 def test_callbacks_see_keras_hooks_and_can_stop_training():
     x, y = small_data()
     seen = []
