@@ -109,6 +109,7 @@ class _Conv(Layer):
         if groups != 1:
             raise NotImplementedError(f"{layer} supports groups=1 only; got groups={groups!r}")
         super().__init__(**kwargs)
+        self.data_format = "channels_last"
         self.filters = int(filters)
         self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
         self.strides = normalize_tuple(strides, self.rank, "strides", layer)

@@ -28,6 +28,7 @@ class _Pooling2D(Layer):
         layer = type(self).__name__
         check_channels_last(data_format, layer)
         super().__init__(**kwargs)
+        self.data_format = "channels_last"
         self.pool_size = normalize_tuple(pool_size, self.rank, "pool_size", layer)
         self.strides = (self.pool_size if strides is None
                         else normalize_tuple(strides, self.rank, "strides", layer))
@@ -112,6 +113,7 @@ class _GlobalPooling(Layer):
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         check_channels_last(data_format, type(self).__name__)
         super().__init__(**kwargs)
+        self.data_format = "channels_last"
         self.keepdims = bool(keepdims)
 
     def compute_output_shape(self, input_shape):
