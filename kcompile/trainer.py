@@ -782,7 +782,17 @@ class Trainer:
                 raise ValueError(f"Model {self.name!r} has no input shape yet, and `{argument}` with "
                                  f"samples of shape {format_shape(x.shape[1:])} does not fit it: "
                                  f"{error}") from None
+        self._check_embedding_ids(x, argument)
         return shape
+
+    def _check_embedding_ids(self, x: np.ndarray, argument: str) -> None:
+        """Ids straight from the user's data (the input feeds an Embedding) must lie in
+        [0, input_dim): checked here, as sparse labels are, before any step runs (inside the model
+        an id out of range would only be clamped)."""
+        from kcompile.layers.embedding import Embedding
+        layers = self.layers
+        if layers and isinstance(layers[0], Embedding):
+            layers[0].check_ids(x, argument)
 
     def _resolve_loss(self, given_shape, output_shape):
         if isinstance(self.loss, str) and self.loss in losses.AUTO_NAMES:
@@ -1330,6 +1340,7 @@ class Trainer:
         program = self._programs.get(("predict", None, False))
         if program is None or x.shape[1:] != program.row_shape or not self._weights_finite(program):
             return None
+        self._check_embedding_ids(x, "x")
         runner = program.runner
         runner.call_on("x", x)
         return np.array(runner.output("y_pred", len(x)), copy=True)

@@ -42,13 +42,81 @@ def test_lookup_and_gradient_match_numpy(target):
 
 
 def test_ids_outside_the_table_are_clamped():
+    """Ids computed inside the model (here behind a Reshape) are clamped on the floats, before the
+    cast to i32, so ids the cast could not represent (>= 2**31, +-inf, NaN) follow the rule too:
+    NaN reads row 0.  Both targets agree (the expectation is written out by hand)."""
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
-    model = Sequential([Input(shape=(3,)), Embedding(4, 2)])
+    ids = np.array([[-3, 0, 9, 2 ** 31, 2 ** 40, 1e30, np.inf, -np.inf, np.nan, -2 ** 40, 2.7, -0.5]],
+                   np.float32)
+    rows = [0, 0, 3, 3, 3, 3, 3, 0, 0, 0, 2, 0]
+    model = Sequential([Input(shape=(12,)), Reshape((12,)), Embedding(4, 2)])
     model.set_weights([table])
-    ids = np.array([[-3, 0, 9]], np.float32)
     for target in ("reference", "llvm"):
         model.compile(optimizer="sgd", loss="mse", target=target)
-        np.testing.assert_array_equal(model.predict(ids, verbose=0)[0], table[[0, 0, 3]])
+        np.testing.assert_array_equal(model.predict(ids, verbose=0)[0], table[rows])
+
+
+def test_a_float_to_int32_cast_saturates_in_compiled_code():
+    """codegen's float -> i32 conversion is defined for every float (fptosi alone is poison for
+    NaN and values out of range): NaN -> 0, otherwise truncation clamped to the i32 range."""
+    from kcompile import ops
+    from kcompile.layers import Layer
+
+    class ToInt(Layer):
+        def call(self, t):
+            return ops.cast(ops.cast(t, "int32"), "float32")
+
+    x = np.array([[np.nan, np.inf, -np.inf, 2 ** 31, -2 ** 31, 3e9, -3e9, 2.9, -2.9, 1e30]],
+                 np.float32)
+    want = np.array([[0, 2 ** 31 - 1, -2 ** 31, 2 ** 31 - 1, -2 ** 31, 2 ** 31 - 1, -2 ** 31, 2, -2,
+                      2 ** 31 - 1]], np.float64).astype(np.float32)
+    model = Sequential([Input(shape=(10,)), ToInt()])
+    model.compile(optimizer="sgd", loss="mse", target="llvm")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), want)
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_ids_out_of_range_in_the_data_are_refused(target):
+    """When the input feeds the Embedding directly, an id outside [0, input_dim) in the data is a
+    ValueError naming the layer, the id, its position and the range, before any step runs (the
+    model's weights and step count stay as they were)."""
+    rng = np.random.default_rng(1)
+    model = Sequential([Input((3,), dtype="int32"), Embedding(10, 2, name="words"), Flatten(),
+                        Dense(2)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", target=target)
+    x = rng.integers(0, 10, (8, 3))
+    y = rng.integers(0, 2, 8)
+    model.fit(x, y, verbose=0)
+    model.predict(x[:1].astype(np.float32), verbose=0)   # (so predict's one-batch fast path is ready)
+    weights = model.get_weights()
+    iterations = int(np.asarray(model.optimizer.iterations))
+    cases = [(57, "57"), (-1, "-1"), (10, "10"), (2 ** 31, str(2 ** 31)), (np.nan, "nan"),
+             (np.inf, "inf"), (1e30, r"1e\+30")]
+    for bad, shown in cases:
+        xb = x.astype(np.float64 if isinstance(bad, float) else np.int64)
+        xb[5, 1] = bad
+        calls = {
+            "fit": lambda: model.fit(xb, y, verbose=0),
+            "fit validation_data": lambda: model.fit(x, y, validation_data=(xb, y), verbose=0),
+            "evaluate": lambda: model.evaluate(xb, y, verbose=0),
+            "predict": lambda: model.predict(xb, verbose=0),
+            "predict fast path": lambda: model.predict(xb[5:6].astype(np.float32), verbose=0),
+            "train_on_batch": lambda: model.train_on_batch(xb, y),
+            "test_on_batch": lambda: model.test_on_batch(xb, y),
+            "predict_on_batch": lambda: model.predict_on_batch(xb),
+            "fit on a generator": lambda: model.fit(iter([(xb, y)]), verbose=0),
+        }
+        for what, call in calls.items():
+            position = r"\[0, 1\]" if what == "predict fast path" else r"\[5, 1\]"
+            with pytest.raises(ValueError,
+                               match=rf"'words'.*\[0, 10\).* {shown} at position {position}"):
+                call()
+        for got, want in zip(model.get_weights(), weights):
+            np.testing.assert_array_equal(got, want)
+        assert int(np.asarray(model.optimizer.iterations)) == iterations
+    # ids in range (also as floats holding integers) still train
+    model.fit(x.astype(np.float32), y, verbose=0)
+    assert int(np.asarray(model.optimizer.iterations)) == iterations + 1
 
 
 def test_default_initializer_is_uniform_005_and_config_round_trips():

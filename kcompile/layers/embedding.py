@@ -3,14 +3,23 @@
 The lookup is the `gather` primitive; its gradient is `scatter_add`, the sum of the gradient rows
 of every occurrence of an id, so the optimizer updates the whole (dense) table.  Models are fed
 float32 arrays (an `Input(dtype='int32')` takes integer ids and feeds them as float32, exact below
-2**24), so the ids arrive as floats holding integers and are cast to i32 in the graph; ids
-outside [0, input_dim) are clamped to the nearest row.  Keras differs by backend there: on JAX an id
-past the end gives NaN and a negative id counts from the end; on TensorFlow both raise.
+2**24), so the ids arrive as floats holding integers and are cast to i32 in the graph.
+
+Ids outside [0, input_dim): when the model's input feeds the Embedding directly (ids straight from
+the user's data), fit, evaluate, predict and the *_on_batch methods raise a ValueError naming the
+id and its position (`Embedding.check_ids`), before any step runs.  Ids computed inside the model
+(an Embedding after other layers) are clamped to the nearest row: a negative id or -inf reads row 0,
+an id past the end or +inf row input_dim - 1, and NaN row 0.  The clamp is done on the floats,
+before the cast to i32, because converting a float outside the i32 range (an id >= 2**31, +-inf,
+NaN) is undefined (LLVM's fptosi gives poison).  Keras differs by backend there: on JAX an id past
+the end gives NaN and a negative id counts from the end; on TensorFlow both raise.
 """
 from __future__ import annotations
 
 import numbers
 import warnings
+
+import numpy as np
 
 from ir import build as B
 from ir import build_nn as NN
@@ -80,8 +89,45 @@ class Embedding(Layer):
         self.built = True
 
     def call(self, inputs):
-        ids = inputs if inputs.dtype == "i32" else B.cast(inputs, "i32")
+        if inputs.dtype == "i32":
+            ids = inputs  # (gather clamps i32 ids itself)
+        else:
+            # NOTE: clamp before the cast (see the module docstring).  A comparison with NaN is
+            # false, so the first select sends NaN (and negative ids, -inf) to row 0.
+            ids = B.select(B.ge(inputs, B.scalar(0, inputs)), inputs, 0)
+            last = self.input_dim - 1
+            ids = B.cast(B.select(B.le(ids, B.scalar(last, ids)), ids, last), "i32")
         return NN.gather(self.embeddings.value, ids)
+
+    def check_ids(self, ids: np.ndarray, argument: str) -> None:
+        """A clear error for ids (a model input feeding this layer directly) outside
+        [0, input_dim), NaN included; nothing is copied unless one is out of range."""
+        if ids.size == 0:
+            return
+        low, high = ids.min(), ids.max()
+        if low >= 0 and high < self.input_dim:   # (false for NaN)
+            return
+        bad = ~((ids >= 0) & (ids < self.input_dim))
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = ids[position]
+        shown = value.item()
+        if isinstance(shown, float):  # (2.0 reads as the id 2; float32 1e30 as 1e+30)
+            shown = int(shown) if shown.is_integer() and abs(shown) < 2 ** 53 else str(value)
+        count = int(bad.sum())
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        if np.isnan(value):
+            fix = "replace the NaN ids (missing values) with an id of their own"
+        elif value < 0:
+            fix = "ids are never negative: map them to 0, 1, ... first"
+        elif value < MAX_INPUT_DIM:
+            fix = (f"make the table larger (Embedding(input_dim={int(value) + 1}, ...) or more) or "
+                   "map the ids into range")
+        else:
+            fix = "map the ids into range (hash or bucket them)"
+        raise ValueError(f"Embedding layer {self.name!r} looks up ids in [0, {self.input_dim}) "
+                         f"(input_dim={self.input_dim}), but `{argument}` holds the id {shown} at "
+                         f"position [{', '.join(map(str, position))}] (sample {position[0]}){more}: "
+                         f"{fix}.")
 
     def get_config(self):
         config = super().get_config()
