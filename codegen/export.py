@@ -294,24 +294,14 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
     `{prefix}_predict` and so on, the header's guard `guard` (KCOMPILE_{NAME}_H by default).
 
     Everything that can fail before linking (the target, the graph, code generation) runs before
-    `directory` is created."""
+    `directory` is created.  The three files are written under temporary names and moved into
+    place only once all of them exist (linking included), so a failed export into an existing
+    export directory leaves its files as they were (never the new model's object beside the old
+    model's header and library)."""
     cpu, features = target.export_target(cpu, features)
     with target.generating_for(features):   # vector width and FMA use of the target, not the host
         module, plan, scratch_bytes = build_module(graph, version, prefix=prefix)
     obj = emit_object(module, cpu, features)
-    os.makedirs(directory, exist_ok=True)
-    obj_path = os.path.join(directory, f"{name}.o")
-    lib_path = os.path.join(directory, f"lib{name}.so")
-    header_path = os.path.join(directory, f"{name}.h")
-    _atomic_write(obj_path, obj)
-    tmp_lib = lib_path + ".tmp"
-    try:
-        link_shared(obj_path, tmp_lib)
-    except BaseException:
-        if os.path.exists(tmp_lib):
-            os.unlink(tmp_lib)
-        raise
-    os.replace(tmp_lib, lib_path)
     x, (_, y) = graph.inputs[0], graph.outputs[0]
 
     def fmt(t):
@@ -321,15 +311,31 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
                            prefix=prefix, macro=prefix.upper(),
                            guard=guard or f"KCOMPILE_{name.upper()}_H",
                            input_rank=x.type.rank, output_rank=y.type.rank)
-    _atomic_write(header_path, header.encode())
+    os.makedirs(directory, exist_ok=True)
+    obj_path = os.path.join(directory, f"{name}.o")
+    lib_path = os.path.join(directory, f"lib{name}.so")
+    header_path = os.path.join(directory, f"{name}.h")
+    # NOTE: the staged names keep their suffixes: the C compiler driver picks a file's role (object
+    # to link) by its suffix
+    staged = {path: os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}"
+                                 f"{os.path.splitext(path)[1]}")
+              for path in (obj_path, lib_path, header_path)}
+    try:
+        _write(staged[obj_path], obj)
+        _write(staged[header_path], header.encode())
+        link_shared(staged[obj_path], staged[lib_path])
+        for path in (obj_path, header_path, lib_path):
+            os.replace(staged[path], path)
+    finally:
+        for path in staged.values():
+            if os.path.exists(path):
+                os.unlink(path)
     return {"library": lib_path, "object": obj_path, "header": header_path,
             "workspace": {"static_bytes": plan.static_bytes, "batch_bytes": plan.batch_bytes,
                           "gemm_scratch_bytes": scratch_bytes},
             "cpu": cpu, "features": features}
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)

@@ -296,3 +296,34 @@ def test_zero_inputs_skip_finite_weight_rows_only(exported, tmp_path):
         expected = reference(bad, x[:1])
     assert np.isnan(expected).all()
     assert np.isnan(load_predictor(str(tmp_path / "inf")).predict(x[:1])).all()
+
+
+def test_a_failed_re_export_leaves_the_existing_export_as_it_was(tmp_path, monkeypatch):
+    """Linking fails while re-exporting another model into an export directory: every file stays
+    byte for byte the old model's (the new object file is not left beside the old header and
+    library), no staged file remains, and the old predictor still loads and predicts."""
+    rng = np.random.default_rng(3)
+    params = mlp_params(rng)
+    directory = tmp_path / "predictor"
+    export_predictor(mlp_graph(), params, str(directory), version="test")
+    before = {f: (directory / f).read_bytes() for f in os.listdir(directory)}
+
+    x = B.arg("x", "f32", (None, 28, 28))
+    w = B.arg("w", "f32", (784, 3))
+    other = ir.Graph("predict", [x, w], [("y_pred", B.matmul(B.reshape(x, (None, 784)), w))])
+    other_params = {"w": np.ones((784, 3), np.float32)}
+    monkeypatch.setenv("CC", "false")                  # a "compiler" that fails to link
+    with pytest.raises(RuntimeError, match="linking"):
+        export_predictor(other, other_params, str(directory), version="test")
+    assert {f: (directory / f).read_bytes() for f in os.listdir(directory)} == before
+    rows = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
+                               reference(params, rows), atol=1e-6)
+
+    monkeypatch.delenv("CC")                           # the same export, linking: all replaced
+    export_predictor(other, other_params, str(directory), version="test")
+    np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
+                               rows.reshape(4, 784).sum(axis=1, keepdims=True).repeat(3, axis=1),
+                               rtol=1e-5)
+    assert "shape (rows, 3)" in (directory / "model.h").read_text()
+    assert sorted(os.listdir(directory)) == sorted(before)
