@@ -39,6 +39,11 @@ MODELS = {
                    "Reshape((5, 1))", "GlobalMaxPooling1D()", "Dense(2)"], (6,), True),
     "global_max_2d": (["Conv2D(4, 3, activation='relu')", "GlobalMaxPooling2D()", "Dense(2)"], (5, 5, 2),
                       False),
+    # given statistics (constants; the variance under epsilon^2 is clamped), and an un-adapted
+    # Normalization, whose three weights (mean, variance, count) come over from Keras
+    "normalization": (["Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 1e-16])",
+                       "Dense(2)", "Normalization(axis=None, mean=0.1, variance=9.0, invert=True)",
+                       "Normalization()"], (3,), False),
     # sequences: Conv1D and the 1-D poolings (one-row images inside kcompile)
     "conv1d": (["Conv1D(4, 3, activation='relu')", "MaxPooling1D()",
                 "Conv1D(3, 2, strides=2, padding='same')", "AveragePooling1D(2, padding='same')",

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from kcompile import optimizers
-from kcompile.layers import BatchNormalization, Conv2D, Dense, Flatten, Input, LayerNormalization
+from kcompile.layers import (BatchNormalization, Conv2D, Dense, Flatten, Input, LayerNormalization,
+                             Normalization)
 from kcompile.models import Sequential
 from kcompile.utils import set_random_seed
 
@@ -146,3 +147,93 @@ def test_a_model_with_batch_normalization_saves_its_moving_statistics(tmp_path):
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalization (the preprocessing layer): statistics from adapt(), checked against numpy
+# ----------------------------------------------------------------------------------------------
+
+def _features(rng, n=120):
+    scale = np.array([1.0, 10.0, 100.0, 0.1], np.float32)
+    return (rng.standard_normal((n, 4)) * scale + [5.0, -2.0, 50.0, 0.0]).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_normalization_adapts_to_numpy_statistics_and_normalizes(target):
+    rng = np.random.default_rng(7)
+    x = _features(rng)
+    layer = Normalization()
+    layer.adapt(x)
+    mean, variance, count = layer.get_weights()
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(variance, x.astype(np.float64).var(0), rtol=1e-6)
+    assert count == 120 and [w.trainable for w in layer.weights] == [False] * 3
+    model = Sequential([Input(shape=(4,)), layer])
+    model.compile(loss="mse", target=target)
+    out = model.predict(x, verbose=0)
+    np.testing.assert_allclose(out, (x - x.mean(0)) / x.std(0), rtol=1e-4, atol=1e-5)
+    # adapting again after compiling takes effect at the next call
+    layer.adapt(x * 2.0)
+    np.testing.assert_allclose(model.predict(x * 2.0, verbose=0), out, rtol=1e-4, atol=1e-5)
+
+
+def test_normalization_merges_batches_and_keeps_the_axes_asked_for():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((30, 3, 5)).astype(np.float32) * 3 + 1
+    whole, batched = Normalization(axis=(1, 2)), Normalization(axis=(1, 2))
+    whole.adapt(x)
+    batched.adapt(iter([x[:7], x[7:20], x[20:]]))      # unequal batches, merged exactly
+    for a, b in zip(whole.get_weights(), batched.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(whole.get_weights()[0], x.astype(np.float64).mean(0), rtol=1e-5)
+    single = Normalization(axis=None)
+    single.adapt([x[:10], x[10:]])
+    np.testing.assert_allclose(single.get_weights()[:2], [x.mean(), x.var()], rtol=1e-5)
+    per_step = Normalization(axis=1)
+    per_step.adapt(x)
+    np.testing.assert_allclose(per_step.get_weights()[0], x.mean(axis=(0, 2)), rtol=1e-5)
+
+
+def test_normalization_with_given_statistics_and_inverted():
+    x = np.array([[5.0, 7.0], [1.0, -1.0]], np.float32)
+    fixed = Normalization(mean=3.0, variance=4.0)
+    np.testing.assert_allclose(fixed(x), (x - 3.0) / 2.0)
+    assert fixed.weights == []                       # constants, as in Keras
+    inverse = Normalization(mean=[1.0, 2.0], variance=[4.0, 9.0], invert=True)
+    np.testing.assert_allclose(inverse(x), x * [2.0, 3.0] + [1.0, 2.0])
+    tiny = Normalization(mean=0.0, variance=0.0)     # sqrt(variance) is clamped to epsilon
+    np.testing.assert_allclose(tiny(np.array([[1e-7]], np.float32)), [[1.0]], rtol=1e-6)
+
+
+def test_an_adapted_model_trains_saves_and_loads(tmp_path):
+    from kcompile import load_model
+    rng = np.random.default_rng(9)
+    x = _features(rng)
+    y = x @ rng.standard_normal((4, 1)).astype(np.float32)
+    normalizer = Normalization()
+    normalizer.adapt(x)
+    model = Sequential([normalizer, Dense(8, activation="relu"), Dense(1)])
+    model.compile(optimizer="adam", loss="mse", target="llvm")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(normalizer.get_weights()[0], x.astype(np.float64).mean(0)
+                                  .astype(np.float32))  # training leaves the statistics alone
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_normalization_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="both `mean` and `variance`"):
+        Normalization(mean=1.0)
+    with pytest.raises(ValueError, match="batch axis"):
+        Normalization(axis=0).build((None, 3))
+    with pytest.raises(ValueError, match="adapt.*would not be used"):
+        Normalization(mean=0.0, variance=1.0).adapt(np.ones((2, 3), np.float32))
+    layer = Normalization()
+    layer.adapt(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"statistics of shape \(3,\)"):
+        layer.adapt(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match="inf or NaN"):
+        Normalization().adapt(np.array([[np.nan]], np.float32))
+    with pytest.raises(ValueError, match="empty iterable"):
+        Normalization().adapt(iter([]))

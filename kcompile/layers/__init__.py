@@ -10,6 +10,7 @@ from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
                                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                                      MaxPooling1D, MaxPooling2D)
+from kcompile.layers.preprocessing import Normalization
 from kcompile.layers.reshaping import Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
@@ -19,6 +20,7 @@ __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "Gl
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
 __all__ += ["AvgPool2D", "LeakyReLU", "MaxPool2D", "Rescaling"]
+__all__ += ["Normalization"]
 __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
             "MaxPooling1D"]
 
@@ -34,7 +36,8 @@ _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2
                                                 Conv1D, Conv2D, Embedding, MaxPooling1D,
                                                 GlobalAveragePooling1D, GlobalAveragePooling2D,
                                                 GlobalMaxPooling1D, GlobalMaxPooling2D,
-                                                LayerNormalization, MaxPooling2D, Reshape)})
+                                                LayerNormalization, MaxPooling2D, Normalization,
+                                                Reshape)})
 
 
 def serialize(layer: Layer) -> dict:
