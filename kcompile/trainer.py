@@ -357,6 +357,38 @@ def _float_array(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _axis_order(given: tuple, expected: tuple) -> tuple | None:
+    """The sample axes of `given` in an order that reads `expected` (the earliest unused axis of
+    each size: (3, 8, 8) -> (8, 8, 3) gives (1, 2, 0)), or None when it is no permutation."""
+    if len(given) != len(expected) or sorted(given) != sorted(expected):
+        return None
+    unused = list(range(len(given)))
+    order = []
+    for size in expected:
+        axis = next(a for a in unused if given[a] == size)
+        unused.remove(axis)
+        order.append(axis)
+    return tuple(order)
+
+
+def _layout_hint(argument: str, given: tuple, expected: tuple) -> str:
+    """What to do about samples of shape `given` where `expected` is wanted: transpose when the
+    axes are the same sizes in another order, reshape when only the element counts agree."""
+    if math.prod(given) != math.prod(expected):
+        return ""
+    reshape = f"{argument}.reshape(-1, {', '.join(map(str, expected))})"
+    order = _axis_order(given, expected)
+    if order is None:
+        return f" Reshape it: {reshape}."
+    transpose = f"{argument}.transpose(0, {', '.join(str(a + 1) for a in order)})"
+    return (f" Its axes have the model's sizes in another order: if they are the same axes stored "
+            f"in another order (channels-first images, (features, steps) sequences), transpose it: "
+            f"{transpose}. {reshape} also gives that shape but keeps the values in their stored "
+            "order, which scrambles such data; it is the fix only when the values already are in "
+            "the model's order (e.g. samples stored flat). Which one keeps the data's meaning "
+            "depends on its layout.")
+
+
 def _check_lengths(x, y, x_name, y_name):
     if len(x) != len(y):
         raise ValueError(f"`{x_name}` and `{y_name}` must have the same number of samples; got "
@@ -768,9 +800,7 @@ class Trainer:
         shape = (None,) + x.shape[1:]
         expected = self._known_input_shape()
         if expected is not None and shape != expected:
-            hint = ""
-            if math.prod(shape[1:]) == math.prod(expected[1:]):
-                hint = f" Reshape it: {argument}.reshape(-1, {', '.join(map(str, expected[1:]))})."
+            hint = _layout_hint(argument, shape[1:], expected[1:])
             raise ValueError(f"Input `{argument}` has shape {x.shape}, i.e. samples of shape "
                              f"{format_shape(x.shape[1:])}, but model {self.name!r} expects samples of "
                              f"shape {format_shape(expected[1:])} (input shape "

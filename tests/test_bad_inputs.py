@@ -1,5 +1,7 @@
 """Bad input gets a clear Python exception naming the problem and the fix, raised before the first
 step, and leaves the model as it was.  Each test checks the exception type and its message."""
+import re
+
 import numpy as np
 import pytest
 
@@ -362,3 +364,32 @@ def test_a_layer_dtype_other_than_float32_is_refused_by_name(dtype):
         Dense(2, dtype=dtype)
     assert Dense(2, dtype="float32").units == 2
     assert Dense(2, dtype=np.float32).units == 2
+
+
+@pytest.mark.parametrize("model_shape, stored_axes", [
+    ((8, 6, 3), (2, 0, 1)),      # channels-first images (3, 8, 6) for a channels-last model
+    ((10, 3), (1, 0)),           # (features, steps) sequences for a (steps, features) model
+    ((4, 4, 2), (2, 0, 1)),      # repeated sizes: the axes of one size keep their order
+])
+def test_a_shape_that_is_a_permutation_suggests_the_transpose(model_shape, stored_axes):
+    """Samples whose axes are the model's in another order: the error suggests the transpose that
+    restores them (evaluated here, it gives the samples in the model's layout, which reshape does
+    not), mentions the reshape and says that the layout decides; a shape that is no permutation
+    keeps the plain reshape hint."""
+    rng = np.random.default_rng(0)
+    wanted = rng.random((5,) + model_shape).astype(np.float32)
+    x = np.ascontiguousarray(wanted.transpose((0,) + tuple(a + 1 for a in stored_axes)))
+    model = Sequential([Input(model_shape), Flatten(), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target="reference")
+    with pytest.raises(ValueError) as info:
+        model.predict(x, verbose=0)
+    message = str(info.value)
+    transpose = re.search(r"transpose it: (x\.transpose\([0-9, ]+\))", message).group(1)
+    np.testing.assert_array_equal(eval(transpose, {"x": x}), wanted)
+    assert f"x.reshape(-1, {', '.join(map(str, model_shape))})" in message
+    assert not np.array_equal(x.reshape((-1,) + model_shape), wanted)
+    assert "depends on its layout" in message
+    flat = x.reshape(5, -1)
+    with pytest.raises(ValueError, match=r"Reshape it: x\.reshape\(-1, ") as info:
+        model.predict(flat, verbose=0)
+    assert "transpose" not in str(info.value)
