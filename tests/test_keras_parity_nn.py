@@ -44,6 +44,10 @@ MODELS = {
     "normalization": (["Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 1e-16])",
                        "Dense(2)", "Normalization(axis=None, mean=0.1, variance=9.0, invert=True)",
                        "Normalization()"], (3,), False),
+    "activation_and_shape_layers": (["Dense(5)", "ReLU(max_value=1.5, negative_slope=0.1, threshold=0.2)",
+                                     "Dense(4)", "ELU(alpha=0.7)", "RepeatVector(3)",
+                                     "Permute((2, 1))", "Softmax(axis=1)", "Flatten()", "Dense(2)"],
+                                    (4,), False),
     # sequences: Conv1D and the 1-D poolings (one-row images inside kcompile)
     "conv1d": (["Conv1D(4, 3, activation='relu')", "MaxPooling1D()",
                 "Conv1D(3, 2, strides=2, padding='same')", "AveragePooling1D(2, padding='same')",

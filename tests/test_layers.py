@@ -8,6 +8,7 @@ from ir import build as B
 
 import kcompile
 from kcompile import activations, optimizers
+from kcompile import layers as L
 from kcompile.layers import Activation, Dense, Dropout, Flatten, Input
 from kcompile.layers.layer import TraceScope, call_eagerly
 from kcompile.models import Sequential
@@ -59,6 +60,12 @@ def run_layer_test(make_layer, input_shape, expected_output_shape, expected_weig
     (lambda: Activation("softmax"), (7,), (7,), 0),
     (lambda: Activation("linear"), (3, 2), (3, 2), 0),
     (lambda: Dropout(0.5), (9,), (9,), 0),
+    (lambda: L.ReLU(max_value=1.0, negative_slope=0.1, threshold=0.2), (5,), (5,), 0),
+    (lambda: L.Softmax(axis=1), (3, 4), (3, 4), 0),
+    (lambda: L.ELU(alpha=0.5), (6,), (6,), 0),
+    (lambda: L.Permute((2, 1)), (3, 4), (4, 3), 0),
+    (lambda: L.Permute((3, 1, 2)), (2, 3, 4), (4, 2, 3), 0),
+    (lambda: L.RepeatVector(3), (4,), (3, 4), 0),
 ])
 def test_layer_harness(make_layer, input_shape, output_shape, weights):
     run_layer_test(make_layer, input_shape, output_shape, weights)

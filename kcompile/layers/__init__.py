@@ -1,7 +1,7 @@
 """Layers, as ``keras.layers``."""
 from kcompile import registry
-from kcompile.layers.core import (Activation, Dense, Dropout, Flatten, Input, InputLayer, LeakyReLU,
-                                  Rescaling, SymbolicTensor)
+from kcompile.layers.core import (ELU, Activation, Dense, Dropout, Flatten, Input, InputLayer,
+                                  LeakyReLU, ReLU, Rescaling, Softmax, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
 from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
@@ -11,7 +11,7 @@ from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalA
                                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                                      MaxPooling1D, MaxPooling2D)
 from kcompile.layers.preprocessing import Normalization
-from kcompile.layers.reshaping import Reshape
+from kcompile.layers.reshaping import Permute, RepeatVector, Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
@@ -20,7 +20,7 @@ __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "Gl
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
 __all__ += ["AvgPool2D", "LeakyReLU", "MaxPool2D", "Rescaling"]
-__all__ += ["Normalization"]
+__all__ += ["ELU", "Normalization", "Permute", "ReLU", "RepeatVector", "Softmax"]
 __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
             "MaxPooling1D"]
 
@@ -38,6 +38,7 @@ _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2
                                                 GlobalMaxPooling1D, GlobalMaxPooling2D,
                                                 LayerNormalization, MaxPooling2D, Normalization,
                                                 Reshape)})
+_CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector, Softmax)})
 
 
 def serialize(layer: Layer) -> dict:

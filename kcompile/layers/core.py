@@ -320,6 +320,78 @@ class LeakyReLU(Layer):
         return {**super().get_config(), "negative_slope": self.negative_slope}
 
 
+def _real(value, argument, layer, allow_none=False, minimum=None):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{layer}: `{argument}` must be a finite number{bound}"
+                         f"{' or None' if allow_none else ''}; got {argument}={value!r}")
+    return float(value)
+
+
+class ReLU(Layer):
+    """relu with Keras's options, as `keras.layers.ReLU`: x for threshold <= x < max_value,
+    max_value above, negative_slope * (x - threshold) below the threshold."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_value = _real(max_value, "max_value", "ReLU", allow_none=True, minimum=0.0)
+        self.negative_slope = _real(negative_slope, "negative_slope", "ReLU", minimum=0.0)
+        self.threshold = _real(threshold, "threshold", "ReLU")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return activations.relu(inputs, negative_slope=self.negative_slope,
+                                max_value=self.max_value, threshold=self.threshold)
+
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value,
+                "negative_slope": self.negative_slope, "threshold": self.threshold}
+
+
+class Softmax(Layer):
+    """softmax along `axis` (default -1), as `keras.layers.Softmax`."""
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(f"Softmax: `axis` must be an integer; got axis={axis!r}")
+        self.axis = int(axis)
+
+    def compute_output_shape(self, input_shape):
+        if not -len(input_shape) <= self.axis < len(input_shape) or self.axis % len(input_shape) == 0:
+            raise ValueError(f"Softmax layer {self.name!r}: axis {self.axis} is not a sample axis of "
+                             f"inputs of shape {format_shape(input_shape)}")
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return activations.softmax(inputs, axis=self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+class ELU(Layer):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise, as `keras.layers.ELU`."""
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = _real(alpha, "alpha", "ELU")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return activations.elu(inputs, alpha=self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
 class Rescaling(Layer):
     """inputs * scale + offset, as `keras.layers.Rescaling` (e.g. scale=1/255 for pixels)."""
 

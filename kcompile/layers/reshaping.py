@@ -1,4 +1,5 @@
-"""Reshape, as `keras.layers.Reshape`: a new per-sample shape, the batch axis kept."""
+"""Reshape, Permute and RepeatVector, as in `keras.layers`: new per-sample shapes, the batch axis
+kept."""
 from __future__ import annotations
 
 import math
@@ -52,3 +53,57 @@ class Reshape(Layer):
         config = super().get_config()
         config["target_shape"] = self.target_shape
         return config
+
+
+class Permute(Layer):
+    """Permutes the axes of every sample: `dims` numbers them from 1 (the batch axis stays first),
+    `Permute((2, 1))` swaps the two axes of (batch, steps, features)."""
+
+    def __init__(self, dims, **kwargs):
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            dims = None
+        if dims is None or any(isinstance(d, bool) or not isinstance(d, numbers.Integral)
+                               for d in dims) or sorted(dims) != list(range(1, len(dims) + 1)):
+            raise ValueError("Invalid permutation argument `dims` for Permute Layer. The set of "
+                             "indices in `dims` must be consecutive and start from 1 (the batch axis "
+                             f"stays first). Received dims={dims!r}")
+        super().__init__(**kwargs)
+        self.dims = tuple(int(d) for d in dims)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != len(self.dims) + 1:
+            raise ValueError(f"Permute layer {self.name!r} with dims={self.dims} needs inputs of rank "
+                             f"{len(self.dims) + 1}; got inputs of shape {format_shape(input_shape)}")
+        return (input_shape[0],) + tuple(input_shape[d] for d in self.dims)
+
+    def call(self, inputs):
+        self.compute_output_shape(inputs.shape)
+        return B.transpose(inputs, (0,) + self.dims)
+
+    def get_config(self):
+        return {**super().get_config(), "dims": self.dims}
+
+
+class RepeatVector(Layer):
+    """Repeats each sample's vector `n` times: (batch, features) -> (batch, n, features)."""
+
+    def __init__(self, n, **kwargs):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"RepeatVector: `n` must be a positive integer; got n={n!r}")
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"RepeatVector layer {self.name!r} needs inputs of shape (batch, "
+                             f"features); got {format_shape(input_shape)}")
+        return (input_shape[0], self.n, input_shape[1])
+
+    def call(self, inputs):
+        shape = self.compute_output_shape(inputs.shape)
+        return B.broadcast(B.reshape(inputs, (shape[0], 1, shape[2])), shape)
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
