@@ -163,3 +163,21 @@ def test_backend_settings_are_keras_defaults_and_epsilon_reaches_the_losses():
         backend.set_image_data_format("channels_first")
     kcompile.utils.clear_session()   # as Keras's: callable, and the library still works afterwards
     assert backend.floatx() == "float32"
+
+
+def test_sequence_is_keras_2s_name_of_pydataset():
+    from kcompile import Sequential, layers
+
+    class Batches(kcompile.utils.Sequence):      # a Keras 2 style subclass
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            x = np.full((4, 2), index, np.float32)
+            return x, x.sum(axis=1, keepdims=True)
+
+    assert kcompile.utils.Sequence is kcompile.utils.PyDataset
+    model = Sequential([layers.Input((2,)), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", target="reference")
+    history = model.fit(Batches(), epochs=1, verbose=0)
+    assert history.params["steps"] == 3

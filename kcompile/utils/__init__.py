@@ -11,7 +11,7 @@ from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custo
                                get_registered_name, get_registered_object, register_keras_serializable)
 from kcompile.utils.random import set_random_seed
 
-__all__ = ["CustomObjectScope", "Progbar", "PyDataset", "clear_session", "custom_object_scope",
+__all__ = ["CustomObjectScope", "Progbar", "PyDataset", "Sequence", "clear_session", "custom_object_scope",
            "get_custom_objects",
            "get_registered_name", "get_registered_object", "normalize", "pad_sequences",
            "register_keras_serializable",
@@ -55,6 +55,10 @@ class PyDataset:
     def on_epoch_end(self):
         pass
 
+
+
+#: Keras 2's name, which Keras 3 keeps as an alias of PyDataset.
+Sequence = PyDataset
 
 def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0.0):
     """Sequences of different lengths as one array (samples, maxlen, ...), as
