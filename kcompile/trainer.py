@@ -353,8 +353,15 @@ def numeric_array(data, argument: str) -> np.ndarray:
 
 
 def _float_array(array: np.ndarray) -> np.ndarray:
-    # One conversion per call of fit/evaluate/predict: float32, C order (no copy when already so).
+    # float32, C order (no copy when already so)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _fed_as_is(array: np.ndarray) -> bool:
+    """Whether the compiled code can read `array` in place (float32, C order).  evaluate and
+    predict convert any other input a batch at a time: converting it whole would copy all of it at
+    once (a memmap of a big file, a broadcast view, float64 data)."""
+    return type(array) is np.ndarray and array.dtype == np.float32 and array.flags.c_contiguous
 
 
 def _axis_order(given: tuple, expected: tuple) -> tuple | None:
@@ -897,14 +904,15 @@ class Trainer:
                     f"columns: make it Dense({given[-1]}).")
         return ""
 
-    def _prepare(self, x, y, argument_x, argument_y):
-        """Validate and convert one (x, y) pair; nothing about the model changes."""
+    def _prepare(self, x, y, argument_x, argument_y, convert_x=True):
+        """Validate and convert one (x, y) pair; nothing about the model changes.  Without
+        `convert_x`, x is validated but returned as given (evaluate converts it batch by batch)."""
         x = numeric_array(x, argument_x)
         y = numeric_array(y, argument_y)
         _check_lengths(x, y, argument_x, argument_y)
         input_shape = self._check_inputs(x, argument_x)
         y, spec, loss = self._prepare_targets(y, input_shape, argument_y)
-        return _float_array(x), y, spec, loss, input_shape
+        return (_float_array(x) if convert_x else x), y, spec, loss, input_shape
 
     # -- programs -------------------------------------------------------------------------------
 
@@ -1435,7 +1443,7 @@ class Trainer:
             callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
             logs = self._evaluate_stream(stream, weighted, callback_list, "x")
         else:
-            x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y")
+            x, y, spec, loss, input_shape = self._prepare(x, y, "x", "y", convert_x=False)
             if sample_weight is not None:
                 sample_weight = data_adapters.check_sample_weight(sample_weight, len(x))
             self._ensure_built(input_shape)
@@ -1456,14 +1464,32 @@ class Trainer:
         runner = program.runner
         totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
-        feeds = {"x": x, "y": y}
-        if sample_weight is not None:
-            feeds["sample_weight"] = sample_weight
-        accumulators = runner.bind_epoch(feeds, accumulate=totals.accumulate())
         self.stop_evaluating = False   # (a callback may set it, as in Keras 3)
         callback_list.on_test_begin()
-        logs = self._run_steps(runner, totals, accumulators, hooks, steps, 0, batch_size, n,
-                               stoppable="stop_evaluating")
+        if _fed_as_is(x):
+            feeds = {"x": x, "y": y}
+            if sample_weight is not None:
+                feeds["sample_weight"] = sample_weight
+            accumulators = runner.bind_epoch(feeds, accumulate=totals.accumulate())
+            logs = self._run_steps(runner, totals, accumulators, hooks, steps, 0, batch_size, n,
+                                   stoppable="stop_evaluating")
+        else:
+            for step in range(steps):
+                start = step * batch_size
+                stop = min(start + batch_size, n)
+                if hooks.begin:
+                    hooks.call_begin(step)
+                feeds = {"x": _float_array(x[start:stop]), "y": np.ascontiguousarray(y[start:stop])}
+                if sample_weight is not None:
+                    feeds["sample_weight"] = np.ascontiguousarray(sample_weight[start:stop])
+                runner.bind(feeds)
+                runner.call(stop - start, 0)
+                totals.add(runner.output, stop - start)
+                if hooks.end_due(step, steps - 1):
+                    hooks.call_end(step, totals.logs())
+                if self.stop_evaluating:
+                    break
+            logs = totals.logs()
         callback_list.on_test_end(logs)
         return logs
 
@@ -1515,7 +1541,6 @@ class Trainer:
                                         callbacks)
         x = numeric_array(x, "x")
         input_shape = self._check_inputs(x, "x")
-        x = _float_array(x)
         self._ensure_built(input_shape)
         program = self._predict_program()
         n = len(x) if steps is None else min(len(x), steps * batch_size)
@@ -1524,7 +1549,9 @@ class Trainer:
         callback_list = _make_callbacks(self, callbacks, verbose, 1, steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
         runner = program.runner
-        runner.bind({"x": x})
+        in_place = _fed_as_is(x)
+        if in_place:
+            runner.bind({"x": x})
         self.stop_predicting = False   # (a callback may set it, as in Keras 3)
         callback_list.on_predict_begin()
         for step in range(steps):
@@ -1532,7 +1559,11 @@ class Trainer:
             stop = min(start + batch_size, n)
             if hooks.begin:
                 hooks.call_begin(step)
-            runner.call(stop - start, start)
+            if in_place:
+                runner.call(stop - start, start)
+            else:
+                runner.bind({"x": _float_array(x[start:stop])})
+                runner.call(stop - start, 0)
             batch_out = runner.output("y_pred", stop - start)
             outputs[start:stop] = batch_out
             if hooks.end_due(step, steps - 1):
