@@ -260,6 +260,11 @@ class Metric:
             return 0.0
         return self._finish(self._totals, self._samples)
 
+    def __call__(self, *args, **kwargs):
+        """As Keras's `Metric.__call__`: update the state with this batch, return the result."""
+        self.update_state(*args, **kwargs)
+        return self.result()
+
     def get_config(self):
         return {"name": self.name}
 
@@ -587,6 +592,412 @@ class AUC(_ConfusionMetric):
                 "multi_label": False, "from_logits": self.from_logits}
 
 
+# -- F-scores -------------------------------------------------------------------------------------
+
+class FBetaScore(Metric):
+    """The F-beta score, (1 + b^2) * precision * recall / (b^2 * precision + recall), from true
+    positives, false positives and false negatives summed over the epoch per class (or over every
+    entry, average='micro'), as Keras's `FBetaScore`.  A prediction is positive where it is the
+    sample's largest score (every tie counts; a score within 1e-9 of 0 never does), or where it
+    exceeds `threshold`.  average=None gives one score per class; 'macro' their mean; 'weighted'
+    their mean weighed by each class's (weighted) number of true instances."""
+
+    _direction = "up"
+    COUNTS = ("tp", "fp", "fn", "support")
+
+    def __init__(self, average=None, beta=1.0, threshold=None, name="fbeta_score", dtype=None):
+        if average not in (None, "micro", "macro", "weighted"):
+            raise ValueError("Invalid `average` argument value. Expected one of: {None, 'micro', "
+                             f"'macro', 'weighted'}}. Received: average={average}")
+        if not isinstance(beta, float):
+            raise ValueError("Invalid `beta` argument value. It should be a Python float. "
+                             f"Received: beta={beta} of type '{type(beta)}'")
+        if beta <= 0.0:
+            raise ValueError(f"Invalid `beta` argument value. It should be > 0. Received: beta={beta}")
+        if threshold is not None:
+            if not isinstance(threshold, float):
+                raise ValueError("Invalid `threshold` argument value. It should be a Python float. "
+                                 f"Received: threshold={threshold} of type '{type(threshold)}'")
+            if threshold > 1.0 or threshold <= 0.0:
+                raise ValueError("Invalid `threshold` argument value. It should verify 0 < threshold "
+                                 f"<= 1. Received: threshold={threshold}")
+        self.average, self.beta, self.threshold = average, beta, threshold
+        self.dtype = dtype or "float32"
+        super().__init__(name=name, dtype=dtype)
+
+    def trace_sums(self, y_true, y_pred, sample_weight=None):
+        if y_true.type.rank != 2 or y_pred.type.rank != 2:
+            raise ValueError(f"{type(self).__name__} expects 2D inputs with shape (batch_size, "
+                             f"output_dim). Received input shapes: y_pred.shape={y_pred.shape} and "
+                             f"y_true.shape={y_true.shape}.")
+        y_pred = B.cast(y_pred, y_pred.dtype if y_pred.dtype in ("f32", "f64") else "f32")
+        y_true = _float(y_true, y_pred)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"{self.name}: y_true and y_pred must have the same shape; got "
+                             f"{y_true.shape} and {y_pred.shape}")
+        if self.threshold is None:
+            # Keras's: every score equal to the sample's largest, unless it is (about) zero
+            top = B.reduce_max(y_pred, -1, keepdims=True)
+            predicted = B.mul(_float(B.ge(y_pred, top), y_pred),
+                              _float(B.gt(B.abs(y_pred), 1e-9), y_pred))
+        else:
+            predicted = _float(B.gt(y_pred, self.threshold), y_pred)
+        if sample_weight is not None:
+            weights = _weight_like(sample_weight, y_pred)
+        axes = None if self.average == "micro" else 0
+
+        def total(value):
+            if sample_weight is not None:
+                value = B.mul(value, weights)
+            return B.reduce_sum(value, axes)
+
+        missed, wrong = B.sub(1.0, predicted), B.sub(1.0, y_true)
+        sums = {"tp": total(B.mul(predicted, y_true)), "fp": total(B.mul(predicted, wrong)),
+                "fn": total(B.mul(missed, y_true)), "support": total(y_true)}
+        return sums, lambda totals, samples: self._result(totals)
+
+    def _result(self, totals):
+        epsilon = losses_module.EPSILON
+        tp, fp, fn, support = (np.asarray(totals[k], np.float64) for k in self.COUNTS)
+        precision = tp / (tp + fp + epsilon)
+        recall = tp / (tp + fn + epsilon)
+        beta2 = self.beta ** 2
+        score = precision * recall / (beta2 * precision + recall + epsilon) * (1 + beta2)
+        if self.average == "weighted":
+            return float(np.sum(score * support / (np.sum(support) + epsilon)))
+        if self.average is not None:
+            return float(np.mean(score))
+        return score
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "average": self.average, "beta": self.beta,
+                "threshold": self.threshold}
+
+
+class F1Score(FBetaScore):
+    """The F-1 score, 2 * precision * recall / (precision + recall): FBetaScore with beta=1."""
+
+    def __init__(self, average=None, threshold=None, name="f1_score", dtype=None):
+        super().__init__(average=average, beta=1.0, threshold=threshold, name=name, dtype=dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["beta"]
+        return config
+
+
+# -- R2 -------------------------------------------------------------------------------------------
+
+class R2Score(Metric):
+    """The coefficient of determination 1 - sum((y_true - y_pred)^2) / sum((y_true - mean)^2) per
+    output column over the epoch (from the column sums of y, y^2, the squared residuals and the
+    weights), as Keras's `R2Score`: aggregated by class_aggregation (None: one score per column,
+    'uniform_average': their mean, 'variance_weighted_average': weighed by each column's total sum
+    of squares); num_regressors > 0 gives the adjusted R2 with Keras's n, the number of entries of
+    y_true seen (samples times columns)."""
+
+    _direction = "up"
+
+    def __init__(self, class_aggregation="uniform_average", num_regressors=0, name="r2_score",
+                 dtype=None):
+        valid = (None, "uniform_average", "variance_weighted_average")
+        if class_aggregation not in valid:
+            raise ValueError(f"Invalid value for argument `class_aggregation`. Expected one of "
+                             f"{valid}. Received: class_aggregation={class_aggregation}")
+        if num_regressors < 0:
+            raise ValueError("Invalid value for argument `num_regressors`. Expected a value >= 0. "
+                             f"Received: num_regressors={num_regressors}")
+        self.class_aggregation, self.num_regressors = class_aggregation, num_regressors
+        self.dtype = dtype or "float32"
+        super().__init__(name=name, dtype=dtype)
+
+    def trace_sums(self, y_true, y_pred, sample_weight=None):
+        y_pred = B.cast(y_pred, y_pred.dtype if y_pred.dtype in ("f32", "f64") else "f32")
+        y_true = _float(y_true, y_pred)
+        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+        if y_true.type.rank != 2 or y_pred.type.rank != 2:
+            raise ValueError("R2Score expects 2D inputs with shape (batch_size, output_dim). Received "
+                             f"input shapes: y_pred.shape={y_pred.shape} and "
+                             f"y_true.shape={y_true.shape}.")
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"{self.name}: y_true and y_pred must have the same shape; got "
+                             f"{y_true.shape} and {y_pred.shape}")
+        residual = B.sub(y_true, y_pred)
+        residual = B.mul(residual, residual)
+        weighted_y = y_true
+        sums = {}
+        if sample_weight is not None:
+            weights = _weight_like(sample_weight, y_true)
+            weighted_y, residual = B.mul(y_true, weights), B.mul(residual, weights)
+            sums["count"] = B.reduce_sum(weights, 0)
+        sums.update({"sum": B.reduce_sum(weighted_y, 0),
+                     "squared_sum": B.reduce_sum(B.mul(y_true, weighted_y), 0),
+                     "residual": B.reduce_sum(residual, 0)})
+        columns = y_true.shape[-1]
+        return sums, lambda totals, samples: self._result(totals, samples, columns)
+
+    def _result(self, totals, samples, columns):
+        import warnings
+        total_sum, squares, residual = (np.asarray(totals[k], np.float64)
+                                        for k in ("sum", "squared_sum", "residual"))
+        count = np.asarray(totals["count"], np.float64) if "count" in totals else float(samples)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = total_sum / count
+            total = squares - total_sum * mean
+            scores = 1.0 - residual / total
+        scores = np.where(np.isinf(scores), 0.0, scores)
+        if self.class_aggregation == "uniform_average":
+            score = float(np.mean(scores))
+        elif self.class_aggregation == "variance_weighted_average":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                score = float(np.sum(total * scores) / np.sum(total))
+        else:
+            score = scores
+        if self.num_regressors != 0:
+            n, p = samples * columns, self.num_regressors
+            if p > n - 1:
+                warnings.warn("More independent predictors than datapoints in adjusted R2 score. "
+                              "Falling back to standard R2 score.", stacklevel=2)
+            elif p == n - 1:
+                warnings.warn("Division by zero in Adjusted R2 score. Falling back to standard R2 "
+                              "score.", stacklevel=2)
+            else:
+                score = 1.0 - (1.0 - score) * (n - 1.0) / (n - p - 1.0)
+        return score
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "class_aggregation": self.class_aggregation,
+                "num_regressors": self.num_regressors}
+
+
+# -- intersection over union ----------------------------------------------------------------------
+
+class _IoUBase(Metric):
+    """A (num_classes x num_classes) confusion matrix summed over the epoch, rows the true classes
+    and columns the predicted ones, as Keras's `_IoUBase`.  Class ids are every entry of y_true and
+    y_pred (or their argmax over `axis` when not sparse), truncated toward zero as Keras's cast to
+    int; an entry whose id is out of [0, num_classes), or whose true id is `ignore_class`, counts
+    nothing.  As in Keras the default dtype is an integer one, so sample weights are truncated to
+    integers too (0.5 counts 0); give dtype='float32' to count fractional weights."""
+
+    _direction = "up"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None, sparse_y_true=True,
+                 sparse_y_pred=True, axis=-1):
+        self.num_classes = int(num_classes)
+        self.ignore_class = ignore_class
+        self.sparse_y_true, self.sparse_y_pred = sparse_y_true, sparse_y_pred
+        self.axis = axis
+        self.dtype = dtype or "int32"
+        super().__init__(name=name, dtype=dtype)
+
+    def _class_ids(self, y: Node, sparse: bool) -> Node:
+        if not sparse:
+            return B.argmax(y, self.axis)
+        return B.cast(y, "i32")   # (truncates toward zero, as Keras's convert_to_tensor to int)
+
+    def trace_sums(self, y_true, y_pred, sample_weight=None):
+        float_dtype = y_pred.dtype if y_pred.dtype in ("f32", "f64") else "f32"
+        y_true = self._class_ids(y_true, self.sparse_y_true)
+        y_pred = self._class_ids(y_pred, self.sparse_y_pred)
+        # Every entry is one (true, predicted) pair: (batch, entries) for the pairs of a sample.
+        def flat(y):
+            return B.reshape(y, (y.shape[0], int(np.prod(y.shape[1:], dtype=np.int64))))
+        y_true, y_pred = flat(y_true), flat(y_pred)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"{self.name}: y_true and y_pred give {y_true.shape[1]} and "
+                             f"{y_pred.shape[1]} class ids per sample; they must give the same "
+                             "number")
+        true_hot = losses_module.one_hot_encode(y_true, self.num_classes, float_dtype)
+        predicted_hot = losses_module.one_hot_encode(y_pred, self.num_classes, float_dtype)
+        weights = None
+        if sample_weight is not None:
+            weights = B.cast(sample_weight, float_dtype)
+            if weights.type.rank == 1:
+                weights = B.reshape(weights, weights.shape + (1,))
+            weights = B.broadcast(flat(weights) if weights.type.rank > 2 else weights, y_true.shape)
+            if "int" in str(self.dtype):
+                weights = B.cast(B.cast(weights, "i32"), float_dtype)
+        if self.ignore_class is not None:
+            keep = _float(B.ne(y_true, int(self.ignore_class)), true_hot)
+            weights = keep if weights is None else B.mul(weights, keep)
+        if weights is not None:
+            predicted_hot = B.mul(predicted_hot, B.reshape(weights, weights.shape + (1,)))
+        # sum over every entry of true_hot[e, i] * predicted_hot[e, j] (an out-of-range id has an
+        # all-zero one-hot row, so it counts nothing, as Keras's bounds mask)
+        matrix = B.matmul(true_hot, predicted_hot, transpose_a=True)
+        classes = self.num_classes
+        return {"confusion_matrix": B.reshape(matrix, (classes * classes,))}, \
+            lambda totals, samples: self._result(
+                np.asarray(totals["confusion_matrix"], np.float64).reshape(classes, classes))
+
+    def _result(self, matrix):
+        raise NotImplementedError
+
+    def _mean_iou(self, matrix, class_ids):
+        """Keras's `IoU.result`: the mean over `class_ids` that occur (as a true or a predicted
+        class) of true positives / (predicted + actual - true positives)."""
+        true_positives = np.diag(matrix)
+        denominator = (matrix.sum(0) + matrix.sum(1) - true_positives)[class_ids]
+        true_positives = true_positives[class_ids]
+        valid = denominator > 1e-9
+        iou = np.where(valid, true_positives / (denominator + losses_module.EPSILON), 0.0)
+        return float(np.sum(iou) / (np.sum(valid) + losses_module.EPSILON))
+
+    def confusion_matrix(self):
+        """The confusion matrix accumulated so far (eager use; rows true, columns predicted)."""
+        if self._totals is None:
+            return np.zeros((self.num_classes, self.num_classes))
+        return np.asarray(self._totals["confusion_matrix"]).reshape(self.num_classes,
+                                                                    self.num_classes)
+
+
+class IoU(_IoUBase):
+    """Intersection over union averaged over `target_class_ids`, as Keras's `IoU`."""
+
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
+                 sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        super().__init__(num_classes=num_classes, name=name, dtype=dtype, ignore_class=ignore_class,
+                         sparse_y_true=sparse_y_true, sparse_y_pred=sparse_y_pred, axis=axis)
+        if max(target_class_ids) >= num_classes:
+            raise ValueError(f"Target class id {max(target_class_ids)} is out of range, which is "
+                             f"[0, {num_classes}).")
+        self.target_class_ids = [int(i) for i in target_class_ids]
+
+    def _result(self, matrix):
+        return self._mean_iou(matrix, self.target_class_ids)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "num_classes": self.num_classes,
+                "target_class_ids": self.target_class_ids, "ignore_class": self.ignore_class,
+                "sparse_y_true": self.sparse_y_true, "sparse_y_pred": self.sparse_y_pred,
+                "axis": self.axis}
+
+
+class MeanIoU(IoU):
+    """Intersection over union averaged over every class (that occurs), as Keras's `MeanIoU`."""
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None, sparse_y_true=True,
+                 sparse_y_pred=True, axis=-1):
+        super().__init__(num_classes=num_classes, target_class_ids=list(range(num_classes)),
+                         name=name, dtype=dtype, ignore_class=ignore_class,
+                         sparse_y_true=sparse_y_true, sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype,
+                "ignore_class": self.ignore_class, "sparse_y_true": self.sparse_y_true,
+                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+
+
+class OneHotIoU(IoU):
+    """IoU with one-hot y_true (and, unless sparse_y_pred, scores y_pred), as Keras's `OneHotIoU`."""
+
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
+                 sparse_y_pred=False, axis=-1):
+        super().__init__(num_classes=num_classes, target_class_ids=target_class_ids, name=name,
+                         dtype=dtype, ignore_class=ignore_class, sparse_y_true=False,
+                         sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "target_class_ids": self.target_class_ids,
+                "name": self.name, "dtype": self.dtype, "ignore_class": self.ignore_class,
+                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+
+
+class OneHotMeanIoU(MeanIoU):
+    """MeanIoU with one-hot y_true (and, unless sparse_y_pred, scores y_pred), as Keras's
+    `OneHotMeanIoU`."""
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None, sparse_y_pred=False,
+                 axis=-1):
+        super().__init__(num_classes=num_classes, name=name, dtype=dtype, ignore_class=ignore_class,
+                         sparse_y_true=False, sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype,
+                "ignore_class": self.ignore_class, "sparse_y_pred": self.sparse_y_pred,
+                "axis": self.axis}
+
+
+# -- standalone streaming metrics -----------------------------------------------------------------
+
+def _samplewise(values, sample_weight, reduce):
+    """Keras's `reduce_to_samplewise_values`, in float64: the values (times the weights, whose rank
+    they are reduced to first) reduced to one per sample, and the weights reduced likewise."""
+    values = np.asarray(values, np.float64)
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, np.float64)
+        if values.ndim == sample_weight.ndim + 1 and values.shape[-1] == 1:
+            if sample_weight.ndim == 1:
+                sample_weight = sample_weight[..., None]
+            else:
+                values = values[..., 0]
+        elif sample_weight.ndim == values.ndim + 1 and sample_weight.shape[-1] == 1:
+            if values.ndim == 1:
+                values = values[..., None]
+            else:
+                sample_weight = sample_weight[..., 0]
+        if values.ndim > sample_weight.ndim:
+            values = reduce(values, axis=tuple(range(sample_weight.ndim, values.ndim)))
+        sample_weight = np.broadcast_to(sample_weight, values.shape)
+        values = values * sample_weight
+        if sample_weight.ndim > 1:
+            sample_weight = reduce(sample_weight, axis=tuple(range(1, sample_weight.ndim)))
+    if values.ndim > 1:
+        values = reduce(values, axis=tuple(range(1, values.ndim)))
+    return values, sample_weight
+
+
+class _Standalone(Metric):
+    """A metric of values rather than of (y_true, y_pred): `update_state(values, sample_weight=None)`
+    in Python, as Keras's `Sum` and `Mean`.  Keras's compile() cannot use them either (its
+    update_state(y_true, y_pred, sample_weight=...) call fails), so `check` refuses them there."""
+
+    def __init__(self, name=None, dtype=None):
+        self.dtype = dtype or "float32"
+        super().__init__(name=name, dtype=dtype)
+        self.reset_state()
+
+    def reset_state(self):
+        self.total, self.count = 0.0, 0.0
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+class Sum(_Standalone):
+    """The sum of every value given (times its weight), as Keras's `Sum`."""
+
+    def __init__(self, name="sum", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def update_state(self, values, sample_weight=None):
+        values, _ = _samplewise(values, sample_weight, np.sum)
+        self.total += float(np.sum(values))
+
+    def result(self):
+        return self.total
+
+
+class Mean(_Standalone):
+    """The (weighted) mean of the values given, as Keras's `Mean`: a value of several entries is
+    first averaged to one per sample (per leading index), so each sample counts once."""
+
+    def __init__(self, name="mean", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def update_state(self, values, sample_weight=None):
+        values, sample_weight = _samplewise(values, sample_weight, np.mean)
+        self.total += float(np.sum(values))
+        if sample_weight is not None:
+            self.count += float(np.sum(sample_weight))
+        else:
+            self.count += values.shape[0] if values.ndim >= 1 else 1
+
+    def result(self):
+        return float(_divide_no_nan(self.total, self.count))
+
+
 # ----------------------------------------------------------------------------------------------
 # Lookup
 # ----------------------------------------------------------------------------------------------
@@ -608,7 +1019,8 @@ _CLASS_LIST = (Accuracy, CategoricalAccuracy, SparseCategoricalAccuracy, BinaryA
                RootMeanSquaredError, CosineSimilarity, LogCoshError, BinaryCrossentropy,
                CategoricalCrossentropy, SparseCategoricalCrossentropy, KLDivergence, Poisson, Hinge,
                SquaredHinge, CategoricalHinge, Precision, Recall, AUC, TruePositives, FalsePositives,
-               TrueNegatives, FalseNegatives)
+               TrueNegatives, FalseNegatives, FBetaScore, F1Score, R2Score, IoU, MeanIoU, OneHotIoU,
+               OneHotMeanIoU, Sum, Mean)
 _CLASSES = {cls.__name__: cls for cls in _CLASS_LIST}
 # As Keras: snake_case class names ('precision', 'auc', 'root_mean_squared_error') name classes too.
 _CLASSES.update({to_snake_case(cls.__name__): cls for cls in _CLASS_LIST
@@ -674,6 +1086,11 @@ def check(identifier):
         return
     metric = get(identifier)
     cls = type(metric)
+    if isinstance(metric, _Standalone):
+        raise TypeError(f"metric {metric.name!r} ({cls.__name__}) is a standalone metric: its "
+                        "update_state takes (values, sample_weight), not (y_true, y_pred), so "
+                        "compile() cannot use it (Keras's fails on it too). Use it eagerly, or pass "
+                        "compile a function of (y_true, y_pred) or MeanMetricWrapper(fn)")
     if isinstance(metric, Metric) and cls.values is Metric.values \
             and cls.trace_sums is Metric.trace_sums:
         raise NotImplementedError(f"metric {metric.name!r} ({cls.__name__}): {_STATEFUL_METRIC}")
