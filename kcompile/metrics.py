@@ -794,10 +794,20 @@ class _IoUBase(Metric):
     def _class_ids(self, y: Node, sparse: bool) -> Node:
         if not sparse:
             return B.argmax(y, self.axis)
-        return B.cast(y, "i32")   # (truncates toward zero, as Keras's convert_to_tensor to int)
+        ids = B.cast(y, "i32")   # (truncates toward zero, as Keras's cast to int)
+        if not self._integer and y.dtype in ("f32", "f64"):
+            # NOTE: Keras with a float dtype checks the bounds before the cast, so an id in (-1, 0)
+            # counts nothing there, where the integer cast makes it class 0.
+            ids = B.select(B.lt(y, 0.0), -1, ids)
+        return ids
+
+    @property
+    def _integer(self) -> bool:
+        return "int" in str(self.dtype)
 
     def trace_sums(self, y_true, y_pred, sample_weight=None):
         float_dtype = y_pred.dtype if y_pred.dtype in ("f32", "f64") else "f32"
+        raw_true = y_true
         y_true = self._class_ids(y_true, self.sparse_y_true)
         y_pred = self._class_ids(y_pred, self.sparse_y_pred)
         # Every entry is one (true, predicted) pair: (batch, entries) for the pairs of a sample.
@@ -816,10 +826,15 @@ class _IoUBase(Metric):
             if weights.type.rank == 1:
                 weights = B.reshape(weights, weights.shape + (1,))
             weights = B.broadcast(flat(weights) if weights.type.rank > 2 else weights, y_true.shape)
-            if "int" in str(self.dtype):
+            if self._integer:
                 weights = B.cast(B.cast(weights, "i32"), float_dtype)
         if self.ignore_class is not None:
-            keep = _float(B.ne(y_true, int(self.ignore_class)), true_hot)
+            # (Keras compares the ids as its dtype holds them: a float 2.5 is not class 2 there)
+            compared = y_true
+            if self.sparse_y_true and not self._integer and raw_true.dtype in ("f32", "f64"):
+                compared = flat(raw_true)
+            keep = _float(B.ne(compared, float(self.ignore_class) if compared.dtype != "i32"
+                               else int(self.ignore_class)), true_hot)
             weights = keep if weights is None else B.mul(weights, keep)
         if weights is not None:
             predicted_hot = B.mul(predicted_hot, B.reshape(weights, weights.shape + (1,)))
