@@ -220,6 +220,14 @@ class Node:
     def __matmul__(self, other):
         return _build().matmul(self, other)
 
+    def __getitem__(self, key):
+        """Static basic indexing (`t[:, :2]`, `t[..., 0]`, `t[:, None]`): see build_seq.getitem."""
+        from . import build_seq
+        return build_seq.getitem(self, key)
+
+    # (__getitem__ alone would make a node iterable by indexing 0, 1, ... until an IndexError)
+    __iter__ = None
+
     def __rmatmul__(self, other):
         return _build().matmul(other, self)
 

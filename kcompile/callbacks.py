@@ -13,6 +13,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -615,6 +616,7 @@ class ModelCheckpoint(Callback):
         except ValueError as error:
             weights = " with save_weights_only=True" if save_weights_only else ""
             raise ValueError(f"ModelCheckpoint{weights}: {error}") from None
+        _check_filepath_fields(self.filepath)
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
@@ -714,6 +716,36 @@ class ModelCheckpoint(Callback):
             save_function(filepath)     # through a symlink, keeping the file's mode, any name length
         else:
             atomic_save(save_function, filepath)
+
+
+def _check_filepath_fields(filepath: str) -> None:
+    """ModelCheckpoint's filepath placeholders formatted once with stand-in values (the epoch and
+    batch are integers, logged metrics floats), so that a bad one fails before training starts,
+    not after the first epoch."""
+    import string
+    try:
+        fields = list(string.Formatter().parse(filepath))
+    except ValueError as error:
+        raise ValueError(f"ModelCheckpoint: filepath {filepath!r} is not a valid format string "
+                         f"({error}); write a literal brace as '{{{{' or '}}}}'") from None
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        placeholder = "{" + name + (f"!{conversion}" if conversion else "") + \
+            (f":{spec}" if spec else "") + "}"
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise ValueError(f"ModelCheckpoint: the placeholder {placeholder} in filepath "
+                             f"{filepath!r} has no name; name the value, e.g. {{epoch:02d}} or "
+                             "{val_loss:.2f}")
+        sample = 1 if base in ("epoch", "batch") else 0.5
+        try:
+            placeholder.format(**{base: sample})
+        except (ValueError, TypeError, IndexError, AttributeError, KeyError) as error:
+            kind = "an integer" if isinstance(sample, int) else "a float (a logged metric)"
+            raise ValueError(f"ModelCheckpoint: the placeholder {placeholder} in filepath "
+                             f"{filepath!r} cannot be filled: {error} ({base!r} is {kind}); fix "
+                             "its format spec, e.g. {epoch:02d} or {val_loss:.2f}") from None
 
 
 def _saves_atomically(save_function) -> bool:

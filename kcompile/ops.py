@@ -11,6 +11,8 @@ same for + - * / @ abs and ** 0, 1, 2, 0.5.
 """
 from __future__ import annotations
 
+import numbers
+
 from ir import build as B
 from ir.graph import Node
 from ir.ops import as_traced
@@ -35,6 +37,26 @@ def _node(x, name: str) -> Node:
         raise TypeError(f"kcompile.ops.{name} works on traced values (inside a layer's call, a loss "
                         f"or a metric); got {type(x).__name__}. Outside a trace, use numpy.")
     return node
+
+
+def _axis(x: Node, axis, name: str, several: bool = True):
+    """`axis` checked against x: None (every axis), an integer axis (negative from the end) or,
+    with `several`, a tuple or list of them; a clear error otherwise (numpy's would be a cryptic
+    one from deep inside the builder)."""
+    rank = x.type.rank
+    if axis is None:
+        return None
+    entries = tuple(axis) if several and isinstance(axis, (tuple, list)) else (axis,)
+    for entry in entries:
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
+            kinds = "an integer or a tuple of integers" if several else "an integer"
+            raise TypeError(f"kcompile.ops.{name}: `axis` must be {kinds} (axes are numbered, "
+                            f"negative from the end; a value has no named axes); got "
+                            f"axis={axis!r}")
+        if not -rank <= entry < rank:
+            raise ValueError(f"kcompile.ops.{name}: axis {entry} is out of range for a value of "
+                             f"rank {rank} ({x.type}); use an axis in [{-rank}, {rank - 1}]")
+    return axis
 
 
 def _unary(build_fn, name):
@@ -89,16 +111,19 @@ def ones_like(x):
 
 
 def softmax(x, axis=-1):
-    return activations.softmax(_node(x, "softmax"), axis)
+    x = _node(x, "softmax")
+    return activations.softmax(x, _axis(x, axis, "softmax"))
 
 
 def log_softmax(x, axis=-1):
-    return activations.log_softmax(_node(x, "log_softmax"), axis)
+    x = _node(x, "log_softmax")
+    return activations.log_softmax(x, _axis(x, axis, "log_softmax"))
 
 
 def logsumexp(x, axis=None, keepdims=False):
     """log(sum(exp(x))) over `axis` (None: every axis, as Keras), computed from the maximum."""
     x = _node(x, "logsumexp")
+    axis = _axis(x, axis, "logsumexp")
     m = B.stop_gradient(B.reduce_max(x, axis, keepdims=True))
     out = B.add(B.log(B.reduce_sum(B.exp(B.sub(x, m)), axis, keepdims=True)), m)
     return out if keepdims else B.reduce_sum(out, axis, keepdims=False)   # (drops the size-1 axes)
@@ -120,25 +145,30 @@ def where(condition, x1, x2):
 
 
 def mean(x, axis=None, keepdims=False):
-    return B.reduce_mean(_node(x, "mean"), axis, keepdims)
+    x = _node(x, "mean")
+    return B.reduce_mean(x, _axis(x, axis, "mean"), keepdims)
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
-    return B.reduce_sum(_node(x, "sum"), axis, keepdims)
+    x = _node(x, "sum")
+    return B.reduce_sum(x, _axis(x, axis, "sum"), keepdims)
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
-    return B.reduce_max(_node(x, "max"), axis, keepdims)
+    x = _node(x, "max")
+    return B.reduce_max(x, _axis(x, axis, "max"), keepdims)
 
 
 def min(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
-    return B.neg(B.reduce_max(B.neg(_node(x, "min")), axis, keepdims))
+    x = _node(x, "min")
+    return B.neg(B.reduce_max(B.neg(x), _axis(x, axis, "min"), keepdims))
 
 
 def argmax(x, axis=None, keepdims=False):
     """Index of the largest value along `axis`; axis=None (Keras's default) flattens, which a value
     with a batch axis cannot do here (give the axis)."""
     x = _node(x, "argmax")
+    axis = _axis(x, axis, "argmax", several=False)
     if axis is None:
         if x.type.rank != 1 or x.shape[0] is None:
             raise ValueError(f"kcompile.ops.argmax over every axis of {x.type} is not supported; "
@@ -242,6 +272,7 @@ def rsqrt(x):
 def var(x, axis=None, keepdims=False):
     """The (biased) variance, as numpy's and Keras's."""
     x = _node(x, "var")
+    axis = _axis(x, axis, "var")
     deviation = B.sub(x, B.reduce_mean(x, axis, keepdims=True))
     return B.reduce_mean(B.mul(deviation, deviation), axis, keepdims)
 

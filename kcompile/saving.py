@@ -41,6 +41,7 @@ import uuid
 import warnings
 import zipfile
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -578,8 +579,23 @@ def model_to_json(model, **kwargs) -> str:
     return json.dumps(config, **kwargs)
 
 
+def _check_custom_objects(custom_objects, function: str) -> None:
+    """custom_objects is None or a mapping of names (str) to classes or functions."""
+    if custom_objects is None:
+        return
+    if not isinstance(custom_objects, Mapping):
+        raise TypeError(f"{function}: `custom_objects` must be a dict of names to classes or "
+                        f"functions, e.g. {{'MyLayer': MyLayer}}; got {custom_objects!r} (of type "
+                        f"{type(custom_objects).__name__})")
+    for name in custom_objects:
+        if not isinstance(name, str):
+            raise TypeError(f"{function}: the keys of `custom_objects` must be the names (str) "
+                            f"the config uses, e.g. {{'MyLayer': MyLayer}}; got the key {name!r}")
+
+
 def model_from_json(json_string, custom_objects=None):
     """A new, uncompiled model with fresh weights from `model.to_json()` text, as Keras's."""
+    _check_custom_objects(custom_objects, "model_from_json")
     try:
         config = json.loads(json_string)
     except (TypeError, json.JSONDecodeError, RecursionError) as error:
@@ -703,6 +719,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         ValueError: the file is not a kcompile model file, or is corrupt, truncated or inconsistent;
             the message names the file and the problem.
     """
+    _check_custom_objects(custom_objects, "load_model")
     filepath = _path(filepath)
     _check_model_suffix(filepath, "loading")
     custom_objects = registry.custom_objects_for(custom_objects)

@@ -396,6 +396,15 @@ def _layout_hint(argument: str, given: tuple, expected: tuple) -> str:
             "depends on its layout.")
 
 
+def _one_target(y, x):
+    """y itself when given as a one-element list or tuple holding the targets of every sample of x
+    ([y], as Keras takes the target of a single-output model)."""
+    if isinstance(y, (list, tuple)) and len(y) == 1 and isinstance(y[0], np.ndarray) \
+            and y[0].ndim >= 1 and len(y[0]) == len(x) != 1:
+        return y[0]
+    return y
+
+
 def _check_lengths(x, y, x_name, y_name):
     if len(x) != len(y):
         raise ValueError(f"`{x_name}` and `{y_name}` must have the same number of samples; got "
@@ -822,6 +831,17 @@ class Trainer:
         self._check_embedding_ids(x, argument)
         return shape
 
+    def _one_input(self, x):
+        """x itself when given as a one-element list or tuple ([x]), as Keras takes the input of a
+        single-input model; a list holding one sample (an array of one sample's rank) stays a batch
+        of that one sample."""
+        if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray) \
+                and x[0].ndim >= 1:
+            expected = self._known_input_shape()
+            if expected is None or x[0].ndim == len(expected):
+                return x[0]
+        return x
+
     def _check_embedding_ids(self, x: np.ndarray, argument: str) -> None:
         """Ids straight from the user's data (the input feeds an Embedding) must lie in
         [0, input_dim): checked here, as sparse labels are, before any step runs (inside the model
@@ -907,8 +927,8 @@ class Trainer:
     def _prepare(self, x, y, argument_x, argument_y, convert_x=True):
         """Validate and convert one (x, y) pair; nothing about the model changes.  Without
         `convert_x`, x is validated but returned as given (evaluate converts it batch by batch)."""
-        x = numeric_array(x, argument_x)
-        y = numeric_array(y, argument_y)
+        x = numeric_array(self._one_input(x), argument_x)
+        y = numeric_array(_one_target(y, x), argument_y)
         _check_lengths(x, y, argument_x, argument_y)
         input_shape = self._check_inputs(x, argument_x)
         y, spec, loss = self._prepare_targets(y, input_shape, argument_y)
@@ -1079,8 +1099,8 @@ class Trainer:
         if y is None:
             raise ValueError(f"Each batch of `{argument}` must be (x, y) or (x, y, sample_weight) to "
                              "compute a loss; got a batch without targets")
-        x = numeric_array(x, f"{argument} (a batch's x)")
-        y = numeric_array(y, f"{argument} (a batch's y)")
+        x = numeric_array(self._one_input(x), f"{argument} (a batch's x)")
+        y = numeric_array(_one_target(y, x), f"{argument} (a batch's y)")
         _check_lengths(x, y, f"{argument} (a batch's x)", f"{argument} (a batch's y)")
         if class_weight is not None:
             if sample_weight is not None:
@@ -1164,8 +1184,8 @@ class Trainer:
             def train_epoch(callback_list):
                 return self._train_stream(stream, class_weight, weighted, callback_list)
         else:
-            x = numeric_array(x, "x")
-            y = numeric_array(y, "y")
+            x = numeric_array(self._one_input(x), "x")
+            y = numeric_array(_one_target(y, x), "y")
             _check_lengths(x, y, "x", "y")
             if sample_weight is not None:
                 sample_weight = data_adapters.check_sample_weight(sample_weight, len(x))
@@ -1328,8 +1348,8 @@ class Trainer:
     # -- single batches -------------------------------------------------------------------------
 
     def _batch_inputs(self, x, y, sample_weight, class_weight):
-        x = numeric_array(x, "x")
-        y = numeric_array(y, "y")
+        x = numeric_array(self._one_input(x), "x")
+        y = numeric_array(_one_target(y, x), "y")
         _check_lengths(x, y, "x", "y")
         sample_weight = self._array_weights(y, sample_weight, data_adapters.check_class_weight(
             class_weight), len(x))
@@ -1409,7 +1429,7 @@ class Trainer:
         out = self._predict_fast(x, len(x) if hasattr(x, "__len__") else 0)
         if out is not None:
             return out
-        x = numeric_array(x, "x")
+        x = numeric_array(self._one_input(x), "x")
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
@@ -1539,7 +1559,7 @@ class Trainer:
         if data_adapters.is_batch_source(x):
             return self._predict_stream(data_adapters.BatchStream(x, steps, False, "x"), verbose,
                                         callbacks)
-        x = numeric_array(x, "x")
+        x = numeric_array(self._one_input(x), "x")
         input_shape = self._check_inputs(x, "x")
         self._ensure_built(input_shape)
         program = self._predict_program()
@@ -1578,7 +1598,7 @@ class Trainer:
 
     def _predict_stream(self, stream, verbose, callbacks):
         first = data_adapters.unpack_batch(stream.peek(), "x")[0]
-        self._ensure_built(self._check_inputs(numeric_array(first, "x (a batch)"), "x (a batch)"))
+        self._ensure_built(self._check_inputs(numeric_array(self._one_input(first), "x (a batch)"), "x (a batch)"))
         runner = self._predict_program().runner
         callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
@@ -1589,7 +1609,8 @@ class Trainer:
         for step, batch in enumerate(stream.epoch()):
             if hooks.begin:
                 hooks.call_begin(step)
-            x = numeric_array(data_adapters.unpack_batch(batch, "x")[0], "x (a batch)")
+            x = numeric_array(self._one_input(data_adapters.unpack_batch(batch, "x")[0]),
+                              "x (a batch)")
             self._check_inputs(x, "x (a batch)")
             x = _float_array(x)
             runner.bind({"x": x})

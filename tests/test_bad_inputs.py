@@ -393,3 +393,62 @@ def test_a_shape_that_is_a_permutation_suggests_the_transpose(model_shape, store
     with pytest.raises(ValueError, match=r"Reshape it: x\.reshape\(-1, ") as info:
         model.predict(flat, verbose=0)
     assert "transpose" not in str(info.value)
+
+
+def test_a_checkpoint_placeholder_that_cannot_be_filled_fails_before_training(tmp_path):
+    """A bad format spec in ModelCheckpoint's filepath is refused when the callback is made (so
+    before the first step, not after an epoch of training), naming the placeholder; good ones
+    still fill in."""
+    from kcompile.callbacks import ModelCheckpoint
+    for path, placeholder in [("m_{epoch:q}.keras", r"\{epoch:q\}"),
+                              ("m_{val_loss:d}.keras", r"\{val_loss:d\}"),
+                              ("m_{}.keras", r"\{\}"),
+                              ("m_{epoch.keras", "not a valid format string")]:
+        with pytest.raises(ValueError, match=placeholder):
+            ModelCheckpoint(str(tmp_path / path))
+    x, y = images(8)
+    model = mlp()
+    model.fit(x, y, epochs=2, verbose=0,
+              callbacks=[ModelCheckpoint(str(tmp_path / "m_{epoch:02d}_{loss:.1f}.keras"))])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n[:5] for n in names] == ["m_01_", "m_02_"] and all(n.endswith(".keras") for n in names)
+
+
+def test_a_one_element_list_holds_the_single_input_as_keras_reads_it():
+    """fit/evaluate/predict/*_on_batch([x], [y]) use x and y (Keras unwraps the list for a model
+    with one input and one output); a list of one sample stays one sample."""
+    x, y = images(8)
+    results = {}
+    for wrapped in (False, True):
+        set_random_seed(4)
+        model = mlp()
+        xs, ys = ([x], [y]) if wrapped else (x, y)
+        history = model.fit(xs, ys, batch_size=4, shuffle=False, verbose=0,
+                            validation_data=(xs, ys))
+        results[wrapped] = (history.history, model.evaluate(xs, ys, verbose=0),
+                            model.predict(xs, verbose=0), model.train_on_batch(xs, ys),
+                            model.test_on_batch(xs, ys), model.predict_on_batch(xs))
+        assert results[wrapped][2].shape == (8, 10)
+    for got, want in zip(results[True], results[False]):
+        if isinstance(want, dict):
+            assert got == want
+        else:
+            np.testing.assert_array_equal(got, want)
+    model = mlp()
+    assert model.predict([x[0]], verbose=0).shape == (1, 10)     # one sample in a list
+
+
+def test_custom_objects_that_is_not_a_dict_is_named(tmp_path):
+    model = mlp()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    for bad, match in [(5, "must be a dict of names.*got 5 \\(of type int\\)"),
+                       ([Dense], "must be a dict of names"),
+                       ({Dense: Dense}, "keys of `custom_objects` must be the names")]:
+        with pytest.raises(TypeError, match=match):
+            kcompile.load_model(path, custom_objects=bad)
+        with pytest.raises(TypeError, match=match):
+            kcompile.models.model_from_json(model.to_json(), custom_objects=bad)
+    for got, want in zip(kcompile.load_model(path, custom_objects={}).get_weights(),
+                         model.get_weights()):
+        np.testing.assert_array_equal(got, want)

@@ -415,3 +415,101 @@ def test_layers_inside_layers_and_stateful_metrics_are_refused_with_the_way_out(
     class MySequential(Sequential):
         pass
     assert MySequential([Input(shape=(3,)), Dense(2)]).output_shape == (None, 2)
+
+
+_SLICES = ["t[:, 1:5:2]", "t[:, 1:5:2][:, :, ::2]", "t[..., 0]", "t[:, -1]", "t[:, None, 2, 1:]",
+           "t[:, ::3, -2:]", "t[:, :, :, None]"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("expression", _SLICES)
+def test_a_traced_value_takes_static_basic_indices(expression, target):
+    """t[...] in a custom layer's call (ints, slices with a step, ..., None), as numpy indexes the
+    same array: the prediction, and one SGD step of a Dense layer after it (the gradient flows back
+    only through the elements picked)."""
+    class Pick(Layer):
+        def call(self, t):
+            return eval(expression, {"t": t})
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    picked = eval(expression, {"t": x})
+    model = Sequential([Input((5, 3)), Pick()])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), picked)
+
+    features = picked.reshape(4, -1)
+    kernel = rng.standard_normal((features.shape[1], 1)).astype(np.float32)
+    y = rng.standard_normal((4, 1)).astype(np.float32)
+    model = Sequential([Input((5, 3)), Pick(), kcompile.layers.Flatten(), Dense(1)])
+    model.set_weights([kernel, np.zeros(1, np.float32)])
+    model.compile(optimizer=kcompile.optimizers.SGD(0.1), loss="mse", target=target)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    error = features @ kernel - y                      # d mse / d out = 2 error / n
+    np.testing.assert_allclose(model.get_weights()[0], kernel - 0.1 * features.T @ (2 * error / 4),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("expression, error, match", [
+    ("t[:, t]", TypeError, "static basic indices.*traced values and boolean masks"),
+    ("t[:, np.array([0, 2])]", TypeError, "Index arrays"),
+    ("t[:, [0, 2]]", TypeError, "Index arrays, lists"),
+    ("t[t > 0]", TypeError, "boolean masks"),
+    ("t[:, True]", TypeError, "static basic indices"),
+    ("t[:, ::-1]", TypeError, "positive integer step"),
+    ("t[0]", TypeError, "batch axis.*not known while the graph is traced"),
+    ("t[1:]", TypeError, "batch axis"),
+    ("t[:, 9]", IndexError, "index 9 is out of bounds for axis 1 with size 5"),
+    ("t[:, 3:1]", IndexError, "selects nothing"),
+    ("t[:, 0, 0, 0]", IndexError, "too many indices"),
+])
+def test_indices_a_traced_value_cannot_take_are_named(expression, error, match):
+    class Pick(Layer):
+        def call(self, t):
+            return eval(expression, {"t": t, "np": np})
+
+    with pytest.raises(error, match=match):
+        Sequential([Input((5, 3)), Pick()])
+
+
+def test_compute_output_shape_returning_no_shape_and_axes_that_are_no_integers():
+    class NoShape(Layer):
+        def call(self, t):
+            return t
+
+        def compute_output_shape(self, input_shape):
+            pass                                            # the forgotten return
+
+    with pytest.raises(TypeError, match=r"'no_shape' \(NoShape\): compute_output_shape returned "
+                                        r"None \(a missing `return`\?\).*\(None, 4\)"):
+        Sequential([Input((4,)), NoShape(), Dense(3)])
+
+    class HalfShape(NoShape):
+        def compute_output_shape(self, input_shape):
+            return (None, 4.5)
+
+    with pytest.raises(TypeError, match="not all integers or None"):
+        Sequential([Input((4,)), HalfShape()])
+
+    for function in ("sum", "mean", "max", "min", "var", "std", "logsumexp"):
+        class Named(Layer):
+            def call(self, t):
+                return getattr(ops, function)(t, axis="features", keepdims=True)
+        with pytest.raises(TypeError, match=rf"ops\.{'var' if function == 'std' else function}: "
+                                            "`axis` must be an integer.*axis='features'"):
+            Sequential([Input((4,)), Named()])
+
+    class OutOfRange(Layer):
+        def call(self, t):
+            return ops.sum(t, axis=(1, 2))
+    with pytest.raises(ValueError, match=r"axis 2 is out of range for a value of rank 2"):
+        Sequential([Input((4,)), OutOfRange()])
+
+    class Fine(Layer):                                      # a tuple or a list of axes still works
+        def call(self, t):
+            return ops.sum(t, axis=[-1], keepdims=True) + ops.mean(t, axis=(1,), keepdims=True)
+    model = Sequential([Input((4,)), Fine()])
+    model.compile(loss="mse", target="reference")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               x.sum(1, keepdims=True) + x.mean(1, keepdims=True))

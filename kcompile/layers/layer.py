@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import operator
 import re
 import threading
@@ -366,6 +367,35 @@ def _is_float32(dtype) -> bool:
         return False
 
 
+def _checking_output_shape(compute_output_shape):
+    """A user's compute_output_shape that says what is wrong with what it returned: a tuple (or
+    list) of sizes, None for the batch dimension."""
+    import functools
+
+    @functools.wraps(compute_output_shape)
+    def checked(self, input_shape):
+        shape = compute_output_shape(self, input_shape)
+        problem = None
+        if shape is None:
+            problem = "returned None (a missing `return`?)"
+        elif not isinstance(shape, (tuple, list)) and not hasattr(shape, "as_list"):
+            problem = f"returned a {type(shape).__name__} ({shape!r})"
+        else:
+            sizes = shape.as_list() if hasattr(shape, "as_list") else shape
+            if any(d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral))
+                   for d in sizes):
+                problem = f"returned {shape!r}, whose sizes are not all integers or None"
+        if problem is not None:
+            raise TypeError(f"layer {self.name!r} ({type(self).__name__}): compute_output_shape "
+                            f"{problem}; for input shape {format_shape(tuple(input_shape))} it "
+                            "must return the output shape as a tuple whose first entry is the "
+                            "batch dimension, None (e.g. (None, 8)), or be left out (the shape is "
+                            "then inferred by tracing call)")
+        return shape
+    checked._checks_its_result = True
+    return checked
+
+
 class Layer:
     """Base class of layers, as `keras.layers.Layer`.
 
@@ -379,6 +409,15 @@ class Layer:
     """
 
     _LEGACY_KWARGS = ("input_shape", "input_dim", "batch_input_shape", "batch_size")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A user's compute_output_shape is checked where it returns (every caller, the model's
+        # shape pre-check included, then gets a shape or a clear error, not `tuple(None)`'s).
+        defined = cls.__dict__.get("compute_output_shape")
+        if defined is not None and not cls.__module__.startswith("kcompile.") \
+                and not getattr(defined, "_checks_its_result", False):
+            cls.compute_output_shape = _checking_output_shape(defined)
 
     def __new__(cls, *args, **kwargs):
         # The constructor's arguments, for the config of a custom layer that defines no get_config
