@@ -59,7 +59,9 @@ def unpack_batch(batch, argument: str):
 
 
 def check_sample_weight(sample_weight, samples: int, argument: str = "sample_weight") -> np.ndarray:
-    """One float32 weight per sample (or per sample and time step), C-contiguous, finite."""
+    """One float32 weight per sample (shape (samples,) or (samples, 1)), C-contiguous, finite.
+    Per-time-step weights (samples, timesteps), which Keras takes for a sequence output, are not
+    supported yet: they are refused with a message saying so."""
     try:
         weights = np.asarray(sample_weight, dtype=np.float32)
     except (TypeError, ValueError):
@@ -67,6 +69,11 @@ def check_sample_weight(sample_weight, samples: int, argument: str = "sample_wei
                          f"{type(sample_weight).__name__}") from None
     if weights.ndim == 2 and weights.shape[1] == 1:
         weights = weights[:, 0]
+    if weights.ndim >= 2 and len(weights) == samples:
+        raise ValueError(f"`{argument}` has shape {weights.shape}: one weight per sample and time "
+                         "step (or per output element), which kcompile does not support yet; "
+                         f"give one weight per sample, shape ({samples},), or weight the time "
+                         "steps in a custom loss")
     if weights.ndim != 1 or len(weights) != samples:
         raise ValueError(f"`{argument}` must hold one weight per sample ({samples} of them, shape "
                          f"({samples},)); got shape {weights.shape}")

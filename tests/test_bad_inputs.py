@@ -452,3 +452,29 @@ def test_custom_objects_that_is_not_a_dict_is_named(tmp_path):
     for got, want in zip(kcompile.load_model(path, custom_objects={}).get_weights(),
                          model.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_per_time_step_sample_weights_are_refused_as_not_supported_yet():
+    """sample_weight of shape (samples, timesteps) for a sequence output (Keras takes it): a
+    ValueError saying that kcompile does not support it yet, before any step; per-sample weights,
+    (n,) or (n, 1), weight each sample's loss (checked against numpy)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 5, 2)).astype(np.float32)
+    model = Sequential([Input((5, 3)), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target=TARGET)
+    before = snapshot(model)
+    per_step = np.ones((8, 5), np.float32)
+    for call in (lambda: model.fit(x, y, sample_weight=per_step, verbose=0),
+                 lambda: model.evaluate(x, y, sample_weight=per_step, verbose=0),
+                 lambda: model.train_on_batch(x, y, sample_weight=per_step),
+                 lambda: model.fit(iter([(x, y, per_step)]), verbose=0)):
+        with pytest.raises(ValueError, match=r"shape \(8, 5\): one weight per sample and time step "
+                                             r".*does not support yet.*shape \(8,\)"):
+            call()
+    assert_untouched(model, before)
+    weights = rng.random(8).astype(np.float32)
+    per_sample = ((model.predict(x, verbose=0) - y) ** 2).mean(axis=(1, 2))
+    for given in (weights, weights[:, None]):
+        np.testing.assert_allclose(model.evaluate(x, y, sample_weight=given, verbose=0),
+                                   np.sum(weights * per_sample) / 8, rtol=1e-5)
