@@ -10,7 +10,14 @@ read back by a Python finisher that combines the sums added up over an epoch:
 - a ratio metric (Precision, Recall) sums true positives and predicted (or actual) positives, and the
   finisher divides the epoch's totals: the precision of the epoch, not a mean of batch precisions;
 - AUC sums the four confusion-matrix counts at each of its thresholds (vector sums) and the finisher
-  integrates the curve in numpy, as Keras's `AUC.result`.
+  integrates the curve in numpy, as Keras's `AUC.result`;
+- FBetaScore/F1Score sum per-class (or, 'micro', overall) true/false positives and false negatives,
+  R2Score per-column sums of y, y^2, squared residuals (and weights), and the IoU metrics a
+  (num_classes x num_classes) confusion matrix, flattened to a vector sum; their finishers apply
+  Keras's `result` formulas in float64.
+
+`Mean` and `Sum` are Keras's standalone metrics of values (`update_state(values, sample_weight)`),
+eager only: Keras's compile() cannot call them with (y_true, y_pred) either, and `check` says so.
 
 `resolve(identifier, y_true_shape, y_pred_shape)` is Keras's `get_metric`: 'accuracy' (or 'acc')
 becomes binary accuracy when predictions have one column, sparse categorical accuracy when the labels
