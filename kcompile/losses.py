@@ -418,7 +418,15 @@ class Loss:
     def reduce(self, values: Node, sample_weight: Node | None = None) -> Node:
         """Keras 3's `reduce_weighted_values`: weight, then sum / number of values (or weights)."""
         if sample_weight is not None:
-            sample_weight = _weight_like(sample_weight, values)
+            if values.type.rank == 0:
+                # A loss function that already reduced to a scalar: Keras broadcasts it against the
+                # weights, so the batch's loss is the scalar times the weights' mean (for the default
+                # reduction) -- one weight per sample as usual.
+                sample_weight = B.cast(sample_weight, values.dtype)
+                if sample_weight.type.rank == 2 and sample_weight.shape[-1] == 1:
+                    sample_weight = B.reshape(sample_weight, sample_weight.shape[:-1])
+            else:
+                sample_weight = _weight_like(sample_weight, values)
             values = B.mul(values, sample_weight)
         if self.reduction in ("none", None) or values.type.rank == 0:
             return values

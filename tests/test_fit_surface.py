@@ -419,6 +419,44 @@ def test_sample_weights_scale_the_loss_and_the_update_like_keras(target):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def scalar_mse(y_true, y_pred):
+    """A custom loss that reduces to a scalar itself, as many tutorials write it."""
+    from kcompile import ops
+    return ops.mean(ops.square(y_true - y_pred))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_scalar_custom_loss_is_scaled_by_the_mean_weight_of_each_batch(target):
+    # Keras broadcasts the scalar against the batch's weights and divides by the batch size: the
+    # batch's loss is mean((p - y)^2) * mean(w); the epoch's loss averages the batches by size.
+    x, y = data(10)
+    w = np.random.default_rng(2).random(10).astype(np.float32) * 2
+    model = linear_model(target, learning_rate=0.0, loss=scalar_mse)
+    kernel, bias = (v.astype(np.float64) for v in model.get_weights())
+    squares = (x @ kernel + bias - y) ** 2
+
+    def expected(weights, size):
+        parts = [(squares[s:s + size].mean() * weights[s:s + size].mean(), len(weights[s:s + size]))
+                 for s in range(0, 10, size)]
+        return sum(loss * n for loss, n in parts) / 10
+
+    assert model.evaluate(x, y, sample_weight=w, batch_size=4, verbose=0) == pytest.approx(
+        expected(w, 4), rel=1e-5)
+    history = model.fit(x, y, sample_weight=w, batch_size=4, shuffle=False, verbose=0).history
+    assert history["loss"][0] == pytest.approx(expected(w, 4), rel=1e-5)
+    labels = np.argmax(y, axis=1)
+    class_weight = {0: 1.0, 1: 2.0, 2: 0.5}
+    by_class = np.array([class_weight[int(c)] for c in labels])
+    history = model.fit(x, y, class_weight=class_weight, batch_size=3, shuffle=False,
+                        verbose=0).history
+    assert history["loss"][0] == pytest.approx(expected(by_class, 3), rel=1e-5)
+    # and the gradient is the scalar loss's, scaled by the batch's mean weight
+    model = linear_model(target, learning_rate=0.1, loss=scalar_mse)
+    model.train_on_batch(x, y, sample_weight=w)
+    d = 2 * (x @ kernel + bias - y) * w.mean() / y.size
+    np.testing.assert_allclose(model.get_weights()[0], kernel - 0.1 * x.T @ d, rtol=1e-5, atol=1e-6)
+
+
 def test_class_weight_equals_the_sample_weights_of_each_class():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((12, 4)).astype(np.float32)
