@@ -1144,8 +1144,9 @@ class Trainer:
         batch source: a generator, iterable or PyDataset-like sequence of (x, y) or
         (x, y, sample_weight) batches (`kcompile.data_adapters`), with optional `steps_per_epoch`.
         `class_weight` ({class index: weight}) weights every sample by its class.
-        `validation_data` is (x, y), (x, y, sample_weight) or a batch source (with
-        `validation_steps`); it is evaluated every `validation_freq` epochs.
+        `validation_data` is (x, y), (x, y, sample_weight) or a batch source; `validation_steps`
+        evaluates only its first that many batches (as Keras, the same ones every epoch). It is
+        evaluated every `validation_freq` epochs.
         """
         self._assert_compiled("fit")
         batch_size = check_batch_size(batch_size)
@@ -1255,7 +1256,7 @@ class Trainer:
         if val_weight is not None:
             val_weight = data_adapters.check_sample_weight(val_weight, len(val_x),
                                                            "validation sample_weight")
-        return "arrays", (val_x, val_y, val_weight), val_weight is not None, spec, loss
+        return "arrays", (val_x, val_y, val_weight, validation_steps), val_weight is not None, spec, loss
 
     def _validation_runner(self, validation, batch_size):
         """A function (callback_list) -> validation logs, its eval program compiled now."""
@@ -1268,9 +1269,10 @@ class Trainer:
                 data.rewind()   # the same batches every epoch, when the source can start over
                 return self._evaluate_stream(data, weighted, callback_list, "validation_data")
             return evaluate_stream
-        val_x, val_y, val_weight = data
+        # As Keras: `validation_steps` takes the first that many batches of the arrays, every epoch.
+        val_x, val_y, val_weight, validation_steps = data
         return lambda callback_list: self._evaluate_arrays(program, val_x, val_y, val_weight,
-                                                           batch_size, callback_list)
+                                                           batch_size, callback_list, validation_steps)
 
     def _train_epoch(self, program, x, y, sample_weight, plan, callback_list) -> dict:
         order, first_batch, steps = plan.epoch()

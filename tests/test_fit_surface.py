@@ -521,6 +521,23 @@ def test_validation_freq_and_steps_per_epoch_on_arrays():
     assert int(model.optimizer.iterations.buffer) == 7
 
 
+def test_validation_steps_take_the_first_batches_of_validation_arrays_every_epoch():
+    # Keras 3 evaluates the first validation_steps batches of array validation data each epoch.
+    x, y = data(20)
+    val_x, val_y = data(20, seed=5)
+    model = linear_model(learning_rate=0.0)
+    kernel, bias = (v.astype(np.float64) for v in model.get_weights())
+    history = model.fit(x, y, batch_size=8, epochs=2, validation_data=(val_x, val_y),
+                        validation_batch_size=5, validation_steps=3, verbose=0).history
+    expected = float((((val_x[:15] @ kernel + bias) - val_y[:15]) ** 2).mean())
+    assert history["val_loss"] == pytest.approx([expected, expected], rel=1e-5)
+    # more steps than batches: the whole array once
+    history = model.fit(x, y, batch_size=8, validation_data=(val_x, val_y), validation_batch_size=5,
+                        validation_steps=9, verbose=0).history
+    assert history["val_loss"][0] == pytest.approx(
+        float((((val_x @ kernel + bias) - val_y) ** 2).mean()), rel=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # Single batches
 # ----------------------------------------------------------------------------------------------
