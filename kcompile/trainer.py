@@ -426,6 +426,22 @@ def _check_steps(value, argument):
     return int(value)
 
 
+def _validation_epochs(validation_freq):
+    """Keras's `validation_freq` as a test of the 1-based epoch number: an int validates every that
+    many epochs, a list (or tuple) after the epochs it names."""
+    if isinstance(validation_freq, (list, tuple)):
+        if not all(_is_int(epoch) and epoch >= 1 for epoch in validation_freq):
+            raise ValueError("validation_freq as a list names epochs to validate after, counted from "
+                             f"1; got {validation_freq!r}")
+        epochs = {int(epoch) for epoch in validation_freq}
+        return lambda epoch: epoch in epochs
+    if not _is_int(validation_freq) or validation_freq < 1:
+        raise ValueError("validation_freq must be a positive integer (validate every that many "
+                         "epochs) or a list of the epochs to validate after (counted from 1); got "
+                         f"{validation_freq!r}")
+    return lambda epoch: epoch % validation_freq == 0
+
+
 def _unpack_validation_data(validation_data):
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
@@ -1149,7 +1165,8 @@ class Trainer:
         `class_weight` ({class index: weight}) weights every sample by its class.
         `validation_data` is (x, y), (x, y, sample_weight) or a batch source; `validation_steps`
         evaluates only its first that many batches (as Keras, the same ones every epoch). It is
-        evaluated every `validation_freq` epochs.
+        evaluated every `validation_freq` epochs, or after the epochs a list `validation_freq` names
+        (counted from 1).
         """
         self._assert_compiled("fit")
         batch_size = check_batch_size(batch_size)
@@ -1164,8 +1181,7 @@ class Trainer:
         if class_weight is not None and sample_weight is not None:
             raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at the "
                              "same time.")
-        if not _is_int(validation_freq) or validation_freq < 1:
-            raise ValueError(f"validation_freq must be a positive integer; got {validation_freq!r}")
+        validate_after = _validation_epochs(validation_freq)
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0 <= validation_split < 1:
             raise ValueError("validation_split must be a float in [0, 1) (the fraction of the data "
@@ -1233,7 +1249,7 @@ class Trainer:
             if logs is None:  # a generator that ran out of batches (warned)
                 break
             epoch_logs = logs
-            if run_validation is not None and (epoch + 1) % validation_freq == 0:
+            if run_validation is not None and validate_after(epoch + 1):
                 val_logs = run_validation(callback_list)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
             callback_list.on_epoch_end(epoch, epoch_logs)

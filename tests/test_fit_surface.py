@@ -514,6 +514,22 @@ def test_validation_freq_and_steps_per_epoch_on_arrays():
     history = model.fit(x, y, batch_size=5, epochs=4, validation_data=(x, y), validation_freq=2,
                         verbose=0).history
     assert len(history["loss"]) == 4 and len(history["val_loss"]) == 2
+    # a list names the epochs to validate after, counted from 1 (Keras's `epoch + 1 in list`)
+    seen = []
+
+    class Record(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, "val_loss" in logs))
+
+    model = linear_model(learning_rate=0.0)
+    kernel, bias = (v.astype(np.float64) for v in model.get_weights())
+    history = model.fit(x, y, batch_size=5, epochs=4, validation_data=(x[:8], y[:8]),
+                        validation_freq=[1, 3], callbacks=[Record()], verbose=0).history
+    assert seen == [(0, True), (1, False), (2, True), (3, False)]
+    expected = float((((x[:8] @ kernel + bias) - y[:8]) ** 2).mean())
+    assert history["val_loss"] == pytest.approx([expected, expected], rel=1e-5)
+    with pytest.raises(ValueError, match="counted from 1"):
+        model.fit(x, y, validation_data=(x, y), validation_freq=[0, 2], verbose=0)
     model = linear_model()
     with pytest.warns(UserWarning, match="ran out of data"):
         model.fit(x, y, batch_size=5, epochs=3, steps_per_epoch=3, shuffle=False, verbose=0)
