@@ -249,3 +249,17 @@ def test_batched_products_skip_zero_tiles_unless_the_weight_asks_for_exact_inf(f
         w_finite[5, 7] = 0.0
         np.testing.assert_allclose(out[:, 7], np.maximum(x @ w_finite, 0)[:, 7], rtol=1e-5,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_batched_predict_with_an_inf_weight_gives_numpys_nan(target):
+    k, n = 40, 160
+    x, w = _tile_of_zeros_facing_inf(k, n)
+    model = kc.Sequential([layers.Input((k,)), layers.Dense(n)])
+    model.compile(loss="mse", target=target)
+    model.set_weights([w, np.zeros(n, np.float32)])
+    out = model.predict(x, verbose=0)
+    with np.errstate(invalid="ignore"):
+        expected = x @ w
+    assert np.isnan(out[:, 7]).all()
+    np.testing.assert_allclose(np.delete(out, 7, 1), np.delete(expected, 7, 1), rtol=1e-5, atol=1e-6)
