@@ -258,6 +258,7 @@ def _compile_config(model) -> dict | None:
         "weighted_metrics": [_serialize_metric(m) for m in model._weighted_metric_identifiers],
         "loss_weights": model.loss_weight,
         "target": model.target,
+        "steps_per_execution": model.steps_per_execution,
     }
 
 
@@ -645,7 +646,8 @@ def _compile(model, archive: _Archive, custom_objects: dict):
                              for key in ("metrics", "weighted_metrics"))
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted,
                       loss_weights=compile_config.get("loss_weights"),
-                      target=compile_config.get("target", "llvm"))
+                      target=compile_config.get("target", "llvm"),
+                      steps_per_execution=compile_config.get("steps_per_execution", 1))
     except Exception as error:  # a config from a file: any failure means it is unusable
         raise _bad_file(archive.filepath, f"the model cannot be compiled with the arguments saved in "
                                           f"{CONFIG} ({type(error).__name__}: {error}). Pass custom "

@@ -464,11 +464,19 @@ def _overrides(callback, name: str) -> bool:
 
 
 class _BatchHooks:
-    """The callbacks that want a batch hook: most every batch, progress bars throttled."""
+    """The callbacks that want a batch hook: most every batch, progress bars throttled.
+
+    With compile(steps_per_execution=N) the batch hooks run as Keras 3 calls them: begin with the
+    index of an execution's first step, end after its last step (or the epoch's last) with the
+    index of its first step + N - 1 (the steps themselves are the same one native call each, so
+    the numbers do not depend on N)."""
 
     def __init__(self, callback_list, begin: str, end: str, legacy_begin=None, legacy_end=None):
         from kcompile.callbacks import ProgbarLogger
         self.begin_name, self.end_name = begin, end
+        self.stride = getattr(getattr(callback_list, "model", None), "steps_per_execution", 1) or 1
+        self._every_due = False
+        self._ended = -1     # the last step the every-batch callbacks' end hook covered
         callbacks = list(callback_list.callbacks)
         self.begin = [c for c in callbacks
                       if _overrides(c, begin) or (legacy_begin and _overrides(c, legacy_begin))]
@@ -486,8 +494,14 @@ class _BatchHooks:
         self._shown = -1    # the last step the throttled bars were shown
 
     def call_begin(self, step):
+        if step % self.stride:
+            return
         for callback in self.begin:
             getattr(callback, self.begin_name)(step, {})
+
+    def execution_start(self, step: int) -> int:
+        """The first step of the execution (steps_per_execution) that `step` belongs to."""
+        return step - step % self.stride
 
     def end_due(self, step: int, last_step: int) -> bool:
         """Whether to build the logs and call end hooks after this step: every step for callbacks
@@ -498,11 +512,15 @@ class _BatchHooks:
             if step == last_step or now - self.last_update >= PROGRESS_INTERVAL:
                 self._progress_due = True
                 self.last_update = now
-        return self._progress_due or bool(self.every)
+        self._every_due = bool(self.every) and ((step + 1) % self.stride == 0 or step == last_step)
+        return self._progress_due or self._every_due
 
     def call_end(self, step: int, logs: dict):
-        for callback in self.every:
-            getattr(callback, self.end_name)(step, logs)
+        if self._every_due:
+            self._ended = step
+            index = self.execution_start(step) + self.stride - 1
+            for callback in self.every:
+                getattr(callback, self.end_name)(index, logs)
         if self._progress_due:
             self._shown = step
             for callback in self.throttled:
@@ -512,6 +530,12 @@ class _BatchHooks:
         """After the epoch's last step: the bars see it even when it was not known to be the last
         (a source of unknown length), as they count the steps from what they are shown.  `logs`:
         the logs, or a function that makes them."""
+        if self.every and step >= 0 and self._ended < self.execution_start(step):
+            # an execution cut short by the end of a source of unknown length (as Keras: its end
+            # hook runs after the steps it had)
+            logs = logs() if callable(logs) else logs
+            self._every_due, self._progress_due = True, False
+            self.call_end(step, logs)
         if self.throttled and step >= 0 and self._shown != step:
             logs = logs() if callable(logs) else logs
             for callback in self.throttled:
@@ -708,6 +732,7 @@ class Trainer:
         self.stop_predicting = False
         self.history = None
         self.target = "llvm"
+        self.steps_per_execution = 1
         self._metric_identifiers = []
         self._weighted_metric_identifiers = []
         self._programs = {}
@@ -730,6 +755,8 @@ class Trainer:
                 fit and evaluate; plain `metrics` ignore the weights, as in Keras.
             target: 'llvm' (native code through LLVM) or 'reference' (the numpy interpreter).
             run_eagerly: True is the same as target='reference'.
+            steps_per_execution: callbacks' batch hooks run once per that many batches, with
+                Keras 3's indices; training itself is the same (one native call per batch).
         """
         if target not in backend.TARGETS:
             raise ValueError(f"Unknown target {target!r}; use one of {list(backend.TARGETS)}")
@@ -740,8 +767,9 @@ class Trainer:
                 and not any(isinstance(w, numbers.Number) for w in loss_weights):
             metrics, loss_weights = loss_weights, None
         loss_weight = _single_loss_weight(self._for_the_output(loss_weights, "loss_weights"))
-        if steps_per_execution != 1:
-            raise NotImplementedError("steps_per_execution other than 1 is not supported yet")
+        if not _is_int(steps_per_execution) or steps_per_execution < 1:
+            raise ValueError("steps_per_execution must be a positive integer (the number of batches "
+                             f"between batch hooks); got {steps_per_execution!r}")
         resolved_optimizer = optimizers.get(optimizer)
         loss = self._for_the_output(loss, "loss")
         if isinstance(loss, (list, tuple)):
@@ -771,6 +799,9 @@ class Trainer:
         self._metric_identifiers = [m for m in metrics if m is not None]
         self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
         self.target = "reference" if run_eagerly else target
+        # NOTE: every step is one native call whatever steps_per_execution is; it only spaces the
+        # batch hooks as Keras 3 does (see _BatchHooks), so the numbers equal those with 1.
+        self.steps_per_execution = int(steps_per_execution)
         self.compiled = True
         self._on_structure_change()
 
@@ -1610,7 +1641,8 @@ class Trainer:
             if hooks.end_due(step, steps - 1):
                 # (the batch's own rows of the result, not the program's output buffer, which the
                 # next batch overwrites: a callback may keep them)
-                hooks.call_end(step, {"outputs": outputs[start:stop]})
+                first = hooks.execution_start(step) * batch_size   # (the execution's rows)
+                hooks.call_end(step, {"outputs": outputs[first:stop]})
             if self.stop_predicting:
                 outputs = outputs[:stop]
                 break
@@ -1639,11 +1671,14 @@ class Trainer:
             batch_out = np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)
             outputs.append(batch_out)
             if hooks.end_due(step, last_step):
-                hooks.call_end(step, {"outputs": batch_out})
+                executed = outputs[hooks.execution_start(step):]
+                hooks.call_end(step, {"outputs": np.concatenate(executed)})
             if self.stop_predicting:
                 break
         if outputs:
-            hooks.finish(len(outputs) - 1, {"outputs": outputs[-1]})
+            last = len(outputs) - 1
+            hooks.finish(last, lambda: {"outputs":
+                                        np.concatenate(outputs[hooks.execution_start(last):])})
         callback_list.on_predict_end()
         if not outputs:
             return np.empty((0,) + tuple(self.output_shape[1:]), np.float32)

@@ -554,6 +554,62 @@ def test_validation_steps_take_the_first_batches_of_validation_arrays_every_epoc
         float((((val_x @ kernel + bias) - val_y) ** 2).mean()), rel=1e-5)
 
 
+def test_steps_per_execution_spaces_the_batch_hooks_as_keras_and_changes_no_number():
+    x, y = data(20)
+
+    class Record(callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.calls.append(("begin", batch))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.calls.append(("end", batch, logs["loss"]))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.calls.append(("test", batch))
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self.calls.append(("predict", batch, len(logs["outputs"])))
+
+    runs = {}
+    for n in (1, 3):
+        model = linear_model(steps_per_execution=n)
+        assert model.steps_per_execution == n
+        record = Record()
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+                            validation_data=(x[:12], y[:12]), callbacks=[record]).history
+        model.predict(x, batch_size=4, verbose=0, callbacks=[record])
+        model.fit(batches(x, y, 5), epochs=1, verbose=0, callbacks=[record])   # unknown length
+        runs[n] = history, model.get_weights(), record.calls
+    (history1, weights1, calls1), (history3, weights3, calls3) = runs[1], runs[3]
+    assert history3 == history1
+    for a, b in zip(weights1, weights3):
+        np.testing.assert_array_equal(a, b)
+    # Keras 3.15: begin(first step of the execution), end(first step + N - 1) after its last batch
+    # (5 batches: steps 0-2 and 3-4), the logs as they stand then.
+    losses = [call[2] for call in calls1 if call[0] == "end"]   # 5 + 5 + 4 batches
+
+    def epoch(k):
+        return [("begin", 0), ("end", 2, losses[5 * k + 2]), ("begin", 3),
+                ("end", 5, losses[5 * k + 4]), ("test", 2)]
+
+    predict = [("predict", 2, 12), ("predict", 5, 8)]
+    # a generator of 4 batches: the second execution is cut short by its end
+    generator = [("begin", 0), ("end", 2, losses[12]), ("begin", 3), ("end", 5, losses[13])]
+    assert calls3 == epoch(0) + epoch(1) + predict + generator
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        linear_model(steps_per_execution=0)
+
+
+def test_steps_per_execution_is_saved_with_the_compile_arguments(tmp_path):
+    model = linear_model(steps_per_execution=4)
+    model.save(tmp_path / "m.keras")
+    assert load_model(tmp_path / "m.keras").steps_per_execution == 4
+
+
 # ----------------------------------------------------------------------------------------------
 # Single batches
 # ----------------------------------------------------------------------------------------------
