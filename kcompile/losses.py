@@ -642,4 +642,6 @@ def as_loss_object(loss, name=None) -> Loss:
     """Wrap a function as a `Loss` with the default reduction (objects pass through)."""
     if isinstance(loss, Loss):
         return loss
+    if isinstance(loss, str):   # (a model's `loss` is the name compile() was given)
+        return as_loss_object(get(loss), name=name)
     return LossFunctionWrapper(loss, name=name or getattr(loss, "__name__", "loss"))

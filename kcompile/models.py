@@ -19,6 +19,12 @@ from ir import build as B
 from kcompile import layers as layers_module
 from kcompile import saving
 from kcompile.saving import load_model, model_from_json  # noqa: F401  (as keras.models)
+
+
+def save_model(model, filepath, overwrite=True, **kwargs):
+    """`model.save(filepath)` (Keras's `keras.models.save_model`)."""
+    model.save(filepath, overwrite=overwrite, **kwargs)
+
 from kcompile.layers.core import InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, format_shape
 from kcompile.trainer import Trainer
@@ -153,6 +159,11 @@ class Model(InspectionMixin, Trainer, Layer):
             if penalty is not None:
                 total = penalty if total is None else B.add(total, penalty)
         return total
+
+    @property
+    def losses(self) -> list:
+        """Every layer's regularization penalties now (Keras's `model.losses`), as float32 scalars."""
+        return Layer.losses.fget(self) + [value for layer in self.layers for value in layer.losses]
 
     def to_json(self, **kwargs) -> str:
         """The architecture as JSON text (no weights); `kcompile.models.model_from_json` reads it."""

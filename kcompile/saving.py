@@ -251,7 +251,9 @@ def _compile_config(model) -> dict | None:
         return None
     return {
         "optimizer": optimizers.serialize(model.optimizer),
-        "loss": _serialize_loss(model.loss),
+        # (the name as given, as Keras saves it; otherwise what it resolved to: a class or a
+        # per-output spelling of the one loss is saved as that loss)
+        "loss": _serialize_loss(model.loss if isinstance(model.loss, str) else model._loss),
         # NOTE: the identifiers as compile() received them (Trainer keeps them), so a reloaded model
         # logs its metrics under the same names.
         "metrics": [_serialize_metric(m) for m in model._metric_identifiers],

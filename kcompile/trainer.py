@@ -725,8 +725,14 @@ class Trainer:
     def __init__(self):
         self.compiled = False
         self.optimizer = None
-        self.loss = None
+        self.loss = None          # as compile() was given it (Keras's `model.loss`)
+        self._loss = None         # what it resolves to: a function, a Loss or an AUTO_NAMES name
         self.loss_weight = 1.0
+        self._run_eagerly = False
+        self._compiled_target = "llvm"
+        self._metrics_result = {}
+        self._metric_list = None  # (spec, [loss tracker, metric objects]) for `metrics`
+        self._last_spec = None
         self.stop_training = False
         self.stop_evaluating = False
         self.stop_predicting = False
@@ -771,6 +777,7 @@ class Trainer:
             raise ValueError("steps_per_execution must be a positive integer (the number of batches "
                              f"between batch hooks); got {steps_per_execution!r}")
         resolved_optimizer = optimizers.get(optimizer)
+        given_loss = loss
         loss = self._for_the_output(loss, "loss")
         if isinstance(loss, (list, tuple)):
             if len(loss) != 1:
@@ -794,11 +801,17 @@ class Trainer:
         for identifier in list(metrics) + list(weighted_metrics):
             metrics_module.check(identifier)
         self.optimizer = resolved_optimizer
-        self.loss = loss
+        self.loss = given_loss
+        self._loss = loss
         self.loss_weight = loss_weight
         self._metric_identifiers = [m for m in metrics if m is not None]
         self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
+        self._run_eagerly = bool(run_eagerly)
+        self._compiled_target = target
         self.target = "reference" if run_eagerly else target
+        self._metrics_result = {}
+        self._metric_list = None
+        self._last_spec = None
         # NOTE: every step is one native call whatever steps_per_execution is; it only spaces the
         # batch hooks as Keras 3 does (see _BatchHooks), so the numbers equal those with 1.
         self.steps_per_execution = int(steps_per_execution)
@@ -845,12 +858,57 @@ class Trainer:
         names, weighted = self._metric_names()
         return ["loss"] + names + weighted
 
+    @property
+    def run_eagerly(self) -> bool:
+        """Keras's flag; True runs the graphs in the reference interpreter (target='reference')."""
+        return self._run_eagerly
+
+    @run_eagerly.setter
+    def run_eagerly(self, value):
+        value = bool(value)
+        if value != self._run_eagerly:
+            self._run_eagerly = value
+            self.target = "reference" if value else self._compiled_target
+            self._on_structure_change()
+
+    @property
+    def metrics(self) -> list:
+        """Keras's `model.metrics`: [] before compile, then the loss tracker (a Mean named 'loss')
+        and one object per compiled metric, named as logged.  Keras 3 lists its compiled metrics
+        inside one 'compile_metrics' container; here they are listed themselves.  Their state is
+        not the fit's (the compiled step keeps the sums): `get_metrics_result()` has the values."""
+        if not self.compiled:
+            return []
+        spec = self._last_spec
+        if self._metric_list is None or self._metric_list[0] != spec:
+            if spec is None:   # no targets seen yet: resolve names as for targets like the outputs
+                shape = self.output_shape if self.built else (None, 2)
+                spec = TargetSpec("f32", shape, shape)
+            tracker = metrics_module.Mean(name="loss")
+            self._metric_list = (self._last_spec,
+                                 [tracker] + [entry[1] for entry in self._metric_objects(spec)])
+        return list(self._metric_list[1])
+
+    def get_metrics_result(self) -> dict:
+        """The loss and metrics of the last fit epoch, evaluation (validation included, as the
+        metrics' state in Keras) or train/test_on_batch, by name as floats; {} before any."""
+        return dict(self._metrics_result)
+
+    def get_compile_config(self) -> dict | None:
+        """The compile() arguments, as saved in a `.keras` file (Keras's keys plus `target`);
+        None before compile."""
+        from kcompile import saving
+        config = saving._compile_config(self)
+        if config is not None:
+            config.update(run_eagerly=self.run_eagerly, jit_compile=not self.run_eagerly)
+        return config
+
     def _assert_compiled(self, method: str):
         if not self.compiled:
             raise ValueError(f"You must call `compile()` before calling `{method}()`: e.g. "
                              "model.compile(optimizer='adam', loss='categorical_crossentropy', "
                              "metrics=['accuracy']).")
-        if self.loss is None:
+        if self._loss is None:
             raise ValueError(f"No loss to compute in `{method}()`: pass `loss=` to `compile()`.")
 
     def _on_structure_change(self):
@@ -902,14 +960,14 @@ class Trainer:
             layers[0].check_ids(x, argument)
 
     def _resolve_loss(self, given_shape, output_shape):
-        if isinstance(self.loss, str) and self.loss in losses.AUTO_NAMES:
+        if isinstance(self._loss, str) and self._loss in losses.AUTO_NAMES:
             is_binary, is_sparse = metrics_module.is_binary_or_sparse_categorical(given_shape,
                                                                                   output_shape)
             if is_binary:
                 return losses.binary_crossentropy
             return (losses.sparse_categorical_crossentropy if is_sparse
                     else losses.categorical_crossentropy)
-        return self.loss
+        return self._loss
 
     def _prepare_targets(self, y: np.ndarray, input_shape: tuple, argument: str):
         """Check y against the model's output for the loss; return (array to feed, TargetSpec, loss)."""
@@ -1033,6 +1091,8 @@ class Trainer:
                  weighted: bool = False) -> _Program:
         """The traced graph and runner for 'predict', 'eval' or 'train' (weighted: with a
         'sample_weight' input), cached until the model, compile settings or optimizer change."""
+        if spec is not None:
+            self._last_spec = spec    # (which objects `metrics` lists)
         key = self._program_key(kind, spec, weighted)
         program = self._programs.get(key)
         if program is not None:
@@ -1279,6 +1339,7 @@ class Trainer:
             logs = train_epoch(callback_list)
             if logs is None:  # a generator that ran out of batches (warned)
                 break
+            self._metrics_result = dict(logs)
             epoch_logs = logs
             if run_validation is not None and validate_after(epoch + 1):
                 val_logs = run_validation(callback_list)
@@ -1424,6 +1485,7 @@ class Trainer:
         runner.call(rows, 0)
         totals = _Totals(program)
         totals.add(runner.output, rows)
+        self._metrics_result = totals.logs()
         return _results(totals.logs(), program.metric_names, return_dict)
 
     @_one_call_at_a_time
@@ -1437,6 +1499,7 @@ class Trainer:
         runner.call(rows, 0)
         totals = _Totals(program)
         totals.add(runner.output, rows)
+        self._metrics_result = totals.logs()
         return _results(totals.logs(), program.metric_names, return_dict)
 
     def _predict_fast(self, x, batch_size: int = 32):
@@ -1563,6 +1626,7 @@ class Trainer:
                     break
             logs = totals.logs()
         callback_list.on_test_end(logs)
+        self._metrics_result = dict(logs)
         return logs
 
     def _evaluate_stream(self, stream, weighted, callback_list, argument) -> dict:
@@ -1593,6 +1657,7 @@ class Trainer:
             hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
         callback_list.on_test_end(logs)
+        self._metrics_result = dict(logs)
         return logs
 
     # -- predict --------------------------------------------------------------------------------

@@ -348,3 +348,89 @@ def test_live_progress_bar_is_throttled():
     # and once more when the epoch ends.
     assert 1 <= redraws <= elapsed / 0.1 + 3
     assert "400/400 [" in terminal.getvalue().rsplit("\r", 1)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras 3's model attributes around compile
+# ----------------------------------------------------------------------------------------------
+
+def test_model_loss_is_what_compile_was_given_and_training_still_uses_it():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = np.arange(8) % 2
+    model = Sequential([Input(shape=(4,)), Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", target=TARGET)
+    assert model.loss == "sparse_categorical_crossentropy"
+    p = model.predict(x, verbose=0).astype(np.float64)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(
+        -np.log(p[np.arange(8), y]).mean(), rel=1e-5)
+    loss = losses.MeanSquaredError()
+    model.compile(optimizer="sgd", loss=loss, target=TARGET)
+    assert model.loss is loss
+    model.compile(optimizer="sgd", loss={model.layers[-1].name: "mse"}, target=TARGET)
+    assert model.loss == {model.layers[-1].name: "mse"}
+    assert model.evaluate(x, np.eye(2)[y], verbose=0) == pytest.approx(
+        ((p - np.eye(2)[y]) ** 2).mean(), rel=1e-5)
+
+
+def test_metrics_results_compile_config_and_run_eagerly():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 4)).astype(np.float32)
+    y = np.arange(12) % 2
+    model = Sequential([Input(shape=(4,)), Dense(2, activation="softmax")])
+    assert model.metrics == [] and model.get_metrics_result() == {}
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", metrics.SparseCategoricalAccuracy(name="sca")],
+                  steps_per_execution=2, target=TARGET)
+    # Keras: the loss tracker first, then the compiled metrics
+    assert [m.name for m in model.metrics] == ["loss", "accuracy", "sca"]
+    assert isinstance(model.metrics[0], metrics.Mean)
+    history = model.fit(x, y, batch_size=4, verbose=0, validation_data=(x[:6], y[:6])).history
+    # after fit the metrics hold the last validation's state, as Keras's do
+    result = model.get_metrics_result()
+    assert result == pytest.approx({"loss": history["val_loss"][0],
+                                    "accuracy": history["val_accuracy"][0],
+                                    "sca": history["val_sca"][0]})
+    p = model.predict(x, verbose=0)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    expected = {"loss": float(-np.log(p[np.arange(12), y].astype(np.float64)).mean()),
+                "accuracy": float((p.argmax(1) == y).mean())}
+    assert model.get_metrics_result() == logs
+    assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(expected["accuracy"])
+    config = model.get_compile_config()
+    assert {"optimizer", "loss", "loss_weights", "metrics", "weighted_metrics", "run_eagerly",
+            "steps_per_execution", "jit_compile"} <= set(config)
+    assert config["loss"] == "sparse_categorical_crossentropy"
+    assert config["steps_per_execution"] == 2 and config["run_eagerly"] is False
+    assert Sequential([Input(shape=(4,)), Dense(1)]).get_compile_config() is None
+    model.compile(optimizer="sgd", loss="mse", target="llvm")
+    assert model.run_eagerly is False
+    model.run_eagerly = True
+    assert model.run_eagerly is True and model.target == "reference"
+    model.run_eagerly = False
+    assert model.target == "llvm"
+
+
+def test_losses_are_the_regularization_penalties_now():
+    from kcompile import regularizers
+    model = Sequential([Input(shape=(4,)),
+                        Dense(3, kernel_regularizer="l2", bias_regularizer=regularizers.L1(0.1)),
+                        Dense(1, kernel_regularizer=regularizers.L1L2(l1=0.01, l2=0.02)),
+                        Dense(1)])
+    rng = np.random.default_rng(2)
+    model.set_weights([rng.standard_normal(w.shape) for w in model.get_weights()])
+    k1, b1, k2 = (w.astype(np.float64) for w in model.get_weights()[:3])
+    expected = [0.01 * (k1 ** 2).sum(), 0.1 * np.abs(b1).sum(),
+                0.01 * np.abs(k2).sum() + 0.02 * (k2 ** 2).sum()]
+    assert model.layers[0].losses == pytest.approx(expected[:2], rel=1e-5)
+    assert model.layers[2].losses == []
+    assert model.losses == pytest.approx(expected, rel=1e-5)
+    assert all(isinstance(v, np.float32) for v in model.losses)
+    # what evaluate adds to the loss
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    model.compile(optimizer="sgd", loss="mse", target=TARGET)
+    y = np.zeros((5, 1), np.float32)
+    p = model.predict(x, verbose=0).astype(np.float64)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx((p ** 2).mean() + sum(expected),
+                                                            rel=1e-5)

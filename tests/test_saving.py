@@ -87,7 +87,7 @@ def test_round_trip_restores_config_weights_compile_arguments_and_optimizer(tmp_
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert loaded.optimizer.learning_rate == np.float32(0.003)
     assert int(loaded.optimizer.iterations.buffer) == 6
-    assert loaded.loss is model.loss
+    assert loaded.loss == model.loss
     assert loaded.metrics_names == ["loss", "accuracy", "sparse_acc"]
     assert loaded.target == "reference"
     assert loaded.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)

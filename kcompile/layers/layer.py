@@ -496,6 +496,18 @@ class Layer:
         return total
 
     @property
+    def losses(self) -> list:
+        """Keras's `layer.losses`: the current penalty of each regularized weight of this layer,
+        as a float32 numpy scalar each (evaluated now by the reference interpreter)."""
+        values = []
+        for variable, regularizer in self._regularized:
+            def penalty(variable=variable, regularizer=regularizer):
+                value = regularizer(variable.value)
+                return B.reduce_sum(value) if isinstance(value, Node) and value.type.rank else value
+            values.append(np.float32(call_eagerly(penalty, variables=(variable,))))
+        return values
+
+    @property
     def weights(self) -> list:
         return list(self._weights)
 
