@@ -434,3 +434,11 @@ def test_losses_are_the_regularization_penalties_now():
     p = model.predict(x, verbose=0).astype(np.float64)
     assert model.evaluate(x, y, verbose=0) == pytest.approx((p ** 2).mean() + sum(expected),
                                                             rel=1e-5)
+
+
+def test_layers_and_models_report_their_float32_dtype():
+    from kcompile.layers import Conv2D
+    model = Sequential([Input(shape=(8, 8, 1)), Conv2D(2, 3), Flatten(), Dense(2)])
+    for obj in [model, *model.layers, Dense(3, dtype="float32")]:
+        assert (obj.dtype, obj.compute_dtype, obj.variable_dtype) == ("float32",) * 3
+    assert all(w.dtype == "float32" for w in model.weights)

@@ -495,6 +495,21 @@ class Layer:
             total = penalty if total is None else B.add(total, penalty)
         return total
 
+    # kcompile layers compute and keep their weights in float32 (the constructor refuses other
+    # dtypes), so these are Keras's names for that one policy.
+    @property
+    def dtype(self) -> str:
+        """The dtype of the layer's weights, 'float32' (Keras's `layer.dtype`)."""
+        return "float32"
+
+    @property
+    def compute_dtype(self) -> str:
+        return "float32"
+
+    @property
+    def variable_dtype(self) -> str:
+        return "float32"
+
     @property
     def losses(self) -> list:
         """Keras's `layer.losses`: the current penalty of each regularized weight of this layer,
