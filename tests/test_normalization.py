@@ -70,6 +70,33 @@ def test_batch_statistics_in_training_and_moving_averages_updated_in_the_step(ta
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_a_direct_call_in_training_mode_updates_the_moving_statistics_once(target):
+    # Keras 3: layer(x, training=True) and model(x, training=True) update the moving averages;
+    # inference calls leave them alone.
+    x = (np.random.default_rng(0).standard_normal((8, 3)) * 5 + 2).astype(np.float32)
+    mean, variance = x.astype(np.float64).mean(0), x.astype(np.float64).var(0)
+    normalized = (x - mean) / np.sqrt(variance + 1e-3)
+    layer = BatchNormalization(momentum=0.9)
+    np.testing.assert_allclose(layer(x, training=True), normalized, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * variance, rtol=1e-5)
+    layer(x)
+    layer(x, training=False)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+    model = Sequential([Input(shape=(3,)), BatchNormalization()])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    model(x, training=True)
+    model(x, training=True)
+    bn = model.layers[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), (1 - 0.99 ** 2) * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(),
+                               0.99 ** 2 + (1 - 0.99 ** 2) * variance, rtol=1e-5)
+    model(x)
+    model.predict(x, verbose=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), (1 - 0.99 ** 2) * mean, rtol=1e-5)
+
+
 def test_batch_normalization_of_conv_features_normalizes_each_channel():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((6, 5, 5, 2)).astype(np.float32)

@@ -326,13 +326,19 @@ def call_eagerly(fn, *arrays, variables=(), training: bool = False):
         from kcompile.utils.random import next_seed
         seed = B.arg("seed", "u32", ())
         feeds["seed"] = np.uint32(next_seed())
-    with TraceScope(bindings, seed=seed):
+    with TraceScope(bindings, seed=seed) as scope:
         out = fn(*args)
     if not isinstance(out, Node):
         raise TypeError(f"{fn!r} returned {type(out).__name__}, expected an IR value")
+    # State the call updates (BatchNormalization's moving statistics in training): written back
+    # after the run, as a Keras eager call updates its variables.
+    updates = [(variable, value) for variable, value in scope.updates if variable in bindings]
     inputs = args + list(bindings.values()) + ([seed] if seed is not None else [])
-    graph = ir.Graph("eager", inputs, [("out", out)])
-    return ir.run(graph, feeds)["out"]
+    outputs = [("out", out)] + [(f"update_{index}", value) for index, (_, value) in enumerate(updates)]
+    results = ir.run(ir.Graph("eager", inputs, outputs), feeds)
+    for index, (variable, _) in enumerate(updates):
+        variable.assign(results[f"update_{index}"])
+    return results["out"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,9 +68,9 @@ class BatchNormalization(Layer):
 
     Weights, in Keras's order: gamma, beta (trainable), moving_mean, moving_variance (updated inside
     the compiled train step, in place).  A frozen layer (`trainable = False`) runs in inference mode
-    in training too, as in Keras.  NOTE: called eagerly on an array with `training=True` the layer
-    normalizes by the batch's statistics but leaves the moving averages alone (Keras updates them);
-    they change only in the train step.
+    in training too, as in Keras.  Called on an array with `training=True` (the layer, or a model
+    holding it), the layer normalizes by the batch's statistics and updates the moving averages
+    once, as Keras does.
     """
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
