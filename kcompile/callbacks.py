@@ -579,7 +579,7 @@ class ModelCheckpoint(Callback):
 
     Args:
         filepath: Where to save. May hold ``str.format`` fields filled from ``epoch`` (counting from 1),
-            ``batch`` (with an integer ``save_freq``) and the logs, e.g. ``'ckpt-{epoch:02d}-{val_loss:.2f}.keras'`` (``.weights.npz`` with save_weights_only).
+            ``batch`` (with an integer ``save_freq``) and the logs, e.g. ``'ckpt-{epoch:02d}-{val_loss:.2f}.keras'`` (``.weights.npz``, or Keras 3's ``.weights.h5`` name for the same kcompile file, with save_weights_only).
         monitor: Metric compared by ``save_best_only``.
         verbose: 1 prints a message for every save.
         save_best_only: Save only when ``monitor`` improves on the best value so far.

@@ -170,13 +170,15 @@ class Model(InspectionMixin, Trainer, Layer):
         return saving.model_to_json(self, **kwargs)
 
     def save_weights(self, filepath, overwrite=True):
-        """Save every weight, by path 'layer/weight', to a `.weights.npz` file."""
+        """Save every weight, by path 'layer/weight', to a `.weights.npz` file (`.weights.h5`, Keras
+        3's name, writes the same kcompile file under that name: not HDF5)."""
         saving.save_weights(self, filepath, overwrite=overwrite)
 
     save_weights.writes_atomically = True
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
-        """Load weights by path from a `.weights.npz` or `.keras` file; all checked before any is set."""
+        """Load weights by path from a `.weights.npz` (or `.weights.h5`) file kcompile saved, or a
+        `.keras` file; all checked before any is set."""
         saving.load_weights(self, filepath, skip_mismatch=skip_mismatch, **kwargs)
 
     # -- summary --------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ A model file (`model.save('model.keras')`) is a zip archive, as Keras 3's `.kera
                     ('dense/kernel/m', ...): what the train step reads, so training resumes exactly
 
 A weights file (`model.save_weights('model.weights.npz')`) is the weights.npz member on its own.
+Keras 3 programs name their weights files `model.weights.h5`; kcompile takes that name too (in
+save_weights, load_weights and ModelCheckpoint(save_weights_only=True)) but writes the same .npz
+file under it: it is kcompile's format, not HDF5, so only kcompile reads it, and kcompile cannot
+read an HDF5 file that Keras wrote (loading one is an error that says so).
 
 Design notes:
 
@@ -60,6 +64,11 @@ FORMAT_NAME = "kcompile.model"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".keras"
 WEIGHTS_SUFFIX = ".weights.npz"
+# Keras 3's weights suffix, accepted as a name only: the file is kcompile's .npz (see above).
+KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+WEIGHTS_SUFFIXES = (WEIGHTS_SUFFIX, KERAS_WEIGHTS_SUFFIX)
+# The signature HDF5 files begin with (at offset 0, or 512, 1024, ... after a user block).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 METADATA = "metadata.json"
 CONFIG = "config.json"
@@ -87,7 +96,7 @@ def _path(filepath) -> str:
 def _check_model_suffix(filepath: str, action: str):
     if filepath.endswith(MODEL_SUFFIX):
         return
-    if filepath.endswith(WEIGHTS_SUFFIX):
+    if filepath.endswith(WEIGHTS_SUFFIXES):
         hint = (" This is a weights file name: use model.save_weights / model.load_weights for it."
                 if action == "saving" else
                 " This is a weights file: rebuild the model in code and call "
@@ -106,14 +115,25 @@ def _check_model_suffix(filepath: str, action: str):
 
 
 def _check_weights_suffix(filepath: str, action: str, allow_model_file=False):
-    if filepath.endswith(WEIGHTS_SUFFIX) or (allow_model_file and filepath.endswith(MODEL_SUFFIX)):
+    if filepath.endswith(WEIGHTS_SUFFIXES) or (allow_model_file and filepath.endswith(MODEL_SUFFIX)):
         return
-    if filepath.endswith((".weights.h5", ".h5", ".hdf5")):
+    if filepath.endswith((".h5", ".hdf5")):
         raise ValueError(f"kcompile cannot {action} HDF5 weight files: HDF5 needs h5py, which kcompile "
-                         f"does not depend on. Use the `{WEIGHTS_SUFFIX}` suffix instead (the same "
-                         f"weights by name, in numpy's .npz format). Received: filepath={filepath}")
+                         f"does not depend on. Use the `{WEIGHTS_SUFFIX}` suffix (or Keras 3's "
+                         f"`{KERAS_WEIGHTS_SUFFIX}`, under which kcompile writes the same .npz "
+                         f"file). Received: filepath={filepath}")
     also = " (or a `.keras` model file)" if allow_model_file else ""
-    raise ValueError(f"The filename must end in `{WEIGHTS_SUFFIX}`{also}. Received: filepath={filepath}")
+    raise ValueError(f"The filename must end in `{WEIGHTS_SUFFIX}` or `{KERAS_WEIGHTS_SUFFIX}`{also}. "
+                     f"Received: filepath={filepath}")
+
+
+def _is_hdf5(data: bytes) -> bool:
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= len(data):
+        if data[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,7 +340,8 @@ def save_model(model, filepath, overwrite=True, zipped=None, include_optimizer=T
 
 
 def save_weights(model, filepath, overwrite=True):
-    """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file."""
+    """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file (or
+    one named `.weights.h5`, as Keras 3 names them: the same .npz file, not HDF5)."""
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "save")
     weights = _weight_arrays(model)
@@ -440,6 +461,12 @@ def _read_weights_file(filepath: str) -> dict:
         return _Archive(filepath).weights
     with open(filepath, "rb") as file:
         data = file.read()
+    if _is_hdf5(data):
+        raise _bad_file(filepath, "it is an HDF5 file (as Keras writes `.weights.h5`), which kcompile "
+                                  "cannot read: kcompile's `.weights.h5` files are its own format "
+                                  "(numpy .npz under that name), not HDF5. Save the weights from "
+                                  "kcompile, or move them over as arrays (Keras's get_weights() "
+                                  "into kcompile's set_weights()).")
     return _read_npz(data, filepath, None)
 
 

@@ -302,6 +302,24 @@ def test_checkpoint_save_best_only_weights(tmp_path, capsys):
     assert "val_loss improved from inf to 1.00000" in output and "did not improve from 0.50000" in output
 
 
+def test_checkpoint_takes_kerass_weights_h5_name_and_saves_kcompiles_weights_there(tmp_path):
+    from kcompile.layers import Dense, Input
+    from kcompile.models import Sequential
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    model = Sequential([Input(shape=(3,)), Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", target="reference")
+    path = tmp_path / "best.weights.h5"
+    model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y),
+              callbacks=[ModelCheckpoint(path, save_weights_only=True)])
+    assert os.listdir(tmp_path) == ["best.weights.h5"]
+    copy = Sequential([Input(shape=(3,)), Dense(1)])
+    copy.load_weights(path)
+    for a, b in zip(model.get_weights(), copy.get_weights()):   # (the last epoch's)
+        np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoint_temporary_file_keeps_suffix(tmp_path):
     model = FakeModel()
     fit(model, [ModelCheckpoint(tmp_path / "model.weights.npz", save_weights_only=True)], losses(1.0))
@@ -491,7 +509,7 @@ def test_auto_mode_refuses_a_metric_function_of_unknown_direction():
 
 @pytest.mark.parametrize("path,weights_only,match", [
     ("ckpt/noext", False, "`.keras`"), ("model.h5", False, "HDF5"),
-    ("w.weights.h5", True, "HDF5"), ("model.keras", True, "weights.npz"),
+    ("w.h5", True, "HDF5"), ("model.keras", True, "weights.npz"),
     ("w.weights.npz", False, "weights file name")])
 def test_checkpoint_refuses_a_path_its_save_would_refuse_before_training(path, weights_only, match):
     with pytest.raises(ValueError, match=match) as caught:

@@ -380,8 +380,8 @@ def test_file_suffixes_like_keras(tmp_path):
     with pytest.raises(ValueError, match="HDF5 is not supported|legacy HDF5"):
         model.save(tmp_path / "model.h5")
     with pytest.raises(ValueError, match=r"h5py.*`\.weights\.npz`"):
-        model.save_weights(tmp_path / "model.weights.h5")
-    with pytest.raises(ValueError, match=r"must end in `\.weights\.npz`"):
+        model.save_weights(tmp_path / "model.h5")
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.npz` or `\.weights\.h5`"):
         model.save_weights(tmp_path / "model.npz")
     with pytest.raises(ValueError, match=r"File format not supported.*`\.keras`"):
         load_model(tmp_path / "model.h5")
@@ -530,6 +530,31 @@ def test_weights_round_trip_by_path(tmp_path):
     source.save(tmp_path / "m.keras")
     third.load_weights(tmp_path / "m.keras")
     np.testing.assert_array_equal(third.predict(x, verbose=0), source.predict(x, verbose=0))
+
+
+def test_keras_weights_h5_names_hold_kcompiles_own_file(tmp_path):
+    # Keras 3 programs write `model.weights.h5`: kcompile takes the name and writes its .npz there.
+    x, _ = _data()
+    source, target = _model(seed=1), _model(seed=2)
+    source.save_weights(tmp_path / "model.weights.h5")
+    with np.load(tmp_path / "model.weights.h5", allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(w.path for w in source.weights)
+    target.load_weights(str(tmp_path / "model.weights.h5"))
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="model.load_weights"):
+        load_model(tmp_path / "model.weights.h5")
+    # A real HDF5 file (what Keras writes; its signature at 0 or after a 512-byte user block) is
+    # refused with the reason, and nothing is loaded.
+    before = target.get_weights()
+    for prefix in (b"", b"\0" * 512):
+        (tmp_path / "keras.weights.h5").write_bytes(prefix + b"\x89HDF\r\n\x1a\n" + b"\0" * 600)
+        with pytest.raises(ValueError, match="HDF5 file.*kcompile's `.weights.h5` files are its own "
+                                             "format"):
+            target.load_weights(tmp_path / "keras.weights.h5")
+    for a, b in zip(before, target.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_load_weights_checks_everything_before_changing_anything(tmp_path):
