@@ -263,7 +263,9 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     `prefetch_i + p * prefetch_step` of each stream i: how row tiles pull in memory that is read
     after them (the next panel of B to pack, an epilogue's operands) while they compute.
     With `listed`, the k loop visits only the `k` steps listed in `steps` (an i16 array, see
-    `_zero_skip_list`): the steps where some of the tile's A values is not zero.
+    `_zero_skip_list`): the steps where some of the tile's A values is not zero; with `prefetch`
+    too, the lines of the skipped steps (`steps_total` - k of them) are prefetched after the loop,
+    so that the streams are fetched whole (an update reading them after the product relies on it).
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     pf = "" if not prefetch else ".pf" if prefetch == 1 else f".pf{prefetch}"
@@ -271,10 +273,12 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
             f"{'.listed' if listed else ''}")
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
-                        + [ptr] * prefetch + ([I64] if prefetch else []) + ([ptr] if listed else []),
+                        + [ptr] * prefetch + ([I64] if prefetch else [])
+                        + ([ptr] + ([I64] if prefetch else []) if listed else []),
                         ("a", "a_rs", "a_cs", "b", "ldb", "c", "ldc", "k", "load_c", "ncols_last")
                         + tuple(f"prefetch{i}" for i in range(prefetch))
-                        + (("prefetch_step",) if prefetch else ()) + (("steps",) if listed else ()),
+                        + (("prefetch_step",) if prefetch else ())
+                        + (("steps",) + (("steps_total",) if prefetch else ()) if listed else ()),
                         noalias=(0, 3, 5))
     if not new:
         return fn
@@ -303,8 +307,9 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
             row.append(phi)
         accs.append(row)
     step_index = p
+    steps_arg = fn.args[10 + prefetch + (1 if prefetch else 0)] if listed else None
     if listed:
-        step_index = bld.zext(bld.load(_gep(bld, fn.args[-1], p, I16), typ=I16, align=2), I64)
+        step_index = bld.zext(bld.load(_gep(bld, steps_arg, p, I16), typ=I16, align=2), I64)
     b_row = _gep(bld, b, bld.mul(step_index, ldb, flags=("nsw",)), T)
     b_vecs = [vec.load(bld, _gep(bld, b_row, v * L, T)) for v in range(nvec)]
     a_step = bld.mul(step_index, a_cs, flags=("nsw",))
@@ -313,14 +318,17 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     for r in range(rows):
         a_splat = vec.splat(bld, bld.load(a_ptrs[r], typ=T, align=4))
         new_accs.append([vec.fma(bld, a_splat, b_vecs[v], accs[r][v]) for v in range(nvec)])
-    if prefetch:
+    def prefetch_line(bld, line):
         # NOTE: a plain (not inbounds) gep: the address may lie past the end of its buffer, which a
         # prefetch tolerates.
-        step = bld.mul(p, fn.args[10 + prefetch])
+        step = bld.mul(line, fn.args[10 + prefetch])
         for i in range(prefetch):
             address = bld.gep(fn.args[10 + i], [step], source_etype=ir.IntType(8))
             bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2),
                                     ir.Constant(I32, 1)])
+
+    if prefetch:
+        prefetch_line(bld, p)
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
     for r in range(rows):
@@ -338,9 +346,25 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
             phi.add_incoming(new_accs[r][v], body)
             row.append(phi)
         results.append(row)
+    if listed and prefetch:
+        # the lines of the skipped steps: k (listed) to steps_total
+        total = fn.args[-1]
+        before = bld.block
+        tail = fn.append_basic_block("pf.tail")
+        tail_done = fn.append_basic_block("pf.done")
+        bld.cbranch(bld.icmp_signed("<", k, total), tail, tail_done)
+        bld.position_at_end(tail)
+        line = bld.phi(I64, name="line")
+        line.add_incoming(k, before)
+        prefetch_line(bld, line)
+        line_next = bld.add(line, i64(1), flags=("nsw", "nuw"))
+        line.add_incoming(line_next, tail)
+        bld.cbranch(bld.icmp_signed("<", line_next, total), tail, tail_done)
+        bld.position_at_end(tail_done)
     mask = vec.lane_mask(bld, ncols_last) if masked else None
     c_rows = [_gep(bld, c, _mul(bld, r, ldc), T) for r in range(rows)]
     c_ptrs = [[_gep(bld, c_rows[r], v * L, T) for v in range(nvec)] for r in range(rows)]
+    results_block = bld.block
     bld.cbranch(load_c, addc, store)
 
     def is_masked(v):
@@ -362,7 +386,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     for r in range(rows):
         for v in range(nvec):
             phi = bld.phi(vec.type)
-            phi.add_incoming(results[r][v], done)
+            phi.add_incoming(results[r][v], results_block)
             phi.add_incoming(summed[r][v], addc)
             final.append((r, v, phi))
     for r, v, value in final:
@@ -721,6 +745,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
                          listed is not None)
             steps, count = listed if listed is not None else ((), i64(kcur))
+            if listed is not None and prefetch_args:
+                steps = (*steps, i64(kcur))      # steps_total: the prefetch lines to cover
             builder.call(fn, [a_tile(a_block, row), *a_strides, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
                               count, load_c, i64(ncols_last), *prefetch_args, *steps])
