@@ -35,7 +35,8 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
 * Zero skipping (`skip_zeros`, JIT code): before the panels of an m block, each full row tile lists
   the k steps where one of its `mr` rows of op(A) is not zero (`_zero_skip_list`, branch-free), and
   its kernel's k loop then runs over that list, for every column panel (a branch per k step instead
-  measured 1.1-1.4x slower: the zero pattern is not predictable).  Activations after relu and
+  measured 1.1-1.4x slower: the zero pattern is not predictable).  Steps whose row of op(B) holds
+  an inf or NaN are always listed, so that 0 * inf is NaN as in the dense product.  Activations after relu and
   Dropout and their gradients are mostly zero: after an epoch of W1, 86% of the second layer's
   inputs, and 31-58% of the k steps of its large products' row tiles.
 * Cache blocking: k in blocks of at most `KC` (the B panel, `KC x nv*lanes`, stays in L2 while every row
@@ -58,6 +59,7 @@ from . import target
 from .loops import I64, for_range, i64, smin
 
 I1 = ir.IntType(1)
+I8 = ir.IntType(8)
 I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 
@@ -399,19 +401,20 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
 
 
 def _zero_skip_list(vec: _Vec, rows: int):
-    """void list(a, a_rs, a_cs, k, steps, count): the steps p < k at which some opA[r, p] (r < rows,
-    addressed as in `_kernel`) is not zero (+0 or -0), in order, into `steps` (i16), and how many
-    into `*count` (i64).  A listed kernel then skips the others: their FMAs add exact zeros
-    (x + 0*b == x for every finite b), so C is the same bit for bit unless B holds an inf or NaN
-    where A is zero (0*inf is NaN; the skipped term is not computed)."""
+    """void list(a, a_rs, a_cs, k, steps, count, nonfinite): the steps p < k at which some opA[r, p]
+    (r < rows, addressed as in `_kernel`) is not zero (+0 or -0), or whose row of op(B) holds an inf
+    or NaN (`nonfinite[p]`, see `_nonfinite_steps`), in order, into `steps` (i16), and how many into
+    `*count` (i64).  A listed kernel then skips the others: their FMAs would add exact zeros
+    (x + 0*b == x for every finite b), so C is the same bit for bit (but for a zero's sign)."""
     module, T = vec.module, vec.dtype
     ptr = ir.PointerType()
     name = f"{_KERNEL_PREFIX}.zero_skip_list.{_type_tag(T)}.{rows}"
-    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr, ptr],
-                        ("a", "a_rs", "a_cs", "k", "steps", "count"), noalias=(0, 4, 5))
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr, ptr, ptr],
+                        ("a", "a_rs", "a_cs", "k", "steps", "count", "nonfinite"),
+                        noalias=(0, 4, 5, 6))
     if not new:
         return fn
-    a, a_rs, a_cs, k, steps, count = fn.args
+    a, a_rs, a_cs, k, steps, count, nonfinite = fn.args
     bits = ir.IntType(_dtype_bits(T))
     magnitude_mask = ir.Constant(bits, (1 << (bits.width - 1)) - 1)
     entry = fn.append_basic_block("entry")
@@ -431,6 +434,8 @@ def _zero_skip_list(vec: _Vec, rows: int):
         value = bld.bitcast(bld.load(_gep(bld, a_rows[r], a_step, T), typ=T, align=4), bits)
         word = value if word is None else bld.or_(word, value)
     nonzero = bld.icmp_unsigned("!=", bld.and_(word, magnitude_mask), ir.Constant(bits, 0))
+    b_flag = bld.load(_gep(bld, nonfinite, p, I8), typ=I8, align=1)
+    nonzero = bld.or_(nonzero, bld.icmp_unsigned("!=", b_flag, ir.Constant(I8, 0)))
     # Branch-free: every step is written at the next free slot, which only a listed step takes.
     bld.store(bld.trunc(p, I16), _gep(bld, steps, n, I16), align=2)
     n_next = bld.add(n, bld.zext(nonzero, I64), flags=("nsw", "nuw"))
@@ -443,6 +448,64 @@ def _zero_skip_list(vec: _Vec, rows: int):
     total.add_incoming(i64(0), entry)
     total.add_incoming(n_next, body)
     bld.store(total, count, align=8)
+    bld.ret_void()
+    return fn
+
+
+def _nonfinite_steps(vec: _Vec, trans_b: bool):
+    """void flags(b, ldb, k, n, out): out[p] (i8) = whether row p < k of op(B) (its n columns; B
+    stored (k, n), or (n, k) with trans_b, rows `ldb` apart) holds an inf or NaN.  A zero of A facing
+    one must not be skipped (0 * inf is NaN), so `_zero_skip_list` lists those steps too; one pass
+    over the operand per k block, which LLVM vectorizes (exponent bits all ones)."""
+    module, T = vec.module, vec.dtype
+    ptr = ir.PointerType()
+    name = f"{_KERNEL_PREFIX}.nonfinite_steps.{_type_tag(T)}{'.t' if trans_b else ''}"
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], ("b", "ldb", "k", "n", "out"),
+                        noalias=(0, 4))
+    if not new:
+        return fn
+    b, ldb, k, n, out = fn.args
+    bits = ir.IntType(_dtype_bits(T))
+    exponent = ir.Constant(bits, ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32
+                                                                             else 52)) - 1))
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def nonfinite(value):
+        word = bld.bitcast(value, bits)
+        return bld.zext(bld.icmp_unsigned("==", bld.and_(word, exponent), exponent), I8)
+
+    if trans_b:
+        # out[p] |= ... over the columns j, each a contiguous run of k values
+        with for_range(bld, 0, k, name="p") as p:
+            bld.store(ir.Constant(I8, 0), _gep(bld, out, p, I8), align=1)
+        with for_range(bld, 0, n, name="j") as j:
+            row = _gep(bld, b, bld.mul(j, ldb), T)
+            with for_range(bld, 0, k, name="q") as q:
+                slot = _gep(bld, out, q, I8)
+                flag = nonfinite(bld.load(_gep(bld, row, q, T), typ=T, align=4))
+                bld.store(bld.or_(bld.load(slot, typ=I8, align=1), flag), slot, align=1)
+    else:
+        with for_range(bld, 0, k, name="p") as p:
+            row = _gep(bld, b, bld.mul(p, ldb), T)
+            pre = bld.block
+            body = fn.append_basic_block("cols")
+            done = fn.append_basic_block("cols.done")
+            bld.cbranch(bld.icmp_signed(">", n, i64(0)), body, done)
+            bld.position_at_end(body)
+            j = bld.phi(I64, name="j")
+            acc = bld.phi(I8, name="acc")
+            j.add_incoming(i64(0), pre)
+            acc.add_incoming(ir.Constant(I8, 0), pre)
+            acc_next = bld.or_(acc, nonfinite(bld.load(_gep(bld, row, j, T), typ=T, align=4)))
+            j_next = bld.add(j, i64(1), flags=("nsw", "nuw"))
+            j.add_incoming(j_next, body)
+            acc.add_incoming(acc_next, body)
+            bld.cbranch(bld.icmp_signed("<", j_next, n), body, done)
+            bld.position_at_end(done)
+            total = bld.phi(I8)
+            total.add_incoming(ir.Constant(I8, 0), pre)
+            total.add_incoming(acc_next, body)
+            bld.store(total, _gep(bld, out, p, I8), align=1)
     bld.ret_void()
     return fn
 
@@ -673,8 +736,10 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     lists take two `alloca`s of the caller's function (MC / tile rows x KC i16 steps, 40 KiB with
     AVX-512, and the counts).  Activations after relu and Dropout, and their gradients, are mostly
     zero, and in row tiles often together: W1's training step skips about a third of the FMAs of its
-    large products.  Only when C has two full column panels or more (the list is then reused);
-    results are the same bit for bit, except where B holds an inf or NaN facing a zero of A.
+    large products.  Only when C has two full column panels or more (the list is then reused).
+    A step whose row of op(B) holds an inf or NaN is always listed (`_nonfinite_steps`, one pass
+    over op(B) per k block), so 0 * inf is NaN as in the dense product: results are the same bit for
+    bit (but for the sign of a zero sum).
 
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
@@ -715,7 +780,14 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     mr_main = tile_rows(nv, registers)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
 
-    def zero_skip_lists(a_block, mcur, kcur):
+    def nonfinite_steps(pc, kcur):
+        """Which rows of the op(B) block [pc:pc+kcur] hold an inf or NaN (see `skip_zeros`)."""
+        flags = _function_scratch(builder, I8, KC, purpose="zero_skip_nonfinite")
+        src = _gep(builder, b_ptr, pc if trans_b else _mul(builder, pc, ldb), T)
+        builder.call(_nonfinite_steps(vec, trans_b), [src, i64(ldb), i64(kcur), i64(n), flags])
+        return flags
+
+    def zero_skip_lists(a_block, mcur, kcur, nonfinite):
         """(steps, counts) of every full row tile of the m block (see `skip_zeros`)."""
         capacity = MC // mr_main
         steps = _function_scratch(builder, I16, capacity * KC, purpose="zero_skip")
@@ -725,7 +797,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             tile = builder.udiv(i64(row), i64(mr_main))
             builder.call(fn, [a_tile(a_block, row), *a_strides, i64(kcur),
                               _gep(builder, steps, builder.mul(tile, i64(KC)), I16),
-                              _gep(builder, counts, tile, I64)])
+                              _gep(builder, counts, tile, I64), nonfinite])
         return steps, counts
 
     def a_tile(a_block, row):
@@ -812,13 +884,13 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         builder.call(_pack_copy(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
         return scratch, nvec * L
 
-    def m_block(pc, kcur, load_c, ic, mcur):
+    def m_block(pc, kcur, load_c, ic, mcur, nonfinite=None):
         if trans_a:
             a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, pc, lda), ic), T)
         else:
             a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, ic, lda), pc), T)
         c_row = _gep(builder, c_ptr, _mul(builder, ic, ldc), T)
-        lists = zero_skip_lists(a_block, mcur, kcur) if use_lists else None
+        lists = zero_skip_lists(a_block, mcur, kcur, nonfinite) if use_lists else None
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
@@ -854,12 +926,13 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 panel(jv, 1, valid, False, True, valid)
 
     def k_block(pc, kcur, load_c):
+        nonfinite = nonfinite_steps(pc, kcur) if use_lists else None
         if _is_const(m) and m <= mc:
             if m > 0:
-                m_block(pc, kcur, load_c, 0, m)
+                m_block(pc, kcur, load_c, 0, m, nonfinite)
             return
         with for_range(builder, 0, m, mc, name="ic") as ic:
-            m_block(pc, kcur, load_c, ic, smin(builder, mc, builder.sub(i64(m), ic)))
+            m_block(pc, kcur, load_c, ic, smin(builder, mc, builder.sub(i64(m), ic)), nonfinite)
 
     true, false = ir.Constant(I1, 1), ir.Constant(I1, 0)
     if single_k:

@@ -590,8 +590,7 @@ def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
-                                len(then_read), scratch=scratch is not None,
-                                exact=kir.exact_nonfinite(node.operands[1]))
+                                len(then_read), scratch=scratch is not None)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
                  + ([scratch] if scratch is not None else []))
 
@@ -664,9 +663,8 @@ PLACEMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # GEMM functions, which record in "bytes" the most any of them uses.  The JIT's modules are not
 # in here: their code is unchanged.
 WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-#: GEMMs of JIT code skip the k steps where a row tile of op(A) is all zero (emit_gemm's skip_zeros):
-#: the same values as the dense product unless op(B) holds inf or NaN facing such a zero (0 * inf is
-#: NaN), which only an operand marked finite=false (ir.exact_nonfinite) asks to see.
+#: GEMMs of JIT code skip the k steps where a row tile of op(A) is all zero (emit_gemm's skip_zeros;
+#: steps whose row of op(B) holds inf or NaN are kept, so the values are the dense product's).
 SKIP_ZEROS = True
 
 
@@ -680,7 +678,7 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
-                  scratch=False, exact=False):
+                  scratch=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -688,9 +686,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     `dims` are (m, n, k), each an int (a constant of the code) or an i64 value (passed at run
     time); `lds` are static leading dimensions or None (dense); `then_read` counts the (pointer,
     bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  With `scratch` the function
-    takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH).  Without `scratch` or
-    `exact` (B is to propagate inf and NaN exactly: ir.exact_nonfinite) the product skips the k steps
-    where a row tile of op(A) is zero (SKIP_ZEROS).  Returns (function, runtime args)."""
+    takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
+    the k steps where a row tile of op(A) is zero (SKIP_ZEROS).  Returns (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
@@ -699,11 +696,9 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     if then_read:
         desc += f".pf{then_read}"
-    skip_zeros = SKIP_ZEROS and not scratch and not exact
+    skip_zeros = SKIP_ZEROS and not scratch
     if scratch:
         desc += ".ws"
-    elif not skip_zeros:
-        desc += ".exact"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -712,7 +707,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
-                                                  then_read, scratch, exact)[0]), runtime
+                                                  then_read, scratch)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
                                              + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"

@@ -4,14 +4,13 @@ Knows nothing of Keras or LLVM.
 """
 from . import build, ops
 from .autodiff import gradients
-from .graph import (ConstValue, Graph, Node, TensorType, exact_nonfinite, known_finite, to_networkx,
-                    topological_order)
+from .graph import ConstValue, Graph, Node, TensorType, known_finite, to_networkx, topological_order
 from .interpreter import run
 from .parser import ParseError, parse
 from .printer import print_graph
 from .verify import VerificationError, verify
 from . import passes
 
-__all__ = ["build", "ops", "gradients", "ConstValue", "Graph", "Node", "TensorType", "exact_nonfinite",
-           "known_finite", "to_networkx", "topological_order", "run", "ParseError", "parse", "print_graph",
+__all__ = ["build", "ops", "gradients", "ConstValue", "Graph", "Node", "TensorType", "known_finite",
+           "to_networkx", "topological_order", "run", "ParseError", "parse", "print_graph",
            "VerificationError", "verify"]

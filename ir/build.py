@@ -15,13 +15,11 @@ from .ops import as_traced, make, norm_axes
 
 # -- sources ------------------------------------------------------------------------------------
 
-def arg(name: str, dtype: str, shape, finite: bool | None = None) -> Node:
-    """An input.  `finite=True` promises that its values hold no inf or NaN (see graph.known_finite);
-    `finite=False` asks that inf and NaN in it propagate exactly as numpy's arithmetic has them (see
-    graph.exact_nonfinite); None promises and asks neither."""
-    if finite is None:
-        return make("arg", name=name, dtype=dtype, shape=tuple(shape))
-    return make("arg", name=name, dtype=dtype, shape=tuple(shape), finite=bool(finite))
+def arg(name: str, dtype: str, shape, finite: bool = False) -> Node:
+    """An input.  `finite=True` promises that its values hold no inf or NaN (see graph.known_finite)."""
+    if finite:
+        return make("arg", name=name, dtype=dtype, shape=tuple(shape), finite=True)
+    return make("arg", name=name, dtype=dtype, shape=tuple(shape))
 
 
 def const(value, dtype: str | None = None) -> Node:

@@ -349,16 +349,6 @@ def known_finite(node: Node) -> bool:
     return False
 
 
-def exact_nonfinite(node: Node) -> bool:
-    """True when `node` is (a view of) an input marked `finite=false`: its holder expects an inf or NaN
-    in it to reach every result numpy's arithmetic would send it to (0 * inf is NaN), so a product
-    may not skip the terms of zero factors (codegen's GEMMs skip them for unmarked operands: the
-    same values unless the operand holds inf or NaN there)."""
-    while node.op in ("transpose", "reshape", "broadcast"):
-        node = node.operands[0]
-    return node.op == "arg" and node.attr("finite", None) is False
-
-
 def freeze_attrs(attrs: dict) -> tuple:
     def freeze(v):
         if isinstance(v, list):

@@ -69,11 +69,8 @@ class TargetSpec:
     given_shape: tuple
 
 
-def _weight_inputs(model, dtype: str, finite: bool | None = None) -> dict:
-    """The weights' graph inputs; `finite`: True marks them finite=true (ir.known_finite), False
-    finite=false (ir.exact_nonfinite: products keep 0 * inf = NaN), None neither (the train and
-    evaluate steps: their products skip zero row tiles, which changes nothing unless a weight is
-    already inf or NaN, and the loss then is NaN either way as good as always)."""
+def _weight_inputs(model, dtype: str, finite: bool = False) -> dict:
+    """The weights' graph inputs; `finite`: marked finite=true (see ir.known_finite)."""
     bindings = {}
     seen = set()
     for variable in model.weights:

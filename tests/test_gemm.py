@@ -195,6 +195,32 @@ def test_zero_skipping_never_skips_a_nan():
     assert (np.delete(c, 7, axis=0) == 0).all()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_zero_skipping_keeps_zero_times_inf_nan(layout):
+    """A zero row tile of A facing an inf or NaN of B: the step is computed, as the dense product
+    (0 * inf is NaN), in every layout and across k blocks."""
+    nr = tile_shape(HOST_LANES)[1] * HOST_LANES
+    m, n, k = 13, 2 * nr + 5, KC + 40
+    spec = GemmSpec(layout, n=n, skip_zeros=True)
+    _, (fn, plain) = compile_gemms([spec, GemmSpec(layout, n=n)])
+    rng = np.random.default_rng(12)
+    op_a = rng.standard_normal((m, k)).astype(np.float32)
+    op_a[:, [3, KC + 7, KC + 39]] = 0.0              # zero for every row tile, in both k blocks
+    op_b = rng.standard_normal((k, n)).astype(np.float32)
+    op_b[3, 5] = np.inf
+    op_b[KC + 7, n - 1] = -np.inf
+    op_b[KC + 39, 70] = np.nan
+    a = np.ascontiguousarray(op_a.T if spec.trans_a else op_a)
+    b = np.ascontiguousarray(op_b.T if spec.trans_b else op_b)
+    got, want = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    fn(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k)
+    plain(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
+    assert np.isnan(got[:, [5, n - 1, 70]]).all()
+    np.testing.assert_array_equal(got, want)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(got, op_a.astype(np.float64) @ op_b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("lanes", LANES)
 def test_compiler_cases(lanes):
     """The mixes the compiler emits: forward x@W and dX = dY@W^T with a runtime batch m, and
