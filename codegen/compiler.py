@@ -18,6 +18,7 @@ from ir.fusion import fuse
 from ir.graph import TensorType
 from ir.memory import plan_memory
 
+from . import lower as lowering
 from .jit import env_flag, without_ir_passes
 from .lower import COMPANION, GEMM_LIBRARY, blocked_anchors, lower
 from .step import emit_step_driver
@@ -240,7 +241,8 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
         return None
     # (numpy's version: constant folding runs numpy's arithmetic)
     return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
-            f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}"]
+            f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}",
+            f"skip_zeros={lowering.SKIP_ZEROS}"]
 
 
 def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
@@ -319,7 +321,8 @@ def code_fingerprint() -> str:
 
 def source_key(entries, options, threading) -> str:
     """Everything a lowered module is a function of, as text; `entries` is [(name, fused, plan)]."""
-    parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}"]
+    parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}",
+             f"skip_zeros={lowering.SKIP_ZEROS}"]
     for name, fused, plan in entries:
         parts += [f"entry {name}", fused.text(), memory_text_of(plan, fused)]
     return "\n".join(parts)

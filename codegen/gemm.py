@@ -32,7 +32,8 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
   transposed into C in registers (`_store_transposed`); X's rows are read in place as B panels
   (one thread, 512 x 128 x 10 against numpy: 0.82-0.88 -> 1.24-1.37, `python -m kcompile.bench
   --workloads gemm --peers none --trials 3`).
-* Zero skipping (`skip_zeros`, JIT code): before the panels of an m block, each full row tile lists
+* Zero skipping (`skip_zeros`, an option, off in the compiler: see codegen.lower.SKIP_ZEROS): before
+  the panels of an m block, each full row tile lists
   the k steps where one of its `mr` rows of op(A) is not zero (`_zero_skip_list`, branch-free), and
   its kernel's k loop then runs over that list, for every column panel (a branch per k step instead
   measured 1.1-1.4x slower: the zero pattern is not predictable).  Steps whose row of op(B) holds

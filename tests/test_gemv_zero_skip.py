@@ -224,7 +224,9 @@ def _tile_of_zeros_facing_inf(k, n, rows=12):
     return x, w
 
 
-def test_batched_products_skip_zero_tiles_and_keep_zero_times_inf_nan():
+def test_batched_products_skip_zero_tiles_and_keep_zero_times_inf_nan(monkeypatch):
+    from codegen import lower
+    monkeypatch.setattr(lower, "SKIP_ZEROS", True)   # an option of the compiler, off by default
     k, n = 40, 160                     # n: two full column panels and more, so lists are kept
     graph = forward_graph(k, n, B.arg("w", "f32", (k, n)))
     x, w = _tile_of_zeros_facing_inf(k, n)
