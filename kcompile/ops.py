@@ -181,8 +181,15 @@ def argmax(x, axis=None, keepdims=False):
 def transpose(x, axes=None):
     x = _node(x, "transpose")
     rank = x.type.rank
-    return B.transpose(x, tuple(reversed(range(rank))) if axes is None else
-                       tuple(int(a) % rank for a in axes))
+    if axes is None:
+        return B.transpose(x, tuple(reversed(range(rank))))
+    axes = tuple(axes)
+    _axis(x, axes, "transpose")
+    perm = tuple(int(a) % rank for a in axes)
+    if sorted(perm) != list(range(rank)):
+        raise ValueError(f"kcompile.ops.transpose: axes={axes} is not a permutation of the {rank} "
+                         f"axes of {x.type}")
+    return B.transpose(x, perm)
 
 
 def reshape(x, new_shape):
@@ -207,6 +214,11 @@ def expand_dims(x, axis):
     shape = list(x.shape)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     rank = len(shape) + len(axes)
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -rank <= a < rank:
+            raise ValueError(f"kcompile.ops.expand_dims: axis {a!r} is out of range for the rank "
+                             f"{rank} result of expanding {x.type}; use an axis in "
+                             f"[{-rank}, {rank - 1}]")
     for a in sorted(int(a) % rank for a in axes):
         shape.insert(a, 1)
     return B.reshape(x, shape)
@@ -215,6 +227,7 @@ def expand_dims(x, axis):
 def squeeze(x, axis=None):
     x = _node(x, "squeeze")
     rank = x.type.rank
+    _axis(x, axis, "squeeze")
     axes = {a % rank for a in ((axis,) if isinstance(axis, int) else axis)} if axis is not None \
         else {i for i, d in enumerate(x.shape) if d == 1}
     for a in axes:

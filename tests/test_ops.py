@@ -274,3 +274,25 @@ def test_elementwise_broadcast_random_shapes(shapes, op, batch, seed):
     expected = ir.run(graph, feeds)["y"]
     actual = compiled_runner(graph, 1).run(feeds)["y"]
     assert_matches(actual, expected, what=f"{op} {shape_a} {shape_b} batch {batch}")
+
+
+def test_axis_arguments_out_of_range_are_refused_not_wrapped():
+    from ir import build as B
+    from kcompile import ops
+    x = B.arg("x", "f32", (None, 3, 4))
+    column = B.arg("c", "f32", (None, 1))
+    assert ops.transpose(x, (0, 2, 1)).shape == (None, 4, 3)
+    assert ops.expand_dims(x, -1).shape == (None, 3, 4, 1)
+    assert ops.squeeze(column, -1).shape == (None,)
+    for call, message in [(lambda: ops.transpose(x, (0, 5, 4)), "axis 5 is out of range"),
+                          (lambda: ops.transpose(x, (0, 1, 1)), "not a permutation"),
+                          (lambda: ops.expand_dims(x, 5), "axis 5 is out of range"),
+                          (lambda: ops.squeeze(column, 3), "axis 3 is out of range")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_an_input_layer_reports_the_dtype_of_its_inputs():
+    from kcompile import layers
+    assert layers.InputLayer(shape=(3,), dtype="int32").dtype == "int32"
+    assert layers.InputLayer(shape=(3,)).dtype == "float32"
