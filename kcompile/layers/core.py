@@ -81,6 +81,12 @@ class InputLayer(Layer):
         self._output_shape = self.batch_shape
         self.output = SymbolicTensor(self)
 
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the model's inputs ('float32', or 'int32' for Embedding ids), as Keras's."""
+        return self.input_dtype
+
     def compute_output_shape(self, input_shape):
         return self.batch_shape
 
