@@ -1153,6 +1153,8 @@ class Trainer:
                 "weights": describe(list(self.weights)),
                 "trainable": [v.path for v in self.trainable_weights],
                 "loss": describe(loss), "loss_weight": describe(self.loss_weight),
+                # what the losses' clipping traced (kcompile.backend.set_epsilon)
+                "epsilon": losses.EPSILON,
                 "optimizer": describe(self.optimizer),
                 "metric_names": describe(self._metric_names()),
                 "wanted": [[k, describe(s), w,

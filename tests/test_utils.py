@@ -181,3 +181,27 @@ def test_sequence_is_keras_2s_name_of_pydataset():
     model.compile(optimizer="sgd", loss="mse", target="reference")
     history = model.fit(Batches(), epochs=1, verbose=0)
     assert history.params["steps"] == 3
+
+
+def test_set_epsilon_reaches_a_model_compiled_afterwards_on_every_target(tmp_path, monkeypatch):
+    # A second, identical model must not reuse the first one's compiled programs (traced with the
+    # old epsilon), in this process or from the disk cache.
+    from kcompile import Sequential, backend, layers
+    monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path))
+    x = np.array([[0.0]], np.float32)
+    y = np.array([[1.0]], np.float32)
+
+    def loss_for(target):
+        model = Sequential([layers.Input((1,)), layers.Dense(1, activation="sigmoid")])
+        model.compile(loss="binary_crossentropy", target=target)
+        model.set_weights([np.array([[60.0]], np.float32), np.array([-30.0], np.float32)])
+        return model.evaluate(x, y, verbose=0)   # p = sigmoid(-30) for y = 1: clipped to eps
+
+    before = loss_for("llvm")
+    assert before == pytest.approx(-np.log(1e-7), rel=1e-4)
+    try:
+        backend.set_epsilon(0.1)
+        assert loss_for("reference") == pytest.approx(-np.log(0.1), rel=1e-4)
+        assert loss_for("llvm") == pytest.approx(-np.log(0.1), rel=1e-4)
+    finally:
+        backend.set_epsilon(1e-7)
