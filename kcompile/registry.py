@@ -6,8 +6,9 @@
     kcompile.load_model("m.keras")          # finds Scale without custom_objects=
 
 A saved config names a custom layer, activation, loss, metric, schedule or model class by its Python
-name; `custom_objects_for(given)` gives what loading looks such names up in: every registered object (under
-its registered name 'package>name', its name and its Python name), then the objects of the open
+name (a registered layer also by its 'package>name'); `custom_objects_for(given)` gives what loading
+looks such names up in: every registered object (under its registered name 'package>name', its name
+and its Python name, unless that is a built-in layer's), then the objects of the open
 `custom_object_scope`s (innermost last), then the `custom_objects=` of the call, each overriding the
 ones before.  `get_custom_objects()` is the global dict itself, which a user may also fill directly.
 """
@@ -52,6 +53,11 @@ def get_custom_objects() -> dict:
     return _GLOBAL_CUSTOM_OBJECTS
 
 
+def registered_name_of(obj) -> str | None:
+    """'package>name' of a registered object, None for one that is not registered."""
+    return _REGISTERED_NAMES.get(obj)
+
+
 def get_registered_name(obj) -> str:
     """'package>name' for a registered object, else its Python name."""
     return _REGISTERED_NAMES.get(obj, getattr(obj, "__name__", None))
@@ -89,11 +95,15 @@ custom_object_scope = CustomObjectScope
 
 def custom_objects_for(given=None) -> dict:
     """What loading looks names up in: the registry, the open scopes, then `given` (see the module)."""
+    from kcompile import layers      # (at call time: layers imports this module)
+    builtin = set(layers._CLASSES)
     found = {}
     for key, obj in _GLOBAL_CUSTOM_OBJECTS.items():
         short = key.rpartition(">")[2]
         for alias in (getattr(obj, "__name__", None), short):
-            if alias:
+            # a config naming a built-in layer means the built-in: a registered class of that name
+            # is found by the 'package>name' saved with it
+            if alias and alias not in builtin:
                 found.setdefault(alias, obj)
     for key, obj in _GLOBAL_CUSTOM_OBJECTS.items():
         found[key] = obj

@@ -263,9 +263,43 @@ def test_registered_and_scoped_custom_objects_load_without_custom_objects(tmp_pa
         load_model(path)
     saving.get_custom_objects()["hinge_like"] = hinge_like
     np.testing.assert_array_equal(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0))
-    # custom_objects= still overrides the registry
-    other = load_model(path, custom_objects={"Shift": Scale})
+    # custom_objects= still overrides the registry, under the registered name the file records
+    other = load_model(path, custom_objects={"tests>Shift": Scale})
     assert type(other.layers[0]) is Scale
+
+
+def test_registered_classes_load_by_their_package_name_and_never_shadow_builtins(tmp_path,
+                                                                                 monkeypatch):
+    from kcompile import registry
+    from kcompile.layers import ReLU
+    monkeypatch.setattr(registry, "_GLOBAL_CUSTOM_OBJECTS", {})
+    monkeypatch.setattr(registry, "_REGISTERED_NAMES", {})
+
+    def shift_class(amount):
+        class Shift(Layer):
+            def compute_output_shape(self, input_shape):
+                return tuple(input_shape)
+
+            def call(self, inputs):
+                return B.add(inputs, float(amount))
+        return Shift
+
+    first = saving.register_keras_serializable(package="pkg_a")(shift_class(2.0))
+    second = saving.register_keras_serializable(package="pkg_b")(shift_class(100.0))
+    x = np.zeros((1, 2), np.float32)
+    model = Sequential([Input(shape=(2,)), second(), ReLU(max_value=6.0)])
+    model.compile(loss="mse", target="reference")
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        layers = json.loads(archive.read("config.json"))["config"]["layers"]
+    assert [c.get("registered_name") for c in layers[1:]] == ["pkg_b>Shift", None]
+
+    # a class registered under a built-in's name changes nothing for configs of the built-in
+    saving.register_keras_serializable(package="other")(type("ReLU", (Layer,), {}))
+    loaded = load_model(tmp_path / "m.keras")
+    assert type(loaded.layers[0]) is second and type(loaded.layers[1]) is ReLU
+    assert first is not second
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), np.full((1, 2), 6.0))
 
 
 def test_registering_needs_a_config_and_a_name():

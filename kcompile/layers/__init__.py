@@ -42,13 +42,17 @@ _CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector,
 
 
 def serialize(layer: Layer) -> dict:
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+    config = {"class_name": type(layer).__name__, "config": layer.get_config()}
+    registered = registry.registered_name_of(type(layer))
+    if registered is not None:
+        config["registered_name"] = registered     # 'package>name', as Keras saves it
+    return config
 
 
 def deserialize(config: dict, custom_objects=None) -> Layer:
     classes = dict(_CLASSES)
     classes.update(registry.custom_objects_for(custom_objects))
-    cls = classes.get(config.get("class_name"))
+    cls = classes.get(config.get("registered_name")) or classes.get(config.get("class_name"))
     if cls is None:
         raise ValueError(f"Unknown layer class {config.get('class_name')!r}; known: {sorted(classes)}. "
                          "Pass custom layer classes in custom_objects=.")
