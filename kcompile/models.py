@@ -86,7 +86,11 @@ class Model(InspectionMixin, Trainer, Layer):
     outputs = inputs
 
     def reset_metrics(self):
-        """Nothing to reset: metrics are computed afresh by every fit, evaluate and *_on_batch."""
+        """Metrics are computed afresh by every fit, evaluate and *_on_batch; what is left to reset
+        is the last result, which `get_metrics_result()` then gives as zeros (as Keras's reset
+        state reads)."""
+        if getattr(self, "_metrics_result", None):
+            self._metrics_result = {name: 0.0 for name in self._metrics_result}
 
     @property
     def trainable_weights(self) -> list:

@@ -442,3 +442,14 @@ def test_layers_and_models_report_their_float32_dtype():
     for obj in [model, *model.layers, Dense(3, dtype="float32")]:
         assert (obj.dtype, obj.compute_dtype, obj.variable_dtype) == ("float32",) * 3
     assert all(w.dtype == "float32" for w in model.weights)
+
+
+def test_reset_metrics_zeroes_the_last_result():
+    model = Sequential([Dense(1, input_shape=(2,))])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"], target=TARGET)
+    x, y = np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32)
+    model.set_weights([np.ones((2, 1), np.float32), np.zeros(1, np.float32)])
+    model.evaluate(x, y, verbose=0)
+    assert model.get_metrics_result() == {"loss": 4.0, "mae": 2.0}     # (1 + 1 - 0) per sample
+    model.reset_metrics()
+    assert model.get_metrics_result() == {"loss": 0.0, "mae": 0.0}
