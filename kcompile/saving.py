@@ -279,7 +279,8 @@ def _compile_config(model) -> dict | None:
         "metrics": [_serialize_metric(m) for m in model._metric_identifiers],
         "weighted_metrics": [_serialize_metric(m) for m in model._weighted_metric_identifiers],
         "loss_weights": model.loss_weight,
-        "target": model.target,
+        "target": model._compiled_target,
+        "run_eagerly": model.run_eagerly,
         "steps_per_execution": model.steps_per_execution,
     }
 
@@ -662,21 +663,28 @@ def _metric_from_config(value):
     return cls.from_config(value.get("config") or {})
 
 
+def compile_from_config(model, compile_config: dict, custom_objects=None) -> None:
+    """model.compile() with the arguments of a compile config (`get_compile_config()`, or as a
+    `.keras` file saves them), names resolved through `custom_objects` and the registry."""
+    custom_objects = registry.custom_objects_for(custom_objects)
+    optimizer = _custom_or(compile_config.get("optimizer", "rmsprop"), custom_objects,
+                           lambda config: optimizers.deserialize(config, custom_objects))
+    loss = compile_config.get("loss")
+    if loss is not None:
+        loss = _custom_or(loss, custom_objects, losses.deserialize)
+    metrics, weighted = ([_custom_or(m, custom_objects, _metric_from_config)
+                          for m in compile_config.get(key) or []]
+                         for key in ("metrics", "weighted_metrics"))
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted,
+                  loss_weights=compile_config.get("loss_weights"),
+                  target=compile_config.get("target", "llvm"),
+                  run_eagerly=bool(compile_config.get("run_eagerly", False)),
+                  steps_per_execution=compile_config.get("steps_per_execution", 1))
+
+
 def _compile(model, archive: _Archive, custom_objects: dict):
-    compile_config = archive.config["compile_config"]
     try:
-        optimizer = _custom_or(compile_config.get("optimizer", "rmsprop"), custom_objects,
-                               lambda config: optimizers.deserialize(config, custom_objects))
-        loss = compile_config.get("loss")
-        if loss is not None:
-            loss = _custom_or(loss, custom_objects, losses.deserialize)
-        metrics, weighted = ([_custom_or(m, custom_objects, _metric_from_config)
-                              for m in compile_config.get(key) or []]
-                             for key in ("metrics", "weighted_metrics"))
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted,
-                      loss_weights=compile_config.get("loss_weights"),
-                      target=compile_config.get("target", "llvm"),
-                      steps_per_execution=compile_config.get("steps_per_execution", 1))
+        compile_from_config(model, archive.config["compile_config"], custom_objects)
     except Exception as error:  # a config from a file: any failure means it is unusable
         raise _bad_file(archive.filepath, f"the model cannot be compiled with the arguments saved in "
                                           f"{CONFIG} ({type(error).__name__}: {error}). Pass custom "

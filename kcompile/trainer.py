@@ -891,6 +891,14 @@ class Trainer:
         metrics' state in Keras) or train/test_on_batch, by name as floats; {} before any."""
         return dict(self._metrics_result)
 
+    def compile_from_config(self, config: dict) -> None:
+        """compile() with the arguments `get_compile_config()` gave (Keras's counterpart)."""
+        from kcompile import saving
+        if not isinstance(config, dict):
+            raise TypeError(f"compile_from_config takes the dict get_compile_config() returns; got "
+                            f"{type(config).__name__}")
+        saving.compile_from_config(self, config)
+
     def get_compile_config(self) -> dict | None:
         """The compile() arguments, as saved in a `.keras` file (Keras's keys plus `target`);
         None before compile."""

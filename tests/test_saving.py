@@ -723,3 +723,24 @@ def test_a_directory_that_refuses_new_files_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionError, match=f"cannot create a file in {tmp_path}.*must be writable"):
         model.save(tmp_path / "model.keras")
+
+
+def test_compile_config_round_trips_through_compile_from_config_and_a_file(tmp_path):
+    x, y = _data(n=8)
+    model = _model(seed=1)
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.05),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], run_eagerly=True)
+    assert model.target == "reference" and model.run_eagerly
+    config = model.get_compile_config()
+    other = _model(seed=1)
+    other.compile_from_config(config)
+    assert other.run_eagerly and other.target == "reference"
+    assert other.loss == "sparse_categorical_crossentropy"
+    assert other.optimizer.learning_rate == pytest.approx(0.05)
+    np.testing.assert_allclose(other.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0))
+    model.save(tmp_path / "eager.keras")
+    loaded = load_model(tmp_path / "eager.keras")
+    assert loaded.run_eagerly and loaded.target == "reference"
+    assert loaded.get_compile_config()["run_eagerly"] is True
+    with pytest.raises(TypeError, match="get_compile_config"):
+        other.compile_from_config("mse")
