@@ -48,6 +48,7 @@ from codegen import buffers
 from kcompile import backend, data_adapters, losses, metrics as metrics_module, optimizers
 from kcompile.errors import DataTypeError
 from ir.graph import refuse_truth
+from kcompile.layers.embedding import Embedding
 from kcompile.layers.layer import TraceScope, format_shape
 from kcompile.utils.random import get_generator, next_seed
 
@@ -959,10 +960,10 @@ class Trainer:
         """Ids straight from the user's data (the input feeds an Embedding) must lie in
         [0, input_dim): checked here, as sparse labels are, before any step runs (inside the model
         an id out of range would only be clamped)."""
-        from kcompile.layers.embedding import Embedding
-        layers = self.layers
-        if layers and isinstance(layers[0], Embedding):
-            layers[0].check_ids(x, argument)
+        # NOTE: on the one-sample predict path: no import or list copy here (each cost ~1 us)
+        first = self._layers[0] if getattr(self, "_layers", None) else None
+        if isinstance(first, Embedding):
+            first.check_ids(x, argument)
 
     def _resolve_loss(self, given_shape, output_shape):
         if isinstance(self._loss, str) and self._loss in losses.AUTO_NAMES:
