@@ -666,12 +666,12 @@ WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: Whether GEMMs of JIT code skip the k steps where a row tile of op(A) is all zero (emit_gemm's
 #: skip_zeros; steps whose row of op(B) holds inf or NaN are kept, so the values are the dense
 #: product's).  Off: in W1's training step it did not pay.  Alone, on real batches, it takes
-#: 0.70-0.75 of the time of dW1, dW2 and relu @ W2 (one thread, /tmp/kc6_nzbench3.py); but the
-#: compiler splits forward products into column blocks of 128, and each block lists its steps and
-#: scans its part of B again (X @ W1 in four blocks: 321 -> 410-445 us, /tmp/kc6_colblock.py), and
-#: a dW block's update waits on memory whatever the product saves (W1's step, one thread, kernel
-#: cycles with KCOMPILE_PROFILE: 3.69M without, 6.02M with, 4.17M with dW products only).  Sharing
-#: the lists between the column blocks of a product would be the next step.
+#: 0.70-0.75 of the time of dW1, dW2 and relu @ W2 (one thread, throwaway /tmp/kc6_nzbench3.py);
+#: but the compiler splits forward products into column blocks of 128, and each block lists its
+#: steps and scans its part of B again (X @ W1 in four blocks: 321 -> 410-445 us, throwaway
+#: /tmp/kc6_colblock.py), and a dW block's update waits on memory whatever the product saves (W1's
+#: step, one thread, kernel cycles with KCOMPILE_PROFILE: 3.69M without, 6.02M with, 4.17M with dW
+#: products only).  Sharing the lists between the column blocks of a product is the next step.
 SKIP_ZEROS = False
 
 
