@@ -6,12 +6,17 @@ layer's `call`, a custom loss or metric.
         return ops.mean(ops.square(y_pred - y_true), axis=-1)
 
 Each takes traced values (a layer's weights too) and numpy constants, and builds IR nodes with
-`ir.build`; they are not for numpy arrays outside a trace (use numpy there).  Python operators do the
-same for + - * / @ abs and ** 0, 1, 2, 0.5.
+`ir.build`.  Outside a trace, given arrays (as a script post-processing predictions does:
+`ops.argmax(model.predict(x), axis=1)`), each runs once on the reference interpreter and returns a
+numpy array: floats as float32, integers as int32 (see `_eager`).  Python operators do the same for
++ - * / @ abs and ** 0, 1, 2, 0.5.
 """
 from __future__ import annotations
 
+import functools
 import numbers
+
+import numpy as np
 
 from ir import build as B
 from ir.graph import Node
@@ -309,10 +314,83 @@ def stack(xs, axis=0):
 
 def ones(shape, dtype="float32"):
     """An array of ones (a constant where it meets traced values), as numpy's."""
-    import numpy as np
     return np.ones(shape, dtype)
 
 
 def zeros(shape, dtype="float32"):
-    import numpy as np
     return np.zeros(shape, dtype)
+
+
+# -- the same functions on arrays, outside a trace ------------------------------------------------
+
+# how many leading positional arguments are operands (the rest are axes, shapes, dtypes, bounds)
+_OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum",
+                                  "minimum", "greater", "greater_equal", "less", "less_equal",
+                                  "equal", "not_equal", "matmul", "dot", "power")}
+_OPERANDS.update(where=3, clip=1)
+_SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
+_NOT_EAGER = ("ones", "zeros")                    # numpy's already
+
+
+def _is_traced(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_is_traced(v) for v in value)
+    return isinstance(as_traced(value), Node)
+
+
+def _run_eagerly(fn, operands: list, build):
+    """Trace `build(values)` on static inputs shaped like the array `operands` (Python numbers stay
+    constants) and run it with the reference interpreter: floats as f32, integers as i32 (as f32
+    beside a float operand, as numpy promotes them), booleans as bool."""
+    import ir
+    arrays = [None if isinstance(v, (bool, numbers.Number)) and not isinstance(v, np.generic)
+              else np.asarray(v) for v in operands]
+    floating = any(a is not None and a.dtype.kind == "f" for a in arrays)
+    feeds, inputs, values = {}, [], []
+    for index, (value, array) in enumerate(zip(operands, arrays)):
+        if array is None:
+            values.append(value)
+            continue
+        kind = array.dtype.kind
+        if kind == "b":
+            dtype, np_dtype = "bool", np.bool_
+        elif kind == "f" or (kind in "iu" and floating):
+            dtype, np_dtype = "f32", np.float32
+        elif kind in "iu":
+            dtype, np_dtype = "i32", np.int32
+        else:
+            raise TypeError(f"kcompile.ops.{fn.__name__} takes numeric arrays; got dtype "
+                            f"{array.dtype}")
+        name = f"operand_{index}"
+        node = B.arg(name, dtype, array.shape)
+        inputs.append(node)
+        values.append(node)
+        feeds[name] = array.astype(np_dtype)
+    out = build(values)
+    if not isinstance(out, Node):
+        return out
+    with np.errstate(all="ignore"):
+        return ir.run(ir.Graph(f"ops.{fn.__name__}", inputs, [("out", out)]), feeds)["out"]
+
+
+def _eager(fn):
+    """`fn` as given when any argument is traced; on arrays, run once (see `_run_eagerly`)."""
+    name = fn.__name__
+    count = _OPERANDS.get(name, 1)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not args or _is_traced(args) or _is_traced(list(kwargs.values())):
+            return fn(*args, **kwargs)
+        if name in _SEQUENCE_OPERAND:
+            items = list(args[0])
+            return _run_eagerly(fn, items, lambda nodes: fn(nodes, *args[1:], **kwargs))
+        operands, rest = list(args[:count]), args[count:]
+        return _run_eagerly(fn, operands, lambda nodes: fn(*nodes, *rest, **kwargs))
+    return call
+
+
+for _name in __all__:
+    if _name not in _NOT_EAGER:
+        globals()[_name] = _eager(globals()[_name])
+del _name

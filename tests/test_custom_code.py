@@ -75,9 +75,22 @@ def test_ops_binary_against_numpy(index):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_ops_refuse_numpy_arrays_outside_a_trace():
-    with pytest.raises(TypeError, match="works on traced values"):
-        ops.exp(np.ones(3))
+def test_ops_run_on_arrays_outside_a_trace_as_numpy_would():
+    # as a script post-processing predictions with keras.ops: one run of the reference interpreter
+    p = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0]], np.float32)
+    e = np.exp(p - p.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(ops.softmax(p), e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+    labels = ops.argmax(p, axis=1)
+    assert labels.dtype == np.int32 and labels.tolist() == [1, 0]
+    np.testing.assert_allclose(ops.exp(np.ones(3)), np.exp(np.ones(3)), rtol=1e-6)
+    np.testing.assert_allclose(ops.add(p, 1), p + 1)                       # a Python constant
+    np.testing.assert_allclose(ops.add(np.arange(3), p), np.arange(3) + p)  # ints promoted
+    np.testing.assert_array_equal(ops.where(p > 0, p, 0.0), np.where(p > 0, p, 0.0))
+    np.testing.assert_allclose(ops.matmul(p, p.T), p @ p.T, rtol=1e-6)
+    assert ops.concatenate([p, p], axis=0).shape == (4, 3)
+    assert ops.transpose(p).shape == (3, 2) and float(ops.mean(p)) == pytest.approx(p.mean())
+    with pytest.raises(TypeError, match="numeric arrays"):
+        ops.exp(np.array(["a"]))
 
 
 class Counter(Layer):
