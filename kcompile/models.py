@@ -241,8 +241,12 @@ class Sequential(Model):
             raise ValueError("Only instances of kcompile.layers.Layer can be added to a Sequential "
                              f"model. Received: {layer!r} (of type {type(layer).__name__})")
         if isinstance(layer, Model):
-            raise NotImplementedError("nesting models inside a Sequential model is not supported yet; "
-                                      "add their layers instead")
+            if not isinstance(layer, Sequential) or type(layer).call is not Sequential.call:
+                raise NotImplementedError(f"nesting {type(layer).__name__} model {layer.name!r} "
+                                          "inside a Sequential model is not supported; add its layers "
+                                          "instead")
+            self._add_model(layer, rebuild)
+            return
         if isinstance(layer, InputLayer):
             if self._layers or self._input_layer is not None:
                 raise ValueError(f"Sequential model {self.name!r} already has an input shape; an Input "
@@ -273,6 +277,32 @@ class Sequential(Model):
                     self._input_layer = None
                 self.built = bool(self._layers) and all(x.built for x in self._layers)
                 raise
+
+    def _add_model(self, model, rebuild):
+        """A Sequential inside a Sequential (`Sequential([trained, Softmax()])`, as Keras tutorials
+        wrap a model): Keras keeps it as one layer; here its layers are added one by one, the same
+        objects, so the weights are shared and the outputs are the nested model's."""
+        if not model._layers:
+            raise ValueError(f"Sequential model {model.name!r} has no layers to add to {self.name!r}")
+        input_layer, layers = self._input_layer, list(self._layers)
+        if not self._layers and self._input_layer is None:
+            shape = model._known_input_shape()
+            if shape is not None:
+                dtype = model._input_layer.input_dtype if model._input_layer is not None else None
+                self._input_layer = InputLayer(batch_shape=shape, dtype=dtype)
+        try:
+            for inner in model._layers:
+                self.add(inner, rebuild=False)
+            if rebuild:
+                self._maybe_build()
+        except Exception:
+            for inner in self._layers[len(layers):]:
+                _owners(inner).discard(self)
+            self._layers[:] = layers
+            self._input_layer = input_layer
+            self._on_structure_change()
+            self.built = bool(self._layers) and all(x.built for x in self._layers)
+            raise
 
     def _give_unique_name(self, layer):
         taken = {existing.name for existing in self._layers}

@@ -453,3 +453,24 @@ def test_reset_metrics_zeroes_the_last_result():
     assert model.get_metrics_result() == {"loss": 4.0, "mae": 2.0}     # (1 + 1 - 0) per sample
     model.reset_metrics()
     assert model.get_metrics_result() == {"loss": 0.0, "mae": 0.0}
+
+
+def test_a_sequential_inside_a_sequential_adds_its_layers_sharing_the_weights():
+    # Keras's tutorials wrap a trained model: Sequential([model, Softmax()])
+    from kcompile.layers import Softmax
+    rng = np.random.default_rng(4)
+    inner = Sequential([Input(shape=(3,)), Dense(4, activation="relu"), Dense(2)])
+    inner.compile(optimizer="sgd", loss="mse", target=TARGET)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    logits = inner.predict(x, verbose=0)
+    outer = Sequential([inner, Softmax()])
+    assert outer.layers[:2] == inner.layers and outer.input_shape == (None, 3)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(outer.predict(x, verbose=0), e / e.sum(axis=1, keepdims=True),
+                               rtol=1e-6)
+    inner.layers[1].kernel.assign(np.zeros((4, 2), np.float32))      # one set of weights
+    np.testing.assert_allclose(outer.predict(x, verbose=0), np.full((5, 2), 0.5), rtol=1e-6)
+    # a nested model that does not fit leaves the outer model as it was
+    with pytest.raises(ValueError):
+        outer.add(Sequential([Dense(3, input_shape=(5,))]))
+    assert len(outer.layers) == 3 and outer.output_shape == (None, 2)
