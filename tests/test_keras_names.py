@@ -68,3 +68,12 @@ def test_model_attributes_keras_has_and_kcompile_lacks_say_so():
     model.layers[0].trainable = False
     assert model.non_trainable_variables == model.layers[0].weights
     model.reset_metrics()
+
+
+def test_a_keras_layer_kcompile_lacks_says_so():
+    from kcompile import layers
+    assert not hasattr(layers, "Bidirectional")
+    with pytest.raises(AttributeError, match="Keras's Bidirectional is not implemented in kcompile"):
+        layers.Bidirectional
+    with pytest.raises(AttributeError, match="has no attribute 'Dense2'"):
+        layers.Dense2

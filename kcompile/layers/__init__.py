@@ -57,3 +57,26 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
         raise ValueError(f"Unknown layer class {config.get('class_name')!r}; known: {sorted(classes)}. "
                          "Pass custom layer classes in custom_objects=.")
     return cls.from_config(dict(config.get("config", {})))
+
+
+# Keras layers kcompile does not have (yet): asking for one says so, instead of a bare AttributeError.
+_KERAS_ONLY = frozenset("""
+    Bidirectional TimeDistributed RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
+    ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
+    MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
+    SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose
+    Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
+    UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D
+    Cropping2D Cropping3D SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise
+    GaussianDropout AlphaDropout ActivityRegularization PReLU ThresholdedReLU GroupNormalization
+    UnitNormalization SpectralNormalization RandomFlip RandomRotation RandomZoom RandomCrop
+    RandomTranslation RandomContrast RandomBrightness Resizing CenterCrop TextVectorization
+    StringLookup IntegerLookup CategoryEncoding Discretization Hashing HashedCrossing
+""".split())
+
+
+def __getattr__(name):
+    if name in _KERAS_ONLY:
+        raise AttributeError(f"kcompile.layers has no {name!r}: Keras's {name} is not implemented in "
+                             "kcompile yet (README.md lists the layers there are)")
+    raise AttributeError(f"module 'kcompile.layers' has no attribute {name!r}")
