@@ -195,6 +195,8 @@ def test_normalization_adapts_to_numpy_statistics_and_normalizes(target):
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(variance, x.astype(np.float64).var(0), rtol=1e-6)
     assert count == 120 and [w.trainable for w in layer.weights] == [False] * 3
+    assert layer.mean.shape == layer.variance.shape == (1, 4)     # Keras's broadcast shape
+    np.testing.assert_array_equal(layer.mean[0], mean)
     model = Sequential([Input(shape=(4,)), layer])
     model.compile(loss="mse", target=target)
     out = model.predict(x, verbose=0)

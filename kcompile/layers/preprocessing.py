@@ -92,7 +92,7 @@ class Normalization(Layer):
         self.input_mean = mean
         self.input_variance = variance
         self.invert = bool(invert)
-        self.mean = self.variance = self.count = None
+        self.adapt_mean = self.adapt_variance = self.count = None
         self._keep = self._fixed = self._statistics = None
 
     # -- shapes -----------------------------------------------------------------------------------
@@ -138,9 +138,9 @@ class Normalization(Layer):
                                  f"{np.shape(self.input_mean)} do not broadcast to the kept axes' "
                                  f"shape {shape}") from None
         else:
-            self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
+            self.adapt_mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
                                         name="mean")
-            self.variance = self.add_weight(shape=shape, initializer="ones", trainable=False,
+            self.adapt_variance = self.add_weight(shape=shape, initializer="ones", trainable=False,
                                             name="variance")
             # Keras's third weight, the number of values adapted over (an integer there; kcompile's
             # weights are all float32)
@@ -150,6 +150,24 @@ class Normalization(Layer):
         self._keep = keep
         self._rank = len(input_shape)
         self.built = True
+
+    def _statistic(self, which: int):
+        """Keras's `layer.mean` / `layer.variance`: the statistics shaped to broadcast against the
+        inputs (kept axes in place, 1 elsewhere: (1, features) for axis=-1), or None unbuilt."""
+        if self._keep is None:
+            return None
+        value = (self._fixed[which] if self._fixed is not None
+                 else (self.adapt_mean, self.adapt_variance)[which].numpy())
+        return np.reshape(value, tuple(self._statistics[self._keep.index(a)] if a in self._keep
+                                       else 1 for a in range(self._rank)))
+
+    @property
+    def mean(self):
+        return self._statistic(0)
+
+    @property
+    def variance(self):
+        return self._statistic(1)
 
     # -- adapt ------------------------------------------------------------------------------------
 
@@ -195,8 +213,8 @@ class Normalization(Layer):
             raise ValueError(f"Normalization layer {self.name!r}: adapt() got no samples")
         if not (np.isfinite(total_mean).all() and np.isfinite(total_variance).all()):
             raise ValueError(f"Normalization layer {self.name!r}: adapt() data holds inf or NaN")
-        self.mean.assign(total_mean.astype(np.float32))
-        self.variance.assign(total_variance.astype(np.float32))
+        self.adapt_mean.assign(total_mean.astype(np.float32))
+        self.adapt_variance.assign(total_variance.astype(np.float32))
         self.count.assign(np.float32(total_count))
 
     # -- the computation --------------------------------------------------------------------------
@@ -206,7 +224,8 @@ class Normalization(Layer):
         if self._fixed is not None:
             mean, variance = (B.const(value.reshape(shape), inputs.dtype) for value in self._fixed)
         else:
-            mean, variance = (B.reshape(v.value, shape) for v in (self.mean, self.variance))
+            mean, variance = (B.reshape(v.value, shape) for v in (self.adapt_mean,
+                                                                  self.adapt_variance))
         scale = B.maximum(B.sqrt(variance), backend.epsilon())
         if self.invert:
             return B.add(mean, B.mul(inputs, scale))
