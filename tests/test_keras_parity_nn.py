@@ -48,6 +48,11 @@ MODELS = {
                                      "Dense(4)", "ELU(alpha=0.7)", "RepeatVector(3)",
                                      "Permute((2, 1))", "Softmax(axis=1)", "Flatten()", "Dense(2)"],
                                     (4,), False),
+    "bidirectional": (["Bidirectional(LSTM(4, return_sequences=True))",
+                       "Bidirectional(GRU(3), merge_mode='ave')", "Dense(2)"], (5, 3), False),
+    "bidirectional_rnn": (["Bidirectional(SimpleRNN(3, return_sequences=True), merge_mode='mul')",
+                           "Bidirectional(LSTM(2), merge_mode='sum')", "Dense(2)"],
+                          (4, 2), False),
     # sequences: Conv1D and the 1-D poolings (one-row images inside kcompile)
     "conv1d": (["Conv1D(4, 3, activation='relu')", "MaxPooling1D()",
                 "Conv1D(3, 2, strides=2, padding='same')", "AveragePooling1D(2, padding='same')",

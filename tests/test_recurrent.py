@@ -340,3 +340,47 @@ def test_recurrent_layers_agree_with_keras(name, keras_results):
         np.testing.assert_allclose(got, keras_out[f"t{i}"], rtol=1e-4, atol=1e-5,
                                    err_msg=f"{name}: {variable.path} after one SGD step")
     np.testing.assert_allclose(model.predict(x, verbose=0), keras_out["after"], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bidirectional (Keras parity of values: tests/test_keras_parity_nn.py)
+# ----------------------------------------------------------------------------------------------
+
+def test_bidirectional_is_the_forward_and_the_time_reversed_backward_layer(tmp_path):
+    from kcompile import load_model
+    from kcompile.layers import Bidirectional
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    model = Sequential([Input(shape=(5, 3)), Bidirectional(SimpleRNN(2, return_sequences=True))])
+    model.compile(optimizer="sgd", loss="mse", target="llvm")
+    assert [w.path for w in model.weights] == [
+        f"bidirectional/{d}_simple_rnn/{n}" for d in ("forward", "backward")
+        for n in ("kernel", "recurrent_kernel", "bias")]
+    weights = [rng.standard_normal(w.shape).astype(np.float32) for w in model.weights]
+    model.set_weights(weights)
+
+    def rnn(x, kernel, recurrent, bias):          # numpy SimpleRNN over the given time order
+        h, out = np.zeros((len(x), kernel.shape[1])), []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+            out.append(h)
+        return np.stack(out, 1)
+
+    forward = rnn(x, *weights[:3])
+    backward = rnn(x[:, ::-1], *weights[3:])[:, ::-1]          # back in time order
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               np.concatenate([forward, backward], -1), rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "bi.keras")
+    loaded = load_model(tmp_path / "bi.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.layers[0].get_config()["merge_mode"] == "concat"
+
+
+def test_bidirectional_refuses_what_it_cannot_wrap():
+    from kcompile.layers import Bidirectional, Dense
+    with pytest.raises(ValueError, match="wraps a recurrent layer"):
+        Bidirectional(Dense(3))
+    with pytest.raises(ValueError, match="merge_mode"):
+        Bidirectional(LSTM(3), merge_mode="max")
+    with pytest.raises(NotImplementedError, match="two outputs"):
+        Bidirectional(LSTM(3), merge_mode=None)

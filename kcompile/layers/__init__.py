@@ -3,7 +3,7 @@ from kcompile import registry
 from kcompile.layers.core import (ELU, Activation, Dense, Dropout, Flatten, Input, InputLayer,
                                   LeakyReLU, ReLU, Rescaling, Softmax, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
-from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
+from kcompile.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
@@ -15,7 +15,7 @@ from kcompile.layers.reshaping import Permute, RepeatVector, Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
-__all__ += ["GRU", "LSTM", "SimpleRNN"]
+__all__ += ["Bidirectional", "GRU", "LSTM", "SimpleRNN"]
 __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "GlobalAveragePooling1D",
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
@@ -31,7 +31,7 @@ Convolution1D, Convolution2D = Conv1D, Conv2D
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer, LeakyReLU,
                                            Rescaling)}
-_CLASSES.update({cls.__name__: cls for cls in (GRU, LSTM, SimpleRNN)})
+_CLASSES.update({cls.__name__: cls for cls in (Bidirectional, GRU, LSTM, SimpleRNN)})
 _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2D, BatchNormalization,
                                                 Conv1D, Conv2D, Embedding, MaxPooling1D,
                                                 GlobalAveragePooling1D, GlobalAveragePooling2D,
@@ -61,7 +61,7 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
 
 # Keras layers kcompile does not have (yet): asking for one says so, instead of a bare AttributeError.
 _KERAS_ONLY = frozenset("""
-    Bidirectional TimeDistributed RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
+    TimeDistributed RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
     SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose

@@ -414,3 +414,121 @@ class GRU(_Gated):
         config = super().get_config()
         config["reset_after"] = self.reset_after
         return config
+
+
+class _SubOwner:
+    """The owner a wrapped layer's weights report: 'bidirectional/forward_lstm' (their paths follow
+    the wrapper's name, which a model may change when it makes names unique)."""
+
+    def __init__(self, wrapper, layer):
+        self._wrapper, self._layer = wrapper, layer
+
+    @property
+    def name(self) -> str:
+        return f"{self._wrapper.name}/{self._layer.name}"
+
+    def _on_structure_change(self):
+        self._wrapper._on_structure_change()
+
+
+class Bidirectional(Layer):
+    """A recurrent layer run forward and backward over the sequence, the two outputs merged, as
+    `keras.layers.Bidirectional(LSTM(64))`.
+
+    The wrapper makes two copies of `layer` from its config, `forward_<name>` and
+    `backward_<name>` (the latter with go_backwards flipped, or `backward_layer`); with
+    return_sequences, the backward outputs are put back in time order before merging.  Weights:
+    the forward copy's, then the backward copy's, as Keras lists them.
+
+    Args:
+        layer: a SimpleRNN, LSTM or GRU.
+        merge_mode: 'concat' (default), 'sum', 'mul' or 'ave'.
+        backward_layer: optional recurrent layer for the backward direction (go_backwards=True).
+    """
+
+    _MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, **kwargs):
+        if not isinstance(layer, _Recurrent):
+            raise ValueError("Bidirectional wraps a recurrent layer (SimpleRNN, LSTM or GRU); got "
+                             f"{type(layer).__name__}")
+        if merge_mode is None:
+            raise NotImplementedError("Bidirectional(merge_mode=None) returns two outputs, which a "
+                                      "Sequential model cannot pass on; use 'concat', 'sum', 'mul' "
+                                      "or 'ave'")
+        if merge_mode not in self._MERGE_MODES:
+            raise ValueError(f"Bidirectional: `merge_mode` must be one of {list(self._MERGE_MODES)}; "
+                             f"got merge_mode={merge_mode!r}")
+        if weights is not None:
+            raise NotImplementedError("Bidirectional(weights=...) is not supported; use set_weights")
+        if backward_layer is not None:
+            if not isinstance(backward_layer, _Recurrent):
+                raise ValueError("Bidirectional: `backward_layer` must be a recurrent layer; got "
+                                 f"{type(backward_layer).__name__}")
+            if backward_layer.go_backwards == layer.go_backwards \
+                    or backward_layer.return_sequences != layer.return_sequences:
+                raise ValueError("Bidirectional: `backward_layer` must have the opposite go_backwards "
+                                 "and the same return_sequences as `layer`")
+        super().__init__(**kwargs)
+        self.merge_mode = merge_mode
+        self.layer = layer
+        config = layer.get_config()
+        forward = type(layer).from_config({**config, "name": f"forward_{layer.name}"})
+        if backward_layer is None:
+            backward = type(layer).from_config({**config, "name": f"backward_{layer.name}",
+                                                "go_backwards": not layer.go_backwards})
+        else:
+            backward = type(backward_layer).from_config({**backward_layer.get_config(),
+                                                         "name": f"backward_{backward_layer.name}"})
+        self.forward_layer, self.backward_layer = forward, backward
+        self._given_backward = backward_layer
+        self.return_sequences = layer.return_sequences
+
+    @property
+    def weights(self) -> list:
+        return self.forward_layer.weights + self.backward_layer.weights
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(self.forward_layer.compute_output_shape(input_shape))
+        if self.merge_mode == "concat":
+            shape = shape[:-1] + (2 * shape[-1],)
+        return shape
+
+    def build(self, input_shape):
+        for inner in (self.forward_layer, self.backward_layer):
+            inner.build_for(input_shape)
+            for variable in inner.weights:
+                variable._owner = _SubOwner(self, inner)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        forward = self.forward_layer.call(inputs, training=training)
+        backward = self.backward_layer.call(inputs, training=training)
+        if self.return_sequences:
+            steps = backward.shape[1]
+            backward = S.stack([S.take(backward, t, 1) for t in range(steps - 1, -1, -1)], 1)
+        if self.merge_mode == "concat":
+            return S.concat([forward, backward], forward.type.rank - 1)
+        if self.merge_mode == "sum":
+            return B.add(forward, backward)
+        if self.merge_mode == "mul":
+            return B.mul(forward, backward)
+        return B.mul(B.add(forward, backward), 0.5)
+
+    def get_config(self):
+        from kcompile import layers as layers_module
+        config = super().get_config()
+        config.update({"merge_mode": self.merge_mode, "layer": layers_module.serialize(self.layer)})
+        if self._given_backward is not None:
+            config["backward_layer"] = layers_module.serialize(self._given_backward)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from kcompile import layers as layers_module
+        config = dict(config)
+        layer = layers_module.deserialize(config.pop("layer"), custom_objects)
+        backward = config.pop("backward_layer", None)
+        if backward is not None:
+            backward = layers_module.deserialize(backward, custom_objects)
+        return cls(layer, backward_layer=backward, **config)
