@@ -53,6 +53,10 @@ MODELS = {
     "bidirectional_rnn": (["Bidirectional(SimpleRNN(3, return_sequences=True), merge_mode='mul')",
                            "Bidirectional(LSTM(2), merge_mode='sum')", "Dense(2)"],
                           (4, 2), False),
+    "time_distributed": (["LSTM(4, return_sequences=True)",
+                          "TimeDistributed(Dense(3, activation='tanh'))",
+                          "TimeDistributed(LayerNormalization())", "TimeDistributed(Dense(2))",
+                          "Flatten()", "Dense(2)"], (5, 3), False),
     # sequences: Conv1D and the 1-D poolings (one-row images inside kcompile)
     "conv1d": (["Conv1D(4, 3, activation='relu')", "MaxPooling1D()",
                 "Conv1D(3, 2, strides=2, padding='same')", "AveragePooling1D(2, padding='same')",

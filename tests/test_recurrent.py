@@ -384,3 +384,28 @@ def test_bidirectional_refuses_what_it_cannot_wrap():
         Bidirectional(LSTM(3), merge_mode="max")
     with pytest.raises(NotImplementedError, match="two outputs"):
         Bidirectional(LSTM(3), merge_mode=None)
+
+
+def test_time_distributed_dense_is_dense_on_every_step_and_saves(tmp_path):
+    from kcompile import load_model
+    from kcompile.layers import Conv2D, Dense, TimeDistributed
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    model = Sequential([Input(shape=(4, 5)), TimeDistributed(Dense(2, activation="relu")),
+                        TimeDistributed(Dense(2, name="dense"))])
+    model.compile(optimizer="sgd", loss="mse", target="llvm")
+    assert [w.path for w in model.weights] == [
+        "time_distributed/dense/kernel", "time_distributed/dense/bias",
+        "time_distributed_1/dense/kernel", "time_distributed_1/dense/bias"]
+    k1, b1, k2, b2 = model.get_weights()
+    expected = np.stack([np.maximum(x[:, t] @ k1 + b1, 0) @ k2 + b2 for t in range(4)], 1)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "td.keras")
+    np.testing.assert_array_equal(load_model(tmp_path / "td.keras").predict(x, verbose=0),
+                                  model.predict(x, verbose=0))
+    with pytest.raises(NotImplementedError, match="TimeDistributed\\(Conv2D\\) is not supported"):
+        TimeDistributed(Conv2D(2, 3))
+    with pytest.raises(NotImplementedError, match="Softmax and LayerNormalization over axis -1"):
+        TimeDistributed(L.Softmax(axis=1))
+    with pytest.raises(ValueError, match="timesteps"):
+        TimeDistributed(Dense(2)).compute_output_shape((None, 5))

@@ -12,6 +12,7 @@ from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalA
                                      MaxPooling1D, MaxPooling2D)
 from kcompile.layers.preprocessing import Normalization
 from kcompile.layers.reshaping import Permute, RepeatVector, Reshape
+from kcompile.layers.wrappers import TimeDistributed
 
 __all__ = ["Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer", "Variable",
            "SymbolicTensor", "serialize", "deserialize"]
@@ -20,7 +21,7 @@ __all__ += ["AveragePooling2D", "BatchNormalization", "Conv2D", "Embedding", "Gl
             "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "LayerNormalization",
             "MaxPooling2D", "Reshape"]
 __all__ += ["AvgPool2D", "LeakyReLU", "MaxPool2D", "Rescaling"]
-__all__ += ["ELU", "Normalization", "Permute", "ReLU", "RepeatVector", "Softmax"]
+__all__ += ["ELU", "Normalization", "Permute", "ReLU", "RepeatVector", "Softmax", "TimeDistributed"]
 __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
             "MaxPooling1D"]
 
@@ -38,7 +39,8 @@ _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2
                                                 GlobalMaxPooling1D, GlobalMaxPooling2D,
                                                 LayerNormalization, MaxPooling2D, Normalization,
                                                 Reshape)})
-_CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector, Softmax)})
+_CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector, Softmax,
+                                                TimeDistributed)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -61,7 +63,7 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
 
 # Keras layers kcompile does not have (yet): asking for one says so, instead of a bare AttributeError.
 _KERAS_ONLY = frozenset("""
-    TimeDistributed RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
+    RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
     SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose

@@ -25,6 +25,7 @@ from ir import build_seq as S
 
 from kcompile import activations, initializers
 from kcompile.layers.layer import Layer, current_scope, format_shape
+from kcompile.layers.wrappers import SubOwner
 
 
 class Orthogonal(initializers.Initializer):
@@ -416,21 +417,6 @@ class GRU(_Gated):
         return config
 
 
-class _SubOwner:
-    """The owner a wrapped layer's weights report: 'bidirectional/forward_lstm' (their paths follow
-    the wrapper's name, which a model may change when it makes names unique)."""
-
-    def __init__(self, wrapper, layer):
-        self._wrapper, self._layer = wrapper, layer
-
-    @property
-    def name(self) -> str:
-        return f"{self._wrapper.name}/{self._layer.name}"
-
-    def _on_structure_change(self):
-        self._wrapper._on_structure_change()
-
-
 class Bidirectional(Layer):
     """A recurrent layer run forward and backward over the sequence, the two outputs merged, as
     `keras.layers.Bidirectional(LSTM(64))`.
@@ -498,7 +484,7 @@ class Bidirectional(Layer):
         for inner in (self.forward_layer, self.backward_layer):
             inner.build_for(input_shape)
             for variable in inner.weights:
-                variable._owner = _SubOwner(self, inner)
+                variable._owner = SubOwner(self, inner)
         self.built = True
 
     def call(self, inputs, training=False):
