@@ -33,13 +33,13 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
   (one thread, 512 x 128 x 10 against numpy: 0.82-0.88 -> 1.24-1.37, `python -m kcompile.bench
   --workloads gemm --peers none --trials 3`).
 * Zero skipping (`skip_zeros`, an option, off in the compiler: see codegen.lower.SKIP_ZEROS): before
-  the panels of an m block, each full row tile lists
-  the k steps where one of its `mr` rows of op(A) is not zero (`_zero_skip_list`, branch-free), and
-  its kernel's k loop then runs over that list, for every column panel (a branch per k step instead
-  measured 1.1-1.4x slower: the zero pattern is not predictable).  Steps whose row of op(B) holds
-  an inf or NaN are always listed, so that 0 * inf is NaN as in the dense product.  Activations after relu and
-  Dropout and their gradients are mostly zero: after an epoch of W1, 86% of the second layer's
-  inputs, and 31-58% of the k steps of its large products' row tiles.
+  the panels of an m block, each full row tile lists the k steps where one of its `mr` rows of
+  op(A) is not zero (`_zero_skip_list`, branch-free), and its kernel's k loop then runs over that
+  list, for every column panel (a branch per k step instead measured 1.1-1.4x slower: the zero
+  pattern is not predictable).  Steps whose row of op(B) holds an inf or NaN are always listed, so
+  that 0 * inf is NaN as in the dense product.  Activations after relu and Dropout and their
+  gradients are mostly zero: after an epoch of W1, 86% of the second layer's inputs, and 31-58% of
+  the k steps of its large products' row tiles.
 * Cache blocking: k in blocks of at most `KC` (the B panel, `KC x nv*lanes`, stays in L2 while every row
   tile of C streams over it), m in blocks of `MC` rows (the A block `MC x KC` stays in L2 across
   panels).  The second and later k blocks add to C.
@@ -436,10 +436,10 @@ def _zero_skip_list(vec: _Vec, rows: int):
         word = value if word is None else bld.or_(word, value)
     nonzero = bld.icmp_unsigned("!=", bld.and_(word, magnitude_mask), ir.Constant(bits, 0))
     b_flag = bld.load(_gep(bld, nonfinite, p, I8), typ=I8, align=1)
-    nonzero = bld.or_(nonzero, bld.icmp_unsigned("!=", b_flag, ir.Constant(I8, 0)))
+    listed = bld.or_(nonzero, bld.icmp_unsigned("!=", b_flag, ir.Constant(I8, 0)))
     # Branch-free: every step is written at the next free slot, which only a listed step takes.
     bld.store(bld.trunc(p, I16), _gep(bld, steps, n, I16), align=2)
-    n_next = bld.add(n, bld.zext(nonzero, I64), flags=("nsw", "nuw"))
+    n_next = bld.add(n, bld.zext(listed, I64), flags=("nsw", "nuw"))
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
     n.add_incoming(n_next, body)

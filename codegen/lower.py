@@ -208,17 +208,13 @@ def convert(b, x, src: str, dst: str):
     if _is_float(src) and _is_float(dst):
         return b.fptrunc(x, to) if src == "f64" else b.fpext(x, to)
     if _is_float(src):
-        # NOTE: fptosi/fptoui give poison for NaN and for values outside the integer range, so
-        # the float is clamped first and the conversion saturates, as llvm.fptosi.sat: NaN -> 0,
-        # below the range -> its minimum, at or above 2**31 (2**32) -> its maximum.
-        low, high = (-2.0 ** 31, 2.0 ** 31) if dst == "i32" else (0.0, 2.0 ** 32)
-        low_c, high_c = ir.Constant(x.type, low), ir.Constant(x.type, high)
-        inside = b.and_(b.fcmp_ordered(">=", x, low_c), b.fcmp_ordered("<", x, high_c))
-        safe = b.select(inside, x, ir.Constant(x.type, 0.0))
-        value = b.fptosi(safe, to) if dst == "i32" else b.fptoui(safe, to)
-        limits = (-2 ** 31, 2 ** 31 - 1) if dst == "i32" else (0, 2 ** 32 - 1)
-        value = b.select(b.fcmp_ordered("<", x, low_c), ir.Constant(to, limits[0]), value)
-        return b.select(b.fcmp_ordered(">=", x, high_c), ir.Constant(to, limits[1]), value)
+        # NOTE: plain fptosi/fptoui give poison for NaN and for values outside the integer range;
+        # the saturating intrinsics are defined everywhere: NaN -> 0, out of range -> the nearest
+        # end of the range.
+        name = "llvm.fptosi.sat" if dst == "i32" else "llvm.fptoui.sat"
+        full = f"{name}.i32.{'f32' if src == 'f32' else 'f64'}"
+        fn = b.module.globals.get(full) or ir.Function(b.module, ir.FunctionType(to, [x.type]), full)
+        return b.call(fn, [x])
     return b.sitofp(x, to) if src == "i32" else b.uitofp(x, to)
 
 

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from kcompile.optimizers import LearningRateValue
+from kcompile import schedules
 from kcompile.progbar import Progbar
 
 HOOK_NAMES = (
@@ -295,9 +295,7 @@ class History(Callback):
         logs = logs or {}
         self.epoch.append(epoch)
         for name, value in logs.items():
-            if isinstance(value, LearningRateValue):   # its value now, not a live view
-                value = float(value)
-            self.history.setdefault(name, []).append(value)
+            self.history.setdefault(name, []).append(schedules.value_now(value))
         # After every epoch, so the model holds the latest history even if training is interrupted.
         if self.model is not None:
             self.model.history = self
@@ -906,7 +904,7 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = abs(min_delta)   # as Keras (and EarlyStopping): a change of this size
         self.cooldown = cooldown
         # (a number: a live learning rate given as the floor is read now)
-        self.min_lr = float(min_lr) if isinstance(min_lr, LearningRateValue) else min_lr
+        self.min_lr = schedules.value_now(min_lr)
         self._maximize = _is_maximized(monitor, self.mode)
         self._reset()
 

@@ -421,12 +421,9 @@ class Loss:
             if values.type.rank == 0:
                 # A loss function that already reduced to a scalar: Keras broadcasts it against the
                 # weights, so the batch's loss is the scalar times the weights' mean (for the default
-                # reduction) -- one weight per sample as usual.
-                sample_weight = B.cast(sample_weight, values.dtype)
-                if sample_weight.type.rank == 2 and sample_weight.shape[-1] == 1:
-                    sample_weight = B.reshape(sample_weight, sample_weight.shape[:-1])
-            else:
-                sample_weight = _weight_like(sample_weight, values)
+                # reduction) -- one weight per sample as usual (as Metric.trace_sums does).
+                values = B.broadcast(values, sample_weight.shape[:1])
+            sample_weight = _weight_like(sample_weight, values)
             values = B.mul(values, sample_weight)
         if self.reduction in ("none", None) or values.type.rank == 0:
             return values

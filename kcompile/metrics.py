@@ -170,19 +170,12 @@ def _weight_like(sample_weight: Node, values: Node) -> Node:
 
 def _eager_sums(metric, y_true, y_pred, sample_weight) -> tuple[dict, object]:
     """Trace `metric.trace_sums` on numpy arrays and run it on the reference interpreter."""
-    from kcompile.losses import eager_arrays
-    feeds, args = {}, []
-    arrays = eager_arrays(y_true, y_pred, sample_weight)
-    for name, array in zip(("y_true", "y_pred", "sample_weight"), arrays + [None]):
-        if array is None:
-            args.append(None)
-            continue
-        args.append(B.arg(name, "f32", (None,) + array.shape[1:] if array.ndim else ()))
-        feeds[name] = array
+    arrays = losses_module.eager_arrays(y_true, y_pred, sample_weight)
+    feeds = dict(zip(("y_true", "y_pred", "sample_weight"), arrays))
+    args = [B.arg(name, "f32", (None,) + array.shape[1:] if array.ndim else ())
+            for name, array in feeds.items()]
     sums, finish = metric.trace_sums(*args)
-    inputs = [a for a in args if a is not None]
-    graph = ir.Graph("eager_metric", inputs, list(sums.items()))
-    return ir.run(graph, feeds), finish
+    return ir.run(ir.Graph("eager_metric", args, list(sums.items())), feeds), finish
 
 
 class Metric:
@@ -906,9 +899,9 @@ class MeanIoU(IoU):
                          sparse_y_true=sparse_y_true, sparse_y_pred=sparse_y_pred, axis=axis)
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype,
-                "ignore_class": self.ignore_class, "sparse_y_true": self.sparse_y_true,
-                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+        config = super().get_config()
+        del config["target_class_ids"]      # every class
+        return config
 
 
 class OneHotIoU(IoU):
@@ -921,9 +914,9 @@ class OneHotIoU(IoU):
                          sparse_y_pred=sparse_y_pred, axis=axis)
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "target_class_ids": self.target_class_ids,
-                "name": self.name, "dtype": self.dtype, "ignore_class": self.ignore_class,
-                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+        config = super().get_config()
+        del config["sparse_y_true"]         # one-hot
+        return config
 
 
 class OneHotMeanIoU(MeanIoU):
@@ -936,9 +929,9 @@ class OneHotMeanIoU(MeanIoU):
                          sparse_y_true=False, sparse_y_pred=sparse_y_pred, axis=axis)
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype,
-                "ignore_class": self.ignore_class, "sparse_y_pred": self.sparse_y_pred,
-                "axis": self.axis}
+        config = super().get_config()
+        del config["sparse_y_true"]         # one-hot
+        return config
 
 
 # -- standalone streaming metrics -----------------------------------------------------------------
@@ -1014,7 +1007,7 @@ class Mean(_Standalone):
         if sample_weight is not None:
             self.count += float(np.sum(sample_weight))
         else:
-            self.count += values.shape[0] if values.ndim >= 1 else 1
+            self.count += values.size       # (one value per sample, or a scalar)
 
     def result(self):
         return float(_divide_no_nan(self.total, self.count))

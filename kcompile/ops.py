@@ -44,11 +44,11 @@ def _node(x, name: str) -> Node:
     return node
 
 
-def _axis(x: Node, axis, name: str, several: bool = True):
-    """`axis` checked against x: None (every axis), an integer axis (negative from the end) or,
-    with `several`, a tuple or list of them; a clear error otherwise (numpy's would be a cryptic
-    one from deep inside the builder)."""
-    rank = x.type.rank
+def _axis(x: Node, axis, name: str, several: bool = True, rank: int | None = None):
+    """`axis` checked against x (or against a value of `rank` axes, as expand_dims' result): None
+    (every axis), an integer axis (negative from the end) or, with `several`, a tuple or list of
+    them; a clear error otherwise (numpy's would be a cryptic one from deep inside the builder)."""
+    rank = x.type.rank if rank is None else rank
     if axis is None:
         return None
     entries = tuple(axis) if several and isinstance(axis, (tuple, list)) else (axis,)
@@ -60,7 +60,7 @@ def _axis(x: Node, axis, name: str, several: bool = True):
                             f"axis={axis!r}")
         if not -rank <= entry < rank:
             raise ValueError(f"kcompile.ops.{name}: axis {entry} is out of range for a value of "
-                             f"rank {rank} ({x.type}); use an axis in [{-rank}, {rank - 1}]")
+                             f"rank {rank} (from {x.type}); use an axis in [{-rank}, {rank - 1}]")
     return axis
 
 
@@ -219,11 +219,7 @@ def expand_dims(x, axis):
     shape = list(x.shape)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     rank = len(shape) + len(axes)
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -rank <= a < rank:
-            raise ValueError(f"kcompile.ops.expand_dims: axis {a!r} is out of range for the rank "
-                             f"{rank} result of expanding {x.type}; use an axis in "
-                             f"[{-rank}, {rank - 1}]")
+    _axis(x, axes, "expand_dims", rank=rank)
     for a in sorted(int(a) % rank for a in axes):
         shape.insert(a, 1)
     return B.reshape(x, shape)
@@ -327,7 +323,7 @@ def zeros(shape, dtype="float32"):
 _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum",
                                   "minimum", "greater", "greater_equal", "less", "less_equal",
                                   "equal", "not_equal", "matmul", "dot", "power")}
-_OPERANDS.update(where=3, clip=1)
+_OPERANDS["where"] = 3
 _SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
 _NOT_EAGER = ("ones", "zeros")                    # numpy's already
 

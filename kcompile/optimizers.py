@@ -82,6 +82,7 @@ class LearningRateValue:
     floats.  With a schedule it is the schedule's value at the optimizer's current iteration."""
 
     __slots__ = ("_optimizer",)
+    _live_learning_rate = True      # (what schedules.value_now recognizes)
 
     def __init__(self, optimizer):
         self._optimizer = optimizer

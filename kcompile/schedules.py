@@ -94,6 +94,13 @@ def _schedule_call(rule):
     return __call__
 
 
+def value_now(value):
+    """A live learning rate (`optimizer.learning_rate`, optimizers.LearningRateValue) as its number
+    now, for what keeps a value (a schedule's argument, History, a callback's bound); anything else
+    as it is."""
+    return float(value) if getattr(type(value), "_live_learning_rate", False) else value
+
+
 class LearningRateSchedule:
     """Base class: `__call__(step)` returns the learning rate for `step` (an IR value or a number).
 
@@ -107,8 +114,7 @@ class LearningRateSchedule:
     def __setattr__(self, name, value):
         # a live learning rate (optimizer.learning_rate) given as an argument is read now: the
         # schedule keeps a number, which its config saves
-        from kcompile.optimizers import LearningRateValue
-        super().__setattr__(name, float(value) if isinstance(value, LearningRateValue) else value)
+        super().__setattr__(name, value_now(value))
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -735,7 +735,6 @@ class Trainer:
         self.stop_evaluating = False
         self.stop_predicting = False
         self.history = None
-        self.target = "llvm"
         self.steps_per_execution = 1
         self._metric_identifiers = []
         self._weighted_metric_identifiers = []
@@ -806,7 +805,6 @@ class Trainer:
         self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
         self._run_eagerly = bool(run_eagerly)
         self._compiled_target = target
-        self.target = "reference" if run_eagerly else target
         self._metrics_result = {}
         self._metric_list = None
         self._last_spec = None
@@ -857,6 +855,11 @@ class Trainer:
         return ["loss"] + names + weighted
 
     @property
+    def target(self) -> str:
+        """What runs the graphs: the target compile() was given, or 'reference' with run_eagerly."""
+        return "reference" if self._run_eagerly else self._compiled_target
+
+    @property
     def run_eagerly(self) -> bool:
         """Keras's flag; True runs the graphs in the reference interpreter (target='reference')."""
         return self._run_eagerly
@@ -866,7 +869,6 @@ class Trainer:
         value = bool(value)
         if value != self._run_eagerly:
             self._run_eagerly = value
-            self.target = "reference" if value else self._compiled_target
             self._on_structure_change()
 
     @property
@@ -906,7 +908,7 @@ class Trainer:
         from kcompile import saving
         config = saving._compile_config(self)
         if config is not None:
-            config.update(run_eagerly=self.run_eagerly, jit_compile=not self.run_eagerly)
+            config["jit_compile"] = not self.run_eagerly     # (run_eagerly is saved already)
         return config
 
     def _assert_compiled(self, method: str):
@@ -1493,8 +1495,9 @@ class Trainer:
         runner.call(rows, 0)
         totals = _Totals(program)
         totals.add(runner.output, rows)
-        self._metrics_result = totals.logs()
-        return _results(totals.logs(), program.metric_names, return_dict)
+        logs = totals.logs()
+        self._metrics_result = dict(logs)
+        return _results(logs, program.metric_names, return_dict)
 
     @_one_call_at_a_time
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
@@ -1507,8 +1510,9 @@ class Trainer:
         runner.call(rows, 0)
         totals = _Totals(program)
         totals.add(runner.output, rows)
-        self._metrics_result = totals.logs()
-        return _results(totals.logs(), program.metric_names, return_dict)
+        logs = totals.logs()
+        self._metrics_result = dict(logs)
+        return _results(logs, program.metric_names, return_dict)
 
     def _predict_fast(self, x, batch_size: int = 32):
         """predict's answer for a float32 C-contiguous array of at most one batch whose samples have

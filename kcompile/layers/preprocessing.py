@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from ir import build as B
 
 from kcompile import backend
 from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.normalization import _axes, _resolve_axes
 
 
 def _batches(data):
@@ -62,20 +62,8 @@ class Normalization(Layer):
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         super().__init__(**kwargs)
-        if axis is None:
-            axis = ()
-        elif isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
-            axis = (int(axis),)
-        else:
-            try:
-                axis = tuple(axis)
-            except TypeError:
-                axis = None
-            if axis is None or any(isinstance(a, bool) or not isinstance(a, numbers.Integral)
-                                   for a in axis):
-                raise ValueError(f"Normalization: `axis` must be an integer, a tuple of integers or "
-                                 f"None; got axis={axis!r}")
-            axis = tuple(int(a) for a in axis)
+        # None (or ()): one mean and variance for all values
+        axis = () if axis is None or axis == () else _axes(axis, "Normalization")
         self.axis = axis
         if (mean is None) != (variance is None):
             raise ValueError("When setting values directly, both `mean` and `variance` must be set. "
@@ -93,21 +81,12 @@ class Normalization(Layer):
         self.input_variance = variance
         self.invert = bool(invert)
         self.adapt_mean = self.adapt_variance = self.count = None
-        self._keep = self._fixed = self._statistics = None
+        self._keep = self._fixed = self._statistics = self._broadcast = None
 
     # -- shapes -----------------------------------------------------------------------------------
 
     def _kept_axes(self, input_shape) -> tuple:
-        rank = len(input_shape)
-        if any(not -rank <= a < rank for a in self.axis):
-            raise ValueError("All `axis` values must be in the range [-ndim, ndim). Received inputs "
-                             f"of shape {format_shape(input_shape)} (ndim={rank}), while "
-                             f"axis={self.axis}")
-        keep = tuple(sorted(a % rank for a in self.axis))
-        if 0 in keep:
-            raise ValueError(f"Normalization layer {self.name!r} cannot keep the batch axis 0; give "
-                             f"axes of the samples (axis=-1: one mean per feature)")
-        return keep
+        return _resolve_axes(self.axis, input_shape, "Normalization", self.name)
 
     def _statistics_shape(self, input_shape) -> tuple:
         return tuple(input_shape[a] for a in self._kept_axes(input_shape))
@@ -139,16 +118,17 @@ class Normalization(Layer):
                                  f"shape {shape}") from None
         else:
             self.adapt_mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                        name="mean")
+                                              name="mean")
             self.adapt_variance = self.add_weight(shape=shape, initializer="ones", trainable=False,
-                                            name="variance")
+                                                  name="variance")
             # Keras's third weight, the number of values adapted over (an integer there; kcompile's
             # weights are all float32)
             self.count = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                          name="count")
         self._statistics = shape
         self._keep = keep
-        self._rank = len(input_shape)
+        # the statistics' shape against whole inputs: kept axes in place, 1 elsewhere
+        self._broadcast = tuple(input_shape[a] if a in keep else 1 for a in range(len(input_shape)))
         self.built = True
 
     def _statistic(self, which: int):
@@ -158,8 +138,7 @@ class Normalization(Layer):
             return None
         value = (self._fixed[which] if self._fixed is not None
                  else (self.adapt_mean, self.adapt_variance)[which].numpy())
-        return np.reshape(value, tuple(self._statistics[self._keep.index(a)] if a in self._keep
-                                       else 1 for a in range(self._rank)))
+        return np.reshape(value, self._broadcast)
 
     @property
     def mean(self):
@@ -188,7 +167,7 @@ class Normalization(Layer):
         for index, batch in enumerate(batches):
             if steps is not None and index >= steps:
                 break
-            if batch.ndim != self._rank or self._statistics_shape(batch.shape) != self._statistics:
+            if batch.ndim != len(self._broadcast) or self._statistics_shape(batch.shape) != self._statistics:
                 raise ValueError(f"Normalization layer {self.name!r} holds statistics of shape "
                                  f"{format_shape(self._statistics)}; adapt() got a batch of shape "
                                  f"{format_shape(batch.shape)}")
@@ -220,7 +199,7 @@ class Normalization(Layer):
     # -- the computation --------------------------------------------------------------------------
 
     def call(self, inputs):
-        shape = tuple(inputs.shape[a] if a in self._keep else 1 for a in range(self._rank))[1:]
+        shape = self._broadcast[1:]
         if self._fixed is not None:
             mean, variance = (B.const(value.reshape(shape), inputs.dtype) for value in self._fixed)
         else:
