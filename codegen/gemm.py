@@ -698,7 +698,8 @@ def _k_block(k, lanes: int):
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
-              then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False) -> None:
+              then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False,
+              b_finite: bool = False) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -740,7 +741,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     large products.  Only when C has two full column panels or more (the list is then reused).
     A step whose row of op(B) holds an inf or NaN is always listed (`_nonfinite_steps`, one pass
     over op(B) per k block), so 0 * inf is NaN as in the dense product: results are the same bit for
-    bit (but for the sign of a zero sum).
+    bit (but for the sign of a zero sum).  `b_finite`: op(B) is known to hold no inf or NaN (a
+    predict's weights), so that pass is left out.
 
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
@@ -784,6 +786,10 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     def nonfinite_steps(pc, kcur):
         """Which rows of the op(B) block [pc:pc+kcur] hold an inf or NaN (see `skip_zeros`)."""
         flags = _function_scratch(builder, I8, KC, purpose="zero_skip_nonfinite")
+        if b_finite:
+            memset = module.declare_intrinsic("llvm.memset", [ir.PointerType(), I64])
+            builder.call(memset, [flags, ir.Constant(I8, 0), i64(kcur), ir.Constant(I1, 0)])
+            return flags
         src = _gep(builder, b_ptr, pc if trans_b else _mul(builder, pc, ldb), T)
         builder.call(_nonfinite_steps(vec, trans_b), [src, i64(ldb), i64(kcur), i64(n), flags])
         return flags
@@ -1040,17 +1046,16 @@ def _store_transposed(vec: _Vec, n: int, add: bool):
 GEMV_GROUP = 16
 
 
-def _gemv_pass(vec: _Vec, nvec: int, masked: bool, skip_zeros: bool = False):
+def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     """void pass(a, b, c, k, ldb, kc, ncols_last): c[v*L + l] = sum_p a[p] * b[p*ldb + v*L + l] for
     v < nvec, k > 0, summed exactly as the GEMM micro-kernel sums one row: in k blocks of `kc`,
     each block's products accumulated from zero in order of p by FMA and the block's sum added to
     the sum so far (so a one-row product gives, bit for bit, the row a batch would).  With `masked`
-    only the first `ncols_last` lanes of the last vector are read and written.  With `skip_zeros`
-    a row p of B whose a[p] is zero is not read: fma(0, b, acc) is acc for every finite b, so the
-    sums are the same bit for bit when B holds no inf or NaN (the caller's condition)."""
+    only the first `ncols_last` lanes of the last vector are read and written.  (Skipping the rows
+    of B whose a[p] is zero: _gemv_listed_pass; fma(0, b, acc) is acc for every finite b, so the sums
+    are the same bit for bit when B holds no inf or NaN, the caller's condition.)"""
     module, T, L = vec.module, vec.dtype, vec.lanes
-    name = (f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}"
-            f"{'.nz' if skip_zeros else ''}")
+    name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}"
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, ptr, ptr, I64, I64, I64, I64],
                         ("a", "b", "c", "k", "ldb", "kc", "ncols_last"), noalias=(0, 1, 2))
@@ -1079,11 +1084,6 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool, skip_zeros: bool = False):
             phi.add_incoming(vec.zero, head)
             accs.append(phi)
         a_p = bld.load(_gep(bld, a, p, T), typ=T, align=4)
-        if skip_zeros:
-            top, work = bld.block, bld.append_basic_block("p.work")
-            latch = bld.append_basic_block("p.latch")
-            bld.cbranch(bld.fcmp_ordered("==", a_p, ir.Constant(T, 0.0)), latch, work)
-            bld.position_at_end(work)
         row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
         a_splat = vec.splat(bld, a_p)
         new = []
@@ -1091,14 +1091,6 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool, skip_zeros: bool = False):
             ptr_v = _gep(bld, row, v * L, T)
             b_vec = vec.masked_load(bld, ptr_v, mask) if last(v) else vec.load(bld, ptr_v)
             new.append(vec.fma(bld, a_splat, b_vec, accs[v]))
-        if skip_zeros:
-            bld.branch(latch)
-            bld.position_at_end(latch)
-            merged = [bld.phi(vec.type, name=f"sum{v}") for v in range(nvec)]
-            for v in range(nvec):
-                merged[v].add_incoming(accs[v], top)
-                merged[v].add_incoming(new[v], work)
-            new = merged
         p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
         p.add_incoming(p_next, bld.block)
         for v in range(nvec):
@@ -1117,19 +1109,113 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool, skip_zeros: bool = False):
     return fn
 
 
+def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
+    """void pass(a, b, c, steps, count, ldb, first, ncols_last): one k block of _gemv_pass with
+    `skip_zeros`, over the `count` steps p listed (i32, ascending) in `steps` rather than over every
+    step: acc = sum of a[p] * b[p*ldb + v*L + l] by FMA in the list's order, then c = acc where
+    `first` (i1: the first k block) else c + acc.  The same sums as _gemv_pass's, without its branch
+    per step (see gemv_function)."""
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}.listed"
+    ptr = ir.PointerType()
+    fn, new = _function(module, name, [ptr, ptr, ptr, ptr, I64, I64, I1, I64],
+                        ("a", "b", "c", "steps", "count", "ldb", "first", "ncols_last"),
+                        noalias=(0, 1, 2, 3))
+    if not new:
+        return fn
+    a, b, c, steps, count, ldb, first, ncols_last = fn.args
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    mask = vec.lane_mask(bld, ncols_last) if masked else None
+    c_ptrs = [_gep(bld, c, v * L, T) for v in range(nvec)]
+
+    def last(v):
+        return masked and v == nvec - 1
+
+    head = bld.block
+    body = bld.append_basic_block("i.body")
+    done = bld.append_basic_block("i.done")
+    bld.cbranch(bld.icmp_signed(">", count, i64(0)), body, done)
+    bld.position_at_end(body)
+    i = bld.phi(I64, name="i")
+    i.add_incoming(i64(0), head)
+    accs = []
+    for v in range(nvec):
+        phi = bld.phi(vec.type, name=f"acc{v}")
+        phi.add_incoming(vec.zero, head)
+        accs.append(phi)
+    p = bld.zext(bld.load(_gep(bld, steps, i, I32), typ=I32, align=4), I64)
+    a_splat = vec.splat(bld, bld.load(_gep(bld, a, p, T), typ=T, align=4))
+    row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
+    new = []
+    for v in range(nvec):
+        ptr_v = _gep(bld, row, v * L, T)
+        b_vec = vec.masked_load(bld, ptr_v, mask) if last(v) else vec.load(bld, ptr_v)
+        new.append(vec.fma(bld, a_splat, b_vec, accs[v]))
+    i_next = bld.add(i, i64(1), flags=("nsw", "nuw"))
+    i.add_incoming(i_next, body)
+    for v in range(nvec):
+        accs[v].add_incoming(new[v], body)
+    bld.cbranch(bld.icmp_signed("<", i_next, count), body, done)
+    bld.position_at_end(done)
+    sums = []
+    for v in range(nvec):
+        phi = bld.phi(vec.type, name=f"sum{v}")
+        phi.add_incoming(vec.zero, head)
+        phi.add_incoming(new[v], body)
+        sums.append(phi)
+    for v in range(nvec):
+        old = vec.masked_load(bld, c_ptrs[v], mask) if last(v) else vec.load(bld, c_ptrs[v])
+        value = bld.select(first, sums[v], bld.fadd(sums[v], old))
+        if last(v):
+            vec.masked_store(bld, value, c_ptrs[v], mask)
+        else:
+            vec.store(bld, value, c_ptrs[v])
+    bld.ret_void()
+    return fn
+
+
+def _gemv_list_steps(bld: ir.IRBuilder, a, steps, pc, kend, dtype) -> ir.Value:
+    """Write into `steps` (i32) the p in [pc, kend) whose a[p] is not zero (+0 or -0; a NaN is
+    listed), ascending, without a branch per step; return their count (i64)."""
+    head = bld.block
+    body = bld.append_basic_block("list.body")
+    done = bld.append_basic_block("list.done")
+    bld.branch(body)
+    bld.position_at_end(body)
+    p = bld.phi(I64, name="p")
+    p.add_incoming(pc, head)
+    count = bld.phi(I64, name="count")
+    count.add_incoming(i64(0), head)
+    bld.store(bld.trunc(p, I32), _gep(bld, steps, count, I32), align=4)
+    nonzero = bld.fcmp_unordered("!=", bld.load(_gep(bld, a, p, dtype), typ=dtype, align=4),
+                                 ir.Constant(dtype, 0.0))
+    count_next = bld.add(count, bld.zext(nonzero, I64), flags=("nsw", "nuw"))
+    p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
+    p.add_incoming(p_next, body)
+    count.add_incoming(count_next, body)
+    bld.cbranch(bld.icmp_signed("<", p_next, kend), body, done)
+    bld.position_at_end(done)
+    return count_next
+
+
 def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
                   skip_zeros: bool = False) -> ir.Function:
     """`void gemv(a, b, c, ncols, k, ldb, kc)`: C (one row of ncols) = A (one row of k) @ B (k rows
-    `ldb` apart, ncols columns), k > 0, summed in k blocks of `kc` as emit_gemm sums (see
-    _gemv_pass).  The memory-bound product of a one-sample predict: passes of GEMV_GROUP vectors
-    stream whole 1 KiB runs of each row of B, then 4- and 1-vector passes and a masked one take
-    the rest of the columns.  `skip_zeros` (only for a B known to hold no inf or NaN): rows of B
-    whose entry of A is zero are not read, with the same sums.
+    `ldb` apart, ncols columns), k > 0, summed in k blocks of `kc` (at most KC) as emit_gemm sums
+    (see _gemv_pass).  The memory-bound product of a one-sample predict: passes of GEMV_GROUP
+    vectors stream whole 1 KiB runs of each row of B, then 4- and 1-vector passes and a masked one
+    take the rest of the columns.  `skip_zeros` (only for a B known to hold no inf or NaN): rows of
+    B whose entry of A is zero are not read, with the same sums: each k block first lists the steps
+    whose a[p] is not zero (_gemv_list_steps, branch-free), and every column pass runs over that
+    list (_gemv_listed_pass).
     NOTE (one thread, W3's one-sample predict, interleaved processes): 50-53 us against 55-56 us
     with the GEMM's one-row tiles; software prefetch of rows 4, 8 or 16 ahead was slower.  Skipping
     the zero rows (half of Fashion-MNIST's pixels, and most of a trained ReLU layer's outputs): 34 us
     against 55 us on one thread, 30-34 us against 36-49 us on two (/tmp/kc3/lat3.py, a model trained
-    for one epoch on 10000 rows; figures vary with the load)."""
+    for one epoch on 10000 rows; figures vary with the load).  That first version tested a[p] with
+    a branch in every pass: the same input over and over ran in 13 us, inputs in turn 23-25 us (the
+    zero pattern changes, the branches mispredict); the list takes them out of the passes (figures
+    in the closing note of the change)."""
     L = lanes or target.vector_lanes(_dtype_bits(dtype))
     name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(dtype)}x{L}{'.nz' if skip_zeros else ''}"
     ptr = ir.PointerType()
@@ -1140,20 +1226,36 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
     vec = _Vec(module, dtype, L)
     a, b, c, ncols, k, ldb, kc = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    if skip_zeros:
+        steps = bld.alloca(I32, size=i64(KC), name="steps")
+        steps.align = 64
+        with for_range(bld, 0, k, kc, name="pc") as pc:
+            count = _gemv_list_steps(bld, a, steps, pc, smin(bld, bld.add(pc, kc), k), dtype)
+            first = bld.icmp_signed("==", pc, i64(0))
+            _gemv_column_passes(bld, vec, ncols, lambda group, masked, j, cols: bld.call(
+                _gemv_listed_pass(vec, group, masked),
+                [a, _gep(bld, b, j, dtype), _gep(bld, c, j, dtype), steps, count, ldb, first, cols]))
+    else:
+        _gemv_column_passes(bld, vec, ncols, lambda group, masked, j, cols: bld.call(
+            _gemv_pass(vec, group, masked),
+            [a, _gep(bld, b, j, dtype), _gep(bld, c, j, dtype), k, ldb, kc, cols]))
+    bld.ret_void()
+    return fn
+
+
+def _gemv_column_passes(bld: ir.IRBuilder, vec: _Vec, ncols, call) -> None:
+    """call(group, masked, first column, ncols_last) for the passes that cover ncols columns:
+    GEMV_GROUP-vector passes, then 4- and 1-vector ones, then a masked one for the rest."""
+    L = vec.lanes
     done_cols = i64(0)
     for group in (GEMV_GROUP, 4, 1):
         width = group * L
         stop = _round_down(bld, ncols, width)
         with for_range(bld, done_cols, stop, width, name=f"g{group}") as j:
-            bld.call(_gemv_pass(vec, group, False, skip_zeros),
-                     [a, _gep(bld, b, j, dtype), _gep(bld, c, j, dtype), k, ldb, kc, i64(L)])
+            call(group, False, j, i64(L))
         done_cols = bld.select(bld.icmp_signed(">", stop, done_cols), stop, done_cols)
     with bld.if_then(bld.icmp_signed("<", done_cols, ncols)):
-        bld.call(_gemv_pass(vec, 1, True, skip_zeros),
-                 [a, _gep(bld, b, done_cols, dtype), _gep(bld, c, done_cols, dtype), k, ldb, kc,
-                  bld.sub(ncols, done_cols)])
-    bld.ret_void()
-    return fn
+        call(1, True, done_cols, bld.sub(ncols, done_cols))
 
 
 def gemv_k_block(k: int, dtype=ir.FloatType(), lanes: int | None = None) -> int:

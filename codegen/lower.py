@@ -580,13 +580,15 @@ def _matmul_kernel(emitter, node, members):
               emitter.pointer_of(node), m, n, k)
 
 
-def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=()):
+def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=(),
+              skip_finite=False):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
-    i64 bytes) pairs."""
+    i64 bytes) pairs; `skip_finite` as in gemm_function."""
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
-                                len(then_read), scratch=scratch is not None)
+                                len(then_read), scratch=scratch is not None,
+                                skip_finite=skip_finite)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
                  + ([scratch] if scratch is not None else []))
 
@@ -669,6 +671,11 @@ WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: step, one thread, kernel cycles with KCOMPILE_PROFILE: 3.69M without, 6.02M with, 4.17M with dW
 #: products only).  Sharing the lists between the column blocks of a product is the next step.
 SKIP_ZEROS = False
+#: Whether a tall product of batch rows (a large predict, _emit_batch_row_blocks) against a weight
+#: known finite (ir.known_finite: a predict program's weights) skips the zero steps of its row
+#: tiles: each block of rows computes every column, so one list serves all of C's column panels,
+#: and op(B) needs no scan for inf or NaN (emit_gemm's b_finite).
+SKIP_ZEROS_TALL = True
 
 
 class _GemmScratch:
@@ -681,7 +688,7 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
-                  scratch=False):
+                  scratch=False, skip_finite=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -690,7 +697,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     time); `lds` are static leading dimensions or None (dense); `then_read` counts the (pointer,
     bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  With `scratch` the function
     takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
-    the k steps where a row tile of op(A) is zero (SKIP_ZEROS).  Returns (function, runtime args)."""
+    the k steps where a row tile of op(A) is zero (SKIP_ZEROS), and with `skip_finite` (op(B) known
+    to hold no inf or NaN) does so without scanning op(B).  Returns (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
@@ -699,9 +707,12 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     if then_read:
         desc += f".pf{then_read}"
-    skip_zeros = SKIP_ZEROS and not scratch
+    skip_zeros = (SKIP_ZEROS or skip_finite) and not scratch
+    b_finite = skip_finite and not scratch
     if scratch:
         desc += ".ws"
+    elif b_finite:
+        desc += ".nzf"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -710,7 +721,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
-                                                  then_read, scratch)[0]), runtime
+                                                  then_read, scratch, skip_finite)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
                                              + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"
@@ -738,7 +749,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     # large stacks; code with workspace scratch (exported predictors) keeps its stack small.
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
-              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros,
+              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros, b_finite=b_finite,
               **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
@@ -1192,6 +1203,7 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     T = VALUE_TYPES[node.dtype]
     b = fe.builder
     blocks = b.udiv(b.add(m, c64(BATCH_ROW_BLOCK - 1)), c64(BATCH_ROW_BLOCK))
+    skip = SKIP_ZEROS_TALL and kir.known_finite(bm)
 
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
@@ -1203,7 +1215,7 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
             rows = builder.sub(stop, start)
             a_blk = builder.gep(a_ptr, [builder.mul(start, c64(k))], source_etype=T)
             c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
-            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k, lds)
+            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k, lds, skip_finite=skip)
             emit_elementwise_outputs(chunk, group, epilogue, {0: (start, stop)})
 
     emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1, name="rowblocks",

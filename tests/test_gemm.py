@@ -39,10 +39,11 @@ PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 class GemmSpec:
     """One gemm to compile: layout, which of m/n/k are constants (and their values), options."""
 
-    def __init__(self, layout, m=None, n=None, k=None, accumulate=False, skip_zeros=False):
+    def __init__(self, layout, m=None, n=None, k=None, accumulate=False, skip_zeros=False,
+                 b_finite=False):
         self.trans_a, self.trans_b = LAYOUTS[layout]
         self.layout, self.dims, self.accumulate = layout, {"m": m, "n": n, "k": k}, accumulate
-        self.skip_zeros = skip_zeros
+        self.skip_zeros, self.b_finite = skip_zeros, b_finite
 
     def accepts(self, m, n, k):
         return all(v is None or v == x for v, x in zip(self.dims.values(), (m, n, k)))
@@ -58,7 +59,8 @@ def compile_gemms(specs, *, dtype=ir.FloatType(), lanes=None):
         a, b, c, *sizes = fn.args
         m, n, k = (v if v is not None else arg for v, arg in zip(spec.dims.values(), sizes))
         emit_gemm(builder, a, b, c, m, n, k, trans_a=spec.trans_a, trans_b=spec.trans_b, dtype=dtype,
-                  lanes=lanes, accumulate=spec.accumulate, skip_zeros=spec.skip_zeros)
+                  lanes=lanes, accumulate=spec.accumulate, skip_zeros=spec.skip_zeros,
+                  b_finite=spec.b_finite)
         builder.ret_void()
     jit = JitModule(module)
     return jit, [PROTO(jit.address(f"g{idx}")) for idx in range(len(specs))]
@@ -139,10 +141,12 @@ def _sparse(shape, pattern, rng):
     return a
 
 
+@pytest.mark.parametrize("b_finite", [False, True])
 @pytest.mark.parametrize("lanes", LANES)
-def test_zero_skipping_gives_the_dense_products_values(lanes):
+def test_zero_skipping_gives_the_dense_products_values(lanes, b_finite):
     """skip_zeros: every layout, runtime and constant sizes across the m and k blocks, with C of two
-    and more column panels plus a tail; against numpy and, value for value, the dense kernels."""
+    and more column panels plus a tail; against numpy and, value for value, the dense kernels.
+    With b_finite (B is finite here) op(B) is not scanned, with the same values."""
     lanes_arg = None if lanes == HOST_LANES else lanes
     nr = tile_shape(lanes)[1] * lanes
     shapes = [(37, 2 * nr + 10, 28), (6, 2 * nr, 3), (MC + 13, 3 * nr, 7), (9, 2 * nr + 1, KC + 77),
@@ -150,14 +154,16 @@ def test_zero_skipping_gives_the_dense_products_values(lanes):
     specs, dense = [], []
     for layout in LAYOUTS:
         for acc in (False, True):
-            specs.append(GemmSpec(layout, n=2 * nr + 10, accumulate=acc, skip_zeros=True))
+            specs.append(GemmSpec(layout, n=2 * nr + 10, accumulate=acc, skip_zeros=True,
+                                  b_finite=b_finite))
             dense.append(GemmSpec(layout, n=2 * nr + 10, accumulate=acc))
-        specs.append(GemmSpec(layout, skip_zeros=True))   # runtime n: no lists, dense kernels
+        # runtime n: no lists, dense kernels
+        specs.append(GemmSpec(layout, skip_zeros=True, b_finite=b_finite))
         dense.append(GemmSpec(layout))
     for m, n, k in shapes[1:]:
-        specs.append(GemmSpec("TN", m=m, n=n, k=k, skip_zeros=True))
+        specs.append(GemmSpec("TN", m=m, n=n, k=k, skip_zeros=True, b_finite=b_finite))
         dense.append(GemmSpec("TN", m=m, n=n, k=k))
-        specs.append(GemmSpec("NN", n=n, skip_zeros=True))
+        specs.append(GemmSpec("NN", n=n, skip_zeros=True, b_finite=b_finite))
         dense.append(GemmSpec("NN", n=n))
     _, fns = compile_gemms(specs + dense, lanes=lanes_arg)
     rng = np.random.default_rng(11)
@@ -183,9 +189,10 @@ def test_zero_skipping_gives_the_dense_products_values(lanes):
     assert runs > 100
 
 
-def test_zero_skipping_never_skips_a_nan():
+@pytest.mark.parametrize("b_finite", [False, True])
+def test_zero_skipping_never_skips_a_nan(b_finite):
     nr = tile_shape(HOST_LANES)[1] * HOST_LANES
-    _, (fn,) = compile_gemms([GemmSpec("NN", n=2 * nr, skip_zeros=True)])
+    _, (fn,) = compile_gemms([GemmSpec("NN", n=2 * nr, skip_zeros=True, b_finite=b_finite)])
     a = np.zeros((12, 9), np.float32)
     a[7, 4] = np.nan
     b = np.ones((9, 2 * nr), np.float32)

@@ -1,4 +1,5 @@
-"""One-row products skip the rows of a finite weight whose input is zero (codegen.gemm's `.nz` GEMV).
+"""One-row products skip the rows of a finite weight whose input is zero (codegen.gemm's `.nz` GEMV),
+and a large predict's products the k steps where a row tile of its input is zero (`.nzf` GEMMs).
 
 fma(0, w, acc) is acc for every finite w, so skipping gives the same sums bit for bit; for a weight
 that may hold inf or NaN (0 * inf is NaN) nothing is skipped.  A weight is known finite when it is a
@@ -101,6 +102,35 @@ def test_constant_weights_skip_only_when_finite():
     with_inf = CompiledRunner(forward_graph(k, n, B.const(w)), {}, CompileOptions())
     assert not skips(with_inf)
     assert np.isnan(with_inf.run({"x": x, "bias": bias})["act"][0, 2])
+
+
+def test_a_tall_product_against_a_finite_weight_skips_zero_steps_with_the_same_values(monkeypatch):
+    """A large predict's products (batch rows in blocks of whole rows: codegen.lower's
+    SKIP_ZEROS_TALL) skip the k steps where a row tile of x is zero, without scanning a weight
+    known finite; the values are those of the dense product, and those of the reference."""
+    from codegen import lower
+    k, n, rows = 300, 200, lower.BATCH_ROWS_MIN + 37
+    rng = np.random.default_rng(6)
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    bias = rng.random(n, dtype=np.float32) - 0.5
+    x = rng.random((rows, k), dtype=np.float32) - 0.5
+    x[:, : k // 3] = 0.0                             # zero steps for every row tile
+    x[rng.random((rows, k)) < 0.5] = 0.0
+    x[5, 7] = np.nan                                  # not zero: read, and NaN in its row
+    feeds = {"x": x, "w": w, "bias": bias}
+    marked = forward_graph(k, n, B.arg("w", "f32", (k, n), finite=True))
+    listed = CompiledRunner(marked, {}, CompileOptions())
+    assert ".nzf" in listed.compiled.code.optimized_ir
+    got = listed.run(feeds)["act"]
+    unmarked = CompiledRunner(forward_graph(k, n, B.arg("w", "f32", (k, n))), {}, CompileOptions())
+    assert ".nzf" not in unmarked.compiled.code.optimized_ir
+    monkeypatch.setattr(lower, "SKIP_ZEROS_TALL", False)
+    dense = CompiledRunner(marked, {}, CompileOptions())
+    assert ".nzf" not in dense.compiled.code.optimized_ir
+    np.testing.assert_array_equal(got, dense.run(feeds)["act"])
+    np.testing.assert_array_equal(got, unmarked.run(feeds)["act"])
+    assert np.isnan(got[5]).all() and not np.isnan(np.delete(got, 5, axis=0)).any()
+    np.testing.assert_allclose(got, ir.run(marked, feeds)["act"], rtol=1e-5, atol=1e-5)
 
 
 def test_known_finite_and_the_interpreter_checks_the_mark():
