@@ -23,6 +23,16 @@ _STEP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, 
                          ctypes.c_void_p)
 
 
+def address_of(array: np.ndarray) -> int:
+    """The address of an array's first element.  NOTE: through ctypes' from_buffer, 0.45 us, where
+    `array.ctypes.data` takes 1.5 us (a tenth of a one-sample predict's native call); an array
+    from_buffer refuses (read-only, empty) takes the slow way."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError, BufferError):
+        return array.ctypes.data
+
+
 class CompiledRunner:
     def __init__(self, graph: ir.Graph, state: dict, options: CompileOptions | None = None,
                  compiled=None):
@@ -174,7 +184,7 @@ class CompiledRunner:
         """Run with `array` as the batched input `name` (the only fed input), all its rows: the
         caller has checked that it is a C-contiguous array of the input's dtype and row shape."""
         batch = len(array)
-        self.table[self.feed_index[name]] = array.ctypes.data
+        self.table[self.feed_index[name]] = address_of(array)
         self._keep[name] = array
         self._bound = []
         if batch > self._capacity:

@@ -693,9 +693,17 @@ def _results(logs: dict, metric_names, return_dict: bool):
 # ----------------------------------------------------------------------------------------------
 
 _LOCK_CREATION = threading.Lock()
+_FORKS = [0]   # forks this process descends through (see _one_call_at_a_time)
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK_CREATION
+    _LOCK_CREATION = threading.Lock()
+    _FORKS[0] += 1
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_LOCK_CREATION",
-                                                                      threading.Lock()))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _one_call_at_a_time(method):
@@ -704,14 +712,15 @@ def _one_call_at_a_time(method):
     core), where they would read each other's rows."""
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
-        # NOTE: keyed by process: a child forked while another thread held the lock gets its own
-        # (the inherited one would stay held forever)
+        # NOTE: keyed by process (a count of forks, cheaper than os.getpid() on a one-sample
+        # predict): a child forked while another thread held the lock gets its own (the inherited
+        # one would stay held forever)
         owner = self.__dict__.get("_call_lock")
-        if owner is None or owner[0] != os.getpid():
+        if owner is None or owner[0] != _FORKS[0]:
             with _LOCK_CREATION:
                 owner = self.__dict__.get("_call_lock")
-                if owner is None or owner[0] != os.getpid():
-                    owner = self.__dict__["_call_lock"] = (os.getpid(), threading.RLock())
+                if owner is None or owner[0] != _FORKS[0]:
+                    owner = self.__dict__["_call_lock"] = (_FORKS[0], threading.RLock())
         with owner[1]:
             return method(self, *args, **kwargs)
     return serialized
@@ -1520,7 +1529,7 @@ class Trainer:
         callbacks (what it costs next to the native call is most of a one-sample predict); None for
         anything else, which the general path then handles (and checks)."""
         if type(x) is not np.ndarray or x.dtype != np.float32 or not x.flags.c_contiguous \
-                or not 0 < len(x) <= batch_size:
+                or not x.ndim or not 0 < len(x) <= batch_size:
             return None
         program = self._programs.get(("predict", None, False))
         if program is None or x.shape[1:] != program.row_shape or not self._weights_finite(program):
@@ -1528,7 +1537,7 @@ class Trainer:
         self._check_embedding_ids(x, "x")
         runner = program.runner
         runner.call_on("x", x)
-        return np.array(runner.output("y_pred", len(x)), copy=True)
+        return runner.output("y_pred", len(x)).copy()
 
     def _predict_program(self) -> _Program:
         """The predict program for the weights as they are now (see _trace and _weights_finite)."""
@@ -1678,6 +1687,14 @@ class Trainer:
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """The model's outputs for every sample of x, computed `batch_size` samples at a time (or for
         every batch of a batch source, `steps` of them)."""
+        # NOTE: the one-sample predict's Python is most of what it costs next to its native call:
+        # the common arguments (verbose=0, an int or no batch_size, nothing else) are recognized
+        # before the general checks (~1 us of a ~15 us call).
+        if callbacks is None and steps is None and verbose == 0 and type(verbose) is int \
+                and (batch_size is None or type(batch_size) is int and batch_size > 0):
+            out = self._predict_fast(x, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+            if out is not None:
+                return out
         batch_size = check_batch_size(batch_size)
         verbose = check_verbose(verbose)
         steps = _check_steps(steps, "steps")
