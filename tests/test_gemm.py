@@ -189,6 +189,66 @@ def test_zero_skipping_gives_the_dense_products_values(lanes, b_finite):
     assert runs > 100
 
 
+GEMV_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_one_row_products_skip_zero_steps_with_the_gemms_values(lanes):
+    """gemv_function (a one-sample predict's product) with and without skip_zeros: the listed
+    steps of each k block give, bit for bit, the sums of every step, which are the GEMM's own for
+    that row; column counts with every pass (GEMV_GROUP, 4, 1 vectors and the masked tail), k in
+    one and in several k blocks, B rows `ldb` apart, zeros of either sign, a NaN input read."""
+    from codegen.gemm import GEMV_GROUP, gemv_function, gemv_k_block
+    lanes_arg = None if lanes == HOST_LANES else lanes
+    module = ir.Module("test_gemv")
+    plain = gemv_function(module, lanes=lanes_arg)
+    listed = gemv_function(module, lanes=lanes_arg, skip_zeros=True)
+    for name, fn in (("dense", plain), ("listed", listed)):
+        fn.linkage = "external"
+        fn.name = name
+    gemm = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64]), "g")
+    builder = ir.IRBuilder(gemm.append_basic_block("entry"))
+    emit_gemm(builder, *gemm.args[:3], 1, gemm.args[4], gemm.args[5], lanes=lanes_arg)
+    builder.ret_void()
+    jit = JitModule(module)
+    dense, skipping = (GEMV_PROTO(jit.address(name)) for name in ("dense", "listed"))
+    row_gemm = PROTO(jit.address("g"))
+    rng = np.random.default_rng(21)
+    wide = 2 * GEMV_GROUP * lanes + 5 * lanes + 7
+    runs = 0
+    for ncols, k in [(1, 1), (5, 37), (lanes, 3), (4 * lanes + 3, 100), (wide, KC + 77),
+                     (GEMV_GROUP * lanes, 2 * KC + 5)]:
+        # the k block the GEMM would use for this constant k (runtime k: KC)
+        kc = gemv_k_block(k, lanes=lanes)
+        ldb = ncols + 3
+        b = rng.standard_normal((k, ldb)).astype(np.float32)
+        for pattern in ("mostly_zero", "zero", "negative_zero", "block", "nan"):
+            a = _sparse((1, k), pattern if pattern in ("mostly_zero", "zero", "negative_zero")
+                        else "mostly_zero", rng)
+            if pattern == "block":
+                a[0, : min(k, kc + 3)] = 0.0              # a whole k block of zeros
+            if pattern == "nan":
+                a[0, k // 2] = np.nan
+            got, want = (np.full(ncols + 1, 7.0, np.float32) for _ in range(2))
+            skipping(a.ctypes.data, b.ctypes.data, got.ctypes.data, ncols, k, ldb, kc)
+            dense(a.ctypes.data, b.ctypes.data, want.ctypes.data, ncols, k, ldb, kc)
+            where = f"lanes={lanes} ncols={ncols} k={k} {pattern}"
+            assert got[ncols] == 7.0 and want[ncols] == 7.0, where   # nothing past the row
+            np.testing.assert_array_equal(got, want, err_msg=where)
+            with np.errstate(invalid="ignore"):
+                ref = (a.astype(np.float64) @ b[:, :ncols])[0]
+            np.testing.assert_allclose(got[:ncols], ref, rtol=1e-4, atol=1e-4, err_msg=where)
+            if kc == KC or k <= KC:
+                # a runtime-k GEMM blocks k by KC: for those k the GEMM's row is this row
+                bc = np.ascontiguousarray(b[:, :ncols])
+                row = np.empty(ncols, np.float32)
+                row_gemm(a.ctypes.data, bc.ctypes.data, row.ctypes.data, 1, ncols, k)
+                np.testing.assert_array_equal(got[:ncols], row, err_msg=where)
+            runs += 1
+    assert runs == 30
+
+
 @pytest.mark.parametrize("b_finite", [False, True])
 def test_zero_skipping_never_skips_a_nan(b_finite):
     nr = tile_shape(HOST_LANES)[1] * HOST_LANES
