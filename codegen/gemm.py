@@ -663,6 +663,23 @@ def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.F
     return _pack_elements(n, k, trans_b, L, nr), 0
 
 
+def _zero_skip_layout(dtype=ir.FloatType(), lanes=None) -> tuple[int, int, int]:
+    """Byte offsets (counts, flags, end) of skip_zeros' buffers in a caller's list scratch
+    (`list_scratch_ptr` of emit_gemm): the i16 step lists of an m block's full row tiles first,
+    then their i64 counts, then the i8 inf-or-NaN flags of a k block's rows of op(B); each part
+    starts 64-byte aligned."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    capacity = MC // tile_shape(L, _dtype_bits(dtype))[0]
+    counts = _round_up(capacity * KC * 2, 64)
+    flags = counts + _round_up(capacity * 8, 64)
+    return counts, flags, flags + _round_up(KC, 64)
+
+
+def zero_skip_scratch_bytes(dtype=ir.FloatType(), lanes=None) -> int:
+    """Bytes of the list scratch a caller gives emit_gemm with skip_zeros (`list_scratch_ptr`)."""
+    return _zero_skip_layout(dtype, lanes)[2]
+
+
 def _pack_elements(n, k, trans_b: bool, L: int, nr: int) -> int:
     """Scratch elements the op(B) panels of emit_gemm's main path fill (see its `b_panel`): every
     panel with trans_b, only the column tail (one vector per runtime-n step) without it."""
@@ -699,7 +716,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
               then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False,
-              b_finite: bool = False) -> None:
+              b_finite: bool = False, list_scratch_ptr=None) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -742,7 +759,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     A step whose row of op(B) holds an inf or NaN is always listed (`_nonfinite_steps`, one pass
     over op(B) per k block), so 0 * inf is NaN as in the dense product: results are the same bit for
     bit (but for the sign of a zero sum).  `b_finite`: op(B) is known to hold no inf or NaN (a
-    predict's weights), so that pass is left out.
+    predict's weights), so that pass is left out.  The lists live on the stack, or in
+    `list_scratch_ptr` (zero_skip_scratch_bytes of the caller's memory, 64-byte aligned) when given.
 
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
@@ -782,10 +800,14 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
     mr_main = tile_rows(nv, registers)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
+    list_offsets = _zero_skip_layout(dtype, L)
 
     def nonfinite_steps(pc, kcur):
         """Which rows of the op(B) block [pc:pc+kcur] hold an inf or NaN (see `skip_zeros`)."""
-        flags = _function_scratch(builder, I8, KC, purpose="zero_skip_nonfinite")
+        if list_scratch_ptr is not None:
+            flags = _gep(builder, list_scratch_ptr, list_offsets[1], I8)
+        else:
+            flags = _function_scratch(builder, I8, KC, purpose="zero_skip_nonfinite")
         if b_finite:
             memset = module.declare_intrinsic("llvm.memset", [ir.PointerType(), I64])
             builder.call(memset, [flags, ir.Constant(I8, 0), i64(kcur), ir.Constant(I1, 0)])
@@ -797,8 +819,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     def zero_skip_lists(a_block, mcur, kcur, nonfinite):
         """(steps, counts) of every full row tile of the m block (see `skip_zeros`)."""
         capacity = MC // mr_main
-        steps = _function_scratch(builder, I16, capacity * KC, purpose="zero_skip")
-        counts = _function_scratch(builder, I64, capacity, purpose="zero_skip_count")
+        if list_scratch_ptr is not None:
+            steps = list_scratch_ptr
+            counts = _gep(builder, list_scratch_ptr, list_offsets[0], I8)
+        else:
+            steps = _function_scratch(builder, I16, capacity * KC, purpose="zero_skip")
+            counts = _function_scratch(builder, I64, capacity, purpose="zero_skip_count")
         fn = _zero_skip_list(vec, mr_main)
         with for_range(builder, 0, _round_down(builder, mcur, mr_main), mr_main, name="zl") as row:
             tile = builder.udiv(i64(row), i64(mr_main))

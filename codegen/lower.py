@@ -699,7 +699,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
     the k steps where a row tile of op(A) is zero (SKIP_ZEROS), and with `skip_finite` (op(B) known
     to hold no inf or NaN) does so without scanning op(B).  Returns (function, runtime args)."""
-    from .gemm import caller_scratch_elements, emit_gemm
+    from .gemm import caller_scratch_elements, emit_gemm, zero_skip_scratch_bytes
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
     desc = "x".join("r" if d is None else str(d) for d in static)
@@ -707,11 +707,10 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     if then_read:
         desc += f".pf{then_read}"
-    skip_zeros = (SKIP_ZEROS or skip_finite) and not scratch
-    b_finite = skip_finite and not scratch
+    skip_zeros = (SKIP_ZEROS and not scratch) or skip_finite
     if scratch:
         desc += ".ws"
-    elif b_finite:
+    if skip_finite:
         desc += ".nzf"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
@@ -740,16 +739,22 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
                                                dtype=dtype)
         itemsize = 8 if isinstance(dtype, ir.DoubleType) else 4
         pack_bytes = -(-pack * itemsize // 64) * 64
+        narrow_bytes = -(-narrow * itemsize // 64) * 64
         scratch_ptrs = {"scratch_ptr": fn.args[-1],
                         "narrow_scratch_ptr": builder.gep(fn.args[-1], [c64(pack_bytes)],
                                                           source_etype=I8)}
+        total = pack_bytes + narrow_bytes
+        if skip_finite:
+            # the step lists after both, so that the stack stays small (SKIP_ZEROS, whose lists
+            # live on the stack, is JIT code's only)
+            scratch_ptrs["list_scratch_ptr"] = builder.gep(fn.args[-1], [c64(total)],
+                                                           source_etype=I8)
+            total += zero_skip_scratch_bytes(dtype)
         record = WORKSPACE_SCRATCH.setdefault(module, {"bytes": 0})
-        record["bytes"] = max(record["bytes"], pack_bytes + narrow * itemsize)
-    # Zero skipping needs two stack buffers (its step lists): JIT code only, whose threads have
-    # large stacks; code with workspace scratch (exported predictors) keeps its stack small.
+        record["bytes"] = max(record["bytes"], total)
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
-              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros, b_finite=b_finite,
+              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros, b_finite=skip_finite,
               **scratch_ptrs)
     builder.ret_void()
     return fn, runtime

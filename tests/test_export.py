@@ -298,6 +298,37 @@ def test_zero_inputs_skip_finite_weight_rows_only(exported, tmp_path):
     assert np.isnan(load_predictor(str(tmp_path / "inf")).predict(x[:1])).all()
 
 
+def test_a_large_batch_skips_zero_steps_against_finite_weights_only(tmp_path):
+    """From BATCH_ROWS_MIN rows the products run in blocks of whole rows, which skip the k steps
+    where a row tile of the input is zero when the weight is finite (its lists in the caller's
+    workspace, not on the stack): the reference's values, NaN where an input is NaN, and with an
+    inf weight facing zeros the NaN of 0 * inf."""
+    from codegen.lower import BATCH_ROWS_MIN
+    x_in = B.arg("x", "f32", (None, 300))
+    w1, b1 = B.arg("w1", "f32", (300, 160)), B.arg("b1", "f32", (160,))
+    w2 = B.arg("w2", "f32", (160, 10))
+    h = B.relu(B.add(B.matmul(x_in, w1), b1))
+    graph = ir.Graph("predict", [x_in, w1, b1, w2], [("y", B.matmul(h, w2))])
+    rng = np.random.default_rng(10)
+    params = {"w1": rng.normal(0, 0.1, (300, 160)).astype(np.float32),
+              "b1": rng.normal(0, 0.1, 160).astype(np.float32),
+              "w2": rng.normal(0, 0.2, (160, 10)).astype(np.float32)}
+    rows = BATCH_ROWS_MIN + 88
+    x = rng.random((rows, 300), dtype=np.float32)
+    x[:, :100] = 0.0                                  # zero steps for every row tile
+    x[x < 0.6] = 0.0
+    x[17, 250] = np.nan
+    export_predictor(graph, params, str(tmp_path / "finite"), version="test")
+    got = load_predictor(str(tmp_path / "finite")).predict(x)
+    want = ir.run(graph, dict(params, x=x))["y"]
+    assert np.isnan(got[17]).all() and not np.isnan(np.delete(got, 17, axis=0)).any()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    bad = dict(params, w1=params["w1"].copy())
+    bad["w1"][7, 3] = np.inf                          # input 7: zero in every row
+    export_predictor(graph, bad, str(tmp_path / "inf"), version="test")
+    assert np.isnan(load_predictor(str(tmp_path / "inf")).predict(x)).all()
+
+
 def test_a_failed_re_export_leaves_the_existing_export_as_it_was(tmp_path, monkeypatch):
     """Linking fails while re-exporting another model into an export directory: every file stays
     byte for byte the old model's (the new object file is not left beside the old header and
