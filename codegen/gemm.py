@@ -1092,9 +1092,6 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     mask = vec.lane_mask(bld, ncols_last) if masked else None
     c_ptrs = [_gep(bld, c, v * L, T) for v in range(nvec)]
 
-    def last(v):
-        return masked and v == nvec - 1
-
     with for_range(bld, 0, k, kc, name="pc") as pc:
         kend = smin(bld, bld.add(pc, kc), k)
         head = bld.block
@@ -1110,29 +1107,43 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
             phi.add_incoming(vec.zero, head)
             accs.append(phi)
         a_p = bld.load(_gep(bld, a, p, T), typ=T, align=4)
-        row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
-        a_splat = vec.splat(bld, a_p)
-        new = []
-        for v in range(nvec):
-            ptr_v = _gep(bld, row, v * L, T)
-            b_vec = vec.masked_load(bld, ptr_v, mask) if last(v) else vec.load(bld, ptr_v)
-            new.append(vec.fma(bld, a_splat, b_vec, accs[v]))
+        new = _gemv_row_fmas(bld, vec, a_p, _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T),
+                             accs, mask)
         p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
         p.add_incoming(p_next, bld.block)
         for v in range(nvec):
             accs[v].add_incoming(new[v], bld.block)
         bld.cbranch(bld.icmp_signed("<", p_next, kend), body, done)
         bld.position_at_end(done)
-        first = bld.icmp_signed("==", pc, i64(0))
-        for v in range(nvec):
-            old = vec.masked_load(bld, c_ptrs[v], mask) if last(v) else vec.load(bld, c_ptrs[v])
-            value = bld.select(first, new[v], bld.fadd(new[v], old))
-            if last(v):
-                vec.masked_store(bld, value, c_ptrs[v], mask)
-            else:
-                vec.store(bld, value, c_ptrs[v])
+        _gemv_store(bld, vec, c_ptrs, new, bld.icmp_signed("==", pc, i64(0)), mask)
     bld.ret_void()
     return fn
+
+
+def _gemv_row_fmas(bld, vec: _Vec, a_value, row, accs, mask):
+    """accs[v] + a_value * row[v*L:(v+1)*L] by FMA for every vector v of one row of B (the last
+    vector masked when `mask` is given): a step of the GEMV passes."""
+    a_splat = vec.splat(bld, a_value)
+    new = []
+    for v, acc in enumerate(accs):
+        ptr_v = _gep(bld, row, v * vec.lanes, vec.dtype)
+        masked = mask is not None and v == len(accs) - 1
+        b_vec = vec.masked_load(bld, ptr_v, mask) if masked else vec.load(bld, ptr_v)
+        new.append(vec.fma(bld, a_splat, b_vec, acc))
+    return new
+
+
+def _gemv_store(bld, vec: _Vec, c_ptrs, sums, first, mask) -> None:
+    """c = sums where `first` (the first k block) else c + sums, the GEMM's way of adding k
+    blocks (the last vector masked when `mask` is given)."""
+    for v, (ptr, total) in enumerate(zip(c_ptrs, sums)):
+        masked = mask is not None and v == len(sums) - 1
+        old = vec.masked_load(bld, ptr, mask) if masked else vec.load(bld, ptr)
+        value = bld.select(first, total, bld.fadd(total, old))
+        if masked:
+            vec.masked_store(bld, value, ptr, mask)
+        else:
+            vec.store(bld, value, ptr)
 
 
 def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
@@ -1154,9 +1165,6 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
     mask = vec.lane_mask(bld, ncols_last) if masked else None
     c_ptrs = [_gep(bld, c, v * L, T) for v in range(nvec)]
 
-    def last(v):
-        return masked and v == nvec - 1
-
     head = bld.block
     body = bld.append_basic_block("i.body")
     done = bld.append_basic_block("i.done")
@@ -1170,13 +1178,8 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
         phi.add_incoming(vec.zero, head)
         accs.append(phi)
     p = bld.zext(bld.load(_gep(bld, steps, i, I32), typ=I32, align=4), I64)
-    a_splat = vec.splat(bld, bld.load(_gep(bld, a, p, T), typ=T, align=4))
-    row = _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T)
-    new = []
-    for v in range(nvec):
-        ptr_v = _gep(bld, row, v * L, T)
-        b_vec = vec.masked_load(bld, ptr_v, mask) if last(v) else vec.load(bld, ptr_v)
-        new.append(vec.fma(bld, a_splat, b_vec, accs[v]))
+    new = _gemv_row_fmas(bld, vec, bld.load(_gep(bld, a, p, T), typ=T, align=4),
+                         _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T), accs, mask)
     i_next = bld.add(i, i64(1), flags=("nsw", "nuw"))
     i.add_incoming(i_next, body)
     for v in range(nvec):
@@ -1189,13 +1192,7 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
         phi.add_incoming(vec.zero, head)
         phi.add_incoming(new[v], body)
         sums.append(phi)
-    for v in range(nvec):
-        old = vec.masked_load(bld, c_ptrs[v], mask) if last(v) else vec.load(bld, c_ptrs[v])
-        value = bld.select(first, sums[v], bld.fadd(sums[v], old))
-        if last(v):
-            vec.masked_store(bld, value, c_ptrs[v], mask)
-        else:
-            vec.store(bld, value, c_ptrs[v])
+    _gemv_store(bld, vec, c_ptrs, sums, first, mask)
     bld.ret_void()
     return fn
 
