@@ -70,6 +70,12 @@ class CompiledRunner:
         """The graph the code was compiled from, after the passes."""
         return self.compiled.optimized
 
+    def clone(self) -> "CompiledRunner":
+        """A runner of the same code and state (the weights: the same arrays), with bindings,
+        outputs and workspace of its own: for a call made while this runner is in the middle of
+        a loop of calls (a callback's predict during a predict)."""
+        return CompiledRunner(None, self.state, compiled=self.compiled)
+
     @staticmethod
     def _check(name, array, ttype, batch, strict=False):
         if not isinstance(array, np.ndarray) or array.dtype != np.dtype(np_dtype(ttype.dtype)) \

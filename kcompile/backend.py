@@ -29,6 +29,10 @@ class ReferenceRunner:
         self._epoch_bound: dict = {}
         self._last: dict = {}
 
+    def clone(self) -> "ReferenceRunner":
+        """As codegen.runtime.CompiledRunner.clone."""
+        return ReferenceRunner(self.graph, self.state)
+
     def run(self, feeds: dict) -> dict:
         inputs = {name: self.state[name] for name in self.graph.input_names if name in self.state}
         inputs.update(feeds)

@@ -554,7 +554,7 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
 
 class _Program:
     __slots__ = ("_graph", "runner", "readouts", "metric_names", "sum_names", "vector_sums",
-                 "row_shape", "input_types", "output_types", "finite")
+                 "row_shape", "input_types", "output_types", "finite", "_nested")
 
     def __init__(self, graph, runner, readouts=(), signature=None):
         """`graph`: the traced graph, or a function that traces it, called when something asks for
@@ -562,6 +562,7 @@ class _Program:
         name -> type, output name -> type) of the traced graph, read from `graph` when not given."""
         self._graph = graph
         self.runner = runner
+        self._nested = {}
         self.finite = (-1, False)   # (codegen.buffers.writes() when checked, weights all finite)
         if signature is None:
             signature = ({n.attr("name"): n.type for n in graph.inputs},
@@ -581,6 +582,18 @@ class _Program:
         if not isinstance(self._graph, ir.Graph):
             self._graph = self._graph()
         return self._graph
+
+    def runner_at(self, depth: int):
+        """The runner for a call `depth` levels deep in the model's calls (see
+        _one_call_at_a_time): the program's own at the top, a clone of it for each deeper level,
+        so that a callback's predict (or evaluate, fit...) inside a loop of calls leaves that
+        loop's bindings and outputs alone."""
+        if depth <= 1:
+            return self.runner
+        runner = self._nested.get(depth)
+        if runner is None:
+            runner = self._nested[depth] = self.runner.clone()
+        return runner
 
 
 class _Totals:
@@ -722,7 +735,14 @@ def _one_call_at_a_time(method):
                 if owner is None or owner[0] != _FORKS[0]:
                     owner = self.__dict__["_call_lock"] = (_FORKS[0], threading.RLock())
         with owner[1]:
-            return method(self, *args, **kwargs)
+            # (the depth of this call in the model's calls: a callback's call runs one deeper,
+            # on runners of its own, see _Program.runner_at)
+            depth = self.__dict__.get("_call_depth", 0)
+            self.__dict__["_call_depth"] = depth + 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.__dict__["_call_depth"] = depth
     return serialized
 
 
@@ -1413,7 +1433,7 @@ class Trainer:
         # NOTE: one native call per step does everything per step: gathers the batch through the
         # epoch's order, bumps the dropout seed, adds the loss and metric sums (codegen/step.py).
         seed = np.full((), next_seed() & 0xFFFFFFFF, np.uint32)
-        runner = program.runner
+        runner = self._runner(program)
         feeds = {"x": x, "y": y, "seed": seed}
         if sample_weight is not None:
             feeds["sample_weight"] = sample_weight
@@ -1463,7 +1483,7 @@ class Trainer:
             if weighted:
                 feeds["sample_weight"] = sample_weight
             seed[...] = (seed_base + step) & 0xFFFFFFFF
-            runner = program.runner
+            runner = self._runner(program)
             runner.bind(feeds)
             runner.call(len(x), 0)
             totals.add(runner.output, len(x))
@@ -1499,7 +1519,7 @@ class Trainer:
         feeds, spec, loss, rows = self._batch_inputs(x, y, sample_weight, class_weight)
         program = self._program("train", spec, loss, "sample_weight" in feeds)
         feeds["seed"] = np.asarray(next_seed() & 0xFFFFFFFF, np.uint32)
-        runner = program.runner
+        runner = self._runner(program)
         runner.bind(feeds)
         runner.call(rows, 0)
         totals = _Totals(program)
@@ -1514,7 +1534,7 @@ class Trainer:
         self._assert_compiled("test_on_batch")
         feeds, spec, loss, rows = self._batch_inputs(x, y, sample_weight, None)
         program = self._program("eval", spec, loss, "sample_weight" in feeds)
-        runner = program.runner
+        runner = self._runner(program)
         runner.bind(feeds)
         runner.call(rows, 0)
         totals = _Totals(program)
@@ -1535,9 +1555,13 @@ class Trainer:
         if program is None or x.shape[1:] != program.row_shape or not self._weights_finite(program):
             return None
         self._check_embedding_ids(x, "x")
-        runner = program.runner
+        runner = self._runner(program)
         runner.call_on("x", x)
         return runner.output("y_pred", len(x)).copy()
+
+    def _runner(self, program: _Program):
+        """The runner of `program` for the call in progress (see _Program.runner_at)."""
+        return program.runner_at(self.__dict__.get("_call_depth", 0))
 
     def _predict_program(self) -> _Program:
         """The predict program for the weights as they are now (see _trace and _weights_finite)."""
@@ -1562,14 +1586,14 @@ class Trainer:
     @_one_call_at_a_time
     def predict_on_batch(self, x):
         """The model's outputs for x, in one call."""
-        out = self._predict_fast(x, len(x) if hasattr(x, "__len__") else 0)
+        out = self._predict_fast(x, len(x) if getattr(x, "ndim", 1) and hasattr(x, "__len__") else 0)
         if out is not None:
             return out
         x = numeric_array(self._one_input(x), "x")
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
-        runner = self._predict_program().runner
+        runner = self._runner(self._predict_program())
         runner.bind({"x": x})
         runner.call(len(x), 0)
         return np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)
@@ -1617,7 +1641,7 @@ class Trainer:
         steps = -(-n // batch_size)
         if max_steps is not None:
             steps = min(steps, max_steps)
-        runner = program.runner
+        runner = self._runner(program)
         totals = _Totals(program)
         hooks = _BatchHooks(callback_list, "on_test_batch_begin", "on_test_batch_end")
         self.stop_evaluating = False   # (a callback may set it, as in Keras 3)
@@ -1666,7 +1690,7 @@ class Trainer:
             feeds = {"x": x, "y": y}
             if weighted:
                 feeds["sample_weight"] = sample_weight
-            runner = program.runner
+            runner = self._runner(program)
             runner.bind(feeds)
             runner.call(len(x), 0)
             totals.add(runner.output, len(x))
@@ -1714,10 +1738,11 @@ class Trainer:
         outputs = np.empty((n,) + tuple(self.output_shape[1:]), np.float32)
         callback_list = _make_callbacks(self, callbacks, verbose, 1, steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
-        runner = program.runner
+        runner = self._runner(program)
         in_place = _fed_as_is(x)
         if in_place:
             runner.bind({"x": x})
+        writes = buffers.writes()
         self.stop_predicting = False   # (a callback may set it, as in Keras 3)
         callback_list.on_predict_begin()
         for step in range(steps):
@@ -1725,6 +1750,13 @@ class Trainer:
             stop = min(start + batch_size, n)
             if hooks.begin:
                 hooks.call_begin(step)
+            if buffers.writes() != writes:
+                # a callback changed the weights: the program for them (one with weights marked
+                # finite skips rows that an inf or NaN would have made NaN)
+                program, writes = self._predict_program(), buffers.writes()
+                runner = self._runner(program)
+                if in_place:
+                    runner.bind({"x": x})
             if in_place:
                 runner.call(stop - start, start)
             else:
@@ -1746,7 +1778,7 @@ class Trainer:
     def _predict_stream(self, stream, verbose, callbacks):
         first = data_adapters.unpack_batch(stream.peek(), "x")[0]
         self._ensure_built(self._check_inputs(numeric_array(self._one_input(first), "x (a batch)"), "x (a batch)"))
-        runner = self._predict_program().runner
+        runner, writes = self._runner(self._predict_program()), buffers.writes()
         callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
         last_step = stream.steps - 1 if stream.steps else -1
@@ -1760,6 +1792,8 @@ class Trainer:
                               "x (a batch)")
             self._check_inputs(x, "x (a batch)")
             x = _float_array(x)
+            if buffers.writes() != writes:   # (a callback changed the weights: see predict)
+                runner, writes = self._runner(self._predict_program()), buffers.writes()
             runner.bind({"x": x})
             runner.call(len(x), 0)
             batch_out = np.array(runner.output("y_pred", len(x)), dtype=np.float32, copy=True)

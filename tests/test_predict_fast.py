@@ -102,3 +102,75 @@ def test_predict_from_several_python_threads_gives_each_its_own_rows(target):
     for thread in threads:
         thread.join()
     assert len(errors) == 80 and max(errors) == 0.0
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+@pytest.mark.parametrize("inner", ["fast", "general"])
+def test_a_callbacks_predict_on_the_same_model_leaves_the_outer_predict_whole(target, inner):
+    """A callback that predicts with the model (one float32 row: the short path; a float64 row:
+    the general one) runs on runners of its own: the outer predict's bound rows and outputs stay
+    its own, as in Keras."""
+    from kcompile.callbacks import Callback
+    model = make(target)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 4, 5)).astype(np.float32)
+    row = rng.standard_normal((1, 4, 5)).astype(np.float32 if inner == "fast" else np.float64)
+    seen = []
+
+    class Peek(Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            seen.append(self.model.predict(row, verbose=0))
+
+    out = model.predict(x, batch_size=4, verbose=0, callbacks=[Peek()])
+    np.testing.assert_array_equal(out, model.predict(x, batch_size=4, verbose=0))
+    assert len(seen) == 3
+    for inner_out in seen:
+        np.testing.assert_array_equal(inner_out, model.predict(row, verbose=0))
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_a_callbacks_evaluate_inside_evaluate_leaves_the_outer_one_whole(target):
+    from kcompile.callbacks import Callback
+    model = make(target)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((12, 4, 5)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 12)]
+
+    class Nested(Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            self.model.evaluate(x[:2], y[:2], verbose=0)
+
+    expected = model.evaluate(x, y, batch_size=4, verbose=0)
+    assert model.evaluate(x, y, batch_size=4, verbose=0, callbacks=[Nested()]) == expected
+
+
+def test_weights_made_nan_during_a_predict_reach_its_later_batches():
+    """The program with weights marked finite skips the weight rows of zero inputs; weights that a
+    callback sets to NaN mid-predict must switch the later batches to the unmarked program."""
+    from kcompile.callbacks import Callback
+    model = Sequential([Input(shape=(20,)), Dense(16, activation="relu"), Dense(3)])
+    model.compile(optimizer="adam", loss="mse", target="llvm")
+    weights = model.get_weights()
+    bad = [w.copy() for w in weights]
+    bad[0][5, 0] = np.nan                               # the row of input 5, always zero below
+
+    class SetNaN(Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            if batch == 0:
+                self.model.set_weights(bad)
+
+    x = np.zeros((3, 20), np.float32)
+    x[:, 0] = 1.0
+    for batch_size in (1, 2):
+        model.set_weights(weights)
+        out = model.predict(x, batch_size=batch_size, verbose=0, callbacks=[SetNaN()])
+        assert not np.isnan(out[:batch_size]).any()
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(out[batch_size:], model.predict(x[batch_size:], verbose=0))
+        assert np.isnan(out[batch_size:]).any()
+
+
+def test_predict_on_batch_of_a_scalar_array_says_so(models):
+    compiled, _ = models
+    with pytest.raises(ValueError, match="scalar"):
+        compiled.predict_on_batch(np.array(1.0, np.float32))
