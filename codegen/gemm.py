@@ -330,7 +330,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
             bld.call(vec.prefetch, [address, ir.Constant(I32, 0), ir.Constant(I32, 2),
                                     ir.Constant(I32, 1)])
 
-    if prefetch:
+    if prefetch and not listed:
         prefetch_line(bld, p)
     p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
     p.add_incoming(p_next, body)
@@ -350,15 +350,15 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
             row.append(phi)
         results.append(row)
     if listed and prefetch:
-        # the lines of the skipped steps: k (listed) to steps_total
+        # every line, after the loop (prefetches in the listed loop cost it registers)
         total = fn.args[-1]
         before = bld.block
         tail = fn.append_basic_block("pf.tail")
         tail_done = fn.append_basic_block("pf.done")
-        bld.cbranch(bld.icmp_signed("<", k, total), tail, tail_done)
+        bld.cbranch(bld.icmp_signed("<", i64(0), total), tail, tail_done)
         bld.position_at_end(tail)
         line = bld.phi(I64, name="line")
-        line.add_incoming(k, before)
+        line.add_incoming(i64(0), before)
         prefetch_line(bld, line)
         line_next = bld.add(line, i64(1), flags=("nsw", "nuw"))
         line.add_incoming(line_next, tail)
@@ -456,57 +456,58 @@ def _zero_skip_list(vec: _Vec, rows: int):
 def _nonfinite_steps(vec: _Vec, trans_b: bool):
     """void flags(b, ldb, k, n, out): out[p] (i8) = whether row p < k of op(B) (its n columns; B
     stored (k, n), or (n, k) with trans_b, rows `ldb` apart) holds an inf or NaN.  A zero of A facing
-    one must not be skipped (0 * inf is NaN), so `_zero_skip_list` lists those steps too; one pass
-    over the operand per k block, which LLVM vectorizes (exponent bits all ones)."""
-    module, T = vec.module, vec.dtype
+    one must not be skipped (0 * inf is NaN), so `_zero_skip_list` lists those steps too.  One pass
+    over the operand per k block, in vectors: the largest of each lane's exponent bits (an unsigned
+    max, no compare in the loop) is all ones exactly when one of its values is an inf or NaN; tails
+    masked; `out` must have room for k rounded up to the lanes.
+    NOTE: LLVM left the first, scalar version of this loop (an i8 OR per element) scalar: for dW1's
+    row blocks it cost more than zero skipping saved (W1's step, one thread, in-process A/B)."""
+    module, T, L = vec.module, vec.dtype, vec.lanes
     ptr = ir.PointerType()
-    name = f"{_KERNEL_PREFIX}.nonfinite_steps.{_type_tag(T)}{'.t' if trans_b else ''}"
+    name = f"{_KERNEL_PREFIX}.nonfinite_steps.{_type_tag(T)}x{L}{'.t' if trans_b else ''}"
     fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], ("b", "ldb", "k", "n", "out"),
                         noalias=(0, 4))
     if not new:
         return fn
     b, ldb, k, n, out = fn.args
     bits = ir.IntType(_dtype_bits(T))
-    exponent = ir.Constant(bits, ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32
-                                                                             else 52)) - 1))
+    int_vec = ir.VectorType(bits, L)
+    exponent = ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32 else 52)) - 1)
+    exponents = ir.Constant(int_vec, [exponent] * L)
+    umax = _intrinsic(module, f"llvm.umax.v{L}i{bits.width}", int_vec, [int_vec, int_vec])
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    acc = bld.alloca(int_vec, name="acc")     # (in the entry block: promoted to phis)
 
-    def nonfinite(value):
-        word = bld.bitcast(value, bits)
-        return bld.zext(bld.icmp_unsigned("==", bld.and_(word, exponent), exponent), I8)
+    def add(ptr, mask):
+        """acc = max(acc, exponent bits of the L values at ptr), masked lanes reading zero."""
+        value = vec.masked_load(bld, ptr, mask) if mask is not None else vec.load(bld, ptr)
+        bld.store(bld.call(umax, [bld.load(acc), bld.and_(bld.bitcast(value, int_vec), exponents)]),
+                  acc)
+
+    def flags():
+        return bld.icmp_unsigned("==", bld.load(acc), exponents)
 
     if trans_b:
-        # out[p] |= ... over the columns j, each a contiguous run of k values
-        with for_range(bld, 0, k, name="p") as p:
-            bld.store(ir.Constant(I8, 0), _gep(bld, out, p, I8), align=1)
-        with for_range(bld, 0, n, name="j") as j:
-            row = _gep(bld, b, bld.mul(j, ldb), T)
-            with for_range(bld, 0, k, name="q") as q:
-                slot = _gep(bld, out, q, I8)
-                flag = nonfinite(bld.load(_gep(bld, row, q, T), typ=T, align=4))
-                bld.store(bld.or_(bld.load(slot, typ=I8, align=1), flag), slot, align=1)
+        # out[q:q+L]: the stored rows j's values q..q+L (contiguous), masked at k
+        with for_range(bld, 0, k, L, name="q") as q:
+            mask = vec.lane_mask(bld, smin(bld, i64(L), bld.sub(k, q)))
+            bld.store(ir.Constant(int_vec, None), acc)
+            with for_range(bld, 0, n, name="j") as j:
+                add(_gep(bld, b, bld.add(bld.mul(j, ldb), q), T), mask)
+            bld.store(bld.zext(flags(), ir.VectorType(I8, L)), _gep(bld, out, q, I8), align=1)
     else:
+        whole = _round_down(bld, n, L)
+        tail_mask = vec.lane_mask(bld, bld.sub(n, whole))
         with for_range(bld, 0, k, name="p") as p:
             row = _gep(bld, b, bld.mul(p, ldb), T)
-            pre = bld.block
-            body = fn.append_basic_block("cols")
-            done = fn.append_basic_block("cols.done")
-            bld.cbranch(bld.icmp_signed(">", n, i64(0)), body, done)
-            bld.position_at_end(body)
-            j = bld.phi(I64, name="j")
-            acc = bld.phi(I8, name="acc")
-            j.add_incoming(i64(0), pre)
-            acc.add_incoming(ir.Constant(I8, 0), pre)
-            acc_next = bld.or_(acc, nonfinite(bld.load(_gep(bld, row, j, T), typ=T, align=4)))
-            j_next = bld.add(j, i64(1), flags=("nsw", "nuw"))
-            j.add_incoming(j_next, body)
-            acc.add_incoming(acc_next, body)
-            bld.cbranch(bld.icmp_signed("<", j_next, n), body, done)
-            bld.position_at_end(done)
-            total = bld.phi(I8)
-            total.add_incoming(ir.Constant(I8, 0), pre)
-            total.add_incoming(acc_next, body)
-            bld.store(total, _gep(bld, out, p, I8), align=1)
+            bld.store(ir.Constant(int_vec, None), acc)
+            with for_range(bld, 0, whole, L, name="v") as index:
+                add(_gep(bld, row, index, T), None)
+            with bld.if_then(bld.icmp_signed("<", whole, n)):
+                add(_gep(bld, row, whole, T), tail_mask)
+            any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags(), ir.IntType(L)),
+                                         ir.Constant(ir.IntType(L), 0))
+            bld.store(bld.zext(any_flag, I8), _gep(bld, out, p, I8), align=1)
     bld.ret_void()
     return fn
 

@@ -262,6 +262,39 @@ def test_zero_skipping_never_skips_a_nan(b_finite):
     assert (np.delete(c, 7, axis=0) == 0).all()
 
 
+@pytest.mark.parametrize("lanes", LANES)
+def test_the_scan_for_inf_and_nan_flags_exactly_the_rows_of_op_b_holding_one(lanes):
+    """_nonfinite_steps (skip_zeros' pass over op(B)), in both layouts, with column and k counts
+    that leave masked tails, and rows `ldb` apart, against numpy."""
+    from codegen.gemm import _nonfinite_steps, _Vec
+    module = ir.Module("test_scan")
+    vec = _Vec(module, ir.FloatType(), lanes)
+    for trans_b in (False, True):
+        fn = _nonfinite_steps(vec, trans_b)
+        fn.linkage, fn.name = "external", f"scan{int(trans_b)}"
+    jit = JitModule(module)
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                             ctypes.c_int64, ctypes.c_void_p)
+    rng = np.random.default_rng(13)
+    for k, n in [(1, 1), (3, lanes - 1), (lanes + 3, 2 * lanes + 5), (37, 70), (KC, 3)]:
+        op_b = rng.standard_normal((k, n)).astype(np.float32)
+        for special in (np.inf, -np.inf, np.nan):
+            p, j = rng.integers(0, k), rng.integers(0, n)
+            op_b[p, j] = special
+        op_b[k - 1, n - 1] = np.nan                      # in the last (tail) vector
+        op_b.view(np.uint32)[0, 0] = 0x7F7FFFFF          # the largest finite float: not flagged
+        want = ~np.isfinite(op_b).all(axis=1)
+        for trans_b in (False, True):
+            stored = op_b.T if trans_b else op_b
+            padded = np.full((stored.shape[0], stored.shape[1] + 3), np.nan, np.float32)
+            padded[:, :stored.shape[1]] = stored          # rows ldb apart, NaN past the row
+            out = np.full(-(-k // lanes) * lanes, 7, np.uint8)
+            proto(jit.address(f"scan{int(trans_b)}"))(padded.ctypes.data, padded.shape[1], k,
+                                                      n, out.ctypes.data)
+            np.testing.assert_array_equal(out[:k].astype(bool), want,
+                                          err_msg=f"lanes={lanes} k={k} n={n} trans_b={trans_b}")
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_zero_skipping_keeps_zero_times_inf_nan(layout):
     """A zero row tile of A facing an inf or NaN of B: the step is computed, as the dense product
