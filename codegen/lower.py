@@ -395,25 +395,43 @@ class Evaluator:
         self.builder.store(value, self.pointer(node, index), align=4 if node.type.itemsize >= 4 else 1)
 
     def value(self, node, index) -> ir.Value:
-        key = (node, tuple(id(i) for i in index))
-        hit = self.memo.get(key)
+        """The value of `node` at `index`, emitted once per (node, index).  NOTE: operands first,
+        from an explicit stack rather than by recursion: a chain of elementwise ops is as deep as
+        the graph (a gradient summed over the 628 steps of an unrolled RNN overflowed Python's
+        recursion limit)."""
+        ids = tuple(id(i) for i in index)
+        memo = self.memo
+        hit = memo.get((node, ids))
         if hit is not None:
             return hit
-        if is_free(node):
-            result = constant(node.dtype, node.attr("value"))
-        elif node not in self.members and self.emitter.has_buffer(node):
-            result = self.load(node, index)
-        else:
-            lowering = ops.get(node.op).lowering
-            if isinstance(lowering, Scalar):
-                args = [self.value(o, index) for o in node.operands]
-                result = lowering.fn(self.builder, node, args)
-            elif isinstance(lowering, Index):
-                result = lowering.fn(self, node, index)
+        stack = [node]
+        while stack:
+            current = stack[-1]
+            key = (current, ids)
+            if key in memo:
+                stack.pop()
+                continue
+            if is_free(current):
+                result = constant(current.dtype, current.attr("value"))
+            elif current not in self.members and self.emitter.has_buffer(current):
+                result = self.load(current, index)
             else:
-                raise AssertionError(f"{node.op} cannot be evaluated inline; it must be an anchor")
-        self.memo[key] = result
-        return result
+                lowering = ops.get(current.op).lowering
+                if isinstance(lowering, Scalar):
+                    pending = [o for o in current.operands if (o, ids) not in memo]
+                    if pending:
+                        stack.extend(reversed(pending))
+                        continue
+                    result = lowering.fn(self.builder, current,
+                                         [memo[(o, ids)] for o in current.operands])
+                elif isinstance(lowering, Index):
+                    result = lowering.fn(self, current, index)
+                else:
+                    raise AssertionError(f"{current.op} cannot be evaluated inline; it must be an "
+                                         "anchor")
+            memo[key] = result
+            stack.pop()
+        return memo[(node, ids)]
 
 
 # ----------------------------------------------------------------------------------------------

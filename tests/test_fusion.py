@@ -455,3 +455,22 @@ def test_a_matmul_over_the_batch_axis_is_refused_by_the_compiler_not_a_crash():
     for graph in (outer, contracted):
         with pytest.raises(NotImplementedError, match="matmul over the batch axis"):
             CompiledRunner(graph, {}, CompileOptions())
+
+
+def test_an_elementwise_chain_deeper_than_pythons_recursion_limit_compiles():
+    """A fused chain of 3000 elementwise ops (as a gradient summed over the steps of a long
+    unrolled RNN makes) is emitted from an explicit stack: it compiles, and gives the reference's
+    values."""
+    import sys
+    x = B.arg("x", "f32", (None, 8))
+    y = x
+    for i in range(1500):
+        y = B.add(B.mul(y, B.const(np.float32(0.999))), B.const(np.float32(0.001 * (i % 7))))
+    assert 3000 > sys.getrecursionlimit()
+    from codegen.compiler import CompileOptions
+    from codegen.runtime import CompiledRunner
+    graph = ir.Graph("deep", [x], [("y", y)])
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    xv = np.random.default_rng(0).random((3, 8), dtype=np.float32)
+    np.testing.assert_allclose(runner.run({"x": xv})["y"], ir.run(graph, {"x": xv})["y"],
+                               rtol=1e-5, atol=1e-6)
