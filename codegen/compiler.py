@@ -242,7 +242,7 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # (numpy's version: constant folding runs numpy's arithmetic)
     return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
             f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}",
-            f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL}"]
+            f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},{lowering.SKIP_ZEROS_ROWS}"]
 
 
 def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
@@ -322,7 +322,7 @@ def code_fingerprint() -> str:
 def source_key(entries, options, threading) -> str:
     """Everything a lowered module is a function of, as text; `entries` is [(name, fused, plan)]."""
     parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}",
-             f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL}"]
+             f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},{lowering.SKIP_ZEROS_ROWS}"]
     for name, fused, plan in entries:
         parts += [f"entry {name}", fused.text(), memory_text_of(plan, fused)]
     return "\n".join(parts)

@@ -599,14 +599,14 @@ def _matmul_kernel(emitter, node, members):
 
 
 def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=(),
-              skip_finite=False):
+              skip_finite=False, skip=False):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
-    i64 bytes) pairs; `skip_finite` as in gemm_function."""
+    i64 bytes) pairs; `skip_finite` and `skip` as in gemm_function."""
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
                                 len(then_read), scratch=scratch is not None,
-                                skip_finite=skip_finite)
+                                skip_finite=skip_finite, skip=skip)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
                  + ([scratch] if scratch is not None else []))
 
@@ -694,6 +694,13 @@ SKIP_ZEROS = False
 #: tiles: each block of rows computes every column, so one list serves all of C's column panels,
 #: and op(B) needs no scan for inf or NaN (emit_gemm's b_finite).
 SKIP_ZEROS_TALL = True
+#: Whether products with static rows (a dW = X^T dY, computed in row blocks of the weight, each
+#: fused with its optimizer update) skip the zero steps of their row tiles: the pixels a batch
+#: leaves at zero, the units relu and Dropout zeroed; op(B) (dY, a batch's rows) is scanned for
+#: inf and NaN per block, so the values are the dense product's.  Off: W1's step took 1.001 and
+#: 1.026 times as long with it on one thread and 0.998 on two (in-process A/B, throwaway
+#: /tmp/kc5/ab1.py): the block's Adam update, not its product, sets its time.
+SKIP_ZEROS_ROWS = False
 
 
 class _GemmScratch:
@@ -706,7 +713,7 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
-                  scratch=False, skip_finite=False):
+                  scratch=False, skip_finite=False, skip=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -715,8 +722,9 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     time); `lds` are static leading dimensions or None (dense); `then_read` counts the (pointer,
     bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  With `scratch` the function
     takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
-    the k steps where a row tile of op(A) is zero (SKIP_ZEROS), and with `skip_finite` (op(B) known
-    to hold no inf or NaN) does so without scanning op(B).  Returns (function, runtime args)."""
+    the k steps where a row tile of op(A) is zero (SKIP_ZEROS, or `skip` for this product), and
+    with `skip_finite` (op(B) known to hold no inf or NaN) does so without scanning op(B).  Returns
+    (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm, zero_skip_scratch_bytes
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
@@ -725,11 +733,13 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".ld" + "_".join("d" if ld is None else str(ld) for ld in lds)
     if then_read:
         desc += f".pf{then_read}"
-    skip_zeros = (SKIP_ZEROS and not scratch) or skip_finite
+    skip_zeros = ((SKIP_ZEROS or skip) and not scratch) or skip_finite
     if scratch:
         desc += ".ws"
     if skip_finite:
         desc += ".nzf"
+    elif skip and not SKIP_ZEROS and not scratch:
+        desc += ".nz"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -738,7 +748,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
-                                                  then_read, scratch, skip_finite)[0]), runtime
+                                                  then_read, scratch, skip_finite, skip)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
                                              + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"
@@ -1143,7 +1153,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     c_off = builder.mul(start, c64(n))
                     c_blk = c_ptr if scratch_floats else builder.gep(c_ptr, [c_off], source_etype=T)
                     call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds,
-                              block_rows(builder, chunk, start, size))
+                              block_rows(builder, chunk, start, size), skip=SKIP_ZEROS_ROWS)
                     ranges = {0: (start, size)}
                     if scratch_floats:
                         # the epilogue indexes dW by weight row: row `start` is the scratch's first
