@@ -476,40 +476,60 @@ def _nonfinite_steps(vec: _Vec, trans_b: bool):
     exponents = ir.Constant(int_vec, [exponent] * L)
     umax = _intrinsic(module, f"llvm.umax.v{L}i{bits.width}", int_vec, [int_vec, int_vec])
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
-    acc = bld.alloca(int_vec, name="acc")     # (in the entry block: promoted to phis)
+    none = ir.Constant(int_vec, None)
 
-    def add(ptr, mask):
-        """acc = max(acc, exponent bits of the L values at ptr), masked lanes reading zero."""
+    def add(acc, ptr, mask):
+        """max(acc, exponent bits of the L values at ptr), masked lanes reading zero."""
         value = vec.masked_load(bld, ptr, mask) if mask is not None else vec.load(bld, ptr)
-        bld.store(bld.call(umax, [bld.load(acc), bld.and_(bld.bitcast(value, int_vec), exponents)]),
-                  acc)
+        return bld.call(umax, [acc, bld.and_(bld.bitcast(value, int_vec), exponents)])
 
-    def flags():
-        return bld.icmp_unsigned("==", bld.load(acc), exponents)
-
+    # NOTE: the accumulators are phis (_carried_range), not a stack slot: the GEMM library is
+    # compiled without IR passes, so nothing would promote one (a store and reload per vector).
     if trans_b:
         # out[q:q+L]: the stored rows j's values q..q+L (contiguous), masked at k
         with for_range(bld, 0, k, L, name="q") as q:
             mask = vec.lane_mask(bld, smin(bld, i64(L), bld.sub(k, q)))
-            bld.store(ir.Constant(int_vec, None), acc)
-            with for_range(bld, 0, n, name="j") as j:
-                add(_gep(bld, b, bld.add(bld.mul(j, ldb), q), T), mask)
-            bld.store(bld.zext(flags(), ir.VectorType(I8, L)), _gep(bld, out, q, I8), align=1)
+            acc = _carried_range(bld, 0, n, 1, none, lambda j, acc: add(
+                acc, _gep(bld, b, bld.add(bld.mul(j, ldb), q), T), mask), name="j")
+            flags = bld.icmp_unsigned("==", acc, exponents)
+            bld.store(bld.zext(flags, ir.VectorType(I8, L)), _gep(bld, out, q, I8), align=1)
     else:
         whole = _round_down(bld, n, L)
-        tail_mask = vec.lane_mask(bld, bld.sub(n, whole))
+        tail_mask = vec.lane_mask(bld, bld.sub(n, whole))   # (all false when n is whole vectors)
         with for_range(bld, 0, k, name="p") as p:
             row = _gep(bld, b, bld.mul(p, ldb), T)
-            bld.store(ir.Constant(int_vec, None), acc)
-            with for_range(bld, 0, whole, L, name="v") as index:
-                add(_gep(bld, row, index, T), None)
-            with bld.if_then(bld.icmp_signed("<", whole, n)):
-                add(_gep(bld, row, whole, T), tail_mask)
-            any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags(), ir.IntType(L)),
+            acc = _carried_range(bld, 0, whole, L, none,
+                                 lambda index, acc: add(acc, _gep(bld, row, index, T), None), name="v")
+            acc = add(acc, _gep(bld, row, whole, T), tail_mask)
+            flags = bld.icmp_unsigned("==", acc, exponents)
+            any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags, ir.IntType(L)),
                                          ir.Constant(ir.IntType(L), 0))
             bld.store(bld.zext(any_flag, I8), _gep(bld, out, p, I8), align=1)
     bld.ret_void()
     return fn
+
+
+def _carried_range(bld: ir.IRBuilder, start, stop, step: int, init, update, name: str):
+    """acc = init; for i in range(start, stop, step): acc = update(i, acc); the final acc.  The
+    accumulator is a phi (for code compiled without IR passes, see _nonfinite_steps)."""
+    pre = bld.block
+    cond = bld.append_basic_block(f"{name}.cond")
+    body = bld.append_basic_block(f"{name}.body")
+    end = bld.append_basic_block(f"{name}.end")
+    bld.branch(cond)
+    bld.position_at_end(cond)
+    index = bld.phi(I64, name=name)
+    index.add_incoming(i64(start), pre)
+    acc = bld.phi(init.type, name=f"{name}.acc")
+    acc.add_incoming(init, pre)
+    bld.cbranch(bld.icmp_signed("<", index, i64(stop)), body, end)
+    bld.position_at_end(body)
+    new = update(index, acc)
+    index.add_incoming(bld.add(index, i64(step), flags=("nsw",)), bld.block)
+    acc.add_incoming(new, bld.block)
+    bld.branch(cond)
+    bld.position_at_end(end)
+    return acc
 
 
 # --------------------------------------------------------------------------------------------------

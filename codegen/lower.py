@@ -697,10 +697,12 @@ SKIP_ZEROS_TALL = True
 #: Whether products with static rows (a dW = X^T dY, computed in row blocks of the weight, each
 #: fused with its optimizer update) skip the zero steps of their row tiles: the pixels a batch
 #: leaves at zero, the units relu and Dropout zeroed; op(B) (dY, a batch's rows) is scanned for
-#: inf and NaN per block, so the values are the dense product's.  Off: W1's step took 1.001 and
-#: 1.026 times as long with it on one thread and 0.998 on two (in-process A/B, throwaway
-#: /tmp/kc5/ab1.py): the block's Adam update, not its product, sets its time.
-SKIP_ZEROS_ROWS = False
+#: inf and NaN per block, so the values are the dense product's (but for the sign of a zero sum).
+#: W1's step without it took 1.004-1.034 times as long on one thread and 1.023-1.101 on two
+#: (in-process A/B, five runs, throwaway /tmp/kc5/ab1.py); with the scan as a stack-slot loop
+#: (the GEMM library is compiled without IR passes) it had been no faster.  A product whose A has
+#: no zeros pays the listing and the scan of dY for nothing (about 2% of W1's step).
+SKIP_ZEROS_ROWS = True
 
 
 class _GemmScratch:
