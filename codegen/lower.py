@@ -32,7 +32,10 @@ computes a value from an index; `Kernel` lowerings emit an anchor's whole comput
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable
@@ -425,13 +428,41 @@ class Evaluator:
                     result = lowering.fn(self.builder, current,
                                          [memo[(o, ids)] for o in current.operands])
                 elif isinstance(lowering, Index):
-                    result = lowering.fn(self, current, index)
+                    # (an index op's lowering asks for its operands' values itself: a chain of
+                    # them recurses, with room beyond Python's default limit)
+                    with _recursion_room():
+                        result = lowering.fn(self, current, index)
                 else:
                     raise AssertionError(f"{current.op} cannot be evaluated inline; it must be an "
                                          "anchor")
             memo[key] = result
             stack.pop()
         return memo[(node, ids)]
+
+
+_ROOM_LOCK = threading.Lock()
+_ROOM = {"users": 0, "saved": 0}
+RECURSION_ROOM = 100_000
+
+
+@contextlib.contextmanager
+def _recursion_room():
+    """Python's recursion limit raised to RECURSION_ROOM while an index op's lowering runs
+    (Evaluator.value): its operands' values are computed by recursion, as deep as a chain of such
+    ops.  NOTE: Python-to-Python calls (3.11 on) keep their frames off the C stack, so the deeper
+    limit costs no C stack; the limit is restored when the last user leaves."""
+    with _ROOM_LOCK:
+        if _ROOM["users"] == 0:
+            _ROOM["saved"] = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_ROOM["saved"], RECURSION_ROOM))
+        _ROOM["users"] += 1
+    try:
+        yield
+    finally:
+        with _ROOM_LOCK:
+            _ROOM["users"] -= 1
+            if _ROOM["users"] == 0:
+                sys.setrecursionlimit(_ROOM["saved"])
 
 
 # ----------------------------------------------------------------------------------------------

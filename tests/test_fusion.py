@@ -474,3 +474,24 @@ def test_an_elementwise_chain_deeper_than_pythons_recursion_limit_compiles():
     xv = np.random.default_rng(0).random((3, 8), dtype=np.float32)
     np.testing.assert_allclose(runner.run({"x": xv})["y"], ir.run(graph, {"x": xv})["y"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_chain_through_index_ops_deeper_than_pythons_recursion_limit_compiles():
+    """Index ops (a reshape here) compute their operands' values by recursion: 600 of them in a
+    fused chain get the room they need (codegen.lower._recursion_room), and the limit is back to
+    what it was afterwards."""
+    import sys
+    from codegen.compiler import CompileOptions
+    from codegen.runtime import CompiledRunner
+    limit = sys.getrecursionlimit()
+    x = B.arg("x", "f32", (None, 16))
+    y = x
+    for i in range(600):
+        y = B.add(B.mul(y, B.const(np.float32(0.999))), B.const(np.float32(0.001 * (i % 7))))
+        y = B.reshape(y, (None, 4, 4) if i % 2 == 0 else (None, 16))
+    graph = ir.Graph("deep_index", [x], [("y", y)])
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    assert sys.getrecursionlimit() == limit
+    xv = np.random.default_rng(1).random((2, 16), dtype=np.float32)
+    np.testing.assert_allclose(runner.run({"x": xv})["y"], ir.run(graph, {"x": xv})["y"],
+                               rtol=1e-5, atol=1e-6)
