@@ -1100,7 +1100,8 @@ def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
     the sum so far (so a one-row product gives, bit for bit, the row a batch would).  With `masked`
     only the first `ncols_last` lanes of the last vector are read and written.  (Skipping the rows
     of B whose a[p] is zero: _gemv_listed_pass; fma(0, b, acc) is acc for every finite b, so the sums
-    are the same bit for bit when B holds no inf or NaN, the caller's condition.)"""
+    are the same bit for bit when B holds no inf or NaN, the caller's condition, but for the sign
+    of a zero sum: a skipped fma(0, b, -0.0) would have made it +0.0.)"""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}"
     ptr = ir.PointerType()
@@ -1249,7 +1250,9 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
     (see _gemv_pass).  The memory-bound product of a one-sample predict: passes of GEMV_GROUP
     vectors stream whole 1 KiB runs of each row of B, then 4- and 1-vector passes and a masked one
     take the rest of the columns.  `skip_zeros` (only for a B known to hold no inf or NaN): rows of
-    B whose entry of A is zero are not read, with the same sums: each k block first lists the steps
+    B whose entry of A is zero are not read, with the same sums (but for the sign of a zero sum,
+    see _gemv_pass; a batch's GEMM, which skips a step only for a whole tile of zero rows, may give
+    a zero row entry the other sign): each k block first lists the steps
     whose a[p] is not zero (_gemv_list_steps, branch-free), and every column pass runs over that
     list (_gemv_listed_pass).
     NOTE (one thread, W3's one-sample predict, interleaved processes): 50-53 us against 55-56 us

@@ -1,7 +1,8 @@
 """One-row products skip the rows of a finite weight whose input is zero (codegen.gemm's `.nz` GEMV),
 and a large predict's products the k steps where a row tile of its input is zero (`.nzf` GEMMs).
 
-fma(0, w, acc) is acc for every finite w, so skipping gives the same sums bit for bit; for a weight
+fma(0, w, acc) is acc for every finite w, so skipping gives the same sums bit for bit (but for the
+sign of a zero sum, which assert_array_equal does not see); for a weight
 that may hold inf or NaN (0 * inf is NaN) nothing is skipped.  A weight is known finite when it is a
 constant of finite values or an input marked finite=true (ir.known_finite); kcompile's predict program
 marks its weights and falls back to an unmarked program when a weight holds inf or NaN.
