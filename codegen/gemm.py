@@ -511,24 +511,16 @@ def _nonfinite_steps(vec: _Vec, trans_b: bool):
 
 def _carried_range(bld: ir.IRBuilder, start, stop, step: int, init, update, name: str):
     """acc = init; for i in range(start, stop, step): acc = update(i, acc); the final acc.  The
-    accumulator is a phi (for code compiled without IR passes, see _nonfinite_steps)."""
-    pre = bld.block
-    cond = bld.append_basic_block(f"{name}.cond")
-    body = bld.append_basic_block(f"{name}.body")
-    end = bld.append_basic_block(f"{name}.end")
-    bld.branch(cond)
-    bld.position_at_end(cond)
-    index = bld.phi(I64, name=name)
-    index.add_incoming(i64(start), pre)
-    acc = bld.phi(init.type, name=f"{name}.acc")
-    acc.add_incoming(init, pre)
-    bld.cbranch(bld.icmp_signed("<", index, i64(stop)), body, end)
-    bld.position_at_end(body)
-    new = update(index, acc)
-    index.add_incoming(bld.add(index, i64(step), flags=("nsw",)), bld.block)
-    acc.add_incoming(new, bld.block)
-    bld.branch(cond)
-    bld.position_at_end(end)
+    accumulator is a phi beside for_range's index (for code compiled without IR passes, see
+    _nonfinite_steps)."""
+    preheader = bld.block
+    with for_range(bld, start, stop, step, name=name) as index:
+        head = index.parent
+        acc = ir.IRBuilder(head)
+        acc.position_at_start(head)
+        acc = acc.phi(init.type, name=f"{name}.acc")
+        acc.add_incoming(init, preheader)
+        acc.add_incoming(update(index, acc), bld.block)
     return acc
 
 
