@@ -242,7 +242,13 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # (numpy's version: constant folding runs numpy's arithmetic)
     return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
             f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}",
-            f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},{lowering.SKIP_ZEROS_ROWS}"]
+            _skip_zeros_description()]
+
+
+def _skip_zeros_description() -> str:
+    """The lowering's zero-skipping switches, which change the code (part of both cache keys)."""
+    return (f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},"
+            f"{lowering.SKIP_ZEROS_ROWS}")
 
 
 def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
@@ -322,7 +328,7 @@ def code_fingerprint() -> str:
 def source_key(entries, options, threading) -> str:
     """Everything a lowered module is a function of, as text; `entries` is [(name, fused, plan)]."""
     parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}",
-             f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},{lowering.SKIP_ZEROS_ROWS}"]
+             _skip_zeros_description()]
     for name, fused, plan in entries:
         parts += [f"entry {name}", fused.text(), memory_text_of(plan, fused)]
     return "\n".join(parts)

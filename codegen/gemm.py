@@ -498,8 +498,8 @@ def _nonfinite_steps(vec: _Vec, trans_b: bool):
         tail_mask = vec.lane_mask(bld, bld.sub(n, whole))   # (all false when n is whole vectors)
         with for_range(bld, 0, k, name="p") as p:
             row = _gep(bld, b, bld.mul(p, ldb), T)
-            acc = _carried_range(bld, 0, whole, L, none,
-                                 lambda index, acc: add(acc, _gep(bld, row, index, T), None), name="v")
+            acc = _carried_range(bld, 0, whole, L, none, lambda index, acc: add(
+                acc, _gep(bld, row, index, T), None), name="v")
             acc = add(acc, _gep(bld, row, whole, T), tail_mask)
             flags = bld.icmp_unsigned("==", acc, exponents)
             any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags, ir.IntType(L)),

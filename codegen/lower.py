@@ -710,15 +710,14 @@ PLACEMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # GEMM functions, which record in "bytes" the most any of them uses.  The JIT's modules are not
 # in here: their code is unchanged.
 WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-#: Whether GEMMs of JIT code skip the k steps where a row tile of op(A) is all zero (emit_gemm's
-#: skip_zeros; steps whose row of op(B) holds inf or NaN are kept, so the values are the dense
-#: product's).  Off: in W1's training step it did not pay.  Alone, on real batches, it takes
-#: 0.70-0.75 of the time of dW1, dW2 and relu @ W2 (one thread, throwaway /tmp/kc6_nzbench3.py);
-#: but the compiler splits forward products into column blocks of 128, and each block lists its
-#: steps and scans its part of B again (X @ W1 in four blocks: 321 -> 410-445 us, throwaway
-#: /tmp/kc6_colblock.py), and a dW block's update waits on memory whatever the product saves (W1's
-#: step, one thread, kernel cycles with KCOMPILE_PROFILE: 3.69M without, 6.02M with, 4.17M with dW
-#: products only).  Sharing the lists between the column blocks of a product is the next step.
+#: Whether every GEMM of JIT code skips the k steps where a row tile of op(A) is all zero
+#: (emit_gemm's skip_zeros; steps whose row of op(B) holds inf or NaN are kept, so the values are
+#: the dense product's).  Off: the weight gradients do (SKIP_ZEROS_ROWS), and the other products of
+#: W1's step do not pay: the compiler splits them into column blocks of 128 for the threads, and
+#: each block lists its steps and scans its part of B again.  With it on top of SKIP_ZEROS_ROWS
+#: the step ran at 0.952 (two threads) and 0.982 (one) of the default's speed (in-process A/B,
+#: throwaway /tmp/kc5/ab1.py).  Sharing the lists between the column blocks of a product is the
+#: next step.
 SKIP_ZEROS = False
 #: Whether a tall product of batch rows (a large predict, _emit_batch_row_blocks) against a weight
 #: known finite (ir.known_finite: a predict program's weights) skips the zero steps of its row
@@ -815,8 +814,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         record["bytes"] = max(record["bytes"], total)
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
-              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros, b_finite=skip_finite,
-              **scratch_ptrs)
+              then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros,
+              b_finite=skip_finite, **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 
