@@ -340,13 +340,23 @@ def save_model(model, filepath, overwrite=True, zipped=None, include_optimizer=T
     _atomic_write(filepath, write, overwrite)
 
 
+#: The prefix of the optimizer's arrays in a weights file (save_weights): 'optimizer:' then the
+#: names of a model file's optimizer.npz ('optimizer/iterations', 'dense/kernel/m', ...).
+WEIGHTS_OPTIMIZER_PREFIX = "optimizer:"
+
+
 def save_weights(model, filepath, overwrite=True):
     """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file (or
-    one named `.weights.h5`, as Keras 3 names them: the same .npz file, not HDF5)."""
+    one named `.weights.h5`, as Keras 3 names them: the same .npz file, not HDF5), and, as Keras 3
+    does, the state of a compiled model's optimizer (its slots and iterations, under
+    'optimizer:...'), so that `load_weights` resumes training exactly."""
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "save")
-    weights = _weight_arrays(model)
-    _atomic_write(filepath, lambda file: np.savez(file, **weights), overwrite)
+    arrays = _weight_arrays(model)
+    if getattr(model, "compiled", False) and getattr(model, "optimizer", None) is not None:
+        arrays.update({WEIGHTS_OPTIMIZER_PREFIX + key: array
+                       for key, array in _optimizer_arrays(model.optimizer).items()})
+    _atomic_write(filepath, lambda file: np.savez(file, **arrays), overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,6 +529,8 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "load", allow_model_file=True)
     arrays = _read_weights_file(filepath)
+    saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
+                       if key.startswith(WEIGHTS_OPTIMIZER_PREFIX)}
     if not model.built:
         shape = model._known_input_shape()
         if shape is None:
@@ -526,7 +538,21 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
                              "Give it an input shape (Input(shape=...) or input_shape= on the first "
                              "layer) or call model.build(input_shape) first.")
         model.build(shape)
-    _assign(_match_weights(model, arrays, filepath, skip_mismatch))
+    pairs = _match_weights(model, arrays, filepath, skip_mismatch)
+    restore_optimizer = None
+    if saved_optimizer and getattr(model, "compiled", False) and model.optimizer is not None:
+        # As Keras 3: the optimizer's state comes back with the weights when it fits the model's
+        # optimizer (a compiled model; the same kind of optimizer), and is skipped with a warning
+        # when it does not.
+        try:
+            restore_optimizer = _optimizer_restorer(model, saved_optimizer, filepath,
+                                                    "its optimizer state:")
+        except ValueError as error:
+            warnings.warn(f"{error}; the weights are loaded, the optimizer's state is not",
+                          stacklevel=3)
+    _assign(pairs)
+    if restore_optimizer is not None:
+        restore_optimizer()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,8 +720,13 @@ def _compile(model, archive: _Archive, custom_objects: dict):
 
 def _restore_optimizer(model, archive: _Archive):
     """Check every saved optimizer array against the model, then assign them all."""
-    arrays, optimizer, filepath = archive.optimizer, model.optimizer, archive.filepath
-    where = f"{OPTIMIZER}:"
+    _optimizer_restorer(model, archive.optimizer, archive.filepath, f"{OPTIMIZER}:")()
+
+
+def _optimizer_restorer(model, arrays: dict, filepath, where: str):
+    """A function that assigns the saved optimizer state `arrays` to the model's optimizer, after
+    every array was checked here (a ValueError saying what does not fit, nothing assigned)."""
+    optimizer = model.optimizer
     for key, kind in ((optimizers.ITERATIONS, "iu"), (optimizers.LEARNING_RATE, "f")):
         if key not in arrays:
             raise _bad_file(filepath, f"{where} {key!r} is missing")
@@ -729,13 +760,16 @@ def _restore_optimizer(model, archive: _Archive):
         raise _bad_file(filepath, f"{where} 'optimizer/learning_rate' is {learning_rate}, not a "
                                   "finite number")
     with_slots = [v for v in model.weights if v.path in slots]  # model order, as the train step builds
-    if with_slots or iterations:
-        optimizer.build(with_slots)
-    for variable in with_slots:
-        for slot, array in slots[variable.path].items():
-            optimizer.slot(variable, slot).assign(array)
-    optimizer.iterations.assign(np.int32(iterations))
-    optimizer.learning_rate = learning_rate
+
+    def assign():
+        if with_slots or iterations:
+            optimizer.build(with_slots)
+        for variable in with_slots:
+            for slot, array in slots[variable.path].items():
+                optimizer.slot(variable, slot).assign(array)
+        optimizer.iterations.assign(np.int32(iterations))
+        optimizer.learning_rate = learning_rate
+    return assign
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

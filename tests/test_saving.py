@@ -357,6 +357,56 @@ def test_training_resumes_exactly_after_save_and_load(tmp_path, target):
     assert not np.array_equal(fresh_optimizer.weights[0].buffer, in_one_go.weights[0].buffer)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, target):
+    """As Keras 3, a weights file of a compiled model holds the optimizer's state too: loading it
+    back after more training continues from the saved step (Adam's moments, its iterations)."""
+    x, y = _data(n=40)
+    fit = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
+
+    in_one_go = _model(target)
+    in_one_go.fit(x, y, epochs=2, **fit)
+
+    model = _model(target)
+    model.fit(x, y, epochs=1, **fit)
+    model.save_weights(tmp_path / "epoch1.weights.h5")
+    model.fit(x, y, epochs=3, initial_epoch=1, **fit)           # a detour
+    model.load_weights(tmp_path / "epoch1.weights.h5")
+    assert int(model.optimizer.iterations.buffer) == 3
+    model.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    _assert_same_state(in_one_go, model)
+
+    # into a new compiled model (optimizer not built yet): the same
+    fresh = _model(target, seed=5)
+    fresh.load_weights(tmp_path / "epoch1.weights.h5")
+    fresh.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    _assert_same_state(in_one_go, fresh)
+
+
+def test_load_weights_skips_an_optimizer_state_that_does_not_fit_with_a_warning(tmp_path):
+    x, y = _data(n=32)
+    adam = _model()
+    adam.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    adam.save_weights(tmp_path / "adam.weights.npz")
+    sgd = _model(optimizer=optimizers.SGD(learning_rate=0.1), seed=3)
+    sgd.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = dict((k, v.copy()) for k, v in sgd.optimizer.state().items())
+    with pytest.warns(UserWarning, match="optimizer's state is not"):
+        sgd.load_weights(tmp_path / "adam.weights.npz")
+    for w_adam, w_sgd in zip(adam.weights, sgd.weights):
+        assert _bits(w_adam.buffer) == _bits(w_sgd.buffer)
+    for key, value in sgd.optimizer.state().items():
+        assert _bits(value) == _bits(before[key]), key
+    uncompiled = Sequential([Input(shape=(2, 3)), Flatten(), Dense(8, activation="relu"),
+                             Dropout(0.25), Dense(3, activation="softmax")])
+    uncompiled.load_weights(tmp_path / "adam.weights.npz")      # weights only, no complaint
+    for w_adam, w in zip(adam.weights, uncompiled.weights):
+        assert _bits(w_adam.buffer) == _bits(w.buffer)
+    arrays = dict(np.load(tmp_path / "adam.weights.npz"))
+    assert "optimizer:optimizer/iterations" in arrays
+    assert not any(key.startswith("optimizer:") for key in saving._weight_arrays(adam))
+
+
 def test_load_model_leaves_the_global_random_generator_alone(tmp_path):
     _model().save(tmp_path / "m.keras")
     set_random_seed(7)
@@ -552,7 +602,9 @@ def test_weights_round_trip_by_path(tmp_path):
     source, target = _model(seed=1), _model(seed=2)
     source.save_weights(tmp_path / "w.weights.npz")
     with np.load(tmp_path / "w.weights.npz", allow_pickle=False) as npz:
-        assert sorted(npz.files) == sorted(w.path for w in source.weights)
+        # (and the compiled model's optimizer state, see the test of resuming from weights files)
+        assert sorted(f for f in npz.files if not f.startswith(saving.WEIGHTS_OPTIMIZER_PREFIX)) \
+            == sorted(w.path for w in source.weights)
     assert not np.array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
     target.load_weights(tmp_path / "w.weights.npz")
     np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
@@ -572,7 +624,8 @@ def test_keras_weights_h5_names_hold_kcompiles_own_file(tmp_path):
     source, target = _model(seed=1), _model(seed=2)
     source.save_weights(tmp_path / "model.weights.h5")
     with np.load(tmp_path / "model.weights.h5", allow_pickle=False) as npz:
-        assert sorted(npz.files) == sorted(w.path for w in source.weights)
+        assert sorted(f for f in npz.files if not f.startswith(saving.WEIGHTS_OPTIMIZER_PREFIX)) \
+            == sorted(w.path for w in source.weights)
     target.load_weights(str(tmp_path / "model.weights.h5"))
     for a, b in zip(source.get_weights(), target.get_weights()):
         np.testing.assert_array_equal(a, b)
