@@ -39,6 +39,7 @@ import contextlib
 import datetime
 import io
 import json
+import math
 import os
 import stat
 import uuid
@@ -50,7 +51,7 @@ from collections.abc import Mapping
 import numpy as np
 
 import kcompile
-from kcompile import losses, metrics as metrics_module, optimizers, registry
+from kcompile import losses, metrics as metrics_module, optimizers, registry, schedules
 from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custom_objects,  # noqa: F401
                                get_registered_name, get_registered_object, register_keras_serializable)
 from kcompile.layers.layer import format_shape
@@ -343,6 +344,9 @@ def save_model(model, filepath, overwrite=True, zipped=None, include_optimizer=T
 #: The prefix of the optimizer's arrays in a weights file (save_weights): 'optimizer:' then the
 #: names of a model file's optimizer.npz ('optimizer/iterations', 'dense/kernel/m', ...).
 WEIGHTS_OPTIMIZER_PREFIX = "optimizer:"
+#: The optimizer's class name (UTF-8 bytes) and whether its learning rate is a schedule (0 or 1).
+WEIGHTS_OPTIMIZER_CLASS = "optimizer::class"
+WEIGHTS_OPTIMIZER_SCHEDULE = "optimizer::schedule"
 
 
 def save_weights(model, filepath, overwrite=True):
@@ -353,9 +357,13 @@ def save_weights(model, filepath, overwrite=True):
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "save")
     arrays = _weight_arrays(model)
-    if getattr(model, "compiled", False) and getattr(model, "optimizer", None) is not None:
+    optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
+    if optimizer is not None:
         arrays.update({WEIGHTS_OPTIMIZER_PREFIX + key: array
-                       for key, array in _optimizer_arrays(model.optimizer).items()})
+                       for key, array in _optimizer_arrays(optimizer).items()})
+        # what kind of optimizer the state is of (numeric arrays only, as the rest of the file)
+        arrays[WEIGHTS_OPTIMIZER_CLASS] = np.frombuffer(type(optimizer).__name__.encode(), np.uint8)
+        arrays[WEIGHTS_OPTIMIZER_SCHEDULE] = np.int8(optimizer.learning_rate_schedule is not None)
     _atomic_write(filepath, lambda file: np.savez(file, **arrays), overwrite)
 
 
@@ -529,6 +537,8 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "load", allow_model_file=True)
     arrays = _read_weights_file(filepath)
+    saved_class = arrays.pop(WEIGHTS_OPTIMIZER_CLASS, None)
+    saved_schedule = arrays.pop(WEIGHTS_OPTIMIZER_SCHEDULE, None)
     saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
                        if key.startswith(WEIGHTS_OPTIMIZER_PREFIX)}
     if not model.built:
@@ -542,17 +552,51 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     restore_optimizer = None
     if saved_optimizer and getattr(model, "compiled", False) and model.optimizer is not None:
         # As Keras 3: the optimizer's state comes back with the weights when it fits the model's
-        # optimizer (a compiled model; the same kind of optimizer), and is skipped with a warning
-        # when it does not.
+        # optimizer (a compiled model; the same kind of optimizer, slots for exactly the model's
+        # trainable weights), and is skipped with a warning when it does not.
         try:
+            _check_optimizer_kind(model, saved_class, saved_schedule, saved_optimizer, filepath)
             restore_optimizer = _optimizer_restorer(model, saved_optimizer, filepath,
-                                                    "its optimizer state:")
+                                                    "its optimizer state:", complete=True)
         except ValueError as error:
-            warnings.warn(f"{error}; the weights are loaded, the optimizer's state is not",
-                          stacklevel=3)
+            warnings.warn(f"{error}; the optimizer's state is not loaded", stacklevel=3)
     _assign(pairs)
     if restore_optimizer is not None:
         restore_optimizer()
+
+
+def _check_optimizer_kind(model, saved_class, saved_schedule, arrays, filepath) -> None:
+    """Whether a weights file's optimizer state is of the model's kind of optimizer: its class
+    (or one with the same slots, as Adam and AdamW), its use of a schedule, and slots for exactly
+    the model's trainable weights (a ValueError saying what differs)."""
+    optimizer = model.optimizer
+    own = type(optimizer).__name__
+    slot_names = optimizer.slot_names()
+    if saved_class is not None:
+        name = bytes(np.asarray(saved_class, np.uint8)).decode(errors="replace")
+        saved_type = getattr(optimizers, name, None)
+        same_slots = (isinstance(saved_type, type) and bool(slot_names)
+                      and set(_slot_names_of(arrays)) == set(slot_names))
+        if name != own and not same_slots:
+            raise _bad_file(filepath, f"it holds the state of a {name} optimizer; this model's is {own}")
+    if saved_schedule is not None and bool(np.asarray(saved_schedule).reshape(-1)[:1].any()) \
+            != (optimizer.learning_rate_schedule is not None):
+        raise _bad_file(filepath, "its optimizer's learning rate " + (
+            "was a schedule; this model's is a number" if optimizer.learning_rate_schedule is None
+            else "was a number; this model's is a schedule"))
+    slotted = {key.rpartition("/")[0] for key in arrays
+               if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)}
+    trainable = {v.path for v in model.trainable_weights} if slot_names else set()
+    if slotted != trainable and (slotted or int(np.asarray(
+            arrays.get(optimizers.ITERATIONS, 0)).reshape(-1)[:1].sum())):
+        raise _bad_file(filepath, f"its optimizer state has slots for {sorted(slotted)}; this "
+                                  f"model's {own} has them for its trainable weights "
+                                  f"{sorted(trainable)}")
+
+
+def _slot_names_of(arrays) -> set:
+    return {key.rpartition("/")[2] for key in arrays
+            if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -723,9 +767,11 @@ def _restore_optimizer(model, archive: _Archive):
     _optimizer_restorer(model, archive.optimizer, archive.filepath, f"{OPTIMIZER}:")()
 
 
-def _optimizer_restorer(model, arrays: dict, filepath, where: str):
+def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: bool = False):
     """A function that assigns the saved optimizer state `arrays` to the model's optimizer, after
-    every array was checked here (a ValueError saying what does not fit, nothing assigned)."""
+    every array was checked here (a ValueError saying what does not fit, nothing assigned).  With
+    `complete`, slots the state has none for go back to their initial values (the saved optimizer
+    had not trained those weights, or nothing yet)."""
     optimizer = model.optimizer
     for key, kind in ((optimizers.ITERATIONS, "iu"), (optimizers.LEARNING_RATE, "f")):
         if key not in arrays:
@@ -756,10 +802,21 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str):
     if not 0 <= iterations < 2**31:
         raise _bad_file(filepath, f"{where} 'optimizer/iterations' is {iterations}, outside int32")
     learning_rate = float(arrays[optimizers.LEARNING_RATE])
-    if not np.isfinite(learning_rate):
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(np.float32(learning_rate))
+    if not finite:
         raise _bad_file(filepath, f"{where} 'optimizer/learning_rate' is {learning_rate}, not a "
-                                  "finite number")
+                                  "finite number (in float32)")
+    schedule = optimizer.learning_rate_schedule
+    if schedule is not None:
+        # the schedule's own value at the saved step, or the state is another schedule's
+        expected = schedules._eager_value(schedule, iterations)
+        if not math.isclose(learning_rate, expected, rel_tol=1e-5, abs_tol=1e-12):
+            raise _bad_file(filepath, f"{where} 'optimizer/learning_rate' is {learning_rate}, but "
+                                      f"this optimizer's schedule gives {expected} at step "
+                                      f"{iterations}")
     with_slots = [v for v in model.weights if v.path in slots]  # model order, as the train step builds
+    fresh = [v for v in model.trainable_weights if v.path not in slots] if complete else []
 
     def assign():
         if with_slots or iterations:
@@ -767,8 +824,15 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str):
         for variable in with_slots:
             for slot, array in slots[variable.path].items():
                 optimizer.slot(variable, slot).assign(array)
+        for variable in fresh:
+            for slot in slot_names:
+                path = optimizer.slot_path(variable, slot)
+                if path in optimizer.state():
+                    optimizer.slot(variable, slot).assign(
+                        np.full(variable.shape, optimizer.slot_initial_value(slot), np.float32))
         optimizer.iterations.assign(np.int32(iterations))
-        optimizer.learning_rate = learning_rate
+        if schedule is None:
+            optimizer.learning_rate = learning_rate
     return assign
 
 

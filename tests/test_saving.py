@@ -407,6 +407,86 @@ def test_load_weights_skips_an_optimizer_state_that_does_not_fit_with_a_warning(
     assert not any(key.startswith("optimizer:") for key in saving._weight_arrays(adam))
 
 
+def _dense_model(optimizer, trainable_first=True):
+    set_random_seed(4)
+    model = Sequential([Input(shape=(4,)), Dense(3, name="d0", trainable=trainable_first),
+                        Dense(1, name="d1")])
+    model.compile(optimizer=optimizer, loss="mse", target="reference")
+    return model
+
+
+def _xy(n=64):
+    x = np.random.default_rng(2).normal(size=(n, 4)).astype(np.float32)
+    return x, x.sum(axis=1, keepdims=True)
+
+
+def _state_bits(model):
+    return {key: _bits(value) for key, value in model.optimizer.state().items()}
+
+
+@pytest.mark.parametrize("saved,loaded,problem", [
+    (lambda: optimizers.SGD(0.1), lambda: optimizers.Adam(0.001), "state of a SGD optimizer"),
+    (lambda: optimizers.SGD(0.01, momentum=0.9),
+     lambda: optimizers.SGD(optimizers.schedules.ExponentialDecay(0.01, 5, 0.5), momentum=0.9),
+     "was a number; this model's is a schedule"),
+    (lambda: optimizers.SGD(optimizers.schedules.ExponentialDecay(0.01, 5, 0.5)),
+     lambda: optimizers.SGD(0.01), "was a schedule; this model's is a number"),
+    (lambda: optimizers.SGD(0.1), lambda: optimizers.SGD(0.1, momentum=0.9), "slots for \\[\\]"),
+])
+def test_an_optimizer_state_of_another_kind_is_skipped_with_a_warning(tmp_path, saved, loaded,
+                                                                      problem):
+    """Another optimizer class (without the same slots), a schedule where the model has a number
+    or the reverse, slots where the model's optimizer has none or the reverse: the weights load,
+    the optimizer is left exactly as it was (nothing half-restored), and a warning says why."""
+    x, y = _xy()
+    source = _dense_model(saved())
+    source.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    source.save_weights(tmp_path / "w.weights.npz")
+    target = _dense_model(loaded())
+    target.fit(x[:16], y[:16], epochs=1, batch_size=16, verbose=0)
+    before = _state_bits(target)
+    with pytest.warns(UserWarning, match=problem):
+        target.load_weights(tmp_path / "w.weights.npz")
+    assert _state_bits(target) == before
+    for a, b in zip(source.weights, target.weights):
+        assert _bits(a.buffer) == _bits(b.buffer)
+
+
+def test_a_partial_optimizer_state_is_skipped_and_a_fresh_one_resets_the_optimizer(tmp_path):
+    x, y = _xy()
+    # slots for only some trainable weights (saved with the first layer frozen): skipped
+    frozen = _dense_model(optimizers.Adam(0.05), trainable_first=False)
+    frozen.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    frozen.save_weights(tmp_path / "frozen.weights.npz")
+    model = _dense_model(optimizers.Adam(0.05))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = _state_bits(model)
+    with pytest.warns(UserWarning, match="slots for"):
+        model.load_weights(tmp_path / "frozen.weights.npz")
+    assert _state_bits(model) == before
+    # a state saved before any training (as a Keras user saves weights to reset a model later):
+    # loading it brings the optimizer back to that state, so training repeats exactly
+    model = _dense_model(optimizers.Adam(0.05))
+    model.save_weights(tmp_path / "start.weights.npz")
+    first = model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0).history["loss"]
+    model.load_weights(tmp_path / "start.weights.npz")
+    assert int(model.optimizer.iterations.buffer) == 0
+    again = model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0).history["loss"]
+    assert again == first
+
+
+def test_adam_state_loads_into_adamw_which_has_the_same_slots(tmp_path):
+    x, y = _xy()
+    adam = _dense_model(optimizers.Adam(0.01))
+    adam.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    adam.save_weights(tmp_path / "adam.weights.npz")
+    adamw = _dense_model(optimizers.AdamW(0.01))
+    adamw.load_weights(tmp_path / "adam.weights.npz")
+    assert int(adamw.optimizer.iterations.buffer) == int(adam.optimizer.iterations.buffer)
+    for key, value in adam.optimizer.state().items():
+        assert _bits(adamw.optimizer.state()[key]) == _bits(value), key
+
+
 def test_load_model_leaves_the_global_random_generator_alone(tmp_path):
     _model().save(tmp_path / "m.keras")
     set_random_seed(7)
@@ -724,8 +804,9 @@ def test_model_checkpoint_saves_the_best_model_during_fit(tmp_path):
         assert _bits(array) == _bits(variable.buffer)
     assert loaded.evaluate(val_x, val_y, verbose=0)[0] == pytest.approx(min(history.history["val_loss"]),
                                                                         rel=1e-6)
-    from_weights = _model(seed=9)
-    from_weights.load_weights(weights_path)
+    from_weights = _model(seed=9)          # (Adam: the file's SGD state is not for it)
+    with pytest.warns(UserWarning, match="optimizer's state is not loaded"):
+        from_weights.load_weights(weights_path)
     for array, variable in zip(best_weights, from_weights.weights):
         assert _bits(array) == _bits(variable.buffer)
 
