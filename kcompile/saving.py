@@ -572,31 +572,25 @@ def _check_optimizer_kind(model, saved_class, saved_schedule, arrays, filepath) 
     optimizer = model.optimizer
     own = type(optimizer).__name__
     slot_names = optimizer.slot_names()
+    slot_keys = [key for key in arrays if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)]
     if saved_class is not None:
         name = bytes(np.asarray(saved_class, np.uint8)).decode(errors="replace")
-        saved_type = getattr(optimizers, name, None)
-        same_slots = (isinstance(saved_type, type) and bool(slot_names)
-                      and set(_slot_names_of(arrays)) == set(slot_names))
+        same_slots = bool(slot_names) and {k.rpartition("/")[2] for k in slot_keys} == set(slot_names)
         if name != own and not same_slots:
             raise _bad_file(filepath, f"it holds the state of a {name} optimizer; this model's is {own}")
-    if saved_schedule is not None and bool(np.asarray(saved_schedule).reshape(-1)[:1].any()) \
-            != (optimizer.learning_rate_schedule is not None):
+    has_schedule = optimizer.learning_rate_schedule is not None
+    if saved_schedule is not None and bool(np.any(saved_schedule)) != has_schedule:
         raise _bad_file(filepath, "its optimizer's learning rate " + (
-            "was a schedule; this model's is a number" if optimizer.learning_rate_schedule is None
-            else "was a number; this model's is a schedule"))
-    slotted = {key.rpartition("/")[0] for key in arrays
-               if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)}
+            "was a number; this model's is a schedule" if has_schedule
+            else "was a schedule; this model's is a number"))
+    slotted = {key.rpartition("/")[0] for key in slot_keys}
     trainable = {v.path for v in model.trainable_weights} if slot_names else set()
-    if slotted != trainable and (slotted or int(np.asarray(
-            arrays.get(optimizers.ITERATIONS, 0)).reshape(-1)[:1].sum())):
+    # (no slots at step 0 is the state of an optimizer that has not trained yet: it fits)
+    untrained = not slotted and not np.any(arrays.get(optimizers.ITERATIONS, 0))
+    if slotted != trainable and not untrained:
         raise _bad_file(filepath, f"its optimizer state has slots for {sorted(slotted)}; this "
                                   f"model's {own} has them for its trainable weights "
                                   f"{sorted(trainable)}")
-
-
-def _slot_names_of(arrays) -> set:
-    return {key.rpartition("/")[2] for key in arrays
-            if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,10 +818,10 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
         for variable in with_slots:
             for slot, array in slots[variable.path].items():
                 optimizer.slot(variable, slot).assign(array)
+        existing = optimizer.state()
         for variable in fresh:
             for slot in slot_names:
-                path = optimizer.slot_path(variable, slot)
-                if path in optimizer.state():
+                if optimizer.slot_path(variable, slot) in existing:
                     optimizer.slot(variable, slot).assign(
                         np.full(variable.shape, optimizer.slot_initial_value(slot), np.float32))
         optimizer.iterations.assign(np.int32(iterations))
