@@ -475,9 +475,22 @@ class _Archive:
 
 
 def _read_weights_file(filepath: str) -> dict:
+    """The arrays of a weights file, or of a model file's weights and optimizer state, named as in
+    a weights file (the optimizer's under WEIGHTS_OPTIMIZER_PREFIX, with its class and schedule
+    markers), so that load_weights reads both alike."""
     _check_exists(filepath)
     if filepath.endswith(MODEL_SUFFIX):
-        return _Archive(filepath).weights
+        archive = _Archive(filepath)
+        arrays = dict(archive.weights)
+        optimizer = (archive.config.get("compile_config") or {}).get("optimizer")
+        if archive.optimizer is not None and isinstance(optimizer, dict) \
+                and isinstance(optimizer.get("class_name"), str):
+            arrays.update({WEIGHTS_OPTIMIZER_PREFIX + key: array
+                           for key, array in archive.optimizer.items()})
+            arrays[WEIGHTS_OPTIMIZER_CLASS] = np.frombuffer(optimizer["class_name"].encode(), np.uint8)
+            rate = (optimizer.get("config") or {}).get("learning_rate")
+            arrays[WEIGHTS_OPTIMIZER_SCHEDULE] = np.int8(isinstance(rate, dict))
+        return arrays
     with open(filepath, "rb") as file:
         data = file.read()
     if _is_hdf5(data):

@@ -358,9 +358,11 @@ def test_training_resumes_exactly_after_save_and_load(tmp_path, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, target):
-    """As Keras 3, a weights file of a compiled model holds the optimizer's state too: loading it
-    back after more training continues from the saved step (Adam's moments, its iterations)."""
+@pytest.mark.parametrize("name", ["epoch1.weights.h5", "epoch1.keras"])
+def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, target, name):
+    """As Keras 3, a weights file of a compiled model (or a model file) holds the optimizer's state
+    too: loading it back after more training continues from the saved step (Adam's moments, its
+    iterations)."""
     x, y = _data(n=40)
     fit = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
 
@@ -369,16 +371,19 @@ def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, 
 
     model = _model(target)
     model.fit(x, y, epochs=1, **fit)
-    model.save_weights(tmp_path / "epoch1.weights.h5")
+    if name.endswith(".keras"):
+        model.save(tmp_path / name)
+    else:
+        model.save_weights(tmp_path / name)
     model.fit(x, y, epochs=3, initial_epoch=1, **fit)           # a detour
-    model.load_weights(tmp_path / "epoch1.weights.h5")
+    model.load_weights(tmp_path / name)
     assert int(model.optimizer.iterations.buffer) == 3
     model.fit(x, y, epochs=2, initial_epoch=1, **fit)
     _assert_same_state(in_one_go, model)
 
     # into a new compiled model (optimizer not built yet): the same
     fresh = _model(target, seed=5)
-    fresh.load_weights(tmp_path / "epoch1.weights.h5")
+    fresh.load_weights(tmp_path / name)
     fresh.fit(x, y, epochs=2, initial_epoch=1, **fit)
     _assert_same_state(in_one_go, fresh)
 
