@@ -401,15 +401,20 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     return fn
 
 
-def _zero_skip_list(vec: _Vec, rows: int):
+def _zero_skip_list(vec: _Vec, rows: int, flags: bool = True, unit_steps: bool = False):
     """void list(a, a_rs, a_cs, k, steps, count, nonfinite): the steps p < k at which some opA[r, p]
-    (r < rows, addressed as in `_kernel`) is not zero (+0 or -0), or whose row of op(B) holds an inf
-    or NaN (`nonfinite[p]`, see `_nonfinite_steps`), in order, into `steps` (i16), and how many into
-    `*count` (i64).  A listed kernel then skips the others: their FMAs would add exact zeros
-    (x + 0*b == x for every finite b), so C is the same bit for bit (but for a zero's sign)."""
+    (r < rows, addressed as in `_kernel`) is not zero (+0 or -0; a NaN is not zero), or whose row of
+    op(B) holds an inf or NaN (`nonfinite[p]`, see `_nonfinite_steps`), in order, into `steps` (i16),
+    and how many into `*count` (i64).  A listed kernel then skips the others: their FMAs would add
+    exact zeros (x + 0*b == x for every finite b), so C is the same bit for bit (but for a zero's
+    sign).  Without `flags` (op(B) known finite: the one-row GEMV) `nonfinite` is not read; with
+    `unit_steps` a_cs is taken to be 1 (NOTE: the GEMM library is compiled without IR passes, so
+    a runtime stride stays a multiply per step: 5-7% of a one-sample predict's native call in
+    in-process A/Bs)."""
     module, T = vec.module, vec.dtype
     ptr = ir.PointerType()
-    name = f"{_KERNEL_PREFIX}.zero_skip_list.{_type_tag(T)}.{rows}"
+    name = (f"{_KERNEL_PREFIX}.zero_skip_list.{_type_tag(T)}.{rows}{'' if flags else '.finite'}"
+            f"{'.unit' if unit_steps else ''}")
     fn, new = _function(module, name, [ptr, I64, I64, I64, ptr, ptr, ptr],
                         ("a", "a_rs", "a_cs", "k", "steps", "count", "nonfinite"),
                         noalias=(0, 4, 5, 6))
@@ -429,14 +434,16 @@ def _zero_skip_list(vec: _Vec, rows: int):
     n = bld.phi(I64, name="n")
     p.add_incoming(i64(0), entry)
     n.add_incoming(i64(0), entry)
-    a_step = bld.mul(p, a_cs, flags=("nsw",))
+    a_step = p if unit_steps else bld.mul(p, a_cs, flags=("nsw",))
     word = None
     for r in range(rows):
         value = bld.bitcast(bld.load(_gep(bld, a_rows[r], a_step, T), typ=T, align=4), bits)
         word = value if word is None else bld.or_(word, value)
     nonzero = bld.icmp_unsigned("!=", bld.and_(word, magnitude_mask), ir.Constant(bits, 0))
-    b_flag = bld.load(_gep(bld, nonfinite, p, I8), typ=I8, align=1)
-    listed = bld.or_(nonzero, bld.icmp_unsigned("!=", b_flag, ir.Constant(I8, 0)))
+    listed = nonzero
+    if flags:
+        b_flag = bld.load(_gep(bld, nonfinite, p, I8), typ=I8, align=1)
+        listed = bld.or_(nonzero, bld.icmp_unsigned("!=", b_flag, ir.Constant(I8, 0)))
     # Branch-free: every step is written at the next free slot, which only a listed step takes.
     bld.store(bld.trunc(p, I16), _gep(bld, steps, n, I16), align=2)
     n_next = bld.add(n, bld.zext(listed, I64), flags=("nsw", "nuw"))
@@ -1162,8 +1169,8 @@ def _gemv_store(bld, vec: _Vec, c_ptrs, sums, first, mask) -> None:
 
 def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
     """void pass(a, b, c, steps, count, ldb, first, ncols_last): one k block of _gemv_pass with
-    `skip_zeros`, over the `count` steps p listed (i32, ascending) in `steps` rather than over every
-    step: acc = sum of a[p] * b[p*ldb + v*L + l] by FMA in the list's order, then c = acc where
+    `skip_zeros` (a and b at the block's first step), over the `count` steps p listed (i16,
+    ascending, by _zero_skip_list) in `steps` rather than over every step: acc = sum of a[p] * b[p*ldb + v*L + l] by FMA in the list's order, then c = acc where
     `first` (i1: the first k block) else c + acc.  The same sums as _gemv_pass's, without its branch
     per step (see gemv_function)."""
     module, T, L = vec.module, vec.dtype, vec.lanes
@@ -1191,7 +1198,7 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
         phi = bld.phi(vec.type, name=f"acc{v}")
         phi.add_incoming(vec.zero, head)
         accs.append(phi)
-    p = bld.zext(bld.load(_gep(bld, steps, i, I32), typ=I32, align=4), I64)
+    p = bld.zext(bld.load(_gep(bld, steps, i, I16), typ=I16, align=2), I64)
     new = _gemv_row_fmas(bld, vec, bld.load(_gep(bld, a, p, T), typ=T, align=4),
                          _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T), accs, mask)
     i_next = bld.add(i, i64(1), flags=("nsw", "nuw"))
@@ -1211,30 +1218,6 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
     return fn
 
 
-def _gemv_list_steps(bld: ir.IRBuilder, a, steps, pc, kend, dtype) -> ir.Value:
-    """Write into `steps` (i32) the p in [pc, kend) whose a[p] is not zero (+0 or -0; a NaN is
-    listed), ascending, without a branch per step; return their count (i64)."""
-    head = bld.block
-    body = bld.append_basic_block("list.body")
-    done = bld.append_basic_block("list.done")
-    bld.branch(body)
-    bld.position_at_end(body)
-    p = bld.phi(I64, name="p")
-    p.add_incoming(pc, head)
-    count = bld.phi(I64, name="count")
-    count.add_incoming(i64(0), head)
-    bld.store(bld.trunc(p, I32), _gep(bld, steps, count, I32), align=4)
-    nonzero = bld.fcmp_unordered("!=", bld.load(_gep(bld, a, p, dtype), typ=dtype, align=4),
-                                 ir.Constant(dtype, 0.0))
-    count_next = bld.add(count, bld.zext(nonzero, I64), flags=("nsw", "nuw"))
-    p_next = bld.add(p, i64(1), flags=("nsw", "nuw"))
-    p.add_incoming(p_next, body)
-    count.add_incoming(count_next, body)
-    bld.cbranch(bld.icmp_signed("<", p_next, kend), body, done)
-    bld.position_at_end(done)
-    return count_next
-
-
 def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
                   skip_zeros: bool = False) -> ir.Function:
     """`void gemv(a, b, c, ncols, k, ldb, kc)`: C (one row of ncols) = A (one row of k) @ B (k rows
@@ -1245,8 +1228,8 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
     B whose entry of A is zero are not read, with the same sums (but for the sign of a zero sum,
     see _gemv_pass; a batch's GEMM, which skips a step only for a whole tile of zero rows, may give
     a zero row entry the other sign): each k block first lists the steps
-    whose a[p] is not zero (_gemv_list_steps, branch-free), and every column pass runs over that
-    list (_gemv_listed_pass).
+    whose a[p] is not zero (_zero_skip_list of one row, branch-free), and every column pass runs
+    over that list (_gemv_listed_pass).
     NOTE (one thread, W3's one-sample predict, interleaved processes): 50-53 us against 55-56 us
     with the GEMM's one-row tiles; software prefetch of rows 4, 8 or 16 ahead was slower.  Skipping
     the zero rows (half of Fashion-MNIST's pixels, and most of a trained ReLU layer's outputs): 34 us
@@ -1266,14 +1249,21 @@ def gemv_function(module, dtype=ir.FloatType(), lanes: int | None = None,
     a, b, c, ncols, k, ldb, kc = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     if skip_zeros:
-        steps = bld.alloca(I32, size=i64(KC), name="steps")
+        steps = bld.alloca(I16, size=i64(KC), name="steps")
         steps.align = 64
+        count_slot = bld.alloca(I64, name="count")
+        lister = _zero_skip_list(vec, 1, flags=False, unit_steps=True)
         with for_range(bld, 0, k, kc, name="pc") as pc:
-            count = _gemv_list_steps(bld, a, steps, pc, smin(bld, bld.add(pc, kc), k), dtype)
+            a_blk = _gep(bld, a, pc, dtype)
+            b_blk = _gep(bld, b, bld.mul(pc, ldb), dtype)
+            bld.call(lister, [a_blk, i64(0), i64(1), bld.sub(smin(bld, bld.add(pc, kc), k), pc),
+                              steps, count_slot, ir.Constant(ptr, None)])
+            count = bld.load(count_slot, typ=I64, align=8)
             first = bld.icmp_signed("==", pc, i64(0))
             _gemv_column_passes(bld, vec, ncols, lambda group, masked, j, cols: bld.call(
                 _gemv_listed_pass(vec, group, masked),
-                [a, _gep(bld, b, j, dtype), _gep(bld, c, j, dtype), steps, count, ldb, first, cols]))
+                [a_blk, _gep(bld, b_blk, j, dtype), _gep(bld, c, j, dtype), steps, count, ldb,
+                 first, cols]))
     else:
         _gemv_column_passes(bld, vec, ncols, lambda group, masked, j, cols: bld.call(
             _gemv_pass(vec, group, masked),

@@ -252,18 +252,17 @@ def test_one_row_products_skip_zero_steps_with_the_gemms_values(lanes):
 def test_the_step_lists_hold_exactly_the_steps_to_compute():
     """What makes zero skipping skip: a row tile's list (_zero_skip_list) holds, in order, the
     steps where one of its rows is nonzero (a NaN counts, -0.0 does not) or op(B)'s row is flagged
-    inf/NaN; a GEMV's (_gemv_list_steps) the nonzero entries of its row in [pc, kend)."""
-    from codegen.gemm import _gemv_list_steps, _Vec, _zero_skip_list
+    inf/NaN; a GEMV's (one row, without flags) the nonzero entries of its row."""
+    from codegen.gemm import _Vec, _zero_skip_list
     rows, k = 6, 40
     module = ir.Module("test_lists")
     vec = _Vec(module, ir.FloatType(), HOST_LANES)
-    tile = _zero_skip_list(vec, rows)
-    tile.linkage, tile.name = "external", "tile_list"
-    fn = ir.Function(module, ir.FunctionType(I64, [PTR, PTR, I64, I64]), "row_list")
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    a, steps, pc, kend = fn.args
-    builder.ret(_gemv_list_steps(builder, a, steps, pc, kend, ir.FloatType()))
+    for name, fn in (("tile_list", _zero_skip_list(vec, rows)),
+                     ("row_list", _zero_skip_list(vec, 1, flags=False, unit_steps=True))):
+        fn.linkage, fn.name = "external", name
     jit = JitModule(module)
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
     rng = np.random.default_rng(14)
     a_tile = rng.standard_normal((rows, k)).astype(np.float32)
     a_tile[:, rng.random(k) < 0.6] = 0.0
@@ -275,23 +274,20 @@ def test_the_step_lists_hold_exactly_the_steps_to_compute():
     flags[11] = 1                                     # op(B)'s row 11 holds an inf
     steps = np.full(k, -1, np.int16)
     count = np.zeros(1, np.int64)
-    ctypes.CFUNCTYPE(None, *[ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])(
-        jit.address("tile_list"))(a_tile.ctypes.data, k, 1, k, steps.ctypes.data,
-                                  count.ctypes.data, flags.ctypes.data)
+    proto(jit.address("tile_list"))(a_tile.ctypes.data, k, 1, k, steps.ctypes.data,
+                                    count.ctypes.data, flags.ctypes.data)
     want = np.nonzero((a_tile != 0).any(axis=0) | np.isnan(a_tile).any(axis=0) | (flags != 0))[0]
     assert 11 in want and 9 not in want and 5 not in want and 7 in want
     assert count[0] == len(want) < k
     np.testing.assert_array_equal(steps[:count[0]], want)
-    row = a_tile[2]
-    listed = np.full(k, -1, np.int32)
-    row_list = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                ctypes.c_int64)(jit.address("row_list"))
-    for pc, kend in ((0, k), (8, 30)):
-        got = row_list(row.ctypes.data, listed.ctypes.data, pc, kend)
-        want = pc + np.nonzero((row[pc:kend] != 0) | np.isnan(row[pc:kend]))[0]
-        assert 0 < got == len(want) < kend - pc
-        np.testing.assert_array_equal(listed[:got], want)
+    row = np.ascontiguousarray(a_tile[2])
+    for start, stop in ((0, k), (8, 30)):
+        steps[:] = -1
+        proto(jit.address("row_list"))(row[start:].ctypes.data, 0, 1, stop - start,
+                                       steps.ctypes.data, count.ctypes.data, None)
+        want = np.nonzero((row[start:stop] != 0) | np.isnan(row[start:stop]))[0]
+        assert 0 < count[0] == len(want) < stop - start
+        np.testing.assert_array_equal(steps[:count[0]], want)
 
 
 @pytest.mark.parametrize("b_finite", [False, True])

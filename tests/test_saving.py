@@ -333,19 +333,25 @@ def _reseed_every_epoch():
     return LambdaCallback(on_epoch_begin=lambda epoch, logs: set_random_seed(1000 + epoch))
 
 
+RESUME_FIT = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
+
+
+def _two_epochs_and_one(target):
+    """(x, y, a model trained 2 epochs in one go, a model trained its first epoch)."""
+    x, y = _data(n=40)
+    in_one_go = _model(target)
+    in_one_go.fit(x, y, epochs=2, **RESUME_FIT)
+    first_half = _model(target)
+    first_half.fit(x, y, epochs=1, **RESUME_FIT)
+    return x, y, in_one_go, first_half
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_training_resumes_exactly_after_save_and_load(tmp_path, target):
-    x, y = _data(n=40)
-    fit = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
-
-    in_one_go = _model(target)
-    in_one_go.fit(x, y, epochs=2, **fit)
-
-    first_half = _model(target)
-    first_half.fit(x, y, epochs=1, **fit)
+    x, y, in_one_go, first_half = _two_epochs_and_one(target)
     first_half.save(tmp_path / "epoch1.keras")
     resumed = load_model(tmp_path / "epoch1.keras")
-    resumed.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    resumed.fit(x, y, epochs=2, initial_epoch=1, **RESUME_FIT)
 
     _assert_same_state(in_one_go, resumed)
     assert int(resumed.optimizer.iterations.buffer) == 6
@@ -353,7 +359,7 @@ def test_training_resumes_exactly_after_save_and_load(tmp_path, target):
     # The comparison can tell: without the optimizer's state (Adam's moments, its step) it differs.
     first_half.save(tmp_path / "no_optimizer.keras", include_optimizer=False)
     fresh_optimizer = load_model(tmp_path / "no_optimizer.keras")
-    fresh_optimizer.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    fresh_optimizer.fit(x, y, epochs=2, initial_epoch=1, **RESUME_FIT)
     assert not np.array_equal(fresh_optimizer.weights[0].buffer, in_one_go.weights[0].buffer)
 
 
@@ -363,28 +369,21 @@ def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, 
     """As Keras 3, a weights file of a compiled model (or a model file) holds the optimizer's state
     too: loading it back after more training continues from the saved step (Adam's moments, its
     iterations)."""
-    x, y = _data(n=40)
-    fit = dict(batch_size=16, verbose=0, callbacks=[_reseed_every_epoch()])
-
-    in_one_go = _model(target)
-    in_one_go.fit(x, y, epochs=2, **fit)
-
-    model = _model(target)
-    model.fit(x, y, epochs=1, **fit)
+    x, y, in_one_go, model = _two_epochs_and_one(target)
     if name.endswith(".keras"):
         model.save(tmp_path / name)
     else:
         model.save_weights(tmp_path / name)
-    model.fit(x, y, epochs=3, initial_epoch=1, **fit)           # a detour
+    model.fit(x, y, epochs=3, initial_epoch=1, **RESUME_FIT)           # a detour
     model.load_weights(tmp_path / name)
     assert int(model.optimizer.iterations.buffer) == 3
-    model.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    model.fit(x, y, epochs=2, initial_epoch=1, **RESUME_FIT)
     _assert_same_state(in_one_go, model)
 
     # into a new compiled model (optimizer not built yet): the same
     fresh = _model(target, seed=5)
     fresh.load_weights(tmp_path / name)
-    fresh.fit(x, y, epochs=2, initial_epoch=1, **fit)
+    fresh.fit(x, y, epochs=2, initial_epoch=1, **RESUME_FIT)
     _assert_same_state(in_one_go, fresh)
 
 
@@ -682,16 +681,18 @@ def test_damaged_or_foreign_files_give_a_clear_value_error(tmp_path, case):
 # save_weights / load_weights
 # ----------------------------------------------------------------------------------------------
 
-def test_weights_round_trip_by_path(tmp_path):
+@pytest.mark.parametrize("name,as_text", [("w.weights.npz", False), ("model.weights.h5", True)])
+def test_weights_round_trip_by_path(tmp_path, name, as_text):
+    # (Keras 3 programs write `model.weights.h5`: kcompile takes the name and writes its .npz there.)
     x, _ = _data()
     source, target = _model(seed=1), _model(seed=2)
-    source.save_weights(tmp_path / "w.weights.npz")
-    with np.load(tmp_path / "w.weights.npz", allow_pickle=False) as npz:
+    source.save_weights(tmp_path / name)
+    with np.load(tmp_path / name, allow_pickle=False) as npz:
         # (and the compiled model's optimizer state, see the test of resuming from weights files)
         assert sorted(f for f in npz.files if not f.startswith(saving.WEIGHTS_OPTIMIZER_PREFIX)) \
             == sorted(w.path for w in source.weights)
     assert not np.array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
-    target.load_weights(tmp_path / "w.weights.npz")
+    target.load_weights(str(tmp_path / name) if as_text else tmp_path / name)
     np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
     for a, b in zip(source.weights, target.weights):
         assert _bits(a.buffer) == _bits(b.buffer)
@@ -703,18 +704,9 @@ def test_weights_round_trip_by_path(tmp_path):
     np.testing.assert_array_equal(third.predict(x, verbose=0), source.predict(x, verbose=0))
 
 
-def test_keras_weights_h5_names_hold_kcompiles_own_file(tmp_path):
-    # Keras 3 programs write `model.weights.h5`: kcompile takes the name and writes its .npz there.
-    x, _ = _data()
+def test_a_weights_h5_name_is_not_a_model_file_and_a_real_hdf5_file_is_refused(tmp_path):
     source, target = _model(seed=1), _model(seed=2)
     source.save_weights(tmp_path / "model.weights.h5")
-    with np.load(tmp_path / "model.weights.h5", allow_pickle=False) as npz:
-        assert sorted(f for f in npz.files if not f.startswith(saving.WEIGHTS_OPTIMIZER_PREFIX)) \
-            == sorted(w.path for w in source.weights)
-    target.load_weights(str(tmp_path / "model.weights.h5"))
-    for a, b in zip(source.get_weights(), target.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
     with pytest.raises(ValueError, match="model.load_weights"):
         load_model(tmp_path / "model.weights.h5")
     # A real HDF5 file (what Keras writes; its signature at 0 or after a 512-byte user block) is
