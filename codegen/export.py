@@ -288,16 +288,21 @@ const char *{prefix}_version(void);
 
 def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
                  prefix: str = DEFAULT_PREFIX, guard: str | None = None, version: str = "0",
-                 cpu: str | None = None, features: str | None = None) -> dict:
+                 cpu: str | None = None, features: str | None = None,
+                 extra_files=None) -> dict:
     """Write `lib{name}.so`, `{name}.o` and `{name}.h` into `directory`; returns their paths and the
     target built for (see `target.export_target`: the host's by default).  The functions are
     `{prefix}_predict` and so on, the header's guard `guard` (KCOMPILE_{NAME}_H by default).
 
+    `extra_files(result, library)`, if given, returns more files for the directory ({file name:
+    bytes}, written in that order): it gets what this function returns and the path of the linked
+    library (under its temporary name, to hash it), so that a manifest can describe the export.
+
     Everything that can fail before linking (the target, the graph, code generation) runs before
-    `directory` is created.  The three files are written under temporary names and moved into
-    place only once all of them exist (linking included), so a failed export into an existing
-    export directory leaves its files as they were (never the new model's object beside the old
-    model's header and library)."""
+    `directory` is created.  Every file is written under a temporary name and moved into place only
+    once all of them exist (linking and the extra files included), the extra files last, so a
+    failed export into an existing export directory leaves its files as they were (never the new
+    model's library beside the old model's header or manifest)."""
     cpu, features = target.export_target(cpu, features)
     with target.generating_for(features):   # vector width and FMA use of the target, not the host
         module, plan, scratch_bytes = build_module(graph, version, prefix=prefix)
@@ -317,23 +322,30 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
     header_path = os.path.join(directory, f"{name}.h")
     # NOTE: the staged names keep their suffixes: the C compiler driver picks a file's role (object
     # to link) by its suffix
-    staged = {path: os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}"
-                                 f"{os.path.splitext(path)[1]}")
-              for path in (obj_path, lib_path, header_path)}
+    def stage(path):
+        staged[path] = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}"
+                                    f"{os.path.splitext(path)[1]}")
+        return staged[path]
+
+    staged: dict = {}
+    result = {"library": lib_path, "object": obj_path, "header": header_path,
+              "workspace": {"static_bytes": plan.static_bytes, "batch_bytes": plan.batch_bytes,
+                            "gemm_scratch_bytes": scratch_bytes},
+              "cpu": cpu, "features": features}
     try:
-        _write(staged[obj_path], obj)
-        _write(staged[header_path], header.encode())
-        link_shared(staged[obj_path], staged[lib_path])
-        for path in (obj_path, header_path, lib_path):
+        _write(stage(obj_path), obj)
+        _write(stage(header_path), header.encode())
+        link_shared(staged[obj_path], stage(lib_path))
+        extras = extra_files(result, staged[lib_path]) if extra_files is not None else {}
+        for file, data in extras.items():
+            _write(stage(os.path.join(directory, file)), data)
+        for path in staged:
             os.replace(staged[path], path)
     finally:
         for path in staged.values():
             if os.path.exists(path):
                 os.unlink(path)
-    return {"library": lib_path, "object": obj_path, "header": header_path,
-            "workspace": {"static_bytes": plan.static_bytes, "batch_bytes": plan.batch_bytes,
-                          "gemm_scratch_bytes": scratch_bytes},
-            "cpu": cpu, "features": features}
+    return result
 
 
 def _write(path: str, data: bytes) -> None:

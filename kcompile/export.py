@@ -25,7 +25,7 @@ import ir
 from ir import build as B
 from ir.graph import rebuild
 
-from .predictor import FORMAT, MANIFEST
+from .predictor import ABI_VERSION, FORMAT, MANIFEST
 
 EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor.
  *
@@ -137,8 +137,6 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
 
     file, prefix = ("model", DEFAULT_PREFIX) if name is None else (name, name)
     frozen = optimize_graph(freeze(graph, params), CompileOptions())
-    paths = export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
-                         features=features)
     x, (_, y) = frozen.inputs[0], frozen.outputs[0]
     row = int(np.prod([d for d in x.shape[1:]], dtype=np.int64))
     classes = int(np.prod([d for d in y.shape[1:]], dtype=np.int64))
@@ -147,38 +145,37 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
     for key, value in (("{row}", str(row)), ("{classes}", str(classes)), ("{file}", file),
                        ("{prefix}", prefix), ("{macro}", prefix.upper()), ("{build}", build)):
         example = example.replace(key, value)
-    _write(os.path.join(directory, "example.c"), example.encode())
     digest = hashlib.sha256()
     for param in sorted(params):
         digest.update(param.encode())
         digest.update(np.ascontiguousarray(params[param]).tobytes())
-    with open(paths["library"], "rb") as f:
-        library_sha = hashlib.sha256(f.read()).hexdigest()
-    manifest = {
-        "format": FORMAT,
-        "abi_version": 1,
-        "kcompile_version": version,
-        "name": name,
-        "symbol_prefix": prefix,
-        "library": os.path.basename(paths["library"]),
-        "object": os.path.basename(paths["object"]),
-        "header": os.path.basename(paths["header"]),
-        "library_sha256": library_sha,
-        "input_shape": list(x.shape), "input_dtype": "float32",
-        "output_shape": list(y.shape), "output_dtype": "float32",
-        "layers": list(layers),
-        "target_cpu": paths["cpu"],
-        "target_features": paths["features"],
-        "weights_sha256": digest.hexdigest(),
-        "workspace": paths["workspace"],
-        "build_example": build,
-    }
-    _write(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2).encode())
+
+    def example_and_manifest(paths, library):
+        # written with the library, header and object, and moved into place after them (the
+        # manifest last): a failed export leaves a directory's earlier export whole
+        with open(library, "rb") as f:
+            library_sha = hashlib.sha256(f.read()).hexdigest()
+        manifest = {
+            "format": FORMAT,
+            "abi_version": ABI_VERSION,
+            "kcompile_version": version,
+            "name": name,
+            "symbol_prefix": prefix,
+            "library": os.path.basename(paths["library"]),
+            "object": os.path.basename(paths["object"]),
+            "header": os.path.basename(paths["header"]),
+            "library_sha256": library_sha,
+            "input_shape": list(x.shape), "input_dtype": "float32",
+            "output_shape": list(y.shape), "output_dtype": "float32",
+            "layers": list(layers),
+            "target_cpu": paths["cpu"],
+            "target_features": paths["features"],
+            "weights_sha256": digest.hexdigest(),
+            "workspace": paths["workspace"],
+            "build_example": build,
+        }
+        return {"example.c": example.encode(), MANIFEST: json.dumps(manifest, indent=2).encode()}
+
+    export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
+                 features=features, extra_files=example_and_manifest)
     return directory
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

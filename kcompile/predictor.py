@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import numbers
 import os
 import tempfile
 import threading
@@ -27,6 +28,8 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 FORMAT = "kcompile-predictor"
+# the C ABI of the exported functions (model.h); a manifest without the field is from before it
+ABI_VERSION = 1
 # the functions' prefix of an export without a name (and of every export from before names)
 DEFAULT_PREFIX = "kcompile"
 _ERRORS = {1: "a null pointer was passed", 2: "the number of rows must be positive",
@@ -136,7 +139,14 @@ class Predictor:
         try:
             self.input_shape = tuple(None if d is None else int(d) for d in manifest["input_shape"])
             self.output_shape = tuple(None if d is None else int(d) for d in manifest["output_shape"])
-            library = os.path.join(self.directory, manifest["library"])
+            abi = manifest.get("abi_version", ABI_VERSION)
+            if abi != ABI_VERSION:
+                raise ValueError(f"abi_version {abi!r}: this kcompile loads version {ABI_VERSION} "
+                                 "(export the model again with this kcompile)")
+            name = manifest["library"]
+            if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+                raise ValueError(f"library {name!r} is not a file name in the export directory")
+            library = os.path.join(self.directory, name)
             digest = manifest["library_sha256"]
             prefix = manifest.get("symbol_prefix", DEFAULT_PREFIX)
             if not isinstance(prefix, str) or not prefix.isidentifier() or not prefix.isascii():
@@ -178,7 +188,12 @@ class Predictor:
                                      "float32: the directory was edited; export again")
 
     def predict(self, x, batch_size=None) -> np.ndarray:
-        """Outputs for every row of `x` (shape (rows, *input_shape[1:]))."""
+        """Outputs for every row of `x` (shape (rows, *input_shape[1:])); with `batch_size`, the
+        library is called on that many rows at a time (the same values: rows are independent)."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, numbers.Integral) or batch_size <= 0):
+            raise PredictorError(f"batch_size must be a positive integer or None (all rows in one "
+                                 f"call); got batch_size={batch_size!r}")
         x = np.asarray(x)
         if x.dtype.kind not in "fiub":
             raise PredictorError(f"predictor input must be numeric, got dtype {x.dtype}")
@@ -191,9 +206,14 @@ class Predictor:
         out = np.empty((rows,) + self.output_shape[1:], dtype=np.float32)
         if rows == 0:
             return out
-        status = self._predict(x.ctypes.data, rows, out.ctypes.data)
-        if status != 0:
-            raise PredictorError(f"the predictor failed: {_ERRORS.get(status, f'code {status}')}")
+        step = rows if batch_size is None else int(batch_size)
+        x_row, out_row = x[0].nbytes, out[0].nbytes
+        for start in range(0, rows, step):
+            count = min(step, rows - start)
+            status = self._predict(x.ctypes.data + start * x_row, count,
+                                   out.ctypes.data + start * out_row)
+            if status != 0:
+                raise PredictorError(f"the predictor failed: {_ERRORS.get(status, f'code {status}')}")
         return out
 
     __call__ = predict

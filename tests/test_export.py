@@ -134,6 +134,31 @@ def test_bad_inputs_are_python_errors(exported):
     assert p.predict(np.zeros((0, 28, 28))).shape == (0, 10)
 
 
+def test_batch_size_calls_the_library_on_that_many_rows_at_a_time(exported):
+    directory, params = exported
+    p = load_predictor(directory)
+    x = np.random.default_rng(5).random((10, 28, 28), dtype=np.float32)
+    want = reference(params, x)
+    for batch_size in (1, 3, 10, 64):
+        np.testing.assert_allclose(p.predict(x, batch_size=batch_size), want, atol=1e-6)
+    for bad in (0, -2, 2.5, "8", True):
+        with pytest.raises(PredictorError, match="batch_size must be a positive integer"):
+            p.predict(x, batch_size=bad)
+
+
+def test_a_manifest_naming_a_library_elsewhere_or_another_abi_is_refused(exported, tmp_path):
+    for field, value, message in (("library", "../other/libmodel.so", "not a file name"),
+                                  ("library", "/tmp/libmodel.so", "not a file name"),
+                                  ("abi_version", 2, "abi_version 2")):
+        bad = tmp_path / f"bad_{field}_{len(str(value))}"
+        shutil.copytree(exported[0], bad)
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest[field] = value
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(PredictorError, match=message):
+            load_predictor(bad)
+
+
 def test_native_error_codes(exported):
     import ctypes
     lib = ctypes.CDLL(os.path.join(exported[0], "libmodel.so"))
@@ -351,7 +376,23 @@ def test_a_failed_re_export_leaves_the_existing_export_as_it_was(tmp_path, monke
     np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
                                reference(params, rows), atol=1e-6)
 
-    monkeypatch.delenv("CC")                           # the same export, linking: all replaced
+    monkeypatch.delenv("CC")
+    # after linking, writing the manifest fails (a full disk): still nothing replaced
+    import codegen.export as codegen_export
+    real_write = codegen_export._write
+
+    def full_disk(path, data):
+        if "manifest" in os.path.basename(path):
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+    monkeypatch.setattr(codegen_export, "_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_predictor(other, other_params, str(directory), version="test")
+    assert {f: (directory / f).read_bytes() for f in os.listdir(directory)} == before
+    np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
+                               reference(params, rows), atol=1e-6)
+
+    monkeypatch.setattr(codegen_export, "_write", real_write)   # the same export: all replaced
     export_predictor(other, other_params, str(directory), version="test")
     np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
                                rows.reshape(4, 784).sum(axis=1, keepdims=True).repeat(3, axis=1),
