@@ -26,7 +26,7 @@ def save_model(model, filepath, overwrite=True, **kwargs):
     model.save(filepath, overwrite=overwrite, **kwargs)
 
 from kcompile.layers.core import InputLayer, SymbolicTensor
-from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.layer import Layer, format_shape, normalize_input_shape
 from kcompile.trainer import Trainer
 from kcompile.inspection import InspectionMixin
 
@@ -366,7 +366,21 @@ class Sequential(Model):
             if input_shape is None:
                 raise ValueError(f"Sequential model {self.name!r} has no input shape; call "
                                  "build((None, ...)) with one.")
-        input_shape = (None,) + tuple(input_shape)[1:]
+        given = input_shape
+        try:
+            dims = tuple(input_shape)
+        except TypeError:
+            dims = None
+        if not dims:
+            raise ValueError(f"build takes the batched input shape, such as (None, 28, 28); got "
+                             f"input_shape={given!r}")
+        # every dimension but the batch's is a positive integer, checked before any layer is built
+        try:
+            input_shape = (None,) + normalize_input_shape(dims[1:])
+        except ValueError:
+            raise ValueError(f"build takes the batched input shape, every dimension after the "
+                             f"batch's a positive integer, such as (None, 28, 28); got "
+                             f"input_shape={given!r}") from None
         known = self._known_input_shape()
         if known is not None and input_shape != known:
             raise ValueError(f"Sequential model {self.name!r} expects inputs of shape "

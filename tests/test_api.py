@@ -112,6 +112,16 @@ def test_ways_to_give_the_input_shape_build_the_same_model():
             np.testing.assert_array_equal(w, v)
 
 
+@pytest.mark.parametrize("bad", [(None, 2.5), (None, 0), (None, True), (None, -1), ("a", "b"), 5, ()])
+def test_build_refuses_a_shape_that_is_not_positive_integers_and_stays_unbuilt(bad):
+    model = Sequential([Dense(8), Dense(3)])
+    with pytest.raises(ValueError, match="build takes the batched input shape"):
+        model.build(bad)
+    assert not model.built and not any(layer.built for layer in model.layers)
+    model.build((None, 4))                      # the model is still free to take its real shape
+    assert [w.shape for w in model.get_weights()] == [(4, 8), (8,), (8, 3), (3,)]
+
+
 def test_unbuilt_model_builds_on_first_data_like_keras():
     model = Sequential([Flatten(), Dense(3)])
     assert not model.built and model.get_weights() == []
