@@ -9,6 +9,7 @@ Callbacks talk to the model only through ``get_weights``/``set_weights``, ``save
 """
 
 import csv
+import functools
 import inspect
 import math
 import numbers
@@ -127,11 +128,11 @@ class Callback:
 
     def on_train_batch_begin(self, batch, logs=None):
         """Called at the start of a training batch."""
-        self.on_batch_begin(batch, logs)
+        self.on_batch_begin(batch, logs=logs)
 
     def on_train_batch_end(self, batch, logs=None):
         """Called at the end of a training batch with the running metrics in ``logs``."""
-        self.on_batch_end(batch, logs)
+        self.on_batch_end(batch, logs=logs)
 
     def on_test_batch_begin(self, batch, logs=None):
         """Called at the start of an evaluation batch."""
@@ -221,10 +222,15 @@ class CallbackList:
 
     def _dispatch(self, hook_name, *args, logs=None):
         # One dict shared by all callbacks, so entries a callback adds (e.g. learning_rate) reach the later
-        # ones. Passed positionally, so LambdaCallback functions may name the argument as they like.
+        # ones. As Keras 3 passes them: `logs=` by keyword to the batch hooks (a hook written
+        # `def on_train_batch_end(self, batch, **kwargs)` gets it), positionally to the others.
         logs = {} if logs is None else logs
+        by_keyword = "_batch_" in hook_name
         for callback in self.callbacks:
-            getattr(callback, hook_name)(*args, logs)
+            if by_keyword:
+                getattr(callback, hook_name)(*args, logs=logs)
+            else:
+                getattr(callback, hook_name)(*args, logs)
 
     def on_batch_begin(self, batch, logs=None):
         self._dispatch("on_batch_begin", batch, logs=logs)
@@ -974,6 +980,15 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
+def _positional_logs(function):
+    """`function` called with the hook's logs as its last positional argument, however the caller
+    passes them, so that a LambdaCallback's `lambda batch, l: ...` names them as it likes."""
+    @functools.wraps(function)
+    def hook(*args, **logs):
+        return function(*args, *logs.values())
+    return hook
+
+
 class LambdaCallback(Callback):
     """Builds a callback from plain functions, one per hook.
 
@@ -993,4 +1008,4 @@ class LambdaCallback(Callback):
                 continue
             if not callable(function):
                 raise TypeError(f"LambdaCallback {name} must be a function; got {function!r}.")
-            setattr(self, name, function)
+            setattr(self, name, _positional_logs(function))

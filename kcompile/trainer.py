@@ -739,6 +739,8 @@ def _one_call_at_a_time(method):
             # on runners of its own, see _Program.runner_at)
             depth = self.__dict__.get("_call_depth", 0)
             self.__dict__["_call_depth"] = depth + 1
+            if depth == 0:
+                self.__dict__["_call_thread"] = threading.get_ident()
             try:
                 return method(self, *args, **kwargs)
             finally:
@@ -790,6 +792,12 @@ class Trainer:
             steps_per_execution: callbacks' batch hooks run once per that many batches, with
                 Keras 3's indices; training itself is the same (one native call per batch).
         """
+        if self.__dict__.get("_call_depth", 0) and \
+                self.__dict__.get("_call_thread") == threading.get_ident():
+            raise RuntimeError(
+                "compile() was called from inside fit, evaluate or predict on the same model (a "
+                "callback?): the running call keeps the loss, optimizer and metrics it started "
+                "with, so the model is left as it was; call compile() after that call returns")
         if target not in backend.TARGETS:
             raise ValueError(f"Unknown target {target!r}; use one of {list(backend.TARGETS)}")
         # NOTE: Keras 2 took (optimizer, loss, metrics, ...) and Keras 3 takes (optimizer, loss,

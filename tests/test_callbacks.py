@@ -106,7 +106,8 @@ def test_callback_list_dispatches_every_hook_in_order():
 
         def __getattribute__(self, attribute):
             if attribute.startswith("on_"):
-                return lambda *args: calls.append((object.__getattribute__(self, "name"), attribute, args))
+                return lambda *args, **kwargs: calls.append(
+                    (object.__getattribute__(self, "name"), attribute, args + tuple(kwargs.values())))
             return object.__getattribute__(self, attribute)
 
     model = FakeModel()
@@ -451,6 +452,27 @@ def test_lambda_callback():
     assert events == ["begin", (0, 3.0), (1, 2.0), "end"]
     with pytest.raises(TypeError, match="unknown hook names on_epoch_finish"):
         LambdaCallback(on_epoch_finish=print)
+
+
+def test_batch_hooks_get_logs_by_keyword_and_the_others_positionally_as_in_keras_3():
+    calls = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, batch, **kwargs):           # Keras 3 passes logs=logs
+            calls.append(("batch", batch, kwargs["logs"]["loss"]))
+
+        def on_batch_begin(self, batch, **kwargs):               # via Callback.on_train_batch_begin
+            calls.append(("old name", batch, kwargs["logs"]))
+
+        def on_epoch_end(self, epoch, *args):                    # ... and logs positionally here
+            calls.append(("epoch", epoch, args[0]["loss"]))
+
+    lambdas = []
+    named_freely = LambdaCallback(on_train_batch_end=lambda b, l: lambdas.append((b, l["loss"])))
+    fit(FakeModel(), [Spy(), named_freely], losses(3.0), steps=2)
+    assert calls == [("old name", 0, {}), ("batch", 0, 3.0), ("old name", 1, {}), ("batch", 1, 3.0),
+                     ("epoch", 0, 3.0)]
+    assert lambdas == [(0, 3.0), (1, 3.0)]
 
 
 # --- which way a monitored metric improves (mode='auto'), from the model's metric objects ---

@@ -399,6 +399,30 @@ def test_train_on_batch_from_a_callback_between_the_steps_of_fit(target):
     np.testing.assert_allclose(history.history["loss"][0], np.mean(losses), rtol=1e-5)
 
 
+def test_compile_from_a_callback_is_refused_and_changes_nothing():
+    """compile() inside fit, evaluate or predict of the same model: a clear error, the model keeps
+    its compile settings and trains on afterwards (the running call could not use the new ones)."""
+    x, y = data(rows=8)
+
+    class Recompile(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.compile(optimizer="adam", loss="mae")
+
+        on_test_batch_end = on_predict_batch_end = on_epoch_end
+
+    model = linear_model("llvm")
+    optimizer = model.optimizer
+    for call in (lambda: model.fit(x, y, epochs=2, callbacks=[Recompile()], verbose=0),
+                 lambda: model.evaluate(x, y, callbacks=[Recompile()], verbose=0),
+                 lambda: model.predict(x, callbacks=[Recompile()], verbose=0)):
+        with pytest.raises(RuntimeError, match="compile.. was called from inside fit"):
+            call()
+        assert model.loss == "mse" and model.optimizer is optimizer
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_sample_weights_scale_the_loss_and_the_update_like_keras(target):
     x, y = data(10)
