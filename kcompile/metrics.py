@@ -245,8 +245,18 @@ class Metric:
         self._totals = None
         self._samples = 0
         self._finish = None
+        self._loaded = False
+
+    def _load_result(self, value: float) -> None:
+        """Make result() `value`: a model's compiled step keeps a metric's sums itself and hands
+        the objects in `model.metrics` its results (an update_state after it starts afresh)."""
+        self.reset_state()
+        self._totals, self._samples, self._loaded = {}, 1, True
+        self._finish = lambda totals, samples: value
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        if self._loaded:
+            self.reset_state()
         sums, finish = _eager_sums(self, y_true, y_pred, sample_weight)
         if self._totals is None:
             self._totals = {key: np.zeros(np.shape(value), np.float64) for key, value in sums.items()}
@@ -975,6 +985,9 @@ class _Standalone(Metric):
 
     def reset_state(self):
         self.total, self.count = 0.0, 0.0
+
+    def _load_result(self, value: float) -> None:
+        self.total, self.count = value, 1.0
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype}

@@ -913,7 +913,8 @@ class Trainer:
         """Keras's `model.metrics`: [] before compile, then the loss tracker (a Mean named 'loss')
         and one object per compiled metric, named as logged.  Keras 3 lists its compiled metrics
         inside one 'compile_metrics' container; here they are listed themselves.  Their state is
-        not the fit's (the compiled step keeps the sums): `get_metrics_result()` has the values."""
+        not the fit's (the compiled step keeps the sums), but each one's result() is its value
+        after the last fit epoch, evaluation or batch call, as `get_metrics_result()` has them."""
         if not self.compiled:
             return []
         spec = self._last_spec
@@ -924,7 +925,21 @@ class Trainer:
             tracker = metrics_module.Mean(name="loss")
             self._metric_list = (self._last_spec,
                                  [tracker] + [entry[1] for entry in self._metric_objects(spec)])
+            self._load_metric_results(self._metric_list[1])
         return list(self._metric_list[1])
+
+    def _set_metrics_result(self, logs) -> None:
+        """The results of the last epoch, evaluation or batch call: what get_metrics_result()
+        returns and, by name, what the objects in `metrics` give as their result()."""
+        self._metrics_result = dict(logs)
+        if self._metric_list is not None:
+            self._load_metric_results(self._metric_list[1])
+
+    def _load_metric_results(self, objects) -> None:
+        for metric in objects:
+            value = self._metrics_result.get(metric.name)
+            if isinstance(value, numbers.Real):
+                metric._load_result(float(value))
 
     def get_metrics_result(self) -> dict:
         """The loss and metrics of the last fit epoch, evaluation (validation included, as the
@@ -1386,7 +1401,7 @@ class Trainer:
             logs = train_epoch(callback_list)
             if logs is None:  # a generator that ran out of batches (warned)
                 break
-            self._metrics_result = dict(logs)
+            self._set_metrics_result(logs)
             epoch_logs = logs
             if run_validation is not None and validate_after(epoch + 1):
                 val_logs = run_validation(callback_list)
@@ -1533,7 +1548,7 @@ class Trainer:
         totals = _Totals(program)
         totals.add(runner.output, rows)
         logs = totals.logs()
-        self._metrics_result = dict(logs)
+        self._set_metrics_result(logs)
         return _results(logs, program.metric_names, return_dict)
 
     @_one_call_at_a_time
@@ -1548,7 +1563,7 @@ class Trainer:
         totals = _Totals(program)
         totals.add(runner.output, rows)
         logs = totals.logs()
-        self._metrics_result = dict(logs)
+        self._set_metrics_result(logs)
         return _results(logs, program.metric_names, return_dict)
 
     def _predict_fast(self, x, batch_size: int = 32):
@@ -1679,7 +1694,7 @@ class Trainer:
                     break
             logs = totals.logs()
         callback_list.on_test_end(logs)
-        self._metrics_result = dict(logs)
+        self._set_metrics_result(logs)
         return logs
 
     def _evaluate_stream(self, stream, weighted, callback_list, argument) -> dict:
@@ -1710,7 +1725,7 @@ class Trainer:
             hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
         callback_list.on_test_end(logs)
-        self._metrics_result = dict(logs)
+        self._set_metrics_result(logs)
         return logs
 
     # -- predict --------------------------------------------------------------------------------

@@ -401,11 +401,18 @@ def test_metrics_results_compile_config_and_run_eagerly():
     assert result == pytest.approx({"loss": history["val_loss"][0],
                                     "accuracy": history["val_accuracy"][0],
                                     "sca": history["val_sca"][0]})
+    # ... and so do the objects in model.metrics (the ones listed before fit too)
+    listed = model.metrics
+    assert {m.name: m.result() for m in listed} == result
     p = model.predict(x, verbose=0)
     logs = model.evaluate(x, y, verbose=0, return_dict=True)
     expected = {"loss": float(-np.log(p[np.arange(12), y].astype(np.float64)).mean()),
                 "accuracy": float((p.argmax(1) == y).mean())}
     assert model.get_metrics_result() == logs
+    assert {m.name: m.result() for m in listed} == logs
+    # an eager update after that starts afresh, as after reset_state
+    listed[2].update_state(y[:4], p[:4])
+    assert listed[2].result() == pytest.approx(float((p[:4].argmax(1) == y[:4]).mean()))
     assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert logs["accuracy"] == pytest.approx(expected["accuracy"])
     config = model.get_compile_config()
