@@ -8,8 +8,10 @@ it builds each layer as soon as the shape reaching it is known, drawing the weig
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
+import tempfile
 import weakref
 
 import numpy as np
@@ -34,6 +36,15 @@ from kcompile.inspection import InspectionMixin
 class _Unsupported(AttributeError, NotImplementedError):
     """An attribute of Keras that kcompile does not have: `hasattr` is False, and the message says
     why."""
+
+
+def _from_keras_bytes(data: bytes):
+    """The model whose `.keras` file holds `data` (how Model.__reduce__ unpickles)."""
+    with tempfile.TemporaryDirectory(prefix="kcompile-pickle-") as directory:
+        path = os.path.join(directory, "model.keras")
+        with open(path, "wb") as f:
+            f.write(data)
+        return load_model(path)
 
 
 def _owners(layer) -> "weakref.WeakSet":
@@ -154,6 +165,17 @@ class Model(InspectionMixin, Trainer, Layer):
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
 
     save.writes_atomically = True   # (ModelCheckpoint calls it directly)
+
+    def __reduce__(self):
+        """pickle and copy.deepcopy, as in Keras 3: the model travels as the bytes of its `.keras`
+        file (config, weights, compile arguments, optimizer state) and is loaded from them, so a
+        copy trains on exactly as the original would.  Custom layers, losses and metrics must be
+        registered (`kcompile.saving.register_keras_serializable`) where the copy is loaded."""
+        with tempfile.TemporaryDirectory(prefix="kcompile-pickle-") as directory:
+            path = os.path.join(directory, "model.keras")
+            self.save(path)
+            with open(path, "rb") as f:
+                return _from_keras_bytes, (f.read(),)
 
     def regularization(self):
         """The sum of every layer's weight penalties (traced), or None when no weight has one."""

@@ -875,3 +875,26 @@ def test_compile_config_round_trips_through_compile_from_config_and_a_file(tmp_p
     assert loaded.get_compile_config()["run_eagerly"] is True
     with pytest.raises(TypeError, match="get_compile_config"):
         other.compile_from_config("mse")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pickle_and_deepcopy_give_a_model_that_trains_on_exactly_like_the_original(target):
+    import copy
+    import pickle
+    rng = np.random.default_rng(4)
+    x = rng.random((24, 5), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(24) % 3]
+    set_random_seed(2)
+    model = Sequential([Input((5,)), Dense(4, activation="relu"), Dense(3, activation="softmax")])
+    model.compile(optimizers.Adam(0.01), "categorical_crossentropy", metrics=["accuracy"],
+                  target=target)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    copies = [pickle.loads(pickle.dumps(model)), copy.deepcopy(model)]
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for other in copies:
+        assert other is not model and other.compiled and other.loss == "categorical_crossentropy"
+        other.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)   # Adam's state came along
+        for got, want in zip(other.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(got, want)
+    unbuilt = pickle.loads(pickle.dumps(Sequential([Dense(3)])))
+    assert not unbuilt.built and unbuilt.layers[0].units == 3
