@@ -898,10 +898,14 @@ class ReduceLROnPlateau(Callback):
         min_lr=0.0,
     ):
         super().__init__()
-        if factor >= 1.0:
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0.0 <= factor < 1.0:
             raise ValueError(
-                f"ReduceLROnPlateau does not support factor >= 1.0; got factor={factor}. Pass a factor below 1."
+                f"ReduceLROnPlateau does not support factor={factor!r}: it multiplies the learning rate, so "
+                "pass a number in [0, 1)."
             )
+        min_lr = schedules.value_now(min_lr)
+        if isinstance(min_lr, bool) or not isinstance(min_lr, numbers.Real) or not 0.0 <= min_lr < math.inf:
+            raise ValueError(f"ReduceLROnPlateau min_lr must be a finite number >= 0; got min_lr={min_lr!r}")
         self.monitor = monitor
         self.factor = factor
         self.patience = patience
@@ -910,7 +914,7 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = abs(min_delta)   # as Keras (and EarlyStopping): a change of this size
         self.cooldown = cooldown
         # (a number: a live learning rate given as the floor is read now)
-        self.min_lr = schedules.value_now(min_lr)
+        self.min_lr = min_lr
         self._maximize = _is_maximized(monitor, self.mode)
         self._reset()
 

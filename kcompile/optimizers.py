@@ -239,7 +239,11 @@ class Optimizer:
             raise NotImplementedError("learning_rate may be a number or a "
                                       "kcompile.optimizers.schedules.LearningRateSchedule (evaluated "
                                       "inside the compiled step); a plain function is not supported")
-        return _check_real(value, "learning_rate")
+        rate = _check_real(value, "learning_rate")
+        if not abs(rate) <= float(np.finfo(np.float32).max):
+            raise ValueError(f"learning_rate must be a finite float32 number (the compiled step "
+                             f"computes in float32); got learning_rate={value!r}")
+        return rate
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -69,6 +69,24 @@ def _check_positive(value, argument):
         raise ValueError(f"Argument `{argument}` must be > 0. Received: {argument}={value!r}")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_argument(name: str, value) -> None:
+    """A schedule's numbers are finite float32 values (the compiled step computes in float32), its
+    step counts are not negative, and PiecewiseConstantDecay's boundaries increase."""
+    numbers_in = value if isinstance(value, (list, tuple)) else [value]
+    for number in numbers_in:
+        if isinstance(number, numbers.Real) and not isinstance(number, bool) \
+                and not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX):
+            raise ValueError(f"Argument `{name}` must hold finite float32 numbers. Received: "
+                             f"{name}={value!r}")
+    if name.endswith("_steps") and isinstance(value, numbers.Real) and value < 0:
+        raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={value!r}")
+    if name == "boundaries" and any(not b < a for b, a in zip(value, list(value)[1:])):
+        raise ValueError(f"Argument `boundaries` must be increasing. Received: boundaries={value!r}")
+
+
 def _rate(schedule, result, step: Node) -> Node:
     """What a schedule returned for the traced `step`, as a value of the graph: a number (Keras
     takes a schedule that returns a float) is a constant rate."""
@@ -114,7 +132,9 @@ class LearningRateSchedule:
     def __setattr__(self, name, value):
         # a live learning rate (optimizer.learning_rate) given as an argument is read now: the
         # schedule keeps a number, which its config saves
-        super().__setattr__(name, value_now(value))
+        value = value_now(value)
+        _check_argument(name, value)
+        super().__setattr__(name, value)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

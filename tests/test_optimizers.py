@@ -502,3 +502,28 @@ def test_a_schedule_whose_call_comes_from_a_mixin_trains():
     error = 2 * (x @ kernel + bias - y) / y.size
     np.testing.assert_allclose(model.get_weights()[0], kernel - 0.05 * x.T @ error, rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: optimizers.SGD(1e40), "finite float32"),
+    (lambda: schedules.ExponentialDecay(float("nan"), 10, 0.9), "initial_learning_rate"),
+    (lambda: schedules.InverseTimeDecay(0.1, 10, float("inf")), "decay_rate"),
+    (lambda: schedules.PiecewiseConstantDecay([5, 3], [1.0, 0.5, 0.1]), "increasing"),
+    (lambda: schedules.PiecewiseConstantDecay([3, 5], [1.0, float("nan"), 0.1]), "values"),
+    (lambda: schedules.CosineDecay(0.1, 10, warmup_steps=-1, warmup_target=0.2), "warmup_steps"),
+    (lambda: schedules.PolynomialDecay(0.1, 10, power=float("inf")), "power"),
+    (lambda: kcompile.callbacks.ReduceLROnPlateau(factor=-1), "factor"),
+    (lambda: kcompile.callbacks.ReduceLROnPlateau(min_lr=float("nan")), "min_lr"),
+])
+def test_learning_rates_and_schedules_that_float32_cannot_hold_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_assigning_an_overflowing_learning_rate_is_refused_and_changes_nothing():
+    optimizer = optimizers.Adam(0.01)
+    for assign in (lambda: setattr(optimizer, "learning_rate", 1e39),
+                   lambda: optimizer.learning_rate.assign(-1e39)):
+        with pytest.raises(ValueError, match="finite float32"):
+            assign()
+        assert float(optimizer.learning_rate) == pytest.approx(0.01)
