@@ -312,13 +312,22 @@ class Optimizer:
 
     def build(self, variables):
         """Create slots (at their initial values) for `variables` that have none yet."""
-        for variable in variables:
-            for slot in self.slot_names():
-                path = self.slot_path(variable, slot)
-                if path not in self._slots:
-                    self._slots[path] = Variable(
-                        np.full(variable.shape, self.slot_initial_value(slot), np.float32), path,
-                        trainable=False)
+        wanted = [(variable, slot, self.slot_path(variable, slot))
+                  for variable in variables for slot in self.slot_names()]
+        for variable, slot, path in wanted:     # (all checked before any slot is made)
+            held = self._slots.get(path)
+            if held is not None and tuple(held.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"this {type(self).__name__} optimizer already holds its {slot!r} slot for a "
+                    f"weight named {variable.path!r} of shape {tuple(held.shape)}, but the weight "
+                    f"of that name now has shape {tuple(variable.shape)}: is one optimizer object "
+                    "shared by two models? Give each model its own (e.g. "
+                    "type(optimizer).from_config(optimizer.get_config()))")
+        for variable, slot, path in wanted:
+            if path not in self._slots:
+                self._slots[path] = Variable(
+                    np.full(variable.shape, self.slot_initial_value(slot), np.float32), path,
+                    trainable=False)
         self._built = True
 
     def state(self) -> dict:

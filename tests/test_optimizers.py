@@ -527,3 +527,29 @@ def test_assigning_an_overflowing_learning_rate_is_refused_and_changes_nothing()
         with pytest.raises(ValueError, match="finite float32"):
             assign()
         assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_one_optimizer_shared_by_two_models_of_other_shapes_is_named_as_the_problem():
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 4), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(16) % 3]
+    shared = optimizers.Adam()
+
+    def model(hidden):
+        m = Sequential([Input((4,)), Dense(hidden), Dense(3)])
+        m.compile(shared, "mse", target="llvm")
+        return m
+    model(8).fit(x, y, verbose=0)
+    slots = {path: slot.numpy().copy() for path, slot in shared._slots.items()}
+    other = model(5)
+    weights = other.get_weights()
+    with pytest.raises(ValueError, match="shared by two models"):
+        other.fit(x, y, verbose=0)
+    assert {path: slot.numpy() for path, slot in shared._slots.items()}.keys() == slots.keys()
+    for path, value in slots.items():
+        np.testing.assert_array_equal(shared._slots[path].numpy(), value)
+    for got, want in zip(other.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    own = type(shared).from_config(shared.get_config())     # the fix the message gives
+    other.compile(own, "mse", target="llvm")
+    other.fit(x, y, verbose=0)
