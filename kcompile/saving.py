@@ -157,6 +157,12 @@ def _atomic_write(filepath: str, write, overwrite: bool):
     target = os.path.realpath(filepath)
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
+        parent = directory
+        while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise NotADirectoryError(f"Cannot save to {filepath}: {parent} is a file, not a directory; "
+                                     "pass a path in a directory.")
         raise FileNotFoundError(f"Cannot save to {filepath}: the directory {directory} does not exist; "
                                 "create it first (os.makedirs).")
     try:

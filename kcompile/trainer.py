@@ -1271,9 +1271,12 @@ class Trainer:
         if y is None:
             raise ValueError(f"Each batch of `{argument}` must be (x, y) or (x, y, sample_weight) to "
                              "compute a loss; got a batch without targets")
-        x = numeric_array(self._one_input(x), f"{argument} (a batch's x)")
-        y = numeric_array(_one_target(y, x), f"{argument} (a batch's y)")
-        _check_lengths(x, y, f"{argument} (a batch's x)", f"{argument} (a batch's y)")
+        # (named as variables, for the messages' hints: batch_x, validation_data_batch_x, ...)
+        prefix = "" if argument == "x" else f"{argument}_"
+        x_name, y_name = f"{prefix}batch_x", f"{prefix}batch_y"
+        x = numeric_array(self._one_input(x), x_name)
+        y = numeric_array(_one_target(y, x), y_name)
+        _check_lengths(x, y, x_name, y_name)
         if class_weight is not None:
             if sample_weight is not None:
                 raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified "
@@ -1285,11 +1288,11 @@ class Trainer:
                 raise ValueError(f"A batch of `{argument}` holds sample weights but the first batch "
                                  "did not; give every batch sample weights, or none")
             sample_weight = data_adapters.check_sample_weight(sample_weight, len(x),
-                                                              f"{argument} (a batch's sample_weight)")
+                                                              f"{prefix}batch_sample_weight")
         elif weighted:
-            sample_weight = np.ones(len(x), np.float32)
-        x, y, spec, loss, input_shape = self._prepare(x, y, f"{argument} (a batch's x)",
-                                                      f"{argument} (a batch's y)")
+            raise ValueError(f"A batch of `{argument}` holds no sample weights but the first batch "
+                             "did; give every batch sample weights, or none")
+        x, y, spec, loss, input_shape = self._prepare(x, y, x_name, y_name)
         return x, y, sample_weight, spec, loss, input_shape
 
     def _array_weights(self, y, sample_weight, class_weight, samples, argument="sample_weight"):

@@ -190,6 +190,14 @@ def test_bad_arguments_are_refused(make_layer):
         make_layer()
 
 
+@pytest.mark.parametrize("make_layer", [lambda: Conv2D(4, 3, data_format="bogus"),
+                                        lambda: MaxPooling2D(data_format="channel_last"),
+                                        lambda: Flatten(data_format="NHWC")])
+def test_an_unknown_data_format_is_a_value_error_naming_both(make_layer):
+    with pytest.raises(ValueError, match="'channels_last' or 'channels_first'"):
+        make_layer()
+
+
 @pytest.mark.parametrize("make_layer", [
     lambda: Conv2D(4, 3, dilation_rate=2), lambda: Conv2D(4, 3, groups=2),
     lambda: Conv2D(4, 3, data_format="channels_first"),

@@ -334,6 +334,18 @@ def test_batch_source_errors():
         model.fit(iter([]), verbose=0)
     with pytest.raises(ValueError, match="steps_per_epoch must be a positive integer"):
         model.fit(batches(x, y, 4), steps_per_epoch=0, verbose=0)
+    # a bad batch later in the stream is named as a variable, with a hint that reads as code
+    bad = [(x[:4], y[:4]), (x[4:8, :, None], y[4:8])]
+    with pytest.raises(ValueError, match=r"Input `batch_x` has shape \(4, 4, 1\).*batch_x\.reshape"):
+        model.fit(iter(bad), verbose=0)
+    with pytest.raises(ValueError, match="`validation_data_batch_x` and `validation_data_batch_y`"):
+        model.fit(x, y, validation_data=iter([(x[:3], y[:4])]), verbose=0)
+    # sample weights on every batch or on none: dropping them midway is refused like adding them
+    ones = np.ones(4, np.float32)
+    for first, second in (((x[:4], y[:4]), (x[4:], y[4:], ones)),
+                          ((x[:4], y[:4], ones), (x[4:], y[4:]))):
+        with pytest.raises(ValueError, match="first batch"):
+            model.fit(iter([first, second]), verbose=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -565,6 +565,8 @@ def test_file_suffixes_like_keras(tmp_path):
     for save, name in ((model.save, "model.keras"), (model.save_weights, "model.weights.npz")):
         with pytest.raises(FileNotFoundError, match=f"{missing} does not exist; create it first"):
             save(missing / name)
+        with pytest.raises(NotADirectoryError, match="model.keras is a file, not a directory"):
+            save(tmp_path / "model.keras" / "deeper" / name)     # under a file
     assert not missing.exists()
 
 

@@ -37,6 +37,9 @@ def normalize_padding(padding, layer: str, allowed=NN.PADDINGS) -> str:
 
 
 def check_channels_last(data_format, layer: str) -> None:
+    if data_format not in (None, "channels_last", "channels_first"):
+        raise ValueError(f"{layer}: `data_format` must be 'channels_last' or 'channels_first'; got "
+                         f"data_format={data_format!r}")
     if data_format not in (None, "channels_last"):
         raise NotImplementedError(f"{layer} supports data_format='channels_last' only (images of shape "
                                   f"(batch, height, width, channels)); got data_format={data_format!r}")

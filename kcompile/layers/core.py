@@ -202,8 +202,8 @@ class Flatten(Layer):
     """Flattens every axis but the batch axis: (None, 28, 28) -> (None, 784)."""
 
     def __init__(self, data_format=None, **kwargs):
-        if data_format not in (None, "channels_last"):
-            raise NotImplementedError("Flatten supports data_format='channels_last' only")
+        from .convolutional import check_channels_last
+        check_channels_last(data_format, "Flatten")
         super().__init__(**kwargs)
 
     def compute_output_shape(self, input_shape):
