@@ -29,11 +29,14 @@ Metric objects also work eagerly on numpy arrays: `update_state(y_true, y_pred, 
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 import ir
 from ir import Node
 from ir import build as B
+from ir.ops import as_traced
 
 from kcompile import losses as losses_module
 from kcompile.layers.layer import to_snake_case
@@ -190,10 +193,64 @@ class Metric:
         self.name = name or to_snake_case(type(self).__name__)
         Metric.reset_state(self)   # (the eager totals; a subclass's own state is not set up yet)
 
-    def add_variable(self, *args, **kwargs):
-        raise NotImplementedError(_STATEFUL_METRIC)
+    def add_variable(self, shape=(), initializer="zeros", dtype=None, aggregation="sum", name=None):
+        """A state variable, as in Keras 3 (`self.total = self.add_variable(shape=(), ...)`): a
+        subclass that defines `update_state` and `result` on such variables is traced into the
+        compiled step, where `update_state` may change them with `assign_add` / `assign_sub` only
+        (see `StateVariable`)."""
+        if aggregation not in ("sum", "mean", "only_first_replica", "none", None):
+            raise ValueError(f"add_variable: unknown aggregation={aggregation!r}")
+        variables = self.__dict__.setdefault("_state_variables", [])
+        variable = StateVariable(shape, initializer, name or f"variable_{len(variables)}", self.name)
+        variables.append(variable)
+        return variable
 
-    add_weight = add_variable
+    def add_weight(self, shape=(), initializer=None, dtype=None, name=None):
+        return self.add_variable(shape, "zeros" if initializer is None else initializer, dtype,
+                                 name=name)
+
+    @property
+    def variables(self) -> list:
+        """The state variables `add_variable` made (Keras's `metric.variables`)."""
+        return list(self.__dict__.get("_state_variables", ()))
+
+    def _is_stateful(self) -> bool:
+        """A Keras-style metric: its own update_state (with result) instead of `values` or
+        `trace_sums`."""
+        cls = type(self)
+        return cls.update_state is not Metric.update_state and cls.values is Metric.values \
+            and cls.trace_sums is Metric.trace_sums
+
+    def _trace_state_sums(self, y_true, y_pred, sample_weight):
+        """trace_sums of a Keras-style metric: update_state is traced with every state variable
+        recording what it adds (`StateVariable.assign_add`); the step sums those additions over
+        the epoch, and the finisher puts the sums in the variables (from zero, as Keras's
+        reset_state at the start of an epoch leaves them) and calls result() on them."""
+        variables = self.variables
+        for variable in variables:
+            variable._begin_trace()
+        try:
+            if sample_weight is None:
+                self.update_state(y_true, y_pred)
+            else:
+                self.update_state(y_true, y_pred, sample_weight=sample_weight)
+            sums = {f"state:{i}": B.reshape(v._delta, (v.size,)) if v.shape else v._delta
+                    for i, v in enumerate(variables) if v._delta is not None}
+        finally:
+            for variable in variables:
+                variable._end_trace()
+
+        def finish(totals, samples):
+            for i, variable in enumerate(variables):
+                total = totals.get(f"state:{i}")
+                variable._value = (np.zeros(variable.shape, np.float32) if total is None else
+                                   np.asarray(total, np.float32).reshape(variable.shape))
+            result = np.asarray(self.result())
+            if result.size != 1:
+                raise ValueError(f"metric {self.name!r}: result() must return one number for fit "
+                                 f"and evaluate to log; got {result!r}")
+            return float(result.reshape(()))
+        return sums, finish
 
     def values(self, y_true: Node, y_pred: Node) -> Node:
         """One value per prediction, for a metric that is the mean of them (`MeanMetricWrapper`)."""
@@ -205,6 +262,8 @@ class Metric:
 
         By default the metric is the mean of `values`: the sum of the values (times the weights, and
         the weights' sum), divided at the end by the number of values (or the weights' sum)."""
+        if self._is_stateful():
+            return self._trace_state_sums(y_true, y_pred, sample_weight)
         values = self.values(y_true, y_pred)
         if not isinstance(values, Node):
             raise TypeError(f"metric {self.name!r} returned {values!r}; a metric function must "
@@ -246,10 +305,15 @@ class Metric:
         self._samples = 0
         self._finish = None
         self._loaded = False
+        for variable in self.__dict__.get("_state_variables", ()):
+            variable.assign(np.zeros(variable.shape, np.float32))    # (as Keras's, not the initializer)
 
     def _load_result(self, value: float) -> None:
         """Make result() `value`: a model's compiled step keeps a metric's sums itself and hands
-        the objects in `model.metrics` its results (an update_state after it starts afresh)."""
+        the objects in `model.metrics` its results (an update_state after it starts afresh).  A
+        Keras-style metric's variables already hold them (its finisher put them there)."""
+        if self._is_stateful():
+            return
         self.reset_state()
         self._totals, self._samples, self._loaded = {}, 1, True
         self._finish = lambda totals, samples: value
@@ -284,6 +348,117 @@ class Metric:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+class StateVariable:
+    """A state variable of a Keras-style metric (`Metric.add_variable`).
+
+    Outside a trace it is a float32 array: `assign`, `assign_add`, `assign_sub`, `numpy()`, and
+    numpy arithmetic for `result()` (`self.total / self.count`).  While `update_state` is traced
+    into a compiled step it records what is added to it: `assign_add(x)` / `assign_sub(x)` with x
+    of the variable's shape (a sum over the batch, e.g. `ops.sum(...)`), any number of times.
+    Reading it or `assign` there is refused: the step only sums the additions, and the running
+    total exists only when the epoch's sums are read."""
+
+    def __init__(self, shape, initializer, name: str, metric_name: str):
+        from kcompile import initializers
+        try:
+            self.shape = tuple(int(d) for d in ((shape,) if isinstance(shape, numbers.Integral)
+                                                 else shape or ()))
+        except (TypeError, ValueError):
+            raise ValueError(f"add_variable: shape must be a tuple of integers; got shape={shape!r}")
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"add_variable: shape must be a tuple of integers >= 0; got {shape!r}")
+        self.name = name
+        self.path = f"{metric_name}/{name}"
+        self.dtype = "float32"
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        value = initializers.get(initializer)(self.shape) if self.shape else \
+            initializers.get(initializer)((1,)).reshape(())
+        self._value = np.asarray(value, np.float32).reshape(self.shape)
+        self._tracing = False
+        self._delta = None
+
+    def _begin_trace(self):
+        self._tracing, self._delta = True, None
+
+    def _end_trace(self):
+        self._tracing = False
+
+    def _refuse_in_trace(self, what: str):
+        if self._tracing:
+            raise NotImplementedError(
+                f"metric variable {self.path!r}: {what} inside update_state is not supported in "
+                "kcompile's compiled step, which sums what update_state adds over the epoch: change "
+                "the variable with assign_add / assign_sub only, and read it in result()")
+
+    def _add(self, value, sign: float):
+        if not self._tracing:
+            added = np.broadcast_to(np.asarray(value, np.float32), self.shape)
+            self._value = np.asarray(self._value + np.float32(sign) * added, np.float32)
+            return self
+        node = as_traced(value)
+        if not isinstance(node, Node):
+            node = B.const(np.asarray(value, np.float32))
+        if node.dtype != "f32":
+            node = B.cast(node, "f32")
+        if None in node.shape or len(node.shape) > len(self.shape):
+            raise ValueError(f"metric variable {self.path!r} of shape {self.shape}: assign_add "
+                             f"takes a value of that shape (a sum over the batch, e.g. ops.sum(...)); "
+                             f"got shape {node.shape}")
+        if node.shape != self.shape:
+            node = B.broadcast(node, self.shape)
+        if sign < 0:
+            node = B.neg(node)
+        self._delta = node if self._delta is None else B.add(self._delta, node)
+        return self
+
+    def assign_add(self, value):
+        return self._add(value, 1.0)
+
+    def assign_sub(self, value):
+        return self._add(value, -1.0)
+
+    def assign(self, value):
+        self._refuse_in_trace("assign")
+        self._value = np.array(np.broadcast_to(np.asarray(value, np.float32), self.shape))
+        return self
+
+    def numpy(self):
+        self._refuse_in_trace("reading the value")
+        return np.array(self._value, np.float32)
+
+    @property
+    def value(self):
+        return self.numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.numpy()
+        return value if dtype is None else value.astype(dtype)
+
+    def __float__(self):
+        return float(self.numpy())
+
+    def __repr__(self):
+        return f"<StateVariable path={self.path}, shape={self.shape}>"
+
+    def _numeric(op, swapped=False):
+        def method(self, other):
+            other = other.numpy() if isinstance(other, StateVariable) else other
+            return op(other, self.numpy()) if swapped else op(self.numpy(), other)
+        return method
+
+    __add__, __radd__ = _numeric(np.add), _numeric(np.add, True)
+    __sub__, __rsub__ = _numeric(np.subtract), _numeric(np.subtract, True)
+    __mul__, __rmul__ = _numeric(np.multiply), _numeric(np.multiply, True)
+    __truediv__, __rtruediv__ = _numeric(np.divide), _numeric(np.divide, True)
+    __pow__ = _numeric(np.power)
+    __lt__, __le__ = _numeric(np.less), _numeric(np.less_equal)
+    __gt__, __ge__ = _numeric(np.greater), _numeric(np.greater_equal)
+    del _numeric
+
+    def __neg__(self):
+        return -self.numpy()
 
 
 class MeanMetricWrapper(Metric):
@@ -1101,10 +1276,9 @@ def get(identifier):
 
 
 _STATEFUL_METRIC = (
-    "a metric with state variables updated in Python (Keras's add_variable, update_state and "
-    "result) is not supported: kcompile traces metrics into the compiled step.  Subclass "
-    "kcompile.metrics.Metric with `values(self, y_true, y_pred)` returning one value per sample "
-    "(written with kcompile.ops; the result is their mean over the epoch), or pass a metric function")
+    "it defines none of `update_state` (Keras's way, with add_variable and result), "
+    "`values(self, y_true, y_pred)` returning one value per sample (written with kcompile.ops; the "
+    "result is their mean over the epoch) or `trace_sums`; define one, or pass a metric function")
 
 
 def check(identifier):
@@ -1120,7 +1294,7 @@ def check(identifier):
                         "compile() cannot use it (Keras's fails on it too). Use it eagerly, or pass "
                         "compile a function of (y_true, y_pred) or MeanMetricWrapper(fn)")
     if isinstance(metric, Metric) and cls.values is Metric.values \
-            and cls.trace_sums is Metric.trace_sums:
+            and cls.trace_sums is Metric.trace_sums and not metric._is_stateful():
         raise NotImplementedError(f"metric {metric.name!r} ({cls.__name__}): {_STATEFUL_METRIC}")
 
 

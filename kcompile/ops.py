@@ -30,7 +30,8 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "dot", "transpose", "reshape", "expand_dims", "squeeze", "cast", "stop_gradient",
            "ones_like", "zeros_like", "argmax", "greater", "greater_equal", "less", "less_equal",
            "equal", "not_equal", "power", "softplus", "silu", "swish", "sign", "rsqrt", "var",
-           "std", "concatenate", "stack", "ones", "zeros"]
+           "std", "concatenate", "stack", "ones", "zeros", "logical_and", "logical_or",
+           "logical_not", "floor", "round"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -147,6 +148,48 @@ def where(condition, x1, x2):
     if not isinstance(x1, Node) and not isinstance(x2, Node):
         x1 = B.broadcast(B.const(float(x1)), condition.shape)
     return B.select(condition, x1, x2)
+
+
+def _as_bool(x, name):
+    x = _node(x, name)
+    return x if x.dtype == "bool" else B.ne(x, 0)
+
+
+def logical_and(x1, x2):
+    """Elementwise and of truth values (nonzero is true), as a bool value."""
+    return B.eq(B.add(B.cast(_as_bool(x1, "logical_and"), "i32"),
+                      B.cast(_as_bool(x2, "logical_and"), "i32")), 2)
+
+
+def logical_or(x1, x2):
+    return B.ne(B.add(B.cast(_as_bool(x1, "logical_or"), "i32"),
+                      B.cast(_as_bool(x2, "logical_or"), "i32")), 0)
+
+
+def logical_not(x):
+    return B.eq(B.cast(_as_bool(x, "logical_not"), "i32"), 0)
+
+
+def floor(x):
+    """The largest integer <= x (a float value; values past 2**23 are integers already)."""
+    x = _node(x, "floor")
+    if x.dtype not in ("f32", "f64"):
+        return x
+    whole = B.cast(B.cast(B.clip(x, -2.0 ** 30, 2.0 ** 30), "i32"), x.dtype)   # truncated
+    floored = B.sub(whole, B.cast(B.gt(whole, x), x.dtype))
+    return B.select(B.lt(B.abs(x), 2.0 ** 23), floored, x)
+
+
+def round(x):  # noqa: A001  (Keras's name)
+    """To the nearest integer, halves to even, as numpy's and Keras's round."""
+    x = _node(x, "round")
+    if x.dtype not in ("f32", "f64"):
+        return x
+    below = floor(x)
+    fraction = B.sub(x, below)          # exact: x and its floor share x's grid of floats
+    odd = B.ne(B.sub(below, B.mul(floor(B.mul(below, 0.5)), 2.0)), 0.0)
+    up = logical_or(B.gt(fraction, 0.5), logical_and(B.eq(fraction, 0.5), odd))
+    return B.add(below, B.cast(up, x.dtype))      # (floor keeps |x| >= 2**23, whole already)
 
 
 def mean(x, axis=None, keepdims=False):
@@ -322,7 +365,8 @@ def zeros(shape, dtype="float32"):
 # how many leading positional arguments are operands (the rest are axes, shapes, dtypes, bounds)
 _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum",
                                   "minimum", "greater", "greater_equal", "less", "less_equal",
-                                  "equal", "not_equal", "matmul", "dot", "power")}
+                                  "equal", "not_equal", "matmul", "dot", "power",
+                                  "logical_and", "logical_or")}
 _OPERANDS["where"] = 3
 _SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
 _NOT_EAGER = ("ones", "zeros")                    # numpy's already

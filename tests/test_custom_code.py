@@ -56,7 +56,13 @@ UNARY += [(lambda x: ops.power(ops.abs(x), 2.5), lambda x: np.abs(x) ** 2.5),
           (lambda x: ops.concatenate([x, x * 2.0], axis=-1), lambda x: np.concatenate([x, 2 * x], -1)),
           (lambda x: ops.stack([x, -x], axis=1), lambda x: np.stack([x, -x], 1)),
           (lambda x: x * ops.ones((3,)) + ops.zeros((1, 3)), lambda x: x)]
-BINARY = [(ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
+UNARY += [(ops.floor, np.floor), (lambda x: ops.round(x * 4.0), lambda x: np.round(x * 4.0)),
+          (lambda x: ops.cast(ops.logical_not(x > 0.5), "float32"), lambda x: x <= 0.5)]
+BINARY = [(lambda a, c: ops.cast(ops.logical_and(a > 0.2, c > 0.2), "float32"),
+           lambda a, c: (a > 0.2) & (c > 0.2)),
+          (lambda a, c: ops.cast(ops.logical_or(a > 0.7, c), "float32"),
+           lambda a, c: (a > 0.7) | (c != 0)),
+          (ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
           (ops.divide, np.divide), (ops.maximum, np.maximum), (ops.minimum, np.minimum),
           (lambda a, c: ops.cast(ops.less_equal(a, c), "float32"), lambda a, c: a <= c)]
 
@@ -394,7 +400,7 @@ def test_an_inferred_output_shape_draws_the_weights_in_layer_order():
         np.testing.assert_array_equal(inferred, given)
 
 
-def test_layers_inside_layers_and_stateful_metrics_are_refused_with_the_way_out():
+def test_layers_inside_layers_and_metrics_without_a_rule_are_refused_with_the_way_out():
     class Block(Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -406,24 +412,12 @@ def test_layers_inside_layers_and_stateful_metrics_are_refused_with_the_way_out(
     with pytest.raises(NotImplementedError, match="holds the layer 'dense'.*in self.inner"):
         Sequential([Input(shape=(3,)), Block()])
 
-    class TruePositives(kcompile.metrics.Metric):     # Keras's guide: state in Python variables
-        def __init__(self, name="tp", **kwargs):
-            super().__init__(name=name, **kwargs)
-            self.count = self.add_variable(shape=(), name="tp", initializer="zeros")
-
-    with pytest.raises(NotImplementedError, match="add_variable, update_state and result"):
-        TruePositives()
-
-    class Counted(kcompile.metrics.Metric):
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            pass
-
-        def result(self):
-            return 0.0
+    class Nothing(kcompile.metrics.Metric):      # neither update_state nor values
+        pass
 
     model = Sequential([Input(shape=(3,)), Dense(2)])
-    with pytest.raises(NotImplementedError, match="'counted' \\(Counted\\).*values\\(self, y_true"):
-        model.compile(optimizer="sgd", loss="mse", metrics=[Counted()])
+    with pytest.raises(NotImplementedError, match="'nothing' \\(Nothing\\).*update_state.*values\\(self, y_true"):
+        model.compile(optimizer="sgd", loss="mse", metrics=[Nothing()])
     # a subclass of Sequential keeps its layers, of course
     class MySequential(Sequential):
         pass
@@ -526,3 +520,13 @@ def test_compute_output_shape_returning_no_shape_and_axes_that_are_no_integers()
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                x.sum(1, keepdims=True) + x.mean(1, keepdims=True))
+
+
+def test_ops_round_takes_halves_to_even_and_floor_matches_numpy_at_every_scale():
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(20000) * 10.0 ** rng.uniform(-3, 9, 20000)).astype(np.float32)
+    halves = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999997, 8388607.5, 4194304.5,
+                       8388609.0, -8388607.5], np.float32)
+    for values in (x, np.round(x * 2) / 2, halves):
+        np.testing.assert_array_equal(ops.round(values), np.round(values))
+        np.testing.assert_array_equal(ops.floor(values), np.floor(values))

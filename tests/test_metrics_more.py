@@ -421,3 +421,119 @@ def test_save_and_load_keep_the_metrics(tmp_path):
     after = loaded.evaluate(x, np.eye(3)[labels], verbose=0, return_dict=True)
     assert after == pytest.approx(before)
     assert sorted(after) == ["f1", "loss", "one_hot_mean_io_u", "r2_score"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras-style metrics: state variables, update_state and result
+# ----------------------------------------------------------------------------------------------
+
+class BinaryF1(kcompile.metrics.Metric):
+    """As Keras's guide writes a metric: variables, update_state with assign_add, result."""
+
+    def __init__(self, name="f1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.tp = self.add_variable(shape=(), initializer="zeros", name="tp")
+        self.fp = self.add_variable(shape=(), initializer="zeros", name="fp")
+        self.fn = self.add_variable(shape=(), initializer="zeros", name="fn")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        from kcompile import ops
+        p = ops.round(y_pred)
+        w = 1.0 if sample_weight is None else ops.reshape(sample_weight, (-1, 1))
+        self.tp.assign_add(ops.sum(p * y_true * w))
+        self.fp.assign_add(ops.sum(p * (1.0 - y_true) * w))
+        self.fn.assign_sub(-ops.sum((1.0 - p) * y_true * w))
+
+    def result(self):
+        return 2 * self.tp / (2 * self.tp + self.fp + self.fn + 1e-7)
+
+
+class ClassCounts(kcompile.metrics.Metric):
+    """A vector variable: how often each class is predicted; the result is the largest share."""
+
+    def __init__(self, classes=3, name="top_share"):
+        super().__init__(name=name)
+        self.counts = self.add_weight(shape=(classes,), name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        from kcompile import ops
+        top = ops.cast(ops.equal(y_pred, ops.max(y_pred, axis=-1, keepdims=True)), "float32")
+        self.counts.assign_add(ops.sum(top, axis=0))
+
+    def result(self):
+        return np.max(self.counts) / np.sum(self.counts)
+
+
+def _f1(p, y, w=None):
+    w = np.ones(len(y)) if w is None else w
+    p = np.round(p)[:, 0]
+    y = y[:, 0]
+    tp, fp, fn = (p * y * w).sum(), (p * (1 - y) * w).sum(), ((1 - p) * y * w).sum()
+    return 2 * tp / (2 * tp + fp + fn + 1e-7)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_keras_style_metric_is_traced_into_fit_and_evaluate(target):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((150, 5)).astype(np.float32)
+    y = (x[:, :1] + 0.5 * x[:, 1:2] > 0).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 150).astype(np.float32)
+    model = Sequential([Input((5,)), Dense(1, activation="sigmoid")])
+    f1 = BinaryF1()
+    model.compile(optimizers.SGD(0.0), "binary_crossentropy", metrics=[f1],
+                  weighted_metrics=[BinaryF1(name="wf1")], target=target)
+    p = model.predict(x, verbose=0)          # a rate of 0: every batch sees these predictions
+    history = model.fit(x, y, sample_weight=w, batch_size=32, epochs=2, verbose=0).history
+    np.testing.assert_allclose(history["f1"], [_f1(p, y)] * 2, rtol=1e-5)
+    np.testing.assert_allclose(history["wf1"], [_f1(p, y, w)] * 2, rtol=1e-5)
+    logs = model.evaluate(x[:70], y[:70], batch_size=16, verbose=0, return_dict=True)
+    assert logs["f1"] == pytest.approx(_f1(p[:70], y[:70]), rel=1e-5)
+    # the object holds the evaluation's totals, as Keras's would
+    assert f1.result() == pytest.approx(logs["f1"], rel=1e-6)
+    np.testing.assert_allclose(f1.tp.numpy(), (np.round(p[:70]) * y[:70]).sum())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_keras_style_metric_with_a_vector_variable(target):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 64)]
+    model = Sequential([Input((4,)), Dense(3, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=[ClassCounts()], target=target)
+    p = model.predict(x, verbose=0)
+    share = np.bincount(p.argmax(1), minlength=3).max() / 64
+    assert model.evaluate(x, y, batch_size=10, verbose=0)[1] == pytest.approx(share)
+
+
+def test_a_keras_style_metric_used_eagerly_and_reset():
+    rng = np.random.default_rng(5)
+    p = rng.random((40, 1)).astype(np.float32)
+    y = (rng.random((40, 1)) > 0.5).astype(np.float32)
+    metric = BinaryF1()
+    metric.update_state(y[:25], p[:25])
+    metric.update_state(y[25:], p[25:])
+    assert float(metric.result()) == pytest.approx(_f1(p, y), rel=1e-6)
+    assert [v.name for v in metric.variables] == ["tp", "fp", "fn"]
+    metric.reset_state()
+    assert [float(v.numpy()) for v in metric.variables] == [0.0, 0.0, 0.0]
+
+
+def test_a_keras_style_metric_that_assigns_or_reads_its_state_while_traced_says_what_works():
+    class Assigns(BinaryF1):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.tp.assign(self.tp + 1.0)
+
+    class Reads(BinaryF1):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.tp.assign_add(self.fp * 2.0)
+
+    x = np.ones((4, 2), np.float32)
+    y = np.ones((4, 1), np.float32)
+    for metric in (Assigns(), Reads()):
+        model = Sequential([Input((2,)), Dense(1, activation="sigmoid")])
+        model.compile("sgd", "binary_crossentropy", metrics=[metric])
+        weights = model.get_weights()
+        with pytest.raises(NotImplementedError, match="assign_add / assign_sub only"):
+            model.fit(x, y, verbose=0)
+        for got, want in zip(model.get_weights(), weights):
+            np.testing.assert_array_equal(got, want)
