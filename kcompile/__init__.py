@@ -19,9 +19,20 @@ _SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets"
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
             "Input": ("kcompile.layers", "Input"),
             "load_predictor": ("kcompile.predictor", "load_predictor"),
-            "load_model": ("kcompile.models", "load_model")}
+            "load_model": ("kcompile.models", "load_model"),
+            # Keras 3's top-level base classes
+            "Layer": ("kcompile.layers", "Layer"), "Loss": ("kcompile.losses", "Loss"),
+            "Metric": ("kcompile.metrics", "Metric"), "Optimizer": ("kcompile.optimizers", "Optimizer"),
+            "Initializer": ("kcompile.initializers", "Initializer"),
+            "Regularizer": ("kcompile.regularizers", "Regularizer")}
 
-__all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "activations", "callbacks", "datasets", "initializers",
+
+def version() -> str:
+    """kcompile's version, as keras.version()."""
+    return __version__
+
+__all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "Layer", "Loss", "Metric",
+           "Optimizer", "Initializer", "Regularizer", "version", "activations", "callbacks", "datasets", "initializers",
            "layers", "losses", "metrics", "models", "ops", "optimizers", "regularizers", "utils", "__version__"]
 
 

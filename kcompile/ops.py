@@ -31,7 +31,8 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "ones_like", "zeros_like", "argmax", "greater", "greater_equal", "less", "less_equal",
            "equal", "not_equal", "power", "softplus", "silu", "swish", "sign", "rsqrt", "var",
            "std", "concatenate", "stack", "ones", "zeros", "logical_and", "logical_or",
-           "logical_not", "floor", "round"]
+           "logical_not", "floor", "round", "isnan", "isinf", "isfinite", "log1p", "one_hot",
+           "shape", "convert_to_numpy"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -190,6 +191,44 @@ def round(x):  # noqa: A001  (Keras's name)
     odd = B.ne(B.sub(below, B.mul(floor(B.mul(below, 0.5)), 2.0)), 0.0)
     up = logical_or(B.gt(fraction, 0.5), logical_and(B.eq(fraction, 0.5), odd))
     return B.add(below, B.cast(up, x.dtype))      # (floor keeps |x| >= 2**23, whole already)
+
+
+def isnan(x):
+    x = _node(x, "isnan")
+    return B.ne(x, x)
+
+
+def isinf(x):
+    x = _node(x, "isinf")
+    return B.eq(B.abs(x), float("inf"))
+
+
+def isfinite(x):
+    x = _node(x, "isfinite")
+    return B.lt(B.abs(x), float("inf"))        # (false for NaN)
+
+
+def log1p(x):
+    """log(1 + x), accurate for small x: log(u) * x / (u - 1) with u = 1 + x (Goldberg's trick)."""
+    x = _node(x, "log1p")
+    u = B.add(x, 1.0)
+    ratio = B.div(B.mul(B.log(u), x), B.sub(u, 1.0))
+    return B.select(B.eq(u, 1.0), x, B.select(B.eq(u, float("inf")), u, ratio))
+
+
+def one_hot(x, num_classes, axis=-1, dtype="float32"):
+    """Ids (integers or whole floats) as one-hot vectors on a new last axis; an id outside
+    [0, num_classes) gives zeros, as Keras's."""
+    x = _node(x, "one_hot")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes <= 0:
+        raise ValueError(f"kcompile.ops.one_hot: num_classes must be a positive integer; got "
+                         f"{num_classes!r}")
+    if axis != -1 and axis != x.type.rank:
+        raise NotImplementedError("kcompile.ops.one_hot puts the classes on the last axis only "
+                                  "(axis=-1)")
+    ids = B.reshape(B.cast(x, "f32"), tuple(x.shape) + (1,))
+    return cast(B.eq(ids, B.const(np.arange(num_classes, dtype=np.float32))), dtype)
 
 
 def mean(x, axis=None, keepdims=False):
@@ -351,6 +390,20 @@ def stack(xs, axis=0):
     return concatenate(nodes, axis)
 
 
+def shape(x):
+    """The shape as a tuple (None for the batch axis of a traced value), as Keras's ops.shape."""
+    node = as_traced(x)
+    return tuple(node.shape) if isinstance(node, Node) else tuple(np.shape(x))
+
+
+def convert_to_numpy(x):
+    """An array's numbers as numpy's; a traced value has none yet (a TypeError says so)."""
+    if isinstance(as_traced(x), Node):
+        raise TypeError("kcompile.ops.convert_to_numpy: a traced value (inside a layer's call, a "
+                        "loss or a metric) has no numbers until the compiled step runs")
+    return np.asarray(x)
+
+
 def ones(shape, dtype="float32"):
     """An array of ones (a constant where it meets traced values), as numpy's."""
     return np.ones(shape, dtype)
@@ -369,7 +422,7 @@ _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true
                                   "logical_and", "logical_or")}
 _OPERANDS["where"] = 3
 _SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
-_NOT_EAGER = ("ones", "zeros")                    # numpy's already
+_NOT_EAGER = ("ones", "zeros", "shape", "convert_to_numpy")     # numpy's already
 
 
 def _is_traced(value) -> bool:

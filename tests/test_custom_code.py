@@ -530,3 +530,32 @@ def test_ops_round_takes_halves_to_even_and_floor_matches_numpy_at_every_scale()
     for values in (x, np.round(x * 2) / 2, halves):
         np.testing.assert_array_equal(ops.round(values), np.round(values))
         np.testing.assert_array_equal(ops.floor(values), np.floor(values))
+
+
+def test_ops_special_value_tests_log1p_shape_and_convert_to_numpy_as_numpy():
+    x = np.array([0.0, np.nan, np.inf, -np.inf, 1e-8, -0.5, 3.0, 1e30], np.float32)
+    np.testing.assert_array_equal(ops.isnan(x), np.isnan(x))
+    np.testing.assert_array_equal(ops.isinf(x), np.isinf(x))
+    np.testing.assert_array_equal(ops.isfinite(x), np.isfinite(x))
+    np.testing.assert_allclose(ops.log1p(np.abs(x)), np.log1p(np.abs(x)), rtol=2e-7)
+    assert ops.shape(x) == (8,) and ops.convert_to_numpy([1.0, 2.0]).tolist() == [1.0, 2.0]
+    assert kcompile.version() == kcompile.__version__
+    assert kcompile.Layer is Layer and kcompile.Metric is kcompile.metrics.Metric
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ops_one_hot_in_a_custom_loss_of_sparse_labels(target):
+    def sparse_mse(y_true, y_pred):
+        assert ops.shape(y_pred) == (None, 3)
+        return ops.mean(ops.square(ops.one_hot(ops.squeeze(y_true, -1), 3) - y_pred), axis=-1)
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, (10, 1)).astype(np.float32)
+    model = Sequential([Input(shape=(4,)), Dense(3)])
+    model.compile(optimizer="sgd", loss=sparse_mse, target=target)
+    p = model.predict(x, verbose=0)
+    want = ((np.eye(3)[labels[:, 0].astype(int)] - p) ** 2).mean()
+    assert model.evaluate(x, labels, verbose=0) == pytest.approx(want, rel=1e-5)
+    np.testing.assert_array_equal(ops.one_hot(np.array([0, 2, 5, -1]), 3),
+                                  np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], np.float32))
