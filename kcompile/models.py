@@ -586,8 +586,8 @@ def _summary_text(model, line_length=None, positions=None, show_trainable=False,
 
 
 def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
-    """A new model of the same architecture with fresh weights (not compiled), as
-    `keras.models.clone_model`.  `clone_function(layer)` makes each new layer (default: the layer's
+    """A new model of the same architecture with fresh weights, as `keras.models.clone_model`:
+    compiled with the original's compile arguments (and a new optimizer) when it was compiled.  `clone_function(layer)` makes each new layer (default: the layer's
     class from its config)."""
     if input_tensors is not None or kwargs.get("call_function") is not None:
         raise NotImplementedError("clone_model of a Sequential model takes no input_tensors or "
@@ -600,16 +600,21 @@ def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
     if clone_function is None:
         classes = {type(layer).__name__: type(layer) for layer in model.layers}   # custom layers too
         classes[type(model).__name__] = type(model)
-        return saving.model_from_json(model.to_json(), classes)
-    if not callable(clone_function):
-        raise ValueError(f"clone_function must be callable; got {clone_function!r}")
-    clone = Sequential(name=model.name, trainable=model.trainable)
-    if model._input_layer is not None:
-        clone.add(layers_module.deserialize(layers_module.serialize(model._input_layer)), rebuild=False)
-    for layer in model.layers:
-        new = clone_function(layer)
-        if not isinstance(new, Layer):
-            raise ValueError(f"clone_function must return a layer; got {new!r} for {layer.name!r}")
-        clone.add(new, rebuild=False)
-    clone._maybe_build()
+        clone = saving.model_from_json(model.to_json(), classes)
+    else:
+        if not callable(clone_function):
+            raise ValueError(f"clone_function must be callable; got {clone_function!r}")
+        clone = Sequential(name=model.name, trainable=model.trainable)
+        if model._input_layer is not None:
+            clone.add(layers_module.deserialize(layers_module.serialize(model._input_layer)),
+                      rebuild=False)
+        for layer in model.layers:
+            new = clone_function(layer)
+            if not isinstance(new, Layer):
+                raise ValueError(f"clone_function must return a layer; got {new!r} for {layer.name!r}")
+            clone.add(new, rebuild=False)
+        clone._maybe_build()
+    if model.compiled:
+        # as Keras 3: compiled as the original was, with an optimizer of its own (fresh state)
+        clone.compile_from_config(model.get_compile_config())
     return clone

@@ -511,9 +511,14 @@ def test_to_json_model_from_json_and_clone_model_rebuild_the_architecture():
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     text = model.to_json()
     assert json.loads(text)["class_name"] == "Sequential" and "compile_config" not in text
-    for copy in (model_from_json(text), clone_model(model)):
+    from_json, cloned = model_from_json(text), clone_model(model)
+    assert from_json.optimizer is None                           # not compiled, as Keras's
+    # Keras 3 compiles a clone of a compiled model from its compile config: a new optimizer
+    assert cloned.get_compile_config() == model.get_compile_config()
+    assert cloned.optimizer is not model.optimizer and int(cloned.optimizer.iterations.numpy()) == 0
+    assert float(cloned.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
+    for copy in (from_json, cloned):
         assert copy.get_config() == model.get_config()
-        assert copy.optimizer is None                            # not compiled, as Keras's
         assert not np.array_equal(copy.get_weights()[0], model.get_weights()[0])  # fresh weights
         copy.set_weights(model.get_weights())
         np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0),
