@@ -616,5 +616,15 @@ def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
         clone._maybe_build()
     if model.compiled:
         # as Keras 3: compiled as the original was, with an optimizer of its own (fresh state)
-        clone.compile_from_config(model.get_compile_config())
+        try:
+            clone.compile_from_config(model.get_compile_config())
+        except (TypeError, ValueError):
+            # a custom loss or metric the registry does not know by name: the original's objects
+            optimizer = model.optimizer
+            clone.compile(optimizer=type(optimizer).from_config(optimizer.get_config()),
+                          loss=model.loss, loss_weights=model.loss_weight,
+                          metrics=list(model._metric_identifiers),
+                          weighted_metrics=list(model._weighted_metric_identifiers),
+                          target=model._compiled_target, run_eagerly=model._run_eagerly,
+                          steps_per_execution=model.steps_per_execution)
     return clone

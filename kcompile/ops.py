@@ -280,9 +280,12 @@ def transpose(x, axes=None):
 
 
 def reshape(x, new_shape):
-    """Keras's reshape; a -1 that stands for the batch (the other sizes are one sample's) keeps it."""
+    """Keras's reshape; a -1 that stands for the batch (the other sizes are one sample's) keeps it,
+    as does the batch size from `shape`."""
     x = _node(x, "reshape")
-    shape = list(new_shape)
+    shape = [None if _is_batch_size(d) else d for d in new_shape]
+    if None in shape:
+        return B.reshape(x, shape)
     if x.shape and x.shape[0] is None and None not in shape and shape.count(-1) == 1:
         rest = 1
         for d in shape:
@@ -391,9 +394,18 @@ def stack(xs, axis=0):
 
 
 def shape(x):
-    """The shape as a tuple (None for the batch axis of a traced value), as Keras's ops.shape."""
+    """The shape as a tuple, as Keras's ops.shape.  Of a traced value, the batch size is itself a
+    traced (float32) value, so that `ops.sum(v) / ops.shape(v)[0]` and
+    `ops.reshape(x, (ops.shape(x)[0], -1))` work as in Keras; the other sizes are ints."""
     node = as_traced(x)
-    return tuple(node.shape) if isinstance(node, Node) else tuple(np.shape(x))
+    if not isinstance(node, Node):
+        return tuple(np.shape(x))
+    return tuple(B.dim_size(node, axis) if d is None else d for axis, d in enumerate(node.shape))
+
+
+def _is_batch_size(d) -> bool:
+    """A size `shape` gave for a batch axis (a traced dim_size of an axis of unknown size)."""
+    return isinstance(d, Node) and d.op == "dim_size" and d.operands[0].shape[d.attr("axis")] is None
 
 
 def convert_to_numpy(x):

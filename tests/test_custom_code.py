@@ -546,7 +546,7 @@ def test_ops_special_value_tests_log1p_shape_and_convert_to_numpy_as_numpy():
 @pytest.mark.parametrize("target", TARGETS)
 def test_ops_one_hot_in_a_custom_loss_of_sparse_labels(target):
     def sparse_mse(y_true, y_pred):
-        assert ops.shape(y_pred) == (None, 3)
+        assert ops.shape(y_pred)[1:] == (3,)
         return ops.mean(ops.square(ops.one_hot(ops.squeeze(y_true, -1), 3) - y_pred), axis=-1)
 
     rng = np.random.default_rng(2)
@@ -559,3 +559,38 @@ def test_ops_one_hot_in_a_custom_loss_of_sparse_labels(target):
     assert model.evaluate(x, labels, verbose=0) == pytest.approx(want, rel=1e-5)
     np.testing.assert_array_equal(ops.one_hot(np.array([0, 2, 5, -1]), 3),
                                   np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], np.float32))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_batch_size_from_ops_shape_is_a_value_as_in_keras(target):
+    def per_row_sum(y_true, y_pred):        # a loss that divides by the batch size itself
+        return ops.sum(ops.square(y_true - y_pred)) / ops.cast(ops.shape(y_true)[0], "float32")
+
+    class Flat(Layer):
+        def call(self, x):
+            return ops.reshape(x, (ops.shape(x)[0], -1))
+
+    class Rows(kcompile.metrics.Metric):
+        def __init__(self, name="rows"):
+            super().__init__(name=name)
+            self.count = self.add_variable(shape=(), name="count")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.count.assign_add(ops.shape(y_pred)[0])
+
+        def result(self):
+            return self.count.numpy()
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((10, 2, 3)).astype(np.float32)
+    y = rng.standard_normal((10, 2)).astype(np.float32)
+    model = Sequential([Input(shape=(2, 3)), Flat(), Dense(2)])
+    assert model.output_shape == (None, 2)
+    model.compile(optimizer="sgd", loss=per_row_sum, metrics=[Rows()], target=target)
+    p = model.predict(x, verbose=0)
+    loss, rows = model.evaluate(x, y, batch_size=4, verbose=0)
+    batches = [(0, 4), (4, 8), (8, 10)]
+    # (Keras's loss tracker weighs each batch's loss by the batch's size)
+    want = np.sum([((y[a:b] - p[a:b]) ** 2).sum() / (b - a) * (b - a) for a, b in batches]) / 10
+    assert loss == pytest.approx(want, rel=1e-5) and rows == 10
+    assert ops.shape(x) == (10, 2, 3)
