@@ -898,6 +898,8 @@ class ReduceLROnPlateau(Callback):
         min_lr=0.0,
     ):
         super().__init__()
+        factor = factor.item() if getattr(factor, "ndim", None) == 0 else factor
+        min_lr = min_lr.item() if getattr(min_lr, "ndim", None) == 0 else min_lr
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0.0 <= factor < 1.0:
             raise ValueError(
                 f"ReduceLROnPlateau does not support factor={factor!r}: it multiplies the learning rate, so "

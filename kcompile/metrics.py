@@ -1159,10 +1159,16 @@ class _Standalone(Metric):
         self.reset_state()
 
     def reset_state(self):
-        self.total, self.count = 0.0, 0.0
+        self.total, self.count, self._loaded = 0.0, 0.0, False
+
+    def _start(self):
+        """Before an eager update: a result loaded from a model's step is not a running total."""
+        if self._loaded:
+            self.reset_state()
 
     def _load_result(self, value: float) -> None:
-        self.total, self.count = value, 1.0
+        # (an eager update after it starts afresh, as for the other metrics)
+        self.total, self.count, self._loaded = value, 1.0, True
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype}
@@ -1175,6 +1181,7 @@ class Sum(_Standalone):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, values, sample_weight=None):
+        self._start()
         values, _ = _samplewise(values, sample_weight, np.sum)
         self.total += float(np.sum(values))
 
@@ -1190,6 +1197,7 @@ class Mean(_Standalone):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, values, sample_weight=None):
+        self._start()
         values, sample_weight = _samplewise(values, sample_weight, np.mean)
         self.total += float(np.sum(values))
         if sample_weight is not None:

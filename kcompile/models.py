@@ -98,10 +98,11 @@ class Model(InspectionMixin, Trainer, Layer):
 
     def reset_metrics(self):
         """Metrics are computed afresh by every fit, evaluate and *_on_batch; what is left to reset
-        is the last result, which `get_metrics_result()` then gives as zeros (as Keras's reset
-        state reads)."""
+        is the last result, which `get_metrics_result()` and the objects in `metrics` then give as
+        zeros (as Keras's reset state reads)."""
         if getattr(self, "_metrics_result", None):
             self._metrics_result = {name: 0.0 for name in self._metrics_result}
+        self._reset_metric_objects()
 
     @property
     def trainable_weights(self) -> list:
@@ -165,6 +166,11 @@ class Model(InspectionMixin, Trainer, Layer):
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
 
     save.writes_atomically = True   # (ModelCheckpoint calls it directly)
+
+    def __deepcopy__(self, memo):
+        function, arguments = self.__reduce__()
+        memo[id(self)] = copy = function(*arguments)
+        return copy
 
     def __reduce__(self):
         """pickle and copy.deepcopy, as in Keras 3: the model travels as the bytes of its `.keras`

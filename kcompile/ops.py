@@ -200,11 +200,15 @@ def isnan(x):
 
 def isinf(x):
     x = _node(x, "isinf")
+    if x.dtype not in ("f32", "f64"):
+        return B.ne(x, x)                       # (integers are never infinite)
     return B.eq(B.abs(x), float("inf"))
 
 
 def isfinite(x):
     x = _node(x, "isfinite")
+    if x.dtype not in ("f32", "f64"):
+        return B.eq(x, x)
     return B.lt(B.abs(x), float("inf"))        # (false for NaN)
 
 
@@ -213,7 +217,8 @@ def log1p(x):
     x = _node(x, "log1p")
     u = B.add(x, 1.0)
     ratio = B.div(B.mul(B.log(u), x), B.sub(u, 1.0))
-    return B.select(B.eq(u, 1.0), x, B.select(B.eq(u, float("inf")), u, ratio))
+    # (from u = 2 on, log(u) is as accurate, and the product above could overflow)
+    return B.select(B.eq(u, 1.0), x, B.select(B.gt(u, 2.0), B.log(u), ratio))
 
 
 def one_hot(x, num_classes, axis=-1, dtype="float32"):

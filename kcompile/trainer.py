@@ -28,6 +28,7 @@ last step).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -495,7 +496,7 @@ class _BatchHooks:
         if step % self.stride:
             return
         for callback in self.begin:
-            getattr(callback, self.begin_name)(step, {})
+            getattr(callback, self.begin_name)(step, logs={})
 
     def execution_start(self, step: int) -> int:
         """The first step of the execution (steps_per_execution) that `step` belongs to."""
@@ -518,11 +519,11 @@ class _BatchHooks:
             self._ended = step
             index = self.execution_start(step) + self.stride - 1
             for callback in self.every:
-                getattr(callback, self.end_name)(index, logs)
+                getattr(callback, self.end_name)(index, logs=logs)
         if self._progress_due:
             self._shown = step
             for callback in self.throttled:
-                getattr(callback, self.end_name)(step, logs)
+                getattr(callback, self.end_name)(step, logs=logs)
 
     def finish(self, step: int, logs) -> None:
         """After the epoch's last step: the bars see it even when it was not known to be the last
@@ -537,7 +538,7 @@ class _BatchHooks:
         if self.throttled and step >= 0 and self._shown != step:
             logs = logs() if callable(logs) else logs
             for callback in self.throttled:
-                getattr(callback, self.end_name)(step, logs)
+                getattr(callback, self.end_name)(step, logs=logs)
 
 
 def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False):
@@ -748,6 +749,19 @@ def _one_call_at_a_time(method):
     return serialized
 
 
+def _fitting(method):
+    """fit marks the model as fitting while it runs (see Trainer._ending)."""
+    @functools.wraps(method)
+    def marked(self, *args, **kwargs):
+        previous = self.__dict__.get("_fitting", False)
+        self.__dict__["_fitting"] = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.__dict__["_fitting"] = previous
+    return marked
+
+
 class Trainer:
     """compile / fit / evaluate / predict for a model that can be traced (mixed into `Model`)."""
 
@@ -760,7 +774,8 @@ class Trainer:
         self._run_eagerly = False
         self._compiled_target = "llvm"
         self._metrics_result = {}
-        self._metric_list = None  # (spec, [loss tracker, metric objects]) for `metrics`
+        # (spec, [loss tracker, metric objects], their logged names) for `metrics`
+        self._metric_list = None
         self._last_spec = None
         self.stop_training = False
         self.stop_evaluating = False
@@ -792,12 +807,14 @@ class Trainer:
             steps_per_execution: callbacks' batch hooks run once per that many batches, with
                 Keras 3's indices; training itself is the same (one native call per batch).
         """
-        if self.__dict__.get("_call_depth", 0) and \
-                self.__dict__.get("_call_thread") == threading.get_ident():
+        depth = self.__dict__.get("_call_depth", 0)
+        if depth and self.__dict__.get("_call_thread") == threading.get_ident() \
+                and not (depth == 1 and self.__dict__.get("_compile_ok")):
             raise RuntimeError(
                 "compile() was called from inside fit, evaluate or predict on the same model (a "
                 "callback?): the running call keeps the loss, optimizer and metrics it started "
-                "with, so the model is left as it was; call compile() after that call returns")
+                "with, so the model is left as it was; call compile() after that call returns "
+                "(or from on_train_end, on_test_end or on_predict_end)")
         if target not in backend.TARGETS:
             raise ValueError(f"Unknown target {target!r}; use one of {list(backend.TARGETS)}")
         # NOTE: Keras 2 took (optimizer, loss, metrics, ...) and Keras 3 takes (optimizer, loss,
@@ -923,23 +940,33 @@ class Trainer:
                 shape = self.output_shape if self.built else (None, 2)
                 spec = TargetSpec("f32", shape, shape)
             tracker = metrics_module.Mean(name="loss")
-            self._metric_list = (self._last_spec,
-                                 [tracker] + [entry[1] for entry in self._metric_objects(spec)])
-            self._load_metric_results(self._metric_list[1])
+            entries = self._metric_objects(spec)
+            # (objects, and the names they are logged under: a weighted twin or a second metric
+            # of one name is logged as weighted_accuracy, a_1, ...)
+            self._metric_list = (self._last_spec, [tracker] + [entry[1] for entry in entries],
+                                 ["loss"] + [entry[0] for entry in entries])
+            self._load_metric_results()
         return list(self._metric_list[1])
 
     def _set_metrics_result(self, logs) -> None:
         """The results of the last epoch, evaluation or batch call: what get_metrics_result()
-        returns and, by name, what the objects in `metrics` give as their result()."""
+        returns and, by logged name, what the objects in `metrics` give as their result()."""
         self._metrics_result = dict(logs)
-        if self._metric_list is not None:
-            self._load_metric_results(self._metric_list[1])
+        self._load_metric_results()
 
-    def _load_metric_results(self, objects) -> None:
-        for metric in objects:
-            value = self._metrics_result.get(metric.name)
+    def _load_metric_results(self) -> None:
+        if self._metric_list is None:
+            return
+        for metric, name in zip(*self._metric_list[1:]):
+            value = self._metrics_result.get(name)
             if isinstance(value, numbers.Real):
                 metric._load_result(float(value))
+
+    def _reset_metric_objects(self) -> None:
+        """reset_metrics(): every object in `metrics` back to its initial state."""
+        if self._metric_list is not None:
+            for metric in self._metric_list[1]:
+                metric.reset_state()
 
     def get_metrics_result(self) -> dict:
         """The loss and metrics of the last fit epoch, evaluation (validation included, as the
@@ -1290,8 +1317,7 @@ class Trainer:
             sample_weight = data_adapters.check_sample_weight(sample_weight, len(x),
                                                               f"{prefix}batch_sample_weight")
         elif weighted:
-            raise ValueError(f"A batch of `{argument}` holds no sample weights but the first batch "
-                             "did; give every batch sample weights, or none")
+            sample_weight = np.ones(len(x), np.float32)      # (as Keras: no weights, weights of one)
         x, y, spec, loss, input_shape = self._prepare(x, y, x_name, y_name)
         return x, y, sample_weight, spec, loss, input_shape
 
@@ -1309,6 +1335,7 @@ class Trainer:
     # -- fit ------------------------------------------------------------------------------------
 
     @_one_call_at_a_time
+    @_fitting
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
@@ -1412,9 +1439,22 @@ class Trainer:
             callback_list.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break
-        callback_list.on_train_end(logs=epoch_logs)
+        with self._ending(in_fit=True):
+            callback_list.on_train_end(logs=epoch_logs)
         self.history = history
         return history
+
+    @contextlib.contextmanager
+    def _ending(self, in_fit=False):
+        """Around the last hook of fit, or of an evaluate or predict that is not a validation
+        inside fit: compile() is allowed there (when the call is the outermost one, see
+        compile()), as nothing of the call is left to run."""
+        previous = self.__dict__.get("_compile_ok", False)
+        self.__dict__["_compile_ok"] = in_fit or not self.__dict__.get("_fitting", False)
+        try:
+            yield
+        finally:
+            self.__dict__["_compile_ok"] = previous
 
     def _prepare_validation(self, validation_data, validation_steps):
         """Validation data checked and converted (nothing about the model changes), or None."""
@@ -1696,7 +1736,8 @@ class Trainer:
                 if self.stop_evaluating:
                     break
             logs = totals.logs()
-        callback_list.on_test_end(logs)
+        with self._ending():
+            callback_list.on_test_end(logs)
         self._set_metrics_result(logs)
         return logs
 
@@ -1727,7 +1768,8 @@ class Trainer:
         if totals is not None:
             hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
-        callback_list.on_test_end(logs)
+        with self._ending():
+            callback_list.on_test_end(logs)
         self._set_metrics_result(logs)
         return logs
 
@@ -1798,7 +1840,8 @@ class Trainer:
             if self.stop_predicting:
                 outputs = outputs[:stop]
                 break
-        callback_list.on_predict_end()
+        with self._ending():
+            callback_list.on_predict_end()
         return outputs
 
     def _predict_stream(self, stream, verbose, callbacks):
@@ -1833,7 +1876,8 @@ class Trainer:
             last = len(outputs) - 1
             hooks.finish(last, lambda: {"outputs":
                                         np.concatenate(outputs[hooks.execution_start(last):])})
-        callback_list.on_predict_end()
+        with self._ending():
+            callback_list.on_predict_end()
         if not outputs:
             return np.empty((0,) + tuple(self.output_shape[1:]), np.float32)
         return np.concatenate(outputs)

@@ -410,9 +410,6 @@ def test_metrics_results_compile_config_and_run_eagerly():
                 "accuracy": float((p.argmax(1) == y).mean())}
     assert model.get_metrics_result() == logs
     assert {m.name: m.result() for m in listed} == logs
-    # an eager update after that starts afresh, as after reset_state
-    listed[2].update_state(y[:4], p[:4])
-    assert listed[2].result() == pytest.approx(float((p[:4].argmax(1) == y[:4]).mean()))
     assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert logs["accuracy"] == pytest.approx(expected["accuracy"])
     config = model.get_compile_config()
@@ -421,12 +418,41 @@ def test_metrics_results_compile_config_and_run_eagerly():
     assert config["loss"] == "sparse_categorical_crossentropy"
     assert config["steps_per_execution"] == 2 and config["run_eagerly"] is False
     assert Sequential([Input(shape=(4,)), Dense(1)]).get_compile_config() is None
+    # an eager update after that starts afresh, as after reset_state
+    listed[2].update_state(y[:4], p[:4])
+    assert listed[2].result() == pytest.approx(float((p[:4].argmax(1) == y[:4]).mean()))
+    listed[0].update_state([10.0])
+    assert listed[0].result() == pytest.approx(10.0)
+    # reset_metrics: the results and the objects read zero, as Keras's
+    model.reset_metrics()
+    assert [m.result() for m in listed] == [0.0, 0.0, 0.0]
+    assert set(model.get_metrics_result().values()) == {0.0}
     model.compile(optimizer="sgd", loss="mse", target="llvm")
     assert model.run_eagerly is False
     model.run_eagerly = True
     assert model.run_eagerly is True and model.target == "reference"
     model.run_eagerly = False
     assert model.target == "llvm"
+
+
+def test_metric_objects_get_the_values_logged_under_their_own_names():
+    """A weighted twin and a second metric of the same name are logged as weighted_accuracy and
+    a_1: each object gives its own value, not its namesake's."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    y = (rng.random((30, 1)) > 0.5).astype(np.float32)
+    w = rng.uniform(0.1, 3.0, 30).astype(np.float32)
+    model = Sequential([Input(shape=(4,)), Dense(1, activation="sigmoid")])
+    model.set_weights([np.array([[3.0], [0.0], [0.0], [0.0]], np.float32), np.zeros(1, np.float32)])
+    model.compile(optimizer="sgd", loss="binary_crossentropy",
+                  metrics=["accuracy", metrics.BinaryAccuracy(name="a"),
+                           metrics.BinaryAccuracy(name="a", threshold=0.9)],
+                  weighted_metrics=["accuracy"], target=TARGET)
+    logs = model.evaluate(x, y, sample_weight=w, verbose=0, return_dict=True)
+    assert {"accuracy", "a", "a_1", "weighted_accuracy"} <= set(logs)
+    assert logs["weighted_accuracy"] != logs["accuracy"] and logs["a"] != logs["a_1"]
+    assert [m.result() for m in model.metrics[1:]] == pytest.approx(
+        [logs["accuracy"], logs["a"], logs["a_1"], logs["weighted_accuracy"]])
 
 
 def test_losses_are_the_regularization_penalties_now():

@@ -538,6 +538,10 @@ def test_ops_special_value_tests_log1p_shape_and_convert_to_numpy_as_numpy():
     np.testing.assert_array_equal(ops.isinf(x), np.isinf(x))
     np.testing.assert_array_equal(ops.isfinite(x), np.isfinite(x))
     np.testing.assert_allclose(ops.log1p(np.abs(x)), np.log1p(np.abs(x)), rtol=2e-7)
+    big = np.array([1e37, 3e38, 1.5, 0.9, -0.9, -1e-12], np.float32)
+    np.testing.assert_allclose(ops.log1p(big), np.log1p(big.astype(np.float64)), rtol=3e-7)
+    ints = np.array([1, -2, 0], np.int32)
+    assert ops.isfinite(ints).all() and not ops.isinf(ints).any() and not ops.isnan(ints).any()
     assert ops.shape(x) == (8,) and ops.convert_to_numpy([1.0, 2.0]).tolist() == [1.0, 2.0]
     assert kcompile.version() == kcompile.__version__
     assert kcompile.Layer is Layer and kcompile.Metric is kcompile.metrics.Metric

@@ -340,12 +340,8 @@ def test_batch_source_errors():
         model.fit(iter(bad), verbose=0)
     with pytest.raises(ValueError, match="`validation_data_batch_x` and `validation_data_batch_y`"):
         model.fit(x, y, validation_data=iter([(x[:3], y[:4])]), verbose=0)
-    # sample weights on every batch or on none: dropping them midway is refused like adding them
-    ones = np.ones(4, np.float32)
-    for first, second in (((x[:4], y[:4]), (x[4:], y[4:], ones)),
-                          ((x[:4], y[:4], ones), (x[4:], y[4:]))):
-        with pytest.raises(ValueError, match="first batch"):
-            model.fit(iter([first, second]), verbose=0)
+    with pytest.raises(ValueError, match="first batch"):
+        model.fit(iter([(x[:4], y[:4]), (x[4:], y[4:], np.ones(4, np.float32))]), verbose=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,6 +429,44 @@ def test_compile_from_a_callback_is_refused_and_changes_nothing():
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=1, verbose=0)
     assert model.evaluate(x, y, verbose=0) < before
+
+    # ... but from the last hook of a call, as Keras allows: nothing of that call is left to run
+    class CompileAtTheEnd(callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.model.compile(optimizer="sgd", loss="mae")
+
+        def on_test_end(self, logs=None):
+            self.model.compile(optimizer="sgd", loss="mse")
+
+    model.fit(x, y, epochs=1, callbacks=[CompileAtTheEnd()], verbose=0)
+    assert model.loss == "mae"
+    model.evaluate(x, y, callbacks=[CompileAtTheEnd()], verbose=0)
+    assert model.loss == "mse"
+    # a validation's end inside fit is not the end of the call
+    with pytest.raises(RuntimeError, match="compile.. was called from inside fit"):
+        model.fit(x, y, validation_data=(x, y), callbacks=[CompileAtTheEnd()], verbose=0)
+
+
+def test_batch_hooks_of_fit_evaluate_and_predict_get_logs_by_keyword_as_in_keras_3():
+    x, y = data(rows=8)
+    seen = []
+
+    class KeywordOnly(callbacks.Callback):
+        def on_train_batch_end(self, batch, **kwargs):
+            seen.append(("train", batch, sorted(kwargs["logs"])))
+
+        def on_test_batch_begin(self, batch, **kwargs):
+            seen.append(("test", batch, kwargs["logs"]))
+
+        def on_predict_batch_end(self, batch, **kwargs):
+            seen.append(("predict", batch, sorted(kwargs["logs"])))
+
+    model = linear_model("llvm")
+    model.fit(x, y, batch_size=4, callbacks=[KeywordOnly()], verbose=0)
+    model.evaluate(x, y, batch_size=8, callbacks=[KeywordOnly()], verbose=0)
+    model.predict(x, batch_size=8, callbacks=[KeywordOnly()], verbose=0)
+    assert seen == [("train", 0, ["loss"]), ("train", 1, ["loss"]), ("test", 0, {}),
+                    ("predict", 0, ["outputs"])]
 
 
 @pytest.mark.parametrize("target", TARGETS)

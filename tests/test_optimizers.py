@@ -508,7 +508,7 @@ def test_a_schedule_whose_call_comes_from_a_mixin_trains():
     (lambda: optimizers.SGD(1e40), "finite float32"),
     (lambda: schedules.ExponentialDecay(float("nan"), 10, 0.9), "initial_learning_rate"),
     (lambda: schedules.InverseTimeDecay(0.1, 10, float("inf")), "decay_rate"),
-    (lambda: schedules.PiecewiseConstantDecay([5, 3], [1.0, 0.5, 0.1]), "increasing"),
+    (lambda: schedules.PiecewiseConstantDecay([5, 3], [1.0, 0.5, 0.1]), "must not decrease"),
     (lambda: schedules.PiecewiseConstantDecay([3, 5], [1.0, float("nan"), 0.1]), "values"),
     (lambda: schedules.CosineDecay(0.1, 10, warmup_steps=-1, warmup_target=0.2), "warmup_steps"),
     (lambda: schedules.PolynomialDecay(0.1, 10, power=float("inf")), "power"),

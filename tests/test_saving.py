@@ -905,3 +905,23 @@ def test_pickle_and_deepcopy_give_a_model_that_trains_on_exactly_like_the_origin
             np.testing.assert_array_equal(got, want)
     unbuilt = pickle.loads(pickle.dumps(Sequential([Dense(3)])))
     assert not unbuilt.built and unbuilt.layers[0].units == 3
+
+
+def test_deepcopy_of_a_layer_copies_the_layer_alone():
+    """Not its model (which may hold a custom layer the registry does not know): an independent
+    layer with the same weights, in no model."""
+    import copy
+
+    class Doubles(Layer):
+        def call(self, x):
+            return x * 2.0
+
+    model = Sequential([Input((4,)), Doubles(), Dense(3)])
+    model.compile("adam", "mse", target=TARGETS[-1])
+    model.fit(np.ones((8, 4), np.float32), np.ones((8, 3), np.float32), verbose=0)
+    dense = model.layers[-1]
+    copied = copy.deepcopy(dense)
+    for got, want in zip(copied.get_weights(), dense.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    copied.kernel.assign(np.zeros((4, 3), np.float32))
+    assert np.abs(dense.get_weights()[0]).sum() > 0 and len(copied._models) == 0

@@ -702,6 +702,17 @@ class Layer:
         return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
                             training=bool(training))
 
+    def __deepcopy__(self, memo):
+        """A copy of the layer (its weights and settings), belonging to no model: the models that
+        hold this one are not copied along."""
+        import copy
+        import weakref
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = weakref.WeakSet() if key == "_models" else copy.deepcopy(value, memo)
+        return clone
+
     # -- configuration ------------------------------------------------------------------------
 
     def _traced_output(self, output) -> Node:
