@@ -154,6 +154,13 @@ def _sample_weight_input(weighted: bool, dtype: str):
     return B.arg("sample_weight", dtype, (None,)) if weighted else None
 
 
+def _plus_added_losses(penalty, scope):
+    """The weights' penalties plus the losses layers added in this trace (Layer.add_loss)."""
+    for added in scope.added_losses:
+        penalty = added if penalty is None else B.add(penalty, B.cast(added, penalty.dtype))
+    return penalty
+
+
 def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32", weighted=False,
                readouts: list | None = None, y_pred_type: list | None = None) -> ir.Graph:
     """The eval step: loss and metric sums; `readouts` (a list) receives the metrics' readouts, and
@@ -162,9 +169,9 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
     y = _target_input(spec, dtype)
     sample_weight = _sample_weight_input(weighted, dtype)
     weights = _weight_inputs(model, dtype)
-    with TraceScope(weights):
+    with TraceScope(weights) as scope:
         y_pred = model(x, training=False)
-        penalty = model.regularization()
+        penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
                                                                     y_pred, sample_weight, penalty)
     if readouts is not None:
@@ -187,7 +194,7 @@ def _forward_and_gradients(model, loss, metric_objects, spec: TargetSpec, dtype:
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
-        penalty = model.regularization()
+        penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
                                                                     y_pred, sample_weight, penalty)
     if readouts is not None:

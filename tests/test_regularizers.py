@@ -111,3 +111,68 @@ def test_bad_regularizers_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="plain function, which cannot be saved"):
         model.save(tmp_path / "m.keras")                    # ... but cannot be saved
     assert not (tmp_path / "m.keras").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses added in call (Layer.add_loss) and activity regularizers
+# ----------------------------------------------------------------------------------------------
+
+def _add_loss_model(target):
+    from kcompile import ops
+    from kcompile.layers import Layer
+
+    class ActivationPenalty(Layer):
+        def call(self, x):
+            self.add_loss(0.01 * ops.sum(ops.square(x)))
+            return x
+
+    model = Sequential([Input((4,)), ActivationPenalty(),
+                        Dense(5, activation="tanh", activity_regularizer=regularizers.L2(0.1)),
+                        Dense(3)])
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.5
+                       for w in model.get_weights()])
+    model.compile(optimizer=optimizers.SGD(0.1), loss="mse", target=target)
+    return model
+
+
+def _penalized_loss(weights, x, y):
+    """mse + 0.01 sum(x^2) + 0.1 sum(h^2) / rows, for one batch (float64)."""
+    w1, b1, w2, b2 = (w.astype(np.float64) for w in weights)
+    h = np.tanh(x @ w1 + b1)
+    mse = ((h @ w2 + b2 - y) ** 2).mean()
+    return mse + 0.01 * (x.astype(np.float64) ** 2).sum() + 0.1 * (h ** 2).sum() / len(x)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_add_loss_and_activity_regularizers_join_the_loss_as_in_keras(target):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.standard_normal((16, 3)).astype(np.float32)
+    model = _add_loss_model(target)
+    weights = model.get_weights()
+    # evaluate: each batch's loss with its penalties, weighed by the batch's rows
+    want = np.mean([_penalized_loss(weights, x[a:a + 8], y[a:a + 8]) for a in (0, 8)])
+    assert model.evaluate(x, y, batch_size=8, verbose=0) == pytest.approx(want, rel=1e-5)
+    # one SGD step trains on them: the gradient by central differences of the same function
+    model.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    moved = model.get_weights()
+    eps = 1e-4
+    for index in (0, 2):
+        for position in ((0, 0), (1, 2)):
+            up = [w.astype(np.float64).copy() for w in weights]
+            down = [w.astype(np.float64).copy() for w in weights]
+            up[index][position] += eps
+            down[index][position] -= eps
+            grad = (_penalized_loss(up, x[:8], y[:8]) - _penalized_loss(down, x[:8], y[:8])) / (2 * eps)
+            assert moved[index][position] == pytest.approx(weights[index][position] - 0.1 * grad,
+                                                           rel=1e-3, abs=1e-5)
+
+
+def test_the_activity_regularizer_is_saved_and_add_loss_outside_call_is_refused(tmp_path):
+    model = Sequential([Input((4,)), Dense(2, activity_regularizer="l2")])
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.layers[0].activity_regularizer, regularizers.L2)
+    with pytest.raises(ValueError, match="add_loss.. can only be called from inside call"):
+        model.layers[0].add_loss(np.float32(1.0))

@@ -97,8 +97,7 @@ class _Conv(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         layer = type(self).__name__
-        for argument, value in [("activity_regularizer", activity_regularizer),
-                                ("kernel_constraint", kernel_constraint),
+        for argument, value in [("kernel_constraint", kernel_constraint),
                                 ("bias_constraint", bias_constraint)]:
             if value is not None:
                 raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
@@ -123,6 +122,7 @@ class _Conv(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.kernel = None
         self.bias = None
 
@@ -196,6 +196,7 @@ class _Conv(Layer):
             "bias_initializer": initializers.serialize(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
         })
         return config
 

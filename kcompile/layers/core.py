@@ -134,8 +134,7 @@ class Dense(Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  lora_rank=None, **kwargs):
-        for argument, value in [("activity_regularizer", activity_regularizer),
-                                ("kernel_constraint", kernel_constraint),
+        for argument, value in [("kernel_constraint", kernel_constraint),
                                 ("bias_constraint", bias_constraint), ("lora_rank", lora_rank)]:
             if value is not None:
                 raise NotImplementedError(f"Dense({argument}=...) is not supported yet")
@@ -150,6 +149,7 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.kernel = None
         self.bias = None
 
@@ -194,6 +194,7 @@ class Dense(Layer):
             "bias_initializer": initializers.serialize(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
         })
         return config
 

@@ -65,6 +65,7 @@ class TraceScope:
         self.bindings = bindings
         self.seed = seed
         self.updates: list = []
+        self.added_losses: list = []     # scalar losses layers add while traced (Layer.add_loss)
 
     def add_update(self, variable: "Variable", value: Node) -> None:
         """Record that the traced step assigns `value` to the (non-trainable) `variable`."""
@@ -689,8 +690,17 @@ class Layer:
             if not self.built:
                 self.build_for(inputs.shape)
             if self._accepts_training():
-                return self._checked_output(self.call(inputs, training=bool(training)), inputs.shape)
-            return self._checked_output(self.call(inputs), inputs.shape)
+                output = self._checked_output(self.call(inputs, training=bool(training)), inputs.shape)
+            else:
+                output = self._checked_output(self.call(inputs), inputs.shape)
+            regularizer = self.__dict__.get("activity_regularizer")
+            if regularizer is not None:
+                # as Keras 3: the penalty of the output, divided by the batch size
+                penalty = as_traced(regularizer(output))
+                if output.type.rank:
+                    penalty = B.div(penalty, B.dim_size(output, 0, penalty.dtype))
+                self.add_loss(penalty)
+            return output
         if hasattr(inputs, "_input_layer"):
             raise NotImplementedError("Calling layers on `Input(...)` tensors (the functional API) is not "
                                       "supported yet; put the layers in a Sequential model instead: "
@@ -701,6 +711,20 @@ class Layer:
         self.build_for((None,) + array.shape[1:])
         return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
                             training=bool(training))
+
+    def add_loss(self, loss):
+        """Add a loss (a value computed in `call` from its inputs or weights) to the model's loss,
+        as Keras's `add_loss`: fit trains on, and fit and evaluate report, the compiled loss plus
+        every such loss of the step (a value with several entries counts as their sum)."""
+        scope = current_scope()
+        nodes = [as_traced(value) for value in (loss if isinstance(loss, (list, tuple)) else [loss])]
+        if scope is None or not all(isinstance(node, Node) for node in nodes):
+            raise ValueError("add_loss() can only be called from inside call(), on a value computed "
+                             f"from the layer's inputs or weights (with kcompile.ops); got {loss!r}")
+        for node in nodes:
+            if node.dtype not in ("f32", "f64"):
+                node = B.cast(node, "f32")
+            scope.added_losses.append(B.reduce_sum(node) if node.type.rank else node)
 
     def __deepcopy__(self, memo):
         """A copy of the layer (its weights and settings), belonging to no model: the models that
