@@ -13,6 +13,7 @@ numpy array: floats as float32, integers as int32 (see `_eager`).  Python operat
 """
 from __future__ import annotations
 
+import builtins
 import functools
 import numbers
 
@@ -32,7 +33,11 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "equal", "not_equal", "power", "softplus", "silu", "swish", "sign", "rsqrt", "var",
            "std", "concatenate", "stack", "ones", "zeros", "logical_and", "logical_or",
            "logical_not", "floor", "round", "isnan", "isinf", "isfinite", "log1p", "one_hot",
-           "shape", "convert_to_numpy"]
+           "shape", "convert_to_numpy", "argmin", "any", "all", "count_nonzero", "ceil",
+           "divide_no_nan", "broadcast_to", "tile", "repeat", "size", "categorical_crossentropy",
+           "sparse_categorical_crossentropy", "binary_crossentropy", "full", "eye",
+           "convert_to_tensor", "gelu", "elu", "selu", "leaky_relu", "hard_sigmoid", "softsign",
+           "relu6"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -270,6 +275,116 @@ def argmax(x, axis=None, keepdims=False):
     return expand_dims(out, axis) if keepdims else out
 
 
+def argmin(x, axis=None, keepdims=False):
+    """Index of the smallest value along `axis` (the first, on ties), as argmax of -x."""
+    x = _node(x, "argmin")
+    return argmax(B.neg(x), axis, keepdims)
+
+
+def any(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
+    """Whether some entry along `axis` is true (nonzero)."""
+    truth = B.cast(_as_bool(x, "any"), "f32")
+    return B.gt(B.reduce_max(truth, _axis(truth, axis, "any"), keepdims), 0.0)
+
+
+def all(x, axis=None, keepdims=False):  # noqa: A001  (Keras's name)
+    """Whether every entry along `axis` is true (nonzero)."""
+    falsity = B.cast(logical_not(x), "f32")
+    return B.eq(B.reduce_max(falsity, _axis(falsity, axis, "all"), keepdims), 0.0)
+
+
+def count_nonzero(x, axis=None):
+    x = _node(x, "count_nonzero")
+    ones = B.cast(B.ne(x, 0), "i32")
+    return B.reduce_sum(ones, _axis(ones, axis, "count_nonzero"))
+
+
+def ceil(x):
+    x = _node(x, "ceil")
+    return B.neg(floor(B.neg(x)))
+
+
+def divide_no_nan(x1, x2):
+    """x1 / x2, and 0 where x2 is 0."""
+    x1, x2 = as_traced(x1), as_traced(x2)
+    safe = B.select(B.eq(x2, 0.0), B.full_like(x2, 1.0), x2)
+    return B.select(B.eq(x2, 0.0), B.mul(B.div(x1, safe), 0.0), B.div(x1, safe))
+
+
+def broadcast_to(x, shape):
+    """x broadcast to `shape` (the batch axis may be given as None or as ops.shape's batch size)."""
+    x = _node(x, "broadcast_to")
+    return B.broadcast(x, tuple(None if d is None or _is_batch_size(d) else int(d) for d in shape))
+
+
+def tile(x, repeats):
+    """x repeated `repeats[i]` times along each axis i, as numpy's tile (not along the batch)."""
+    x = _node(x, "tile")
+    repeats = [int(r) for r in ((repeats,) if isinstance(repeats, numbers.Integral) else repeats)]
+    shape = list(x.shape)
+    if len(repeats) > len(shape):
+        raise ValueError(f"kcompile.ops.tile: {len(repeats)} repeats for a value of rank {len(shape)}")
+    repeats = [1] * (len(shape) - len(repeats)) + repeats
+    for axis, count in enumerate(repeats):
+        if count == 1:
+            continue
+        if shape[axis] is None:
+            raise NotImplementedError("kcompile.ops.tile cannot repeat the batch axis")
+        expanded = shape[:axis] + [1] + shape[axis:]
+        x = B.broadcast(B.reshape(x, expanded), shape[:axis] + [count] + shape[axis:])
+        shape[axis] *= count
+        x = B.reshape(x, shape)
+    return x
+
+
+def repeat(x, repeats, axis=None):
+    """Each entry repeated `repeats` times along `axis`, as numpy's repeat (an integer count)."""
+    x = _node(x, "repeat")
+    if axis is None:
+        if x.shape and x.shape[0] is None:
+            raise ValueError("kcompile.ops.repeat over the flattened value needs no batch axis; "
+                             "give an axis")
+        x, axis = B.reshape(x, (x.type.static_size,)), 0
+    axis = _axis(x, axis, "repeat", several=False) % x.type.rank
+    count = int(repeats)
+    shape = list(x.shape)
+    if shape[axis] is None:
+        raise NotImplementedError("kcompile.ops.repeat cannot repeat along the batch axis")
+    x = B.broadcast(B.reshape(x, shape[:axis + 1] + [1] + shape[axis + 1:]),
+                    shape[:axis + 1] + [count] + shape[axis + 1:])
+    return B.reshape(x, shape[:axis] + [shape[axis] * count] + shape[axis + 1:])
+
+
+def size(x):
+    """The number of entries: an int, or a traced value with the batch."""
+    node = as_traced(x)
+    if not isinstance(node, Node):
+        return int(np.size(x))
+    static = node.type.static_size
+    return static if None not in node.shape else B.mul(B.dim_size(node, 0), float(static))
+
+
+def categorical_crossentropy(target, output, from_logits=False, axis=-1):
+    """One value per sample, as keras.ops.categorical_crossentropy."""
+    from kcompile import losses
+    return losses.categorical_crossentropy(target, output, from_logits=from_logits, axis=axis)
+
+
+def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
+    from kcompile import losses
+    return losses.sparse_categorical_crossentropy(target, output, from_logits=from_logits, axis=axis)
+
+
+def binary_crossentropy(target, output, from_logits=False):
+    """Elementwise, as keras.ops.binary_crossentropy (keras.losses' averages the last axis)."""
+    target, output = as_traced(target), _node(output, "binary_crossentropy")
+    if from_logits:
+        return B.add(B.sub(B.maximum(output, 0.0), B.mul(output, target)),
+                     B.log(B.add(B.exp(B.neg(B.abs(output))), 1.0)))
+    p = B.clip(output, 1e-7, 1.0 - 1e-7)
+    return B.neg(B.add(B.mul(target, B.log(p)), B.mul(B.sub(1.0, target), B.log(B.sub(1.0, p)))))
+
+
 def transpose(x, axes=None):
     x = _node(x, "transpose")
     rank = x.type.rank
@@ -362,6 +477,35 @@ def silu(x):
 swish = silu
 
 
+def gelu(x, approximate=True):
+    """Keras's ops.gelu (approximate=True by default there, unlike the activation)."""
+    return activations.gelu(_node(x, "gelu"), approximate=approximate)
+
+
+def elu(x, alpha=1.0):
+    return activations.elu(_node(x, "elu"), alpha)
+
+
+def selu(x):
+    return activations.selu(_node(x, "selu"))
+
+
+def leaky_relu(x, negative_slope=0.2):
+    return activations.leaky_relu(_node(x, "leaky_relu"), negative_slope)
+
+
+def hard_sigmoid(x):
+    return activations.hard_sigmoid(_node(x, "hard_sigmoid"))
+
+
+def softsign(x):
+    return activations.softsign(_node(x, "softsign"))
+
+
+def relu6(x):
+    return activations.relu6(_node(x, "relu6"))
+
+
 def sign(x):
     """-1, 0 or 1, as x is negative, zero or positive."""
     x = _node(x, "sign")
@@ -421,6 +565,22 @@ def convert_to_numpy(x):
     return np.asarray(x)
 
 
+def full(shape, fill_value, dtype="float32"):
+    return np.full(shape, fill_value, dtype)
+
+
+def eye(N, M=None, k=0, dtype="float32"):
+    return np.eye(N, M, k, dtype=dtype)
+
+
+def convert_to_tensor(x, dtype=None):
+    """A traced value as it is; anything else as a numpy array (Keras's backend tensor)."""
+    node = as_traced(x)
+    if isinstance(node, Node):
+        return node if dtype is None else cast(node, dtype)
+    return np.asarray(x, dtype=dtype)
+
+
 def ones(shape, dtype="float32"):
     """An array of ones (a constant where it meets traced values), as numpy's."""
     return np.ones(shape, dtype)
@@ -436,15 +596,19 @@ def zeros(shape, dtype="float32"):
 _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum",
                                   "minimum", "greater", "greater_equal", "less", "less_equal",
                                   "equal", "not_equal", "matmul", "dot", "power",
-                                  "logical_and", "logical_or")}
+                                  "logical_and", "logical_or", "divide_no_nan",
+                                  "categorical_crossentropy", "sparse_categorical_crossentropy",
+                                  "binary_crossentropy")}
 _OPERANDS["where"] = 3
 _SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
-_NOT_EAGER = ("ones", "zeros", "shape", "convert_to_numpy")     # numpy's already
+# numpy's already, or not an array function
+_NOT_EAGER = ("ones", "zeros", "shape", "convert_to_numpy", "size", "full", "eye",
+              "convert_to_tensor", "categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
 def _is_traced(value) -> bool:
     if isinstance(value, (list, tuple)):
-        return any(_is_traced(v) for v in value)
+        return builtins.any(_is_traced(v) for v in value)
     return isinstance(as_traced(value), Node)
 
 
@@ -455,7 +619,7 @@ def _run_eagerly(fn, operands: list, build):
     import ir
     arrays = [None if isinstance(v, (bool, numbers.Number)) and not isinstance(v, np.generic)
               else np.asarray(v) for v in operands]
-    floating = any(a is not None and a.dtype.kind == "f" for a in arrays)
+    floating = builtins.any(a is not None and a.dtype.kind == "f" for a in arrays)
     feeds, inputs, values = {}, [], []
     for index, (value, array) in enumerate(zip(operands, arrays)):
         if array is None:

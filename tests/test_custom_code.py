@@ -598,3 +598,46 @@ def test_the_batch_size_from_ops_shape_is_a_value_as_in_keras(target):
     want = np.sum([((y[a:b] - p[a:b]) ** 2).sum() / (b - a) * (b - a) for a, b in batches]) / 10
     assert loss == pytest.approx(want, rel=1e-5) and rows == 10
     assert ops.shape(x) == (10, 2, 3)
+
+
+def test_more_keras_ops_against_numpy():
+    x = np.array([[1.0, 0.0, 3.0], [0.0, 0.0, -2.0]], np.float32)
+    np.testing.assert_array_equal(ops.argmin(x, axis=1), np.argmin(x, axis=1))
+    np.testing.assert_array_equal(ops.any(x, axis=1), np.any(x, axis=1))
+    np.testing.assert_array_equal(ops.all(x != 5, axis=0), np.all(x != 5, axis=0))
+    np.testing.assert_array_equal(ops.count_nonzero(x, axis=1), np.count_nonzero(x, axis=1))
+    np.testing.assert_array_equal(ops.ceil(A), np.ceil(A))
+    np.testing.assert_array_equal(ops.tile(x, (2, 3)), np.tile(x, (2, 3)))
+    np.testing.assert_array_equal(ops.repeat(x, 2, axis=1), np.repeat(x, 2, axis=1))
+    np.testing.assert_array_equal(ops.repeat(x, 2), np.repeat(x, 2))
+    np.testing.assert_array_equal(ops.broadcast_to(x[0], (4, 3)), np.broadcast_to(x[0], (4, 3)))
+    np.testing.assert_allclose(ops.divide_no_nan(x[0], x[1]), [0.0, 0.0, -1.5])
+    assert ops.size(x) == 6
+    t = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    p = np.array([[0.2, 0.8], [0.6, 0.4]], np.float32)
+    np.testing.assert_allclose(ops.binary_crossentropy(t, p),
+                               -(t * np.log(p) + (1 - t) * np.log(1 - p)), rtol=1e-6)
+    logits = np.log(p)
+    np.testing.assert_allclose(ops.binary_crossentropy(t, logits, from_logits=True),
+                               -(t * np.log(1 / (1 + np.exp(-logits)))
+                                 + (1 - t) * np.log(1 - 1 / (1 + np.exp(-logits)))), rtol=1e-5)
+    np.testing.assert_allclose(ops.categorical_crossentropy(t, p), -np.log([0.8, 0.6]), rtol=1e-6)
+    np.testing.assert_allclose(ops.sparse_categorical_crossentropy(np.array([1, 0]), p),
+                               -np.log([0.8, 0.6]), rtol=1e-6)
+    # Keras's ops.gelu is the tanh approximation by default
+    v = np.array([0.5, -1.0], np.float32)
+    np.testing.assert_allclose(
+        ops.gelu(v), 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tile_and_repeat_traced_in_a_layer_keep_the_batch(target):
+    class Widen(Layer):
+        def call(self, x):
+            return ops.concatenate([ops.tile(x, (1, 2)), ops.repeat(x, 2, axis=-1)], axis=-1)
+
+    model = Sequential([Input(shape=(3,)), Widen()])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(model.predict(x, verbose=0),
+                                  np.concatenate([np.tile(x, (1, 2)), np.repeat(x, 2, axis=1)], axis=1))
