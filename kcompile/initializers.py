@@ -196,17 +196,99 @@ class HeNormal(VarianceScaling):
         return {"seed": self.seed}
 
 
+class LecunUniform(VarianceScaling):
+    def __init__(self, seed=None):
+        super().__init__(1.0, "fan_in", "uniform", seed)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+class LecunNormal(VarianceScaling):
+    def __init__(self, seed=None):
+        super().__init__(1.0, "fan_in", "truncated_normal", seed)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+class TruncatedNormal(Initializer):
+    """Normal values redrawn until within two standard deviations of the mean, as Keras's."""
+
+    def __init__(self, mean=0.0, stddev=0.05, seed=None):
+        super().__init__(seed)
+        self.mean, self.stddev = float(mean), float(stddev)
+
+    def generate(self, shape):
+        rng = self._generator()
+        values = rng.normal(0.0, 1.0, size=shape)
+        bad = np.abs(values) > 2.0
+        while bad.any():
+            values[bad] = rng.normal(0.0, 1.0, size=int(bad.sum()))
+            bad = np.abs(values) > 2.0
+        return self.mean + self.stddev * values
+
+    def get_config(self):
+        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
+
+
+class Orthogonal(Initializer):
+    """A (semi-)orthogonal matrix times `gain`, from the QR decomposition of a normal matrix, as
+    `keras.initializers.Orthogonal` (the default `recurrent_initializer` of recurrent layers)."""
+
+    def __init__(self, gain=1.0, seed=None):
+        super().__init__(seed)
+        self.gain = float(gain)
+
+    def generate(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"the orthogonal initializer needs a shape of rank >= 2; got {shape}")
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        a = self._generator().standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))        # a uniform distribution over orthogonal matrices
+        if rows < cols:
+            q = q.T
+        return self.gain * q.reshape(shape)
+
+    def get_config(self):
+        return {"gain": self.gain, "seed": self.seed}
+
+
+class Identity(Initializer):
+    """`gain` times the identity matrix (2-D shapes), as Keras's."""
+
+    def __init__(self, gain=1.0):
+        super().__init__(None)
+        self.gain = float(gain)
+
+    def generate(self, shape):
+        if len(shape) != 2:
+            raise ValueError(f"the identity initializer needs a 2-D shape; got {shape}")
+        return self.gain * np.eye(*shape)
+
+    def get_config(self):
+        return {"gain": self.gain}
+
+
 _CLASSES = [Zeros, Ones, Constant, RandomUniform, RandomNormal, VarianceScaling, GlorotUniform,
-            GlorotNormal, HeUniform, HeNormal]
+            GlorotNormal, HeUniform, HeNormal, LecunUniform, LecunNormal, TruncatedNormal,
+            Orthogonal, Identity]
 _BY_NAME = {}
 for _cls in _CLASSES:
     _BY_NAME[_cls.__name__] = _cls
     _BY_NAME[_to_snake_case(_cls.__name__)] = _cls
 
+# Keras's other names
+_BY_NAME.update({"uniform": RandomUniform, "normal": RandomNormal, "IdentityInitializer": Identity,
+                 "OrthogonalInitializer": Orthogonal})
+
 # Lower-case function-style aliases, as `keras.initializers.glorot_uniform`.
 zeros, ones, constant = Zeros, Ones, Constant
 random_uniform, random_normal, variance_scaling = RandomUniform, RandomNormal, VarianceScaling
 glorot_uniform, glorot_normal, he_uniform, he_normal = GlorotUniform, GlorotNormal, HeUniform, HeNormal
+lecun_uniform, lecun_normal, truncated_normal = LecunUniform, LecunNormal, TruncatedNormal
+orthogonal, identity = Orthogonal, Identity
 
 
 def serialize(initializer: Initializer) -> dict:

@@ -335,3 +335,25 @@ def test_summary_show_trainable_and_layer_range(capsys):
     for _ in range(3):
         model.pop()
     assert not model.built
+
+
+def test_keras_initializer_names_and_a_keras_dtype_policy_config():
+    from kcompile import initializers
+    from kcompile.layers import Dense, Flatten
+    rng_shape = (400, 300)
+    for name, std in (("lecun_normal", np.sqrt(1 / 400)), ("lecun_uniform", np.sqrt(1 / 400)),
+                      ("truncated_normal", 0.05 * 0.8796), ("normal", 0.05), ("uniform", 0.1 / np.sqrt(12))):
+        values = initializers.get(name)(rng_shape)
+        assert values.std() == pytest.approx(std, rel=0.03), name
+    assert np.abs(initializers.TruncatedNormal(stddev=1.0, seed=1)((1000,))).max() <= 2.0
+    q = initializers.get("orthogonal")((6, 4))
+    np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-5)
+    np.testing.assert_array_equal(initializers.Identity(gain=2.0)((3, 3)), 2 * np.eye(3))
+    assert isinstance(initializers.get({"class_name": "LecunNormal", "config": {"seed": 3}}),
+                      initializers.LecunNormal)
+    # a layer config as Keras 3 writes its dtype
+    layer = Dense.from_config({"units": 3, "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                                                     "config": {"name": "float32"},
+                                                     "registered_name": None}})
+    assert layer.units == 3
+    assert Flatten().compute_output_shape((None, None, 3)) == (None, None)

@@ -210,7 +210,8 @@ class Flatten(Layer):
     def compute_output_shape(self, input_shape):
         if not input_shape:
             raise ValueError(f"Flatten layer {self.name!r} needs inputs with a batch axis")
-        return (input_shape[0], math.prod(input_shape[1:]))
+        rest = input_shape[1:]
+        return (input_shape[0], None if None in rest else math.prod(rest))   # (as Keras's)
 
     def call(self, inputs):
         return B.reshape(inputs, self.compute_output_shape(inputs.shape))

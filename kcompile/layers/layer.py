@@ -368,9 +368,11 @@ def normalize_input_shape(shape, argument: str = "input_shape") -> tuple:
 def _is_float32(dtype) -> bool:
     """Does a layer's `dtype` (a numpy dtype or name, or a Keras dtype policy such as
     'mixed_float16', which numpy does not know) name float32?"""
+    if isinstance(dtype, dict):     # a DTypePolicy as Keras 3's configs write it
+        dtype = (dtype.get("config") or {}).get("name", dtype.get("name"))
     try:
         return np.dtype(getattr(dtype, "name", dtype)) == np.float32
-    except TypeError:
+    except (TypeError, ValueError):
         return False
 
 

@@ -28,40 +28,8 @@ from kcompile.layers.layer import Layer, current_scope, format_shape
 from kcompile.layers.wrappers import SubOwner
 
 
-class Orthogonal(initializers.Initializer):
-    """`keras.initializers.Orthogonal`: a (semi-)orthogonal matrix times `gain`, from the QR
-    decomposition of a normal matrix; the default `recurrent_initializer` of recurrent layers.
-
-    NOTE: kept beside the recurrent layers (their only user) and resolved by them by name; it
-    belongs in `kcompile.initializers` once that module takes it.
-    """
-
-    def __init__(self, gain=1.0, seed=None):
-        super().__init__(seed)
-        self.gain = float(gain)
-
-    def generate(self, shape):
-        if len(shape) < 2:
-            raise ValueError(f"the orthogonal initializer needs a shape of rank >= 2; got {shape}")
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        a = self._generator().standard_normal((max(rows, cols), min(rows, cols)))
-        q, r = np.linalg.qr(a)
-        q *= np.sign(np.diag(r))        # a uniform distribution over orthogonal matrices
-        if rows < cols:
-            q = q.T
-        return self.gain * q.reshape(shape)
-
-    def get_config(self):
-        return {"gain": self.gain, "seed": self.seed}
-
-
-def _initializer(identifier):
-    """`initializers.get`, plus the orthogonal initializer by any of its names."""
-    if isinstance(identifier, str) and identifier in ("orthogonal", "Orthogonal"):
-        return Orthogonal()
-    if isinstance(identifier, dict) and identifier.get("class_name") == "Orthogonal":
-        return Orthogonal.from_config(identifier.get("config", {}))
-    return initializers.get(identifier)
+Orthogonal = initializers.Orthogonal      # (where recurrent layers' configs used to find it)
+_initializer = initializers.get
 
 
 def _check_rate(argument: str, value) -> float:
