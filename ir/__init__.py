@@ -8,9 +8,10 @@ from .graph import ConstValue, Graph, Node, TensorType, known_finite, to_network
 from .interpreter import run
 from .parser import ParseError, parse
 from .printer import print_graph
+from .dot import to_dot
 from .verify import VerificationError, verify
 from . import passes
 
 __all__ = ["build", "ops", "gradients", "ConstValue", "Graph", "Node", "TensorType", "known_finite",
            "to_networkx", "topological_order", "run", "ParseError", "parse", "print_graph",
-           "VerificationError", "verify"]
+           "to_dot", "VerificationError", "verify"]

@@ -49,7 +49,7 @@ class MemoryPlan:
 
     def report(self) -> str:
         return (f"workspace: {self.static_bytes} static bytes + {self.batch_bytes} bytes per batch "
-                f"row; {len(self.slots)} values placed")
+                f"row; {len(self.slots)} values placed; peak {self.peak_bytes(32)} bytes at batch 32")
 
 
 def _first_fit(intervals: list) -> tuple[dict, int]:

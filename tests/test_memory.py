@@ -158,6 +158,10 @@ def test_reuse_never_needs_more_memory(name, level):
 def test_reuse_saves_memory_on_a_train_step():
     fused = fuse(mlp_train_step_graph(), level=0)
     assert plan_memory(fused).peak_bytes(64) < plan_memory(fused, reuse=False).peak_bytes(64)
+    plan = plan_memory(fused)
+    assert f"peak {plan.static_bytes + 32 * plan.batch_bytes} bytes at batch 32" in plan.report()
+    dot = ir.to_dot(fused.graph, [(g.name, g.kind, g.members) for g in fused.groups])
+    assert dot.count('subgraph "cluster_') == len(fused.groups)
 
 
 def _train_runner(level, reuse, state):
