@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import ir
+from ir import fusion as ir_fusion
 from ir.fusion import fuse
 from ir.graph import TensorType
 from ir.memory import plan_memory
@@ -242,7 +243,7 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # (numpy's version: constant folding runs numpy's arithmetic)
     return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
             f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}",
-            _skip_zeros_description()]
+            f"share_producers={ir_fusion.SHARE_PRODUCERS}", _skip_zeros_description()]
 
 
 def _skip_zeros_description() -> str:

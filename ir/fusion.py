@@ -12,6 +12,13 @@ compute the node *inline* (re-evaluating it at whatever index the users need):
   its users when they read it elementwise at its own shape: matmul + bias + activation is one
   kernel, and so is dW = X^T dY followed by the optimizer's update of W, m and v.
 
+- an elementwise value that several kernels read (a layer's pre-activation, which the backward
+  pass reads too; Dropout's mask) is computed by the first of them in graph order as one more
+  output, when that kernel can evaluate it at its own index, instead of in a kernel of its own:
+  in a train step matmul + bias + activation (+ Dropout) is then one kernel too
+  (SHARE_PRODUCERS).  Should that make two kernels wait for each other, fusion runs again
+  without it.
+
 Why it is safe: inlining only re-evaluates pure ops, so the fused graph computes what the unfused one
 does (the tests run both in the reference interpreter, and compiled); a group is never split across
 another group's dependency because members join only when *all* their users are in that group.
@@ -78,9 +85,16 @@ def _reads_elementwise(user: Node, node: Node) -> bool:
     return ops.get(user.op).kind == ops.ELEMWISE and user.shape == node.shape
 
 
-def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset()) -> FusedGraph:
+#: Whether an elementwise value read by several kernels is computed in the first of them (as one
+#: of its outputs) rather than in a kernel of its own (see the module docstring).
+SHARE_PRODUCERS = True
+
+
+def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
+         _share: bool | None = None) -> FusedGraph:
     """Kernel groups of `graph` (see the module docstring).  `_copied`: reshapes that must not
     alias their operand (set by the retry below)."""
+    share = SHARE_PRODUCERS if _share is None else _share
     order = graph.nodes()
     users = graph.users()
     outputs = {v for _, v in graph.outputs}
@@ -111,6 +125,7 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset()) -> Fuse
         groups.append(g)
         group_of[node] = g
 
+    order_position = {n: i for i, n in enumerate(order)}
     for node in reversed(order):
         if is_free(node) or is_materialized_source(node):
             continue
@@ -149,12 +164,17 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset()) -> Fuse
                     g.kind = _kind_of(node)
                     g.anchor = node
                     target = g
+        shared = False
+        if (target is None and share and level >= 1 and len(user_groups) > 1
+                and ops.get(node.op).kind in _INLINABLE):
+            target = _first_reader(node, us, user_groups, group_of, order_position)
+            shared = target is not None
         if target is None:
             new_group(node)
             continue
         target.members.append(node)
         group_of[node] = target
-        if node in outputs:
+        if node in outputs or shared:
             target.outputs.append(node)
     # Members were appended in reverse topological order; groups were created consumers-first.
     position = {n: i for i, n in enumerate(order)}
@@ -178,10 +198,35 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset()) -> Fuse
                            if not (is_materialized_source(base) or base in written))
     if bufferless:
         return fuse(graph, level, _copied | bufferless)
-    groups = _schedule(graph, groups, group_of, aliases)
+    try:
+        groups = _schedule(graph, groups, group_of, aliases)
+    except _Cycle:
+        if not share:
+            raise
+        # a value computed in one reader's kernel made two kernels wait for each other: without
+        return fuse(graph, level, _copied, _share=False)
     for i, g in enumerate(groups):
         g.name = f"k{i}"
     return FusedGraph(graph, tuple(groups), aliases)
+
+
+def _first_reader(node, us, user_groups: dict, group_of: dict, position: dict):
+    """The kernel among `node`'s readers that computes it as one more output: the one that runs
+    first in graph order, when it can evaluate `node` at its own index (same shape, read
+    elementwise there, not an operand of its matmul); the others read the materialized value."""
+    g = min(user_groups.values(), key=lambda grp: position[grp.root])
+    if g.kind not in ("elementwise", "matmul") or node.shape != g.shape:
+        return None
+    readers = [u for u in us if group_of.get(u) is g]
+    if not readers or not all(_reads_elementwise(u, node) for u in readers):
+        return None
+    if g.anchor is not None and any(u is g.anchor for u in us):
+        return None
+    return g
+
+
+class _Cycle(ValueError):
+    """Kernels that cannot be ordered (see _schedule)."""
 
 
 def _reads_at_its_index(group: Group, anchor: Node, users: dict) -> bool:
@@ -251,7 +296,7 @@ def _schedule(graph: Graph, groups: list, group_of: dict, aliases: dict) -> list
             if r != writer:
                 dag.add_edge(r, writer)
     if not nx.is_directed_acyclic_graph(dag):
-        raise ValueError("in-place updates cannot be ordered: a value is read after the group that "
+        raise _Cycle("in-place updates cannot be ordered: a value is read after the group that "
                          "overwrites it must run")
     position = {n: i for i, n in enumerate(graph.nodes())}
     order = nx.lexicographical_topological_sort(dag, key=lambda i: position[groups[i].root])

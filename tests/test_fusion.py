@@ -206,6 +206,41 @@ def test_matmul_bias_relu_is_one_kernel():
     assert len(runner.compiled.fused.groups) == 1, runner.compiled.fused.text()
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_in_a_train_step_matmul_bias_activation_and_dropout_are_one_kernel(activation):
+    """The pre-activation and Dropout's mask are read by the backward pass too: the forward kernel
+    computes them as outputs of its own instead of leaving them to kernels of their own (with
+    SHARE_PRODUCERS off, sigmoid's forward took five one-op kernels); the step still gives the
+    reference interpreter's values."""
+    import ir.fusion as fusion
+    from kcompile.layers import Dense, Dropout, Input
+    from kcompile.models import Sequential
+    from kcompile.utils import set_random_seed
+    set_random_seed(3)
+    model = Sequential([Input((6,)), Dense(8, activation=activation), Dropout(0.25), Dense(3)])
+    model.compile(optimizer="adam", loss="mse", target="llvm")
+    text = model.dump_ir("fused")
+    graph, groups = ir.parse(text, with_groups=True)
+    first = next(members for _, kind, members in groups if kind == "matmul")
+    ops_in = {n.op for n in first}
+    assert {"matmul", "add", "random_uniform", "select"} <= ops_in, text
+    assert ("max" in ops_in) if activation == "relu" else ("exp" in ops_in)
+    assert fusion.SHARE_PRODUCERS
+    assert len(fuse(graph).groups) == len(groups) < len(fuse(graph, _share=False).groups)
+    # the step computes what the reference interpreter does
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
+    reference = Sequential.from_config(model.get_config())
+    reference.set_weights(model.get_weights())
+    reference.compile(optimizer="adam", loss="mse", target="reference")
+    set_random_seed(5)
+    model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+    set_random_seed(5)
+    reference.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_level0_is_one_kernel_per_op():
     graph = dense_relu_graph()
     fused = fuse(graph, level=0)
