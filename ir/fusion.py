@@ -13,10 +13,9 @@ compute the node *inline* (re-evaluating it at whatever index the users need):
   kernel, and so is dW = X^T dY followed by the optimizer's update of W, m and v.
 
 - an elementwise value that several kernels read (a layer's pre-activation, which the backward
-  pass reads too; Dropout's mask) is computed by the first of them in graph order as one more
-  output, when that kernel can evaluate it at its own index, instead of in a kernel of its own:
-  in a train step matmul + bias + activation (+ Dropout) is then one kernel too
-  (SHARE_PRODUCERS).  Should that make two kernels wait for each other, fusion runs again
+  pass reads too) is computed by the first of them in graph order as one more output, when that
+  kernel can evaluate it at its own index, instead of in a kernel of its own: in a train step
+  matmul + bias + activation (+ Dropout's select) is then one kernel too (SHARE_PRODUCERS).  Should that make two kernels wait for each other, fusion runs again
   without it.
 
 Why it is safe: inlining only re-evaluates pure ops, so the fused graph computes what the unfused one
@@ -216,6 +215,10 @@ def _first_reader(node, us, user_groups: dict, group_of: dict, position: dict):
     elementwise there, not an operand of its matmul); the others read the materialized value."""
     g = min(user_groups.values(), key=lambda grp: position[grp.root])
     if g.kind not in ("elementwise", "matmul") or node.shape != g.shape:
+        return None
+    if any(o.op == "random_uniform" for o in node.operands):
+        # NOTE: a Dropout mask stays a loop of its own: in W1's step, drawing it in the forward
+        # product's block epilogue took 20-30k cycles more a step (KCOMPILE_PROFILE, two threads)
         return None
     readers = [u for u in us if group_of.get(u) is g]
     if not readers or not all(_reads_elementwise(u, node) for u in readers):
