@@ -167,6 +167,10 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
         if (target is None and share and level >= 1 and len(user_groups) > 1
                 and ops.get(node.op).kind in _INLINABLE):
             target = _first_reader(node, us, user_groups, group_of, order_position)
+            if target is not None and any(
+                    (u in floating or u in aliases) and id(target) in groups_reading(u) for u in us):
+                # the kernel would also read it through a view (a transpose), at another index
+                target = None
             shared = target is not None
         if target is None:
             new_group(node)

@@ -241,6 +241,25 @@ def test_in_a_train_step_matmul_bias_activation_and_dropout_are_one_kernel(activ
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_value_also_read_through_a_transpose_is_not_shared_into_that_reader():
+    """tanh(A @ B) is read by tanh(.) + its transpose and by exp(its transpose): the first reader
+    kernel must not compute it as a shared output, since it reads it at another index too (it had
+    failed to compile, and with the printer bypassed, read blocks not computed yet)."""
+    n = 96
+    a, b = B.arg("a", "f32", (n, n)), B.arg("b", "f32", (n, n))
+    t = B.tanh(B.matmul(a, b))
+    flipped = B.transpose(t, (1, 0))
+    graph = Graph("g", [a, b], [("o1", B.add(B.tanh(t), flipped)), ("o2", B.exp(flipped))])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((n, n)).astype(np.float32) * 0.3,
+             "b": rng.standard_normal((n, n)).astype(np.float32) * 0.3}
+    fused = fuse(graph)
+    assert fused.text()                        # (printing had raised KeyError)
+    got, want = compiled_runner(graph, 1).run(feeds), ir.run(graph, feeds)
+    for name in ("o1", "o2"):
+        assert_matches(got[name], want[name], rtol=1e-5, atol=1e-6, what=name)
+
+
 def test_level0_is_one_kernel_per_op():
     graph = dense_relu_graph()
     fused = fuse(graph, level=0)
