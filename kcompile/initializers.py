@@ -164,52 +164,39 @@ class VarianceScaling(Initializer):
                 "seed": self.seed}
 
 
-class GlorotUniform(VarianceScaling):
+class _Preset(VarianceScaling):
+    """A VarianceScaling with fixed arguments (the class attributes); only the seed is given."""
+    _arguments = (1.0, "fan_in", "uniform")
+
     def __init__(self, seed=None):
-        super().__init__(1.0, "fan_avg", "uniform", seed)
+        super().__init__(*self._arguments, seed)
 
     def get_config(self):
         return {"seed": self.seed}
 
 
-class GlorotNormal(VarianceScaling):
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_avg", "truncated_normal", seed)
-
-    def get_config(self):
-        return {"seed": self.seed}
+class GlorotUniform(_Preset):
+    _arguments = (1.0, "fan_avg", "uniform")
 
 
-class HeUniform(VarianceScaling):
-    def __init__(self, seed=None):
-        super().__init__(2.0, "fan_in", "uniform", seed)
-
-    def get_config(self):
-        return {"seed": self.seed}
+class GlorotNormal(_Preset):
+    _arguments = (1.0, "fan_avg", "truncated_normal")
 
 
-class HeNormal(VarianceScaling):
-    def __init__(self, seed=None):
-        super().__init__(2.0, "fan_in", "truncated_normal", seed)
-
-    def get_config(self):
-        return {"seed": self.seed}
+class HeUniform(_Preset):
+    _arguments = (2.0, "fan_in", "uniform")
 
 
-class LecunUniform(VarianceScaling):
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_in", "uniform", seed)
-
-    def get_config(self):
-        return {"seed": self.seed}
+class HeNormal(_Preset):
+    _arguments = (2.0, "fan_in", "truncated_normal")
 
 
-class LecunNormal(VarianceScaling):
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_in", "truncated_normal", seed)
+class LecunUniform(_Preset):
+    _arguments = (1.0, "fan_in", "uniform")
 
-    def get_config(self):
-        return {"seed": self.seed}
+
+class LecunNormal(_Preset):
+    _arguments = (1.0, "fan_in", "truncated_normal")
 
 
 class TruncatedNormal(Initializer):
