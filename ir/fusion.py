@@ -15,8 +15,8 @@ compute the node *inline* (re-evaluating it at whatever index the users need):
 - an elementwise value that several kernels read (a layer's pre-activation, which the backward
   pass reads too) is computed by the first of them in graph order as one more output, when that
   kernel can evaluate it at its own index, instead of in a kernel of its own: in a train step
-  matmul + bias + activation (+ Dropout's select) is then one kernel too (SHARE_PRODUCERS).  Should that make two kernels wait for each other, fusion runs again
-  without it.
+  matmul + bias + activation (+ Dropout's select) is then one kernel too (SHARE_PRODUCERS).
+  Should that make two kernels wait for each other, fusion runs again without it.
 
 Why it is safe: inlining only re-evaluates pure ops, so the fused graph computes what the unfused one
 does (the tests run both in the reference interpreter, and compiled); a group is never split across
@@ -206,7 +206,8 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
     except _Cycle:
         if not share:
             raise
-        # a value computed in one reader's kernel made two kernels wait for each other: without
+        # a value computed in one reader's kernel made two kernels wait for each other: fuse
+        # again without sharing
         return fuse(graph, level, _copied, _share=False)
     for i, g in enumerate(groups):
         g.name = f"k{i}"
