@@ -1170,8 +1170,9 @@ def _gemv_store(bld, vec: _Vec, c_ptrs, sums, first, mask) -> None:
 def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
     """void pass(a, b, c, steps, count, ldb, first, ncols_last): one k block of _gemv_pass with
     `skip_zeros` (a and b at the block's first step), over the `count` steps p listed (i16,
-    ascending, by _zero_skip_list) in `steps` rather than over every step: acc = sum of a[p] * b[p*ldb + v*L + l] by FMA in the list's order, then c = acc where
-    `first` (i1: the first k block) else c + acc.  The same sums as _gemv_pass's, without its branch
+    ascending, by _zero_skip_list) in `steps` rather than over every step: acc = sum of
+    a[p] * b[p*ldb + v*L + l] by FMA in the list's order, then c = acc where `first` (i1: the first
+    k block) else c + acc.  The same sums as _gemv_pass's, without its branch
     per step (see gemv_function)."""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}.listed"

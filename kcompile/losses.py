@@ -173,6 +173,16 @@ def _binary_cross_entropy(y_true: Node, p: Node) -> Node:
     return B.neg(B.add(B.mul(y_true, B.log(p)), B.mul(B.sub(1.0, y_true), B.log(B.sub(1.0, p)))))
 
 
+def binary_crossentropy_values(y_true: Node, y_pred: Node, from_logits: bool) -> Node:
+    """The binary cross-entropy of each entry (keras.ops.binary_crossentropy; the loss averages
+    them over the last axis)."""
+    if from_logits:
+        # -y log_sigmoid(z) - (1 - y) log_sigmoid(-z), with log_sigmoid(z) = -softplus(-z).
+        return B.add(B.mul(y_true, activations.softplus(B.neg(y_pred))),
+                     B.mul(B.sub(1.0, y_true), activations.softplus(y_pred)))
+    return _binary_cross_entropy(y_true, y_pred)
+
+
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     """Cross-entropy of independent binary targets (each entry of the last axis), averaged over it."""
     if not _is_traced(y_true, y_pred):
@@ -181,13 +191,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     _check_axis(axis, "binary_crossentropy")
     y_true, y_pred = _prepare_dense(y_true, y_pred, "binary_crossentropy")
     y_true = _smooth_labels(y_true, label_smoothing, 2)
-    if from_logits:
-        # -y log_sigmoid(z) - (1 - y) log_sigmoid(-z), with log_sigmoid(z) = -softplus(-z).
-        values = B.add(B.mul(y_true, activations.softplus(B.neg(y_pred))),
-                       B.mul(B.sub(1.0, y_true), activations.softplus(y_pred)))
-    else:
-        values = _binary_cross_entropy(y_true, y_pred)
-    return _mean_last_axis(values)
+    return _mean_last_axis(binary_crossentropy_values(y_true, y_pred, from_logits))
 
 
 def _power_of_nonnegative(x: Node, gamma: float) -> Node:

@@ -318,9 +318,13 @@ class Metric:
         self._totals, self._samples, self._loaded = {}, 1, True
         self._finish = lambda totals, samples: value
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def _start(self):
+        """Before an eager update: a result loaded from a model's step is not a running total."""
         if self._loaded:
             self.reset_state()
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self._start()
         sums, finish = _eager_sums(self, y_true, y_pred, sample_weight)
         if self._totals is None:
             self._totals = {key: np.zeros(np.shape(value), np.float64) for key, value in sums.items()}
@@ -1161,11 +1165,6 @@ class _Standalone(Metric):
     def reset_state(self):
         self.total, self.count, self._loaded = 0.0, 0.0, False
 
-    def _start(self):
-        """Before an eager update: a result loaded from a model's step is not a running total."""
-        if self._loaded:
-            self.reset_state()
-
     def _load_result(self, value: float) -> None:
         # (an eager update after it starts afresh, as for the other metrics)
         self.total, self.count, self._loaded = value, 1.0, True
@@ -1302,7 +1301,7 @@ def check(identifier):
                         "compile() cannot use it (Keras's fails on it too). Use it eagerly, or pass "
                         "compile a function of (y_true, y_pred) or MeanMetricWrapper(fn)")
     if isinstance(metric, Metric) and cls.values is Metric.values \
-            and cls.trace_sums is Metric.trace_sums and not metric._is_stateful():
+            and cls.trace_sums is Metric.trace_sums and cls.update_state is Metric.update_state:
         raise NotImplementedError(f"metric {metric.name!r} ({cls.__name__}): {_STATEFUL_METRIC}")
 
 

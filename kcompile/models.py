@@ -7,6 +7,7 @@ it builds each layer as soon as the shape reaching it is known, drawing the weig
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -38,10 +39,16 @@ class _Unsupported(AttributeError, NotImplementedError):
     why."""
 
 
+@contextlib.contextmanager
+def _keras_file():
+    """A path for a `.keras` file in a temporary directory (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="kcompile-pickle-") as directory:
+        yield os.path.join(directory, "model.keras")
+
+
 def _from_keras_bytes(data: bytes):
     """The model whose `.keras` file holds `data` (how Model.__reduce__ unpickles)."""
-    with tempfile.TemporaryDirectory(prefix="kcompile-pickle-") as directory:
-        path = os.path.join(directory, "model.keras")
+    with _keras_file() as path:
         with open(path, "wb") as f:
             f.write(data)
         return load_model(path)
@@ -168,6 +175,7 @@ class Model(InspectionMixin, Trainer, Layer):
     save.writes_atomically = True   # (ModelCheckpoint calls it directly)
 
     def __deepcopy__(self, memo):
+        # (a model copies as it pickles, not by Layer.__deepcopy__'s attribute by attribute)
         function, arguments = self.__reduce__()
         memo[id(self)] = copy = function(*arguments)
         return copy
@@ -177,8 +185,7 @@ class Model(InspectionMixin, Trainer, Layer):
         file (config, weights, compile arguments, optimizer state) and is loaded from them, so a
         copy trains on exactly as the original would.  Custom layers, losses and metrics must be
         registered (`kcompile.saving.register_keras_serializable`) where the copy is loaded."""
-        with tempfile.TemporaryDirectory(prefix="kcompile-pickle-") as directory:
-            path = os.path.join(directory, "model.keras")
+        with _keras_file() as path:
             self.save(path)
             with open(path, "rb") as f:
                 return _from_keras_bytes, (f.read(),)
@@ -593,8 +600,8 @@ def _summary_text(model, line_length=None, positions=None, show_trainable=False,
 
 def clone_model(model, input_tensors=None, clone_function=None, **kwargs):
     """A new model of the same architecture with fresh weights, as `keras.models.clone_model`:
-    compiled with the original's compile arguments (and a new optimizer) when it was compiled.  `clone_function(layer)` makes each new layer (default: the layer's
-    class from its config)."""
+    compiled with the original's compile arguments (and a new optimizer) when it was compiled.
+    `clone_function(layer)` makes each new layer (default: the layer's class from its config)."""
     if input_tensors is not None or kwargs.get("call_function") is not None:
         raise NotImplementedError("clone_model of a Sequential model takes no input_tensors or "
                                   "call_function")

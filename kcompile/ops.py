@@ -377,12 +377,14 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
 
 def binary_crossentropy(target, output, from_logits=False):
     """Elementwise, as keras.ops.binary_crossentropy (keras.losses' averages the last axis)."""
-    target, output = as_traced(target), _node(output, "binary_crossentropy")
-    if from_logits:
-        return B.add(B.sub(B.maximum(output, 0.0), B.mul(output, target)),
-                     B.log(B.add(B.exp(B.neg(B.abs(output))), 1.0)))
-    p = B.clip(output, 1e-7, 1.0 - 1e-7)
-    return B.neg(B.add(B.mul(target, B.log(p)), B.mul(B.sub(1.0, target), B.log(B.sub(1.0, p)))))
+    from kcompile import losses
+    output = _node(output, "binary_crossentropy")
+    target = as_traced(target)
+    if not isinstance(target, Node):
+        target = B.const(np.asarray(target, np.float32))
+    if target.dtype != output.dtype:
+        target = B.cast(target, output.dtype)
+    return losses.binary_crossentropy_values(target, output, from_logits)
 
 
 def transpose(x, axes=None):

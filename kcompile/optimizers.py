@@ -240,7 +240,7 @@ class Optimizer:
                                       "kcompile.optimizers.schedules.LearningRateSchedule (evaluated "
                                       "inside the compiled step); a plain function is not supported")
         rate = _check_real(value, "learning_rate")
-        if not abs(rate) <= float(np.finfo(np.float32).max):
+        if not abs(rate) <= schedules.FLOAT32_MAX:
             raise ValueError(f"learning_rate must be a finite float32 number (the compiled step "
                              f"computes in float32); got learning_rate={value!r}")
         return rate

@@ -355,6 +355,15 @@ WEIGHTS_OPTIMIZER_CLASS = "optimizer::class"
 WEIGHTS_OPTIMIZER_SCHEDULE = "optimizer::schedule"
 
 
+def _optimizer_entries(arrays: dict, class_name: str, schedule: bool) -> dict:
+    """An optimizer's state `arrays` as a weights file holds it: under WEIGHTS_OPTIMIZER_PREFIX,
+    with its class name and whether its rate is a schedule (numeric arrays, as the rest)."""
+    entries = {WEIGHTS_OPTIMIZER_PREFIX + key: array for key, array in arrays.items()}
+    entries[WEIGHTS_OPTIMIZER_CLASS] = np.frombuffer(class_name.encode(), np.uint8)
+    entries[WEIGHTS_OPTIMIZER_SCHEDULE] = np.int8(schedule)
+    return entries
+
+
 def save_weights(model, filepath, overwrite=True):
     """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file (or
     one named `.weights.h5`, as Keras 3 names them: the same .npz file, not HDF5), and, as Keras 3
@@ -365,11 +374,8 @@ def save_weights(model, filepath, overwrite=True):
     arrays = _weight_arrays(model)
     optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
     if optimizer is not None:
-        arrays.update({WEIGHTS_OPTIMIZER_PREFIX + key: array
-                       for key, array in _optimizer_arrays(optimizer).items()})
-        # what kind of optimizer the state is of (numeric arrays only, as the rest of the file)
-        arrays[WEIGHTS_OPTIMIZER_CLASS] = np.frombuffer(type(optimizer).__name__.encode(), np.uint8)
-        arrays[WEIGHTS_OPTIMIZER_SCHEDULE] = np.int8(optimizer.learning_rate_schedule is not None)
+        arrays.update(_optimizer_entries(_optimizer_arrays(optimizer), type(optimizer).__name__,
+                                         optimizer.learning_rate_schedule is not None))
     _atomic_write(filepath, lambda file: np.savez(file, **arrays), overwrite)
 
 
@@ -491,11 +497,9 @@ def _read_weights_file(filepath: str) -> dict:
         optimizer = (archive.config.get("compile_config") or {}).get("optimizer")
         if archive.optimizer is not None and isinstance(optimizer, dict) \
                 and isinstance(optimizer.get("class_name"), str):
-            arrays.update({WEIGHTS_OPTIMIZER_PREFIX + key: array
-                           for key, array in archive.optimizer.items()})
-            arrays[WEIGHTS_OPTIMIZER_CLASS] = np.frombuffer(optimizer["class_name"].encode(), np.uint8)
             rate = (optimizer.get("config") or {}).get("learning_rate")
-            arrays[WEIGHTS_OPTIMIZER_SCHEDULE] = np.int8(isinstance(rate, dict))
+            arrays.update(_optimizer_entries(archive.optimizer, optimizer["class_name"],
+                                             isinstance(rate, dict)))
         return arrays
     with open(filepath, "rb") as file:
         data = file.read()

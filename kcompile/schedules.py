@@ -10,9 +10,8 @@ uses `schedule(k)`.
 (traced on the spot and run on the reference interpreter, returning a float).  A custom schedule
 subclasses `LearningRateSchedule` and writes `__call__(self, step)` with `ir.build` ops on `step`.
 
-Two functions Keras uses are not IR primitives: `floor` (staircase decay; the step is never negative,
-so floor is truncation, a cast to int32 and back) and `cos` (CosineDecay), needed only as cos(pi f)
-for the completed fraction f in [0, 1]: with g = min(f, 1 - f) in [0, 1/2], it is +-cos(pi g), and
+Two functions Keras uses are not IR primitives: `floor` (staircase decay; `kcompile.ops.floor`) and
+`cos` (CosineDecay), needed only as cos(pi f) for the completed fraction f in [0, 1]: with g = min(f, 1 - f) in [0, 1/2], it is +-cos(pi g), and
 cos on [0, pi/2] is its Taylor polynomial to degree 14 (error below 7e-11), exact at both ends, so
 the decay reaches exactly `alpha` times the initial rate.
 """
@@ -25,22 +24,13 @@ import numbers
 from ir import Node
 from ir import build as B
 
-from kcompile import registry
+from kcompile import ops, registry
 
 
 def _eager_value(schedule, step) -> float:
     from kcompile.layers.layer import call_eagerly
     import numpy as np
     return float(call_eagerly(lambda node: schedule(node), np.float32(step)))
-
-
-def _floor_nonnegative(x: Node) -> Node:
-    return B.cast(B.cast(x, "i32"), x.dtype)
-
-
-def _ceil_nonnegative(x: Node) -> Node:
-    whole = _floor_nonnegative(x)
-    return B.add(whole, B.cast(B.gt(x, whole), x.dtype))
 
 
 def _power(base: float | Node, exponent: Node) -> Node:
@@ -69,7 +59,8 @@ def _check_positive(value, argument):
         raise ValueError(f"Argument `{argument}` must be > 0. Received: {argument}={value!r}")
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
+#: The largest finite float32 (the compiled step computes learning rates in float32).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _check_argument(name: str, value) -> None:
@@ -79,7 +70,7 @@ def _check_argument(name: str, value) -> None:
     numbers_in = value if isinstance(value, (list, tuple)) else [value]
     for number in numbers_in:
         if isinstance(number, numbers.Real) and not isinstance(number, bool) \
-                and not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX):
+                and not (math.isfinite(number) and abs(number) <= FLOAT32_MAX):
             raise ValueError(f"Argument `{name}` must hold finite float32 numbers. Received: "
                              f"{name}={value!r}")
     if name.endswith("_steps") and isinstance(value, numbers.Real) and value < 0:
@@ -175,7 +166,7 @@ class _RateDecay(LearningRateSchedule):
 
     def _progress(self, step):
         p = B.div(step, float(self.decay_steps))
-        return _floor_nonnegative(p) if self.staircase else p
+        return ops.floor(p) if self.staircase else p
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
@@ -248,7 +239,7 @@ class PolynomialDecay(LearningRateSchedule):
     def call(self, step):
         decay_steps = B.scalar(float(self.decay_steps), step)
         if self.cycle:
-            multiplier = B.select(B.eq(step, 0.0), 1.0, _ceil_nonnegative(B.div(step, decay_steps)))
+            multiplier = B.select(B.eq(step, 0.0), 1.0, ops.ceil(B.div(step, decay_steps)))
             decay_steps = B.mul(decay_steps, multiplier)
         else:
             step = B.minimum(step, decay_steps)
@@ -326,11 +317,11 @@ class CosineDecayRestarts(LearningRateSchedule):
         completed = B.div(step, float(self.first_decay_steps))
         t_mul, m_mul = float(self.t_mul), float(self.m_mul)
         if t_mul == 1.0:
-            restart = _floor_nonnegative(completed)
+            restart = ops.floor(completed)
             fraction = B.sub(completed, restart)
         else:
             # periods 1, t, t^2, ...: the restart i is the largest with (1 - t^i) / (1 - t) <= f
-            restart = _floor_nonnegative(B.div(B.log(B.sub(1.0, B.mul(completed, 1.0 - t_mul))),
+            restart = ops.floor(B.div(B.log(B.sub(1.0, B.mul(completed, 1.0 - t_mul))),
                                                math.log(t_mul)))
             scale = _power(t_mul, restart)
             fraction = B.div(B.sub(completed, B.div(B.sub(1.0, scale), 1.0 - t_mul)), scale)
@@ -353,7 +344,7 @@ def _integer_power(base: float, exponent: Node) -> Node:
     magnitude = _power(abs(base), exponent)
     if base > 0:
         return magnitude
-    odd = B.sub(exponent, B.mul(_floor_nonnegative(B.mul(exponent, 0.5)), 2.0))
+    odd = B.sub(exponent, B.mul(ops.floor(B.mul(exponent, 0.5)), 2.0))
     return B.mul(magnitude, B.sub(1.0, B.mul(odd, 2.0)))
 
 

@@ -747,26 +747,13 @@ def _one_call_at_a_time(method):
             # on runners of its own, see _Program.runner_at)
             depth = self.__dict__.get("_call_depth", 0)
             self.__dict__["_call_depth"] = depth + 1
-            if depth == 0:
-                self.__dict__["_call_thread"] = threading.get_ident()
+            if depth == 0:     # (the outermost call: its thread and name, see compile())
+                self.__dict__["_outer_call"] = (threading.get_ident(), method.__name__)
             try:
                 return method(self, *args, **kwargs)
             finally:
                 self.__dict__["_call_depth"] = depth
     return serialized
-
-
-def _fitting(method):
-    """fit marks the model as fitting while it runs (see Trainer._ending)."""
-    @functools.wraps(method)
-    def marked(self, *args, **kwargs):
-        previous = self.__dict__.get("_fitting", False)
-        self.__dict__["_fitting"] = True
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.__dict__["_fitting"] = previous
-    return marked
 
 
 class Trainer:
@@ -815,7 +802,7 @@ class Trainer:
                 Keras 3's indices; training itself is the same (one native call per batch).
         """
         depth = self.__dict__.get("_call_depth", 0)
-        if depth and self.__dict__.get("_call_thread") == threading.get_ident() \
+        if depth and self.__dict__["_outer_call"][0] == threading.get_ident() \
                 and not (depth == 1 and self.__dict__.get("_compile_ok")):
             raise RuntimeError(
                 "compile() was called from inside fit, evaluate or predict on the same model (a "
@@ -1342,7 +1329,6 @@ class Trainer:
     # -- fit ------------------------------------------------------------------------------------
 
     @_one_call_at_a_time
-    @_fitting
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
@@ -1446,18 +1432,18 @@ class Trainer:
             callback_list.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break
-        with self._ending(in_fit=True):
+        with self._ending("fit"):
             callback_list.on_train_end(logs=epoch_logs)
         self.history = history
         return history
 
     @contextlib.contextmanager
-    def _ending(self, in_fit=False):
-        """Around the last hook of fit, or of an evaluate or predict that is not a validation
-        inside fit: compile() is allowed there (when the call is the outermost one, see
-        compile()), as nothing of the call is left to run."""
+    def _ending(self, call: str):
+        """Around the last hook of `call` ('fit', 'evaluate', 'predict'): compile() is allowed
+        there when that call is the outermost one (not a validation inside fit, nor a callback's
+        call), as nothing of it is left to run."""
         previous = self.__dict__.get("_compile_ok", False)
-        self.__dict__["_compile_ok"] = in_fit or not self.__dict__.get("_fitting", False)
+        self.__dict__["_compile_ok"] = self.__dict__.get("_outer_call", (None, None))[1] == call
         try:
             yield
         finally:
@@ -1743,7 +1729,7 @@ class Trainer:
                 if self.stop_evaluating:
                     break
             logs = totals.logs()
-        with self._ending():
+        with self._ending("evaluate"):
             callback_list.on_test_end(logs)
         self._set_metrics_result(logs)
         return logs
@@ -1775,7 +1761,7 @@ class Trainer:
         if totals is not None:
             hooks.finish(step, totals.logs)
         logs = {} if totals is None else totals.logs()
-        with self._ending():
+        with self._ending("evaluate"):
             callback_list.on_test_end(logs)
         self._set_metrics_result(logs)
         return logs
@@ -1847,7 +1833,7 @@ class Trainer:
             if self.stop_predicting:
                 outputs = outputs[:stop]
                 break
-        with self._ending():
+        with self._ending("predict"):
             callback_list.on_predict_end()
         return outputs
 
@@ -1883,7 +1869,7 @@ class Trainer:
             last = len(outputs) - 1
             hooks.finish(last, lambda: {"outputs":
                                         np.concatenate(outputs[hooks.execution_start(last):])})
-        with self._ending():
+        with self._ending("predict"):
             callback_list.on_predict_end()
         if not outputs:
             return np.empty((0,) + tuple(self.output_shape[1:]), np.float32)

@@ -18,7 +18,7 @@ from kcompile import layers as L
 from kcompile import optimizers
 from kcompile.layers import GRU, LSTM, Dense, Input, SimpleRNN
 from kcompile.layers.layer import TraceScope
-from kcompile.layers.recurrent import Orthogonal
+from kcompile.initializers import Orthogonal
 from kcompile.models import Sequential, load_model
 from kcompile.utils import set_random_seed
 

@@ -28,10 +28,6 @@ from kcompile.layers.layer import Layer, current_scope, format_shape
 from kcompile.layers.wrappers import SubOwner
 
 
-Orthogonal = initializers.Orthogonal      # (where recurrent layers' configs used to find it)
-_initializer = initializers.get
-
-
 def _check_rate(argument: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"Argument `{argument}` must be a float in [0, 1) (the fraction of units to "
@@ -76,9 +72,9 @@ class _Recurrent(Layer):
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = _initializer(kernel_initializer)
-        self.recurrent_initializer = _initializer(recurrent_initializer)
-        self.bias_initializer = _initializer(bias_initializer)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
         self.dropout = _check_rate("dropout", dropout)
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         self.seed = None if seed is None else int(seed)
