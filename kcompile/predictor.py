@@ -97,6 +97,38 @@ def _load_library(library: str, digest: str) -> ctypes.CDLL:
         return lib
 
 
+# LLVM's names of the x86 instruction-set features an export may be built with -> the flags Linux
+# lists for them in /proc/cpuinfo.  A library that uses one the CPU lacks dies of SIGILL.
+_X86_FLAGS = {"sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx",
+              "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2",
+              "avx512f": "avx512f", "avx512cd": "avx512cd", "avx512bw": "avx512bw",
+              "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni",
+              "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16"}
+
+
+def _host_cpu_flags():
+    """The CPU flags Linux reports for this machine (a set), or None where it cannot tell (not
+    Linux, not x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _missing_cpu_features(features) -> list:
+    """The features of an export's `target_features` that this CPU lacks (those that can be
+    checked: `_X86_FLAGS`)."""
+    flags = _host_cpu_flags()
+    if flags is None or not isinstance(features, str):
+        return []
+    wanted = [item.strip()[1:] for item in features.split(",") if item.strip().startswith("+")]
+    return [name for name in wanted if name in _X86_FLAGS and _X86_FLAGS[name] not in flags]
+
+
 def _shape(lib, library: str, which: str, prefix: str = DEFAULT_PREFIX) -> tuple:
     """The shape the library reports for its input or output (batch dimension None)."""
     try:
@@ -159,6 +191,14 @@ class Predictor:
         if _sha256(library) != digest:
             raise PredictorError(f"{library} is corrupt or truncated: its SHA-256 does not match the "
                                  "manifest; export the model again")
+        missing = _missing_cpu_features(manifest.get("target_features"))
+        if missing:
+            # before the loader maps it: its code would die of SIGILL at the first predict
+            raise PredictorError(
+                f"{library} was built for cpu {manifest.get('target_cpu')!r} and uses "
+                f"{', '.join(missing)}, which this CPU does not have; export the model on this "
+                "machine, or for a CPU every machine has (model.export(directory, cpu='x86-64') "
+                "or cpu='haswell' for AVX2)")
         lib = _load_library(library, digest)
         try:
             self._predict = getattr(lib, f"{prefix}_predict")

@@ -224,7 +224,7 @@ def test_portable_build_for_a_named_cpu(tmp_path):
     rng = np.random.default_rng(3)
     params = mlp_params(rng, biases=False)
     from codegen import target
-    if "avx2" not in target.host_cpu_features():
+    if "+avx2" not in target.host_cpu_features().split(","):
         pytest.skip("this host cannot run an AVX2 build")
     directory = str(tmp_path / "portable")
     export_predictor(mlp_graph(), params, directory, cpu="haswell", features="+avx2,+fma")
@@ -282,8 +282,7 @@ def test_a_named_cpu_gets_the_vectors_it_implies_and_features_alone_a_generic_cp
     import platform
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the CPUs named are x86-64 ones")
-    if width == "zmm" and "avx512f" not in host_cpu_features():
-        pytest.skip("this host cannot run the AVX-512 library it builds")
+    runs_here = width == "ymm" or "+avx512f" in host_cpu_features().split(",")
     rng = np.random.default_rng(5)
     params = mlp_params(rng)
     directory = str(tmp_path / "named")
@@ -296,6 +295,36 @@ def test_a_named_cpu_gets_the_vectors_it_implies_and_features_alone_a_generic_cp
     manifest = json.load(open(os.path.join(directory, "manifest.json")))
     assert manifest["target_cpu"] == target.get("cpu", "x86-64")
     x = rng.random((13, 28, 28), dtype=np.float32)
+    if not runs_here:        # an AVX-512 library on a CPU without: refused, not SIGILL
+        with pytest.raises(PredictorError, match="uses avx512f.*which this CPU does not have"):
+            load_predictor(directory)
+        return
+    np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x),
+                               atol=1e-5)
+
+
+def test_a_library_for_features_this_cpu_lacks_is_refused_before_it_loads(exported, tmp_path,
+                                                                          monkeypatch):
+    """The manifest's target_features are checked against /proc/cpuinfo's flags before the
+    library is mapped: a PredictorError naming the missing features and the fix, not SIGILL."""
+    from kcompile import predictor
+    directory = str(shutil.copytree(exported[0], tmp_path / "copy"))
+    params = exported[1]
+    flags = predictor._host_cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    manifest_path = os.path.join(directory, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    monkeypatch.setattr(predictor, "_host_cpu_flags", lambda: flags - {"avx512f", "avx2"})
+    manifest["target_features"] = "+avx2,-avx512f,+sse4.2,+no-such-feature"
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(PredictorError, match=r"uses avx2, which this CPU does not have.*"
+                                             r"cpu='x86-64'"):
+        load_predictor(directory)
+    # '-' features and features Linux has no flag for are not requirements
+    monkeypatch.setattr(predictor, "_host_cpu_flags", lambda: flags | {"avx2"})
+    x = np.random.default_rng(2).random((3, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x),
                                atol=1e-5)
 
