@@ -20,9 +20,10 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
   trans_a the `mr` broadcasts come from `mr` rows of A; with trans_a (A stored (k, m)) they are `mr`
   consecutive scalars of one row of A.  So neither layout of A is ever packed, and both share kernels.
 * op(B) must give contiguous rows of `nv * lanes` columns.  Without trans_b the full column panels are
-  read in place.  With trans_b (B stored (n, k)) each panel is packed (transposed) into a scratch buffer,
-  `lanes x lanes` blocks at a time with shuffles in registers; the packing is amortised over every row
-  tile of C.  A column tail (n not a multiple of the panel width) is also copied into the scratch buffer,
+  read in place when they are 256 bytes wide or more (AVX-512), and copied into scratch like the
+  others when narrower (AVX2, SSE, NEON: see `_packs_full_panels`).  With trans_b (B stored
+  (n, k)) each panel is packed (transposed) into a scratch buffer, `lanes x lanes` blocks at a
+  time with shuffles in registers; the packing is amortised over every row tile of C.  A column tail (n not a multiple of the panel width) is also copied into the scratch buffer,
   padded to whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the
   last vector of a tail tile are masked (`llvm.masked.load/store`).  While a B^T panel's row tiles
   compute, they prefetch the rows of B the next panel will pack (one line per k step).
@@ -73,6 +74,9 @@ MC = 240
 # from constant strides; the call costs nothing next to a tile's k loop).
 _NOINLINE = True
 _PREFETCH_NEXT_PANEL = True
+#: Copy the full column panels of an untransposed B into scratch as well (True), read them in place
+#: (False), or decide by the panel's width (None, see `_packs_full_panels`).
+PACK_FULL_PANELS = None
 
 _KERNEL_PREFIX = "kcompile.gemm"
 
@@ -654,15 +658,32 @@ def _lanes_and_panel(dtype, lanes) -> tuple[int, int]:
     return L, tile_shape(L, _dtype_bits(dtype))[1] * L
 
 
-def _packs_b(n, trans_b: bool, nr: int) -> bool:
-    """Does emit_gemm copy op(B) panels into scratch (B^T, or columns that are not whole panels)?"""
-    return trans_b or not _is_const(n) or n % nr != 0
+def _packs_full_panels(nr: int, dtype) -> bool:
+    """Does emit_gemm copy the full column panels of an untransposed B into scratch?
+
+    Read in place, a panel of KC rows of B is KC short runs `ldb` elements apart; with W1's
+    ldb = 512 floats (2 KiB) they fall into a few sets of L1 and the kernel waits on L2.
+    NOTE (W1's GEMMs on one thread, in-process A/B, throwaway /tmp/kc9/gab.py; AVX2 on a Zen 3
+    EPYC, panels of 16 floats = 64 bytes): packing made NN 32x784x512 1.67x faster, 128x784x512
+    1.52x, 128x512x512 1.43x and TN (dW) 784x128x512 1.40x; the 10-column products, whose tail
+    is packed anyway, within +-7%.  W1's train step on two threads (KCOMPILE_PROFILE): 4.99M ->
+    4.35M cycles a step at batch 32.  With AVX-512 (panels of 64 floats = 256 bytes) the products read in place ran at
+    106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of 256 bytes or more stay in place."""
+    if PACK_FULL_PANELS is not None:
+        return PACK_FULL_PANELS
+    return nr * _dtype_bits(dtype) // 8 < 256
+
+
+def _packs_b(n, trans_b: bool, nr: int, dtype=ir.FloatType()) -> bool:
+    """Does emit_gemm copy op(B) panels into scratch (B^T, columns that are not whole panels, or
+    every panel when `_packs_full_panels`)?"""
+    return trans_b or _packs_full_panels(nr, dtype) or not _is_const(n) or n % nr != 0
 
 
 def scratch_elements(n, k, *, trans_b=False, dtype=ir.FloatType(), lanes=None) -> int:
     """Elements of scratch space emit_gemm needs for these arguments (0 when it needs none)."""
     L, nr = _lanes_and_panel(dtype, lanes)
-    return _round_up(_k_block(k, L)[0], L) * nr if _packs_b(n, trans_b, nr) else 0
+    return _round_up(_k_block(k, L)[0], L) * nr if _packs_b(n, trans_b, nr, dtype) else 0
 
 
 def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.FloatType(),
@@ -678,9 +699,9 @@ def caller_scratch_elements(m, n, k, *, trans_a=False, trans_b=False, dtype=ir.F
         # C^T blocks of NARROW_BLOCK (and m % NARROW_BLOCK) columns, from an untransposed B
         blocks = [rows for rows in (NARROW_BLOCK if m >= NARROW_BLOCK else 0, m % NARROW_BLOCK)
                   if rows]
-        return (max(_pack_elements(rows, k, False, L, nr) for rows in blocks),
+        return (max(_pack_elements(rows, k, False, L, nr, dtype) for rows in blocks),
                 n * NARROW_BLOCK)
-    return _pack_elements(n, k, trans_b, L, nr), 0
+    return _pack_elements(n, k, trans_b, L, nr, dtype), 0
 
 
 def _zero_skip_layout(dtype=ir.FloatType(), lanes=None) -> tuple[int, int, int]:
@@ -700,12 +721,13 @@ def zero_skip_scratch_bytes(dtype=ir.FloatType(), lanes=None) -> int:
     return _zero_skip_layout(dtype, lanes)[2]
 
 
-def _pack_elements(n, k, trans_b: bool, L: int, nr: int) -> int:
+def _pack_elements(n, k, trans_b: bool, L: int, nr: int, dtype) -> int:
     """Scratch elements the op(B) panels of emit_gemm's main path fill (see its `b_panel`): every
-    panel with trans_b, only the column tail (one vector per runtime-n step) without it."""
-    if not _packs_b(n, trans_b, nr):
+    panel with trans_b or `_packs_full_panels`, otherwise only the column tail (one vector per
+    runtime-n step)."""
+    if not _packs_b(n, trans_b, nr, dtype):
         return 0
-    if trans_b:
+    if trans_b or _packs_full_panels(nr, dtype):
         width = nr
     elif not _is_const(n):
         width = L
@@ -747,8 +769,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     `lanes` defaults to the host's vector width for `dtype` (`target.vector_lanes`); a smaller power of
     two is also correct (the tests use 8 and 4 on an AVX-512 host).
 
-    Scratch: with trans_b, or when n is not a multiple of the panel width (or is a runtime value),
-    op(B) panels are copied into a scratch buffer of `scratch_elements(n, k, ...)` elements: at most
+    Scratch: with trans_b, with panels narrower than 256 bytes (`_packs_full_panels`), or when n
+    is not a multiple of the panel width (or is a runtime value), op(B) panels are copied into a scratch buffer of `scratch_elements(n, k, ...)` elements: at most
     512 x 64 floats = 128 KiB (f32, 16 lanes; the same in bytes for f64).  Pass `scratch_ptr` to
     provide it (64-byte aligned preferred); otherwise it is an `alloca` in the entry block of the
     caller's function, shared by every gemm emitted into that function, so the frame grows by 128 KiB
@@ -807,7 +829,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         return
 
     kc, single_k = _k_block(k, L)
-    needs_scratch = trans_b or not _is_const(n) or n % nr != 0
+    pack_full = _packs_full_panels(nr, T)
+    needs_scratch = _packs_b(n, trans_b, nr, T)
     scratch = None
     if needs_scratch:
         if scratch_ptr is not None:
@@ -932,7 +955,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             builder.call(_pack_transposed(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
             return scratch, nvec * L
         src = _gep(builder, b_ptr, _add(builder, _mul(builder, pc, ldb), j0), T)
-        if full:
+        if full and not pack_full:
             return src, ldb
         builder.call(_pack_copy(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
         return scratch, nvec * L

@@ -373,12 +373,18 @@ def test_shape_functions_ignore_null(two_models):
     ("NN", 1000, 512, 784, False),                    # whole panels: no scratch at all
     ("NN", 37, 70, 100, True),                        # runtime sizes: the worst case
 ])
-def test_gemms_use_only_the_scratch_caller_scratch_elements_gives(layout, m, n, k, runtime):
+@pytest.mark.parametrize("pack_full", [False, True])
+def test_gemms_use_only_the_scratch_caller_scratch_elements_gives(layout, m, n, k, runtime,
+                                                                   pack_full, monkeypatch):
     """What an exported GEMM packs into goes to the caller's buffers, sized by
-    caller_scratch_elements for this product (no alloca); a canary past them stays intact."""
+    caller_scratch_elements for this product (no alloca); a canary past them stays intact.
+    Whole panels of B are packed too or read in place (gemm.PACK_FULL_PANELS; the host's
+    vector width picks one)."""
     import ctypes
     from llvmlite import ir as llvm_ir
+    from codegen import gemm
     from codegen.gemm import caller_scratch_elements, emit_gemm
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
     from codegen.jit import JitModule
     ptr, i64 = llvm_ir.PointerType(), llvm_ir.IntType(64)
     trans_a, trans_b = layout[0] == "T", layout[1] == "T"
@@ -394,7 +400,7 @@ def test_gemms_use_only_the_scratch_caller_scratch_elements_gives(layout, m, n, 
     builder.ret_void()
     assert "alloca" not in str(module)
     if n % 64 == 0 and not trans_b and not runtime:
-        assert (pack, narrow) == (0, 0)
+        assert narrow == 0 and (pack > 0) == pack_full
     jit = JitModule(module)            # (kept: the code lives as long as the engine)
     f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, *[ctypes.c_int64] * 3)(jit.address("g"))
     rng = np.random.default_rng(m + n + k)

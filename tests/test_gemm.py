@@ -125,6 +125,20 @@ def test_constant_sizes_every_layout(lanes):
     run_specs(specs, CONSTANT_SAMPLE + BIG, lanes=None if lanes == HOST_LANES else lanes)
 
 
+@pytest.mark.parametrize("pack_full", [False, True])
+def test_whole_panels_packed_or_read_in_place_give_the_same_products(pack_full, monkeypatch):
+    """gemm.PACK_FULL_PANELS: an untransposed B's whole column panels copied into scratch, or read
+    in place (the host's panel width picks one), for runtime and constant sizes, with zero
+    skipping and across k and m blocks."""
+    from codegen import gemm
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
+    specs = [GemmSpec(layout, accumulate=acc) for layout in ("NN", "TN") for acc in (False, True)]
+    specs += [GemmSpec("NN", *shape) for shape in ((32, 64, 100), (37, 130, 28))]
+    specs += [GemmSpec("TN", 37, 130, 28, skip_zeros=True), GemmSpec("NN", *BIG[0]),
+              GemmSpec("TN", *BIG[1])]
+    run_specs(specs, GRID + BIG)
+
+
 def _sparse(shape, pattern, rng):
     """A float32 matrix whose zeros follow `pattern` (how relu and Dropout leave activations)."""
     a = rng.standard_normal(shape).astype(np.float32)
@@ -350,13 +364,13 @@ def test_zero_skipping_keeps_zero_times_inf_nan(layout):
     op_b = rng.standard_normal((k, n)).astype(np.float32)
     op_b[3, 5] = np.inf
     op_b[KC + 7, n - 1] = -np.inf
-    op_b[KC + 39, 70] = np.nan
+    op_b[KC + 39, nr + 6] = np.nan
     a = np.ascontiguousarray(op_a.T if spec.trans_a else op_a)
     b = np.ascontiguousarray(op_b.T if spec.trans_b else op_b)
     got, want = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
     fn(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k)
     plain(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
-    assert np.isnan(got[:, [5, n - 1, 70]]).all()
+    assert np.isnan(got[:, [5, n - 1, nr + 6]]).all()
     np.testing.assert_array_equal(got, want)
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(got, op_a.astype(np.float64) @ op_b, rtol=1e-4, atol=1e-4)
@@ -387,14 +401,16 @@ NARROW = [(512, 10, 128), (300, 17, 50), (777, 3, 1), (2 * NARROW_BLOCK + 5, 15,
 @pytest.mark.parametrize("lanes", LANES)
 def test_narrow_columns_are_computed_transposed(lanes):
     run_lanes = None if lanes == HOST_LANES else lanes
-    assert narrow_product(512, 10, True, False, lanes=lanes)
+    panel = tile_shape(lanes)[1] * lanes         # the host's registers decide the panel width
+    assert narrow_product(512, 10, True, False, lanes=lanes) == (10 < panel)
+    assert narrow_product(777, 3, True, False, lanes=lanes)
     if lanes == 16:
         assert all(narrow_product(m, n, True, False, lanes=lanes) for m, n, _ in NARROW)
     assert not narrow_product(512, 10, False, False, lanes=lanes)   # A not transposed
     assert not narrow_product(4 * lanes - 1, 10, True, False, lanes=lanes)  # too few rows
     assert not narrow_product(512, 4 * lanes, True, False, lanes=lanes)  # whole vectors already
     specs = [GemmSpec("TN", m, n, accumulate=acc) for m, n, _ in NARROW for acc in (False, True)]
-    jit, _ = compile_gemms(specs[:1], lanes=run_lanes)
+    jit, _ = compile_gemms([GemmSpec("TN", 777, 3)], lanes=run_lanes)
     assert "kcompile.gemm.store_t" in jit.optimized_ir
     run_specs(specs, NARROW, lanes=run_lanes)
 
@@ -451,10 +467,15 @@ def test_empty_and_zero_k():
         assert (c == 3.0).all()
 
 
-def test_caller_scratch_and_non_entry_block():
+def test_caller_scratch_and_non_entry_block(monkeypatch):
     """A caller-provided scratch buffer; and a gemm emitted outside the entry block (its alloca
     still goes to the entry block)."""
-    assert scratch_elements(64, 100) == 0
+    from codegen import gemm
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", False)
+    assert scratch_elements(64, 100) == 0          # whole panels read in place
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", True)
+    assert scratch_elements(64, 100) >= 100 * tile_shape(HOST_LANES)[1] * HOST_LANES
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", None)
     need = scratch_elements(65, 100, trans_b=True)
     assert need > 0
     module = ir.Module("scratch")
