@@ -23,9 +23,10 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
   read in place when they are 256 bytes wide or more (AVX-512), and copied into scratch like the
   others when narrower (AVX2, SSE, NEON: see `_packs_full_panels`).  With trans_b (B stored
   (n, k)) each panel is packed (transposed) into a scratch buffer, `lanes x lanes` blocks at a
-  time with shuffles in registers; the packing is amortised over every row tile of C.  A column tail (n not a multiple of the panel width) is also copied into the scratch buffer,
-  padded to whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the
-  last vector of a tail tile are masked (`llvm.masked.load/store`).  While a B^T panel's row tiles
+  time with shuffles in registers; the packing is amortised over every row tile of C.  A column
+  tail (n not a multiple of the panel width) is also copied into the scratch buffer, padded to
+  whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the last
+  vector of a tail tile are masked (`llvm.masked.load/store`).  While a B^T panel's row tiles
   compute, they prefetch the rows of B the next panel will pack (one line per k step).
 * Row tails (m not a multiple of mr) use kernels of 8, 4, 2, 1 rows: the binary digits of the remainder.
 * Narrow C from a transposed A (dW = X^T dY of Dense(10): 512 x 10, where a row of C fills 10 of 16
@@ -667,8 +668,9 @@ def _packs_full_panels(nr: int, dtype) -> bool:
     EPYC, panels of 16 floats = 64 bytes): packing made NN 32x784x512 1.67x faster, 128x784x512
     1.52x, 128x512x512 1.43x and TN (dW) 784x128x512 1.40x; the 10-column products, whose tail
     is packed anyway, within +-7%.  W1's train step on two threads (KCOMPILE_PROFILE): 4.99M ->
-    4.35M cycles a step at batch 32.  With AVX-512 (panels of 64 floats = 256 bytes) the products read in place ran at
-    106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of 256 bytes or more stay in place."""
+    4.35M cycles a step at batch 32.  With AVX-512 (panels of 64 floats = 256 bytes) the
+    products read in place ran at 106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of
+    256 bytes or more stay in place."""
     if PACK_FULL_PANELS is not None:
         return PACK_FULL_PANELS
     return nr * _dtype_bits(dtype) // 8 < 256
@@ -770,9 +772,10 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     two is also correct (the tests use 8 and 4 on an AVX-512 host).
 
     Scratch: with trans_b, with panels narrower than 256 bytes (`_packs_full_panels`), or when n
-    is not a multiple of the panel width (or is a runtime value), op(B) panels are copied into a scratch buffer of `scratch_elements(n, k, ...)` elements: at most
-    512 x 64 floats = 128 KiB (f32, 16 lanes; the same in bytes for f64).  Pass `scratch_ptr` to
-    provide it (64-byte aligned preferred); otherwise it is an `alloca` in the entry block of the
+    is not a multiple of the panel width (or is a runtime value), op(B) panels are copied into a
+    scratch buffer of `scratch_elements(n, k, ...)` elements: at most 512 x 64 floats = 128 KiB
+    (f32, 16 lanes; the same in bytes for f64).  Pass `scratch_ptr` to provide it (64-byte
+    aligned preferred); otherwise it is an `alloca` in the entry block of the
     caller's function, shared by every gemm emitted into that function, so the frame grows by 128 KiB
     once per dtype.  Code running on small thread stacks should pass `scratch_ptr`, and
     `narrow_scratch_ptr` too: a narrow product from a transposed A (see `narrow_product`) computes
