@@ -664,10 +664,12 @@ def _packs_full_panels(nr: int, dtype) -> bool:
 
     Read in place, a panel of KC rows of B is KC short runs `ldb` elements apart; with W1's
     ldb = 512 floats (2 KiB) they fall into a few sets of L1 and the kernel waits on L2.
-    NOTE (W1's GEMMs on one thread, in-process A/B, throwaway /tmp/kc9/gab.py; AVX2 on a Zen 3
-    EPYC, panels of 16 floats = 64 bytes): packing made NN 32x784x512 1.67x faster, 128x784x512
-    1.52x, 128x512x512 1.43x and TN (dW) 784x128x512 1.40x; the 10-column products, whose tail
-    is packed anyway, within +-7%.  W1's train step on two threads (KCOMPILE_PROFILE): 4.99M ->
+    NOTE (W1's GEMMs on one thread, AVX2 on a Zen 3 EPYC, panels of 16 floats = 64 bytes;
+    throwaway /tmp/kc9/gab2.py, an in-process A/B alternating the two builds over seven rounds,
+    the first build of each round left out: it runs on cold caches): packing made NN 32x784x512
+    1.25-1.33x faster, 128x784x512 1.41x, TN (dW) 784x128x512 1.38x and 512x128x512 1.45x, the
+    other 512-column products 1.0-1.25x; the 10-column ones, whose tail is packed anyway, within
+    +-7%.  W1's train step on two threads (KCOMPILE_PROFILE): 4.99M ->
     4.35M cycles a step at batch 32.  With AVX-512 (panels of 64 floats = 256 bytes) the
     products read in place ran at 106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of
     256 bytes or more stay in place."""
