@@ -247,9 +247,11 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
 
 
 def _skip_zeros_description() -> str:
-    """The lowering's zero-skipping switches, which change the code (part of both cache keys)."""
+    """The lowering's zero-skipping switches and the GEMM's panel packing, which change the code
+    (part of both cache keys)."""
+    from . import gemm
     return (f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},"
-            f"{lowering.SKIP_ZEROS_ROWS}")
+            f"{lowering.SKIP_ZEROS_ROWS} pack_full_panels={gemm.PACK_FULL_PANELS}")
 
 
 def program_description(graphs: dict, options: CompileOptions, threading: bool) -> str | None:
