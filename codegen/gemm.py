@@ -669,8 +669,9 @@ def _packs_full_panels(nr: int, dtype) -> bool:
     the first build of each round left out: it runs on cold caches): packing made NN 32x784x512
     1.25-1.33x faster, 128x784x512 1.41x, TN (dW) 784x128x512 1.38x and 512x128x512 1.45x, the
     other 512-column products 1.0-1.25x; the 10-column ones, whose tail is packed anyway, within
-    +-7%.  W1's train step on two threads (KCOMPILE_PROFILE): 4.99M ->
-    4.35M cycles a step at batch 32.  With AVX-512 (panels of 64 floats = 256 bytes) the
+    +-7%.  W1's epoch on two threads (throwaway /tmp/kc9/ab.py, both builds in one process,
+    alternating): 0.83 of the time at batch 128 (six pairs); at batch 32 no change beyond the
+    noise (1.006 over eight pairs; kernels 5.70M against 5.75M cycles a step).  With AVX-512 (panels of 64 floats = 256 bytes) the
     products read in place ran at 106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of
     256 bytes or more stay in place."""
     if PACK_FULL_PANELS is not None:
