@@ -671,9 +671,9 @@ def _packs_full_panels(nr: int, dtype) -> bool:
     other 512-column products 1.0-1.25x; the 10-column ones, whose tail is packed anyway, within
     +-7%.  W1's epoch on two threads (throwaway /tmp/kc9/ab.py, both builds in one process,
     alternating): 0.83 of the time at batch 128 (six pairs); at batch 32 no change beyond the
-    noise (1.006 over eight pairs; kernels 5.70M against 5.75M cycles a step).  With AVX-512 (panels of 64 floats = 256 bytes) the
-    products read in place ran at 106-110 GFLOP/s on a Zen 4 core, its FMA peak, so panels of
-    256 bytes or more stay in place."""
+    noise (1.006 over eight pairs; kernels 5.70M against 5.75M cycles a step).  With AVX-512
+    (panels of 64 floats = 256 bytes) the products read in place ran at 106-110 GFLOP/s on a
+    Zen 4 core, its FMA peak, so panels of 256 bytes or more stay in place."""
     if PACK_FULL_PANELS is not None:
         return PACK_FULL_PANELS
     return nr * _dtype_bits(dtype) // 8 < 256
