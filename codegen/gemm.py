@@ -11,7 +11,8 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
 * The micro-kernel computes an `mr x (nv * lanes)` tile of C: `mr * nv` vector accumulators carried
   through the k loop in SSA registers; each k step loads `nv` vectors of a row of op(B), broadcasts `mr`
   scalars of op(A) and issues `mr * nv` `llvm.fma` calls.  The tile is chosen so accumulators, the B row
-  and a broadcast fit the register file (`tile_shape`: 6 x 4 vectors with 32 registers, 6 x 2 with 16).
+  and a broadcast fit the register file (`tile_shape`: 6 x 4 vectors with 32 registers, 4 x 3 with
+  16).
   Column tails narrower than the full tile use taller tiles (12 x 1 or 12 x 2, `tile_rows`), which
   keeps enough independent FMA chains for n = 10.  Each kernel is a separate internal, noinline
   function (LLVM allocates its registers in isolation, and one copy serves every gemm of the module
@@ -116,14 +117,23 @@ def tile_rows(vectors: int, registers: int) -> int:
 
 def tile_shape(lanes: int, dtype_bits: int = 32, features: str | None = None) -> tuple[int, int]:
     """(rows, vectors per row) of the full register tile for `lanes`-wide vectors of `dtype_bits`
-    floats: 6 x 4 vectors with 32 registers, 6 x 2 with 16.  Narrower column tails use taller tiles
-    (`tile_rows`)."""
+    floats: the most accumulators that fit (`tile_rows`), and of those the widest tile, whose k
+    step broadcasts fewest A values per FMA: 6 x 4 vectors with 32 registers, 4 x 3 with 16.
+    Narrower column tails use taller tiles (`tile_rows`).
+
+    NOTE (AVX2 on a Zen 3 EPYC, W1's GEMMs on one thread, throwaway /tmp/kc9/gab2.py): 4 x 3 (4
+    broadcasts and 3 B loads per 12 FMAs) ran 1.12-1.24x faster than 6 x 2 (6 broadcasts, 2
+    loads) on the 512-column products, 0.95-1.06x on the others; a broadcast from memory takes a
+    slot of the FP pipes the FMAs need.  W1's epoch on two threads (throwaway /tmp/kc9/ab.py,
+    both in one process, alternating, six pairs): 0.90 of the time at batch 32, 0.87 at 128.  With 32 registers, 8 x 3 has as many accumulators as
+    6 x 4 and more broadcasts, so 6 x 4 stays (at the FMA peak on a Zen 4 core)."""
     registers = _registers_for(lanes, dtype_bits, features)
-    for vectors in (4, 2, 1):
-        rows = tile_rows(vectors, registers)
-        if rows >= 6 or vectors == 1:
-            return rows, vectors
-    return 1, 1
+    fits = [(tile_rows(vectors, registers) * vectors, vectors) for vectors in (4, 3, 2, 1)
+            if tile_rows(vectors, registers) * vectors + vectors + 1 <= registers]
+    if not fits:
+        return 1, 1
+    accumulators, vectors = max(fits)
+    return accumulators // vectors, vectors
 
 
 # --------------------------------------------------------------------------------------------------

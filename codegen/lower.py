@@ -1016,7 +1016,8 @@ PARALLEL_MIN_ELEMENTS = 16384
 PARALLEL_MIN_FLOPS = 2_000_000     # work of a blocked GEMM below which it stays serial
 GEMM_READ_WORK = 8      # multiply-adds a float of B read from L3 is worth (1.6 MB of weight = 3.2M)
 ROW_BLOCK = 48          # GEMM row block (TN, dW): 48 x 512 floats = 96 KiB, in L2 for its epilogue
-COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): a multiple of every panel width
+COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): whole panels of 64 (AVX-512);
+#                         AVX2's panels of 24 leave a tail of 8 columns per block
 # NOTE: GEMM blocks are handed to threads one at a time: 784 dW rows are 17 blocks of 48, which
 # pieces of 3 blocks split 432:352 rows between two threads, single blocks 400:384.
 ONE_BLOCK_PIECES = 1 << 20

@@ -370,7 +370,8 @@ def test_shape_functions_ignore_null(two_models):
     ("TN", 2 * 256 + 37, 10, 33, False),              # narrow: C^T blocks + their packing
     ("NT", 9, 70, 600, False),                        # B^T panels, two k blocks
     ("NN", 1000, 10, 512, False),                     # a column tail (Dense(10) after 512 units)
-    ("NN", 1000, 512, 784, False),                    # whole panels: no scratch at all
+    ("NN", 1000, 512, 784, False),                    # whole panels of 64 (AVX-512): no scratch
+    ("NN", 1000, 480, 784, False),                    # whole panels of 24 (AVX2) and 16 too
     ("NN", 37, 70, 100, True),                        # runtime sizes: the worst case
 ])
 @pytest.mark.parametrize("pack_full", [False, True])
@@ -399,7 +400,8 @@ def test_gemms_use_only_the_scratch_caller_scratch_elements_gives(layout, m, n, 
               narrow_scratch_ptr=narrow_ptr)
     builder.ret_void()
     assert "alloca" not in str(module)
-    if n % 64 == 0 and not trans_b and not runtime:
+    panel = gemm.tile_shape(gemm.target.vector_lanes(32))[1] * gemm.target.vector_lanes(32)
+    if n % panel == 0 and not trans_b and not runtime:
         assert narrow == 0 and (pack > 0) == pack_full
     jit = JitModule(module)            # (kept: the code lives as long as the engine)
     f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, *[ctypes.c_int64] * 3)(jit.address("g"))
