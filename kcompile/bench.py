@@ -1450,6 +1450,9 @@ def evaluate_targets(results, numpy_unset_label, batch_sizes, epochs):
         ok = low - 0.005 <= mine <= high + 0.005
         entry["status"] = "PASS" if ok else "MISS"
         entry["note"] = f"peers {low:.4f}-{high:.4f}"
+        runs = len(results.data[("w1", "accuracy", key)][KC])
+        if runs > 1:
+            entry["note"] += f"; medians of {runs} seeds each"
     targets.append(entry)
     return targets
 
@@ -1500,6 +1503,10 @@ def build_parser():
                    help="W1 batch sizes (default 32,128; W2 always uses 128, fusion 32)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the W1 and W2 accuracy runs, full mode only (default 2)")
+    p.add_argument("--accuracy-seeds", type=int, default=1, metavar="N",
+                   help="train every system's W1 accuracy model with seeds 0..N-1 and compare the "
+                        "medians (default 1: one run each; two epochs of W1 vary by about a point "
+                        "from seed to seed)")
     p.add_argument("--trials", type=int, default=None,
                    help="trials per figure, systems alternating (default 3; --quick: 2)")
     p.add_argument("--peers", default="auto",
@@ -1535,6 +1542,7 @@ class Bench:
         self.trials = args.trials or (2 if self.quick else 3)
         self.batch_sizes = args.batch_sizes or [32, 128]
         self.epochs = args.epochs or 2
+        self.accuracy_seeds = getattr(args, "accuracy_seeds", 1)
         self.workloads = args.workloads
         self.results = Results()
         self.errors = []
@@ -1751,13 +1759,20 @@ class Bench:
             return
         batch = self.batch_sizes[0]
         key = f"batch {batch}, {self.epochs} epochs"
-        self.say(f"== W1: test accuracy after {self.epochs} epochs at batch {batch} (fresh models) ==")
-        for label, (name, handle) in systems.items():
-            acc = (kc.call("w1_accuracy", epochs=self.epochs, batch=batch) if label == KC
-                   else self._peer_call(name, handle, "w1_accuracy", epochs=self.epochs, batch=batch))
-            if acc is not None:
+        seeds = range(self.accuracy_seeds)
+        self.say(f"== W1: test accuracy after {self.epochs} epochs at batch {batch} (fresh models, "
+                 f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) ==")
+        for seed in seeds:
+            for label, (name, handle) in list(systems.items()):
+                acc = (kc.call("w1_accuracy", epochs=self.epochs, batch=batch, seed=seed)
+                       if label == KC else
+                       self._peer_call(name, handle, "w1_accuracy", epochs=self.epochs, batch=batch,
+                                       seed=seed))
+                if acc is None:
+                    del systems[label]
+                    continue
                 self.results.add("w1", "accuracy", key, label, acc)
-                self.say(f"  {label}: {acc:.4f}")
+                self.say(f"  seed {seed}, {label}: {acc:.4f}")
 
     def _epoch_systems(self, peers, wanted):
         """kcompile (this process) and the wanted peers' workers that started: label -> (name, handle)."""
@@ -2090,6 +2105,8 @@ def main(argv=None) -> int:
         parser.error("--trials must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.accuracy_seeds < 1:
+        parser.error("--accuracy-seeds must be at least 1")
     if args.batch_sizes is not None and (not args.batch_sizes or min(args.batch_sizes) < 1):
         parser.error("--batch-sizes needs positive integers")
     if args.peers.strip().lower() not in ("auto", "none"):

@@ -189,6 +189,28 @@ def test_targets_pass_and_miss():
         assert targets["W2 batch 128, seconds per epoch"]["status"] == status
 
 
+def test_accuracy_compares_the_medians_over_seeds():
+    """--accuracy-seeds N: each system's accuracy is the median of its N runs; one outlying seed
+    does not decide the target, and the note says how many seeds."""
+    key = "batch 32, 2 epochs"
+    results = bench.Results()
+    for value in (0.8401, 0.8648, 0.8546):
+        results.add("w1", "accuracy", key, bench.KC, value)
+    for value in (0.8568, 0.8592, 0.8531):
+        results.add("w1", "accuracy", key, bench.KERAS, value)
+    target = next(t for t in bench.evaluate_targets(results, None, [32, 128], 2)
+                  if t["target"].startswith("W1 test accuracy"))
+    assert target["status"] == "PASS" and target["kcompile"] == pytest.approx(0.8546)
+    assert target["note"] == "peers 0.8568-0.8568; medians of 3 seeds each"
+    results = bench.Results()
+    results.add("w1", "accuracy", key, bench.KC, 0.8401)
+    results.add("w1", "accuracy", key, bench.KERAS, 0.8568)
+    target = next(t for t in bench.evaluate_targets(results, None, [32, 128], 2)
+                  if t["target"].startswith("W1 test accuracy"))
+    assert target["status"] == "MISS" and target["note"] == "peers 0.8568-0.8568"
+    assert bench.build_parser().parse_args(["--accuracy-seeds", "3"]).accuracy_seeds == 3
+
+
 def test_fusion_and_w2_records():
     results = bench.Results()
     results.add("fusion", "kernels", "W1 train step", bench.KC_UNFUSED, 192)
@@ -231,6 +253,7 @@ def test_medians_ratios_and_rotation():
                                            (["--peers", "tensorflow"], "tensorflow"),
                                            (["--workloads", ","], "no workload given"),
                                            (["--batch-sizes", "a"], "comma-separated integers"),
+                                           (["--accuracy-seeds", "0"], "--accuracy-seeds"),
                                            (["--json", "/no/such/dir/b.json"], "cannot write there")])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
