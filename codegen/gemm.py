@@ -125,8 +125,9 @@ def tile_shape(lanes: int, dtype_bits: int = 32, features: str | None = None) ->
     broadcasts and 3 B loads per 12 FMAs) ran 1.12-1.24x faster than 6 x 2 (6 broadcasts, 2
     loads) on the 512-column products, 0.95-1.06x on the others; a broadcast from memory takes a
     slot of the FP pipes the FMAs need.  W1's epoch on two threads (throwaway /tmp/kc9/ab.py,
-    both in one process, alternating, six pairs): 0.90 of the time at batch 32, 0.87 at 128.  With 32 registers, 8 x 3 has as many accumulators as
-    6 x 4 and more broadcasts, so 6 x 4 stays (at the FMA peak on a Zen 4 core)."""
+    both in one process, alternating, six pairs): 0.90 of the time at batch 32, 0.87 at 128.
+    With 32 registers, 8 x 3 has as many accumulators as 6 x 4 and more broadcasts, so 6 x 4
+    stays (at the FMA peak on a Zen 4 core)."""
     registers = _registers_for(lanes, dtype_bits, features)
     fits = [(tile_rows(vectors, registers) * vectors, vectors) for vectors in (4, 3, 2, 1)
             if tile_rows(vectors, registers) * vectors + vectors + 1 <= registers]
