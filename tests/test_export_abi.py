@@ -385,8 +385,8 @@ def test_gemms_use_only_the_scratch_caller_scratch_elements_gives(layout, m, n, 
     from llvmlite import ir as llvm_ir
     from codegen import gemm
     from codegen.gemm import caller_scratch_elements, emit_gemm
-    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
     from codegen.jit import JitModule
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
     ptr, i64 = llvm_ir.PointerType(), llvm_ir.IntType(64)
     trans_a, trans_b = layout[0] == "T", layout[1] == "T"
     module = llvm_ir.Module("caller_scratch")
