@@ -243,10 +243,10 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
     # (numpy's version: constant folding runs numpy's arithmetic)
     return [code_fingerprint(), f"numpy={np.__version__}", f"threading={threading}",
             f"fusion_level={options.fusion_level}", f"reuse_memory={options.reuse_memory}",
-            f"share_producers={ir_fusion.SHARE_PRODUCERS}", _skip_zeros_description()]
+            f"share_producers={ir_fusion.SHARE_PRODUCERS}", _code_switches_description()]
 
 
-def _skip_zeros_description() -> str:
+def _code_switches_description() -> str:
     """The lowering's zero-skipping switches and the GEMM's panel packing, which change the code
     (part of both cache keys)."""
     from . import gemm
@@ -331,7 +331,7 @@ def code_fingerprint() -> str:
 def source_key(entries, options, threading) -> str:
     """Everything a lowered module is a function of, as text; `entries` is [(name, fused, plan)]."""
     parts = [code_fingerprint(), f"profile={options.profile}", f"threading={threading}",
-             _skip_zeros_description()]
+             _code_switches_description()]
     for name, fused, plan in entries:
         parts += [f"entry {name}", fused.text(), memory_text_of(plan, fused)]
     return "\n".join(parts)

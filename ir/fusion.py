@@ -124,7 +124,7 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
         groups.append(g)
         group_of[node] = g
 
-    order_position = {n: i for i, n in enumerate(order)}
+    position = {n: i for i, n in enumerate(order)}
     for node in reversed(order):
         if is_free(node) or is_materialized_source(node):
             continue
@@ -166,7 +166,7 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
         shared = False
         if (target is None and share and level >= 1 and len(user_groups) > 1
                 and ops.get(node.op).kind in _INLINABLE):
-            target = _first_reader(node, us, user_groups, group_of, order_position)
+            target = _first_reader(node, us, user_groups, group_of, position)
             if target is not None and any(
                     (u in floating or u in aliases) and id(target) in groups_reading(u) for u in us):
                 # the kernel would also read it through a view (a transpose), at another index
@@ -180,7 +180,6 @@ def fuse(graph: Graph, level: int = 1, _copied: frozenset = frozenset(),
         if node in outputs or shared:
             target.outputs.append(node)
     # Members were appended in reverse topological order; groups were created consumers-first.
-    position = {n: i for i, n in enumerate(order)}
     for g in groups:
         g.members.sort(key=position.__getitem__)
         g.outputs.sort(key=position.__getitem__)

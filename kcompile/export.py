@@ -25,7 +25,7 @@ import ir
 from ir import build as B
 from ir.graph import rebuild
 
-from .predictor import ABI_VERSION, FORMAT, MANIFEST
+from .predictor import ABI_VERSION, FORMAT, MANIFEST, _sha256
 
 EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor.
  *
@@ -153,8 +153,7 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
     def example_and_manifest(paths, library):
         # written with the library, header and object, and moved into place after them (the
         # manifest last): a failed export leaves a directory's earlier export whole
-        with open(library, "rb") as f:
-            library_sha = hashlib.sha256(f.read()).hexdigest()
+        library_sha = _sha256(library)
         manifest = {
             "format": FORMAT,
             "abi_version": ABI_VERSION,

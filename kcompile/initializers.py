@@ -125,6 +125,16 @@ class RandomNormal(Initializer):
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
 
 
+def _truncated_unit_normal(rng, shape) -> np.ndarray:
+    """Unit normal values, each redrawn until it lies within two of zero."""
+    values = rng.normal(0.0, 1.0, size=shape)
+    bad = np.abs(values) > 2.0
+    while bad.any():
+        values[bad] = rng.normal(0.0, 1.0, size=int(bad.sum()))
+        bad = np.abs(values) > 2.0
+    return values
+
+
 class VarianceScaling(Initializer):
     """Keras's VarianceScaling: scale / fan, uniform on [-sqrt(3 var), sqrt(3 var)] or a truncated normal."""
 
@@ -151,13 +161,7 @@ class VarianceScaling(Initializer):
         if self.distribution == "untruncated_normal":
             return rng.normal(0.0, math.sqrt(variance), size=shape)
         # Truncated at two standard deviations; 0.8796... is the stddev of a unit normal so truncated.
-        stddev = math.sqrt(variance) / 0.87962566103423978
-        values = rng.normal(0.0, 1.0, size=shape)
-        bad = np.abs(values) > 2.0
-        while bad.any():
-            values[bad] = rng.normal(0.0, 1.0, size=int(bad.sum()))
-            bad = np.abs(values) > 2.0
-        return values * stddev
+        return _truncated_unit_normal(rng, shape) * (math.sqrt(variance) / 0.87962566103423978)
 
     def get_config(self):
         return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
@@ -207,13 +211,7 @@ class TruncatedNormal(Initializer):
         self.mean, self.stddev = float(mean), float(stddev)
 
     def generate(self, shape):
-        rng = self._generator()
-        values = rng.normal(0.0, 1.0, size=shape)
-        bad = np.abs(values) > 2.0
-        while bad.any():
-            values[bad] = rng.normal(0.0, 1.0, size=int(bad.sum()))
-            bad = np.abs(values) > 2.0
-        return self.mean + self.stddev * values
+        return self.mean + self.stddev * _truncated_unit_normal(self._generator(), shape)
 
     def get_config(self):
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}

@@ -305,10 +305,11 @@ def ceil(x):
 
 
 def divide_no_nan(x1, x2):
-    """x1 / x2, and 0 where x2 is 0."""
+    """x1 / x2, and 0 where x2 is 0, as Keras's (whatever x1 is there)."""
     x1, x2 = as_traced(x1), as_traced(x2)
-    safe = B.select(B.eq(x2, 0.0), B.full_like(x2, 1.0), x2)
-    return B.select(B.eq(x2, 0.0), B.mul(B.div(x1, safe), 0.0), B.div(x1, safe))
+    zero = B.eq(x2, 0.0)
+    quotient = B.div(x1, B.select(zero, B.full_like(x2, 1.0), x2))
+    return B.select(zero, B.full_like(quotient, 0.0), quotient)
 
 
 def broadcast_to(x, shape):

@@ -11,9 +11,10 @@ uses `schedule(k)`.
 subclasses `LearningRateSchedule` and writes `__call__(self, step)` with `ir.build` ops on `step`.
 
 Two functions Keras uses are not IR primitives: `floor` (staircase decay; `kcompile.ops.floor`) and
-`cos` (CosineDecay), needed only as cos(pi f) for the completed fraction f in [0, 1]: with g = min(f, 1 - f) in [0, 1/2], it is +-cos(pi g), and
-cos on [0, pi/2] is its Taylor polynomial to degree 14 (error below 7e-11), exact at both ends, so
-the decay reaches exactly `alpha` times the initial rate.
+`cos` (CosineDecay), needed only as cos(pi f) for the completed fraction f in [0, 1]: with
+g = min(f, 1 - f) in [0, 1/2], it is +-cos(pi g), and cos on [0, pi/2] is its Taylor polynomial to
+degree 14 (error below 7e-11), exact at both ends, so the decay reaches exactly `alpha` times the
+initial rate.
 """
 from __future__ import annotations
 
@@ -322,7 +323,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         else:
             # periods 1, t, t^2, ...: the restart i is the largest with (1 - t^i) / (1 - t) <= f
             restart = ops.floor(B.div(B.log(B.sub(1.0, B.mul(completed, 1.0 - t_mul))),
-                                               math.log(t_mul)))
+                                      math.log(t_mul)))
             scale = _power(t_mul, restart)
             fraction = B.div(B.sub(completed, B.div(B.sub(1.0, scale), 1.0 - t_mul)), scale)
         cosine = B.mul(B.add(cos_pi(fraction), 1.0), 0.5)
