@@ -364,6 +364,20 @@ def _optimizer_entries(arrays: dict, class_name: str, schedule: bool) -> dict:
     return entries
 
 
+def _ensure_built(model, verb: str) -> None:
+    """Build `model` from its known input shape, or refuse: an unbuilt model has no weights to
+    save or to load into."""
+    if model.built:
+        return
+    shape = model._known_input_shape()
+    if shape is None:
+        what = "to save" if verb == "save" else "to load into"
+        raise ValueError(f"Model {model.name!r} is not built yet, so it has no weights {what}. "
+                         "Give it an input shape (Input(shape=...) or input_shape= on the first "
+                         "layer) or call model.build(input_shape) first.")
+    model.build(shape)
+
+
 def save_weights(model, filepath, overwrite=True):
     """Save every weight of `model`, keyed by its path 'layer/weight', to a `.weights.npz` file (or
     one named `.weights.h5`, as Keras 3 names them: the same .npz file, not HDF5), and, as Keras 3
@@ -371,6 +385,8 @@ def save_weights(model, filepath, overwrite=True):
     'optimizer:...'), so that `load_weights` resumes training exactly."""
     filepath = _path(filepath)
     _check_weights_suffix(filepath, "save")
+    # (before the file is touched: an unbuilt model's empty file would replace a good one)
+    _ensure_built(model, "save")
     arrays = _weight_arrays(model)
     optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
     if optimizer is not None:
@@ -564,13 +580,7 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     saved_schedule = arrays.pop(WEIGHTS_OPTIMIZER_SCHEDULE, None)
     saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
                        if key.startswith(WEIGHTS_OPTIMIZER_PREFIX)}
-    if not model.built:
-        shape = model._known_input_shape()
-        if shape is None:
-            raise ValueError(f"Model {model.name!r} is not built yet, so it has no weights to load into. "
-                             "Give it an input shape (Input(shape=...) or input_shape= on the first "
-                             "layer) or call model.build(input_shape) first.")
-        model.build(shape)
+    _ensure_built(model, "load")
     pairs = _match_weights(model, arrays, filepath, skip_mismatch)
     restore_optimizer = None
     if saved_optimizer and getattr(model, "compiled", False) and model.optimizer is not None:

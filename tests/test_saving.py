@@ -754,6 +754,23 @@ def test_load_weights_checks_everything_before_changing_anything(tmp_path):
         Sequential([Dense(2)]).load_weights(tmp_path / "bad.weights.npz")
 
 
+def test_save_weights_of_an_unbuilt_model_is_refused_and_keeps_the_file(tmp_path):
+    # a model without an input shape has no weights: its (empty) file must not replace a good one
+    path = tmp_path / "model.weights.h5"
+    model = Sequential([Input((4,)), Dense(3)])
+    model.save_weights(path)
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="not built yet, so it has no weights to save"):
+        Sequential([Dense(3)]).save_weights(path)
+    assert path.read_bytes() == good
+    # with a known input shape it is built first, as load_weights does
+    shaped = Sequential([Dense(3, input_shape=(4,))])
+    shaped.save_weights(tmp_path / "shaped.weights.h5")
+    assert shaped.built
+    model.load_weights(tmp_path / "shaped.weights.h5")
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), shaped.layers[0].kernel.numpy())
+
+
 # ----------------------------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------------------------
