@@ -127,14 +127,20 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     return B.neg(B.reduce_sum(B.mul(y_true, _log_probabilities(y_pred, from_logits)), -1))
 
 
+def _refuse_ignore_class(ignore_class, function: str) -> None:
+    if ignore_class is not None:
+        raise NotImplementedError(
+            f"{function}(ignore_class={ignore_class!r}) is not supported: to leave samples out of the "
+            "loss, give them sample_weight 0 (and any label in [0, classes)) instead")
+
+
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
     """Cross-entropy between integer class labels and predicted probabilities (or logits)."""
     if not _is_traced(y_true, y_pred):
         return _eager(sparse_categorical_crossentropy, y_true, y_pred, from_logits=from_logits,
                       ignore_class=ignore_class, axis=axis)
     _check_axis(axis, "sparse_categorical_crossentropy")
-    if ignore_class is not None:
-        raise NotImplementedError("sparse_categorical_crossentropy(ignore_class=...) is not supported")
+    _refuse_ignore_class(ignore_class, "sparse_categorical_crossentropy")
     if y_true.type.rank == y_pred.type.rank and y_true.shape[-1] == 1:
         y_true = B.reshape(y_true, y_true.shape[:-1])
     if y_true.shape != y_pred.shape[:-1]:
@@ -495,6 +501,9 @@ class CategoricalCrossentropy(LossFunctionWrapper):
 class SparseCategoricalCrossentropy(LossFunctionWrapper):
     def __init__(self, from_logits=False, ignore_class=None, reduction="sum_over_batch_size",
                  name="sparse_categorical_crossentropy", dtype=None):
+        # (refused here rather than at the first fit, where labels equal to ignore_class would
+        # first be refused as out of range)
+        _refuse_ignore_class(ignore_class, "SparseCategoricalCrossentropy")
         super().__init__(sparse_categorical_crossentropy, reduction=reduction, name=name,
                          from_logits=from_logits, ignore_class=ignore_class)
         self.from_logits, self.ignore_class = from_logits, ignore_class

@@ -509,6 +509,13 @@ def test_metric_names_and_configs():
         metrics.Precision(top_k=2)
 
 
+def test_ignore_class_is_refused_when_the_loss_is_made_with_the_fix():
+    # at construction, not at the first fit (where labels equal to it read as out of range)
+    with pytest.raises(NotImplementedError, match=r"ignore_class=-1.*sample_weight 0"):
+        losses.SparseCategoricalCrossentropy(ignore_class=-1)
+    assert losses.SparseCategoricalCrossentropy().ignore_class is None
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_top_k_metrics_in_fit_logs(target):
     rng = np.random.default_rng(13)
