@@ -33,10 +33,11 @@ from ir.fusion import fuse
 from ir.memory import plan_memory
 
 from . import jit, target
-from .lower import I8, I32, I64, PTR, WORKSPACE_SCRATCH, c64, lower
+from .loops import for_range
+from .lower import F32, I8, I32, I64, PTR, WORKSPACE_SCRATCH, c64, lower
 
 ABI_VERSION = 1
-OK, ERR_NULL, ERR_ROWS, ERR_MEMORY = 0, 1, 2, 3
+OK, ERR_NULL, ERR_ROWS, ERR_MEMORY, ERR_INPUT = 0, 1, 2, 3, 4
 DEFAULT_PREFIX = "kcompile"
 
 
@@ -88,9 +89,13 @@ def _shape_functions(module, which, ttype):
 
 
 def build_module(graph: kir.Graph, version: str, fusion_level: int = 1,
-                 prefix: str = DEFAULT_PREFIX):
+                 prefix: str = DEFAULT_PREFIX, ids_below: int | None = None):
     """The LLVM module of an exported predictor: graph kernels plus the C ABI wrappers, named
-    `{prefix}_predict` and so on.  Returns (module, plan, GEMM scratch bytes)."""
+    `{prefix}_predict` and so on.  Returns (module, plan, GEMM scratch bytes).
+
+    `ids_below` N: the input holds ids that must lie in [0, N) (an Embedding's table, which the
+    graph's gather would only clamp into range); the predict functions refuse any other value, NaN
+    included, with ERR_INPUT before computing anything."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ValueError("an exported predictor takes exactly one input and returns one output; "
                          f"got inputs {graph.input_names} and outputs {graph.output_names}")
@@ -146,6 +151,8 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1,
     b.position_at_end(bad_rows)
     b.ret(ir.Constant(I32, ERR_ROWS))
     b.position_at_end(run)
+    if ids_below is not None:
+        _check_ids(b, with_ws, xp, b.mul(rows, c64(x.type.static_size)), ids_below)
     # align the workspace to 64 bytes (workspace_bytes reserves the slack): the GEMM scratch
     # first, then the graph's arena
     addr = b.ptrtoint(wsp, I64)
@@ -202,6 +209,26 @@ def build_module(graph: kir.Graph, version: str, fusion_level: int = 1,
     return module, plan, scratch_bytes
 
 
+def _check_ids(b: ir.IRBuilder, fn: ir.Function, xp, count, below: int) -> None:
+    """Return ERR_INPUT from `fn` unless each of the `count` floats at `xp` lies in [0, below)
+    (ordered comparisons: NaN is out); the builder continues in the block after the check.  One
+    pass without early exit (the loop vectorizes)."""
+    with b.goto_entry_block():
+        bad = b.alloca(ir.IntType(1), name="bad_id")
+    b.store(ir.Constant(ir.IntType(1), 0), bad)
+    with for_range(b, 0, count, name="id") as i:
+        v = b.load(b.gep(xp, [i], source_etype=F32), typ=F32)
+        inside = b.and_(b.fcmp_ordered(">=", v, ir.Constant(F32, 0.0)),
+                        b.fcmp_ordered("<", v, ir.Constant(F32, float(below))))
+        b.store(b.or_(b.load(bad), b.not_(inside)), bad)
+    refuse = fn.append_basic_block("bad_input")
+    go = fn.append_basic_block("ids_ok")
+    b.cbranch(b.load(bad), refuse, go)
+    b.position_at_end(refuse)
+    b.ret(ir.Constant(I32, ERR_INPUT))
+    b.position_at_end(go)
+
+
 def emit_object(module, cpu: str | None = None, features: str | None = None) -> bytes:
     tm = target.target_machine(cpu, features, for_object=True)
     ref = jit.parse_and_verify(module, tm)
@@ -244,7 +271,7 @@ HEADER = """\
  * N.h), so two models with different names link into one program.  Each library always runs its
  * own code, whatever other kcompile libraries the process has loaded.
  *
- * Input:  float32, shape ({input_shape}), row-major; the first dimension is the number of rows.
+ * Input:  float32, shape ({input_shape}), row-major; the first dimension is the number of rows.{input_domain}
  * Output: float32, shape ({output_shape}), row-major.
  */
 #ifndef {guard}
@@ -258,6 +285,7 @@ extern "C" {{
 #define {macro}_ERR_NULL 1       /* a pointer argument was NULL */
 #define {macro}_ERR_ROWS 2       /* rows <= 0, or too many to address */
 #define {macro}_ERR_MEMORY 3     /* the workspace could not be allocated */
+#define {macro}_ERR_INPUT 4      /* an input value the model cannot take (an id outside its table) */
 
 /* Predict `rows` rows of `x` into `out` (rows * {output_row} floats).  Returns an error code. */
 int {prefix}_predict(const float *x, int64_t rows, float *out);
@@ -289,7 +317,7 @@ const char *{prefix}_version(void);
 def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
                  prefix: str = DEFAULT_PREFIX, guard: str | None = None, version: str = "0",
                  cpu: str | None = None, features: str | None = None,
-                 extra_files=None) -> dict:
+                 extra_files=None, ids_below: int | None = None) -> dict:
     """Write `lib{name}.so`, `{name}.o` and `{name}.h` into `directory`; returns their paths and the
     target built for (see `target.export_target`: the host's by default).  The functions are
     `{prefix}_predict` and so on, the header's guard `guard` (KCOMPILE_{NAME}_H by default).
@@ -297,6 +325,7 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
     `extra_files(result, library)`, if given, returns more files for the directory ({file name:
     bytes}, written in that order): it gets what this function returns and the path of the linked
     library (under its temporary name, to hash it), so that a manifest can describe the export.
+    `ids_below`: see `build_module`.
 
     Everything that can fail before linking (the target, the graph, code generation) runs before
     `directory` is created.  Every file is written under a temporary name and moved into place only
@@ -305,7 +334,8 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
     model's library beside the old model's header or manifest)."""
     cpu, features = target.export_target(cpu, features)
     with target.generating_for(features):   # vector width and FMA use of the target, not the host
-        module, plan, scratch_bytes = build_module(graph, version, prefix=prefix)
+        module, plan, scratch_bytes = build_module(graph, version, prefix=prefix,
+                                                   ids_below=ids_below)
     obj = emit_object(module, cpu, features)
     x, (_, y) = graph.inputs[0], graph.outputs[0]
 
@@ -315,7 +345,11 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
                            output_shape=fmt(y.type), output_row=y.type.static_size,
                            prefix=prefix, macro=prefix.upper(),
                            guard=guard or f"KCOMPILE_{name.upper()}_H",
-                           input_rank=x.type.rank, output_rank=y.type.rank)
+                           input_rank=x.type.rank, output_rank=y.type.rank,
+                           input_domain="" if ids_below is None else
+                           f"\n *         Every value is an id in [0, {ids_below}) (an Embedding's "
+                           f"table); the predict\n *         functions refuse any other (NaN "
+                           f"included) with {prefix.upper()}_ERR_INPUT.")
     os.makedirs(directory, exist_ok=True)
     obj_path = os.path.join(directory, f"{name}.o")
     lib_path = os.path.join(directory, f"lib{name}.so")

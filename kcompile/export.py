@@ -98,8 +98,12 @@ def check_name(name) -> None:
 
 def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=(), version="0",
                      cpu: str | None = None, features: str | None = None,
-                     fusion_level: int = 1, name: str | None = None) -> str:
+                     fusion_level: int = 1, name: str | None = None,
+                     ids_below: int | None = None) -> str:
     """Compile `graph` (input 'x' + params -> one output) with `params` frozen in, into `directory`.
+
+    `ids_below` N: the input is ids into an Embedding of N rows; the predictor refuses values
+    outside [0, N) (the manifest's "input_ids_below"), as model.predict does.
 
     `name`: None gives libmodel.so, model.h and functions `kcompile_predict`, ...; a C identifier N
     gives libN.so, N.h and functions `N_predict`, ... (see the module docstring)."""
@@ -110,7 +114,8 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     created = _first_missing(directory)
     try:
         return _export(graph, params, directory, layers=layers, version=version, cpu=cpu,
-                       features=features, fusion_level=fusion_level, name=name)
+                       features=features, fusion_level=fusion_level, name=name,
+                       ids_below=ids_below)
     except BaseException:
         # (export_graph checks the target and generates the code before it creates the directory;
         # a later failure, linking, removes what this export created)
@@ -131,7 +136,8 @@ def _first_missing(directory: str) -> str | None:
     return missing
 
 
-def _export(graph, params, directory, *, layers, version, cpu, features, fusion_level, name):
+def _export(graph, params, directory, *, layers, version, cpu, features, fusion_level, name,
+            ids_below):
     from codegen.export import DEFAULT_PREFIX, export_graph
     from codegen.compiler import CompileOptions, optimize_graph
 
@@ -165,6 +171,7 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
             "header": os.path.basename(paths["header"]),
             "library_sha256": library_sha,
             "input_shape": list(x.shape), "input_dtype": "float32",
+            "input_ids_below": ids_below,
             "output_shape": list(y.shape), "output_dtype": "float32",
             "layers": list(layers),
             "target_cpu": paths["cpu"],
@@ -176,5 +183,5 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
         return {"example.c": example.encode(), MANIFEST: json.dumps(manifest, indent=2).encode()}
 
     export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
-                 features=features, extra_files=example_and_manifest)
+                 features=features, extra_files=example_and_manifest, ids_below=ids_below)
     return directory

@@ -154,6 +154,9 @@ class InspectionMixin:
         self._ensure_built(input_shape)
         params = {w.path: w.numpy() for w in self.weights}
         layers = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
+        # ids fed straight to an Embedding are range-checked by the library, as by predict
+        first = self._layers[0] if getattr(self, "_layers", None) else None
+        ids_below = first.input_dim if isinstance(first, kcompile.layers.Embedding) else None
         return export_predictor(trace_predict(self), params, os.fspath(filepath), layers=layers,
                                 version=kcompile.__version__, cpu=cpu, features=features,
-                                name=name)
+                                name=name, ids_below=ids_below)

@@ -33,7 +33,9 @@ ABI_VERSION = 1
 # the functions' prefix of an export without a name (and of every export from before names)
 DEFAULT_PREFIX = "kcompile"
 _ERRORS = {1: "a null pointer was passed", 2: "the number of rows must be positive",
-           3: "the predictor could not allocate its workspace"}
+           3: "the predictor could not allocate its workspace",
+           4: "an input value is outside what the model takes"}
+ERR_INPUT = 4
 
 
 class PredictorError(ValueError):
@@ -181,6 +183,10 @@ class Predictor:
             library = os.path.join(self.directory, name)
             digest = manifest["library_sha256"]
             prefix = manifest.get("symbol_prefix", DEFAULT_PREFIX)
+            self.ids_below = manifest.get("input_ids_below")
+            if self.ids_below is not None and (isinstance(self.ids_below, bool) or not isinstance(
+                    self.ids_below, int) or self.ids_below < 1):
+                raise ValueError(f"input_ids_below {self.ids_below!r} is not a positive integer")
             if not isinstance(prefix, str) or not prefix.isidentifier() or not prefix.isascii():
                 raise ValueError(f"symbol_prefix {prefix!r} is not a C identifier")
         except (KeyError, TypeError, ValueError) as e:
@@ -252,9 +258,22 @@ class Predictor:
             count = min(step, rows - start)
             status = self._predict(x.ctypes.data + start * x_row, count,
                                    out.ctypes.data + start * out_row)
+            if status == ERR_INPUT and self.ids_below is not None:
+                raise PredictorError(self._bad_id(x))
             if status != 0:
                 raise PredictorError(f"the predictor failed: {_ERRORS.get(status, f'code {status}')}")
         return out
+
+    def _bad_id(self, x: np.ndarray) -> str:
+        """What the library refused (ERR_INPUT): the first value of `x` outside [0, ids_below)."""
+        bad = ~((x >= 0) & (x < self.ids_below))
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = float(x[position])
+        shown = int(value) if value.is_integer() else value
+        more = int(bad.sum()) - 1
+        return (f"the predictor takes ids in [0, {self.ids_below}) (its Embedding's table), but the "
+                f"input holds the id {shown} at position [{', '.join(map(str, position))}] (sample "
+                f"{position[0]}){f' (and {more} more)' if more else ''}: map the ids into range")
 
     __call__ = predict
 

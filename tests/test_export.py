@@ -428,3 +428,45 @@ def test_a_failed_re_export_leaves_the_existing_export_as_it_was(tmp_path, monke
                                rtol=1e-5)
     assert "shape (rows, 3)" in (directory / "model.h").read_text()
     assert sorted(os.listdir(directory)) == sorted(before)
+
+
+def test_ids_for_an_embedding_are_range_checked_by_the_library_as_by_predict(tmp_path):
+    # the graph's gather clamps ids into the table; the exported functions refuse them instead,
+    # as model.predict does (ERR_INPUT from C, a PredictorError from Python), output untouched
+    import ctypes
+    import kcompile
+    from kcompile import layers
+    model = kcompile.Sequential([layers.Input((3,), dtype="int32"), layers.Embedding(5, 2),
+                                 layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target="llvm")
+    directory = str(tmp_path / "ids")
+    model.export(directory)
+    predictor = load_predictor(directory)
+    with open(os.path.join(directory, "manifest.json")) as f:
+        assert json.load(f)["input_ids_below"] == 5
+    with open(os.path.join(directory, "model.h")) as f:
+        assert "#define KCOMPILE_ERR_INPUT 4" in f.read()
+    good = np.array([[0, 4, 2], [3, 1, 1]])
+    np.testing.assert_allclose(predictor.predict(good), model.predict(good, verbose=0), atol=1e-6)
+    for bad, shown in ((5, "5"), (-1, "-1"), (10 ** 9, "1000000000"), (np.nan, "nan"),
+                       (np.inf, "inf")):
+        x = good.astype(np.float32)
+        x[1, 2] = bad
+        with pytest.raises(PredictorError, match=rf"ids in \[0, 5\).* id {shown} at position "
+                                                 r"\[1, 2\] \(sample 1\)"):
+            predictor.predict(x)
+        with pytest.raises(ValueError, match="looks up ids in"):
+            model.predict(x, verbose=0)
+    lib = ctypes.CDLL(os.path.join(directory, "libmodel.so"))
+    lib.kcompile_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    x = good.astype(np.float32)
+    x[0, 0] = 4.5e9
+    out = np.full((2, 2), 7, np.float32)
+    assert lib.kcompile_predict(x.ctypes.data, 2, out.ctypes.data) == 4
+    assert (out == 7).all()
+    # a model whose input is not ids has no such check: any float goes through
+    plain = str(tmp_path / "mlp")
+    export_predictor(mlp_graph(), mlp_params(np.random.default_rng(0)), plain)
+    with open(os.path.join(plain, "manifest.json")) as f:
+        assert json.load(f)["input_ids_below"] is None
+    assert np.isfinite(load_predictor(plain).predict(np.full((1, 28, 28), -3e9, np.float32))).all()
