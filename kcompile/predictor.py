@@ -266,7 +266,10 @@ class Predictor:
 
     def _bad_id(self, x: np.ndarray) -> str:
         """What the library refused (ERR_INPUT): the first value of `x` outside [0, ids_below)."""
-        bad = ~((x >= 0) & (x < self.ids_below))
+        # (the library compares in float32: an id table past 2**24 rows rounds its bound)
+        bad = ~((x >= 0) & (x < np.float32(self.ids_below)))
+        if not bad.any():
+            return f"the predictor takes ids in [0, {self.ids_below}); the input holds another"
         position = tuple(int(i) for i in np.argwhere(bad)[0])
         value = float(x[position])
         shown = int(value) if value.is_integer() else value
