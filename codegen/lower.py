@@ -1022,6 +1022,7 @@ COLUMN_BLOCK = 128      # GEMM column block (NN/NT with batch rows): whole panel
 # pieces of 3 blocks split 432:352 rows between two threads, single blocks 400:384.
 ONE_BLOCK_PIECES = 1 << 20
 MAX_PREFETCH_STREAMS = 3  # epilogue operands a dW block prefetches (the weight, Adam's m and v)
+PREFETCH_L2_SHARE = 2   # ... when the block's scratch and prefetched rows fill 1/2 of L2 at most
 BATCH_ROWS_MIN = 512    # from this many batch rows, blocks of whole rows instead (a large predict)
 BATCH_ROW_BLOCK = 128   # rows per such block: 1024 rows are 8, a piece each of 2 threads' schedule
 SCRATCH_MAX_BYTES = 256 << 10  # a dW row block kept on a chunk's stack (48 x 512 floats: 96 KiB)
@@ -1100,6 +1101,22 @@ def blocked_anchors(fused: FusedGraph) -> frozenset:
                      and g.anchor not in g.outputs and _block_scratch_elements(g))
 
 
+def prefetch_fits(rows: int, n: int, dtype, streams: int) -> bool:
+    """Does a dW row block (`rows` x `n`) prefetch `streams` of its update's operands?  Only when
+    the block's scratch and the prefetched rows fill at most 1/PREFETCH_L2_SHARE of this host's L2
+    (codegen.target.l2_cache_bytes; unknown: no).  NOTE (W1, blocks of 48 x 512 floats and three
+    streams: 384 KiB): with a 1 MiB L2 (Zen 4) the prefetch made one thread's step 0.84-0.95 of the
+    time in its first pairs, and a later A/B found it neutral (without it: 0.999 on two threads,
+    0.980 on one); with a 512 KiB L2 (Zen 3) it evicts what the block computes: without it W1's
+    step on two threads took 0.877 of the time at batch 32 (16 alternating pairs, all faster),
+    0.90 with the builds in the other order (14 of 16 faster) and 0.916 at batch 128 (10 of 10;
+    throwaway /tmp/kc10/ab4.py, both builds in one process)."""
+    from .target import l2_cache_bytes
+    l2 = l2_cache_bytes()
+    itemsize = 8 if isinstance(dtype, ir.DoubleType) else 4
+    return l2 is not None and rows * n * itemsize * (1 + streams) * PREFETCH_L2_SHARE <= l2
+
+
 def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     """A matmul and its elementwise epilogue, block by block: each block of C is computed and
     immediately consumed by the epilogue while it is in cache (so dW feeds the optimizer's update
@@ -1161,10 +1178,13 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
 
     # NOTE: the epilogue of a row block of dW (the optimizer's update) reads rows of the weight and
     # its slots, 8 MB for W1 at Adam, from L3: while a block's product computes, its row tiles
-    # prefetch the block's rows of them (the product is bound by FMAs, the update by memory).
+    # prefetch the block's rows of them (the product is bound by FMAs, the update by memory), where
+    # L2 holds them beside the block (prefetch_fits).
     streamed = [] if not by_rows or narrow else [
         x for x in group.inputs if x is not a and x is not bm and x.shape == node.shape
         and fe.has_buffer(x)][:MAX_PREFETCH_STREAMS]
+    if streamed and not prefetch_fits(block, n, T, len(streamed)):
+        streamed = []
 
     def block_rows(builder, chunk, start, size):
         pairs = []

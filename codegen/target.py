@@ -37,6 +37,40 @@ def host_cpu_features() -> str:
     return llvm.get_host_cpu_features().flatten()
 
 
+CACHE_SYSFS = "/sys/devices/system/cpu/cpu0/cache"
+
+
+@functools.lru_cache(maxsize=None)
+def l2_cache_bytes(root: str = CACHE_SYSFS) -> int | None:
+    """The size of one core's L2 (data or unified) cache in bytes, from Linux's sysfs, or None
+    where it is not known (another OS, a container without sysfs)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, entry, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(root, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(root, entry, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level != "2" or kind not in ("Unified", "Data"):
+            continue
+        try:
+            number = int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+        except (ValueError, IndexError):
+            return None
+        return number if number > 0 else None
+    return None
+
+
 _GENERATING = threading.local()
 
 

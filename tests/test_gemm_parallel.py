@@ -128,6 +128,52 @@ def test_a_gradient_only_the_update_reads_stays_in_a_block_sized_scratch(k, n, b
     assert allocas == [] and len(planned) == 1
 
 
+@pytest.mark.parametrize("l2_kib,prefetched", [(512, True), (256, False), (None, False)])
+def test_a_dw_block_prefetches_its_update_rows_only_where_l2_holds_them(monkeypatch, l2_kib,
+                                                                         prefetched):
+    """A dW row block's product prefetches the weight rows its update reads (a GEMM with one
+    `then_read` stream: `.pf1`) when the block and those rows (48 x 512 floats, twice: 192 KiB)
+    fill at most half the L2: on a 512 KiB L2, not on a 256 KiB one nor where the L2 is unknown;
+    the values are the same bits either way."""
+    import re
+    from codegen import target
+    monkeypatch.setattr(target, "l2_cache_bytes", lambda: None if l2_kib is None else l2_kib << 10)
+    k, n = lower.ROW_BLOCK * 2 + 5, 512
+    graph = weight_gradient_graph(k, n, False)
+    runner = CompiledRunner(graph, {}, CompileOptions())
+    code = runner.compiled.code.optimized_ir
+    assert bool(re.search(r"kcompile\.gemm\.TN\.\S*\.pf1\.", code)) == prefetched
+    rng = np.random.default_rng(5)
+    w = rng.random((k, n), dtype=np.float32) - 0.5
+    x = rng.random((32, k), dtype=np.float32) - 0.5
+    dy = rng.random((32, n), dtype=np.float32) - 0.5
+    out = run_all_thread_counts(graph, {"x": x, "dy": dy, "w": w})
+    check(out["w_new"], w - 0.1 * (x.T.astype(np.float64) @ dy.astype(np.float64)), "w_new")
+    monkeypatch.setattr(target, "l2_cache_bytes", lambda: 2048 << 10)
+    again = run_all_thread_counts(weight_gradient_graph(k, n, False), {"x": x, "dy": dy, "w": w})
+    np.testing.assert_array_equal(out["w_new"], again["w_new"])
+
+
+def test_l2_size_is_read_from_sysfs(tmp_path):
+    from codegen.target import l2_cache_bytes
+    for index, (level, kind, size) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "512K"), ("3", "Unified", "32M")]):
+        entry = tmp_path / "a" / f"index{index}"
+        entry.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (entry / name).write_text(text + "\n")
+    assert l2_cache_bytes(str(tmp_path / "a")) == 512 << 10
+    (tmp_path / "a" / "index2" / "size").write_text("2M\n")
+    assert l2_cache_bytes(str(tmp_path / "a")) == 512 << 10     # (read once per directory)
+    l2_cache_bytes.cache_clear()
+    assert l2_cache_bytes(str(tmp_path / "a")) == 2 << 20
+    assert l2_cache_bytes(str(tmp_path / "missing")) is None
+    (tmp_path / "a" / "index2" / "size").write_text("big\n")
+    l2_cache_bytes.cache_clear()
+    assert l2_cache_bytes(str(tmp_path / "a")) is None
+    l2_cache_bytes.cache_clear()
+
+
 @pytest.mark.parametrize("k,n", [(KC + 272, 520), (784, 512), (37, 10), (300, 70), (64, 1030)])
 def test_one_row_is_bit_for_bit_its_row_in_a_batch(k, n):
     """A one-row product takes the GEMV path (codegen.gemm.gemv_function), which sums as the GEMM's
