@@ -1101,7 +1101,7 @@ def blocked_anchors(fused: FusedGraph) -> frozenset:
                      and g.anchor not in g.outputs and _block_scratch_elements(g))
 
 
-def prefetch_fits(rows: int, n: int, dtype, streams: int) -> bool:
+def prefetch_fits(rows: int, n: int, itemsize: int, streams: int) -> bool:
     """Does a dW row block (`rows` x `n`) prefetch `streams` of its update's operands?  Only when
     the block's scratch and the prefetched rows fill at most 1/PREFETCH_L2_SHARE of this host's L2
     (codegen.target.l2_cache_bytes; unknown: no).  NOTE (W1, blocks of 48 x 512 floats and three
@@ -1113,7 +1113,6 @@ def prefetch_fits(rows: int, n: int, dtype, streams: int) -> bool:
     throwaway /tmp/kc10/ab4.py, both builds in one process)."""
     from .target import l2_cache_bytes
     l2 = l2_cache_bytes()
-    itemsize = 8 if isinstance(dtype, ir.DoubleType) else 4
     return l2 is not None and rows * n * itemsize * (1 + streams) * PREFETCH_L2_SHARE <= l2
 
 
@@ -1183,7 +1182,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     streamed = [] if not by_rows or narrow else [
         x for x in group.inputs if x is not a and x is not bm and x.shape == node.shape
         and fe.has_buffer(x)][:MAX_PREFETCH_STREAMS]
-    if streamed and not prefetch_fits(block, n, T, len(streamed)):
+    if streamed and not prefetch_fits(block, n, node.type.itemsize, len(streamed)):
         streamed = []
 
     def block_rows(builder, chunk, start, size):

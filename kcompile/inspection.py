@@ -155,8 +155,8 @@ class InspectionMixin:
         params = {w.path: w.numpy() for w in self.weights}
         layers = [f"{layer.name} ({type(layer).__name__})" for layer in self.layers]
         # ids fed straight to an Embedding are range-checked by the library, as by predict
-        first = self._layers[0] if getattr(self, "_layers", None) else None
-        ids_below = first.input_dim if isinstance(first, kcompile.layers.Embedding) else None
+        embedding = self._input_embedding()
+        ids_below = None if embedding is None else embedding.input_dim
         return export_predictor(trace_predict(self), params, os.fspath(filepath), layers=layers,
                                 version=kcompile.__version__, cpu=cpu, features=features,
                                 name=name, ids_below=ids_below)

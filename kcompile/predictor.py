@@ -38,6 +38,21 @@ _ERRORS = {1: "a null pointer was passed", 2: "the number of rows must be positi
 ERR_INPUT = 4
 
 
+def first_id_outside(ids: np.ndarray, below) -> tuple | None:
+    """(position, value, shown, count) of the first of `ids` outside [0, below) (NaN included):
+    its index tuple, the value, how a message shows it (2.0 as the id 2) and how many are outside;
+    None when all are inside.  Shared with kcompile.layers.Embedding.check_ids."""
+    bad = ~((ids >= 0) & (ids < below))
+    if not bad.any():
+        return None
+    position = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = ids[position]
+    shown = value.item()
+    if isinstance(shown, float):  # (2.0 reads as the id 2; float32 1e30 as 1e+30)
+        shown = int(shown) if shown.is_integer() and abs(shown) < 2 ** 53 else str(value)
+    return position, value, shown, int(bad.sum())
+
+
 class PredictorError(ValueError):
     """An exported predictor directory is missing, corrupt, or was called with bad input."""
 
@@ -267,13 +282,11 @@ class Predictor:
     def _bad_id(self, x: np.ndarray) -> str:
         """What the library refused (ERR_INPUT): the first value of `x` outside [0, ids_below)."""
         # (the library compares in float32: an id table past 2**24 rows rounds its bound)
-        bad = ~((x >= 0) & (x < np.float32(self.ids_below)))
-        if not bad.any():
+        found = first_id_outside(x, np.float32(self.ids_below))
+        if found is None:
             return f"the predictor takes ids in [0, {self.ids_below}); the input holds another"
-        position = tuple(int(i) for i in np.argwhere(bad)[0])
-        value = float(x[position])
-        shown = int(value) if value.is_integer() else value
-        more = int(bad.sum()) - 1
+        position, _, shown, count = found
+        more = count - 1
         return (f"the predictor takes ids in [0, {self.ids_below}) (its Embedding's table), but the "
                 f"input holds the id {shown} at position [{', '.join(map(str, position))}] (sample "
                 f"{position[0]}){f' (and {more} more)' if more else ''}: map the ids into range")

@@ -1036,9 +1036,14 @@ class Trainer:
         [0, input_dim): checked here, as sparse labels are, before any step runs (inside the model
         an id out of range would only be clamped)."""
         # NOTE: on the one-sample predict path: no import or list copy here (each cost ~1 us)
+        embedding = self._input_embedding()
+        if embedding is not None:
+            embedding.check_ids(x, argument)
+
+    def _input_embedding(self):
+        """The Embedding layer the model's input feeds directly (its ids), or None."""
         first = self._layers[0] if getattr(self, "_layers", None) else None
-        if isinstance(first, Embedding):
-            first.check_ids(x, argument)
+        return first if isinstance(first, Embedding) else None
 
     def _resolve_loss(self, given_shape, output_shape):
         if isinstance(self._loss, str) and self._loss in losses.AUTO_NAMES:

@@ -107,13 +107,8 @@ class Embedding(Layer):
         low, high = ids.min(), ids.max()
         if low >= 0 and high < self.input_dim:   # (false for NaN)
             return
-        bad = ~((ids >= 0) & (ids < self.input_dim))
-        position = tuple(int(i) for i in np.argwhere(bad)[0])
-        value = ids[position]
-        shown = value.item()
-        if isinstance(shown, float):  # (2.0 reads as the id 2; float32 1e30 as 1e+30)
-            shown = int(shown) if shown.is_integer() and abs(shown) < 2 ** 53 else str(value)
-        count = int(bad.sum())
+        from kcompile.predictor import first_id_outside
+        position, value, shown, count = first_id_outside(ids, self.input_dim)
         more = f" (and {count - 1} more)" if count > 1 else ""
         if np.isnan(value):
             fix = "replace the NaN ids (missing values) with an id of their own"
