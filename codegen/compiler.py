@@ -247,12 +247,13 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
 
 
 def _code_switches_description() -> str:
-    """The lowering's zero-skipping switches, the GEMM's panel packing and the dW prefetch (and
-    the L2 size it depends on), which change the code (part of both cache keys)."""
+    """The lowering's zero-skipping switches, the GEMM's panel packing and prefetches, and the dW
+    prefetch (and the L2 size it depends on), which change the code (part of both cache keys)."""
     from . import gemm
     from .target import l2_cache_bytes
     return (f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},"
             f"{lowering.SKIP_ZEROS_ROWS} pack_full_panels={gemm.PACK_FULL_PANELS} "
+            f"prefetch_next_copy={gemm.PREFETCH_NEXT_COPY}/{gemm.PREFETCH_COPY_MIN_K} "
             f"prefetch_streams={lowering.MAX_PREFETCH_STREAMS}/{lowering.PREFETCH_L2_SHARE} "
             f"l2={l2_cache_bytes()}")
 

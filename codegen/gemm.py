@@ -28,7 +28,9 @@ splat(A) * row(B) FMAs 270, against an FMA peak of about 287; so only the latter
   tail (n not a multiple of the panel width) is also copied into the scratch buffer, padded to
   whole vectors, so the kernel's B loads never need masks; only C's loads and stores in the last
   vector of a tail tile are masked (`llvm.masked.load/store`).  While a B^T panel's row tiles
-  compute, they prefetch the rows of B the next panel will pack (one line per k step).
+  compute, they prefetch the rows of B the next panel will pack (one line per k step); the first
+  row tile of a copied panel of an untransposed B prefetches the short rows the next panel will
+  copy (`_next_copy_prefetch`).
 * Row tails (m not a multiple of mr) use kernels of 8, 4, 2, 1 rows: the binary digits of the remainder.
 * Narrow C from a transposed A (dW = X^T dY of Dense(10): 512 x 10, where a row of C fills 10 of 16
   lanes) is computed as C^T = dY^T X, whose rows are long, in blocks of `NARROW_BLOCK` rows of C, and
@@ -76,6 +78,10 @@ MC = 240
 # from constant strides; the call costs nothing next to a tile's k loop).
 _NOINLINE = True
 _PREFETCH_NEXT_PANEL = True
+#: The first row tile of a copied panel of an untransposed B prefetches the rows the next panel
+#: will copy, for k blocks of at least PREFETCH_COPY_MIN_K rows (see `_next_copy_prefetch`).
+PREFETCH_NEXT_COPY = True
+PREFETCH_COPY_MIN_K = 256
 #: Copy the full column panels of an untransposed B into scratch as well (True), read them in place
 #: (False), or decide by the panel's width (None, see `_packs_full_panels`).
 PACK_FULL_PANELS = None
@@ -770,6 +776,28 @@ def _k_block(k, lanes: int):
     return KC, False
 
 
+def _next_copy_prefetch(builder, b_ptr, pc, j0, nr: int, ldb, T):
+    """(streams, step): the prefetch arguments with which a panel's first row tile pulls into L2 the
+    rows of an untransposed B that the next panel (columns j0 + nr on, k rows from pc) will copy:
+    per k step, the cache lines of one row's `nr` elements, `ldb` elements on from the last.
+
+    NOTE (AVX2 on a Zen 3 EPYC, one thread, throwaway /tmp/kc11/gab3.py, both builds in one
+    process, alternating rounds): copying a panel is KC rows 2 KiB apart, each a miss to L3 with
+    W1's weights, that no row tile overlapped.  With the prefetch, while the machine's shared L3
+    was slow (the same products at 55-65 GFLOP/s), NN 128x784x512 ran 1.07-1.12x as fast over
+    four runs of 10-16 rounds, 128x512x512 1.00-1.14x, 1024x784x512 1.08-1.11x and the 32-row
+    products 1.00-1.07x; while it was fast (75-83 GFLOP/s), 1.02-1.03x.  Products of k 32 or 128
+    (dW) copy short panels and gained nothing, hence PREFETCH_COPY_MIN_K."""
+    row_bytes = nr * _dtype_bits(T) // 8
+    start = builder.gep(b_ptr, [i64(_add(builder, _mul(builder, pc, ldb), _add(builder, j0, nr)))],
+                        source_etype=T)
+    # the first byte, one in every line after it, and the last: every line the row's run touches
+    offsets = sorted(set(range(0, row_bytes, 64)) | {row_bytes - 1})
+    streams = [start if off == 0 else builder.gep(start, [i64(off)], source_etype=I8)
+               for off in offsets]
+    return streams, builder.mul(i64(ldb), i64(_dtype_bits(T) // 8))
+
+
 def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: bool = False,
               trans_b: bool = False, dtype=ir.FloatType(), lanes: int | None = None,
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
@@ -898,7 +926,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         return _gep(builder, a_block, row if trans_a else _mul(builder, row, lda), T)
 
     def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c,
-                  prefetch=None, lists=None):
+                  prefetch=None, lists=None, first_prefetch=None):
         """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block.
 
         `prefetch` = (streams, panel): memory the full row tiles should pull into L2 as they go,
@@ -916,13 +944,16 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
                               count, load_c, i64(ncols_last), *prefetch_args, *steps])
 
-        def full_tile(row):
+        def full_tile(row, first=None):
             listed = None
             if lists is not None:
                 steps, counts = lists
                 tile = builder.udiv(i64(row), i64(mr))
                 listed = ((_gep(builder, steps, builder.mul(tile, i64(KC)), I16),),
                           builder.load(_gep(builder, counts, tile, I64), typ=I64, align=8))
+            if first is not None:
+                call(mr, row, (*first[0], first[1]), listed)
+                return
             if prefetch is None:
                 call(mr, row, listed=listed)
                 return
@@ -941,7 +972,16 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         mr = tile_rows(nvec, registers)
         tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
         mfull = _round_down(builder, mcur, mr)
-        if _is_const(mfull):
+        if first_prefetch is not None:
+            if _is_const(mfull):
+                if mfull >= mr:
+                    full_tile(0, first_prefetch)
+            else:
+                with builder.if_then(builder.icmp_signed(">=", mfull, i64(mr))):
+                    full_tile(0, first_prefetch)
+            with for_range(builder, mr, mfull, mr, name="ir") as row:
+                full_tile(row)
+        elif _is_const(mfull):
             if mfull == mr:
                 full_tile(0)
             elif mfull > 0:
@@ -998,8 +1038,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 prefetch = ([(start, nbytes)], 0)
             elif then_read:
                 prefetch = (then_read, builder.udiv(i64(j0), i64(nr)))
+            first = None
+            if PREFETCH_NEXT_COPY and prefetch is None and not trans_b and pack_full and full \
+                    and kc >= PREFETCH_COPY_MIN_K:
+                first = _next_copy_prefetch(builder, b_ptr, pc, j0, nr, ldb, T)
             row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
-                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None)
+                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None, first)
 
         nfull = _round_down(builder, n, nr)
         if _is_const(nfull) and nfull == nr:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -137,6 +138,41 @@ def test_whole_panels_packed_or_read_in_place_give_the_same_products(pack_full, 
     specs += [GemmSpec("TN", 37, 130, 28, skip_zeros=True), GemmSpec("NN", *BIG[0]),
               GemmSpec("TN", *BIG[1])]
     run_specs(specs, GRID + BIG)
+
+
+@pytest.mark.parametrize("skip_zeros", [False, True])
+def test_the_prefetch_of_the_next_copied_panel_changes_no_value(skip_zeros, monkeypatch):
+    """gemm.PREFETCH_NEXT_COPY: the first row tile of a copied panel (8 lanes: panels of 96 or 128
+    bytes, always copied) prefetches the next panel's rows, for k blocks of PREFETCH_COPY_MIN_K
+    rows and more, in whole blocks and the last, from constant and runtime sizes, with and without
+    zero skipping; the products are the same bits as without it, and numpy's."""
+    from codegen import gemm
+    shapes = [(13, 70, 300), (MC + 9, 3 * 32 + 5, KC + 77), (4, 64, 784), (2, 40, 600)]
+    specs = [GemmSpec("NN", *shape, skip_zeros=skip_zeros, b_finite=skip_zeros) for shape in shapes]
+    specs += [GemmSpec("NN", skip_zeros=skip_zeros, b_finite=skip_zeros),
+              GemmSpec("NN", accumulate=True)]
+    monkeypatch.setattr(gemm, "PREFETCH_NEXT_COPY", True)
+    jit_on, with_prefetch = compile_gemms(specs, lanes=8)
+    kernel = r"kcompile\.gemm\.kernel\.f32x8\.\d+x\d+\.pf3"   # three lines per row of 96 or 128 bytes
+    assert re.search(kernel, jit_on.optimized_ir)
+    monkeypatch.setattr(gemm, "PREFETCH_NEXT_COPY", False)
+    jit_off, without = compile_gemms(specs, lanes=8)
+    assert not re.search(r"\.pf\d", jit_off.optimized_ir)
+    rng = np.random.default_rng(3)
+    for spec, on, off in zip(specs, with_prefetch, without):
+        for m, n, k in shapes:
+            if not spec.accepts(m, n, k):
+                continue
+            a = _sparse((m, k), "mostly_zero", rng) if skip_zeros else \
+                rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((k, n)).astype(np.float32)
+            c0 = rng.standard_normal((m, n)).astype(np.float32)
+            got, want = c0.copy(), c0.copy()
+            on(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k)
+            off(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
+            np.testing.assert_array_equal(got, want, err_msg=f"m={m} n={n} k={k}")
+            ref = a.astype(np.float64) @ b.astype(np.float64) + (c0 if spec.accumulate else 0)
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3, err_msg=f"m={m} n={n} k={k}")
 
 
 def _sparse(shape, pattern, rng):
