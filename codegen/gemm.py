@@ -1174,6 +1174,11 @@ def _store_transposed(vec: _Vec, n: int, add: bool):
 
 #: Vectors of C per pass of a one-row product (16 x 16 floats: 1 KiB of each row of B per k step).
 GEMV_GROUP = 16
+#: A skipping GEMV's pass prefetches (into L1) the run of B's row this many listed steps ahead
+#: (0: none).  NOTE (W3's one-sample predict on two threads, throwaway /tmp/kc11/ablat.py, both
+#: builds in one process, alternating windows of 500 calls): 8 took 0.938 of the time (12 pairs,
+#: all 0.92-0.955) and 0.946 (16 pairs), 4 0.990, 16 0.978 and 12 against 8 0.977.
+GEMV_PREFETCH_AHEAD = 8
 
 
 def _gemv_pass(vec: _Vec, nvec: int, masked: bool):
@@ -1259,7 +1264,9 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
     k block) else c + acc.  The same sums as _gemv_pass's, without its branch
     per step (see gemv_function)."""
     module, T, L = vec.module, vec.dtype, vec.lanes
-    name = f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}.listed"
+    ahead = GEMV_PREFETCH_AHEAD
+    name = (f"{_KERNEL_PREFIX}.gemv.{_type_tag(T)}x{L}.{nvec}{'.masked' if masked else ''}.listed"
+            f"{f'.pf{ahead}' if ahead else ''}")
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, ptr, ptr, ptr, I64, I64, I1, I64],
                         ("a", "b", "c", "steps", "count", "ldb", "first", "ncols_last"),
@@ -1284,6 +1291,16 @@ def _gemv_listed_pass(vec: _Vec, nvec: int, masked: bool):
         phi.add_incoming(vec.zero, head)
         accs.append(phi)
     p = bld.zext(bld.load(_gep(bld, steps, i, I16), typ=I16, align=2), I64)
+    if ahead:
+        # the row `ahead` steps on in the list (the last one near its end): the skipped rows
+        # leave gaps the hardware's stream prefetch does not follow
+        later = bld.add(i, i64(ahead))
+        later = bld.select(bld.icmp_signed("<", later, count), later, i)
+        q = bld.zext(bld.load(_gep(bld, steps, later, I16), typ=I16, align=2), I64)
+        row = _gep(bld, b, bld.mul(q, ldb, flags=("nsw",)), T)
+        for off in range(0, nvec * L * (_dtype_bits(T) // 8), 64):
+            bld.call(vec.prefetch, [bld.gep(row, [i64(off)], source_etype=I8), ir.Constant(I32, 0),
+                                    ir.Constant(I32, 3), ir.Constant(I32, 1)])
     new = _gemv_row_fmas(bld, vec, bld.load(_gep(bld, a, p, T), typ=T, align=4),
                          _gep(bld, b, bld.mul(p, ldb, flags=("nsw",)), T), accs, mask)
     i_next = bld.add(i, i64(1), flags=("nsw", "nuw"))

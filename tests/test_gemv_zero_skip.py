@@ -45,8 +45,15 @@ def sparse_rows(rng, rows, k):
     return x
 
 
+@pytest.mark.parametrize("ahead", [0, 8])
 @pytest.mark.parametrize("k,n", [(784, 512), (300, 70), (37, 10)])
-def test_finite_weight_rows_of_zero_inputs_are_skipped_with_the_same_sums(k, n):
+def test_finite_weight_rows_of_zero_inputs_are_skipped_with_the_same_sums(k, n, ahead,
+                                                                           monkeypatch):
+    """A one-row product against a finite weight skips the rows whose input is zero and sums as
+    the batch's product does, bit for bit, on one thread and two, with its listed passes
+    prefetching the row `ahead` listed steps on (gemm.GEMV_PREFETCH_AHEAD) or not."""
+    from codegen import gemm
+    monkeypatch.setattr(gemm, "GEMV_PREFETCH_AHEAD", ahead)
     rng = np.random.default_rng(k + n)
     graph = forward_graph(k, n, B.arg("w", "f32", (k, n), finite=True))
     w = rng.random((k, n), dtype=np.float32) - 0.5
@@ -54,6 +61,7 @@ def test_finite_weight_rows_of_zero_inputs_are_skipped_with_the_same_sums(k, n):
     x = sparse_rows(rng, 6, k)
     runner = CompiledRunner(graph, {}, CompileOptions())
     assert skips(runner)
+    assert (f".listed.pf{ahead}" in runner.compiled.code.optimized_ir) == bool(ahead)
     batch = runner.run({"x": x, "w": w, "bias": bias})["act"]
     reference = ir.run(graph, {"x": x, "w": w, "bias": bias})["act"]
     np.testing.assert_allclose(batch, reference, rtol=1e-5, atol=1e-5)
