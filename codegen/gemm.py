@@ -932,7 +932,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         `prefetch` = (streams, panel): memory the full row tiles should pull into L2 as they go,
         `streams` a list of (start, bytes), one cache line per k step and stream, the t-th full tile
         of the product taking the lines from t * kcur on (this panel's first tile is the
-        `panel`-th times the full tiles per panel).
+        `panel`-th times the full tiles per panel).  `first_prefetch` = (addresses, step): the
+        prefetch arguments of this panel's first full tile only (`_next_copy_prefetch`).
         """
         def call(rows, row, prefetch_args=(), listed=None):
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
