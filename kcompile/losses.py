@@ -31,7 +31,7 @@ from ir import Node
 from ir import build as B
 
 from kcompile import activations
-from kcompile.layers.layer import format_shape
+from kcompile.layers.layer import format_shape, to_snake_case
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -419,7 +419,7 @@ class Loss:
         if reduction not in REDUCTIONS:
             raise ValueError(f"Invalid value for argument `reduction`: {reduction!r}. Expected one of "
                              f"{list(REDUCTIONS)}")
-        self.name = name or type(self).__name__.lower()
+        self.name = name or to_snake_case(type(self).__name__)
         self.reduction = reduction
 
     def call(self, y_true, y_pred):

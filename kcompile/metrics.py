@@ -1275,7 +1275,8 @@ def get(identifier):
         if cls is None:
             raise ValueError(f"Unknown metric class in config {identifier!r}")
         return cls.from_config(identifier.get("config") or {})
-    if isinstance(identifier, type) and issubclass(identifier, Metric):
+    if isinstance(identifier, type):
+        # (as Keras: a class, a metric's or a loss's, stands for an instance made with its defaults)
         return identifier()
     if callable(identifier):
         return identifier

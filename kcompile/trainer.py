@@ -50,7 +50,7 @@ from kcompile import backend, data_adapters, losses, metrics as metrics_module, 
 from kcompile.errors import DataTypeError
 from ir.graph import refuse_truth
 from kcompile.layers.embedding import Embedding
-from kcompile.layers.layer import TraceScope, format_shape
+from kcompile.layers.layer import TraceScope, format_shape, to_snake_case
 from kcompile.utils.random import get_generator, next_seed
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress-bar updates during an epoch
@@ -679,11 +679,20 @@ def _dedupe(names):
 
 
 def _metric_display_name(identifier) -> str:
+    """Keras 3's name for a metric given as `identifier` (compile_utils.get_metric): a string as
+    written; else the name of what it resolves to (a class is instantiated): its `name` (a metric,
+    a loss object), a function's name in snake case ('<lambda>' -> 'lambda'), or its class's."""
     if isinstance(identifier, str):
         return identifier
-    if isinstance(identifier, metrics_module.Metric):
-        return identifier.name
-    return getattr(identifier, "__name__", type(identifier).__name__)
+    if isinstance(identifier, type):
+        try:
+            identifier = metrics_module.get(identifier)
+        except Exception:        # (compile's own check names what is wrong with it)
+            return to_snake_case(identifier.__name__)
+    name = getattr(identifier, "name", None)
+    if isinstance(name, str):
+        return name
+    return to_snake_case(getattr(identifier, "__name__", None) or type(identifier).__name__)
 
 
 def _weighted_metric_names(metric_names, weighted_identifiers):

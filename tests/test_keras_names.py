@@ -77,3 +77,34 @@ def test_a_keras_layer_kcompile_lacks_says_so():
         layers.Concatenate
     with pytest.raises(AttributeError, match="has no attribute 'Dense2'"):
         layers.Dense2
+
+
+def test_metrics_given_as_loss_objects_classes_and_functions_get_keras_names():
+    """History keys as Keras 3 names them (compile_utils.get_metric; the list below is what Keras
+    3.15 printed for this compile): a loss object's `name` (given or default), a class's instance's
+    name, a function's name in snake case ('<lambda>' -> 'lambda'), a string as written.  The
+    values are the metrics' own, against numpy: a function's mean over the samples, a loss
+    object's mean of its batch values (evaluate's batches of 32 and 8 rows), as in Keras."""
+    class MyLoss(losses.Loss):
+        def call(self, y_true, y_pred):
+            return kcompile.ops.mean(kcompile.ops.abs(y_true - y_pred), axis=-1)
+
+    def myMetricFn(y_true, y_pred):   # noqa: N802 (a camel-case name, as users write them)
+        return kcompile.ops.mean(kcompile.ops.abs(y_true - y_pred), axis=-1)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4), np.float32), rng.random((40, 3), np.float32)
+    model = kcompile.Sequential([layers.Input((4,)), layers.Dense(3)])
+    model.compile(optimizer="sgd", loss="mse",
+                  metrics=[losses.MeanSquaredError(), losses.Huber(delta=0.5, name="hub"),
+                           metrics.MeanAbsoluteError, lambda a, b: kcompile.ops.abs(a - b),
+                           losses.LogCosh, MyLoss(), myMetricFn, "mae"])
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert sorted(logs) == ["hub", "lambda", "log_cosh", "loss", "mae", "mean_absolute_error",
+                            "mean_squared_error", "my_loss", "my_metric_fn"]
+    errors = np.abs(model.predict(x, verbose=0).astype(np.float64) - y)
+    for name in ("mean_absolute_error", "lambda", "my_metric_fn", "mae"):
+        assert logs[name] == pytest.approx(errors.mean(), rel=1e-5), name
+    batch_means = (errors[:32].mean() + errors[32:].mean()) / 2
+    assert logs["my_loss"] == pytest.approx(batch_means, rel=1e-5)
+    assert MyLoss().name == "my_loss" and losses.Huber().name == "huber_loss"

@@ -33,7 +33,9 @@ _local = threading.local()
 
 
 def to_snake_case(name: str) -> str:
-    """'InputLayer' -> 'input_layer', 'Conv2D' -> 'conv2d', as Keras derives default names."""
+    """'InputLayer' -> 'input_layer', 'Conv2D' -> 'conv2d', '<lambda>' -> 'lambda', as Keras derives
+    default names."""
+    name = re.sub(r"\W+", "", name)
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     # NOTE: a digit does not end a word ('MaxPooling2D' -> 'max_pooling2d'), as in Keras
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
