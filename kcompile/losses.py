@@ -453,7 +453,17 @@ class Loss:
             return _eager(lambda t, p, w: self.__call__(t, p, w), y_true, y_pred, sample_weight)
         if y_pred.dtype not in ir.graph.FLOAT_DTYPES:
             raise ValueError(f"loss {self.name!r} needs float predictions, got {y_pred.type}")
-        values = self.call(y_true, y_pred)
+        try:
+            values = self.call(y_true, y_pred)
+        except ValueError as error:
+            if "batch dimension" not in str(error) or y_true.shape == y_pred.shape:
+                raise
+            # (a batch of (N,) against (N, 1) broadcasts to (N, N), a batch axis too many)
+            raise ValueError(
+                f"loss {self.name!r} could not be computed on y_true of shape "
+                f"{format_shape(y_true.shape)} and y_pred of shape {format_shape(y_pred.shape)}: "
+                f"{error}.  Give y the model's output shape (for one value per sample, "
+                f"y.reshape(-1, 1)), or match the ranks in `call`") from error
         if not isinstance(values, Node):
             raise TypeError(f"loss {self.name!r} returned {values!r}; a loss function must return "
                             "its per-sample losses computed from (y_true, y_pred)")
@@ -476,6 +486,10 @@ class LossFunctionWrapper(Loss):
         self._fn_kwargs = kwargs
 
     def call(self, y_true, y_pred):
+        # as Keras's wrapper: a user's function gets targets of the predictions' rank ((N,) and
+        # (N, 1) would broadcast to (N, N))
+        if isinstance(y_true, Node) and isinstance(y_pred, Node):
+            y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
     def get_config(self):

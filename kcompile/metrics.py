@@ -476,6 +476,10 @@ class MeanMetricWrapper(Metric):
         super().__init__(name=name or getattr(fn, "__name__", "metric"))
 
     def values(self, y_true, y_pred):
+        # targets of the predictions' rank, as a loss function gets them ((N,) and (N, 1) would
+        # broadcast to (N, N); Keras 2 matched them here too)
+        if isinstance(y_true, Node) and isinstance(y_pred, Node):
+            y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
     def get_config(self):

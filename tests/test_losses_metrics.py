@@ -560,3 +560,40 @@ def test_auc_counts_scores_outside_the_unit_interval_clipped():
     clipped = metrics.AUC()
     clipped.update_state(y, np.clip(p, 0.0, 1.0))
     assert clipped.result() == pytest.approx(auc.result())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_users_loss_and_metric_function_get_targets_of_the_predictions_rank(target):
+    """One value per sample given as y of shape (n,) against Dense(1)'s (n, 1): a loss or metric
+    function of the user's gets y as (n, 1), as Keras's loss wrapper gives it (it would broadcast to
+    (n, n) otherwise): the mean absolute error of numpy's, the same as for y of shape (n, 1).  A
+    Loss subclass's `call` gets the tensors as they are, and the error names their shapes."""
+    import kcompile
+
+    def my_mae(y_true, y_pred):
+        return kcompile.ops.mean(kcompile.ops.abs(y_true - y_pred), axis=-1)
+
+    rng = np.random.default_rng(2)
+    x, y = rng.random((30, 4), np.float32), rng.random(30, np.float32)
+    model = Sequential([Input((4,)), Dense(1)])
+    model.compile(optimizer="sgd", loss=my_mae, metrics=[my_mae], target=target)
+    want = np.abs(model.predict(x, verbose=0)[:, 0].astype(np.float64) - y).mean()
+    got = model.evaluate(x, y, verbose=0, batch_size=30, return_dict=True)
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    assert got["my_mae"] == pytest.approx(want, rel=1e-5)
+    assert model.evaluate(x, y[:, None], verbose=0, batch_size=30) == pytest.approx(
+        [got["loss"], got["my_mae"]], rel=1e-6)
+    history = model.fit(x, y, epochs=1, batch_size=30, verbose=0, shuffle=False)
+    assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
+
+    class MyLoss(losses.Loss):
+        def call(self, y_true, y_pred):
+            return kcompile.ops.mean(kcompile.ops.abs(y_true - y_pred), axis=-1)
+
+    model.compile(optimizer="sgd", loss=MyLoss(), target=target)
+    with pytest.raises(ValueError, match=r"loss 'my_loss' could not be computed on y_true of "
+                                         r"shape \(None,\) and y_pred of shape \(None, 1\)"):
+        model.evaluate(x, y, verbose=0)
+    trained = np.abs(model.predict(x, verbose=0)[:, 0].astype(np.float64) - y).mean()
+    assert model.evaluate(x, y[:, None], verbose=0, batch_size=30) == pytest.approx(trained,
+                                                                                     rel=1e-5)
