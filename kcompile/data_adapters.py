@@ -152,9 +152,10 @@ class BatchStream:
         self.steps_per_epoch = steps_per_epoch
         self.shuffle = shuffle
         self.argument = argument
-        # `replay`: a one-shot iterator read to its end (no steps_per_epoch) gives its batches
-        # again in later epochs, kept from the first (validation data evaluated every epoch)
-        self._recorded = [] if replay and steps_per_epoch is None else None
+        # `replay`: a one-shot iterator gives the batches of its first epoch again in later
+        # epochs, kept from the first (validation data evaluated every epoch, on the same
+        # batches as in Keras: all of them, or the first `validation_steps` of an endless one)
+        self._recorded = [] if replay else None
         self._replaying = False
         self.is_sequence = (not hasattr(source, "__next__") and hasattr(source, "__getitem__")
                             and (hasattr(source, "__len__") or _has_num_batches(source)))

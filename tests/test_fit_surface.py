@@ -192,6 +192,27 @@ def test_validation_steps_of_a_sequence_evaluate_the_same_batches_every_epoch():
     assert losses[0] == losses[1] == losses[2]
 
 
+def test_validation_steps_of_an_endless_generator_evaluate_its_first_batches_every_epoch():
+    """As Keras 3: the first validation_steps batches of a generator that never ends are read
+    once, in the first epoch, and evaluated again after every epoch (a learning rate of 0 keeps
+    the weights, so every epoch's val_loss is the loss of those two batches)."""
+    x, y = data(40)
+    model = linear_model(learning_rate=0.0)
+    read = []
+
+    def endless():
+        while True:
+            for start in range(0, 40, 8):
+                read.append(start)
+                yield x[start:start + 8], y[start:start + 8]
+
+    history = model.fit(x, y, epochs=3, verbose=0, validation_data=endless(), validation_steps=2)
+    assert read == [0, 8]
+    losses = history.history["val_loss"]
+    assert losses[0] == losses[1] == losses[2] == pytest.approx(
+        model.evaluate(x[:16], y[:16], batch_size=8, verbose=0), rel=1e-6)
+
+
 def test_an_endless_py_dataset_reads_batches_by_index_across_epochs(capsys):
     """num_batches None (Keras's infinite PyDataset): read 0, 1, 2, ... with steps_per_epoch;
     and a source of unknown length shows its real step count in the progress line."""
