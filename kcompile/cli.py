@@ -14,9 +14,20 @@ import argparse
 import sys
 
 
-def _load(path):
+def _load(path, graph="train"):
+    """The saved model; compiled (its loss and metrics rebuilt) only when `graph` needs them: an
+    export and the predict graph do not (a custom loss need not be importable for them)."""
     from kcompile.models import load_model
-    return load_model(path)
+    if graph == "predict":
+        return load_model(path, compile=False)
+    try:
+        return load_model(path)
+    except ValueError as error:
+        if "compile=False" not in str(error):
+            raise
+        raise ValueError(f"{error} (Here: --graph predict needs no loss or metrics; the train and "
+                         "eval graphs of a model compiled with custom objects are inspected from "
+                         "Python, loading it with custom_objects=.)") from None
 
 
 def _write(text: str, output) -> None:
@@ -75,15 +86,16 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "stages":
-            _write("\n".join(_load(args.model).compiler_stages(args.graph)), None)
+            _write("\n".join(_load(args.model, args.graph).compiler_stages(args.graph)), None)
         elif args.command == "inspect":
-            _write(_load(args.model).dump_ir(args.stage, graph=args.graph), args.output)
+            _write(_load(args.model, args.graph).dump_ir(args.stage, graph=args.graph),
+                   args.output)
         elif args.command == "dot":
-            _write(_load(args.model).to_dot(graph=args.graph), args.output)
+            _write(_load(args.model, args.graph).to_dot(graph=args.graph), args.output)
         elif args.command == "export":
             from kcompile.export import check_name
             check_name(args.name)          # before the model is loaded, let alone traced
-            model = _load(args.model)
+            model = _load(args.model, "predict")
             directory = model.export(args.output, cpu=args.cpu, features=args.features,
                                      name=args.name)
             print(f"exported {args.model} to {directory}")

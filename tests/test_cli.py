@@ -94,3 +94,28 @@ def test_export_refuses_a_malformed_feature_string_in_one_line(saved_model, tmp_
     assert "must start with + or -" in result.stderr
     assert not (tmp_path / "e").exists()
 
+
+
+def _absolute_error(y_true, y_pred):
+    return kcompile.ops.mean(kcompile.ops.abs(y_true - y_pred), axis=-1)
+
+
+def test_a_model_compiled_with_a_custom_loss_exports_and_shows_its_predict_graph(tmp_path):
+    """The command cannot import a user's loss: export and the predict graph load the model
+    without compiling it; the train graph, which needs the loss, says how to get it (exit 2)."""
+    model = kcompile.Sequential([kcompile.layers.Input((4,)), Dense(3)])
+    model.compile(optimizer="adam", loss=_absolute_error)
+    path = str(tmp_path / "custom.keras")
+    model.save(path)
+    out = tmp_path / "predictor"
+    result = kc("export", path, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    x = np.random.default_rng(1).random((5, 4), dtype=np.float32)
+    np.testing.assert_allclose(kcompile.load_predictor(out).predict(x),
+                               model.predict(x, verbose=0), atol=1e-6)
+    result = kc("inspect", path, "--graph", "predict")
+    assert result.returncode == 0, result.stderr
+    assert "matmul" in result.stdout
+    result = kc("inspect", path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "_absolute_error" in result.stderr and "--graph predict" in result.stderr
