@@ -112,6 +112,12 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
         raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
                          "new or existing directory path)")
     created = _first_missing(directory)
+    # the directory, or the parent the export creates it in, must take new files (a clear message
+    # rather than the OSError of a temporary file deep in the linking)
+    existing = directory if created is None else os.path.dirname(created)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot export to {directory}: {existing} is not writable (a read-only "
+                         "file system or directory); pass a directory you can write to")
     try:
         return _export(graph, params, directory, layers=layers, version=version, cpu=cpu,
                        features=features, fusion_level=fusion_level, name=name,

@@ -157,6 +157,6 @@ class InspectionMixin:
         # ids fed straight to an Embedding are range-checked by the library, as by predict
         embedding = self._input_embedding()
         ids_below = None if embedding is None else embedding.input_dim
-        return export_predictor(trace_predict(self), params, os.fspath(filepath), layers=layers,
-                                version=kcompile.__version__, cpu=cpu, features=features,
-                                name=name, ids_below=ids_below)
+        return export_predictor(trace_predict(self), params, os.fsdecode(os.fspath(filepath)),
+                                layers=layers, version=kcompile.__version__, cpu=cpu,
+                                features=features, name=name, ids_below=ids_below)

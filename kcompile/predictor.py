@@ -255,7 +255,12 @@ class Predictor:
                 batch_size, numbers.Integral) or batch_size <= 0):
             raise PredictorError(f"batch_size must be a positive integer or None (all rows in one "
                                  f"call); got batch_size={batch_size!r}")
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as error:    # (a ragged list)
+            raise PredictorError(f"predictor input must be an array of shape (rows, "
+                                 f"{', '.join(map(str, self.input_shape[1:]))}); numpy could not "
+                                 f"make one of it: {error}") from None
         if x.dtype.kind not in "fiub":
             raise PredictorError(f"predictor input must be numeric, got dtype {x.dtype}")
         expected = self.input_shape[1:]

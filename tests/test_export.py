@@ -132,6 +132,30 @@ def test_bad_inputs_are_python_errors(exported):
     with pytest.raises(PredictorError, match="numeric"):
         p.predict(np.array([["a"] * 28] * 28, dtype=object)[None])
     assert p.predict(np.zeros((0, 28, 28))).shape == (0, 10)
+    ragged = [np.zeros((28, 28)).tolist(), np.zeros((27, 28)).tolist()]
+    with pytest.raises(PredictorError, match=r"shape \(rows, 28, 28\); numpy could not make one"):
+        p.predict(ragged)
+
+
+def test_an_export_to_a_directory_it_cannot_write_says_so_and_leaves_it(tmp_path, monkeypatch):
+    """A directory that takes no new files (read-only: what os.access reports, faked here for one
+    directory, since root writes into any): a ValueError naming it before anything is compiled,
+    rather than the OSError of a temporary file; paths may also be bytes."""
+    import kcompile
+    model = kcompile.Sequential([kcompile.layers.Input((3,)), kcompile.layers.Dense(2)])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if os.fspath(path) == str(
+        locked) else real_access(path, mode, **kw))
+    for target in (locked / "predictor", locked / "new" / "predictor", locked):
+        with pytest.raises(ValueError, match=f"cannot export to {target}: {locked} is not writable"):
+            model.export(str(target))
+    assert os.listdir(locked) == []
+    directory = model.export(os.fsencode(tmp_path / "as_bytes"))
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(load_predictor(directory).predict(x), model.predict(x, verbose=0),
+                               atol=1e-6)
 
 
 def test_batch_size_calls_the_library_on_that_many_rows_at_a_time(exported):
