@@ -49,7 +49,7 @@ from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
 from . import mathlib
-from .gemm import NARROW_BLOCK, narrow_product
+from .gemm import NARROW_BLOCK, narrow_product, sparse_panel_vectors
 from .loops import for_range, i64, smin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -630,14 +630,15 @@ def _matmul_kernel(emitter, node, members):
 
 
 def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=(),
-              skip_finite=False, skip=False):
+              skip_finite=False, skip=False, panel_vectors=None):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
-    i64 bytes) pairs; `skip_finite` and `skip` as in gemm_function."""
+    i64 bytes) pairs; `skip_finite`, `skip` and `panel_vectors` as in gemm_function."""
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
                                 len(then_read), scratch=scratch is not None,
-                                skip_finite=skip_finite, skip=skip)
+                                skip_finite=skip_finite, skip=skip,
+                                panel_vectors=None if scratch is not None else panel_vectors)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
                  + ([scratch] if scratch is not None else []))
 
@@ -734,6 +735,9 @@ SKIP_ZEROS_TALL = True
 #: no zeros pays the listing and the scan of dY for nothing: W1's step scans 28 blocks of 32 x 512,
 #: 0.2-1.2 us each (library-compiled, throwaway /tmp/kc7/scan_time2.py), 1-4% of its 0.76 ms.
 SKIP_ZEROS_ROWS = True
+#: Whether a tall skipping product whose input is a relu's output multiplies in the host's shorter
+#: tiles (codegen.gemm.sparse_panel_vectors).
+SPARSE_TILES = True
 
 
 class _GemmScratch:
@@ -746,7 +750,7 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
-                  scratch=False, skip_finite=False, skip=False):
+                  scratch=False, skip_finite=False, skip=False, panel_vectors=None):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -756,7 +760,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     bytes) pairs of memory to prefetch (codegen.gemm.emit_gemm).  With `scratch` the function
     takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
     the k steps where a row tile of op(A) is zero (SKIP_ZEROS, or `skip` for this product), and
-    with `skip_finite` (op(B) known to hold no inf or NaN) does so without scanning op(B).  Returns
+    with `skip_finite` (op(B) known to hold no inf or NaN) does so without scanning op(B).
+    `panel_vectors` (not with `scratch`): emit_gemm's, panels of that many vectors.  Returns
     (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm, zero_skip_scratch_bytes
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
@@ -773,6 +778,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".nzf"
     elif skip and not SKIP_ZEROS and not scratch:
         desc += ".nz"
+    if panel_vectors is not None:
+        desc += f".v{panel_vectors}"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -781,7 +788,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     if library is not None:
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
-                                                  then_read, scratch, skip_finite, skip)[0]), runtime
+                                                  then_read, scratch, skip_finite, skip,
+                                                  panel_vectors)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
                                              + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"
@@ -816,7 +824,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
               then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros,
-              b_finite=skip_finite, **scratch_ptrs)
+              b_finite=skip_finite, panel_vectors=panel_vectors, **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 
@@ -1278,6 +1286,18 @@ def _emit_column_region(fe, m, n, k, blocks, body, threading):
             b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
 
 
+def _relu_output(node) -> bool:
+    """Is `node` relu(x) (max with a zero constant, as Dense's activation traces it)?"""
+    if node.op != "max":
+        return False
+    for operand in node.operands:
+        while operand.op == "broadcast":
+            operand = operand.operands[0]
+        if operand.op == "const" and operand.type.shape == () and operand.attr("value") == 0:
+            return True
+    return False
+
+
 def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     """A tall product of batch rows (a large predict): blocks of BATCH_ROW_BLOCK whole rows of C,
     each computed with every column (its block of A stays in L2 across the panels of B) and
@@ -1290,6 +1310,8 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     b = fe.builder
     blocks = b.udiv(b.add(m, c64(BATCH_ROW_BLOCK - 1)), c64(BATCH_ROW_BLOCK))
     skip = SKIP_ZEROS_TALL and kir.known_finite(bm)
+    # a relu's outputs are mostly zero (86% of W1's first layer's, trained): shorter tiles skip more
+    panel_vectors = sparse_panel_vectors(T) if skip and SPARSE_TILES and _relu_output(a) else None
 
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)
@@ -1301,7 +1323,8 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
             rows = builder.sub(stop, start)
             a_blk = builder.gep(a_ptr, [builder.mul(start, c64(k))], source_etype=T)
             c_blk = builder.gep(c_ptr, [builder.mul(start, c64(n))], source_etype=T)
-            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k, lds, skip_finite=skip)
+            call_gemm(builder, node, a_blk, b_ptr, c_blk, rows, n, k, lds, skip_finite=skip,
+                      panel_vectors=panel_vectors)
             emit_elementwise_outputs(chunk, group, epilogue, {0: (start, stop)})
 
     emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1, name="rowblocks",

@@ -7,6 +7,8 @@ that may hold inf or NaN (0 * inf is NaN) nothing is skipped.  A weight is known
 constant of finite values or an input marked finite=true (ir.known_finite); kcompile's predict program
 marks its weights and falls back to an unmarked program when a weight holds inf or NaN.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,41 @@ def test_a_tall_product_against_a_finite_weight_skips_zero_steps_with_the_same_v
     np.testing.assert_array_equal(got, unmarked.run(feeds)["act"])
     assert np.isnan(got[5]).all() and not np.isnan(np.delete(got, 5, axis=0)).any()
     np.testing.assert_allclose(got, ir.run(marked, feeds)["act"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lanes", [8, 4])
+def test_a_tall_product_of_a_relus_outputs_multiplies_in_shorter_tiles_with_the_same_values(
+        lanes, monkeypatch):
+    """Two layers, the second's input a relu's outputs (mostly zero): on a host with 16 vector
+    registers its tall skipping product takes panels of sparse_panel_vectors() vectors (tiles of 2
+    rows, a `.v4` GEMM; emit_gemm's panel_vectors), the first layer's input (not a relu's) the
+    full tile; the values are the same bits as with the full tile (SPARSE_TILES off), and the
+    reference's.  `lanes` 4 compiles the same code paths for half-width vectors."""
+    from codegen import gemm, lower, target
+    monkeypatch.setattr(target, "vector_lanes", lambda bits=32, features=None: lanes)
+    k, n, rows = 300, 150, lower.BATCH_ROWS_MIN + 37
+    rng = np.random.default_rng(8)
+    x = B.arg("x", "f32", (None, k))
+    w1 = B.arg("w1", "f32", (k, n), finite=True)
+    w2 = B.arg("w2", "f32", (n, n), finite=True)
+    h = B.relu(B.matmul(x, w1))
+    graph = ir.Graph("two", [x, w1, w2], [("out", B.relu(B.matmul(h, w2)))])
+    feeds = {"x": rng.random((rows, k), dtype=np.float32) - 0.5,
+             "w1": rng.random((k, n), dtype=np.float32) - 0.8,      # mostly negative: h mostly 0
+             "w2": rng.random((n, n), dtype=np.float32) - 0.5}
+    feeds["x"][rng.random((rows, k)) < 0.5] = 0.0
+    shorter = CompiledRunner(graph, {}, CompileOptions())
+    code = shorter.compiled.code.optimized_ir
+    vectors = gemm.sparse_panel_vectors()
+    assert (f".nzf.v{vectors}." in code) == (vectors is not None)
+    assert len(set(re.findall(r"kcompile\.gemm\.NN\.[^ (]*\.nzf[^ (]*", code))) == 2
+    got = shorter.run(feeds)["out"]
+    assert (got == 0).mean() > 0.3
+    monkeypatch.setattr(lower, "SPARSE_TILES", False)
+    full = CompiledRunner(graph, {}, CompileOptions())
+    assert ".v" not in "".join(re.findall(r"kcompile\.gemm\.NN\.[^ (]*", full.compiled.code.optimized_ir))
+    np.testing.assert_array_equal(got, full.run(feeds)["out"])
+    np.testing.assert_allclose(got, ir.run(graph, feeds)["out"], rtol=1e-4, atol=1e-4)
 
 
 def test_known_finite_and_the_interpreter_checks_the_mark():
