@@ -376,6 +376,41 @@ def test_bidirectional_is_the_forward_and_the_time_reversed_backward_layer(tmp_p
     assert loaded.layers[0].get_config()["merge_mode"] == "concat"
 
 
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_a_backward_layer_of_other_units_concatenates_to_the_sum_of_both(target, return_sequences):
+    """Bidirectional(SimpleRNN(3), backward_layer=SimpleRNN(2, go_backwards=True)): 3 + 2 outputs
+    per step, the forward recurrence's and the time-reversed backward one's (numpy); an
+    element-by-element merge of different units is refused when the layer is made."""
+    from kcompile.layers import Bidirectional
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    layer = Bidirectional(SimpleRNN(3, return_sequences=return_sequences),
+                          backward_layer=SimpleRNN(2, go_backwards=True,
+                                                   return_sequences=return_sequences))
+    model = Sequential([Input(shape=(5, 3)), layer])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    assert model.output_shape == ((None, 5, 5) if return_sequences else (None, 5))
+    weights = [rng.standard_normal(w.shape).astype(np.float32) for w in model.weights]
+    model.set_weights(weights)
+
+    def rnn(x, kernel, recurrent, bias):
+        h, out = np.zeros((len(x), kernel.shape[1])), []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+            out.append(h)
+        return np.stack(out, 1)
+
+    forward = rnn(x, *weights[:3])
+    backward = rnn(x[:, ::-1], *weights[3:])
+    want = (np.concatenate([forward, backward[:, ::-1]], -1) if return_sequences
+            else np.concatenate([forward[:, -1], backward[:, -1]], -1))
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"needs the forward layer's units \(3\); got 2"):
+        Bidirectional(SimpleRNN(3), backward_layer=SimpleRNN(2, go_backwards=True),
+                      merge_mode="sum")
+
+
 def test_bidirectional_refuses_what_it_cannot_wrap():
     from kcompile.layers import Bidirectional, Dense
     with pytest.raises(ValueError, match="wraps a recurrent layer"):

@@ -419,6 +419,11 @@ class Bidirectional(Layer):
                     or backward_layer.return_sequences != layer.return_sequences:
                 raise ValueError("Bidirectional: `backward_layer` must have the opposite go_backwards "
                                  "and the same return_sequences as `layer`")
+            if merge_mode != "concat" and backward_layer.units != layer.units:
+                raise ValueError(f"Bidirectional(merge_mode={merge_mode!r}) combines the two "
+                                 f"directions element by element, so `backward_layer` needs the "
+                                 f"forward layer's units ({layer.units}); got {backward_layer.units}"
+                                 f" (or use merge_mode='concat')")
         super().__init__(**kwargs)
         self.merge_mode = merge_mode
         self.layer = layer
@@ -441,7 +446,9 @@ class Bidirectional(Layer):
     def compute_output_shape(self, input_shape):
         shape = tuple(self.forward_layer.compute_output_shape(input_shape))
         if self.merge_mode == "concat":
-            shape = shape[:-1] + (2 * shape[-1],)
+            # (a backward_layer may have other units than the forward one)
+            backward = tuple(self.backward_layer.compute_output_shape(input_shape))
+            shape = shape[:-1] + (shape[-1] + backward[-1],)
         return shape
 
     def build(self, input_shape):
