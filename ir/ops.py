@@ -11,6 +11,9 @@ Each `OpDef` carries, side by side (as JAX's `lax.py` writes each primitive's ru
   graphs print, parse and optimize like any other graph;
 - `kind`: the fusion pattern kind (TVM's order: elementwise < broadcast < injective < reduce <
   out-fusable < opaque);
+- `attrs`, `optional_attrs`: the names of the attributes a node of the op must have and may have
+  (`make` refuses others, so a misspelt attribute in IR text is an error, not a silent default);
+  None (an op registered without them) accepts any;
 - `lowering`: filled in by `codegen.lower` (the IR knows nothing of LLVM; `tests/test_registry.py`
   checks after importing codegen that no op lacks one).
 
@@ -41,16 +44,34 @@ class OpDef:
     source: bool = False      # result type comes from attrs 'shape'/'dtype' (printed as the type)
     doc: str = ""
     lowering: object = None   # set by codegen.lower
+    attrs: tuple | None = None            # attribute names every node has (None: not declared)
+    optional_attrs: tuple = ()            # ... and those it may have
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
-def register(name, *, infer, reference, grad, kind, source=False, doc=""):
+def register(name, *, infer, reference, grad, kind, source=False, doc="", attrs=None,
+             optional_attrs=()):
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    REGISTRY[name] = OpDef(name, infer, reference, grad, kind, source, doc)
+    REGISTRY[name] = OpDef(name, infer, reference, grad, kind, source, doc,
+                           attrs=None if attrs is None else tuple(attrs),
+                           optional_attrs=tuple(optional_attrs))
     return REGISTRY[name]
+
+
+def _check_attrs(opdef: OpDef, attrs: dict) -> None:
+    if opdef.attrs is None:
+        return
+    unknown = sorted(set(attrs) - set(opdef.attrs) - set(opdef.optional_attrs))
+    missing = [a for a in opdef.attrs if a not in attrs]
+    if unknown or missing:
+        known = list(opdef.attrs) + list(opdef.optional_attrs)
+        problems = ([f"unknown attribute {', '.join(unknown)}"] if unknown else []) + \
+            ([f"missing attribute {', '.join(missing)}"] if missing else [])
+        raise ValueError(f"{opdef.name}: {'; '.join(problems)} (its attributes: "
+                         f"{', '.join(known) if known else 'none'})")
 
 
 def get(name: str) -> OpDef:
@@ -78,6 +99,7 @@ def make(op: str, operands=(), **attrs) -> Node:
     for o in operands:
         if not isinstance(o, Node):
             raise TypeError(f"operand of {op} must be an IR node, got {type(o).__name__}")
+    _check_attrs(opdef, attrs)
     frozen = freeze_attrs(attrs)
     result = opdef.infer([o.type for o in operands], dict(frozen))
     return Node(op, operands, frozen, result)
@@ -519,16 +541,20 @@ def _grad_matmul(node, g):
 # ----------------------------------------------------------------------------------------------
 
 register("arg", infer=_source_infer, reference=_arg_ref, grad=no_grad, kind=OPAQUE, source=True,
+         attrs=("name", "dtype", "shape"), optional_attrs=("finite",),
          doc="a function input, bound by name; finite=true promises it holds no inf or NaN "
          "(graph.known_finite; the interpreter checks it)")
 register("const", infer=_source_infer, reference=_const_ref, grad=no_grad, kind=OPAQUE,
+         attrs=("value", "dtype", "shape"),
          source=True, doc="a constant: attr value is a Python scalar or a ConstValue")
 register("iota", infer=_source_infer, reference=_iota_ref, grad=no_grad, kind=ELEMWISE,
+         attrs=("shape", "dtype", "axis"),
          source=True, doc="the index along `axis` at every position of `shape`")
 register("random_uniform", infer=_random_infer, reference=_random_ref, grad=no_grad,
+         attrs=("shape", "stream"),
          kind=ELEMWISE, doc="counter-based uniform [0,1) floats: murmur3 fmix32 of (seed, stream, "
          "flat index), top 24 bits; identical bits in numpy and compiled code")
-register("dim_size", infer=_dim_size_infer,
+register("dim_size", infer=_dim_size_infer, attrs=("axis", "dtype"),
          reference=lambda v, a, n, batch=None: np.asarray(v[0].shape[a["axis"]],
                                                            np_dtype(n.dtype)),
          grad=no_grad, kind=INJECTIVE, doc="the runtime length of an axis, as a scalar")
@@ -538,55 +564,56 @@ for _name, _fn, _grad in [
     ("div", np.divide, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
 ]:
     register(_name, infer=_numeric(_name, 2), reference=_elementwise_ref(_fn), grad=_grad,
-             kind=ELEMWISE)
+             kind=ELEMWISE, attrs=())
 
 for _name, _fn, _grad in [
     ("exp", np.exp, _grad_exp), ("log", np.log, _grad_log), ("tanh", np.tanh, _grad_tanh),
     ("sqrt", np.sqrt, _grad_sqrt),
 ]:
     register(_name, infer=_unary_float(_name), reference=_elementwise_ref(_fn), grad=_grad,
-             kind=ELEMWISE)
+             kind=ELEMWISE, attrs=())
 
 register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", types, 1),
-         reference=lambda v, a, n, batch=None: v[0], grad=no_grad, kind=ELEMWISE,
+         reference=lambda v, a, n, batch=None: v[0], grad=no_grad, kind=ELEMWISE, attrs=(),
          doc="identity whose gradient is zero (e.g. the max subtracted inside softmax)")
 register("neg", infer=_numeric("neg", 1), reference=_elementwise_ref(np.negative),
-         grad=_grad_neg, kind=ELEMWISE)
+         grad=_grad_neg, kind=ELEMWISE, attrs=())
 register("abs", infer=_numeric("abs", 1), reference=_elementwise_ref(np.abs), grad=_grad_abs,
-         kind=ELEMWISE)
+         kind=ELEMWISE, attrs=())
 
 for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
                    ("le", np.less_equal), ("eq", np.equal), ("ne", np.not_equal)]:
     register(_name, infer=_compare(_name), reference=_elementwise_ref(_fn), grad=no_grad,
-             kind=ELEMWISE)
+             kind=ELEMWISE, attrs=())
 
 register("select", infer=_select_infer, reference=_elementwise_ref(np.where), grad=_grad_select,
-         kind=ELEMWISE, doc="select(cond, a, b): a where cond else b")
+         kind=ELEMWISE, attrs=(), doc="select(cond, a, b): a where cond else b")
 register("cast", infer=_cast_infer,
          reference=lambda v, a, n, batch=None: np.asarray(v[0]).astype(np_dtype(a["dtype"])),
-         grad=_grad_cast, kind=ELEMWISE)
+         grad=_grad_cast, kind=ELEMWISE, attrs=("dtype",))
 
 register("reduce_sum", infer=_reduce_infer("reduce_sum"), reference=_reduce_ref(np.sum),
-         grad=_grad_reduce_sum, kind=REDUCE)
+         grad=_grad_reduce_sum, kind=REDUCE, attrs=("axes", "keepdims"))
 register("reduce_max", infer=_reduce_infer("reduce_max"), reference=_reduce_ref(np.max),
-         grad=_grad_reduce_max, kind=REDUCE)
+         grad=_grad_reduce_max, kind=REDUCE, attrs=("axes", "keepdims"))
 register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_reduce_ref(np.mean),
-         grad=_grad_reduce_mean, kind=REDUCE)
+         grad=_grad_reduce_mean, kind=REDUCE, attrs=("axes", "keepdims"))
 register("argmax", infer=_argmax_infer,
          reference=lambda v, a, n, batch=None: np.argmax(v[0], axis=a["axis"]).astype(np.int32),
-         grad=no_grad, kind=REDUCE, doc="index of the first maximum along `axis`")
+         grad=no_grad, kind=REDUCE, attrs=("axis",), doc="index of the first maximum along `axis`")
 
 register("reshape", infer=_reshape_infer,
          reference=lambda v, a, n, batch=None: np.reshape(v[0], concrete(n.shape, batch)),
-         grad=_grad_reshape, kind=INJECTIVE)
+         grad=_grad_reshape, kind=INJECTIVE, attrs=("shape",))
 register("transpose", infer=_transpose_infer,
          reference=lambda v, a, n, batch=None: np.transpose(v[0], a["perm"]),
-         grad=_grad_transpose, kind=INJECTIVE)
+         grad=_grad_transpose, kind=INJECTIVE, attrs=("perm",))
 register("broadcast", infer=_broadcast_infer,
          reference=lambda v, a, n, batch=None: np.broadcast_to(v[0], concrete(n.shape, batch)),
-         grad=_grad_broadcast, kind=BROADCAST,
+         grad=_grad_broadcast, kind=BROADCAST, attrs=("shape",),
          doc="numpy broadcast_to: dims of size 1 expand, new dims are added on the left")
 register("matmul", infer=_matmul_infer, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
+         attrs=("transpose_a", "transpose_b"),
          doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")
 
 from . import ops_nn  # noqa: E402,F401

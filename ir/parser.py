@@ -86,8 +86,10 @@ def parse(text: str, constants: dict | None = None, *, with_groups: bool = False
     where = [1]
     try:
         return _parse(text, constants, with_groups, where)
-    except ParseError:
-        raise
+    except ParseError as error:
+        if str(error).startswith("line ") or str(error).startswith("IR text"):
+            raise
+        raise ParseError(f"line {where[0]}: {error}") from None
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
         raise ParseError(f"line {where[0]}: malformed IR ({type(error).__name__}: {error})") from None
 
@@ -100,13 +102,22 @@ def _parse(text: str, constants, with_groups: bool, where: list):
     values: dict = {}
     inputs, outputs, groups = [], None, []
     current = None
+    opened = 0            # the line of the open kernel block
+    names = set()         # the args' names
     for lineno, raw in enumerate(lines[1:], start=2):
         where[0] = lineno
         line = raw.strip()
+        if outputs is not None:
+            raise ParseError(f"line {lineno}: nothing may follow the 'return' line, got {line!r}")
         if line.startswith("kernel "):
+            if current is not None:
+                raise ParseError(f"line {lineno}: kernel {current[0]} (line {opened}) is not "
+                                 "closed with '}' before the next one")
             gname, i = _scan_name(line, len("kernel "))
             kind, i = _scan_name(line, i + 1)
-            current = (gname, kind, [])
+            if line[i:].strip() != "{":
+                raise ParseError(f"line {lineno}: expected 'kernel NAME KIND {{', got {line!r}")
+            current, opened = (gname, kind, []), lineno
             continue
         if line == "}":
             if current is None:
@@ -115,6 +126,9 @@ def _parse(text: str, constants, with_groups: bool, where: list):
             current = None
             continue
         if line.startswith("return"):
+            if current is not None:
+                raise ParseError(f"line {lineno}: kernel {current[0]} (line {opened}) is not "
+                                 "closed with '}' before 'return'")
             outputs = []
             rest = line[len("return"):].strip()
             i = 0
@@ -161,6 +175,9 @@ def _parse(text: str, constants, with_groups: bool, where: list):
                              f"{node.type}")
         values[ref] = node
         if op == "arg":
+            if node.attr("name") in names:
+                raise ParseError(f"line {lineno}: two args are named {node.attr('name')!r}")
+            names.add(node.attr("name"))
             inputs.append(node)
         if current is not None:
             current[2].append(node)

@@ -136,6 +136,52 @@ def test_malformed_ir_text_is_a_parse_error_naming_the_line(text):
         ir.parse(text)
 
 
+_MATMUL = """graph g
+  %0:f32[?,4] = arg name=x
+  %1:f32[4,4] = arg name=w
+  %2:f32[?,4] = matmul %0, %1 transpose_a=false transpose_b=true
+  %3:f32[?,4] = tanh %2
+  return y=%3
+"""
+
+
+@pytest.mark.parametrize("edit,line,message", [
+    # a misspelt attribute would otherwise default (a square weight: no shape error to catch it)
+    (("transpose_b=true", "transpose_bb=true"), 4,
+     "matmul: unknown attribute transpose_bb; missing attribute transpose_b"),
+    (("transpose_a=false ", ""), 4, "matmul: missing attribute transpose_a"),
+    (("tanh %2", "tanh %2 alpha=3"), 5, "tanh: unknown attribute alpha"),
+    ((" name=w", ""), 3, "arg: missing attribute name"),
+    (("name=w", "name=x"), 3, "two args are named 'x'"),
+    (("transpose_a=false", "transpose_a false"), 4, "expected key=value"),
+    (("  %3:", "  kernel 1k elementwise {\n  %3:"), 5, "expected a name"),
+    (("  %3:", "  kernel k0 elementwise {\n  %3:"), 7, r"kernel k0 \(line 5\) is not closed"),
+    (("  return y=%3\n", "  return y=%3\n  %4:f32[?,4] = tanh %3\n  return z=%4\n"), 7,
+     "nothing may follow the 'return' line"),
+])
+def test_ir_text_with_an_unknown_or_missing_attribute_or_a_broken_block_is_refused(edit, line,
+                                                                                    message):
+    """Every op declares its attributes (ops.OpDef.attrs): text naming another, or lacking one,
+    is a ParseError naming the line, as are an unclosed kernel block, lines after the return and
+    two args of one name; the unedited text parses."""
+    ir.parse(_MATMUL)
+    text = _MATMUL.replace(*edit)
+    assert text != _MATMUL
+    with pytest.raises(ir.parser.ParseError, match=f"^line {line}: {message}"):
+        ir.parse(text, with_groups=True)
+
+
+def test_nodes_are_made_with_their_ops_attributes_only():
+    from ir import build as B
+    from ir import ops
+    x = B.arg("x", "f32", (None, 3))
+    with pytest.raises(ValueError, match="reshape: unknown attribute shapes; missing attribute "
+                                         "shape"):
+        ops.make("reshape", (x,), shapes=(None, 3))
+    assert ops.make("reshape", (x,), shape=(None, 3, 1)).shape == (None, 3, 1)
+    assert all(op.attrs is not None for op in ops.REGISTRY.values())
+
+
 def test_names_that_read_as_numbers_round_trip():
     from ir import build as B
     for name in ("Infinity", "nan", "inf", "1e5"):
