@@ -346,6 +346,15 @@ def test_recurrent_layers_agree_with_keras(name, keras_results):
 # Bidirectional (Keras parity of values: tests/test_keras_parity_nn.py)
 # ----------------------------------------------------------------------------------------------
 
+def _np_simple_rnn(x, kernel, recurrent, bias):
+    """numpy SimpleRNN (tanh) over x's steps in the given order: every step's state."""
+    h, out = np.zeros((len(x), kernel.shape[1])), []
+    for t in range(x.shape[1]):
+        h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+        out.append(h)
+    return np.stack(out, 1)
+
+
 def test_bidirectional_is_the_forward_and_the_time_reversed_backward_layer(tmp_path):
     from kcompile import load_model
     from kcompile.layers import Bidirectional
@@ -358,16 +367,8 @@ def test_bidirectional_is_the_forward_and_the_time_reversed_backward_layer(tmp_p
         for n in ("kernel", "recurrent_kernel", "bias")]
     weights = [rng.standard_normal(w.shape).astype(np.float32) for w in model.weights]
     model.set_weights(weights)
-
-    def rnn(x, kernel, recurrent, bias):          # numpy SimpleRNN over the given time order
-        h, out = np.zeros((len(x), kernel.shape[1])), []
-        for t in range(x.shape[1]):
-            h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
-            out.append(h)
-        return np.stack(out, 1)
-
-    forward = rnn(x, *weights[:3])
-    backward = rnn(x[:, ::-1], *weights[3:])[:, ::-1]          # back in time order
+    forward = _np_simple_rnn(x, *weights[:3])
+    backward = _np_simple_rnn(x[:, ::-1], *weights[3:])[:, ::-1]          # back in time order
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                np.concatenate([forward, backward], -1), rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "bi.keras")
@@ -393,16 +394,8 @@ def test_a_backward_layer_of_other_units_concatenates_to_the_sum_of_both(target,
     assert model.output_shape == ((None, 5, 5) if return_sequences else (None, 5))
     weights = [rng.standard_normal(w.shape).astype(np.float32) for w in model.weights]
     model.set_weights(weights)
-
-    def rnn(x, kernel, recurrent, bias):
-        h, out = np.zeros((len(x), kernel.shape[1])), []
-        for t in range(x.shape[1]):
-            h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
-            out.append(h)
-        return np.stack(out, 1)
-
-    forward = rnn(x, *weights[:3])
-    backward = rnn(x[:, ::-1], *weights[3:])
+    forward = _np_simple_rnn(x, *weights[:3])
+    backward = _np_simple_rnn(x[:, ::-1], *weights[3:])
     want = (np.concatenate([forward, backward[:, ::-1]], -1) if return_sequences
             else np.concatenate([forward[:, -1], backward[:, -1]], -1))
     np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
