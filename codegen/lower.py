@@ -45,6 +45,7 @@ from llvmlite import ir
 
 import ir as kir
 from ir import ops
+from ir.build_nn import relu_operand
 from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
@@ -1286,18 +1287,6 @@ def _emit_column_region(fe, m, n, k, blocks, body, threading):
             b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
 
 
-def _relu_output(node) -> bool:
-    """Is `node` relu(x) (max with a zero constant, as Dense's activation traces it)?"""
-    if node.op != "max":
-        return False
-    for operand in node.operands:
-        while operand.op == "broadcast":
-            operand = operand.operands[0]
-        if operand.op == "const" and operand.type.shape == () and operand.attr("value") == 0:
-            return True
-    return False
-
-
 def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     """A tall product of batch rows (a large predict): blocks of BATCH_ROW_BLOCK whole rows of C,
     each computed with every column (its block of A stays in L2 across the panels of B) and
@@ -1311,7 +1300,8 @@ def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:
     blocks = b.udiv(b.add(m, c64(BATCH_ROW_BLOCK - 1)), c64(BATCH_ROW_BLOCK))
     skip = SKIP_ZEROS_TALL and kir.known_finite(bm)
     # a relu's outputs are mostly zero (86% of W1's first layer's, trained): shorter tiles skip more
-    panel_vectors = sparse_panel_vectors(T) if skip and SPARSE_TILES and _relu_output(a) else None
+    panel_vectors = (sparse_panel_vectors(T) if skip and SPARSE_TILES
+                     and relu_operand(a) is not None else None)
 
     def body(builder, lo, hi, values):
         chunk = fe.derive(builder, values)

@@ -40,6 +40,11 @@ def host_cpu_features() -> str:
 CACHE_SYSFS = "/sys/devices/system/cpu/cpu0/cache"
 
 
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 @functools.lru_cache(maxsize=None)
 def l2_cache_bytes(root: str = CACHE_SYSFS) -> int | None:
     """The size of one core's L2 (data or unified) cache in bytes, from Linux's sysfs, or None
@@ -53,12 +58,8 @@ def l2_cache_bytes(root: str = CACHE_SYSFS) -> int | None:
         if not entry.startswith("index"):
             continue
         try:
-            with open(os.path.join(root, entry, "level")) as f:
-                level = f.read().strip()
-            with open(os.path.join(root, entry, "type")) as f:
-                kind = f.read().strip()
-            with open(os.path.join(root, entry, "size")) as f:
-                size = f.read().strip()
+            level, kind, size = (_read_text(os.path.join(root, entry, name))
+                                 for name in ("level", "type", "size"))
         except OSError:
             continue
         if level != "2" or kind not in ("Unified", "Data"):

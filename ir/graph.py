@@ -34,6 +34,11 @@ def dtype_of_numpy(dtype) -> str:
     raise TypeError(f"no IR dtype for numpy dtype {dtype}; use one of {sorted(DTYPES)}")
 
 
+class BatchAxisError(ValueError):
+    """A shape with the batch dimension (None) on an axis other than the first, as broadcasting
+    a batch of (N,) against (N, 1) would make."""
+
+
 @dataclass(frozen=True)
 class TensorType:
     dtype: str
@@ -45,7 +50,8 @@ class TensorType:
         for axis, dim in enumerate(self.shape):
             if dim is None:
                 if axis != 0:
-                    raise ValueError(f"only axis 0 may be the batch dimension, got shape {self.shape}")
+                    raise BatchAxisError(f"only axis 0 may be the batch dimension, got shape "
+                                         f"{self.shape}")
             elif not isinstance(dim, (int, np.integer)) or dim < 0:
                 raise ValueError(f"bad dimension {dim!r} in shape {self.shape}")
         object.__setattr__(self, "shape", tuple(None if d is None else int(d) for d in self.shape))

@@ -17,14 +17,13 @@ import sys
 def _load(path, graph="train"):
     """The saved model; compiled (its loss and metrics rebuilt) only when `graph` needs them: an
     export and the predict graph do not (a custom loss need not be importable for them)."""
+    from kcompile.errors import CompileConfigError
     from kcompile.models import load_model
     if graph == "predict":
         return load_model(path, compile=False)
     try:
         return load_model(path)
-    except ValueError as error:
-        if "compile=False" not in str(error):
-            raise
+    except CompileConfigError as error:
         raise ValueError(f"{error} (Here: --graph predict needs no loss or metrics; the train and "
                          "eval graphs of a model compiled with custom objects are inspected from "
                          "Python, loading it with custom_objects=.)") from None

@@ -5,6 +5,11 @@ TypeError for wrong argument types), so code written against Keras catches them 
 """
 
 
+class CompileConfigError(ValueError):
+    """A saved model whose compile arguments (loss, metrics, optimizer) cannot be rebuilt, most
+    often custom objects the loading code was not given; loading with compile=False still works."""
+
+
 class DataTypeError(TypeError, ValueError):
     """Training or prediction data whose dtype is not numeric (strings, Python objects, complex).
 

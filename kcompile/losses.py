@@ -29,6 +29,7 @@ import numpy as np
 import ir
 from ir import Node
 from ir import build as B
+from ir.graph import BatchAxisError
 
 from kcompile import activations
 from kcompile.layers.layer import format_shape, to_snake_case
@@ -455,9 +456,7 @@ class Loss:
             raise ValueError(f"loss {self.name!r} needs float predictions, got {y_pred.type}")
         try:
             values = self.call(y_true, y_pred)
-        except ValueError as error:
-            if "batch dimension" not in str(error) or y_true.shape == y_pred.shape:
-                raise
+        except BatchAxisError as error:
             # (a batch of (N,) against (N, 1) broadcasts to (N, N), a batch axis too many)
             raise ValueError(
                 f"loss {self.name!r} could not be computed on y_true of shape "

@@ -51,6 +51,7 @@ from collections.abc import Mapping
 import numpy as np
 
 import kcompile
+from kcompile.errors import CompileConfigError
 from kcompile import losses, metrics as metrics_module, optimizers, registry, schedules
 from kcompile.registry import (CustomObjectScope, custom_object_scope, get_custom_objects,  # noqa: F401
                                get_registered_name, get_registered_object, register_keras_serializable)
@@ -399,10 +400,10 @@ def save_weights(model, filepath, overwrite=True):
 # Reading files
 # ----------------------------------------------------------------------------------------------
 
-def _bad_file(filepath, problem) -> ValueError:
+def _bad_file(filepath, problem, kind=ValueError) -> ValueError:
     # NOTE: raised `from None` where the cause is the zip/npz/JSON parser (its traceback says nothing
     # the message does not), and `from error` where it may be a custom class's from_config.
-    return ValueError(f"Cannot load {filepath}: {problem}")
+    return kind(f"Cannot load {filepath}: {problem}")
 
 
 def _check_exists(filepath):
@@ -786,7 +787,7 @@ def _compile(model, archive: _Archive, custom_objects: dict):
         raise _bad_file(archive.filepath, f"the model cannot be compiled with the arguments saved in "
                                           f"{CONFIG} ({type(error).__name__}: {error}). Pass custom "
                                           "losses, metrics and optimizers in custom_objects=, or load "
-                                          "with compile=False.") from error
+                                          "with compile=False.", CompileConfigError) from error
 
 
 def _restore_optimizer(model, archive: _Archive):
