@@ -82,6 +82,9 @@ _PREFETCH_NEXT_PANEL = True
 #: will copy, for k blocks of at least PREFETCH_COPY_MIN_K rows (see `_next_copy_prefetch`).
 PREFETCH_NEXT_COPY = True
 PREFETCH_COPY_MIN_K = 256
+#: Each row tile prefetches (for writing) the lines of its C tile before its k loop, so that the
+#: misses of C's lines overlap the tile's FMAs instead of stalling its stores (see `_kernel`).
+PREFETCH_C = True
 #: Copy the full column panels of an untransposed B into scratch as well (True), read them in place
 #: (False), or decide by the panel's width (None, see `_packs_full_panels`).
 PACK_FULL_PANELS = None
@@ -295,7 +298,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     module, T, L = vec.module, vec.dtype, vec.lanes
     pf = "" if not prefetch else ".pf" if prefetch == 1 else f".pf{prefetch}"
     name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}{'.masked' if masked else ''}{pf}"
-            f"{'.listed' if listed else ''}")
+            f"{'.listed' if listed else ''}{'.pc' if PREFETCH_C else ''}")
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
                         + [ptr] * prefetch + ([I64] if prefetch else [])
@@ -317,6 +320,17 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     bld = ir.IRBuilder(entry)
 
     a_rows = [_gep(bld, a, _mul(bld, r, a_rs), T) for r in range(rows)]
+    if PREFETCH_C:
+        # Every line of the C tile (its rows need not be line-aligned: the last byte's line too),
+        # for writing, into L1: C is read or written only after the k loop.
+        row_bytes = nvec * L * (_dtype_bits(T) // 8)
+        offsets = sorted(set(range(0, row_bytes, 64)) | {row_bytes - 1})
+        for r in range(rows):
+            c_row = _gep(bld, c, _mul(bld, r, ldc), T)
+            for offset in offsets:
+                address = bld.gep(c_row, [i64(offset)], source_etype=ir.IntType(8))
+                bld.call(vec.prefetch, [address, ir.Constant(I32, 1), ir.Constant(I32, 3),
+                                        ir.Constant(I32, 1)])
     bld.cbranch(bld.icmp_signed(">", k, i64(0)), body, done)
 
     # k loop, rotated (guard in entry, test at the bottom) with the accumulators as phis.
