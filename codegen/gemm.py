@@ -85,6 +85,11 @@ PREFETCH_COPY_MIN_K = 256
 #: Each row tile prefetches (for writing) the lines of its C tile before its k loop, so that the
 #: misses of C's lines overlap the tile's FMAs instead of stalling its stores (see `_kernel`).
 PREFETCH_C = True
+#: A transposed A's m blocks are copied as contiguous row tiles (`_pack_a_tiles`) when an m block
+#: of its k block takes at most PACK_A_MAX_BYTES and emit_gemm's scratch is its own (no
+#: `scratch_ptr`).
+PACK_A = True
+PACK_A_MAX_BYTES = 256 << 10
 #: Copy the full column panels of an untransposed B into scratch as well (True), read them in place
 #: (False), or decide by the panel's width (None, see `_packs_full_panels`).
 PACK_FULL_PANELS = None
@@ -653,6 +658,32 @@ def _pack_copy(vec: _Vec, nvec: int):
     return fn
 
 
+def _pack_a_tiles(vec: _Vec, rows: int):
+    """void pack(src, ld, tiles, k, dst): dst[t*k*rows + p*rows + r] = src[p*ld + t*rows + r] for
+    t < tiles, p < k, r < rows: a transposed A's block (stored (k, m), `ld` apart) as the
+    contiguous k steps of each row tile of `rows` rows, which the kernels read with strides
+    (1, rows) instead of one cache line of A per k step."""
+    module, T, L = vec.module, vec.dtype, vec.lanes
+    name = f"{_KERNEL_PREFIX}.pack_a.{_type_tag(T)}.{rows}"
+    ptr = ir.PointerType()
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    if not new:
+        return fn
+    src, ld, tiles, k, dst = fn.args
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    with for_range(bld, 0, tiles, name="t") as t:
+        scol = _gep(bld, src, bld.mul(t, i64(rows), flags=("nsw",)), T)
+        dtile = _gep(bld, dst, bld.mul(bld.mul(t, k, flags=("nsw",)), i64(rows), flags=("nsw",)), T)
+        with for_range(bld, 0, k, name="p") as p:
+            srow = _gep(bld, scol, bld.mul(p, ld, flags=("nsw",)), T)
+            drow = _gep(bld, dtile, bld.mul(p, i64(rows), flags=("nsw",)), T)
+            for r in range(rows):
+                value = bld.load(_gep(bld, srow, r, T), typ=T, align=4)
+                bld.store(value, _gep(bld, drow, r, T), align=4)
+    bld.ret_void()
+    return fn
+
+
 # --------------------------------------------------------------------------------------------------
 # The driver
 
@@ -856,7 +887,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     once per dtype.  Code running on small thread stacks should pass `scratch_ptr`, and
     `narrow_scratch_ptr` too: a narrow product from a transposed A (see `narrow_product`) computes
     C^T blocks into a second buffer, otherwise also an entry-block `alloca`.
-    `caller_scratch_elements` gives the sizes of both.
+    `caller_scratch_elements` gives the sizes of both.  Without `scratch_ptr`, the m blocks of a
+    transposed A are also copied as contiguous row tiles (`PACK_A`) into a third `alloca` of up to
+    PACK_A_MAX_BYTES: the kernels then read A sequentially instead of a cache line per k step.
 
     Epilogue: none is fused (no `epilogue=` hook).  Callers apply bias/activation as a separate
     vectorizable loop over C afterwards; C of a training-step GEMM is at most a few hundred KiB and
@@ -931,6 +964,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 
     a_strides = [i64(1), i64(lda)] if trans_a else [i64(lda), i64(1)]
     mr_main = tile_rows(nv, registers)
+    a_block_elements = (min(m, MC) if _is_const(m) else MC) * kc
+    # (only when the copy serves two column panels or more)
+    pack_a = (PACK_A and trans_a and scratch_ptr is None and (not _is_const(n) or n >= 2 * nr)
+              and a_block_elements * _dtype_bits(T) // 8 <= PACK_A_MAX_BYTES)
+    a_scratch = (_function_scratch(builder, T, a_block_elements, purpose="pack_a")
+                 if pack_a else None)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
     list_offsets = _zero_skip_layout(dtype, L)
 
@@ -970,7 +1009,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         return _gep(builder, a_block, row if trans_a else _mul(builder, row, lda), T)
 
     def row_tiles(a_block, mcur, b_src, b_ld, c_block, nvec, masked, ncols_last, kcur, load_c,
-                  prefetch=None, lists=None, first_prefetch=None):
+                  prefetch=None, lists=None, first_prefetch=None, packed=None):
         """Every row tile of one column panel of C, for mcur rows starting at a_block/c_block.
 
         `prefetch` = (streams, panel): memory the full row tiles should pull into L2 as they go,
@@ -978,14 +1017,24 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         of the product taking the lines from t * kcur on (this panel's first tile is the
         `panel`-th times the full tiles per panel).  `first_prefetch` = (addresses, step): the
         prefetch arguments of this panel's first full tile only (`_next_copy_prefetch`).
+        `packed`: the m block's full row tiles of A as `_pack_a_tiles` copied them, used when
+        their rows are this panel's tile's.
         """
+        mr = tile_rows(nvec, registers)
+        if packed is not None and mr != mr_main:
+            packed = None
+
         def call(rows, row, prefetch_args=(), listed=None):
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
                          listed is not None)
             steps, count = listed if listed is not None else ((), i64(kcur))
             if listed is not None and prefetch_args:
                 steps = (*steps, i64(kcur))      # steps_total: the prefetch lines to cover
-            builder.call(fn, [a_tile(a_block, row), *a_strides, b_src, i64(b_ld),
+            if packed is not None and rows == mr:
+                a_args = [_gep(builder, packed, _mul(builder, row, kcur), T), i64(1), i64(mr)]
+            else:
+                a_args = [a_tile(a_block, row), *a_strides]
+            builder.call(fn, [*a_args, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
                               count, load_c, i64(ncols_last), *prefetch_args, *steps])
 
@@ -1014,7 +1063,6 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 any_inside = inside if any_inside is None else builder.or_(any_inside, inside)
             call(mr, row, (*addresses, builder.select(any_inside, i64(64), i64(0))), listed)
 
-        mr = tile_rows(nvec, registers)
         tail_sizes = [size for size in (8, 4, 2, 1) if size < mr]
         mfull = _round_down(builder, mcur, mr)
         if first_prefetch is not None:
@@ -1069,6 +1117,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, ic, lda), pc), T)
         c_row = _gep(builder, c_ptr, _mul(builder, ic, ldc), T)
         lists = zero_skip_lists(a_block, mcur, kcur, nonfinite) if use_lists else None
+        packed = None
+        if pack_a:
+            tiles = builder.udiv(i64(mcur), i64(mr_main))
+            builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, i64(kcur),
+                                                       a_scratch])
+            packed = a_scratch
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
@@ -1088,7 +1142,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                     and kc >= PREFETCH_COPY_MIN_K:
                 first = _next_copy_prefetch(builder, b_ptr, pc, j0, nr, ldb, T)
             row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
-                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None, first)
+                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None, first,
+                      packed)
 
         nfull = _round_down(builder, n, nr)
         if _is_const(nfull) and nfull == nr:

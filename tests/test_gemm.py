@@ -175,6 +175,51 @@ def test_the_prefetch_of_the_next_copied_panel_changes_no_value(skip_zeros, monk
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3, err_msg=f"m={m} n={n} k={k}")
 
 
+@pytest.mark.parametrize("dtype", [ir.FloatType(), ir.DoubleType()], ids=["f32", "f64"])
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_transposed_a_copied_as_row_tiles_gives_the_same_products(lanes, dtype, monkeypatch):
+    """gemm.PACK_A: the m blocks of a transposed A copied as contiguous row tiles (when a block
+    fits PACK_A_MAX_BYTES); with constant and runtime sizes, row tails, column tails whose tiles
+    have other rows (read in place), several m blocks, accumulation and zero skipping, the
+    products are the same bits as read in place, and numpy's.  A runtime k (blocks of KC) with a
+    runtime m is not copied: its blocks would not fit."""
+    from codegen import gemm
+    lanes_arg = None if lanes == HOST_LANES else lanes
+    nr = tile_shape(lanes, 64 if isinstance(dtype, ir.DoubleType) else 32)[1] * lanes
+    np_dtype = np.float64 if isinstance(dtype, ir.DoubleType) else np.float32
+    shapes = [(MC + 9, 2 * nr + 3, 128), (37, 2 * nr + 3, 28), (48, 3 * nr, 100), (3, nr, 5)]
+    specs = [GemmSpec("TN", *shape) for shape in shapes]
+    specs += [GemmSpec("TT", *shapes[1]), GemmSpec("TN", *shapes[0], accumulate=True),
+              GemmSpec("TN", 48, None, None), GemmSpec("TN", *shapes[1], skip_zeros=True),
+              GemmSpec("TN")]
+    monkeypatch.setattr(gemm, "PACK_A", True)
+    jit_on, packed = compile_gemms(specs, dtype=dtype, lanes=lanes_arg)
+    tag = "f64" if np_dtype == np.float64 else "f32"
+    copies = re.findall(rf"define internal .*@\"?kcompile\.gemm\.pack_a\.{tag}\.\d+",
+                        jit_on.optimized_ir)
+    assert copies, "no row tiles of A were copied"
+    monkeypatch.setattr(gemm, "PACK_A", False)
+    jit_off, in_place = compile_gemms(specs, dtype=dtype, lanes=lanes_arg)
+    assert "pack_a" not in jit_off.optimized_ir
+    runs = 0
+    for spec, on, off in zip(specs, packed, in_place):
+        for m, n, k in shapes:
+            if not spec.accepts(m, n, k):
+                continue
+            check(on, spec, m, n, k, dtype, np.random.default_rng(m * n + k))
+            rng = np.random.default_rng(7)
+            a = rng.standard_normal((k, m)).astype(np_dtype)
+            a[rng.random(a.shape) < 0.7] = 0.0
+            b = rng.standard_normal((n, k) if spec.trans_b else (k, n)).astype(np_dtype)
+            got = rng.standard_normal((m, n)).astype(np_dtype)
+            want = got.copy()
+            on(a.ctypes.data, b.ctypes.data, got.ctypes.data, m, n, k)
+            off(a.ctypes.data, b.ctypes.data, want.ctypes.data, m, n, k)
+            np.testing.assert_array_equal(got, want, err_msg=f"{spec.layout} m={m} n={n} k={k}")
+            runs += 1
+    assert runs == len(specs) + len(shapes) - 1   # the all-runtime spec takes every shape
+
+
 @pytest.mark.parametrize("lanes", LANES)
 def test_the_prefetch_of_the_c_tile_changes_no_value(lanes, monkeypatch):
     """gemm.PREFETCH_C: every row tile prefetches its C tile's lines before its k loop; in every
