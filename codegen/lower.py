@@ -135,8 +135,25 @@ def _binary_lowering(float_fn, int_fn, uint_fn=None):
 lowers("add")(_binary_lowering(lambda b, x, y: b.fadd(x, y), lambda b, x, y: b.add(x, y)))
 lowers("sub")(_binary_lowering(lambda b, x, y: b.fsub(x, y), lambda b, x, y: b.sub(x, y)))
 lowers("mul")(_binary_lowering(lambda b, x, y: b.fmul(x, y), lambda b, x, y: b.mul(x, y)))
-lowers("div")(_binary_lowering(lambda b, x, y: b.fdiv(x, y), lambda b, x, y: b.sdiv(x, y),
-                               lambda b, x, y: b.udiv(x, y)))
+def int_div(b, x, y, signed: bool):
+    """x / y on integers without a trap: truncated toward zero, 0 for a zero divisor, and (signed)
+    the minimum / -1 gives the minimum (the hardware's divide faults on both; see ops' `div`)."""
+    zero = ir.Constant(y.type, 0)
+    by_zero = b.icmp_unsigned("==", y, zero)
+    if signed:
+        width = y.type.width
+        overflow = b.and_(b.icmp_signed("==", x, ir.Constant(x.type, -(1 << (width - 1)))),
+                          b.icmp_signed("==", y, ir.Constant(y.type, -1)))
+        safe = b.select(b.or_(by_zero, overflow), ir.Constant(y.type, 1), y)
+        quotient = b.sdiv(x, safe)
+    else:
+        quotient = b.udiv(x, b.select(by_zero, ir.Constant(y.type, 1), y))
+    return b.select(by_zero, zero, quotient)
+
+
+lowers("div")(_binary_lowering(lambda b, x, y: b.fdiv(x, y),
+                               lambda b, x, y: int_div(b, x, y, True),
+                               lambda b, x, y: int_div(b, x, y, False)))
 lowers("max")(_binary_lowering(
     lambda b, x, y: _intrinsic(b, "llvm.maximum", [x, y]),
     lambda b, x, y: b.select(b.icmp_signed(">", x, y), x, y),
@@ -573,8 +590,7 @@ def _reduce_kernel(emitter, node, members):
                     else b.trunc(emitter.n, I32)
                 divisor = b.fmul(divisor, nval) if _is_float(node.dtype) else b.mul(divisor, nval)
             ev2.store(node, index, b.fdiv(total, divisor) if _is_float(node.dtype)
-                      else b.udiv(total, divisor) if node.dtype == "u32"
-                      else b.sdiv(total, divisor))
+                      else int_div(b, total, divisor, node.dtype != "u32"))
 
 
 @lowers("argmax", Kernel)

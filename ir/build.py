@@ -155,6 +155,16 @@ gt, ge, lt, le = _binary("gt"), _binary("ge"), _binary("lt"), _binary("le")
 eq, ne = _binary("eq"), _binary("ne")
 
 
+def true_div(a, b):
+    """a / b as Python's `/` and Keras's `ops.divide`: integer or bool operands (with no float one)
+    divide as float32 (x / 0 is inf or NaN); `div` itself keeps an integer dtype."""
+    a, b = as_traced(a), as_traced(b)
+    nodes = [x for x in (a, b) if isinstance(x, Node)]
+    if nodes and all(x.dtype not in FLOAT_DTYPES for x in nodes):
+        a, b = (cast(x, "f32") if isinstance(x, Node) else x for x in (a, b))
+    return div(a, b)
+
+
 def neg(x):
     return make("neg", (x,))
 

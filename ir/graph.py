@@ -174,10 +174,10 @@ class Node:
         return _build().mul(other, self)
 
     def __truediv__(self, other):
-        return _build().div(self, other)
+        return _build().true_div(self, other)
 
     def __rtruediv__(self, other):
-        return _build().div(other, self)
+        return _build().true_div(other, self)
 
     def __neg__(self):
         return _build().neg(self)

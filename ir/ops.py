@@ -312,6 +312,31 @@ def _elementwise_ref(fn):
     return ref
 
 
+def _div_ref(values, attrs, node, batch=None):
+    """x / y; for integers truncated toward zero, with 0 for a zero divisor and i32's minimum
+    for its minimum / -1 (it wraps), as the compiled code does: never a trap."""
+    x, y = (np.asarray(v) for v in values)
+    if node.dtype in FLOAT_DTYPES:
+        with np.errstate(all="ignore"):
+            return _cast_to(node, np.divide(x, y))
+    x64, y64 = np.broadcast_arrays(x.astype(np.int64), y.astype(np.int64))
+    safe = np.where(y64 == 0, 1, y64)
+    quotient = np.abs(x64) // np.abs(safe) * np.sign(x64) * np.sign(safe)
+    return np.where(y64 == 0, 0, quotient).astype(np_dtype(node.dtype))
+
+
+def _cast_ref(values, attrs, node, batch=None):
+    """x converted to `dtype`; a float to an integer truncates toward zero and saturates (NaN
+    gives 0, a value past the range the nearest end), as the compiled code's conversion."""
+    x = np.asarray(values[0])
+    to = np_dtype(attrs["dtype"])
+    if x.dtype.kind == "f" and np.dtype(to).kind in "iu":
+        info = np.iinfo(to)
+        wide = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=info.max, neginf=info.min)
+        return np.trunc(np.clip(wide, info.min, info.max)).astype(to)
+    return x.astype(to)
+
+
 def _reduce_ref(fn):
     def ref(values, attrs, node, batch=None):
         (x,) = values
@@ -561,10 +586,13 @@ register("dim_size", infer=_dim_size_infer, attrs=("axis", "dtype"),
 
 for _name, _fn, _grad in [
     ("add", np.add, _grad_add), ("sub", np.subtract, _grad_sub), ("mul", np.multiply, _grad_mul),
-    ("div", np.divide, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
+    ("div", None, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
 ]:
-    register(_name, infer=_numeric(_name, 2), reference=_elementwise_ref(_fn), grad=_grad,
-             kind=ELEMWISE, attrs=())
+    register(_name, infer=_numeric(_name, 2),
+             reference=_div_ref if _fn is None else _elementwise_ref(_fn), grad=_grad,
+             kind=ELEMWISE, attrs=(),
+             doc="for integers truncated toward zero; a zero divisor gives 0" if _fn is None
+             else "")
 
 for _name, _fn, _grad in [
     ("exp", np.exp, _grad_exp), ("log", np.log, _grad_log), ("tanh", np.tanh, _grad_tanh),
@@ -588,15 +616,26 @@ for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less)
 
 register("select", infer=_select_infer, reference=_elementwise_ref(np.where), grad=_grad_select,
          kind=ELEMWISE, attrs=(), doc="select(cond, a, b): a where cond else b")
-register("cast", infer=_cast_infer,
-         reference=lambda v, a, n, batch=None: np.asarray(v[0]).astype(np_dtype(a["dtype"])),
-         grad=_grad_cast, kind=ELEMWISE, attrs=("dtype",))
+register("cast", infer=_cast_infer, reference=_cast_ref, grad=_grad_cast, kind=ELEMWISE,
+         attrs=("dtype",), doc="a float to an integer truncates and saturates (NaN gives 0)")
 
 register("reduce_sum", infer=_reduce_infer("reduce_sum"), reference=_reduce_ref(np.sum),
          grad=_grad_reduce_sum, kind=REDUCE, attrs=("axes", "keepdims"))
 register("reduce_max", infer=_reduce_infer("reduce_max"), reference=_reduce_ref(np.max),
          grad=_grad_reduce_max, kind=REDUCE, attrs=("axes", "keepdims"))
-register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_reduce_ref(np.mean),
+def _mean_ref(values, attrs, node, batch=None):
+    """np.mean; for integers the sum (in the dtype, wrapping) divided as `div` divides (0 for an
+    empty axis), as the compiled code does."""
+    (x,) = values
+    if node.dtype in FLOAT_DTYPES:
+        return _reduce_ref(np.mean)(values, attrs, node, batch)
+    keepdims = attrs.get("keepdims", False)
+    total = np.sum(x, axis=attrs["axes"], keepdims=keepdims, dtype=np_dtype(node.dtype))
+    count = int(np.prod([np.shape(x)[a] for a in attrs["axes"]], dtype=np.int64))
+    return _div_ref([total, np.asarray(count, np_dtype(node.dtype))], {}, node)
+
+
+register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_mean_ref,
          grad=_grad_reduce_mean, kind=REDUCE, attrs=("axes", "keepdims"))
 register("argmax", infer=_argmax_infer,
          reference=lambda v, a, n, batch=None: np.argmax(v[0], axis=a["axis"]).astype(np.int32),

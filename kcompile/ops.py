@@ -101,7 +101,7 @@ zeros_like = _unary(B.zeros_like, "zeros_like")
 add = _binary(B.add, "add")
 subtract = _binary(B.sub, "subtract")
 multiply = _binary(B.mul, "multiply")
-divide = true_divide = _binary(B.div, "divide")
+divide = true_divide = _binary(B.true_div, "divide")    # integers divide as float32, as Keras's
 maximum = _binary(B.maximum, "maximum")
 minimum = _binary(B.minimum, "minimum")
 greater = _binary(B.gt, "greater")

@@ -275,6 +275,13 @@ def _case_list() -> list:
         add(expand(NUMERIC, op, op, fn, (X34, X34), grad=True))
     add(expand(NUMERIC, "div", "div", B.div, (X34, X34),
                gen=lambda rng, specs: [standard(rng, *specs[0]), nonzero(rng, *specs[1])], grad=True))
+    # integer division by 0 gives 0 and i32's minimum / -1 wraps (the hardware's divide faults)
+    add(expand(("i32", "u32"), "div", "div_by_zero_and_overflow", B.div, (X34, X34),
+               gen=lambda rng, specs: [np.where(rng.random(specs[0][0]) < 0.4,
+                                                few_values(rng, *specs[0]),
+                                                full_range(rng, *specs[0])).astype(
+                                           np_dtype(specs[0][1])),
+                                       few_values(rng, *specs[1])]))
     for op, fn in [("max", B.maximum), ("min", B.minimum)]:
         add(expand(NUMERIC, op, op, fn, (X34, X34), gen=away_from_ties, grad=True))
         add(expand(("i32", "u32"), op, f"{op}_full_range", fn, (X34, X34), gen=each(full_range)))
@@ -336,6 +343,11 @@ def _case_list() -> list:
                gen=each(lambda rng, s, d: _as(rng.uniform(0, 2.0**32 - 512, s), d))))
     add(expand(FLOATS, "cast", "cast_specials", casts(("f32", "f64", "bool")), (X34,),
                gen=each(with_specials)))
+    # to integers, saturating: NaN gives 0, +-inf and values past the range the nearest end
+    add(expand(FLOATS, "cast", "cast_to_int_saturating", casts(("i32", "u32")), (X34,),
+               gen=each(lambda rng, s, d: _as(np.where(
+                   rng.random(s) < 0.5, SPECIALS[rng.integers(0, len(SPECIALS), s)],
+                   rng.normal(0, 1e10, s)), d))))
     add(expand(("f64",), "cast", "cast_f64_overflow", casts(("f32",)), (X34,),
                gen=each(lambda rng, s, d: _as(rng.normal(0, 1e39, s), d))))
     add(expand(("f32",), "cast", "cast_roundtrip",

@@ -99,6 +99,30 @@ def test_ops_run_on_arrays_outside_a_trace_as_numpy_would():
         ops.exp(np.array(["a"]))
 
 
+class IntegerDivision(Layer):
+    def call(self, x):
+        n, d = ops.cast(x[:, 0:2], "int32"), ops.cast(x[:, 2:4], "int32")
+        return ops.concatenate([ops.divide(n, d), n / d, n / 4, 3 / d], axis=-1)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("target", TARGETS)
+def test_integers_divide_as_float32_as_keras(target):
+    """ops.divide and `/` of int32 values give float32 true quotients (as Keras's on JAX): 7 / 2 is
+    3.5, and x / 0 is inf or NaN, not an integer division (which would fault on a zero)."""
+    x = np.array([[7, -7, 2, 0], [1, 0, -4, 0], [9, 5, 3, 2]], np.float32)
+    model = Sequential([Input((4,)), IntegerDivision()])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    got = model.predict(x, verbose=0)
+    n, d = x[:, :2], x[:, 2:]
+    with np.errstate(all="ignore"):
+        want = np.concatenate([n / d, n / d, n / 4, 3 / d], axis=-1).astype(np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    i = ops.divide(np.array([7, -7], np.int32), np.array([2, 4], np.int32))
+    np.testing.assert_array_equal(i, np.array([3.5, -1.75], np.float32))
+
+
 class Counter(Layer):
     """A scalar weight used directly, and a non-trainable counter assigned in call."""
 

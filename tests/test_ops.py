@@ -236,6 +236,39 @@ def test_nan_semantics_match_numpy(level):
     np.testing.assert_array_equal(got["argmax"], np.argmax(av, axis=1))
 
 
+# -- integer division and float -> integer casts: defined everywhere, never a trap -----------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("level", LEVELS)
+def test_integer_division_by_zero_gives_zero_and_casts_to_integers_saturate(level):
+    """Integer `div` truncates toward zero, gives 0 for a zero divisor and wraps i32's minimum / -1
+    (a hardware divide would kill the process with SIGFPE); a float -> integer cast truncates and
+    saturates, NaN giving 0 (as Keras's on JAX).  Hand-computed values, compiled and interpreted,
+    and a reduce_mean of integers over an empty batch."""
+    lo = -2**31
+    a, b = B.arg("a", "i32", (N, 6)), B.arg("b", "i32", (N, 6))
+    ua, ub = B.arg("ua", "u32", (N, 3)), B.arg("ub", "u32", (N, 3))
+    x = B.arg("x", "f32", (N, 8))
+    graph = Graph("intdiv", [a, b, ua, ub, x],
+                  [("q", B.div(a, b)), ("uq", B.div(ua, ub)), ("i", B.cast(x, "i32")),
+                   ("u", B.cast(x, "u32")), ("mean", B.reduce_mean(a, 0))])
+    feeds = {"a": np.array([[7, -7, 5, lo, lo, 3]], np.int32),
+             "b": np.array([[2, 2, 0, -1, 1, -4]], np.int32),
+             "ua": np.array([[7, 2**32 - 1, 9]], np.uint32),
+             "ub": np.array([[2, 0, 10]], np.uint32),
+             "x": np.array([[np.nan, np.inf, -np.inf, 1e10, -1e10, -1.9, 2.9, -0.5]], np.float32)}
+    want = {"q": [[3, -3, 0, lo, lo, 0]], "uq": [[3, 0, 0]],
+            "i": [[0, 2**31 - 1, lo, 2**31 - 1, lo, -1, 2, 0]],
+            "u": [[0, 2**32 - 1, 0, 2**32 - 1, 0, 0, 2, 0]], "mean": [7, -7, 5, lo, lo, 3]}
+    for got in (compiled_runner(graph, level).run(feeds), ir.run(graph, feeds)):
+        for name, values in want.items():
+            np.testing.assert_array_equal(got[name], np.array(values, got[name].dtype),
+                                          err_msg=name)
+    empty = {k: v[:0] for k, v in feeds.items()}
+    for got in (compiled_runner(graph, level).run(empty), ir.run(graph, empty)):
+        np.testing.assert_array_equal(got["mean"], np.zeros(6, np.int32))
+
+
 # -- random broadcasting shapes ---------------------------------------------------------------------
 
 _BINARY = {"add": B.add, "sub": B.sub, "mul": B.mul, "max": B.maximum, "min": B.minimum, "gt": B.gt,
