@@ -86,10 +86,11 @@ PREFETCH_COPY_MIN_K = 256
 #: misses of C's lines overlap the tile's FMAs instead of stalling its stores (see `_kernel`).
 PREFETCH_C = True
 #: A transposed A's m blocks are copied as contiguous row tiles (`_pack_a_tiles`) when an m block
-#: of its k block takes at most PACK_A_MAX_BYTES and emit_gemm's scratch is its own (no
-#: `scratch_ptr`).
+#: of its k block takes at most PACK_A_MAX_BYTES, its k block has PACK_A_MIN_K steps or more (a
+#: shorter one stays in L1 as it is), and emit_gemm's scratch is its own (no `scratch_ptr`).
 PACK_A = True
 PACK_A_MAX_BYTES = 256 << 10
+PACK_A_MIN_K = 64
 #: Copy the full column panels of an untransposed B into scratch as well (True), read them in place
 #: (False), or decide by the panel's width (None, see `_packs_full_panels`).
 PACK_FULL_PANELS = None
@@ -967,7 +968,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     a_block_elements = (min(m, MC) if _is_const(m) else MC) * kc
     # (only when the copy serves two column panels or more)
     pack_a = (PACK_A and trans_a and scratch_ptr is None and (not _is_const(n) or n >= 2 * nr)
-              and a_block_elements * _dtype_bits(T) // 8 <= PACK_A_MAX_BYTES)
+              and a_block_elements * _dtype_bits(T) // 8 <= PACK_A_MAX_BYTES
+              and (not _is_const(k) or kc >= PACK_A_MIN_K))
     a_scratch = (_function_scratch(builder, T, a_block_elements, purpose="pack_a")
                  if pack_a else None)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
@@ -1018,11 +1020,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         `panel`-th times the full tiles per panel).  `first_prefetch` = (addresses, step): the
         prefetch arguments of this panel's first full tile only (`_next_copy_prefetch`).
         `packed`: the m block's full row tiles of A as `_pack_a_tiles` copied them, used when
-        their rows are this panel's tile's.
+        their rows are this panel's tile's; or (that copy, an i1 saying whether it was made).
         """
         mr = tile_rows(nvec, registers)
         if packed is not None and mr != mr_main:
             packed = None
+        packed, use_packed = packed if isinstance(packed, tuple) else (packed, None)
 
         def call(rows, row, prefetch_args=(), listed=None):
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
@@ -1032,6 +1035,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                 steps = (*steps, i64(kcur))      # steps_total: the prefetch lines to cover
             if packed is not None and rows == mr:
                 a_args = [_gep(builder, packed, _mul(builder, row, kcur), T), i64(1), i64(mr)]
+                if use_packed is not None:
+                    a_args = [builder.select(use_packed, x, y) for x, y in
+                              zip(a_args, [a_tile(a_block, row), *a_strides])]
             else:
                 a_args = [a_tile(a_block, row), *a_strides]
             builder.call(fn, [*a_args, b_src, i64(b_ld),
@@ -1120,9 +1126,18 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         packed = None
         if pack_a:
             tiles = builder.udiv(i64(mcur), i64(mr_main))
-            builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, i64(kcur),
-                                                       a_scratch])
-            packed = a_scratch
+            if _is_const(kcur):
+                builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, i64(kcur),
+                                                           a_scratch])
+                packed = a_scratch
+            else:
+                # a runtime k (the batch of a dW): copied from PACK_A_MIN_K steps on, with the
+                # kernels' A operands chosen per call (`row_tiles`)
+                use = builder.icmp_signed(">=", kcur, i64(PACK_A_MIN_K))
+                with builder.if_then(use):
+                    builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, kcur,
+                                                               a_scratch])
+                packed = (a_scratch, use)
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)

@@ -179,10 +179,11 @@ def test_the_prefetch_of_the_next_copied_panel_changes_no_value(skip_zeros, monk
 @pytest.mark.parametrize("lanes", LANES)
 def test_a_transposed_a_copied_as_row_tiles_gives_the_same_products(lanes, dtype, monkeypatch):
     """gemm.PACK_A: the m blocks of a transposed A copied as contiguous row tiles (when a block
-    fits PACK_A_MAX_BYTES); with constant and runtime sizes, row tails, column tails whose tiles
-    have other rows (read in place), several m blocks, accumulation and zero skipping, the
-    products are the same bits as read in place, and numpy's.  A runtime k (blocks of KC) with a
-    runtime m is not copied: its blocks would not fit."""
+    fits PACK_A_MAX_BYTES and has PACK_A_MIN_K steps or more: k 128 and 100 here, not 28 or 5;
+    decided at run time for a runtime k); with constant and runtime sizes, row tails, column tails
+    whose tiles have other rows (read in place), several m blocks, accumulation and zero skipping,
+    the products are the same bits as read in place, and numpy's.  A runtime k (blocks of KC)
+    with a runtime m is not copied: its blocks would not fit."""
     from codegen import gemm
     lanes_arg = None if lanes == HOST_LANES else lanes
     nr = tile_shape(lanes, 64 if isinstance(dtype, ir.DoubleType) else 32)[1] * lanes
