@@ -109,10 +109,14 @@ def _log_probabilities(y_pred: Node, from_logits: bool) -> Node:
     return B.log(_clipped_probabilities(y_pred))
 
 
-def _smooth_labels(y_true: Node, label_smoothing: float, classes: int) -> Node:
-    """Keras's label smoothing: y (1 - s) + s / classes (classes = 2 for binary targets)."""
+def _smooth_labels(y_true: Node, label_smoothing: float, classes: int | None) -> Node:
+    """Keras's label smoothing: y (1 - s) + s / classes (classes = 2 for binary targets; None:
+    the length of the last axis at run time, as for one sample given as a vector)."""
     if not label_smoothing:
         return y_true
+    if classes is None:
+        count = B.dim_size(y_true, y_true.type.rank - 1, dtype=y_true.dtype)
+        return B.add(B.mul(y_true, 1.0 - label_smoothing), B.div(label_smoothing, count))
     return B.add(B.mul(y_true, 1.0 - label_smoothing), label_smoothing / classes)
 
 

@@ -272,28 +272,27 @@ class Metric:
                             "arrays or Python numbers")
         if values.dtype not in ("f32", "f64"):
             values = B.cast(values, y_pred.dtype)
+        # NOTE: every path sums (total, weight), as Keras's Mean keeps (total, count): so a
+        # standalone metric may mix weighted and unweighted update_state calls, as Keras's may.
+        def finish(totals, samples):
+            return self._finish_mean(float(_divide_no_nan(totals[""], totals["weight"])))
+
         if values.type.rank == 0 and y_pred.type.batched:
             if sample_weight is None:
                 # a function that returns one number for the batch (its mean) counts once per
                 # batch, as in Keras's MeanMetricWrapper: the epoch's result is the mean of the
                 # batches' numbers, whatever their sizes
-                return {"": values, "batches": B.const(np.float32(1.0))}, \
-                    lambda totals, samples: self._finish_mean(
-                        float(totals[""]) / float(totals["batches"]) if samples else 0.0)
+                return {"": values, "weight": B.const(1.0, values.dtype)}, finish
             # weighted, as Keras: the number is every sample's value, weighed by its weight
             values = B.broadcast(values, (y_pred.shape[0],))
         if not values.type.batched:
             raise ValueError(f"metric {self.name!r} must give one value per sample; got shape "
                              f"{values.shape}")
         if sample_weight is None:
-            per_row = values.type.static_size
-            return {"": B.reduce_sum(values)}, \
-                lambda totals, samples: self._finish_mean(float(totals[""]) / (samples * per_row)
-                                                          if samples else 0.0)
+            count = B.mul(B.dim_size(values, 0, dtype=values.dtype), values.type.static_size)
+            return {"": B.reduce_sum(values), "weight": count}, finish
         weights = _weight_like(sample_weight, values)
-        sums = {"": B.reduce_sum(B.mul(values, weights)), "weight": B.reduce_sum(weights)}
-        return sums, lambda totals, samples: self._finish_mean(
-            float(_divide_no_nan(totals[""], totals["weight"])))
+        return {"": B.reduce_sum(B.mul(values, weights)), "weight": B.reduce_sum(weights)}, finish
 
     def _finish_mean(self, mean: float) -> float:
         return mean
@@ -923,6 +922,10 @@ class R2Score(Metric):
             weights = _weight_like(sample_weight, y_true)
             weighted_y, residual = B.mul(y_true, weights), B.mul(residual, weights)
             sums["count"] = B.reduce_sum(weights, 0)
+        else:
+            # (counted either way: a standalone metric may mix weighted and unweighted updates)
+            sums["count"] = B.broadcast(B.dim_size(y_true, 0, dtype=y_true.dtype),
+                                        (y_true.shape[-1],))
         sums.update({"sum": B.reduce_sum(weighted_y, 0),
                      "squared_sum": B.reduce_sum(B.mul(y_true, weighted_y), 0),
                      "residual": B.reduce_sum(residual, 0)})
@@ -933,7 +936,7 @@ class R2Score(Metric):
         import warnings
         total_sum, squares, residual = (np.asarray(totals[k], np.float64)
                                         for k in ("sum", "squared_sum", "residual"))
-        count = np.asarray(totals["count"], np.float64) if "count" in totals else float(samples)
+        count = np.asarray(totals["count"], np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = total_sum / count
             total = squares - total_sum * mean

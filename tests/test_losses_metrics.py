@@ -238,6 +238,19 @@ def test_one_column_predictions_against_flat_targets_give_one_loss_per_sample():
     assert float(metric.result()) == pytest.approx((absolute * w).sum() / w.sum(), rel=1e-5)
 
 
+def test_one_sample_given_as_a_vector_smooths_its_labels_over_its_classes():
+    """Keras takes a 1-D y_true/y_pred pair as one sample of len() classes: label smoothing
+    spreads s over those classes (the vector's length is only known when called)."""
+    y = np.array([0.0, 1.0, 0.0], np.float32)
+    p = np.array([0.2, 0.7, 0.1], np.float32)
+    for smoothing in (0.0, 0.1):
+        want = np_cce(y, p, label_smoothing=smoothing)
+        loss = losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        assert float(loss(y, p)) == pytest.approx(want, rel=1e-5)
+        assert float(np.asarray(losses.categorical_crossentropy(y, p, label_smoothing=smoothing))) \
+            == pytest.approx(want, rel=1e-5)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_a_custom_loss_written_with_operators(target):
     """A Keras-style custom loss of plain arithmetic on the traced tensors: its value averages over

@@ -285,6 +285,37 @@ def test_mean_and_sum_standalone():
             model.compile(optimizer="sgd", loss="mse", metrics=[metric], target="reference")
 
 
+@pytest.mark.parametrize("weighted_first", [False, True])
+def test_a_standalone_metric_mixes_weighted_and_unweighted_updates(weighted_first):
+    """As Keras's metrics keep (total, count): an unweighted update counts each value once, a
+    weighted one by its weight, in either order (hand-computed sums); a function giving one number
+    per batch counts once per unweighted batch."""
+    yt = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    yp = np.array([[0.2, 0.8], [0.4, 0.9]], np.float32)
+    w = np.array([1.0, 0.5], np.float32)
+    calls = [(yt, yp, None), (yt, yp, w)]
+    if weighted_first:
+        calls.reverse()
+    mse, acc, r2 = metrics.MeanSquaredError(), metrics.BinaryAccuracy(), metrics.R2Score()
+    per_batch = metrics.MeanMetricWrapper(lambda t, p: kcompile.ops.mean(t), name="mean_true")
+    for a, b, weight in calls:
+        for metric in (mse, acc, r2):
+            metric.update_state(a, b, sample_weight=weight)
+        # batch means 0.5 unweighted, 1.0 weighted
+        per_batch.update_state(yt if weight is None else np.ones_like(yt), b, sample_weight=weight)
+    sq = ((yt - yp) ** 2).mean(axis=1)                  # 0.04, 0.585 per sample
+    assert mse.result() == pytest.approx((sq.sum() + (sq * w).sum()) / (2 + w.sum()), rel=1e-6)
+    hits = ((yp > 0.5) == yt).mean(axis=1)              # 1.0, 0.0 per sample
+    assert acc.result() == pytest.approx((hits.sum() + (hits * w).sum()) / 3.5, rel=1e-6)
+    weights = np.concatenate([np.ones(2), w])[:, None]
+    t, p = np.concatenate([yt, yt]), np.concatenate([yp, yp])
+    mean = (weights * t).sum(0) / weights.sum()
+    scores = 1 - (weights * (t - p) ** 2).sum(0) / (weights * (t - mean) ** 2).sum(0)
+    assert r2.result() == pytest.approx(scores.mean(), rel=1e-5)
+    # the unweighted batch counts once (weight 1), the weighted batch by its weights' sum
+    assert per_batch.result() == pytest.approx((0.5 + 1.0 * w.sum()) / (1 + w.sum()), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # In compiled steps, on every target
 # ----------------------------------------------------------------------------------------------
