@@ -22,6 +22,7 @@ these primitives in `ir.build`, so only primitives need gradient and lowering ru
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,6 +75,72 @@ def _check_attrs(opdef: OpDef, attrs: dict) -> None:
                          f"{', '.join(known) if known else 'none'})")
 
 
+# What each attribute name holds, whichever op has it (one meaning per name).
+_BOOL_ATTRS = ("transpose_a", "transpose_b", "keepdims", "finite")
+_INT_ATTRS = ("axis", "stream", "rows", "start", "stop", "before", "after")
+_INT_TUPLE_ATTRS = ("perm", "axes", "size", "strides", "pads", "image")
+
+
+def _check_attr_values(op: str, attrs: dict, operands: tuple) -> None:
+    """Refuse an attribute value of the wrong kind (`transpose_b="false"`, a string, would
+    otherwise read as true), and the malformed constants and sources a text can spell."""
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    def bad(name, what):
+        raise ValueError(f"{op}: attribute {name}={attrs[name]!r} must be {what}")
+
+    for name, value in attrs.items():
+        if name in _BOOL_ATTRS and not isinstance(value, bool):
+            bad(name, "true or false")
+        if name in _INT_ATTRS and not is_int(value):
+            bad(name, "an integer")
+        if name in _INT_TUPLE_ATTRS and not (isinstance(value, tuple) and all(map(is_int, value))):
+            bad(name, "a tuple of integers")
+        if name == "shape" and not (isinstance(value, tuple) and
+                                    all(d is None or (is_int(d) and d >= 0) for d in value)):
+            bad(name, "a tuple of sizes >= 0 (or ? for the batch)")
+        if name == "dtype" and value not in DTYPES:
+            bad(name, f"one of {', '.join(DTYPES)}")
+        if name == "name" and not isinstance(value, str):
+            bad(name, "a string")
+        if name == "pad_value" and not isinstance(value, numbers.Real):
+            bad(name, "a number")
+    if get(op).source and operands:
+        raise ValueError(f"{op} takes no operands, got {len(operands)}")
+    if op == "const":
+        _check_const(attrs)
+    if op == "iota" and not (isinstance(attrs["shape"], tuple)
+                             and 0 <= attrs["axis"] < len(attrs["shape"])):
+        bad("axis", f"an axis of shape {attrs['shape']}")
+
+
+def _check_const(attrs: dict) -> None:
+    value, dtype, shape = attrs["value"], attrs["dtype"], tuple(attrs["shape"])
+    if isinstance(value, ConstValue):
+        if value.array is not None and (tuple(value.array.shape) != shape
+                                        or value.array.dtype != np.dtype(DTYPES[dtype])):
+            raise ValueError(f"const: its array is {value.array.dtype}{list(value.array.shape)}, "
+                             f"declared {dtype}{list(shape)}")
+        return
+    if shape != ():
+        raise ValueError(f"const of shape {shape}: its value must be an array (@digest), "
+                         f"got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (dtype == "bool" and isinstance(value, bool)):
+            raise ValueError(f"const: value={value!r} is not a {dtype} number")
+        return
+    if dtype in ("i32", "u32"):
+        info = np.iinfo(DTYPES[dtype])
+        if not np.isfinite(value) or value != int(value):
+            raise ValueError(f"const: value={value!r} is not an integer, as {dtype} needs")
+        if not info.min <= int(value) <= info.max:
+            raise ValueError(f"const: value={value!r} is out of the range of {dtype} "
+                             f"[{info.min}, {info.max}]")
+    elif dtype == "bool" and value not in (0, 1):
+        raise ValueError(f"const: value={value!r} is not a bool (true, false, 0 or 1)")
+
+
 def get(name: str) -> OpDef:
     try:
         return REGISTRY[name]
@@ -101,6 +168,7 @@ def make(op: str, operands=(), **attrs) -> Node:
             raise TypeError(f"operand of {op} must be an IR node, got {type(o).__name__}")
     _check_attrs(opdef, attrs)
     frozen = freeze_attrs(attrs)
+    _check_attr_values(op, dict(frozen), operands)
     result = opdef.infer([o.type for o in operands], dict(frozen))
     return Node(op, operands, frozen, result)
 

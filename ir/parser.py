@@ -159,7 +159,11 @@ def _parse(text: str, constants, with_groups: bool, where: list):
                 raise ParseError(f"line {lineno}: {om.group(1)} used before it is defined")
             operands.append(values[om.group(1)])
             rest = rest[om.end():]
-        attrs = {k: _parse_value(v, constants) for k, v in _split_attrs(rest)}
+        attrs = {}
+        for key, token in _split_attrs(rest):
+            if key in attrs:
+                raise ParseError(f"line {lineno}: attribute {key} given twice")
+            attrs[key] = _parse_value(token, constants)
         try:
             opdef = ops.get(op)
         except KeyError as e:

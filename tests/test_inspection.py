@@ -171,6 +171,51 @@ def test_ir_text_with_an_unknown_or_missing_attribute_or_a_broken_block_is_refus
         ir.parse(text, with_groups=True)
 
 
+_SOURCES = """graph g
+  %0:f32[?,3] = arg name=x
+  %1:i32[3] = iota axis=0
+  %2:f32[] = const value=2.5
+  %3:i32[] = const value=7
+  %4:f32[?,3] = mul %0, %0
+  return y=%4
+"""
+
+
+@pytest.mark.parametrize("text,line,message", [
+    # a quoted or unknown word would read as true; a repeated attribute would silently win
+    (_MATMUL.replace("transpose_b=true", 'transpose_b="false"'), 4,
+     "matmul: attribute transpose_b='false' must be true or false"),
+    (_MATMUL.replace("transpose_b=true", "transpose_b=maybe"), 4,
+     "matmul: attribute transpose_b='maybe' must be true or false"),
+    (_MATMUL.replace("transpose_b=true", "transpose_b=1"), 4,
+     "matmul: attribute transpose_b=1 must be true or false"),
+    (_MATMUL.replace("transpose_b=true", "transpose_b=false transpose_b=true"), 4,
+     "attribute transpose_b given twice"),
+    (_SOURCES.replace("iota axis=0", "iota axis=1"), 3,
+     r"iota: attribute axis=1 must be an axis of shape \(3,\)"),
+    (_SOURCES.replace("iota axis=0", "iota %0 axis=0"), 3, "iota takes no operands, got 1"),
+    (_SOURCES.replace("%2:f32[] = const value=2.5", "%2:f32[2] = const value=(1.0,2.0)"), 4,
+     r"const of shape \(2,\): its value must be an array"),
+    (_SOURCES.replace("value=2.5", "value=abc"), 4, "const: value='abc' is not a f32 number"),
+    (_SOURCES.replace("value=7", "value=99999999999"), 5,
+     r"const: value=99999999999 is out of the range of i32"),
+    (_SOURCES.replace("%3:i32[] = const value=7", "%3:u32[] = const value=-1"), 5,
+     "const: value=-1 is out of the range of u32"),
+    (_SOURCES.replace("value=7", "value=7.5"), 5, "const: value=7.5 is not an integer"),
+    (_SOURCES.replace("arg name=x", "arg name=1"), 2, "arg: attribute name=1 must be a string"),
+])
+def test_ir_text_with_attribute_values_of_the_wrong_kind_is_refused(text, line, message):
+    """Attribute values are checked by kind (ops._check_attr_values): a matmul's transposes are
+    true or false, given once; a constant's value is a number of its dtype's range (or an array),
+    an iota's axis one of its shape's, and a source takes no operands.  The unedited texts parse
+    and run."""
+    ir.parse(_MATMUL)
+    graph = ir.parse(_SOURCES)
+    assert ir.run(graph, {"x": np.ones((2, 3), np.float32)})["y"].shape == (2, 3)
+    with pytest.raises(ir.parser.ParseError, match=f"^line {line}: {message}"):
+        ir.parse(text)
+
+
 def test_nodes_are_made_with_their_ops_attributes_only():
     from ir import build as B
     from ir import ops
