@@ -320,7 +320,9 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
                  extra_files=None, ids_below: int | None = None) -> dict:
     """Write `lib{name}.so`, `{name}.o` and `{name}.h` into `directory`; returns their paths and the
     target built for (see `target.export_target`: the host's by default).  The functions are
-    `{prefix}_predict` and so on, the header's guard `guard` (KCOMPILE_{NAME}_H by default).
+    `{prefix}_predict` and so on, the header's guard `guard` (KCOMPILE_{name}_H by default: the
+    name's case kept, so that two names differing only in case give headers one program can
+    include together; their macros, upper case, are then defined twice alike, which C allows).
 
     `extra_files(result, library)`, if given, returns more files for the directory ({file name:
     bytes}, written in that order): it gets what this function returns and the path of the linked
@@ -344,7 +346,7 @@ def export_graph(graph: kir.Graph, directory: str, *, name: str = "model",
     header = HEADER.format(name=name, version=version, input_shape=fmt(x.type),
                            output_shape=fmt(y.type), output_row=y.type.static_size,
                            prefix=prefix, macro=prefix.upper(),
-                           guard=guard or f"KCOMPILE_{name.upper()}_H",
+                           guard=guard or f"KCOMPILE_{name}_H",
                            input_rank=x.type.rank, output_rank=y.type.rank,
                            input_domain="" if ids_below is None else
                            f"\n *         Every value is an id in [0, {ids_below}) (an Embedding's "

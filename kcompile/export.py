@@ -8,7 +8,8 @@
 
 Without a name the functions are `kcompile_predict` and so on.  With `name='mnist'` the files are
 libmnist.so, mnist.o and mnist.h, the functions `mnist_predict`, ..., the macros `MNIST_OK`, ...
-and the header guard KCOMPILE_MNIST_H, so that models with different names link into one program.
+and the header guard KCOMPILE_mnist_H (the name as given: names that differ only in case
+get distinct guards), so that models with different names link into one program.
 A failed export leaves no directory behind that it created.
 """
 from __future__ import annotations
@@ -108,6 +109,9 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     `name`: None gives libmodel.so, model.h and functions `kcompile_predict`, ...; a C identifier N
     gives libN.so, N.h and functions `N_predict`, ... (see the module docstring)."""
     check_name(name)
+    if not directory:
+        raise ValueError("cannot export to an empty path: pass the directory to write the "
+                         "predictor into")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
                          "new or existing directory path)")
@@ -115,6 +119,9 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     # the directory, or the parent the export creates it in, must take new files (a clear message
     # rather than the OSError of a temporary file deep in the linking)
     existing = directory if created is None else os.path.dirname(created)
+    if not os.path.isdir(existing):
+        raise ValueError(f"cannot export to {directory}: {existing} is a file, not a directory; "
+                         "pass a path whose parents are directories")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot export to {directory}: {existing} is not writable (a read-only "
                          "file system or directory); pass a directory you can write to")

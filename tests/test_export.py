@@ -152,6 +152,13 @@ def test_an_export_to_a_directory_it_cannot_write_says_so_and_leaves_it(tmp_path
         with pytest.raises(ValueError, match=f"cannot export to {target}: {locked} is not writable"):
             model.export(str(target))
     assert os.listdir(locked) == []
+    # a path under a file, and an empty path, are named for what they are
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'plain'} is a file, not a directory"):
+        model.export(str(tmp_path / "plain" / "sub"))
+    with pytest.raises(ValueError, match="cannot export to an empty path"):
+        model.export("")
+    assert (tmp_path / "plain").read_text() == "x"
     directory = model.export(os.fsencode(tmp_path / "as_bytes"))
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(load_predictor(directory).predict(x), model.predict(x, verbose=0),

@@ -171,7 +171,7 @@ def test_two_named_models_link_into_one_program(tmp_path):
         manifest = json.load(open(directory / "manifest.json"))
         assert (manifest["name"], manifest["symbol_prefix"]) == (name, name)
         header = (directory / f"{name}.h").read_text()
-        assert f"#ifndef KCOMPILE_{name.upper()}_H" in header and "kcompile_" not in header
+        assert f"#ifndef KCOMPILE_{name}_H" in header and "kcompile_" not in header
     rng = np.random.default_rng(1)
     xa, xb = rng.random((3, 6), dtype=np.float32), rng.random((2, 4), dtype=np.float32)
     source = NAMED_C.replace("%XA%", c_array(xa)).replace("%XB%", c_array(xb))
@@ -195,6 +195,36 @@ def test_two_named_models_link_into_one_program(tmp_path):
     run = subprocess.run(["./example", "input.f32", "2"], cwd=tmp_path / "b", capture_output=True,
                          text=True)
     assert run.stdout.split() == [str(c) for c in np.argmax(b.predict(xb, verbose=0), axis=1)]
+
+
+CASED_C = r"""
+#include <stdio.h>
+#include "net.h"
+#include "NET.h"
+int main(void) {
+    float x[4] = {0.5f, -1.0f, 2.0f, 0.25f}, a[2], b[3];
+    if (net_predict(x, 1, a) != NET_OK || NET_predict(x, 1, b) != NET_OK) return 1;
+    printf("%.9g %.9g\n%.9g %.9g %.9g\n", a[0], a[1], b[0], b[1], b[2]);
+    return 0;
+}
+"""
+
+
+def test_two_names_differing_in_case_go_into_one_program(tmp_path):
+    """`net` and `NET`: distinct header guards (the name's case kept), the same upper-case macros
+    defined alike (C allows that), and each library's own function, warning-free."""
+    nets = {name: mlp(4, 5, width, seed) for name, width, seed in (("net", 2, 1), ("NET", 3, 2))}
+    for name, model in nets.items():
+        model.export(str(tmp_path / name), name=name)
+        assert f"#ifndef KCOMPILE_{name}_H" in (tmp_path / name / f"{name}.h").read_text()
+    work = tmp_path / "c"
+    work.mkdir()
+    run = build_and_run(work, CASED_C, [(tmp_path / name, name) for name in nets],
+                        extra=["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"])
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    for line, model in zip(run.stdout.splitlines(), nets.values()):
+        np.testing.assert_allclose(floats(line), model.predict(x, verbose=0)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["my-model", "1st", "", "a b", "x" * 65, "ümlaut"])
