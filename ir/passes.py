@@ -548,8 +548,10 @@ PASSES: dict = {fn.__name__: fn for fn in (simplify, simplify_exact, fold_consta
 
 # simplify first (removes stop_gradient, x*1, layout chains, so more is visibly constant), fold,
 # merge duplicates, then simplify and fold again (merging makes `select(c, z, z)` and new splats
-# visible), merge what those made equal, and finally drop shape-only uses.
-DEFAULT_PIPELINE = (simplify, fold_constants, cse, simplify, fold_constants, cse, dce)
+# visible), merge what those made equal, drop shape-only uses, and merge once more: dce points
+# every batch `dim_size` at the first batched input, which makes them (and what they feed) equal,
+# so that the pipeline run twice changes nothing the second time.
+DEFAULT_PIPELINE = (simplify, fold_constants, cse, simplify, fold_constants, cse, dce, cse)
 
 
 def get_pass(name: str) -> Callable:

@@ -686,6 +686,28 @@ def test_default_pipeline_merges_what_simplify_makes_equal():
     check_pass(passes.run_pipeline, before, after)
 
 
+def test_the_pipeline_merges_the_batch_sizes_dce_makes_equal():
+    """dce points every batch dim_size at the first batched input; the pipeline's last cse then
+    merges them and what they feed, so that running the pipeline again changes nothing."""
+    before = with_header("""%6:f32[?,4] = neg %0
+                            %7:f32[?,4] = exp %0
+                            %8:f32[] = dim_size %6 axis=0 dtype=f32
+                            %9:f32[] = dim_size %7 axis=0 dtype=f32
+                            %10:f32[] = const value=2.0
+                            %11:f32[] = mul %8, %10
+                            %12:f32[] = mul %9, %10
+                            %13:f32[] = add %11, %12
+                            return p=%13""")
+    after = with_header("""%6:f32[] = dim_size %0 axis=0 dtype=f32
+                           %7:f32[] = const value=2.0
+                           %8:f32[] = mul %6, %7
+                           %9:f32[] = add %8, %8
+                           return p=%9""")
+    check_pass(passes.run_pipeline, before, after, canonical=False)
+    optimized = passes.run_pipeline(ir.parse(before))
+    assert ir.print_graph(passes.run_pipeline(optimized)) == ir.print_graph(optimized)
+
+
 def test_run_pipeline_takes_names_and_numbers_repeated_stages():
     graph = mlp_train_step()
     stages: dict = {}
