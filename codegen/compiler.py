@@ -254,7 +254,7 @@ def _code_switches_description() -> str:
     return (f"skip_zeros={lowering.SKIP_ZEROS},{lowering.SKIP_ZEROS_TALL},"
             f"{lowering.SKIP_ZEROS_ROWS} pack_full_panels={gemm.PACK_FULL_PANELS} "
             f"prefetch_next_copy={gemm.PREFETCH_NEXT_COPY}/{gemm.PREFETCH_COPY_MIN_K} "
-            f"prefetch_c={gemm.PREFETCH_C} "
+            f"prefetch_c={gemm.PREFETCH_C}/{gemm.PREFETCH_C_MAX_K} "
             f"pack_a={gemm.PACK_A}/{gemm.PACK_A_MAX_BYTES}/{gemm.PACK_A_MIN_K} "
             f"gemv_prefetch={gemm.GEMV_PREFETCH_AHEAD} sparse_tiles={lowering.SPARSE_TILES} "
             f"prefetch_streams={lowering.MAX_PREFETCH_STREAMS}/{lowering.PREFETCH_L2_SHARE} "

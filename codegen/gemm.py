@@ -85,6 +85,7 @@ PREFETCH_COPY_MIN_K = 256
 #: Each row tile prefetches (for writing) the lines of its C tile before its k loop, so that the
 #: misses of C's lines overlap the tile's FMAs instead of stalling its stores (see `_kernel`).
 PREFETCH_C = True
+PREFETCH_C_MAX_K = 256
 #: A transposed A's m blocks are copied as contiguous row tiles (`_pack_a_tiles`) when an m block
 #: of its k block takes at most PACK_A_MAX_BYTES, its k block has PACK_A_MIN_K steps or more (a
 #: shorter one stays in L1 as it is), and emit_gemm's scratch is its own (no `scratch_ptr`).
@@ -285,7 +286,8 @@ def _function(module, name, args, names=(), noalias=()):
 # --------------------------------------------------------------------------------------------------
 # Micro-kernel
 
-def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, listed: bool = False):
+def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, listed: bool = False,
+            prefetch_c: bool = False):
     """void kernel(a, a_rs, a_cs, b, ldb, c, ldc, k, load_c, ncols_last[, prefetch..., prefetch_step]
     [, steps]).
 
@@ -304,7 +306,7 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     module, T, L = vec.module, vec.dtype, vec.lanes
     pf = "" if not prefetch else ".pf" if prefetch == 1 else f".pf{prefetch}"
     name = (f"{_KERNEL_PREFIX}.kernel.{_type_tag(T)}x{L}.{rows}x{nvec}{'.masked' if masked else ''}{pf}"
-            f"{'.listed' if listed else ''}{'.pc' if PREFETCH_C else ''}")
+            f"{'.listed' if listed else ''}{'.pc' if prefetch_c else ''}")
     ptr = ir.PointerType()
     fn, new = _function(module, name, [ptr, I64, I64, ptr, I64, ptr, I64, I64, I1, I64]
                         + [ptr] * prefetch + ([I64] if prefetch else [])
@@ -326,17 +328,26 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
     bld = ir.IRBuilder(entry)
 
     a_rows = [_gep(bld, a, _mul(bld, r, a_rs), T) for r in range(rows)]
-    if PREFETCH_C:
+    if prefetch_c:
         # Every line of the C tile (its rows need not be line-aligned: the last byte's line too),
-        # for writing, into L1: C is read or written only after the k loop.
+        # for writing, into L1: C is read or written only after the k loop.  Only for loops of
+        # PREFETCH_C_MAX_K steps at most: a longer one streams more of B through L1 than the
+        # lines would survive.
         row_bytes = nvec * L * (_dtype_bits(T) // 8)
         offsets = sorted(set(range(0, row_bytes, 64)) | {row_bytes - 1})
+        prefetch_c = fn.append_basic_block("prefetch_c")
+        guard = fn.append_basic_block("k.guard")
+        bld.cbranch(bld.icmp_signed("<=", k, i64(PREFETCH_C_MAX_K)), prefetch_c, guard)
+        bld.position_at_end(prefetch_c)
         for r in range(rows):
             c_row = _gep(bld, c, _mul(bld, r, ldc), T)
             for offset in offsets:
                 address = bld.gep(c_row, [i64(offset)], source_etype=ir.IntType(8))
                 bld.call(vec.prefetch, [address, ir.Constant(I32, 1), ir.Constant(I32, 3),
                                         ir.Constant(I32, 1)])
+        bld.branch(guard)
+        bld.position_at_end(guard)
+        entry = guard        # (the k loop's phis come from here)
     bld.cbranch(bld.icmp_signed(">", k, i64(0)), body, done)
 
     # k loop, rotated (guard in entry, test at the bottom) with the accumulators as phis.
@@ -868,7 +879,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
               then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False,
               b_finite: bool = False, list_scratch_ptr=None,
-              panel_vectors: int | None = None) -> None:
+              panel_vectors: int | None = None, prefetch_c: bool | None = None) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -922,6 +933,11 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     has shorter tiles, whose rows are all zero at more of the k steps (`sparse_panel_vectors`).
     Not with `list_scratch_ptr` (whose size assumes the full tile).
 
+    `prefetch_c` (default PREFETCH_C): each row tile of a k block of at most PREFETCH_C_MAX_K
+    steps prefetches its C tile for writing before its k loop, for a C that is not in cache (a
+    product written to memory); a caller whose C block is in cache already (a scratch its
+    epilogue consumes) passes False.
+
     Limits: `lanes` must be a power of two; sizes are signed i64 and must be >= 0; C must not overlap
     A or B (A and B may be the same buffer); float and double only; single-threaded code, but
     reentrant (its only state is the caller's stack or scratch).
@@ -941,6 +957,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         nv = panel_vectors
     nr = nv * L
     mc = MC
+    prefetch_c = PREFETCH_C if prefetch_c is None else prefetch_c
 
     lda = (m if trans_a else k) if lda is None else lda
     ldb = (k if trans_b else n) if ldb is None else ldb
@@ -1029,7 +1046,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 
         def call(rows, row, prefetch_args=(), listed=None):
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
-                         listed is not None)
+                         listed is not None, prefetch_c)
             steps, count = listed if listed is not None else ((), i64(kcur))
             if listed is not None and prefetch_args:
                 steps = (*steps, i64(kcur))      # steps_total: the prefetch lines to cover

@@ -647,15 +647,17 @@ def _matmul_kernel(emitter, node, members):
 
 
 def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=(),
-              skip_finite=False, skip=False, panel_vectors=None):
+              skip_finite=False, skip=False, panel_vectors=None, c_in_cache=False):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
-    i64 bytes) pairs; `skip_finite`, `skip` and `panel_vectors` as in gemm_function."""
+    i64 bytes) pairs; `skip_finite`, `skip`, `panel_vectors` and `c_in_cache` as in
+    gemm_function."""
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
                                 len(then_read), scratch=scratch is not None,
                                 skip_finite=skip_finite, skip=skip,
-                                panel_vectors=None if scratch is not None else panel_vectors)
+                                panel_vectors=None if scratch is not None else panel_vectors,
+                                c_in_cache=c_in_cache)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
                  + ([scratch] if scratch is not None else []))
 
@@ -767,7 +769,8 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
-                  scratch=False, skip_finite=False, skip=False, panel_vectors=None):
+                  scratch=False, skip_finite=False, skip=False, panel_vectors=None,
+                  c_in_cache=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -778,7 +781,9 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     takes a last parameter, its packing scratch (see WORKSPACE_SCRATCH); without, the product skips
     the k steps where a row tile of op(A) is zero (SKIP_ZEROS, or `skip` for this product), and
     with `skip_finite` (op(B) known to hold no inf or NaN) does so without scanning op(B).
-    `panel_vectors` (not with `scratch`): emit_gemm's, panels of that many vectors.  Returns
+    `panel_vectors` (not with `scratch`): emit_gemm's, panels of that many vectors.
+    `c_in_cache`: C is a block its epilogue consumes while it is in cache (the training step's
+    column and row blocks), so its tiles are not prefetched (emit_gemm's `prefetch_c`).  Returns
     (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm, zero_skip_scratch_bytes
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
@@ -797,6 +802,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += ".nz"
     if panel_vectors is not None:
         desc += f".v{panel_vectors}"
+    if c_in_cache:
+        desc += ".cc"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -806,7 +813,7 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
                                                   then_read, scratch, skip_finite, skip,
-                                                  panel_vectors)[0]), runtime
+                                                  panel_vectors, c_in_cache)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
                                              + [PTR, I64] * then_read + [PTR] * scratch), name)
     fn.linkage = "internal"
@@ -841,7 +848,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     emit_gemm(builder, fn.args[0], fn.args[1], fn.args[2], m, n, k, trans_a=trans_a,
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
               then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros,
-              b_finite=skip_finite, panel_vectors=panel_vectors, **scratch_ptrs)
+              b_finite=skip_finite, panel_vectors=panel_vectors,
+              prefetch_c=False if c_in_cache else None, **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 
@@ -1231,7 +1239,8 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     c_off = builder.mul(start, c64(n))
                     c_blk = c_ptr if scratch_floats else builder.gep(c_ptr, [c_off], source_etype=T)
                     call_gemm(builder, node, a_blk, b_ptr, c_blk, size, n, k_here, lds,
-                              block_rows(builder, chunk, start, size), skip=SKIP_ZEROS_ROWS)
+                              block_rows(builder, chunk, start, size), skip=SKIP_ZEROS_ROWS,
+                              c_in_cache=True)
                     ranges = {0: (start, size)}
                     if scratch_floats:
                         # the epilogue indexes dW by weight row: row `start` is the scratch's first
@@ -1246,7 +1255,8 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     b_off = builder.mul(start, c64(k)) if tb else start
                     b_blk = builder.gep(b_ptr, [b_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [start], source_etype=T)
-                    call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds)
+                    call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds,
+                              c_in_cache=True)
                     ranges = {1: (start, size)}
                 emit_elementwise_outputs(chunk, group, epilogue, ranges)
 

@@ -223,9 +223,10 @@ def test_a_transposed_a_copied_as_row_tiles_gives_the_same_products(lanes, dtype
 
 @pytest.mark.parametrize("lanes", LANES)
 def test_the_prefetch_of_the_c_tile_changes_no_value(lanes, monkeypatch):
-    """gemm.PREFETCH_C: every row tile prefetches its C tile's lines before its k loop; in every
-    layout, with masked column tails, row tails, several m and k blocks, accumulation and zero
-    skipping, the products are the same bits as without it, and numpy's."""
+    """gemm.PREFETCH_C: every row tile of a k block of PREFETCH_C_MAX_K steps at most (k 28 and 3
+    here, not 300 or KC + 77) prefetches its C tile's lines before its k loop; in every layout,
+    with masked column tails, row tails, several m and k blocks, accumulation and zero skipping,
+    the products are the same bits as without it, and numpy's."""
     from codegen import gemm
     lanes_arg = None if lanes == HOST_LANES else lanes
     nr = tile_shape(lanes)[1] * lanes
