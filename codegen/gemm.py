@@ -82,8 +82,9 @@ _PREFETCH_NEXT_PANEL = True
 #: will copy, for k blocks of at least PREFETCH_COPY_MIN_K rows (see `_next_copy_prefetch`).
 PREFETCH_NEXT_COPY = True
 PREFETCH_COPY_MIN_K = 256
-#: Each row tile prefetches (for writing) the lines of its C tile before its k loop, so that the
-#: misses of C's lines overlap the tile's FMAs instead of stalling its stores (see `_kernel`).
+#: Each row tile of a k loop of at most PREFETCH_C_MAX_K steps prefetches (for writing) the lines
+#: of its C tile before the loop, so that the misses of C's lines overlap the tile's FMAs instead
+#: of stalling its stores (see `_kernel`; emit_gemm's `prefetch_c` turns it off for a C in cache).
 PREFETCH_C = True
 PREFETCH_C_MAX_K = 256
 #: A transposed A's m blocks are copied as contiguous row tiles (`_pack_a_tiles`) when an m block
@@ -335,10 +336,10 @@ def _kernel(vec: _Vec, rows: int, nvec: int, masked: bool, prefetch: int = 0, li
         # lines would survive.
         row_bytes = nvec * L * (_dtype_bits(T) // 8)
         offsets = sorted(set(range(0, row_bytes, 64)) | {row_bytes - 1})
-        prefetch_c = fn.append_basic_block("prefetch_c")
+        fetch = fn.append_basic_block("prefetch_c")
         guard = fn.append_basic_block("k.guard")
-        bld.cbranch(bld.icmp_signed("<=", k, i64(PREFETCH_C_MAX_K)), prefetch_c, guard)
-        bld.position_at_end(prefetch_c)
+        bld.cbranch(bld.icmp_signed("<=", k, i64(PREFETCH_C_MAX_K)), fetch, guard)
+        bld.position_at_end(fetch)
         for r in range(rows):
             c_row = _gep(bld, c, _mul(bld, r, ldc), T)
             for offset in offsets:
@@ -675,10 +676,10 @@ def _pack_a_tiles(vec: _Vec, rows: int):
     t < tiles, p < k, r < rows: a transposed A's block (stored (k, m), `ld` apart) as the
     contiguous k steps of each row tile of `rows` rows, which the kernels read with strides
     (1, rows) instead of one cache line of A per k step."""
-    module, T, L = vec.module, vec.dtype, vec.lanes
+    T = vec.dtype
     name = f"{_KERNEL_PREFIX}.pack_a.{_type_tag(T)}.{rows}"
     ptr = ir.PointerType()
-    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    fn, new = _function(vec.module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
     if not new:
         return fn
     src, ld, tiles, k, dst = fn.args
