@@ -1037,13 +1037,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         of the product taking the lines from t * kcur on (this panel's first tile is the
         `panel`-th times the full tiles per panel).  `first_prefetch` = (addresses, step): the
         prefetch arguments of this panel's first full tile only (`_next_copy_prefetch`).
-        `packed`: the m block's full row tiles of A as `_pack_a_tiles` copied them, used when
-        their rows are this panel's tile's; or (that copy, an i1 saying whether it was made).
+        `packed` = (copy, made): the m block's full row tiles of A as `_pack_a_tiles` copied
+        them and an i1 saying whether it did, used when their rows are this panel's tile's.
         """
         mr = tile_rows(nvec, registers)
         if packed is not None and mr != mr_main:
             packed = None
-        packed, use_packed = packed if isinstance(packed, tuple) else (packed, None)
 
         def call(rows, row, prefetch_args=(), listed=None):
             fn = _kernel(vec, rows, nvec, masked, len(prefetch_args) - 1 if prefetch_args else 0,
@@ -1051,13 +1050,11 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             steps, count = listed if listed is not None else ((), i64(kcur))
             if listed is not None and prefetch_args:
                 steps = (*steps, i64(kcur))      # steps_total: the prefetch lines to cover
+            a_args = [a_tile(a_block, row), *a_strides]
             if packed is not None and rows == mr:
-                a_args = [_gep(builder, packed, _mul(builder, row, kcur), T), i64(1), i64(mr)]
-                if use_packed is not None:
-                    a_args = [builder.select(use_packed, x, y) for x, y in
-                              zip(a_args, [a_tile(a_block, row), *a_strides])]
-            else:
-                a_args = [a_tile(a_block, row), *a_strides]
+                copy, made = packed
+                a_args = [builder.select(made, x, y) for x, y in zip(
+                    [_gep(builder, copy, _mul(builder, row, kcur), T), i64(1), i64(mr)], a_args)]
             builder.call(fn, [*a_args, b_src, i64(b_ld),
                               _gep(builder, c_block, _mul(builder, row, ldc), T), i64(ldc),
                               count, load_c, i64(ncols_last), *prefetch_args, *steps])
@@ -1143,19 +1140,14 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         lists = zero_skip_lists(a_block, mcur, kcur, nonfinite) if use_lists else None
         packed = None
         if pack_a:
-            tiles = builder.udiv(i64(mcur), i64(mr_main))
-            if _is_const(kcur):
-                builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, i64(kcur),
-                                                           a_scratch])
-                packed = a_scratch
-            else:
-                # a runtime k (the batch of a dW): copied from PACK_A_MIN_K steps on, with the
-                # kernels' A operands chosen per call (`row_tiles`)
-                use = builder.icmp_signed(">=", kcur, i64(PACK_A_MIN_K))
-                with builder.if_then(use):
-                    builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda), tiles, kcur,
-                                                               a_scratch])
-                packed = (a_scratch, use)
+            # copied from PACK_A_MIN_K steps on, decided at run time for a runtime k (the batch of
+            # a dW; a constant condition folds), the kernels' A operands chosen to match
+            made = builder.icmp_signed(">=", i64(kcur), i64(PACK_A_MIN_K))
+            with builder.if_then(made):
+                builder.call(_pack_a_tiles(vec, mr_main), [a_block, i64(lda),
+                                                           builder.udiv(i64(mcur), i64(mr_main)),
+                                                           i64(kcur), a_scratch])
+            packed = (a_scratch, made)
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
             b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)

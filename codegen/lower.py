@@ -135,6 +135,8 @@ def _binary_lowering(float_fn, int_fn, uint_fn=None):
 lowers("add")(_binary_lowering(lambda b, x, y: b.fadd(x, y), lambda b, x, y: b.add(x, y)))
 lowers("sub")(_binary_lowering(lambda b, x, y: b.fsub(x, y), lambda b, x, y: b.sub(x, y)))
 lowers("mul")(_binary_lowering(lambda b, x, y: b.fmul(x, y), lambda b, x, y: b.mul(x, y)))
+
+
 def int_div(b, x, y, signed: bool):
     """x / y on integers without a trap: truncated toward zero, 0 for a zero divisor, and (signed)
     the minimum / -1 gives the minimum (the hardware's divide faults on both; see ops' `div`)."""

@@ -81,9 +81,10 @@ _INT_ATTRS = ("axis", "stream", "rows", "start", "stop", "before", "after")
 _INT_TUPLE_ATTRS = ("perm", "axes", "size", "strides", "pads", "image")
 
 
-def _check_attr_values(op: str, attrs: dict, operands: tuple) -> None:
+def _check_attr_values(op: str, attrs: dict) -> None:
     """Refuse an attribute value of the wrong kind (`transpose_b="false"`, a string, would
-    otherwise read as true), and the malformed constants and sources a text can spell."""
+    otherwise read as true).  What one op's values must satisfy beyond their kind (a constant's
+    range, an iota's axis) is that op's shape rule."""
     def is_int(v):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -106,16 +107,10 @@ def _check_attr_values(op: str, attrs: dict, operands: tuple) -> None:
             bad(name, "a string")
         if name == "pad_value" and not isinstance(value, numbers.Real):
             bad(name, "a number")
-    if get(op).source and operands:
-        raise ValueError(f"{op} takes no operands, got {len(operands)}")
-    if op == "const":
-        _check_const(attrs)
-    if op == "iota" and not (isinstance(attrs["shape"], tuple)
-                             and 0 <= attrs["axis"] < len(attrs["shape"])):
-        bad("axis", f"an axis of shape {attrs['shape']}")
 
 
 def _check_const(attrs: dict) -> None:
+    """const's own rule: its value is a number of its dtype's range, or an array of its type."""
     value, dtype, shape = attrs["value"], attrs["dtype"], tuple(attrs["shape"])
     if isinstance(value, ConstValue):
         if value.array is not None and (tuple(value.array.shape) != shape
@@ -168,7 +163,7 @@ def make(op: str, operands=(), **attrs) -> Node:
             raise TypeError(f"operand of {op} must be an IR node, got {type(o).__name__}")
     _check_attrs(opdef, attrs)
     frozen = freeze_attrs(attrs)
-    _check_attr_values(op, dict(frozen), operands)
+    _check_attr_values(op, dict(frozen))
     result = opdef.infer([o.type for o in operands], dict(frozen))
     return Node(op, operands, frozen, result)
 
@@ -341,8 +336,22 @@ def _matmul_infer(types, attrs):
     return TensorType(a.dtype, a.shape[:-1] + (n,))
 
 
-def _source_infer(types, attrs):
-    return TensorType(attrs["dtype"], tuple(attrs["shape"]))
+def _source_infer(op: str, check=None):
+    """The shape rule of a source op: no operands, the type its attributes give, and `check`
+    (attrs) for what else they must satisfy."""
+    def infer(types, attrs):
+        if types:
+            raise ValueError(f"{op} takes no operands, got {len(types)}")
+        if check is not None:
+            check(attrs)
+        return TensorType(attrs["dtype"], tuple(attrs["shape"]))
+    return infer
+
+
+def _check_iota(attrs: dict) -> None:
+    if not 0 <= attrs["axis"] < len(attrs["shape"]):
+        raise ValueError(f"iota: attribute axis={attrs['axis']!r} must be an axis of shape "
+                         f"{tuple(attrs['shape'])}")
 
 
 def _random_infer(types, attrs):
@@ -403,6 +412,18 @@ def _cast_ref(values, attrs, node, batch=None):
         wide = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=info.max, neginf=info.min)
         return np.trunc(np.clip(wide, info.min, info.max)).astype(to)
     return x.astype(to)
+
+
+def _mean_ref(values, attrs, node, batch=None):
+    """np.mean; for integers the sum (in the dtype, wrapping) divided as `div` divides (0 for an
+    empty axis), as the compiled code does."""
+    (x,) = values
+    if node.dtype in FLOAT_DTYPES:
+        return _reduce_ref(np.mean)(values, attrs, node, batch)
+    keepdims = attrs.get("keepdims", False)
+    total = np.sum(x, axis=attrs["axes"], keepdims=keepdims, dtype=np_dtype(node.dtype))
+    count = int(np.prod([np.shape(x)[a] for a in attrs["axes"]], dtype=np.int64))
+    return _div_ref([total, np.asarray(count, np_dtype(node.dtype))], {}, node)
 
 
 def _reduce_ref(fn):
@@ -633,15 +654,15 @@ def _grad_matmul(node, g):
 # The primitives
 # ----------------------------------------------------------------------------------------------
 
-register("arg", infer=_source_infer, reference=_arg_ref, grad=no_grad, kind=OPAQUE, source=True,
-         attrs=("name", "dtype", "shape"), optional_attrs=("finite",),
+register("arg", infer=_source_infer("arg"), reference=_arg_ref, grad=no_grad, kind=OPAQUE,
+         source=True, attrs=("name", "dtype", "shape"), optional_attrs=("finite",),
          doc="a function input, bound by name; finite=true promises it holds no inf or NaN "
          "(graph.known_finite; the interpreter checks it)")
-register("const", infer=_source_infer, reference=_const_ref, grad=no_grad, kind=OPAQUE,
-         attrs=("value", "dtype", "shape"),
+register("const", infer=_source_infer("const", _check_const), reference=_const_ref,
+         grad=no_grad, kind=OPAQUE, attrs=("value", "dtype", "shape"),
          source=True, doc="a constant: attr value is a Python scalar or a ConstValue")
-register("iota", infer=_source_infer, reference=_iota_ref, grad=no_grad, kind=ELEMWISE,
-         attrs=("shape", "dtype", "axis"),
+register("iota", infer=_source_infer("iota", _check_iota), reference=_iota_ref, grad=no_grad,
+         kind=ELEMWISE, attrs=("shape", "dtype", "axis"),
          source=True, doc="the index along `axis` at every position of `shape`")
 register("random_uniform", infer=_random_infer, reference=_random_ref, grad=no_grad,
          attrs=("shape", "stream"),
@@ -691,18 +712,6 @@ register("reduce_sum", infer=_reduce_infer("reduce_sum"), reference=_reduce_ref(
          grad=_grad_reduce_sum, kind=REDUCE, attrs=("axes", "keepdims"))
 register("reduce_max", infer=_reduce_infer("reduce_max"), reference=_reduce_ref(np.max),
          grad=_grad_reduce_max, kind=REDUCE, attrs=("axes", "keepdims"))
-def _mean_ref(values, attrs, node, batch=None):
-    """np.mean; for integers the sum (in the dtype, wrapping) divided as `div` divides (0 for an
-    empty axis), as the compiled code does."""
-    (x,) = values
-    if node.dtype in FLOAT_DTYPES:
-        return _reduce_ref(np.mean)(values, attrs, node, batch)
-    keepdims = attrs.get("keepdims", False)
-    total = np.sum(x, axis=attrs["axes"], keepdims=keepdims, dtype=np_dtype(node.dtype))
-    count = int(np.prod([np.shape(x)[a] for a in attrs["axes"]], dtype=np.int64))
-    return _div_ref([total, np.asarray(count, np_dtype(node.dtype))], {}, node)
-
-
 register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_mean_ref,
          grad=_grad_reduce_mean, kind=REDUCE, attrs=("axes", "keepdims"))
 register("argmax", infer=_argmax_infer,
