@@ -47,19 +47,30 @@ class OpDef:
     lowering: object = None   # set by codegen.lower
     attrs: tuple | None = None            # attribute names every node has (None: not declared)
     optional_attrs: tuple = ()            # ... and those it may have
+    operands: int | None = None           # how many operands a node has (None: any number)
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
 def register(name, *, infer, reference, grad, kind, source=False, doc="", attrs=None,
-             optional_attrs=()):
+             optional_attrs=(), operands=None):
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
     REGISTRY[name] = OpDef(name, infer, reference, grad, kind, source, doc,
                            attrs=None if attrs is None else tuple(attrs),
-                           optional_attrs=tuple(optional_attrs))
+                           optional_attrs=tuple(optional_attrs),
+                           operands=0 if source else operands)
     return REGISTRY[name]
+
+
+def infer_type(opdef: OpDef, types: list, attrs: dict):
+    """The result type of an `opdef` node with operands of `types`: its operand count checked
+    against the declared one, then its shape rule."""
+    if opdef.operands is not None and len(types) != opdef.operands:
+        count = {0: "no operands", 1: "1 operand"}.get(opdef.operands, f"{opdef.operands} operands")
+        raise ValueError(f"{opdef.name} takes {count}, got {len(types)}")
+    return opdef.infer(types, attrs)
 
 
 def _check_attrs(opdef: OpDef, attrs: dict) -> None:
@@ -164,7 +175,7 @@ def make(op: str, operands=(), **attrs) -> Node:
     _check_attrs(opdef, attrs)
     frozen = freeze_attrs(attrs)
     _check_attr_values(op, dict(frozen))
-    result = opdef.infer([o.type for o in operands], dict(frozen))
+    result = infer_type(opdef, [o.type for o in operands], dict(frozen))
     return Node(op, operands, frozen, result)
 
 
@@ -337,11 +348,9 @@ def _matmul_infer(types, attrs):
 
 
 def _source_infer(op: str, check=None):
-    """The shape rule of a source op: no operands, the type its attributes give, and `check`
-    (attrs) for what else they must satisfy."""
+    """The shape rule of a source op (no operands: `infer_type` checks that): the type its
+    attributes give, and `check` (attrs) for what else they must satisfy."""
     def infer(types, attrs):
-        if types:
-            raise ValueError(f"{op} takes no operands, got {len(types)}")
         if check is not None:
             check(attrs)
         return TensorType(attrs["dtype"], tuple(attrs["shape"]))
@@ -664,11 +673,11 @@ register("const", infer=_source_infer("const", _check_const), reference=_const_r
 register("iota", infer=_source_infer("iota", _check_iota), reference=_iota_ref, grad=no_grad,
          kind=ELEMWISE, attrs=("shape", "dtype", "axis"),
          source=True, doc="the index along `axis` at every position of `shape`")
-register("random_uniform", infer=_random_infer, reference=_random_ref, grad=no_grad,
+register("random_uniform", infer=_random_infer, operands=1, reference=_random_ref, grad=no_grad,
          attrs=("shape", "stream"),
          kind=ELEMWISE, doc="counter-based uniform [0,1) floats: murmur3 fmix32 of (seed, stream, "
          "flat index), top 24 bits; identical bits in numpy and compiled code")
-register("dim_size", infer=_dim_size_infer, attrs=("axis", "dtype"),
+register("dim_size", infer=_dim_size_infer, operands=1, attrs=("axis", "dtype"),
          reference=lambda v, a, n, batch=None: np.asarray(v[0].shape[a["axis"]],
                                                            np_dtype(n.dtype)),
          grad=no_grad, kind=INJECTIVE, doc="the runtime length of an axis, as a scalar")
@@ -677,7 +686,7 @@ for _name, _fn, _grad in [
     ("add", np.add, _grad_add), ("sub", np.subtract, _grad_sub), ("mul", np.multiply, _grad_mul),
     ("div", None, _grad_div), ("max", np.maximum, _grad_max), ("min", np.minimum, _grad_min),
 ]:
-    register(_name, infer=_numeric(_name, 2),
+    register(_name, infer=_numeric(_name, 2), operands=2,
              reference=_div_ref if _fn is None else _elementwise_ref(_fn), grad=_grad,
              kind=ELEMWISE, attrs=(),
              doc="for integers truncated toward zero; a zero divisor gives 0" if _fn is None
@@ -688,47 +697,47 @@ for _name, _fn, _grad in [
     ("sqrt", np.sqrt, _grad_sqrt),
 ]:
     register(_name, infer=_unary_float(_name), reference=_elementwise_ref(_fn), grad=_grad,
-             kind=ELEMWISE, attrs=())
+             kind=ELEMWISE, attrs=(), operands=1)
 
-register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", types, 1),
+register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", types, 1), operands=1,
          reference=lambda v, a, n, batch=None: v[0], grad=no_grad, kind=ELEMWISE, attrs=(),
          doc="identity whose gradient is zero (e.g. the max subtracted inside softmax)")
-register("neg", infer=_numeric("neg", 1), reference=_elementwise_ref(np.negative),
+register("neg", infer=_numeric("neg", 1), operands=1, reference=_elementwise_ref(np.negative),
          grad=_grad_neg, kind=ELEMWISE, attrs=())
-register("abs", infer=_numeric("abs", 1), reference=_elementwise_ref(np.abs), grad=_grad_abs,
+register("abs", infer=_numeric("abs", 1), operands=1, reference=_elementwise_ref(np.abs), grad=_grad_abs,
          kind=ELEMWISE, attrs=())
 
 for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
                    ("le", np.less_equal), ("eq", np.equal), ("ne", np.not_equal)]:
     register(_name, infer=_compare(_name), reference=_elementwise_ref(_fn), grad=no_grad,
-             kind=ELEMWISE, attrs=())
+             kind=ELEMWISE, attrs=(), operands=2)
 
-register("select", infer=_select_infer, reference=_elementwise_ref(np.where), grad=_grad_select,
+register("select", infer=_select_infer, operands=3, reference=_elementwise_ref(np.where), grad=_grad_select,
          kind=ELEMWISE, attrs=(), doc="select(cond, a, b): a where cond else b")
-register("cast", infer=_cast_infer, reference=_cast_ref, grad=_grad_cast, kind=ELEMWISE,
+register("cast", infer=_cast_infer, operands=1, reference=_cast_ref, grad=_grad_cast, kind=ELEMWISE,
          attrs=("dtype",), doc="a float to an integer truncates and saturates (NaN gives 0)")
 
-register("reduce_sum", infer=_reduce_infer("reduce_sum"), reference=_reduce_ref(np.sum),
+register("reduce_sum", infer=_reduce_infer("reduce_sum"), operands=1, reference=_reduce_ref(np.sum),
          grad=_grad_reduce_sum, kind=REDUCE, attrs=("axes", "keepdims"))
-register("reduce_max", infer=_reduce_infer("reduce_max"), reference=_reduce_ref(np.max),
+register("reduce_max", infer=_reduce_infer("reduce_max"), operands=1, reference=_reduce_ref(np.max),
          grad=_grad_reduce_max, kind=REDUCE, attrs=("axes", "keepdims"))
-register("reduce_mean", infer=_reduce_infer("reduce_mean"), reference=_mean_ref,
+register("reduce_mean", infer=_reduce_infer("reduce_mean"), operands=1, reference=_mean_ref,
          grad=_grad_reduce_mean, kind=REDUCE, attrs=("axes", "keepdims"))
-register("argmax", infer=_argmax_infer,
+register("argmax", infer=_argmax_infer, operands=1,
          reference=lambda v, a, n, batch=None: np.argmax(v[0], axis=a["axis"]).astype(np.int32),
          grad=no_grad, kind=REDUCE, attrs=("axis",), doc="index of the first maximum along `axis`")
 
-register("reshape", infer=_reshape_infer,
+register("reshape", infer=_reshape_infer, operands=1,
          reference=lambda v, a, n, batch=None: np.reshape(v[0], concrete(n.shape, batch)),
          grad=_grad_reshape, kind=INJECTIVE, attrs=("shape",))
-register("transpose", infer=_transpose_infer,
+register("transpose", infer=_transpose_infer, operands=1,
          reference=lambda v, a, n, batch=None: np.transpose(v[0], a["perm"]),
          grad=_grad_transpose, kind=INJECTIVE, attrs=("perm",))
-register("broadcast", infer=_broadcast_infer,
+register("broadcast", infer=_broadcast_infer, operands=1,
          reference=lambda v, a, n, batch=None: np.broadcast_to(v[0], concrete(n.shape, batch)),
          grad=_grad_broadcast, kind=BROADCAST, attrs=("shape",),
          doc="numpy broadcast_to: dims of size 1 expand, new dims are added on the left")
-register("matmul", infer=_matmul_infer, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
+register("matmul", infer=_matmul_infer, operands=2, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
          attrs=("transpose_a", "transpose_b"),
          doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")
 

@@ -123,10 +123,10 @@ def _grad_concat(node, g):
     return grads
 
 
-register("slice", infer=_slice_infer, reference=_slice_ref, grad=_grad_slice, kind=INJECTIVE,
+register("slice", infer=_slice_infer, operands=1, reference=_slice_ref, grad=_grad_slice, kind=INJECTIVE,
          attrs=("axis", "start", "stop"),
          doc="x[..., start:stop, ...] along one static `axis`")
-register("pad", infer=_pad_infer, reference=_pad_ref, grad=_grad_pad, kind=INJECTIVE,
+register("pad", infer=_pad_infer, operands=1, reference=_pad_ref, grad=_grad_pad, kind=INJECTIVE,
          attrs=("axis", "before", "after"),
          doc="`before` zeros, x, `after` zeros along one static `axis` (the adjoint of slice)")
 register("concat", infer=_concat_infer, reference=_concat_ref, grad=_grad_concat, kind=INJECTIVE,

@@ -167,7 +167,7 @@ def _parse(text: str, constants, with_groups: bool, where: list):
         try:
             opdef = ops.get(op)
         except KeyError as e:
-            raise ParseError(f"line {lineno}: {e}") from None
+            raise ParseError(f"line {lineno}: {e.args[0]}") from None
         if opdef.source:
             attrs["shape"], attrs["dtype"] = result_type.shape, result_type.dtype
         try:

@@ -24,7 +24,8 @@ def verify(graph: Graph) -> Graph:
             raise VerificationError(f"arg {node.attr('name')!r} is used but is not an input of "
                                     f"graph {graph.name}")
         try:
-            inferred = ops.get(node.op).infer([o.type for o in node.operands], node.attr_dict)
+            inferred = ops.infer_type(ops.get(node.op), [o.type for o in node.operands],
+                                      node.attr_dict)
         except (ValueError, KeyError, TypeError) as e:
             raise VerificationError(f"{node.op} node in graph {graph.name}: {e}") from e
         if inferred != node.type:

@@ -216,6 +216,26 @@ def test_ir_text_with_attribute_values_of_the_wrong_kind_is_refused(text, line, 
         ir.parse(text)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (("matmul %0, %1", "matmul %0"), "matmul takes 2 operands, got 1"),
+    (("matmul %0, %1", "matmul %0, %1, %1"), "matmul takes 2 operands, got 3"),
+    (("tanh %2", "tanh %2, %2"), "tanh takes 1 operand, got 2"),
+    (("tanh %2", "reduce_sum %2, %2 axes=(1) keepdims=false"), "reduce_sum takes 1 operand, got 2"),
+    (("tanh %2", "select %2, %2"), "select takes 3 operands, got 2"),
+    (("tanh %2", "relu %2"), "unknown op 'relu'; known ops: \\['abs', "),
+])
+def test_ir_text_with_the_wrong_number_of_operands_is_refused(edit, message):
+    """Every op but concat declares how many operands it takes (ops.OpDef.operands), so a node
+    with too few or too many is a ParseError saying so, not a failed unpacking inside its shape
+    rule; the edited node is on line 4 or 5."""
+    text = _MATMUL.replace(*edit)
+    assert text != _MATMUL
+    with pytest.raises(ir.parser.ParseError, match=f"^line [45]: {message}"):
+        ir.parse(text)
+    from ir import ops
+    assert [op.name for op in ops.REGISTRY.values() if op.operands is None] == ["concat"]
+
+
 def test_nodes_are_made_with_their_ops_attributes_only():
     from ir import build as B
     from ir import ops
