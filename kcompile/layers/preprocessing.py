@@ -62,8 +62,10 @@ class Normalization(Layer):
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         super().__init__(**kwargs)
-        # None (or ()): one mean and variance for all values
-        axis = () if axis is None or axis == () else _axes(axis, "Normalization")
+        # None (or an empty list or tuple, as get_config's () reads back from JSON): one mean and
+        # variance for all values
+        empty = isinstance(axis, (list, tuple)) and len(axis) == 0
+        axis = () if axis is None or empty else _axes(axis, "Normalization")
         self.axis = axis
         if (mean is None) != (variance is None):
             raise ValueError("When setting values directly, both `mean` and `variance` must be set. "
