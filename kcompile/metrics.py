@@ -638,7 +638,8 @@ class _ConfusionMetric(Metric):
     @staticmethod
     def _scalar_or_list(values):
         values = np.asarray(values, np.float64)
-        return float(values[0]) if values.size == 1 else values
+        # a list as Keras's (float32), and a copy: never the live totals the next update adds to
+        return float(values[0]) if values.size == 1 else values.astype(np.float32)
 
     def get_config(self):
         return {"name": self.name, "thresholds": self.init_thresholds, "class_id": self.class_id}

@@ -568,3 +568,24 @@ def test_a_keras_style_metric_that_assigns_or_reads_its_state_while_traced_says_
             model.fit(x, y, verbose=0)
         for got, want in zip(model.get_weights(), weights):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cls", [metrics.TruePositives, metrics.FalsePositives,
+                                 metrics.TrueNegatives, metrics.FalseNegatives,
+                                 metrics.Precision, metrics.Recall])
+def test_a_result_over_several_thresholds_is_a_float32_copy_not_the_running_totals(cls):
+    """A result kept from one update does not change with the next (Keras 3: float32 arrays).
+    Hand counts for y_true (0, 1), y_pred (0.5, 0.9) at thresholds 0.2 and 0.7: TP (1, 1),
+    FP (1, 0), TN (0, 1), FN (0, 0); precision (0.5, 1), recall (1, 1)."""
+    want = {"TruePositives": [1, 1], "FalsePositives": [1, 0], "TrueNegatives": [0, 1],
+            "FalseNegatives": [0, 0], "Precision": [0.5, 1], "Recall": [1, 1]}[cls.__name__]
+    counts = cls in (metrics.TruePositives, metrics.FalsePositives, metrics.TrueNegatives,
+                     metrics.FalseNegatives)
+    metric = cls(thresholds=[0.2, 0.7])
+    metric.update_state([0, 1], [0.5, 0.9])
+    first = metric.result()
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, want)
+    first[...] = -1                              # writing into a result leaves the metric alone
+    metric.update_state([0, 1], [0.5, 0.9])
+    np.testing.assert_array_equal(metric.result(), np.multiply(want, 2 if counts else 1))
