@@ -435,7 +435,7 @@ class SGD(Optimizer):
 
     DEFAULT_LEARNING_RATE = 0.01
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name="SGD", **kwargs):
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name="sgd", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = _check_real(momentum, "momentum", low=0.0, high=1.0)
         self.nesterov = bool(nesterov)
@@ -502,7 +502,7 @@ class AdamW(Adam):
     step."""
 
     def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-07, amsgrad=False, name="adamw", **kwargs):
+                 epsilon=1e-07, amsgrad=False, name="adam_w", **kwargs):
         if weight_decay is None:
             raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
@@ -513,7 +513,7 @@ class RMSprop(Optimizer):
     """RMSprop, as Keras 3 computes it (the default optimizer of `compile`)."""
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-07, centered=False,
-                 name="rmsprop", **kwargs):
+                 name="rm_sprop", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.rho = _check_real(rho, "rho", low=0.0, high=1.0)
         self.momentum = _check_real(momentum, "momentum", low=0.0, high=1.0)

@@ -553,3 +553,13 @@ def test_one_optimizer_shared_by_two_models_of_other_shapes_is_named_as_the_prob
     own = type(shared).from_config(shared.get_config())     # the fix the message gives
     other.compile(own, "mse", target="llvm")
     other.fit(x, y, verbose=0)
+
+
+def test_default_names_are_keras_3s():
+    """Keras 3 names an optimizer after its class in snake case (keras.optimizers.RMSprop().name
+    is 'rm_sprop'); an explicit name is kept."""
+    names = [cls().name for cls in (optimizers.SGD, optimizers.Adam, optimizers.AdamW,
+                                    optimizers.RMSprop, optimizers.Adagrad)]
+    assert names == ["sgd", "adam", "adam_w", "rm_sprop", "adagrad"]
+    assert optimizers.Adam(name="mine").get_config()["name"] == "mine"
+    assert optimizers.SGD().get_config()["name"] == "sgd"
