@@ -60,7 +60,8 @@ from kcompile.utils.random import get_generator
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load_model", "load_weights", "save_model", "save_weights",
            "CustomObjectScope", "custom_object_scope", "get_custom_objects", "get_registered_name",
-           "get_registered_object", "register_keras_serializable"]
+           "get_registered_object", "register_keras_serializable", "serialize_keras_object",
+           "deserialize_keras_object"]
 
 FORMAT_NAME = "kcompile.model"
 FORMAT_VERSION = 1
@@ -862,6 +863,123 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
         if schedule is None:
             optimizer.learning_rate = learning_rate
     return assign
+
+
+# -- Keras 3's generic (de)serialization ---------------------------------------------------------
+
+def _serializable_kinds():
+    """(module name, base class) of every kind of object serialize_keras_object takes, the more
+    specific first (a model is a layer)."""
+    from kcompile import initializers, layers, models, regularizers
+    return (("kcompile.models", models.Model), ("kcompile.layers", layers.Layer),
+            ("kcompile.optimizers", optimizers.Optimizer), ("kcompile.losses", losses.Loss),
+            ("kcompile.metrics", metrics_module.Metric),
+            ("kcompile.initializers", initializers.Initializer),
+            ("kcompile.regularizers", regularizers.Regularizer),
+            ("kcompile.optimizers.schedules", schedules.LearningRateSchedule))
+
+
+def _known_classes(module) -> dict:
+    """Class name -> class of every built-in class deserialize_keras_object can make, those of
+    `module` (a name serialize_keras_object writes: a loss and a metric may share a class name)
+    winning."""
+    from kcompile import initializers, layers, models, regularizers
+    tables = {"kcompile.initializers": dict(initializers._BY_NAME),
+              "kcompile.regularizers": regularizers._CLASSES,
+              "kcompile.optimizers.schedules": schedules._CLASSES,
+              "kcompile.optimizers": {cls.__name__: cls for cls in optimizers._CLASSES.values()},
+              "kcompile.losses": losses._CLASSES, "kcompile.metrics": metrics_module._CLASSES,
+              "kcompile.layers": layers._CLASSES, "kcompile.models": {"Sequential": models.Sequential}}
+    found = {}
+    for name in sorted(tables, key=lambda name: name == module):
+        found.update({key: cls for key, cls in tables[name].items() if isinstance(cls, type)})
+    return found
+
+
+def _known_functions() -> dict:
+    from kcompile import activations
+    return {**metrics_module._FUNCTIONS, **losses._FUNCTIONS, **activations._ACTIVATIONS}
+
+
+def serialize_keras_object(obj):
+    """A JSON-ready description of `obj`, as Keras 3's `keras.saving.serialize_keras_object`: for a
+    layer, model, optimizer, loss, metric, initializer, regularizer or learning-rate schedule
+    {"module", "class_name", "config", "registered_name"} (and "build_config" when a layer or model is
+    built); for a named function {"module": "builtins", "class_name": "function", "config": its
+    name, ...}; a numpy array as {"class_name": "__numpy__", ...}; plain data (None, numbers,
+    strings, lists, dicts) as it is, its items serialized."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [serialize_keras_object(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: serialize_keras_object(value) for key, value in obj.items()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return {"class_name": "__numpy__", "config": {"value": obj.tolist(), "dtype": str(obj.dtype)}}
+    for module, base in _serializable_kinds():
+        if isinstance(obj, base):
+            config = {"module": module, "class_name": type(obj).__name__,
+                      "config": obj.get_config(), "registered_name": registry.registered_name_of(type(obj))}
+            build_config = obj.get_build_config() if hasattr(obj, "get_build_config") else None
+            if build_config is not None:
+                config["build_config"] = build_config
+            return config
+    if callable(obj) and not isinstance(obj, type):
+        name = _function_name(obj, "function")
+        return {"module": "builtins", "class_name": "function", "config": name,
+                "registered_name": registry.registered_name_of(obj) or "function"}
+    raise TypeError(f"serialize_keras_object: cannot serialize {obj!r} ({type(obj).__name__}): it is "
+                    "not a kcompile layer, model, optimizer, loss, metric, initializer, regularizer, "
+                    "schedule, named function, array or plain data")
+
+
+def deserialize_keras_object(config, custom_objects=None, safe_mode=True, **kwargs):
+    """The object `serialize_keras_object` described, as Keras 3's function: classes and functions
+    are looked up in `custom_objects`, the registry and open custom_object_scopes first, then among
+    kcompile's own; a layer or model is built as its "build_config" says.  A plain string is
+    returned as it is unless a custom object has that name."""
+    found = registry.custom_objects_for(custom_objects)
+    if config is None or isinstance(config, (bool, int, float)):
+        return config
+    if isinstance(config, str):
+        return found.get(config, config)
+    if isinstance(config, (list, tuple)):
+        return [deserialize_keras_object(item, custom_objects) for item in config]
+    if not isinstance(config, dict):
+        raise TypeError(f"deserialize_keras_object takes what serialize_keras_object gives (a dict, "
+                        f"a string, a list or plain data); got {type(config).__name__}")
+    if "class_name" not in config:
+        return {key: deserialize_keras_object(value, custom_objects) for key, value in config.items()}
+    class_name, inner = config["class_name"], config.get("config")
+    if class_name == "__numpy__":
+        return np.asarray(inner["value"], dtype=inner["dtype"])
+    if class_name == "function":
+        name = inner if isinstance(inner, str) else None
+        function = found.get(config.get("registered_name")) or found.get(name) or \
+            _known_functions().get(name)
+        if function is None:
+            raise TypeError(f"Could not locate function {name!r}. Pass it in custom_objects= or "
+                            f"register it with @kcompile.saving.register_keras_serializable(). "
+                            f"Full object config: {config}")
+        return function
+    registered = config.get("registered_name")
+    cls = found.get(registered) or found.get(class_name) or \
+        _known_classes(config.get("module")).get(class_name)
+    if cls is None:
+        raise TypeError(f"Could not locate class {class_name!r}. Pass custom classes in "
+                        f"custom_objects= or register them with "
+                        f"@kcompile.saving.register_keras_serializable(). Full object config: {config}")
+    if not isinstance(inner, dict):
+        raise TypeError(f"deserialize_keras_object: the config of {class_name!r} must be a dict; got "
+                        f"{inner!r}")
+    from kcompile.models import Model
+    obj = cls.from_config(dict(inner), custom_objects=custom_objects) \
+        if isinstance(cls, type) and issubclass(cls, Model) else cls.from_config(dict(inner))
+    if config.get("build_config") and hasattr(obj, "build_from_config"):
+        obj.build_from_config(config["build_config"])
+    return obj
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

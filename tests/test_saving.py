@@ -942,3 +942,113 @@ def test_deepcopy_of_a_layer_copies_the_layer_alone():
         np.testing.assert_array_equal(got, want)
     copied.kernel.assign(np.zeros((4, 3), np.float32))
     assert np.abs(dense.get_weights()[0]).sum() > 0 and len(copied._models) == 0
+
+
+def test_a_layer_of_a_model_pickles_alone_with_its_weights():
+    """As Keras 3's: the unpickled layer holds the same weights and belongs to no model, and a
+    new model built around it predicts what the layer computes (numpy)."""
+    import pickle
+    model = Sequential([Input((4,)), Dense(3, activation="relu"), Dense(2)])
+    model.compile("sgd", "mse", target=TARGETS[-1])
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    model.fit(x, np.ones((6, 2), np.float32), verbose=0)
+    dense = pickle.loads(pickle.dumps(model.layers[0]))
+    kernel, bias = model.layers[0].get_weights()
+    for got, want in zip(dense.get_weights(), (kernel, bias)):
+        np.testing.assert_array_equal(got, want)
+    assert len(dense._models) == 0
+    alone = Sequential([Input((4,)), dense])
+    np.testing.assert_allclose(alone.predict(x, verbose=0), np.maximum(x @ kernel + bias, 0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_normalization_over_all_axes_reloads(tmp_path):
+    """axis=None saves as axis () and reads back from JSON as []: the same layer (one mean and
+    variance for every value, here of 0..11: 5.5 and 143/12)."""
+    from kcompile.layers import Normalization
+    norm = Normalization(axis=None)
+    norm.adapt(np.arange(12, dtype=np.float32).reshape(4, 3))
+    model = Sequential([Input((3,)), norm])
+    x = np.array([[0.0, 5.5, 11.0]], np.float32)
+    want = (x - 5.5) / np.sqrt(143 / 12)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5)
+    model.save(tmp_path / "n.keras")
+    back = load_model(tmp_path / "n.keras")
+    assert back.layers[0].axis == ()
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert Normalization.from_config(_normalized(norm.get_config())).axis == ()
+
+
+def test_build_config_records_the_input_shape_and_builds_from_it():
+    """get_build_config / build_from_config as Keras 3: None before building; the batched input
+    shape after (by a model, or by the user calling build); building from it (as read back from
+    JSON) gives the weights of that shape."""
+    dense = Dense(2)
+    assert dense.get_build_config() is None
+    dense.build((None, 5))
+    assert dense.get_build_config() == {"input_shape": (None, 5)}
+    other = Dense(2)
+    other.build_from_config(_normalized(dense.get_build_config()))
+    assert [w.shape for w in other.get_weights()] == [(5, 2), (2,)]
+    model = Sequential([Input((4,)), Dense(3)])
+    assert model.get_build_config() == {"input_shape": (None, 4)}
+    assert model.layers[0].get_build_config() == {"input_shape": (None, 4)}
+    fresh = Sequential([Dense(3)])
+    assert fresh.get_build_config() is None
+    fresh.build_from_config(_normalized(model.get_build_config()))
+    assert fresh.built and fresh.count_params() == 4 * 3 + 3
+    fresh.build_from_config(None)                   # nothing recorded: nothing to do
+    with pytest.raises(ValueError, match="build_from_config takes the dict get_build_config"):
+        Dense(2).build_from_config({"shape": 3})
+
+
+def test_serialize_keras_object_round_trips_every_kind_through_json():
+    """saving.serialize_keras_object / deserialize_keras_object, as Keras 3's: each object comes
+    back from JSON as one of its class with its config; a built model comes back built; a loss
+    and a metric of one class name are told apart by module; functions by name."""
+    from kcompile import activations, initializers, regularizers
+    from kcompile.saving import deserialize_keras_object, serialize_keras_object
+    objects = [Dense(2, activation="relu"), optimizers.Adam(0.01), losses.MeanSquaredError(),
+               metrics.MeanSquaredError(), metrics.AUC(num_thresholds=50),
+               initializers.GlorotUniform(seed=3), regularizers.L2(0.1),
+               optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)]
+    for obj in objects:
+        config = _normalized(serialize_keras_object(obj))
+        assert config["class_name"] == type(obj).__name__ and config["registered_name"] is None
+        back = deserialize_keras_object(config)
+        assert type(back) is type(obj) and back.get_config() == obj.get_config()
+    assert deserialize_keras_object(serialize_keras_object(activations.relu)) is activations.relu
+    assert deserialize_keras_object(serialize_keras_object(losses.mean_squared_error)) \
+        is losses.mean_squared_error
+    array = deserialize_keras_object(_normalized(serialize_keras_object(np.arange(3, dtype=np.int32))))
+    assert array.dtype == np.int32 and array.tolist() == [0, 1, 2]
+    assert deserialize_keras_object(serialize_keras_object([1, "relu", None])) == [1, "relu", None]
+
+    model = Sequential([Input((3,)), Dense(2)])
+    config = _normalized(serialize_keras_object(model))
+    assert config["module"] == "kcompile.models" and config["build_config"] == {"input_shape": [None, 3]}
+    back = deserialize_keras_object(config)
+    assert isinstance(back, Sequential) and back.built and back.count_params() == 8
+
+    @kcompile.saving.register_keras_serializable(package="test_serialize")
+    class Scale(Layer):
+        def __init__(self, k=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.k = k
+
+        def call(self, x):
+            return x * self.k
+
+        def get_config(self):
+            return {**super().get_config(), "k": self.k}
+
+    config = serialize_keras_object(Scale(3.0))
+    assert config["registered_name"] == "test_serialize>Scale"
+    assert deserialize_keras_object(_normalized(config)).k == 3.0
+
+    with pytest.raises(TypeError, match="Could not locate class 'Nope'"):
+        deserialize_keras_object({"class_name": "Nope", "config": {}})
+    with pytest.raises(TypeError, match="Could not locate function 'nope'"):
+        deserialize_keras_object({"module": "builtins", "class_name": "function", "config": "nope"})
+    with pytest.raises(TypeError, match="cannot serialize"):
+        serialize_keras_object(object())

@@ -378,6 +378,22 @@ def _is_float32(dtype) -> bool:
         return False
 
 
+def _recording_build_shape(build):
+    """A layer class's build that also records the input shape it was called with (Keras 3 does:
+    get_build_config() gives it), when nothing recorded one before."""
+    import functools
+
+    @functools.wraps(build)
+    def recording(self, *args, **kwargs):
+        result = build(self, *args, **kwargs)
+        shape = args[0] if args else kwargs.get("input_shape")
+        if self.__dict__.get("_build_input_shape") is None and isinstance(shape, (tuple, list)):
+            self._build_input_shape = tuple(shape)
+        return result
+    recording._records_shape = True
+    return recording
+
+
 def _checking_output_shape(compute_output_shape):
     """A user's compute_output_shape that says what is wrong with what it returned: a tuple (or
     list) of sizes, None for the batch dimension."""
@@ -425,6 +441,9 @@ class Layer:
         super().__init_subclass__(**kwargs)
         # A user's compute_output_shape is checked where it returns (every caller, the model's
         # shape pre-check included, then gets a shape or a clear error, not `tuple(None)`'s).
+        build = cls.__dict__.get("build")
+        if build is not None and not getattr(build, "_records_shape", False):
+            cls.build = _recording_build_shape(build)
         defined = cls.__dict__.get("compute_output_shape")
         if defined is not None and not cls.__module__.startswith("kcompile.") \
                 and not getattr(defined, "_checks_its_result", False):
@@ -612,6 +631,8 @@ class Layer:
 
     def build(self, input_shape):
         self.built = True
+        if self.__dict__.get("_build_input_shape") is None and isinstance(input_shape, (tuple, list)):
+            self._build_input_shape = tuple(input_shape)
 
     def compute_output_shape(self, input_shape):
         """The output shape for `input_shape`.  A layer that does not define it gets it as Keras 3
@@ -741,6 +762,18 @@ class Layer:
             clone.__dict__[key] = weakref.WeakSet() if key == "_models" else copy.deepcopy(value, memo)
         return clone
 
+    def __getstate__(self):
+        """What pickle keeps of the layer: everything but the (weak) set of models holding it; an
+        unpickled layer, like a deep copy, belongs to no model."""
+        state = dict(self.__dict__)
+        state.pop("_models", None)
+        return state
+
+    def __setstate__(self, state):
+        import weakref
+        self.__dict__.update(state)
+        self.__dict__["_models"] = weakref.WeakSet()
+
     # -- configuration ------------------------------------------------------------------------
 
     def _traced_output(self, output) -> Node:
@@ -763,6 +796,28 @@ class Layer:
                              f"{format_shape(traced.shape)}, but compute_output_shape gives "
                              f"{format_shape(expected)}; make the two agree")
         return traced
+
+    def get_build_config(self) -> dict | None:
+        """The input shape the layer (or model) was built for, as Keras 3 gives it:
+        {"input_shape": (None, ...)}; None when it is not built."""
+        shape = self.__dict__.get("_build_input_shape")
+        if not self.built or shape is None:
+            return None
+        return {"input_shape": tuple(shape)}
+
+    def build_from_config(self, config) -> None:
+        """Build as `get_build_config()` recorded it (Keras 3's counterpart; None or {}: nothing to
+        build)."""
+        if not config:
+            return
+        if not isinstance(config, dict) or "input_shape" not in config:
+            raise ValueError(f"build_from_config takes the dict get_build_config() returns, "
+                             f"{{'input_shape': (None, ...)}}; got {config!r}")
+        shape = config["input_shape"]
+        if not isinstance(shape, (list, tuple)):
+            raise ValueError(f"build_from_config: input_shape must be a list or tuple such as "
+                             f"(None, 28, 28); got {shape!r}")
+        self.build_for(tuple(shape))
 
     def get_config(self) -> dict:
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32"}

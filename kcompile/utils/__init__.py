@@ -14,8 +14,20 @@ from kcompile.utils.random import set_random_seed
 __all__ = ["CustomObjectScope", "Progbar", "PyDataset", "Sequence", "clear_session", "custom_object_scope",
            "get_custom_objects",
            "get_registered_name", "get_registered_object", "normalize", "pad_sequences",
-           "register_keras_serializable",
+           "register_keras_serializable", "serialize_keras_object", "deserialize_keras_object",
            "set_random_seed", "to_categorical"]
+
+
+def serialize_keras_object(obj):
+    """kcompile.saving.serialize_keras_object (Keras 3 has it in keras.utils too)."""
+    from kcompile.saving import serialize_keras_object as serialize
+    return serialize(obj)
+
+
+def deserialize_keras_object(config, custom_objects=None, safe_mode=True, **kwargs):
+    """kcompile.saving.deserialize_keras_object (Keras 3 has it in keras.utils too)."""
+    from kcompile.saving import deserialize_keras_object as deserialize
+    return deserialize(config, custom_objects, safe_mode, **kwargs)
 
 
 class PyDataset:
