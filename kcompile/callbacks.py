@@ -191,9 +191,10 @@ class CallbackList:
             self._history = History()
             self.callbacks.append(self._history)
         if self._progbar is None and add_progbar:
-            # NOTE: first, unlike Keras, so the epoch's bar line is finished before other callbacks print.
+            # Last, as Keras: the epoch's line shows what other callbacks add to the logs (e.g.
+            # learning_rate), and their messages start on a new line (a "\n") before it.
             self._progbar = ProgbarLogger()
-            self.callbacks.insert(0, self._progbar)
+            self.callbacks.append(self._progbar)
         self.model = None
         self.params = {}
         if model is not None:
@@ -628,20 +629,14 @@ class ModelCheckpoint(Callback):
         self.mode = _validate_mode(mode, "ModelCheckpoint")
         self.save_freq = save_freq
         self._maximize = _is_maximized(monitor, self.mode)
-        self._threshold_given = initial_value_threshold is not None
-        if initial_value_threshold is not None:
-            self.best = float(initial_value_threshold)
-        else:
-            self.best = -math.inf if self._maximize else math.inf
+        # As Keras 3: None until a first value (or the threshold given) is the best
+        self.best = None if initial_value_threshold is None else float(initial_value_threshold)
         self._current_epoch = 0
         self._batches_seen_since_last_saving = 0
         self._last_batch_seen = -1
 
     def on_train_begin(self, logs=None):
-        maximize = _is_maximized(self.monitor, self.mode, self.model, "ModelCheckpoint")
-        if maximize != self._maximize and not self._threshold_given and math.isinf(self.best):
-            self.best = -math.inf if maximize else math.inf   # nothing saved as best yet
-        self._maximize = maximize
+        self._maximize = _is_maximized(self.monitor, self.mode, self.model, "ModelCheckpoint")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
@@ -698,19 +693,21 @@ class ModelCheckpoint(Callback):
             )
         elif self.save_best_only:
             current = float(current)
-            improved = current > self.best if self._maximize else current < self.best
+            best = "None" if self.best is None else f"{self.best:.5f}"
+            improved = self.best is None or (current > self.best if self._maximize
+                                             else current < self.best)
             if not improved:
                 if self.verbose > 0:
-                    _print_message(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    _print_message(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
                 return
             if self.verbose > 0:
                 _print_message(
-                    f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, saving "
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} to {current:.5f}, saving "
                     f"model to {filepath}"
                 )
             self.best = current
         elif self.verbose > 0:
-            _print_message(f"Epoch {epoch + 1}: saving model to {filepath}")
+            _print_message(f"\nEpoch {epoch + 1}: saving model to {filepath}")
 
         directory = os.path.dirname(filepath)
         if directory:
@@ -720,6 +717,8 @@ class ModelCheckpoint(Callback):
             save_function(filepath)     # through a symlink, keeping the file's mode, any name length
         else:
             atomic_save(save_function, filepath)
+        if self.verbose > 0:
+            _print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
 
 def _check_filepath_fields(filepath: str) -> None:
@@ -802,7 +801,7 @@ class LearningRateScheduler(Callback):
         learning_rate = float(learning_rate)
         self.model.optimizer.learning_rate = learning_rate
         if self.verbose > 0:
-            _print_message(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {learning_rate}.")
+            _print_message(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {learning_rate}.")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -962,7 +961,7 @@ class ReduceLROnPlateau(Callback):
                     self.model.optimizer.learning_rate = new_learning_rate
                     if self.verbose > 0:
                         _print_message(
-                            f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_learning_rate}."
+                            f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_learning_rate}."
                         )
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
@@ -1015,3 +1014,15 @@ class LambdaCallback(Callback):
             if not callable(function):
                 raise TypeError(f"LambdaCallback {name} must be a function; got {function!r}.")
             setattr(self, name, _positional_logs(function))
+
+
+# Keras callbacks kcompile does not have: asking for one says so, instead of a bare AttributeError.
+_KERAS_ONLY = frozenset({"BackupAndRestore", "TensorBoard", "RemoteMonitor", "SwapEMAWeights"})
+
+
+def __getattr__(name):
+    if name in _KERAS_ONLY:
+        raise AttributeError(f"kcompile.callbacks has no {name!r}: Keras's {name} is not implemented "
+                             "in kcompile (README.md lists the callbacks there are); a Callback "
+                             "subclass with Keras's hook names can do what it does")
+    raise AttributeError(f"module 'kcompile.callbacks' has no attribute {name!r}")

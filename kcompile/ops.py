@@ -622,6 +622,10 @@ def _run_eagerly(fn, operands: list, build):
     import ir
     arrays = [None if isinstance(v, (bool, numbers.Number)) and not isinstance(v, np.generic)
               else np.asarray(v) for v in operands]
+    if builtins.all(a is None for a in arrays):
+        # numbers only (ops.exp(-0.1), as a learning-rate schedule writes): 0-d arrays, the
+        # floats float32 (Keras's default)
+        arrays = [np.asarray(v, np.float32 if isinstance(v, float) else None) for v in operands]
     floating = builtins.any(a is not None and a.dtype.kind == "f" for a in arrays)
     feeds, inputs, values = {}, [], []
     for index, (value, array) in enumerate(zip(operands, arrays)):

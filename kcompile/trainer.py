@@ -329,6 +329,8 @@ def check_verbose(verbose) -> int:
         return 1
     if isinstance(verbose, bool) or (_is_int(verbose) and verbose in (0, 1, 2)):
         return int(verbose)
+    if _is_int(verbose) and verbose > 2:
+        return 0        # as Keras: its progress bar prints at 1 and 2 only
     raise ValueError(f"verbose must be 'auto', 0 (silent), 1 (progress bar) or 2 (one line per epoch); "
                      f"got verbose={verbose!r}")
 
@@ -1443,6 +1445,8 @@ class Trainer:
             if run_validation is not None and validate_after(epoch + 1):
                 val_logs = run_validation(callback_list)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
+                # every key in order, validation's among them, as Keras on JAX logs them
+                epoch_logs = dict(sorted(epoch_logs.items()))
             callback_list.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break

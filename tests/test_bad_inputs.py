@@ -287,7 +287,7 @@ def test_bad_fit_arguments():
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
         model.fit(x, y, epochs=-1, verbose=0)
     with pytest.raises(ValueError, match="verbose must be 'auto', 0"):
-        model.fit(x, y, verbose=3)
+        model.fit(x, y, verbose=-1)
     with pytest.raises(ValueError, match="has no samples"):
         model.fit(x[:0], y[:0], verbose=0)
     with pytest.raises(ValueError, match=r"one weight per sample \(8 of them"):

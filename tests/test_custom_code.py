@@ -97,6 +97,12 @@ def test_ops_run_on_arrays_outside_a_trace_as_numpy_would():
     assert ops.transpose(p).shape == (3, 2) and float(ops.mean(p)) == pytest.approx(p.mean())
     with pytest.raises(TypeError, match="numeric arrays"):
         ops.exp(np.array(["a"]))
+    # numbers only, as a learning-rate schedule writes `lr * ops.exp(-0.1)`: floats as float32
+    value = ops.exp(-0.1)
+    assert value.dtype == np.float32 and float(value) == pytest.approx(np.exp(-0.1), rel=1e-6)
+    assert ops.add(1.0, 2.0).dtype == np.float32 and float(ops.add(1.0, 2.0)) == 3.0
+    assert ops.add(1, 2).dtype == np.int32 and int(ops.add(1, 2)) == 3
+    assert float(ops.maximum(1.5, 2)) == 2.0
 
 
 class IntegerDivision(Layer):

@@ -872,3 +872,29 @@ def test_a_callback_can_stop_training_mid_epoch_and_progress_bars_handle_unknown
         warnings.simplefilter("ignore")
         linear_model().fit(generator(), epochs=1, verbose=1)
     assert "loss" in capsys.readouterr().out
+
+
+def test_the_epoch_line_shows_what_callbacks_add_and_logs_are_in_keras_order(capsys):
+    """As Keras: the progress bar runs after the user's callbacks and History, so the epoch's
+    line shows a key a callback added (and History records it); the epoch logs hold every key in
+    sorted order, validation's among them (weighted_accuracy after val_*)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3), dtype=np.float32)
+    y = (x.sum(axis=1, keepdims=True) > 1.5).astype(np.float32)
+    model = Sequential([Input((3,)), Dense(1, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy", metrics=["accuracy"],
+                  weighted_metrics=["accuracy"], target=TARGETS[-1])
+    seen = []
+
+    def add_extra(epoch, logs):
+        seen.append(list(logs))
+        logs["extra"] = 1.5
+
+    history = model.fit(x, y, epochs=1, batch_size=8, validation_split=0.25, verbose=2,
+                        callbacks=[callbacks.LambdaCallback(on_epoch_end=add_extra)])
+    keys = ["accuracy", "loss", "val_accuracy", "val_loss", "val_weighted_accuracy",
+            "weighted_accuracy"]
+    assert seen == [keys]
+    assert list(history.history) == keys + ["extra"] and history.history["extra"] == [1.5]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("4/4 - ") and line.endswith(" - extra: 1.5000"), line

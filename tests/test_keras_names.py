@@ -77,6 +77,21 @@ def test_a_keras_layer_kcompile_lacks_says_so():
         layers.Concatenate
     with pytest.raises(AttributeError, match="has no attribute 'Dense2'"):
         layers.Dense2
+    from kcompile import callbacks
+    with pytest.raises(AttributeError, match="Keras's BackupAndRestore is not implemented in kcompile"):
+        callbacks.BackupAndRestore
+    with pytest.raises(AttributeError, match="has no attribute 'EarlyStop'"):
+        callbacks.EarlyStop
+
+
+def test_a_variable_shows_its_value_as_keras_3s_does():
+    model = kcompile.Sequential([layers.Input((2,)), layers.Dense(1, name="dense")])
+    model.compile("sgd", "mse", target=TARGETS[-1])
+    model.fit(np.ones((4, 2), np.float32), np.ones((4, 1), np.float32), batch_size=2, verbose=0)
+    assert repr(model.optimizer.iterations) == \
+        "<Variable path=iterations, shape=(), dtype=int32, value=2>"
+    assert repr(model.layers[0].bias).startswith("<Variable path=dense/bias, shape=(1,), "
+                                                  "dtype=float32, value=[")
 
 
 def test_metrics_given_as_loss_objects_classes_and_functions_get_keras_names():

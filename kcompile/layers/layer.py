@@ -280,7 +280,9 @@ class Variable:
         return int(self._buffer)
 
     def __repr__(self):
-        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+        # as Keras 3's, with the value (numpy's summary of a large one)
+        value = np.array2string(np.asarray(self._buffer), separator=", ", threshold=20)
+        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={value}>"
 
 
 def _plain_data(value) -> bool:
