@@ -163,9 +163,9 @@ def test_unknown_activation_loss_optimizer_metric_and_target_strings():
     assert not model.compiled
 
 
-@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, "0.5", None])
+@pytest.mark.parametrize("rate", [-0.1, 1.0001, 1.5, "0.5", None])
 def test_dropout_rate_outside_zero_one(rate):
-    with pytest.raises(ValueError, match=r"Expected a float value in \[0, 1\).*rate="):
+    with pytest.raises(ValueError, match=r"Expected a float value in \[0, 1\].*rate="):
         Dropout(rate)
 
 

@@ -171,6 +171,28 @@ def test_dropout_rate_zero_is_identity_in_training():
     np.testing.assert_array_equal(Dropout(0.0)(x, training=True), x)
 
 
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_dropout_of_every_unit_gives_zeros_in_training_as_keras(target):
+    """Dropout(1.0), which Keras 3 takes: zeros in training (no 0 / 0), the inputs in inference;
+    a model with it trains only what comes after it (here: the bias, toward the targets' mean)."""
+    x = np.random.default_rng(5).random((4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(Dropout(1.0)(x, training=True), np.zeros_like(x))
+    np.testing.assert_array_equal(Dropout(1.0)(x), x)
+    model = Sequential([Input((6,)), Dropout(1.0), Dense(1)])
+    model.compile(optimizers.SGD(0.5), "mse", target=target)
+    kernel = model.get_weights()[0]
+    model.fit(x, np.full((4, 1), 2.0, np.float32), epochs=20, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], kernel)
+    assert model.get_weights()[1][0] == pytest.approx(2.0, abs=1e-3)
+
+
+def test_keras_global_pooling_aliases_and_relu_threshold():
+    assert L.GlobalAvgPool1D is L.GlobalAveragePooling1D and L.GlobalAvgPool2D is L.GlobalAveragePooling2D
+    assert L.GlobalMaxPool1D is L.GlobalMaxPooling1D and L.GlobalMaxPool2D is L.GlobalMaxPooling2D
+    with pytest.raises(ValueError, match="`threshold` must be a finite number >= 0.0"):
+        L.ReLU(threshold=-0.5)       # as Keras 3
+
+
 def test_flatten_keeps_the_batch_axis():
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(Flatten()(x), x.reshape(2, 12))

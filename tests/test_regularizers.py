@@ -176,3 +176,21 @@ def test_the_activity_regularizer_is_saved_and_add_loss_outside_call_is_refused(
     assert isinstance(loaded.layers[0].activity_regularizer, regularizers.L2)
     with pytest.raises(ValueError, match="add_loss.. can only be called from inside call"):
         model.layers[0].add_loss(np.float32(1.0))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_embeddings_activity_regularizer_joins_the_loss(target, tmp_path):
+    """Embedding(activity_regularizer=L2(0.1)), as Keras 3's: mse + 0.1 * sum(rows looked up^2) /
+    batch size (numpy); it is saved with the model."""
+    from kcompile.layers import Embedding, Flatten
+    model = Sequential([Input((2,), dtype="int32"), Embedding(5, 3, activity_regularizer=regularizers.L2(0.1)),
+                        Flatten()])
+    model.compile(optimizer=optimizers.SGD(0.1), loss="mse", target=target)
+    ids = np.array([[0, 4], [2, 2], [1, 3]], np.int32)
+    y = np.zeros((3, 6), np.float32)
+    table = model.get_weights()[0].astype(np.float64)
+    looked_up = table[ids]
+    want = (looked_up ** 2).mean() + 0.1 * (looked_up ** 2).sum() / 3
+    assert model.evaluate(ids, y, batch_size=3, verbose=0) == pytest.approx(want, rel=1e-5)
+    model.save(tmp_path / "e.keras")
+    assert isinstance(load_model(tmp_path / "e.keras").layers[0].activity_regularizer, regularizers.L2)

@@ -244,15 +244,15 @@ class Dropout(Layer):
     Dropout layers never share a mask and a run is reproducible from `set_random_seed`.
 
     Args:
-        rate: fraction of units to drop, in [0, 1).
+        rate: fraction of units to drop, in [0, 1] (1: every unit, zeros in training, as Keras).
         noise_shape: shape of the mask, broadcast over the inputs (None entries take the input's size).
         seed: optional integer mixed into this layer's stream.
     """
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
             raise ValueError("Invalid value received for argument `rate`. Expected a float value in "
-                             f"[0, 1) (the fraction of inputs to drop). Received: rate={rate!r}")
+                             f"[0, 1] (the fraction of inputs to drop). Received: rate={rate!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"Dropout seed must be an integer or None; got seed={seed!r}")
         super().__init__(**kwargs)
@@ -290,6 +290,8 @@ class Dropout(Layer):
     def call(self, inputs, training=False):
         if not training or self.rate == 0.0:
             return inputs
+        if self.rate == 1.0:
+            return B.zeros_like(inputs)     # every unit dropped (Keras's select gives zeros too)
         scope = current_scope()
         if scope is None or scope.seed is None:
             raise RuntimeError(f"Dropout layer {self.name!r} was traced in training mode without a seed")
@@ -347,7 +349,7 @@ class ReLU(Layer):
         super().__init__(**kwargs)
         self.max_value = _real(max_value, "max_value", "ReLU", allow_none=True, minimum=0.0)
         self.negative_slope = _real(negative_slope, "negative_slope", "ReLU", minimum=0.0)
-        self.threshold = _real(threshold, "threshold", "ReLU")
+        self.threshold = _real(threshold, "threshold", "ReLU", minimum=0.0)   # (as Keras)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -46,7 +46,7 @@ class Embedding(Layer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
-                 weights=None, lora_rank=None, **kwargs):
+                 weights=None, lora_rank=None, activity_regularizer=None, **kwargs):
         for argument, value in [("embeddings_constraint", embeddings_constraint),
                                 ("lora_rank", lora_rank)]:
             if value is not None:
@@ -71,6 +71,8 @@ class Embedding(Layer):
             embeddings_initializer = _ALIASES.get(embeddings_initializer, embeddings_initializer)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
         self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        # (Layer.__call__ adds its penalty of the output, divided by the batch size, as Dense's)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.embeddings = None
         self._initial_weights = weights
 
@@ -130,6 +132,7 @@ class Embedding(Layer):
             "input_dim": self.input_dim, "output_dim": self.output_dim,
             "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
             "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
             "mask_zero": False,
         })
         return config
