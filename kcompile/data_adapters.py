@@ -42,6 +42,21 @@ def is_batch_source(data) -> bool:
         hasattr(data, "__getitem__") and hasattr(data, "__len__"))
 
 
+def unpack_dataset(x, y, sample_weight):
+    """fit's and evaluate's (x, y, sample_weight), where `x` may be the whole dataset as an
+    (x, y) or (x, y, sample_weight) tuple of arrays, with `y` and `sample_weight` not given (the
+    seed document writes `model.fit(train_data)`; a tuple of batches is read the same way).  Only
+    a tuple of arrays of one length and of different shapes, which could not be one array of
+    samples, is read so."""
+    if y is not None or sample_weight is not None or not isinstance(x, tuple) or len(x) not in (2, 3):
+        return x, y, sample_weight
+    shapes = [getattr(v, "shape", None) for v in x]
+    if any(shape is None or len(shape) == 0 for shape in shapes) \
+            or len({shape[0] for shape in shapes}) != 1 or len({tuple(shape) for shape in shapes}) == 1:
+        return x, y, sample_weight
+    return (x[0], x[1], None) if len(x) == 2 else tuple(x)
+
+
 def unpack_batch(batch, argument: str):
     """(x, y, sample_weight) of one batch, Keras's `unpack_x_y_sample_weight`."""
     if isinstance(batch, list):

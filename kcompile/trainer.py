@@ -1361,6 +1361,7 @@ class Trainer:
         (counted from 1).
         """
         self._assert_compiled("fit")
+        x, y, sample_weight = data_adapters.unpack_dataset(x, y, sample_weight)
         batch_size = check_batch_size(batch_size)
         validation_batch_size = (batch_size if validation_batch_size is None
                                  else check_batch_size(validation_batch_size))
@@ -1683,6 +1684,7 @@ class Trainer:
         """Loss and metrics on (x, y) (or a batch source's (x, y[, sample_weight]) batches, `steps`
         of them): `[loss, *metrics]`, the loss alone without metrics, or a dict."""
         self._assert_compiled("evaluate")
+        x, y, sample_weight = data_adapters.unpack_dataset(x, y, sample_weight)
         batch_size = check_batch_size(batch_size)
         verbose = check_verbose(verbose)
         steps = _check_steps(steps, "steps")

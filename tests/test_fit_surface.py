@@ -898,3 +898,27 @@ def test_the_epoch_line_shows_what_callbacks_add_and_logs_are_in_keras_order(cap
     assert list(history.history) == keys + ["extra"] and history.history["extra"] == [1.5]
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("4/4 - ") and line.endswith(" - extra: 1.5000"), line
+
+
+def test_fit_and_evaluate_take_the_dataset_as_one_tuple_of_arrays():
+    """The seed document's `model.fit(train_data)` / `model.evaluate(test_data)` with the data an
+    (x, y) or (x, y, sample_weight) tuple: the same as passing them apart (shuffle off: the same
+    weights, bit for bit); a tuple of same-shaped arrays stays x (and its missing y is named)."""
+    rng = np.random.default_rng(3)
+    x = rng.random((24, 4), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(24) % 3]
+    weights = rng.random(24).astype(np.float32)
+    results = []
+    for args, kwargs in [(((x, y),), {}), ((x, y), {}), (((x, y, weights),), {}),
+                         ((x, y), {"sample_weight": weights})]:
+        model = Sequential([Input((4,)), Dense(3, activation="softmax")])
+        model.compile(optimizers.SGD(0.1), "categorical_crossentropy", target=TARGETS[-1])
+        model.set_weights([np.full((4, 3), 0.1, np.float32), np.zeros(3, np.float32)])
+        model.fit(*args, **kwargs, batch_size=8, shuffle=False, verbose=0)
+        results.append((model.get_weights()[0], model.evaluate(*args, **kwargs, verbose=0)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[2][0], results[3][0])
+    assert not np.array_equal(results[0][0], results[2][0])        # the weights were used
+    assert results[0][1] == results[1][1] and results[2][1] == results[3][1]
+    with pytest.raises(ValueError, match="`y` is None"):
+        model.fit((x, x), verbose=0)
