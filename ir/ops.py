@@ -704,7 +704,8 @@ register("stop_gradient", infer=lambda types, attrs: _same("stop_gradient", type
          doc="identity whose gradient is zero (e.g. the max subtracted inside softmax)")
 register("neg", infer=_numeric("neg", 1), operands=1, reference=_elementwise_ref(np.negative),
          grad=_grad_neg, kind=ELEMWISE, attrs=())
-register("abs", infer=_numeric("abs", 1), operands=1, reference=_elementwise_ref(np.abs), grad=_grad_abs,
+register("abs", infer=_numeric("abs", 1), operands=1,
+         reference=_elementwise_ref(np.abs), grad=_grad_abs,
          kind=ELEMWISE, attrs=())
 
 for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less),
@@ -712,7 +713,8 @@ for _name, _fn in [("gt", np.greater), ("ge", np.greater_equal), ("lt", np.less)
     register(_name, infer=_compare(_name), reference=_elementwise_ref(_fn), grad=no_grad,
              kind=ELEMWISE, attrs=(), operands=2)
 
-register("select", infer=_select_infer, operands=3, reference=_elementwise_ref(np.where), grad=_grad_select,
+register("select", infer=_select_infer, operands=3,
+         reference=_elementwise_ref(np.where), grad=_grad_select,
          kind=ELEMWISE, attrs=(), doc="select(cond, a, b): a where cond else b")
 register("cast", infer=_cast_infer, operands=1, reference=_cast_ref, grad=_grad_cast, kind=ELEMWISE,
          attrs=("dtype",), doc="a float to an integer truncates and saturates (NaN gives 0)")
@@ -737,7 +739,8 @@ register("broadcast", infer=_broadcast_infer, operands=1,
          reference=lambda v, a, n, batch=None: np.broadcast_to(v[0], concrete(n.shape, batch)),
          grad=_grad_broadcast, kind=BROADCAST, attrs=("shape",),
          doc="numpy broadcast_to: dims of size 1 expand, new dims are added on the left")
-register("matmul", infer=_matmul_infer, operands=2, reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
+register("matmul", infer=_matmul_infer, operands=2,
+         reference=_matmul_ref, grad=_grad_matmul, kind=OUT_FUSABLE,
          attrs=("transpose_a", "transpose_b"),
          doc="a[...,K] @ b[K,N]; transpose_b: b is [N,K]; transpose_a: a[L...,K]^T @ b[L...,N]")
 

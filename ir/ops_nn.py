@@ -244,7 +244,8 @@ def _grad_scatter_add(node, g):
 # Registration
 # ----------------------------------------------------------------------------------------------
 
-register("patches", infer=_patches_infer, operands=1, reference=_patches_ref, grad=_grad_patches, kind=INJECTIVE,
+register("patches", infer=_patches_infer, operands=1,
+         reference=_patches_ref, grad=_grad_patches, kind=INJECTIVE,
          attrs=("size", "strides", "pads", "pad_value"),
          doc="im2col: x[N,H,W,C] -> [N,OH,OW,KH,KW,C], the size=(kh,kw) windows at strides=(sh,sw) "
              "of x padded by pads=(top,bottom,left,right) with pad_value")
@@ -252,7 +253,8 @@ register("patches_grad", infer=_patches_grad_infer, operands=1, reference=_patch
          grad=_grad_patches_grad, kind=REDUCE, attrs=("size", "strides", "pads", "image"),
          doc="col2im, the adjoint of patches: g[N,OH,OW,KH,KW,C] -> [N,H,W,C] with image=(H,W), each "
              "pixel the sum of the patch entries copied from it")
-register("max_pool", infer=_max_pool_infer, operands=1, reference=_max_pool_ref, grad=_grad_max_pool,
+register("max_pool", infer=_max_pool_infer, operands=1,
+         reference=_max_pool_ref, grad=_grad_max_pool,
          attrs=("size", "strides", "pads"),
          kind=INJECTIVE, doc="x[N,H,W,C] -> [N,OH,OW,C], the maximum of each size=(kh,kw) window at "
                              "strides=(sh,sw); pads=(top,bottom,left,right) never win")
@@ -260,10 +262,12 @@ register("max_pool_grad", infer=_max_pool_grad_infer, operands=3, reference=_max
          grad=_grad_max_pool_grad, kind=INJECTIVE, attrs=("size", "strides", "pads"),
          doc="(x, y=max_pool(x), g) -> [N,H,W,C]: each pixel the sum of g over the windows whose "
              "maximum it is the first (row-major) to equal")
-register("gather", infer=_gather_infer, operands=2, reference=_gather_ref, grad=_grad_gather, kind=INJECTIVE,
+register("gather", infer=_gather_infer, operands=2,
+         reference=_gather_ref, grad=_grad_gather, kind=INJECTIVE,
          attrs=(),
          doc="table[V,D...] rows at i32 ids[S...] -> [S...,D...]; ids clamped to [0, V-1]")
-register("scatter_add", infer=_scatter_add_infer, operands=2, reference=_scatter_add_ref, grad=_grad_scatter_add,
+register("scatter_add", infer=_scatter_add_infer, operands=2,
+         reference=_scatter_add_ref, grad=_grad_scatter_add,
          attrs=("rows",),
          kind=REDUCE,
          doc="the adjoint of gather: ids[S...], updates[S...,D...] -> [rows,D...], row v the sum of "

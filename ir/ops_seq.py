@@ -123,7 +123,8 @@ def _grad_concat(node, g):
     return grads
 
 
-register("slice", infer=_slice_infer, operands=1, reference=_slice_ref, grad=_grad_slice, kind=INJECTIVE,
+register("slice", infer=_slice_infer, operands=1,
+         reference=_slice_ref, grad=_grad_slice, kind=INJECTIVE,
          attrs=("axis", "start", "stop"),
          doc="x[..., start:stop, ...] along one static `axis`")
 register("pad", infer=_pad_infer, operands=1, reference=_pad_ref, grad=_grad_pad, kind=INJECTIVE,
