@@ -485,6 +485,12 @@ class LossFunctionWrapper(Loss):
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, **kwargs):
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
+        for argument, value in kwargs.items():
+            # (the loss is computed in float32: a NaN or a number beyond it would poison every step)
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+                    and not abs(float(value)) <= float(np.finfo(np.float32).max):
+                raise ValueError(f"{type(self).__name__}: `{argument}` must be a finite float32 "
+                                 f"number; got {argument}={value!r}")
         self.fn = fn
         self._fn_kwargs = kwargs
 

@@ -150,6 +150,10 @@ class Model(InspectionMixin, Trainer, Layer):
     def set_weights(self, weights):
         """Assign every weight (Keras order: per layer, kernel then bias); checked before writing."""
         own = self.weights
+        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+            raise TypeError(f"set_weights takes a list of arrays, one per weight of model "
+                            f"{self.name!r} ({len(own)}: as get_weights() returns them); got "
+                            f"{type(weights).__name__}")
         weights = list(weights)
         if len(weights) != len(own):
             raise ValueError(f"You called `set_weights(weights)` on model {self.name!r} with a weight "

@@ -60,8 +60,10 @@ _UNSUPPORTED = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency
 def _check_real(value, argument, low=None, high=None, high_open=False):
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
         value = value.item()    # a 0-d array (np.array(0.1), a variable's numpy()), as Keras takes
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{argument} must be a finite number; got {argument}={value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not abs(value) <= schedules.FLOAT32_MAX:
+        raise ValueError(f"{argument} must be a finite float32 number (the compiled step computes in "
+                         f"float32); got {argument}={value!r}")
     if low is not None and value < low:
         raise ValueError(f"{argument} must be >= {low}; got {argument}={value!r}")
     if high is not None and (value >= high if high_open else value > high):
@@ -239,11 +241,7 @@ class Optimizer:
             raise NotImplementedError("learning_rate may be a number or a "
                                       "kcompile.optimizers.schedules.LearningRateSchedule (evaluated "
                                       "inside the compiled step); a plain function is not supported")
-        rate = _check_real(value, "learning_rate")
-        if not abs(rate) <= schedules.FLOAT32_MAX:
-            raise ValueError(f"learning_rate must be a finite float32 number (the compiled step "
-                             f"computes in float32); got learning_rate={value!r}")
-        return rate
+        return _check_real(value, "learning_rate")
 
     # -- state ----------------------------------------------------------------------------------
 

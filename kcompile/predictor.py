@@ -267,7 +267,7 @@ class Predictor:
         if x.shape[1:] != expected or x.ndim != len(self.input_shape):
             raise PredictorError(f"predictor input must have shape (rows, "
                                  f"{', '.join(map(str, expected))}), got {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        given, x = x, np.ascontiguousarray(x, dtype=np.float32)
         rows = x.shape[0]
         out = np.empty((rows,) + self.output_shape[1:], dtype=np.float32)
         if rows == 0:
@@ -279,18 +279,21 @@ class Predictor:
             status = self._predict(x.ctypes.data + start * x_row, count,
                                    out.ctypes.data + start * out_row)
             if status == ERR_INPUT and self.ids_below is not None:
-                raise PredictorError(self._bad_id(x))
+                raise PredictorError(self._bad_id(x, given))
             if status != 0:
                 raise PredictorError(f"the predictor failed: {_ERRORS.get(status, f'code {status}')}")
         return out
 
-    def _bad_id(self, x: np.ndarray) -> str:
-        """What the library refused (ERR_INPUT): the first value of `x` outside [0, ids_below)."""
+    def _bad_id(self, x: np.ndarray, given: np.ndarray) -> str:
+        """What the library refused (ERR_INPUT): the first value of `x` (the float32 copy of the
+        input `given`) outside [0, ids_below), shown as given (2**24 + 1, not its float32 2**24)."""
         # (the library compares in float32: an id table past 2**24 rows rounds its bound)
         found = first_id_outside(x, np.float32(self.ids_below))
         if found is None:
             return f"the predictor takes ids in [0, {self.ids_below}); the input holds another"
         position, _, shown, count = found
+        if given.dtype.kind in "iu":
+            shown = int(given[position])
         more = count - 1
         return (f"the predictor takes ids in [0, {self.ids_below}) (its Embedding's table), but the "
                 f"input holds the id {shown} at position [{', '.join(map(str, position))}] (sample "

@@ -300,8 +300,9 @@ def _single_loss_weight(loss_weights) -> float:
                                       "output, but kcompile models have one output: give one weight")
         (loss_weights,) = loss_weights
     if isinstance(loss_weights, bool) or not isinstance(loss_weights, numbers.Real) \
-            or not np.isfinite(loss_weights):
-        raise ValueError(f"loss_weights must be a finite number (or a list or dict of one); got {given!r}")
+            or not abs(float(loss_weights)) <= float(np.finfo(np.float32).max):
+        raise ValueError(f"loss_weights must be a finite float32 number (or a list or dict of one); "
+                         f"got {given!r}")
     return float(loss_weights)
 
 
@@ -554,6 +555,10 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
     from kcompile.callbacks import Callback, CallbackList
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
+    if callbacks is not None and (isinstance(callbacks, (str, bytes, dict))
+                                  or not hasattr(callbacks, "__iter__")):
+        raise TypeError(f"`callbacks` must be a list of kcompile.callbacks.Callback objects; got "
+                        f"{callbacks!r}")
     return CallbackList(callbacks, model=model, add_history=add_history, add_progbar=verbose != 0,
                         verbose=verbose, epochs=epochs, steps=steps)
 

@@ -339,7 +339,7 @@ def test_bad_layer_and_model_construction():
         kcompile.Model(inputs=Input(shape=(3,)), outputs=None)
     with pytest.raises(ValueError, match="momentum must be"):
         optimizers.SGD(momentum=2.0)
-    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite float32 number"):
         optimizers.Adam(learning_rate=float("nan"))
 
 
@@ -478,3 +478,51 @@ def test_per_time_step_sample_weights_are_refused_as_not_supported_yet():
     for given in (weights, weights[:, None]):
         np.testing.assert_allclose(model.evaluate(x, y, sample_weight=given, verbose=0),
                                    np.sum(weights * per_sample) / 8, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: kcompile.optimizers.SGD(clipnorm=1e39),
+    lambda: kcompile.optimizers.SGD(global_clipnorm=1e39),
+    lambda: kcompile.optimizers.AdamW(weight_decay=1e39),
+    lambda: kcompile.regularizers.L2(1e39),
+    lambda: kcompile.losses.Huber(delta=1e39),
+    lambda: kcompile.losses.CategoricalFocalCrossentropy(gamma=float("nan")),
+    lambda: kcompile.layers.Rescaling(1e39),
+    lambda: kcompile.layers.Normalization(mean=1e39, variance=1.0),
+    lambda: kcompile.layers.Normalization(mean=0.0, variance=-1.0),
+    lambda: kcompile.layers.Normalization(mean=0.0, variance=float("nan")),
+])
+def test_settings_beyond_float32_are_refused_where_they_are_given(make):
+    """The compiled step computes in float32: a setting that passes as a Python float but is
+    infinite there (1e39), or NaN, or a negative variance, would turn every weight or prediction
+    into NaN or inf; each is a ValueError naming the argument when it is given."""
+    with pytest.raises(ValueError, match="finite float32|float32 numbers"):
+        make()
+
+
+def test_class_weights_and_loss_weights_beyond_float32_are_refused_before_any_step():
+    x, y = images(8)
+    model = mlp()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="beyond-float32 weight"):
+        model.fit(x, y, class_weight={0: 1e39}, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    with pytest.raises(ValueError, match="loss_weights must be a finite float32 number"):
+        model.compile(optimizer="sgd", loss="categorical_crossentropy", loss_weights=1e39)
+
+
+def test_calling_a_model_on_what_is_no_array_says_what_it_got():
+    model = mlp()
+    with pytest.raises(ValueError, match=r"layer 'sequential' \(Sequential\): `inputs` is None"):
+        model(None)
+    with pytest.raises(TypeError, match="`inputs` must be a numeric array; got a dict"):
+        model({"a": 1})
+    with pytest.raises(ValueError, match="`inputs` could not be converted to an array"):
+        model([[1, 2, 3], [1, 2]])
+    with pytest.raises(TypeError, match="set_weights takes a list of arrays, one per weight of model"):
+        model.set_weights(None)
+    with pytest.raises(TypeError, match="set_weights takes a list of arrays, one per weight of layer"):
+        model.layers[-1].set_weights(None)
+    x, y = images(8)
+    with pytest.raises(TypeError, match="`callbacks` must be a list of kcompile.callbacks.Callback"):
+        model.fit(x, y, callbacks=5, verbose=0)

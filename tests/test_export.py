@@ -488,6 +488,11 @@ def test_ids_for_an_embedding_are_range_checked_by_the_library_as_by_predict(tmp
             predictor.predict(x)
         with pytest.raises(ValueError, match="looks up ids in"):
             model.predict(x, verbose=0)
+    # an integer id shows as given, not as its float32 (2**24 + 1 rounds to 2**24)
+    x = good.astype(np.int64)
+    x[1, 2] = 2 ** 24 + 1
+    with pytest.raises(PredictorError, match=r" id 16777217 at position \[1, 2\]"):
+        predictor.predict(x)
     lib = ctypes.CDLL(os.path.join(directory, "libmodel.so"))
     lib.kcompile_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     x = good.astype(np.float32)

@@ -410,9 +410,11 @@ class Rescaling(Layer):
         values = {}
         for name, value in (("scale", scale), ("offset", offset)):
             array = np.asarray(value)
-            if array.dtype.kind not in "fiu" or array.ndim > 1 or not np.isfinite(array).all():
-                raise ValueError(f"{name} of Rescaling must be a finite number (or one per channel); "
-                                 f"got {name}={value!r}")
+            top = float(np.finfo(np.float32).max)
+            if array.dtype.kind not in "fiu" or array.ndim > 1 \
+                    or not (np.abs(array.astype(np.float64)) <= top).all():
+                raise ValueError(f"{name} of Rescaling must be a finite float32 number (or one per "
+                                 f"channel); got {name}={value!r}")
             values[name] = float(array) if array.ndim == 0 else [float(v) for v in array]
         self.scale, self.offset = values["scale"], values["offset"]
 

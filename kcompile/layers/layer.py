@@ -604,6 +604,10 @@ class Layer:
     def set_weights(self, weights):
         """Assign every weight; all shapes are checked before anything is written."""
         own = self.weights
+        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+            raise TypeError(f"set_weights takes a list of arrays, one per weight of layer "
+                            f"{self.name!r} ({len(own)}: as get_weights() returns them); got "
+                            f"{type(weights).__name__}")
         weights = list(weights)
         if len(weights) != len(own):
             raise ValueError(f"You called `set_weights(weights)` on layer {self.name!r} with a weight "
@@ -732,9 +736,12 @@ class Layer:
             raise NotImplementedError("Calling layers on `Input(...)` tensors (the functional API) is not "
                                       "supported yet; put the layers in a Sequential model instead: "
                                       "Sequential([Input(shape=...), layer1, layer2, ...]).")
-        array = np.asarray(inputs)
-        if array.ndim == 0:
-            raise ValueError(f"layer {self.name!r} needs inputs with a batch axis; got a scalar")
+        from kcompile.trainer import numeric_array     # (the trainer imports this module)
+        try:
+            array = numeric_array(inputs, "inputs")
+        except ValueError as error:
+            raise type(error)(f"layer {self.name!r} ({type(self).__name__}): "
+                              f"{error}") from None
         self.build_for((None,) + array.shape[1:])
         return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
                             training=bool(training))

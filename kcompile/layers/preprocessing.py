@@ -79,6 +79,15 @@ class Normalization(Layer):
                 raise ValueError("The rank of `mean` must be less than or equal to the number of axes "
                                  f"({len(self.axis)}). Received: mean shape {np.shape(mean)} for "
                                  f"axis {self.axis}")
+            top = float(np.finfo(np.float32).max)
+            for name, value in (("mean", mean), ("variance", variance)):
+                array = np.asarray(value, np.float64) if np.asarray(value).dtype.kind in "fiu" \
+                    else None
+                low = 0.0 if name == "variance" else -top
+                if array is None or not ((array >= low) & (array <= top)).all():
+                    bound = " >= 0" if name == "variance" else ""
+                    raise ValueError(f"Normalization: `{name}` must hold finite float32 numbers"
+                                     f"{bound}; got {name}={value!r}")
         self.input_mean = mean
         self.input_variance = variance
         self.invert = bool(invert)
