@@ -132,7 +132,7 @@ def test_default_initializer_is_uniform_005_and_config_round_trips():
 
 def test_an_integer_input_feeds_ids_as_keras_models_write_it(tmp_path):
     """Input(dtype='int32') before an Embedding: int ids are looked up as the float-fed model's, the
-    dtype survives get_config and save/load, and float dtypes other than float32 are refused."""
+    dtype survives get_config and save/load, and other float dtypes compute in float32."""
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 30, (12, 6)).astype(np.int32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 12)]
@@ -153,8 +153,11 @@ def test_an_integer_input_feeds_ids_as_keras_models_write_it(tmp_path):
     models[0].save(tmp_path / "m.keras")
     from kcompile.models import load_model
     assert load_model(tmp_path / "m.keras").get_config() == models[0].get_config()
-    with pytest.raises(ValueError, match="float32 inputs, or integer ids"):
-        Input((6,), dtype="float16")
+    # other float types compute in float32 (as Keras's float32 layers cast them); non-numbers are
+    # refused
+    assert Input((6,), dtype="float64")._input_layer.get_config()["dtype"] == "float32"
+    with pytest.raises(ValueError, match="float inputs .computed in float32., or integer ids"):
+        Input((6,), dtype="bool")
 
 
 def test_embedding_arguments_are_checked():

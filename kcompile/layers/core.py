@@ -98,7 +98,8 @@ class InputLayer(Layer):
 
 
 def _input_dtype(dtype) -> str:
-    """The dtype name an InputLayer records: float32 or an integer type (fed as float32)."""
+    """The dtype name an InputLayer records: float32 (for any float type: the layers compute in
+    float32, as Keras's float32 layers cast a float64 input) or an integer type (fed as float32)."""
     if dtype is None:
         return "float32"
     try:
@@ -106,10 +107,12 @@ def _input_dtype(dtype) -> str:
     except TypeError:
         raise ValueError(f"Input dtype={dtype!r} is not a dtype; use 'float32' or an integer type "
                          "such as 'int32'") from None
-    if resolved == np.float32 or resolved.kind in "iu":
+    if resolved.kind == "f":
+        return "float32"
+    if resolved.kind in "iu":
         return resolved.name
-    raise ValueError(f"kcompile models take float32 inputs, or integer ids (fed as float32) for an "
-                     f"Embedding; got dtype={dtype!r}")
+    raise ValueError(f"kcompile models take float inputs (computed in float32), or integer ids (fed "
+                     f"as float32) for an Embedding; got dtype={dtype!r}")
 
 
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None,
