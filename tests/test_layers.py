@@ -193,6 +193,20 @@ def test_keras_global_pooling_aliases_and_relu_threshold():
         L.ReLU(threshold=-0.5)       # as Keras 3
 
 
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_softmax_over_a_tuple_of_axes_normalizes_them_jointly(target):
+    """Softmax(axis=(1, 2)), as Keras 3's: each sample's 3 x 4 entries sum to one (numpy)."""
+    x = np.random.default_rng(6).standard_normal((2, 3, 4)).astype(np.float32)
+    model = Sequential([Input((3, 4)), L.Softmax(axis=(1, 2))])
+    model.compile("sgd", "mse", target=target)
+    e = np.exp(x - x.max(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(model.predict(x, verbose=0), e / e.sum(axis=(1, 2), keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    assert L.Softmax.from_config({"axis": [1, 2]}).axis == (1, 2)
+    with pytest.raises(ValueError, match="axis 0 is not a sample axis"):
+        Sequential([Input((3, 4)), L.Softmax(axis=(0, 1))])
+
+
 def test_flatten_keeps_the_batch_axis():
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(Flatten()(x), x.reshape(2, 12))

@@ -367,18 +367,23 @@ class ReLU(Layer):
 
 
 class Softmax(Layer):
-    """softmax along `axis` (default -1), as `keras.layers.Softmax`."""
+    """softmax along `axis` (default -1), or jointly along a tuple of axes, as
+    `keras.layers.Softmax`."""
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise ValueError(f"Softmax: `axis` must be an integer; got axis={axis!r}")
-        self.axis = int(axis)
+        axes = axis if isinstance(axis, (list, tuple)) else (axis,)
+        if not axes or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in axes):
+            raise ValueError(f"Softmax: `axis` must be an integer or a tuple of integers; got "
+                             f"axis={axis!r}")
+        self.axis = tuple(int(a) for a in axes) if isinstance(axis, (list, tuple)) else int(axis)
 
     def compute_output_shape(self, input_shape):
-        if not -len(input_shape) <= self.axis < len(input_shape) or self.axis % len(input_shape) == 0:
-            raise ValueError(f"Softmax layer {self.name!r}: axis {self.axis} is not a sample axis of "
-                             f"inputs of shape {format_shape(input_shape)}")
+        rank = len(input_shape)
+        for axis in (self.axis if isinstance(self.axis, tuple) else (self.axis,)):
+            if not -rank <= axis < rank or axis % rank == 0:
+                raise ValueError(f"Softmax layer {self.name!r}: axis {axis} is not a sample axis of "
+                                 f"inputs of shape {format_shape(input_shape)}")
         return tuple(input_shape)
 
     def call(self, inputs):
