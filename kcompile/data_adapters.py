@@ -109,8 +109,8 @@ def check_class_weight(class_weight):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"`class_weight` values must be numbers; got {value!r} for class {key}")
         if not abs(float(value)) <= float(np.finfo(np.float32).max):   # (float32 in the step)
-            raise ValueError(f"`class_weight` holds a NaN, infinite or beyond-float32 weight "
-                             f"({value!r}) for class {key}; give every class a finite weight")
+            raise ValueError(f"`class_weight` holds a NaN or infinite weight (or one beyond float32's "
+                             f"range, {value!r}) for class {key}; give every class a finite weight")
     return {int(k): float(v) for k, v in class_weight.items()}
 
 

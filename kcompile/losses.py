@@ -489,8 +489,8 @@ class LossFunctionWrapper(Loss):
             # (the loss is computed in float32: a NaN or a number beyond it would poison every step)
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
                     and not abs(float(value)) <= float(np.finfo(np.float32).max):
-                raise ValueError(f"{type(self).__name__}: `{argument}` must be a finite float32 "
-                                 f"number; got {argument}={value!r}")
+                raise ValueError(f"{type(self).__name__}: `{argument}` must be a finite number "
+                                 f"within float32's range; got {argument}={value!r}")
         self.fn = fn
         self._fn_kwargs = kwargs
 

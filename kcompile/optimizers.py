@@ -62,8 +62,8 @@ def _check_real(value, argument, low=None, high=None, high_open=False):
         value = value.item()    # a 0-d array (np.array(0.1), a variable's numpy()), as Keras takes
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or not abs(value) <= schedules.FLOAT32_MAX:
-        raise ValueError(f"{argument} must be a finite float32 number (the compiled step computes in "
-                         f"float32); got {argument}={value!r}")
+        raise ValueError(f"{argument} must be a finite number within float32's range (the compiled "
+                         f"step computes in float32); got {argument}={value!r}")
     if low is not None and value < low:
         raise ValueError(f"{argument} must be >= {low}; got {argument}={value!r}")
     if high is not None and (value >= high if high_open else value > high):

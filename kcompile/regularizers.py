@@ -39,8 +39,8 @@ class Regularizer:
 def _factor(value, name) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or value < 0 or value > float(np.finfo(np.float32).max):
-        raise ValueError(f"Value for argument `{name}` must be a finite float32 number >= 0; "
-                         f"received {name}={value!r}")
+        raise ValueError(f"Value for argument `{name}` must be a finite number >= 0 (within "
+                         f"float32's range); received {name}={value!r}")
     return float(value)
 
 

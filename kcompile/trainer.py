@@ -301,8 +301,8 @@ def _single_loss_weight(loss_weights) -> float:
         (loss_weights,) = loss_weights
     if isinstance(loss_weights, bool) or not isinstance(loss_weights, numbers.Real) \
             or not abs(float(loss_weights)) <= float(np.finfo(np.float32).max):
-        raise ValueError(f"loss_weights must be a finite float32 number (or a list or dict of one); "
-                         f"got {given!r}")
+        raise ValueError(f"loss_weights must be a finite number within float32's range (or a list or "
+                         f"dict of one); got {given!r}")
     return float(loss_weights)
 
 

@@ -339,7 +339,7 @@ def test_bad_layer_and_model_construction():
         kcompile.Model(inputs=Input(shape=(3,)), outputs=None)
     with pytest.raises(ValueError, match="momentum must be"):
         optimizers.SGD(momentum=2.0)
-    with pytest.raises(ValueError, match="learning_rate must be a finite float32 number"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number within float32.s range"):
         optimizers.Adam(learning_rate=float("nan"))
 
 
@@ -496,7 +496,7 @@ def test_settings_beyond_float32_are_refused_where_they_are_given(make):
     """The compiled step computes in float32: a setting that passes as a Python float but is
     infinite there (1e39), or NaN, or a negative variance, would turn every weight or prediction
     into NaN or inf; each is a ValueError naming the argument when it is given."""
-    with pytest.raises(ValueError, match="finite float32|float32 numbers"):
+    with pytest.raises(ValueError, match="finite numbers? (>= 0 .)?within float32.s range"):
         make()
 
 
@@ -504,10 +504,10 @@ def test_class_weights_and_loss_weights_beyond_float32_are_refused_before_any_st
     x, y = images(8)
     model = mlp()
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="beyond-float32 weight"):
+    with pytest.raises(ValueError, match="NaN or infinite weight .or one beyond float32.s range"):
         model.fit(x, y, class_weight={0: 1e39}, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    with pytest.raises(ValueError, match="loss_weights must be a finite float32 number"):
+    with pytest.raises(ValueError, match="loss_weights must be a finite number within float32.s range"):
         model.compile(optimizer="sgd", loss="categorical_crossentropy", loss_weights=1e39)
 
 

@@ -421,8 +421,8 @@ class Rescaling(Layer):
             top = float(np.finfo(np.float32).max)
             if array.dtype.kind not in "fiu" or array.ndim > 1 \
                     or not (np.abs(array.astype(np.float64)) <= top).all():
-                raise ValueError(f"{name} of Rescaling must be a finite float32 number (or one per "
-                                 f"channel); got {name}={value!r}")
+                raise ValueError(f"{name} of Rescaling must be a finite number within float32's range "
+                                 f"(or one per channel); got {name}={value!r}")
             values[name] = float(array) if array.ndim == 0 else [float(v) for v in array]
         self.scale, self.offset = values["scale"], values["offset"]
 

@@ -86,7 +86,7 @@ class Normalization(Layer):
                 low = 0.0 if name == "variance" else -top
                 if array is None or not ((array >= low) & (array <= top)).all():
                     bound = " >= 0" if name == "variance" else ""
-                    raise ValueError(f"Normalization: `{name}` must hold finite float32 numbers"
+                    raise ValueError(f"Normalization: `{name}` must hold finite numbers within float32's range"
                                      f"{bound}; got {name}={value!r}")
         self.input_mean = mean
         self.input_variance = variance
