@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from kcompile.schedules import FLOAT32_MAX
 from kcompile.utils.random import get_generator
 
 
@@ -108,7 +109,7 @@ def check_class_weight(class_weight):
             raise ValueError(f"`class_weight` keys must be integer class indices; got {key!r}")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"`class_weight` values must be numbers; got {value!r} for class {key}")
-        if not abs(float(value)) <= float(np.finfo(np.float32).max):   # (float32 in the step)
+        if not abs(float(value)) <= FLOAT32_MAX:   # (float32 in the step)
             raise ValueError(f"`class_weight` holds a NaN or infinite weight (or one beyond float32's "
                              f"range, {value!r}) for class {key}; give every class a finite weight")
     return {int(k): float(v) for k, v in class_weight.items()}

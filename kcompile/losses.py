@@ -33,6 +33,7 @@ from ir.graph import BatchAxisError
 
 from kcompile import activations
 from kcompile.layers.layer import format_shape, to_snake_case
+from kcompile.schedules import FLOAT32_MAX
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -488,7 +489,7 @@ class LossFunctionWrapper(Loss):
         for argument, value in kwargs.items():
             # (the loss is computed in float32: a NaN or a number beyond it would poison every step)
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
-                    and not abs(float(value)) <= float(np.finfo(np.float32).max):
+                    and not abs(float(value)) <= FLOAT32_MAX:
                 raise ValueError(f"{type(self).__name__}: `{argument}` must be a finite number "
                                  f"within float32's range; got {argument}={value!r}")
         self.fn = fn

@@ -20,6 +20,7 @@ import numpy as np
 from ir import Node
 from ir import build as B
 from ir.ops import as_traced
+from kcompile.schedules import FLOAT32_MAX
 
 
 class Regularizer:
@@ -38,7 +39,7 @@ class Regularizer:
 
 def _factor(value, name) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0 or value > float(np.finfo(np.float32).max):
+            or value < 0 or value > FLOAT32_MAX:
         raise ValueError(f"Value for argument `{name}` must be a finite number >= 0 (within "
                          f"float32's range); received {name}={value!r}")
     return float(value)

@@ -920,8 +920,8 @@ def serialize_keras_object(obj):
         return {"class_name": "__numpy__", "config": {"value": obj.tolist(), "dtype": str(obj.dtype)}}
     for module, base in _serializable_kinds():
         if isinstance(obj, base):
-            config = {"module": module, "class_name": type(obj).__name__,
-                      "config": obj.get_config(), "registered_name": registry.registered_name_of(type(obj))}
+            config = {"module": module, "class_name": type(obj).__name__, "config": obj.get_config(),
+                      "registered_name": registry.registered_name_of(type(obj))}
             build_config = obj.get_build_config() if hasattr(obj, "get_build_config") else None
             if build_config is not None:
                 config["build_config"] = build_config

@@ -51,6 +51,7 @@ from kcompile.errors import DataTypeError
 from ir.graph import refuse_truth
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.layer import TraceScope, format_shape, to_snake_case
+from kcompile.schedules import FLOAT32_MAX
 from kcompile.utils.random import get_generator, next_seed
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress-bar updates during an epoch
@@ -300,7 +301,7 @@ def _single_loss_weight(loss_weights) -> float:
                                       "output, but kcompile models have one output: give one weight")
         (loss_weights,) = loss_weights
     if isinstance(loss_weights, bool) or not isinstance(loss_weights, numbers.Real) \
-            or not abs(float(loss_weights)) <= float(np.finfo(np.float32).max):
+            or not abs(float(loss_weights)) <= FLOAT32_MAX:
         raise ValueError(f"loss_weights must be a finite number within float32's range (or a list or "
                          f"dict of one); got {given!r}")
     return float(loss_weights)

@@ -183,8 +183,8 @@ def test_an_embeddings_activity_regularizer_joins_the_loss(target, tmp_path):
     """Embedding(activity_regularizer=L2(0.1)), as Keras 3's: mse + 0.1 * sum(rows looked up^2) /
     batch size (numpy); it is saved with the model."""
     from kcompile.layers import Embedding, Flatten
-    model = Sequential([Input((2,), dtype="int32"), Embedding(5, 3, activity_regularizer=regularizers.L2(0.1)),
-                        Flatten()])
+    model = Sequential([Input((2,), dtype="int32"),
+                        Embedding(5, 3, activity_regularizer=regularizers.L2(0.1)), Flatten()])
     model.compile(optimizer=optimizers.SGD(0.1), loss="mse", target=target)
     ids = np.array([[0, 4], [2, 2], [1, 3]], np.int32)
     y = np.zeros((3, 6), np.float32)

@@ -15,6 +15,7 @@ from ir import build as B
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, current_scope, format_shape, normalize_input_shape
+from kcompile.schedules import FLOAT32_MAX
 
 
 class SymbolicTensor:
@@ -418,9 +419,8 @@ class Rescaling(Layer):
         values = {}
         for name, value in (("scale", scale), ("offset", offset)):
             array = np.asarray(value)
-            top = float(np.finfo(np.float32).max)
             if array.dtype.kind not in "fiu" or array.ndim > 1 \
-                    or not (np.abs(array.astype(np.float64)) <= top).all():
+                    or not (np.abs(array.astype(np.float64)) <= FLOAT32_MAX).all():
                 raise ValueError(f"{name} of Rescaling must be a finite number within float32's range "
                                  f"(or one per channel); got {name}={value!r}")
             values[name] = float(array) if array.ndim == 0 else [float(v) for v in array]

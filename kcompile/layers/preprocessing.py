@@ -22,6 +22,7 @@ from ir import build as B
 from kcompile import backend
 from kcompile.layers.layer import Layer, format_shape
 from kcompile.layers.normalization import _axes, _resolve_axes
+from kcompile.schedules import FLOAT32_MAX
 
 
 def _batches(data):
@@ -79,15 +80,14 @@ class Normalization(Layer):
                 raise ValueError("The rank of `mean` must be less than or equal to the number of axes "
                                  f"({len(self.axis)}). Received: mean shape {np.shape(mean)} for "
                                  f"axis {self.axis}")
-            top = float(np.finfo(np.float32).max)
             for name, value in (("mean", mean), ("variance", variance)):
                 array = np.asarray(value, np.float64) if np.asarray(value).dtype.kind in "fiu" \
                     else None
-                low = 0.0 if name == "variance" else -top
-                if array is None or not ((array >= low) & (array <= top)).all():
+                low = 0.0 if name == "variance" else -FLOAT32_MAX
+                if array is None or not ((array >= low) & (array <= FLOAT32_MAX)).all():
                     bound = " >= 0" if name == "variance" else ""
-                    raise ValueError(f"Normalization: `{name}` must hold finite numbers within float32's range"
-                                     f"{bound}; got {name}={value!r}")
+                    raise ValueError(f"Normalization: `{name}` must hold finite numbers{bound} within "
+                                     f"float32's range; got {name}={value!r}")
         self.input_mean = mean
         self.input_variance = variance
         self.invert = bool(invert)
