@@ -177,6 +177,10 @@ class CallbackList:
     """
 
     def __init__(self, callbacks=None, model=None, add_history=False, add_progbar=False, **params):
+        if callbacks is not None and (isinstance(callbacks, (str, bytes, dict))
+                                      or not hasattr(callbacks, "__iter__")):
+            raise TypeError(f"`callbacks` must be a list of kcompile.callbacks.Callback objects; got "
+                            f"{callbacks!r}")
         self.callbacks = list(callbacks) if callbacks else []
         for callback in self.callbacks:
             if not isinstance(callback, Callback):

@@ -29,7 +29,7 @@ def save_model(model, filepath, overwrite=True, **kwargs):
     model.save(filepath, overwrite=overwrite, **kwargs)
 
 from kcompile.layers.core import InputLayer, SymbolicTensor
-from kcompile.layers.layer import Layer, format_shape, normalize_input_shape
+from kcompile.layers.layer import Layer, format_shape, normalize_input_shape, weight_list
 from kcompile.trainer import Trainer
 from kcompile.inspection import InspectionMixin
 
@@ -150,11 +150,7 @@ class Model(InspectionMixin, Trainer, Layer):
     def set_weights(self, weights):
         """Assign every weight (Keras order: per layer, kernel then bias); checked before writing."""
         own = self.weights
-        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
-            raise TypeError(f"set_weights takes a list of arrays, one per weight of model "
-                            f"{self.name!r} ({len(own)}: as get_weights() returns them); got "
-                            f"{type(weights).__name__}")
-        weights = list(weights)
+        weights = weight_list(weights, f"model {self.name!r}", len(own))
         if len(weights) != len(own):
             raise ValueError(f"You called `set_weights(weights)` on model {self.name!r} with a weight "
                              f"list of length {len(weights)}, but the model was expecting {len(own)} "

@@ -556,10 +556,6 @@ def _make_callbacks(model, callbacks, verbose, epochs, steps, add_history=False)
     from kcompile.callbacks import Callback, CallbackList
     if isinstance(callbacks, Callback):
         callbacks = [callbacks]
-    if callbacks is not None and (isinstance(callbacks, (str, bytes, dict))
-                                  or not hasattr(callbacks, "__iter__")):
-        raise TypeError(f"`callbacks` must be a list of kcompile.callbacks.Callback objects; got "
-                        f"{callbacks!r}")
     return CallbackList(callbacks, model=model, add_history=add_history, add_progbar=verbose != 0,
                         verbose=verbose, epochs=epochs, steps=steps)
 

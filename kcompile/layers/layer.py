@@ -380,6 +380,15 @@ def _is_float32(dtype) -> bool:
         return False
 
 
+def weight_list(weights, owner: str, count: int) -> list:
+    """set_weights' argument as a list, or a TypeError saying what it must be (`owner`: "layer
+    'dense'", "model 'sequential'"; `count`: how many weights it has)."""
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"set_weights takes a list of arrays, one per weight of {owner} ({count}: "
+                        f"as get_weights() returns them); got {type(weights).__name__}")
+    return list(weights)
+
+
 def _recording_build_shape(build):
     """A layer class's build that also records the input shape it was called with (Keras 3 does:
     get_build_config() gives it), when nothing recorded one before."""
@@ -604,11 +613,7 @@ class Layer:
     def set_weights(self, weights):
         """Assign every weight; all shapes are checked before anything is written."""
         own = self.weights
-        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
-            raise TypeError(f"set_weights takes a list of arrays, one per weight of layer "
-                            f"{self.name!r} ({len(own)}: as get_weights() returns them); got "
-                            f"{type(weights).__name__}")
-        weights = list(weights)
+        weights = weight_list(weights, f"layer {self.name!r}", len(own))
         if len(weights) != len(own):
             raise ValueError(f"You called `set_weights(weights)` on layer {self.name!r} with a weight "
                              f"list of length {len(weights)}, but the layer was expecting {len(own)} "
@@ -635,10 +640,9 @@ class Layer:
 
     # -- shapes and building ------------------------------------------------------------------
 
+    @_recording_build_shape
     def build(self, input_shape):
         self.built = True
-        if self.__dict__.get("_build_input_shape") is None and isinstance(input_shape, (tuple, list)):
-            self._build_input_shape = tuple(input_shape)
 
     def compute_output_shape(self, input_shape):
         """The output shape for `input_shape`.  A layer that does not define it gets it as Keras 3
