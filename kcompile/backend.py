@@ -91,6 +91,10 @@ class ReferenceRunner:
     def output(self, name: str, batch: int) -> np.ndarray:
         return self._last[name]
 
+    def call_on_copy(self, name: str, array: np.ndarray, output: str) -> np.ndarray:
+        self.call_on(name, array)
+        return np.array(self._last[output], copy=True)
+
 
 def make_runner(graph: ir.Graph, target: str, state: dict, **options):
     return make_runners({"main": graph}, target, state, **options)["main"]
