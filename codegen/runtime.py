@@ -204,17 +204,9 @@ class CompiledRunner:
     def call_on_copy(self, name: str, array: np.ndarray, output: str) -> np.ndarray:
         """call_on(name, array), then a copy of output `output`'s rows: a one-batch predict in one
         method (its few microseconds of Python are a share of a one-sample predict's)."""
-        batch = len(array)
-        self.table[self.feed_index[name]] = address_of(array)
-        self._keep[name] = array
-        self._bound = []
-        if batch > self._capacity:
-            self._ensure(batch)
-        self._fn(batch, self._table_address)
-        if self.updates_state:
-            note_write()
+        self.call_on(name, array)
         out = self._outputs[output]
-        return out[:batch].copy() if self.result_types[output].batched else out.copy()
+        return out[:len(array)].copy() if self.result_types[output].batched else out.copy()
 
     def run(self, feeds: dict) -> dict:
         batch = None

@@ -182,26 +182,16 @@ def test_the_short_path_waits_for_a_call_another_thread_is_in():
     """A one-sample predict (the short path, which takes the model's lock without the general
     path's wrapper) waits while another thread is inside a call of the same model, then answers."""
     import threading
+    from threads import lock_held_elsewhere
     model = make()
     x = np.ones((1, 4, 5), np.float32)
     want = model.predict(x, verbose=0)           # (the first call makes the lock)
-    held, release = threading.Event(), threading.Event()
     answers = []
-
-    def hold():
-        with model._call_lock[1]:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(30)
-    predictor = threading.Thread(target=lambda: answers.append(model.predict(x, verbose=0)))
-    predictor.start()
-    predictor.join(0.3)
-    waited = predictor.is_alive() and not answers
-    release.set()
-    holder.join()
+    with lock_held_elsewhere(model):
+        predictor = threading.Thread(target=lambda: answers.append(model.predict(x, verbose=0)))
+        predictor.start()
+        predictor.join(0.3)
+        waited = predictor.is_alive() and not answers
     predictor.join(30)
     assert waited, "predict ran while another thread held the model's call lock"
     assert len(answers) == 1

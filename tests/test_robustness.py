@@ -8,10 +8,11 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
+
+from threads import lock_held_elsewhere
 
 from codegen import compiler, jit
 
@@ -111,34 +112,24 @@ def test_a_child_forked_while_another_thread_holds_the_models_lock_can_predict()
     model = kcompile.Sequential([kcompile.Input((3,)), kcompile.layers.Dense(2)])
     x = np.ones((4, 3), np.float32)
     want = model.predict(x, verbose=0)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with model._call_lock[1]:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(30)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
+    with lock_held_elsewhere(model):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                ok = bool(np.array_equal(model.predict(x, verbose=0), want))
+            finally:
+                os.write(write_fd, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write_fd)
+        ready = []
         try:
-            ok = bool(np.array_equal(model.predict(x, verbose=0), want))
+            ready = select.select([read_fd], [], [], 60)[0]
+            answer = os.read(read_fd, 1) if ready else b""
         finally:
-            os.write(write_fd, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write_fd)
-    try:
-        ready = select.select([read_fd], [], [], 60)[0]
-        answer = os.read(read_fd, 1) if ready else b""
-    finally:
-        release.set()
-        holder.join()
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_fd)
     assert answer == b"1", "the child hung or predicted wrongly"
