@@ -68,17 +68,26 @@ def _is_maximized(monitor, mode, model=None, callback_name="callback"):
 
     With 'auto', as in Keras: the loss is minimized, and a compiled metric of the model improves
     the way the metric object says (`Metric._direction`); one that cannot say (a user's function)
-    is a ValueError.  A name that is none of the model's metrics goes by its suffix (accuracy, auc,
-    precision, ... are maximized)."""
+    is a ValueError, and so is a name that is none of the compiled model's metrics (a typo such as
+    'val_acc' for 'val_accuracy' would otherwise never improve or always would).  Without a
+    compiled model (a callback being made) the name's suffix decides: accuracy, auc, precision, ...
+    are maximized."""
     if mode != "auto":
         return mode == "max"
     name = monitor.removeprefix("val_")
     if name == "loss":
         return False
-    finder = getattr(model, "_metric_direction", None)
-    found, direction = finder(name) if finder is not None else (False, None)
-    if not found:
+    if model is None or not getattr(model, "compiled", False) \
+            or not hasattr(model, "_metric_direction"):
         return name.endswith(_MAXIMIZED_SUFFIXES)
+    found, direction = model._metric_direction(name)
+    if not found:
+        logged = list(model.metrics_names)
+        raise ValueError(
+            f"{callback_name} received monitor={monitor!r}, but the model has no metric {name!r}, "
+            f"so mode='auto' cannot tell whether it should be maximized or minimized. The model "
+            f"logs {', '.join(logged)} (and val_{', val_'.join(logged)} with validation data). "
+            "Monitor one of those, or pass mode='max' or mode='min' to monitor another value.")
     if direction is None:
         raise ValueError(
             f"{callback_name} received monitor={monitor!r}, but cannot tell whether the metric "

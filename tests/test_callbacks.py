@@ -516,9 +516,33 @@ def test_auto_mode_asks_the_metric_object_which_way_is_better():
     checkpoint.set_model(model)
     checkpoint.on_train_begin()
     assert checkpoint.best is None and checkpoint._maximize    # (None until a first value, as Keras)
-    # mode given: as given; a name none of the metrics has: by its suffix
+    # mode given: as given (also for a name none of the metrics has)
     assert _waits(EarlyStopping(monitor="val_roc", mode="min"), model, [0.5, 0.7]) == 1
-    assert _waits(EarlyStopping(monitor="val_auc"), model, [0.5, 0.7]) == 0
+    assert _waits(EarlyStopping(monitor="val_auc", mode="max"), model, [0.5, 0.7]) == 0
+
+
+def test_auto_mode_refuses_a_name_that_is_none_of_the_models_metrics_before_training():
+    """As Keras 3 (which refuses it after the first epoch): monitor='val_acc' on a model compiled
+    with metrics=['accuracy'] cannot be told apart from a value to minimize; fit refuses it before
+    any step, naming what the model logs, and the weights stay as they were."""
+    import kcompile
+    model = _compiled_model(["accuracy"])
+    for callback in (EarlyStopping(monitor="val_acc"), ReduceLROnPlateau(monitor="val_acc"),
+                     ModelCheckpoint("m.keras", monitor="val_acc", save_best_only=True),
+                     ModelCheckpoint("m.keras", monitor="val_acc")):
+        callback.set_model(model)
+        with pytest.raises(ValueError, match=r"no metric 'acc'.*loss, accuracy.*val_accuracy"):
+            callback.on_train_begin()
+    net = kcompile.Sequential([kcompile.Input((3,)), kcompile.layers.Dense(2, activation="softmax")])
+    net.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 3)).astype(np.float32), np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+    before = net.get_weights()
+    with pytest.raises(ValueError, match="mode='max' or mode='min'"):
+        net.fit(x, y, epochs=2, validation_split=0.25, verbose=0,
+                callbacks=[EarlyStopping(monitor="val_acc")])
+    for old, new in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(old, new)
 
 
 def test_auto_mode_refuses_a_metric_function_of_unknown_direction():
