@@ -309,24 +309,35 @@ _ACTIVATIONS = {fn.__name__: fn for fn in (
 _ACTIVATIONS.update({"swish": silu, "hard_swish": hard_silu})
 
 
-def serialize(activation) -> str:
+def serialize(activation):
+    """A built-in activation's name, a function's name, or for a function of the user's own named
+    like a built-in (`def relu`), a config that loading resolves through the custom objects
+    (kcompile.registry.own_function_config)."""
     for name, fn in _ACTIVATIONS.items():
         if activation is fn:
             return name
     name = getattr(activation, "__name__", None)
     if name is None:
         raise ValueError(f"cannot serialize activation {activation!r}")
+    if name in _ACTIVATIONS:
+        from kcompile import registry
+        return registry.own_function_config(activation, name)
     return name
 
 
-def deserialize(name: str):
+def deserialize(name):
     return get(name)
 
 
 def get(identifier):
-    """An activation function from a name ('relu', 'gelu', ...), None (linear) or a function."""
+    """An activation function from a name ('relu', 'gelu', ...), None (linear), a function, or the
+    config `serialize` gives a function of the user's own (found among the custom objects)."""
     if identifier is None:
         return linear
+    from kcompile import registry
+    if registry.is_own_function_config(identifier):
+        return registry.resolve_own_function(identifier, registry.custom_objects_for(None),
+                                             "activation")
     if isinstance(identifier, str):
         fn = _ACTIVATIONS.get(identifier)
         if fn is None:

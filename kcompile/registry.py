@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 
 __all__ = ["CustomObjectScope", "custom_object_scope", "custom_objects_for", "get_custom_objects",
+           "own_function_config", "resolve_own_function",
            "get_registered_name", "get_registered_object", "register_keras_serializable"]
 
 _GLOBAL_CUSTOM_OBJECTS: dict = {}   # registered name -> object (and whatever users put in it)
@@ -112,3 +113,29 @@ def custom_objects_for(given=None) -> dict:
     found.update(given or {})
     return found
 
+
+
+def own_function_config(function, name: str) -> dict:
+    """How a config names a function of the user's own whose name is also a built-in's (a `def mse`
+    given as the loss, a `def relu` as an activation): as Keras 3 names a function, so that loading
+    looks for it among the custom objects (resolve_own_function) instead of taking the built-in."""
+    return {"class_name": "function", "config": name,
+            "module": getattr(function, "__module__", None) or "builtins"}
+
+
+def is_own_function_config(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "function"
+
+
+def resolve_own_function(config: dict, custom_objects: dict, kind: str):
+    """The function an own_function_config names, from `custom_objects` (see custom_objects_for);
+    a ValueError when none is given for its name (the built-in of that name is not it)."""
+    name = config.get("config")
+    function = custom_objects.get(name) if isinstance(name, str) else None
+    if function is None or not callable(function):
+        raise ValueError(
+            f"the {kind} {name!r} was a function of your own (module {config.get('module')!r}), not "
+            f"kcompile's {kind} of that name, and no function is given for it: pass "
+            f"custom_objects={{{name!r}: your_function}} (or register it with "
+            "kcompile.saving.register_keras_serializable)")
+    return function

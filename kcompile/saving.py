@@ -257,12 +257,22 @@ def _function_name(function, kind: str) -> str:
     return name
 
 
+def _function_entry(function, kind: str, module):
+    """A loss or metric function as a compile config names it: its name, or for a function of the
+    user's own named like one of `module`'s (`def mse`), registry.own_function_config."""
+    name = _function_name(function, kind)
+    builtin = module._FUNCTIONS.get(name, module._CLASSES.get(name))
+    if builtin is not None and builtin is not function:
+        return registry.own_function_config(function, name)
+    return name
+
+
 def _serialize_loss(loss):
     if loss is None or isinstance(loss, str):
         return loss
     if isinstance(loss, losses.Loss):
         return {"class_name": type(loss).__name__, "config": loss.get_config()}
-    return _function_name(loss, "loss")
+    return _function_entry(loss, "loss", losses)
 
 
 def _serialize_metric(metric):
@@ -272,7 +282,7 @@ def _serialize_metric(metric):
         metric = metric()
     if isinstance(metric, metrics_module.Metric):
         return {"class_name": type(metric).__name__, "config": metric.get_config()}
-    return _function_name(metric, "metric")
+    return _function_entry(metric, "metric", metrics_module)
 
 
 def _compile_config(model) -> dict | None:
@@ -650,9 +660,12 @@ def _resolve_custom_functions(layer_config: dict, custom_objects: dict) -> dict:
     # A custom initializer or regularizer is a {"class_name", "config"} entry whose class is there.
     config = dict(layer_config)
     inner = dict(config.get("config") or {})
-    activation = inner.get("activation")
-    if isinstance(activation, str) and activation in custom_objects:
-        inner["activation"] = custom_objects[activation]
+    for key in ("activation", "recurrent_activation"):
+        activation = inner.get(key)
+        if isinstance(activation, str) and activation in custom_objects:
+            inner[key] = custom_objects[activation]
+        elif registry.is_own_function_config(activation):
+            inner[key] = registry.resolve_own_function(activation, custom_objects, "activation")
     for key, value in inner.items():
         if isinstance(value, dict) and value.get("class_name") in custom_objects:
             cls = custom_objects[value["class_name"]]
@@ -742,10 +755,12 @@ def model_from_json(json_string, custom_objects=None):
                          f"{error}") from error
 
 
-def _custom_or(value, custom_objects, resolve):
+def _custom_or(value, custom_objects, resolve, kind="function"):
     """A function or object named or configured in a compile config, custom_objects first."""
     if isinstance(value, str):
         return custom_objects.get(value, value)
+    if registry.is_own_function_config(value):
+        return registry.resolve_own_function(value, custom_objects, kind)
     if isinstance(value, dict):
         cls = custom_objects.get(value.get("class_name"))
         if cls is not None:
@@ -770,8 +785,8 @@ def compile_from_config(model, compile_config: dict, custom_objects=None) -> Non
                            lambda config: optimizers.deserialize(config, custom_objects))
     loss = compile_config.get("loss")
     if loss is not None:
-        loss = _custom_or(loss, custom_objects, losses.deserialize)
-    metrics, weighted = ([_custom_or(m, custom_objects, _metric_from_config)
+        loss = _custom_or(loss, custom_objects, losses.deserialize, "loss")
+    metrics, weighted = ([_custom_or(m, custom_objects, _metric_from_config, "metric")
                           for m in compile_config.get(key) or []]
                          for key in ("metrics", "weighted_metrics"))
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted,

@@ -671,3 +671,44 @@ def test_tile_and_repeat_traced_in_a_layer_keep_the_batch(target):
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     np.testing.assert_array_equal(model.predict(x, verbose=0),
                                   np.concatenate([np.tile(x, (1, 2)), np.repeat(x, 2, axis=1)], axis=1))
+
+
+def test_a_function_of_ones_own_named_like_a_builtin_is_never_swapped_for_the_builtin(tmp_path):
+    """A `def mse` given as the loss and a `def relu` as an activation: a saved file, a JSON config
+    and a copy name them as the user's own (as Keras 3 names functions), so loading without them is
+    a ValueError naming the fix, and with custom_objects gives the original's numbers; the
+    built-ins of those names would give others."""
+    import copy
+    from kcompile.models import clone_model, model_from_json
+
+    def mse(y_true, y_pred):
+        return ops.mean(ops.abs(y_true - y_pred), axis=-1) * 10.0
+
+    def relu(x):
+        return ops.tanh(x) * 3.0
+
+    model = Sequential([Input((4,)), Dense(3, activation=relu)])
+    model.compile("sgd", loss=mse)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), np.zeros((8, 3), np.float32)
+    kernel, bias = model.get_weights()
+    want = np.tanh(x @ kernel + bias) * 3.0                       # numpy: the user's relu
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    want_loss = float(np.mean(np.abs(want) * 10.0))               # the user's mse
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(want_loss, rel=1e-5)
+    path = tmp_path / "own.keras"
+    model.save(path)
+    for rebuild in (lambda: load_model(path), lambda: copy.deepcopy(model),
+                    lambda: model_from_json(model.to_json()), lambda: clone_model(model)):
+        with pytest.raises(ValueError, match=r"'relu' was a function of your own.*custom_objects="):
+            rebuild()
+    loaded = load_model(path, custom_objects={"relu": relu, "mse": mse})
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(want_loss, rel=1e-5)
+    # the loss alone (a built-in activation): its own message
+    plain = Sequential([Input((4,)), Dense(3)])
+    plain.compile("sgd", loss=mse)
+    plain.save(path)
+    with pytest.raises(ValueError, match=r"loss 'mse' was a function of your own"):
+        load_model(path)
+    assert load_model(path, custom_objects={"mse": mse}).loss is mse
