@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -131,31 +132,70 @@ def _generic_cpu() -> str:
     return "x86-64" if _x86() else "generic"
 
 
+#: (feature, LLVM IR of a probe function, what its assembly holds only when the CPU has the
+#: feature): instruction-set features beyond vector width and FMA that LLVM's code for a CPU name
+#: may use, so that an export's manifest lists them (kcompile.predictor refuses a library whose
+#: features the machine lacks, where it would die of SIGILL).
+_FEATURE_PROBES = (
+    ("avx2", "<8 x i32>", "%r = mul <8 x i32> %a, %a", ("vpmulld", "%ymm")),
+    ("sse4.1", "<4 x i32>", "%r = mul <4 x i32> %a, %a", ("pmulld",)),
+    ("sse4.2", "<2 x i64>", "%c = icmp sgt <2 x i64> %a, zeroinitializer\n"
+     "  %r = sext <2 x i1> %c to <2 x i64>", ("pcmpgtq",)),
+    ("popcnt", "i64", "%r = call i64 @llvm.ctpop.i64(i64 %a)", ("popcnt",)),
+    ("lzcnt", "i64", "%r = call i64 @llvm.ctlz.i64(i64 %a, i1 false)", ("lzcnt",)),
+    ("bmi", "i64", "%n = xor i64 %a, -1\n  %q = lshr i64 %a, 7\n  %r = and i64 %n, %q", ("andn",)),
+    ("bmi2", "i64", "%s = lshr i64 %a, 58\n  %b = add i64 %a, 1\n  %r = shl i64 %b, %s", ("shlx",)),
+    ("movbe", "i32", "%r = call i32 @llvm.bswap.i32(i32 %a)", ("movbe",)),
+    ("f16c", "<8 x float>", "%h = fptrunc <8 x float> %a to <8 x half>\n"
+     "  %r = fpext <8 x half> %h to <8 x float>", ("vcvtps2ph",)),
+    ("avx512cd", "<16 x i32>", "%r = call <16 x i32> @llvm.ctlz.v16i32(<16 x i32> %a, i1 false)",
+     ("vplzcntd",)),
+    ("avx512bw", "<32 x i16>", "%r = mul <32 x i16> %a, %a", ("vpmullw", "%zmm")),
+    ("xop", "<4 x i32>", "%r = call <4 x i32> @llvm.fshl.v4i32(<4 x i32> %a, <4 x i32> %a, "
+     "<4 x i32> <i32 3, i32 3, i32 3, i32 3>)", ("vprotd",)),
+    ("avx512dq", "<8 x i64>", "%r = mul <8 x i64> %a, %a", ("vpmullq",)),
+    ("avx512vl", "<4 x i64>", "%r = ashr <4 x i64> %a, <i64 3, i64 3, i64 3, i64 3>",
+     ("vpsraq", "%ymm")),
+)
+
+
 @functools.lru_cache(maxsize=None)
 def implied_features(cpu: str) -> str:
-    """The vector features a CPU name implies, as far as the generator needs them (vector width and
-    FMA), read off the code LLVM emits for it: a <16 x float> multiply-add in zmm registers means
-    AVX-512, in ymm AVX (with vfmadd, FMA too).  llvmlite cannot ask LLVM for a CPU's features."""
+    """The instruction-set features a CPU name implies, read off the code LLVM emits for it
+    (llvmlite cannot ask LLVM for a CPU's features): a <16 x float> multiply-add in zmm registers
+    means AVX-512, in ymm AVX (with vfmadd, FMA too), which decide the generator's vector width and
+    FMA use; and the features of _FEATURE_PROBES, which the code may use too."""
     if not _x86():
         return ""          # aarch64: NEON and FMA are baseline (vector_bits, has_fma)
     initialize()
     machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features="")
 
-    def assembly(operation):
+    def assembly(ty, operation):
         return machine.emit_assembly(llvm.parse_assembly(
             "declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)\n"
+            "declare i64 @llvm.ctpop.i64(i64)\ndeclare i64 @llvm.ctlz.i64(i64, i1)\n"
+            "declare i32 @llvm.bswap.i32(i32)\n"
+            "declare <16 x i32> @llvm.ctlz.v16i32(<16 x i32>, i1)\n"
+            "declare <4 x i32> @llvm.fshl.v4i32(<4 x i32>, <4 x i32>, <4 x i32>)\n"
             "define void @probe(ptr %p) {\n"
-            "  %a = load <16 x float>, ptr %p, align 4\n"
+            f"  %a = load {ty}, ptr %p, align 4\n"
             f"  {operation}\n"
-            "  store <16 x float> %r, ptr %p, align 4\n"
+            f"  store {ty} %r, ptr %p, align 4\n"
             "  ret void\n}\n"))
 
-    widest = assembly("%m = fmul <16 x float> %a, %a\n  %r = fadd <16 x float> %m, %a")
+    widest = assembly("<16 x float>", "%m = fmul <16 x float> %a, %a\n  %r = fadd <16 x float> %m, %a")
     implied = ["+avx512f"] if "%zmm" in widest else ["+avx"] if "%ymm" in widest else []
-    fused = assembly("%r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %a, "
-                     "<16 x float> %a)")
-    if "vfmadd" in fused:
+    fused = assembly("<16 x float>", "%r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, "
+                     "<16 x float> %a, <16 x float> %a)")
+    # (FMA3's multiply-adds are vfmadd132/213/231..., AMD's older FMA4's vfmaddps and the like)
+    if re.search(r"vfmadd(132|213|231)", fused):
         implied.append("+fma")
+    if re.search(r"vfmadd(ps|pd|ss|sd)\b", fused):
+        implied.append("+fma4")
+    for feature, ty, operation, needles in _FEATURE_PROBES:
+        code = assembly(ty, operation)
+        if all(needle in code for needle in needles):
+            implied.append("+" + feature)
     return ",".join(implied)
 
 

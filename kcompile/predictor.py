@@ -118,6 +118,7 @@ def _load_library(library: str, digest: str) -> ctypes.CDLL:
 # lists for them in /proc/cpuinfo.  A library that uses one the CPU lacks dies of SIGILL.
 _X86_FLAGS = {"sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx",
               "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2",
+              "popcnt": "popcnt", "lzcnt": "abm", "movbe": "movbe", "fma4": "fma4", "xop": "xop",
               "avx512f": "avx512f", "avx512cd": "avx512cd", "avx512bw": "avx512bw",
               "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni",
               "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16"}

@@ -571,6 +571,28 @@ def _match_weights(model, arrays: dict, filepath, skip_mismatch=False) -> list:
             if path in arrays and path not in mismatched]
 
 
+def _renamed_by_position(model, arrays: dict) -> dict | None:
+    """{path in the file: the model's path} when the file's weight paths are not the model's but
+    its weights are the model's in all else: as many, in the same order, each of the same kind
+    ('kernel', 'bias', ...) and shape; None otherwise.  Its layers were renamed: Keras 3's weights
+    files key a layer by its class and position, not by its name, so such a file loads there."""
+    own = [variable.path for variable in model.weights]
+    saved = list(arrays)
+    if set(saved) == set(own) or len(saved) != len(own) or len(set(own)) != len(own):
+        return None
+    for path, variable in zip(saved, model.weights):
+        if path.rpartition("/")[2] != variable.path.rpartition("/")[2] \
+                or arrays[path].shape != variable.shape:
+            return None
+    return dict(zip(saved, own))
+
+
+def _renamed_slot(key: str, renamed: dict) -> str:
+    """An optimizer slot's key ('dense/kernel/m') for the renamed weight it belongs to."""
+    weight, _, slot = key.rpartition("/")
+    return f"{renamed[weight]}/{slot}" if weight in renamed else key
+
+
 def _assign(pairs):
     for variable, array in pairs:
         variable.assign(array)
@@ -579,8 +601,10 @@ def _assign(pairs):
 def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     """Load weights saved by `save_weights` (`.weights.npz`) or `save` (`.keras`) into `model`.
 
-    Weights are matched by path ('dense/kernel'); every name and shape is checked before any weight
-    changes, so on error the model is left as it was.  With `skip_mismatch=True`, weights missing
+    Weights are matched by path ('dense/kernel'), or by position when the model's layers have other
+    names but its weights are the file's in order, kind and shape (as Keras 3 matches them, by
+    layer class and position); every name and shape is checked before any weight changes, so on
+    error the model is left as it was.  With `skip_mismatch=True`, weights missing
     from the file or of another shape are skipped with a warning instead.
     """
     if kwargs:
@@ -593,6 +617,11 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
                        if key.startswith(WEIGHTS_OPTIMIZER_PREFIX)}
     _ensure_built(model, "load")
+    renamed = _renamed_by_position(model, arrays)
+    if renamed is not None:
+        arrays = {renamed[path]: array for path, array in arrays.items()}
+        saved_optimizer = {_renamed_slot(key, renamed): array
+                           for key, array in saved_optimizer.items()}
     pairs = _match_weights(model, arrays, filepath, skip_mismatch)
     restore_optimizer = None
     if saved_optimizer and getattr(model, "compiled", False) and model.optimizer is not None:

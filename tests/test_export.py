@@ -334,6 +334,38 @@ def test_a_named_cpu_gets_the_vectors_it_implies_and_features_alone_a_generic_cp
                                atol=1e-5)
 
 
+def test_a_named_cpus_manifest_lists_the_instruction_sets_its_code_may_use(tmp_path, monkeypatch):
+    """cpu='haswell' turns on AVX2, BMI2, ... in LLVM, whose code then uses them (AVX2's integer
+    ymm operations): the manifest lists them, so a CPU with AVX and FMA but no AVX2 refuses the
+    library instead of dying of SIGILL; 'x86-64' implies none of them."""
+    import platform
+    from codegen.target import implied_features
+    from kcompile import predictor
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the CPUs named are x86-64 ones")
+    haswell = set(implied_features("haswell").split(","))
+    assert {"+avx", "+fma", "+avx2", "+bmi", "+bmi2", "+sse4.2", "+popcnt", "+f16c"} <= haswell
+    assert "+avx512f" not in haswell
+    assert implied_features("x86-64") == ""
+    assert {"+avx512f", "+avx512bw", "+avx512dq", "+avx512vl", "+avx2"} <= set(
+        implied_features("x86-64-v4").split(","))
+    flags = predictor._host_cpu_flags()
+    if flags is None or "avx2" not in flags:
+        pytest.skip("this CPU cannot run the haswell library to compare")
+    rng = np.random.default_rng(6)
+    params = mlp_params(rng)
+    directory = str(tmp_path / "haswell")
+    export_predictor(mlp_graph(), params, directory, cpu="haswell")
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    assert set(manifest["target_features"].split(",")) == haswell
+    monkeypatch.setattr(predictor, "_host_cpu_flags", lambda: flags - {"avx2"})
+    with pytest.raises(PredictorError, match="uses avx2, which this CPU does not have"):
+        load_predictor(directory)
+    monkeypatch.setattr(predictor, "_host_cpu_flags", lambda: flags)
+    x = rng.random((5, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(directory).predict(x), reference(params, x), atol=1e-5)
+
+
 def test_a_library_for_features_this_cpu_lacks_is_refused_before_it_loads(exported, tmp_path,
                                                                           monkeypatch):
     """The manifest's target_features are checked against /proc/cpuinfo's flags before the

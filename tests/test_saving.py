@@ -387,6 +387,33 @@ def test_training_resumes_exactly_after_save_weights_and_load_weights(tmp_path, 
     _assert_same_state(in_one_go, fresh)
 
 
+def test_load_weights_into_renamed_layers_goes_by_position_with_the_optimizer_state(tmp_path):
+    """As Keras 3 (whose weights files key layers by class and position): the same architecture
+    with other layer names loads a weights file by position, the optimizer's slots too, so that
+    training resumes exactly; weights of another kind or shape in that position still refuse."""
+    x, y, in_one_go, first_half = _two_epochs_and_one("reference")
+    first_half.save_weights(tmp_path / "w.weights.h5")
+    set_random_seed(7)
+    renamed = Sequential([Input(shape=(2, 3)), Flatten(), Dense(8, activation="relu", name="hidden"),
+                          Dropout(0.25), Dense(3, activation="softmax", name="head")])
+    renamed.compile(optimizer=optimizers.Adam(learning_rate=0.01),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"], target="reference")
+    renamed.load_weights(tmp_path / "w.weights.h5")
+    for mine, theirs in zip(renamed.weights, first_half.weights):
+        np.testing.assert_array_equal(mine.buffer, theirs.buffer)
+    renamed.fit(x, y, epochs=2, initial_epoch=1, **RESUME_FIT)
+    for mine, theirs in zip(renamed.weights, in_one_go.weights):
+        np.testing.assert_array_equal(mine.buffer, theirs.buffer)
+
+    # a layer of other shapes in that position: refused by path, nothing loaded
+    other = Sequential([Input(shape=(2, 3)), Flatten(), Dense(8, name="hidden"), Dense(4, name="head")])
+    before = other.get_weights()
+    with pytest.raises(ValueError, match="missing from the file: hidden/kernel"):
+        other.load_weights(tmp_path / "w.weights.h5")
+    for old, new in zip(before, other.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
 def test_load_weights_skips_an_optimizer_state_that_does_not_fit_with_a_warning(tmp_path):
     x, y = _data(n=32)
     adam = _model()
