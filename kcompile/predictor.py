@@ -269,6 +269,14 @@ class Predictor:
             raise PredictorError(f"predictor input must have shape (rows, "
                                  f"{', '.join(map(str, expected))}), got {x.shape}")
         given, x = x, np.ascontiguousarray(x, dtype=np.float32)
+        if self.ids_below is not None and x is not given and given.size:
+            # ids are checked as given, as model.predict checks them: float32 would round
+            # 9.99999999 up to a table of 10 rows' 10 and -1e-50 to -0.0
+            found = first_id_outside(given, self.ids_below)
+            if found is not None:
+                raise PredictorError(self._id_message(found, given))
+            # (an id the rounding lifted to the table's size is its last row, as in the model)
+            np.minimum(x, np.nextafter(np.float32(self.ids_below), np.float32(0)), out=x)
         rows = x.shape[0]
         out = np.empty((rows,) + self.output_shape[1:], dtype=np.float32)
         if rows == 0:
@@ -292,6 +300,10 @@ class Predictor:
         found = first_id_outside(x, np.float32(self.ids_below))
         if found is None:
             return f"the predictor takes ids in [0, {self.ids_below}); the input holds another"
+        return self._id_message(found, given)
+
+    def _id_message(self, found: tuple, given: np.ndarray) -> str:
+        """The message for an id outside the table (first_id_outside's `found`), shown as given."""
         position, _, shown, count = found
         if given.dtype.kind in "iu":
             shown = int(given[position])

@@ -525,6 +525,18 @@ def test_ids_for_an_embedding_are_range_checked_by_the_library_as_by_predict(tmp
     x[1, 2] = 2 ** 24 + 1
     with pytest.raises(PredictorError, match=r" id 16777217 at position \[1, 2\]"):
         predictor.predict(x)
+    # float64 ids are judged as given, as model.predict judges them, not as float32 rounds them:
+    # 4.99999999 (float32: 5.0) is row 4 in both, -1e-50 (float32: -0.0) is refused by both
+    x = good.astype(np.float64)
+    x[1, 2] = 4.99999999
+    want = model.predict(x, verbose=0)
+    np.testing.assert_array_equal(want, model.predict(np.where(x == 4.99999999, 4, x), verbose=0))
+    np.testing.assert_allclose(predictor.predict(x), want, atol=1e-6)
+    x[1, 2] = -1e-50
+    with pytest.raises(PredictorError, match=r" id -1e-50 at position \[1, 2\]"):
+        predictor.predict(x)
+    with pytest.raises(ValueError, match=r"holds the id -1e-50"):
+        model.predict(x, verbose=0)
     lib = ctypes.CDLL(os.path.join(directory, "libmodel.so"))
     lib.kcompile_predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     x = good.astype(np.float32)
