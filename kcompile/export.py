@@ -115,6 +115,7 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot export to {directory}: it is a file; exports are directories (pass a "
                          "new or existing directory path)")
+    _check_nothing_of_the_users_is_overwritten(directory, name)
     created = _first_missing(directory)
     # the directory, or the parent the export creates it in, must take new files (a clear message
     # rather than the OSError of a temporary file deep in the linking)
@@ -135,6 +136,28 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
         if created is not None and os.path.isdir(created):
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def _check_nothing_of_the_users_is_overwritten(directory: str, name: str | None) -> None:
+    """An export replaces its files in a directory that holds an earlier export (a kcompile
+    manifest); in any other directory, a file of the user's with one of their names is refused."""
+    if not os.path.isdir(directory):
+        return
+    file = "model" if name is None else name
+    ours = [f"lib{file}.so", f"{file}.o", f"{file}.h", "example.c", MANIFEST]
+    taken = [f for f in ours if os.path.lexists(os.path.join(directory, f))]
+    if not taken:
+        return
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            if json.load(f).get("format") == FORMAT:
+                return          # an earlier export: re-exporting replaces it
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise ValueError(f"cannot export to {directory}: it already holds {', '.join(taken)}, and it is "
+                     "not an earlier export (no kcompile manifest.json), so the export would "
+                     "overwrite files of yours; export into a new or empty directory, or move those "
+                     "files away")
 
 
 def _first_missing(directory: str) -> str | None:

@@ -550,3 +550,28 @@ def test_ids_for_an_embedding_are_range_checked_by_the_library_as_by_predict(tmp
     with open(os.path.join(plain, "manifest.json")) as f:
         assert json.load(f)["input_ids_below"] is None
     assert np.isfinite(load_predictor(plain).predict(np.full((1, 28, 28), -3e9, np.float32))).all()
+
+
+def test_an_export_never_overwrites_files_of_the_users_own(tmp_path):
+    """A directory that is not an earlier export keeps its files: one named as an export's would
+    be (example.c, model.h, ...) makes the export a ValueError that names it, and the file is
+    untouched; other files do not stand in the way, and an earlier export is replaced."""
+    params = mlp_params(np.random.default_rng(3))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "example.c").write_text("my own code")
+    (project / "notes.txt").write_text("notes")
+    with pytest.raises(ValueError, match=r"already holds example\.c.*not an earlier export"):
+        export_predictor(mlp_graph(), params, str(project))
+    assert (project / "example.c").read_text() == "my own code"
+    assert sorted(os.listdir(project)) == ["example.c", "notes.txt"]
+    (project / "example.c").unlink()
+    export_predictor(mlp_graph(), params, str(project))      # only notes.txt: fine
+    assert (project / "notes.txt").read_text() == "notes"
+    x = np.random.default_rng(4).random((2, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(str(project)).predict(x), reference(params, x),
+                               atol=1e-5)
+    other = mlp_params(np.random.default_rng(8))
+    export_predictor(mlp_graph(), other, str(project))        # over the earlier export: replaced
+    np.testing.assert_allclose(load_predictor(str(project)).predict(x), reference(other, x),
+                               atol=1e-5)
