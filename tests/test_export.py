@@ -269,6 +269,14 @@ def test_portable_build_for_a_named_cpu(tmp_path):
                                atol=1e-6)
 
 
+def _export_for(directory, rng, **target):
+    """(directory, params, manifest) of the MLP with weights from `rng` exported for `target`."""
+    params = mlp_params(rng)
+    export_predictor(mlp_graph(), params, str(directory), **target)
+    with open(os.path.join(directory, "manifest.json")) as f:
+        return str(directory), params, json.load(f)
+
+
 def test_a_cpu_without_features_gets_that_cpus_baseline_not_the_hosts(tmp_path):
     """cpu='x86-64' alone: the library is generated for SSE2 (4-lane vectors, no FMA: no libm call
     either) and runs here with the reference's predictions; bad targets fail before anything is
@@ -277,10 +285,7 @@ def test_a_cpu_without_features_gets_that_cpus_baseline_not_the_hosts(tmp_path):
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the baseline build names an x86-64 CPU")
     rng = np.random.default_rng(4)
-    params = mlp_params(rng)
-    directory = str(tmp_path / "baseline")
-    export_predictor(mlp_graph(), params, directory, cpu="x86-64")
-    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    directory, params, manifest = _export_for(tmp_path / "baseline", rng, cpu="x86-64")
     assert (manifest["target_cpu"], manifest["target_features"]) == ("x86-64", "")
     asm = subprocess.run(["objdump", "-d", os.path.join(directory, "libmodel.so")],
                          capture_output=True, text=True).stdout
@@ -353,10 +358,7 @@ def test_a_named_cpus_manifest_lists_the_instruction_sets_its_code_may_use(tmp_p
     if flags is None or "avx2" not in flags:
         pytest.skip("this CPU cannot run the haswell library to compare")
     rng = np.random.default_rng(6)
-    params = mlp_params(rng)
-    directory = str(tmp_path / "haswell")
-    export_predictor(mlp_graph(), params, directory, cpu="haswell")
-    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    directory, params, manifest = _export_for(tmp_path / "haswell", rng, cpu="haswell")
     assert set(manifest["target_features"].split(",")) == haswell
     monkeypatch.setattr(predictor, "_host_cpu_flags", lambda: flags - {"avx2"})
     with pytest.raises(PredictorError, match="uses avx2, which this CPU does not have"):
