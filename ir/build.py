@@ -274,3 +274,27 @@ def clip(x: Node, low, high) -> Node:
 
 def is_float(x: Node) -> bool:
     return x.dtype in FLOAT_DTYPES
+
+
+def floor(x: Node) -> Node:
+    """The largest integer <= x (a float value; values past 2**23 are integers already), from
+    casts: an integer x is itself."""
+    if x.dtype not in FLOAT_DTYPES:
+        return x
+    whole = cast(cast(clip(x, -2.0 ** 30, 2.0 ** 30), "i32"), x.dtype)   # truncated
+    floored = sub(whole, cast(gt(whole, x), x.dtype))
+    return select(lt(abs(x), 2.0 ** 23), floored, x)
+
+
+def floor_div(a, b) -> Node:
+    """floor(a / b), as Python's and numpy's `//`: of integers (no float operand), an int32."""
+    a, b = as_traced(a), as_traced(b)
+    quotient = floor(true_div(a, b))
+    integral = all(x.dtype not in FLOAT_DTYPES if isinstance(x, Node) else
+                   isinstance(x, (int, np.integer)) for x in (a, b))
+    return cast(quotient, "i32") if integral else quotient
+
+
+def mod(a, b) -> Node:
+    """a - floor(a / b) * b: the remainder with the divisor's sign, as Python's and numpy's `%`."""
+    return sub(a, mul(floor_div(a, b), b))

@@ -179,6 +179,18 @@ class Node:
     def __rtruediv__(self, other):
         return _build().true_div(other, self)
 
+    def __floordiv__(self, other):
+        return _build().floor_div(self, other)
+
+    def __rfloordiv__(self, other):
+        return _build().floor_div(other, self)
+
+    def __mod__(self, other):
+        return _build().mod(self, other)
+
+    def __rmod__(self, other):
+        return _build().mod(other, self)
+
     def __neg__(self):
         return _build().neg(self)
 

@@ -37,7 +37,7 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "divide_no_nan", "broadcast_to", "tile", "repeat", "size", "categorical_crossentropy",
            "sparse_categorical_crossentropy", "binary_crossentropy", "full", "eye",
            "convert_to_tensor", "gelu", "elu", "selu", "leaky_relu", "hard_sigmoid", "softsign",
-           "relu6"]
+           "relu6", "floor_divide", "mod"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -178,12 +178,7 @@ def logical_not(x):
 
 def floor(x):
     """The largest integer <= x (a float value; values past 2**23 are integers already)."""
-    x = _node(x, "floor")
-    if x.dtype not in ("f32", "f64"):
-        return x
-    whole = B.cast(B.cast(B.clip(x, -2.0 ** 30, 2.0 ** 30), "i32"), x.dtype)   # truncated
-    floored = B.sub(whole, B.cast(B.gt(whole, x), x.dtype))
-    return B.select(B.lt(B.abs(x), 2.0 ** 23), floored, x)
+    return B.floor(_node(x, "floor"))
 
 
 def round(x):  # noqa: A001  (Keras's name)
@@ -456,13 +451,26 @@ def cast(x, dtype):
 
 def power(x1, x2):
     """x1 ** x2: a number exponent as the `**` operator takes it (integers as products), a traced
-    one as exp(x2 log x1) (x1 > 0)."""
+    one as exp(x2 log x1) (x1 > 0; a number or array base too, as Keras's schedules write
+    `ops.power(decay_rate, step / decay_steps)`)."""
     base, exponent = as_traced(x1), as_traced(x2)
     if isinstance(base, Node) and not isinstance(exponent, Node):
         return base ** exponent
     if not isinstance(exponent, Node):
         _node(exponent, "power")
+    if not isinstance(base, Node):
+        import numpy as np
+        value = np.asarray(base)
+        if value.dtype.kind not in "fiub":
+            raise TypeError(f"kcompile.ops.power: the base must be numeric; got {base!r}")
+        if value.ndim == 0 and float(value) > 0:
+            return float(value) ** exponent        # (the operator's b ** x)
+        base = B.const(value, exponent.dtype if exponent.dtype in ("f32", "f64") else "f32")
     return B.exp(B.mul(exponent, B.log(base)))
+
+
+floor_divide = _binary(B.floor_div, "floor_divide")   # x1 // x2, as numpy's
+mod = _binary(B.mod, "mod")                           # x1 % x2, with the divisor's sign
 
 
 def softplus(x):

@@ -65,6 +65,15 @@ BINARY = [(lambda a, c: ops.cast(ops.logical_and(a > 0.2, c > 0.2), "float32"),
           (ops.add, np.add), (ops.subtract, np.subtract), (ops.multiply, np.multiply),
           (ops.divide, np.divide), (ops.maximum, np.maximum), (ops.minimum, np.minimum),
           (lambda a, c: ops.cast(ops.less_equal(a, c), "float32"), lambda a, c: a <= c)]
+# floor division and remainders as numpy's (the divisor's sign), operators and functions; a
+# number base with a traced exponent (Keras's schedules write ops.power(decay_rate, step / n))
+BINARY += [(ops.floor_divide, np.floor_divide), (ops.mod, np.mod),
+           (lambda a, c: (a * 7.0) // c, lambda a, c: (a * 7.0) // c),
+           (lambda a, c: (a * 7.0) % c, lambda a, c: np.mod(a * 7.0, c)),
+           (lambda a, c: 5.0 // (c + 3.0) + 5.0 % (c + 3.0),
+            lambda a, c: 5.0 // (c + 3.0) + np.mod(5.0, c + 3.0)),
+           (lambda a, c: ops.power(0.5, a) + ops.power(np.float32(3.0), c),
+            lambda a, c: 0.5 ** a + 3.0 ** c)]
 
 
 @pytest.mark.parametrize("index", range(len(UNARY)))
@@ -712,3 +721,37 @@ def test_a_function_of_ones_own_named_like_a_builtin_is_never_swapped_for_the_bu
     with pytest.raises(ValueError, match=r"loss 'mse' was a function of your own"):
         load_model(path)
     assert load_model(path, custom_objects={"mse": mse}).loss is mse
+
+
+def test_integer_floor_division_and_remainders_stay_integers_as_numpys():
+    a = np.array([[7, -7, 9], [-9, 0, 5]], np.int32)
+    for fn, want in ((lambda x: x // 2, a // 2), (lambda x: x % 3, a % 3),
+                     (lambda x: ops.floor_divide(x, -4), a // -4)):
+        got = call_eagerly(fn, a)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_custom_schedule_with_power_floor_division_and_remainders_trains(target="llvm"):
+    """As a Keras user writes a step schedule: 0.1 * ops.power(0.5, ops.floor(step / 3)), or with
+    `//` and `%` on the step; the rate after each step of fit is the schedule's at that step."""
+    from kcompile.optimizers import SGD
+    from kcompile.optimizers.schedules import LearningRateSchedule
+
+    class Steps(LearningRateSchedule):
+        def __call__(self, step):
+            return 0.1 * ops.power(0.5, ops.floor(step / 3)) + ops.where(step % 2 == 0, 0.0, 0.01) \
+                + 0.001 * (step // 4)
+
+    def expected(step):
+        return 0.1 * 0.5 ** (step // 3) + (0.0 if step % 2 == 0 else 0.01) + 0.001 * (step // 4)
+
+    for step in range(9):
+        assert float(Steps()(step)) == pytest.approx(expected(step), rel=1e-6)
+    model = Sequential([Input((3,)), Dense(2)])
+    model.compile(SGD(learning_rate=Steps()), "mse", target=target)
+    x, y = np.ones((12, 3), np.float32), np.zeros((12, 2), np.float32)
+    seen = []
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[kcompile.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(float(model.optimizer.learning_rate)))])
+    np.testing.assert_allclose(seen, [expected(step) for step in range(1, 7)], rtol=1e-6)
