@@ -9,8 +9,9 @@ def _label(node) -> str:
     attrs = " ".join(f"{k}={format_value(v)}" for k, v in node.attrs
                      if k not in ("shape", "dtype") and not (node.op == "const" and k == "value"
                                                              and node.type.shape != ()))
-    text = f"{node.op} {attrs}".strip() + f"\\n{node.type}"
-    return text.replace('"', '\\"')
+    # (a name's quotes and backslashes escaped for DOT; then DOT's own line break)
+    text = f"{node.op} {attrs}".strip().replace("\\", "\\\\").replace('"', '\\"')
+    return text + f"\\n{node.type}"
 
 
 def to_dot(graph: Graph, groups=None) -> str:

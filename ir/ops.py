@@ -263,6 +263,8 @@ def _reduce_shape(t, attrs):
     for a in axes:
         if not 0 <= a < t.rank:
             raise ValueError(f"reduction axis {a} out of range for {t}")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"reduction axes {tuple(axes)} repeat an axis")
     if attrs.get("keepdims", False):
         shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
     else:

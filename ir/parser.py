@@ -61,10 +61,14 @@ def _split_attrs(text: str) -> list:
         if not m:
             raise ParseError(f"expected key=value at {text[i:]!r}")
         key, i = m.group(1), m.end()
+        if i == len(text) or text[i].isspace():
+            raise ParseError(f"attribute {key} has no value (write {key}=VALUE)")
         if text[i] == '"':
             _, end = json.JSONDecoder().raw_decode(text, i)
         elif text[i] == "(":
-            end = text.index(")", i) + 1
+            end = text.find(")", i) + 1
+            if not end:
+                raise ParseError(f"attribute {key}: '(' is not closed with ')'")
         else:
             end = i
             while end < len(text) and not text[end].isspace():
@@ -75,8 +79,12 @@ def _split_attrs(text: str) -> list:
 
 
 def _parse_type(dtype: str, dims: str) -> TensorType:
-    shape = tuple(None if d == "?" else int(d) for d in dims.split(",")) if dims else ()
-    return TensorType(dtype, shape)
+    entries = dims.split(",") if dims else []
+    for d in entries:
+        if d.strip() != "?" and not re.fullmatch(r"\s*\d+\s*", d):
+            raise ParseError(f"bad dimension {d.strip()!r} in {dtype}[{dims}]: dimensions are "
+                             "sizes (0, 1, ...) or ? for the batch")
+    return TensorType(dtype, tuple(None if d.strip() == "?" else int(d) for d in entries))
 
 
 def parse(text: str, constants: dict | None = None, *, with_groups: bool = False):
@@ -134,11 +142,13 @@ def _parse(text: str, constants, with_groups: bool, where: list):
             i = 0
             while i < len(rest):
                 key, i = _scan_name(rest, i)
-                if rest[i] != "=":
-                    raise ParseError(f"line {lineno}: expected '=' in return")
+                if i == len(rest) or rest[i] != "=":
+                    raise ParseError(f"line {lineno}: expected NAME=%N in return, got "
+                                     f"{key!r} without '='")
                 m = re.compile(r"%\d+").match(rest, i + 1)
                 if not m or m.group(0) not in values:
-                    raise ParseError(f"line {lineno}: unknown value in return")
+                    raise ParseError(f"line {lineno}: unknown value in return (output {key!r}: "
+                                     "expected %N, a value defined above)")
                 outputs.append((key, values[m.group(0)]))
                 i = m.end()
                 while i < len(rest) and rest[i] in ", ":
@@ -155,6 +165,9 @@ def _parse(text: str, constants, with_groups: bool, where: list):
         operands = []
         while rest.startswith("%"):
             om = re.compile(r"(%\d+)\s*,?\s*").match(rest)
+            if om is None:
+                raise ParseError(f"line {lineno}: bad value reference {rest.split()[0].rstrip(',')!r}"
+                                 " (values are %0, %1, ...)")
             if om.group(1) not in values:
                 raise ParseError(f"line {lineno}: {om.group(1)} used before it is defined")
             operands.append(values[om.group(1)])

@@ -136,6 +136,41 @@ def test_malformed_ir_text_is_a_parse_error_naming_the_line(text):
         ir.parse(text)
 
 
+@pytest.mark.parametrize("edit,line,message", [
+    (("arg name=x", "arg name=x foo="), 2, "attribute foo has no value"),
+    (("return y=%3", "return y"), 6, "expected NAME=%N in return, got 'y' without '='"),
+    (("return y=%3", "return y=%3 junk"), 6, "expected NAME=%N in return, got 'junk' without '='"),
+    (("%0, %1", "%0, %x"), 4, r"bad value reference '%x'"),
+    (("transpose_b=true", "transpose_b=(1,2"), 4, r"attribute transpose_b: '\(' is not closed"),
+    (("%0:f32[?,4] = arg", "%0:f32[a,4] = arg"), 2, "bad dimension 'a' in f32"),
+    (("%0:f32[?,4] = arg", "%0:f32[?,4,] = arg"), 2, "bad dimension '' in f32"),
+])
+def test_malformed_fragments_are_named_in_the_parse_error(edit, line, message):
+    """What is wrong, not the parser's own IndexError or AttributeError."""
+    with pytest.raises(ir.parser.ParseError, match=rf"line {line}: {message}"):
+        ir.parse(_MATMUL.replace(*edit))
+
+
+def test_a_reduction_that_repeats_an_axis_is_refused():
+    text = ("graph g\n  %0:f32[?,4] = arg name=x\n"
+            "  %1:f32[?] = reduce_sum %0 axes=(1,1) keepdims=false\n  return y=%1\n")
+    with pytest.raises(ir.parser.ParseError, match=r"line 3: reduction axes \(1, 1\) repeat an axis"):
+        ir.parse(text)
+
+
+def test_dot_labels_escape_quotes_and_backslashes_in_names():
+    """A layer named with a quote and a backslash: every label is one well-formed DOT string that
+    reads back as the IR's text of the node."""
+    import re
+    model = kcompile.Sequential([Input((3,)), Dense(2, name='my"d\\ense')])
+    model.compile("sgd", "mse")
+    dot = model.to_dot(graph="predict")
+    labels = re.findall(r'\[label="((?:[^"\\]|\\.)*)"[,\]]', dot)
+    assert len(labels) == len(re.findall(r"\[label=", dot))
+    unescaped = [re.sub(r"\\(.)", r"\1", label) for label in labels]
+    assert any('name="my\\"d\\\\ense/kernel"' in text for text in unescaped), unescaped
+
+
 _MATMUL = """graph g
   %0:f32[?,4] = arg name=x
   %1:f32[4,4] = arg name=w
