@@ -334,8 +334,12 @@ class Metric:
 
     def result(self):
         if self._totals is None:
-            return 0.0
+            return self._empty_result()
         return self._finish(self._totals, self._samples)
+
+    def _empty_result(self):
+        """result() with nothing accumulated (a new metric, or after reset_state)."""
+        return 0.0
 
     def __call__(self, *args, **kwargs):
         """As Keras's `Metric.__call__`: update the state with this batch, return the result."""
@@ -635,6 +639,10 @@ class _ConfusionMetric(Metric):
     def _result(self, totals):
         raise NotImplementedError
 
+    def _empty_result(self):
+        # (as Keras's: a list of thresholds gives a list, of zeros, before any update too)
+        return self._result({key: np.zeros(len(self.thresholds)) for key in self.COUNTS})
+
     @staticmethod
     def _scalar_or_list(values):
         values = np.asarray(values, np.float64)
@@ -847,7 +855,13 @@ class FBetaScore(Metric):
         missed, wrong = B.sub(1.0, predicted), B.sub(1.0, y_true)
         sums = {"tp": total(B.mul(predicted, y_true)), "fp": total(B.mul(predicted, wrong)),
                 "fn": total(B.mul(missed, y_true)), "support": total(y_true)}
+        self._classes = y_pred.shape[-1]
         return sums, lambda totals, samples: self._result(totals)
+
+    def _empty_result(self):
+        # (Keras's keeps its per-class variables through reset_state: average=None gives zeros)
+        classes = self.__dict__.get("_classes")
+        return np.zeros(classes, np.float32) if self.average is None and classes else 0.0
 
     def _result(self, totals):
         epsilon = losses_module.EPSILON
@@ -860,7 +874,7 @@ class FBetaScore(Metric):
             return float(np.sum(score * support / (np.sum(support) + epsilon)))
         if self.average is not None:
             return float(np.mean(score))
-        return score
+        return score.astype(np.float32)
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, "average": self.average, "beta": self.beta,
@@ -888,6 +902,9 @@ class R2Score(Metric):
     'uniform_average': their mean, 'variance_weighted_average': weighed by each column's total sum
     of squares); num_regressors > 0 gives the adjusted R2 with Keras's n, the number of entries of
     y_true seen (samples times columns)."""
+
+    def _empty_result(self):
+        return float("nan")     # (as Keras's: no sums, 0 / 0)
 
     _direction = "up"
 

@@ -589,3 +589,30 @@ def test_a_result_over_several_thresholds_is_a_float32_copy_not_the_running_tota
     first[...] = -1                              # writing into a result leaves the metric alone
     metric.update_state([0, 1], [0.5, 0.9])
     np.testing.assert_array_equal(metric.result(), np.multiply(want, 2 if counts else 1))
+
+
+def test_results_before_any_update_and_after_reset_state_have_their_updated_shape():
+    """As Keras 3's: a list of thresholds gives a list of zeros, F1Score(average=None) zeros per
+    class after reset_state (the classes it has seen), R2Score NaN (0 / 0) with nothing summed."""
+    from kcompile import metrics as M
+    for metric in (M.Precision(thresholds=[0.3, 0.6]), M.Recall(thresholds=[0.3, 0.6]),
+                   M.TruePositives(thresholds=[0.3, 0.6]), M.FalseNegatives(thresholds=[0.3, 0.6])):
+        np.testing.assert_array_equal(metric.result(), np.zeros(2, np.float32))
+        metric.update_state([1.0, 0.0], [0.5, 0.7])
+        assert np.asarray(metric.result()).shape == (2,)
+        metric.reset_state()
+        result = metric.result()
+        assert result.dtype == np.float32
+        np.testing.assert_array_equal(result, np.zeros(2, np.float32))
+    assert M.Precision().result() == 0.0
+    f1 = M.F1Score(average=None)
+    f1.update_state(np.eye(3)[[0, 1]], np.eye(3)[[0, 2]] * 0.9)
+    assert f1.result().dtype == np.float32 and f1.result()[0] == pytest.approx(1.0, abs=1e-6)
+    f1.reset_state()
+    np.testing.assert_array_equal(f1.result(), np.zeros(3, np.float32))
+    r2 = M.R2Score()
+    assert np.isnan(r2.result())
+    r2.update_state(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [4.0]]))
+    assert r2.result() == pytest.approx(1 - 1 / 2)        # 1 - ss_res / ss_tot
+    r2.reset_state()
+    assert np.isnan(r2.result())
