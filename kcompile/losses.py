@@ -432,21 +432,28 @@ class Loss:
         raise NotImplementedError
 
     def reduce(self, values: Node, sample_weight: Node | None = None) -> Node:
-        """Keras 3's `reduce_weighted_values`: weight, then sum / number of values (or weights)."""
+        """Keras 3's `reduce_weighted_values`: weight, then sum / number of values (or, with
+        'mean_with_sample_weight', the sum of the weights as given, before they are broadcast to
+        the values: Keras's divisor)."""
+        given, expand = sample_weight, False
         if sample_weight is not None:
             if values.type.rank == 0:
                 # A loss function that already reduced to a scalar: Keras broadcasts it against the
                 # weights, so the batch's loss is the scalar times the weights' mean (for the default
                 # reduction) -- one weight per sample as usual (as Metric.trace_sums does).
                 values = B.broadcast(values, sample_weight.shape[:1])
+            # (Keras's squeeze_or_expand_to_same_rank: one loss per sample against weights of
+            # shape (batch, 1) gives unreduced losses of that shape)
+            expand = values.type.rank == 1 and sample_weight.type.rank == 2 \
+                and sample_weight.shape[-1] == 1
             sample_weight = _weight_like(sample_weight, values)
             values = B.mul(values, sample_weight)
         if self.reduction in ("none", None) or values.type.rank == 0:
-            return values
+            return B.reshape(values, values.shape + (1,)) if expand else values
         if self.reduction == "sum":
             return B.reduce_sum(values)
         if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
-            total, weights = B.reduce_sum(values), B.reduce_sum(sample_weight)
+            total, weights = B.reduce_sum(values), B.reduce_sum(B.cast(given, values.dtype))
             # divide_no_nan: a batch whose weights sum to 0 has loss 0.
             empty = B.eq(weights, 0.0)
             return B.select(empty, 0.0, B.div(total, B.select(empty, 1.0, weights)))

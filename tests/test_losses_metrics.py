@@ -353,6 +353,16 @@ def test_sample_weights_and_reductions_follow_keras():
     np.testing.assert_allclose(losses.MeanAbsoluteError(reduction="none")(y, p, w), per_sample * w,
                                rtol=1e-5)
     np.testing.assert_allclose(mae(y, p, sample_weight=w[:, None]), (per_sample * w).mean(), rtol=1e-5)
+    # weights of shape (batch, 1): unreduced losses of that shape, as Keras's
+    unreduced = losses.MeanAbsoluteError(reduction="none")(y, p, w[:, None])
+    assert unreduced.shape == (6, 1)
+    np.testing.assert_allclose(unreduced[:, 0], per_sample * w, rtol=1e-5)
+    # per-step losses (batch, steps) with a weight per sample (batch, 1): Keras divides by the sum
+    # of the weights as given, not as broadcast over the steps
+    y3, p3 = rng.standard_normal((6, 4, 3)), rng.standard_normal((6, 4, 3))
+    per_step = np.abs(y3 - p3).mean(-1)
+    assert float(losses.MeanAbsoluteError(reduction="mean_with_sample_weight")(y3, p3, w[:, None])) \
+        == pytest.approx((per_step * w[:, None]).sum() / w.sum(), rel=1e-5)
     with pytest.raises(ValueError, match="Invalid value for argument `reduction`"):
         losses.Huber(reduction="average")
 
