@@ -30,14 +30,16 @@ class SymbolicTensor:
 
     @property
     def dtype(self) -> str:
-        return "float32"
+        """The Input's dtype ('float32', or an integer type for Embedding ids), as Keras's."""
+        return self._input_layer.input_dtype
 
     @property
     def name(self) -> str:
         return self._input_layer.name
 
     def __repr__(self):
-        return f"<SymbolicTensor shape={format_shape(self.shape)}, dtype=float32, name={self.name}>"
+        return (f"<SymbolicTensor shape={format_shape(self.shape)}, dtype={self.dtype}, "
+                f"name={self.name}>")
 
 
 class InputLayer(Layer):

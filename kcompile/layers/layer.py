@@ -137,7 +137,9 @@ class Variable:
 
     @property
     def trainable(self) -> bool:
-        return self._trainable
+        """Whether training updates it: its own flag, and its layer's (a frozen layer's weights
+        say False, as Keras's)."""
+        return self._trainable and (self._owner is None or bool(self._owner.trainable))
 
     @trainable.setter
     def trainable(self, value: bool):
