@@ -32,12 +32,16 @@ def _eager(fn, x, *args, **kwargs):
     return call_eagerly(lambda node: fn(node, *args, **kwargs), x)
 
 
-def _activation(fn):
-    """Make `fn(x: Node, ...)` also accept arrays (run eagerly on the reference interpreter)."""
+def _activation(fn, keeps_integers: bool = False):
+    """Make `fn(x: Node, ...)` also accept arrays (run eagerly on the reference interpreter), and
+    integer (or bool) values, which it computes in float32 as Keras's do (but for relu and
+    hard_tanh, `keeps_integers`, whose results stay integers there too)."""
     @functools.wraps(fn)
     def activation(x, *args, **kwargs):
         if not isinstance(x, Node):
-            return _eager(fn, x, *args, **kwargs)
+            return _eager(activation, x, *args, **kwargs)
+        if not keeps_integers and x.dtype not in ("f32", "f64"):
+            x = B.cast(x, "f32")
         return fn(x, *args, **kwargs)
     return activation
 
@@ -98,7 +102,7 @@ def erf_approximation(x: Node) -> Node:
 
 # -- activations ----------------------------------------------------------------------------------
 
-@_activation
+@functools.partial(_activation, keeps_integers=True)
 def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
     """max(x, 0) (gradient 0 at 0); with Keras's options: `negative_slope` below the threshold,
     values clipped at `max_value`, and zero (or the negative slope) at or below `threshold`."""
@@ -226,7 +230,7 @@ def hard_silu(x):
 hard_swish = hard_silu
 
 
-@_activation
+@functools.partial(_activation, keeps_integers=True)
 def hard_tanh(x):
     """-1 below -1, 1 above 1, x between."""
     return B.clip(x, -1.0, 1.0)
@@ -338,6 +342,13 @@ def get(identifier):
     if registry.is_own_function_config(identifier):
         return registry.resolve_own_function(identifier, registry.custom_objects_for(None),
                                              "activation")
+    if registry.is_function_config(identifier):
+        # a built-in's (serialize_keras_object's, or Keras's): found by its name
+        identifier = identifier.get("config")
+        if identifier not in _ACTIVATIONS:
+            found = registry.custom_objects_for(None).get(identifier)
+            if callable(found):
+                return found
     if isinstance(identifier, str):
         fn = _ACTIVATIONS.get(identifier)
         if fn is None:

@@ -123,8 +123,19 @@ def own_function_config(function, name: str) -> dict:
             "module": getattr(function, "__module__", None) or "builtins"}
 
 
-def is_own_function_config(value) -> bool:
+def is_function_config(value) -> bool:
+    """A config naming a function ({'class_name': 'function', 'config': name, ...}), as
+    own_function_config and serialize_keras_object write, and Keras 3 does."""
     return isinstance(value, dict) and value.get("class_name") == "function"
+
+
+def is_own_function_config(value) -> bool:
+    """A function config of the user's own function (own_function_config: its module is the
+    user's), not a built-in one ('builtins', kcompile's or Keras's modules)."""
+    if not is_function_config(value):
+        return False
+    module = value.get("module") or "builtins"
+    return module != "builtins" and module.partition(".")[0] not in ("kcompile", "keras")
 
 
 def resolve_own_function(config: dict, custom_objects: dict, kind: str):

@@ -266,3 +266,36 @@ def test_activation_layer_with_a_function():
     np.testing.assert_allclose(model.predict(x, verbose=0), np.log(np_softmax(x)), rtol=1e-5,
                                atol=1e-6)
     assert Activation.from_config(model.layers[0].get_config()).activation is activations.log_softmax
+
+
+def test_integer_inputs_compute_in_float32_as_keras_but_relu_and_hard_tanh_keep_them():
+    """Keras 3 casts an integer input of an activation to float32 (leaky_relu([-2, 2]) is
+    [-0.4, 2.]), but for relu and hard_tanh, whose integer results are exact; the values are the
+    float inputs' ones."""
+    ints = np.array([[-2, 0, 3]])
+    floats = ints.astype(np.float32)
+    for name in ("leaky_relu", "gelu", "softsign", "hard_sigmoid", "elu", "selu", "softmax",
+                 "softplus", "tanh", "sigmoid", "relu6", "hard_shrink", "mish", "exponential"):
+        fn = getattr(activations, name)
+        got = np.asarray(fn(ints))
+        assert got.dtype == np.float32, name
+        np.testing.assert_array_equal(got, np.asarray(fn(floats)), err_msg=name)
+    np.testing.assert_array_equal(activations.leaky_relu(ints), np.float32([[-0.4, 0.0, 3.0]]))
+    for name, want in (("relu", [[0, 0, 3]]), ("hard_tanh", [[-1, 0, 1]])):
+        got = np.asarray(getattr(activations, name)(ints))
+        assert got.dtype.kind == "i", name
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_serialized_builtin_activation_reads_back_as_itself():
+    from kcompile.saving import deserialize_keras_object, serialize_keras_object
+    for fn in (activations.relu, activations.gelu, activations.tanh):
+        config = serialize_keras_object(fn)
+        assert activations.deserialize(config) is fn
+        assert activations.get(config) is fn
+        assert deserialize_keras_object(config) is fn
+        assert Dense(2, activation=config).activation is fn
+    # Keras 3's own config of its tanh names the same function
+    keras_config = {"module": "keras.src.activations.activations", "class_name": "function",
+                    "config": "tanh", "registered_name": "tanh"}
+    assert activations.get(keras_config) is activations.tanh
