@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # NOTE: submodules and the top-level aliases load on first use (PEP 562), so `import kcompile` and
 # `kcompile.predictor` (an exported model's loader) stay free of the compiler and its dependencies.
-_SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "datasets", "describe", "errors", "export",
+_SUBMODULES = ("activations", "backend", "bench", "callbacks", "cli", "config", "datasets", "describe", "errors", "export",
                "initializers", "inspection", "layers", "losses", "metrics", "models", "ops", "optimizers",
                "predictor", "regularizers", "saving", "trainer", "utils")
 _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile.models", "Model"),
@@ -32,7 +32,8 @@ def version() -> str:
     return __version__
 
 __all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "Layer", "Loss", "Metric",
-           "Optimizer", "Initializer", "Regularizer", "version", "activations", "callbacks", "datasets", "initializers",
+           "Optimizer", "Initializer", "Regularizer", "version", "activations", "callbacks", "config",
+           "datasets", "initializers",
            "layers", "losses", "metrics", "models", "ops", "optimizers", "regularizers", "utils", "__version__"]
 
 

@@ -46,8 +46,8 @@ class Initializer:
     def _generator(self) -> np.random.Generator:
         return get_generator() if self.seed is None else np.random.default_rng(self.seed)
 
-    def __call__(self, shape, dtype="float32") -> np.ndarray:
-        if np.dtype(dtype) != np.float32:
+    def __call__(self, shape, dtype=None) -> np.ndarray:
+        if dtype is not None and np.dtype(dtype) != np.float32:
             raise ValueError(f"kcompile weights are float32; got dtype={dtype!r}")
         shape = tuple(int(d) for d in shape)
         return np.array(self.generate(shape), dtype=np.float32, order="C")  # (0-d stays 0-d)
@@ -61,6 +61,10 @@ class Initializer:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def clone(self) -> "Initializer":
+        """A new initializer with the same configuration, as Keras's."""
+        return type(self).from_config(self.get_config())
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -90,15 +94,27 @@ class Ones(Initializer):
 
 
 class Constant(Initializer):
+    """A number everywhere, or an array broadcast to the weight's shape (as Keras's)."""
+
     def __init__(self, value=0.0):
         super().__init__(None)
-        self.value = float(value)
+        array = np.asarray(value, dtype=np.float64)
+        if array.dtype.kind not in "fiub" or (array.size and not np.all(
+                np.abs(array) <= np.finfo(np.float32).max)):
+            raise ValueError(f"Constant: value must be finite numbers within float32's range; "
+                             f"got {value!r}")
+        self.value = float(array) if array.ndim == 0 else array.astype(np.float32)
 
     def generate(self, shape):
-        return np.full(shape, self.value, np.float32)
+        try:
+            return np.broadcast_to(np.float32(self.value) if isinstance(self.value, float)
+                                   else self.value, shape).copy()
+        except ValueError:
+            raise ValueError(f"Constant: a value of shape {self.value.shape} does not broadcast "
+                             f"to the weight's shape {tuple(shape)}") from None
 
     def get_config(self):
-        return {"value": self.value}
+        return {"value": self.value if isinstance(self.value, float) else self.value.tolist()}
 
 
 class RandomUniform(Initializer):
@@ -289,7 +305,10 @@ def deserialize(config: dict) -> Initializer:
 
 
 def get(identifier) -> Initializer:
-    """An initializer from a name ('glorot_uniform', 'zeros', ...), a config dict, a class or an instance."""
+    """An initializer from a name ('glorot_uniform', 'zeros', ...), a config dict, a class or an
+    instance; None is glorot_uniform, what Keras's layers draw a weight with when given None."""
+    if identifier is None:
+        return GlorotUniform()
     if isinstance(identifier, Initializer):
         return identifier
     if isinstance(identifier, str):

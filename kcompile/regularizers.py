@@ -73,7 +73,7 @@ class L1(L1L2):
     """l1 * sum(|x|)."""
 
     def __init__(self, l1=0.01):
-        super().__init__(l1=l1)
+        super().__init__(l1=0.01 if l1 is None else l1)    # (None: the default, as Keras's)
 
     def get_config(self):
         return {"l1": self.l1}
@@ -83,7 +83,7 @@ class L2(L1L2):
     """l2 * sum(x^2)."""
 
     def __init__(self, l2=0.01):
-        super().__init__(l2=l2)
+        super().__init__(l2=0.01 if l2 is None else l2)    # (None: the default, as Keras's)
 
     def get_config(self):
         return {"l2": self.l2}
@@ -105,6 +105,13 @@ def serialize(regularizer) -> dict | None:
                          "saved in a config; subclass kcompile.regularizers.Regularizer with "
                          "get_config()")
     return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+
+
+def deserialize(config, custom_objects=None):
+    """The regularizer a `serialize` config describes (classes in `custom_objects` first)."""
+    if isinstance(config, dict) and custom_objects and config.get("class_name") in custom_objects:
+        return custom_objects[config["class_name"]].from_config(dict(config.get("config") or {}))
+    return get(config)
 
 
 def get(identifier):

@@ -123,3 +123,43 @@ def test_metrics_given_as_loss_objects_classes_and_functions_get_keras_names():
     batch_means = (errors[:32].mean() + errors[32:].mean()) / 2
     assert logs["my_loss"] == pytest.approx(batch_means, rel=1e-5)
     assert MyLoss().name == "my_loss" and losses.Huber().name == "huber_loss"
+
+
+def test_keras_config_regularizer_and_initializer_helpers():
+    """keras.config's settings, regularizers.deserialize and the None defaults, Constant of an
+    array broadcast to the weight, an initializer's clone() and dtype=None: as Keras 3's."""
+    assert kcompile.config.floatx() == "float32" and kcompile.config.image_data_format() == \
+        "channels_last" and kcompile.config.epsilon() == kcompile.backend.epsilon()
+    restored = regularizers.deserialize({"class_name": "L2", "config": {"l2": 0.5}})
+    assert isinstance(restored, regularizers.L2) and restored.l2 == 0.5
+    assert regularizers.L2(None).l2 == 0.01 and regularizers.L1(None).l1 == 0.01
+    inits = kcompile.initializers
+    dense = layers.Dense(3, kernel_initializer=None,
+                         bias_initializer=inits.Constant(np.array([1.0, 2.0, 3.0])))
+    dense.build((None, 4))
+    np.testing.assert_array_equal(dense.bias.numpy(), [1.0, 2.0, 3.0])
+    limit = np.sqrt(6 / (4 + 3))                   # None: glorot_uniform, as Keras's add_weight
+    assert np.all(np.abs(dense.kernel.numpy()) <= limit)
+    np.testing.assert_array_equal(inits.Constant([1.0, 2.0])((2, 2)), [[1, 2], [1, 2]])
+    assert inits.Constant([1.0, 2.0]).get_config() == {"value": [1.0, 2.0]}
+    with pytest.raises(ValueError, match=r"shape \(3,\) does not broadcast to the weight's shape"):
+        inits.Constant([1.0, 2.0, 3.0])((2, 2))
+    with pytest.raises(ValueError, match="float32's range"):
+        inits.Constant(1e39)
+    np.testing.assert_array_equal(inits.Ones()((2,), dtype=None), np.ones(2, np.float32))
+    seeded = inits.GlorotUniform(seed=3)
+    twin = seeded.clone()
+    assert twin is not seeded and type(twin) is type(seeded)
+    np.testing.assert_array_equal(twin((5, 4)), seeded((5, 4)))
+
+
+def test_keras_datasets_and_utils_kcompile_lacks_say_so():
+    from kcompile.datasets import cifar10
+    with pytest.raises(NotImplementedError, match="never downloads.*fashion_mnist and mnist"):
+        cifar10.load_data()
+    with pytest.raises(NotImplementedError, match="imdb"):
+        kcompile.datasets.imdb.load_data(num_words=100)
+    with pytest.raises(AttributeError, match="has no 'get_file'.*never downloads"):
+        utils.get_file("x", "http://example.com/x")
+    with pytest.raises(AttributeError, match="has no 'plot_model'.*model.plot"):
+        utils.plot_model

@@ -179,3 +179,27 @@ def normalize(x, axis=-1, order=2):
     norm = np.atleast_1d(np.linalg.norm(array, order, axis))
     norm[norm == 0] = 1
     return array / np.expand_dims(norm, axis)
+
+
+# Keras utilities kcompile does not have: asking for one says so, instead of a bare AttributeError.
+_KERAS_ONLY = {
+    "get_file": "kcompile never downloads anything; fetch the file yourself and pass its path",
+    "plot_model": "model.plot(path) draws the model's compiled graph (Graphviz), and model.summary() "
+                  "lists its layers",
+    "split_dataset": "slice the arrays (x[:n], x[n:]) or pass validation_split to fit",
+    "timeseries_dataset_from_array": "build the windows with numpy (sliding_window_view)",
+    "image_dataset_from_directory": "read the images into numpy arrays and pass them to fit",
+    "text_dataset_from_directory": "read the texts and map them to id arrays with numpy",
+    "audio_dataset_from_directory": "read the audio into numpy arrays and pass them to fit",
+    "load_img": "read images with an image library (e.g. Pillow) into numpy arrays",
+    "img_to_array": "np.asarray(image, dtype=np.float32) gives the array",
+    "array_to_img": "write arrays as images with an image library (e.g. Pillow)",
+    "save_img": "write arrays as images with an image library (e.g. Pillow)",
+}
+
+
+def __getattr__(name):
+    if name in _KERAS_ONLY:
+        raise AttributeError(f"kcompile.utils has no {name!r} (Keras's is not implemented): "
+                             f"{_KERAS_ONLY[name]}")
+    raise AttributeError(f"module 'kcompile.utils' has no attribute {name!r}")
