@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
+
 from ir import Node
 from ir import build as B
 
@@ -36,10 +38,15 @@ def _activation(fn, keeps_integers: bool = False):
     """Make `fn(x: Node, ...)` also accept arrays (run eagerly on the reference interpreter), and
     integer (or bool) values, which it computes in float32 as Keras's do (but for relu and
     hard_tanh, `keeps_integers`, whose results stay integers there too)."""
+    # (the wrapper must not refer to itself: kcompile.describe walks a layer's activation, closure
+    # cells included, to key the compile cache, and a cycle makes it trace instead)
     @functools.wraps(fn)
     def activation(x, *args, **kwargs):
         if not isinstance(x, Node):
-            return _eager(activation, x, *args, **kwargs)
+            array = np.asarray(x)
+            if not keeps_integers and array.dtype.kind in "iub":
+                array = array.astype(np.float32)
+            return _eager(fn, array, *args, **kwargs)
         if not keeps_integers and x.dtype not in ("f32", "f64"):
             x = B.cast(x, "f32")
         return fn(x, *args, **kwargs)
