@@ -163,3 +163,30 @@ def test_keras_datasets_and_utils_kcompile_lacks_say_so():
         utils.get_file("x", "http://example.com/x")
     with pytest.raises(AttributeError, match="has no 'plot_model'.*model.plot"):
         utils.plot_model
+
+
+def test_a_frozen_layers_weights_say_so_and_input_reports_its_dtype():
+    """As Keras 3: layer.trainable = False makes its variables' trainable False (a wrapped layer's
+    too), training skips them, unfreezing restores them; Input(dtype='int32').dtype is int32."""
+    assert kcompile.Input(shape=(3,), dtype="int32").dtype == "int32"
+    assert kcompile.Input(shape=(3,)).dtype == "float32"
+    model = kcompile.Sequential([kcompile.Input((4, 3)), layers.Bidirectional(layers.LSTM(2)),
+                                 layers.Dense(3), layers.BatchNormalization(), layers.Dense(1)])
+    model.compile("sgd", "mse")
+    flags = [v.trainable for v in model.weights]
+    assert flags.count(False) == 2                      # BatchNormalization's moving statistics
+    model.layers[0].trainable = False
+    model.layers[1].trainable = False
+    frozen = {v.path for v in model.layers[0].weights + model.layers[1].weights}
+    assert frozen <= {v.path for v in model.weights if not v.trainable}
+    before = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((8, 4, 3), dtype=np.float32), rng.random((8, 1), dtype=np.float32),
+              verbose=0)
+    for variable, old in zip(model.weights, before):
+        if variable.path in frozen:
+            np.testing.assert_array_equal(variable.numpy(), old)
+    assert not np.array_equal(model.layers[-1].kernel.numpy(), before[-2])   # the rest trained
+    model.layers[0].trainable = True
+    model.layers[1].trainable = True
+    assert [v.trainable for v in model.weights] == flags

@@ -20,6 +20,10 @@ class SubOwner:
     def name(self) -> str:
         return f"{self._wrapper.name}/{self._layer.name}"
 
+    @property
+    def trainable(self) -> bool:
+        return bool(self._wrapper.trainable) and bool(self._layer.trainable)
+
     def _on_structure_change(self):
         self._wrapper._on_structure_change()
 
