@@ -102,6 +102,7 @@ class Model(InspectionMixin, Trainer, Layer):
                            "model.output_shape, or model.layers")
 
     outputs = inputs
+    input = output = inputs     # (Keras's single-tensor spellings)
 
     def reset_metrics(self):
         """Metrics are computed afresh by every fit, evaluate and *_on_batch; what is left to reset
@@ -271,6 +272,10 @@ class Sequential(Model):
     def add(self, layer, rebuild=True):
         """Append a layer (or an `Input(...)` as the first element)."""
         if isinstance(layer, SymbolicTensor):
+            if layer._input_layer is None:
+                raise ValueError(f"{layer!r} describes a model's input or output (model.inputs, "
+                                 "model.outputs): it cannot be added to a Sequential model (there "
+                                 f"is no functional API); use Input(shape={layer.shape[1:]})")
             layer = layer._input_layer
         if not isinstance(layer, Layer):
             raise ValueError("Only instances of kcompile.layers.Layer can be added to a Sequential "
@@ -382,6 +387,26 @@ class Sequential(Model):
             raise AttributeError(f"Sequential model {self.name!r} is not built yet, so its output shape "
                                  "is unknown.")
         return self._layers[-1].output_shape
+
+    @property
+    def inputs(self) -> list:
+        """[the input's symbolic tensor] (its shape, dtype and name), as Keras's `model.inputs`."""
+        if self._input_layer is not None:
+            return [self._input_layer.output]
+        return [SymbolicTensor(shape=self.input_shape, name=f"{self.name}_input")]
+
+    @property
+    def outputs(self) -> list:
+        """[the output's symbolic tensor] (shape, dtype, the last layer's name), as Keras's."""
+        return [SymbolicTensor(shape=self.output_shape, name=self._layers[-1].name)]
+
+    @property
+    def input(self):
+        return self.inputs[0]
+
+    @property
+    def output(self):
+        return self.outputs[0]
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)

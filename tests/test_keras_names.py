@@ -57,10 +57,22 @@ def test_utils_normalize():
 
 
 def test_model_attributes_keras_has_and_kcompile_lacks_say_so():
-    model = kcompile.Sequential([layers.Input(shape=(3,)), layers.Dense(2)])
-    assert not hasattr(model, "inputs") and not hasattr(model, "outputs")
+    model = kcompile.Sequential([layers.Input(shape=(3,), dtype="int32"), layers.Dense(2)])
+    # inputs and outputs: their shapes, dtypes and names, as Keras's symbolic tensors
+    (x,), (y,) = model.inputs, model.outputs
+    assert x is model.input and x.shape == (None, 3) and x.dtype == "int32"
+    assert y.shape == (None, 2) and y.dtype == "float32" and y.name == model.layers[-1].name
+    assert model.output.shape == (None, 2)
+    deferred = kcompile.Sequential([layers.Dense(4, input_shape=(5,))])
+    assert deferred.inputs[0].shape == (None, 5) and deferred.outputs[0].shape == (None, 4)
+    unbuilt = kcompile.Sequential([layers.Dense(2)])
+    assert not hasattr(unbuilt, "inputs") and not hasattr(unbuilt, "outputs")
+    with pytest.raises(AttributeError, match="no input shape yet"):
+        unbuilt.inputs
+    with pytest.raises(ValueError, match=r"cannot be added to a Sequential.*Input\(shape=\(2,\)\)"):
+        kcompile.Sequential([y])
     with pytest.raises(AttributeError, match="functional API"):
-        model.inputs
+        kcompile.Model().inputs
     with pytest.raises(ValueError, match="index 5 but model only has 1 layers"):
         model.get_layer(index=5)
     assert model.get_layer(index=-1) is model.layers[0]

@@ -19,23 +19,27 @@ from kcompile.schedules import FLOAT32_MAX
 
 
 class SymbolicTensor:
-    """What `Input(shape=...)` returns: a placeholder that tells a Sequential model its input shape."""
+    """What `Input(shape=...)` returns: a placeholder that tells a Sequential model its input shape;
+    also a model's `inputs` and `outputs` (shape, dtype and name only: there is no functional API
+    to compute with them)."""
 
-    def __init__(self, input_layer: "InputLayer"):
+    def __init__(self, input_layer: "InputLayer" = None, *, shape=None, dtype="float32",
+                 name=None):
         self._input_layer = input_layer
+        self._shape, self._dtype, self._name = (None if shape is None else tuple(shape)), dtype, name
 
     @property
     def shape(self) -> tuple:
-        return self._input_layer.batch_shape
+        return self._input_layer.batch_shape if self._input_layer is not None else self._shape
 
     @property
     def dtype(self) -> str:
         """The Input's dtype ('float32', or an integer type for Embedding ids), as Keras's."""
-        return self._input_layer.input_dtype
+        return self._input_layer.input_dtype if self._input_layer is not None else self._dtype
 
     @property
     def name(self) -> str:
-        return self._input_layer.name
+        return self._input_layer.name if self._input_layer is not None else self._name
 
     def __repr__(self):
         return (f"<SymbolicTensor shape={format_shape(self.shape)}, dtype={self.dtype}, "
