@@ -114,13 +114,12 @@ def custom_objects_for(given=None) -> dict:
     return found
 
 
-
 def own_function_config(function, name: str) -> dict:
     """How a config names a function of the user's own whose name is also a built-in's (a `def mse`
     given as the loss, a `def relu` as an activation): as Keras 3 names a function, so that loading
     looks for it among the custom objects (resolve_own_function) instead of taking the built-in."""
     return {"class_name": "function", "config": name,
-            "module": getattr(function, "__module__", None) or "builtins"}
+            "module": getattr(function, "__module__", None) or "__main__"}
 
 
 def is_function_config(value) -> bool:
