@@ -26,7 +26,7 @@ import ir
 from ir import build as B
 from ir.graph import rebuild
 
-from .predictor import ABI_VERSION, FORMAT, MANIFEST, _sha256
+from .predictor import ABI_VERSION, FORMAT, MANIFEST, PredictorError, _sha256, read_manifest
 
 EXAMPLE_C = r"""/* example.c: classify rows with the exported kcompile predictor.
  *
@@ -149,10 +149,9 @@ def _check_nothing_of_the_users_is_overwritten(directory: str, name: str | None)
     if not taken:
         return
     try:
-        with open(os.path.join(directory, MANIFEST)) as f:
-            if json.load(f).get("format") == FORMAT:
-                return          # an earlier export: re-exporting replaces it
-    except (OSError, ValueError, AttributeError):
+        read_manifest(directory)
+        return          # an earlier export: re-exporting replaces it
+    except PredictorError:
         pass
     raise ValueError(f"cannot export to {directory}: it already holds {', '.join(taken)}, and it is "
                      "not an earlier export (no kcompile manifest.json), so the export would "

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from kcompile.schedules import FLOAT32_MAX
 from kcompile.utils.random import get_generator
 
 
@@ -99,19 +100,18 @@ class Constant(Initializer):
     def __init__(self, value=0.0):
         super().__init__(None)
         array = np.asarray(value, dtype=np.float64)
-        if array.dtype.kind not in "fiub" or (array.size and not np.all(
-                np.abs(array) <= np.finfo(np.float32).max)):
+        if not np.all(np.abs(array) <= FLOAT32_MAX):
             raise ValueError(f"Constant: value must be finite numbers within float32's range; "
                              f"got {value!r}")
         self.value = float(array) if array.ndim == 0 else array.astype(np.float32)
 
     def generate(self, shape):
+        value = np.asarray(self.value, np.float32)
         try:
-            return np.broadcast_to(np.float32(self.value) if isinstance(self.value, float)
-                                   else self.value, shape).copy()
+            return np.broadcast_to(value, shape).copy()
         except ValueError:
-            raise ValueError(f"Constant: a value of shape {self.value.shape} does not broadcast "
-                             f"to the weight's shape {tuple(shape)}") from None
+            raise ValueError(f"Constant: a value of shape {value.shape} does not broadcast to the "
+                             f"weight's shape {tuple(shape)}") from None
 
     def get_config(self):
         return {"value": self.value if isinstance(self.value, float) else self.value.tolist()}

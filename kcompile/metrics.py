@@ -855,11 +855,18 @@ class FBetaScore(Metric):
         missed, wrong = B.sub(1.0, predicted), B.sub(1.0, y_true)
         sums = {"tp": total(B.mul(predicted, y_true)), "fp": total(B.mul(predicted, wrong)),
                 "fn": total(B.mul(missed, y_true)), "support": total(y_true)}
-        self._classes = y_pred.shape[-1]
         return sums, lambda totals, samples: self._result(totals)
 
+    def reset_state(self):
+        # (Keras's keeps its per-class variables through reset_state: average=None then gives
+        # zeros per class; recorded here, not while tracing, so that a process that loads its
+        # programs from the compile cache describes this metric as one that traced them)
+        totals = self.__dict__.get("_totals")
+        if totals and "tp" in totals:
+            self._classes = int(np.size(totals["tp"]))
+        super().reset_state()
+
     def _empty_result(self):
-        # (Keras's keeps its per-class variables through reset_state: average=None gives zeros)
         classes = self.__dict__.get("_classes")
         return np.zeros(classes, np.float32) if self.average is None and classes else 0.0
 
@@ -903,10 +910,10 @@ class R2Score(Metric):
     of squares); num_regressors > 0 gives the adjusted R2 with Keras's n, the number of entries of
     y_true seen (samples times columns)."""
 
+    _direction = "up"
+
     def _empty_result(self):
         return float("nan")     # (as Keras's: no sums, 0 / 0)
-
-    _direction = "up"
 
     def __init__(self, class_aggregation="uniform_average", num_regressors=0, name="r2_score",
                  dtype=None):

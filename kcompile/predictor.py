@@ -57,6 +57,22 @@ class PredictorError(ValueError):
     """An exported predictor directory is missing, corrupt, or was called with bad input."""
 
 
+def read_manifest(directory: str) -> dict:
+    """The manifest of the export in `directory`, or a PredictorError saying why there is none."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise PredictorError(f"{directory!r} is not an exported predictor: no {MANIFEST} "
+                             "(create one with model.export(directory))")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PredictorError(f"{path} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PredictorError(f"{path} is not a kcompile predictor manifest")
+    return manifest
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -175,17 +191,8 @@ class Predictor:
 
     def __init__(self, directory: str):
         self.directory = os.fspath(directory)
+        manifest = read_manifest(self.directory)
         path = os.path.join(self.directory, MANIFEST)
-        if not os.path.isfile(path):
-            raise PredictorError(f"{self.directory!r} is not an exported predictor: no {MANIFEST} "
-                                 "(create one with model.export(directory))")
-        try:
-            with open(path) as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as e:
-            raise PredictorError(f"{path} is corrupt: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise PredictorError(f"{path} is not a kcompile predictor manifest")
         try:
             self.input_shape = tuple(None if d is None else int(d) for d in manifest["input_shape"])
             self.output_shape = tuple(None if d is None else int(d) for d in manifest["output_shape"])

@@ -108,9 +108,13 @@ def serialize(regularizer) -> dict | None:
 
 
 def deserialize(config, custom_objects=None):
-    """The regularizer a `serialize` config describes (classes in `custom_objects` first)."""
-    if isinstance(config, dict) and custom_objects and config.get("class_name") in custom_objects:
-        return custom_objects[config["class_name"]].from_config(dict(config.get("config") or {}))
+    """The regularizer a `serialize` config describes (a class in `custom_objects`, the registry or
+    an open custom_object_scope first)."""
+    from kcompile import registry
+    cls = registry.custom_objects_for(custom_objects).get(
+        config.get("class_name")) if isinstance(config, dict) else None
+    if isinstance(cls, type) and issubclass(cls, Regularizer):
+        return cls.from_config(dict(config.get("config") or {}))
     return get(config)
 
 

@@ -1661,10 +1661,7 @@ class Trainer:
         """The compiled predict program's outputs for x (a float32 C-contiguous array of one
         batch; the call lock held), or None when that program cannot take x."""
         program = self._programs.get(_PREDICT_KEY)
-        if program is None or x.shape[1:] != program.row_shape:
-            return None
-        checked, finite = program.finite
-        if not (finite if checked == buffers.writes() else self._weights_finite(program)):
+        if program is None or x.shape[1:] != program.row_shape or not self._weights_finite(program):
             return None
         self._check_embedding_ids(x, "x")
         return self._runner(program).call_on_copy("x", x, "y_pred")

@@ -145,6 +145,17 @@ def test_keras_config_regularizer_and_initializer_helpers():
     restored = regularizers.deserialize({"class_name": "L2", "config": {"l2": 0.5}})
     assert isinstance(restored, regularizers.L2) and restored.l2 == 0.5
     assert regularizers.L2(None).l2 == 0.01 and regularizers.L1(None).l1 == 0.01
+
+    @kcompile.saving.register_keras_serializable(package="test_helpers")
+    class Half(regularizers.Regularizer):
+        def __call__(self, x):
+            return 0.5 * regularizers.L1(1.0)(x)
+
+        def get_config(self):
+            return {}
+
+    found = regularizers.deserialize({"class_name": "test_helpers>Half", "config": {}})
+    assert isinstance(found, Half)                 # a registered class, with no custom_objects
     inits = kcompile.initializers
     dense = layers.Dense(3, kernel_initializer=None,
                          bias_initializer=inits.Constant(np.array([1.0, 2.0, 3.0])))
