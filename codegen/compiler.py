@@ -247,7 +247,8 @@ def _options_description(options: CompileOptions, threading: bool) -> list | Non
 
 
 def _code_switches_description() -> str:
-    """The lowering's zero-skipping switches, the GEMM's panel packing and prefetches, and the dW
+    """The lowering's zero-skipping switches (the column blocks' lists included), the GEMM's panel
+    packing and prefetches, and the dW
     prefetch (and the L2 size it depends on), which change the code (part of both cache keys)."""
     from . import gemm
     from .target import l2_cache_bytes
@@ -257,6 +258,7 @@ def _code_switches_description() -> str:
             f"prefetch_c={gemm.PREFETCH_C}/{gemm.PREFETCH_C_MAX_K} "
             f"pack_a={gemm.PACK_A}/{gemm.PACK_A_MAX_BYTES}/{gemm.PACK_A_MIN_K} "
             f"gemv_prefetch={gemm.GEMV_PREFETCH_AHEAD} sparse_tiles={lowering.SPARSE_TILES} "
+            f"sparse_columns={lowering.SPARSE_COLUMNS}/{lowering.SPARSE_COLUMNS_SHARE} "
             f"prefetch_streams={lowering.MAX_PREFETCH_STREAMS}/{lowering.PREFETCH_L2_SHARE} "
             f"l2={l2_cache_bytes()}")
 

@@ -514,6 +514,133 @@ def _zero_skip_list(vec: _Vec, rows: int, flags: bool = True, unit_steps: bool =
     return fn
 
 
+#: Steps (i16) each row tile's list of `tile_zero_lists` has room for: KC and one vector more
+#: (its last vector writes up to a vector past the listed steps).
+TILE_LIST_STRIDE = KC + 64
+
+
+def tile_list_bytes(m: int, k: int, rows: int) -> tuple[int, int]:
+    """Bytes of (steps, counts) that `tile_zero_lists` fills for m rows of A in tiles of `rows`."""
+    tiles = max(1, m // rows)
+    return tiles * TILE_LIST_STRIDE * 2, tiles * 8
+
+
+def tile_zero_lists(module, dtype, rows: int, lanes: int | None = None) -> ir.Function:
+    """i64 lists(a, lda, tiles, k, steps, counts): for each full row tile t < tiles of A (row-major,
+    rows `lda` apart; tile t is rows t*rows.. of it), the steps p < k (k <= KC) at which one of its
+    rows is not zero (+0 or -0; a NaN is not zero), in order, into steps[t * TILE_LIST_STRIDE..]
+    (i16), how many into counts[t] (i64); returns the steps listed over all tiles.  A vector of
+    steps at a time: the tile's rows ORed (magnitude bits), then each lane's step stored at the
+    next free slot, which only a listed step takes (branch-free).  The lists of a product that
+    every column block of it shares: computed once, where `_zero_skip_list` lists a tile per
+    gemm call."""
+    T = dtype
+    L = lanes or target.vector_lanes(_dtype_bits(T))
+    name = f"{_KERNEL_PREFIX}.tile_zero_lists.{_type_tag(T)}x{L}.{rows}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = ir.Function(module, ir.FunctionType(I64, [ptr, I64, I64, I64, ptr, ptr]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    a, lda, tiles, k, steps, counts = fn.args
+    for arg, nm in zip(fn.args, ("a", "lda", "tiles", "k", "steps", "counts")):
+        arg.name = nm
+    vec = _Vec(module, T, L)
+    bits = ir.IntType(_dtype_bits(T))
+    int_vec = ir.VectorType(bits, L)
+    magnitude = ir.Constant(int_vec, [(1 << (bits.width - 1)) - 1] * L)
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    total_slot = bld.alloca(I64)
+    bld.store(i64(0), total_slot)
+    with for_range(bld, 0, tiles, name="t") as t:
+        first = bld.mul(bld.mul(t, i64(rows)), lda)
+        tile_steps = _gep(bld, steps, bld.mul(t, i64(TILE_LIST_STRIDE)), I16)
+
+        def one_vector(p, n, mask):
+            word = None
+            for r in range(rows):
+                at = _gep(bld, a, bld.add(first, bld.add(bld.mul(i64(r), lda), p)), T)
+                value = vec.masked_load(bld, at, mask) if mask is not None else vec.load(bld, at)
+                value = bld.and_(bld.bitcast(value, int_vec), magnitude)
+                word = value if word is None else bld.or_(word, value)
+            nonzero = bld.icmp_unsigned("!=", word, ir.Constant(int_vec, None))
+            for lane in range(L):
+                bld.store(bld.trunc(bld.add(p, i64(lane)), I16), _gep(bld, tile_steps, n, I16),
+                          align=2)
+                n = bld.add(n, bld.zext(bld.extract_element(nonzero, ir.Constant(I32, lane)), I64),
+                            flags=("nsw", "nuw"))
+            return n
+
+        whole = _round_down(bld, k, L)
+        n = _carried_range(bld, 0, whole, L, i64(0), lambda p, n: one_vector(p, n, None),
+                           name="p")
+        rest = bld.sub(k, whole)
+        before = bld.block
+        tail = fn.append_basic_block("tail")
+        after = fn.append_basic_block("after")
+        bld.cbranch(bld.icmp_signed(">", rest, i64(0)), tail, after)
+        bld.position_at_end(tail)
+        n_tail = one_vector(whole, n, vec.lane_mask(bld, rest))
+        tail_end = bld.block
+        bld.branch(after)
+        bld.position_at_end(after)
+        count = bld.phi(I64)
+        count.add_incoming(n, before)
+        count.add_incoming(n_tail, tail_end)
+        bld.store(count, _gep(bld, counts, t, I64), align=8)
+        bld.store(bld.add(bld.load(total_slot, typ=I64), count), total_slot)
+    bld.ret(bld.load(total_slot, typ=I64))
+    return fn
+
+
+def block_finite(module, dtype, lanes: int | None = None) -> ir.Function:
+    """i1 finite(b, rows, cols, ld): whether the rows x cols block at b (rows `ld` apart) holds no
+    inf or NaN: the largest of each lane's exponent bits (an unsigned max) is all ones exactly when
+    one of its values is an inf or NaN (as `_nonfinite_steps`, one answer for the block)."""
+    T = dtype
+    L = lanes or target.vector_lanes(_dtype_bits(T))
+    name = f"{_KERNEL_PREFIX}.block_finite.{_type_tag(T)}x{L}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    ptr = ir.PointerType()
+    fn = ir.Function(module, ir.FunctionType(I1, [ptr, I64, I64, I64]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    b, rows, cols, ld = fn.args
+    for arg, nm in zip(fn.args, ("b", "rows", "cols", "ld")):
+        arg.name = nm
+    vec = _Vec(module, T, L)
+    bits = ir.IntType(_dtype_bits(T))
+    int_vec = ir.VectorType(bits, L)
+    exponent = ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32 else 52)) - 1)
+    exponents = ir.Constant(int_vec, [exponent] * L)
+    umax = _intrinsic(module, f"llvm.umax.v{L}i{bits.width}", int_vec, [int_vec, int_vec])
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    whole = _round_down(bld, cols, L)
+    tail_mask = vec.lane_mask(bld, bld.sub(cols, whole))
+
+    def add(acc, ptr, mask):
+        value = vec.masked_load(bld, ptr, mask) if mask is not None else vec.load(bld, ptr)
+        return bld.call(umax, [acc, bld.and_(bld.bitcast(value, int_vec), exponents)])
+
+    def row(p, acc):
+        start = _gep(bld, b, bld.mul(p, ld), T)
+        acc = _carried_range(bld, 0, whole, L, acc, lambda index, acc: add(
+            acc, _gep(bld, start, index, T), None), name="v")
+        return add(acc, _gep(bld, start, whole, T), tail_mask)
+
+    acc = _carried_range(bld, 0, rows, 1, ir.Constant(int_vec, None), row, name="r")
+    flags = bld.icmp_unsigned("==", acc, exponents)
+    any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
+    bld.ret(bld.not_(any_flag))
+    return fn
+
+
 def _nonfinite_steps(vec: _Vec, trans_b: bool):
     """void flags(b, ldb, k, n, out): out[p] (i8) = whether row p < k of op(B) (its n columns; B
     stored (k, n), or (n, k) with trans_b, rows `ldb` apart) holds an inf or NaN.  A zero of A facing
@@ -611,17 +738,62 @@ def _transpose(builder, vec: _Vec, rows):
     return rows
 
 
-def _pack_transposed(vec: _Vec, nvec: int):
+class _FiniteCheck:
+    """The exponent bits of every value a packing function loads, folded with an unsigned max
+    (as `_nonfinite_steps`): a lane ends all ones exactly when one of its values was an inf or
+    NaN.  Masked-off lanes load zero."""
+
+    def __init__(self, module, vec: _Vec):
+        bits = ir.IntType(_dtype_bits(vec.dtype))
+        self.int_vec = ir.VectorType(bits, vec.lanes)
+        exponent = ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32 else 52)) - 1)
+        self.exponents = ir.Constant(self.int_vec, [exponent] * vec.lanes)
+        self.zero = ir.Constant(self.int_vec, None)
+        self.lanes = vec.lanes
+        self._umax = _intrinsic(module, f"llvm.umax.v{vec.lanes}i{bits.width}", self.int_vec,
+                                [self.int_vec, self.int_vec])
+
+    def fold(self, bld, acc, value):
+        return bld.call(self._umax, [acc, bld.and_(bld.bitcast(value, self.int_vec),
+                                                   self.exponents)])
+
+    def finite(self, bld, acc):
+        flags = bld.icmp_unsigned("==", acc, self.exponents)
+        return bld.icmp_unsigned("==", bld.bitcast(flags, ir.IntType(self.lanes)),
+                                 ir.Constant(ir.IntType(self.lanes), 0))
+
+
+def _pack_function(module, name, check: bool):
+    """A packing function `(src, ld, valid, k, dst)`: void, or (`check`) returning whether every
+    value it loaded is finite."""
+    ptr = ir.PointerType()
+    if not check:
+        return _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    name += ".chk"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn, False
+    fn = ir.Function(module, ir.FunctionType(I1, [ptr, I64, I64, I64, ptr]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    if _NOINLINE:
+        fn.attributes.add("noinline")
+    for index in (0, 4):
+        fn.args[index].add_attribute("noalias")
+    return fn, True
+
+
+def _pack_transposed(vec: _Vec, nvec: int, check: bool = False):
     """void pack(src, ld, valid, k, dst): dst[p, j] = src[min(j, valid-1)*ld + p] for j < nvec*lanes.
 
     `src` is B stored (n, k) offset to the panel's first row and the block's first p; `dst` gets
     rows of nvec*lanes elements for p < round_up(k, lanes).  Rows of B past `valid` are clamped to the
-    last valid one: the columns they fill are computed but never stored.
+    last valid one: the columns they fill are computed but never stored.  With `check` it returns
+    whether every value of the panel is finite (an i1), for the same loads.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_t.{_type_tag(T)}x{L}.{nvec}"
-    ptr = ir.PointerType()
-    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    fn, new = _pack_function(module, name, check)
     if not new:
         return fn
     src, ld, valid, k, dst = fn.args
@@ -629,45 +801,69 @@ def _pack_transposed(vec: _Vec, nvec: int):
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     last = bld.sub(valid, i64(1))
     kceil = _round_down(bld, bld.add(k, i64(L - 1)), L)
+    checker = _FiniteCheck(module, vec) if check else None
 
     # NOTE: one block body for whole and partial blocks of k (the lanes past k masked off): the
     # shuffles of a transpose are the costliest code of the library to compile, and a masked load
     # of all lanes runs as fast as a plain one.
-    with for_range(bld, 0, width, L, name="jb") as jb:
-        with for_range(bld, 0, kceil, L, name="p") as p:
-            mask = vec.lane_mask(bld, bld.sub(k, p))
-            rows = []
-            for c in range(L):
-                j = smin(bld, _add(bld, jb, c), last)
-                rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
-                rows.append(vec.masked_load(bld, rptr, mask))
-            cols = _transpose(bld, vec, rows)
-            for q in range(L):
-                dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
-                vec.store(bld, cols[q], dptr)
-    bld.ret_void()
+    def block(jb, p, acc):
+        mask = vec.lane_mask(bld, bld.sub(k, p))
+        rows = []
+        for c in range(L):
+            j = smin(bld, _add(bld, jb, c), last)
+            rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
+            rows.append(vec.masked_load(bld, rptr, mask))
+            if checker is not None:
+                acc = checker.fold(bld, acc, rows[-1])
+        cols = _transpose(bld, vec, rows)
+        for q in range(L):
+            dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
+            vec.store(bld, cols[q], dptr)
+        return acc
+
+    if checker is None:
+        with for_range(bld, 0, width, L, name="jb") as jb:
+            with for_range(bld, 0, kceil, L, name="p") as p:
+                block(jb, p, None)
+        bld.ret_void()
+        return fn
+    acc = _carried_range(bld, 0, width, L, checker.zero, lambda jb, acc: _carried_range(
+        bld, 0, kceil, L, acc, lambda p, acc: block(jb, p, acc), name="p"), name="jb")
+    bld.ret(checker.finite(bld, acc))
     return fn
 
 
-def _pack_copy(vec: _Vec, nvec: int):
-    """void pack(src, ld, valid, k, dst): dst[p, j] = j < valid ? src[p*ld + j] : 0 for j < nvec*lanes."""
+def _pack_copy(vec: _Vec, nvec: int, check: bool = False):
+    """void pack(src, ld, valid, k, dst): dst[p, j] = j < valid ? src[p*ld + j] : 0 for j < nvec*lanes.
+    With `check` it returns whether every value copied is finite (an i1)."""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_n.{_type_tag(T)}x{L}.{nvec}"
-    ptr = ir.PointerType()
-    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
+    fn, new = _pack_function(module, name, check)
     if not new:
         return fn
     src, ld, valid, k, dst = fn.args
     width = nvec * L
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = [vec.lane_mask(bld, bld.sub(valid, i64(v * L))) for v in range(nvec)]
-    with for_range(bld, 0, k, name="p") as p:
+    checker = _FiniteCheck(module, vec) if check else None
+
+    def row(p, acc):
         srow = _gep(bld, src, bld.mul(p, ld, flags=("nsw",)), T)
         drow = _gep(bld, dst, bld.mul(p, i64(width), flags=("nsw",)), T)
         for v in range(nvec):
             value = vec.masked_load(bld, _gep(bld, srow, v * L, T), masks[v])
             vec.store(bld, value, _gep(bld, drow, v * L, T))
-    bld.ret_void()
+            if checker is not None:
+                acc = checker.fold(bld, acc, value)
+        return acc
+
+    if checker is None:
+        with for_range(bld, 0, k, name="p") as p:
+            row(p, None)
+        bld.ret_void()
+        return fn
+    acc = _carried_range(bld, 0, k, 1, checker.zero, row, name="p")
+    bld.ret(checker.finite(bld, acc))
     return fn
 
 
@@ -853,6 +1049,15 @@ def sparse_panel_vectors(dtype=ir.FloatType(), lanes=None) -> int | None:
     return _SPARSE_PANEL_VECTORS.get(_registers_for(L, _dtype_bits(dtype), None))
 
 
+def sparse_tile_rows(dtype=ir.FloatType(), lanes=None) -> int | None:
+    """Rows of the tiles of a product in `sparse_panel_vectors`' panels (2 with 16 registers), or
+    None where there are none."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    vectors = sparse_panel_vectors(dtype, L)
+    return None if vectors is None else tile_rows(vectors, _registers_for(L, _dtype_bits(dtype),
+                                                                           None))
+
+
 def _next_copy_prefetch(builder, b_ptr, pc, j0, nr: int, ldb, T):
     """(streams, step): the prefetch arguments with which a panel's first row tile pulls into L2 the
     rows of an untransposed B that the next panel (columns j0 + nr on, k rows from pc) will copy:
@@ -880,7 +1085,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
               accumulate: bool = False, scratch_ptr=None, lda=None, ldb=None, ldc=None,
               then_read=(), narrow_scratch_ptr=None, skip_zeros: bool = False,
               b_finite: bool = False, list_scratch_ptr=None,
-              panel_vectors: int | None = None, prefetch_c: bool | None = None) -> None:
+              panel_vectors: int | None = None, prefetch_c: bool | None = None,
+              tile_lists=None) -> None:
     """Emit C = op(A) @ op(B) (C += ... with accumulate) at the builder's position.
 
     A is stored (m, k), or (k, m) with trans_a; B is stored (k, n), or (n, k) with trans_b; C is
@@ -933,6 +1139,14 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     (`tile_shape`); the tiles' rows follow (`tile_rows`).  With zero skipping, a narrower panel
     has shorter tiles, whose rows are all zero at more of the k steps (`sparse_panel_vectors`).
     Not with `list_scratch_ptr` (whose size assumes the full tile).
+
+    `tile_lists` = (steps, counts): the caller's lists of the k steps of every full row tile of
+    op(A) (`tile_zero_lists`, tiles of `tile_rows(panel_vectors)` rows), which the full column
+    panels' row tiles run instead of every step: one listing serves every column block of a
+    product, where `skip_zeros` lists per call.  Packing a panel also tells whether it holds an
+    inf or NaN; such a panel multiplies every step (0 * inf is NaN), so the values are the dense
+    product's (but for the sign of a zero sum).  The caller guarantees one m block (m <= MC; a
+    runtime m is not checked) and no trans_a; k must fit one block (k <= KC).
 
     `prefetch_c` (default PREFETCH_C): each row tile of a k block of at most PREFETCH_C_MAX_K
     steps prefetches its C tile for writing before its k loop, for a C that is not in cache (a
@@ -991,7 +1205,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     a_scratch = (_function_scratch(builder, T, a_block_elements, purpose="pack_a")
                  if pack_a else None)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
+    if tile_lists is not None and (trans_a or skip_zeros or not single_k
+                                   or (_is_const(m) and m > MC)):
+        raise ValueError("tile_lists: for an untransposed A of one m and one k block, without "
+                         "skip_zeros")
     list_offsets = _zero_skip_layout(dtype, L)
+    list_stride = KC if tile_lists is None else TILE_LIST_STRIDE
 
     def nonfinite_steps(pc, kcur):
         """Which rows of the op(B) block [pc:pc+kcur] hold an inf or NaN (see `skip_zeros`)."""
@@ -1064,7 +1283,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             if lists is not None:
                 steps, counts = lists
                 tile = builder.udiv(i64(row), i64(mr))
-                listed = ((_gep(builder, steps, builder.mul(tile, i64(KC)), I16),),
+                listed = ((_gep(builder, steps, builder.mul(tile, i64(list_stride)), I16),),
                           builder.load(_gep(builder, counts, tile, I64), typ=I64, align=8))
             if first is not None:
                 call(mr, row, (*first[0], first[1]), listed)
@@ -1119,17 +1338,23 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                     row = builder.add(mfull, builder.and_(rem, i64(~(2 * size - 1))))
                     call(size, row)
 
-    def b_panel(pc, kcur, j0, nvec, valid, full):
-        """Pointer and row stride of the op(B) panel [pc:pc+kcur, j0:j0+nvec*L]."""
+    def b_panel(pc, kcur, j0, nvec, valid, full, check=False):
+        """Pointer and row stride of the op(B) panel [pc:pc+kcur, j0:j0+nvec*L]; with `check`,
+        and an i1 saying whether every value of the panel is finite (found while packing it)."""
         if trans_b:
             src = _gep(builder, b_ptr, _add(builder, _mul(builder, j0, ldb), pc), T)
-            builder.call(_pack_transposed(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
-            return scratch, nvec * L
+            finite = builder.call(_pack_transposed(vec, nvec, check),
+                                  [src, i64(ldb), i64(valid), i64(kcur), scratch])
+            return (scratch, nvec * L) + ((finite,) if check else ())
         src = _gep(builder, b_ptr, _add(builder, _mul(builder, pc, ldb), j0), T)
         if full and not pack_full:
-            return src, ldb
-        builder.call(_pack_copy(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
-        return scratch, nvec * L
+            if not check:
+                return src, ldb
+            return src, ldb, builder.call(block_finite(module, T, L),
+                                          [src, i64(kcur), i64(nvec * L), i64(ldb)])
+        finite = builder.call(_pack_copy(vec, nvec, check),
+                              [src, i64(ldb), i64(valid), i64(kcur), scratch])
+        return (scratch, nvec * L) + ((finite,) if check else ())
 
     def m_block(pc, kcur, load_c, ic, mcur, nonfinite=None):
         if trans_a:
@@ -1137,7 +1362,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         else:
             a_block = _gep(builder, a_ptr, _add(builder, _mul(builder, ic, lda), pc), T)
         c_row = _gep(builder, c_ptr, _mul(builder, ic, ldc), T)
-        lists = zero_skip_lists(a_block, mcur, kcur, nonfinite) if use_lists else None
+        lists = zero_skip_lists(a_block, mcur, kcur, nonfinite) if use_lists else tile_lists
         packed = None
         if pack_a:
             # copied from PACK_A_MIN_K steps on, decided at run time for a runtime k (the batch of
@@ -1150,7 +1375,8 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             packed = (a_scratch, made)
 
         def panel(j0, nvec, valid, full, masked, ncols_last):
-            b_src, b_ld = b_panel(pc, kcur, j0, nvec, valid, full)
+            checked = tile_lists is not None and nvec == nv
+            b_src, b_ld, *finite = b_panel(pc, kcur, j0, nvec, valid, full, checked)
             prefetch = None
             if trans_b and full and single_k and _PREFETCH_NEXT_PANEL:
                 # The rows of B the next panel will pack are contiguous (k fits one block): have
@@ -1166,9 +1392,20 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
             if PREFETCH_NEXT_COPY and prefetch is None and not trans_b and pack_full and full \
                     and kc >= PREFETCH_COPY_MIN_K:
                 first = _next_copy_prefetch(builder, b_ptr, pc, j0, nr, ldb, T)
-            row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
-                      ncols_last, kcur, load_c, prefetch, lists if nvec == nv else None, first,
-                      packed)
+            def tiles(panel_lists):
+                row_tiles(a_block, mcur, b_src, b_ld, _gep(builder, c_row, j0, T), nvec, masked,
+                          ncols_last, kcur, load_c, prefetch, panel_lists, first, packed)
+
+            if not checked:
+                tiles(lists if nvec == nv else None)
+                return
+            # the caller's lists skip zeros of A only: a panel holding an inf or NaN (where 0 * inf
+            # must give NaN) multiplies every step
+            with builder.if_else(finite[0]) as (listed, every):
+                with listed:
+                    tiles(lists)
+                with every:
+                    tiles(None)
 
         nfull = _round_down(builder, n, nr)
         if _is_const(nfull) and nfull == nr:

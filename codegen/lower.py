@@ -649,19 +649,20 @@ def _matmul_kernel(emitter, node, members):
 
 
 def call_gemm(builder, node, a_ptr, b_ptr, c_ptr, m, n, k, lds=(None, None, None), then_read=(),
-              skip_finite=False, skip=False, panel_vectors=None, c_in_cache=False):
+              skip_finite=False, skip=False, panel_vectors=None, c_in_cache=False,
+              tile_lists=None):
     """C = op(A) @ op(B) for the matmul `node`; `then_read` as in codegen.gemm.emit_gemm, (pointer,
     i64 bytes) pairs; `skip_finite`, `skip`, `panel_vectors` and `c_in_cache` as in
-    gemm_function."""
+    gemm_function; `tile_lists` = (steps, counts) pointers, as emit_gemm's."""
     scratch = _SCRATCH_ARGUMENT.get(builder.function)
     fn, runtime = gemm_function(builder.module, (m, n, k), node.attr("transpose_a"),
                                 node.attr("transpose_b"), VALUE_TYPES[node.dtype], lds,
                                 len(then_read), scratch=scratch is not None,
                                 skip_finite=skip_finite, skip=skip,
                                 panel_vectors=None if scratch is not None else panel_vectors,
-                                c_in_cache=c_in_cache)
+                                c_in_cache=c_in_cache, tile_lists=tile_lists is not None)
     builder.call(fn, [a_ptr, b_ptr, c_ptr] + runtime + [x for pair in then_read for x in pair]
-                 + ([scratch] if scratch is not None else []))
+                 + ([scratch] if scratch is not None else []) + list(tile_lists or ()))
 
 
 def call_gemv(builder, node, a_ptr, b_ptr, c_ptr, ncols, k: int, ldb):
@@ -738,8 +739,7 @@ WORKSPACE_SCRATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: W1's step do not pay: the compiler splits them into column blocks of 128 for the threads, and
 #: each block lists its steps and scans its part of B again.  With it on top of SKIP_ZEROS_ROWS
 #: the step ran at 0.952 (two threads) and 0.982 (one) of the default's speed (in-process A/B,
-#: throwaway /tmp/kc5/ab1.py).  Sharing the lists between the column blocks of a product is the
-#: next step.
+#: throwaway /tmp/kc5/ab1.py).  SPARSE_COLUMNS lists once for all the column blocks instead.
 SKIP_ZEROS = False
 #: Whether a tall product of batch rows (a large predict, _emit_batch_row_blocks) against a weight
 #: known finite (ir.known_finite: a predict program's weights) skips the zero steps of its row
@@ -772,7 +772,7 @@ _SCRATCH_ARGUMENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None), then_read=0,
                   scratch=False, skip_finite=False, skip=False, panel_vectors=None,
-                  c_in_cache=False):
+                  c_in_cache=False, tile_lists=False):
     """One function per GEMM signature in a module, shared by every kernel (and every graph of
     the module) that multiplies those shapes: `void gemm(ptr a, ptr b, ptr c, i64 <runtime dims>
     [, ptr, i64 bytes] * then_read)`.
@@ -785,8 +785,9 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
     with `skip_finite` (op(B) known to hold no inf or NaN) does so without scanning op(B).
     `panel_vectors` (not with `scratch`): emit_gemm's, panels of that many vectors.
     `c_in_cache`: C is a block its epilogue consumes while it is in cache (the training step's
-    column and row blocks), so its tiles are not prefetched (emit_gemm's `prefetch_c`).  Returns
-    (function, runtime args)."""
+    column and row blocks), so its tiles are not prefetched (emit_gemm's `prefetch_c`).
+    `tile_lists` (not with `scratch` or skipping): the function takes two more pointers, the
+    (steps, counts) of emit_gemm's `tile_lists`.  Returns (function, runtime args)."""
     from .gemm import caller_scratch_elements, emit_gemm, zero_skip_scratch_bytes
     static = tuple(None if isinstance(d, ir.Value) else int(d) for d in dims)
     runtime = [d for d in dims if isinstance(d, ir.Value)]
@@ -806,6 +807,10 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         desc += f".v{panel_vectors}"
     if c_in_cache:
         desc += ".cc"
+    if tile_lists:
+        if scratch or skip_zeros:
+            raise ValueError("tile_lists: a product without scratch or zero skipping")
+        desc += ".tl"
     name = f"kcompile.gemm.{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}.{desc}.{dtype}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -815,9 +820,10 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
         # defined in the module's GEMM library (compiled separately), declared here
         return _declaration(module, gemm_function(library, dims, trans_a, trans_b, dtype, lds,
                                                   then_read, scratch, skip_finite, skip,
-                                                  panel_vectors, c_in_cache)[0]), runtime
+                                                  panel_vectors, c_in_cache, tile_lists)[0]), runtime
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * len(runtime)
-                                             + [PTR, I64] * then_read + [PTR] * scratch), name)
+                                             + [PTR, I64] * then_read + [PTR] * scratch
+                                             + [PTR, PTR] * tile_lists), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     for arg in fn.args[:3]:
@@ -851,7 +857,8 @@ def gemm_function(module, dims, trans_a, trans_b, dtype, lds=(None, None, None),
               trans_b=trans_b, dtype=dtype, lda=lda, ldb=ldb, ldc=ldc,
               then_read=list(zip(pairs[::2], pairs[1::2])), skip_zeros=skip_zeros,
               b_finite=skip_finite, panel_vectors=panel_vectors,
-              prefetch_c=False if c_in_cache else None, **scratch_ptrs)
+              prefetch_c=False if c_in_cache else None,
+              tile_lists=(fn.args[-2], fn.args[-1]) if tile_lists else None, **scratch_ptrs)
     builder.ret_void()
     return fn, runtime
 
@@ -1107,6 +1114,50 @@ def _blocked(group: Group) -> bool:
             and node.type.rank == 2)
 
 
+#: Whether a product of batch rows in column blocks (a training step's forward products and
+#: their dX) whose A is mostly zero (`_mostly_zero`) lists the k steps where A's row tiles are not
+#: zero once, before its column blocks, and multiplies only those steps in every block (emit_gemm's
+#: `tile_lists`, tiles of codegen.gemm.sparse_tile_rows rows; hosts with 16 vector registers).
+#: After an epoch of W1, 10% of the second layer's inputs and 24% of the dX product's A are not
+#: zero; 19% and 42% of the steps of their 2-row tiles are listed.  W1's epoch at batch 32 on two
+#: threads (throwaway /tmp/kc15/ab_sparse.py, both builds in one process, alternating): paired
+#: medians 0.936 (14 of 20 pairs faster), 0.948 (9 of 12) and 1.039 (6 of 16) of the time; the
+#: second layer's product took 318k cycles per step instead of 432k (KCOMPILE_PROFILE), the dX
+#: product stays dense (its lists hold too many steps for a packed B^T).
+SPARSE_COLUMNS = True
+#: Listed share of the steps up to which a product uses its lists (by transpose_b); above it every
+#: step is multiplied.  NOTE: one thread, 32 x 512 @ 512 x 512 in four column blocks of 128, A of
+#: random zeros (throwaway /tmp/kc15/gbench4.py): untransposed B breaks even at about 0.6 of the
+#: steps listed, a transposed B (packed per panel) at about 0.3.
+SPARSE_COLUMNS_SHARE = {False: 0.55, True: 0.3}
+
+
+def _mostly_zero(a) -> bool:
+    """Is `a` relu's output (max(z, 0)) or a select with a zero branch (Dropout's mask, relu's
+    gradient)?  Those are mostly zero in a network that has trained a while."""
+    if relu_operand(a) is not None:
+        return True
+    if a.op != "select":
+        return False
+    for branch in a.operands[1:]:
+        while branch.op == "broadcast":
+            branch = branch.operands[0]
+        if branch.op == "const" and branch.type.shape == () and branch.attr("value") == 0:
+            return True
+    return False
+
+
+def _sparse_columns(fe, node, a, by_rows: bool, ta: bool, n, k) -> bool:
+    """Does this column-blocked product list A's zero steps once for all its blocks
+    (SPARSE_COLUMNS)?  Only a product of a column block or more (narrower ones are a tail panel
+    that multiplies every step), and not in a module whose GEMMs take the caller's scratch (an
+    exported predictor's: the lists are a 140 KiB stack array)."""
+    from .gemm import KC, sparse_tile_rows
+    return (SPARSE_COLUMNS and not by_rows and not ta and isinstance(k, int) and 0 < k <= KC
+            and isinstance(n, int) and n >= COLUMN_BLOCK and not fe.has_buffer(GEMM_SCRATCH)
+            and sparse_tile_rows(VALUE_TYPES[node.dtype]) is not None and _mostly_zero(a))
+
+
 def _row_block(node, m: int, n: int) -> tuple[bool, int]:
     """(narrow, rows per block) of a product with static rows (a dW).  NOTE: a narrow dW (Dense(10)'s
     512 x 10) is computed transposed (gemm.narrow_product), which wants long blocks; 256 x 10
@@ -1185,8 +1236,10 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # chunk's stack
     scratch_floats = 0 if fe.has_buffer(node) else _block_scratch_elements(group)
     assert fe.has_buffer(node) or scratch_floats, f"{node} has no buffer"
+    sparse = _sparse_columns(fe, node, a, by_rows, ta, n, k)
 
     def body(builder, lo, hi, values):
+        lists = values[-3:] if sparse else None    # (after the kernel's captures)
         chunk = fe.derive(builder, values)
         a_ptr, b_ptr = chunk.pointer_of(a), chunk.pointer_of(bm)
         if not scratch_floats:
@@ -1198,7 +1251,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
         m_here = m if not isinstance(m, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
         k_here = k if not isinstance(k, ir.Value) else _rows(builder, a, chunk.n, keep_last=1)
         if not one_row_path:
-            column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here)
+            column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here, lists)
             return
         with builder.if_else(builder.icmp_signed("==", m_here, c64(1))) as (one, many):
             with one:
@@ -1208,7 +1261,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                           builder.gep(c_ptr, [c0], source_etype=T), builder.sub(c1, c0), k, n)
                 emit_elementwise_outputs(chunk, group, epilogue, {1: (c0, c1)})
             with many:
-                column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here)
+                column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here, lists)
 
     # NOTE: the epilogue of a row block of dW (the optimizer's update) reads rows of the weight and
     # its slots, 8 MB for W1 at Adam, from L3: while a block's product computes, its row tiles
@@ -1228,7 +1281,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                                       source_etype=I8), c64(size * width)))
         return pairs
 
-    def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here):
+    def column_blocks(builder, chunk, lo, hi, a_ptr, b_ptr, c_ptr, m_here, k_here, lists=None):
         with for_range(builder, lo, hi, name="blk") as blk:
             # NOTE: a block's epilogue loops count from 0 to `size` from this offset (the (offset,
             # count) ranges of loop_nest), so LLVM knows their trip counts.
@@ -1257,8 +1310,21 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     b_off = builder.mul(start, c64(k)) if tb else start
                     b_blk = builder.gep(b_ptr, [b_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [start], source_etype=T)
-                    call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds,
-                              c_in_cache=True)
+                    if lists is None:
+                        call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds,
+                                  c_in_cache=True)
+                    else:
+                        steps, counts, use = lists
+                        with builder.if_else(builder.icmp_signed("!=", use, c64(0))) as (listed,
+                                                                                         every):
+                            with listed:
+                                call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size,
+                                          k_here, lds, c_in_cache=True,
+                                          panel_vectors=sparse_panel_vectors(T),
+                                          tile_lists=(steps, counts))
+                            with every:
+                                call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size,
+                                          k_here, lds, c_in_cache=True)
                     ranges = {1: (start, size)}
                 emit_elementwise_outputs(chunk, group, epilogue, ranges)
 
@@ -1274,12 +1340,34 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     with otherwise:
                         one_block(rest)
 
+    def list_steps():
+        """The lists of A's row tiles, once for every block: [steps, counts, use] (an i64, not
+        zero when the blocks use them: A fits one m block and few enough steps are listed)."""
+        from .gemm import MC, TILE_LIST_STRIDE, sparse_tile_rows, tile_zero_lists
+        b = fe.builder
+        rows = sparse_tile_rows(T)
+        steps = fe.alloca(ir.ArrayType(ir.IntType(16), MC // rows * TILE_LIST_STRIDE))
+        steps.align = 64
+        counts = fe.alloca(ir.ArrayType(I64, MC // rows))
+        use = fe.alloca(I64)
+        b.store(c64(0), use)
+        tiles = b.udiv(m, c64(rows))
+        fits = b.and_(b.icmp_signed("<=", m, c64(MC)), b.icmp_signed(">", tiles, c64(0)))
+        with b.if_then(fits):
+            listed = b.call(tile_zero_lists(b.module, T, rows),
+                            [fe.pointer_of(a), c64(k), tiles, c64(k), steps, counts])
+            share = int(SPARSE_COLUMNS_SHARE[bool(tb)] * 1000)
+            few = b.icmp_signed("<=", b.mul(listed, c64(1000)), b.mul(tiles, c64(share * k)))
+            b.store(b.zext(few, I64), use)
+        return [steps, counts, b.load(use, typ=I64)]
+
     def columns():
+        captures = fe.captures() + (list_steps() if sparse else [])
         if threading is False or blocks < 2:
-            emit_parallel_for(fe.builder, 0, blocks, fe.captures(), body, min_chunk=1,
+            emit_parallel_for(fe.builder, 0, blocks, captures, body, min_chunk=1,
                               name="blocks", threading=False)
         else:
-            _emit_column_region(fe, m, n, k, blocks, body, threading)
+            _emit_column_region(fe, m, n, k, blocks, body, threading, captures)
 
     # NOTE: from BATCH_ROWS_MIN batch rows (a large predict), column blocks each stream all of A
     # (1024 x 784 floats: 3.2 MB, past L2) once per block; blocks of whole rows keep their part of A
@@ -1296,7 +1384,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
             columns()
 
 
-def _emit_column_region(fe, m, n, k, blocks, body, threading):
+def _emit_column_region(fe, m, n, k, blocks, body, threading, captures):
     from .parallel import emit_parallel_for
     # NOTE: a small product (a tiny batch times a small weight) is not worth a parallel region: it
     # costs ~1 us when the other core is idle and milliseconds when another process holds it.  The
@@ -1308,11 +1396,11 @@ def _emit_column_region(fe, m, n, k, blocks, body, threading):
     small = b.icmp_signed("<", work, c64(PARALLEL_MIN_FLOPS))
     with b.if_else(small) as (serial, parallel):
         with parallel:
-            chunk = emit_parallel_for(b, 0, blocks, fe.captures(), body, min_chunk=1,
+            chunk = emit_parallel_for(b, 0, blocks, captures, body, min_chunk=1,
                                       name="blocks", threading=threading,
                                       pieces_per_thread=ONE_BLOCK_PIECES)
         with serial:
-            b.call(chunk, [c64(0), c64(blocks)] + fe.captures())
+            b.call(chunk, [c64(0), c64(blocks)] + captures)
 
 
 def _emit_batch_row_blocks(fe, group: Group, threading, m, n, k, lds) -> None:

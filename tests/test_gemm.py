@@ -425,6 +425,144 @@ def test_the_step_lists_hold_exactly_the_steps_to_compute():
         np.testing.assert_array_equal(steps[:count[0]], want)
 
 
+TILE_LISTS_PROTO = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                    ctypes.c_void_p)
+
+
+def _tile_lists_module(module, rows, lanes):
+    """tile_zero_lists of `module` for tiles of `rows` rows, made callable as 'lists'."""
+    from codegen.gemm import tile_zero_lists
+    fn = tile_zero_lists(module, ir.FloatType(), rows, lanes)
+    fn.linkage, fn.name = "external", "lists"
+
+
+def _list_tiles(jit, a, rows, k):
+    """(steps, counts, total) of tile_zero_lists over the full row tiles of a (m x k)."""
+    from codegen.gemm import TILE_LIST_STRIDE
+    tiles = len(a) // rows
+    steps = np.full(max(tiles, 1) * TILE_LIST_STRIDE, -1, np.int16)
+    counts = np.full(max(tiles, 1), -1, np.int64)
+    total = TILE_LISTS_PROTO(jit.address("lists"))(a.ctypes.data, a.shape[1], tiles, k,
+                                                   steps.ctypes.data, counts.ctypes.data)
+    return steps, counts, total
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_tile_lists_hold_exactly_each_tiles_nonzero_steps(lanes):
+    """tile_zero_lists (a product's lists, made once for all its column blocks): for each full row
+    tile, in order, the steps where one of its rows is not zero (a NaN counts, -0.0 does not), for
+    k below, at and past whole vectors, up to KC; the total is the sum of the counts."""
+    from codegen.gemm import TILE_LIST_STRIDE
+    lanes_arg = None if lanes == HOST_LANES else lanes
+    rng = np.random.default_rng(21)
+    for rows in (1, 2, 4):
+        module = ir.Module("test_tile_lists")
+        _tile_lists_module(module, rows, lanes_arg)
+        jit = JitModule(module)
+        for m, k in ((rows, 1), (3 * rows + 1, lanes - 1), (2 * rows, lanes), (5 * rows, 37),
+                     (4 * rows, KC)):
+            a = rng.standard_normal((m, k + 3)).astype(np.float32)   # rows k + 3 apart
+            a[rng.random(a.shape) < 0.8] = 0.0
+            a[rng.random(a.shape) < 0.05] = -0.0
+            a[0, min(2, k - 1)] = np.nan
+            steps, counts, total = _list_tiles(jit, a, rows, k)
+            tiles = m // rows
+            assert total == counts[:tiles].sum()
+            for t in range(tiles):
+                tile = a[t * rows:(t + 1) * rows, :k]
+                want = np.nonzero((tile != 0).any(axis=0) | np.isnan(tile).any(axis=0))[0]
+                got = steps[t * TILE_LIST_STRIDE:t * TILE_LIST_STRIDE + counts[t]]
+                np.testing.assert_array_equal(got, want, err_msg=f"rows={rows} m={m} k={k} t={t}")
+
+
+@pytest.mark.parametrize("pack_full", [None, False])
+@pytest.mark.parametrize("lanes", LANES)
+def test_tile_lists_give_the_dense_products_values_and_keep_zero_times_inf_nan(lanes, pack_full,
+                                                                                monkeypatch):
+    """emit_gemm with the caller's `tile_lists` (an untransposed or transposed B in column panels,
+    the last a tail that multiplies every step): value for value the dense kernels' products, for
+    runtime m (tails of the tiles included) and k up to KC; a panel holding an inf or NaN
+    multiplies every step, so 0 * inf is NaN there as in numpy.  An untransposed B's full panels
+    are copied (found finite while copying) or, with PACK_FULL_PANELS False, read in place
+    (block_finite)."""
+    from codegen import gemm
+    from codegen.gemm import _registers_for, tile_rows
+    monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
+    lanes_arg = None if lanes == HOST_LANES else lanes
+    vectors = 4 if _registers_for(lanes, 32, None) == 16 else 2
+    rows = tile_rows(vectors, _registers_for(lanes, 32, None))
+    nr = vectors * lanes
+    n = 2 * nr + 5
+    shapes = ((rows, 3), (7 * rows + 1, 37), (32, 100), (MC, KC))   # (m at run time, k)
+    module = ir.Module("test_tile_list_gemms")
+    names = []
+    for layout in ("NN", "NT"):
+        for _, k in shapes:
+            for listed in (True, False):
+                fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, PTR,
+                                                                        PTR]),
+                                 f"{layout}{k}{listed}")
+                builder = ir.IRBuilder(fn.append_basic_block("entry"))
+                a, b, c, m, steps, counts = fn.args
+                emit_gemm(builder, a, b, c, m, n, k, trans_b=layout == "NT", lanes=lanes_arg,
+                          panel_vectors=vectors if listed else None,
+                          tile_lists=(steps, counts) if listed else None)
+                builder.ret_void()
+                names.append(fn.name)
+    _tile_lists_module(module, rows, lanes_arg)
+    jit = JitModule(module)
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+    fns = {name: proto(jit.address(name)) for name in names}
+    rng = np.random.default_rng(22)
+    runs = 0
+    for layout in ("NN", "NT"):
+        for m, k in shapes:
+            for pattern in ("mostly_zero", "columns", "zero", "negative_zero"):
+                for poison in (None, np.inf, np.nan):
+                    a = _sparse((m, k), pattern, rng)
+                    b = rng.standard_normal((n, k) if layout == "NT" else (k, n)).astype(np.float32)
+                    if poison is not None:
+                        a[:, 1] = 0.0                  # every tile skips step 1 ...
+                        if layout == "NT":
+                            b[nr + 3, 1] = poison      # ... where the second panel holds poison
+                        else:
+                            b[1, nr + 3] = poison
+                    steps, counts, _ = _list_tiles(jit, a, rows, k)
+                    got, want = (np.full((m, n), 7.0, np.float32) for _ in range(2))
+                    fns[f"{layout}{k}True"](a.ctypes.data, b.ctypes.data, got.ctypes.data, m,
+                                            steps.ctypes.data, counts.ctypes.data)
+                    fns[f"{layout}{k}False"](a.ctypes.data, b.ctypes.data, want.ctypes.data, m,
+                                             None, None)
+                    where = f"{layout} m={m} k={k} {pattern} {poison}"
+                    np.testing.assert_array_equal(got, want, err_msg=where)
+                    with np.errstate(invalid="ignore"):
+                        ref = a.astype(np.float64) @ (b.T if layout == "NT" else b).astype(np.float64)
+                    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=where)
+                    if poison is not None:
+                        assert np.isnan(got[:, nr + 3]).all(), where
+                    finite = ~np.isnan(ref)
+                    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4,
+                                               err_msg=where)
+                    runs += 1
+    assert runs == 96
+
+
+def test_tile_lists_refuse_what_they_cannot_serve():
+    """tile_lists serve one m block and one k block of an untransposed A, without skip_zeros."""
+    module = ir.Module("test_tile_lists_refused")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 5), "g")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    a, b, c, steps, counts = fn.args
+    for kwargs in ({"trans_a": True}, {"skip_zeros": True}):
+        with pytest.raises(ValueError, match="tile_lists"):
+            emit_gemm(builder, a, b, c, 32, 64, 40, tile_lists=(steps, counts), **kwargs)
+    for m, k in ((MC + 1, 40), (32, KC + 1)):
+        with pytest.raises(ValueError, match="tile_lists"):
+            emit_gemm(builder, a, b, c, m, 64, k, tile_lists=(steps, counts))
+
+
 @pytest.mark.parametrize("b_finite", [False, True])
 def test_zero_skipping_never_skips_a_nan(b_finite):
     nr = tile_shape(HOST_LANES)[1] * HOST_LANES

@@ -1,5 +1,7 @@
 """One-row products skip the rows of a finite weight whose input is zero (codegen.gemm's `.nz` GEMV),
-and a large predict's products the k steps where a row tile of its input is zero (`.nzf` GEMMs).
+a large predict's products the k steps where a row tile of its input is zero (`.nzf` GEMMs), and
+the column-blocked products of a batch whose input is mostly zero the steps listed once for all
+their blocks (`.tl` GEMMs, codegen.lower.SPARSE_COLUMNS).
 
 fma(0, w, acc) is acc for every finite w, so skipping gives the same sums bit for bit (but for the
 sign of a zero sum, which assert_array_equal does not see); for a weight
@@ -174,7 +176,9 @@ def test_a_tall_product_of_a_relus_outputs_multiplies_in_shorter_tiles_with_the_
     assert (got == 0).mean() > 0.3
     monkeypatch.setattr(lower, "SPARSE_TILES", False)
     full = CompiledRunner(graph, {}, CompileOptions())
-    assert ".v" not in "".join(re.findall(r"kcompile\.gemm\.NN\.[^ (]*", full.compiled.code.optimized_ir))
+    # (the tall path's skipping GEMMs: a batch below BATCH_ROWS_MIN takes column blocks)
+    assert ".v" not in "".join(re.findall(r"kcompile\.gemm\.NN\.[^ (]*\.nzf[^ (]*",
+                                          full.compiled.code.optimized_ir))
     np.testing.assert_array_equal(got, full.run(feeds)["out"])
     np.testing.assert_allclose(got, ir.run(graph, feeds)["out"], rtol=1e-4, atol=1e-4)
 
@@ -365,3 +369,80 @@ def test_weight_gradients_skip_zero_steps_with_the_dense_steps_values(monkeypatc
         np.testing.assert_array_equal(a, b)
     for a, b in zip(listed.get_weights(), trained(True, "reference").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _force_lists(monkeypatch, flag):
+    """codegen.lower.SPARSE_COLUMNS set to `flag`, its lists used at any share of listed steps."""
+    from codegen import lower
+    monkeypatch.setattr(lower, "SPARSE_COLUMNS", flag)
+    monkeypatch.setattr(lower, "SPARSE_COLUMNS_SHARE", {False: 1.0, True: 1.0})
+
+
+def _lists_made(model, graph) -> bool:
+    program = [p for key, p in model._programs.items() if key[0] == graph][0]
+    code = program.runner.compiled.code.optimized_ir
+    return "tile_zero_lists" in code and re.search(r"kcompile\.gemm\.N[NT]\.\S*\.tl\.", code)
+
+
+def test_a_training_steps_mostly_zero_products_list_their_steps_once_with_the_dense_values(
+        monkeypatch):
+    """The forward product of a relu's output after Dropout, and the dX product of a relu's
+    gradient, in column blocks of a batch (codegen.lower.SPARSE_COLUMNS): their row tiles' steps
+    are listed once for every block, and training gives the weights the dense products give, bit
+    for bit, and follows the reference.  (Hosts with 32 vector registers keep the full tiles, and
+    no lists: sparse_tile_rows is None there.)"""
+    from codegen.gemm import sparse_tile_rows
+
+    def trained(flag, target="llvm"):
+        _force_lists(monkeypatch, flag)
+        kc.utils.set_random_seed(4)
+        model = kc.Sequential([layers.Input((40,)), layers.Dense(200, activation="relu"),
+                               layers.Dropout(0.3), layers.Dense(150, activation="relu"),
+                               layers.Dense(10)])
+        model.compile(optimizer="adam", loss="mse", target=target)
+        model.set_weights(start)
+        kc.utils.set_random_seed(5)
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((96, 40)).astype(np.float32)
+    y = rng.standard_normal((96, 10)).astype(np.float32)
+    kc.utils.set_random_seed(4)
+    start = kc.Sequential([layers.Input((40,)), layers.Dense(200), layers.Dense(150),
+                           layers.Dense(10)]).get_weights()
+    listed, dense = trained(True), trained(False)
+    assert bool(_lists_made(listed, "train")) == (sparse_tile_rows() is not None)
+    assert not _lists_made(dense, "train")
+    for a, b in zip(listed.get_weights(), dense.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(listed.get_weights(), trained(True, "reference").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_a_listed_product_with_an_inf_weight_facing_zeros_gives_numpys_nan(monkeypatch, target):
+    """A batch of 32 rows in column blocks, its input a relu's output whose unit 5 is always
+    zero, facing an inf in the next weight's row 5: that column panel multiplies every step, so
+    0 * inf gives NaN in column 7, as numpy's product does; every other value is numpy's."""
+    _force_lists(monkeypatch, True)
+    rng = np.random.default_rng(10)
+    w1 = rng.standard_normal((30, 64)).astype(np.float32)
+    b1 = np.where(rng.random(64) < 0.7, -20.0, 0.0).astype(np.float32)   # mostly-zero units
+    w1[:, 5], b1[5] = 0.0, -1.0                                           # unit 5: always 0
+    w2 = rng.standard_normal((64, 160)).astype(np.float32)
+    w2[5, 7] = np.inf
+    model = kc.Sequential([layers.Input((30,)), layers.Dense(64, activation="relu"),
+                           layers.Dense(160)])
+    model.compile(loss="mse", target=target)
+    model.set_weights([w1, b1, w2, np.zeros(160, np.float32)])
+    x = rng.standard_normal((32, 30)).astype(np.float32)
+    out = model.predict(x, batch_size=32, verbose=0)
+    with np.errstate(invalid="ignore"):
+        expected = np.maximum(x @ w1 + b1, 0) @ w2
+    assert np.isnan(out[:, 7]).all() and np.isnan(expected[:, 7]).all()
+    np.testing.assert_allclose(np.delete(out, 7, 1), np.delete(expected, 7, 1), rtol=1e-4,
+                               atol=1e-4)
+    if target == "llvm":
+        from codegen.gemm import sparse_tile_rows
+        assert bool(_lists_made(model, "predict")) == (sparse_tile_rows() is not None)
