@@ -26,7 +26,8 @@ from kcompile.layers.layer import Variable
 __all__ = ["describe", "Undescribable", "source_fingerprint"]
 
 # Attributes that point back at the model (a layer's owner) or hold results, not inputs, of tracing.
-_SKIPPED = frozenset({"_models", "_programs", "history", "stop_training", "_owner", "_call_lock"})
+_SKIPPED = frozenset({"_models", "_programs", "history", "stop_training", "_owner", "_call_lock",
+                      "_state_lock"})
 
 
 class Undescribable(Exception):

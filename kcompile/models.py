@@ -30,7 +30,7 @@ def save_model(model, filepath, overwrite=True, **kwargs):
 
 from kcompile.layers.core import InputLayer, SymbolicTensor
 from kcompile.layers.layer import Layer, format_shape, normalize_input_shape, weight_list
-from kcompile.trainer import Trainer
+from kcompile.trainer import Trainer, _holding_state
 from kcompile.inspection import InspectionMixin
 
 
@@ -148,6 +148,15 @@ class Model(InspectionMixin, Trainer, Layer):
         raise ValueError(f"No such layer: {name!r}. Existing layers are: "
                          f"{[layer.name for layer in self.layers]}.")
 
+    # NOTE: reading or writing the weights and optimizer state holds the model's state lock, as
+    # each training step does (trainer._state_lock): a copy, a file or a list of weights taken
+    # while another thread trains the model falls between two steps.
+
+    @_holding_state
+    def get_weights(self) -> list:
+        return Layer.get_weights(self)
+
+    @_holding_state
     def set_weights(self, weights):
         """Assign every weight (Keras order: per layer, kernel then bias); checked before writing."""
         own = self.weights
@@ -169,6 +178,7 @@ class Model(InspectionMixin, Trainer, Layer):
 
     # -- saving (kcompile.saving has the format) -----------------------------------------------
 
+    @_holding_state
     def save(self, filepath, overwrite=True, zipped=None, **kwargs):
         """Save config, compile arguments, weights and optimizer state to a `.keras` file."""
         saving.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
@@ -185,7 +195,8 @@ class Model(InspectionMixin, Trainer, Layer):
         """pickle and copy.deepcopy, as in Keras 3: the model travels as the bytes of its `.keras`
         file (config, weights, compile arguments, optimizer state) and is loaded from them, so a
         copy trains on exactly as the original would.  Custom layers, losses and metrics must be
-        registered (`kcompile.saving.register_keras_serializable`) where the copy is loaded."""
+        registered (`kcompile.saving.register_keras_serializable`) where the copy is loaded.  A
+        model another thread trains is copied between two steps (save holds the state lock)."""
         with _keras_file() as path:
             self.save(path)
             with open(path, "rb") as f:
@@ -209,6 +220,7 @@ class Model(InspectionMixin, Trainer, Layer):
         """The architecture as JSON text (no weights); `kcompile.models.model_from_json` reads it."""
         return saving.model_to_json(self, **kwargs)
 
+    @_holding_state
     def save_weights(self, filepath, overwrite=True):
         """Save every weight, by path 'layer/weight', to a `.weights.npz` file (`.weights.h5`, Keras
         3's name, writes the same kcompile file under that name: not HDF5)."""
@@ -216,6 +228,7 @@ class Model(InspectionMixin, Trainer, Layer):
 
     save_weights.writes_atomically = True
 
+    @_holding_state
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Load weights by path from a `.weights.npz` (or `.weights.h5`) file kcompile saved, or a
         `.keras` file; all checked before any is set."""

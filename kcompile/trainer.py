@@ -781,6 +781,29 @@ def _one_call_at_a_time(method, name: str | None = None):
     return serialized
 
 
+def _state_lock(model):
+    """The lock held around each native training step, which writes the model's weights and
+    optimizer state in place, and by whatever reads or writes them from Python (`_holding_state`:
+    get_weights, set_weights, save, pickling): a copy taken from another thread while the model
+    trains falls between two steps.  Keyed by process, as the call lock."""
+    owner = model.__dict__.get("_state_lock")
+    if owner is None or owner[0] != _FORKS[0]:
+        with _LOCK_CREATION:
+            owner = model.__dict__.get("_state_lock")
+            if owner is None or owner[0] != _FORKS[0]:
+                owner = model.__dict__["_state_lock"] = (_FORKS[0], threading.RLock())
+    return owner[1]
+
+
+def _holding_state(method):
+    """`method` with the model's state lock held (see _state_lock)."""
+    @functools.wraps(method)
+    def holding(self, *args, **kwargs):
+        with _state_lock(self):
+            return method(self, *args, **kwargs)
+    return holding
+
+
 class Trainer:
     """compile / fit / evaluate / predict for a model that can be traced (mixed into `Model`)."""
 
@@ -1540,13 +1563,15 @@ class Trainer:
         from the accumulators only when a hook wants them.  `stoppable`: the model's flag that ends
         the loop early when a callback sets it ('stop_training', 'stop_evaluating')."""
         step_fn = runner.step
+        state = _state_lock(self)
         seen = 0
         for step in range(steps):
             start = (first_batch + step) * batch_size
             rows = min(start + batch_size, n) - start
             if hooks.begin:
                 hooks.call_begin(step)
-            step_fn(rows, start)
+            with state:
+                step_fn(rows, start)
             seen += rows
             if hooks.end_due(step, steps - 1):
                 totals.load(accumulators, seen)
@@ -1577,7 +1602,8 @@ class Trainer:
             seed[...] = (seed_base + step) & 0xFFFFFFFF
             runner = self._runner(program)
             runner.bind(feeds)
-            runner.call(len(x), 0)
+            with _state_lock(self):
+                runner.call(len(x), 0)
             totals.add(runner.output, len(x))
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, totals.logs())
@@ -1613,7 +1639,8 @@ class Trainer:
         feeds["seed"] = np.asarray(next_seed() & 0xFFFFFFFF, np.uint32)
         runner = self._runner(program)
         runner.bind(feeds)
-        runner.call(rows, 0)
+        with _state_lock(self):
+            runner.call(rows, 0)
         totals = _Totals(program)
         totals.add(runner.output, rows)
         logs = totals.logs()

@@ -133,3 +133,59 @@ def test_a_child_forked_while_another_thread_holds_the_models_lock_can_predict()
             os.waitpid(pid, 0)
             os.close(read_fd)
     assert answer == b"1", "the child hung or predicted wrongly"
+
+
+@pytest.mark.parametrize("how", ["pickle", "get_weights", "fit"])
+def test_a_copy_taken_while_another_thread_trains_falls_between_two_steps(how):
+    """pickle (a whole save) and get_weights from the main thread while another thread trains the
+    model, with train_on_batch or fit: every copy equals the weights after one step of a serial
+    run, every array from the same step, and (pickle) the optimizer's iteration count is that
+    step's.  The steps write weights and optimizer slots in place; each holds the model's state
+    lock, which reading them takes too."""
+    import pickle
+    import threading
+
+    import kcompile
+    from kcompile import layers
+
+    def build():
+        kcompile.utils.set_random_seed(1)
+        model = kcompile.Sequential([kcompile.Input((64,)), layers.Dense(256, activation="relu"),
+                                     layers.Dense(256, activation="relu"), layers.Dense(3)])
+        model.compile(optimizer=kcompile.optimizers.SGD(0.01, momentum=0.9), loss="mse")
+        return model
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    y = rng.standard_normal((32, 3)).astype(np.float32)
+    steps = 150
+    serial = build()
+    serial.fit(x, y, batch_size=32, verbose=0)      # (compiled before the copies start)
+    table = [serial.get_weights()]
+    for _ in range(steps):
+        serial.train_on_batch(x, y)
+        table.append(serial.get_weights())
+    model = build()
+    model.fit(x, y, batch_size=32, verbose=0)
+    if how == "fit":
+        work = lambda: model.fit(np.tile(x, (steps, 1)), np.tile(y, (steps, 1)), batch_size=32,
+                                 shuffle=False, verbose=0)
+    else:
+        work = lambda: [model.train_on_batch(x, y) for _ in range(steps)]
+    trainer = threading.Thread(target=work)
+    copies = []
+    trainer.start()
+    while trainer.is_alive() and len(copies) < 200:
+        if how == "pickle":
+            copy = pickle.loads(pickle.dumps(model))
+            copies.append((copy.get_weights(), int(copy.optimizer.iterations)))
+        else:
+            copies.append((model.get_weights(), None))
+    trainer.join()
+    assert copies
+    for weights, iterations in copies:
+        matches = [k for k, row in enumerate(table)
+                   if all(np.array_equal(a, b) for a, b in zip(weights, row))]
+        assert len(matches) == 1, "a copy mixes the weights of different steps"
+        if iterations is not None:
+            assert iterations == matches[0] + 1     # (the first fit's step)
