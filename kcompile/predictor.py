@@ -321,6 +321,12 @@ class Predictor:
 
     __call__ = predict
 
+    def __reduce__(self):
+        """pickle and copy: as the export's directory (absolute) and its library's SHA-256, so that
+        a process pool's worker (multiprocessing, Ray, Dask) loads the export itself, and refuses
+        it if the directory now holds another."""
+        return _reload, (os.path.abspath(self.directory), self.manifest["library_sha256"])
+
     def __repr__(self) -> str:
         return (f"Predictor({self.directory!r}, input {self.input_shape}, "
                 f"output {self.output_shape}, kcompile {self.version})")
@@ -328,3 +334,13 @@ class Predictor:
 
 def load_predictor(directory) -> Predictor:
     return Predictor(directory)
+
+
+def _reload(directory: str, digest: str) -> Predictor:
+    """A pickled Predictor: its export loaded again, if it is still the same library."""
+    predictor = Predictor(directory)
+    if predictor.manifest["library_sha256"] != digest:
+        raise PredictorError(f"the export in {directory} has changed since this predictor was "
+                             "pickled (its library's SHA-256 differs): load_predictor it again "
+                             "where it is used")
+    return predictor

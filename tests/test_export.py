@@ -125,6 +125,35 @@ def test_threads_give_serial_results(exported):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_predictor_pickles_as_its_export_for_a_process_pools_workers(exported, tmp_path):
+    """pickle and copy.deepcopy give a predictor of the same export (loaded again); another
+    process (a pool's worker) that receives it pickled predicts what this one does; a pickled
+    predictor whose directory was since given another export is refused by name."""
+    import copy
+    import pickle
+    directory, params = exported
+    p = load_predictor(directory)
+    x = np.random.default_rng(3).random((5, 28, 28), dtype=np.float32)
+    want = p.predict(x)
+    for other in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert other is not p and other.directory == os.path.abspath(directory)
+        np.testing.assert_array_equal(other.predict(x), want)
+    worker = ("import pickle, sys; predictor, x = pickle.loads(sys.stdin.buffer.read()); "
+              "sys.stdout.buffer.write(pickle.dumps(predictor.predict(x)))")
+    done = subprocess.run([sys.executable, "-c", worker], input=pickle.dumps((p, x[:2])),
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    np.testing.assert_array_equal(pickle.loads(done.stdout), want[:2])
+    moved = tmp_path / "moved"
+    shutil.copytree(directory, moved)
+    data = pickle.dumps(load_predictor(moved))
+    shutil.rmtree(moved)
+    other = {k: v * 2 for k, v in params.items()}
+    export_predictor(mlp_graph(), other, str(moved), layers=["dense", "dense_1"], version="test")
+    with pytest.raises(PredictorError, match="has changed since this predictor was pickled"):
+        pickle.loads(data)
+
+
 def test_bad_inputs_are_python_errors(exported):
     p = load_predictor(exported[0])
     with pytest.raises(PredictorError, match=r"shape \(rows, 28, 28\)"):
