@@ -265,14 +265,15 @@ class _Vec:
         builder.call(self._mstore, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def _function(module, name, args, names=(), noalias=()):
-    """(fn, True): a new internal void function `name` for the caller to define, its parameters named
-    by `names` in order, `noalias` (indices) marking pointer parameters that alias nothing else; or
-    (fn, False) when the module has `name` already (one copy serves every call site)."""
+def _function(module, name, args, names=(), noalias=(), returns=None):
+    """(fn, True): a new internal function `name` (void, or returning `returns`) for the caller to
+    define, its parameters named by `names` in order, `noalias` (indices) marking pointer
+    parameters that alias nothing else; or (fn, False) when the module has `name` already (one
+    copy serves every call site)."""
     fn = module.globals.get(name)
     if fn is not None:
         return fn, False
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
+    fn = ir.Function(module, ir.FunctionType(returns or ir.VoidType(), args), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     if _NOINLINE:
@@ -537,17 +538,12 @@ def tile_zero_lists(module, dtype, rows: int, lanes: int | None = None) -> ir.Fu
     T = dtype
     L = lanes or target.vector_lanes(_dtype_bits(T))
     name = f"{_KERNEL_PREFIX}.tile_zero_lists.{_type_tag(T)}x{L}.{rows}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = ir.Function(module, ir.FunctionType(I64, [ptr, I64, I64, I64, ptr, ptr]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr, ptr],
+                        ("a", "lda", "tiles", "k", "steps", "counts"), returns=I64)
+    if not new:
+        return fn
     a, lda, tiles, k, steps, counts = fn.args
-    for arg, nm in zip(fn.args, ("a", "lda", "tiles", "k", "steps", "counts")):
-        arg.name = nm
     vec = _Vec(module, T, L)
     bits = ir.IntType(_dtype_bits(T))
     int_vec = ir.VectorType(bits, L)
@@ -603,30 +599,21 @@ def block_finite(module, dtype, lanes: int | None = None) -> ir.Function:
     T = dtype
     L = lanes or target.vector_lanes(_dtype_bits(T))
     name = f"{_KERNEL_PREFIX}.block_finite.{_type_tag(T)}x{L}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
     ptr = ir.PointerType()
-    fn = ir.Function(module, ir.FunctionType(I1, [ptr, I64, I64, I64]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
+    fn, new = _function(module, name, [ptr, I64, I64, I64], ("b", "rows", "cols", "ld"),
+                        returns=I1)
+    if not new:
+        return fn
     b, rows, cols, ld = fn.args
-    for arg, nm in zip(fn.args, ("b", "rows", "cols", "ld")):
-        arg.name = nm
     vec = _Vec(module, T, L)
-    bits = ir.IntType(_dtype_bits(T))
-    int_vec = ir.VectorType(bits, L)
-    exponent = ((1 << (bits.width - 1)) - 1) & ~((1 << (23 if bits.width == 32 else 52)) - 1)
-    exponents = ir.Constant(int_vec, [exponent] * L)
-    umax = _intrinsic(module, f"llvm.umax.v{L}i{bits.width}", int_vec, [int_vec, int_vec])
+    checker = _FiniteCheck(module, vec)
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     whole = _round_down(bld, cols, L)
     tail_mask = vec.lane_mask(bld, bld.sub(cols, whole))
 
     def add(acc, ptr, mask):
         value = vec.masked_load(bld, ptr, mask) if mask is not None else vec.load(bld, ptr)
-        return bld.call(umax, [acc, bld.and_(bld.bitcast(value, int_vec), exponents)])
+        return checker.fold(bld, acc, value)
 
     def row(p, acc):
         start = _gep(bld, b, bld.mul(p, ld), T)
@@ -634,10 +621,8 @@ def block_finite(module, dtype, lanes: int | None = None) -> ir.Function:
             acc, _gep(bld, start, index, T), None), name="v")
         return add(acc, _gep(bld, start, whole, T), tail_mask)
 
-    acc = _carried_range(bld, 0, rows, 1, ir.Constant(int_vec, None), row, name="r")
-    flags = bld.icmp_unsigned("==", acc, exponents)
-    any_flag = bld.icmp_unsigned("!=", bld.bitcast(flags, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
-    bld.ret(bld.not_(any_flag))
+    acc = _carried_range(bld, 0, rows, 1, checker.zero, row, name="r")
+    bld.ret(checker.finite(bld, acc))
     return fn
 
 
@@ -767,20 +752,8 @@ def _pack_function(module, name, check: bool):
     """A packing function `(src, ld, valid, k, dst)`: void, or (`check`) returning whether every
     value it loaded is finite."""
     ptr = ir.PointerType()
-    if not check:
-        return _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
-    name += ".chk"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn, False
-    fn = ir.Function(module, ir.FunctionType(I1, [ptr, I64, I64, I64, ptr]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    if _NOINLINE:
-        fn.attributes.add("noinline")
-    for index in (0, 4):
-        fn.args[index].add_attribute("noalias")
-    return fn, True
+    return _function(module, name + (".chk" if check else ""), [ptr, I64, I64, I64, ptr],
+                     noalias=(0, 4), returns=I1 if check else None)
 
 
 def _pack_transposed(vec: _Vec, nvec: int, check: bool = False):

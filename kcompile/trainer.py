@@ -758,16 +758,7 @@ def _one_call_at_a_time(method, name: str | None = None):
 
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
-        # NOTE: keyed by process (a count of forks, cheaper than os.getpid() on a one-sample
-        # predict): a child forked while another thread held the lock gets its own (the inherited
-        # one would stay held forever)
-        owner = self.__dict__.get("_call_lock")
-        if owner is None or owner[0] != _FORKS[0]:
-            with _LOCK_CREATION:
-                owner = self.__dict__.get("_call_lock")
-                if owner is None or owner[0] != _FORKS[0]:
-                    owner = self.__dict__["_call_lock"] = (_FORKS[0], threading.RLock())
-        with owner[1]:
+        with _model_lock(self, "_call_lock"):
             # (the depth of this call in the model's calls: a callback's call runs one deeper,
             # on runners of its own, see _Program.runner_at)
             depth = self.__dict__.get("_call_depth", 0)
@@ -781,18 +772,25 @@ def _one_call_at_a_time(method, name: str | None = None):
     return serialized
 
 
+def _model_lock(model, key: str):
+    """The model's RLock stored as `key` in its __dict__, made on first use.  NOTE: keyed by
+    process (a count of forks, cheaper than os.getpid() on a one-sample predict): a child forked
+    while another thread held the lock gets its own (the inherited one would stay held forever)."""
+    owner = model.__dict__.get(key)
+    if owner is None or owner[0] != _FORKS[0]:
+        with _LOCK_CREATION:
+            owner = model.__dict__.get(key)
+            if owner is None or owner[0] != _FORKS[0]:
+                owner = model.__dict__[key] = (_FORKS[0], threading.RLock())
+    return owner[1]
+
+
 def _state_lock(model):
     """The lock held around each native training step, which writes the model's weights and
     optimizer state in place, and by whatever reads or writes them from Python (`_holding_state`:
     get_weights, set_weights, save, pickling): a copy taken from another thread while the model
-    trains falls between two steps.  Keyed by process, as the call lock."""
-    owner = model.__dict__.get("_state_lock")
-    if owner is None or owner[0] != _FORKS[0]:
-        with _LOCK_CREATION:
-            owner = model.__dict__.get("_state_lock")
-            if owner is None or owner[0] != _FORKS[0]:
-                owner = model.__dict__["_state_lock"] = (_FORKS[0], threading.RLock())
-    return owner[1]
+    trains falls between two steps."""
+    return _model_lock(model, "_state_lock")
 
 
 def _holding_state(method):
