@@ -520,12 +520,6 @@ def _zero_skip_list(vec: _Vec, rows: int, flags: bool = True, unit_steps: bool =
 TILE_LIST_STRIDE = KC + 64
 
 
-def tile_list_bytes(m: int, k: int, rows: int) -> tuple[int, int]:
-    """Bytes of (steps, counts) that `tile_zero_lists` fills for m rows of A in tiles of `rows`."""
-    tiles = max(1, m // rows)
-    return tiles * TILE_LIST_STRIDE * 2, tiles * 8
-
-
 def tile_zero_lists(module, dtype, rows: int, lanes: int | None = None) -> ir.Function:
     """i64 lists(a, lda, tiles, k, steps, counts): for each full row tile t < tiles of A (row-major,
     rows `lda` apart; tile t is rows t*rows.. of it), the steps p < k (k <= KC) at which one of its
