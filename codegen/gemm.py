@@ -586,40 +586,6 @@ def tile_zero_lists(module, dtype, rows: int, lanes: int | None = None) -> ir.Fu
     return fn
 
 
-def block_finite(module, dtype, lanes: int | None = None) -> ir.Function:
-    """i1 finite(b, rows, cols, ld): whether the rows x cols block at b (rows `ld` apart) holds no
-    inf or NaN: the largest of each lane's exponent bits (an unsigned max) is all ones exactly when
-    one of its values is an inf or NaN (as `_nonfinite_steps`, one answer for the block)."""
-    T = dtype
-    L = lanes or target.vector_lanes(_dtype_bits(T))
-    name = f"{_KERNEL_PREFIX}.block_finite.{_type_tag(T)}x{L}"
-    ptr = ir.PointerType()
-    fn, new = _function(module, name, [ptr, I64, I64, I64], ("b", "rows", "cols", "ld"),
-                        returns=I1)
-    if not new:
-        return fn
-    b, rows, cols, ld = fn.args
-    vec = _Vec(module, T, L)
-    checker = _FiniteCheck(module, vec)
-    bld = ir.IRBuilder(fn.append_basic_block("entry"))
-    whole = _round_down(bld, cols, L)
-    tail_mask = vec.lane_mask(bld, bld.sub(cols, whole))
-
-    def add(acc, ptr, mask):
-        value = vec.masked_load(bld, ptr, mask) if mask is not None else vec.load(bld, ptr)
-        return checker.fold(bld, acc, value)
-
-    def row(p, acc):
-        start = _gep(bld, b, bld.mul(p, ld), T)
-        acc = _carried_range(bld, 0, whole, L, acc, lambda index, acc: add(
-            acc, _gep(bld, start, index, T), None), name="v")
-        return add(acc, _gep(bld, start, whole, T), tail_mask)
-
-    acc = _carried_range(bld, 0, rows, 1, checker.zero, row, name="r")
-    bld.ret(checker.finite(bld, acc))
-    return fn
-
-
 def _nonfinite_steps(vec: _Vec, trans_b: bool):
     """void flags(b, ldb, k, n, out): out[p] (i8) = whether row p < k of op(B) (its n columns; B
     stored (k, n), or (n, k) with trans_b, rows `ldb` apart) holds an inf or NaN.  A zero of A facing
@@ -718,9 +684,9 @@ def _transpose(builder, vec: _Vec, rows):
 
 
 class _FiniteCheck:
-    """The exponent bits of every value a packing function loads, folded with an unsigned max
-    (as `_nonfinite_steps`): a lane ends all ones exactly when one of its values was an inf or
-    NaN.  Masked-off lanes load zero."""
+    """The exponent bits of every value `_pack_copy` loads, folded with an unsigned max (as
+    `_nonfinite_steps`): a lane ends all ones exactly when one of its values was an inf or NaN.
+    Masked-off lanes load zero."""
 
     def __init__(self, module, vec: _Vec):
         bits = ir.IntType(_dtype_bits(vec.dtype))
@@ -742,25 +708,17 @@ class _FiniteCheck:
                                  ir.Constant(ir.IntType(self.lanes), 0))
 
 
-def _pack_function(module, name, check: bool):
-    """A packing function `(src, ld, valid, k, dst)`: void, or (`check`) returning whether every
-    value it loaded is finite."""
-    ptr = ir.PointerType()
-    return _function(module, name + (".chk" if check else ""), [ptr, I64, I64, I64, ptr],
-                     noalias=(0, 4), returns=I1 if check else None)
-
-
-def _pack_transposed(vec: _Vec, nvec: int, check: bool = False):
+def _pack_transposed(vec: _Vec, nvec: int):
     """void pack(src, ld, valid, k, dst): dst[p, j] = src[min(j, valid-1)*ld + p] for j < nvec*lanes.
 
     `src` is B stored (n, k) offset to the panel's first row and the block's first p; `dst` gets
     rows of nvec*lanes elements for p < round_up(k, lanes).  Rows of B past `valid` are clamped to the
-    last valid one: the columns they fill are computed but never stored.  With `check` it returns
-    whether every value of the panel is finite (an i1), for the same loads.
+    last valid one: the columns they fill are computed but never stored.
     """
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_t.{_type_tag(T)}x{L}.{nvec}"
-    fn, new = _pack_function(module, name, check)
+    ptr = ir.PointerType()
+    fn, new = _function(module, name, [ptr, I64, I64, I64, ptr], noalias=(0, 4))
     if not new:
         return fn
     src, ld, valid, k, dst = fn.args
@@ -768,35 +726,23 @@ def _pack_transposed(vec: _Vec, nvec: int, check: bool = False):
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     last = bld.sub(valid, i64(1))
     kceil = _round_down(bld, bld.add(k, i64(L - 1)), L)
-    checker = _FiniteCheck(module, vec) if check else None
 
     # NOTE: one block body for whole and partial blocks of k (the lanes past k masked off): the
     # shuffles of a transpose are the costliest code of the library to compile, and a masked load
     # of all lanes runs as fast as a plain one.
-    def block(jb, p, acc):
-        mask = vec.lane_mask(bld, bld.sub(k, p))
-        rows = []
-        for c in range(L):
-            j = smin(bld, _add(bld, jb, c), last)
-            rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
-            rows.append(vec.masked_load(bld, rptr, mask))
-            if checker is not None:
-                acc = checker.fold(bld, acc, rows[-1])
-        cols = _transpose(bld, vec, rows)
-        for q in range(L):
-            dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
-            vec.store(bld, cols[q], dptr)
-        return acc
-
-    if checker is None:
-        with for_range(bld, 0, width, L, name="jb") as jb:
-            with for_range(bld, 0, kceil, L, name="p") as p:
-                block(jb, p, None)
-        bld.ret_void()
-        return fn
-    acc = _carried_range(bld, 0, width, L, checker.zero, lambda jb, acc: _carried_range(
-        bld, 0, kceil, L, acc, lambda p, acc: block(jb, p, acc), name="p"), name="jb")
-    bld.ret(checker.finite(bld, acc))
+    with for_range(bld, 0, width, L, name="jb") as jb:
+        with for_range(bld, 0, kceil, L, name="p") as p:
+            mask = vec.lane_mask(bld, bld.sub(k, p))
+            rows = []
+            for c in range(L):
+                j = smin(bld, _add(bld, jb, c), last)
+                rptr = _gep(bld, _gep(bld, src, bld.mul(j, ld, flags=("nsw",)), T), p, T)
+                rows.append(vec.masked_load(bld, rptr, mask))
+            cols = _transpose(bld, vec, rows)
+            for q in range(L):
+                dptr = _gep(bld, dst, _add(bld, _mul(bld, _add(bld, p, q), width), jb), T)
+                vec.store(bld, cols[q], dptr)
+    bld.ret_void()
     return fn
 
 
@@ -805,7 +751,9 @@ def _pack_copy(vec: _Vec, nvec: int, check: bool = False):
     With `check` it returns whether every value copied is finite (an i1)."""
     module, T, L = vec.module, vec.dtype, vec.lanes
     name = f"{_KERNEL_PREFIX}.pack_n.{_type_tag(T)}x{L}.{nvec}"
-    fn, new = _pack_function(module, name, check)
+    ptr = ir.PointerType()
+    fn, new = _function(module, name + (".chk" if check else ""), [ptr, I64, I64, I64, ptr],
+                        noalias=(0, 4), returns=I1 if check else None)
     if not new:
         return fn
     src, ld, valid, k, dst = fn.args
@@ -1110,10 +1058,12 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     `tile_lists` = (steps, counts): the caller's lists of the k steps of every full row tile of
     op(A) (`tile_zero_lists`, tiles of `tile_rows(panel_vectors)` rows), which the full column
     panels' row tiles run instead of every step: one listing serves every column block of a
-    product, where `skip_zeros` lists per call.  Packing a panel also tells whether it holds an
-    inf or NaN; such a panel multiplies every step (0 * inf is NaN), so the values are the dense
-    product's (but for the sign of a zero sum).  The caller guarantees one m block (m <= MC; a
-    runtime m is not checked) and no trans_a; k must fit one block (k <= KC).
+    product, where `skip_zeros` lists per call.  Every panel is copied, and copying it also tells
+    whether it holds an inf or NaN; such a panel multiplies every step (0 * inf is NaN), so the
+    values are the dense product's (but for the sign of a zero sum).  For untransposed A and B
+    only (a transposed B's listed product was never faster than its dense one, see
+    codegen.lower.SPARSE_COLUMNS); the caller guarantees one m block (m <= MC; a runtime m is
+    not checked), and k must fit one block (k <= KC).
 
     `prefetch_c` (default PREFETCH_C): each row tile of a k block of at most PREFETCH_C_MAX_K
     steps prefetches its C tile for writing before its k loop, for a C that is not in cache (a
@@ -1151,7 +1101,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
         return
 
     kc, single_k = _k_block(k, L)
-    pack_full = _packs_full_panels(nr, T)
+    pack_full = _packs_full_panels(nr, T) or tile_lists is not None   # (the copy checks a panel)
     needs_scratch = _packs_b(n, trans_b, nr, T)
     scratch = None
     if needs_scratch:
@@ -1172,9 +1122,9 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
     a_scratch = (_function_scratch(builder, T, a_block_elements, purpose="pack_a")
                  if pack_a else None)
     use_lists = skip_zeros and _is_const(n) and n // nr >= 2
-    if tile_lists is not None and (trans_a or skip_zeros or not single_k
+    if tile_lists is not None and (trans_a or trans_b or skip_zeros or not single_k
                                    or (_is_const(m) and m > MC)):
-        raise ValueError("tile_lists: for an untransposed A of one m and one k block, without "
+        raise ValueError("tile_lists: for untransposed A and B, one m and one k block, without "
                          "skip_zeros")
     list_offsets = _zero_skip_layout(dtype, L)
     list_stride = KC if tile_lists is None else TILE_LIST_STRIDE
@@ -1306,19 +1256,15 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
                     call(size, row)
 
     def b_panel(pc, kcur, j0, nvec, valid, full, check=False):
-        """Pointer and row stride of the op(B) panel [pc:pc+kcur, j0:j0+nvec*L]; with `check`,
-        and an i1 saying whether every value of the panel is finite (found while packing it)."""
+        """Pointer and row stride of the op(B) panel [pc:pc+kcur, j0:j0+nvec*L]; with `check` (a
+        copied panel), and an i1 saying whether every value of the panel is finite."""
         if trans_b:
             src = _gep(builder, b_ptr, _add(builder, _mul(builder, j0, ldb), pc), T)
-            finite = builder.call(_pack_transposed(vec, nvec, check),
-                                  [src, i64(ldb), i64(valid), i64(kcur), scratch])
-            return (scratch, nvec * L) + ((finite,) if check else ())
+            builder.call(_pack_transposed(vec, nvec), [src, i64(ldb), i64(valid), i64(kcur), scratch])
+            return scratch, nvec * L
         src = _gep(builder, b_ptr, _add(builder, _mul(builder, pc, ldb), j0), T)
         if full and not pack_full:
-            if not check:
-                return src, ldb
-            return src, ldb, builder.call(block_finite(module, T, L),
-                                          [src, i64(kcur), i64(nvec * L), i64(ldb)])
+            return src, ldb
         finite = builder.call(_pack_copy(vec, nvec, check),
                               [src, i64(ldb), i64(valid), i64(kcur), scratch])
         return (scratch, nvec * L) + ((finite,) if check else ())

@@ -1114,22 +1114,23 @@ def _blocked(group: Group) -> bool:
             and node.type.rank == 2)
 
 
-#: Whether a product of batch rows in column blocks (a training step's forward products and
-#: their dX) whose A is mostly zero (`_mostly_zero`) lists the k steps where A's row tiles are not
-#: zero once, before its column blocks, and multiplies only those steps in every block (emit_gemm's
-#: `tile_lists`, tiles of codegen.gemm.sparse_tile_rows rows; hosts with 16 vector registers).
-#: After an epoch of W1, 10% of the second layer's inputs and 24% of the dX product's A are not
-#: zero; 19% and 42% of the steps of their 2-row tiles are listed.  W1's epoch at batch 32 on two
-#: threads (throwaway /tmp/kc15/ab_sparse.py, both builds in one process, alternating): paired
-#: medians 0.936 (14 of 20 pairs faster), 0.948 (9 of 12) and 1.039 (6 of 16) of the time; the
-#: second layer's product took 318k cycles per step instead of 432k (KCOMPILE_PROFILE), the dX
-#: product stays dense (its lists hold too many steps for a packed B^T).
+#: Whether a product of batch rows in column blocks (a training step's forward products, an
+#: evaluate's or a predict's) whose A is mostly zero (`_mostly_zero`) lists the k steps where A's
+#: row tiles are not zero once, before its column blocks, and multiplies only those steps in every
+#: block (emit_gemm's `tile_lists`, tiles of codegen.gemm.sparse_tile_rows rows; hosts with 16
+#: vector registers).  After an epoch of W1, 10% of the second layer's inputs are not zero, 19% of
+#: the steps of its 2-row tiles.  W1's epoch at batch 32 on two threads (throwaway
+#: /tmp/kc15/ab_sparse.py, both builds in one process, alternating): paired medians 0.936 (14 of
+#: 20 pairs faster), 0.948 (9 of 12) and 1.039 (6 of 16) of the time; the second layer's product
+#: took 318k cycles per step instead of 432k (KCOMPILE_PROFILE).  Not for a transposed B (a dX
+#: product): one thread, 32 x 512 @ (512 x 512)^T in four column blocks of 128, A of random
+#: zeros (throwaway /tmp/kc15/gbench4.py), its listed product took 1.07, 1.08 and 1.18 times
+#: the dense one's time at 19%, 43% and 63% of the steps listed.
 SPARSE_COLUMNS = True
-#: Listed share of the steps up to which a product uses its lists (by transpose_b); above it every
-#: step is multiplied.  NOTE: one thread, 32 x 512 @ 512 x 512 in four column blocks of 128, A of
-#: random zeros (throwaway /tmp/kc15/gbench4.py): untransposed B breaks even at about 0.6 of the
-#: steps listed, a transposed B (packed per panel) at about 0.3.
-SPARSE_COLUMNS_SHARE = {False: 0.55, True: 0.3}
+#: Listed share of the steps up to which a product uses its lists; above it every step is
+#: multiplied.  NOTE: the same microbenchmark, untransposed B: 0.71, 0.78 and 0.99 of the dense
+#: product's time at 19%, 43% and 63% of the steps listed.
+SPARSE_COLUMNS_SHARE = 0.55
 
 
 def _mostly_zero(a) -> bool:
@@ -1147,13 +1148,14 @@ def _mostly_zero(a) -> bool:
     return False
 
 
-def _sparse_columns(fe, node, a, by_rows: bool, ta: bool, n, k) -> bool:
+def _sparse_columns(fe, node, a, by_rows: bool, ta: bool, tb: bool, n, k) -> bool:
     """Does this column-blocked product list A's zero steps once for all its blocks
     (SPARSE_COLUMNS)?  Only a product of a column block or more (narrower ones are a tail panel
     that multiplies every step), and not in a module whose GEMMs take the caller's scratch (an
     exported predictor's: the lists are a 140 KiB stack array)."""
     from .gemm import KC, sparse_tile_rows
-    return (SPARSE_COLUMNS and not by_rows and not ta and isinstance(k, int) and 0 < k <= KC
+    return (SPARSE_COLUMNS and not by_rows and not ta and not tb and isinstance(k, int)
+            and 0 < k <= KC
             and isinstance(n, int) and n >= COLUMN_BLOCK and not fe.has_buffer(GEMM_SCRATCH)
             and sparse_tile_rows(VALUE_TYPES[node.dtype]) is not None and _mostly_zero(a))
 
@@ -1236,7 +1238,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
     # chunk's stack
     scratch_floats = 0 if fe.has_buffer(node) else _block_scratch_elements(group)
     assert fe.has_buffer(node) or scratch_floats, f"{node} has no buffer"
-    sparse = _sparse_columns(fe, node, a, by_rows, ta, n, k)
+    sparse = _sparse_columns(fe, node, a, by_rows, ta, tb, n, k)
 
     def body(builder, lo, hi, values):
         lists = values[-3:] if sparse else None    # (after the kernel's captures)
@@ -1310,21 +1312,21 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                     b_off = builder.mul(start, c64(k)) if tb else start
                     b_blk = builder.gep(b_ptr, [b_off], source_etype=T)
                     c_blk = builder.gep(c_ptr, [start], source_etype=T)
-                    if lists is None:
+                    def product(**listed):
                         call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size, k_here, lds,
-                                  c_in_cache=True)
+                                  c_in_cache=True, **listed)
+
+                    if lists is None:
+                        product()
                     else:
                         steps, counts, use = lists
                         with builder.if_else(builder.icmp_signed("!=", use, c64(0))) as (listed,
                                                                                          every):
                             with listed:
-                                call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size,
-                                          k_here, lds, c_in_cache=True,
-                                          panel_vectors=sparse_panel_vectors(T),
-                                          tile_lists=(steps, counts))
+                                product(panel_vectors=sparse_panel_vectors(T),
+                                        tile_lists=(steps, counts))
                             with every:
-                                call_gemm(builder, node, a_ptr, b_blk, c_blk, m_here, size,
-                                          k_here, lds, c_in_cache=True)
+                                product()
                     ranges = {1: (start, size)}
                 emit_elementwise_outputs(chunk, group, epilogue, ranges)
 
@@ -1356,7 +1358,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
         with b.if_then(fits):
             listed = b.call(tile_zero_lists(b.module, T, rows),
                             [fe.pointer_of(a), c64(k), tiles, c64(k), steps, counts])
-            share = int(SPARSE_COLUMNS_SHARE[bool(tb)] * 1000)
+            share = int(SPARSE_COLUMNS_SHARE * 1000)
             few = b.icmp_signed("<=", b.mul(listed, c64(1000)), b.mul(tiles, c64(share * k)))
             b.store(b.zext(few, I64), use)
         return [steps, counts, b.load(use, typ=I64)]

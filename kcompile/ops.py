@@ -459,7 +459,6 @@ def power(x1, x2):
     if not isinstance(exponent, Node):
         _node(exponent, "power")
     if not isinstance(base, Node):
-        import numpy as np
         value = np.asarray(base)
         if value.dtype.kind not in "fiub":
             raise TypeError(f"kcompile.ops.power: the base must be numeric; got {base!r}")

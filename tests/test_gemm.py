@@ -480,12 +480,11 @@ def test_tile_lists_hold_exactly_each_tiles_nonzero_steps(lanes):
 @pytest.mark.parametrize("lanes", LANES)
 def test_tile_lists_give_the_dense_products_values_and_keep_zero_times_inf_nan(lanes, pack_full,
                                                                                 monkeypatch):
-    """emit_gemm with the caller's `tile_lists` (an untransposed or transposed B in column panels,
-    the last a tail that multiplies every step): value for value the dense kernels' products, for
-    runtime m (tails of the tiles included) and k up to KC; a panel holding an inf or NaN
-    multiplies every step, so 0 * inf is NaN there as in numpy.  An untransposed B's full panels
-    are copied (found finite while copying) or, with PACK_FULL_PANELS False, read in place
-    (block_finite)."""
+    """emit_gemm with the caller's `tile_lists` (B in column panels, the last a tail that
+    multiplies every step): value for value the dense kernels' products, for runtime m (tails of
+    the tiles included) and k up to KC; a panel holding an inf or NaN multiplies every step, so
+    0 * inf is NaN there as in numpy.  The listed product copies every panel (found finite while
+    copying), also where PACK_FULL_PANELS False has the dense one read them in place."""
     from codegen import gemm
     from codegen.gemm import _registers_for, tile_rows
     monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
@@ -497,19 +496,17 @@ def test_tile_lists_give_the_dense_products_values_and_keep_zero_times_inf_nan(l
     shapes = ((rows, 3), (7 * rows + 1, 37), (32, 100), (MC, KC))   # (m at run time, k)
     module = ir.Module("test_tile_list_gemms")
     names = []
-    for layout in ("NN", "NT"):
-        for _, k in shapes:
-            for listed in (True, False):
-                fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, PTR,
-                                                                        PTR]),
-                                 f"{layout}{k}{listed}")
-                builder = ir.IRBuilder(fn.append_basic_block("entry"))
-                a, b, c, m, steps, counts = fn.args
-                emit_gemm(builder, a, b, c, m, n, k, trans_b=layout == "NT", lanes=lanes_arg,
-                          panel_vectors=vectors if listed else None,
-                          tile_lists=(steps, counts) if listed else None)
-                builder.ret_void()
-                names.append(fn.name)
+    for _, k in shapes:
+        for listed in (True, False):
+            fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, PTR, PTR]),
+                             f"NN{k}{listed}")
+            builder = ir.IRBuilder(fn.append_basic_block("entry"))
+            a, b, c, m, steps, counts = fn.args
+            emit_gemm(builder, a, b, c, m, n, k, lanes=lanes_arg,
+                      panel_vectors=vectors if listed else None,
+                      tile_lists=(steps, counts) if listed else None)
+            builder.ret_void()
+            names.append(fn.name)
     _tile_lists_module(module, rows, lanes_arg)
     jit = JitModule(module)
     proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -517,45 +514,41 @@ def test_tile_lists_give_the_dense_products_values_and_keep_zero_times_inf_nan(l
     fns = {name: proto(jit.address(name)) for name in names}
     rng = np.random.default_rng(22)
     runs = 0
-    for layout in ("NN", "NT"):
-        for m, k in shapes:
-            for pattern in ("mostly_zero", "columns", "zero", "negative_zero"):
-                for poison in (None, np.inf, np.nan):
-                    a = _sparse((m, k), pattern, rng)
-                    b = rng.standard_normal((n, k) if layout == "NT" else (k, n)).astype(np.float32)
-                    if poison is not None:
-                        a[:, 1] = 0.0                  # every tile skips step 1 ...
-                        if layout == "NT":
-                            b[nr + 3, 1] = poison      # ... where the second panel holds poison
-                        else:
-                            b[1, nr + 3] = poison
-                    steps, counts, _ = _list_tiles(jit, a, rows, k)
-                    got, want = (np.full((m, n), 7.0, np.float32) for _ in range(2))
-                    fns[f"{layout}{k}True"](a.ctypes.data, b.ctypes.data, got.ctypes.data, m,
-                                            steps.ctypes.data, counts.ctypes.data)
-                    fns[f"{layout}{k}False"](a.ctypes.data, b.ctypes.data, want.ctypes.data, m,
-                                             None, None)
-                    where = f"{layout} m={m} k={k} {pattern} {poison}"
-                    np.testing.assert_array_equal(got, want, err_msg=where)
-                    with np.errstate(invalid="ignore"):
-                        ref = a.astype(np.float64) @ (b.T if layout == "NT" else b).astype(np.float64)
-                    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=where)
-                    if poison is not None:
-                        assert np.isnan(got[:, nr + 3]).all(), where
-                    finite = ~np.isnan(ref)
-                    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4,
-                                               err_msg=where)
-                    runs += 1
-    assert runs == 96
+    for m, k in shapes:
+        for pattern in ("mostly_zero", "columns", "zero", "negative_zero"):
+            for poison in (None, np.inf, np.nan):
+                a = _sparse((m, k), pattern, rng)
+                b = rng.standard_normal((k, n)).astype(np.float32)
+                if poison is not None:
+                    a[:, 1] = 0.0                  # every tile skips step 1 ...
+                    b[1, nr + 3] = poison          # ... where the second panel holds poison
+                steps, counts, _ = _list_tiles(jit, a, rows, k)
+                got, want = (np.full((m, n), 7.0, np.float32) for _ in range(2))
+                fns[f"NN{k}True"](a.ctypes.data, b.ctypes.data, got.ctypes.data, m,
+                                  steps.ctypes.data, counts.ctypes.data)
+                fns[f"NN{k}False"](a.ctypes.data, b.ctypes.data, want.ctypes.data, m, None, None)
+                where = f"m={m} k={k} {pattern} {poison}"
+                np.testing.assert_array_equal(got, want, err_msg=where)
+                with np.errstate(invalid="ignore"):
+                    ref = a.astype(np.float64) @ b.astype(np.float64)
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=where)
+                if poison is not None:
+                    assert np.isnan(got[:, nr + 3]).all(), where
+                finite = ~np.isnan(ref)
+                np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4,
+                                           err_msg=where)
+                runs += 1
+    assert runs == 48
 
 
 def test_tile_lists_refuse_what_they_cannot_serve():
-    """tile_lists serve one m block and one k block of an untransposed A, without skip_zeros."""
+    """tile_lists serve one m block and one k block of untransposed A and B, without
+    skip_zeros."""
     module = ir.Module("test_tile_lists_refused")
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 5), "g")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     a, b, c, steps, counts = fn.args
-    for kwargs in ({"trans_a": True}, {"skip_zeros": True}):
+    for kwargs in ({"trans_a": True}, {"trans_b": True}, {"skip_zeros": True}):
         with pytest.raises(ValueError, match="tile_lists"):
             emit_gemm(builder, a, b, c, 32, 64, 40, tile_lists=(steps, counts), **kwargs)
     for m, k in ((MC + 1, 40), (32, KC + 1)):

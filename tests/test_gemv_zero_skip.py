@@ -375,21 +375,20 @@ def _force_lists(monkeypatch, flag):
     """codegen.lower.SPARSE_COLUMNS set to `flag`, its lists used at any share of listed steps."""
     from codegen import lower
     monkeypatch.setattr(lower, "SPARSE_COLUMNS", flag)
-    monkeypatch.setattr(lower, "SPARSE_COLUMNS_SHARE", {False: 1.0, True: 1.0})
+    monkeypatch.setattr(lower, "SPARSE_COLUMNS_SHARE", 1.0)
 
 
 def _lists_made(model, graph) -> bool:
     program = [p for key, p in model._programs.items() if key[0] == graph][0]
     code = program.runner.compiled.code.optimized_ir
-    return "tile_zero_lists" in code and re.search(r"kcompile\.gemm\.N[NT]\.\S*\.tl\.", code)
+    return "tile_zero_lists" in code and re.search(r"kcompile\.gemm\.NN\.\S*\.tl\.", code)
 
 
 def test_a_training_steps_mostly_zero_products_list_their_steps_once_with_the_dense_values(
         monkeypatch):
-    """The forward product of a relu's output after Dropout, and the dX product of a relu's
-    gradient, in column blocks of a batch (codegen.lower.SPARSE_COLUMNS): their row tiles' steps
-    are listed once for every block, and training gives the weights the dense products give, bit
-    for bit, and follows the reference.  (Hosts with 32 vector registers keep the full tiles, and
+    """The forward product of a relu's output after Dropout, in column blocks of a batch
+    (codegen.lower.SPARSE_COLUMNS): its row tiles' steps are listed once for every block, and
+    training gives the weights the dense products give, bit for bit, and follows the reference.  (Hosts with 32 vector registers keep the full tiles, and
     no lists: sparse_tile_rows is None there.)"""
     from codegen.gemm import sparse_tile_rows
 
