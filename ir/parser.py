@@ -103,16 +103,19 @@ def parse(text: str, constants: dict | None = None, *, with_groups: bool = False
 
 
 def _parse(text: str, constants, with_groups: bool, where: list):
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    if not lines or not lines[0].startswith("graph "):
+    # (line number, line), numbered as the text is: blank and comment lines count
+    lines = [(number, ln.rstrip()) for number, ln in enumerate(text.splitlines(), start=1)
+             if ln.strip() and not ln.strip().startswith("#")]
+    if not lines or not lines[0][1].startswith("graph "):
         raise ParseError("IR text must start with 'graph NAME'")
-    name, _ = _scan_name(lines[0], len("graph "))
+    where[0] = lines[0][0]
+    name, _ = _scan_name(lines[0][1], len("graph "))
     values: dict = {}
     inputs, outputs, groups = [], None, []
     current = None
     opened = 0            # the line of the open kernel block
     names = set()         # the args' names
-    for lineno, raw in enumerate(lines[1:], start=2):
+    for lineno, raw in lines[1:]:
         where[0] = lineno
         line = raw.strip()
         if outputs is not None:

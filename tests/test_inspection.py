@@ -206,6 +206,18 @@ def test_ir_text_with_an_unknown_or_missing_attribute_or_a_broken_block_is_refus
         ir.parse(text, with_groups=True)
 
 
+def test_a_parse_error_names_the_line_of_the_text_counting_blank_and_comment_lines():
+    """The parser skips blank lines and `#` comments, and still names the line as an editor
+    numbers it (it had named line 4 here, the line's place among the others)."""
+    text = _MATMUL.replace("transpose_b=true", "transpose_bb=true").replace(
+        "graph g\n", "# a comment\ngraph g\n\n  # another\n\n")
+    assert text.splitlines()[7].lstrip().startswith("%2:f32[?,4] = matmul")
+    with pytest.raises(ir.parser.ParseError, match="^line 8: matmul: unknown attribute transpose_bb"):
+        ir.parse(text)
+    with pytest.raises(ir.parser.ParseError, match="^line 4: bad dimension 'a'"):
+        ir.parse("\n# x\ngraph g\n  %0:f32[a] = arg name=x\n  return y=%0\n")
+
+
 _SOURCES = """graph g
   %0:f32[?,3] = arg name=x
   %1:i32[3] = iota axis=0
