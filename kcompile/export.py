@@ -217,6 +217,25 @@ def _export(graph, params, directory, *, layers, version, cpu, features, fusion_
         }
         return {"example.c": example.encode(), MANIFEST: json.dumps(manifest, indent=2).encode()}
 
-    export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
-                 features=features, extra_files=example_and_manifest, ids_below=ids_below)
+    previous = _files_of_earlier_export(directory)
+    paths = export_graph(frozen, directory, name=file, prefix=prefix, version=version, cpu=cpu,
+                         features=features, extra_files=example_and_manifest, ids_below=ids_below)
+    # an earlier export under another name leaves no library or header for a C program to pick up
+    # by mistake (once the new export is whole)
+    for stale in previous - {os.path.basename(paths[k]) for k in ("library", "object", "header")}:
+        try:
+            os.unlink(os.path.join(directory, stale))
+        except FileNotFoundError:
+            pass
     return directory
+
+
+def _files_of_earlier_export(directory: str) -> set:
+    """The library, object and header files the export already in `directory` wrote (its
+    manifest's), or an empty set."""
+    try:
+        manifest = read_manifest(directory)
+    except PredictorError:
+        return set()
+    return {f for f in (manifest.get(k) for k in ("library", "object", "header"))
+            if isinstance(f, str) and f and os.path.basename(f) == f}

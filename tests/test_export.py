@@ -523,6 +523,19 @@ def test_a_failed_re_export_leaves_the_existing_export_as_it_was(tmp_path, monke
     assert "shape (rows, 3)" in (directory / "model.h").read_text()
     assert sorted(os.listdir(directory)) == sorted(before)
 
+    # under another name: the earlier export's library, object and header go, so that no C
+    # program builds against the old model's header there (a failed one, again, keeps them)
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(RuntimeError, match="linking"):
+        export_predictor(mlp_graph(), params, str(directory), version="test", name="net")
+    assert sorted(os.listdir(directory)) == sorted(before)
+    monkeypatch.delenv("CC")
+    export_predictor(mlp_graph(), params, str(directory), version="test", name="net")
+    assert sorted(os.listdir(directory)) == ["example.c", "libnet.so", "manifest.json", "net.h",
+                                             "net.o"]
+    np.testing.assert_allclose(load_predictor(str(directory)).predict(rows),
+                               reference(params, rows), atol=1e-6)
+
 
 def test_ids_for_an_embedding_are_range_checked_by_the_library_as_by_predict(tmp_path):
     # the graph's gather clamps ids into the table; the exported functions refuse them instead,
