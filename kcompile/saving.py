@@ -695,9 +695,13 @@ def _resolve_custom_functions(layer_config: dict, custom_objects: dict) -> dict:
             inner[key] = custom_objects[activation]
         elif registry.is_own_function_config(activation):
             inner[key] = registry.resolve_own_function(activation, custom_objects, "activation")
+    from kcompile.layers import Layer
     for key, value in inner.items():
         if isinstance(value, dict) and value.get("class_name") in custom_objects:
             cls = custom_objects[value["class_name"]]
+            if isinstance(cls, type) and issubclass(cls, Layer):
+                continue    # a wrapped layer (TimeDistributed's, Bidirectional's): the wrapper's
+                            # from_config rebuilds it, custom objects and all
             arguments = dict(value.get("config") or {})
             inner[key] = cls.from_config(arguments) if hasattr(cls, "from_config") else cls(**arguments)
     config["config"] = inner

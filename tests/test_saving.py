@@ -572,6 +572,26 @@ def test_to_json_model_from_json_and_clone_model_rebuild_the_architecture():
         model_from_json(text.replace('"Dense"', '"Conv7D"'))
 
 
+@pytest.mark.parametrize("build", [
+    lambda L: [L.Input((5, 3)), L.TimeDistributed(L.Dense(2)), L.Flatten(), L.Dense(1)],
+    lambda L: [L.Input((5, 3)), L.Bidirectional(L.LSTM(2, return_sequences=True)), L.LSTM(2)],
+], ids=["TimeDistributed(Dense)+Dense", "Bidirectional(LSTM)+LSTM"])
+def test_clone_model_of_a_wrapper_whose_layer_class_is_also_at_the_top(build):
+    """clone_model passes the top-level layers' classes as custom objects; the wrapped layer's
+    config (of one of those classes) had been turned into a layer before the wrapper's
+    from_config, which failed ("'Dense' object has no attribute 'get'").  Keras 3 clones both."""
+    from kcompile import layers as L
+    from kcompile.models import clone_model, model_from_json
+    model = Sequential(build(L))
+    x = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
+    for copy in (clone_model(model),
+                 model_from_json(model.to_json(), custom_objects={"Dense": L.Dense, "LSTM": L.LSTM})):
+        assert copy.get_config() == model.get_config()
+        copy.set_weights(model.get_weights())
+        np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0),
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_file_suffixes_like_keras(tmp_path):
     model = _model()
     for name in ("model", "model.h5", "model.kc", "model.weights.npz"):
