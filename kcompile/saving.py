@@ -614,9 +614,11 @@ def load_weights(model, filepath, skip_mismatch=False, **kwargs):
     arrays = _read_weights_file(filepath)
     saved_class = arrays.pop(WEIGHTS_OPTIMIZER_CLASS, None)
     saved_schedule = arrays.pop(WEIGHTS_OPTIMIZER_SCHEDULE, None)
-    saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
-                       if key.startswith(WEIGHTS_OPTIMIZER_PREFIX)}
     _ensure_built(model, "load")
+    # (a layer may be named 'optimizer:...' too: the model's own weight paths are weights)
+    paths = {variable.path for variable in model.weights}
+    saved_optimizer = {key[len(WEIGHTS_OPTIMIZER_PREFIX):]: arrays.pop(key) for key in list(arrays)
+                       if key.startswith(WEIGHTS_OPTIMIZER_PREFIX) and key not in paths}
     renamed = _renamed_by_position(model, arrays)
     if renamed is not None:
         arrays = {renamed[path]: array for path, array in arrays.items()}

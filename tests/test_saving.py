@@ -572,6 +572,32 @@ def test_to_json_model_from_json_and_clone_model_rebuild_the_architecture():
         model_from_json(text.replace('"Dense"', '"Conv7D"'))
 
 
+def test_a_layer_named_like_the_optimizer_prefix_round_trips_through_a_weights_file(tmp_path):
+    """A weights file keeps the optimizer's state under 'optimizer:'; a layer may be named so too
+    (Keras 3 allows it), and its weights had been taken for optimizer state ("missing from the
+    file").  Weights and the optimizer's state come back: the next epoch matches the original's."""
+    x, y = _data()
+
+    def build():
+        set_random_seed(1)
+        model = Sequential([Input(shape=(2, 3)), Flatten(), Dense(4, name="optimizer:head"),
+                            Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", target="reference")
+        return model
+    model = build()
+    model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    model.save_weights(tmp_path / "m.weights.npz")
+    other = build()
+    other.load_weights(tmp_path / "m.weights.npz")
+    for got, want in zip(other.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert int(other.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 3
+    for m in (model, other):
+        m.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    for got, want in zip(other.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("build", [
     lambda L: [L.Input((5, 3)), L.TimeDistributed(L.Dense(2)), L.Flatten(), L.Dense(1)],
     lambda L: [L.Input((5, 3)), L.Bidirectional(L.LSTM(2, return_sequences=True)), L.LSTM(2)],
