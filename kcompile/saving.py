@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import io
 import json
 import math
@@ -417,10 +418,15 @@ def _bad_file(filepath, problem, kind=ValueError) -> ValueError:
     return kind(f"Cannot load {filepath}: {problem}")
 
 
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file to load does not exist.  Keras 3's load_model raises a ValueError there and its
+    load_weights a FileNotFoundError: this is both, for code written against either."""
+
+
 def _check_exists(filepath):
     if not os.path.exists(filepath):
-        raise FileNotFoundError(f"File not found: filepath={filepath}. Please ensure the file exists and "
-                                "is accessible.")
+        raise MissingFileError(errno.ENOENT, f"File not found: filepath={filepath}. Please ensure the "
+                               "file exists and is accessible.")
 
 
 def _read_npz(data: bytes, filepath, member) -> dict:
