@@ -451,6 +451,34 @@ def test_layers_inside_layers_and_metrics_without_a_rule_are_refused_with_the_wa
     with pytest.raises(NotImplementedError, match="holds the layer 'dense'.*in self.inner"):
         Sequential([Input(shape=(3,)), Block()])
 
+    # made in build (Keras's usual place) or in call: the same refusal, not a tracing error
+    # ("variable 'dense/kernel' is not an input of the graph being traced")
+    class BuildsBlock(Layer):
+        def build(self, input_shape):
+            self.inner = Dense(4)
+            self.inner.build(input_shape)
+
+        def call(self, x):
+            return self.inner(x)
+
+    class CallsBlock(Layer):
+        def call(self, x):
+            return Dense(4)(x)
+
+    with pytest.raises(NotImplementedError, match="holds the layer 'dense'.*in self.inner"):
+        Sequential([Input(shape=(3,)), BuildsBlock()])
+    with pytest.raises(NotImplementedError, match="'calls_block'.*calls the layer 'dense'.*in its call"):
+        Sequential([Input(shape=(3,)), CallsBlock()])
+
+    # a layer without weights made in call is only arithmetic: it runs
+    class Rectifies(Layer):
+        def call(self, x):
+            return kcompile.layers.Activation("relu")(x)
+
+    model = Sequential([Input(shape=(3,)), Rectifies()])
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), np.maximum(x, 0))
+
     class Nothing(kcompile.metrics.Metric):      # neither update_state nor values
         pass
 

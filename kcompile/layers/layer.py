@@ -96,6 +96,14 @@ class TraceScope:
                              "a layer used outside the model it belongs to?") from None
 
 
+def _layer_inside_layer(outer, inner, verb: str, where: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"layer {outer.name!r} ({type(outer).__name__}) {verb} the layer {inner.name!r} "
+        f"({type(inner).__name__}) {where}: layers inside layers are not supported yet; put the "
+        "inner layers in the Sequential model itself (Sequential([..., inner_1, inner_2, ...])), "
+        "or give this layer weights of its own with add_weight")
+
+
 def current_scope() -> TraceScope | None:
     stack = getattr(_local, "stack", None)
     return stack[-1] if stack else None
@@ -655,10 +663,11 @@ class Layer:
         if input_shape not in inferred:
             self._refuse_sublayers()
             self._build_once(input_shape)
+            self._refuse_sublayers()          # (one made in build)
             x = B.arg("inputs", "f32", input_shape)
             bindings = {v: B.arg(v.path, "f32", v.shape) for v in self.weights}
             with TraceScope(bindings, seed=B.arg("seed", "u32", ())):
-                output = self.call(x, training=False) if self._accepts_training() else self.call(x)
+                output = self._traced_call(x, False)
             inferred[input_shape] = tuple(self._traced_output(output).shape)
         return inferred[input_shape]
 
@@ -703,22 +712,39 @@ class Layer:
             cls._call_takes_training = cached
         return cached
 
+    def _is_users(self) -> bool:
+        """A layer class of the user's (kcompile's own wrappers call the layers they hold)."""
+        return not (type(self).__module__.startswith("kcompile.") or getattr(self, "_is_model", False))
+
     def _refuse_sublayers(self):
         """A user's layer that holds other layers (Keras's MLPBlock pattern) would call them with
         weights the model does not know of: refused with the way out, not a tracing error."""
-        if type(self).__module__.startswith("kcompile.") or getattr(self, "_is_model", False):
+        if not self._is_users():
             return
         for name, value in vars(self).items():
             items = value if isinstance(value, (list, tuple)) else (
                 value.values() if isinstance(value, dict) else (value,))
             inner = next((item for item in items if isinstance(item, Layer)), None)
             if inner is not None:
-                raise NotImplementedError(
-                    f"layer {self.name!r} ({type(self).__name__}) holds the layer {inner.name!r} "
-                    f"({type(inner).__name__}) in self.{name}: layers inside layers are not "
-                    "supported yet; put the inner layers in the Sequential model itself "
-                    "(Sequential([..., inner_1, inner_2, ...])), or give this layer weights of its "
-                    "own with add_weight")
+                raise _layer_inside_layer(self, inner, "holds", f"in self.{name}")
+
+    def _traced_call(self, inputs, training):
+        """self.call on a traced value.  A layer with weights called while a user's layer's call
+        runs (one it made in call) is refused as _refuse_sublayers refuses one it holds (its
+        weights are none of the model's); one without weights (an Activation) is just called."""
+        calling = getattr(_local, "calling", None)    # the user's layer whose call runs
+        if calling is not None and self.weights:
+            raise _layer_inside_layer(calling, self, "calls", "in its call")
+        users = self._is_users() and calling is None
+        if users:
+            _local.calling = self
+        try:
+            if self._accepts_training():
+                return self.call(inputs, training=bool(training))
+            return self.call(inputs)
+        finally:
+            if users:
+                _local.calling = None
 
     def __call__(self, inputs, training=None):
         """On an IR value (while tracing): the traced output.  On an array: run eagerly, return numpy."""
@@ -726,10 +752,8 @@ class Layer:
             self._refuse_sublayers()
             if not self.built:
                 self.build_for(inputs.shape)
-            if self._accepts_training():
-                output = self._checked_output(self.call(inputs, training=bool(training)), inputs.shape)
-            else:
-                output = self._checked_output(self.call(inputs), inputs.shape)
+                self._refuse_sublayers()      # (one made in build)
+            output = self._checked_output(self._traced_call(inputs, training), inputs.shape)
             regularizer = self.__dict__.get("activity_regularizer")
             if regularizer is not None:
                 # as Keras 3: the penalty of the output, divided by the batch size
