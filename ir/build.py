@@ -265,7 +265,11 @@ def softmax(x: Node, axis: int = -1) -> Node:
 
 
 def log_softmax(x: Node, axis: int = -1) -> Node:
-    return sub(x, logsumexp(x, axis, keepdims=True))
+    """(x - max) - log(sum(exp(x - max))), as Keras computes it: x - logsumexp(x) rounds
+    logsumexp, about max + log(sum), at the logits' magnitude, and with logits of 1e4 kept only
+    three digits of the result (0.0 instead of log(1/2) at 3e7)."""
+    shifted = sub(x, stop_gradient(reduce_max(x, axis, keepdims=True)))
+    return sub(shifted, log(reduce_sum(exp(shifted), axis, keepdims=True)))
 
 
 def clip(x: Node, low, high) -> Node:

@@ -162,7 +162,7 @@ def softmax(x, axis=-1):
 
 @_activation
 def log_softmax(x, axis=-1):
-    """x - logsumexp(x) over `axis`."""
+    """x - logsumexp(x) over `axis`, computed as (x - max) - log(sum(exp(x - max)))."""
     if x.type.rank < 1:
         raise ValueError(f"log_softmax needs an input with at least one axis; got shape {x.shape}")
     return B.log_softmax(x, axis)

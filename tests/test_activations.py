@@ -9,6 +9,7 @@ import pytest
 import ir
 from ir import build as B
 
+import kcompile
 from kcompile import activations, backend, optimizers
 from kcompile.layers import Activation, Dense, Input
 from kcompile.models import Sequential
@@ -215,6 +216,26 @@ def test_large_inputs_stay_finite_with_finite_gradients():
         (gradient,) = ir.gradients(B.reduce_sum(y), [x_node])
         out = ir.run(ir.Graph(name, [x_node], [("y", y), ("g", gradient)]), {"x": x})
         assert np.all(np.isfinite(out["y"])) and np.all(np.isfinite(out["g"])), name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_log_softmax_and_cross_entropy_from_logits_keep_their_digits_for_large_logits(target):
+    """log_softmax subtracts the maximum before the log-sum-exp, as Keras does: x - logsumexp(x)
+    rounded logsumexp at the logits' magnitude (-0.69336 for log(1/2) at 1e4, 0.0 at 3e7).
+    Expected: float64 numpy from the shifted formula."""
+    logits = np.array([[1e4, 1e4, 0], [1e4, 1e4 - 1, 1e4 - 2], [1e6, 1e6, 0], [3e7, 3e7, 0],
+                       [1e30, 1e30, 1e4], [-2.0, 0.5, 1.0]], np.float32)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    want = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    model = Sequential([Input(shape=(3,)), Activation("log_softmax")])
+    model.compile(optimizer="sgd", loss=kcompile.losses.CategoricalCrossentropy(from_logits=True),
+                  target=target)
+    np.testing.assert_allclose(model.predict(logits, verbose=0), want, rtol=1e-6, atol=1e-6)
+    # the loss of each row for label 0, from the logits (the model's output is linear in them:
+    # log_softmax twice is log_softmax)
+    for row, expected in zip(logits, -want[:, 0]):
+        loss = model.evaluate(row[None], np.array([[1.0, 0, 0]], np.float32), verbose=0)
+        assert loss == pytest.approx(expected, rel=1e-6, abs=1e-6), row
 
 
 def test_activations_run_eagerly_on_arrays():
