@@ -1077,6 +1077,21 @@ class Trainer:
                 return x[0]
         return x
 
+    def _input_array(self, x, argument: str) -> np.ndarray:
+        """x as the model's input array: `_one_input`, `numeric_array`, and as Keras 3 adjusts an
+        input's rank (Functional._adjust_input_rank), a last axis of 1 added when the model's
+        input ends in one that x lacks ((n,) for Input((1,)), (n, 28, 28) for Input((28, 28, 1)))
+        or dropped when x has one more."""
+        x = numeric_array(self._one_input(x), argument)
+        expected = self._known_input_shape()
+        if expected is None or x.ndim == 0:
+            return x
+        if x.ndim == len(expected) - 1 and expected[-1] == 1 and x.shape[1:] == expected[1:-1]:
+            return x[..., None]
+        if x.ndim == len(expected) + 1 and x.shape[-1] == 1 and x.shape[1:-1] == expected[1:]:
+            return x[..., 0]
+        return x
+
     def _check_embedding_ids(self, x: np.ndarray, argument: str) -> None:
         """Ids straight from the user's data (the input feeds an Embedding) must lie in
         [0, input_dim): checked here, as sparse labels are, before any step runs (inside the model
@@ -1167,7 +1182,7 @@ class Trainer:
     def _prepare(self, x, y, argument_x, argument_y, convert_x=True):
         """Validate and convert one (x, y) pair; nothing about the model changes.  Without
         `convert_x`, x is validated but returned as given (evaluate converts it batch by batch)."""
-        x = numeric_array(self._one_input(x), argument_x)
+        x = self._input_array(x, argument_x)
         y = numeric_array(_one_target(y, x), argument_y)
         _check_lengths(x, y, argument_x, argument_y)
         input_shape = self._check_inputs(x, argument_x)
@@ -1346,7 +1361,7 @@ class Trainer:
         # (named as variables, for the messages' hints: batch_x, validation_data_batch_x, ...)
         prefix = "" if argument == "x" else f"{argument}_"
         x_name, y_name = f"{prefix}batch_x", f"{prefix}batch_y"
-        x = numeric_array(self._one_input(x), x_name)
+        x = self._input_array(x, x_name)
         y = numeric_array(_one_target(y, x), y_name)
         _check_lengths(x, y, x_name, y_name)
         if class_weight is not None:
@@ -1432,7 +1447,7 @@ class Trainer:
             def train_epoch(callback_list):
                 return self._train_stream(stream, class_weight, weighted, callback_list)
         else:
-            x = numeric_array(self._one_input(x), "x")
+            x = self._input_array(x, "x")
             y = numeric_array(_one_target(y, x), "y")
             _check_lengths(x, y, "x", "y")
             if sample_weight is not None:
@@ -1616,7 +1631,7 @@ class Trainer:
     # -- single batches -------------------------------------------------------------------------
 
     def _batch_inputs(self, x, y, sample_weight, class_weight):
-        x = numeric_array(self._one_input(x), "x")
+        x = self._input_array(x, "x")
         y = numeric_array(_one_target(y, x), "y")
         _check_lengths(x, y, "x", "y")
         sample_weight = self._array_weights(y, sample_weight, data_adapters.check_class_weight(
@@ -1721,7 +1736,7 @@ class Trainer:
         return self._predict_on_batch(x) if out is None else out
 
     def _predict_on_batch(self, x):
-        x = numeric_array(self._one_input(x), "x")
+        x = self._input_array(x, "x")
         input_shape = self._check_inputs(x, "x")
         x = _float_array(x)
         self._ensure_built(input_shape)
@@ -1868,7 +1883,7 @@ class Trainer:
         if data_adapters.is_batch_source(x):
             return self._predict_stream(data_adapters.BatchStream(x, steps, False, "x"), verbose,
                                         callbacks)
-        x = numeric_array(self._one_input(x), "x")
+        x = self._input_array(x, "x")
         input_shape = self._check_inputs(x, "x")
         self._ensure_built(input_shape)
         program = self._predict_program()
@@ -1919,7 +1934,7 @@ class Trainer:
 
     def _predict_stream(self, stream, verbose, callbacks):
         first = data_adapters.unpack_batch(stream.peek(), "x")[0]
-        self._ensure_built(self._check_inputs(numeric_array(self._one_input(first), "x (a batch)"), "x (a batch)"))
+        self._ensure_built(self._check_inputs(self._input_array(first, "x (a batch)"), "x (a batch)"))
         runner, writes = self._runner(self._predict_program()), buffers.writes()
         callback_list = _make_callbacks(self, callbacks, verbose, 1, stream.steps)
         hooks = _BatchHooks(callback_list, "on_predict_batch_begin", "on_predict_batch_end")
@@ -1930,8 +1945,7 @@ class Trainer:
         for step, batch in enumerate(stream.epoch()):
             if hooks.begin:
                 hooks.call_begin(step)
-            x = numeric_array(self._one_input(data_adapters.unpack_batch(batch, "x")[0]),
-                              "x (a batch)")
+            x = self._input_array(data_adapters.unpack_batch(batch, "x")[0], "x (a batch)")
             self._check_inputs(x, "x (a batch)")
             x = _float_array(x)
             if buffers.writes() != writes:   # (a callback changed the weights: see predict)

@@ -356,8 +356,9 @@ def test_batch_source_errors():
     with pytest.raises(ValueError, match="steps_per_epoch must be a positive integer"):
         model.fit(batches(x, y, 4), steps_per_epoch=0, verbose=0)
     # a bad batch later in the stream is named as a variable, with a hint that reads as code
-    bad = [(x[:4], y[:4]), (x[4:8, :, None], y[4:8])]
-    with pytest.raises(ValueError, match=r"Input `batch_x` has shape \(4, 4, 1\).*batch_x\.reshape"):
+    # (of (4, 4, 1) as much as of (4, 1, 4): Keras 3 drops a last axis of 1, and so does kcompile)
+    bad = [(x[:4], y[:4]), (x[4:8, None, :], y[4:8])]
+    with pytest.raises(ValueError, match=r"Input `batch_x` has shape \(4, 1, 4\).*batch_x\.reshape"):
         model.fit(iter(bad), verbose=0)
     with pytest.raises(ValueError, match="`validation_data_batch_x` and `validation_data_batch_y`"):
         model.fit(x, y, validation_data=iter([(x[:3], y[:4])]), verbose=0)
@@ -922,3 +923,35 @@ def test_fit_and_evaluate_take_the_dataset_as_one_tuple_of_arrays():
     assert results[0][1] == results[1][1] and results[2][1] == results[3][1]
     with pytest.raises(ValueError, match="`y` is None"):
         model.fit((x, x), verbose=0)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_input_missing_or_adding_a_last_axis_of_one_is_adjusted_as_keras_3_does(target):
+    """Keras 3 adds a last axis of 1 that x lacks (x of shape (n,) for Input((1,)), (n, 4, 4) for
+    Input((4, 4, 1))) and drops one x has in excess: fit, evaluate, predict, the batch methods
+    and model(x) give exactly what the explicitly reshaped input gives."""
+    from kcompile.layers import Flatten
+    from kcompile.utils import set_random_seed
+    rng = np.random.default_rng(0)
+    cases = [((1,), rng.standard_normal(20).astype(np.float32), lambda x: x[:, None]),
+             ((4, 4, 1), rng.standard_normal((20, 4, 4)).astype(np.float32), lambda x: x[..., None]),
+             ((3,), rng.standard_normal((20, 3, 1)).astype(np.float32), lambda x: x[..., 0])]
+    y = rng.standard_normal((20, 1)).astype(np.float32)
+    for shape, x, reshape in cases:
+        results = []
+        for given in (x, reshape(x)):
+            set_random_seed(1)
+            model = Sequential([Input(shape), Flatten(), Dense(1)])
+            model.compile(optimizer="sgd", loss="mse", target=target)
+            history = model.fit(given, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            results.append([history.history["loss"], model.evaluate(given, y, verbose=0),
+                            model.predict(given, verbose=0), model.train_on_batch(given, y),
+                            model.test_on_batch(given, y), model.predict_on_batch(given),
+                            np.asarray(model(given))])
+        for got, want in zip(*results):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(shape))
+    # any other shape is still refused, naming the model's
+    model = Sequential([Input((4, 4, 1)), Flatten(), Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    with pytest.raises(ValueError, match=r"expects samples of shape \(4, 4, 1\)"):
+        model.predict(np.zeros((2, 4, 5), np.float32), verbose=0)
