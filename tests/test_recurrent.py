@@ -437,3 +437,33 @@ def test_time_distributed_dense_is_dense_on_every_step_and_saves(tmp_path):
         TimeDistributed(L.Softmax(axis=1))
     with pytest.raises(ValueError, match="timesteps"):
         TimeDistributed(Dense(2)).compute_output_shape((None, 5))
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_wrapped_layers_of_two_wrappers_draw_masks_of_their_own(target):
+    """Two TimeDistributed(Dropout(0.5)) each hold a layer named 'dropout', and two
+    Bidirectional(SimpleRNN(dropout=0.5)) a 'forward_simple_rnn' and a 'backward_simple_rnn':
+    their random streams had been the same, so the second Dropout dropped what the first did and
+    doubled the survivors again (an expected sum of 8000 below instead of 4000, Keras's).  Each
+    now draws its own mask: the four streams differ, and the sum is about n (keep probability 1/4
+    with scale 4 per unit: standard deviation about 110)."""
+    set_random_seed(0)
+    n = 4000
+    model = Sequential([Input((1, n)), L.TimeDistributed(L.Dropout(0.5)),
+                        L.TimeDistributed(L.Dropout(0.5)),
+                        L.TimeDistributed(Dense(1, use_bias=False, kernel_initializer="ones"))])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.0), loss="mse", target=target)
+    streams = [line for line in model.dump_ir("optimized").splitlines() if "random_uniform" in line]
+    assert len(streams) == 2, streams
+    x, y = np.ones((1, 1, n), np.float32), np.zeros((1, 1, 1), np.float32)
+    for _ in range(3):
+        total = float(np.sqrt(model.train_on_batch(x, y)))     # mse of the one output against 0
+        assert abs(total - n) < 600, total
+
+    model = Sequential([Input((5, 8)),
+                        L.Bidirectional(SimpleRNN(4, dropout=0.5, return_sequences=True)),
+                        L.Bidirectional(SimpleRNN(4, dropout=0.5, return_sequences=True)), Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    streams = {line.split("stream=")[1] for line in model.dump_ir("optimized").splitlines()
+               if "random_uniform" in line}
+    assert len(streams) == 4, streams

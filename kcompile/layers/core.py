@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import zlib
 
 import numpy as np
 
 from ir import build as B
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.layer import Layer, current_scope, format_shape, normalize_input_shape
+from kcompile.layers.layer import (Layer, current_scope, format_shape, normalize_input_shape,
+                                   random_stream)
 from kcompile.schedules import FLOAT32_MAX
 
 
@@ -295,7 +295,7 @@ class Dropout(Layer):
     @property
     def stream(self) -> int:
         """This layer's random stream: distinct per layer name (and seed) within a model."""
-        return zlib.crc32(f"{self.name}/{self.seed}".encode()) & 0xFFFFFFFF
+        return random_stream(self)
 
     def call(self, inputs, training=False):
         if not training or self.rate == 0.0:

@@ -17,6 +17,7 @@ import numbers
 import operator
 import re
 import threading
+import zlib
 
 import numpy as np
 
@@ -94,6 +95,22 @@ class TraceScope:
         except KeyError:
             raise ValueError(f"variable {variable.path!r} is not an input of the graph being traced; "
                              "a layer used outside the model it belongs to?") from None
+
+
+def random_stream(layer, *parts: str) -> int:
+    """The random stream of `layer`'s draws (a Dropout's mask, an RNN cell's): crc32 of its name,
+    `parts` and seed, so distinct per layer of a model.  The layers a wrapper holds
+    (TimeDistributed's, Bidirectional's; `wrap`) also have the wrapper's name: two wrappers' inner
+    layers are named alike (two TimeDistributed(Dropout(0.5)) each hold a 'dropout'), and had
+    drawn one mask."""
+    key = [layer.name, *parts, str(layer.seed)]
+    outer = layer.__dict__.get("_wrapped_by")
+    return zlib.crc32("/".join(key if outer is None else [outer, *key]).encode()) & 0xFFFFFFFF
+
+
+def wrap(outer, inner) -> None:
+    """`inner` is held by the wrapper `outer` (see random_stream)."""
+    inner.__dict__["_wrapped_by"] = outer.name
 
 
 def _layer_inside_layer(outer, inner, verb: str, where: str) -> NotImplementedError:

@@ -16,7 +16,6 @@ Keras 3 default: input bias and recurrent bias; (3*units,) otherwise).
 from __future__ import annotations
 
 import numbers
-import zlib
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from ir import build as B
 from ir import build_seq as S
 
 from kcompile import activations, initializers
-from kcompile.layers.layer import Layer, current_scope, format_shape
+from kcompile.layers.layer import Layer, current_scope, format_shape, random_stream, wrap
 from kcompile.layers.wrappers import SubOwner
 
 
@@ -132,7 +131,7 @@ class _Recurrent(Layer):
         if scope is None or scope.seed is None:
             raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
                                "without a seed")
-        stream = zlib.crc32(f"{self.name}/{kind}/{self.seed}".encode()) & 0xFFFFFFFF
+        stream = random_stream(self, kind)
         uniform = B.random_uniform(scope.seed, shape, stream)
         return B.select(B.ge(uniform, rate), B.full_like(uniform, 1.0 / (1.0 - rate)), 0.0)
 
@@ -459,6 +458,8 @@ class Bidirectional(Layer):
         self.built = True
 
     def call(self, inputs, training=False):
+        wrap(self, self.forward_layer)
+        wrap(self, self.backward_layer)
         forward = self.forward_layer.call(inputs, training=training)
         backward = self.backward_layer.call(inputs, training=training)
         if self.return_sequences:

@@ -7,7 +7,7 @@ it makes names unique.
 """
 from __future__ import annotations
 
-from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.layer import Layer, format_shape, wrap
 
 
 class SubOwner:
@@ -75,6 +75,7 @@ class TimeDistributed(Layer):
         self.built = True
 
     def call(self, inputs, training=False):
+        wrap(self, self.layer)
         if self.layer._accepts_training():
             return self.layer.call(inputs, training=training)
         return self.layer.call(inputs)
