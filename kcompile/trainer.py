@@ -515,6 +515,12 @@ class _BatchHooks:
         """The first step of the execution (steps_per_execution) that `step` belongs to."""
         return step - step % self.stride
 
+    def execution_ends(self, step: int, last_step: int) -> bool:
+        """Whether `step` ends its execution (steps_per_execution), where a stop flag a callback
+        set is taken: as in Keras 3, a flag set in a begin hook stops after the whole execution.
+        `last_step` -1: unknown (a source of unknown length)."""
+        return (step + 1) % self.stride == 0 or step == last_step
+
     def end_due(self, step: int, last_step: int) -> bool:
         """Whether to build the logs and call end hooks after this step: every step for callbacks
         that asked for batch hooks, every PROGRESS_INTERVAL seconds (and the last step) for bars."""
@@ -1589,7 +1595,7 @@ class Trainer:
             if hooks.end_due(step, steps - 1):
                 totals.load(accumulators, seen)
                 hooks.call_end(step, totals.logs())
-            if getattr(self, stoppable):
+            if getattr(self, stoppable) and hooks.execution_ends(step, steps - 1):
                 break
         totals.load(accumulators, seen)
         return totals.logs()
@@ -1620,7 +1626,7 @@ class Trainer:
             totals.add(runner.output, len(x))
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, totals.logs())
-            if self.stop_training:
+            if self.stop_training and hooks.execution_ends(step, last_step):
                 break
         if totals is not None:
             hooks.finish(step, totals.logs)
@@ -1817,7 +1823,7 @@ class Trainer:
                 totals.add(runner.output, stop - start)
                 if hooks.end_due(step, steps - 1):
                     hooks.call_end(step, totals.logs())
-                if self.stop_evaluating:
+                if self.stop_evaluating and hooks.execution_ends(step, steps - 1):
                     break
             logs = totals.logs()
         with self._ending("evaluate"):
@@ -1847,7 +1853,7 @@ class Trainer:
             totals.add(runner.output, len(x))
             if hooks.end_due(step, last_step):
                 hooks.call_end(step, totals.logs())
-            if self.stop_evaluating:
+            if self.stop_evaluating and hooks.execution_ends(step, last_step):
                 break
         if totals is not None:
             hooks.finish(step, totals.logs)
@@ -1923,7 +1929,7 @@ class Trainer:
                 # next batch overwrites: a callback may keep them)
                 first = hooks.execution_start(step) * batch_size   # (the execution's rows)
                 hooks.call_end(step, {"outputs": outputs[first:stop]})
-            if self.stop_predicting:
+            if self.stop_predicting and hooks.execution_ends(step, steps - 1):
                 outputs = outputs[:stop]
                 break
         with self._ending("predict"):
@@ -1957,7 +1963,7 @@ class Trainer:
             if hooks.end_due(step, last_step):
                 executed = outputs[hooks.execution_start(step):]
                 hooks.call_end(step, {"outputs": np.concatenate(executed)})
-            if self.stop_predicting:
+            if self.stop_predicting and hooks.execution_ends(step, last_step):
                 break
         if outputs:
             last = len(outputs) - 1

@@ -696,6 +696,57 @@ def test_steps_per_execution_spaces_the_batch_hooks_as_keras_and_changes_no_numb
         linear_model(steps_per_execution=0)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_stop_flag_set_in_a_begin_hook_stops_after_the_whole_execution(target):
+    """Keras 3 runs an execution (steps_per_execution) whole: a flag set in a begin hook stops
+    fit, evaluate and predict after its last step, its end hook called; kcompile had stopped
+    after the first step, without the end hook (arrays), or with it after one step (a generator).
+    Expected: the same run with steps_per_execution=1 stopped in the end hook of step 2."""
+    x, y = data(24)
+
+    class Stop(callbacks.Callback):
+        def __init__(self, hook):
+            super().__init__()
+            self.calls = []
+            flag = {"train": "stop_training", "test": "stop_evaluating",
+                    "predict": "stop_predicting"}[hook]
+
+            def begin(batch, logs=None):
+                self.calls.append(("begin", batch))
+                setattr(self.model, flag, True)
+
+            def end(batch, logs=None):
+                self.calls.append(("end", batch))
+            setattr(self, f"on_{hook}_batch_begin", begin)
+            setattr(self, f"on_{hook}_batch_end", end)
+
+    class StopAtEnd(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                self.model.stop_training = True
+
+    reference = linear_model(target=target)
+    reference.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[StopAtEnd()])
+    for source in ("arrays", "generator"):
+        model = linear_model(target=target, steps_per_execution=2)
+        stop = Stop("train")
+        model.fit(x if source == "arrays" else batches(x, y, 4), y if source == "arrays" else None,
+                  batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[stop])
+        assert stop.calls == [("begin", 0), ("end", 1)], source
+        assert int(model.optimizer.iterations.numpy()) == 2, source
+        for got, want in zip(model.get_weights(), reference.get_weights()):
+            np.testing.assert_array_equal(got, want)
+    model = linear_model(target=target, steps_per_execution=2)
+    stop = Stop("test")
+    loss = model.evaluate(x, y, batch_size=4, verbose=0, callbacks=[stop])
+    assert stop.calls == [("begin", 0), ("end", 1)]
+    assert loss == pytest.approx(float(((model.predict(x[:8], verbose=0) - y[:8]) ** 2).mean()),
+                                 rel=1e-6)
+    stop = Stop("predict")
+    assert model.predict(x, batch_size=4, verbose=0, callbacks=[stop]).shape == (8, 3)
+    assert stop.calls == [("begin", 0), ("end", 1)]
+
+
 def test_steps_per_execution_is_saved_with_the_compile_arguments(tmp_path):
     model = linear_model(steps_per_execution=4)
     model.save(tmp_path / "m.keras")
