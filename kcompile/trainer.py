@@ -486,7 +486,12 @@ class _BatchHooks:
     def __init__(self, callback_list, begin: str, end: str, legacy_begin=None, legacy_end=None):
         from kcompile.callbacks import ProgbarLogger
         self.begin_name, self.end_name = begin, end
-        self.stride = getattr(getattr(callback_list, "model", None), "steps_per_execution", 1) or 1
+        self.model = getattr(callback_list, "model", None)
+        self.stride = getattr(self.model, "steps_per_execution", 1) or 1
+        # (a batch-end hook reading model.get_metrics_result() or model.metrics gets the running
+        # values, its logs, as in Keras 3)
+        self.metric_logs = end in ("on_train_batch_end", "on_test_batch_end") and \
+            hasattr(self.model, "_set_metrics_result")
         self._every_due = False
         self._ended = -1     # the last step the every-batch callbacks' end hook covered
         callbacks = list(callback_list.callbacks)
@@ -537,6 +542,8 @@ class _BatchHooks:
         if self._every_due:
             self._ended = step
             index = self.execution_start(step) + self.stride - 1
+            if self.metric_logs:
+                self.model._set_metrics_result(logs)
             for callback in self.every:
                 getattr(callback, self.end_name)(index, logs=logs)
         if self._progress_due:
@@ -1016,7 +1023,8 @@ class Trainer:
 
     def get_metrics_result(self) -> dict:
         """The loss and metrics of the last fit epoch, evaluation (validation included, as the
-        metrics' state in Keras) or train/test_on_batch, by name as floats; {} before any."""
+        metrics' state in Keras) or train/test_on_batch, by name as floats; {} before any.  In a
+        callback's on_train_batch_end or on_test_batch_end: the running values, its logs."""
         return dict(self._metrics_result)
 
     def compile_from_config(self, config: dict) -> None:

@@ -747,6 +747,29 @@ def test_a_stop_flag_set_in_a_begin_hook_stops_after_the_whole_execution(target)
     assert stop.calls == [("begin", 0), ("end", 1)]
 
 
+def test_metrics_read_in_a_batch_end_hook_are_the_running_values():
+    """Keras 3: in on_train_batch_end and on_test_batch_end, model.get_metrics_result() and the
+    objects in model.metrics give the running values, the hook's logs; kcompile gave the last
+    epoch's ({} in the first)."""
+    x, y = data(24)
+    seen = []
+
+    class Read(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((dict(logs), self.model.get_metrics_result(),
+                         {m.name: float(m.result()) for m in self.model.metrics}))
+
+        on_test_batch_end = on_train_batch_end
+
+    model = linear_model(metrics_=["mae"])
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x, y),
+              callbacks=[Read()])
+    model.evaluate(x, y, batch_size=5, verbose=0, callbacks=[Read()])
+    assert len(seen) == 2 * (3 + 3) + 5
+    for logs, result, objects in seen:
+        assert result == logs == objects, (logs, result, objects)
+
+
 def test_steps_per_execution_is_saved_with_the_compile_arguments(tmp_path):
     model = linear_model(steps_per_execution=4)
     model.save(tmp_path / "m.keras")
