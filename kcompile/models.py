@@ -17,6 +17,7 @@ import weakref
 
 import numpy as np
 
+from ir import Node
 from ir import build as B
 
 from kcompile import layers as layers_module
@@ -485,9 +486,17 @@ class Sequential(Model):
 
     def __call__(self, inputs, training=None):
         """On an array in inference mode: the compiled predict function (compiled on first use),
-        as predict_on_batch; while tracing or with training=True: as any layer."""
-        if not training and isinstance(inputs, np.ndarray) and inputs.ndim >= 1 \
-                and len(inputs) > 0 and self.target == "llvm":
+        as predict_on_batch; while tracing or with training=True: as any layer.  An array (or a
+        list, or [x]) is checked against the model's input shape first, on every path, as
+        predict checks it."""
+        if isinstance(inputs, Node):
+            return super().__call__(inputs, training=training)
+        try:
+            inputs = self._input_array(inputs, "inputs")
+        except ValueError as error:      # (as a layer says it: the model named)
+            raise type(error)(f"layer {self.name!r} ({type(self).__name__}): {error}") from None
+        self._check_inputs(inputs, "inputs")
+        if not training and inputs.ndim >= 1 and len(inputs) > 0 and self.target == "llvm":
             return self.predict_on_batch(inputs)
         return super().__call__(inputs, training=training)
 

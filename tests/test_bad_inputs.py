@@ -526,3 +526,23 @@ def test_calling_a_model_on_what_is_no_array_says_what_it_got():
     x, y = images(8)
     with pytest.raises(TypeError, match="`callbacks` must be a list of kcompile.callbacks.Callback"):
         model.fit(x, y, callbacks=5, verbose=0)
+
+
+@pytest.mark.parametrize("target", ["llvm", "reference"])
+def test_calling_the_model_checks_the_input_shape_on_every_path(target):
+    """model(x) checked x's shape only in inference mode on an array with the llvm target; with
+    training=True, on a list, or with the reference target a wrong shape ran ((1, 2, 4) for
+    Input((4,)) gave (1, 2, 2)) or failed in the IR ("matmul contraction mismatch").  And [x] is x,
+    as predict and Keras 3 take it (it had given (1, 16, 2))."""
+    model = Sequential([Input((4,)), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    for training in (None, False, True):
+        for bad in (np.zeros((1, 2, 4), np.float32), np.zeros((2, 5), np.float32),
+                    [[0.0] * 5, [1.0] * 5], np.zeros(4, np.float32)):
+            with pytest.raises(ValueError, match=r"Input `inputs` has shape .* expects samples of "
+                                                 r"shape \(4,\)"):
+                model(bad, training=training)
+        for given in ([x], (x,), x.tolist()):
+            np.testing.assert_allclose(np.asarray(model(given, training=training)),
+                                       model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
