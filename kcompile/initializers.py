@@ -154,8 +154,13 @@ def _truncated_unit_normal(rng, shape) -> np.ndarray:
 class VarianceScaling(Initializer):
     """Keras's VarianceScaling: scale / fan, uniform on [-sqrt(3 var), sqrt(3 var)] or a truncated normal."""
 
-    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
+    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
+                 input_axes=None, output_axes=None):
         super().__init__(seed)
+        if input_axes is not None or output_axes is not None:
+            # (Keras 3.15's: the axes its fans are computed over; its configs hold them as None)
+            raise NotImplementedError(f"{type(self).__name__}(input_axes=..., output_axes=...) is "
+                                      "not supported: the fans are those of the kernel's shape")
         if scale <= 0:
             raise ValueError(f"VarianceScaling scale must be positive; got scale={scale}")
         if mode not in ("fan_in", "fan_out", "fan_avg"):
@@ -188,8 +193,8 @@ class _Preset(VarianceScaling):
     """A VarianceScaling with fixed arguments (the class attributes); only the seed is given."""
     _arguments = (1.0, "fan_in", "uniform")
 
-    def __init__(self, seed=None):
-        super().__init__(*self._arguments, seed)
+    def __init__(self, seed=None, input_axes=None, output_axes=None):
+        super().__init__(*self._arguments, seed, input_axes, output_axes)
 
     def get_config(self):
         return {"seed": self.seed}

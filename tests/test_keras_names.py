@@ -213,3 +213,23 @@ def test_a_frozen_layers_weights_say_so_and_input_reports_its_dtype():
     model.layers[0].trainable = True
     model.layers[1].trainable = True
     assert [v.trainable for v in model.weights] == flags
+
+
+def test_keras_3_15_arguments_at_their_defaults_are_taken_and_others_refused():
+    """Keras 3.15 writes these into every config at their defaults; kcompile takes the defaults
+    and refuses what it does not implement, naming it."""
+    from kcompile import initializers
+    layers.Input((4,), ragged=False)
+    layers.Dense(3, quantization_config=None)
+    layers.Embedding(5, 2, quantization_config=None)
+    layers.BatchNormalization(renorm=False, renorm_clipping=None, renorm_momentum=0.99)
+    layers.LSTM(2, zero_output_for_mask=True)
+    initializers.GlorotUniform(seed=1, input_axes=None, output_axes=None)
+    initializers.VarianceScaling(input_axes=None, output_axes=None)
+    for make, what in [(lambda: layers.Input((4,), ragged=True), "ragged inputs"),
+                       (lambda: layers.Dense(3, quantization_config={"mode": "int8"}),
+                        "quantization_config"),
+                       (lambda: layers.BatchNormalization(renorm=True), "renorm=True"),
+                       (lambda: initializers.HeNormal(input_axes=[0]), "input_axes")]:
+        with pytest.raises(NotImplementedError, match=what):
+            make()

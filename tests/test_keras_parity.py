@@ -355,3 +355,36 @@ def test_metrics_accumulate_as_in_keras(case):
         theirs.update_state(y, p, sample_weight=w)
     assert ours.result() == pytest.approx(float(theirs.result()), rel=1e-5, abs=1e-6)
 
+
+
+_KERAS_CONFIG_MODELS = {
+    "mlp": lambda K: [K.Input((8,)), K.Dense(6, activation="relu", kernel_regularizer="l2"),
+                      K.Dropout(0.2), K.BatchNormalization(), K.Dense(3, activation="softmax")],
+    "cnn": lambda K: [K.Input((10, 10, 2)), K.Conv2D(4, 3, padding="same", activation="relu"),
+                      K.MaxPooling2D(), K.Conv2D(3, 2, strides=2),
+                      K.AveragePooling2D(2, padding="same"), K.GlobalAveragePooling2D(), K.Dense(2)],
+    "rnn": lambda K: [K.Input((5, 3)), K.LSTM(4, return_sequences=True), K.GRU(3), K.Dense(2)],
+    "bidirectional": lambda K: [K.Input((5, 3)), K.Bidirectional(K.SimpleRNN(4, return_sequences=True)),
+                                K.TimeDistributed(K.Dense(2)), K.GlobalMaxPooling1D()],
+    "embedding": lambda K: [K.Input((6,), dtype="int32"), K.Embedding(10, 4),
+                            K.Conv1D(3, 2, padding="causal"), K.MaxPooling1D(), K.Flatten(),
+                            K.LayerNormalization(), K.Dense(1, activation="sigmoid")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KERAS_CONFIG_MODELS))
+def test_a_keras_3_model_json_rebuilds_in_kcompile_and_predicts_alike(name):
+    """Keras 3.15's configs hold arguments at their defaults that kcompile does not implement
+    (InputLayer's ragged, Dense's quantization_config, the initializers' input_axes, an RNN's
+    zero_output_for_mask, BatchNormalization's renorm): model_from_json of Keras's to_json had
+    refused them.  With Keras's weights, the rebuilt model predicts what Keras does."""
+    from kcompile.models import model_from_json
+    original = keras.Sequential(_KERAS_CONFIG_MODELS[name](keras.layers), name=name)
+    rebuilt = model_from_json(original.to_json())
+    rebuilt.set_weights(original.get_weights())
+    rng = np.random.default_rng(0)
+    shape = (4,) + tuple(original.input_shape[1:])
+    x = (rng.integers(0, 10, shape) if name == "embedding" else rng.standard_normal(shape))
+    x = x.astype(np.float32)
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0),
+                               np.asarray(original.predict(x, verbose=0)), rtol=1e-5, atol=2e-6)

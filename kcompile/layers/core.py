@@ -58,14 +58,14 @@ class InputLayer(Layer):
     """
 
     def __init__(self, shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None,
-                 input_tensor=None, optional=False, name=None, **kwargs):
+                 input_tensor=None, optional=False, name=None, ragged=None, **kwargs):
         legacy = kwargs.pop("input_shape", None)
         if shape is None and legacy is not None:
             shape = legacy
         if kwargs.pop("batch_input_shape", None) is not None and batch_shape is None:
             raise ValueError("pass batch_shape= (or shape=) to InputLayer")
-        if sparse:
-            raise NotImplementedError("sparse inputs are not supported")
+        if sparse or ragged:
+            raise NotImplementedError(f"{'sparse' if sparse else 'ragged'} inputs are not supported")
         if input_tensor is not None or optional:
             raise NotImplementedError("InputLayer(input_tensor=...) and optional inputs are not supported")
         if shape is None and batch_shape is None:
@@ -123,10 +123,11 @@ def _input_dtype(dtype) -> str:
 
 
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None,
-          tensor=None, optional=False):
+          tensor=None, optional=False, ragged=None):
     """A model input of per-sample `shape`: use it as the first element of a Sequential model."""
     layer = InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, sparse=sparse,
-                       batch_shape=batch_shape, input_tensor=tensor, optional=optional, name=name)
+                       batch_shape=batch_shape, input_tensor=tensor, optional=optional, name=name,
+                       ragged=ragged)
     return layer.output
 
 
@@ -143,9 +144,10 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 lora_rank=None, **kwargs):
+                 lora_rank=None, quantization_config=None, **kwargs):
         for argument, value in [("kernel_constraint", kernel_constraint),
-                                ("bias_constraint", bias_constraint), ("lora_rank", lora_rank)]:
+                                ("bias_constraint", bias_constraint), ("lora_rank", lora_rank),
+                                ("quantization_config", quantization_config)]:
             if value is not None:
                 raise NotImplementedError(f"Dense({argument}=...) is not supported yet")
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:

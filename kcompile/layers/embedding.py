@@ -46,9 +46,10 @@ class Embedding(Layer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
-                 weights=None, lora_rank=None, activity_regularizer=None, **kwargs):
+                 weights=None, lora_rank=None, activity_regularizer=None, quantization_config=None,
+                 **kwargs):
         for argument, value in [("embeddings_constraint", embeddings_constraint),
-                                ("lora_rank", lora_rank)]:
+                                ("lora_rank", lora_rank), ("quantization_config", quantization_config)]:
             if value is not None:
                 raise NotImplementedError(f"Embedding({argument}=...) is not supported yet")
         if mask_zero:

@@ -76,7 +76,11 @@ class BatchNormalization(Layer):
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
                  moving_variance_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
-                 beta_constraint=None, gamma_constraint=None, synchronized=False, **kwargs):
+                 beta_constraint=None, gamma_constraint=None, synchronized=False, renorm=False,
+                 renorm_clipping=None, renorm_momentum=0.99, **kwargs):
+        if renorm:
+            # (Keras 3.15's batch renormalization; its configs hold renorm=False)
+            raise NotImplementedError("BatchNormalization(renorm=True) is not supported yet")
         for argument, value in [("beta_regularizer", beta_regularizer),
                                 ("gamma_regularizer", gamma_regularizer),
                                 ("beta_constraint", beta_constraint),

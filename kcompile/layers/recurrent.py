@@ -54,6 +54,8 @@ class _Recurrent(Layer):
                 raise NotImplementedError(f"{type(self).__name__}({argument}=...) is not supported yet")
         for argument in ("use_cudnn", "implementation"):
             kwargs.pop(argument, None)      # backend choices of Keras: one implementation here
+        # (what a masked step outputs, in Keras 3's configs: no masks here, so nothing to choose)
+        kwargs.pop("zero_output_for_mask", None)
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
             raise ValueError("Received an invalid value for argument `units`, expected a positive "
                              f"integer, got {units!r}.")
