@@ -107,7 +107,8 @@ class Progbar:
         Args:
             current: Index of the current step (the number of steps done so far).
             values: List of ``(name, value)`` tuples. Values of metrics not in ``stateful_metrics`` are
-                averaged over steps, weighted by the number of steps since the previous update.
+                averaged over steps, weighted by the number of steps since the previous update; the
+                final update's are shown as given.
             finalize: Whether this is the last update. Defaults to ``current >= target`` (False if the target
                 is unknown).
         """
@@ -122,7 +123,8 @@ class Progbar:
             except (TypeError, ValueError):
                 self._values[name] = [str(value), 1]
                 continue
-            if name in self.stateful_metrics:
+            if name in self.stateful_metrics or finalize:
+                # (the final update shows the value given, as Keras 3's does: an epoch's logs)
                 self._values[name] = [value, 1]
                 continue
             # NOTE: at least 1, because an epoch-end update may repeat the last step's `current`.

@@ -51,28 +51,45 @@ def test_terminal_updates_are_throttled_but_final_line_is_printed():
     assert output.rstrip("\n").endswith("accuracy: 0.8213")
 
 
-def test_running_average_weighted_by_steps():
-    stream = io.StringIO()
-    bar = Progbar(4, stream=stream)
+def _last_draw(stream) -> str:
+    return stream.getvalue().split("\r")[-1].rstrip()
+
+
+def test_running_average_weighted_by_steps_and_the_final_value_as_given():
+    """Keras 3's Progbar: updates before the last show the average over steps, weighted by the
+    steps since the previous update; the final update shows the value it is given (fit's epoch
+    logs), not an average (it had shown 3.0 for updates of 1, 3 and 5)."""
+    stream = TerminalStream()
+    bar = Progbar(8, stream=stream, interval=0)
     bar.update(1, [("loss", 4.0)])
     bar.update(4, [("loss", 0.0)])  # weight 3
-    assert "loss: 1.0000" in stream.getvalue()
+    assert _last_draw(stream).endswith("loss: 1.0000")
+    bar.update(8, [("loss", 2.0)])
+    assert _last_draw(stream).endswith("loss: 2.0000")
+    stream = io.StringIO()          # (one line, at the end)
+    bar = Progbar(3, stream=stream)
+    for step, value in enumerate([1.0, 3.0, 5.0], start=1):
+        bar.update(step, [("loss", value)])
+    assert stream.getvalue().rstrip().endswith("loss: 5.0000")
 
 
 def test_stateful_metrics_show_last_value():
-    stream = io.StringIO()
-    bar = Progbar(3, stream=stream, stateful_metrics=["accuracy"])
+    stream = TerminalStream()
+    bar = Progbar(3, stream=stream, stateful_metrics=["accuracy"], interval=0)
     for step, value in enumerate([0.1, 0.2, 0.9], start=1):
         bar.update(step, [("loss", value), ("accuracy", value)])
-    assert "loss: 0.4000 - accuracy: 0.9000" in stream.getvalue()
+        if step == 2:
+            assert _last_draw(stream).endswith("loss: 0.1500 - accuracy: 0.2000")
+    assert _last_draw(stream).endswith("loss: 0.9000 - accuracy: 0.9000")
 
 
 def test_add_advances_by_n():
-    stream = io.StringIO()
-    bar = Progbar(6, stream=stream)
+    stream = TerminalStream()
+    bar = Progbar(6, stream=stream, interval=0)
     bar.add(2, [("loss", 1.0)])
+    assert _last_draw(stream).startswith("2/6 [") and _last_draw(stream).endswith("loss: 1.0000")
     bar.add(4, [("loss", 2.5)])
-    assert stream.getvalue().startswith("6/6 [") and "loss: 2.0000" in stream.getvalue()
+    assert _last_draw(stream).startswith("6/6 [") and _last_draw(stream).endswith("loss: 2.5000")
 
 
 def test_verbose_2_prints_one_line_without_bar():

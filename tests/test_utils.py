@@ -205,3 +205,16 @@ def test_set_epsilon_reaches_a_model_compiled_afterwards_on_every_target(tmp_pat
         assert loss_for("llvm") == pytest.approx(-np.log(0.1), rel=1e-4)
     finally:
         backend.set_epsilon(1e-7)
+
+
+def test_normalize_over_no_axis_and_to_categorical_of_a_huge_label():
+    """normalize(x, axis=None) divides by the norm of the whole array (numpy's, as Keras 3 takes
+    it; it had raised numpy's TypeError), and a label past int64 is named as too large (its cast
+    had wrapped it to a 'negative label')."""
+    from kcompile.utils import normalize
+    x = np.array([[3.0, 4.0], [0.0, 5.0]], np.float32)
+    np.testing.assert_allclose(normalize(x, axis=None), x / np.linalg.norm(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(normalize(np.array([3.0, 4.0]), axis=None), [[0.6, 0.8]], rtol=1e-6)
+    for labels in ([1e20], np.array([2 ** 63], np.uint64)):
+        with pytest.raises(ValueError, match="too large for a class label"):
+            to_categorical(labels)

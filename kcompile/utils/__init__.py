@@ -144,6 +144,9 @@ def to_categorical(y, num_classes=None, dtype="float32"):
                 "to_categorical expects integer class labels; got non-integer values. Convert predictions to "
                 "labels first, e.g. with argmax."
             )
+    if labels.size and labels.dtype.kind in "fu" and labels.max() >= 2.0 ** 63:
+        raise ValueError(f"to_categorical got label {labels.max()}, too large for a class label; "
+                         "class labels are integers in [0, num_classes).")
     labels = labels.astype(np.int64)
     input_shape = labels.shape
     if len(input_shape) > 1 and input_shape[-1] == 1:
@@ -178,7 +181,8 @@ def normalize(x, axis=-1, order=2):
     array = array.astype(np.float32) if array.dtype.kind != "f" else array
     norm = np.atleast_1d(np.linalg.norm(array, order, axis))
     norm[norm == 0] = 1
-    return array / np.expand_dims(norm, axis)
+    # (axis=None: the norm of the whole array, shaped as Keras's `axis or -1` shapes it)
+    return array / np.expand_dims(norm, -1 if axis is None else axis)
 
 
 # Keras utilities kcompile does not have: asking for one says so, instead of a bare AttributeError.
