@@ -70,7 +70,8 @@ def accuracy(y_true, y_pred):
     """1.0 where y_true == y_pred exactly, averaged over the last axis."""
     if not _traced(y_true, y_pred):
         return _eager(accuracy, y_true, y_pred)
-    y_true = _float(y_true, y_pred)
+    # (as Keras 3: y_true in y_pred's dtype; integer predictions compare as integers)
+    y_true = y_true if y_true.dtype == y_pred.dtype else B.cast(y_true, y_pred.dtype)
     y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
     matches = _float(B.eq(y_true, y_pred), y_pred)
     return B.reduce_mean(matches, -1) if matches.type.rank >= 2 else matches
@@ -1288,6 +1289,30 @@ def direction(identifier):
         return "down"
     metric = get(identifier)
     return metric._direction if isinstance(metric, Metric) else _function_direction(metric)
+
+
+def serialize(metric) -> str | dict:
+    """A metric object's {"class_name", "config"}, or a built-in metric function's name."""
+    if isinstance(metric, Metric):
+        return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    for name, fn in _FUNCTIONS.items():
+        if fn is metric:
+            return name
+    raise ValueError(f"cannot serialize metric {metric!r}: not a kcompile.metrics.Metric or a "
+                     "built-in metric function")
+
+
+def deserialize(config, custom_objects=None):
+    """The metric `serialize` described (a name or a config dict), a class of `custom_objects`
+    ({name: class or function}) included."""
+    if custom_objects:
+        name = config.get("class_name") if isinstance(config, dict) else config
+        found = custom_objects.get(name) if isinstance(name, str) else None
+        if isinstance(found, type) and isinstance(config, dict):
+            return found.from_config(config.get("config") or {})
+        if found is not None:
+            return found
+    return get(config)
 
 
 def get(identifier):

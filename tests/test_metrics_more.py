@@ -594,7 +594,7 @@ def test_a_result_over_several_thresholds_is_a_float32_copy_not_the_running_tota
 def test_results_before_any_update_and_after_reset_state_have_their_updated_shape():
     """As Keras 3's: a list of thresholds gives a list of zeros, F1Score(average=None) zeros per
     class after reset_state (the classes it has seen), R2Score NaN (0 / 0) with nothing summed."""
-    from kcompile import metrics as M
+    M = metrics
     for metric in (M.Precision(thresholds=[0.3, 0.6]), M.Recall(thresholds=[0.3, 0.6]),
                    M.TruePositives(thresholds=[0.3, 0.6]), M.FalseNegatives(thresholds=[0.3, 0.6])):
         np.testing.assert_array_equal(metric.result(), np.zeros(2, np.float32))
@@ -616,3 +616,20 @@ def test_results_before_any_update_and_after_reset_state_have_their_updated_shap
     assert r2.result() == pytest.approx(1 - 1 / 2)        # 1 - ss_res / ss_tot
     r2.reset_state()
     assert np.isnan(r2.result())
+
+
+def test_accuracy_of_integer_arrays_and_metrics_serialize_round_trips():
+    """metrics.accuracy on integer arrays compares them in y_pred's dtype, as Keras 3 does (it
+    had cast y_true alone to float32 and failed: "operands have different dtypes"); and
+    kcompile.metrics has Keras's serialize and deserialize."""
+    M = metrics
+    y_true, y_pred = np.array([1, 2, 3]), np.array([1, 2, 0])
+    np.testing.assert_array_equal(M.get("accuracy")(y_true, y_pred), [1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(M.accuracy(y_true[:, None], y_pred[:, None]), [1.0, 1.0, 0.0])
+    auc = M.AUC(num_thresholds=11, name="my_auc")
+    again = M.deserialize(M.serialize(auc))
+    assert type(again) is M.AUC and again.get_config() == auc.get_config()
+    assert M.deserialize(M.serialize(M.mean_absolute_error)) is M.mean_absolute_error
+    assert M.deserialize("mine", custom_objects={"mine": M.accuracy}) is M.accuracy
+    with pytest.raises(ValueError, match="cannot serialize metric"):
+        M.serialize(lambda y_true, y_pred: y_pred)
