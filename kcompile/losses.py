@@ -640,12 +640,9 @@ def loss_name(loss) -> str:
 
 
 def serialize(loss) -> str | dict:
-    if isinstance(loss, Loss):
-        return {"class_name": type(loss).__name__, "config": loss.get_config()}
-    for name, fn in _FUNCTIONS.items():
-        if fn is loss:
-            return name
-    raise ValueError(f"cannot serialize loss {loss!r}")
+    """A loss object's {"class_name", "config"}, or a built-in loss function's name."""
+    from kcompile import registry
+    return registry.serialize_builtin(loss, Loss, _FUNCTIONS, "loss")
 
 
 def deserialize(config):

@@ -1293,13 +1293,8 @@ def direction(identifier):
 
 def serialize(metric) -> str | dict:
     """A metric object's {"class_name", "config"}, or a built-in metric function's name."""
-    if isinstance(metric, Metric):
-        return {"class_name": type(metric).__name__, "config": metric.get_config()}
-    for name, fn in _FUNCTIONS.items():
-        if fn is metric:
-            return name
-    raise ValueError(f"cannot serialize metric {metric!r}: not a kcompile.metrics.Metric or a "
-                     "built-in metric function")
+    from kcompile import registry
+    return registry.serialize_builtin(metric, Metric, _FUNCTIONS, "metric")
 
 
 def deserialize(config, custom_objects=None):

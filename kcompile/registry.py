@@ -149,3 +149,15 @@ def resolve_own_function(config: dict, custom_objects: dict, kind: str):
             f"custom_objects={{{name!r}: your_function}} (or register it with "
             "kcompile.saving.register_keras_serializable)")
     return function
+
+
+def serialize_builtin(obj, base: type, functions: dict, kind: str):
+    """`{"class_name", "config"}` of an instance of `base` (a Loss, a Metric), or the name of one
+    of the built-in `functions` ({name: function}); a ValueError naming `kind` otherwise."""
+    if isinstance(obj, base):
+        return {"class_name": type(obj).__name__, "config": obj.get_config()}
+    for name, fn in functions.items():
+        if fn is obj:
+            return name
+    raise ValueError(f"cannot serialize {kind} {obj!r}: not a kcompile {base.__name__} or a "
+                     f"built-in {kind} function")
