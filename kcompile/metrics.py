@@ -1298,16 +1298,16 @@ def serialize(metric) -> str | dict:
 
 
 def deserialize(config, custom_objects=None):
-    """The metric `serialize` described (a name or a config dict), a class of `custom_objects`
-    ({name: class or function}) included."""
-    if custom_objects:
-        name = config.get("class_name") if isinstance(config, dict) else config
-        found = custom_objects.get(name) if isinstance(name, str) else None
-        if isinstance(found, type) and isinstance(config, dict):
-            return found.from_config(config.get("config") or {})
-        if found is not None:
-            return found
-    return get(config)
+    """The metric `serialize` described (a name or a config dict); a name of `custom_objects`
+    ({name: class or function}), of a custom_object_scope or registered, is the user's."""
+    from kcompile import registry
+    name = config.get("class_name") if isinstance(config, dict) else config
+    found = registry.get_registered_object(name, custom_objects) if isinstance(name, str) else None
+    if found is None:
+        return get(config)
+    if isinstance(found, type) and isinstance(config, dict):
+        return found.from_config(config.get("config") or {})
+    return found
 
 
 def get(identifier):

@@ -491,6 +491,12 @@ class Sequential(Model):
         predict checks it."""
         if isinstance(inputs, Node):
             return super().__call__(inputs, training=training)
+        if not training and self.target == "llvm" and isinstance(inputs, np.ndarray) \
+                and inputs.ndim >= 1 and len(inputs) > 0:
+            # (predict_on_batch's fast path takes only what fits the compiled program as it is)
+            out = self._predict_fast(inputs, len(inputs))
+            if out is not None:
+                return out
         try:
             inputs = self._input_array(inputs, "inputs")
         except ValueError as error:      # (as a layer says it: the model named)
