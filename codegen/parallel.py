@@ -56,8 +56,10 @@ Why this shape:
   stays libgomp's, but the spin before a waiting thread sleeps is shortened: `_load_libgomp` sets
   GOMP_SPINCOUNT=10000 (libgomp's default without OMP_WAIT_POLICY is 300000) with
   os.environ.setdefault before loading libgomp, which reads it once.  A value the user set wins, and
-  subprocesses started afterwards inherit the variable.  On a shared machine the answer is still
-  KCOMPILE_NUM_THREADS=1 / set_num_threads(1).
+  subprocesses started afterwards inherit the variable.  Even so, beside a busy process one thread
+  is faster than two, and on an idle machine two are faster than one: the training and inference
+  loops measure which and set the count between steps (codegen.governor), unless the user fixed it
+  ($KCOMPILE_NUM_THREADS, set_num_threads).
   NOTE: MCJIT aborts the process on an unresolved symbol, so an object file that references libgomp
   must be loaded only in a process where threads_available() returned True.  The compile cache keys on
   the IR text, which is lowered (and so has called threads_available()) before the cache is consulted.
@@ -90,6 +92,7 @@ from llvmlite import ir
 from .loops import I64, i64
 
 __all__ = ["emit_parallel_for", "threads_available", "num_threads", "get_num_threads", "set_num_threads",
+           "reset_num_threads", "adaptive_count",
            "NUM_THREADS_SYMBOL", "ENV_NUM_THREADS", "LIBGOMP"]
 
 LIBGOMP = "libgomp.so.1"
@@ -150,7 +153,10 @@ def set_num_threads(count: int) -> int:
 
     Takes effect at the next region started, in every module compiled by this process, without
     recompiling.  Regions still never use more threads than their range allows (see min_chunk).
+    A count set here (or by $KCOMPILE_NUM_THREADS) is kept: the training and inference loops no
+    longer adapt it (codegen.governor) until `reset_num_threads()`.
     """
+    global _count_fixed
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"set_num_threads needs a positive int, got {count!r}")
     if count > 1 and _forked_child:
@@ -160,7 +166,42 @@ def set_num_threads(count: int) -> int:
     with _lock:
         previous = get_num_threads()
         _num_threads_cell.value = min(count, 2**31 - 1)
+        _count_fixed = True
     return previous
+
+
+def reset_num_threads() -> int:
+    """Undo `set_num_threads`: back to the policy's count (`num_threads()`), which the loops may adapt
+    again unless $KCOMPILE_NUM_THREADS fixes it; returns the previous count."""
+    global _count_fixed
+    with _lock:
+        previous = get_num_threads()
+        _count_fixed = False
+        if not _forked_child:
+            _num_threads_cell.value = min(num_threads(), 2**31 - 1)
+    return previous
+
+
+_count_fixed = False   # set_num_threads was called (reset_num_threads clears it)
+
+
+def adaptive_count() -> int:
+    """The most threads a loop may adapt the count between (see codegen.governor), or 0 when the count
+    is not to be adapted: set by set_num_threads or $KCOMPILE_NUM_THREADS, a forked child, no libgomp,
+    or one CPU."""
+    if _count_fixed or _forked_child or os.environ.get(ENV_NUM_THREADS, "").strip():
+        return 0
+    if not threads_available():
+        return 0
+    top = num_threads()
+    return top if top > 1 else 0
+
+
+def _set_adapted_count(count: int) -> None:
+    """The governor's setter: like set_num_threads, without fixing the count (a no-op once it is fixed)."""
+    with _lock:
+        if not (_count_fixed or _forked_child):
+            _num_threads_cell.value = count
 
 
 _forked_child = False

@@ -422,8 +422,11 @@ class KcompileSystem(_KerasAPI, _System):
         import kcompile
         import llvmlite
         from codegen import parallel, target
+        adapted = parallel.adaptive_count()
+        threads = (f"1 to {adapted} threads, adapted while running" if adapted else
+                   f"{parallel.get_num_threads()} threads")
         return (f"kcompile {kcompile.__version__}, llvmlite {llvmlite.__version__}, CPU "
-                f"{target.host_cpu_name()}, {parallel.get_num_threads()} threads")
+                f"{target.host_cpu_name()}, {threads}")
 
     def build(self, seed=0):
         from kcompile.layers import Dense, Dropout, Flatten
@@ -2082,6 +2085,14 @@ class Bench:
             self.say("WARNING: other processes were busy during the run; systems that run several threads "
                      "with spinning barriers (PyTorch's OpenMP pool in particular) slow down out of "
                      "proportion, so their ratios are less trustworthy than usual")
+        if self.kc is not None:
+            from codegen import governor
+            shares = governor.time_shares()
+            self.meta["kcompile_thread_shares"] = {str(k): v for k, v in shares.items()}
+            if shares:
+                self.say("kcompile's thread count, adapted in its loops (codegen.governor): " + ", ".join(
+                    f"{count} thread{'s' if count > 1 else ''} {share:.0%}" for count, share in shares.items())
+                    + " of the measured time")
         self.say(f"took {self.meta['seconds']:.1f} s")
         report = {"meta": self.meta, "skipped": self.skipped, "results": records, "targets": targets,
                   "errors": self.errors}

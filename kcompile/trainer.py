@@ -755,6 +755,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _no_tick(work) -> None:
+    pass
+
+
 def _one_float32_batch(x, batch_size: int) -> bool:
     """Is x a float32 C-contiguous array of 1 to batch_size samples (predict's fast path)?"""
     if type(x) is not np.ndarray or x.dtype != _FLOAT32 or not x.ndim:
@@ -1592,21 +1596,30 @@ class Trainer:
         step_fn = runner.step
         state = _state_lock(self)
         seen = 0
-        for step in range(steps):
-            start = (first_batch + step) * batch_size
-            rows = min(start + batch_size, n) - start
-            if hooks.begin:
-                hooks.call_begin(step)
-            with state:
-                step_fn(rows, start)
-            seen += rows
-            if hooks.end_due(step, steps - 1):
-                totals.load(accumulators, seen)
-                hooks.call_end(step, totals.logs())
-            if getattr(self, stoppable) and hooks.execution_ends(step, steps - 1):
-                break
+        with self._governed() as tick:
+            for step in range(steps):
+                start = (first_batch + step) * batch_size
+                rows = min(start + batch_size, n) - start
+                if hooks.begin:
+                    hooks.call_begin(step)
+                with state:
+                    step_fn(rows, start)
+                tick(rows)
+                seen += rows
+                if hooks.end_due(step, steps - 1):
+                    totals.load(accumulators, seen)
+                    hooks.call_end(step, totals.logs())
+                if getattr(self, stoppable) and hooks.execution_ends(step, steps - 1):
+                    break
         totals.load(accumulators, seen)
         return totals.logs()
+
+    def _governed(self):
+        """The thread count adapted over a loop's steps (codegen.governor), for compiled code."""
+        if self.target != "llvm":
+            return contextlib.nullcontext(_no_tick)
+        from codegen import governor
+        return governor.governed()
 
     def _train_stream(self, stream, class_weight, weighted, callback_list) -> dict | None:
         """One epoch over a batch source; None when it had no batch left."""
@@ -1913,33 +1926,35 @@ class Trainer:
         writes = buffers.writes()
         self.stop_predicting = False   # (a callback may set it, as in Keras 3)
         callback_list.on_predict_begin()
-        for step in range(steps):
-            start = step * batch_size
-            stop = min(start + batch_size, n)
-            if hooks.begin:
-                hooks.call_begin(step)
-            if buffers.writes() != writes:
-                # a callback changed the weights: the program for them (one with weights marked
-                # finite skips rows that an inf or NaN would have made NaN)
-                program, writes = self._predict_program(), buffers.writes()
-                runner = self._runner(program)
+        with self._governed() as tick:
+            for step in range(steps):
+                start = step * batch_size
+                stop = min(start + batch_size, n)
+                if hooks.begin:
+                    hooks.call_begin(step)
+                if buffers.writes() != writes:
+                    # a callback changed the weights: the program for them (one with weights marked
+                    # finite skips rows that an inf or NaN would have made NaN)
+                    program, writes = self._predict_program(), buffers.writes()
+                    runner = self._runner(program)
+                    if in_place:
+                        runner.bind({"x": x})
                 if in_place:
-                    runner.bind({"x": x})
-            if in_place:
-                runner.call(stop - start, start)
-            else:
-                runner.bind({"x": _float_array(x[start:stop])})
-                runner.call(stop - start, 0)
-            batch_out = runner.output("y_pred", stop - start)
-            outputs[start:stop] = batch_out
-            if hooks.end_due(step, steps - 1):
-                # (the batch's own rows of the result, not the program's output buffer, which the
-                # next batch overwrites: a callback may keep them)
-                first = hooks.execution_start(step) * batch_size   # (the execution's rows)
-                hooks.call_end(step, {"outputs": outputs[first:stop]})
-            if self.stop_predicting and hooks.execution_ends(step, steps - 1):
-                outputs = outputs[:stop]
-                break
+                    runner.call(stop - start, start)
+                else:
+                    runner.bind({"x": _float_array(x[start:stop])})
+                    runner.call(stop - start, 0)
+                tick(stop - start)
+                batch_out = runner.output("y_pred", stop - start)
+                outputs[start:stop] = batch_out
+                if hooks.end_due(step, steps - 1):
+                    # (the batch's own rows of the result, not the program's output buffer, which the
+                    # next batch overwrites: a callback may keep them)
+                    first = hooks.execution_start(step) * batch_size   # (the execution's rows)
+                    hooks.call_end(step, {"outputs": outputs[first:stop]})
+                if self.stop_predicting and hooks.execution_ends(step, steps - 1):
+                    outputs = outputs[:stop]
+                    break
         with self._ending("predict"):
             callback_list.on_predict_end()
         return outputs
