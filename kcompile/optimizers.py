@@ -8,6 +8,8 @@ buffers the train step updates in place:
   takes effect at the next step without recompiling;
 - 'optimizer/iterations' (i32[]): the number of steps applied; the graph returns iterations + 1;
 - one slot per weight and slot name, '{weight path}/{slot}' (e.g. 'dense/kernel/m').
+- scalars of the whole optimizer that its rule keeps besides the iteration count (`state_names`:
+  Nadam's 'optimizer/u_product'), advanced once per step before the weights' updates.
 
 A learning-rate schedule (`kcompile.optimizers.schedules`) is evaluated inside the compiled step
 from 'optimizer/iterations' (step k uses schedule(k), as Keras); the learning-rate buffer then only
@@ -226,6 +228,10 @@ class Optimizer:
         self._learning_rate = Variable(np.float32(0.0), "learning_rate", trainable=False)
         self._iterations = Variable(np.int32(0), "iterations", trainable=False, dtype=np.int32)
         self._slots: dict[str, Variable] = {}
+        # scalar state of the whole optimizer besides the iteration count (Nadam's 'u_product')
+        self._state_variables: dict[str, Variable] = {
+            name: Variable(np.float32(self.state_initial_value(name)), name, trainable=False)
+            for name in self.state_names()}
         self._built = False
         self._exclude_from_weight_decay: set = set()
         self._exclude_from_weight_decay_pattern = None
@@ -290,7 +296,8 @@ class Optimizer:
 
     @property
     def variables(self) -> list:
-        return [self._iterations, self._learning_rate] + list(self._slots.values())
+        return ([self._iterations, self._learning_rate] + list(self._slots.values())
+                + list(self._state_variables.values()))
 
     @property
     def built(self) -> bool:
@@ -307,6 +314,24 @@ class Optimizer:
     @staticmethod
     def slot_path(variable: Variable, slot: str) -> str:
         return f"{variable.path}/{slot}"
+
+    def state_names(self) -> tuple:
+        """Scalars the rule keeps for the whole optimizer besides the iteration count (Nadam's
+        'u_product'): each is an f32[] input and output 'optimizer/{name}' of the train step,
+        advanced once per step by `update_state`, and saved, loaded and listed in `variables`
+        with the iteration count."""
+        return ()
+
+    def state_initial_value(self, name: str) -> float:
+        """What a state scalar starts at (and goes back to when state at step 0 is loaded)."""
+        return 0.0
+
+    @staticmethod
+    def state_path(name: str) -> str:
+        return f"optimizer/{name}"
+
+    def state_variable(self, name: str) -> Variable:
+        return self._state_variables[name]
 
     def build(self, variables):
         """Create slots (at their initial values) for `variables` that have none yet."""
@@ -334,6 +359,8 @@ class Optimizer:
             self._current_learning_rate()   # the mirrored value, current for saving
         state = {LEARNING_RATE: self._learning_rate.buffer, ITERATIONS: self._iterations.buffer}
         state.update({path: slot.buffer for path, slot in self._slots.items()})
+        state.update({self.state_path(name): variable.buffer
+                      for name, variable in self._state_variables.items()})
         return state
 
     def slot(self, variable: Variable, slot: str) -> Variable:
@@ -402,9 +429,16 @@ class Optimizer:
             return value
         return B.sub(value, B.mul(B.mul(value, self.weight_decay), learning_rate))
 
+    def update_state(self, step: Node, state: dict) -> dict:
+        """{name: new value} of the `state_names` scalars (IR values, f32[]), computed once per step
+        before any weight's update (Keras's `_backend_update_step`); `update_step` gets the new
+        values as `state`."""
+        return {}
+
     def update_step(self, gradient: Node, variable: Node, learning_rate: Node, step: Node,
                     slots: dict) -> tuple:
-        """(new variable, {slot: new value}) from IR values; `step` is t = iterations + 1."""
+        """(new variable, {slot: new value}) from IR values; `step` is t = iterations + 1.  An
+        optimizer with `state_names` also takes `state`: this step's values of those scalars."""
         raise NotImplementedError
 
     # -- configuration --------------------------------------------------------------------------

@@ -9,8 +9,9 @@ A model file (`model.save('model.keras')`) is a zip archive, as Keras 3's `.kera
                      "compile_config": {"optimizer": {"class_name": ..., "config": ...}, "loss": ...,
                                         "metrics": [...], "target": ...} or null}
     weights.npz     every model weight, keyed by its path 'layer/weight' (np.savez)
-    optimizer.npz   'optimizer/iterations', 'optimizer/learning_rate' and every slot
-                    ('dense/kernel/m', ...): what the train step reads, so training resumes exactly
+    optimizer.npz   'optimizer/iterations', 'optimizer/learning_rate', every slot
+                    ('dense/kernel/m', ...) and an optimizer's own scalars ('optimizer/u_product'
+                    of Nadam): what the train step reads, so training resumes exactly
 
 A weights file (`model.save_weights('model.weights.npz')`) is the weights.npz member on its own.
 Keras 3 programs name their weights files `model.weights.h5`; kcompile takes that name too (in
@@ -654,7 +655,9 @@ def _check_optimizer_kind(model, saved_class, saved_schedule, arrays, filepath) 
     optimizer = model.optimizer
     own = type(optimizer).__name__
     slot_names = optimizer.slot_names()
-    slot_keys = [key for key in arrays if key not in (optimizers.ITERATIONS, optimizers.LEARNING_RATE)]
+    scalars = {optimizers.ITERATIONS, optimizers.LEARNING_RATE}
+    scalars.update(optimizer.state_path(name) for name in optimizer.state_names())
+    slot_keys = [key for key in arrays if key not in scalars]
     if saved_class is not None:
         name = bytes(np.asarray(saved_class, np.uint8)).decode(errors="replace")
         same_slots = bool(slot_names) and {k.rpartition("/")[2] for k in slot_keys} == set(slot_names)
@@ -866,9 +869,10 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
                                       f"{arrays[key].dtype} of shape {arrays[key].shape}")
     weights = {v.path: v for v in model.weights}
     slot_names = optimizer.slot_names()
+    state_paths = {optimizer.state_path(name): name for name in optimizer.state_names()}
     slots = {}  # weight path -> {slot name: array}
     for key, array in arrays.items():
-        if key in (optimizers.ITERATIONS, optimizers.LEARNING_RATE):
+        if key in (optimizers.ITERATIONS, optimizers.LEARNING_RATE) or key in state_paths:
             continue
         weight_path, _, slot = key.rpartition("/")
         if weight_path not in weights or slot not in slot_names:
@@ -886,6 +890,23 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
     iterations = int(arrays[optimizers.ITERATIONS])
     if not 0 <= iterations < 2**31:
         raise _bad_file(filepath, f"{where} 'optimizer/iterations' is {iterations}, outside int32")
+    # the optimizer's own scalars (Nadam's u_product): saved with the iteration count, or at their
+    # initial values when nothing has trained yet
+    state = {}
+    for key, name in state_paths.items():
+        if key not in arrays:
+            if iterations:
+                raise _bad_file(filepath, f"{where} {key!r} of {type(optimizer).__name__} is missing "
+                                          f"(the state is at step {iterations})")
+            state[name] = np.float32(optimizer.state_initial_value(name))
+            continue
+        array = arrays[key]
+        with np.errstate(over="ignore", invalid="ignore"):
+            usable = array.shape == () and array.dtype.kind == "f" and np.isfinite(np.float32(array))
+        if not usable:
+            raise _bad_file(filepath, f"{where} {key!r} must be a finite float scalar; got "
+                                      f"{array.dtype} of shape {array.shape}: {array!r}")
+        state[name] = np.float32(array)
     learning_rate = float(arrays[optimizers.LEARNING_RATE])
     with np.errstate(over="ignore"):
         finite = np.isfinite(np.float32(learning_rate))
@@ -916,6 +937,8 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
                     optimizer.slot(variable, slot).assign(
                         np.full(variable.shape, optimizer.slot_initial_value(slot), np.float32))
         optimizer.iterations.assign(np.int32(iterations))
+        for name, value in state.items():
+            optimizer.state_variable(name).assign(value)
         if schedule is None:
             optimizer.learning_rate = learning_rate
     return assign

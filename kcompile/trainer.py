@@ -9,10 +9,11 @@ The graph contract (the same for every target; `kcompile.backend.make_runner` ru
   the sums over an epoch and the metric's finisher turns the totals into its result.
 - train: inputs 'x', 'y', ['sample_weight'], 'seed' (u32[], random layers' stream key), weights, the
   optimizer's 'optimizer/learning_rate' (f32[]), 'optimizer/iterations' (i32[]) and slots
-  ('{weight}/m', ...);
+  ('{weight}/m', ...), and an optimizer's own scalar state ('optimizer/u_product' of Nadam);
   outputs 'loss', the metric sums, then the in-place updates, named like the inputs they replace:
-  every trainable weight, every slot, 'optimizer/iterations', and the non-trainable weights layers
-  update while training (`TraceScope.add_update`: BatchNormalization's moving statistics).
+  every trainable weight, every slot, the optimizer's scalar state, 'optimizer/iterations', and
+  the non-trainable weights layers update while training (`TraceScope.add_update`:
+  BatchNormalization's moving statistics).
 
 Axis 0 of x, y and y_pred is the batch dimension (None), so one graph serves every batch size.  The
 train step clips the gradients, applies weight decay and evaluates a learning-rate schedule from
@@ -224,20 +225,27 @@ def _optimizer_step(model, optimizer, weights: dict, gradients: list, dtype: str
         for slot in optimizer.slot_names():
             path = optimizer.slot_path(variable, slot)
             slots[path] = B.arg(path, dtype, variable.shape)
-    # Keras 3's order: clip the gradients, decay the weights, then the optimizer's rule.
+    state = {name: B.arg(optimizer.state_path(name), dtype, ()) for name in optimizer.state_names()}
+    # Keras 3's order: clip the gradients, decay the weights, then the optimizer's rule (after the
+    # optimizer's own scalars, e.g. Nadam's u_product, move on to this step).
     next_iterations = B.add(iterations, 1)
     step = B.cast(next_iterations, dtype)
     rate = B.cast(optimizer.current_learning_rate(learning_rate, iterations), dtype)
     gradients = optimizer.clip_gradients(gradients)
+    new_state = optimizer.update_state(step, state) if state else {}
+    with_state = {"state": new_state} if state else {}
     weight_updates, slot_updates = [], []
     for variable, gradient in zip(trainable, gradients):
         own_slots = {slot: slots[optimizer.slot_path(variable, slot)] for slot in optimizer.slot_names()}
         value = optimizer.apply_weight_decay(variable, weights[variable], rate)
-        new_value, new_slots = optimizer.update_step(gradient, value, rate, step, own_slots)
+        new_value, new_slots = optimizer.update_step(gradient, value, rate, step, own_slots,
+                                                     **with_state)
         weight_updates.append((variable.path, new_value))
         slot_updates += [(optimizer.slot_path(variable, s), v) for s, v in new_slots.items()]
-    inputs = [learning_rate, iterations, *slots.values()]
-    return inputs, weight_updates + slot_updates + [(optimizers.ITERATIONS, next_iterations)]
+    inputs = [learning_rate, iterations, *slots.values(), *state.values()]
+    state_updates = [(optimizer.state_path(name), value) for name, value in new_state.items()]
+    return inputs, (weight_updates + slot_updates + state_updates
+                    + [(optimizers.ITERATIONS, next_iterations)])
 
 
 def trace_train(model, loss, metric_objects, optimizer, spec: TargetSpec,
