@@ -30,6 +30,8 @@ One step, in Keras 3's order (`BaseOptimizer._backend_apply_gradients`):
 - RMSprop: v = rho * v + (1 - rho) * g^2; w -= lr * g / sqrt(v + epsilon) (with momentum and centered
   variants).
 - Adagrad: a += g^2 (a starts at initial_accumulator_value); w -= lr * g / sqrt(a + epsilon).
+- Adamax, Nadam, Adadelta, Lion, Ftrl: Keras 3's rules, written out in their classes' docstrings.
+  Nadam also keeps a scalar of its own besides the slots ('optimizer/u_product', `state_names`).
 """
 from __future__ import annotations
 
@@ -615,7 +617,229 @@ class Adagrad(Optimizer):
         return config
 
 
-_CLASSES = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
+def _power_of_constant(base: float, exponent: Node) -> Node:
+    """base ** exponent for a constant base in (0, 1) and an f32[] exponent, as exp(exponent *
+    log(base)): pow is not a primitive (Adam's beta^t)."""
+    return B.exp(B.mul(exponent, B.log(B.scalar(base, exponent))))
+
+
+def _power(x: Node, exponent: float) -> Node:
+    """x ** exponent for x >= 0 and a constant exponent >= 0: exact where a primitive is (0 gives
+    1, also at x = 0; 0.5 is sqrt; 1 is x), else exp(exponent * log(x)) (0 at x = 0)."""
+    if exponent == 0:
+        return B.full_like(x, 1.0)
+    if exponent == 0.5:
+        return B.sqrt(x)
+    if exponent == 1:
+        return x
+    return B.exp(B.mul(B.log(x), exponent))
+
+
+def _sign(x: Node) -> Node:
+    """-1, 0 or 1 as jnp.sign: a zero keeps its sign and NaN stays NaN (both are x itself)."""
+    return B.select(B.gt(x, 0.0), 1.0, B.select(B.lt(x, 0.0), -1.0, x))
+
+
+class Adamax(Optimizer):
+    """Adamax (Kingma & Ba, section 7.1), Adam with the infinity norm, as Keras 3 computes it:
+    m += (g - m) * (1 - beta_1); u = max(beta_2 * u, |g|);
+    w -= lr * m / ((1 - beta_1^t) * (u + epsilon))."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-07, name="adamax",
+                 **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = _check_real(beta_1, "beta_1", low=0.0, high=1.0, high_open=True)
+        self.beta_2 = _check_real(beta_2, "beta_2", low=0.0, high=1.0)
+        self.epsilon = _check_real(epsilon, "epsilon", low=0.0)
+
+    def slot_names(self):
+        return ("momentum", "norm")
+
+    def update_step(self, gradient, variable, learning_rate, step, slots):
+        m, u = slots["momentum"], slots["norm"]
+        beta_1_power = _power_of_constant(self.beta_1, step)
+        m_new = B.add(m, B.mul(B.sub(gradient, m), 1.0 - self.beta_1))
+        u_new = B.maximum(B.mul(u, self.beta_2), B.abs(gradient))
+        increment = B.div(B.mul(m_new, learning_rate),
+                          B.mul(B.sub(1.0, beta_1_power), B.add(u_new, self.epsilon)))
+        return B.sub(variable, increment), {"momentum": m_new, "norm": u_new}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
+        return config
+
+
+class Nadam(Optimizer):
+    """Nadam (Dozat), Adam with Nesterov momentum, as Keras 3 computes it.  Besides the slots it
+    keeps one scalar for the whole optimizer, 'u_product' (1 at first): the product of the momentum
+    schedule u_s = beta_1 * (1 - 0.5 * 0.96^s) over the steps so far, advanced at the start of
+    every step (state 'optimizer/u_product', saved with the iteration count)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-07, name="nadam",
+                 **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = _check_real(beta_1, "beta_1", low=0.0, high=1.0)
+        self.beta_2 = _check_real(beta_2, "beta_2", low=0.0, high=1.0, high_open=True)
+        self.epsilon = _check_real(epsilon, "epsilon", low=0.0)
+
+    def slot_names(self):
+        return ("momentum", "velocity")
+
+    def state_names(self):
+        return ("u_product",)
+
+    def state_initial_value(self, name):
+        return 1.0
+
+    def _momentum_schedule(self, step: Node) -> Node:
+        return B.mul(B.sub(1.0, B.mul(_power_of_constant(0.96, step), 0.5)), self.beta_1)
+
+    def update_state(self, step, state):
+        # Keras: u_product * beta_1 * (1 - 0.5 * 0.96^t), multiplied in that order
+        product = B.mul(state["u_product"], self.beta_1)
+        return {"u_product": B.mul(product, B.sub(1.0, B.mul(_power_of_constant(0.96, step), 0.5)))}
+
+    def update_step(self, gradient, variable, learning_rate, step, slots, state):
+        m, v = slots["momentum"], slots["velocity"]
+        u_t = self._momentum_schedule(step)
+        u_t_1 = self._momentum_schedule(B.add(step, 1.0))
+        u_product_t = state["u_product"]
+        u_product_t_1 = B.mul(u_product_t, u_t_1)
+        beta_2_power = _power_of_constant(self.beta_2, step)
+        m_new = B.add(m, B.mul(B.sub(gradient, m), 1.0 - self.beta_1))
+        v_new = B.add(v, B.mul(B.sub(B.mul(gradient, gradient), v), 1.0 - self.beta_2))
+        m_hat = B.add(B.div(B.mul(u_t_1, m_new), B.sub(1.0, u_product_t_1)),
+                      B.div(B.mul(B.sub(1.0, u_t), gradient), B.sub(1.0, u_product_t)))
+        v_hat = B.div(v_new, B.sub(1.0, beta_2_power))
+        increment = B.div(B.mul(m_hat, learning_rate), B.add(B.sqrt(v_hat), self.epsilon))
+        return B.sub(variable, increment), {"momentum": m_new, "velocity": v_new}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
+        return config
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Zeiler), as Keras 3 computes it, with a learning rate (1.0 is the paper's form):
+    a = rho * a + (1 - rho) * g^2; delta = -sqrt(d + epsilon) * g / sqrt(a + epsilon);
+    d = rho * d + (1 - rho) * delta^2; w += lr * delta."""
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-07, name="adadelta", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.rho = _check_real(rho, "rho", low=0.0, high=1.0)
+        self.epsilon = _check_real(epsilon, "epsilon", low=0.0)
+
+    def slot_names(self):
+        return ("accumulated_grad", "accumulated_delta_var")
+
+    def update_step(self, gradient, variable, learning_rate, step, slots):
+        rho, epsilon = self.rho, self.epsilon
+        grads = B.add(B.mul(slots["accumulated_grad"], rho),
+                      B.mul(B.mul(gradient, gradient), 1.0 - rho))
+        deltas = slots["accumulated_delta_var"]
+        delta = B.neg(B.div(B.mul(B.sqrt(B.add(deltas, epsilon)), gradient),
+                            B.sqrt(B.add(grads, epsilon))))
+        deltas = B.add(B.mul(deltas, rho), B.mul(B.mul(delta, delta), 1.0 - rho))
+        return (B.add(variable, B.mul(delta, learning_rate)),
+                {"accumulated_grad": grads, "accumulated_delta_var": deltas})
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rho": self.rho, "epsilon": self.epsilon})
+        return config
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al.), as Keras 3 computes it: w -= lr * sign(beta_1 * m + (1 - beta_1) * g);
+    then m = beta_2 * m + (1 - beta_2) * g."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, name="lion", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        beta_1 = _check_real(beta_1, "beta_1")
+        if beta_1 <= 0 or beta_1 > 1:
+            raise ValueError("Argument `beta_1` must be in the [0, 1] range. Otherwise, the "
+                             f"optimizer degenerates to SignSGD. Received: beta_1={beta_1}.")
+        self.beta_1 = beta_1
+        self.beta_2 = _check_real(beta_2, "beta_2", low=0.0, high=1.0)
+
+    def slot_names(self):
+        return ("momentum",)
+
+    def update_step(self, gradient, variable, learning_rate, step, slots):
+        m = slots["momentum"]
+        direction = _sign(B.add(B.mul(m, self.beta_1), B.mul(gradient, 1.0 - self.beta_1)))
+        m_new = B.add(B.mul(m, self.beta_2), B.mul(gradient, 1.0 - self.beta_2))
+        return B.sub(variable, B.mul(learning_rate, direction)), {"momentum": m_new}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2})
+        return config
+
+
+class Ftrl(Optimizer):
+    """FTRL-proximal (McMahan et al.), as Keras 3 computes it, with its online L1 and L2 and its
+    shrinkage-type L2 regularization:
+    n' = n + g^2; z += g + 2 * l2_shrinkage * w - (n'^-p - n^-p) / lr * w;
+    w = (clip(z, -l1, l1) - z) / (n'^-p / lr + 2 * (l2 + beta / (2 * lr))); n = n'
+    (p = learning_rate_power; n starts at initial_accumulator_value)."""
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
+                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+                 l2_shrinkage_regularization_strength=0.0, beta=0.0, name="ftrl", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        checks = (("initial_accumulator_value", initial_accumulator_value, "positive or zero"),
+                  ("learning_rate_power", learning_rate_power, "negative or zero"),
+                  ("l1_regularization_strength", l1_regularization_strength, "positive or zero"),
+                  ("l2_regularization_strength", l2_regularization_strength, "positive or zero"),
+                  ("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength,
+                   "positive or zero"))
+        for argument, value, wanted in checks:
+            value = _check_real(value, argument)
+            if (value > 0.0) if wanted == "negative or zero" else (value < 0.0):
+                raise ValueError(f"`{argument}` needs to be {wanted}. Received: "
+                                 f"{argument}={value}.")
+            setattr(self, argument, value)
+        self.beta = _check_real(beta, "beta")
+
+    def slot_names(self):
+        return ("accumulator", "linear")
+
+    def slot_initial_value(self, slot):
+        return self.initial_accumulator_value if slot == "accumulator" else 0.0
+
+    def update_step(self, gradient, variable, learning_rate, step, slots):
+        accumulator, linear = slots["accumulator"], slots["linear"]
+        power = -self.learning_rate_power
+        # Keras: l2 + beta / (2.0 * lr), in float32 with the rate (NaN at lr = 0, as there)
+        l2 = B.add(B.div(B.scalar(self.beta, learning_rate), B.mul(learning_rate, 2.0)),
+                   self.l2_regularization_strength)
+        gradient_to_use = B.add(gradient, B.mul(variable, 2 * self.l2_shrinkage_regularization_strength))
+        new_accumulator = B.add(accumulator, B.mul(gradient, gradient))
+        new_power = _power(new_accumulator, power)
+        sigma = B.div(B.sub(new_power, _power(accumulator, power)), learning_rate)
+        linear = B.add(linear, B.sub(gradient_to_use, B.mul(sigma, variable)))
+        quadratic = B.add(B.div(new_power, learning_rate), B.mul(l2, 2.0))
+        l1 = self.l1_regularization_strength
+        new_value = B.div(B.sub(B.clip(linear, -l1, l1), linear), quadratic)
+        return new_value, {"accumulator": new_accumulator, "linear": linear}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"learning_rate_power": self.learning_rate_power,
+                       "initial_accumulator_value": self.initial_accumulator_value,
+                       "l1_regularization_strength": self.l1_regularization_strength,
+                       "l2_regularization_strength": self.l2_regularization_strength,
+                       "l2_shrinkage_regularization_strength":
+                           self.l2_shrinkage_regularization_strength,
+                       "beta": self.beta})
+        return config
+
+
+_CLASSES = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad,
+            "adamax": Adamax, "nadam": Nadam, "adadelta": Adadelta, "lion": Lion, "ftrl": Ftrl}
 
 
 def serialize(optimizer: Optimizer) -> dict:
@@ -629,8 +853,8 @@ def deserialize(config: dict, custom_objects=None) -> Optimizer:
 
 
 def get(identifier, custom_objects=None) -> Optimizer:
-    """An optimizer from a name ('adam', 'Adam', 'adamw', 'sgd', 'rmsprop', 'adagrad'), a config dict,
-    a class or an object."""
+    """An optimizer from a name ('adam', 'Adam', 'adamw', 'sgd', 'rmsprop', 'adagrad', 'adamax',
+    'nadam', 'adadelta', 'lion', 'ftrl'), a config dict, a class or an object."""
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
