@@ -20,6 +20,8 @@ OPTIMIZERS = {
     "adamw global clipnorm": lambda: optimizers.AdamW(learning_rate=0.01, weight_decay=0.1,
                                                       global_clipnorm=1.0),
     "sgd nesterov": lambda: optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True),
+    # (its scalar 'optimizer/u_product' is an input and output of the update too)
+    "nadam": lambda: optimizers.Nadam(learning_rate=0.01),
 }
 
 
