@@ -7,6 +7,8 @@ from kcompile.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
+from kcompile.layers.padding import (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
+                                     ZeroPadding1D, ZeroPadding2D)
 from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
                                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                                      MaxPooling1D, MaxPooling2D)
@@ -25,6 +27,8 @@ __all__ += ["ELU", "Normalization", "Permute", "ReLU", "RepeatVector", "Softmax"
 __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
             "MaxPooling1D"]
 __all__ += ["GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D"]
+__all__ += ["Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "ZeroPadding1D",
+            "ZeroPadding2D"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
@@ -44,6 +48,8 @@ _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2
                                                 Reshape)})
 _CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector, Softmax,
                                                 TimeDistributed)})
+_CLASSES.update({cls.__name__: cls for cls in (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
+                                                ZeroPadding1D, ZeroPadding2D)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -71,8 +77,8 @@ _KERAS_ONLY = frozenset("""
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
     SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
-    UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D
-    Cropping2D Cropping3D SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise
+    UpSampling3D ZeroPadding3D Cropping3D SpatialDropout1D SpatialDropout2D SpatialDropout3D
+    GaussianNoise
     GaussianDropout AlphaDropout ActivityRegularization PReLU ThresholdedReLU GroupNormalization
     UnitNormalization SpectralNormalization RandomFlip RandomRotation RandomZoom RandomCrop
     RandomTranslation RandomContrast RandomBrightness Resizing CenterCrop TextVectorization
