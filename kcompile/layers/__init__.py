@@ -13,6 +13,7 @@ from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalA
                                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                                      MaxPooling1D, MaxPooling2D)
 from kcompile.layers.preprocessing import Normalization
+from kcompile.layers.regularization import SpatialDropout1D, SpatialDropout2D
 from kcompile.layers.reshaping import Permute, RepeatVector, Reshape
 from kcompile.layers.wrappers import TimeDistributed
 
@@ -27,8 +28,8 @@ __all__ += ["ELU", "Normalization", "Permute", "ReLU", "RepeatVector", "Softmax"
 __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolution2D", "MaxPool1D",
             "MaxPooling1D"]
 __all__ += ["GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D"]
-__all__ += ["Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "ZeroPadding1D",
-            "ZeroPadding2D"]
+__all__ += ["Cropping1D", "Cropping2D", "SpatialDropout1D", "SpatialDropout2D", "UpSampling1D",
+            "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
@@ -48,7 +49,8 @@ _CLASSES.update({cls.__name__: cls for cls in (AveragePooling1D, AveragePooling2
                                                 Reshape)})
 _CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector, Softmax,
                                                 TimeDistributed)})
-_CLASSES.update({cls.__name__: cls for cls in (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
+_CLASSES.update({cls.__name__: cls for cls in (Cropping1D, Cropping2D, SpatialDropout1D,
+                                                SpatialDropout2D, UpSampling1D, UpSampling2D,
                                                 ZeroPadding1D, ZeroPadding2D)})
 
 
@@ -77,8 +79,7 @@ _KERAS_ONLY = frozenset("""
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
     SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
-    UpSampling3D ZeroPadding3D Cropping3D SpatialDropout1D SpatialDropout2D SpatialDropout3D
-    GaussianNoise
+    UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D GaussianNoise
     GaussianDropout AlphaDropout ActivityRegularization PReLU ThresholdedReLU GroupNormalization
     UnitNormalization SpectralNormalization RandomFlip RandomRotation RandomZoom RandomCrop
     RandomTranslation RandomContrast RandomBrightness Resizing CenterCrop TextVectorization
