@@ -165,7 +165,7 @@ def test_conv2d_config_has_keras_keys_and_names():
     assert config["kernel_size"] == (3, 3) and config["strides"] == (1, 1)
     assert MaxPooling2D().name == "max_pooling2d"
     for layer in (Conv2D(2, 3), Conv1D(2, 3), MaxPooling2D(), AveragePooling1D(),
-                  GlobalAveragePooling2D()):
+                  GlobalAveragePooling2D(), Flatten()):
         assert layer.data_format == layer.get_config()["data_format"] == "channels_last"
 
 

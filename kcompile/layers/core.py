@@ -218,6 +218,7 @@ class Flatten(Layer):
         from .convolutional import check_channels_last
         check_channels_last(data_format, "Flatten")
         super().__init__(**kwargs)
+        self.data_format = "channels_last"
 
     def compute_output_shape(self, input_shape):
         if not input_shape:
@@ -227,6 +228,9 @@ class Flatten(Layer):
 
     def call(self, inputs):
         return B.reshape(inputs, self.compute_output_shape(inputs.shape))
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}   # (Keras 3's keys)
 
 
 class Activation(Layer):
