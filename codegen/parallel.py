@@ -209,9 +209,10 @@ _forked_child = False
 
 def _after_fork_in_child() -> None:
     # NOTE: libgomp's pool is not fork-safe (a region in the child waits for threads that do not exist).
-    global _forked_child
+    global _forked_child, _lock
     _forked_child = True
     _num_threads_cell.value = 1
+    _lock = _threading.Lock()   # (another thread of the parent may have held it at the fork)
 
 
 def threads_available() -> bool:

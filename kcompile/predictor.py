@@ -12,7 +12,9 @@ was exported to again would give the library loaded first.  Each distinct librar
 therefore loaded from a private copy, a temporary file that is removed as soon as it is mapped; a
 predictor keeps running the library it loaded after the directory is overwritten, and loading an
 unchanged directory again reuses the library already loaded.  The shapes in the manifest are checked
-against those the library reports, and the output buffer is sized from the library.
+against those the library reports, and the output buffer is sized from the library.  A load that
+meets an export to the same directory half done (an export puts the new library in place, then the
+new manifest) waits for the new manifest and loads again.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numbers
 import os
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -85,6 +88,17 @@ def _sha256(path: str) -> str:
 # identical libraries share one mapping (the loader never unloads a ctypes library anyway).
 _LOADED: dict = {}
 _LOADED_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # NOTE: a child forked while another thread loaded a library (holding the lock for the copy)
+    # would wait for that lock forever at its own first load: the thread holding it is not there.
+    global _LOADED_LOCK
+    _LOADED_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _TEMP_PREFIX = "kcompile-predictor-"
 
 
@@ -100,8 +114,7 @@ def _load_private_copy(library: str, digest: str, where: str) -> ctypes.CDLL:
                 h.update(chunk)
                 dst.write(chunk)
         if h.hexdigest() != digest:
-            raise PredictorError(f"{library} changed while it was being loaded (an export to the "
-                                 "same directory is running?); load it again")
+            raise _ExportChanged(library)
         return ctypes.CDLL(tmp, mode=ctypes.RTLD_LOCAL)
     finally:
         try:
@@ -186,11 +199,52 @@ def _shape(lib, library: str, which: str, prefix: str = DEFAULT_PREFIX) -> tuple
     return shape
 
 
+class _ExportChanged(PredictorError):
+    """The library and the manifest read are from two exports: one to the same directory ran while
+    the load read them (an export puts the new library in place, then the new manifest)."""
+
+    def __init__(self, library: str):
+        super().__init__(f"{library} changed while it was being loaded (an export to the same "
+                         "directory is running?); load it again")
+
+
+# How long a load whose library does not match its manifest waits for the manifest of an export
+# that is putting both in place (seconds, polled), and how often a load starts over on finding one.
+_EXPORT_WAIT = 1.0
+_LOAD_ATTEMPTS = 5
+
+
+def _export_in_progress(directory: str, manifest: dict) -> bool:
+    """Does the manifest change within _EXPORT_WAIT (an export replacing the library and then the
+    manifest), rather than stay as read (a library truly corrupt, or the export died between)?"""
+    deadline = time.monotonic() + _EXPORT_WAIT
+    while True:
+        try:
+            if read_manifest(directory) != manifest:
+                return True
+        except PredictorError:
+            return True          # (the manifest is being replaced right now)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 class Predictor:
     """A compiled model loaded from an export directory; `predict` is thread-safe."""
 
     def __init__(self, directory: str):
         self.directory = os.fspath(directory)
+        for attempt in range(_LOAD_ATTEMPTS):
+            try:
+                self._load()
+                return
+            except _ExportChanged:
+                # an export to the directory ran during the load: read it again, once it is whole
+                if attempt == _LOAD_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+
+    def _load(self) -> None:
         manifest = read_manifest(self.directory)
         path = os.path.join(self.directory, MANIFEST)
         try:
@@ -218,6 +272,8 @@ class Predictor:
         if not os.path.isfile(library):
             raise PredictorError(f"the library {library} named by {path} is missing")
         if _sha256(library) != digest:
+            if _export_in_progress(self.directory, manifest):
+                raise _ExportChanged(library)
             raise PredictorError(f"{library} is corrupt or truncated: its SHA-256 does not match the "
                                  "manifest; export the model again")
         missing = _missing_cpu_features(manifest.get("target_features"))

@@ -4,11 +4,13 @@ export to one directory used to run the first export's code (a wrong answer with
 an overflowed output buffer and a crash with others).  Scenarios that crash on a regression run in
 a subprocess, so that they fail the test instead of killing pytest."""
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import pytest
 import ir
 from ir import build as B
 from kcompile.export import export_predictor
+from kcompile import predictor as predictor_module
 from kcompile.predictor import PredictorError, load_predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,3 +214,56 @@ def test_unusable_temp_directory_falls_back_to_the_export_directory(tmp_path, mo
                                x @ params["w"] + params["b"], atol=1e-5)
     assert set(os.listdir(directory)) == EXPORT_FILES
     assert not os.path.exists(tmp_path / "does-not-exist")
+
+
+def test_a_load_between_an_exports_library_and_manifest_waits_for_the_manifest(tmp_path, private_tmp):
+    # an export puts the new library in place, then the new manifest: a load that reads the old
+    # manifest and the new library loads again once the manifest is there, instead of calling the
+    # library corrupt
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    export_predictor(dense_graph(), dense_params(11), old, version="test")
+    new_params = dense_params(12)
+    export_predictor(dense_graph(), new_params, new, version="test")
+    directory = tmp_path / "predictor"
+    shutil.copytree(old, directory)
+    shutil.copyfile(os.path.join(new, "libmodel.so"), directory / "libmodel.so")
+    late = threading.Timer(0.3, shutil.copyfile, (os.path.join(new, "manifest.json"),
+                                                 directory / "manifest.json"))
+    late.start()
+    try:
+        predictor = load_predictor(directory)
+    finally:
+        late.join()
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    np.testing.assert_allclose(predictor.predict(x), x @ new_params["w"] + new_params["b"],
+                               rtol=1e-5, atol=1e-5)
+    # a manifest that stays as it was: the library is what does not match
+    shutil.copyfile(os.path.join(old, "manifest.json"), directory / "manifest.json")
+    with pytest.raises(PredictorError, match="corrupt or truncated"):
+        load_predictor(directory)
+
+
+def _load_in_child(directory, queue):
+    queue.put(load_predictor(directory).predict(np.ones((2, 6), np.float32)).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_load_holds_the_lock_can_load(tmp_path):
+    # a thread of the parent is inside a load (holding the loaded-libraries lock) when a worker is
+    # forked: the worker's own first load must not wait for a lock that no thread of it will release
+    directory = str(tmp_path / "predictor")
+    params = dense_params(13)
+    export_predictor(dense_graph(), params, directory, version="test")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with predictor_module._LOADED_LOCK:
+        child = context.Process(target=_load_in_child, args=(directory, queue))
+        child.start()
+        child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+        child.join()
+    assert not alive, "the forked child hung in load_predictor"
+    got = np.array(queue.get(timeout=10))
+    np.testing.assert_allclose(got, np.ones((2, 6)) @ params["w"] + params["b"], rtol=1e-5, atol=1e-5)
