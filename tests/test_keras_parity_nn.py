@@ -2,9 +2,6 @@
 built in Keras 3 (JAX backend) and in kcompile, Keras's weights copied over; predictions and the
 weights after one SGD step must agree.  Skipped when Keras 3 with JAX is not installed (kcompile never
 imports either; they are only the yardstick)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,14 +10,9 @@ import pytest
 from kcompile import optimizers
 from kcompile import layers as L
 from kcompile.models import Sequential
+from keras_subprocess import keras_available, run_keras
 
-
-def _keras_available() -> bool:
-    import importlib.util
-    return all(importlib.util.find_spec(name) is not None for name in ("keras", "jax"))
-
-
-pytestmark = pytest.mark.skipif(not _keras_available(),
+pytestmark = pytest.mark.skipif(not keras_available(),
                                 reason="Keras 3 with the JAX backend is not installed")
 
 # (name, Keras layer expressions (as written in both APIs), input shape, integer inputs)
@@ -110,9 +102,7 @@ def keras_results(tmp_path_factory):
         path = directory / f"{name}.npz"
         np.savez(path, x=x, y=y)
         specs.append(repr((exprs, shape, str(path))))
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", KERAS_SCRIPT] + specs, env=env, check=True,
-                   capture_output=True)
+    run_keras(KERAS_SCRIPT, specs)
     return {name: np.load(directory / f"{name}.npz") for name in MODELS}
 
 

@@ -3,9 +3,6 @@ gradients against numpy (np.pad, slicing, np.repeat) on every target, a few trai
 CNNs compiled against the reference interpreter, Keras 3 parity (predictions, one SGD step, configs
 and output shapes), config, JSON and file round trips, and the errors of bad arguments."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -22,6 +19,7 @@ from kcompile.layers.layer import TraceScope
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from targets import TARGETS
+from keras_subprocess import keras_available, run_keras
 
 
 class Offset(L.Layer):
@@ -352,10 +350,6 @@ def test_the_layers_are_in_the_namespace():
 
 # -- Keras 3 parity -------------------------------------------------------------------------------
 
-def _keras_available() -> bool:
-    import importlib.util
-    return all(importlib.util.find_spec(name) is not None for name in ("keras", "jax"))
-
 
 # (Keras layer expressions, written alike in both APIs; input shape; one SGD step compared too)
 KERAS_MODELS = {
@@ -414,13 +408,11 @@ def keras_results(tmp_path_factory):
         path = directory / f"{name}.npz"
         np.savez(path, x=x, y=y)
         specs.append(repr((exprs, shape, train, str(path))))
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", KERAS_SCRIPT] + specs, env=env, check=True,
-                   capture_output=True)
+    run_keras(KERAS_SCRIPT, specs)
     return {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
 
 
-@pytest.mark.skipif(not _keras_available(), reason="Keras 3 with the JAX backend is not installed")
+@pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
 @pytest.mark.parametrize("name", sorted(KERAS_MODELS))
 def test_agrees_with_keras(name, keras_results):
     keras_out = keras_results[name]

@@ -3,9 +3,6 @@ numpy written from Keras's cell equations, gradients through time against finite
 parity (predictions and one SGD step with Keras's weights; skipped without Keras), and the graph an
 unrolled layer traces to."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -23,6 +20,7 @@ from kcompile.models import Sequential, load_model
 from kcompile.utils import set_random_seed
 
 from layer_harness import run_layer_test
+from keras_subprocess import keras_available, run_keras
 
 STEPS, FEATURES = 3, 5
 
@@ -260,10 +258,6 @@ def test_unsupported_arguments_and_bad_inputs_say_what_to_do():
 
 # -- Keras 3 parity --------------------------------------------------------------------------------
 
-def _keras_available() -> bool:
-    import importlib.util
-    return all(importlib.util.find_spec(name) is not None for name in ("keras", "jax"))
-
 
 # (name, layer expressions written alike in both APIs, input shape)
 KERAS_MODELS = {
@@ -318,13 +312,11 @@ def keras_results(tmp_path_factory):
         path = directory / f"{name}.npz"
         np.savez(path, x=x, y=y)
         specs.append(repr((exprs, shape, str(path))))
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", KERAS_SCRIPT] + specs, env=env, check=True,
-                   capture_output=True)
+    run_keras(KERAS_SCRIPT, specs)
     return {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
 
 
-@pytest.mark.skipif(not _keras_available(), reason="Keras 3 with the JAX backend is not installed")
+@pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
 @pytest.mark.parametrize("name", sorted(KERAS_MODELS))
 def test_recurrent_layers_agree_with_keras(name, keras_results):
     keras_out = keras_results[name]
