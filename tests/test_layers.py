@@ -394,3 +394,15 @@ def test_keras_initializer_names_and_a_keras_dtype_policy_config():
                                                      "registered_name": None}})
     assert layer.units == 3
     assert Flatten().compute_output_shape((None, None, 3)) == (None, None)
+
+
+def test_a_numpy_integer_seed_goes_into_the_json_config():
+    from kcompile.layers import Input, SpatialDropout1D
+    from kcompile.models import Sequential, model_from_json
+    model = Sequential([Input((6, 3)), Dropout(0.25, seed=np.int64(5)),
+                        SpatialDropout1D(0.5, seed=np.int32(7))])
+    configs = [layer.get_config() for layer in model.layers]
+    assert [c["seed"] for c in configs] == [5, 7]
+    assert all(type(c["seed"]) is int for c in configs)
+    rebuilt = model_from_json(model.to_json())
+    assert [layer.seed for layer in rebuilt.layers] == [5, 7]

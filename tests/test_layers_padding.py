@@ -302,6 +302,8 @@ def test_the_description_covers_the_arguments():
     (lambda: L.SpatialDropout1D(1.5), ValueError, r"`rate`"),
     (lambda: L.SpatialDropout2D(-0.1), ValueError, r"`rate`"),
     (lambda: L.ZeroPadding2D(data_format="channels_first"), NotImplementedError, "channels_last"),
+    (lambda: L.ZeroPadding1D(data_format="channels_first"), NotImplementedError,
+     r"sequences of shape \(batch, steps, channels\)"),
     (lambda: L.Cropping2D(data_format="channels_first"), NotImplementedError, "channels_last"),
     (lambda: L.UpSampling2D(data_format="channels_first"), NotImplementedError, "channels_last"),
     (lambda: L.SpatialDropout2D(0.5, data_format="channels_first"), NotImplementedError,

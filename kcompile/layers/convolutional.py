@@ -41,8 +41,11 @@ def check_channels_last(data_format, layer: str) -> None:
         raise ValueError(f"{layer}: `data_format` must be 'channels_last' or 'channels_first'; got "
                          f"data_format={data_format!r}")
     if data_format not in (None, "channels_last"):
-        raise NotImplementedError(f"{layer} supports data_format='channels_last' only (images of shape "
-                                  f"(batch, height, width, channels)); got data_format={data_format!r}")
+        inputs = ("sequences of shape (batch, steps, channels)" if "1D" in layer else
+                  "images of shape (batch, height, width, channels)" if "2D" in layer else
+                  "inputs of shape (batch, ..., channels)")
+        raise NotImplementedError(f"{layer} supports data_format='channels_last' only ({inputs}); got "
+                                  f"data_format={data_format!r}")
 
 
 def check_image(input_shape, layer, name: str) -> None:

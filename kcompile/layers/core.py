@@ -274,7 +274,7 @@ class Dropout(Layer):
         super().__init__(**kwargs)
         self.rate = float(rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)   # (a numpy integer would not go into JSON)
 
     def compute_output_shape(self, input_shape):
         if self.noise_shape is not None:
