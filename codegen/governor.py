@@ -148,10 +148,11 @@ def _no_tick(work) -> None:
 
 
 @contextlib.contextmanager
-def governed():
+def governed(active: bool = True):
     """Adapt the thread count over the steps of a loop (see the module's doc); yields `tick(work)`.
-    A no-op where the count is fixed, or while another loop in the process governs."""
-    top = parallel.adaptive_count()
+    A no-op where the count is fixed, while another loop in the process governs, or when not
+    `active` (a loop of code that is not compiled: libgomp is not even loaded then)."""
+    top = parallel.adaptive_count() if active else 0
     if not top or not _owner.acquire(blocking=False):
         yield _no_tick
         return

@@ -494,6 +494,12 @@ class SGD(Optimizer):
         return config
 
 
+def _power_of_constant(base: float, exponent: Node) -> Node:
+    """base ** exponent for a constant base in (0, 1) and an f32[] exponent, as exp(exponent *
+    log(base)): pow is not a primitive (Adam's beta^t)."""
+    return B.exp(B.mul(exponent, B.log(B.scalar(base, exponent))))
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba), as Keras 3 computes it."""
 
@@ -510,9 +516,8 @@ class Adam(Optimizer):
 
     def update_step(self, gradient, variable, learning_rate, step, slots):
         m, v = slots["m"], slots["v"]
-        # beta^t as exp(t * log(beta)): pow is not a primitive.
-        beta_1_power = B.exp(B.mul(step, B.log(B.scalar(self.beta_1, step))))
-        beta_2_power = B.exp(B.mul(step, B.log(B.scalar(self.beta_2, step))))
+        beta_1_power = _power_of_constant(self.beta_1, step)
+        beta_2_power = _power_of_constant(self.beta_2, step)
         alpha = B.div(B.mul(learning_rate, B.sqrt(B.sub(1.0, beta_2_power))), B.sub(1.0, beta_1_power))
         m_new = B.add(m, B.mul(B.sub(gradient, m), 1.0 - self.beta_1))
         v_new = B.add(v, B.mul(B.sub(B.mul(gradient, gradient), v), 1.0 - self.beta_2))
@@ -615,12 +620,6 @@ class Adagrad(Optimizer):
         config.update({"initial_accumulator_value": self.initial_accumulator_value,
                        "epsilon": self.epsilon})
         return config
-
-
-def _power_of_constant(base: float, exponent: Node) -> Node:
-    """base ** exponent for a constant base in (0, 1) and an f32[] exponent, as exp(exponent *
-    log(base)): pow is not a primitive (Adam's beta^t)."""
-    return B.exp(B.mul(exponent, B.log(B.scalar(base, exponent))))
 
 
 def _power(x: Node, exponent: float) -> Node:

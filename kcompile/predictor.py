@@ -99,6 +99,8 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 _TEMP_PREFIX = "kcompile-predictor-"
 
 

@@ -763,10 +763,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _no_tick(work) -> None:
-    pass
-
-
 def _one_float32_batch(x, batch_size: int) -> bool:
     """Is x a float32 C-contiguous array of 1 to batch_size samples (predict's fast path)?"""
     if type(x) is not np.ndarray or x.dtype != _FLOAT32 or not x.ndim:
@@ -1624,10 +1620,8 @@ class Trainer:
 
     def _governed(self):
         """The thread count adapted over a loop's steps (codegen.governor), for compiled code."""
-        if self.target != "llvm":
-            return contextlib.nullcontext(_no_tick)
         from codegen import governor
-        return governor.governed()
+        return governor.governed(self.target == "llvm")
 
     def _train_stream(self, stream, class_weight, weighted, callback_list) -> dict | None:
         """One epoch over a batch source; None when it had no batch left."""

@@ -70,6 +70,11 @@ def check_sequence(input_shape, layer, name: str) -> None:
                          f"got inputs of shape {format_shape(input_shape)}.{hint}")
 
 
+def check_spatial(input_shape, rank: int, layer, name: str) -> None:
+    """check_sequence (rank 1) or check_image (rank 2) of a layer over either."""
+    (check_sequence if rank == 1 else check_image)(tuple(input_shape), layer, name)
+
+
 def as_image(x):
     """A sequence [N,L,C] as the one-row image [N,1,L,C]."""
     return B.reshape(x, (x.shape[0], 1) + tuple(x.shape[1:]))

@@ -15,8 +15,7 @@ import numbers
 from ir import build as B
 from ir import build_seq as S
 
-from kcompile.layers.convolutional import (check_channels_last, check_image, check_sequence,
-                                           normalize_tuple)
+from kcompile.layers.convolutional import check_channels_last, check_spatial, normalize_tuple
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -80,8 +79,7 @@ class _Spatial(Layer):
     rank = 1
 
     def _check_input(self, input_shape):
-        check = check_sequence if self.rank == 1 else check_image
-        check(tuple(input_shape), type(self).__name__, self.name)
+        check_spatial(input_shape, self.rank, type(self).__name__, self.name)
 
 
 class _ZeroPadding(_Spatial):

@@ -8,7 +8,7 @@ code are Dropout's.
 """
 from __future__ import annotations
 
-from kcompile.layers.convolutional import check_channels_last, check_image, check_sequence
+from kcompile.layers.convolutional import check_channels_last, check_spatial
 from kcompile.layers.core import Dropout
 
 
@@ -16,8 +16,7 @@ class _SpatialDropout(Dropout):
     rank = 1
 
     def compute_output_shape(self, input_shape):
-        check = check_sequence if self.rank == 1 else check_image
-        check(tuple(input_shape), type(self).__name__, self.name)
+        check_spatial(input_shape, self.rank, type(self).__name__, self.name)
         return tuple(input_shape)
 
     def _mask_shape(self, input_shape) -> tuple:
