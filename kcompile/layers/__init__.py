@@ -5,6 +5,8 @@ from kcompile.layers.core import (ELU, Activation, Dense, Dropout, Flatten, Inpu
 from kcompile.layers.layer import Layer, Variable
 from kcompile.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
+from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
+                                       SeparableConv2D)
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.padding import (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
@@ -30,11 +32,14 @@ __all__ += ["AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Convolu
 __all__ += ["GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D"]
 __all__ += ["Cropping1D", "Cropping2D", "SpatialDropout1D", "SpatialDropout2D", "UpSampling1D",
             "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D"]
+__all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+            "SeparableConvolution1D", "SeparableConvolution2D"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
 MaxPool1D, AvgPool1D = MaxPooling1D, AveragePooling1D
 Convolution1D, Convolution2D = Conv1D, Conv2D
+SeparableConvolution1D, SeparableConvolution2D = SeparableConv1D, SeparableConv2D
 GlobalAvgPool1D, GlobalAvgPool2D = GlobalAveragePooling1D, GlobalAveragePooling2D
 GlobalMaxPool1D, GlobalMaxPool2D = GlobalMaxPooling1D, GlobalMaxPooling2D
 
@@ -52,6 +57,8 @@ _CLASSES.update({cls.__name__: cls for cls in (ELU, Permute, ReLU, RepeatVector,
 _CLASSES.update({cls.__name__: cls for cls in (Cropping1D, Cropping2D, SpatialDropout1D,
                                                 SpatialDropout2D, UpSampling1D, UpSampling2D,
                                                 ZeroPadding1D, ZeroPadding2D)})
+_CLASSES.update({cls.__name__: cls for cls in (DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
+                                                SeparableConv2D)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -77,7 +84,7 @@ _KERAS_ONLY = frozenset("""
     RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
-    SeparableConv1D SeparableConv2D DepthwiseConv1D DepthwiseConv2D Conv1DTranspose Conv2DTranspose
+    Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
     UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D GaussianNoise
     GaussianDropout AlphaDropout ActivityRegularization PReLU ThresholdedReLU GroupNormalization
