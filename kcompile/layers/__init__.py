@@ -3,12 +3,15 @@ from kcompile import registry
 from kcompile.layers.core import (ELU, Activation, Dense, Dropout, Flatten, Input, InputLayer,
                                   LeakyReLU, ReLU, Rescaling, Softmax, SymbolicTensor)
 from kcompile.layers.layer import Layer, Variable
+from kcompile.layers.activation import PReLU
+from kcompile.layers.identity import ActivityRegularization, Identity
 from kcompile.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
 from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
                                        SeparableConv2D)
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
+from kcompile.layers.normalization_extra import GroupNormalization, UnitNormalization
 from kcompile.layers.padding import (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
                                      ZeroPadding1D, ZeroPadding2D)
 from kcompile.layers.pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
@@ -34,6 +37,7 @@ __all__ += ["Cropping1D", "Cropping2D", "SpatialDropout1D", "SpatialDropout2D", 
             "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D"]
 __all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
             "SeparableConvolution1D", "SeparableConvolution2D"]
+__all__ += ["ActivityRegularization", "GroupNormalization", "Identity", "PReLU", "UnitNormalization"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
@@ -59,6 +63,8 @@ _CLASSES.update({cls.__name__: cls for cls in (Cropping1D, Cropping2D, SpatialDr
                                                 ZeroPadding1D, ZeroPadding2D)})
 _CLASSES.update({cls.__name__: cls for cls in (DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
                                                 SeparableConv2D)})
+_CLASSES.update({cls.__name__: cls for cls in (ActivityRegularization, GroupNormalization, Identity,
+                                                PReLU, UnitNormalization)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -83,12 +89,12 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
 _KERAS_ONLY = frozenset("""
     RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
-    MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking Identity
+    MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking
     Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
     UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D GaussianNoise
-    GaussianDropout AlphaDropout ActivityRegularization PReLU ThresholdedReLU GroupNormalization
-    UnitNormalization SpectralNormalization RandomFlip RandomRotation RandomZoom RandomCrop
+    GaussianDropout AlphaDropout ThresholdedReLU SpectralNormalization RandomFlip RandomRotation
+    RandomZoom RandomCrop
     RandomTranslation RandomContrast RandomBrightness Resizing CenterCrop TextVectorization
     StringLookup IntegerLookup CategoryEncoding Discretization Hashing HashedCrossing
 """.split())
