@@ -2,16 +2,28 @@
 input gradients and weight gradients against float64 numpy (forward written here, gradients by
 central differences) on every target, training steps compiled against the reference interpreter,
 Keras 3 parity (predictions and one SGD step with Keras's weights, configs, output shapes),
-config, JSON and file round trips, and the errors of bad arguments."""
+config, JSON and file round trips, and the errors of bad arguments.
+
+GaussianNoise, GaussianDropout and AlphaDropout: the statistics of their noise in training (mean,
+variance, skewness, kurtosis, Kolmogorov-Smirnov distance to the normal distribution; AlphaDropout's
+drop fraction and Keras's affine constants), input gradients from the noise drawn, the reference
+interpreter and compiled code drawing the same noise from the same seed, the inputs themselves in
+inference, and (with the layers above) Keras parity of configs and inference, round trips, errors."""
 import json
+import math
 import textwrap
 
 import numpy as np
 import pytest
 
+import ir
+from ir import build as B
+
 import kcompile
 from kcompile import initializers, optimizers, regularizers
 from kcompile import layers as L
+from kcompile.describe import describe
+from kcompile.layers.layer import TraceScope
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from keras_subprocess import keras_available, run_keras
@@ -260,6 +272,214 @@ def test_a_few_fit_steps_compiled_agree_with_the_reference():
         np.testing.assert_allclose(prediction, reference[2], rtol=1e-4, atol=1e-5, err_msg=target)
 
 
+# -- the noise layers -------------------------------------------------------------------------------
+
+def _run_in_training(layer, x, seed, target, weights=None):
+    """The layer's output in training mode, and the gradient of sum(output * weights) with respect
+    to its input, from one traced graph run on `target` with the train step's `seed`."""
+    node = B.arg("x", "f32", (None,) + x.shape[1:])
+    seed_node = B.arg("seed", "u32", ())
+    with TraceScope({}, seed=seed_node):
+        out = layer(node, training=True)
+    outputs, inputs, feeds = [("y", out)], [node, seed_node], {"x": x, "seed": np.uint32(seed)}
+    if weights is not None:
+        weights_node = B.arg("weights", "f32", node.shape)
+        (gradient,) = ir.gradients(B.reduce_sum(B.mul(out, weights_node)), [node])
+        outputs.append(("dx", gradient))
+        inputs.append(weights_node)
+        feeds["weights"] = weights
+    graph = ir.Graph("noise", inputs, outputs)
+    if target == "reference":
+        result = ir.run(graph, feeds)
+    else:
+        from opinfo import compiled_runner
+        result = compiled_runner(graph).run(feeds)
+    return [np.asarray(result[name]) for name, _ in outputs]
+
+
+_normal_cdf = np.vectorize(lambda z: 0.5 * (1.0 + math.erf(z / math.sqrt(2.0))))
+
+
+def assert_standard_normal(z):
+    """z (float64, n draws) looks like independent standard normal draws: each statistic within
+    about five of its standard errors (the draws are fixed by the seed: no flakiness), and a
+    Kolmogorov-Smirnov distance below its 0.1% critical value."""
+    z = np.sort(np.ravel(z).astype(np.float64))
+    n = z.size
+    assert abs(z.mean()) < 5 / math.sqrt(n), z.mean()
+    assert abs(z.var() - 1) < 5 * math.sqrt(2 / n), z.var()
+    standardized = (z - z.mean()) / z.std()
+    assert abs((standardized ** 3).mean()) < 5 * math.sqrt(6 / n), "skewness"
+    assert abs((standardized ** 4).mean() - 3) < 5 * math.sqrt(24 / n), "kurtosis"
+    cdf = _normal_cdf(z)
+    distance = max((np.arange(1, n + 1) / n - cdf).max(), (cdf - np.arange(n) / n).max())
+    assert distance < 1.95 / math.sqrt(n), f"Kolmogorov-Smirnov distance {distance}"
+
+
+def test_the_noise_is_standard_normal_and_independent():
+    """GaussianNoise(stddev=1) on zeros: 10^5 draws; neighbours uncorrelated; another layer name,
+    seed argument or train-step seed draws other noise, the same ones the same noise."""
+    zeros = np.zeros((200, 500), np.float32)
+    (z,) = _run_in_training(L.GaussianNoise(1.0, name="noise"), zeros, 7, "reference")
+    assert_standard_normal(z)
+    assert np.abs(z).max() < 6
+    flat = z.ravel().astype(np.float64)
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 5 / math.sqrt(flat.size)
+    (same,) = _run_in_training(L.GaussianNoise(1.0, name="noise"), zeros, 7, "reference")
+    np.testing.assert_array_equal(same, z)
+    for layer, seed in [(L.GaussianNoise(1.0, name="other"), 7),
+                        (L.GaussianNoise(1.0, seed=1, name="noise"), 7),
+                        (L.GaussianNoise(1.0, name="noise"), 8)]:
+        (other,) = _run_in_training(layer, zeros, seed, "reference")
+        assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 5 / math.sqrt(flat.size)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gaussian_noise_statistics_and_input_gradient(target):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 400)).astype(np.float32)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    out, gradient = _run_in_training(L.GaussianNoise(0.3), x, 11, target, weights)
+    assert_standard_normal((out.astype(np.float64) - x) / 0.3)
+    np.testing.assert_array_equal(gradient, weights)          # d(x + noise)/dx = 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_gaussian_dropout_statistics_and_input_gradient(target, rate):
+    """x * n, n normal of mean 1 and standard deviation sqrt(rate / (1 - rate)), as Keras."""
+    rng = np.random.default_rng(1)
+    x = (rng.uniform(0.5, 2.0, (100, 400)) * rng.choice([-1, 1], (100, 400))).astype(np.float32)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    out, gradient = _run_in_training(L.GaussianDropout(rate), x, 3, target, weights)
+    multiplier = out.astype(np.float64) / x
+    assert_standard_normal((multiplier - 1) / math.sqrt(rate / (1 - rate)))
+    np.testing.assert_allclose(gradient, weights * multiplier, rtol=1e-5, atol=1e-6)
+
+
+def _alpha_dropout_constants(rate):
+    """Keras's: SELU's saturation -alpha * scale, and a, b making a * x + b of mean 0 and variance 1
+    for x standardized with a fraction `rate` replaced by the saturation."""
+    saturation = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946
+    a = ((1 - rate) * (1 + rate * saturation ** 2)) ** -0.5
+    return saturation, a, -a * saturation * rate
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("rate", [0.1, 0.4])
+def test_alpha_dropout_statistics_and_input_gradient(target, rate):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 500)).astype(np.float32)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    out, gradient = _run_in_training(L.AlphaDropout(rate), x, 5, target, weights)
+    saturation, a, b = _alpha_dropout_constants(rate)
+    kept = np.isclose(out, a * x.astype(np.float64) + b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[~kept], a * saturation + b, rtol=1e-6)
+    assert abs((1 - kept.mean()) - rate) < 5 * math.sqrt(rate * (1 - rate) / x.size)
+    # the self-normalizing property: standardized inputs stay of mean 0 and variance 1
+    assert abs(out.mean()) < 5 / math.sqrt(x.size) and abs(out.var() - 1) < 0.02
+    np.testing.assert_allclose(gradient, weights * a * kept, rtol=1e-6, atol=1e-7)
+    # noise_shape: one mask entry per sample, the same for every feature
+    (rows,) = _run_in_training(L.AlphaDropout(rate, noise_shape=(None, 1)), x[:, :8], 5, target)
+    kept = np.isclose(rows, a * x[:, :8].astype(np.float64) + b, rtol=1e-6, atol=1e-6)
+    assert np.all(kept == kept[:, :1]) and 0 < kept[:, 0].mean() < 1
+
+
+@pytest.mark.parametrize("make_layer", [lambda: L.GaussianNoise(0.5, seed=2),
+                                        lambda: L.GaussianDropout(0.3),
+                                        lambda: L.AlphaDropout(0.3, noise_shape=(None, 1, 6))],
+                         ids=["noise", "gaussian_dropout", "alpha_dropout"])
+def test_compiled_code_draws_the_noise_the_reference_draws(make_layer):
+    if "llvm" not in TARGETS:
+        pytest.skip("the LLVM backend is not available")
+    x = np.random.default_rng(4).standard_normal((40, 5, 6)).astype(np.float32)
+    weights = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    reference = _run_in_training(make_layer(), x, 123, "reference", weights)
+    compiled = _run_in_training(make_layer(), x, 123, "llvm", weights)
+    assert not np.array_equal(reference[0], x)
+    for got, want in zip(compiled, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+NOISE_LAYERS = [lambda: L.GaussianNoise(0.4), lambda: L.GaussianDropout(0.5, seed=1),
+                lambda: L.AlphaDropout(0.3), lambda: L.AlphaDropout(0.2, noise_shape=(None, 1, 4))]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_noise_layers_are_the_identity_in_inference(target):
+    x = np.random.default_rng(6).standard_normal((7, 3, 4)).astype(np.float32)
+    model = Sequential([L.Input((3, 4))] + [make() for make in NOISE_LAYERS])
+    model.compile(optimizer="sgd", loss="mse", target=target)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+    assert model.evaluate(x, x, verbose=0) == 0.0
+    for make in NOISE_LAYERS:
+        layer = make()
+        np.testing.assert_array_equal(layer(x), x)
+        np.testing.assert_array_equal(layer(x, training=False), x)
+        noisy = layer(x, training=True)         # eagerly: a seed of the global generator
+        assert noisy.shape == x.shape and not np.array_equal(noisy, x)
+        assert layer.weights == [] and layer.compute_output_shape((None, 3, 4)) == (None, 3, 4)
+    for zero in (L.GaussianNoise(0.0), L.GaussianDropout(0.0), L.AlphaDropout(0.0)):
+        np.testing.assert_array_equal(zero(x, training=True), x)
+
+
+def _noisy_model(noise=True):
+    noise_layers = [L.GaussianNoise(0.2), L.GaussianDropout(0.3, seed=4),
+                    L.AlphaDropout(0.2, seed=1)] if noise else []
+    return Sequential([L.Input((5, 4)), L.Dense(6, activation="selu")] + noise_layers[:2]
+                      + [L.Dense(6, activation="selu")] + noise_layers[2:] + [L.Flatten(), L.Dense(2)])
+
+
+def test_fit_with_noise_compiled_agrees_with_the_reference():
+    """The same seeds draw the same noise in the compiled step as in the reference interpreter's;
+    the noise is really there (the losses differ from those of the model without it)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 5, 4)).astype(np.float32)
+    y = rng.standard_normal((12, 2)).astype(np.float32)
+    results = {}
+    for target, noise in [(t, True) for t in TARGETS] + [("reference", False)]:
+        set_random_seed(5)
+        model = _noisy_model(noise)
+        model.compile(optimizer=optimizers.Adam(learning_rate=0.01), loss="mse", target=target)
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results[target, noise] = (history.history["loss"], model.get_weights(),
+                                  model.predict(x, verbose=0))
+    reference = results["reference", True]
+    for target in TARGETS:
+        losses, weights, prediction = results[target, True]
+        np.testing.assert_allclose(losses, reference[0], rtol=1e-4, err_msg=target)
+        for got, want in zip(weights, reference[1]):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=target)
+        np.testing.assert_allclose(prediction, reference[2], rtol=1e-4, atol=1e-5, err_msg=target)
+    without = results["reference", False][0]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(reference[0], without))
+
+
+def test_noise_layer_configs_have_keras_keys():
+    base = {"trainable": True, "dtype": "float32"}
+    assert L.GaussianNoise(0.1).get_config() == {"name": "gaussian_noise", **base, "stddev": 0.1,
+                                                 "seed": None}
+    assert L.GaussianDropout(0.3, seed=2).get_config() == {"name": "gaussian_dropout", **base,
+                                                           "rate": 0.3, "seed": 2}
+    assert L.AlphaDropout(0.2).get_config() == {"name": "alpha_dropout", **base, "rate": 0.2,
+                                                "seed": None, "noise_shape": None}
+    assert L.AlphaDropout(0.2, noise_shape=[None, 1]).get_config()["noise_shape"] == (None, 1)
+    assert L.GaussianNoise(0.1, seed=np.int64(3)).get_config()["seed"] == 3
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: L.GaussianDropout(1.0), "rate=1"),
+    (lambda: L.AlphaDropout(1.0), "rate=1"),
+    (lambda: L.AlphaDropout(0.5, noise_shape=(None, 2)), r"AlphaDropout noise_shape \(None, 2\) "
+                                                          r"does not broadcast"),
+    (lambda: L.AlphaDropout(0.5, noise_shape=(None, 3, 1)), r"AlphaDropout noise_shape.*rank"),
+])
+def test_training_with_impossible_noise_is_refused(make, match):
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=match):
+        make()(x, training=True)
+
+
 # -- configs, JSON, files -----------------------------------------------------------------------
 
 ALL_LAYERS = [lambda: L.Identity(), lambda: L.Identity(name="pass"),
@@ -268,7 +488,10 @@ ALL_LAYERS = [lambda: L.Identity(), lambda: L.Identity(name="pass"),
               lambda: L.PReLU(alpha_initializer="random_uniform", shared_axes=1),
               lambda: L.UnitNormalization(), lambda: L.UnitNormalization(axis=(1, 2)),
               lambda: L.GroupNormalization(), lambda: L.GroupNormalization(-1, axis=2, epsilon=0.1),
-              lambda: L.GroupNormalization(4, center=False, gamma_regularizer="l1")]
+              lambda: L.GroupNormalization(4, center=False, gamma_regularizer="l1"),
+              lambda: L.GaussianNoise(0.3), lambda: L.GaussianNoise(0.0, seed=5),
+              lambda: L.GaussianDropout(0.1), lambda: L.GaussianDropout(0.5, seed=2, name="gd"),
+              lambda: L.AlphaDropout(0.2), lambda: L.AlphaDropout(0.3, noise_shape=(None, 1, 4), seed=9)]
 
 
 @pytest.mark.parametrize("index", range(len(ALL_LAYERS)))
@@ -320,6 +543,20 @@ def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
                                                              rel=1e-6)
 
 
+def test_the_description_covers_the_arguments():
+    """The compile cache's key (kcompile.describe) tells the layers' arguments apart."""
+    def model(stddev=0.1, rate=0.2, alpha_rate=0.3, seed=None, groups=2, axis=-1, l2=0.1, shared=None):
+        return Sequential([L.Input((3, 4)), L.GaussianNoise(stddev, seed=seed),
+                           L.GaussianDropout(rate), L.AlphaDropout(alpha_rate),
+                           L.GroupNormalization(groups), L.UnitNormalization(axis),
+                           L.ActivityRegularization(l2=l2), L.PReLU(shared_axes=shared)])
+    base = describe(list(model().layers))
+    assert describe(list(model().layers)) == base
+    for changed in [model(stddev=0.2), model(rate=0.3), model(alpha_rate=0.1), model(seed=1),
+                    model(groups=4), model(axis=1), model(l2=0.2), model(shared=1)]:
+        assert describe(list(changed.layers)) != base
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, error, match", [
@@ -342,6 +579,15 @@ def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
     (lambda: L.GroupNormalization(gamma_constraint="non_neg"), NotImplementedError,
      "gamma_constraint"),
     (lambda: L.Identity(units=3), ValueError, "Unrecognized keyword arguments"),
+    (lambda: L.GaussianNoise(-0.1), ValueError, r"`stddev`.*between 0 and 1.*stddev=-0.1"),
+    (lambda: L.GaussianNoise(1.5), ValueError, r"`stddev`.*stddev=1.5"),
+    (lambda: L.GaussianNoise("0.1"), ValueError, r"`stddev`"),
+    (lambda: L.GaussianNoise(0.1, seed=1.5), ValueError, r"GaussianNoise seed.*seed=1.5"),
+    (lambda: L.GaussianDropout(1.2), ValueError, r"`rate`.*rate=1.2"),
+    (lambda: L.GaussianDropout(True), ValueError, r"`rate`"),
+    (lambda: L.GaussianDropout(0.1, seed="a"), ValueError, r"GaussianDropout seed"),
+    (lambda: L.AlphaDropout(-0.5), ValueError, r"`rate`.*rate=-0.5"),
+    (lambda: L.AlphaDropout(0.5, seed=2.0), ValueError, r"AlphaDropout seed"),
 ])
 def test_bad_arguments_are_refused_naming_them(make, error, match):
     with pytest.raises(error, match=match):
@@ -359,7 +605,7 @@ def test_bad_input_shapes_are_refused_when_the_model_is_built(layer, shape, matc
 
 
 NEW_LAYERS = ("ActivityRegularization", "GroupNormalization", "Identity", "PReLU",
-              "UnitNormalization")
+              "UnitNormalization", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 
 
 def test_the_layers_are_in_the_namespace():
@@ -383,6 +629,9 @@ KERAS_MODELS = {
                      "PReLU(alpha_initializer='ones', alpha_regularizer='l2', shared_axes=1)",
                      "UnitNormalization()", "Dense(3)", "ActivityRegularization(l2=0.1)",
                      "Identity()"], (2, 3), True),
+    # in inference: the noise layers pass their inputs (configs and predictions compared)
+    "noise": (["Dense(4, activation='selu')", "GaussianNoise(0.2, seed=3)", "GaussianDropout(0.3)",
+               "AlphaDropout(0.1, noise_shape=(None, 1, 4), seed=1)", "Dense(2)"], (3, 2), False),
 }
 
 KERAS_SCRIPT = textwrap.dedent("""

@@ -11,6 +11,7 @@ from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, Separab
                                        SeparableConv2D)
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
+from kcompile.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kcompile.layers.normalization_extra import GroupNormalization, UnitNormalization
 from kcompile.layers.padding import (Cropping1D, Cropping2D, UpSampling1D, UpSampling2D,
                                      ZeroPadding1D, ZeroPadding2D)
@@ -38,6 +39,7 @@ __all__ += ["Cropping1D", "Cropping2D", "SpatialDropout1D", "SpatialDropout2D", 
 __all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
             "SeparableConvolution1D", "SeparableConvolution2D"]
 __all__ += ["ActivityRegularization", "GroupNormalization", "Identity", "PReLU", "UnitNormalization"]
+__all__ += ["AlphaDropout", "GaussianDropout", "GaussianNoise"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
@@ -65,6 +67,7 @@ _CLASSES.update({cls.__name__: cls for cls in (DepthwiseConv1D, DepthwiseConv2D,
                                                 SeparableConv2D)})
 _CLASSES.update({cls.__name__: cls for cls in (ActivityRegularization, GroupNormalization, Identity,
                                                 PReLU, UnitNormalization)})
+_CLASSES.update({cls.__name__: cls for cls in (AlphaDropout, GaussianDropout, GaussianNoise)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -92,9 +95,8 @@ _KERAS_ONLY = frozenset("""
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking
     Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
-    UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D GaussianNoise
-    GaussianDropout AlphaDropout ThresholdedReLU SpectralNormalization RandomFlip RandomRotation
-    RandomZoom RandomCrop
+    UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D ThresholdedReLU SpectralNormalization
+    RandomFlip RandomRotation RandomZoom RandomCrop
     RandomTranslation RandomContrast RandomBrightness Resizing CenterCrop TextVectorization
     StringLookup IntegerLookup CategoryEncoding Discretization Hashing HashedCrossing
 """.split())

@@ -270,7 +270,7 @@ class Dropout(Layer):
             raise ValueError("Invalid value received for argument `rate`. Expected a float value in "
                              f"[0, 1] (the fraction of inputs to drop). Received: rate={rate!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"Dropout seed must be an integer or None; got seed={seed!r}")
+            raise ValueError(f"{type(self).__name__} seed must be an integer or None; got seed={seed!r}")
         super().__init__(**kwargs)
         self.rate = float(rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
@@ -285,8 +285,8 @@ class Dropout(Layer):
         if self.noise_shape is None:
             return tuple(input_shape)
         if len(self.noise_shape) != len(input_shape):
-            raise ValueError(f"Dropout noise_shape {self.noise_shape} must have the rank of the inputs "
-                             f"{format_shape(input_shape)}")
+            raise ValueError(f"{type(self).__name__} noise_shape {self.noise_shape} must have the "
+                             f"rank of the inputs {format_shape(input_shape)}")
         shape = []
         for axis, (n, d) in enumerate(zip(self.noise_shape, input_shape)):
             if n is None:
@@ -294,8 +294,8 @@ class Dropout(Layer):
             elif n == 1 or n == d:
                 shape.append(None if axis == 0 and d is None and n != 1 else n)
             else:
-                raise ValueError(f"Dropout noise_shape {self.noise_shape} does not broadcast to the "
-                                 f"inputs {format_shape(input_shape)}")
+                raise ValueError(f"{type(self).__name__} noise_shape {self.noise_shape} does not "
+                                 f"broadcast to the inputs {format_shape(input_shape)}")
         return tuple(shape)
 
     @property
@@ -310,7 +310,8 @@ class Dropout(Layer):
             return B.zeros_like(inputs)     # every unit dropped (Keras's select gives zeros too)
         scope = current_scope()
         if scope is None or scope.seed is None:
-            raise RuntimeError(f"Dropout layer {self.name!r} was traced in training mode without a seed")
+            raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
+                               "without a seed")
         mask_shape = self._mask_shape(inputs.shape)
         keep = B.ge(B.random_uniform(scope.seed, mask_shape, self.stream), self.rate)
         keep = B.broadcast(keep, inputs.shape) if keep.shape != inputs.shape else keep
