@@ -9,6 +9,7 @@ from kcompile.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kcompile.layers.convolutional import Conv1D, Conv2D
 from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
                                        SeparableConv2D)
+from kcompile.layers.convolutional_transpose import Conv1DTranspose, Conv2DTranspose
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise
@@ -40,6 +41,7 @@ __all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableC
             "SeparableConvolution1D", "SeparableConvolution2D"]
 __all__ += ["ActivityRegularization", "GroupNormalization", "Identity", "PReLU", "UnitNormalization"]
 __all__ += ["AlphaDropout", "GaussianDropout", "GaussianNoise"]
+__all__ += ["Conv1DTranspose", "Conv2DTranspose", "Convolution1DTranspose", "Convolution2DTranspose"]
 
 # Keras's aliases
 MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
@@ -48,6 +50,7 @@ Convolution1D, Convolution2D = Conv1D, Conv2D
 SeparableConvolution1D, SeparableConvolution2D = SeparableConv1D, SeparableConv2D
 GlobalAvgPool1D, GlobalAvgPool2D = GlobalAveragePooling1D, GlobalAveragePooling2D
 GlobalMaxPool1D, GlobalMaxPool2D = GlobalMaxPooling1D, GlobalMaxPooling2D
+Convolution1DTranspose, Convolution2DTranspose = Conv1DTranspose, Conv2DTranspose
 
 _CLASSES = {cls.__name__: cls for cls in (Activation, Dense, Dropout, Flatten, InputLayer, LeakyReLU,
                                            Rescaling)}
@@ -68,6 +71,7 @@ _CLASSES.update({cls.__name__: cls for cls in (DepthwiseConv1D, DepthwiseConv2D,
 _CLASSES.update({cls.__name__: cls for cls in (ActivityRegularization, GroupNormalization, Identity,
                                                 PReLU, UnitNormalization)})
 _CLASSES.update({cls.__name__: cls for cls in (AlphaDropout, GaussianDropout, GaussianNoise)})
+_CLASSES.update({cls.__name__: cls for cls in (Conv1DTranspose, Conv2DTranspose)})
 
 
 def serialize(layer: Layer) -> dict:
@@ -93,7 +97,6 @@ _KERAS_ONLY = frozenset("""
     RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking
-    Conv1DTranspose Conv2DTranspose
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
     UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D ThresholdedReLU SpectralNormalization
     RandomFlip RandomRotation RandomZoom RandomCrop
