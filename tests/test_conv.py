@@ -199,7 +199,6 @@ def test_an_unknown_data_format_is_a_value_error_naming_both(make_layer):
 
 
 @pytest.mark.parametrize("make_layer", [
-    lambda: Conv2D(4, 3, dilation_rate=2), lambda: Conv2D(4, 3, groups=2),
     lambda: Conv2D(4, 3, data_format="channels_first"),
     lambda: MaxPooling2D(data_format="channels_first"),
 ])
@@ -263,8 +262,8 @@ def test_conv1d_config_round_trips_and_errors_name_the_fix():
         Conv1D(4, 3, padding="full")
     with pytest.raises(ValueError, match="'valid' or 'same'"):
         Conv2D(4, 3, padding="causal")
-    with pytest.raises(NotImplementedError, match="Conv1D supports dilation_rate=1"):
-        Conv1D(4, 3, dilation_rate=2)
+    with pytest.raises(ValueError, match="`strides > 1` not supported in conjunction with"):
+        Conv1D(4, 3, strides=2, dilation_rate=2)
 
 
 # ----------------------------------------------------------------------------------------------

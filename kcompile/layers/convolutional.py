@@ -3,6 +3,10 @@
 The convolution is `ir.build_nn.conv2d`: im2col patches times the kernel reshaped to a matrix, so the
 compiled step runs it on the GEMM; its gradients are a GEMM and col2im.  A sequence (batch, steps,
 channels) is convolved as a one-row image (batch, 1, steps, channels) with a (1, kernel_size) window.
+
+A dilated convolution is the plain one of the dilated kernel (zeros between the taps, built with
+`pad`, `reshape` and `slice`, whose gradients return the taps' own); `groups` convolve slices of
+the input channels with slices of the filters and concatenate the results, as Keras orders them.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numbers
 
 from ir import build as B
 from ir import build_nn as NN
+from ir import build_seq as S
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, format_shape
@@ -93,6 +98,40 @@ def window_output_shape(input_shape, size, strides, padding) -> tuple:
     return height, width
 
 
+def dilated_size(size, dilation) -> tuple:
+    """The extent (k - 1) * d + 1 of each axis of a kernel of `size` taps `dilation` apart."""
+    return tuple((k - 1) * d + 1 for k, d in zip(size, dilation))
+
+
+def dilate_kernel(kernel, dilation):
+    """kernel[KH,KW,C,F] with d - 1 zero rows (columns) after each tap but the last of each axis.
+
+    NOTE: the convolution then multiplies the zeros too, d_h * d_w times the work of the taps; a
+    dilation-aware `patches` would skip them, but it is an IR change.  Correctness first."""
+    for axis, d in enumerate(dilation):
+        if d == 1:
+            continue
+        shape = kernel.shape
+        spread = B.reshape(kernel, shape[:axis + 1] + (1,) + shape[axis + 1:])
+        spread = S.pad(spread, 0, d - 1, axis + 1)
+        spread = B.reshape(spread, shape[:axis] + (shape[axis] * d,) + shape[axis + 1:])
+        kernel = S.slice(spread, 0, (shape[axis] - 1) * d + 1, axis)
+    return kernel
+
+
+def grouped_conv2d(image, kernel, strides, pads, groups: int):
+    """conv2d of image[N,H,W,C] with kernel[KH,KW,C/groups,F]: group g convolves input channels
+    [g*C/groups, (g+1)*C/groups) with filters [g*F/groups, (g+1)*F/groups), as Keras (and XLA's
+    feature_group_count) pairs them."""
+    if groups == 1:
+        return NN.conv2d(image, kernel, strides, pads)
+    channels, filters = kernel.shape[2], kernel.shape[3] // groups
+    outputs = [NN.conv2d(S.slice(image, g * channels, (g + 1) * channels, 3),
+                         S.slice(kernel, g * filters, (g + 1) * filters, 3), strides, pads)
+               for g in range(groups)]
+    return S.concat(outputs, 3)
+
+
 class _Conv(Layer):
     """A convolution over channels-last inputs of `rank` spatial axes (Conv1D, Conv2D)."""
 
@@ -113,16 +152,28 @@ class _Conv(Layer):
             raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
                              f"integer (the number of output channels). Received filters={filters!r}")
         check_channels_last(data_format, layer)
-        ones = (1,) * self.rank
-        if normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer) != ones:
-            raise NotImplementedError(f"{layer} supports dilation_rate=1 only; got {dilation_rate!r}")
-        if groups != 1:
-            raise NotImplementedError(f"{layer} supports groups=1 only; got groups={groups!r}")
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
+            raise ValueError(f"{layer}: the number of groups must be a positive integer; got "
+                             f"groups={groups!r}")
+        if filters % groups:
+            raise ValueError(f"{layer}: the number of filters must be evenly divisible by the number "
+                             f"of groups; got groups={groups}, filters={filters}. Use a multiple of "
+                             f"{groups} filters or fewer groups.")
+        kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
+        strides = normalize_tuple(strides, self.rank, "strides", layer)
+        dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer)
+        if max(strides) > 1 and max(dilation_rate) > 1:
+            raise ValueError(f"{layer}: `strides > 1` not supported in conjunction with "
+                             f"`dilation_rate > 1` (as in Keras); got strides={strides} and "
+                             f"dilation_rate={dilation_rate}. Use strides=1, or follow the dilated "
+                             f"convolution with a pooling layer.")
         super().__init__(**kwargs)
         self.data_format = "channels_last"
         self.filters = int(filters)
-        self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
-        self.strides = normalize_tuple(strides, self.rank, "strides", layer)
+        self.groups = int(groups)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
         self.padding = normalize_padding(padding, layer, self.paddings)
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -134,9 +185,13 @@ class _Conv(Layer):
         self.kernel = None
         self.bias = None
 
-    # The 2-D view of the layer: window, strides and pads of the image a Conv2D convolves.
+    # The 2-D view of the layer: window (the dilated kernel's extent), strides, dilation and pads
+    # of the image a Conv2D convolves.
     def _window(self):
-        return self.kernel_size, self.strides
+        return dilated_size(self.kernel_size, self.dilation_rate), self.strides
+
+    def _dilation(self):
+        return self.dilation_rate
 
     def _pads(self, image_shape):
         size, strides = self._window()
@@ -150,10 +205,16 @@ class _Conv(Layer):
         self._check_channels(input_shape)
 
     def _check_channels(self, input_shape):
-        if self.kernel is not None and input_shape[-1] != self.kernel.shape[-2]:
+        channels = input_shape[-1]
+        if self.kernel is not None and channels != self.kernel.shape[-2] * self.groups:
             raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
-                             f"{self.kernel.shape[-2]} input channels (axis -1), but received input "
-                             f"with shape {format_shape(input_shape)}")
+                             f"{self.kernel.shape[-2] * self.groups} input channels (axis -1), but "
+                             f"received input with shape {format_shape(input_shape)}")
+        if channels is not None and channels % self.groups:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r}: the number of input channels "
+                             f"must be evenly divisible by the number of groups; got groups="
+                             f"{self.groups}, but the input has {channels} channels (full input shape "
+                             f"is {format_shape(input_shape)}). Use groups dividing {channels}.")
 
     def compute_output_shape(self, input_shape):
         self._check_input(input_shape)
@@ -163,15 +224,20 @@ class _Conv(Layer):
         height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
         width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
         if height < 1 or width < 1:
-            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} kernel "
-                             f"does not fit inputs of shape {format_shape(input_shape)} with padding "
-                             f"{self.padding!r}; use padding='same' or a smaller kernel_size.")
+            extent = dilated_size(self.kernel_size, self.dilation_rate)
+            dilated = (f" dilated by {self.dilation_rate} (extent {extent})"
+                       if max(self.dilation_rate) > 1 else "")
+            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} "
+                             f"kernel{dilated} does not fit inputs of shape "
+                             f"{format_shape(input_shape)} with padding {self.padding!r}; use "
+                             f"padding='same' or a smaller kernel_size"
+                             f"{' or dilation_rate' if dilated else ''}.")
         spatial = (width,) if self.rank == 1 else (height, width)
         return (input_shape[0],) + spatial + (self.filters,)
 
     def build(self, input_shape):
         self._check_input(input_shape)
-        shape = self.kernel_size + (input_shape[-1], self.filters)
+        shape = self.kernel_size + (input_shape[-1] // self.groups, self.filters)
         self.kernel = self.add_weight(shape=shape, initializer=self.kernel_initializer, name="kernel",
                                       regularizer=self.kernel_regularizer)
         if self.use_bias:
@@ -179,8 +245,14 @@ class _Conv(Layer):
                                         name="bias", regularizer=self.bias_regularizer)
         self.built = True
 
+    def _image_kernel(self):
+        """The kernel as the 4-D kernel of the image convolution."""
+        return self.kernel.value
+
     def _convolve(self, inputs):
-        return NN.conv2d(inputs, self.kernel.value, self.strides, self.padding)
+        strides = self._window()[1]
+        kernel = dilate_kernel(self._image_kernel(), self._dilation())
+        return grouped_conv2d(inputs, kernel, strides, self._pads(inputs.shape), self.groups)
 
     def call(self, inputs):
         x = self._convolve(inputs)
@@ -196,8 +268,8 @@ class _Conv(Layer):
             "strides": self.strides,
             "padding": self.padding,
             "data_format": "channels_last",
-            "dilation_rate": (1,) * self.rank,
-            "groups": 1,
+            "dilation_rate": self.dilation_rate,
+            "groups": self.groups,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
@@ -218,11 +290,16 @@ class Conv2D(_Conv):
         strides: an int or (vertical, horizontal) step (default 1).
         padding: 'valid' (windows inside the image) or 'same' (zero padding, output size
             ceil(input / stride)), as Keras places it.
+        dilation_rate: an int or (vertical, horizontal) spacing of the kernel's taps (default 1): a
+            window spans (kernel_size - 1) * dilation_rate + 1 pixels.  Only with strides 1.
+        groups: split the input channels and the filters into this many groups, each group of
+            filters seeing its group of channels only; both counts must be divisible by it.
         activation: name or function; None is linear.
         use_bias: add a bias per output channel.
         kernel_initializer, bias_initializer: default glorot_uniform (fans count the window) and zeros.
 
-    The kernel has shape (kernel_height, kernel_width, input_channels, filters), as Keras's.
+    The kernel has shape (kernel_height, kernel_width, input_channels // groups, filters), as
+    Keras's.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
@@ -241,11 +318,12 @@ class Conv1D(_Conv):
         kernel_size: an int (or a 1-tuple), the window's length in steps.
         strides: an int (or a 1-tuple), the step between windows (default 1).
         padding: 'valid' (windows inside the sequence), 'same' (zero padding, output length
-            ceil(steps / strides), as Keras places it) or 'causal' (kernel_size - 1 zeros before the
-            sequence: output t sees inputs up to t).
-        activation, use_bias, kernel_initializer, bias_initializer, ...: as Conv2D.
+            ceil(steps / strides), as Keras places it) or 'causal' ((kernel_size - 1) *
+            dilation_rate zeros before the sequence: output t sees inputs up to t).
+        dilation_rate: an int (or a 1-tuple), the spacing of the kernel's taps (default 1).
+        groups, activation, use_bias, kernel_initializer, bias_initializer, ...: as Conv2D.
 
-    The kernel has shape (kernel_size, input_channels, filters), as Keras's.
+    The kernel has shape (kernel_size, input_channels // groups, filters), as Keras's.
     """
 
     rank = 1
@@ -258,11 +336,14 @@ class Conv1D(_Conv):
                          activation=activation, use_bias=use_bias, **kwargs)
 
     def _window(self):
-        return (1,) + self.kernel_size, (1,) + self.strides
+        return (1,) + dilated_size(self.kernel_size, self.dilation_rate), (1,) + self.strides
+
+    def _dilation(self):
+        return (1,) + self.dilation_rate
 
     def _pads(self, image_shape):
-        if self.padding == "causal":
-            return (0, 0, self.kernel_size[0] - 1, 0)
+        if self.padding == "causal":   # the dilated kernel's extent - 1 zeros before the sequence
+            return (0, 0, self._window()[0][1] - 1, 0)
         return super()._pads(image_shape)
 
     def _image_shape(self, input_shape):
@@ -272,8 +353,8 @@ class Conv1D(_Conv):
         check_sequence(input_shape, "Conv1D", self.name)
         self._check_channels(input_shape)
 
+    def _image_kernel(self):
+        return B.reshape(self.kernel.value, (1,) + self.kernel.shape)
+
     def _convolve(self, inputs):
-        image = as_image(inputs)
-        size, strides = self._window()
-        kernel = B.reshape(self.kernel.value, (1,) + self.kernel.shape)
-        return as_sequence(NN.conv2d(image, kernel, strides, self._pads(image.shape)))
+        return as_sequence(super()._convolve(as_image(inputs)))
