@@ -45,19 +45,27 @@ def _axis(size, window, stride, padding):
 
 class NumpyDepthwise:
     """The depthwise convolution of images x[N,H,W,C] by k[KH,KW,C,M], written with explicit
-    windows, and its adjoint (the gradients of sum(out * g))."""
+    windows (a dilated window takes every d-th pixel of its extent (k - 1) * d + 1), and its
+    adjoint (the gradients of sum(out * g))."""
 
-    def __init__(self, x, kernel, strides, padding):
+    def __init__(self, x, kernel, strides, padding, dilation=(1, 1)):
         self.x, self.k = x.astype(np.float64), kernel.astype(np.float64)
-        (kh, kw, _, _), (sh, sw) = self.k.shape, strides
-        top, bottom, self.oh = _axis(x.shape[1], kh, sh, padding)
-        left, right, self.ow = _axis(x.shape[2], kw, sw, padding)
-        self.pads, self.strides = (top, left), strides
+        (kh, kw, _, _), (sh, sw), (dh, dw) = self.k.shape, strides, dilation
+        self.extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        top, bottom, self.oh = _axis(x.shape[1], self.extent[0], sh, padding)
+        left, right, self.ow = _axis(x.shape[2], self.extent[1], sw, padding)
+        self.pads, self.strides, self.dilation = (top, left), strides, dilation
         self.padded = np.pad(self.x, ((0, 0), (top, bottom), (left, right), (0, 0)))
         self.windows = np.empty((x.shape[0], self.oh, self.ow, kh, kw, x.shape[3]))
         for i in range(self.oh):
             for j in range(self.ow):
-                self.windows[:, i, j] = self.padded[:, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                self.windows[:, i, j] = self.padded[:, self._rows(i), self._columns(j)]
+
+    def _rows(self, i):
+        return slice(i * self.strides[0], i * self.strides[0] + self.extent[0], self.dilation[0])
+
+    def _columns(self, j):
+        return slice(j * self.strides[1], j * self.strides[1] + self.extent[1], self.dilation[1])
 
     def forward(self):
         n, c, m = self.x.shape[0], self.k.shape[2], self.k.shape[3]
@@ -66,25 +74,27 @@ class NumpyDepthwise:
 
     def gradients(self, g):
         """(d/dx, d/dkernel) of sum(forward() * g)."""
-        (kh, kw, c, m), (sh, sw) = self.k.shape, self.strides
+        c, m = self.k.shape[2:]
         g = g.reshape(g.shape[:3] + (c, m))
         dk = np.einsum("nijabc,nijcm->abcm", self.windows, g)
         dwindows = np.einsum("nijcm,abcm->nijabc", g, self.k)
         canvas = np.zeros_like(self.padded)
         for i in range(self.oh):
             for j in range(self.ow):
-                canvas[:, i * sh:i * sh + kh, j * sw:j * sw + kw] += dwindows[:, i, j]
+                canvas[:, self._rows(i), self._columns(j)] += dwindows[:, i, j]
         top, left = self.pads
         return canvas[:, top:top + self.x.shape[1], left:left + self.x.shape[2]], dk
 
 
-def numpy_layer(kind, x, weights, strides, padding, activation=None):
+def numpy_layer(kind, x, weights, strides, padding, activation=None, dilation=None):
     """The layer's output and a function of the output gradient giving the gradients of (x,
     *weights); a sequence is the one-row image, as in Keras."""
     sequence = kind.endswith("1d")
     image = x[:, None] if sequence else x
     kernel = weights[0][None] if sequence else weights[0]
-    depthwise = NumpyDepthwise(image, kernel, ((1,) + strides) if sequence else strides, padding)
+    dilation = dilation or (1,) * len(strides)
+    depthwise = NumpyDepthwise(image, kernel, ((1,) + strides) if sequence else strides, padding,
+                               ((1,) + dilation) if sequence else dilation)
     out = depthwise.forward()
     separable = kind.startswith("separable")
     if separable:
@@ -157,22 +167,41 @@ def test_output_matches_numpy(kind, strides, padding, multiplier):
                                    err_msg=target)
 
 
+# (kind, strides, padding, depth_multiplier, dilation_rate): dilated with strides 1 and 2 (Keras
+# takes both together in these layers), 'valid' and 'same', a kernel dilated wider than the input
+# with 'same'
+GRADIENT_CASES = [
+    ("depthwise2d", 1, "same", 2, 1), ("depthwise2d", 2, "valid", 1, 1),
+    ("depthwise1d", 2, "same", 2, 1), ("separable2d", 2, "same", 2, 1),
+    ("separable2d", 1, "valid", 1, 1), ("separable1d", 1, "same", 2, 1),
+    ("depthwise2d", 1, "valid", 2, (2, 3)), ("depthwise2d", 2, "same", 1, 2),
+    ("depthwise2d", 1, "same", 1, (4, 6)), ("depthwise1d", 1, "valid", 1, 3),
+    ("depthwise1d", 2, "same", 2, 2), ("separable2d", 2, "valid", 2, (3, 2)),
+    ("separable2d", 1, "same", 1, (2, 1)), ("separable1d", 2, "valid", 2, 2),
+    ("separable1d", 1, "same", 1, 5),
+]
+
+
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("kind, strides, padding, multiplier", [
-    ("depthwise2d", 1, "same", 2), ("depthwise2d", 2, "valid", 1), ("depthwise1d", 2, "same", 2),
-    ("separable2d", 2, "same", 2), ("separable2d", 1, "valid", 1), ("separable1d", 1, "same", 2),
-])
-def test_input_and_weight_gradients_match_numpy(kind, strides, padding, multiplier, target):
+@pytest.mark.parametrize("kind, strides, padding, multiplier, dilation", GRADIENT_CASES,
+                         ids=["-".join(map(str, case)) for case in GRADIENT_CASES])
+def test_input_and_weight_gradients_match_numpy(kind, strides, padding, multiplier, dilation,
+                                                target):
     """One SGD step of learning rate 1 on mse: each weight moves by minus its gradient, and the
     Offset before the layer by minus the batch's summed input gradient."""
     shape = SHAPES[kind[-2:]]
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4,) + shape).astype(np.float32)
-    layer = _case_layer(kind, strides, padding, multiplier, activation="tanh")
+    layer = _case_layer(kind, strides, padding, multiplier, activation="tanh",
+                        dilation_rate=dilation)
     model = Sequential([L.Input(shape), Offset(), layer])
     weights = random_weights(layer, rng)
-    pair = (strides,) if kind.endswith("1d") else (strides, strides)
-    want, backward = numpy_layer(kind, x, weights, pair, padding, activation="tanh")
+    rank = 1 if kind.endswith("1d") else 2
+    pair = (strides,) * rank
+    dilation = (dilation,) * rank if isinstance(dilation, int) else dilation
+    want, backward = numpy_layer(kind, x, weights, pair, padding, activation="tanh",
+                                 dilation=dilation)
+    assert layer.compute_output_shape((None,) + shape) == (None,) + want.shape[1:]
     y = rng.standard_normal(want.shape).astype(np.float32)
     model.set_weights([np.zeros(shape, np.float32)] + weights)
     model.compile(optimizer=optimizers.SGD(learning_rate=1.0), loss="mse", target=target)
@@ -197,21 +226,27 @@ def test_input_and_weight_gradients_match_numpy(kind, strides, padding, multipli
     (lambda: L.SeparableConv2D(4, 3, padding="same", depth_multiplier=2), (5, 5, 2), (5, 5, 4), 3),
     (lambda: L.SeparableConv1D(3, 3, strides=2, use_bias=False, activation="tanh"), (8, 2),
      (3, 3), 2),
+    (lambda: L.DepthwiseConv2D(3, dilation_rate=(2, 1), depth_multiplier=2), (6, 5, 2), (2, 3, 4),
+     2),
+    (lambda: L.SeparableConv1D(2, 3, strides=2, padding="same", dilation_rate=3), (9, 2), (5, 2),
+     3),
 ])
 def test_layer_harness(make_layer, input_shape, output_shape, weights):
     run_layer_test(make_layer, input_shape, output_shape, weights)
 
 
 def _mixed_cnn():
-    return Sequential([L.Input((9, 8, 2)), L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu"),
+    return Sequential([L.Input((9, 8, 2)), L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu",
+                                                              dilation_rate=(2, 1)),
                        L.SeparableConv2D(4, 3, strides=2, padding="same", activation="tanh"),
                        L.DepthwiseConv2D(2, padding="same"), L.Flatten(), L.Dense(2)])
 
 
 def _mixed_sequences():
     return Sequential([L.Input((10, 3)), L.SeparableConv1D(4, 3, depth_multiplier=2,
-                                                            activation="relu"),
-                       L.DepthwiseConv1D(3, strides=2, padding="same", depth_multiplier=2),
+                                                            activation="relu", dilation_rate=2),
+                       L.DepthwiseConv1D(3, strides=2, padding="same", depth_multiplier=2,
+                                         dilation_rate=2),
                        L.GlobalAveragePooling1D(), L.Dense(2)])
 
 
@@ -298,7 +333,11 @@ ALL_LAYERS = [lambda: L.DepthwiseConv2D(3), lambda: L.DepthwiseConv2D((3, 1), st
                                                                           depth_multiplier=2),
               lambda: L.SeparableConv1D(5, 4, activation="tanh", pointwise_initializer="he_normal",
                                         pointwise_regularizer=regularizers.L1(0.1)),
-              lambda: L.SeparableConvolution1D(2, 1), lambda: L.SeparableConvolution2D(2, 1)]
+              lambda: L.SeparableConvolution1D(2, 1), lambda: L.SeparableConvolution2D(2, 1),
+              lambda: L.DepthwiseConv2D(3, strides=2, dilation_rate=(2, 3)),
+              lambda: L.SeparableConv1D(3, 2, dilation_rate=4, padding="same"),
+              lambda: L.DepthwiseConv1D(2, dilation_rate=[2]),
+              lambda: L.SeparableConv2D(3, 2, dilation_rate=2, depth_multiplier=2)]
 
 
 @pytest.mark.parametrize("index", range(len(ALL_LAYERS)))
@@ -326,6 +365,10 @@ def test_configs_have_keras_keys_in_keras_order():
         "depthwise_regularizer", "pointwise_regularizer", "bias_regularizer",
         "activity_regularizer", "depthwise_constraint", "pointwise_constraint", "bias_constraint"]
     assert (config["kernel_size"], config["strides"], config["dilation_rate"]) == ((3,), (1,), (1,))
+    assert L.DepthwiseConv2D(3, dilation_rate=2).get_config()["dilation_rate"] == (2, 2)
+    assert L.SeparableConv2D(2, 3, dilation_rate=(1, 3)).get_config()["dilation_rate"] == (1, 3)
+    assert L.DepthwiseConv1D(3, dilation_rate=[4]).get_config()["dilation_rate"] == (4,)
+    assert L.SeparableConv1D(2, 3, dilation_rate=5).dilation_rate == (5,)
 
 
 def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
@@ -349,12 +392,13 @@ def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
 
 def test_the_description_covers_the_arguments():
     """The compile cache's key (kcompile.describe) tells the layers' arguments apart."""
-    def model(multiplier=1, strides=1, padding="valid", filters=3):
+    def model(multiplier=1, strides=1, padding="valid", filters=3, dilation=1):
         return Sequential([L.Input((6, 6, 2)), L.DepthwiseConv2D(3, strides, padding, multiplier),
-                           L.SeparableConv2D(filters, 2)])
+                           L.SeparableConv2D(filters, 2, dilation_rate=dilation)])
     base = describe(list(model().layers))
     assert describe(list(model().layers)) == base
-    for changed in [model(multiplier=2), model(strides=2), model(padding="same"), model(filters=4)]:
+    for changed in [model(multiplier=2), model(strides=2), model(padding="same"), model(filters=4),
+                    model(dilation=2)]:
         assert describe(list(changed.layers)) != base
 
 
@@ -374,9 +418,12 @@ def test_the_description_covers_the_arguments():
     (lambda: L.DepthwiseConv2D(3, padding="full"), ValueError, r"`padding`.*'full'"),
     (lambda: L.DepthwiseConv1D(3, padding="causal"), ValueError, r"`padding`.*'causal'"),
     (lambda: L.SeparableConv1D(2, 3, padding="causal"), ValueError, r"`padding`.*'causal'"),
-    (lambda: L.DepthwiseConv2D(3, dilation_rate=2), NotImplementedError,
-     r"dilation_rate=1 only.*dilation_rate=2"),
-    (lambda: L.SeparableConv1D(2, 3, dilation_rate=(2,)), NotImplementedError, r"dilation_rate"),
+    (lambda: L.DepthwiseConv2D(3, dilation_rate=0), ValueError,
+     r"`dilation_rate`.*positive.*dilation_rate=0"),
+    (lambda: L.DepthwiseConv2D(3, dilation_rate=(2, 2, 2)), ValueError,
+     r"`dilation_rate`.*tuple of 2"),
+    (lambda: L.SeparableConv1D(2, 3, dilation_rate=(2, 2)), ValueError, r"`dilation_rate`"),
+    (lambda: L.DepthwiseConv1D(3, dilation_rate=1.5), ValueError, r"`dilation_rate`"),
     (lambda: L.DepthwiseConv2D(3, data_format="channels_first"), NotImplementedError,
      r"channels_last.*images"),
     (lambda: L.SeparableConv1D(2, 3, data_format="channels_first"), NotImplementedError,
@@ -404,6 +451,10 @@ def test_bad_arguments_are_refused_naming_them(make_layer, error, match):
     (lambda: L.SeparableConv1D(2, 3), (4, 8, 1), r"needs sequences of shape"),
     (lambda: L.DepthwiseConv2D(5), (3, 3, 1), r"does not fit.*padding='same'"),
     (lambda: L.SeparableConv1D(2, 4), (3, 2), r"does not fit.*padding='same'"),
+    # a 3-tap kernel dilated by 3 spans 7 steps
+    (lambda: L.DepthwiseConv1D(3, dilation_rate=3), (6, 2),
+     r"dilated by \(3,\) \(extent \(7,\)\) does not fit.*or dilation_rate"),
+    (lambda: L.SeparableConv2D(2, 2, dilation_rate=(1, 4)), (4, 4, 1), r"extent \(2, 5\)"),
 ])
 def test_inputs_the_layer_cannot_take_are_refused(make_layer, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -443,6 +494,18 @@ KERAS_MODELS = {
                    "SeparableConv1D(4, 2, activation='tanh')", "DepthwiseConv1D(2)",
                    "SeparableConvolution1D(3, 3, strides=2, padding='same', depth_multiplier=2)",
                    "Flatten()", "Dense(2)"], (11, 3)),
+    # dilated, with strides 1 and 2 ('valid' and 'same'), and a dilated kernel wider than the input
+    "dilated_images": (["DepthwiseConv2D(3, dilation_rate=2, depth_multiplier=2)",
+                        "SeparableConv2D(3, (2, 3), strides=2, dilation_rate=(3, 2), "
+                        "padding='same', activation='tanh')",
+                        "DepthwiseConv2D((3, 2), strides=(2, 1), dilation_rate=(1, 2))",
+                        "SeparableConv2D(2, 3, dilation_rate=3, padding='same')",
+                        "Flatten()", "Dense(2)"], (11, 10, 2)),
+    "dilated_sequences": (["DepthwiseConv1D(3, dilation_rate=3, padding='same', depth_multiplier=2)",
+                           "SeparableConv1D(4, 2, strides=2, dilation_rate=2, activation='tanh')",
+                           "DepthwiseConv1D(2, strides=2, dilation_rate=4, padding='same')",
+                           "SeparableConv1D(2, 3, dilation_rate=2, padding='same')",
+                           "Flatten()", "Dense(2)"], (13, 3)),
 }
 
 KERAS_SCRIPT = textwrap.dedent("""

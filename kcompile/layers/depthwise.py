@@ -14,6 +14,11 @@ kernel, then the bias and the activation, as Keras's `ops.separable_conv`.
 
 A sequence (batch, steps, channels) is convolved as the one-row image (batch, 1, steps, channels)
 with a (1, kernel_size) window, as Conv1D is.
+
+A dilated depthwise convolution is the plain one of the dilated kernel (`dilate_kernel`: zeros
+between the taps of its two window axes), as Conv1D/Conv2D dilate theirs.  Keras's depthwise and
+separable layers, unlike Conv1D/Conv2D, take strides > 1 together with dilation_rate > 1: the
+windows of the dilated kernel are then simply taken `strides` apart.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from ir import build_nn as NN
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
-                                           check_sequence, normalize_padding, normalize_tuple)
+                                           check_sequence, dilate_kernel, dilated_size,
+                                           normalize_padding, normalize_tuple)
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -67,13 +73,14 @@ class _DepthwiseBase(Layer):
             depth_multiplier, "depth_multiplier",
             "the number of output channels of each input channel")
         check_channels_last(data_format, layer)
-        if normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer) != (1,) * self.rank:
-            raise NotImplementedError(f"{layer} supports dilation_rate=1 only; got "
-                                      f"dilation_rate={dilation_rate!r}")
+        # NOTE: no refusal of strides > 1 with dilation_rate > 1: Keras's depthwise and separable
+        # layers (unlike its Conv1D/Conv2D) accept and compute them.
+        dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer)
         super().__init__(**kwargs)
         self.data_format = "channels_last"
         self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
         self.strides = normalize_tuple(strides, self.rank, "strides", layer)
+        self.dilation_rate = dilation_rate
         self.padding = normalize_padding(padding, layer)
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -88,9 +95,14 @@ class _DepthwiseBase(Layer):
     # -- the 2-D view: a sequence is a one-row image -------------------------------------------
 
     def _window(self):
+        """(extent of the dilated kernel, strides) of the image convolution."""
+        size = dilated_size(self.kernel_size, self.dilation_rate)
         if self.rank == 1:
-            return (1,) + self.kernel_size, (1,) + self.strides
-        return self.kernel_size, self.strides
+            return (1,) + size, (1,) + self.strides
+        return size, self.strides
+
+    def _dilation(self):
+        return (1,) + self.dilation_rate if self.rank == 1 else self.dilation_rate
 
     def _image_shape(self, input_shape):
         if self.rank == 1:
@@ -106,6 +118,7 @@ class _DepthwiseBase(Layer):
         image = inputs if self.rank == 2 else as_image(inputs)
         if self.rank == 1:
             kernel = B.reshape(kernel, (1,) + tuple(kernel.shape))
+        kernel = dilate_kernel(kernel, self._dilation())
         return depthwise_conv2d(image, kernel, self._window()[1], self._pads(image.shape))
 
     def _finish(self, image):
@@ -137,9 +150,14 @@ class _DepthwiseBase(Layer):
         height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
         width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
         if height < 1 or width < 1:
-            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} kernel "
-                             f"does not fit inputs of shape {format_shape(input_shape)} with padding "
-                             f"{self.padding!r}; use padding='same' or a smaller kernel_size.")
+            extent = dilated_size(self.kernel_size, self.dilation_rate)
+            dilated = (f" dilated by {self.dilation_rate} (extent {extent})"
+                       if max(self.dilation_rate) > 1 else "")
+            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} "
+                             f"kernel{dilated} does not fit inputs of shape "
+                             f"{format_shape(input_shape)} with padding {self.padding!r}; use "
+                             f"padding='same' or a smaller kernel_size"
+                             f"{' or dilation_rate' if dilated else ''}.")
         spatial = (width,) if self.rank == 1 else (height, width)
         return (input_shape[0],) + spatial + (self._output_channels(input_shape[-1]),)
 
@@ -163,7 +181,7 @@ class _DepthwiseBase(Layer):
             "strides": self.strides,
             "padding": self.padding,
             "data_format": "channels_last",
-            "dilation_rate": (1,) * self.rank,
+            "dilation_rate": self.dilation_rate,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
@@ -278,14 +296,16 @@ class DepthwiseConv2D(_DepthwiseConv):
         depth_multiplier: output channels per input channel; the output has
             `input_channels * depth_multiplier` channels, channel `c * depth_multiplier + m` from
             input channel c and kernel[..., c, m].
+        dilation_rate: an int or (vertical, horizontal) spacing of the kernel's taps (default 1): a
+            window spans (kernel_size - 1) * dilation_rate + 1 pixels.  Strides > 1 may go with
+            it, as in Keras.
         activation: name or function; None is linear.
         use_bias: add a bias per output channel.
         depthwise_initializer, bias_initializer: default glorot_uniform and zeros.
         depthwise_regularizer, bias_regularizer, activity_regularizer: optional penalties.
 
     The kernel ('kernel', as Keras 3 names it) has shape (kernel_height, kernel_width,
-    input_channels, depth_multiplier).  data_format='channels_last' and dilation_rate=1 only; no
-    constraints.
+    input_channels, depth_multiplier).  data_format='channels_last' only; no constraints.
     """
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
@@ -309,8 +329,8 @@ class DepthwiseConv1D(_DepthwiseConv):
     """Depthwise 1-D convolution over channels-last sequences (batch, steps, channels), computed as
     a DepthwiseConv2D of one-row images.
 
-    Args: as DepthwiseConv2D, with kernel_size and strides an int (or a 1-tuple) each, and padding
-    'valid' or 'same' (Keras's DepthwiseConv1D has no 'causal').
+    Args: as DepthwiseConv2D, with kernel_size, strides and dilation_rate an int (or a 1-tuple)
+    each, and padding 'valid' or 'same' (Keras's DepthwiseConv1D has no 'causal').
 
     The kernel has shape (kernel_size, input_channels, depth_multiplier), as Keras's.
     """
@@ -340,7 +360,8 @@ class SeparableConv2D(_SeparableConv):
 
     Args:
         filters: the number of output channels.
-        kernel_size, strides, padding, depth_multiplier: of the depthwise step, as DepthwiseConv2D.
+        kernel_size, strides, padding, depth_multiplier, dilation_rate: of the depthwise step, as
+            DepthwiseConv2D.
         activation, use_bias: as Conv2D.
         depthwise_initializer, pointwise_initializer, bias_initializer: default glorot_uniform,
             glorot_uniform and zeros.
@@ -349,8 +370,7 @@ class SeparableConv2D(_SeparableConv):
 
     The kernels have shapes (kernel_height, kernel_width, input_channels, depth_multiplier)
     ('depthwise_kernel') and (1, 1, input_channels * depth_multiplier, filters)
-    ('pointwise_kernel'), as Keras's.  data_format='channels_last' and dilation_rate=1 only; no
-    constraints.
+    ('pointwise_kernel'), as Keras's.  data_format='channels_last' only; no constraints.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
@@ -378,8 +398,8 @@ class SeparableConv1D(_SeparableConv):
     """Depthwise separable 1-D convolution over channels-last sequences (batch, steps, channels),
     computed as a SeparableConv2D of one-row images.
 
-    Args: as SeparableConv2D, with kernel_size and strides an int (or a 1-tuple) each, and padding
-    'valid' or 'same'.
+    Args: as SeparableConv2D, with kernel_size, strides and dilation_rate an int (or a 1-tuple)
+    each, and padding 'valid' or 'same'.
 
     The kernels have shapes (kernel_size, input_channels, depth_multiplier) and
     (1, input_channels * depth_multiplier, filters), as Keras's.
