@@ -86,6 +86,15 @@ def conv_transpose_gradients(x, kernel, g, strides, padding, output_padding=None
     return dx, dkernel
 
 
+def dilate(kernel, dilation):
+    """kernel[KH,KW,...] with d - 1 zeros between its taps on each of the first two axes: the
+    kernel whose scatter is the dilated transposed convolution's."""
+    (kh, kw), (dh, dw) = kernel.shape[:2], dilation
+    dilated = np.zeros(((kh - 1) * dh + 1, (kw - 1) * dw + 1) + kernel.shape[2:], kernel.dtype)
+    dilated[::dh, ::dw] = kernel
+    return dilated
+
+
 def test_the_numpy_gradients_are_the_adjoints_of_the_numpy_forward():
     """<y(x, k), g> = <x, dx> = <k, dk> (y is linear in x and in k), with finite differences too."""
     rng = np.random.default_rng(0)
@@ -118,7 +127,8 @@ class Offset(L.Layer):
         return x + self.w
 
 
-# (rank, kernel_size, strides, padding, output_padding): rank 2 on (3, 4, 2) images, rank 1 on (5, 2)
+# (rank, kernel_size, strides, padding, output_padding[, dilation_rate]): rank 2 on (3, 4, 2)
+# images, rank 1 on (5, 2)
 CASES = [
     (2, (3, 3), (1, 1), "valid", None),
     (2, (3, 3), (2, 2), "same", None),
@@ -131,13 +141,23 @@ CASES = [
     (1, (4,), (3,), "valid", (2,)),
     (1, (2,), (2,), "same", (1,)),
     (1, (1,), (1,), "valid", None),
+    # dilated (Keras: strides 1 only, so output_padding None or 0); 'same' with an even dilated
+    # extent and output_padding 0 gives in - 1 steps
+    (2, (3, 3), (1, 1), "valid", None, (2, 2)),
+    (2, (2, 3), (1, 1), "same", None, (3, 2)),
+    (2, (2, 2), (1, 1), "same", (0, 0), (3, 1)),
+    (2, (3, 2), (1, 1), "valid", (0, 0), (1, 4)),
+    (2, (1, 3), (1, 1), "same", (0, 0), (5, 2)),
+    (1, (3,), (1,), "same", None, (2,)),
+    (1, (2,), (1,), "same", (0,), (3,)),
+    (1, (4,), (1,), "valid", None, (2,)),
 ]
 
 
-def _case_layer(rank, kernel_size, strides, padding, output_padding, **kwargs):
+def _case_layer(rank, kernel_size, strides, padding, output_padding, dilation=None, **kwargs):
     cls = L.Conv2DTranspose if rank == 2 else L.Conv1DTranspose
     return cls(3, kernel_size if rank == 2 else kernel_size[0], strides=strides, padding=padding,
-               output_padding=output_padding, **kwargs)
+               output_padding=output_padding, dilation_rate=dilation or 1, **kwargs)
 
 
 def _as_image(x, rank):
@@ -147,13 +167,15 @@ def _as_image(x, rank):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_output_and_gradients_match_numpy(case, target):
-    rank, kernel_size, strides, padding, output_padding = case
+    rank, kernel_size, strides, padding, output_padding = case[:5]
+    dilation = case[5] if len(case) > 5 else (1,) * rank
     shape = (3, 4, 2) if rank == 2 else (5, 2)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3,) + shape).astype(np.float32)
     kernel = rng.standard_normal(kernel_size + (3, 2)).astype(np.float32)
     bias = rng.standard_normal(3).astype(np.float32)
-    image_kernel = kernel if rank == 2 else kernel[None]
+    image_dilation = dilation if rank == 2 else (1,) + dilation
+    image_kernel = dilate(kernel if rank == 2 else kernel[None], image_dilation)
     image_strides = strides if rank == 2 else (1,) + strides
     image_padding = output_padding if rank == 2 or output_padding is None else (None,) + output_padding
     want = conv_transpose_numpy(_as_image(x, rank), image_kernel, bias, image_strides, padding,
@@ -171,6 +193,7 @@ def test_output_and_gradients_match_numpy(case, target):
     g = 2.0 * (want - y) / want.size          # d mse / d output
     dx, dkernel = conv_transpose_gradients(_as_image(x, rank), image_kernel, _as_image(g, rank),
                                            image_strides, padding, image_padding)
+    dkernel = dkernel[::image_dilation[0], ::image_dilation[1]]     # the taps' own gradients
     if rank == 1:
         dx, dkernel = dx[:, 0], dkernel[0]
     offset, new_kernel, new_bias = model.get_weights()
@@ -188,6 +211,9 @@ def test_output_and_gradients_match_numpy(case, target):
     (lambda: L.Conv1DTranspose(3, 4, strides=2, padding="same"), (5, 2), (10, 3)),
     (lambda: L.Conv1DTranspose(2, 3, strides=3, output_padding=1, kernel_regularizer="l2"), (4, 3),
      (13, 2)),
+    (lambda: L.Conv2DTranspose(2, (2, 3), dilation_rate=(3, 2), activation="relu"), (3, 2, 2),
+     (6, 6, 2)),
+    (lambda: L.Conv1DTranspose(3, 2, dilation_rate=3, padding="same"), (5, 2), (5, 3)),
 ])
 def test_layer_harness(make_layer, input_shape, output_shape):
     run_layer_test(make_layer, input_shape, output_shape, 2)
@@ -204,12 +230,14 @@ def _decoder_2d():
     return Sequential([L.Input((6, 6, 2)), L.Conv2D(3, 3, strides=2, padding="same", activation="relu"),
                        L.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu"),
                        L.Conv2DTranspose(2, (2, 3), strides=(2, 1), output_padding=(1, 0)),
+                       L.Conv2DTranspose(2, (2, 3), dilation_rate=(2, 1), padding="same"),
                        L.Flatten(), L.Dense(2)])
 
 
 def _decoder_1d():
     return Sequential([L.Input((5, 2)), L.Conv1DTranspose(3, 3, strides=2, activation="tanh"),
                        L.Conv1DTranspose(2, 2, strides=2, padding="same", output_padding=1),
+                       L.Conv1DTranspose(2, 3, dilation_rate=2, activation="relu"),
                        L.GlobalAveragePooling1D(), L.Dense(2)])
 
 
@@ -244,7 +272,9 @@ ALL_LAYERS = [lambda: L.Conv2DTranspose(2, 3), lambda: L.Conv1DTranspose(2, 3),
               lambda: L.Convolution1DTranspose(1, 2, strides=3, output_padding=2,
                                                kernel_initializer="he_normal", bias_regularizer="l1"),
               lambda: L.Conv2DTranspose(3, 1, output_padding=0, data_format="channels_last",
-                                        dilation_rate=1)]
+                                        dilation_rate=1),
+              lambda: L.Conv2DTranspose(2, 3, dilation_rate=(2, 3), padding="same"),
+              lambda: L.Conv1DTranspose(2, 2, dilation_rate=[4], output_padding=0)]
 
 
 @pytest.mark.parametrize("index", range(len(ALL_LAYERS)))
@@ -270,6 +300,8 @@ def test_config_has_keras_keys_and_defaults():
     one = L.Conv1DTranspose(2, 3, strides=2, output_padding=1).get_config()
     assert (one["name"], one["kernel_size"], one["strides"], one["output_padding"],
             one["dilation_rate"]) == ("conv1d_transpose", (3,), (2,), (1,), (1,))
+    assert L.Conv2DTranspose(2, 3, dilation_rate=2).get_config()["dilation_rate"] == (2, 2)
+    assert L.Conv1DTranspose(2, 3, dilation_rate=(3,)).get_config()["dilation_rate"] == (3,)
 
 
 def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
@@ -301,6 +333,8 @@ def test_the_description_covers_the_arguments():
     for changed in [model(filters=3), model(kernel_size=2), model(strides=3), model(padding="same"),
                     model(output_padding=1)]:
         assert describe(list(changed.layers)) != base
+    undilated = describe(list(model(strides=1).layers))
+    assert describe(list(model(strides=1, dilation_rate=2).layers)) != undilated
 
 
 def test_the_layers_are_in_the_namespace():
@@ -331,9 +365,17 @@ def test_the_layers_are_in_the_namespace():
      r"`output_padding`.*non-negative.*output_padding=-1"),
     (lambda: L.Conv2DTranspose(2, 3, strides=2, output_padding=(1, 1, 1)), ValueError,
      r"`output_padding`.*tuple of 2"),
-    (lambda: L.Conv2DTranspose(2, 3, dilation_rate=2), NotImplementedError,
-     r"dilation_rate=1 only.*dilation_rate=2"),
-    (lambda: L.Conv1DTranspose(2, 3, dilation_rate=(2,)), NotImplementedError, r"dilation_rate"),
+    # Keras refuses strides > 1 with dilation_rate > 1 in its transposed convolutions
+    (lambda: L.Conv2DTranspose(2, 3, strides=(2, 1), dilation_rate=(1, 2)), ValueError,
+     r"`strides > 1` not supported in conjunction with `dilation_rate > 1`.*strides=\(2, 1\).*"
+     r"dilation_rate=\(1, 2\)"),
+    (lambda: L.Conv1DTranspose(2, 3, strides=2, dilation_rate=2), ValueError,
+     r"`strides > 1`.*`dilation_rate > 1`"),
+    (lambda: L.Conv1DTranspose(2, 3, dilation_rate=2, output_padding=1), ValueError,
+     r"`output_padding`.*less than the stride"),
+    (lambda: L.Conv2DTranspose(2, 3, dilation_rate=0), ValueError,
+     r"`dilation_rate`.*positive.*dilation_rate=0"),
+    (lambda: L.Conv1DTranspose(2, 3, dilation_rate=(2, 2)), ValueError, r"`dilation_rate`"),
     (lambda: L.Conv2DTranspose(2, 3, data_format="channels_first"), NotImplementedError,
      r"channels_last.*images of shape"),
     (lambda: L.Conv1DTranspose(2, 3, data_format="channels_first"), NotImplementedError,
@@ -357,6 +399,9 @@ def test_bad_arguments_are_refused_naming_them(make, error, match):
     # 'same' with an even kernel and output_padding 0: (1 - 1) * 2 + 2 % 2 + 0 = 0 steps
     (lambda: L.Conv1DTranspose(2, 2, strides=2, padding="same", output_padding=0), (1, 3),
      r"empty output"),
+    # the dilated extent (2 - 1) * 3 + 1 = 4 is even: (1 - 1) + 4 % 2 + 0 = 0 steps again
+    (lambda: L.Conv1DTranspose(2, 2, dilation_rate=3, padding="same", output_padding=0), (1, 3),
+     r"dilation_rate=\(3,\).*empty output"),
 ])
 def test_bad_inputs_are_refused_when_the_model_is_built(layer, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -386,6 +431,17 @@ KERAS_MODELS = {
                    "Conv1DTranspose(2, 4, strides=3, output_padding=2)",
                    "Convolution1DTranspose(2, 2, strides=2, padding='same', output_padding=1)",
                    "Flatten()", "Dense(2)"], (5, 2), True),
+    "dilated_images": (["Conv2DTranspose(3, 3, dilation_rate=2, activation='relu')",
+                        "Conv2DTranspose(3, (2, 3), dilation_rate=(3, 2), padding='same')",
+                        "Conv2DTranspose(2, (2, 2), dilation_rate=(1, 3), padding='same', "
+                        "output_padding=0, activation='tanh')",
+                        "Conv2DTranspose(2, (3, 1), dilation_rate=(2, 5), output_padding=(0, 0))",
+                        "Flatten()", "Dense(2)"], (3, 2, 2), True),
+    "dilated_sequences": (["Conv1DTranspose(3, 3, dilation_rate=2, padding='same')",
+                           "Conv1DTranspose(2, 2, dilation_rate=3, padding='same', output_padding=0, "
+                           "activation='tanh')",
+                           "Convolution1DTranspose(2, 4, dilation_rate=2)",
+                           "Flatten()", "Dense(2)"], (4, 2), True),
 }
 
 def _shape_cases():
@@ -401,6 +457,15 @@ def _shape_cases():
             shape = (size, 4, 1) if rank == 2 else (size, 1)
             cases.append((f"{cls}(2, {kernel}, strides={stride}, padding={padding!r}, "
                           f"output_padding={output_padding})", shape))
+    # dilated: strides 1 (output_padding None or 0), and strides 2 that Keras refuses
+    for rank, kernels, dilations in [(2, [(1, 2), (3, 4), (2, 2)], [(2, 1), (3, 3), (1, 4)]),
+                                     (1, [(1,), (2,), (3,)], [(2,), (3,), (5,)])]:
+        for kernel, dilation, stride, padding, output_padding, size in itertools.product(
+                kernels, dilations, [1, 2], ["valid", "same"], [None, 0], [1, 3]):
+            cls = "Conv2DTranspose" if rank == 2 else "Conv1DTranspose"
+            shape = (size, 4, 1) if rank == 2 else (size, 1)
+            cases.append((f"{cls}(2, {kernel}, strides={stride}, padding={padding!r}, "
+                          f"output_padding={output_padding}, dilation_rate={dilation})", shape))
     return cases
 
 
@@ -417,8 +482,8 @@ KERAS_SCRIPT = textwrap.dedent("""
     spec_path, shapes_path, *specs = sys.argv[1:]
     results = []
     for expr, shape in json.load(open(spec_path)):
-        layer = eval(expr)
         try:
+            layer = eval(expr)
             results.append(list(layer.compute_output_shape((None,) + tuple(shape))))
         except Exception as error:
             results.append(repr(error))
@@ -488,6 +553,10 @@ needs_keras = pytest.mark.skipif(not keras_available(),
 def test_output_shapes_agree_with_keras(keras_results):
     assert len(keras_results["shapes"]) == len(SHAPE_CASES)
     for (expr, shape), keras_shape in zip(SHAPE_CASES, keras_results["shapes"]):
+        if "`strides > 1` not supported" in str(keras_shape):      # Keras refuses the arguments
+            with pytest.raises(ValueError, match="`strides > 1` not supported"):
+                _layer_from(expr)
+            continue
         layer = _layer_from(expr)
         if isinstance(keras_shape, list) and min(keras_shape[1:]) > 0:
             assert list(layer.compute_output_shape((None,) + shape)) == keras_shape, (expr, shape)

@@ -11,6 +11,12 @@ Output sizes and where the result sits follow Keras 3 (`compute_conv_transpose_o
 `compute_conv_transpose_padding_args_for_jax`): per spatial axis, the uncropped scatter has
 `(in - 1) * stride + kernel` entries; 'valid' keeps them all (and `output_padding` zeros after them),
 'same' crops it to `in * stride` (or `(in - 1) * stride + kernel % 2 + output_padding`).
+
+A dilated transposed convolution is the plain one of the dilated kernel (`dilate_kernel`: zeros
+between the taps), and Keras's output sizes and pads use the dilated extent `(kernel - 1) *
+dilation + 1` in place of `kernel` (its JAX backend passes `rhs_dilation` to
+`lax.conv_transpose` with the pads of that extent).  Keras refuses strides > 1 with dilation > 1
+here, and so does kcompile.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from ir import build_nn as NN
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
-                                           check_sequence, normalize_padding, normalize_tuple)
+                                           check_sequence, dilate_kernel, dilated_size,
+                                           normalize_padding, normalize_tuple)
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -100,17 +107,23 @@ class _ConvTranspose(Layer):
             raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
                              f"integer (the number of output channels). Received filters={filters!r}")
         check_channels_last(data_format, layer)
-        if normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer) != (1,) * self.rank:
-            raise NotImplementedError(f"{layer} supports dilation_rate=1 only; got "
-                                      f"dilation_rate={dilation_rate!r}")
+        kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
+        strides = normalize_tuple(strides, self.rank, "strides", layer)
+        dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer)
+        output_padding = normalize_output_padding(output_padding, strides, "output_padding", layer)
+        if max(strides) > 1 and max(dilation_rate) > 1:
+            raise ValueError(f"{layer}: `strides > 1` not supported in conjunction with "
+                             f"`dilation_rate > 1` (as in Keras); got strides={strides} and "
+                             f"dilation_rate={dilation_rate}. Use strides=1 with the dilation, or "
+                             f"dilation_rate=1 with the strides.")
         super().__init__(**kwargs)
         self.data_format = "channels_last"
         self.filters = int(filters)
-        self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
-        self.strides = normalize_tuple(strides, self.rank, "strides", layer)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
         self.padding = normalize_padding(padding, layer)
-        self.output_padding = normalize_output_padding(output_padding, self.strides, "output_padding",
-                                                       layer)
+        self.output_padding = output_padding
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
@@ -122,10 +135,11 @@ class _ConvTranspose(Layer):
         self.bias = None
 
     def _axes(self):
-        """(kernel, stride, output_padding) of each spatial axis of the image the layer scatters
-        into; a sequence is a one-row image whose row axis is a 1-tap, stride-1 identity."""
+        """(extent of the dilated kernel, stride, output_padding) of each spatial axis of the image
+        the layer scatters into; a sequence is a one-row image whose row axis is a 1-tap, stride-1
+        identity."""
         paddings = self.output_padding or (None,) * self.rank
-        axes = list(zip(self.kernel_size, self.strides, paddings))
+        axes = list(zip(dilated_size(self.kernel_size, self.dilation_rate), self.strides, paddings))
         return [(1, 1, None)] + axes if self.rank == 1 else axes
 
     def _check_input(self, input_shape):
@@ -146,10 +160,13 @@ class _ConvTranspose(Layer):
         image = (input_shape[0], 1) + tuple(input_shape[1:]) if self.rank == 1 else input_shape
         out = self._output_image(image)
         if min(out) < 1:
+            dilated = (f", dilation_rate={self.dilation_rate}" if max(self.dilation_rate) > 1
+                       else "")
             raise ValueError(f"{type(self).__name__} layer {self.name!r}: inputs of shape "
-                             f"{format_shape(input_shape)} with kernel_size={self.kernel_size}, "
-                             f"padding={self.padding!r} and output_padding={self.output_padding} give an "
-                             "empty output; use a larger output_padding or padding='valid'.")
+                             f"{format_shape(input_shape)} with kernel_size={self.kernel_size}"
+                             f"{dilated}, padding={self.padding!r} and output_padding="
+                             f"{self.output_padding} give an empty output; use a larger "
+                             "output_padding or padding='valid'.")
         spatial = out[1:] if self.rank == 1 else out
         return (input_shape[0],) + spatial + (self.filters,)
 
@@ -171,10 +188,11 @@ class _ConvTranspose(Layer):
         size = tuple(kernel for kernel, _, _ in self._axes())
         strides = tuple(stride for _, stride, _ in self._axes())
         (top, bottom), (left, right) = (scatter_pads(*axis, self.padding) for axis in self._axes())
-        # kernel[KH,KW,F,C_in] is already the matrix [KH*KW*F, C_in] whose transpose maps a pixel's
-        # channels to its block of output taps
+        # kernel[KH,KW,F,C_in], dilated, is already the matrix [KH*KW*F, C_in] whose transpose maps
+        # a pixel's channels to its block of output taps
         taps = size[0] * size[1] * self.filters
-        kernel = B.reshape(self.kernel.value, (taps, image.shape[-1]))
+        kernel = B.reshape(dilate_kernel(self.kernel.value, self.dilation_rate),
+                           (taps, image.shape[-1]))
         columns = B.matmul(image, kernel, transpose_b=True)
         blocks = B.reshape(columns, tuple(image.shape[:3]) + size + (self.filters,))
         return NN.patches_grad(blocks, size, strides, (top, bottom, left, right), out)
@@ -194,7 +212,7 @@ class _ConvTranspose(Layer):
             "padding": self.padding,
             "output_padding": self.output_padding,
             "data_format": "channels_last",
-            "dilation_rate": (1,) * self.rank,
+            "dilation_rate": self.dilation_rate,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
@@ -221,6 +239,9 @@ class Conv2DTranspose(_ConvTranspose):
         output_padding: None, or an int or pair below `strides`: the output size becomes
             (in - 1) * stride + kernel_size + output_padding ('valid') or
             (in - 1) * stride + kernel_size % 2 + output_padding ('same'), as Keras computes it.
+        dilation_rate: an int or (vertical, horizontal) spacing of the kernel's taps (default 1);
+            the sizes above then count the dilated extent (kernel_size - 1) * dilation_rate + 1 as
+            the kernel.  Only with strides 1, as in Keras.
         activation, use_bias, kernel_initializer, bias_initializer, ...: as Conv2D.
 
     The kernel has shape (kernel_height, kernel_width, filters, input_channels), as Keras's.
@@ -238,7 +259,8 @@ class Conv1DTranspose(_ConvTranspose):
     """1-D transposed convolution over channels-last sequences (batch, steps, channels), computed
     as a Conv2DTranspose of one-row images.
 
-    Args: as Conv2DTranspose, with ints (or 1-tuples) for kernel_size, strides and output_padding.
+    Args: as Conv2DTranspose, with ints (or 1-tuples) for kernel_size, strides, output_padding and
+    dilation_rate.
 
     The kernel has shape (kernel_size, filters, input_channels), as Keras's.
     """
