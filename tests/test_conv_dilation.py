@@ -344,20 +344,31 @@ KERAS_SHAPES = [
     ("Conv2D(8, 3, strides=2, groups=4)", (None, 9, 8, 8)),
 ]
 
-# The keys of the convolution's geometry: the initializers' and the dtype's configs differ in form
-# (Keras's carry module and registered_name), and kcompile's Conv has no constraint keys.
+# The keys of the convolution's geometry (and the constraints, None): the initializers' and the
+# dtype's configs differ in form (Keras's carry module and registered_name).
 GEOMETRY = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
-            "activation", "use_bias")
+            "activation", "use_bias", "kernel_constraint", "bias_constraint")
+
+# Layers whose get_config() keys (in order) must be Keras's: the convolutions and their relatives
+CONFIG_KEY_LAYERS = ["Conv1D(2, 3)", "Conv2D(2, 3)", "Conv1D(4, 2, dilation_rate=2, groups=2)",
+                     "Conv2D(2, 3, kernel_regularizer='l2')", "DepthwiseConv1D(3)",
+                     "DepthwiseConv2D(3, dilation_rate=2)", "SeparableConv1D(2, 3)",
+                     "SeparableConv2D(2, 3, dilation_rate=(2, 1))", "Conv1DTranspose(2, 3)",
+                     "Conv2DTranspose(2, 3, dilation_rate=2)",
+                     "Conv2DTranspose(2, 3, strides=2, output_padding=1)"]
 
 KERAS_SCRIPT = textwrap.dedent("""
     import json, sys, numpy as np, keras
     from keras.layers import *
-    shapes_path, specs = sys.argv[1], sys.argv[2:]
+    shapes_path, keys_path, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
     shapes = []
     for expr, shape in eval(open(shapes_path).read()):
         shapes.append(list(eval(expr).compute_output_shape(shape)))
     with open(shapes_path, "w") as f:
         json.dump(shapes, f)
+    keys = [list(eval(expr).get_config()) for expr in json.load(open(keys_path))]
+    with open(keys_path, "w") as f:
+        json.dump(keys, f)
     for spec in specs:
         exprs, shape, path = eval(spec)
         data = np.load(path)
@@ -398,15 +409,17 @@ def keras_results(tmp_path_factory):
     directory = tmp_path_factory.mktemp("keras")
     shapes_path = directory / "shapes.txt"
     shapes_path.write_text(repr(KERAS_SHAPES))
+    keys_path = directory / "keys.json"
+    keys_path.write_text(json.dumps(CONFIG_KEY_LAYERS))
     specs = []
     for name, (exprs, shape) in KERAS_MODELS.items():
         x, y = _keras_data(name)
         path = directory / f"{name}.npz"
         np.savez(path, x=x, y=y)
         specs.append(repr((exprs, shape, str(path))))
-    run_keras(KERAS_SCRIPT, [str(shapes_path)] + specs)
+    run_keras(KERAS_SCRIPT, [str(shapes_path), str(keys_path)] + specs)
     results = {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
-    return results, json.loads(shapes_path.read_text())
+    return results, json.loads(shapes_path.read_text()), json.loads(keys_path.read_text())
 
 
 @pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
@@ -421,7 +434,7 @@ def test_agrees_with_keras(name, keras_results):
         if not isinstance(layer, (L.Conv1D, L.Conv2D)):
             continue
         ours = json.loads(json.dumps(layer.get_config()))
-        assert set(ours) <= set(keras_config), set(ours) - set(keras_config)
+        assert list(ours) == list(keras_config)
         assert {k: ours[k] for k in GEOMETRY} == {k: keras_config[k] for k in GEOMETRY}
     # Keras's kernels, grouped ones (kernel_size + (channels // groups, filters)) included
     assert [tuple(w.shape) for w in model.weights] == \
@@ -442,3 +455,27 @@ def test_compute_output_shape_agrees_with_keras(keras_results):
     ours = [list(eval(expr, _namespace()).compute_output_shape(shape))
             for expr, shape in KERAS_SHAPES]
     assert ours == keras_results[1]
+
+
+@pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
+def test_config_keys_are_keras_keys_in_keras_order(keras_results):
+    """Conv1D/Conv2D (kernel_constraint and bias_constraint, None, included), the depthwise,
+    separable and transposed convolutions write the keys Keras 3 writes, in its order."""
+    keras_keys = keras_results[2]
+    assert len(keras_keys) == len(CONFIG_KEY_LAYERS)
+    for expr, keys in zip(CONFIG_KEY_LAYERS, keras_keys):
+        assert list(eval(expr, _namespace()).get_config()) == keys, expr
+
+
+@pytest.mark.parametrize("cls, arguments", [(L.Conv1D, dict(filters=2, kernel_size=(3,))),
+                                            (L.Conv2D, dict(filters=2, kernel_size=(3, 2)))])
+def test_constraint_keys_are_none_and_old_configs_without_them_load(cls, arguments):
+    layer = cls(**arguments, dilation_rate=2)
+    config = layer.get_config()
+    assert (config["kernel_constraint"], config["bias_constraint"]) == (None, None)
+    assert cls.from_config(config).get_config() == config
+    old = {k: v for k, v in config.items() if not k.endswith("_constraint")}   # as saved before
+    assert cls.from_config(old).get_config() == config
+    assert L.deserialize({"class_name": cls.__name__, "config": old}).get_config() == config
+    with pytest.raises(NotImplementedError, match="kernel_constraint"):
+        cls.from_config(dict(config, kernel_constraint="non_neg"))

@@ -277,6 +277,10 @@ class _Conv(Layer):
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
             "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+            # Keras always writes them; kcompile refuses any constraint, so they are None (and a
+            # config without them, as kcompile wrote before, still loads: None is the default)
+            "kernel_constraint": None,
+            "bias_constraint": None,
         })
         return config
 
