@@ -72,3 +72,28 @@ def run_layer_test(make_layer, input_shape, expected_output_shape, expected_weig
             np.testing.assert_allclose(result[index], reference[index], rtol=rtol, atol=atol,
                                        err_msg=f"{target} predictions")
     return results
+
+
+def check_fit_matches_reference(make_model, rows=12, outputs=2):
+    """Two epochs of Adam on `make_model()` (a fresh model of one input and `outputs` regression
+    outputs), compiled and on the reference interpreter from the same seed: the weights must change
+    and every target's losses, weights and predictions must agree with the reference's."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((rows,) + make_model().input_shape[1:]).astype(np.float32)
+    y = rng.standard_normal((rows, outputs)).astype(np.float32)
+    results = {}
+    for target in TARGETS:
+        set_random_seed(5)
+        model = make_model()
+        model.compile(optimizer=optimizers.Adam(learning_rate=0.01), loss="mse", target=target)
+        before = model.get_weights()
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        after = model.get_weights()
+        assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+        results[target] = (history.history["loss"], after, model.predict(x, verbose=0))
+    reference = results["reference"]
+    for target, (losses, weights, prediction) in results.items():
+        np.testing.assert_allclose(losses, reference[0], rtol=1e-4, err_msg=target)
+        for got, want in zip(weights, reference[1]):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=target)
+        np.testing.assert_allclose(prediction, reference[2], rtol=1e-4, atol=1e-5, err_msg=target)

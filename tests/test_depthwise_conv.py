@@ -16,7 +16,7 @@ from kcompile import optimizers, regularizers
 from kcompile.describe import describe
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
-from layer_harness import run_layer_test
+from layer_harness import check_fit_matches_reference, run_layer_test
 from targets import TARGETS
 from keras_subprocess import keras_available, run_keras
 
@@ -252,25 +252,7 @@ def _mixed_sequences():
 
 @pytest.mark.parametrize("make_model", [_mixed_cnn, _mixed_sequences], ids=["2d", "1d"])
 def test_a_few_fit_steps_compiled_agree_with_the_reference(make_model):
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((12,) + make_model().input_shape[1:]).astype(np.float32)
-    y = rng.standard_normal((12, 2)).astype(np.float32)
-    results = {}
-    for target in TARGETS:
-        set_random_seed(5)
-        model = make_model()
-        model.compile(optimizer=optimizers.Adam(learning_rate=0.01), loss="mse", target=target)
-        before = model.get_weights()
-        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-        after = model.get_weights()
-        assert all(not np.array_equal(a, b) for a, b in zip(before, after))
-        results[target] = (history.history["loss"], after, model.predict(x, verbose=0))
-    reference = results["reference"]
-    for target, (losses, weights, prediction) in results.items():
-        np.testing.assert_allclose(losses, reference[0], rtol=1e-4, err_msg=target)
-        for got, want in zip(weights, reference[1]):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=target)
-        np.testing.assert_allclose(prediction, reference[2], rtol=1e-4, atol=1e-5, err_msg=target)
+    check_fit_matches_reference(make_model)
 
 
 def test_regularizers_add_their_penalties_to_the_loss():
