@@ -17,7 +17,7 @@ from kcompile.describe import describe
 from kcompile.layers.convolutional import dilate_kernel
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 from layer_harness import check_fit_matches_reference, run_layer_test
 from targets import TARGETS
 
@@ -393,14 +393,8 @@ def keras_results(tmp_path_factory):
     shapes_path.write_text(repr(KERAS_SHAPES))
     keys_path = directory / "keys.json"
     keys_path.write_text(json.dumps(CONFIG_KEY_LAYERS))
-    specs = []
-    for name, (exprs, shape) in KERAS_MODELS.items():
-        x, y = _keras_data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, str(path))))
-    run_keras(KERAS_SCRIPT, [str(shapes_path), str(keys_path)] + specs)
-    results = {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
+    results = run_keras_models(KERAS_SCRIPT, KERAS_MODELS, _keras_data, directory,
+                               [str(shapes_path), str(keys_path)])
     return results, json.loads(shapes_path.read_text()), json.loads(keys_path.read_text())
 
 

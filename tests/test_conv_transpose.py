@@ -16,7 +16,7 @@ from kcompile import optimizers
 from kcompile.describe import describe
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 from layer_harness import check_fit_matches_reference, run_layer_test
 from targets import TARGETS
 
@@ -504,15 +504,9 @@ def _keras_data(name):
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
     directory = tmp_path_factory.mktemp("keras")
-    specs = []
-    for name, (exprs, shape, train) in KERAS_MODELS.items():
-        x, y = _keras_data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, train, str(path))))
     (directory / "shapes_in.json").write_text(json.dumps(SHAPE_CASES))
-    run_keras(KERAS_SCRIPT, [str(directory / "shapes_in.json"), str(directory / "shapes.json")] + specs)
-    results = {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
+    results = run_keras_models(KERAS_SCRIPT, KERAS_MODELS, _keras_data, directory,
+                               [str(directory / "shapes_in.json"), str(directory / "shapes.json")])
     results["shapes"] = json.loads((directory / "shapes.json").read_text())
     return results
 

@@ -18,7 +18,7 @@ from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from layer_harness import check_fit_matches_reference, run_layer_test
 from targets import TARGETS
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 
 
 class Offset(L.Layer):
@@ -530,15 +530,7 @@ def _keras_data(name):
 
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras")
-    specs = []
-    for name, (exprs, shape) in KERAS_MODELS.items():
-        x, y = _keras_data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, str(path))))
-    run_keras(KERAS_SCRIPT, specs)
-    return {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
+    return run_keras_models(KERAS_SCRIPT, KERAS_MODELS, _keras_data, tmp_path_factory.mktemp("keras"))
 
 
 def _comparable(key, value):

@@ -10,7 +10,7 @@ import pytest
 from kcompile import optimizers
 from kcompile import layers as L
 from kcompile.models import Sequential
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 
 pytestmark = pytest.mark.skipif(not keras_available(),
                                 reason="Keras 3 with the JAX backend is not installed")
@@ -95,15 +95,7 @@ def _data(name):
 
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras")
-    specs = []
-    for name, (exprs, shape, _) in MODELS.items():
-        x, y = _data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, str(path))))
-    run_keras(KERAS_SCRIPT, specs)
-    return {name: np.load(directory / f"{name}.npz") for name in MODELS}
+    return run_keras_models(KERAS_SCRIPT, MODELS, _data, tmp_path_factory.mktemp("keras"), fields=2)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

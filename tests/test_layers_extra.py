@@ -26,7 +26,7 @@ from kcompile.describe import describe
 from kcompile.layers.layer import TraceScope
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 from layer_harness import check_fit_matches_reference, run_layer_test
 from targets import TARGETS
 
@@ -672,15 +672,7 @@ def _without_keras_only_keys(value):
 
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras")
-    specs = []
-    for name, (exprs, shape, train) in KERAS_MODELS.items():
-        x, y = _keras_data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, train, str(path))))
-    run_keras(KERAS_SCRIPT, specs)
-    return {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
+    return run_keras_models(KERAS_SCRIPT, KERAS_MODELS, _keras_data, tmp_path_factory.mktemp("keras"))
 
 
 @pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")

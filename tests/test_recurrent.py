@@ -20,7 +20,7 @@ from kcompile.models import Sequential, load_model
 from kcompile.utils import set_random_seed
 
 from layer_harness import run_layer_test
-from keras_subprocess import keras_available, run_keras
+from keras_subprocess import keras_available, run_keras_models
 
 STEPS, FEATURES = 3, 5
 
@@ -305,15 +305,7 @@ def _data(name):
 
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keras")
-    specs = []
-    for name, (exprs, shape) in KERAS_MODELS.items():
-        x, y = _data(name)
-        path = directory / f"{name}.npz"
-        np.savez(path, x=x, y=y)
-        specs.append(repr((exprs, shape, str(path))))
-    run_keras(KERAS_SCRIPT, specs)
-    return {name: np.load(directory / f"{name}.npz") for name in KERAS_MODELS}
+    return run_keras_models(KERAS_SCRIPT, KERAS_MODELS, _data, tmp_path_factory.mktemp("keras"))
 
 
 @pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
