@@ -41,6 +41,28 @@ def normalize_padding(padding, layer: str, allowed=NN.PADDINGS) -> str:
     return padding.lower()
 
 
+def refuse_constraints(layer: str, constraints: dict) -> None:
+    """NotImplementedError for any constraint (`kernel_constraint=` ...) that is not None."""
+    for argument, value in constraints.items():
+        if value is not None:
+            raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
+
+
+def check_filters(filters) -> int:
+    if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
+        raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
+                         f"integer (the number of output channels). Received filters={filters!r}")
+    return int(filters)
+
+
+def refuse_strided_dilation(layer: str, strides, dilation_rate, fix: str) -> None:
+    """Keras's convolutions (not its depthwise ones) refuse strides and dilation together."""
+    if max(strides) > 1 and max(dilation_rate) > 1:
+        raise ValueError(f"{layer}: `strides > 1` not supported in conjunction with "
+                         f"`dilation_rate > 1` (as in Keras); got strides={strides} and "
+                         f"dilation_rate={dilation_rate}. {fix}")
+
+
 def check_channels_last(data_format, layer: str) -> None:
     if data_format not in (None, "channels_last", "channels_first"):
         raise ValueError(f"{layer}: `data_format` must be 'channels_last' or 'channels_first'; got "
@@ -144,13 +166,9 @@ class _Conv(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         layer = type(self).__name__
-        for argument, value in [("kernel_constraint", kernel_constraint),
-                                ("bias_constraint", bias_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
-            raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
-                             f"integer (the number of output channels). Received filters={filters!r}")
+        refuse_constraints(layer, {"kernel_constraint": kernel_constraint,
+                                   "bias_constraint": bias_constraint})
+        filters = check_filters(filters)
         check_channels_last(data_format, layer)
         if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
             raise ValueError(f"{layer}: the number of groups must be a positive integer; got "
@@ -162,11 +180,8 @@ class _Conv(Layer):
         kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
         strides = normalize_tuple(strides, self.rank, "strides", layer)
         dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer)
-        if max(strides) > 1 and max(dilation_rate) > 1:
-            raise ValueError(f"{layer}: `strides > 1` not supported in conjunction with "
-                             f"`dilation_rate > 1` (as in Keras); got strides={strides} and "
-                             f"dilation_rate={dilation_rate}. Use strides=1, or follow the dilated "
-                             f"convolution with a pooling layer.")
+        refuse_strided_dilation(layer, strides, dilation_rate, "Use strides=1, or follow the "
+                                "dilated convolution with a pooling layer.")
         super().__init__(**kwargs)
         self.data_format = "channels_last"
         self.filters = int(filters)

@@ -26,9 +26,10 @@ from ir import build as B
 from ir import build_nn as NN
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
-                                           check_sequence, dilate_kernel, dilated_size,
-                                           normalize_padding, normalize_tuple)
+from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_filters,
+                                           check_image, check_sequence, dilate_kernel,
+                                           dilated_size, normalize_padding, normalize_tuple,
+                                           refuse_constraints, refuse_strided_dilation)
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -99,23 +100,16 @@ class _ConvTranspose(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         layer = type(self).__name__
-        for argument, value in [("kernel_constraint", kernel_constraint),
-                                ("bias_constraint", bias_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
-            raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
-                             f"integer (the number of output channels). Received filters={filters!r}")
+        refuse_constraints(layer, {"kernel_constraint": kernel_constraint,
+                                   "bias_constraint": bias_constraint})
+        filters = check_filters(filters)
         check_channels_last(data_format, layer)
         kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size", layer)
         strides = normalize_tuple(strides, self.rank, "strides", layer)
         dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate", layer)
         output_padding = normalize_output_padding(output_padding, strides, "output_padding", layer)
-        if max(strides) > 1 and max(dilation_rate) > 1:
-            raise ValueError(f"{layer}: `strides > 1` not supported in conjunction with "
-                             f"`dilation_rate > 1` (as in Keras); got strides={strides} and "
-                             f"dilation_rate={dilation_rate}. Use strides=1 with the dilation, or "
-                             f"dilation_rate=1 with the strides.")
+        refuse_strided_dilation(layer, strides, dilation_rate, "Use strides=1 with the dilation, "
+                                "or dilation_rate=1 with the strides.")
         super().__init__(**kwargs)
         self.data_format = "channels_last"
         self.filters = int(filters)

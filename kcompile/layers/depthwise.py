@@ -30,7 +30,7 @@ from ir import build_nn as NN
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
                                            check_sequence, dilate_kernel, dilated_size,
-                                           normalize_padding, normalize_tuple)
+                                           normalize_padding, normalize_tuple, refuse_constraints)
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -66,9 +66,7 @@ class _DepthwiseBase(Layer):
                  depthwise_regularizer, bias_regularizer, activity_regularizer, constraints,
                  **kwargs):
         layer = type(self).__name__
-        for argument, value in constraints.items():
-            if value is not None:
-                raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
+        refuse_constraints(layer, constraints)
         self.depth_multiplier = _positive_int(
             depth_multiplier, "depth_multiplier",
             "the number of output channels of each input channel")
