@@ -771,13 +771,7 @@ class Layer:
                 self.build_for(inputs.shape)
                 self._refuse_sublayers()      # (one made in build)
             output = self._checked_output(self._traced_call(inputs, training), inputs.shape)
-            regularizer = self.__dict__.get("activity_regularizer")
-            if regularizer is not None:
-                # as Keras 3: the penalty of the output, divided by the batch size
-                penalty = as_traced(regularizer(output))
-                if output.type.rank:
-                    penalty = B.div(penalty, B.dim_size(output, 0, penalty.dtype))
-                self.add_loss(penalty)
+            self._add_activity_penalty(output)
             return output
         if hasattr(inputs, "_input_layer"):
             raise NotImplementedError("Calling layers on `Input(...)` tensors (the functional API) is not "
@@ -792,6 +786,17 @@ class Layer:
         self.build_for((None,) + array.shape[1:])
         return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
                             training=bool(training))
+
+    def _add_activity_penalty(self, output) -> None:
+        """The layer's activity_regularizer penalty of its traced `output`, as a loss of the step
+        (a wrapper calls it for the layers it calls)."""
+        regularizer = self.__dict__.get("activity_regularizer")
+        if regularizer is not None:
+            # as Keras 3: the penalty of the output, divided by the batch size
+            penalty = as_traced(regularizer(output))
+            if output.type.rank:
+                penalty = B.div(penalty, B.dim_size(output, 0, penalty.dtype))
+            self.add_loss(penalty)
 
     def add_loss(self, loss):
         """Add a loss (a value computed in `call` from its inputs or weights) to the model's loss,

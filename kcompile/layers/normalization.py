@@ -10,7 +10,7 @@ import numbers
 
 from ir import build as B
 
-from kcompile import initializers
+from kcompile import initializers, regularizers
 from kcompile.layers.layer import Layer, current_scope, format_shape
 
 
@@ -65,6 +65,7 @@ class BatchNormalization(Layer):
         momentum: moving_average = momentum * moving_average + (1 - momentum) * batch statistic.
         epsilon: added to the variance.
         center, scale: learn `beta` / `gamma`.
+        beta_regularizer, gamma_regularizer: penalties of `beta` / `gamma`, added to the loss.
 
     Weights, in Keras's order: gamma, beta (trainable), moving_mean, moving_variance (updated inside
     the compiled train step, in place).  A frozen layer (`trainable = False`) runs in inference mode
@@ -81,9 +82,7 @@ class BatchNormalization(Layer):
         if renorm:
             # (Keras 3.15's batch renormalization; its configs hold renorm=False)
             raise NotImplementedError("BatchNormalization(renorm=True) is not supported yet")
-        for argument, value in [("beta_regularizer", beta_regularizer),
-                                ("gamma_regularizer", gamma_regularizer),
-                                ("beta_constraint", beta_constraint),
+        for argument, value in [("beta_constraint", beta_constraint),
                                 ("gamma_constraint", gamma_constraint)]:
             if value is not None:
                 raise NotImplementedError(f"BatchNormalization({argument}=...) is not supported yet")
@@ -100,6 +99,8 @@ class BatchNormalization(Layer):
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.gamma = self.beta = self.moving_mean = self.moving_variance = None
@@ -112,9 +113,11 @@ class BatchNormalization(Layer):
         axes = _resolve_axes(self._axes, input_shape, "BatchNormalization", self.name)
         shape = tuple(input_shape[a] for a in axes)
         if self.scale:
-            self.gamma = self.add_weight(shape, self.gamma_initializer, name="gamma")
+            self.gamma = self.add_weight(shape, self.gamma_initializer, name="gamma",
+                                         regularizer=self.gamma_regularizer)
         if self.center:
-            self.beta = self.add_weight(shape, self.beta_initializer, name="beta")
+            self.beta = self.add_weight(shape, self.beta_initializer, name="beta",
+                                        regularizer=self.beta_regularizer)
         self.moving_mean = self.add_weight(shape, self.moving_mean_initializer, trainable=False,
                                            name="moving_mean")
         self.moving_variance = self.add_weight(shape, self.moving_variance_initializer,
@@ -151,6 +154,8 @@ class BatchNormalization(Layer):
             "center": self.center, "scale": self.scale,
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
         })
@@ -165,14 +170,13 @@ class LayerNormalization(Layer):
         axis: an int or list of ints, the axes to normalize over.
         epsilon: added to the variance (default 1e-3, as Keras).
         center, scale: learn `beta` / `gamma`.
+        beta_regularizer, gamma_regularizer: penalties of `beta` / `gamma`, added to the loss.
     """
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
                  gamma_regularizer=None, beta_constraint=None, gamma_constraint=None, **kwargs):
-        for argument, value in [("beta_regularizer", beta_regularizer),
-                                ("gamma_regularizer", gamma_regularizer),
-                                ("beta_constraint", beta_constraint),
+        for argument, value in [("beta_constraint", beta_constraint),
                                 ("gamma_constraint", gamma_constraint)]:
             if value is not None:
                 raise NotImplementedError(f"LayerNormalization({argument}=...) is not supported yet")
@@ -185,6 +189,8 @@ class LayerNormalization(Layer):
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.gamma = self.beta = None
 
     def compute_output_shape(self, input_shape):
@@ -195,9 +201,11 @@ class LayerNormalization(Layer):
         axes = _resolve_axes(self._axes, input_shape, "LayerNormalization", self.name)
         shape = tuple(input_shape[a] for a in axes)
         if self.scale:
-            self.gamma = self.add_weight(shape, self.gamma_initializer, name="gamma")
+            self.gamma = self.add_weight(shape, self.gamma_initializer, name="gamma",
+                                         regularizer=self.gamma_regularizer)
         if self.center:
-            self.beta = self.add_weight(shape, self.beta_initializer, name="beta")
+            self.beta = self.add_weight(shape, self.beta_initializer, name="beta",
+                                        regularizer=self.beta_regularizer)
         self.built = True
 
     def call(self, inputs):
@@ -224,5 +232,7 @@ class LayerNormalization(Layer):
             "rms_scaling": False,
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
         })
         return config

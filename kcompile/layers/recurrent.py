@@ -22,7 +22,7 @@ import numpy as np
 from ir import build as B
 from ir import build_seq as S
 
-from kcompile import activations, initializers
+from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, current_scope, format_shape, random_stream, wrap
 from kcompile.layers.wrappers import SubOwner
 
@@ -40,15 +40,14 @@ class _Recurrent(Layer):
     A subclass sets `GATES` (how many units-wide blocks its kernels hold) and writes `step`."""
 
     GATES = 1
-    _NOT_SUPPORTED = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
-                      "activity_regularizer", "kernel_constraint", "recurrent_constraint",
-                      "bias_constraint")
+    _NOT_SUPPORTED = ("kernel_constraint", "recurrent_constraint", "bias_constraint")
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
-                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None,
-                 return_sequences=False, return_state=False, go_backwards=False, stateful=False,
-                 unroll=False, **kwargs):
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, **kwargs):
         for argument in self._NOT_SUPPORTED:
             if kwargs.pop(argument, None) is not None:
                 raise NotImplementedError(f"{type(self).__name__}({argument}=...) is not supported yet")
@@ -76,6 +75,12 @@ class _Recurrent(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        # (the penalties of the whole kernels and bias, as Keras's cells regularize them; the
+        # activity penalty is Layer.__call__'s, of the layer's output)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
         self.dropout = _check_rate("dropout", dropout)
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         self.seed = None if seed is None else int(seed)
@@ -115,13 +120,15 @@ class _Recurrent(Layer):
         self._check_input(input_shape)
         k = self.GATES * self.units
         self.kernel = self.add_weight(shape=(input_shape[-1], k), initializer=self.kernel_initializer,
-                                      name="kernel")
+                                      name="kernel", regularizer=self.kernel_regularizer)
         self.recurrent_kernel = self.add_weight(shape=(self.units, k),
                                                 initializer=self.recurrent_initializer,
-                                                name="recurrent_kernel")
+                                                name="recurrent_kernel",
+                                                regularizer=self.recurrent_regularizer)
         if self.use_bias:
             self.bias = self.add_weight(shape=self._bias_shape(), name="bias",
-                                        initializer=self._bias_initial_value)
+                                        initializer=self._bias_initial_value,
+                                        regularizer=self.bias_regularizer)
         self.built = True
 
     # -- the unrolled loop --------------------------------------------------------------------
@@ -182,6 +189,10 @@ class _Recurrent(Layer):
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "seed": self.seed,
@@ -202,6 +213,8 @@ class SimpleRNN(_Recurrent):
         activation: default 'tanh'.
         use_bias, kernel_initializer ('glorot_uniform'), recurrent_initializer ('orthogonal'),
         bias_initializer ('zeros').
+        kernel_regularizer, recurrent_regularizer, bias_regularizer: penalties of the weights,
+        added to the loss; activity_regularizer: of the layer's output (divided by the batch).
         dropout: fraction of the inputs dropped in training (one mask for every timestep);
         recurrent_dropout: the same for the state fed to the recurrent matmul.
         return_sequences: output every step, (batch, timesteps, units), instead of the last one.
@@ -444,6 +457,19 @@ class Bidirectional(Layer):
     def weights(self) -> list:
         return self.forward_layer.weights + self.backward_layer.weights
 
+    def regularization(self):
+        """The two directions' weight penalties (each copy has the regularizers of its layer)."""
+        total = Layer.regularization(self)
+        for inner in (self.forward_layer, self.backward_layer):
+            penalty = inner.regularization()
+            if penalty is not None:
+                total = penalty if total is None else B.add(total, penalty)
+        return total
+
+    @property
+    def losses(self) -> list:
+        return Layer.losses.fget(self) + self.forward_layer.losses + self.backward_layer.losses
+
     def compute_output_shape(self, input_shape):
         shape = tuple(self.forward_layer.compute_output_shape(input_shape))
         if self.merge_mode == "concat":
@@ -464,6 +490,9 @@ class Bidirectional(Layer):
         wrap(self, self.backward_layer)
         forward = self.forward_layer.call(inputs, training=training)
         backward = self.backward_layer.call(inputs, training=training)
+        # each direction's activity penalty of its own output, as Keras calls the two layers
+        self.forward_layer._add_activity_penalty(forward)
+        self.backward_layer._add_activity_penalty(backward)
         if self.return_sequences:
             steps = backward.shape[1]
             backward = S.stack([S.take(backward, t, 1) for t in range(steps - 1, -1, -1)], 1)
