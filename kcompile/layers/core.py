@@ -206,8 +206,13 @@ class Dense(Layer):
             "bias_initializer": initializers.serialize(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": None,
+            "bias_constraint": None,
+            "quantization_config": None,
         })
+        # as Keras 3's Dense: the key only when there is one (its base Layer's config)
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
 
 

@@ -134,6 +134,8 @@ class Embedding(Layer):
             "embeddings_initializer": initializers.serialize(self.embeddings_initializer),
             "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
             "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+            "embeddings_constraint": None,
             "mask_zero": False,
+            "quantization_config": None,
         })
         return config

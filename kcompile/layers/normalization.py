@@ -103,6 +103,8 @@ class BatchNormalization(Layer):
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        # (inert without renorm; kept so that configs round-trip)
+        self.renorm_clipping, self.renorm_momentum = renorm_clipping, renorm_momentum
         self.gamma = self.beta = self.moving_mean = self.moving_variance = None
 
     def compute_output_shape(self, input_shape):
@@ -154,10 +156,17 @@ class BatchNormalization(Layer):
             "center": self.center, "scale": self.scale,
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": None,
+            "gamma_constraint": None,
+            # (Keras 3.15's keys at the only values kcompile takes: see __init__)
+            "synchronized": False,
+            "renorm": False,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
         })
         return config
 
@@ -234,5 +243,7 @@ class LayerNormalization(Layer):
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
             "beta_regularizer": regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": None,
+            "gamma_constraint": None,
         })
         return config

@@ -53,8 +53,9 @@ class _Recurrent(Layer):
                 raise NotImplementedError(f"{type(self).__name__}({argument}=...) is not supported yet")
         for argument in ("use_cudnn", "implementation"):
             kwargs.pop(argument, None)      # backend choices of Keras: one implementation here
-        # (what a masked step outputs, in Keras 3's configs: no masks here, so nothing to choose)
-        kwargs.pop("zero_output_for_mask", None)
+        # (what a masked step outputs, in Keras 3's configs: no masks here, so nothing to choose;
+        # kept only so that configs round-trip)
+        zero_output_for_mask = bool(kwargs.pop("zero_output_for_mask", False))
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
             raise ValueError("Received an invalid value for argument `units`, expected a positive "
                              f"integer, got {units!r}.")
@@ -89,6 +90,7 @@ class _Recurrent(Layer):
         # NOTE: the loop is always unrolled (the sequence length is static); `unroll` is kept
         # only so configs round-trip with Keras's.
         self.unroll = bool(unroll)
+        self.zero_output_for_mask = zero_output_for_mask
         self.kernel = self.recurrent_kernel = self.bias = None
 
     # -- shapes and weights -------------------------------------------------------------------
@@ -181,28 +183,51 @@ class _Recurrent(Layer):
     # -- configuration ------------------------------------------------------------------------
 
     def get_config(self):
+        # Keras 3's keys in Keras's order; the constraints are always None here.  (Keras's
+        # SimpleRNN config has no `seed`: kcompile's keeps it, so that a saved layer, or a
+        # Bidirectional's copies, draw the same dropout masks.)
         config = super().get_config()
         config.update({
-            "units": self.units,
-            "activation": activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
-            "dropout": self.dropout,
-            "recurrent_dropout": self.recurrent_dropout,
-            "seed": self.seed,
             "return_sequences": self.return_sequences,
             "return_state": False,
             "go_backwards": self.go_backwards,
             "stateful": False,
             "unroll": self.unroll,
+            "zero_output_for_mask": self.zero_output_for_mask,
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
         })
+        config.update(self._gate_config())
+        config.update({
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        })
+        config.update(self._bias_config())
+        config.update({
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": None,
+            "recurrent_constraint": None,
+            "bias_constraint": None,
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+        })
+        config.update(self._last_config())
+        config["seed"] = self.seed
         return config
+
+    def _gate_config(self) -> dict:
+        return {}
+
+    def _bias_config(self) -> dict:
+        return {}
+
+    def _last_config(self) -> dict:
+        return {}
 
 
 class SimpleRNN(_Recurrent):
@@ -258,10 +283,8 @@ class _Gated(_Recurrent):
                                       "yet; use dropout= (on the inputs)")
         super().__init__(units, recurrent_dropout=recurrent_dropout, **kwargs)
 
-    def get_config(self):
-        config = super().get_config()
-        config["recurrent_activation"] = activations.serialize(self.recurrent_activation)
-        return config
+    def _gate_config(self) -> dict:
+        return {"recurrent_activation": activations.serialize(self.recurrent_activation)}
 
 
 class LSTM(_Gated):
@@ -310,10 +333,8 @@ class LSTM(_Gated):
         h = B.mul(self.recurrent_activation(z_o), self.activation(c))
         return h, (h, c)
 
-    def get_config(self):
-        config = super().get_config()
-        config["unit_forget_bias"] = self.unit_forget_bias
-        return config
+    def _bias_config(self) -> dict:
+        return {"unit_forget_bias": self.unit_forget_bias}
 
 
 class GRU(_Gated):
@@ -389,10 +410,8 @@ class GRU(_Gated):
         h = candidate if h is None else B.add(B.mul(z, h), candidate)
         return h, h
 
-    def get_config(self):
-        config = super().get_config()
-        config["reset_after"] = self.reset_after
-        return config
+    def _last_config(self) -> dict:
+        return {"reset_after": self.reset_after}
 
 
 class Bidirectional(Layer):
