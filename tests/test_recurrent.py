@@ -242,8 +242,8 @@ def test_unsupported_arguments_and_bad_inputs_say_what_to_do():
         LSTM(2, return_state=True)
     with pytest.raises(NotImplementedError, match="stateful"):
         GRU(2, stateful=True)
-    with pytest.raises(NotImplementedError, match="recurrent_dropout"):
-        LSTM(2, recurrent_dropout=0.1)
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        LSTM(2, recurrent_dropout=1.0)
     with pytest.raises(ValueError, match="units"):
         SimpleRNN(0)
     with pytest.raises(ValueError, match="dropout"):

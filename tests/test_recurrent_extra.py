@@ -392,6 +392,7 @@ CONFIG_LAYERS = [
     "SimpleRNN(3)", "SimpleRNN(3, kernel_regularizer='l2', return_sequences=True)",
     "LSTM(3)", "LSTM(3, recurrent_regularizer='l2', activity_regularizer='l2', dropout=0.1)",
     "GRU(3)", "GRU(3, bias_regularizer='l2', reset_after=False, go_backwards=True)",
+    "LSTM(3, recurrent_dropout=0.2, seed=4)", "GRU(3, recurrent_dropout=0.5, dropout=0.25)",
 ]
 
 CONFIG_SCRIPT = textwrap.dedent("""
@@ -494,3 +495,176 @@ def test_models_saved_with_the_earlier_configs_load(tmp_path):
     loaded = load_model(tmp_path / "old.keras")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert loaded.get_config() == model.get_config()
+
+
+# -- task 3: recurrent dropout on LSTM and GRU ----------------------------------------------------
+
+def _traced_with_masks(layer, x, dropout):
+    """The layer's training output on x (reference interpreter) and the dropout masks it drew:
+    the masks are a function of the step's seed and the layer's streams, so drawing them again in
+    the same trace gives the ones the layer used."""
+    from ir import build_seq as S
+    from kcompile.layers.layer import call_eagerly
+    gates, units, steps, features = layer.GATES, layer.units, x.shape[1], x.shape[2]
+
+    def fn(inputs):
+        out = layer(inputs, training=True)
+        parts = [S.concat([S.take(out, t, 1) for t in range(steps)], 1)]
+        if dropout:
+            parts += layer._masks(features, dropout, "dropout", gates)
+        parts += layer._masks(units, layer.recurrent_dropout, "recurrent_dropout", gates)
+        return S.concat(parts, 1)
+    result = call_eagerly(fn, x, variables=layer.weights, training=True).astype(np.float64)
+    out = result[:, :steps * units].reshape(len(x), steps, units)
+    rest = result[:, steps * units:]
+    input_masks = None
+    if dropout:
+        input_masks = np.split(rest[:, :gates * features], gates, 1)
+        rest = rest[:, gates * features:]
+    return out, (input_masks, np.split(rest, gates, 1))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("make, reference", [
+    (lambda **kw: L.LSTM(3, return_sequences=True, **kw), np_lstm),
+    (lambda **kw: L.GRU(3, return_sequences=True, **kw), np_gru),
+    (lambda **kw: L.GRU(3, return_sequences=True, reset_after=False, **kw),
+     lambda *a, **kw: np_gru(*a, reset_after=False, **kw)),
+    (lambda **kw: L.LSTM(3, return_sequences=True, go_backwards=True, **kw),
+     lambda x, *a, **kw: np_lstm(x[:, ::-1], *a, **kw)),
+], ids=["lstm", "gru", "gru_reset_before", "lstm_backwards"])
+def test_recurrent_dropout_is_one_mask_per_gate_on_the_state(make, reference, dropout):
+    """Keras 3's semantics (its cells' implementation 1, which recurrent_dropout selects): each
+    gate's copy of the state h (and of the inputs, with dropout) is multiplied by a mask of its
+    own, drawn once for the batch and used at every step; the masks are 0 or 1/(1-rate)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 4, 2)).astype(np.float32)
+    layer = make(dropout=dropout, recurrent_dropout=0.4, seed=3)
+    layer.build_for((None, 4, 2))
+    layer.set_weights([0.6 * rng.standard_normal(w.shape) for w in layer.weights])
+    out, masks = _traced_with_masks(layer, x, dropout)
+    weights = [w.astype(np.float64) for w in layer.get_weights()]
+    want = reference(x.astype(np.float64), *weights, masks=masks)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    for rate, group in ((dropout, masks[0]), (0.4, masks[1])):
+        if group is None:
+            continue
+        for mask in group:
+            kept = mask != 0
+            np.testing.assert_allclose(mask[kept], 1 / (1 - rate), rtol=1e-6)
+            assert 0 < kept.mean() < 1
+        assert not np.array_equal(group[0], group[1])      # a mask of its own per gate
+    # without the masks (numpy), the outputs differ: the masks matter
+    assert not np.allclose(out, reference(x.astype(np.float64), *weights), atol=1e-3)
+
+
+def test_recurrent_dropout_masks_have_the_rate_and_are_independent_per_gate():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3000, 2, 2)).astype(np.float32)
+    layer = L.GRU(8, recurrent_dropout=0.3, seed=1, return_sequences=True)
+    layer.build_for((None, 2, 2))
+    _, (_, masks) = _traced_with_masks(layer, x, 0.0)
+    dropped = [mask == 0 for mask in masks]
+    for d in dropped:
+        assert d.mean() == pytest.approx(0.3, abs=0.01)
+    both = (dropped[0] & dropped[1]).mean()
+    assert both == pytest.approx(0.09, abs=0.01)      # independent: 0.3 * 0.3
+    # a new draw for every call (batch)
+    _, (_, again) = _traced_with_masks(layer, x, 0.0)
+    assert not np.array_equal(again[0], masks[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: L.LSTM(3, dropout=0.2, recurrent_dropout=0.3, seed=2),
+    lambda: L.GRU(3, recurrent_dropout=0.3, seed=2, return_sequences=True),
+    lambda: L.GRU(3, recurrent_dropout=0.5, reset_after=False, seed=2),
+], ids=["lstm", "gru", "gru_reset_before"])
+def test_recurrent_dropout_trains_alike_compiled_and_reference(make):
+    """The layer harness: fit compiled draws the masks the reference interpreter does (the same
+    weights after a step), and the step differs from one without recurrent dropout."""
+    from layer_harness import run_layer_test
+    layer = make()
+    output_shape = (4, 3) if layer.return_sequences else (3,)
+    results = run_layer_test(make, (4, 2), output_shape, 3)
+    config = {**layer.get_config(), "recurrent_dropout": 0.0}
+    plain = run_layer_test(lambda: type(layer).from_config(config), (4, 2), output_shape, 3)
+    assert not np.allclose(results["reference"][1][0], plain["reference"][1][0])
+    # inference ignores it: the predictions before the step are the same
+    np.testing.assert_array_equal(results["reference"][0], plain["reference"][0])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_recurrent_dropout_is_off_in_inference(target):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 4, 2)).astype(np.float32)
+    y = rng.standard_normal((5, 3)).astype(np.float32)
+    for cls in (L.LSTM, L.GRU):
+        dropped = Sequential([L.Input((4, 2)), cls(3, recurrent_dropout=0.5, dropout=0.5)])
+        plain = Sequential([L.Input((4, 2)), cls(3)])
+        plain.set_weights(dropped.get_weights())
+        for model in (dropped, plain):
+            model.compile(optimizer="sgd", loss="mse", target=target)
+        np.testing.assert_array_equal(dropped.predict(x, verbose=0), plain.predict(x, verbose=0))
+        assert dropped.evaluate(x, y, verbose=0) == plain.evaluate(x, y, verbose=0)
+        layer = dropped.layers[0]
+        np.testing.assert_array_equal(layer(x), layer(x, training=False))
+        assert not np.allclose(layer(x, training=True), layer(x))
+
+
+def test_recurrent_dropout_round_trips_and_is_checked():
+    layer = L.LSTM(3, recurrent_dropout=0.25, seed=4)
+    assert L.deserialize(json.loads(json.dumps(L.serialize(layer)))).recurrent_dropout == 0.25
+    for bad in (1.0, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="recurrent_dropout"):
+            L.GRU(2, recurrent_dropout=bad)
+
+
+# Keras 3 with the masks kcompile drew: the cell's mask getters are replaced by ones returning
+# them, so that Keras's own cell code applies them (Keras's random draws differ from kcompile's).
+MASKED_KERAS_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, keras
+    from keras.layers import *
+    for spec in sys.argv[1:]:
+        expr, path = eval(spec)
+        data = np.load(path)
+        layer = eval(expr)
+        model = keras.Sequential([keras.Input(data["x"].shape[1:]), layer])
+        model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
+        gates = 4 if isinstance(layer, LSTM) else 3
+        inputs = [data[f"input_mask{g}"] for g in range(gates)] if "input_mask0" in data else None
+        state = [data[f"state_mask{g}"] for g in range(gates)]
+        layer.cell.get_dropout_mask = lambda step_input: inputs
+        layer.cell.get_recurrent_dropout_mask = lambda step_input: state
+        np.savez(path, out=np.asarray(layer(data["x"], training=True)))
+""")
+
+MASKED_LAYERS = [
+    "LSTM(3, recurrent_dropout=0.4, return_sequences=True)",
+    "LSTM(3, dropout=0.3, recurrent_dropout=0.4, go_backwards=True, return_sequences=True)",
+    "GRU(3, dropout=0.3, recurrent_dropout=0.4, return_sequences=True)",
+    "GRU(3, recurrent_dropout=0.4, reset_after=False, return_sequences=True)",
+]
+
+
+@pytest.mark.skipif(not keras_available(), reason="Keras 3 with the JAX backend is not installed")
+def test_recurrent_dropout_applies_the_masks_where_keras_does(tmp_path):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((6, 4, 2)).astype(np.float32)
+    specs, expected = [], []
+    for index, expr in enumerate(MASKED_LAYERS):
+        layer = eval(expr, _namespace())
+        layer.build_for((None, 4, 2))
+        layer.set_weights([0.6 * rng.standard_normal(w.shape) for w in layer.weights])
+        out, (input_masks, state_masks) = _traced_with_masks(layer, x, layer.dropout)
+        arrays = {"x": x, **{f"w{i}": w for i, w in enumerate(layer.get_weights())},
+                  **{f"state_mask{g}": m.astype(np.float32) for g, m in enumerate(state_masks)}}
+        if input_masks is not None:
+            arrays.update({f"input_mask{g}": m.astype(np.float32) for g, m in enumerate(input_masks)})
+        path = tmp_path / f"{index}.npz"
+        np.savez(path, **arrays)
+        specs.append(repr((expr, str(path))))
+        expected.append(out)
+    run_keras(MASKED_KERAS_SCRIPT, specs)
+    for index, (expr, out) in enumerate(zip(MASKED_LAYERS, expected)):
+        np.testing.assert_allclose(out, np.load(tmp_path / f"{index}.npz")["out"], rtol=1e-5,
+                                   atol=1e-6, err_msg=expr)

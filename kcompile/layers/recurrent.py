@@ -12,6 +12,11 @@ outputs: `kernel` (features, k*units), `recurrent_kernel` (units, k*units) and `
 side by side in Keras's order -- LSTM i, f, c, o (k=4; bias (4*units,), the forget part initialized
 to ones by `unit_forget_bias`); GRU z, r, h (k=3; bias (2, 3*units) with `reset_after=True`, the
 Keras 3 default: input bias and recurrent bias; (3*units,) otherwise).
+
+Dropout in training multiplies the inputs (`dropout`) and the state fed to the recurrent matmul
+(`recurrent_dropout`) by masks drawn once per batch and shared by every step.  With
+`recurrent_dropout`, LSTM and GRU use one mask per gate for each, with one matmul per gate, as
+Keras 3's cells do then (their `implementation=1`).
 """
 from __future__ import annotations
 
@@ -32,6 +37,17 @@ def _check_rate(argument: str, value) -> float:
         raise ValueError(f"Argument `{argument}` must be a float in [0, 1) (the fraction of units to "
                          f"drop); got {argument}={value!r}")
     return float(value)
+
+
+def project(value, kernel, kernel_gates, masks):
+    """value @ kernel, with dropout: (value * mask) @ kernel for one mask, or with one mask per
+    gate, the gates' (value * mask_g) @ kernel_g side by side (`kernel_gates`: kernel's blocks)."""
+    if masks is None:
+        return B.matmul(value, kernel)
+    if len(masks) == 1:
+        return B.matmul(B.mul(value, masks[0]), kernel)
+    return S.concat([B.matmul(B.mul(value, mask), block)
+                     for mask, block in zip(masks, kernel_gates)], 1)
 
 
 class _Recurrent(Layer):
@@ -135,26 +151,36 @@ class _Recurrent(Layer):
 
     # -- the unrolled loop --------------------------------------------------------------------
 
-    def _mask(self, shape, rate: float, kind: str):
-        """Keras's dropout mask of an RNN cell: 0 or 1/(1-rate), drawn once and shared by every
-        timestep, from a stream of this layer's own (distinct per layer name, seed and kind)."""
+    def _masks(self, width: int, rate: float, kind: str, count: int) -> list:
+        """Keras's dropout masks of an RNN cell, `count` of them (one per gate, or one for all):
+        0 or 1/(1-rate) of shape (batch, width), drawn once and shared by every timestep, from
+        a stream of this layer's own (distinct per layer name, seed and kind)."""
         scope = current_scope()
         if scope is None or scope.seed is None:
             raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
                                "without a seed")
         stream = random_stream(self, kind)
-        uniform = B.random_uniform(scope.seed, shape, stream)
-        return B.select(B.ge(uniform, rate), B.full_like(uniform, 1.0 / (1.0 - rate)), 0.0)
+        uniform = B.random_uniform(scope.seed, (None, count * width), stream)
+        mask = B.select(B.ge(uniform, rate), B.full_like(uniform, 1.0 / (1.0 - rate)), 0.0)
+        return [mask] if count == 1 else S.split(mask, count, 1)
+
+    def _mask_count(self) -> int:
+        """How many dropout masks the inputs and the state each get (SimpleRNN: one)."""
+        return 1
 
     def call(self, inputs, training=False):
         self._check_input(inputs.shape)
         steps = inputs.shape[1]
-        input_mask = state_mask = None
+        input_masks = state_masks = None
+        count = self._mask_count()
         if training and self.dropout > 0:
-            input_mask = self._mask((None, inputs.shape[2]), self.dropout, "dropout")
+            input_masks = self._masks(inputs.shape[2], self.dropout, "dropout", count)
         if training and self.recurrent_dropout > 0:
-            state_mask = self._mask((None, self.units), self.recurrent_dropout, "recurrent_dropout")
+            state_masks = self._masks(self.units, self.recurrent_dropout, "recurrent_dropout", count)
         weights = self._step_weights()
+        if count > 1 and (input_masks or state_masks):
+            weights["kernel_gates"] = S.split(weights["kernel"], self.GATES, 1)
+            weights["recurrent_kernel_gates"] = S.split(weights["recurrent_kernel"], self.GATES, 1)
         state, outputs = None, []
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         # NOTE: x_t @ kernel step by step, as Keras's cells compute it.  One matmul over all steps
@@ -162,9 +188,8 @@ class _Recurrent(Layer):
         # thread): its gradient sums T pads of the steps' gradients along the time axis.
         for t in order:
             x_t = S.take(inputs, t, 1)
-            if input_mask is not None:
-                x_t = B.mul(x_t, input_mask)
-            output, state = self.step(B.matmul(x_t, weights["kernel"]), state, weights, state_mask)
+            projected = project(x_t, weights["kernel"], weights.get("kernel_gates"), input_masks)
+            output, state = self.step(projected, state, weights, state_masks)
             outputs.append(output)
         if self.return_sequences:
             return S.stack(outputs, 1)
@@ -175,9 +200,10 @@ class _Recurrent(Layer):
         return {"kernel": self.kernel.value, "recurrent_kernel": self.recurrent_kernel.value,
                 "bias": self.bias.value if self.use_bias else None}
 
-    def step(self, projected, state, weights, state_mask):
+    def step(self, projected, state, weights, state_masks):
         """One timestep: (output, new state) from the step's input times the kernel and the state
-        (None at the first step, when the state is zero)."""
+        (None at the first step, when the state is zero); `state_masks` are the recurrent dropout
+        masks (see `project`), or None."""
         raise NotImplementedError
 
     # -- configuration ------------------------------------------------------------------------
@@ -241,7 +267,8 @@ class SimpleRNN(_Recurrent):
         kernel_regularizer, recurrent_regularizer, bias_regularizer: penalties of the weights,
         added to the loss; activity_regularizer: of the layer's output (divided by the batch).
         dropout: fraction of the inputs dropped in training (one mask for every timestep);
-        recurrent_dropout: the same for the state fed to the recurrent matmul.
+        recurrent_dropout: the same for the state fed to the recurrent matmul (LSTM and GRU:
+        one mask per gate, and then one per gate for `dropout` too, as Keras 3).
         return_sequences: output every step, (batch, timesteps, units), instead of the last one.
         go_backwards: read the sequence from its end (the steps are output in that order).
         seed: mixed into the dropout masks' random stream.
@@ -261,27 +288,25 @@ class SimpleRNN(_Recurrent):
                          return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
 
-    def step(self, projected, h, weights, state_mask):
+    def step(self, projected, h, weights, state_masks):
         z = projected
         if weights["bias"] is not None:
             z = B.add(z, weights["bias"])
         if h is not None:
-            if state_mask is not None:
-                h = B.mul(h, state_mask)
-            z = B.add(z, B.matmul(h, weights["recurrent_kernel"]))
+            z = B.add(z, project(h, weights["recurrent_kernel"], None, state_masks))
         h = self.activation(z)
         return h, h
 
 
 class _Gated(_Recurrent):
-    """LSTM and GRU: a recurrent activation for the gates; recurrent dropout is not supported
-    (Keras drops a different mask per gate there, with one matmul per gate)."""
+    """LSTM and GRU: a recurrent activation for the gates; with recurrent dropout, one dropout
+    mask per gate (see `_mask_count`)."""
 
-    def __init__(self, units, recurrent_dropout=0.0, **kwargs):
-        if recurrent_dropout:
-            raise NotImplementedError(f"{type(self).__name__}(recurrent_dropout=...) is not supported "
-                                      "yet; use dropout= (on the inputs)")
-        super().__init__(units, recurrent_dropout=recurrent_dropout, **kwargs)
+    def _mask_count(self) -> int:
+        # Keras 3's LSTM and GRU switch to their `implementation=1` when recurrent_dropout is set:
+        # each gate's copy of the inputs and of the state is dropped by a mask of its own (input
+        # dropout alone keeps one mask for all gates, as `implementation=2`).
+        return self.GATES if self.recurrent_dropout > 0 else 1
 
     def _gate_config(self) -> dict:
         return {"recurrent_activation": activations.serialize(self.recurrent_activation)}
@@ -319,11 +344,12 @@ class LSTM(_Gated):
         return np.concatenate([self.bias_initializer((u,), dtype), np.ones((u,), np.float32),
                                self.bias_initializer((2 * u,), dtype)])
 
-    def step(self, projected, state, weights, state_mask):
+    def step(self, projected, state, weights, state_masks):
         z = projected
         if state is not None:
             h, c = state
-            z = B.add(z, B.matmul(h, weights["recurrent_kernel"]))
+            z = B.add(z, project(h, weights["recurrent_kernel"],
+                                 weights.get("recurrent_kernel_gates"), state_masks))
         if weights["bias"] is not None:
             z = B.add(z, weights["bias"])
         z_i, z_f, z_c, z_o = S.split(z, 4, 1)
@@ -380,18 +406,22 @@ class GRU(_Gated):
             weights["recurrent_candidate"] = S.slice(kernel, 2 * u, 3 * u, 1)
         return weights
 
-    def step(self, projected, h, weights, state_mask):
+    def step(self, projected, h, weights, state_masks):
         matrix_x = projected
         if weights["input_bias"] is not None:
             matrix_x = B.add(matrix_x, weights["input_bias"])
         x_z, x_r, x_h = S.split(matrix_x, 3, 1)
+        gates = weights.get("recurrent_kernel_gates")     # (with recurrent dropout)
         if self.reset_after:
-            inner = None if h is None else B.matmul(h, weights["recurrent_kernel"])
+            inner = None if h is None else project(h, weights["recurrent_kernel"], gates,
+                                                   state_masks)
             if weights["recurrent_bias"] is not None:
                 inner = (B.broadcast(weights["recurrent_bias"], matrix_x.shape) if inner is None
                          else B.add(inner, weights["recurrent_bias"]))
         else:
-            inner = None if h is None else B.matmul(h, weights["recurrent_gates"])
+            inner = None if h is None else project(
+                h, weights["recurrent_gates"], gates and gates[:2],
+                state_masks and state_masks[:2])
         if inner is None:       # first step without bias: the recurrent terms are all zero
             z = self.recurrent_activation(x_z)
             hh = self.activation(x_h)
@@ -405,7 +435,9 @@ class GRU(_Gated):
             elif h is None:
                 hh = self.activation(x_h)
             else:
-                hh = self.activation(B.add(x_h, B.matmul(B.mul(r, h), weights["recurrent_candidate"])))
+                h_h = h if state_masks is None else B.mul(h, state_masks[-1])
+                hh = self.activation(B.add(x_h, B.matmul(B.mul(r, h_h),
+                                                         weights["recurrent_candidate"])))
         candidate = B.mul(B.sub(1.0, z), hh)
         h = candidate if h is None else B.add(B.mul(z, h), candidate)
         return h, h
