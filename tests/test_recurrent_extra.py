@@ -247,6 +247,26 @@ def test_batch_normalization_penalties(target):
     np.testing.assert_allclose(got[2], 0.99 * before[2] + 0.01 * x64.mean(0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_time_distributed_counts_its_layers_weight_penalties(target):
+    """TimeDistributed(Dense(kernel_regularizer=..., activity_regularizer=...)): the kernel's
+    penalty is in the loss and its gradient, the activity one not (as Keras 3)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    y = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    model = Sequential([L.Input((3, 2)), L.TimeDistributed(L.Dense(
+        2, kernel_regularizer=regularizers.L2(0.3), bias_regularizer="l1",
+        activity_regularizer="l2"))])
+    model.set_weights([rng.standard_normal((2, 2)), rng.standard_normal(2)])
+
+    def loss64(weights):
+        kernel, bias = weights
+        out = x.astype(np.float64) @ kernel + bias
+        return ((out - y) ** 2).mean() + _l2(kernel, 0.3) + _l1(bias, 0.01)
+    _check_loss_and_sgd_step(model, x, y, loss64, target)
+    assert len(model.losses) == 2
+
+
 def test_regularizer_configs_round_trip_and_save(tmp_path):
     model = Sequential([
         L.Input((3, 2)),
@@ -310,6 +330,13 @@ REGULARIZED_MODELS = {
                        "beta_regularizer='l1')",
                        "LayerNormalization(gamma_regularizer='l2', "
                        "beta_regularizer=regularizers.L1L2(0.1, 0.2))"], (3,), (4,)),
+    # a wrapped layer's weight penalties count; its activity_regularizer does not (Keras runs
+    # its `call` on the steps)
+    "time_distributed": (["GRU(3, return_sequences=True)",
+                          "TimeDistributed(Dense(2, kernel_regularizer=regularizers.L2(0.3), "
+                          "bias_regularizer='l1', activity_regularizer='l2'))",
+                          "TimeDistributed(LayerNormalization(gamma_regularizer='l2'))"],
+                         (4, 2), (4, 2)),
 }
 
 KERAS_SCRIPT = textwrap.dedent("""

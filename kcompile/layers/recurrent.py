@@ -29,7 +29,7 @@ from ir import build_seq as S
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.layer import Layer, current_scope, format_shape, random_stream, wrap
-from kcompile.layers.wrappers import SubOwner
+from kcompile.layers.wrappers import SubOwner, inner_regularization
 
 
 def _check_rate(argument: str, value) -> float:
@@ -510,12 +510,7 @@ class Bidirectional(Layer):
 
     def regularization(self):
         """The two directions' weight penalties (each copy has the regularizers of its layer)."""
-        total = Layer.regularization(self)
-        for inner in (self.forward_layer, self.backward_layer):
-            penalty = inner.regularization()
-            if penalty is not None:
-                total = penalty if total is None else B.add(total, penalty)
-        return total
+        return inner_regularization(self, [self.forward_layer, self.backward_layer])
 
     @property
     def losses(self) -> list:

@@ -7,6 +7,8 @@ it makes names unique.
 """
 from __future__ import annotations
 
+from ir import build as B
+
 from kcompile.layers.layer import Layer, format_shape, wrap
 
 
@@ -26,6 +28,17 @@ class SubOwner:
 
     def _on_structure_change(self):
         self._wrapper._on_structure_change()
+
+
+def inner_regularization(wrapper, inners):
+    """The weight penalties of a wrapper and of the layers it holds (traced), or None: Keras
+    counts a wrapped layer's regularizers with the wrapper's."""
+    total = Layer.regularization(wrapper)
+    for inner in inners:
+        penalty = inner.regularization()
+        if penalty is not None:
+            total = penalty if total is None else B.add(total, penalty)
+    return total
 
 
 def _per_step_layers() -> tuple:
@@ -61,6 +74,15 @@ class TimeDistributed(Layer):
     @property
     def weights(self) -> list:
         return self.layer.weights
+
+    def regularization(self):
+        # (the inner layer's weight penalties only: Keras runs its `call` on the steps, so an
+        # activity_regularizer of the inner layer adds nothing, in Keras 3 as here)
+        return inner_regularization(self, [self.layer])
+
+    @property
+    def losses(self) -> list:
+        return Layer.losses.fget(self) + self.layer.losses
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 3:
