@@ -21,7 +21,7 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-# -- float64 numpy recurrences --------------------------------------------------------------------
+# -- float64 numpy recurrences ---------------------------------------------------------------------
 # Each returns every step's output, (batch, steps, units), reading x's steps in the given order.
 # `masks` (for recurrent dropout) is (input masks, state masks): one per gate each (or None), as
 # Keras 3's cells use them when recurrent_dropout is set (implementation 1).
@@ -107,20 +107,20 @@ def _central_differences(loss, weights, eps=1e-6):
     return grads
 
 
-def _check_loss_and_sgd_step(model, x, y, loss64, target, lr=0.1, evaluate_loss64=None):
+def _check_loss_and_sgd_step(model, x, y, loss64, target, lr=0.1):
     """evaluate (inference) and train_on_batch (training) report the numpy losses, and one SGD
     step moves every weight by -lr times the central differences of the training loss."""
     weights = [w.astype(np.float64) for w in model.get_weights()]
     model.compile(optimizer=optimizers.SGD(learning_rate=lr), loss="mse", target=target)
-    want = (evaluate_loss64 or loss64)(weights)
-    assert model.evaluate(x, y, batch_size=len(x), verbose=0) == pytest.approx(want, rel=1e-5)
+    assert model.evaluate(x, y, batch_size=len(x), verbose=0) == pytest.approx(loss64(weights),
+                                                                               rel=1e-5)
     grads = _central_differences(loss64, [w.copy() for w in weights])
     assert model.train_on_batch(x, y) == pytest.approx(loss64(weights), rel=1e-5)
     for variable, got, w, g in zip(model.weights, model.get_weights(), weights, grads):
         np.testing.assert_allclose(got, w - lr * g, rtol=1e-4, atol=1e-6, err_msg=variable.path)
 
 
-# -- task 1: regularizers -------------------------------------------------------------------------
+# -- regularizers ----------------------------------------------------------------------------------
 
 def _regularized(cls, **extra):
     return getattr(L, cls)(3, kernel_regularizer=regularizers.L1L2(l1=0.05, l2=0.1),
@@ -235,7 +235,6 @@ def test_batch_normalization_penalties(target):
     def inference_loss64(weights):
         out = _np_batch_norm(x64, *weights)
         return ((out - y) ** 2).mean() + penalty(*weights[:2])
-    before = [w.astype(np.float64) for w in model.get_weights()]
     weights = [w.astype(np.float64) for w in model.get_weights()]
     model.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="mse", target=target)
     assert model.evaluate(x, y, verbose=0) == pytest.approx(inference_loss64(weights), rel=1e-5)
@@ -243,8 +242,8 @@ def test_batch_normalization_penalties(target):
     assert model.train_on_batch(x, y) == pytest.approx(train_loss64(weights), rel=1e-5)
     got = model.get_weights()
     for i in range(2):
-        np.testing.assert_allclose(got[i], before[i] - 0.1 * grads[i], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got[2], 0.99 * before[2] + 0.01 * x64.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(got[i], weights[i] - 0.1 * grads[i], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[2], 0.99 * weights[2] + 0.01 * x64.mean(0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -309,7 +308,7 @@ def test_constraints_are_still_refused_naming_the_argument():
         L.SimpleRNN(2, kernel_regularizer="l3")
 
 
-# -- Keras 3 parity of the penalties --------------------------------------------------------------
+# -- Keras 3 parity of the penalties ---------------------------------------------------------------
 
 # (layer expressions written alike in both APIs, input shape, output shape)
 REGULARIZED_MODELS = {
@@ -408,7 +407,7 @@ def test_regularized_losses_and_step_agree_with_keras(name, keras_regularized):
                                    err_msg=f"{variable.path} after one SGD step")
 
 
-# -- task 2: Keras 3's config keys ----------------------------------------------------------------
+# -- Keras 3's config keys -------------------------------------------------------------------------
 
 # layer expressions written alike in both APIs
 CONFIG_LAYERS = [
@@ -524,7 +523,7 @@ def test_models_saved_with_the_earlier_configs_load(tmp_path):
     assert loaded.get_config() == model.get_config()
 
 
-# -- task 3: recurrent dropout on LSTM and GRU ----------------------------------------------------
+# -- recurrent dropout on LSTM and GRU -------------------------------------------------------------
 
 def _traced_with_masks(layer, x, dropout):
     """The layer's training output on x (reference interpreter) and the dropout masks it drew:
