@@ -15,10 +15,12 @@ ones before.  `get_custom_objects()` is the global dict itself, which a user may
 from __future__ import annotations
 
 import inspect
+import threading
 
 __all__ = ["CustomObjectScope", "custom_object_scope", "custom_objects_for", "get_custom_objects",
            "own_function_config", "resolve_own_function",
-           "get_registered_name", "get_registered_object", "register_keras_serializable"]
+           "get_registered_name", "get_registered_object", "register_keras_serializable",
+           "SafeModeScope", "enable_unsafe_deserialization", "in_safe_mode"]
 
 _GLOBAL_CUSTOM_OBJECTS: dict = {}   # registered name -> object (and whatever users put in it)
 _REGISTERED_NAMES: dict = {}        # object -> registered name
@@ -161,3 +163,51 @@ def serialize_builtin(obj, base: type, functions: dict, kind: str):
             return name
     raise ValueError(f"cannot serialize {kind} {obj!r}: not a kcompile {base.__name__} or a "
                      f"built-in {kind} function")
+
+
+# -- safe mode: whether loading may run code a file holds (a Lambda layer's Python lambda) --------
+
+_UNSAFE_ENABLED = False             # enable_unsafe_deserialization() was called
+_SAFE_MODE = threading.local()      # .stack: the safe_mode of the open SafeModeScopes, innermost last
+
+
+def enable_unsafe_deserialization() -> None:
+    """Let loading run the Python lambdas saved in a file (a Lambda layer's bytecode) everywhere,
+    as `keras.config.enable_unsafe_deserialization()`: only for files from a source you trust."""
+    global _UNSAFE_ENABLED
+    _UNSAFE_ENABLED = True
+
+
+def in_safe_mode():
+    """The safe mode loading runs under: that of the innermost open SafeModeScope, else False after
+    enable_unsafe_deserialization(), else None (not set: safe, Lambda.from_config assumes)."""
+    stack = getattr(_SAFE_MODE, "stack", None)
+    if stack:
+        return stack[-1]
+    return False if _UNSAFE_ENABLED else None
+
+
+class SafeModeScope:
+    """`with SafeModeScope(safe_mode):` the deserialization in the block runs in that safe mode (in
+    this thread), as Keras 3's; load_model, model_from_json and deserialize_keras_object open one."""
+
+    def __init__(self, safe_mode=True):
+        self.safe_mode = safe_mode
+
+    def __enter__(self):
+        stack = getattr(_SAFE_MODE, "stack", None)
+        if stack is None:
+            stack = _SAFE_MODE.stack = []
+        stack.append(self.safe_mode)
+        return self
+
+    def __exit__(self, *exc):
+        _SAFE_MODE.stack.pop()
+        return False
+
+
+def effective_safe_mode(safe_mode) -> bool:
+    """What a loading function's `safe_mode` argument means, as in Keras 3: an open SafeModeScope or
+    enable_unsafe_deserialization() decides over the argument."""
+    ambient = in_safe_mode()
+    return bool(safe_mode if ambient is None else ambient)

@@ -793,7 +793,9 @@ def model_from_json(json_string, custom_objects=None):
         raise ValueError("model_from_json needs the text of model.to_json(): a JSON object with "
                          "'class_name' and 'config'")
     try:
-        return _model_from_config(config, registry.custom_objects_for(custom_objects))
+        # (as Keras's: safe, unless an open SafeModeScope or enable_unsafe_deserialization says not)
+        with registry.SafeModeScope(registry.effective_safe_mode(True)):
+            return _model_from_config(config, registry.custom_objects_for(custom_objects))
     except Exception as error:
         raise ValueError(f"the model cannot be rebuilt from this JSON: {type(error).__name__}: "
                          f"{error}") from error
@@ -1025,12 +1027,13 @@ def deserialize_keras_object(config, custom_objects=None, safe_mode=True, **kwar
     if isinstance(config, str):
         return found.get(config, config)
     if isinstance(config, (list, tuple)):
-        return [deserialize_keras_object(item, custom_objects) for item in config]
+        return [deserialize_keras_object(item, custom_objects, safe_mode) for item in config]
     if not isinstance(config, dict):
         raise TypeError(f"deserialize_keras_object takes what serialize_keras_object gives (a dict, "
                         f"a string, a list or plain data); got {type(config).__name__}")
     if "class_name" not in config:
-        return {key: deserialize_keras_object(value, custom_objects) for key, value in config.items()}
+        return {key: deserialize_keras_object(value, custom_objects, safe_mode)
+                for key, value in config.items()}
     class_name, inner = config["class_name"], config.get("config")
     if class_name == "__numpy__":
         return np.asarray(inner["value"], dtype=inner["dtype"])
@@ -1054,8 +1057,11 @@ def deserialize_keras_object(config, custom_objects=None, safe_mode=True, **kwar
         raise TypeError(f"deserialize_keras_object: the config of {class_name!r} must be a dict; got "
                         f"{inner!r}")
     from kcompile.models import Model
-    obj = cls.from_config(dict(inner), custom_objects=custom_objects) \
-        if isinstance(cls, type) and issubclass(cls, Model) else cls.from_config(dict(inner))
+    # as Keras 3: from_config runs where the custom objects and the safe mode are known
+    with registry.custom_object_scope(found), \
+            registry.SafeModeScope(registry.effective_safe_mode(safe_mode)):
+        obj = cls.from_config(dict(inner), custom_objects=custom_objects) \
+            if isinstance(cls, type) and issubclass(cls, Model) else cls.from_config(dict(inner))
     if config.get("build_config") and hasattr(obj, "build_from_config"):
         obj.build_from_config(config["build_config"])
     return obj
@@ -1075,7 +1081,10 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             registered with `register_keras_serializable` or in a `custom_object_scope` need not
             be passed).
         compile: compile the model as it was when saved.
-        safe_mode: accepted for Keras compatibility; kcompile's format never runs code (no pickle).
+        safe_mode: whether to refuse the code a file holds: kcompile's format holds none (no
+            pickle) but a `Lambda` layer's Python lambda (its bytecode), which is loaded only with
+            `safe_mode=False` (or after `kcompile.config.enable_unsafe_deserialization()`): pass
+            it only for files from a source you trust.
 
     Raises:
         ValueError: the file is not a kcompile model file, or is corrupt, truncated or inconsistent;
@@ -1086,7 +1095,8 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     _check_model_suffix(filepath, "loading")
     custom_objects = registry.custom_objects_for(custom_objects)
     archive = _Archive(filepath)
-    model = _rebuild(archive, custom_objects)
+    with registry.SafeModeScope(registry.effective_safe_mode(safe_mode)):
+        model = _rebuild(archive, custom_objects)
     _assign(_match_weights(model, archive.weights, filepath))
     if compile and archive.config.get("compile_config") is not None:
         _compile(model, archive, custom_objects)

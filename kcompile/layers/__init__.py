@@ -11,6 +11,7 @@ from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, Separab
                                        SeparableConv2D)
 from kcompile.layers.convolutional_transpose import Conv1DTranspose, Conv2DTranspose
 from kcompile.layers.embedding import Embedding
+from kcompile.layers.lambda_layer import Lambda
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kcompile.layers.normalization_extra import GroupNormalization, UnitNormalization
@@ -41,6 +42,7 @@ __all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableC
             "SeparableConvolution1D", "SeparableConvolution2D"]
 __all__ += ["ActivityRegularization", "GroupNormalization", "Identity", "PReLU", "UnitNormalization"]
 __all__ += ["AlphaDropout", "GaussianDropout", "GaussianNoise"]
+__all__ += ["Lambda"]
 __all__ += ["Conv1DTranspose", "Conv2DTranspose", "Convolution1DTranspose", "Convolution2DTranspose"]
 
 # Keras's aliases
@@ -72,6 +74,7 @@ _CLASSES.update({cls.__name__: cls for cls in (ActivityRegularization, GroupNorm
                                                 PReLU, UnitNormalization)})
 _CLASSES.update({cls.__name__: cls for cls in (AlphaDropout, GaussianDropout, GaussianNoise)})
 _CLASSES.update({cls.__name__: cls for cls in (Conv1DTranspose, Conv2DTranspose)})
+_CLASSES["Lambda"] = Lambda
 
 
 def serialize(layer: Layer) -> dict:
@@ -89,13 +92,16 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
     if cls is None:
         raise ValueError(f"Unknown layer class {config.get('class_name')!r}; known: {sorted(classes)}. "
                          "Pass custom layer classes in custom_objects=.")
-    return cls.from_config(dict(config.get("config", {})))
+    # as Keras 3: from_config runs where the custom objects are known, so that what a config names
+    # inside (a Lambda's function, a wrapped layer) is found too
+    with registry.custom_object_scope(dict(custom_objects or {})):
+        return cls.from_config(dict(config.get("config", {})))
 
 
 # Keras layers kcompile does not have (yet): asking for one says so, instead of a bare AttributeError.
 _KERAS_ONLY = frozenset("""
     RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
-    ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot Lambda
+    ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot
     MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
     UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D ThresholdedReLU SpectralNormalization
