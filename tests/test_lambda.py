@@ -243,6 +243,17 @@ def test_save_and_load_a_lambda_model(tmp_path):
     np.testing.assert_allclose(clone.predict(x, verbose=0), want, rtol=1e-6)
 
 
+def test_clone_model_refuses_a_lambda_as_keras_and_takes_a_clone_function():
+    model = _lambda_model()
+    with pytest.raises(ValueError, match="Python lambda"):     # Keras 3's clone_model does too
+        kcompile.models.clone_model(model)
+    clone = kcompile.models.clone_model(model, clone_function=lambda layer: Lambda(
+        layer.function) if isinstance(layer, Lambda) else type(layer).from_config(layer.get_config()))
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 def test_enable_unsafe_deserialization(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_UNSAFE_ENABLED", False)
     model = _lambda_model()
@@ -329,6 +340,7 @@ def test_bytecode_that_does_not_load_is_refused_clearly():
 
 def test_the_layer_is_in_the_namespace():
     assert kcompile.layers.Lambda is Lambda and "Lambda" in L.__all__
+    assert L._CLASSES["Lambda"] is Lambda and "Lambda" not in L._KERAS_ONLY
     assert L.deserialize({"class_name": "Lambda", "config": Lambda(halve).get_config()}).function \
         is halve
 

@@ -71,10 +71,11 @@ class Lambda(Layer):
         self.supports_masking = False
         # NOTE: not `_output_shape`, which Layer keeps for the output_shape property
         self._given_output_shape = output_shape
+        # as Keras: the function's positional-or-keyword parameters decide
         try:
-            parameters = inspect.signature(function).parameters
-        except (TypeError, ValueError):      # a builtin without a signature: inputs only
-            parameters = {}
+            parameters = inspect.getfullargspec(function).args
+        except TypeError:                    # a builtin without a signature: inputs only
+            parameters = []
         self._fn_expects_training_arg = "training" in parameters
         self._fn_expects_mask_arg = "mask" in parameters
 
