@@ -51,7 +51,7 @@ from kcompile import backend, data_adapters, losses, metrics as metrics_module, 
 from kcompile.errors import DataTypeError
 from ir.graph import refuse_truth
 from kcompile.layers.embedding import Embedding
-from kcompile.layers.layer import TraceScope, format_shape, to_snake_case
+from kcompile.layers.layer import TraceScope, format_shape, get_keras_mask, to_snake_case
 from kcompile.schedules import FLOAT32_MAX
 from kcompile.utils.random import get_generator, next_seed
 
@@ -158,6 +158,19 @@ def _sample_weight_input(weighted: bool, dtype: str):
     return B.arg("sample_weight", dtype, (None,)) if weighted else None
 
 
+def _refuse_masked_output(model, y_pred) -> None:
+    """Keras weights the loss and metrics of an output that carries a mask (return_sequences after
+    Embedding(mask_zero=True) or Masking) by that mask; kcompile does not yet, so it refuses rather
+    than train on the padded steps."""
+    if get_keras_mask(y_pred) is not None:
+        raise NotImplementedError(
+            f"model {model.name!r}: its output carries a mask (a recurrent layer with "
+            "return_sequences=True, or a layer passing the mask on, after Embedding(mask_zero=True) "
+            "or Masking), which Keras applies to the loss and metrics; masked losses are not "
+            "supported yet. Reduce the sequence first (an RNN without return_sequences, "
+            "GlobalAveragePooling1D), or train without the mask.")
+
+
 def _plus_added_losses(penalty, scope):
     """The weights' penalties plus the losses layers added in this trace (Layer.add_loss)."""
     for added in scope.added_losses:
@@ -175,6 +188,7 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights) as scope:
         y_pred = model(x, training=False)
+        _refuse_masked_output(model, y_pred)
         penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
                                                                     y_pred, sample_weight, penalty)
@@ -198,6 +212,7 @@ def _forward_and_gradients(model, loss, metric_objects, spec: TargetSpec, dtype:
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
+        _refuse_masked_output(model, y_pred)
         penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
                                                                     y_pred, sample_weight, penalty)

@@ -169,8 +169,7 @@ def test_embedding_arguments_are_checked():
     assert Embedding(2 ** 24, 1).input_dim == 2 ** 24
     with pytest.raises(ValueError, match="exact up to 2\\*\\*24"):
         Embedding(2 ** 24 + 1, 1)
-    with pytest.raises(NotImplementedError, match="mask"):
-        Embedding(3, 2, mask_zero=True)
+    assert Embedding(3, 2, mask_zero=True).get_config()["mask_zero"] is True   # (test_masking.py)
     with pytest.warns(UserWarning, match="input_length"):
         Embedding(3, 2, input_length=5)
 

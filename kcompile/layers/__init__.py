@@ -12,6 +12,7 @@ from kcompile.layers.depthwise import (DepthwiseConv1D, DepthwiseConv2D, Separab
 from kcompile.layers.convolutional_transpose import Conv1DTranspose, Conv2DTranspose
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.lambda_layer import Lambda
+from kcompile.layers.masking import Masking
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kcompile.layers.normalization_extra import GroupNormalization, UnitNormalization
@@ -43,6 +44,7 @@ __all__ += ["DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableC
 __all__ += ["ActivityRegularization", "GroupNormalization", "Identity", "PReLU", "UnitNormalization"]
 __all__ += ["AlphaDropout", "GaussianDropout", "GaussianNoise"]
 __all__ += ["Lambda"]
+__all__ += ["Masking"]
 __all__ += ["Conv1DTranspose", "Conv2DTranspose", "Convolution1DTranspose", "Convolution2DTranspose"]
 
 # Keras's aliases
@@ -75,6 +77,17 @@ _CLASSES.update({cls.__name__: cls for cls in (ActivityRegularization, GroupNorm
 _CLASSES.update({cls.__name__: cls for cls in (AlphaDropout, GaussianDropout, GaussianNoise)})
 _CLASSES.update({cls.__name__: cls for cls in (Conv1DTranspose, Conv2DTranspose)})
 _CLASSES["Lambda"] = Lambda
+_CLASSES["Masking"] = Masking
+
+# The layers that pass their inputs' mask on to the next layer (Keras's supports_masking = True;
+# those that make or consume one, Embedding, Masking, the RNNs and GlobalAveragePooling1D, say so
+# by their compute_mask); any other layer drops the mask, with Keras's warning.
+for _cls in (Activation, Dense, Dropout, LeakyReLU, ReLU, ELU, Softmax, PReLU, Rescaling, Identity,
+             ActivityRegularization, GaussianDropout, GaussianNoise, BatchNormalization,
+             LayerNormalization, GroupNormalization, UnitNormalization, Normalization,
+             TimeDistributed):
+    _cls._supports_masking = True
+del _cls
 
 
 def serialize(layer: Layer) -> dict:
@@ -102,7 +115,7 @@ def deserialize(config: dict, custom_objects=None) -> Layer:
 _KERAS_ONLY = frozenset("""
     RNN SimpleRNNCell LSTMCell GRUCell StackedRNNCells ConvLSTM1D
     ConvLSTM2D ConvLSTM3D Concatenate Add Subtract Multiply Average Maximum Minimum Dot
-    MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention Masking
+    MultiHeadAttention GroupedQueryAttention Attention AdditiveAttention
     Conv3D Conv3DTranspose MaxPooling3D AveragePooling3D GlobalAveragePooling3D GlobalMaxPooling3D
     UpSampling3D ZeroPadding3D Cropping3D SpatialDropout3D ThresholdedReLU SpectralNormalization
     RandomFlip RandomRotation RandomZoom RandomCrop

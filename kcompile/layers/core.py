@@ -405,7 +405,18 @@ class Softmax(Layer):
                                  f"inputs of shape {format_shape(input_shape)}")
         return tuple(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            # Keras checks the mask broadcasts against the inputs from the last axis on; a
+            # timestep mask (batch, steps) on (batch, steps, features) does not
+            if mask.type.rank != inputs.type.rank or mask.shape[1:] != inputs.shape[1:]:
+                raise ValueError(f"Softmax layer {self.name!r}: the `mask` must be broadcastable to "
+                                 f"`inputs`; got mask.shape={format_shape(mask.shape)} and "
+                                 f"inputs.shape={format_shape(inputs.shape)}. Apply the softmax in "
+                                 "the Dense layer before it (activation='softmax'), which ignores "
+                                 "the mask")
+            raise NotImplementedError(f"Softmax layer {self.name!r} with a mask (Keras's masked "
+                                      "softmax) is not supported yet")
         return activations.softmax(inputs, axis=self.axis)
 
     def get_config(self):

@@ -42,6 +42,10 @@ class Embedding(Layer):
         input_dim: the number of ids (rows of the table).
         output_dim: the size of each vector.
         embeddings_initializer: default uniform on [-0.05, 0.05], as Keras.
+        mask_zero: id 0 is padding: the output's mask (`compute_mask`) is `ids != 0`, so the
+            layers after it that support masking skip those steps (an RNN carries its state over
+            them, GlobalAveragePooling1D leaves them out of the mean).  Id 0 still has its row,
+            as in Keras.
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
@@ -52,9 +56,6 @@ class Embedding(Layer):
                                 ("lora_rank", lora_rank), ("quantization_config", quantization_config)]:
             if value is not None:
                 raise NotImplementedError(f"Embedding({argument}=...) is not supported yet")
-        if mask_zero:
-            raise NotImplementedError("Embedding(mask_zero=True) is not supported: kcompile layers "
-                                      "do not propagate masks")
         if kwargs.pop("input_length", None) is not None:
             warnings.warn("Embedding's `input_length` argument is deprecated (as in Keras 3); give "
                           "the model an input shape instead", stacklevel=2)
@@ -74,6 +75,8 @@ class Embedding(Layer):
         self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
         # (Layer.__call__ adds its penalty of the output, divided by the batch size, as Dense's)
         self.activity_regularizer = regularizers.get(activity_regularizer)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero     # (as Keras: without it, a mask is dropped)
         self.embeddings = None
         self._initial_weights = weights
 
@@ -101,6 +104,11 @@ class Embedding(Layer):
             last = self.input_dim - 1
             ids = B.cast(B.select(B.le(ids, B.scalar(last, ids)), ids, last), "i32")
         return NN.gather(self.embeddings.value, ids)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        if not self.mask_zero:
+            return None
+        return B.ne(inputs, 0)
 
     def check_ids(self, ids: np.ndarray, argument: str) -> None:
         """A clear error for ids (a model input feeding this layer directly) outside
@@ -135,7 +143,7 @@ class Embedding(Layer):
             "embeddings_regularizer": regularizers.serialize(self.embeddings_regularizer),
             "activity_regularizer": regularizers.serialize(self.activity_regularizer),
             "embeddings_constraint": None,
-            "mask_zero": False,
+            "mask_zero": self.mask_zero,
             "quantization_config": None,
         })
         return config

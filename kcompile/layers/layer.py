@@ -17,6 +17,7 @@ import numbers
 import operator
 import re
 import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -69,6 +70,9 @@ class TraceScope:
         self.seed = seed
         self.updates: list = []
         self.added_losses: list = []     # scalar losses layers add while traced (Layer.add_loss)
+        # the Keras mask of traced values (Keras keeps it on the tensor as `_keras_mask`; IR nodes
+        # are immutable, so it is kept here): id(node) -> (node, bool [batch, steps] mask)
+        self.masks: dict = {}
 
     def add_update(self, variable: "Variable", value: Node) -> None:
         """Record that the traced step assigns `value` to the (non-trainable) `variable`."""
@@ -124,6 +128,21 @@ def _layer_inside_layer(outer, inner, verb: str, where: str) -> NotImplementedEr
 def current_scope() -> TraceScope | None:
     stack = getattr(_local, "stack", None)
     return stack[-1] if stack else None
+
+
+def get_keras_mask(value):
+    """The mask of the traced `value` (which of its timesteps later layers skip), or None: as
+    Keras's `backend.get_keras_mask`."""
+    scope = current_scope()
+    entry = None if scope is None else scope.masks.get(id(value))
+    return None if entry is None or entry[0] is not value else entry[1]
+
+
+def set_keras_mask(value, mask) -> None:
+    """Attach `mask` (bool [batch, steps]) to the traced `value`, as Keras's `set_keras_mask`."""
+    scope = current_scope()
+    if scope is not None:
+        scope.masks[id(value)] = (value, mask)
 
 
 class Variable:
@@ -729,6 +748,36 @@ class Layer:
             cls._call_takes_training = cached
         return cached
 
+    def _accepts_mask(self) -> bool:
+        """Whether call takes `mask=` (Keras passes the inputs' mask to such a call)."""
+        cls = type(self)
+        cached = cls.__dict__.get("_call_takes_mask")
+        if cached is None:
+            cached = "mask" in inspect.signature(cls.call).parameters
+            cls._call_takes_mask = cached
+        return cached
+
+    # -- masking ------------------------------------------------------------------------------
+
+    @property
+    def supports_masking(self) -> bool:
+        """Whether the layer passes on (or makes) a mask with compute_mask, as Keras's: a layer
+        that sets it, or one whose class overrides compute_mask.  A layer without it drops the
+        mask of its inputs, with Keras's warning."""
+        value = self.__dict__.get("_supports_masking", getattr(type(self), "_supports_masking", None))
+        if value is None:
+            return type(self).compute_mask is not Layer.compute_mask
+        return bool(value)
+
+    @supports_masking.setter
+    def supports_masking(self, value):
+        self.__dict__["_supports_masking"] = bool(value)
+
+    def compute_mask(self, inputs, previous_mask):
+        """The mask of the output, from the inputs and their mask: by default the inputs' mask,
+        unchanged (a layer acting on each timestep alone)."""
+        return previous_mask
+
     def _is_users(self) -> bool:
         """A layer class of the user's (kcompile's own wrappers call the layers they hold)."""
         return not (type(self).__module__.startswith("kcompile.") or getattr(self, "_is_model", False))
@@ -745,7 +794,7 @@ class Layer:
             if inner is not None:
                 raise _layer_inside_layer(self, inner, "holds", f"in self.{name}")
 
-    def _traced_call(self, inputs, training):
+    def _traced_call(self, inputs, training, mask=None):
         """self.call on a traced value.  A layer with weights called while a user's layer's call
         runs (one it made in call) is refused as _refuse_sublayers refuses one it holds (its
         weights are none of the model's); one without weights (an Activation) is just called."""
@@ -755,22 +804,31 @@ class Layer:
         users = self._is_users() and calling is None
         if users:
             _local.calling = self
+        kwargs = {}
+        if self._accepts_training():
+            kwargs["training"] = bool(training)
+        if mask is not None and self._accepts_mask():
+            kwargs["mask"] = mask
         try:
-            if self._accepts_training():
-                return self.call(inputs, training=bool(training))
-            return self.call(inputs)
+            return self.call(inputs, **kwargs)
         finally:
             if users:
                 _local.calling = None
 
-    def __call__(self, inputs, training=None):
-        """On an IR value (while tracing): the traced output.  On an array: run eagerly, return numpy."""
+    def __call__(self, inputs, training=None, mask=None):
+        """On an IR value (while tracing): the traced output.  On an array: run eagerly, return numpy.
+
+        While tracing, the inputs' mask (`mask=`, else the one attached to `inputs`) is passed to a
+        call that takes `mask=`, and the output gets `compute_mask`'s, as Keras's Layer.__call__."""
         if isinstance(inputs, Node):
             self._refuse_sublayers()
             if not self.built:
                 self.build_for(inputs.shape)
                 self._refuse_sublayers()      # (one made in build)
-            output = self._checked_output(self._traced_call(inputs, training), inputs.shape)
+            previous_mask = mask if mask is not None else get_keras_mask(inputs)
+            output = self._checked_output(self._traced_call(inputs, training, previous_mask),
+                                          inputs.shape)
+            self._set_output_mask(inputs, output, previous_mask)
             self._add_activity_penalty(output)
             return output
         if hasattr(inputs, "_input_layer"):
@@ -797,6 +855,19 @@ class Layer:
             if output.type.rank:
                 penalty = B.div(penalty, B.dim_size(output, 0, penalty.dtype))
             self.add_loss(penalty)
+
+    def _set_output_mask(self, inputs, output, previous_mask) -> None:
+        if self.supports_masking:
+            if get_keras_mask(output) is None:
+                output_mask = self.compute_mask(inputs, previous_mask)
+                if output_mask is not None:
+                    set_keras_mask(output, output_mask)
+        elif previous_mask is not None:
+            # (Keras 3's warning, word for word)
+            warnings.warn(f"Layer '{self.name}' (of type {type(self).__name__}) was passed an input "
+                          "with a mask attached to it. However, this layer does not support masking "
+                          "and will therefore destroy the mask information. Downstream layers will "
+                          "not see the mask.", stacklevel=3)
 
     def add_loss(self, loss):
         """Add a loss (a value computed in `call` from its inputs or weights) to the model's loss,

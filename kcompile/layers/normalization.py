@@ -126,7 +126,13 @@ class BatchNormalization(Layer):
                                                trainable=False, name="moving_variance")
         self.built = True
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, mask=None):
+        if mask is not None and training and self.trainable:
+            # (Keras computes the batch statistics over the unmasked steps only)
+            raise NotImplementedError(f"BatchNormalization layer {self.name!r} trained on masked "
+                                      "inputs (statistics over the unmasked timesteps) is not "
+                                      "supported yet; use LayerNormalization, which acts on each "
+                                      "timestep alone")
         axes = _resolve_axes(self._axes, inputs.shape, "BatchNormalization", self.name)
         # per-feature values are reshaped to broadcast against the inputs (axis 0 is never one)
         shape = tuple(d if i in axes else 1 for i, d in enumerate(inputs.shape))[1:]

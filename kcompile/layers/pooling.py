@@ -148,8 +148,21 @@ class GlobalMaxPooling2D(_GlobalPooling):
 
 class GlobalAveragePooling1D(_GlobalPooling):
     """The mean over the steps: (batch, steps, features) -> (batch, features) (or (batch, 1,
-    features)), as after an Embedding in a text classifier."""
+    features)), as after an Embedding in a text classifier.  With a mask (Embedding(mask_zero=True),
+    Masking), the mean of the unmasked steps, as Keras's (a sample with every step masked gives
+    0 / 0 = NaN there too)."""
     rank, reduce = 1, staticmethod(B.reduce_mean)
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        keep = B.reshape(mask, mask.shape + (1,))
+        total = B.reduce_sum(B.select(keep, inputs, 0.0), 1, keepdims=self.keepdims)
+        count = B.reduce_sum(B.cast(keep, inputs.dtype), 1, keepdims=self.keepdims)
+        return B.div(total, count)
+
+    def compute_mask(self, inputs, previous_mask):
+        return None
 
 
 class GlobalMaxPooling1D(_GlobalPooling):

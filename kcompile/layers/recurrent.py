@@ -69,8 +69,6 @@ class _Recurrent(Layer):
                 raise NotImplementedError(f"{type(self).__name__}({argument}=...) is not supported yet")
         for argument in ("use_cudnn", "implementation"):
             kwargs.pop(argument, None)      # backend choices of Keras: one implementation here
-        # (what a masked step outputs, in Keras 3's configs: no masks here, so nothing to choose;
-        # kept only so that configs round-trip)
         zero_output_for_mask = bool(kwargs.pop("zero_output_for_mask", False))
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
             raise ValueError("Received an invalid value for argument `units`, expected a positive "
@@ -106,6 +104,8 @@ class _Recurrent(Layer):
         # NOTE: the loop is always unrolled (the sequence length is static); `unroll` is kept
         # only so configs round-trip with Keras's.
         self.unroll = bool(unroll)
+        # what return_sequences outputs at a masked step: zeros, or (False, Keras's default) the
+        # state carried over it
         self.zero_output_for_mask = zero_output_for_mask
         self.kernel = self.recurrent_kernel = self.bias = None
 
@@ -168,7 +168,10 @@ class _Recurrent(Layer):
         """How many dropout masks the inputs and the state each get (SimpleRNN: one)."""
         return 1
 
-    def call(self, inputs, training=False):
+    def compute_mask(self, inputs, previous_mask):
+        return previous_mask if self.return_sequences else None
+
+    def call(self, inputs, training=False, mask=None):
         self._check_input(inputs.shape)
         steps = inputs.shape[1]
         input_masks = state_masks = None
@@ -188,12 +191,32 @@ class _Recurrent(Layer):
         # thread): its gradient sums T pads of the steps' gradients along the time axis.
         for t in order:
             x_t = S.take(inputs, t, 1)
+            previous = state
             projected = project(x_t, weights["kernel"], weights.get("kernel_gates"), input_masks)
             output, state = self.step(projected, state, weights, state_masks)
+            if mask is not None:
+                output, state = self._masked_step(S.take(mask, t, 1), output, state, previous)
             outputs.append(output)
         if self.return_sequences:
             return S.stack(outputs, 1)
         return outputs[-1]
+
+    def _masked_step(self, keep, output, state, previous):
+        """Keras's masked step (`backend.rnn` on JAX): where `keep` (bool [batch]) is false the
+        state is carried over unchanged (zero before the first step) and the output is the carried
+        h, or zeros with zero_output_for_mask."""
+        keep = B.reshape(keep, keep.shape + (1,))
+        if isinstance(state, tuple):
+            olds = (None,) * len(state) if previous is None else previous
+            state = tuple(B.select(keep, new, 0.0 if old is None else old)
+                          for new, old in zip(state, olds))
+            carried = state[0]
+        else:
+            state = carried = B.select(keep, state, 0.0 if previous is None else previous)
+        # NOTE: Keras's unrolled loop (unroll=True) ignores zero_output_for_mask
+        if self.zero_output_for_mask and not self.unroll:
+            return B.select(keep, output, 0.0), state
+        return carried, state
 
     def _step_weights(self) -> dict:
         """The weights' traced values, and any fixed slices of them, made once for all steps."""
@@ -500,6 +523,9 @@ class Bidirectional(Layer):
         else:
             backward = type(backward_layer).from_config({**backward_layer.get_config(),
                                                          "name": f"backward_{backward_layer.name}"})
+        # As Keras: with return_sequences, both directions output zeros at masked steps
+        forward.zero_output_for_mask = forward.return_sequences
+        backward.zero_output_for_mask = backward.return_sequences
         self.forward_layer, self.backward_layer = forward, backward
         self._given_backward = backward_layer
         self.return_sequences = layer.return_sequences
@@ -531,11 +557,14 @@ class Bidirectional(Layer):
                 variable._owner = SubOwner(self, inner)
         self.built = True
 
-    def call(self, inputs, training=False):
+    def compute_mask(self, inputs, previous_mask):
+        return previous_mask if self.return_sequences else None
+
+    def call(self, inputs, training=False, mask=None):
         wrap(self, self.forward_layer)
         wrap(self, self.backward_layer)
-        forward = self.forward_layer.call(inputs, training=training)
-        backward = self.backward_layer.call(inputs, training=training)
+        forward = self.forward_layer.call(inputs, training=training, mask=mask)
+        backward = self.backward_layer.call(inputs, training=training, mask=mask)
         # each direction's activity penalty of its own output, as Keras calls the two layers
         self.forward_layer._add_activity_penalty(forward)
         self.backward_layer._add_activity_penalty(backward)
