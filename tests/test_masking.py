@@ -321,11 +321,21 @@ KERAS_MODELS = {
                                  "Bidirectional(LSTM(3, return_sequences=True))",
                                  "TimeDistributed(Dense(4))", "Bidirectional(GRU(3))", "Dense(2)"],
                                 (STEPS,), True, True),
-    # (the output is a masked sequence: predictions only)
+    # (outputs that are masked sequences: predictions only; the last recurrent layer's outputs at
+    # masked steps are seen, an earlier one's are skipped by the next)
     "masking_sequences": (["Masking(mask_value=0.0)",
                            "SimpleRNN(4, return_sequences=True, go_backwards=True)",
                            "LSTM(3, return_sequences=True)", "Dense(2)"],
                           (STEPS, FEATURES), False, False),
+    "masking_zero_output": (["Masking()", "GRU(3, return_sequences=True, zero_output_for_mask=True)"],
+                            (STEPS, FEATURES), False, False),
+    "masking_bidirectional": (["Masking()", "Bidirectional(GRU(2, return_sequences=True))"],
+                              (STEPS, FEATURES), False, False),
+    # (Keras's unrolled loop outputs the carried state at masked steps even where Bidirectional
+    # sets zero_output_for_mask)
+    "masking_unrolled_bidirectional": (["Masking()",
+                                        "Bidirectional(LSTM(2, return_sequences=True, unroll=True))",
+                                        "Dense(2)"], (STEPS, FEATURES), False, False),
 }
 
 KERAS_SCRIPT = textwrap.dedent("""
