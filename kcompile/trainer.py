@@ -98,13 +98,41 @@ class MetricReadout:
     finish: object
 
 
-def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None, penalty=None):
+def _masked_sample_weight(loss_object, mask, sample_weight, dtype: str):
+    """Keras 3's `apply_mask` (losses/loss.py): the mask of y_pred as weights of its steps' losses,
+    times the sample weights.  For a mean ('sum_over_batch_size', 'mean') the unmasked steps
+    weigh total / valid (0 when every step is masked), so the loss is the mean over them."""
+    weight = B.cast(mask, dtype)
+    if loss_object.reduction in ("sum_over_batch_size", "mean"):
+        total = B.reduced_count(weight, tuple(range(weight.type.rank)))
+        valid = B.reduce_sum(weight)
+        empty = B.eq(valid, 0.0)
+        weight = B.mul(weight, B.select(empty, 0.0, B.div(total, B.select(empty, 1.0, valid))))
+    if sample_weight is not None:
+        sample_weight = B.cast(sample_weight, dtype)
+        missing = weight.type.rank - sample_weight.type.rank
+        weight = B.mul(weight, B.reshape(sample_weight, sample_weight.shape + (1,) * missing))
+    return weight
+
+
+def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None, penalty=None,
+                      mask=None):
     """The scalar loss, the metric outputs [(graph output name, batch sum)] and a readout per metric.
 
     `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
-    (compile's `weighted_metrics`) see the sample weights, as in Keras."""
+    (compile's `weighted_metrics`) see the sample weights, as in Keras.  `mask`: y_pred's Keras
+    mask, which weights the loss as Keras's does."""
+    if mask is not None and metric_objects:
+        raise NotImplementedError(
+            f"model {model.name!r}: its output carries a mask (a recurrent layer with "
+            "return_sequences=True, or a layer passing the mask on, after Embedding(mask_zero=True) "
+            "or Masking); the loss is masked as in Keras, but masked metrics are not supported yet. "
+            "Compile without metrics=, or reduce the sequence first.")
     with refuse_truth():     # a user's loss or metric cannot branch on traced values (see ir.graph)
-        loss_value = losses.as_loss_object(loss)(y, y_pred, sample_weight=sample_weight)
+        loss_object = losses.as_loss_object(loss)
+        if mask is not None:
+            sample_weight = _masked_sample_weight(loss_object, mask, sample_weight, y_pred.dtype)
+        loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
         if loss_value.type.rank != 0:
             raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a "
                              "scalar: a loss with reduction='none' cannot be trained on")
@@ -158,19 +186,6 @@ def _sample_weight_input(weighted: bool, dtype: str):
     return B.arg("sample_weight", dtype, (None,)) if weighted else None
 
 
-def _refuse_masked_output(model, y_pred) -> None:
-    """Keras weights the loss and metrics of an output that carries a mask (return_sequences after
-    Embedding(mask_zero=True) or Masking) by that mask; kcompile does not yet, so it refuses rather
-    than train on the padded steps."""
-    if get_keras_mask(y_pred) is not None:
-        raise NotImplementedError(
-            f"model {model.name!r}: its output carries a mask (a recurrent layer with "
-            "return_sequences=True, or a layer passing the mask on, after Embedding(mask_zero=True) "
-            "or Masking), which Keras applies to the loss and metrics; masked losses are not "
-            "supported yet. Reduce the sequence first (an RNN without return_sequences, "
-            "GlobalAveragePooling1D), or train without the mask.")
-
-
 def _plus_added_losses(penalty, scope):
     """The weights' penalties plus the losses layers added in this trace (Layer.add_loss)."""
     for added in scope.added_losses:
@@ -188,10 +203,11 @@ def trace_eval(model, loss, metric_objects, spec: TargetSpec, dtype: str = "f32"
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights) as scope:
         y_pred = model(x, training=False)
-        _refuse_masked_output(model, y_pred)
+        mask = get_keras_mask(y_pred)
         penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
-                                                                    y_pred, sample_weight, penalty)
+                                                                    y_pred, sample_weight, penalty,
+                                                                    mask)
     if readouts is not None:
         readouts.extend(metric_readouts)
     if y_pred_type is not None:
@@ -212,10 +228,11 @@ def _forward_and_gradients(model, loss, metric_objects, spec: TargetSpec, dtype:
     weights = _weight_inputs(model, dtype)
     with TraceScope(weights, seed=seed) as scope:
         y_pred = model(x, training=True)
-        _refuse_masked_output(model, y_pred)
+        mask = get_keras_mask(y_pred)
         penalty = _plus_added_losses(model.regularization(), scope)
     loss_value, metric_outputs, metric_readouts = _loss_and_metrics(model, loss, metric_objects, y,
-                                                                    y_pred, sample_weight, penalty)
+                                                                    y_pred, sample_weight, penalty,
+                                                                    mask)
     if readouts is not None:
         readouts.extend(metric_readouts)
     if y_pred_type is not None:

@@ -2,11 +2,13 @@
 mask, the layers acting on each step pass it on, the recurrent layers skip the masked steps (state
 carried over them; return_sequences outputs the carried state, or zeros with zero_output_for_mask
 and inside Bidirectional), GlobalAveragePooling1D averages the unmasked steps, and any other layer
-drops it with Keras's warning.
+drops it with Keras's warning; the loss of an output that still carries the mask (a
+return_sequences output) is Keras's masked mean.
 
 Outputs, input gradients and weight gradients against a float64 numpy RNN with masking written here
 (gradients by central differences, the mask held fixed), on every target, with padding at the end,
-in the middle and at the start; Keras 3 parity (predictions, one SGD step, configs); training
+in the middle and at the start; the masked loss against numpy for each reduction, with and without
+sample weights; Keras 3 parity (predictions, evaluate's loss, one SGD step, configs); training
 compiled against the reference interpreter; config, JSON and file round trips; errors."""
 import json
 import textwrap
@@ -15,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
+from kcompile import losses as kcompile_losses
 from kcompile import optimizers
 from kcompile import layers as L
 from kcompile.models import Sequential, load_model, model_from_json
@@ -321,7 +324,10 @@ KERAS_MODELS = {
                                  "Bidirectional(LSTM(3, return_sequences=True))",
                                  "TimeDistributed(Dense(4))", "Bidirectional(GRU(3))", "Dense(2)"],
                                 (STEPS,), True, True),
-    # (outputs that are masked sequences: predictions only; the last recurrent layer's outputs at
+    # (a masked sequence output: Keras's loss is the mean over the unmasked steps)
+    "embedding_tagger": (["Embedding(9, 4, mask_zero=True)", "LSTM(3, return_sequences=True)",
+                          "TimeDistributed(Dense(2))"], (STEPS,), True, True),
+    # (outputs that are masked sequences: predictions and loss only; the last recurrent layer's outputs at
     # masked steps are seen, an earlier one's are skipped by the next)
     "masking_sequences": (["Masking(mask_value=0.0)",
                            "SimpleRNN(4, return_sequences=True, go_backwards=True)",
@@ -350,7 +356,8 @@ KERAS_SCRIPT = textwrap.dedent("""
                                  + [eval(e) for e in exprs])
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
         weights = model.get_weights()
-        results = dict(prediction=model.predict(x, verbose=0))
+        results = dict(prediction=model.predict(x, verbose=0),
+                       loss=model.evaluate(x, data["y"], batch_size=len(x), verbose=0))
         if train:
             model.fit(x, data["y"], batch_size=len(x), epochs=1, shuffle=False, verbose=0)
             results.update({f"t{i}": w for i, w in enumerate(model.get_weights())})
@@ -423,6 +430,9 @@ def test_agrees_with_keras(name, keras_results):
     model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="mse", target=TARGETS[-1])
     np.testing.assert_allclose(model.predict(x, verbose=0), keras_out["prediction"], rtol=1e-4,
                                atol=1e-5)
+    # (on a masked sequence output, the mean over the unmasked steps)
+    assert model.evaluate(x, y, batch_size=len(x), verbose=0) == \
+        pytest.approx(float(keras_out["loss"]), rel=1e-5)
     if KERAS_MODELS[name][3]:
         model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
         for i, got in enumerate(model.get_weights()):
@@ -516,16 +526,43 @@ def test_custom_layers_receive_and_pass_on_the_mask():
     assert seen and all(seen)
 
 
-def test_masked_losses_and_layers_kcompile_refuses():
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean_with_sample_weight"])
+def test_the_loss_of_a_masked_output_counts_the_unmasked_steps(reduction):
+    """Keras's apply_mask: the mask weights each step's loss (times the sample weights); the
+    default mean is over the unmasked steps (total / valid), the other reductions take the mask
+    as it is."""
+    rng = np.random.default_rng(10)
+    x = padded_sequences(rng)
+    model = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.Dense(2)])
+    model.compile(optimizer="sgd", loss=kcompile_losses.MeanSquaredError(reduction=reduction),
+                  target="reference")
+    y = rng.standard_normal((4, STEPS, 2)).astype(np.float32)
+    weights = np.array([1.0, 0.5, 2.0, 0.0], np.float32)
+    fixed, mask = masking(x.astype(np.float64))
+    dense = model.layers[1]
+    per_step = ((fixed @ dense.kernel.numpy() + dense.bias.numpy() - y) ** 2).mean(-1)
+    for sample_weight in (None, weights):
+        w = mask * (1.0 if sample_weight is None else sample_weight[:, None])
+        if reduction == "sum_over_batch_size":
+            want = (per_step * w).sum() / mask.sum()
+        elif reduction == "sum":
+            want = (per_step * w).sum()
+        else:
+            want = (per_step * w).sum() / w.sum()
+        got = model.evaluate(x, y, sample_weight=sample_weight, batch_size=4, verbose=0)
+        assert got == pytest.approx(want, rel=1e-5), sample_weight
+
+
+def test_masked_metrics_and_layers_kcompile_refuses():
     rng = np.random.default_rng(9)
     x = padded_sequences(rng)
-    # Keras weights the loss of a masked sequence output by its mask: refused, not done wrongly
+    # Keras weights the metrics of a masked sequence output by its mask: refused, not done wrongly
     model = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.LSTM(2, return_sequences=True)])
-    model.compile(optimizer="sgd", loss="mse", target="reference")
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"], target="reference")
     assert model.predict(x, verbose=0).shape == (4, STEPS, 2)
-    with pytest.raises(NotImplementedError, match="output carries a mask"):
+    with pytest.raises(NotImplementedError, match="masked metrics"):
         model.fit(x, np.zeros((4, STEPS, 2), np.float32), verbose=0)
-    with pytest.raises(NotImplementedError, match="output carries a mask"):
+    with pytest.raises(NotImplementedError, match="masked metrics"):
         model.evaluate(x, np.zeros((4, STEPS, 2), np.float32), verbose=0)
     # Keras refuses a (batch, steps) mask on a softmax of (batch, steps, units)
     softmax = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.Softmax()])
