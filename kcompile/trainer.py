@@ -98,12 +98,13 @@ class MetricReadout:
     finish: object
 
 
-def _masked_sample_weight(loss_object, mask, sample_weight, dtype: str):
-    """Keras 3's `apply_mask` (losses/loss.py): the mask of y_pred as weights of its steps' losses,
-    times the sample weights.  For a mean ('sum_over_batch_size', 'mean') the unmasked steps
-    weigh total / valid (0 when every step is masked), so the loss is the mean over them."""
+def _masked_sample_weight(reduction, mask, sample_weight, dtype: str):
+    """Keras 3's `apply_mask` (losses/loss.py): the mask of y_pred as weights of its steps' losses
+    or metric values, times the sample weights.  For a mean loss ('sum_over_batch_size', 'mean')
+    the unmasked steps weigh total / valid (0 when every step is masked), so the loss is the mean
+    over them; a metric (reduction 'sum') takes the mask as it is."""
     weight = B.cast(mask, dtype)
-    if loss_object.reduction in ("sum_over_batch_size", "mean"):
+    if reduction in ("sum_over_batch_size", "mean"):
         total = B.reduced_count(weight, tuple(range(weight.type.rank)))
         valid = B.reduce_sum(weight)
         empty = B.eq(valid, 0.0)
@@ -121,18 +122,14 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
 
     `metric_objects` holds (name, metric) or (name, metric, weighted) entries; only weighted ones
     (compile's `weighted_metrics`) see the sample weights, as in Keras.  `mask`: y_pred's Keras
-    mask, which weights the loss as Keras's does."""
-    if mask is not None and metric_objects:
-        raise NotImplementedError(
-            f"model {model.name!r}: its output carries a mask (a recurrent layer with "
-            "return_sequences=True, or a layer passing the mask on, after Embedding(mask_zero=True) "
-            "or Masking); the loss is masked as in Keras, but masked metrics are not supported yet. "
-            "Compile without metrics=, or reduce the sequence first.")
+    mask, which weights the loss and the mean metrics as Keras's does."""
     with refuse_truth():     # a user's loss or metric cannot branch on traced values (see ir.graph)
         loss_object = losses.as_loss_object(loss)
+        loss_weight = sample_weight
         if mask is not None:
-            sample_weight = _masked_sample_weight(loss_object, mask, sample_weight, y_pred.dtype)
-        loss_value = loss_object(y, y_pred, sample_weight=sample_weight)
+            loss_weight = _masked_sample_weight(loss_object.reduction, mask, sample_weight,
+                                                y_pred.dtype)
+        loss_value = loss_object(y, y_pred, sample_weight=loss_weight)
         if loss_value.type.rank != 0:
             raise ValueError(f"loss {losses.loss_name(loss)!r} gives shape {loss_value.shape}, not a "
                              "scalar: a loss with reduction='none' cannot be trained on")
@@ -140,10 +137,10 @@ def _loss_and_metrics(model, loss, metric_objects, y, y_pred, sample_weight=None
             loss_value = ir.build.mul(loss_value, model.loss_weight)
         if penalty is not None:   # the weights' regularization (Keras adds it in training and evaluation)
             loss_value = ir.build.add(loss_value, penalty)
-        return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight)
+        return (loss_value,) + _metric_outputs(metric_objects, y, y_pred, sample_weight, mask)
 
 
-def _metric_outputs(metric_objects, y, y_pred, sample_weight=None):
+def _metric_outputs(metric_objects, y, y_pred, sample_weight=None, mask=None):
     """The metric outputs [(graph output name, batch sum)] and a readout per metric (see
     _loss_and_metrics); they depend on nothing but the metrics and the types of y, y_pred and the
     sample weights."""
@@ -153,7 +150,18 @@ def _metric_outputs(metric_objects, y, y_pred, sample_weight=None):
         weighted = len(entry) > 2 and entry[2]
         if not isinstance(metric, metrics_module.Metric):
             metric = metrics_module.MeanMetricWrapper(metric, name=name)
-        sums, finish = metric.trace_sums(y, y_pred, sample_weight if weighted else None)
+        weight = sample_weight if weighted else None
+        if mask is not None:
+            # Keras's mean metrics (MeanMetricWrapper: accuracy, mae, ...) weigh the values by
+            # y_pred's mask; the others (confusion metrics, a user's update_state) are refused
+            if type(metric).trace_sums is not metrics_module.Metric.trace_sums \
+                    or metric._is_stateful():
+                raise NotImplementedError(
+                    f"metric {name!r} on a model output that carries a mask (return_sequences "
+                    "after Embedding(mask_zero=True) or Masking) is not supported yet; the mean "
+                    "metrics (accuracy, mae, ...) are masked as in Keras")
+            weight = _masked_sample_weight("sum", mask, weight, y_pred.dtype)
+        sums, finish = metric.trace_sums(y, y_pred, weight)
         names = []
         for key, value in sums.items():
             if value.type.batched:

@@ -354,7 +354,8 @@ KERAS_SCRIPT = textwrap.dedent("""
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input(shape, dtype="int32" if ids else "float32")]
                                  + [eval(e) for e in exprs])
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse",
+                      metrics=["mae"])
         weights = model.get_weights()
         results = dict(prediction=model.predict(x, verbose=0),
                        loss=model.evaluate(x, data["y"], batch_size=len(x), verbose=0))
@@ -427,12 +428,13 @@ def test_agrees_with_keras(name, keras_results):
                 ours.pop("seed")       # (Keras 3's SimpleRNN config has none; kcompile's has)
             assert _comparable(ours) == _comparable(keras_config), type(layer).__name__
     model.set_weights([keras_out[f"w{i}"] for i in range(len(model.weights))])
-    model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="mse", target=TARGETS[-1])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="mse", metrics=["mae"],
+                  target=TARGETS[-1])
     np.testing.assert_allclose(model.predict(x, verbose=0), keras_out["prediction"], rtol=1e-4,
                                atol=1e-5)
-    # (on a masked sequence output, the mean over the unmasked steps)
-    assert model.evaluate(x, y, batch_size=len(x), verbose=0) == \
-        pytest.approx(float(keras_out["loss"]), rel=1e-5)
+    # (on a masked sequence output, the loss and mae are means over the unmasked steps)
+    np.testing.assert_allclose(model.evaluate(x, y, batch_size=len(x), verbose=0),
+                               keras_out["loss"], rtol=1e-5)
     if KERAS_MODELS[name][3]:
         model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
         for i, got in enumerate(model.get_weights()):
@@ -553,17 +555,34 @@ def test_the_loss_of_a_masked_output_counts_the_unmasked_steps(reduction):
         assert got == pytest.approx(want, rel=1e-5), sample_weight
 
 
-def test_masked_metrics_and_layers_kcompile_refuses():
+def test_mean_metrics_of_a_masked_output_count_the_unmasked_steps():
+    """Keras's MeanMetricWrapper weighs the values by y_pred's mask (times the sample weights of
+    a weighted metric); other metrics on a masked output are refused, not computed unmasked."""
+    rng = np.random.default_rng(11)
+    x = padded_sequences(rng)
+    model = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"], weighted_metrics=["mse"],
+                  target="reference")
+    y = rng.standard_normal((4, STEPS, 2)).astype(np.float32)
+    weights = np.array([1.0, 0.5, 2.0, 0.0], np.float32)
+    fixed, mask = masking(x.astype(np.float64))
+    dense = model.layers[1]
+    error = fixed @ dense.kernel.numpy() + dense.bias.numpy() - y
+    absolute, squared = np.abs(error).mean(-1), (error ** 2).mean(-1)
+    weighted = mask * weights[:, None]
+    got = model.evaluate(x, y, sample_weight=weights, batch_size=4, verbose=0, return_dict=True)
+    assert got["mae"] == pytest.approx((absolute * mask).sum() / mask.sum(), rel=1e-5)
+    assert got["mse"] == pytest.approx((squared * weighted).sum() / weighted.sum(), rel=1e-5)
+    assert got["loss"] == pytest.approx((squared * weighted).sum() / mask.sum(), rel=1e-5)
+    auc = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.Dense(1, activation="sigmoid")])
+    auc.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["auc"], target="reference")
+    with pytest.raises(NotImplementedError, match="metric 'auc' on a model output that carries"):
+        auc.evaluate(x, np.ones((4, STEPS, 1), np.float32), verbose=0)
+
+
+def test_masked_layers_kcompile_refuses():
     rng = np.random.default_rng(9)
     x = padded_sequences(rng)
-    # Keras weights the metrics of a masked sequence output by its mask: refused, not done wrongly
-    model = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.LSTM(2, return_sequences=True)])
-    model.compile(optimizer="sgd", loss="mse", metrics=["mae"], target="reference")
-    assert model.predict(x, verbose=0).shape == (4, STEPS, 2)
-    with pytest.raises(NotImplementedError, match="masked metrics"):
-        model.fit(x, np.zeros((4, STEPS, 2), np.float32), verbose=0)
-    with pytest.raises(NotImplementedError, match="masked metrics"):
-        model.evaluate(x, np.zeros((4, STEPS, 2), np.float32), verbose=0)
     # Keras refuses a (batch, steps) mask on a softmax of (batch, steps, units)
     softmax = Sequential([L.Input((STEPS, FEATURES)), L.Masking(), L.Softmax()])
     with pytest.raises(ValueError, match="mask.*must be broadcastable"):
