@@ -141,6 +141,27 @@ def dilate_kernel(kernel, dilation):
     return kernel
 
 
+def spatial_output_shape(layer, input_shape) -> tuple:
+    """The spatial axes of the output of a convolution layer (Conv1D/2D, the depthwise and
+    separable ones: their `_image_shape`, `_window`, `_pads`, kernel_size, dilation_rate, padding
+    and rank), or a ValueError when the (dilated) kernel does not fit the input."""
+    image = layer._image_shape(input_shape)
+    size, strides = layer._window()
+    pads = layer._pads(image)
+    height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
+    width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
+    if height < 1 or width < 1:
+        extent = dilated_size(layer.kernel_size, layer.dilation_rate)
+        dilated = (f" dilated by {layer.dilation_rate} (extent {extent})"
+                   if max(layer.dilation_rate) > 1 else "")
+        raise ValueError(f"{type(layer).__name__} layer {layer.name!r}: a {layer.kernel_size} "
+                         f"kernel{dilated} does not fit inputs of shape "
+                         f"{format_shape(input_shape)} with padding {layer.padding!r}; use "
+                         f"padding='same' or a smaller kernel_size"
+                         f"{' or dilation_rate' if dilated else ''}.")
+    return (width,) if layer.rank == 1 else (height, width)
+
+
 def grouped_conv2d(image, kernel, strides, pads, groups: int):
     """conv2d of image[N,H,W,C] with kernel[KH,KW,C/groups,F]: group g convolves input channels
     [g*C/groups, (g+1)*C/groups) with filters [g*F/groups, (g+1)*F/groups), as Keras (and XLA's
@@ -233,21 +254,7 @@ class _Conv(Layer):
 
     def compute_output_shape(self, input_shape):
         self._check_input(input_shape)
-        image = self._image_shape(input_shape)
-        size, strides = self._window()
-        pads = self._pads(image)
-        height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
-        width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
-        if height < 1 or width < 1:
-            extent = dilated_size(self.kernel_size, self.dilation_rate)
-            dilated = (f" dilated by {self.dilation_rate} (extent {extent})"
-                       if max(self.dilation_rate) > 1 else "")
-            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} "
-                             f"kernel{dilated} does not fit inputs of shape "
-                             f"{format_shape(input_shape)} with padding {self.padding!r}; use "
-                             f"padding='same' or a smaller kernel_size"
-                             f"{' or dilation_rate' if dilated else ''}.")
-        spatial = (width,) if self.rank == 1 else (height, width)
+        spatial = spatial_output_shape(self, input_shape)
         return (input_shape[0],) + spatial + (self.filters,)
 
     def build(self, input_shape):

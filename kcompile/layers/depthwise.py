@@ -30,7 +30,8 @@ from ir import build_nn as NN
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
                                            check_sequence, dilate_kernel, dilated_size,
-                                           normalize_padding, normalize_tuple, refuse_constraints)
+                                           normalize_padding, normalize_tuple, refuse_constraints,
+                                           spatial_output_shape)
 from kcompile.layers.layer import Layer, format_shape
 
 
@@ -142,21 +143,7 @@ class _DepthwiseBase(Layer):
 
     def compute_output_shape(self, input_shape):
         self._check_input(input_shape)
-        image = self._image_shape(input_shape)
-        size, strides = self._window()
-        pads = self._pads(image)
-        height = NN.window_output_size(image[1], size[0], strides[0], pads[0], pads[1])
-        width = NN.window_output_size(image[2], size[1], strides[1], pads[2], pads[3])
-        if height < 1 or width < 1:
-            extent = dilated_size(self.kernel_size, self.dilation_rate)
-            dilated = (f" dilated by {self.dilation_rate} (extent {extent})"
-                       if max(self.dilation_rate) > 1 else "")
-            raise ValueError(f"{type(self).__name__} layer {self.name!r}: a {self.kernel_size} "
-                             f"kernel{dilated} does not fit inputs of shape "
-                             f"{format_shape(input_shape)} with padding {self.padding!r}; use "
-                             f"padding='same' or a smaller kernel_size"
-                             f"{' or dilation_rate' if dilated else ''}.")
-        spatial = (width,) if self.rank == 1 else (height, width)
+        spatial = spatial_output_shape(self, input_shape)
         return (input_shape[0],) + spatial + (self._output_channels(input_shape[-1]),)
 
     def _add_depthwise_kernel(self, input_shape, name):
