@@ -225,7 +225,7 @@ def test_group_normalization_weights_and_groups():
             Sequential([L.Input((3, 8)), L.GroupNormalization(groups)])
     with pytest.raises(ValueError, match="batch axis 0"):
         Sequential([L.Input((3, 8)), L.GroupNormalization(1, axis=0)])
-    with pytest.raises(ValueError, match=r"axis 3 is out of bounds"):
+    with pytest.raises(ValueError, match=r"axis 3 is out of range"):
         Sequential([L.Input((3, 8)), L.GroupNormalization(1, axis=3)])
 
 
@@ -577,8 +577,8 @@ def test_bad_arguments_are_refused_naming_them(make, error, match):
 
 
 @pytest.mark.parametrize("layer, shape, match", [
-    (lambda: L.UnitNormalization(axis=3), (4, 3), r"axis 3 is out of bounds.*\(None, 4, 3\)"),
-    (lambda: L.UnitNormalization(axis=[1, -2]), (4, 3), r"repeats an axis"),
+    (lambda: L.UnitNormalization(axis=3), (4, 3), r"axis 3 is out of range.*\(None, 4, 3\)"),
+    (lambda: L.UnitNormalization(axis=[1, -2]), (4, 3), r"repeated axis"),
     (lambda: L.PReLU(shared_axes=2), (4,), r"shared axis 2"),
 ])
 def test_bad_input_shapes_are_refused_when_the_model_is_built(layer, shape, match):

@@ -9,7 +9,7 @@ import numbers
 from ir import build as B
 
 from kcompile import initializers, regularizers
-from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.layer import Layer, format_shape, refuse_unsupported
 
 
 class PReLU(Layer):
@@ -26,8 +26,7 @@ class PReLU(Layer):
 
     def __init__(self, alpha_initializer="Zeros", alpha_regularizer=None, alpha_constraint=None,
                  shared_axes=None, **kwargs):
-        if alpha_constraint is not None:
-            raise NotImplementedError("PReLU(alpha_constraint=...) is not supported yet")
+        refuse_unsupported("PReLU", {"alpha_constraint": alpha_constraint})
         if shared_axes is None:
             axes = None
         else:

@@ -17,20 +17,23 @@ from ir import build_nn as NN
 from ir import build_seq as S
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.layer import Layer, format_shape, refuse_unsupported
 
 
-def normalize_tuple(value, n: int, argument: str, layer: str) -> tuple:
-    """An int or a sequence of `n` positive ints as a tuple, or a clear error."""
+def normalize_tuple(value, n: int, argument: str, layer: str, minimum: int = 1,
+                    allowed: str = "") -> tuple:
+    """An int or a sequence of `n` ints of at least `minimum` (1: positive, 0: non-negative) as a
+    tuple, or a clear error (`allowed`: what else the argument may be, said first in it)."""
     values = (value,) * n if isinstance(value, numbers.Integral) else value
     try:
         values = tuple(values)
     except TypeError:
         values = ()
-    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
-                               for v in values):
-        raise ValueError(f"{layer}: `{argument}` must be a positive integer or a tuple of {n} positive "
-                         f"integers; got {argument}={value!r}")
+    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                               or v < minimum for v in values):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{layer}: `{argument}` must be {allowed}a {kind} integer or a tuple of {n} "
+                         f"{kind} integers; got {argument}={value!r}")
     return tuple(int(v) for v in values)
 
 
@@ -41,18 +44,15 @@ def normalize_padding(padding, layer: str, allowed=NN.PADDINGS) -> str:
     return padding.lower()
 
 
-def refuse_constraints(layer: str, constraints: dict) -> None:
-    """NotImplementedError for any constraint (`kernel_constraint=` ...) that is not None."""
-    for argument, value in constraints.items():
-        if value is not None:
-            raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
+def positive_int(value, argument: str, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"Invalid value for argument `{argument}`. Expected a strictly positive "
+                         f"integer ({meaning}). Received {argument}={value!r}")
+    return int(value)
 
 
 def check_filters(filters) -> int:
-    if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
-        raise ValueError("Invalid value for argument `filters`. Expected a strictly positive "
-                         f"integer (the number of output channels). Received filters={filters!r}")
-    return int(filters)
+    return positive_int(filters, "filters", "the number of output channels")
 
 
 def refuse_strided_dilation(layer: str, strides, dilation_rate, fix: str) -> None:
@@ -187,7 +187,7 @@ class _Conv(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         layer = type(self).__name__
-        refuse_constraints(layer, {"kernel_constraint": kernel_constraint,
+        refuse_unsupported(layer, {"kernel_constraint": kernel_constraint,
                                    "bias_constraint": bias_constraint})
         filters = check_filters(filters)
         check_channels_last(data_format, layer)

@@ -20,34 +20,23 @@ here, and so does kcompile.
 """
 from __future__ import annotations
 
-import numbers
 
 from ir import build as B
 from ir import build_nn as NN
 
 from kcompile import activations, initializers, regularizers
 from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_filters,
-                                           check_image, check_sequence, dilate_kernel,
-                                           dilated_size, normalize_padding, normalize_tuple,
-                                           refuse_constraints, refuse_strided_dilation)
-from kcompile.layers.layer import Layer, format_shape
+                                           check_spatial, dilate_kernel, dilated_size,
+                                           normalize_padding, normalize_tuple,
+                                           refuse_strided_dilation)
+from kcompile.layers.layer import Layer, format_shape, refuse_unsupported
 
 
 def normalize_output_padding(value, strides, argument: str, layer: str):
     """None, or an int or a sequence of non-negative ints each below its axis's stride, as a tuple."""
     if value is None:
         return None
-    n = len(strides)
-    values = (value,) * n if isinstance(value, numbers.Integral) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = ()
-    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0
-                               for v in values):
-        raise ValueError(f"{layer}: `{argument}` must be None, a non-negative integer or a tuple of {n} "
-                         f"non-negative integers; got {argument}={value!r}")
-    values = tuple(int(v) for v in values)
+    values = normalize_tuple(value, len(strides), argument, layer, minimum=0, allowed="None, ")
     for axis, (pad, stride) in enumerate(zip(values, strides)):
         if pad >= stride:
             raise ValueError(f"{layer}: each value of `{argument}` must be less than the stride of its "
@@ -100,7 +89,7 @@ class _ConvTranspose(Layer):
                  bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         layer = type(self).__name__
-        refuse_constraints(layer, {"kernel_constraint": kernel_constraint,
+        refuse_unsupported(layer, {"kernel_constraint": kernel_constraint,
                                    "bias_constraint": bias_constraint})
         filters = check_filters(filters)
         check_channels_last(data_format, layer)
@@ -137,8 +126,7 @@ class _ConvTranspose(Layer):
         return [(1, 1, None)] + axes if self.rank == 1 else axes
 
     def _check_input(self, input_shape):
-        (check_sequence if self.rank == 1 else check_image)(tuple(input_shape), type(self).__name__,
-                                                              self.name)
+        check_spatial(input_shape, self.rank, type(self).__name__, self.name)
         if self.kernel is not None and input_shape[-1] != self.kernel.shape[-1]:
             raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
                              f"{self.kernel.shape[-1]} input channels (axis -1), but received input "

@@ -13,8 +13,9 @@ import numpy as np
 from ir import build as B
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.layer import (Layer, current_scope, format_shape, normalize_input_shape,
-                                   random_stream)
+from kcompile.layers.layer import (Layer, check_seed, format_shape,
+                                   normalize_input_shape, random_stream, refuse_unsupported,
+                                   training_seed)
 from kcompile.schedules import FLOAT32_MAX
 
 
@@ -145,11 +146,9 @@ class Dense(Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  lora_rank=None, quantization_config=None, **kwargs):
-        for argument, value in [("kernel_constraint", kernel_constraint),
-                                ("bias_constraint", bias_constraint), ("lora_rank", lora_rank),
-                                ("quantization_config", quantization_config)]:
-            if value is not None:
-                raise NotImplementedError(f"Dense({argument}=...) is not supported yet")
+        refuse_unsupported("Dense", {"kernel_constraint": kernel_constraint,
+                                     "bias_constraint": bias_constraint, "lora_rank": lora_rank,
+                                     "quantization_config": quantization_config})
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
             raise ValueError("Received an invalid value for `units`, expected a positive integer. "
                              f"Received: units={units!r}")
@@ -274,12 +273,11 @@ class Dropout(Layer):
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
             raise ValueError("Invalid value received for argument `rate`. Expected a float value in "
                              f"[0, 1] (the fraction of inputs to drop). Received: rate={rate!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"{type(self).__name__} seed must be an integer or None; got seed={seed!r}")
+        seed = check_seed(seed, type(self).__name__)
         super().__init__(**kwargs)
         self.rate = float(rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
-        self.seed = None if seed is None else int(seed)   # (a numpy integer would not go into JSON)
+        self.seed = seed
 
     def compute_output_shape(self, input_shape):
         if self.noise_shape is not None:
@@ -313,12 +311,8 @@ class Dropout(Layer):
             return inputs
         if self.rate == 1.0:
             return B.zeros_like(inputs)     # every unit dropped (Keras's select gives zeros too)
-        scope = current_scope()
-        if scope is None or scope.seed is None:
-            raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
-                               "without a seed")
         mask_shape = self._mask_shape(inputs.shape)
-        keep = B.ge(B.random_uniform(scope.seed, mask_shape, self.stream), self.rate)
+        keep = B.ge(B.random_uniform(training_seed(self), mask_shape, self.stream), self.rate)
         keep = B.broadcast(keep, inputs.shape) if keep.shape != inputs.shape else keep
         # As Keras: select(mask, x / keep_prob, 0).
         return B.select(keep, B.div(inputs, 1.0 - self.rate), 0.0)

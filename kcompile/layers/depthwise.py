@@ -22,17 +22,16 @@ windows of the dilated kernel are then simply taken `strides` apart.
 """
 from __future__ import annotations
 
-import numbers
 
 from ir import build as B
 from ir import build_nn as NN
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_image,
-                                           check_sequence, dilate_kernel, dilated_size,
-                                           normalize_padding, normalize_tuple, refuse_constraints,
+from kcompile.layers.convolutional import (as_image, as_sequence, check_channels_last, check_filters,
+                                           check_spatial, dilate_kernel, dilated_size,
+                                           normalize_padding, normalize_tuple, positive_int,
                                            spatial_output_shape)
-from kcompile.layers.layer import Layer, format_shape
+from kcompile.layers.layer import Layer, format_shape, refuse_unsupported
 
 
 def depthwise_conv2d(x, kernel, strides, pads):
@@ -48,13 +47,6 @@ def depthwise_conv2d(x, kernel, strides, pads):
     return B.reduce_sum(B.mul(windows, taps), (3, 4))
 
 
-def _positive_int(value, argument: str, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"Invalid value for argument `{argument}`. Expected a strictly positive "
-                         f"integer ({meaning}). Received {argument}={value!r}")
-    return int(value)
-
-
 class _DepthwiseBase(Layer):
     """What the depthwise and separable convolutions share: arguments, the window, input checks,
     the depthwise kernel and the config."""
@@ -67,8 +59,8 @@ class _DepthwiseBase(Layer):
                  depthwise_regularizer, bias_regularizer, activity_regularizer, constraints,
                  **kwargs):
         layer = type(self).__name__
-        refuse_constraints(layer, constraints)
-        self.depth_multiplier = _positive_int(
+        refuse_unsupported(layer, constraints)
+        self.depth_multiplier = positive_int(
             depth_multiplier, "depth_multiplier",
             "the number of output channels of each input channel")
         check_channels_last(data_format, layer)
@@ -134,7 +126,7 @@ class _DepthwiseBase(Layer):
 
     def _check_input(self, input_shape):
         layer = type(self).__name__
-        (check_sequence if self.rank == 1 else check_image)(tuple(input_shape), layer, self.name)
+        check_spatial(input_shape, self.rank, layer, self.name)
         kernel = self._depthwise_weight
         if kernel is not None and input_shape[-1] != kernel.shape[-2]:
             raise ValueError(f"Input of layer {self.name!r} is incompatible with the layer: expected "
@@ -222,7 +214,7 @@ class _SeparableConv(_DepthwiseBase):
                  bias_initializer="zeros", depthwise_regularizer=None, pointwise_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None, depthwise_constraint=None,
                  pointwise_constraint=None, bias_constraint=None, **kwargs):
-        self.filters = _positive_int(filters, "filters", "the number of output channels")
+        self.filters = check_filters(filters)
         super().__init__(kernel_size, strides, padding, depth_multiplier, data_format, dilation_rate,
                          activation, use_bias, depthwise_initializer, bias_initializer,
                          depthwise_regularizer, bias_regularizer, activity_regularizer,

@@ -25,7 +25,7 @@ from ir import build as B
 from ir import build_nn as NN
 
 from kcompile import initializers, regularizers
-from kcompile.layers.layer import Layer
+from kcompile.layers.layer import Layer, refuse_unsupported
 
 # ids travel as float32 (see the module docstring): every id below this is exact
 MAX_INPUT_DIM = 2 ** 24
@@ -52,10 +52,9 @@ class Embedding(Layer):
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero=False,
                  weights=None, lora_rank=None, activity_regularizer=None, quantization_config=None,
                  **kwargs):
-        for argument, value in [("embeddings_constraint", embeddings_constraint),
-                                ("lora_rank", lora_rank), ("quantization_config", quantization_config)]:
-            if value is not None:
-                raise NotImplementedError(f"Embedding({argument}=...) is not supported yet")
+        refuse_unsupported("Embedding", {"embeddings_constraint": embeddings_constraint,
+                                         "lora_rank": lora_rank,
+                                         "quantization_config": quantization_config})
         if kwargs.pop("input_length", None) is not None:
             warnings.warn("Embedding's `input_length` argument is deprecated (as in Keras 3); give "
                           "the model an input shape instead", stacklevel=2)

@@ -46,7 +46,8 @@ class Lambda(Layer):
         output_shape: the output shape without the batch axis (a tuple), or a function of the
             input shape giving the whole output shape; None (default): inferred by tracing.  Given,
             it is checked against what the function computes.
-        mask: must be None (kcompile has no masking).
+        mask: must be None: a Lambda computes no mask of its own (the inputs' mask is passed
+            to a function that takes `mask`, and dropped after the layer, as Keras does then).
         arguments: a dict of keyword arguments for `function`.
     """
 
@@ -61,8 +62,9 @@ class Lambda(Layer):
             raise TypeError(f"Lambda: `arguments` must be a dict of keyword arguments for the "
                             f"function, e.g. arguments={{'factor': 3}}; got {arguments!r}")
         if mask is not None:
-            raise NotImplementedError("Lambda: `mask` is not supported: kcompile has no masking "
-                                      "(no layer consumes masks); leave mask=None")
+            raise NotImplementedError("Lambda: `mask` (a mask computed by the Lambda) is not "
+                                      "supported yet; leave mask=None (a function that takes "
+                                      "`mask` still gets the inputs' mask)")
         if output_shape is not None and not callable(output_shape):
             output_shape = _checked_shape(output_shape)
         self.function = function

@@ -112,6 +112,23 @@ def random_stream(layer, *parts: str) -> int:
     return zlib.crc32("/".join(key if outer is None else [outer, *key]).encode()) & 0xFFFFFFFF
 
 
+def check_seed(seed, layer: str):
+    """A layer's `seed=` argument (None or an integer) as a Python int (a numpy integer would not
+    go into JSON), or a ValueError naming the layer."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"{layer} seed must be an integer or None; got seed={seed!r}")
+    return None if seed is None else int(seed)
+
+
+def training_seed(layer) -> Node:
+    """The traced step's seed, which a layer's draws in training start from (see random_stream)."""
+    scope = current_scope()
+    if scope is None or scope.seed is None:
+        raise RuntimeError(f"{type(layer).__name__} layer {layer.name!r} was traced in training mode "
+                           "without a seed")
+    return scope.seed
+
+
 def wrap(outer, inner) -> None:
     """`inner` is held by the wrapper `outer` (see random_stream)."""
     inner.__dict__["_wrapped_by"] = outer.name
@@ -143,6 +160,14 @@ def set_keras_mask(value, mask) -> None:
     scope = current_scope()
     if scope is not None:
         scope.masks[id(value)] = (value, mask)
+
+
+def refuse_unsupported(layer: str, arguments: dict) -> None:
+    """NotImplementedError for the first of `arguments` (name -> value) that is not None: the
+    Keras arguments a layer does not support yet (constraints, lora_rank, ...)."""
+    for argument, value in arguments.items():
+        if value is not None:
+            raise NotImplementedError(f"{layer}({argument}=...) is not supported yet")
 
 
 class Variable:
@@ -740,22 +765,17 @@ class Layer:
     def call(self, inputs, training=False):
         raise NotImplementedError(f"{type(self).__name__} does not define call")
 
-    def _accepts_training(self) -> bool:
+    def _call_takes(self, argument: str) -> bool:
+        """Whether the class's call takes `argument` ('training', or 'mask': Keras passes the
+        inputs' mask to such a call), cached per class."""
         cls = type(self)
-        cached = cls.__dict__.get("_call_takes_training")
+        cached = cls.__dict__.get("_call_arguments")
         if cached is None:
-            cached = "training" in inspect.signature(cls.call).parameters
-            cls._call_takes_training = cached
-        return cached
+            cached = cls._call_arguments = frozenset(inspect.signature(cls.call).parameters)
+        return argument in cached
 
-    def _accepts_mask(self) -> bool:
-        """Whether call takes `mask=` (Keras passes the inputs' mask to such a call)."""
-        cls = type(self)
-        cached = cls.__dict__.get("_call_takes_mask")
-        if cached is None:
-            cached = "mask" in inspect.signature(cls.call).parameters
-            cls._call_takes_mask = cached
-        return cached
+    def _accepts_training(self) -> bool:
+        return self._call_takes("training")
 
     # -- masking ------------------------------------------------------------------------------
 
@@ -807,7 +827,7 @@ class Layer:
         kwargs = {}
         if self._accepts_training():
             kwargs["training"] = bool(training)
-        if mask is not None and self._accepts_mask():
+        if mask is not None and self._call_takes("mask"):
             kwargs["mask"] = mask
         try:
             return self.call(inputs, **kwargs)

@@ -20,7 +20,7 @@ from ir import Node
 from ir import build as B
 
 from kcompile.layers.core import Dropout
-from kcompile.layers.layer import Layer, current_scope, random_stream
+from kcompile.layers.layer import Layer, check_seed, random_stream, training_seed
 
 # cos(phi) = 1 - phi^2/2! + phi^4/4! - ..., sin(phi) = phi - phi^3/3! + ..., to phi^10 and phi^9:
 # for |phi| <= pi/4 the first terms left out, phi^12/12! and phi^11/11!, are below 1.2e-10 and 1.8e-9
@@ -52,25 +52,11 @@ def standard_normal(seed, shape, layer) -> Node:
     return B.mul(radius, rotated)
 
 
-def _check_seed(seed, layer: str):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"{layer} seed must be an integer or None; got seed={seed!r}")
-    return None if seed is None else int(seed)     # (a numpy integer would not go into JSON)
-
-
 def _check_fraction(value, argument: str, layer: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"Invalid value received for argument `{argument}` of {layer}. Expected a "
                          f"float value between 0 and 1. Received: {argument}={value!r}")
     return float(value)
-
-
-def _training_seed(layer):
-    scope = current_scope()
-    if scope is None or scope.seed is None:
-        raise RuntimeError(f"{type(layer).__name__} layer {layer.name!r} was traced in training mode "
-                           "without a seed")
-    return scope.seed
 
 
 def _refuse_rate_one(layer):
@@ -90,7 +76,7 @@ class GaussianNoise(Layer):
 
     def __init__(self, stddev, seed=None, **kwargs):
         stddev = _check_fraction(stddev, "stddev", "GaussianNoise")
-        seed = _check_seed(seed, "GaussianNoise")
+        seed = check_seed(seed, "GaussianNoise")
         super().__init__(**kwargs)
         self.stddev, self.seed = stddev, seed
 
@@ -100,7 +86,7 @@ class GaussianNoise(Layer):
     def call(self, inputs, training=False):
         if not training or self.stddev == 0.0:
             return inputs
-        noise = standard_normal(_training_seed(self), inputs.shape, self)
+        noise = standard_normal(training_seed(self), inputs.shape, self)
         return B.add(inputs, B.mul(noise, self.stddev))
 
     def get_config(self):
@@ -118,7 +104,7 @@ class GaussianDropout(Layer):
 
     def __init__(self, rate, seed=None, **kwargs):
         rate = _check_fraction(rate, "rate", "GaussianDropout")
-        seed = _check_seed(seed, "GaussianDropout")
+        seed = check_seed(seed, "GaussianDropout")
         super().__init__(**kwargs)
         self.rate, self.seed = rate, seed
 
@@ -131,7 +117,7 @@ class GaussianDropout(Layer):
         if self.rate == 1.0:
             _refuse_rate_one(self)
         stddev = math.sqrt(self.rate / (1.0 - self.rate))
-        noise = standard_normal(_training_seed(self), inputs.shape, self)
+        noise = standard_normal(training_seed(self), inputs.shape, self)
         return B.mul(inputs, B.add(B.mul(noise, stddev), 1.0))
 
     def get_config(self):
@@ -170,7 +156,7 @@ class AlphaDropout(Dropout):
         if self.rate == 1.0:
             _refuse_rate_one(self)
         mask_shape = self._mask_shape(inputs.shape)
-        keep = B.ge(B.random_uniform(_training_seed(self), mask_shape, self.stream), self.rate)
+        keep = B.ge(B.random_uniform(training_seed(self), mask_shape, self.stream), self.rate)
         keep = B.broadcast(keep, inputs.shape) if keep.shape != inputs.shape else keep
         a, b = self.affine()
         return B.add(B.mul(B.select(keep, inputs, -_SELU_ALPHA * _SELU_SCALE), a), b)

@@ -11,7 +11,7 @@ import numbers
 from ir import build as B
 
 from kcompile import initializers, regularizers
-from kcompile.layers.layer import Layer, current_scope, format_shape
+from kcompile.layers.layer import Layer, current_scope, format_shape, refuse_unsupported
 
 
 def _check_epsilon(epsilon, layer) -> float:
@@ -27,7 +27,9 @@ def _axes(axis, layer) -> tuple:
     return tuple(int(a) for a in values)
 
 
-def _resolve_axes(axes, input_shape, layer, name) -> tuple:
+def _resolve_axes(axes, input_shape, layer, name, batch_axis: bool = False) -> tuple:
+    """`axes` as sorted non-negative axes of `input_shape`, or a ValueError naming the layer (an
+    axis out of range or repeated; the batch axis 0 unless `batch_axis`)."""
     rank = len(input_shape)
     resolved = []
     for a in axes:
@@ -35,7 +37,7 @@ def _resolve_axes(axes, input_shape, layer, name) -> tuple:
             raise ValueError(f"{layer} layer {name!r}: axis {a} is out of range for inputs of shape "
                              f"{format_shape(input_shape)}")
         resolved.append(a % rank)
-    if 0 in resolved:
+    if 0 in resolved and not batch_axis:
         raise ValueError(f"{layer} layer {name!r} cannot normalize along the batch axis 0; give an axis "
                          f"of the samples (e.g. axis=-1 for features) for inputs of shape "
                          f"{format_shape(input_shape)}")
@@ -82,10 +84,8 @@ class BatchNormalization(Layer):
         if renorm:
             # (Keras 3.15's batch renormalization; its configs hold renorm=False)
             raise NotImplementedError("BatchNormalization(renorm=True) is not supported yet")
-        for argument, value in [("beta_constraint", beta_constraint),
-                                ("gamma_constraint", gamma_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"BatchNormalization({argument}=...) is not supported yet")
+        refuse_unsupported("BatchNormalization", {"beta_constraint": beta_constraint,
+                                                  "gamma_constraint": gamma_constraint})
         if synchronized:
             raise NotImplementedError("BatchNormalization(synchronized=True) is for several devices; "
                                       "kcompile trains on one")
@@ -191,10 +191,8 @@ class LayerNormalization(Layer):
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
                  gamma_regularizer=None, beta_constraint=None, gamma_constraint=None, **kwargs):
-        for argument, value in [("beta_constraint", beta_constraint),
-                                ("gamma_constraint", gamma_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"LayerNormalization({argument}=...) is not supported yet")
+        refuse_unsupported("LayerNormalization", {"beta_constraint": beta_constraint,
+                                                  "gamma_constraint": gamma_constraint})
         if rms_scaling:
             raise NotImplementedError("LayerNormalization(rms_scaling=True) is not supported yet")
         super().__init__(**kwargs)

@@ -10,26 +10,12 @@ import numbers
 from ir import build as B
 
 from kcompile import initializers, regularizers
-from kcompile.layers.layer import Layer, format_shape
-from kcompile.layers.normalization import _check_epsilon, _normalized
+from kcompile.layers.layer import Layer, format_shape, refuse_unsupported
+from kcompile.layers.normalization import _check_epsilon, _normalized, _resolve_axes
 
 
 def _integer(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Integral)
-
-
-def _check_axes(axes, input_shape, layer, name) -> tuple:
-    """`axes` as non-negative axes of `input_shape`, or a ValueError naming the layer."""
-    rank = len(input_shape)
-    for axis in axes:
-        if not -rank <= axis < rank:
-            raise ValueError(f"{layer} layer {name!r}: axis {axis} is out of bounds for inputs of "
-                             f"shape {format_shape(input_shape)}")
-    resolved = tuple(axis % rank for axis in axes)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{layer} layer {name!r}: axis {list(axes)} repeats an axis of inputs of "
-                         f"shape {format_shape(input_shape)}")
-    return resolved
 
 
 class UnitNormalization(Layer):
@@ -55,7 +41,7 @@ class UnitNormalization(Layer):
 
     def _axes(self, input_shape) -> tuple:
         axes = self.axis if isinstance(self.axis, list) else [self.axis]
-        return _check_axes(axes, input_shape, "UnitNormalization", self.name)
+        return _resolve_axes(axes, input_shape, "UnitNormalization", self.name, batch_axis=True)
 
     def compute_output_shape(self, input_shape):
         self._axes(input_shape)
@@ -95,10 +81,8 @@ class GroupNormalization(Layer):
         if not _integer(axis):
             raise ValueError(f"GroupNormalization: `axis` must be an integer, the channels axis "
                              f"(e.g. -1); got axis={axis!r}")
-        for argument, value in [("beta_constraint", beta_constraint),
-                                ("gamma_constraint", gamma_constraint)]:
-            if value is not None:
-                raise NotImplementedError(f"GroupNormalization({argument}=...) is not supported yet")
+        refuse_unsupported("GroupNormalization", {"beta_constraint": beta_constraint,
+                                                  "gamma_constraint": gamma_constraint})
         super().__init__(**kwargs)
         self.groups = int(groups)
         self.axis = int(axis)
@@ -111,11 +95,7 @@ class GroupNormalization(Layer):
         self.gamma = self.beta = None
 
     def _channels_axis(self, input_shape) -> int:
-        (axis,) = _check_axes([self.axis], input_shape, "GroupNormalization", self.name)
-        if axis == 0:
-            raise ValueError(f"GroupNormalization layer {self.name!r} cannot take its channels "
-                             f"along the batch axis 0; give the channels axis of the samples "
-                             f"(e.g. axis=-1) for inputs of shape {format_shape(input_shape)}")
+        (axis,) = _resolve_axes([self.axis], input_shape, "GroupNormalization", self.name)
         return axis
 
     def _groups(self, channels: int) -> int:

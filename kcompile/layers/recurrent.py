@@ -28,7 +28,8 @@ from ir import build as B
 from ir import build_seq as S
 
 from kcompile import activations, initializers, regularizers
-from kcompile.layers.layer import Layer, current_scope, format_shape, random_stream, wrap
+from kcompile.layers.layer import (Layer, check_seed, format_shape, random_stream, training_seed,
+                                   wrap)
 from kcompile.layers.wrappers import SubOwner, inner_regularization
 
 
@@ -80,8 +81,7 @@ class _Recurrent(Layer):
         if stateful:
             raise NotImplementedError(f"{type(self).__name__}(stateful=True) is not supported: every "
                                       "batch starts from zero state")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"{type(self).__name__} seed must be an integer or None; got seed={seed!r}")
+        seed = check_seed(seed, type(self).__name__)
         super().__init__(**kwargs)
         self.units = int(units)
         self.activation = activations.get(activation)
@@ -98,7 +98,7 @@ class _Recurrent(Layer):
         self.activity_regularizer = regularizers.get(activity_regularizer)
         self.dropout = _check_rate("dropout", dropout)
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
-        self.seed = None if seed is None else int(seed)
+        self.seed = seed
         self.return_sequences = bool(return_sequences)
         self.go_backwards = bool(go_backwards)
         # NOTE: the loop is always unrolled (the sequence length is static); `unroll` is kept
@@ -155,12 +155,8 @@ class _Recurrent(Layer):
         """Keras's dropout masks of an RNN cell, `count` of them (one per gate, or one for all):
         0 or 1/(1-rate) of shape (batch, width), drawn once and shared by every timestep, from
         a stream of this layer's own (distinct per layer name, seed and kind)."""
-        scope = current_scope()
-        if scope is None or scope.seed is None:
-            raise RuntimeError(f"{type(self).__name__} layer {self.name!r} was traced in training mode "
-                               "without a seed")
         stream = random_stream(self, kind)
-        uniform = B.random_uniform(scope.seed, (None, count * width), stream)
+        uniform = B.random_uniform(training_seed(self), (None, count * width), stream)
         mask = B.select(B.ge(uniform, rate), B.full_like(uniform, 1.0 / (1.0 - rate)), 0.0)
         return [mask] if count == 1 else S.split(mask, count, 1)
 
