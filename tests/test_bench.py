@@ -260,3 +260,31 @@ def test_bad_arguments(argv, message, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_w1_targets_state_the_products_floor():
+    """With the GEMM rates of the run, a W1 epoch target says how long W1's eight products alone take
+    at those rates on kcompile's threads: at batch 32, 2 * 32 * (784*512 + 512*512 + 512*10) flops
+    forward, the same for dW, 2 * 32 * (512*512 + 10*512) for dX."""
+    assert [s[0] for s in bench.w1_products(32)] == [
+        "NN 32x784x512", "NN 32x512x512", "NN 32x512x10", "NT 32x512x512 (dX)", "NT 32x10x512 (dX)",
+        "TN 784x32x512 (dW)", "TN 512x32x512 (dW)", "TN 512x32x10 (dW)"]
+    assert bench.w1_products(64) == []
+    results = bench.Results()
+    for label, *_ in bench.w1_products(32):
+        results.add("gemm", "gflops", label, bench.KC_GEMM, 100.0)
+    step_flops = 2 * 32 * (784 * 512 + 512 * 512 + 512 * 10) * 2 + 2 * 32 * (512 * 512 + 10 * 512)
+    expected = step_flops / 100e9 * (60000 / 32) / 2
+    assert bench.products_floor(results, 32, 60000, 2) == pytest.approx(expected)
+    assert bench.products_floor(results, 128, 60000, 2) is None      # no batch-128 rates measured
+    results.add("w1", "epoch_s", "batch 32", bench.KC, 1.5)
+    results.add("w1", "epoch_s", "batch 32", bench.KERAS, 2.5)
+    targets = {t["target"]: t for t in bench.evaluate_targets(results, None, [32, 128], 2, rows=60000,
+                                                              threads=2)}
+    target = targets["W1 batch 32, seconds per epoch"]
+    assert target["status"] == "MISS" and target["floor"] == pytest.approx(expected)
+    assert f"{expected:.3g} s = {expected / 2.5:.3f} x {bench.KERAS}" in target["note"]
+    assert "floor" not in targets["W1 batch 128, seconds per epoch"]
+    # without the run's rows and threads (or its rates) the targets are as before
+    plain = {t["target"]: t for t in bench.evaluate_targets(results, None, [32, 128], 2)}
+    assert "floor" not in plain["W1 batch 32, seconds per epoch"]
