@@ -964,11 +964,29 @@ def sparse_panel_vectors(dtype=ir.FloatType(), lanes=None) -> int | None:
     return _SPARSE_PANEL_VECTORS.get(_registers_for(L, _dtype_bits(dtype), None))
 
 
-def sparse_tile_rows(dtype=ir.FloatType(), lanes=None) -> int | None:
-    """Rows of the tiles of a product in `sparse_panel_vectors`' panels (2 with 16 registers), or
-    None where there are none."""
+#: Vectors per panel of a product that multiplies only the listed k steps of its row tiles
+#: (`tile_lists`, codegen.lower.SPARSE_COLUMNS), by the vector registers of the host.  With 16
+#: registers the shorter tiles of _SPARSE_PANEL_VECTORS; with 32 the full 6 x 4 tile.  NOTE (AVX-512
+#: on a Zen 4 EPYC, throwaway /tmp/kc19/ab_sparse.py: W1 trained for 20000 rows, then epochs of 5000
+#: rows at batch 32, all builds in one process, alternating, the machine shared with two other
+#: jobs): on one thread the second layer's product took 267k cycles per step in 6 x 4 tiles, 319k
+#: in 4 x 5, 284k in 3 x 6, and 410k without lists (6 of 6 epochs faster, 0.962 of the time); on
+#: two threads 0.968 of the time (7 of 10).
+_LISTED_PANEL_VECTORS = {16: 4, 32: 4}
+
+
+def listed_panel_vectors(dtype=ir.FloatType(), lanes=None) -> int | None:
+    """emit_gemm's `panel_vectors` for a product with `tile_lists` on this host, or None where
+    products do not list (not measured)."""
     L = lanes or target.vector_lanes(_dtype_bits(dtype))
-    vectors = sparse_panel_vectors(dtype, L)
+    return _LISTED_PANEL_VECTORS.get(_registers_for(L, _dtype_bits(dtype), None))
+
+
+def sparse_tile_rows(dtype=ir.FloatType(), lanes=None) -> int | None:
+    """Rows of the tiles of a listed product, in `listed_panel_vectors`' panels (2 with 16
+    registers, 6 with 32), or None where products do not list."""
+    L = lanes or target.vector_lanes(_dtype_bits(dtype))
+    vectors = listed_panel_vectors(dtype, L)
     return None if vectors is None else tile_rows(vectors, _registers_for(L, _dtype_bits(dtype),
                                                                            None))
 
@@ -1102,7 +1120,7 @@ def emit_gemm(builder: ir.IRBuilder, a_ptr, b_ptr, c_ptr, m, n, k, *, trans_a: b
 
     kc, single_k = _k_block(k, L)
     pack_full = _packs_full_panels(nr, T) or tile_lists is not None   # (the copy checks a panel)
-    needs_scratch = _packs_b(n, trans_b, nr, T)
+    needs_scratch = _packs_b(n, trans_b, nr, T) or tile_lists is not None   # (copied, checked)
     scratch = None
     if needs_scratch:
         if scratch_ptr is not None:

@@ -50,7 +50,7 @@ from ir.fusion import FusedGraph, Group, is_free
 from ir.memory import MemoryPlan
 
 from . import mathlib
-from .gemm import NARROW_BLOCK, narrow_product, sparse_panel_vectors
+from .gemm import NARROW_BLOCK, listed_panel_vectors, narrow_product, sparse_panel_vectors
 from .loops import for_range, i64, smin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -1117,8 +1117,8 @@ def _blocked(group: Group) -> bool:
 #: Whether a product of batch rows in column blocks (a training step's forward products, an
 #: evaluate's or a predict's) whose A is mostly zero (`_mostly_zero`) lists the k steps where A's
 #: row tiles are not zero once, before its column blocks, and multiplies only those steps in every
-#: block (emit_gemm's `tile_lists`, tiles of codegen.gemm.sparse_tile_rows rows; hosts with 16
-#: vector registers).  After an epoch of W1, 10% of the second layer's inputs are not zero, 19% of
+#: block (emit_gemm's `tile_lists`, tiles of codegen.gemm.sparse_tile_rows rows: 2 with 16
+#: vector registers, 6 with 32, codegen.gemm._LISTED_PANEL_VECTORS).  After an epoch of W1, 10% of the second layer's inputs are not zero, 19% of
 #: the steps of its 2-row tiles.  W1's epoch at batch 32 on two threads (throwaway
 #: /tmp/kc15/ab_sparse.py, both builds in one process, alternating): paired medians 0.936 (14 of
 #: 20 pairs faster), 0.948 (9 of 12) and 1.039 (6 of 16) of the time; the second layer's product
@@ -1323,7 +1323,7 @@ def _emit_blocked_matmul(fe, group: Group, threading) -> None:
                         with builder.if_else(builder.icmp_signed("!=", use, c64(0))) as (listed,
                                                                                          every):
                             with listed:
-                                product(panel_vectors=sparse_panel_vectors(T),
+                                product(panel_vectors=listed_panel_vectors(T),
                                         tile_lists=(steps, counts))
                             with every:
                                 product()

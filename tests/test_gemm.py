@@ -476,23 +476,28 @@ def test_tile_lists_hold_exactly_each_tiles_nonzero_steps(lanes):
                 np.testing.assert_array_equal(got, want, err_msg=f"rows={rows} m={m} k={k} t={t}")
 
 
+@pytest.mark.parametrize("width", ["short", "listed"])
 @pytest.mark.parametrize("pack_full", [None, False])
 @pytest.mark.parametrize("lanes", LANES)
 def test_tile_lists_give_the_dense_products_values_and_keep_zero_times_inf_nan(lanes, pack_full,
-                                                                                monkeypatch):
+                                                                                width, monkeypatch):
     """emit_gemm with the caller's `tile_lists` (B in column panels, the last a tail that
     multiplies every step): value for value the dense kernels' products, for runtime m (tails of
     the tiles included) and k up to KC; a panel holding an inf or NaN multiplies every step, so
     0 * inf is NaN there as in numpy.  The listed product copies every panel (found finite while
-    copying), also where PACK_FULL_PANELS False has the dense one read them in place."""
+    copying), also where PACK_FULL_PANELS False has the dense one read them in place.  Panels
+    of a short tile's width with a tail panel, and of the width training steps list in
+    (`listed_panel_vectors`: with 32 registers the full tile, whose dense product reads whole
+    panels in place) with whole panels only."""
     from codegen import gemm
-    from codegen.gemm import _registers_for, tile_rows
+    from codegen.gemm import _registers_for, listed_panel_vectors, tile_rows
     monkeypatch.setattr(gemm, "PACK_FULL_PANELS", pack_full)
     lanes_arg = None if lanes == HOST_LANES else lanes
-    vectors = 4 if _registers_for(lanes, 32, None) == 16 else 2
+    vectors = ((4 if _registers_for(lanes, 32, None) == 16 else 2) if width == "short"
+               else listed_panel_vectors(lanes=lanes))
     rows = tile_rows(vectors, _registers_for(lanes, 32, None))
     nr = vectors * lanes
-    n = 2 * nr + 5
+    n = 2 * nr + 5 if width == "short" else 2 * nr     # (whole panels only: a training step's block)
     shapes = ((rows, 3), (7 * rows + 1, 37), (32, 100), (MC, KC))   # (m at run time, k)
     module = ir.Module("test_tile_list_gemms")
     names = []

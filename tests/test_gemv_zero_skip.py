@@ -388,8 +388,8 @@ def test_a_training_steps_mostly_zero_products_list_their_steps_once_with_the_de
         monkeypatch):
     """The forward product of a relu's output after Dropout, in column blocks of a batch
     (codegen.lower.SPARSE_COLUMNS): its row tiles' steps are listed once for every block, and
-    training gives the weights the dense products give, bit for bit, and follows the reference.  (Hosts with 32 vector registers keep the full tiles, and
-    no lists: sparse_tile_rows is None there.)"""
+    training gives the weights the dense products give, bit for bit, and follows the reference.
+    Hosts list in tiles of 2 rows with 16 vector registers, of 6 with 32."""
     from codegen.gemm import sparse_tile_rows
 
     def trained(flag, target="llvm"):
