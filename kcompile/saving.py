@@ -424,10 +424,39 @@ class MissingFileError(FileNotFoundError, ValueError):
     load_weights a FileNotFoundError: this is both, for code written against either."""
 
 
+class NotAFileError(IsADirectoryError, ValueError):
+    """A path to load names a directory.  Keras 3's load_model raises a ValueError there (it
+    finds no `.keras` zip file): this is both that and the IsADirectoryError open() raises."""
+
+
+class UnreadableFileError(PermissionError, ValueError):
+    """A file to load exists but may not be read.  Keras 3's load_model raises a ValueError there
+    (it finds no accessible `.keras` zip file): this is both that and open()'s PermissionError."""
+
+
 def _check_exists(filepath):
     if not os.path.exists(filepath):
         raise MissingFileError(errno.ENOENT, f"File not found: filepath={filepath}. Please ensure the "
                                "file exists and is accessible.")
+
+
+def _read_bytes(filepath) -> bytes:
+    """The contents of the file to load, or an error (a ValueError too, as Keras raises) that names
+    the path and the problem: missing, a directory, or not readable."""
+    _check_exists(filepath)
+    if os.path.isdir(filepath):
+        raise NotAFileError(errno.EISDIR, f"Cannot load {filepath}: it is a directory, not a file "
+                                          "written by model.save() or model.save_weights(); pass "
+                                          "the path of the file")
+    try:
+        with open(filepath, "rb") as file:
+            return file.read()
+    except PermissionError as error:
+        raise UnreadableFileError(error.errno, f"Cannot load {filepath}: it may not be read "
+                                               f"({error.strerror}); give yourself read permission "
+                                               "(chmod u+r) or load a copy") from None
+    except IsADirectoryError:       # (it became one since the check above)
+        raise NotAFileError(errno.EISDIR, f"Cannot load {filepath}: it is a directory") from None
 
 
 def _read_npz(data: bytes, filepath, member) -> dict:
@@ -454,9 +483,7 @@ class _Archive:
 
     def __init__(self, filepath: str):
         self.filepath = filepath
-        _check_exists(filepath)
-        with open(filepath, "rb") as file:
-            data = file.read()
+        data = _read_bytes(filepath)
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 names = set(archive.namelist())
@@ -536,8 +563,7 @@ def _read_weights_file(filepath: str) -> dict:
             arrays.update(_optimizer_entries(archive.optimizer, optimizer["class_name"],
                                              isinstance(rate, dict)))
         return arrays
-    with open(filepath, "rb") as file:
-        data = file.read()
+    data = _read_bytes(filepath)
     if _is_hdf5(data):
         raise _bad_file(filepath, "it is an HDF5 file (as Keras writes `.weights.h5`), which kcompile "
                                   "cannot read: kcompile's `.weights.h5` files are its own format "
@@ -574,8 +600,44 @@ def _match_weights(model, arrays: dict, filepath, skip_mismatch=False) -> list:
     if problems:
         warnings.warn(f"Skipping weights of {filepath} that do not fit model {model.name!r}:\n  - "
                       + "\n  - ".join(problems), stacklevel=3)
-    return [(variable, arrays[path]) for path, variable in own.items()
-            if path in arrays and path not in mismatched]
+    pairs = [(variable, arrays[path]) for path, variable in own.items()
+             if path in arrays and path not in mismatched]
+    return _converted(pairs, filepath)
+
+
+def _converted(pairs, filepath) -> list:
+    """`pairs` [(variable, array)] with each array converted to its variable's dtype, or a
+    ValueError naming the weights whose values the conversion would change into others (a finite
+    float64 beyond float32's range becomes inf; NaN, fractions or values out of range in an integer
+    weight), before anything is assigned: such a file is corrupt or not a model's, and a model
+    loaded from it would compute inf and NaN."""
+    converted, problems = [], []
+    for variable, array in pairs:
+        target = np.dtype(variable.dtype)
+        with np.errstate(all="ignore"):
+            value = array.astype(target)
+            if target.kind == "f":
+                bad = np.isfinite(array) & ~np.isfinite(value) if array.dtype.kind == "f" else \
+                    ~np.isfinite(value)
+            elif array.dtype.kind == "f":
+                info = np.iinfo(target)
+                bad = ~np.isfinite(array) | (array != np.round(array)) | (array < info.min) \
+                    | (array > info.max)
+            elif target.kind in "iu" and array.dtype.kind in "iu":
+                info = np.iinfo(target)
+                bad = (array < info.min) | (array > info.max)
+            else:
+                bad = np.zeros(array.shape, bool)
+        if np.any(bad):
+            first = np.asarray(array)[np.unravel_index(int(np.argmax(bad)), array.shape)].item()
+            problems.append(f"{variable.path!r} holds {int(np.sum(bad))} value(s) that {target.name} "
+                            f"cannot hold, such as {first!r} ({array.dtype} in the file)")
+        converted.append((variable, value))
+    if problems:
+        raise _bad_file(filepath, "its weights hold values the model's weights cannot take "
+                                  "(nothing was loaded; the file is corrupt or was not written by "
+                                  "kcompile):\n  - " + "\n  - ".join(problems))
+    return converted
 
 
 def _renamed_by_position(model, arrays: dict) -> dict | None:
