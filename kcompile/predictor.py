@@ -69,8 +69,9 @@ def read_manifest(directory: str) -> dict:
     try:
         with open(path) as f:
             manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise PredictorError(f"{path} is corrupt: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        # (RecursionError: JSON nested too deeply for the parser)
+        raise PredictorError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PredictorError(f"{path} is not a kcompile predictor manifest")
     return manifest
@@ -268,7 +269,8 @@ class Predictor:
                 raise ValueError(f"input_ids_below {self.ids_below!r} is not a positive integer")
             if not isinstance(prefix, str) or not prefix.isidentifier() or not prefix.isascii():
                 raise ValueError(f"symbol_prefix {prefix!r} is not a C identifier")
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            # (OverflowError: a size of 1e400, which JSON reads as infinity)
             raise PredictorError(f"{path} is missing or has a bad field: {e}") from None
         self.manifest = manifest
         if not os.path.isfile(library):
