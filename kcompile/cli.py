@@ -11,6 +11,7 @@ MODEL_FILE is what `model.save()` writes.  Errors print one line to stderr and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -31,10 +32,26 @@ def _load(path, graph="train"):
 
 def _write(text: str, output) -> None:
     if output:
-        with open(output, "w") as f:
-            f.write(text)
+        # as model.save writes: a new file renamed over the old one, so that a failed write (a
+        # full disk) keeps what was there, and errors that name the path and the problem
+        from kcompile.saving import _atomic_write
+        _atomic_write(output, lambda f: f.write(text.encode("utf-8")), overwrite=True)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _check_output_is_not_the_model(args) -> None:
+    """-o naming the model file itself would replace the saved model by a text dump."""
+    output = getattr(args, "output", None)
+    if not output or args.command == "export":
+        return          # (export refuses a file as its directory)
+    try:
+        same = os.path.samefile(output, args.model)
+    except OSError:
+        return          # (one of them does not exist: nothing of the user's is replaced)
+    if same:
+        raise ValueError(f"-o {output} is the model file itself: writing the {args.command} output "
+                         "there would replace the saved model; pass another file name")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +101,7 @@ def main(argv=None) -> int:
         return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        _check_output_is_not_the_model(args)
         if args.command == "stages":
             _write("\n".join(_load(args.model, args.graph).compiler_stages(args.graph)), None)
         elif args.command == "inspect":
