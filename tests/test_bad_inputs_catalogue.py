@@ -1,0 +1,225 @@
+"""A catalogue of bad inputs and file handling, as a Keras 3 user meets them: each gets a Python
+exception of the type Keras raises that names the problem (and the fix), and leaves the model, the
+saved files and the exported predictors as they were."""
+import builtins
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import cli, saving
+from kcompile.layers import Dense, Input
+from kcompile.models import Sequential, load_model
+from kcompile.predictor import PredictorError
+
+TARGET = "reference"
+
+
+def small(units=3, optimizer="adam"):
+    model = Sequential([Input((4,)), Dense(units, activation="softmax")])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", target=TARGET)
+    return model
+
+
+def trained(units=3):
+    model = small(units)
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((16, 4), dtype=np.float32), rng.integers(0, units, 16), epochs=1,
+              batch_size=8, verbose=0)
+    return model
+
+
+def weights_of(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def assert_same_weights(model, before):
+    after = model.get_weights()
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# -- loading from a path that is not a readable file -------------------------------------------
+
+def test_load_model_of_a_directory_is_a_value_error_naming_it(tmp_path):
+    # Keras 3 raises a ValueError ("File not found ... an accessible `.keras` zip file"); open()
+    # raised a bare IsADirectoryError without saying what to pass
+    directory = tmp_path / "model.keras"
+    directory.mkdir()
+    with pytest.raises(ValueError, match=r"model\.keras: it is a directory, not a file") as info:
+        load_model(str(directory))
+    assert isinstance(info.value, IsADirectoryError)      # what open() raised before, still caught
+
+
+def test_load_weights_of_a_directory_is_a_value_error_and_changes_nothing(tmp_path):
+    model = trained()
+    before = weights_of(model)
+    for name in ("w.weights.h5", "m.keras"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(ValueError, match="it is a directory"):
+            model.load_weights(str(tmp_path / name))
+        assert_same_weights(model, before)
+
+
+def test_an_unreadable_model_file_is_a_value_error_saying_so(tmp_path, monkeypatch):
+    # (simulated: the tests may run as root, who reads any file)
+    path = tmp_path / "m.keras"
+    trained().save(str(path))
+    real_open = builtins.open
+
+    def refusing_open(file, mode="r", *args, **kwargs):
+        if os.fspath(file) == str(path) and "r" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(ValueError, match=r"m\.keras: it may not be read .*chmod u\+r") as info:
+        load_model(str(path))
+    assert isinstance(info.value, PermissionError)
+
+
+# -- weights that the model's float32 weights cannot hold ---------------------------------------
+
+@pytest.mark.parametrize("value, dtype", [(1e300, np.float64), (-1e39, np.float64)])
+def test_weights_beyond_float32_are_refused_and_nothing_is_loaded(tmp_path, value, dtype):
+    # before: loaded as inf (a numpy RuntimeWarning at most), and every prediction NaN
+    source = trained()
+    source.save_weights(str(tmp_path / "w.weights.h5"))
+    arrays = dict(np.load(str(tmp_path / "w.weights.h5")))
+    arrays["dense/kernel"] = arrays["dense/kernel"].astype(dtype)
+    arrays["dense/kernel"][1, 2] = value
+    np.savez(str(tmp_path / "bad.weights.npz"), **arrays)
+
+    model = trained()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=r"'dense/kernel' holds 1 value\(s\) that float32 cannot "
+                                         "hold") as info:
+        model.load_weights(str(tmp_path / "bad.weights.npz"))
+    assert "nothing was loaded" in str(info.value) and repr(value) in str(info.value)
+    assert_same_weights(model, before)
+    # the file's finite float64 values that float32 holds load as float32 (Keras casts them too)
+    arrays["dense/kernel"][1, 2] = 0.5
+    np.savez(str(tmp_path / "ok.weights.npz"), **arrays)
+    model.load_weights(str(tmp_path / "ok.weights.npz"))
+    np.testing.assert_array_equal(model.get_weights()[0], arrays["dense/kernel"].astype(np.float32))
+
+
+def test_a_model_file_whose_weights_overflow_float32_does_not_load(tmp_path):
+    import io
+    import zipfile
+    path = tmp_path / "m.keras"
+    trained().save(str(path))
+    with zipfile.ZipFile(str(path)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    arrays = dict(np.load(io.BytesIO(members["weights.npz"])))
+    arrays["dense/bias"] = np.array([0.0, 1e300, 0.0])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    members["weights.npz"] = buffer.getvalue()
+    with zipfile.ZipFile(str(path), "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=r"'dense/bias' holds 1 value\(s\) that float32 cannot hold"):
+        load_model(str(path))
+
+
+# -- the CLI's -o ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["inspect", "dot"])
+def test_cli_output_that_is_the_model_file_is_refused_and_the_model_survives(tmp_path, capsys,
+                                                                             command):
+    # before: `kcompile dot m.keras -o m.keras` replaced the saved model by the DOT text
+    path = str(tmp_path / "m.keras")
+    trained().save(path)
+    before = digest(path)
+    link = str(tmp_path / "link.keras")
+    os.symlink(path, link)
+    for output in (path, link):
+        assert cli.main([command, path, "-o", output]) == 2
+        err = capsys.readouterr().err
+        assert "is the model file itself" in err and "pass another file name" in err
+        assert digest(path) == before
+    load_model(path)
+
+
+def test_cli_output_in_a_missing_directory_or_on_a_directory_says_so(tmp_path, capsys):
+    path = str(tmp_path / "m.keras")
+    trained().save(path)
+    assert cli.main(["dot", path, "-o", str(tmp_path / "no" / "such" / "g.dot")]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert cli.main(["dot", path, "-o", str(tmp_path)]) == 2
+    assert "is an existing directory; pass a file path" in capsys.readouterr().err
+    assert cli.main(["stages", str(tmp_path)]) == 2
+    assert "File format not supported" in capsys.readouterr().err
+
+
+def test_cli_output_replaces_an_earlier_output_whole_and_keeps_it_on_failure(tmp_path, capsys,
+                                                                          monkeypatch):
+    path = str(tmp_path / "m.keras")
+    trained().save(path)
+    output = tmp_path / "g.dot"
+    output.write_text("earlier output\n")
+    assert cli.main(["dot", path, "-o", str(output)]) == 0
+    text = output.read_text()
+    assert text.startswith("digraph")
+    # a write that fails midway (a full disk) leaves the earlier output as it was
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    assert cli.main(["dot", path, "-o", str(output)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert output.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot", "m.keras"]
+
+
+# -- exported predictors: a manifest that is not one ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("export") / "predictor")
+    model = trained()
+    model.export(directory)
+    return directory, model
+
+
+def _edited_copy(exported, tmp_path, text):
+    directory = str(tmp_path / "copy")
+    shutil.copytree(exported[0], directory)
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        f.write(text)
+    return directory
+
+
+def test_a_manifest_with_an_infinite_size_is_a_predictor_error(exported, tmp_path):
+    # JSON's 1e400 reads as infinity; int() of it raised a bare OverflowError
+    with open(os.path.join(exported[0], "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["input_shape"] = [None, "INFINITE"]
+    directory = _edited_copy(exported, tmp_path, json.dumps(manifest).replace('"INFINITE"', "1e400"))
+    with pytest.raises(PredictorError, match=r"manifest\.json is missing or has a bad field: cannot "
+                                             "convert float infinity"):
+        kcompile.load_predictor(directory)
+
+
+def test_a_manifest_nested_too_deeply_is_a_predictor_error(exported, tmp_path):
+    # json raised a RecursionError (a RuntimeError), which the CLI and callers did not expect
+    directory = _edited_copy(exported, tmp_path, "[" * 100000 + "]" * 100000)
+    with pytest.raises(PredictorError, match=r"manifest\.json is corrupt: RecursionError"):
+        kcompile.load_predictor(directory)
+    # and an export over it refuses to treat the directory as an earlier export
+    with pytest.raises(ValueError, match="not an earlier export"):
+        exported[1].export(directory)
+    with open(os.path.join(directory, "manifest.json")) as f:
+        assert f.read(3) == "[[["
