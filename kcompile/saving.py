@@ -605,6 +605,30 @@ def _match_weights(model, arrays: dict, filepath, skip_mismatch=False) -> list:
     return _converted(pairs, filepath)
 
 
+def _convert(array: np.ndarray, dtype) -> tuple:
+    """(`array` as `dtype`, None), or (that, what of it `dtype` cannot hold) when the conversion
+    changes values into others: a finite float beyond float32's range into inf; NaN, fractions or
+    values out of range into an integer."""
+    target = np.dtype(dtype)
+    with np.errstate(all="ignore"):
+        value = array.astype(target)
+        if target.kind == "f":
+            bad = np.isfinite(array) & ~np.isfinite(value) if array.dtype.kind == "f" else \
+                ~np.isfinite(value)
+        elif target.kind in "iu" and array.dtype.kind in "fiub":
+            info = np.iinfo(target)
+            bad = (array < info.min) | (array > info.max)
+            if array.dtype.kind == "f":
+                bad |= ~np.isfinite(array) | (array != np.round(array))
+        else:
+            bad = np.zeros(array.shape, bool)
+    if not np.any(bad):
+        return value, None
+    first = np.asarray(array)[np.unravel_index(int(np.argmax(bad)), array.shape)].item()
+    return value, (f"{int(np.sum(bad))} value(s) that {target.name} cannot hold, such as {first!r} "
+                   f"({array.dtype} in the file)")
+
+
 def _converted(pairs, filepath) -> list:
     """`pairs` [(variable, array)] with each array converted to its variable's dtype, or a
     ValueError naming the weights whose values the conversion would change into others (a finite
@@ -613,25 +637,9 @@ def _converted(pairs, filepath) -> list:
     loaded from it would compute inf and NaN."""
     converted, problems = [], []
     for variable, array in pairs:
-        target = np.dtype(variable.dtype)
-        with np.errstate(all="ignore"):
-            value = array.astype(target)
-            if target.kind == "f":
-                bad = np.isfinite(array) & ~np.isfinite(value) if array.dtype.kind == "f" else \
-                    ~np.isfinite(value)
-            elif array.dtype.kind == "f":
-                info = np.iinfo(target)
-                bad = ~np.isfinite(array) | (array != np.round(array)) | (array < info.min) \
-                    | (array > info.max)
-            elif target.kind in "iu" and array.dtype.kind in "iu":
-                info = np.iinfo(target)
-                bad = (array < info.min) | (array > info.max)
-            else:
-                bad = np.zeros(array.shape, bool)
-        if np.any(bad):
-            first = np.asarray(array)[np.unravel_index(int(np.argmax(bad)), array.shape)].item()
-            problems.append(f"{variable.path!r} holds {int(np.sum(bad))} value(s) that {target.name} "
-                            f"cannot hold, such as {first!r} ({array.dtype} in the file)")
+        value, problem = _convert(array, variable.dtype)
+        if problem:
+            problems.append(f"{variable.path!r} holds {problem}")
         converted.append((variable, value))
     if problems:
         raise _bad_file(filepath, "its weights hold values the model's weights cannot take "
@@ -946,6 +954,9 @@ def _optimizer_restorer(model, arrays: dict, filepath, where: str, complete: boo
         if array.shape != shape:
             raise _bad_file(filepath, f"{where} slot {key!r} has shape {format_shape(array.shape)}, but "
                                       f"weight {weight_path!r} has {format_shape(shape)}")
+        array, problem = _convert(array, np.float32)
+        if problem:
+            raise _bad_file(filepath, f"{where} slot {key!r} holds {problem}")
         slots.setdefault(weight_path, {})[slot] = array
     for weight_path, own in slots.items():
         if set(own) != set(slot_names):

@@ -223,3 +223,27 @@ def test_a_manifest_nested_too_deeply_is_a_predictor_error(exported, tmp_path):
         exported[1].export(directory)
     with open(os.path.join(directory, "manifest.json")) as f:
         assert f.read(3) == "[[["
+
+
+def test_optimizer_slots_beyond_float32_are_not_loaded(tmp_path):
+    # before: an Adam moment of 1e300 in the file became inf in the optimizer, and the next step NaN
+    source = trained()
+    source.save_weights(str(tmp_path / "w.weights.h5"))
+    arrays = dict(np.load(str(tmp_path / "w.weights.h5")))
+    key = "optimizer:dense/kernel/m"
+    arrays[key] = arrays[key].astype(np.float64)
+    arrays[key][0, 0] = 1e300
+    np.savez(str(tmp_path / "bad.weights.npz"), **arrays)
+
+    model = trained()
+    state = [np.array(v.numpy()) for v in model.optimizer.variables]
+    # as Keras 3 does with an optimizer state that does not fit: the weights load, the state is
+    # skipped with a warning that says why
+    with pytest.warns(UserWarning, match=r"slot 'dense/kernel/m' holds 1 value\(s\) that float32 "
+                                         r"cannot hold, such as 1e\+300.*not loaded"):
+        model.load_weights(str(tmp_path / "bad.weights.npz"))
+    assert_same_weights(model, [arrays["dense/kernel"], arrays["dense/bias"]])
+    after = [np.array(v.numpy()) for v in model.optimizer.variables]
+    assert len(after) == len(state)
+    for a, b in zip(after, state):
+        np.testing.assert_array_equal(a, b)
