@@ -20,14 +20,24 @@ def _load(path, graph="train"):
     export and the predict graph do not (a custom loss need not be importable for them)."""
     from kcompile.errors import CompileConfigError
     from kcompile.models import load_model
-    if graph == "predict":
-        return load_model(path, compile=False)
     try:
+        if graph == "predict":
+            return load_model(path, compile=False)
         return load_model(path)
     except CompileConfigError as error:
         raise ValueError(f"{error} (Here: --graph predict needs no loss or metrics; the train and "
                          "eval graphs of a model compiled with custom objects are inspected from "
                          "Python, loading it with custom_objects=.)") from None
+    except ValueError as error:
+        if "cannot be rebuilt from" not in str(error):
+            raise
+        # (a custom layer, or a Lambda refused in safe mode: nothing on the command line gives
+        # either, so say where they are given)
+        raise ValueError(f"{error} (Here: the kcompile command loads models with no custom "
+                         "objects and in safe mode; load this one in Python, "
+                         "kcompile.models.load_model(path, custom_objects={...}) or safe_mode=False "
+                         "for a Lambda layer you trust, and call model.export(directory), "
+                         "model.dump_ir() or model.to_dot() on it.)") from None
 
 
 def _write(text: str, output) -> None:

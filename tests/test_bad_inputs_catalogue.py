@@ -247,3 +247,25 @@ def test_optimizer_slots_beyond_float32_are_not_loaded(tmp_path):
     assert len(after) == len(state)
     for a, b in zip(after, state):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cli_on_a_model_it_cannot_rebuild_says_how_to_export_it_from_python(tmp_path, capsys):
+    # the command line cannot pass custom objects nor safe_mode=False: the error says what can
+    from kcompile.layers import Lambda
+    model = Sequential([Input((4,)), Lambda(lambda v: v * 2.0), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse", target=TARGET)
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    output = tmp_path / "out"
+    assert cli.main(["export", path, "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Lambda" in err and "safe_mode=False" in err
+    assert "loads models with no custom objects and in safe mode" in err
+    assert "model.export(directory)" in err
+    assert not output.exists()
+    # and that way works
+    loaded = load_model(path, safe_mode=False)
+    loaded.export(str(output))
+    x = np.random.default_rng(1).random((3, 4), dtype=np.float32)
+    np.testing.assert_allclose(kcompile.load_predictor(str(output)).predict(x),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
