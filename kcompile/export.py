@@ -130,11 +130,19 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
         return _export(graph, params, directory, layers=layers, version=version, cpu=cpu,
                        features=features, fusion_level=fusion_level, name=name,
                        ids_below=ids_below)
-    except BaseException:
+    except BaseException as error:
         # (export_graph checks the target and generates the code before it creates the directory;
         # a later failure, linking, removes what this export created)
         if created is not None and os.path.isdir(created):
             shutil.rmtree(created, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno is not None and \
+                not str(error).startswith("cannot export"):
+            # (a bare "[Errno 28] No space left on device: '.../.libmodel.so.tmp'" says neither
+            # what failed nor that the earlier export, if any, is still whole)
+            where = f" ({error.filename})" if error.filename else ""
+            kept = "" if created is not None else "; the directory's earlier files are as they were"
+            raise type(error)(error.errno, f"cannot export to {directory}: {error.strerror}"
+                                           f"{where}{kept}") from error
         raise
 
 

@@ -269,3 +269,32 @@ def test_cli_on_a_model_it_cannot_rebuild_says_how_to_export_it_from_python(tmp_
     x = np.random.default_rng(1).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(kcompile.load_predictor(str(output)).predict(x),
                                model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_an_export_that_runs_out_of_disk_names_the_export_and_keeps_the_earlier_one(
+        exported, tmp_path, monkeypatch):
+    import codegen.export
+    directory = str(tmp_path / "again")
+    shutil.copytree(exported[0], directory)
+    before = {name: digest(os.path.join(directory, name)) for name in os.listdir(directory)}
+    real_write = codegen.export._write
+
+    def full_disk(path, data):
+        if path.endswith(".h"):
+            raise OSError(28, "No space left on device", path)
+        real_write(path, data)
+
+    monkeypatch.setattr(codegen.export, "_write", full_disk)
+    with pytest.raises(OSError, match=f"cannot export to {directory}: No space left on device .*"
+                                      "earlier files are as they were") as info:
+        exported[1].export(directory)
+    assert info.value.errno == 28
+    assert {name: digest(os.path.join(directory, name)) for name in os.listdir(directory)} == before
+    # a new directory it created is gone again
+    with pytest.raises(OSError, match="cannot export to .*No space left on device"):
+        exported[1].export(str(tmp_path / "new" / "dir"))
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
+    np.testing.assert_allclose(kcompile.load_predictor(directory).predict(x),
+                               exported[1].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
