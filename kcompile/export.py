@@ -140,9 +140,8 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
             # (a bare "[Errno 28] No space left on device: '.../.libmodel.so.tmp'" says neither
             # what failed nor that the earlier export, if any, is still whole)
             where = f" ({error.filename})" if error.filename else ""
-            kept = "" if created is not None else "; the directory's earlier files are as they were"
             raise type(error)(error.errno, f"cannot export to {directory}: {error.strerror}"
-                                           f"{where}{kept}") from error
+                                           f"{where}") from error
         raise
 
 
