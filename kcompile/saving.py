@@ -192,7 +192,14 @@ def _atomic_write(filepath: str, write, overwrite: bool):
             os.fsync(file.fileno())
         if mode is not None:
             os.chmod(temporary, mode)
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            # (the rename is what names the temporary file: "File name too long: '.kcompile-...tmp'
+            # -> ..." would blame a file the user never named)
+            raise type(error)(error.errno, f"Cannot save to {filepath}: {error.strerror}; nothing "
+                                           "was written there (an existing file is unchanged)") \
+                from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

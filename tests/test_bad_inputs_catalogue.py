@@ -298,3 +298,32 @@ def test_an_export_that_runs_out_of_disk_names_the_export_and_keeps_the_earlier_
     x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(kcompile.load_predictor(directory).predict(x),
                                exported[1].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_save_whose_rename_fails_names_the_users_file_and_keeps_the_old_one(tmp_path,
+                                                                               monkeypatch):
+    import errno
+    model = trained()
+    # a name longer than the file system takes: the message named the temporary file before
+    with pytest.raises(OSError, match=r"Cannot save to .*aaaa\.keras: File name too long; nothing "
+                                      "was written") as info:
+        model.save(str(tmp_path / ("a" * 300 + ".keras")))
+    assert info.value.errno == errno.ENAMETOOLONG and ".kcompile-" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    # over an existing file: the old one survives the failed rename, whole
+    path = str(tmp_path / "m.keras")
+    small().save(path)
+    before = digest(path)
+
+    def failing_replace(source, destination):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match=r"m\.keras: Input/output error; nothing was written"):
+        model.save(path)
+    with pytest.raises(OSError, match=r"w\.weights\.h5: Input/output error"):
+        model.save_weights(str(tmp_path / "w.weights.h5"))
+    monkeypatch.undo()
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+    load_model(path)
