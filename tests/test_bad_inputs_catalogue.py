@@ -327,3 +327,13 @@ def test_a_save_whose_rename_fails_names_the_users_file_and_keeps_the_old_one(tm
     assert digest(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
     load_model(path)
+
+
+def test_write_idx_of_a_dimension_beyond_the_header_is_a_value_error(tmp_path):
+    from kcompile.datasets import _idx
+    # (a zero-size array: no memory, but a dimension the 4-byte header field cannot hold; before:
+    # struct.error "'I' format requires 0 <= number <= 4294967295")
+    array = np.zeros((2 ** 32, 0), np.uint8)
+    with pytest.raises(ValueError, match=r"dimensions below 2\*\*32.*\(4294967296, 0\)"):
+        _idx.write_idx(str(tmp_path / "x.idx"), array)
+    assert list(tmp_path.iterdir()) == []

@@ -132,6 +132,9 @@ def write_idx(path, array):
         )
     if not 1 <= array.ndim <= 255:
         raise ValueError(f"IDX files store 1 to 255 dimensions; got an array of shape {array.shape}.")
+    if max(array.shape) >= 2 ** 32:
+        raise ValueError(f"IDX files store dimensions below 2**32 (a 4-byte header field each); got an "
+                         f"array of shape {array.shape}.")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     opener = gzip.open if path.endswith(".gz") else open
