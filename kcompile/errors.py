@@ -17,3 +17,9 @@ class DataTypeError(TypeError, ValueError):
     they fail to convert such an array), as numpy's AxisError is both a ValueError and an IndexError, so
     either `except` clause catches it.
     """
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type where Keras 3 raises a ValueError (set_random_seed('1')):
+    both, so that code written against Keras (`except ValueError`) and code that expects the
+    builtin meaning (`except TypeError`) catch it."""

@@ -337,3 +337,17 @@ def test_write_idx_of_a_dimension_beyond_the_header_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"dimensions below 2\*\*32.*\(4294967296, 0\)"):
         _idx.write_idx(str(tmp_path / "x.idx"), array)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["1", 1.5, None])
+def test_a_seed_that_is_not_an_integer_is_the_value_error_keras_raises(seed):
+    # Keras 3: ValueError "Expected `seed` argument to be an integer"; kcompile raised a TypeError
+    # only, which `except ValueError` (written against Keras) did not catch
+    from kcompile.utils import set_random_seed
+    from kcompile.utils import random as kcompile_random
+    set_random_seed(5)
+    expected = kcompile_random.get_generator().bit_generator.state
+    with pytest.raises(ValueError, match="Expected `seed` to be an integer") as info:
+        set_random_seed(seed)
+    assert isinstance(info.value, TypeError)
+    assert kcompile_random.get_generator().bit_generator.state == expected   # not reseeded

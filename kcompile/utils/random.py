@@ -11,6 +11,8 @@ import threading
 
 import numpy as np
 
+from kcompile.errors import ArgumentTypeError
+
 _MAX_SEED = 2**32  # numpy.random.seed accepts [0, 2**32); use the same range everywhere.
 
 _lock = threading.Lock()
@@ -20,7 +22,9 @@ _generator = None
 def _validate_seed(seed):
     """Returns ``seed`` as a python int, or raises if it is not an integer in [0, 2**32)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"Expected `seed` to be an integer; received seed={seed!r} of type {type(seed).__name__}.")
+        # (Keras 3 raises a ValueError here)
+        raise ArgumentTypeError(f"Expected `seed` to be an integer; received seed={seed!r} of type "
+                                f"{type(seed).__name__}.")
     seed = int(seed)
     if not 0 <= seed < _MAX_SEED:
         raise ValueError(f"Expected `seed` to be an integer in [0, 2**32); received seed={seed}.")
