@@ -137,8 +137,8 @@ def export_predictor(graph: ir.Graph, params: dict, directory: str, *, layers=()
             shutil.rmtree(created, ignore_errors=True)
         if isinstance(error, OSError) and error.errno is not None and \
                 not str(error).startswith("cannot export"):
-            # (a bare "[Errno 28] No space left on device: '.../.libmodel.so.tmp'" says neither
-            # what failed nor that the earlier export, if any, is still whole)
+            # (a bare "[Errno 28] No space left on device: '.../.libmodel.so.tmp'" does not say
+            # what failed)
             where = f" ({error.filename})" if error.filename else ""
             raise type(error)(error.errno, f"cannot export to {directory}: {error.strerror}"
                                            f"{where}") from error
