@@ -280,14 +280,25 @@ def is_float(x: Node) -> bool:
     return x.dtype in FLOAT_DTYPES
 
 
+def _floor_below_2_30(x: Node) -> Node:
+    """floor(x) for |x| < 2**30, through an int32 cast (which truncates)."""
+    whole = cast(cast(clip(x, -2.0 ** 30, 2.0 ** 30), "i32"), x.dtype)
+    return sub(whole, cast(gt(whole, x), x.dtype))
+
+
 def floor(x: Node) -> Node:
-    """The largest integer <= x (a float value; values past 2**23 are integers already), from
-    casts: an integer x is itself."""
+    """The largest integer <= x, from casts: an integer x is itself; a float past 2**23 (f32) or
+    2**52 (f64) is an integer already.  An f64 from 2**30 on is floored in two parts through
+    int32: its multiple of 2**30 (from floor(x / 2**30), below 2**22) and the rest, in [0, 2**30)
+    and a multiple of x's spacing (at least 2**-22), so exact."""
     if x.dtype not in FLOAT_DTYPES:
         return x
-    whole = cast(cast(clip(x, -2.0 ** 30, 2.0 ** 30), "i32"), x.dtype)   # truncated
-    floored = sub(whole, cast(gt(whole, x), x.dtype))
-    return select(lt(abs(x), 2.0 ** 23), floored, x)
+    small = _floor_below_2_30(x)
+    if x.dtype == "f32":
+        return select(lt(abs(x), 2.0 ** 23), small, x)
+    high = mul(_floor_below_2_30(mul(x, 2.0 ** -30)), 2.0 ** 30)
+    large = select(lt(abs(x), 2.0 ** 52), add(high, _floor_below_2_30(sub(x, high))), x)
+    return select(lt(abs(x), 2.0 ** 30), small, large)
 
 
 def floor_div(a, b) -> Node:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import math as _math
 import numbers
 
 import numpy as np
@@ -37,7 +38,7 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "divide_no_nan", "broadcast_to", "tile", "repeat", "size", "categorical_crossentropy",
            "sparse_categorical_crossentropy", "binary_crossentropy", "full", "eye",
            "convert_to_tensor", "gelu", "elu", "selu", "leaky_relu", "hard_sigmoid", "softsign",
-           "relu6", "floor_divide", "mod"]
+           "relu6", "floor_divide", "mod", "sin", "cos", "tan"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -219,6 +220,68 @@ def log1p(x):
     ratio = B.div(B.mul(B.log(u), x), B.sub(u, 1.0))
     # (from u = 2 on, log(u) is as accurate, and the product above could overflow)
     return B.select(B.eq(u, 1.0), x, B.select(B.gt(u, 2.0), B.log(u), ratio))
+
+
+# sin and cos are composites (the IR has no trigonometric op), in float64 whatever the input's
+# float type: x = q pi/2 + r with q = round(x 2/pi) and |r| <= pi/4, the product q pi/2 exact for
+# |q| < 2**23 (the high part of pi/2 keeps 30 bits), then the Taylor series of sin and cos on r to
+# r^17 and r^16 (the first terms left out are below 1e-12), rotated by q's quarter turns.  Against
+# numpy's float64 sin of float32 inputs (20000 uniform draws per range): up to 1.3e7 within 3e-8
+# (1-2% of values one float32 step off), to 1e9 within 1.1e-7, to 1e12 within 1e-4, and from 1e12
+# on the reduction loses r (errors of 0.1): float32 inputs there are thousands of turns apart.
+_HALF_PI_HI = float((np.array([np.pi / 2]).view(np.int64) & ~np.int64(2**23 - 1))
+                    .view(np.float64)[0])
+_HALF_PI_LO = float(np.float64(np.pi / 2) - np.float64(_HALF_PI_HI))      # (exact: Sterbenz)
+_SIN_TERMS = [(-1) ** k / _math.factorial(2 * k + 1) for k in range(9)]
+_COS_TERMS = [(-1) ** k / _math.factorial(2 * k) for k in range(9)]
+
+
+def _sin_cos(x, name):
+    """(sin x, cos x) in float64, and the float type of the result (x's, or f32 for integers)."""
+    x = _node(x, name)
+    dtype = x.dtype if x.dtype in ("f32", "f64") else "f32"
+    wide = B.cast(x, "f64") if x.dtype != "f64" else x
+    turns = B.floor(B.add(B.mul(wide, 2.0 / np.pi), 0.5))                  # round(x 2/pi)
+    r = B.sub(B.sub(wide, B.mul(turns, _HALF_PI_HI)), B.mul(turns, _HALF_PI_LO))
+    square = B.mul(r, r)
+
+    def series(terms):
+        total = terms[-1]
+        for term in reversed(terms[:-1]):
+            total = B.add(B.mul(total, square), term)
+        return total
+
+    sin_r, cos_r = B.mul(series(_SIN_TERMS), r), series(_COS_TERMS)
+    quarter = B.sub(turns, B.mul(B.floor(B.mul(turns, 0.25)), 4.0))       # 0, 1, 2 or 3 (NaN)
+    # sin(r + q pi/2) and cos(r + q pi/2); NaN (from an inf or NaN x) stays NaN through r
+    below_two, first, third = B.lt(quarter, 2.0), B.lt(quarter, 1.0), B.lt(quarter, 3.0)
+    sin = B.select(below_two, B.select(first, sin_r, cos_r),
+                   B.select(third, B.neg(sin_r), B.neg(cos_r)))
+    cos = B.select(below_two, B.select(first, cos_r, B.neg(sin_r)),
+                   B.select(third, B.neg(cos_r), sin_r))
+    return sin, cos, dtype
+
+
+def _narrow(value, dtype):
+    return value if dtype == "f64" else B.cast(value, dtype)
+
+
+def sin(x):
+    """The sine, elementwise (see `_sin_cos` for the accuracy)."""
+    value, _, dtype = _sin_cos(x, "sin")
+    return _narrow(value, dtype)
+
+
+def cos(x):
+    """The cosine, elementwise."""
+    _, value, dtype = _sin_cos(x, "cos")
+    return _narrow(value, dtype)
+
+
+def tan(x):
+    """The tangent, elementwise: sin x / cos x, divided in float64."""
+    sin_x, cos_x, dtype = _sin_cos(x, "tan")
+    return _narrow(B.div(sin_x, cos_x), dtype)
 
 
 def one_hot(x, num_classes, axis=-1, dtype="float32"):

@@ -783,3 +783,55 @@ def test_a_custom_schedule_with_power_floor_division_and_remainders_trains(targe
     model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[kcompile.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: seen.append(float(model.optimizer.learning_rate)))])
     np.testing.assert_allclose(seen, [expected(step) for step in range(1, 7)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_floor_of_float64_is_numpys_up_to_2_to_the_52(target):
+    """ir.build.floor of an f64: values between 2**23 and 2**52 still have fractions (in f32 they
+    do not), so they are floored as numpy floors them, in the interpreter and compiled."""
+    import ir
+    from ir import build as B
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.uniform(-3, 17, 4000),
+                        [2.0 ** 23 + 0.5, -(2.0 ** 23) - 0.5, 2.0 ** 40 + 0.25, -(2.0 ** 40) - 0.25,
+                         2.0 ** 52 - 0.5, -(2.0 ** 52) + 0.5, 2.0 ** 52, 2.0 ** 60, -0.0, -1e-300,
+                         2.0 ** 30 - 0.5, -(2.0 ** 30) - 0.5, np.inf, -np.inf, np.nan]])
+    arg = B.arg("x", "f64", (None,))
+    graph = ir.Graph("floor64", [arg], [("y", B.floor(arg))])
+    if target == "reference":
+        got = ir.run(graph, {"x": x})["y"]
+    else:
+        from codegen.compiler import CompileOptions
+        from codegen.runtime import CompiledRunner
+        got = CompiledRunner(graph, {}, CompileOptions()).run({"x": x})["y"]
+    np.testing.assert_array_equal(got, np.floor(x))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sin_cos_tan_as_numpys_compiled_and_their_gradients(target):
+    """kcompile.ops.sin/cos/tan (composites in float64): float32's correctly rounded values for
+    |x| up to 1e6 (and NaN for inf and NaN), in a Lambda layer on both targets; their gradients
+    are cos, -sin and 1 / cos^2, as one SGD step on a weight in front of them shows."""
+    x = np.concatenate([np.linspace(-30, 30, 3001), [0.0, -0.0, 1e-30, 1e3, 1e5, 1e6, np.pi / 4,
+                                                      3 * np.pi / 4, np.inf, -np.inf, np.nan]])
+    x = x.astype(np.float32).reshape(-1, 1)
+    with np.errstate(invalid="ignore"):
+        for op, reference in ((ops.sin, np.sin), (ops.cos, np.cos), (ops.tan, np.tan)):
+            model = Sequential([Input((1,)), kcompile.layers.Lambda(op)])
+            model.compile(loss="mse", target=target)
+            got = model.predict(x, verbose=0)
+            want = reference(x.astype(np.float64)).astype(np.float32)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            finite = ~np.isnan(want)
+            np.testing.assert_allclose(got[finite], want[finite], rtol=2e-7, atol=1e-30)
+            np.testing.assert_array_equal(op(x), got)              # eager: the same values
+    # d/dw of (op(w x) - 0)^2 / 1 = 2 op(w x) op'(w x) x; SGD(1.0) from w = 1 moves w by that
+    x1 = np.array([[0.7]], np.float32)
+    for op, value, slope in ((ops.sin, np.sin, np.cos), (ops.cos, np.cos, lambda v: -np.sin(v)),
+                             (ops.tan, np.tan, lambda v: 1 / np.cos(v) ** 2)):
+        model = Sequential([Input((1,)), Dense(1, use_bias=False, kernel_initializer="ones"),
+                            kcompile.layers.Lambda(op)])
+        model.compile(optimizer=kcompile.optimizers.SGD(1.0), loss="mse", target=target)
+        model.fit(x1, np.zeros((1, 1), np.float32), epochs=1, verbose=0)
+        step = 2 * value(0.7) * slope(0.7) * 0.7
+        np.testing.assert_allclose(model.get_weights()[0], [[1 - step]], rtol=1e-5)
