@@ -591,13 +591,46 @@ def _layer_range(layers, layer_range) -> tuple:
     return min(lower), max(upper) + 1
 
 
+def _ratio_reduce(total: int, widths: list) -> list:
+    """rich's ratio_reduce with equal ratios: take `total` off `widths`, spread as evenly as
+    rounding allows (the first columns give the rounded-down share)."""
+    result, remaining, count = [], total, len(widths)
+    for width in widths:
+        taken = min(width, round(remaining / count))
+        result.append(width - taken)
+        remaining -= taken
+        count -= 1
+    return result
+
+
+def _column_widths(line_length: int, positions) -> list:
+    """The content width of each column of Keras 3's summary table: Keras gives rich a table of
+    `line_length` with columns of int(position * line_length) characters, which rich then
+    narrows by the borders and padding (3 per column and 1) through ratio_reduce."""
+    widths, previous = [], 0
+    for position in positions:
+        width = int(position * line_length) - previous
+        if width < 4:
+            raise ValueError("Insufficient console width to print summary.")
+        widths.append(width)
+        previous += width
+    padded = _ratio_reduce(3 * len(widths) + 1, [width + 2 for width in widths])
+    return [max(width - 2, 1) for width in padded]
+
+
 def _summary_text(model, line_length=None, positions=None, show_trainable=False,
                   layer_range=None) -> str:
     """Keras 3's summary table (rich's box style with lines between rows) as plain text."""
-    if line_length is None:
-        line_length = min(88, shutil.get_terminal_size().columns - 4)
-    positions = positions or [0.45, 0.80, 1.0]
+    positions = list(positions or [0.45, 0.80, 1.0])
     headers = ["Layer (type)", "Output Shape", "Param #"]
+    default_length = 88
+    if show_trainable:
+        # Keras widens the table by 12 and gives the new column the last tenth.
+        default_length += 12
+        positions = [p * 0.90 for p in positions] + [1.0]
+        headers.append("Trainable")
+    if line_length is None:
+        line_length = min(default_length, shutil.get_terminal_size().columns - 4)
     first, stop = _layer_range(model.layers, layer_range)
     rows = []
     for layer in model.layers[first:stop]:
@@ -607,15 +640,7 @@ def _summary_text(model, line_length=None, positions=None, show_trainable=False,
         rows.append([name, shape, params])
         if show_trainable:
             rows[-1].append(("Y" if layer.trainable else "N") if layer.weights else "-")
-    # Column content widths from the relative positions; a cell longer than its column widens it.
-    inner = max(line_length - 10, 30)
-    widths, previous = [], 0
-    for position in positions:
-        widths.append(max(int(position * inner) - previous, 4))
-        previous = int(position * inner)
-    if show_trainable:
-        headers.append("Trainable")
-        widths.append(len("Trainable"))
+    widths = _column_widths(line_length, positions)
     for row in [headers] + rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
 
