@@ -196,6 +196,11 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
 numbers.Real.register(LearningRateValue)
 
 
+class _UnrecognizedArguments(TypeError, ValueError):
+    """An argument an optimizer does not take: a TypeError as Python's own, and the ValueError
+    Keras 3 raises ('Argument(s) not recognized'), so either except clause catches it."""
+
+
 class Optimizer:
     """Base class.  Subclasses set `slot_names()` and write `update_step` in IR ops."""
 
@@ -214,8 +219,12 @@ class Optimizer:
                 if value != default:
                     raise NotImplementedError(f"{type(self).__name__}({key}={value!r}) is not supported "
                                               "yet")
+        if kwargs.pop("decay", None) is not None:
+            # Keras 3 warns and ignores the Keras 2 argument (old tutorials pass Adam(decay=1e-6)).
+            warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=3)
         if kwargs:
-            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}")
+            raise _UnrecognizedArguments(f"{type(self).__name__} got unexpected keyword arguments "
+                                         f"{sorted(kwargs)} (Argument(s) not recognized)")
         clipping = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
         if sum(value is not None for value in clipping.values()) > 1:
             raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "

@@ -59,3 +59,16 @@ def test_summary_line_length_88_has_kerass_columns():
     tutorial_mlp().summary(print_fn=lines.append, line_length=88)
     row = next(line for line in lines[0].splitlines() if line.startswith("│ dense (Dense)"))
     assert [len(cell) for cell in row.split("│")[1:-1]] == [38, 29, 17]
+
+
+def test_kerass_ignored_decay_argument_warns_and_unknown_arguments_are_value_errors():
+    # Keras 3: `decay` (Keras 2's) warns "Argument `decay` is no longer supported and will be
+    # ignored." and changes nothing; any other unknown argument is a ValueError.
+    with pytest.warns(UserWarning, match="`decay` is no longer supported"):
+        adam = kcompile.optimizers.Adam(learning_rate=0.01, decay=1e-6)
+    assert "decay" not in adam.get_config()
+    assert adam.get_config() == kcompile.optimizers.Adam(learning_rate=0.01).get_config()
+    with pytest.raises(ValueError, match="not recognized"):
+        kcompile.optimizers.SGD(momentun=0.9)
+    with pytest.raises(TypeError, match="momentun"):
+        kcompile.optimizers.SGD(momentun=0.9)
