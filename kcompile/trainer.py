@@ -959,6 +959,10 @@ class Trainer:
         self._metric_identifiers = [m for m in metrics if m is not None]
         self._weighted_metric_identifiers = [m for m in weighted_metrics if m is not None]
         self._run_eagerly = bool(run_eagerly)
+        # Keras's flag (every graph here is compiled whatever it says): 'auto' is True, and False
+        # with run_eagerly
+        self._jit_compile = (not self._run_eagerly) if jit_compile == "auto" \
+            else bool(jit_compile) and not self._run_eagerly
         self._compiled_target = target
         self._metrics_result = {}
         self._metric_list = None
@@ -1027,6 +1031,16 @@ class Trainer:
             self._on_structure_change()
 
     @property
+    def jit_compile(self) -> bool:
+        """Keras's flag, as compile() left it: True unless compile(jit_compile=False) or
+        run_eagerly (the graphs are compiled either way unless run_eagerly)."""
+        return self.__dict__.get("_jit_compile", True) and not self._run_eagerly
+
+    @jit_compile.setter
+    def jit_compile(self, value):
+        self._jit_compile = bool(value)
+
+    @property
     def metrics(self) -> list:
         """Keras's `model.metrics`: [] before compile, then the loss tracker (a Mean named 'loss')
         and one object per compiled metric, named as logged.  Keras 3 lists its compiled metrics
@@ -1089,7 +1103,7 @@ class Trainer:
         from kcompile import saving
         config = saving._compile_config(self)
         if config is not None:
-            config["jit_compile"] = not self.run_eagerly     # (run_eagerly is saved already)
+            config["jit_compile"] = self.jit_compile
         return config
 
     def _assert_compiled(self, method: str):

@@ -72,3 +72,21 @@ def test_kerass_ignored_decay_argument_warns_and_unknown_arguments_are_value_err
         kcompile.optimizers.SGD(momentun=0.9)
     with pytest.raises(TypeError, match="momentun"):
         kcompile.optimizers.SGD(momentun=0.9)
+
+
+def small_classifier():
+    return Sequential([kcompile.Input((4,)), L.Dense(8, activation="relu"),
+                       L.Dense(3, activation="softmax")])
+
+
+def test_model_jit_compile_is_kerass_flag():
+    # Keras 3 on JAX: 'auto' resolves to True, run_eagerly=True turns it off, and an explicit
+    # jit_compile=False stays False (also in get_compile_config()).
+    model = small_classifier()
+    assert model.jit_compile is True
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert model.jit_compile is True and model.get_compile_config()["jit_compile"] is True
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=False)
+    assert model.jit_compile is False and model.get_compile_config()["jit_compile"] is False
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    assert model.jit_compile is False
