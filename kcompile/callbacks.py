@@ -734,6 +734,125 @@ class ModelCheckpoint(Callback):
             _print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
 
+class BackupAndRestore(Callback):
+    """Backs up the training state so that a `fit` interrupted (an exception, a killed process)
+    resumes where it stopped, as ``keras.callbacks.BackupAndRestore``.
+
+    At the end of every epoch (or every ``save_freq`` batches) the weights, with the optimizer's
+    state, go to ``backup_dir/latest.weights.h5`` (kcompile's weights file under Keras 3's name) and
+    the number of epochs done to ``backup_dir/training_metadata.json``. A later `fit` with this
+    callback loads them in ``on_train_begin`` and starts at the epoch after the last one backed
+    up; a `fit` that ends normally deletes ``backup_dir`` (unless ``delete_checkpoint=False``).
+
+    Args:
+        backup_dir: A directory for this callback's files alone.
+        save_freq: ``'epoch'``, or an integer number of batches between backups.
+        double_checkpoint: Also keep the previous backup (``.bkp``), loaded when the latest one
+            cannot be read.
+        delete_checkpoint: Delete ``backup_dir`` when training ends.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral) or save_freq < 1
+        ):
+            raise ValueError("Invalid value for argument `save_freq`. "
+                             f"Received: save_freq={save_freq!r}. Expected either 'epoch' or an "
+                             "integer value.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint
+        self.delete_checkpoint = delete_checkpoint
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = 0
+        self._current_epoch = 0
+        self._weights_path = os.path.join(self.backup_dir, "latest.weights.h5")
+        self._training_metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        self._prev_weights_path = self._weights_path + ".bkp"
+        self._prev_training_metadata_path = self._training_metadata_path + ".bkp"
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load_model(self._weights_path, self._training_metadata_path)
+        except (OSError, ValueError):
+            if not (self.double_checkpoint and os.path.exists(self._prev_weights_path)):
+                raise
+            # As Keras: the previous backup becomes the latest, and is loaded.
+            shutil.copyfile(self._prev_weights_path, self._weights_path)
+            if os.path.exists(self._prev_training_metadata_path):
+                shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
+            elif os.path.exists(self._training_metadata_path):
+                os.remove(self._training_metadata_path)
+            self._load_model(self._weights_path, self._training_metadata_path)
+
+    def _load_model(self, weights_path, metadata_path):
+        import json
+        epoch = None
+        if os.path.exists(metadata_path):
+            with open(metadata_path) as file:
+                epoch = json.load(file)["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+                raise ValueError(f"BackupAndRestore: {metadata_path} holds epoch={epoch!r}, not a "
+                                 "number of epochs")
+        if os.path.exists(weights_path):
+            self.model.load_weights(weights_path)
+        if epoch is not None:
+            self.model._initial_epoch = int(epoch)
+            self._current_epoch = int(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        if self.save_freq == "epoch":
+            self._save_model()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._should_save_on_batch(batch):
+            self._save_model()
+
+    def _should_save_on_batch(self, batch):
+        if self.save_freq == "epoch":
+            return False
+        if batch <= self._last_batch_seen:  # a new epoch started
+            added = batch + 1
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += added
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            return True
+        return False
+
+    def _save_model(self):
+        import json
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path, previous in ((self._weights_path, self._prev_weights_path),
+                                   (self._training_metadata_path, self._prev_training_metadata_path)):
+                if os.path.exists(path):
+                    shutil.copyfile(path, previous)
+        # Each file replaces the last one whole (a crash mid-save leaves the previous backup).
+        save_weights = self.model.save_weights
+        if _saves_atomically(save_weights):
+            save_weights(self._weights_path)
+        else:
+            atomic_save(save_weights, self._weights_path)
+        metadata = json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+        def write_metadata(path):
+            with open(path, "w") as file:
+                file.write(metadata)
+        atomic_save(write_metadata, self._training_metadata_path)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
+
+
 def _check_filepath_fields(filepath: str) -> None:
     """ModelCheckpoint's filepath placeholders formatted once with stand-in values (the epoch and
     batch are integers, logged metrics floats), so that a bad one fails before training starts,
@@ -1030,7 +1149,7 @@ class LambdaCallback(Callback):
 
 
 # Keras callbacks kcompile does not have: asking for one says so, instead of a bare AttributeError.
-_KERAS_ONLY = frozenset({"BackupAndRestore", "TensorBoard", "RemoteMonitor", "SwapEMAWeights"})
+_KERAS_ONLY = frozenset({"TensorBoard", "RemoteMonitor", "SwapEMAWeights"})
 
 
 def __getattr__(name):

@@ -1560,7 +1560,12 @@ class Trainer:
         history = next(c for c in callback_list.callbacks if isinstance(c, History))
         self.stop_training = False
         self.history = history
+        self._initial_epoch = None
         callback_list.on_train_begin()
+        # (a callback that restored a backup, BackupAndRestore, says where training resumes)
+        if self._initial_epoch is not None:
+            initial_epoch = self._initial_epoch
+            self._initial_epoch = None
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)

@@ -1,5 +1,7 @@
 """What a Keras 3 user's ordinary training program sees, compared with Keras 3 itself: the
 summary table's layout, ... (each test says where its expected values come from)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,84 @@ def test_model_jit_compile_is_kerass_flag():
     assert model.jit_compile is False and model.get_compile_config()["jit_compile"] is False
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     assert model.jit_compile is False
+
+
+class Interrupt(kcompile.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("Interrupting!")
+
+
+def seeded_classifier(seed=5):
+    rng = np.random.default_rng(seed)
+    model = small_classifier()
+    model.set_weights([rng.standard_normal((4, 8)) * 0.5, rng.standard_normal(8) * 0.1,
+                       rng.standard_normal((8, 3)) * 0.5, rng.standard_normal(3) * 0.1])
+    model.compile(optimizer=kcompile.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def classification_data(rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((rows, 4)).astype("float32"), rng.integers(0, 3, rows)
+
+
+def test_backup_and_restore_resumes_an_interrupted_fit_as_if_never_interrupted(tmp_path):
+    # Keras 3's documented example: a fit interrupted at epoch 3 of 6, run again with the
+    # callback, trains epochs 3 to 5 only; the weights and the optimizer's state (Adam's moments
+    # and iterations) are the backup's, so the result is the uninterrupted fit's.
+    x, y = classification_data()
+    backup = tmp_path / "backup"
+    uninterrupted = seeded_classifier()
+    expected = uninterrupted.fit(x, y, epochs=6, batch_size=8, shuffle=False, verbose=0)
+    with pytest.raises(RuntimeError, match="Interrupting"):
+        seeded_classifier().fit(x, y, epochs=6, batch_size=8, shuffle=False, verbose=0,
+                                callbacks=[kcompile.callbacks.BackupAndRestore(backup), Interrupt(3)])
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+    assert json.loads((backup / "training_metadata.json").read_text()) == {"epoch": 3, "batch": 0}
+    resumed = seeded_classifier()
+    history = resumed.fit(x, y, epochs=6, batch_size=8, shuffle=False, verbose=0,
+                          callbacks=[kcompile.callbacks.BackupAndRestore(backup)])
+    assert history.epoch == [3, 4, 5]
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"][3:], rtol=1e-5)
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert int(resumed.optimizer.iterations) == 30
+    assert not backup.exists()     # deleted when training ends (delete_checkpoint=True)
+    # The next fit of the same model starts at its own initial_epoch again.
+    assert resumed.fit(x, y, epochs=2, verbose=0).epoch == [0, 1]
+
+
+def test_backup_and_restore_every_few_batches_and_its_arguments(tmp_path):
+    x, y = classification_data()
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError):
+        seeded_classifier().fit(x, y, epochs=6, batch_size=8, shuffle=False, verbose=0, callbacks=[
+            kcompile.callbacks.BackupAndRestore(backup, save_freq=3, delete_checkpoint=False),
+            Interrupt(2)])
+    # 5 batches an epoch, a backup every 3: the last after epoch 1's 4th batch (Keras 3 the same)
+    assert json.loads((backup / "training_metadata.json").read_text()) == {"epoch": 1, "batch": 3}
+    with pytest.raises(ValueError, match="save_freq"):
+        kcompile.callbacks.BackupAndRestore(backup, save_freq="x")
+    with pytest.raises(ValueError, match="Empty `backup_dir`"):
+        kcompile.callbacks.BackupAndRestore("")
+
+
+def test_backup_and_restore_double_checkpoint_falls_back_to_the_previous_backup(tmp_path):
+    x, y = classification_data()
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError):
+        seeded_classifier().fit(x, y, epochs=5, batch_size=8, shuffle=False, verbose=0, callbacks=[
+            kcompile.callbacks.BackupAndRestore(backup, double_checkpoint=True), Interrupt(3)])
+    assert json.loads((backup / "training_metadata.json.bkp").read_text())["epoch"] == 2
+    (backup / "latest.weights.h5").write_text("garbage")
+    # Keras 3 (the same script): the .bkp files of epoch 2 are restored, epochs 2 to 4 run.
+    history = seeded_classifier().fit(x, y, epochs=5, batch_size=8, shuffle=False, verbose=0,
+                                      callbacks=[kcompile.callbacks.BackupAndRestore(
+                                          backup, double_checkpoint=True)])
+    assert history.epoch == [2, 3, 4]
