@@ -162,6 +162,19 @@ mean_squared_error = mse = losses_module.mean_squared_error
 mean_absolute_error = mae = losses_module.mean_absolute_error
 mean_absolute_percentage_error = mape = losses_module.mean_absolute_percentage_error
 mean_squared_logarithmic_error = msle = losses_module.mean_squared_logarithmic_error
+# As keras.metrics: the loss functions under their own names (the same function objects).
+binary_crossentropy = losses_module.binary_crossentropy
+categorical_crossentropy = losses_module.categorical_crossentropy
+sparse_categorical_crossentropy = losses_module.sparse_categorical_crossentropy
+binary_focal_crossentropy = losses_module.binary_focal_crossentropy
+categorical_focal_crossentropy = losses_module.categorical_focal_crossentropy
+kl_divergence = losses_module.kl_divergence
+poisson = losses_module.poisson
+hinge = losses_module.hinge
+squared_hinge = losses_module.squared_hinge
+categorical_hinge = losses_module.categorical_hinge
+huber = losses_module.huber
+log_cosh = losses_module.log_cosh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1252,7 +1265,9 @@ _FUNCTIONS = {fn.__name__: fn for fn in (
     cosine_similarity, log_cosh_error,
     losses_module.categorical_crossentropy, losses_module.sparse_categorical_crossentropy,
     losses_module.binary_crossentropy, losses_module.kl_divergence, losses_module.poisson,
-    losses_module.hinge, losses_module.squared_hinge, losses_module.categorical_hinge)}
+    losses_module.hinge, losses_module.squared_hinge, losses_module.categorical_hinge,
+    losses_module.huber, losses_module.log_cosh, losses_module.binary_focal_crossentropy,
+    losses_module.categorical_focal_crossentropy)}
 _FUNCTIONS.update({"mse": mse, "MSE": mse, "mae": mae, "MAE": mae, "mape": mape, "MAPE": mape,
                    "msle": msle, "MSLE": msle, "bce": losses_module.binary_crossentropy,
                    "BCE": losses_module.binary_crossentropy, "logcosh": log_cosh_error})

@@ -173,3 +173,29 @@ def test_backup_and_restore_double_checkpoint_falls_back_to_the_previous_backup(
                                       callbacks=[kcompile.callbacks.BackupAndRestore(
                                           backup, double_checkpoint=True)])
     assert history.epoch == [2, 3, 4]
+
+
+def test_keras_metrics_module_has_the_loss_functions_and_a_model_using_them_reloads(tmp_path):
+    # keras.metrics.huber is keras.losses.huber (and so for the other loss functions), logged under
+    # the function's name.
+    names = ["binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
+             "binary_focal_crossentropy", "categorical_focal_crossentropy", "kl_divergence",
+             "poisson", "hinge", "squared_hinge", "categorical_hinge", "huber", "log_cosh"]
+    for name in names:
+        assert getattr(kcompile.metrics, name) is getattr(kcompile.losses, name), name
+    x, y = classification_data(24)
+    y = np.eye(3, dtype="float32")[y]
+    model = seeded_classifier()
+    model.compile(optimizer="sgd", loss="categorical_crossentropy",
+                  metrics=[kcompile.metrics.huber, kcompile.metrics.log_cosh])
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert sorted(results) == ["huber", "log_cosh", "loss"]
+    p = model.predict(x, verbose=0).astype(np.float64)
+    error = np.abs(p - y)
+    huber = np.where(error <= 1, 0.5 * error ** 2, error - 0.5).mean(-1).mean()
+    log_cosh = (np.log(np.cosh(p - y))).mean(-1).mean()
+    assert results["huber"] == pytest.approx(huber, rel=1e-5)
+    assert results["log_cosh"] == pytest.approx(log_cosh, rel=1e-5)
+    model.save(tmp_path / "m.keras")      # loading found no metric named 'huber' before
+    loaded = kcompile.models.load_model(tmp_path / "m.keras")
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(results, rel=1e-6)
