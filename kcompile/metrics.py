@@ -807,6 +807,97 @@ class AUC(_ConfusionMetric):
                 "multi_label": False, "from_logits": self.from_logits}
 
 
+class _AtConstraint(_ConfusionMetric):
+    """Keras's SensitivitySpecificityBase: confusion counts at `num_thresholds` thresholds evenly
+    spaced in [0, 1] (0.5 alone for one), and the largest value of one rate among the thresholds
+    where another reaches `value` (0 where none does)."""
+
+    COUNTS = ("tp", "fp", "tn", "fn")
+    _direction = "up"
+    _CONSTRAINT = ""   # the constructor argument naming `value`
+
+    def __init__(self, value, num_thresholds=200, class_id=None, name=None, dtype=None):
+        if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral) \
+                or num_thresholds <= 0:
+            raise ValueError("Argument `num_thresholds` must be an integer > 0. Received: "
+                             f"num_thresholds={num_thresholds!r}")
+        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise ValueError(f"Argument `{self._CONSTRAINT}` must be in the range [0, 1]. Received: "
+                             f"{self._CONSTRAINT}={value!r}")
+        super().__init__(thresholds=None, class_id=class_id, name=name, dtype=dtype)
+        self.value = float(value)
+        self.num_thresholds = int(num_thresholds)
+        if num_thresholds == 1:
+            self.thresholds = [0.5]
+        else:
+            self.thresholds = [0.0] + [(i + 1) * 1.0 / (num_thresholds - 1)
+                                       for i in range(num_thresholds - 2)] + [1.0]
+
+    def _rates(self, totals) -> dict:
+        tp, fp, tn, fn = (np.asarray(totals[k], np.float64) for k in ("tp", "fp", "tn", "fn"))
+        return {"sensitivity": _divide_no_nan(tp, tp + fn), "recall": _divide_no_nan(tp, tp + fn),
+                "specificity": _divide_no_nan(tn, tn + fp), "precision": _divide_no_nan(tp, tp + fp)}
+
+    def _max_under_constraint(self, constrained, dependent) -> float:
+        feasible = constrained >= self.value
+        return float(np.max(dependent[feasible])) if feasible.any() else 0.0
+
+    def get_config(self):
+        return {"name": self.name, "class_id": self.class_id, "num_thresholds": self.num_thresholds,
+                self._CONSTRAINT: self.value}
+
+
+class SensitivityAtSpecificity(_AtConstraint):
+    """The best sensitivity (recall) among the thresholds where the specificity is >= `specificity`."""
+
+    _CONSTRAINT = "specificity"
+
+    def __init__(self, specificity, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(specificity, num_thresholds, class_id, name, dtype)
+
+    def _result(self, totals):
+        rates = self._rates(totals)
+        return self._max_under_constraint(rates["specificity"], rates["sensitivity"])
+
+
+class SpecificityAtSensitivity(_AtConstraint):
+    """The best specificity among the thresholds where the sensitivity is >= `sensitivity`."""
+
+    _CONSTRAINT = "sensitivity"
+
+    def __init__(self, sensitivity, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(sensitivity, num_thresholds, class_id, name, dtype)
+
+    def _result(self, totals):
+        rates = self._rates(totals)
+        return self._max_under_constraint(rates["sensitivity"], rates["specificity"])
+
+
+class PrecisionAtRecall(_AtConstraint):
+    """The best precision among the thresholds where the recall is >= `recall`."""
+
+    _CONSTRAINT = "recall"
+
+    def __init__(self, recall, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(recall, num_thresholds, class_id, name, dtype)
+
+    def _result(self, totals):
+        rates = self._rates(totals)
+        return self._max_under_constraint(rates["recall"], rates["precision"])
+
+
+class RecallAtPrecision(_AtConstraint):
+    """The best recall among the thresholds where the precision is >= `precision`."""
+
+    _CONSTRAINT = "precision"
+
+    def __init__(self, precision, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(precision, num_thresholds, class_id, name, dtype)
+
+    def _result(self, totals):
+        rates = self._rates(totals)
+        return self._max_under_constraint(rates["precision"], rates["recall"])
+
 # -- F-scores -------------------------------------------------------------------------------------
 
 class FBetaScore(Metric):
@@ -1278,7 +1369,8 @@ _CLASS_LIST = (Accuracy, CategoricalAccuracy, SparseCategoricalAccuracy, BinaryA
                CategoricalCrossentropy, SparseCategoricalCrossentropy, KLDivergence, Poisson, Hinge,
                SquaredHinge, CategoricalHinge, Precision, Recall, AUC, TruePositives, FalsePositives,
                TrueNegatives, FalseNegatives, FBetaScore, F1Score, R2Score, IoU, MeanIoU, OneHotIoU,
-               OneHotMeanIoU, Sum, Mean)
+               OneHotMeanIoU, Sum, Mean, SensitivityAtSpecificity, SpecificityAtSensitivity,
+               PrecisionAtRecall, RecallAtPrecision)
 _CLASSES = {cls.__name__: cls for cls in _CLASS_LIST}
 # As Keras: snake_case class names ('precision', 'auc', 'root_mean_squared_error') name classes too.
 _CLASSES.update({to_snake_case(cls.__name__): cls for cls in _CLASS_LIST

@@ -199,3 +199,51 @@ def test_keras_metrics_module_has_the_loss_functions_and_a_model_using_them_relo
     model.save(tmp_path / "m.keras")      # loading found no metric named 'huber' before
     loaded = kcompile.models.load_model(tmp_path / "m.keras")
     assert loaded.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(results, rel=1e-6)
+
+
+def np_at_constraint(y, p, w, thresholds, constraint, value, result):
+    """Keras's SensitivitySpecificityBase in numpy: rates at each threshold (p > t is positive),
+    the best `result` rate where the `constraint` rate is >= value, else 0."""
+    predicted = p[:, None] > np.asarray(thresholds)[None, :]
+    actual = (y != 0)[:, None]
+    w = w[:, None]
+    tp, fp = (w * (predicted & actual)).sum(0), (w * (predicted & ~actual)).sum(0)
+    tn, fn = (w * (~predicted & ~actual)).sum(0), (w * (~predicted & actual)).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = {"recall": np.nan_to_num(tp / (tp + fn)), "precision": np.nan_to_num(tp / (tp + fp)),
+                 "specificity": np.nan_to_num(tn / (tn + fp))}
+    rates["sensitivity"] = rates["recall"]
+    feasible = rates[constraint] >= value
+    return rates[result][feasible].max() if feasible.any() else 0.0
+
+
+def test_threshold_constrained_metrics_against_numpy():
+    # Keras 3's SensitivityAtSpecificity, SpecificityAtSensitivity, PrecisionAtRecall and
+    # RecallAtPrecision (Keras 3.15 gives these same values for this model and data).
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((60, 4)).astype("float32")
+    y = (x[:, 0] + 0.5 * rng.standard_normal(60) > 0).astype("float32")
+    weights = np.linspace(0, 2, 60)
+    model = Sequential([kcompile.Input((4,)), L.Dense(1, activation="sigmoid")])
+    model.set_weights([rng.standard_normal((4, 1)), np.zeros(1)])
+    M = kcompile.metrics
+    cases = [(M.SensitivityAtSpecificity(0.5), "specificity", 0.5, "sensitivity", 200),
+             (M.SpecificityAtSensitivity(0.7, num_thresholds=50), "sensitivity", 0.7, "specificity", 50),
+             (M.PrecisionAtRecall(0.8), "recall", 0.8, "precision", 200),
+             (M.RecallAtPrecision(0.6, num_thresholds=1), "precision", 0.6, "recall", 1)]
+    model.compile(optimizer="sgd", loss="binary_crossentropy",
+                  weighted_metrics=[case[0] for case in cases])
+    results = model.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)
+    p = model.predict(x, verbose=0)[:, 0]
+    for metric, constraint, value, result, count in cases:
+        thresholds = [0.5] if count == 1 else \
+            [0.0] + [(i + 1) / (count - 1) for i in range(count - 2)] + [1.0]
+        expected = np_at_constraint(y, p, weights, thresholds, constraint, value, result)
+        assert results[metric.name] == pytest.approx(expected, abs=1e-6), metric.name
+        assert metric.get_config()[constraint] == value
+    assert sorted(results) == ["loss", "precision_at_recall", "recall_at_precision",
+                               "sensitivity_at_specificity", "specificity_at_sensitivity"]
+    with pytest.raises(ValueError, match="`recall` must be in the range"):
+        M.PrecisionAtRecall(1.5)
+    with pytest.raises(ValueError, match="num_thresholds"):
+        M.PrecisionAtRecall(0.5, num_thresholds=0)
