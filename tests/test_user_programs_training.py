@@ -1,5 +1,7 @@
-"""What a Keras 3 user's ordinary training program sees, compared with Keras 3 itself: the
-summary table's layout, ... (each test says where its expected values come from)."""
+"""What a Keras 3 user's ordinary training program sees, where kcompile differed from Keras 3:
+the summary table's column widths, optimizers' `decay=`, `model.jit_compile`, BackupAndRestore,
+the loss functions in `kcompile.metrics` and the threshold-constrained metrics. Expected values
+are Keras 3.15's output for the same program, its documented behaviour or numpy."""
 import json
 
 import numpy as np
