@@ -338,6 +338,12 @@ def trace_update(model, optimizer, dtype: str = "f32") -> ir.Graph:
 # Argument and data validation
 # ----------------------------------------------------------------------------------------------
 
+class OutputCountError(ValueError, NotImplementedError):
+    """compile given several losses or loss weights for a model's one output: the ValueError Keras 3
+    raises for a count that does not match the outputs, and the NotImplementedError kcompile raised
+    (its models have one output)."""
+
+
 def _single_loss_weight(loss_weights) -> float:
     """compile's `loss_weights` for the model's one output: a number, or a list of one (Keras takes
     one per output; a dict keyed by the output's name is Trainer._for_the_output's); the loss that
@@ -347,8 +353,9 @@ def _single_loss_weight(loss_weights) -> float:
         return 1.0
     if isinstance(loss_weights, (list, tuple)):
         if len(loss_weights) != 1:
-            raise NotImplementedError(f"loss_weights={given!r} gives {len(loss_weights)} weights, one per "
-                                      "output, but kcompile models have one output: give one weight")
+            raise OutputCountError(f"`loss_weights` must match the number of losses, got 1 losses and "
+                                   f"{len(loss_weights)} weights: loss_weights={given!r} gives one "
+                                   "per output, but kcompile models have one output; give one weight")
         (loss_weights,) = loss_weights
     if isinstance(loss_weights, bool) or not isinstance(loss_weights, numbers.Real) \
             or not abs(float(loss_weights)) <= FLOAT32_MAX:
@@ -933,8 +940,8 @@ class Trainer:
         loss = self._for_the_output(loss, "loss")
         if isinstance(loss, (list, tuple)):
             if len(loss) != 1:
-                raise NotImplementedError(f"loss={loss!r} gives {len(loss)} losses, one per output, "
-                                          "but kcompile models have one output: give one loss")
+                raise OutputCountError(f"loss={loss!r} gives {len(loss)} losses, one per output, "
+                                       "but kcompile models have one output: give one loss")
             (loss,) = loss
         if loss is not None and not (isinstance(loss, str) and loss in losses.AUTO_NAMES):
             loss = losses.get(loss)
