@@ -228,7 +228,11 @@ def test_model_from_json_and_save_load_keep_the_predictions(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = load_model(tmp_path / "m.keras")
     assert [a.get_config() for a in loaded.layers] == [b.get_config() for b in model.layers]
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), want)
+    # the loaded model keeps target='reference' (the interpreter, bit for bit the saved model's);
+    # the compiled predictions before agree within float32 rounding (the GEMM's sums in another order)
+    assert loaded.target == "reference"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
     set_random_seed(0)
     sequences = _cnn_1d()
     sequences.save(tmp_path / "s.keras")
