@@ -86,7 +86,9 @@ class _Gen:
                ("ActivityRegularization", {"l1": 0.01, "l2": 0.01}),
                ("UnitNormalization", {}),
                ("Normalization", {"mean": r.pick([0.0, 0.5]), "variance": r.pick([1.0, 2.0])}),
-               ("Dense", {"units": r.int(1, 8), "activation": r.act(), "use_bias": r.chance(0.8),
+               ("Dense", {"units": r.pick([1, 2, 3, 5, 8, 17, 33]), "activation": r.act(),
+                          "use_bias": r.chance(0.8),
+                          "bias_initializer": r.pick(["zeros", "random_normal"]),
                           "kernel_regularizer": r.pick([None, None, "l2", "l1"]),
                           "activity_regularizer": r.pick([None, None, None, "l2"])})]
         if not masked:
@@ -146,7 +148,7 @@ class _Gen:
             pad = r.pick(["valid", "same", "causal"])
             dil = r.pick([1, 1, 2])
             stride = 1 if dil > 1 else r.pick([1, 1, 2])
-            out += [("Conv1D", {"filters": filters, "kernel_size": r.int(1, 3), "strides": stride,
+            out += [("Conv1D", {"filters": filters, "bias_initializer": "random_normal", "kernel_size": r.int(1, 3), "strides": stride,
                                 "padding": pad, "dilation_rate": dil, "groups": g,
                                 "activation": r.act(), "use_bias": r.chance(0.8)}),
                     ("DepthwiseConv1D", {"kernel_size": r.int(1, 3), "strides": stride,
@@ -333,8 +335,8 @@ def random_model(seed: int) -> dict:
         metrics = r.pick([[], ["accuracy"], ["mae"]])
     else:
         metrics = r.pick([[], ["mae"], ["mse"]])
-    return {"input": (shape, dtype), "layers": layer_list, "loss": loss, "optimizer": optimizer,
-            "metrics": metrics, "seed": seed, "masked_output": masked,
+    return {"input": (shape, dtype), "input_scale": r.pick([1.0, 1.0, 4.0]), "layers": layer_list, "loss": loss, "optimizer": optimizer,
+            "metrics": metrics, "seed": seed, "batch_size": r.pick([4, 5, 12]), "masked_output": masked,
             "output_shape": tuple(current[1:-1]) + (k,)}
 
 
@@ -349,7 +351,7 @@ def make_data(spec, rows):
         if first_kw.get("mask_zero"):
             x[:, 0] = np.maximum(x[:, 0], 1)      # never a wholly masked sample
     else:
-        x = rng.standard_normal((rows,) + shape).astype(np.float32)
+        x = (rng.standard_normal((rows,) + shape) * spec.get("input_scale", 1.0)).astype(np.float32)
         if first == "Masking" and shape[0] > 1:
             # pad the last steps of some samples
             for i in range(rows):
@@ -394,9 +396,11 @@ def build(spec):
 
 
 def describe(spec) -> str:
-    lines = [f"Input({spec['input'][0]}, dtype={spec['input'][1]!r})"]
+    lines = [f"Input({spec['input'][0]}, dtype={spec['input'][1]!r}) "
+             f"input_scale={spec.get('input_scale', 1.0)}"]
     lines += [f"{n}({kw})" for n, kw in spec["layers"]]
-    lines.append(f"loss={spec['loss']} optimizer={spec['optimizer']} metrics={spec['metrics']}")
+    lines.append(f"loss={spec['loss']} optimizer={spec['optimizer']} metrics={spec['metrics']} "
+                 f"batch_size={spec.get('batch_size', 4)}")
     return "\n  ".join(lines)
 
 
@@ -416,12 +420,19 @@ def _diff(got, want):
     if got.shape != want.shape:
         return f"shapes {got.shape} vs {want.shape}"
     err = np.abs(got - want)
-    i = np.unravel_index(np.nanargmax(err), err.shape) if err.size and not np.isnan(err).all() else ()
-    return (f"max abs err {np.nanmax(err) if err.size else 0:.3g} at {i}: {got[i] if i else got} "
-            f"vs {want[i] if i else want}")
+    excess = np.where(np.isnan(got) & np.isnan(want), -np.inf,
+                      np.nan_to_num(err - RTOL * np.abs(want), nan=np.inf))
+    i = np.unravel_index(np.argmax(excess), err.shape) if err.ndim else ()
+    return (f"worst at {tuple(int(j) for j in i)}: {got[i]!r} vs reference {want[i]!r} "
+            f"(abs err {err[i]:.3g}; max abs err {np.nanmax(err) if err.size else 0:.3g})")
 
 
-def run_target(spec, target, weights, x, y, tmpdir, steps_batch=4, epochs=2, save=True):
+def run_target(spec, target, weights, x, y, tmpdir, steps_batch=4, epochs=2, save=True,
+               trained=None):
+    """Build, compile and run `spec` on one target: predict, fit, evaluate, predict, save/load.
+    weights: the initial weights (None: the seed's); trained: weights to set after fit, before
+    evaluate and predict (the reference's trained weights, so that those compare the computation
+    on equal weights rather than the drift of training, which (b) compares)."""
     set_random_seed(spec["seed"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -437,6 +448,8 @@ def run_target(spec, target, weights, x, y, tmpdir, steps_batch=4, epochs=2, sav
         history = model.fit(x, y, batch_size=steps_batch, epochs=epochs, shuffle=False, verbose=0)
         out["history"] = history.history
         out["weights"] = model.get_weights()
+        if trained is not None:
+            model.set_weights(trained)
         out["evaluate"] = model.evaluate(x, y, batch_size=steps_batch, verbose=0, return_dict=True)
         out["predict"] = model.predict(x, verbose=0)
         trainable = {id(v) for v in model.trainable_weights}
@@ -509,8 +522,10 @@ def _check_model(spec, rows, rtol, atol) -> list:
     x, y = make_data(spec, rows)
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        ref = run_target(spec, "reference", None, x, y, tmp)
-        got = run_target(spec, "llvm", ref["weights0"], x, y, tmp)
+        batch = spec.get("batch_size", 4)      # 5: a last batch of 2 rows
+        ref = run_target(spec, "reference", None, x, y, tmp, steps_batch=batch)
+        got = run_target(spec, "llvm", ref["weights0"], x, y, tmp, steps_batch=batch,
+                         trained=ref["weights"])
     if not _close(got["predict0"], ref["predict0"], rtol, atol):
         problems.append("(a) predict: " + _diff(got["predict0"], ref["predict0"]))
     for key in ref["history"]:
@@ -524,7 +539,8 @@ def _check_model(spec, rows, rtol, atol) -> list:
             problems.append(f"(c) evaluate {key}: " + _diff(got["evaluate"][key],
                                                             ref["evaluate"][key]))
     if not _close(got["predict"], ref["predict"], rtol, atol):
-        problems.append("(b) predict after fit: " + _diff(got["predict"], ref["predict"]))
+        problems.append("(c) predict after fit (same weights): " + _diff(got["predict"],
+                                                                          ref["predict"]))
     for name, res in (("llvm", got), ("reference", ref)):
         if not _close(res["loaded_predict"], res["predict"], 1e-6, 1e-7):
             problems.append(f"(d) {name} loaded predict: " + _diff(res["loaded_predict"],
