@@ -589,7 +589,27 @@ def atomic_save(save_function, filepath):
     return final_path
 
 
-class ModelCheckpoint(Callback):
+class _SaveFrequency:
+    """Keras's count of batches between saves, across epochs (ModelCheckpoint's and
+    BackupAndRestore's `save_freq`): the callback sets `save_freq`, `_last_batch_seen` and
+    `_batches_seen_since_last_saving`."""
+
+    def _should_save_on_batch(self, batch):
+        if self.save_freq == "epoch":
+            return False
+        if batch <= self._last_batch_seen:  # a new epoch started
+            added = batch + 1
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += added
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            return True
+        return False
+
+
+class ModelCheckpoint(_SaveFrequency, Callback):
     """Saves the model or its weights during training.
 
     Every save is atomic: the model is written to a temporary file in the same directory which then
@@ -662,20 +682,6 @@ class ModelCheckpoint(Callback):
         if self.save_freq == "epoch":
             self._save_model(epoch=epoch, batch=None, logs=logs)
 
-    def _should_save_on_batch(self, batch):
-        if self.save_freq == "epoch":
-            return False
-        if batch <= self._last_batch_seen:  # a new epoch started
-            added = batch + 1
-        else:
-            added = batch - self._last_batch_seen
-        self._batches_seen_since_last_saving += added
-        self._last_batch_seen = batch
-        if self._batches_seen_since_last_saving >= self.save_freq:
-            self._batches_seen_since_last_saving = 0
-            return True
-        return False
-
     def _get_file_path(self, epoch, batch, logs):
         fields = dict(logs)
         fields["epoch"] = epoch + 1
@@ -734,7 +740,7 @@ class ModelCheckpoint(Callback):
             _print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
 
-class BackupAndRestore(Callback):
+class BackupAndRestore(_SaveFrequency, Callback):
     """Backs up the training state so that a `fit` interrupted (an exception, a killed process)
     resumes where it stopped, as ``keras.callbacks.BackupAndRestore``.
 
@@ -812,20 +818,6 @@ class BackupAndRestore(Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._should_save_on_batch(batch):
             self._save_model()
-
-    def _should_save_on_batch(self, batch):
-        if self.save_freq == "epoch":
-            return False
-        if batch <= self._last_batch_seen:  # a new epoch started
-            added = batch + 1
-        else:
-            added = batch - self._last_batch_seen
-        self._batches_seen_since_last_saving += added
-        self._last_batch_seen = batch
-        if self._batches_seen_since_last_saving >= self.save_freq:
-            self._batches_seen_since_last_saving = 0
-            return True
-        return False
 
     def _save_model(self):
         import json
