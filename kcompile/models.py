@@ -40,6 +40,10 @@ class _Unsupported(AttributeError, NotImplementedError):
     why."""
 
 
+class _NoLayers(IndexError, TypeError):
+    """pop() on a Sequential model without layers."""
+
+
 @contextlib.contextmanager
 def _keras_file():
     """A path for a `.keras` file in a temporary directory (removed afterwards)."""
@@ -374,7 +378,8 @@ class Sequential(Model):
 
     def pop(self, rebuild=True):
         if not self._layers:
-            raise TypeError("There are no layers in the model.")
+            # Keras 3 raises IndexError (from list.pop), Keras 2 TypeError: both catch it
+            raise _NoLayers("There are no layers in the model to pop.")
         layer = self._layers.pop()
         _owners(layer).discard(self)
         self._on_structure_change()

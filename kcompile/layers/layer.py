@@ -216,6 +216,12 @@ class Variable:
         if self._owner is not None:
             self._owner._on_structure_change()  # the train step's gradient list changes
 
+    # Keras's other attributes of a variable: kcompile weights have no constraint (add_weight
+    # refuses one) and are not distributed
+    constraint = None
+    aggregation = "none"
+    synchronization = "auto"
+
     @property
     def buffer(self) -> np.ndarray:
         """The persistent array itself (what runners read and the train step updates in place)."""
@@ -354,6 +360,39 @@ class Variable:
         # as Keras 3's, with the value (numpy's summary of a large one)
         value = np.array2string(np.asarray(self._buffer), separator=", ", threshold=20)
         return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={value}>"
+
+
+class DTypePolicy:
+    """What `layer.dtype_policy` gives, as Keras's `DTypePolicy`: kcompile layers compute and keep
+    their weights in float32, so the policy is float32's."""
+
+    def __init__(self, name="float32"):
+        if not _is_float32(name):
+            raise ValueError(f"kcompile layers compute in float32; got a dtype policy {name!r}")
+        self._name = "float32"
+
+    name = property(lambda self: self._name)
+    compute_dtype = property(lambda self: self._name)
+    variable_dtype = property(lambda self: self._name)
+    quantization_mode = None
+
+    def get_config(self) -> dict:
+        return {"name": self._name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        if type(other).__name__ != "DTypePolicy":
+            return NotImplemented
+        return getattr(other, "name", None) == self.name
+
+    def __hash__(self):
+        return hash(self._name)
+
+    def __repr__(self):
+        return f'<DTypePolicy "{self._name}">'
 
 
 def _plain_data(value) -> bool:
@@ -615,6 +654,11 @@ class Layer:
         return "float32"
 
     @property
+    def dtype_policy(self) -> "DTypePolicy":
+        """The layer's dtype policy, float32's (Keras's `layer.dtype_policy`)."""
+        return DTypePolicy("float32")
+
+    @property
     def compute_dtype(self) -> str:
         return "float32"
 
@@ -739,6 +783,53 @@ class Layer:
                                  "thus has no defined output shape.")
         return self._output_shape
 
+    # -- the layer's place in a built model: Keras's layer.input / layer.output -----------------
+
+    def _place_in_model(self):
+        """(model, index) of a built model that holds this layer, or None."""
+        for model in list(self.__dict__.get("_models", ())):
+            if not model.built:
+                continue
+            for index, layer in enumerate(model.layers):
+                if layer is self:
+                    return model, index
+        return None
+
+    @property
+    def input(self):
+        """The symbolic tensor this layer reads in the built model that holds it (shape, dtype and
+        name, as Keras's `layer.input`; there is no functional API to compute with it)."""
+        explicit = self.__dict__.get("_symbolic_input")
+        if explicit is not None:
+            return explicit
+        place = self._place_in_model()
+        if place is None:
+            raise AttributeError(f"The layer {self.name} has never been called and thus has no "
+                                 "defined input.")
+        model, index = place
+        return model.inputs[0] if index == 0 else model.layers[index - 1].output
+
+    @input.setter
+    def input(self, value):
+        self.__dict__["_symbolic_input"] = value
+
+    @property
+    def output(self):
+        """The symbolic tensor of this layer's output in the built model that holds it (shape,
+        dtype and name, as Keras's `layer.output`)."""
+        explicit = self.__dict__.get("_symbolic_output")
+        if explicit is not None:
+            return explicit
+        if self._place_in_model() is None or self._output_shape is None:
+            raise AttributeError(f"The layer {self.name} has never been called and thus has no "
+                                 "defined output.")
+        from kcompile.layers.core import SymbolicTensor    # (core imports this module)
+        return SymbolicTensor(shape=self._output_shape, name=self.name)
+
+    @output.setter
+    def output(self, value):
+        self.__dict__["_symbolic_output"] = value
+
     def build_for(self, input_shape) -> tuple:
         """Check `input_shape`, build the weights if not built yet, and return the output shape."""
         input_shape = tuple(input_shape)
@@ -862,6 +953,10 @@ class Layer:
             raise type(error)(f"layer {self.name!r} ({type(self).__name__}): "
                               f"{error}") from None
         self.build_for((None,) + array.shape[1:])
+        if array.dtype.kind in "biu" and self.weights:
+            # as Keras: integer (or boolean) inputs meet float32 weights as float32 (a model feeds
+            # its inputs so too; an Embedding's ids are exact below 2**24)
+            array = array.astype(np.float32)
         return call_eagerly(lambda x: self(x, training=training), array, variables=self.weights,
                             training=bool(training))
 
