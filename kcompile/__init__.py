@@ -24,7 +24,8 @@ _ALIASES = {"Sequential": ("kcompile.models", "Sequential"), "Model": ("kcompile
             "Layer": ("kcompile.layers", "Layer"), "Loss": ("kcompile.losses", "Loss"),
             "Metric": ("kcompile.metrics", "Metric"), "Optimizer": ("kcompile.optimizers", "Optimizer"),
             "Initializer": ("kcompile.initializers", "Initializer"),
-            "Regularizer": ("kcompile.regularizers", "Regularizer")}
+            "Regularizer": ("kcompile.regularizers", "Regularizer"),
+            "DTypePolicy": ("kcompile.layers.layer", "DTypePolicy")}
 
 
 def version() -> str:
@@ -32,7 +33,7 @@ def version() -> str:
     return __version__
 
 __all__ = ["Input", "Model", "Sequential", "load_model", "load_predictor", "Layer", "Loss", "Metric",
-           "Optimizer", "Initializer", "Regularizer", "version", "activations", "callbacks", "config",
+           "Optimizer", "Initializer", "Regularizer", "DTypePolicy", "version", "activations", "callbacks", "config",
            "datasets", "initializers",
            "layers", "losses", "metrics", "models", "ops", "optimizers", "regularizers", "utils", "__version__"]
 

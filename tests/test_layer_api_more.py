@@ -4,6 +4,8 @@
 Expected values are Keras 3's documented (and observed, Keras 3.15 on JAX) behaviour, written out
 by hand; numeric results against numpy."""
 import numpy as np
+
+import kcompile
 import pytest
 
 from kcompile import layers as L
@@ -79,6 +81,8 @@ def test_dtype_policy():
     assert type(policy).from_config(policy.get_config()) == policy
     with pytest.raises(ValueError, match="float32"):
         type(policy)("mixed_float16")
+    # Keras's top-level name
+    assert kcompile.DTypePolicy("float32") == policy and "DTypePolicy" in kcompile.__all__
 
 
 def test_variable_constraint_aggregation_synchronization():
