@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import inspect
 import math as _math
 import numbers
 
@@ -38,7 +39,18 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "divide_no_nan", "broadcast_to", "tile", "repeat", "size", "categorical_crossentropy",
            "sparse_categorical_crossentropy", "binary_crossentropy", "full", "eye",
            "convert_to_tensor", "gelu", "elu", "selu", "leaky_relu", "hard_sigmoid", "softsign",
-           "relu6", "floor_divide", "mod", "sin", "cos", "tan"]
+           "relu6", "floor_divide", "mod", "sin", "cos", "tan",
+           # more of keras.ops (see the section "more of keras.ops" below)
+           "expm1", "log2", "log10", "exp2", "reciprocal", "sinh", "cosh", "arcsinh", "arccosh",
+           "arctanh", "arctan", "arcsin", "arccos", "arctan2", "erf", "erfc", "trunc",
+           "logaddexp", "logical_xor", "isclose", "nan_to_num", "log_sigmoid", "hard_silu",
+           "hard_swish", "hard_tanh", "celu", "squareplus", "tanh_shrink", "soft_shrink",
+           "hard_shrink", "sparse_plus", "sparse_sigmoid", "threshold", "glu", "amax", "amin",
+           "cumsum", "cumprod", "prod", "moments", "average", "norm", "normalize", "moveaxis",
+           "swapaxes", "flip", "roll", "take", "take_along_axis", "sort", "argsort", "top_k",
+           "in_top_k", "split", "unstack", "pad", "tril", "triu", "diagonal", "diag", "trace",
+           "outer", "einsum", "multi_hot", "full_like", "ravel", "ndim", "arange", "linspace",
+           "meshgrid", "tri", "identity"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -663,6 +675,1013 @@ def zeros(shape, dtype="float32"):
     return np.zeros(shape, dtype)
 
 
+# -- more of keras.ops: math in float64 composites, scans, reordering, sorting by ranks ----------
+#
+# Elementwise functions the IR has no primitive for are written as sin and cos are: in float64
+# whatever the input's float type (integers give float32, as Keras's), then rounded to the input's
+# type.  Where a `select` picks between branches, the branch it discards is kept finite (its
+# gradient is multiplied by zero, and 0 * inf is NaN).
+
+def _wide_input(x, name):
+    """x as float64, and the float type of the result (x's, or float32 for integers and bools)."""
+    x = _node(x, name)
+    dtype = x.dtype if x.dtype in ("f32", "f64") else "f32"
+    return (x if x.dtype == "f64" else B.cast(x, "f64")), dtype
+
+
+def _horner(z, coefficients):
+    total = coefficients[-1]
+    for coefficient in reversed(coefficients[:-1]):
+        total = B.add(B.mul(total, z), coefficient)
+    return total
+
+
+def _small_or(w, limit, series, other):
+    """series(w) where |w| < limit (Taylor terms: accurate there), else other(w') with w' = w
+    outside the small range and 1 inside it (so `other` stays finite where it is discarded)."""
+    small = B.lt(B.abs(w), limit)
+    return B.select(small, series(w), other(B.select(small, B.full_like(w, 1.0), w)))
+
+
+def expm1(x):
+    """exp(x) - 1, accurate near 0 (a Taylor series below |x| < 1e-5, exp in float64 above)."""
+    w, dtype = _wide_input(x, "expm1")
+    out = _small_or(w, 1e-5, lambda v: B.mul(v, _horner(v, [1.0, 0.5, 1 / 6, 1 / 24])),
+                    lambda v: B.sub(B.exp(v), 1.0))
+    return _narrow(out, dtype)
+
+
+def log2(x):
+    w, dtype = _wide_input(x, "log2")
+    return _narrow(B.mul(B.log(w), 1.0 / _math.log(2.0)), dtype)
+
+
+def log10(x):
+    w, dtype = _wide_input(x, "log10")
+    return _narrow(B.mul(B.log(w), 1.0 / _math.log(10.0)), dtype)
+
+
+def exp2(x):
+    w, dtype = _wide_input(x, "exp2")
+    return _narrow(B.exp(B.mul(w, _math.log(2.0))), dtype)
+
+
+def reciprocal(x):
+    """1 / x (integers divide as float32)."""
+    return B.true_div(1.0, _node(x, "reciprocal"))
+
+
+def sinh(x):
+    w, dtype = _wide_input(x, "sinh")
+    out = _small_or(w, 1e-3, lambda v: B.mul(v, _horner(B.mul(v, v), [1.0, 1 / 6, 1 / 120, 1 / 5040])),
+                    lambda v: B.mul(B.sub(B.exp(v), B.exp(B.neg(v))), 0.5))
+    return _narrow(out, dtype)
+
+
+def cosh(x):
+    w, dtype = _wide_input(x, "cosh")
+    return _narrow(B.mul(B.add(B.exp(w), B.exp(B.neg(w))), 0.5), dtype)
+
+
+def arcsinh(x):
+    """sign(x) log(|x| + sqrt(x^2 + 1)) (a Taylor series near 0)."""
+    w, dtype = _wide_input(x, "arcsinh")
+
+    def large(v):
+        negative = B.lt(v, 0.0)
+        a = B.select(negative, B.neg(v), v)
+        value = B.log(B.add(a, B.sqrt(B.add(B.mul(a, a), 1.0))))
+        return B.select(negative, B.neg(value), value)
+    out = _small_or(w, 1e-3, lambda v: B.mul(v, _horner(B.mul(v, v), [1.0, -1 / 6, 3 / 40])), large)
+    return _narrow(out, dtype)
+
+
+def arccosh(x):
+    """log(x + sqrt((x - 1)(x + 1))); NaN below 1."""
+    w, dtype = _wide_input(x, "arccosh")
+    return _narrow(B.log(B.add(w, B.sqrt(B.mul(B.sub(w, 1.0), B.add(w, 1.0))))), dtype)
+
+
+def arctanh(x):
+    """(log(1 + x) - log(1 - x)) / 2 (a Taylor series near 0); +-inf at +-1, NaN past them."""
+    w, dtype = _wide_input(x, "arctanh")
+    out = _small_or(w, 1e-3, lambda v: B.mul(v, _horner(B.mul(v, v), [1.0, 1 / 3, 1 / 5, 1 / 7])),
+                    lambda v: B.mul(B.sub(B.log(B.add(1.0, v)), B.log(B.sub(1.0, v))), 0.5))
+    return _narrow(out, dtype)
+
+
+_ATAN_TERMS = [(-1) ** k / (2 * k + 1) for k in range(13)]
+
+
+def _atan64(w):
+    """arctan of a float64 value: |x| > 1 as pi/2 - atan(1/|x|), then the argument halved twice
+    (atan t = 2 atan(t / (1 + sqrt(1 + t^2)))) to |t| <= tan(pi/16), and the series to t^25."""
+    negative = B.lt(w, 0.0)
+    a = B.select(negative, B.neg(w), w)
+    big = B.gt(a, 1.0)
+    t = B.select(big, B.div(1.0, B.select(big, a, B.full_like(a, 1.0))), a)
+    for _ in range(2):
+        t = B.div(t, B.add(1.0, B.sqrt(B.add(B.mul(t, t), 1.0))))
+    reduced = B.mul(B.mul(_horner(B.mul(t, t), _ATAN_TERMS), t), 4.0)
+    value = B.select(big, B.sub(np.pi / 2, reduced), reduced)
+    return B.select(negative, B.neg(value), value)
+
+
+def arctan(x):
+    w, dtype = _wide_input(x, "arctan")
+    return _narrow(_atan64(w), dtype)
+
+
+def _asin64(w):
+    # asin x = 2 atan(x / (1 + sqrt(1 - x^2))): the argument stays in [-1, 1]; NaN past +-1
+    return B.mul(_atan64(B.div(w, B.add(1.0, B.sqrt(B.mul(B.sub(1.0, w), B.add(1.0, w)))))), 2.0)
+
+
+def arcsin(x):
+    w, dtype = _wide_input(x, "arcsin")
+    return _narrow(_asin64(w), dtype)
+
+
+def arccos(x):
+    w, dtype = _wide_input(x, "arccos")
+    return _narrow(B.sub(np.pi / 2, _asin64(w)), dtype)
+
+
+def arctan2(x1, x2):
+    """The angle of the point (x2, x1), as numpy's arctan2(y=x1, x=x2), in (-pi, pi] (the signs of
+    zeros are not told apart: arctan2(0, -0) is 0, numpy's pi; two infinities give NaN)."""
+    y, x = as_traced(x1), as_traced(x2)
+    if not isinstance(y, Node) and not isinstance(x, Node):
+        _node(y, "arctan2")
+    like = y if isinstance(y, Node) else x
+    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
+    y = B.cast(y, "f64") if isinstance(y, Node) else B.const(float(y), "f64")
+    x = B.cast(x, "f64") if isinstance(x, Node) else B.const(float(x), "f64")
+    y, x = B._lift(y, x)
+    zero = B.eq(x, 0.0)
+    base = _atan64(B.div(y, B.select(zero, B.full_like(x, 1.0), x)))
+    half_turn = B.select(B.ge(y, 0.0), B.full_like(y, np.pi), B.full_like(y, -np.pi))
+    on_axis = B.select(B.gt(y, 0.0), B.full_like(y, np.pi / 2),
+                       B.select(B.lt(y, 0.0), B.full_like(y, -np.pi / 2), B.mul(y, 0.0)))
+    out = B.select(zero, on_axis, B.select(B.lt(x, 0.0), B.add(base, half_turn), base))
+    return _narrow(out, dtype)
+
+
+def erf(x):
+    """The error function (Eigen's and XLA's float32 rational approximation, |error| < 5e-7)."""
+    x = _node(x, "erf")
+    return activations.erf_approximation(x if x.dtype in ("f32", "f64") else B.cast(x, "f32"))
+
+
+def erfc(x):
+    """1 - erf(x) (absolute error below 5e-7; its relative error grows in the tail)."""
+    return B.sub(1.0, erf(x))
+
+
+def trunc(x):
+    """x rounded toward zero."""
+    x = _node(x, "trunc")
+    if x.dtype not in ("f32", "f64"):
+        return x
+    return B.select(B.lt(x, 0.0), B.neg(B.floor(B.neg(x))), B.floor(x))
+
+
+def logaddexp(x1, x2):
+    """log(exp(x1) + exp(x2)), without overflow: max + log(1 + exp(-|x1 - x2|))."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "logaddexp")
+    like = a if isinstance(a, Node) else b
+    if like.dtype not in ("f32", "f64"):
+        a = B.cast(a, "f32") if isinstance(a, Node) else a
+        b = B.cast(b, "f32") if isinstance(b, Node) else b
+    a, b = B._lift(a, b)
+    d = B.sub(a, b)
+    d = B.select(B.ne(d, d), B.zeros_like(d), d)       # (inf - inf: the two are equal infinities)
+    first = B.ge(d, 0.0)
+    return B.select(first, B.add(a, B.log(B.add(B.exp(B.neg(d)), 1.0))),
+                    B.add(b, B.log(B.add(B.exp(d), 1.0))))
+
+
+def logical_xor(x1, x2):
+    return B.eq(B.add(B.cast(_as_bool(x1, "logical_xor"), "i32"),
+                      B.cast(_as_bool(x2, "logical_xor"), "i32")), 1)
+
+
+def isclose(x1, x2, rtol=1e-5, atol=1e-8, equal_nan=False):
+    """|x1 - x2| <= atol + rtol |x2|, as numpy's (equal infinities are close)."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "isclose")
+    a, b = B._lift(a, b)
+    if a.dtype not in ("f32", "f64"):
+        a, b = B.cast(a, "f32"), B.cast(b, "f32")
+    close = logical_or(B.eq(a, b), B.le(B.abs(B.sub(a, b)), B.add(B.mul(B.abs(b), float(rtol)),
+                                                                   float(atol))))
+    if equal_nan:
+        close = logical_or(close, logical_and(B.ne(a, a), B.ne(b, b)))
+    return close
+
+
+def nan_to_num(x, nan=0.0, posinf=None, neginf=None):
+    """NaN as `nan`, +inf as `posinf` (default: the largest finite float), -inf as `neginf`."""
+    x = _node(x, "nan_to_num")
+    if x.dtype not in ("f32", "f64"):
+        return x
+    largest = float(np.finfo(np.float32 if x.dtype == "f32" else np.float64).max)
+    posinf = largest if posinf is None else float(posinf)
+    neginf = -largest if neginf is None else float(neginf)
+    out = B.select(B.ne(x, x), B.full_like(x, float(nan)), x)
+    out = B.select(B.eq(x, float("inf")), B.full_like(x, posinf), out)
+    return B.select(B.eq(x, float("-inf")), B.full_like(x, neginf), out)
+
+
+def _activation_op(fn, name):
+    def op(x, *args, **kwargs):
+        return fn(_node(x, name), *args, **kwargs)
+    op.__name__ = name
+    op.__doc__ = f"As kcompile.activations.{fn.__name__} (Keras's ops.{name})."
+    op.__signature__ = inspect.signature(fn)
+    return op
+
+
+log_sigmoid = _activation_op(activations.log_sigmoid, "log_sigmoid")
+hard_silu = _activation_op(activations.hard_silu, "hard_silu")
+hard_swish = _activation_op(activations.hard_silu, "hard_swish")
+hard_tanh = _activation_op(activations.hard_tanh, "hard_tanh")
+celu = _activation_op(activations.celu, "celu")
+squareplus = _activation_op(activations.squareplus, "squareplus")
+tanh_shrink = _activation_op(activations.tanh_shrink, "tanh_shrink")
+soft_shrink = _activation_op(activations.soft_shrink, "soft_shrink")
+hard_shrink = _activation_op(activations.hard_shrink, "hard_shrink")
+sparse_plus = _activation_op(activations.sparse_plus, "sparse_plus")
+sparse_sigmoid = _activation_op(activations.sparse_sigmoid, "sparse_sigmoid")
+threshold = _activation_op(activations.threshold, "threshold")
+
+
+def glu(x, axis=-1):
+    """a * sigmoid(b), a and b the two halves of x along `axis`."""
+    x = _node(x, "glu")
+    axis = _axis(x, axis, "glu", several=False)
+    size = x.shape[axis]
+    if size is None or size % 2:
+        raise ValueError(f"kcompile.ops.glu: axis {axis} of {x.type} must have an even size")
+    from ir import build_seq
+    first, second = build_seq.split(x, 2, axis)
+    return B.mul(first, activations.sigmoid(second))
+
+
+# -- reductions and scans --------------------------------------------------------------------------
+
+def amax(x, axis=None, keepdims=False):
+    return max(x, axis, keepdims)
+
+
+def amin(x, axis=None, keepdims=False):
+    return min(x, axis, keepdims)
+
+
+def _static_axis(x, axis, name):
+    """axis (an integer) as a non-negative one whose size is static (not the batch's)."""
+    axis = _axis(x, axis, name, several=False) % x.type.rank
+    if x.shape[axis] is None:
+        raise NotImplementedError(f"kcompile.ops.{name} along the batch axis is not supported (its "
+                                  "size is not known while the graph is traced); use another axis")
+    return axis
+
+
+def _flat(x, name):
+    """x flattened (axis=None), which a value with a batch axis cannot be."""
+    if x.type.batched:
+        raise NotImplementedError(f"kcompile.ops.{name} with axis=None flattens the batch axis "
+                                  f"too, which a traced value ({x.type}) cannot; give an axis")
+    return B.reshape(x, (x.type.static_size,))
+
+
+def _ones_block(x, axis, count):
+    from ir import build_seq
+    return B.full_like(build_seq.slice(x, 0, count, axis) if x.shape[axis] >= count else
+                       B.broadcast(build_seq.slice(x, 0, 1, axis),
+                                   x.shape[:axis] + (count,) + x.shape[axis + 1:]), 1)
+
+
+def _scan(x, axis, combine, identity_block):
+    """Inclusive scan along `axis` in log2(n) steps (Hillis and Steele): at shift s, each entry
+    combines with the one s before it (the first s with the identity)."""
+    from ir import build_seq
+    size, shift = x.shape[axis], 1
+    while shift < size:
+        before = build_seq.concat([identity_block(x, axis, shift),
+                                   build_seq.slice(x, 0, size - shift, axis)], axis)
+        x = combine(x, before)
+        shift *= 2
+    return x
+
+
+def _scan_input(x, axis, dtype, name):
+    x = _node(x, name)
+    if x.dtype == "bool":
+        x = B.cast(x, "i32")
+    if dtype is not None:
+        x = cast(x, dtype)
+    if axis is None:
+        return _flat(x, name), 0
+    return x, _static_axis(x, axis, name)
+
+
+def cumsum(x, axis=None, dtype=None):
+    """Cumulative sums along `axis` (None: of the flattened value), as Keras's."""
+    x, axis = _scan_input(x, axis, dtype, "cumsum")
+    return _scan(x, axis, B.add, lambda v, a, n: B.zeros_like(_ones_block(v, a, n)))
+
+
+def cumprod(x, axis=None, dtype=None):
+    """Cumulative products along `axis` (None: of the flattened value)."""
+    x, axis = _scan_input(x, axis, dtype, "cumprod")
+    return _scan(x, axis, B.mul, _ones_block)
+
+
+def prod(x, axis=None, keepdims=False, dtype=None):
+    """The product over `axis` (None: every axis), by halving: the two halves multiplied
+    (an odd size first gets a 1), so the gradient is the product of the others, zeros included."""
+    from ir import build_seq
+    x = _node(x, "prod")
+    if x.dtype == "bool":
+        x = B.cast(x, "i32")
+    if dtype is not None:
+        x = cast(x, dtype)
+    rank = x.type.rank
+    axes = tuple(range(rank)) if axis is None else \
+        tuple(a % rank for a in ((axis,) if isinstance(axis, numbers.Integral) else axis))
+    _axis(x, axis, "prod")
+    for a in axes:
+        if x.shape[a] is None:
+            raise NotImplementedError("kcompile.ops.prod over the batch axis is not supported (its "
+                                      "size is not known while the graph is traced); give the "
+                                      "other axes")
+        while x.shape[a] > 1:
+            size = x.shape[a]
+            if size % 2:
+                x = build_seq.concat([x, _ones_block(x, a, 1)], a)
+                size += 1
+            x = B.mul(build_seq.slice(x, 0, size // 2, a), build_seq.slice(x, size // 2, size, a))
+    if keepdims:
+        return x
+    return B.reshape(x, [d for i, d in enumerate(x.shape) if i not in axes])
+
+
+def moments(x, axes, keepdims=False, synchronized=False):
+    """(mean, variance) over `axes`, as Keras's ops.moments."""
+    x = _node(x, "moments")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    return mean(x, axes, keepdims), var(x, axes, keepdims)
+
+
+def average(x, axis=None, weights=None):
+    """The mean over `axis`, weighted by `weights` (x's shape, or 1-D along `axis`)."""
+    x = _node(x, "average")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    if weights is None:
+        return mean(x, axis)
+    w = as_traced(weights)
+    if not isinstance(w, Node):
+        w = B.const(np.asarray(w, np.float32), x.dtype)
+    elif w.dtype != x.dtype:
+        w = B.cast(w, x.dtype)
+    if w.type.rank == 1 and x.type.rank > 1:
+        if axis is None or not isinstance(axis, numbers.Integral):
+            raise ValueError("kcompile.ops.average: 1-D weights need one integer axis")
+        a = _axis(x, axis, "average", several=False) % x.type.rank
+        w = B.reshape(w, tuple(w.shape[0] if i == a else 1 for i in range(x.type.rank)))
+    return B.div(B.reduce_sum(B.mul(x, w), _axis(x, axis, "average"), False),
+                 B.reduce_sum(B.mul(B.full_like(x, 1.0), w), _axis(x, axis, "average"), False))
+
+
+def norm(x, ord=None, axis=None, keepdims=False):  # noqa: A002  (Keras's name)
+    """numpy's and Keras's norm: of vectors (ord None or 2, 1, inf, -inf, 0 or another number) or,
+    with two axes, of matrices (ord None or 'fro', 1, -1, inf, -inf); 2, -2 and 'nuc' need singular
+    values, which kcompile does not compute."""
+    x = _node(x, "norm")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    rank = x.type.rank
+    if axis is None:
+        if ord is None:
+            out = B.sqrt(B.reduce_sum(B.mul(x, x), None, keepdims))
+            return out
+        axis = tuple(range(rank))
+        if rank not in (1, 2):
+            raise ValueError(f"kcompile.ops.norm: ord={ord!r} with axis=None needs a 1-D or 2-D "
+                             f"value; got {x.type}")
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    _axis(x, axes, "norm")
+    axes = tuple(a % rank for a in axes)
+    magnitude = B.abs(x)
+    if len(axes) == 1:
+        if ord is None or ord == 2:
+            return B.sqrt(B.reduce_sum(B.mul(x, x), axes, keepdims))
+        if ord == float("inf"):
+            return B.reduce_max(magnitude, axes, keepdims)
+        if ord == float("-inf"):
+            return B.neg(B.reduce_max(B.neg(magnitude), axes, keepdims))
+        if ord == 0:
+            return B.reduce_sum(B.cast(B.ne(x, 0.0), x.dtype), axes, keepdims)
+        if ord == 1:
+            return B.reduce_sum(magnitude, axes, keepdims)
+        if isinstance(ord, str) or not isinstance(ord, numbers.Number):
+            raise ValueError(f"kcompile.ops.norm: ord={ord!r} is not a vector norm")
+        p = float(ord)
+        return power(B.reduce_sum(power(magnitude, p), axes, keepdims), 1.0 / p)
+    if len(axes) != 2:
+        raise ValueError(f"kcompile.ops.norm: axis must be an integer or two of them; got {axis!r}")
+    if ord is None or ord == "fro":
+        return B.sqrt(B.reduce_sum(B.mul(x, x), axes, keepdims))
+    rows, cols = axes
+    if ord in (1, -1, float("inf"), float("-inf")):
+        summed, other = (rows, cols) if ord in (1, -1) else (cols, rows)
+        sums = B.reduce_sum(magnitude, (summed,), True)
+        out = B.reduce_max(sums, (other,), True) if ord in (1, float("inf")) else \
+            B.neg(B.reduce_max(B.neg(sums), (other,), True))
+        return out if keepdims else B.reshape(out, [d for i, d in enumerate(out.shape)
+                                                    if i not in axes])
+    if ord in (2, -2, "nuc"):
+        raise NotImplementedError(f"kcompile.ops.norm: the matrix norm ord={ord!r} needs singular "
+                                  "values, which kcompile does not compute")
+    raise ValueError(f"kcompile.ops.norm: ord={ord!r} is not a matrix norm")
+
+
+def normalize(x, axis=-1, order=2, epsilon=None):
+    """x divided by its `order`-norm along `axis`, as Keras's ops.normalize (order 2: x times
+    min(rsqrt(sum of squares), 1 / epsilon); epsilon defaults to 1e-7)."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
+        raise ValueError(f"Argument `order` must be an int >= 1. Received: order={order}")
+    x = _node(x, "normalize")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    epsilon = 1e-7 if epsilon is None else float(epsilon)
+    if order == 2:
+        inverse = B.div(1.0, B.sqrt(B.reduce_sum(B.mul(x, x), _axis(x, axis, "normalize"), True)))
+        return B.mul(x, B.minimum(inverse, 1.0 / epsilon))
+    return B.div(x, B.maximum(norm(x, order, axis, keepdims=True), epsilon))
+
+
+# -- reordering -----------------------------------------------------------------------------------
+
+def moveaxis(x, source, destination):
+    """numpy's moveaxis (the batch axis must stay first)."""
+    x = _node(x, "moveaxis")
+    rank = x.type.rank
+    source = [source] if isinstance(source, numbers.Integral) else list(source)
+    destination = [destination] if isinstance(destination, numbers.Integral) else list(destination)
+    if len(source) != len(destination):
+        raise ValueError("kcompile.ops.moveaxis: `source` and `destination` must have the same "
+                         f"number of elements; got {source} and {destination}")
+    _axis(x, source, "moveaxis")
+    _axis(x, destination, "moveaxis")
+    source = [a % rank for a in source]
+    destination = [a % rank for a in destination]
+    order = [a for a in range(rank) if a not in source]
+    for dest, src in sorted(zip(destination, source)):
+        order.insert(dest, src)
+    return transpose(x, order)
+
+
+def swapaxes(x, axis1, axis2):
+    x = _node(x, "swapaxes")
+    rank = x.type.rank
+    _axis(x, (axis1, axis2), "swapaxes")
+    order = list(range(rank))
+    order[axis1 % rank], order[axis2 % rank] = order[axis2 % rank], order[axis1 % rank]
+    return transpose(x, order)
+
+
+def _pieces(x, indices, axis):
+    """The entries at static `indices` along `axis`, by slices joined in order."""
+    from ir import build_seq
+    runs, start = [], None
+    for index in list(indices) + [None]:          # runs of consecutive indices, one slice each
+        if start is not None and index == stop:
+            stop += 1
+            continue
+        if start is not None:
+            runs.append(build_seq.slice(x, start, stop, axis))
+        if index is not None:
+            start, stop = index, index + 1
+    return build_seq.concat(runs, axis)
+
+
+def flip(x, axis=None):
+    """x with the order of the entries along `axis` (None: every axis) reversed."""
+    x = _node(x, "flip")
+    rank = x.type.rank
+    axes = range(rank) if axis is None else \
+        [a % rank for a in ((axis,) if isinstance(axis, numbers.Integral) else axis)]
+    if axis is not None:
+        _axis(x, axis, "flip")
+    for a in axes:
+        if x.shape[a] is None:
+            raise NotImplementedError("kcompile.ops.flip cannot reverse the batch axis (its size "
+                                      "is not known while the graph is traced); give the axes")
+        if x.shape[a] > 1:
+            x = _pieces(x, range(x.shape[a] - 1, -1, -1), a)
+    return x
+
+
+def roll(x, shift, axis=None):
+    """x rolled by `shift` along `axis` (None: the flattened value, shape kept), as numpy's."""
+    from ir import build_seq
+    node = _node(x, "roll")
+    if axis is None:
+        flat = _flat(node, "roll")
+        return B.reshape(roll(flat, int(shift), 0), node.shape)
+    shifts = [shift] if isinstance(shift, numbers.Integral) else list(shift)
+    axes = [axis] if isinstance(axis, numbers.Integral) else list(axis)
+    if len(shifts) == 1 and len(axes) > 1:
+        shifts = shifts * len(axes)
+    if len(shifts) != len(axes):
+        raise ValueError(f"kcompile.ops.roll: shift {shift!r} and axis {axis!r} differ in length")
+    for s, a in zip(shifts, axes):
+        a = _static_axis(node, a, "roll")
+        size = node.shape[a]
+        s = int(s) % size
+        if s:
+            node = build_seq.concat([build_seq.slice(node, size - s, size, a),
+                                     build_seq.slice(node, 0, size - s, a)], a)
+    return node
+
+
+def _static_indices(indices):
+    array = np.asarray(indices)
+    if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and array.size
+                                             and np.all(array == np.floor(array))):
+        raise TypeError(f"kcompile.ops: indices must be integers; got {indices!r}")
+    return array.astype(np.int64)
+
+
+def take(x, indices, axis=None):
+    """The entries of x at `indices` along `axis` (None: of the flattened value), as Keras's and
+    numpy's take; negative indices count from the end.  Indices given as numbers (an array, a list)
+    work on any value; traced indices (a value of ids) need an x without a batch axis (a weight, a
+    constant), as an embedding lookup, and then gradients reach x."""
+    x = _node(x, "take")
+    if axis is None:
+        x, axis = _flat(x, "take"), 0
+    axis = _axis(x, axis, "take", several=False) % x.type.rank
+    ids = as_traced(indices)
+    if not isinstance(ids, Node):
+        array = _static_indices(indices)
+        size = x.shape[axis]
+        if size is None:
+            raise NotImplementedError("kcompile.ops.take along the batch axis is not supported")
+        if array.size and (array.min() < -size or array.max() >= size):
+            raise IndexError(f"kcompile.ops.take: an index in {array.tolist()} is out of range "
+                             f"for axis {axis} of size {size}")
+        array = array % size
+        if array.size == 0:
+            raise ValueError("kcompile.ops.take: no indices (kcompile values cannot be empty)")
+        picked = _pieces(x, array.reshape(-1).tolist(), axis)
+        return B.reshape(picked, x.shape[:axis] + array.shape + x.shape[axis + 1:])
+    if x.type.batched:
+        raise NotImplementedError("kcompile.ops.take with traced indices needs an x without a "
+                                  "batch axis (a weight or constant table); for one index per "
+                                  "sample, use kcompile.ops.take_along_axis")
+    if ids.type.batched and axis != 0:
+        raise NotImplementedError("kcompile.ops.take with batched indices takes along axis 0 only "
+                                  "(the batch axis must stay first in the result)")
+    from ir import build_nn
+    size = x.shape[axis]
+    ids = B.cast(ids, "i32") if ids.dtype != "i32" else ids
+    ids = B.select(B.lt(ids, 0), B.add(ids, size), ids)          # negative: from the end
+    table = moveaxis(x, axis, 0)
+    picked = build_nn.gather(table, ids)                  # ids.shape + table's other axes
+    id_rank = ids.type.rank
+    order = list(range(id_rank, id_rank + axis)) + list(range(id_rank)) + \
+        list(range(id_rank + axis, picked.type.rank))
+    return B.transpose(picked, order)
+
+
+def take_along_axis(x, indices, axis=None):
+    """numpy's take_along_axis: out[..., j, ...] = x[..., indices[..., j, ...], ...] along `axis`,
+    the other axes broadcast; negative indices count from the end.  Computed by comparing each
+    index with every position (one-hot), so it works on batched values and traced indices, and the
+    gradient reaches x."""
+    x = _node(x, "take_along_axis")
+    ids = as_traced(indices)
+    if not isinstance(ids, Node):
+        ids = B.const(_static_indices(indices).astype(np.int32), "i32")
+    if axis is None:
+        x, ids, axis = _flat(x, "take_along_axis"), _flat(ids, "take_along_axis"), 0
+    if ids.type.rank != x.type.rank:
+        raise ValueError(f"kcompile.ops.take_along_axis: indices ({ids.type}) must have the rank "
+                         f"of x ({x.type})")
+    axis = _static_axis(x, axis, "take_along_axis")
+    size = x.shape[axis]
+    ids = B.cast(ids, "i32") if ids.dtype != "i32" else ids
+    ids = B.select(B.lt(ids, 0), B.add(ids, size), ids)
+    last = x.type.rank - 1
+    xm, im = moveaxis(x, axis, last), moveaxis(ids, axis, last)
+    positions = B.const(np.arange(size, dtype=np.int32), "i32")
+    hit = B.eq(B.reshape(im, im.shape + (1,)), positions)                   # [..., m, n]
+    values = B.reshape(xm, xm.shape[:-1] + (1, size))                       # [..., 1, n]
+    if values.dtype == "bool":
+        values = B.cast(values, "i32")
+    out = B.reduce_sum(B.select(hit, values, B.zeros_like(values)), (last + 1,), False)
+    out = moveaxis(out, last, axis)
+    return B.ne(out, 0) if x.dtype == "bool" else out
+
+
+def _sort_ranks(x, descending):
+    """x with `axis` last ([..., n]) -> each entry's place in sorted order (ties by position)."""
+    n = x.shape[-1]
+    xi = B.reshape(x, x.shape + (1,))                       # [..., n(i), 1]
+    xj = B.reshape(x, x.shape[:-1] + (1, n))                # [..., 1, n(j)]
+    before = B.gt(xj, xi) if descending else B.lt(xj, xi)
+    earlier = B.const(np.tril(np.ones((n, n), bool), -1))   # j < i
+    ahead = logical_or(before, logical_and(B.eq(xj, xi), earlier))
+    return B.reduce_sum(B.cast(ahead, "i32"), (x.type.rank,), False)    # [..., n]
+
+
+def _by_rank(x, ranks, count):
+    """(the entries of x placed 0..count-1, their positions): [..., count] each."""
+    n = x.shape[-1]
+    places = B.const(np.arange(count, dtype=np.int32).reshape(count, 1), "i32")
+    at = B.eq(B.reshape(ranks, ranks.shape[:-1] + (1, n)), places)          # [..., count, n]
+    values = B.reshape(x if x.dtype != "bool" else B.cast(x, "i32"), x.shape[:-1] + (1, n))
+    picked = B.reduce_sum(B.select(at, values, B.zeros_like(values)), (x.type.rank,), False)
+    position = B.const(np.arange(n, dtype=np.int32), "i32")
+    where_from = B.reduce_sum(B.select(at, B.broadcast(position, at.shape), B.zeros_like(
+        B.broadcast(position, at.shape))), (x.type.rank,), False)
+    return picked, where_from
+
+
+def _sort_input(x, axis, name):
+    x = _node(x, name)
+    if axis is None:
+        x, axis = _flat(x, name), 0
+    axis = _static_axis(x, axis, name)
+    return moveaxis(x, axis, x.type.rank - 1), axis
+
+
+def sort(x, axis=-1):
+    """x sorted ascending along `axis` (None: flattened).  By ranks: each entry is compared with
+    every other one (n^2 comparisons per row, for rows of modest length); NaN is not supported."""
+    xm, axis = _sort_input(x, axis, "sort")
+    values, _ = _by_rank(xm, _sort_ranks(xm, False), xm.shape[-1])
+    return moveaxis(values, values.type.rank - 1, axis)
+
+
+def argsort(x, axis=-1):
+    """The positions that sort x ascending along `axis` (stable: ties keep their order), int32."""
+    xm, axis = _sort_input(x, axis, "argsort")
+    _, positions = _by_rank(xm, _sort_ranks(xm, False), xm.shape[-1])
+    return moveaxis(positions, positions.type.rank - 1, axis)
+
+
+def top_k(x, k, sorted=True):  # noqa: A002  (Keras's name)
+    """[values, indices] of the k largest entries along the last axis, largest first (ties: the
+    lower index first), as Keras's ops.top_k; indices are int32."""
+    x = _node(x, "top_k")
+    n = x.shape[-1] if x.type.rank else None
+    if n is None:
+        raise ValueError(f"kcompile.ops.top_k needs a last axis of static size; got {x.type}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
+        raise ValueError(f"kcompile.ops.top_k: k must be an integer in [1, {n}]; got {k!r}")
+    return list(_by_rank(x, _sort_ranks(x, True), int(k)))      # (a list, as Keras 3's)
+
+
+def in_top_k(targets, predictions, k):
+    """Whether each target's prediction is among the k largest of its row (1 + how many are
+    larger <= k; a NaN prediction never is), as Keras's."""
+    predictions = _node(predictions, "in_top_k")
+    targets = as_traced(targets)
+    if not isinstance(targets, Node):
+        targets = B.const(_static_indices(targets).astype(np.int32), "i32")
+    at_label = take_along_axis(predictions, B.reshape(targets, targets.shape + (1,)), -1)
+    at_label = B.select(B.ne(at_label, at_label), B.full_like(at_label, float("-inf")), at_label)
+    larger = B.reduce_sum(B.cast(B.gt(predictions, at_label), "i32"), (-1,), False)
+    return B.le(B.add(larger, 1), int(k))
+
+
+def split(x, indices_or_sections, axis=0):
+    """numpy's split: `indices_or_sections` equal parts, or the parts between the given indices;
+    a list of values."""
+    from ir import build_seq
+    x = _node(x, "split")
+    axis = _static_axis(x, axis, "split")
+    size = x.shape[axis]
+    if isinstance(indices_or_sections, numbers.Integral):
+        count = int(indices_or_sections)
+        if count <= 0 or size % count:
+            raise ValueError(f"kcompile.ops.split: axis {axis} of size {size} does not split into "
+                             f"{count} equal parts")
+        return build_seq.split(x, count, axis)
+    bounds = [0] + [builtins.min(builtins.max(int(i) % size if int(i) < 0 else int(i), 0), size)
+                    for i in indices_or_sections] + [size]
+    sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    if builtins.any(s <= 0 for s in sizes):
+        raise ValueError(f"kcompile.ops.split: the indices {list(indices_or_sections)} give an "
+                         "empty part (kcompile values cannot be empty)")
+    return build_seq.split(x, sizes, axis)
+
+
+def unstack(x, num=None, axis=0):
+    """The slices of x along `axis`, the axis removed (a list)."""
+    x = _node(x, "unstack")
+    axis = _static_axis(x, axis, "unstack")
+    if num is not None and num != x.shape[axis]:
+        raise ValueError(f"kcompile.ops.unstack: num={num} but axis {axis} of {x.type} has size "
+                         f"{x.shape[axis]}")
+    return [B.reshape(part, x.shape[:axis] + x.shape[axis + 1:]) for part in
+            split(x, x.shape[axis], axis)]
+
+
+def pad(x, pad_width, mode="constant", constant_values=None):
+    """numpy's pad, modes 'constant' (with constant_values, a number), 'reflect', 'symmetric' and
+    'edge'; the batch axis takes no padding."""
+    from ir import build_seq
+    x = _node(x, "pad")
+    rank = x.type.rank
+    widths = np.asarray(pad_width, dtype=np.int64)
+    if widths.ndim == 0:
+        widths = np.full((rank, 2), int(widths))
+    elif widths.shape == (2,) or widths.shape == (1, 2):
+        widths = np.tile(widths.reshape(1, 2), (rank, 1))
+    if widths.shape != (rank, 2) or (widths < 0).any():
+        raise ValueError(f"kcompile.ops.pad: pad_width {pad_width!r} must be (before, after) "
+                         f"non-negative pairs, one per axis of {x.type}")
+    if mode not in ("constant", "reflect", "symmetric", "edge"):
+        raise NotImplementedError(f"kcompile.ops.pad: mode {mode!r} is not supported; use "
+                                  "'constant', 'reflect', 'symmetric' or 'edge'")
+    if mode != "constant" and constant_values not in (None, 0):
+        raise ValueError("kcompile.ops.pad: constant_values goes with mode='constant'")
+    fill = 0 if constant_values is None else constant_values
+    if not isinstance(fill, numbers.Number):
+        raise NotImplementedError("kcompile.ops.pad: constant_values must be one number")
+    for a, (before, after) in enumerate(widths.tolist()):
+        if not before and not after:
+            continue
+        size = x.shape[a]
+        if size is None:
+            raise NotImplementedError("kcompile.ops.pad: the batch axis takes no padding")
+        if mode == "constant":
+            padded = build_seq.pad(x, before, after, a)
+            if fill:
+                inside = np.zeros(padded.shape[a], bool)
+                inside[before:before + size] = True
+                mask = B.const(inside.reshape([-1 if i == a else 1 for i in range(rank)]))
+                padded = B.select(mask, padded, B.full_like(padded, fill))
+            x = padded
+            continue
+        if mode == "reflect":
+            if builtins.max(before, after) >= size:
+                raise NotImplementedError("kcompile.ops.pad: mode='reflect' pads less than the "
+                                          f"axis's size ({size}) on each side")
+            left, right = range(before, 0, -1), range(size - 2, size - 2 - after, -1)
+        elif mode == "symmetric":
+            if builtins.max(before, after) > size:
+                raise NotImplementedError("kcompile.ops.pad: mode='symmetric' pads at most the "
+                                          f"axis's size ({size}) on each side")
+            left, right = range(before - 1, -1, -1), range(size - 1, size - 1 - after, -1)
+        else:
+            left, right = [0] * before, [size - 1] * after
+        x = _pieces(x, list(left) + list(range(size)) + list(right), a)
+    return x
+
+
+def _matrix_mask(x, k, lower, name):
+    x = _node(x, name)
+    if x.type.rank < 2 or None in x.shape[-2:]:
+        raise ValueError(f"kcompile.ops.{name} needs a value of rank >= 2 whose last two axes "
+                         f"have static sizes; got {x.type}")
+    n, m = x.shape[-2:]
+    keep = np.tri(n, m, int(k), dtype=bool) if lower else ~np.tri(n, m, int(k) - 1, dtype=bool)
+    return B.select(B.const(keep), x, B.zeros_like(x))
+
+
+def tril(x, k=0):
+    """x with the entries above the k-th diagonal of its last two axes zeroed."""
+    return _matrix_mask(x, k, True, "tril")
+
+
+def triu(x, k=0):
+    """x with the entries below the k-th diagonal of its last two axes zeroed."""
+    return _matrix_mask(x, k, False, "triu")
+
+
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    """The entries x[..., i, i + offset] of axes axis1 and axis2, on a new last axis (numpy's)."""
+    from ir import build_seq
+    x = _node(x, "diagonal")
+    rank = x.type.rank
+    if rank < 2:
+        raise ValueError(f"kcompile.ops.diagonal needs a value of rank >= 2; got {x.type}")
+    _axis(x, (axis1, axis2), "diagonal")
+    axis1, axis2 = axis1 % rank, axis2 % rank
+    if axis1 == axis2:
+        raise ValueError("kcompile.ops.diagonal: axis1 and axis2 must differ")
+    if x.shape[axis1] is None or x.shape[axis2] is None:
+        raise NotImplementedError("kcompile.ops.diagonal: the batch axis cannot be one of the two")
+    x = moveaxis(x, (axis1, axis2), (rank - 2, rank - 1))
+    n, m = x.shape[-2:]
+    offset = int(offset)
+    first, stop = builtins.max(0, -offset), builtins.min(n, m - offset)
+    if stop <= first:
+        raise ValueError(f"kcompile.ops.diagonal: offset {offset} leaves no entries (kcompile "
+                         "values cannot be empty)")
+    on = B.const(np.eye(n, m, offset, dtype=bool))
+    values = x if x.dtype != "bool" else B.cast(x, "i32")
+    summed = B.reduce_sum(B.select(on, values, B.zeros_like(values)), (rank - 1,), False)
+    out = build_seq.slice(summed, first, stop, rank - 2)
+    return B.ne(out, 0) if x.dtype == "bool" else out
+
+
+def diag(x, k=0):
+    """numpy's diag: of a 1-D value, the square matrix with it on the k-th diagonal; of a 2-D one,
+    its k-th diagonal."""
+    from ir import build_seq
+    x = _node(x, "diag")
+    if x.type.rank == 2:
+        return diagonal(x, k, 0, 1)
+    if x.type.rank != 1 or x.shape[0] is None:
+        raise ValueError(f"kcompile.ops.diag needs a 1-D or 2-D value of static size; got {x.type}")
+    n, k = x.shape[0], int(k)
+    size = n + builtins.abs(k)
+    line = build_seq.pad(x, 0, builtins.abs(k), 0)
+    spread = B.reshape(line, (size, 1) if k >= 0 else (1, size))
+    return B.select(B.const(np.eye(size, size, k, dtype=bool)), spread,
+                    B.zeros_like(B.broadcast(spread, (size, size))))
+
+
+def trace(x, offset=0, axis1=0, axis2=1):
+    """The sum of a diagonal (see diagonal)."""
+    d = diagonal(x, offset, axis1, axis2)
+    return B.reduce_sum(d, (d.type.rank - 1,), False)
+
+
+def outer(x1, x2):
+    """The outer product of the two values flattened: [n] x [m] -> [n, m]."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "outer")
+    a = _flat(a, "outer") if isinstance(a, Node) else B.const(np.ravel(a))
+    b = _flat(b, "outer") if isinstance(b, Node) else B.const(np.ravel(b))
+    return B.mul(B.reshape(a, (a.shape[0], 1)), B.reshape(b, (1, b.shape[0])))
+
+
+def einsum(subscripts, *operands, **kwargs):
+    """Einstein summation, as numpy's and Keras's: 'ij,jk->ik', 'bij,bkj->bik', 'i,i->', ... (an
+    implicit output: the labels used once, sorted).  Each operand is laid out on the union of the
+    labels, the product taken by broadcasting and the labels not in the output summed (so memory
+    grows with the product of all label sizes).  '...' and a label repeated within one operand
+    (a diagonal) are not supported."""
+    if builtins.any(key != "optimize" for key in kwargs):
+        raise TypeError(f"kcompile.ops.einsum got unexpected arguments {sorted(kwargs)}")
+    if not isinstance(subscripts, str):
+        raise TypeError(f"kcompile.ops.einsum: subscripts must be a string; got {subscripts!r}")
+    spec = subscripts.replace(" ", "")
+    if "." in spec:
+        raise NotImplementedError("kcompile.ops.einsum: '...' is not supported; name every axis")
+    inputs, arrow, output = spec.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != len(operands):
+        raise ValueError(f"kcompile.ops.einsum: {len(terms)} operand subscripts in "
+                         f"{subscripts!r} but {len(operands)} operands")
+    if not arrow:
+        counts = {}
+        for label in inputs.replace(",", ""):
+            counts[label] = counts.get(label, 0) + 1
+        output = "".join(sorted(label for label, c in counts.items() if c == 1))
+    nodes = [as_traced(v) for v in operands]
+    if not builtins.any(isinstance(v, Node) for v in nodes):
+        _node(operands[0], "einsum")
+    floating = builtins.any(isinstance(v, Node) and v.dtype in ("f32", "f64") or
+                            not isinstance(v, Node) and np.asarray(v).dtype.kind == "f"
+                            for v in nodes)
+    dtype = next((v.dtype for v in nodes if isinstance(v, Node) and v.dtype in ("f32", "f64")),
+                 "f32" if floating else "i32")
+    nodes = [B.cast(v, dtype) if isinstance(v, Node) else B.const(np.asarray(v), dtype)
+             for v in nodes]
+    sizes = {}
+    for term, node in zip(terms, nodes):
+        if len(set(term)) != len(term):
+            raise NotImplementedError(f"kcompile.ops.einsum: a label repeated within one operand "
+                                      f"({term!r}) is not supported")
+        if len(term) != node.type.rank:
+            raise ValueError(f"kcompile.ops.einsum: {term!r} names {len(term)} axes of a value "
+                             f"of rank {node.type.rank} ({node.type})")
+        for label, d in zip(term, node.shape):
+            if label in sizes and sizes[label] != d and 1 not in (sizes[label], d):
+                raise ValueError(f"kcompile.ops.einsum: label {label!r} has sizes {sizes[label]} "
+                                 f"and {d}")
+            sizes[label] = d if label not in sizes or sizes[label] == 1 else sizes[label]
+    for label in output:
+        if label not in sizes:
+            raise ValueError(f"kcompile.ops.einsum: output label {label!r} is in no operand")
+    batch = [label for label, d in sizes.items() if d is None]
+    if batch and output and output[0] != batch[0] and batch[0] in output:
+        raise NotImplementedError("kcompile.ops.einsum: the batch axis must stay first")
+    order = batch[:1] + [label for label in output if label not in batch[:1]]
+    order += [label for label in sizes if label not in order]
+    product = None
+    for term, node in zip(terms, nodes):
+        present = [label for label in order if label in term]
+        node = B.transpose(node, [term.index(label) for label in present])
+        node = B.reshape(node, [node.shape[present.index(label)] if label in term else 1
+                                for label in order])
+        product = node if product is None else B.mul(product, node)
+    summed = [i for i, label in enumerate(order) if label not in output]
+    if summed:
+        product = B.reduce_sum(product, summed, False)
+    kept = [label for label in order if label in output]
+    return B.transpose(product, [kept.index(label) for label in output])
+
+
+def multi_hot(inputs, num_classes=None, axis=-1, dtype=None, sparse=False, **kwargs):
+    """Ids (the last axis: one sample's ids) as one vector of num_classes with 1 at each id."""
+    num_classes = kwargs.pop("num_tokens", num_classes)
+    if kwargs:
+        raise TypeError(f"kcompile.ops.multi_hot got unexpected arguments {sorted(kwargs)}")
+    if sparse:
+        raise NotImplementedError("kcompile.ops.multi_hot: sparse=True is not supported")
+    x = _node(inputs, "multi_hot")
+    hot = one_hot(x, num_classes, -1, "float32")
+    out = B.reduce_max(hot, (hot.type.rank - 2,), False)
+    if axis != -1:
+        out = moveaxis(out, -1, axis)
+    return cast(out, dtype or "float32")
+
+
+def full_like(x, fill_value, dtype=None):
+    """A value of x's shape (and dtype, or `dtype`) filled with `fill_value`."""
+    node = as_traced(x)
+    if not isinstance(node, Node):
+        array = np.asarray(x)
+        return np.full(array.shape, fill_value, dtype or (np.float32 if array.dtype.kind == "f"
+                                                          else array.dtype))
+    out = B.full_like(node if dtype is None else cast(node, dtype), fill_value)
+    return out
+
+
+def ravel(x):
+    """x flattened (a value with a batch axis: reshape it to (batch, -1) instead)."""
+    return _flat(_node(x, "ravel"), "ravel")
+
+
+def ndim(x):
+    node = as_traced(x)
+    return node.type.rank if isinstance(node, Node) else np.ndim(x)
+
+
+def _keras_int_or_float(values, dtype):
+    if dtype is not None:
+        return np.dtype(dtype)
+    return np.dtype(np.int32) if builtins.all(
+        isinstance(v, numbers.Integral) or (isinstance(v, np.ndarray) and v.dtype.kind in "iu")
+        for v in values if v is not None) else np.dtype(np.float32)
+
+
+def _numbers_only(name, *values):
+    if _is_traced(list(values)):
+        raise NotImplementedError(f"kcompile.ops.{name} takes numbers (its size must be known "
+                                  "while the graph is traced), not traced values")
+
+
+def arange(start, stop=None, step=None, dtype=None):
+    """numpy's arange: int32 when the bounds and step are integers, else float32 (a constant)."""
+    step = 1 if step is None else step
+    _numbers_only("arange", start, stop, step)
+    dtype = _keras_int_or_float([start, stop, step], dtype)
+    return np.arange(start, stop, step).astype(dtype) if stop is not None else \
+        np.arange(start, dtype=np.float64 if dtype.kind == "f" else None, step=step).astype(dtype)
+
+
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    """numpy's linspace, float32 by default (a constant)."""
+    _numbers_only("linspace", start, stop)
+    out = np.linspace(start, stop, num, endpoint, retstep, np.float64, axis)
+    if retstep:
+        return out[0].astype(dtype or np.float32), out[1]
+    return out.astype(dtype or np.float32)
+
+
+def meshgrid(*x, indexing="xy"):
+    """numpy's meshgrid of constant vectors (a list of arrays)."""
+    _numbers_only("meshgrid", *x)
+    if indexing not in ("xy", "ij"):
+        raise ValueError(f"Valid values for `indexing` are 'xy' and 'ij'. Received: {indexing}")
+    return [np.asarray(v) for v in np.meshgrid(*x, indexing=indexing)]
+
+
+def tri(N, M=None, k=0, dtype=None):
+    return np.tri(N, M, k, dtype=dtype or np.float32)
+
+
+def identity(n, dtype=None):
+    return np.identity(n, dtype=dtype or np.float32)
+
+
 # -- the same functions on arrays, outside a trace ------------------------------------------------
 
 # how many leading positional arguments are operands (the rest are axes, shapes, dtypes, bounds)
@@ -673,10 +1692,13 @@ _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true
                                   "categorical_crossentropy", "sparse_categorical_crossentropy",
                                   "binary_crossentropy")}
 _OPERANDS["where"] = 3
+_OPERANDS.update({name: 2 for name in ("arctan2", "logaddexp", "logical_xor", "isclose", "outer",
+                                       "in_top_k")})
 _SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
 # numpy's already, or not an array function
 _NOT_EAGER = ("ones", "zeros", "shape", "convert_to_numpy", "size", "full", "eye",
-              "convert_to_tensor", "categorical_crossentropy", "sparse_categorical_crossentropy")
+              "convert_to_tensor", "categorical_crossentropy", "sparse_categorical_crossentropy",
+              "full_like", "ndim", "arange", "linspace", "meshgrid", "tri", "identity")
 
 
 def _is_traced(value) -> bool:
@@ -718,6 +1740,12 @@ def _run_eagerly(fn, operands: list, build):
         values.append(node)
         feeds[name] = array.astype(np_dtype)
     out = build(values)
+    if isinstance(out, (list, tuple)) and out and builtins.all(isinstance(v, Node) for v in out):
+        # several results (split, unstack, top_k, moments): one graph, as many outputs
+        outputs = [(f"out_{i}", v) for i, v in enumerate(out)]
+        with np.errstate(all="ignore"):
+            results = ir.run(ir.Graph(f"ops.{fn.__name__}", inputs, outputs), feeds)
+        return type(out)(results[name] for name, _ in outputs)
     if not isinstance(out, Node):
         return out
     with np.errstate(all="ignore"):
@@ -733,6 +1761,8 @@ def _eager(fn):
     def call(*args, **kwargs):
         if not args or _is_traced(args) or _is_traced(list(kwargs.values())):
             return fn(*args, **kwargs)
+        if name == "einsum":                    # einsum(subscripts, *operands)
+            return _run_eagerly(fn, list(args[1:]), lambda nodes: fn(args[0], *nodes))
         if name in _SEQUENCE_OPERAND:
             items = list(args[0])
             return _run_eagerly(fn, items, lambda nodes: fn(nodes, *args[1:], **kwargs))
