@@ -50,7 +50,11 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "swapaxes", "flip", "roll", "take", "take_along_axis", "sort", "argsort", "top_k",
            "in_top_k", "split", "unstack", "pad", "tril", "triu", "diagonal", "diag", "trace",
            "outer", "einsum", "multi_hot", "full_like", "ravel", "ndim", "arange", "linspace",
-           "meshgrid", "tri", "identity"]
+           "meshgrid", "tri", "identity", "slice", "hstack", "vstack", "tensordot", "inner", "vdot",
+           "diff", "deg2rad", "rad2deg", "hypot", "cbrt", "signbit", "isneginf", "isposinf",
+           "heaviside", "copy", "dtype", "is_tensor", "get_item", "fliplr", "flipud", "rot90",
+           "select", "dot_product_attention", "layer_normalization", "rms_normalization",
+           "quantile", "median", "ptp", "logspace", "empty", "empty_like"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -1691,6 +1695,407 @@ def identity(n, dtype=None):
     return np.identity(n, dtype=dtype or np.float32)
 
 
+def slice(inputs, start_indices, shape):  # noqa: A001  (Keras's name)
+    """inputs[start:start + size] on every axis, with static starts and sizes (a size of -1 or
+    None: to the end); the batch axis takes the whole of it (start 0)."""
+    from ir import build_seq
+    x = _node(inputs, "slice")
+    starts, sizes = list(start_indices), list(shape)
+    if len(starts) != x.type.rank or len(sizes) != x.type.rank:
+        raise ValueError(f"kcompile.ops.slice: start_indices and shape need one entry per axis of "
+                         f"{x.type}; got {start_indices!r} and {shape!r}")
+    for a, (start, size) in enumerate(zip(starts, sizes)):
+        if x.shape[a] is None:
+            if isinstance(start, Node) or int(start) != 0 or not (
+                    size is None or _is_batch_size(size) or size == -1):
+                raise NotImplementedError("kcompile.ops.slice takes the whole batch axis (start 0, "
+                                          "size -1 or ops.shape(x)[0])")
+            continue
+        if isinstance(start, Node) or isinstance(size, Node):
+            raise NotImplementedError("kcompile.ops.slice takes static (number) starts and sizes")
+        start = int(start)
+        stop = x.shape[a] if size is None or int(size) == -1 else start + int(size)
+        if not 0 <= start < stop <= x.shape[a]:
+            raise ValueError(f"kcompile.ops.slice: [{start}, {stop}) is not inside axis {a} of "
+                             f"{x.type}")
+        x = build_seq.slice(x, start, stop, a)
+    return x
+
+
+def hstack(xs):
+    """numpy's hstack: along axis 1 (axis 0 for 1-D values)."""
+    nodes = [_node(x, "hstack") for x in xs]
+    return concatenate(nodes, axis=0 if nodes[0].type.rank == 1 else 1)
+
+
+def vstack(xs):
+    """numpy's vstack: 1-D values as rows, along axis 0 (not for values with a batch axis)."""
+    nodes = [_node(x, "vstack") for x in xs]
+    nodes = [B.reshape(n, (1,) + n.shape) if n.type.rank == 1 else n for n in nodes]
+    return concatenate(nodes, axis=0)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def tensordot(x1, x2, axes=2):
+    """numpy's tensordot: the last `axes` axes of x1 against the first of x2, or the pairs
+    (axes of x1, axes of x2)."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "tensordot")
+    rank_a = a.type.rank if isinstance(a, Node) else np.ndim(a)
+    rank_b = b.type.rank if isinstance(b, Node) else np.ndim(b)
+    if isinstance(axes, numbers.Integral):
+        first, second = list(range(rank_a - int(axes), rank_a)), list(range(int(axes)))
+    else:
+        first, second = ([p] if isinstance(p, numbers.Integral) else list(p) for p in axes)
+    if len(first) != len(second):
+        raise ValueError(f"kcompile.ops.tensordot: axes {axes!r} pair unequal numbers of axes")
+    first, second = [i % rank_a for i in first], [i % rank_b for i in second]
+    labels_a = list(_LETTERS[:rank_a])
+    labels_b = list(_LETTERS[rank_a:rank_a + rank_b])
+    for i, j in zip(first, second):
+        labels_b[j] = labels_a[i]
+    out = [l for i, l in enumerate(labels_a) if i not in first] + \
+        [l for j, l in enumerate(labels_b) if j not in second]
+    return einsum(f"{''.join(labels_a)},{''.join(labels_b)}->{''.join(out)}", a, b)
+
+
+def inner(x1, x2):
+    """numpy's inner: sums over the last axes of both (a number operand multiplies)."""
+    a, b = as_traced(x1), as_traced(x2)
+    if ndim(a) == 0 or ndim(b) == 0:
+        return multiply(a, b)
+    return tensordot(a, b, ([-1], [-1]))
+
+
+def vdot(x1, x2):
+    """The sum of the products of the two values, flattened."""
+    a, b = as_traced(x1), as_traced(x2)
+    a = _flat(a, "vdot") if isinstance(a, Node) else B.const(np.ravel(a))
+    b = _flat(b, "vdot") if isinstance(b, Node) else B.const(np.ravel(b))
+    return einsum("i,i->", a, b)
+
+
+def diff(a, n=1, axis=-1):
+    """numpy's diff: the n-th differences along `axis`."""
+    from ir import build_seq
+    x = _node(a, "diff")
+    axis = _static_axis(x, axis, "diff")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"kcompile.ops.diff: n must be a non-negative integer; got {n!r}")
+    if x.dtype == "bool":
+        raise NotImplementedError("kcompile.ops.diff of booleans is not supported; cast first")
+    for _ in range(int(n)):
+        size = x.shape[axis]
+        if size < 2:
+            raise ValueError("kcompile.ops.diff: n is at least the axis's size (kcompile values "
+                             "cannot be empty)")
+        x = B.sub(build_seq.slice(x, 1, size, axis), build_seq.slice(x, 0, size - 1, axis))
+    return x
+
+
+def deg2rad(x):
+    w, dtype = _wide_input(x, "deg2rad")
+    return _narrow(B.mul(w, np.pi / 180), dtype)
+
+
+def rad2deg(x):
+    w, dtype = _wide_input(x, "rad2deg")
+    return _narrow(B.mul(w, 180 / np.pi), dtype)
+
+
+def hypot(x1, x2):
+    """sqrt(x1^2 + x2^2), in float64 (no overflow for float32 values)."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "hypot")
+    like = a if isinstance(a, Node) else b
+    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
+    a, b = (B.cast(v, "f64") if isinstance(v, Node) else B.const(np.asarray(v, np.float64), "f64")
+            for v in (a, b))
+    return _narrow(B.sqrt(B.add(B.mul(a, a), B.mul(b, b))), dtype)
+
+
+def cbrt(x):
+    """The real cube root: sign(x) exp(log|x| / 3), in float64."""
+    w, dtype = _wide_input(x, "cbrt")
+    negative = B.lt(w, 0.0)
+    root = B.exp(B.div(B.log(B.select(negative, B.neg(w), w)), 3.0))
+    return _narrow(B.select(negative, B.neg(root), root), dtype)
+
+
+def signbit(x):
+    """Whether the sign bit is set: x < 0, and -0.0 (told by 1 / x = -inf)."""
+    x = _node(x, "signbit")
+    if x.dtype not in ("f32", "f64"):
+        return B.lt(x, 0)
+    return logical_or(B.lt(x, 0.0), logical_and(B.eq(x, 0.0), B.lt(B.div(1.0, x), 0.0)))
+
+
+def isneginf(x):
+    x = _node(x, "isneginf")
+    return B.eq(x, float("-inf")) if x.dtype in ("f32", "f64") else B.ne(x, x)
+
+
+def isposinf(x):
+    x = _node(x, "isposinf")
+    return B.eq(x, float("inf")) if x.dtype in ("f32", "f64") else B.ne(x, x)
+
+
+def heaviside(x1, x2):
+    """0 where x1 < 0, x2 where x1 == 0, 1 where x1 > 0 (NaN where x1 is NaN)."""
+    x = _node(x1, "heaviside")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    at_zero = as_traced(x2)
+    at_zero = B.cast(at_zero, x.dtype) if isinstance(at_zero, Node) else float(at_zero)
+    step = B.select(B.gt(x, 0.0), B.full_like(x, 1.0), B.select(B.lt(x, 0.0), B.zeros_like(x),
+                                                                  B.mul(x, 0.0)))
+    return B.select(B.eq(x, 0.0), at_zero, step)
+
+
+def copy(x):
+    """x itself (a traced value is never changed in place)."""
+    node = as_traced(x)
+    return node if isinstance(node, Node) else np.array(x)
+
+
+def dtype(x):
+    """The dtype's name ('float32', 'int32', 'bool', 'float64'), as Keras's ops.dtype."""
+    node = as_traced(x)
+    if isinstance(node, Node):
+        return {"f32": "float32", "f64": "float64", "i32": "int32", "bool": "bool"}[node.dtype]
+    return np.asarray(x).dtype.name
+
+
+def is_tensor(x):
+    """Whether x is one of kcompile's tensors: a traced value, or an array (eager results)."""
+    return isinstance(as_traced(x), Node) or isinstance(x, np.ndarray)
+
+
+def get_item(x, key):
+    """x[key] (a traced value takes static basic indices)."""
+    node = as_traced(x)
+    return node[key] if isinstance(node, Node) else np.asarray(x)[key]
+
+
+def fliplr(x):
+    return flip(x, 1)
+
+
+def flipud(x):
+    return flip(x, 0)
+
+
+def rot90(array, k=1, axes=(0, 1)):
+    """numpy's rot90: k quarter turns in the plane of `axes`, from the first toward the second."""
+    x = _node(array, "rot90")
+    rank = x.type.rank
+    axes = tuple(axes)
+    if len(axes) != 2:
+        raise ValueError(f"kcompile.ops.rot90: axes must be two axes; got {axes!r}")
+    _axis(x, axes, "rot90")
+    first, second = axes[0] % rank, axes[1] % rank
+    if first == second:
+        raise ValueError("kcompile.ops.rot90: the two axes must differ")
+    k = int(k) % 4
+    if k == 0:
+        return x
+    if k == 2:
+        return flip(x, (first, second))
+    perm = list(range(rank))
+    perm[first], perm[second] = perm[second], perm[first]
+    if k == 1:
+        return transpose(flip(x, second), perm)
+    return flip(transpose(x, perm), second)
+
+
+def select(condlist, choicelist, default=0):
+    """numpy's select: the choice of the first condition that holds, else `default`."""
+    condlist, choicelist = list(condlist), list(choicelist)
+    if len(condlist) != len(choicelist) or not condlist:
+        raise ValueError("kcompile.ops.select: condlist and choicelist must be non-empty lists of "
+                         f"one length; got {len(condlist)} and {len(choicelist)}")
+    out = default
+    for condition, choice in reversed(list(zip(condlist, choicelist))):
+        out = where(condition, choice, out)
+    return out
+
+
+def dot_product_attention(query, key, value, bias=None, mask=None, scale=None, is_causal=False,
+                          flash_attention=None, attn_logits_soft_cap=None):
+    """softmax(query key^T * scale + bias, masked) value, as Keras's: query (batch, T, heads,
+    head_dim), key and value (batch, S, heads, head_dim); scale defaults to 1 / sqrt(head_dim);
+    `mask` (broadcast to (batch, heads, T, S)) and is_causal keep the positions they hold True."""
+    if flash_attention:
+        raise NotImplementedError("kcompile.ops.dot_product_attention: flash_attention is not "
+                                  "supported (leave it None or False)")
+    if attn_logits_soft_cap is not None:
+        raise NotImplementedError("kcompile.ops.dot_product_attention: attn_logits_soft_cap goes "
+                                  "with flash attention, which kcompile does not have")
+    q, k, v = (_node(t, "dot_product_attention") for t in (query, key, value))
+    if q.type.rank != 4 or k.type.rank != 4 or v.type.rank != 4:
+        raise ValueError("`dot_product_attention` only supports 4D inputs (batch, length, heads, "
+                         f"head_dim); got {q.type}, {k.type} and {v.type}")
+    if q.dtype not in ("f32", "f64"):
+        q, k, v = (B.cast(t, "f32") for t in (q, k, v))
+    head_dim = q.shape[-1]
+    scale = 1.0 / _math.sqrt(head_dim) if scale is None else float(scale)
+    logits = B.mul(einsum("btnh,bsnh->bnts", q, k), scale)
+    if bias is not None:
+        logits = add(logits, bias)
+    keep = None
+    if mask is not None:
+        keep = _as_bool(mask, "dot_product_attention") if isinstance(as_traced(mask), Node) \
+            else B.const(np.asarray(mask, bool))
+    if is_causal:
+        t, s = logits.shape[2:]
+        causal = B.const(np.tril(np.ones((t, s), bool)))
+        keep = causal if keep is None else logical_and(keep, causal)
+    if keep is not None:
+        large_negative = -0.7 * float(np.finfo(np.float32 if logits.dtype == "f32"
+                                               else np.float64).max)
+        logits = B.select(keep, logits, B.full_like(logits, large_negative))
+    probabilities = activations.softmax(logits, -1)
+    return einsum("bnts,bsnh->btnh", probabilities, v)
+
+
+def _norm_axes_of(x, axis, name):
+    rank = x.type.rank
+    _axis(x, axis, name)
+    return tuple(sorted(a % rank for a in ((axis,) if isinstance(axis, numbers.Integral)
+                                           else axis)))
+
+
+def _scale_for(x, value, axes):
+    """gamma, beta or scale, given for the normalized axes, shaped to broadcast against x."""
+    v = as_traced(value)
+    v = v if isinstance(v, Node) else B.const(np.asarray(v, np.float32), x.dtype)
+    v = B.cast(v, x.dtype) if v.dtype != x.dtype else v
+    if v.type.rank != x.type.rank and axes != (x.type.rank - 1,):
+        v = B.reshape(v, tuple(x.shape[i] if i in axes else 1 for i in range(x.type.rank)))
+    return v
+
+
+def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon=None, **kwargs):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta over `axis`, as Keras's (epsilon 1e-7 by
+    default; rms_scaling=True: x / sqrt(var + epsilon) * gamma)."""
+    rms_scaling = kwargs.pop("rms_scaling", False)
+    if kwargs:
+        raise TypeError(f"kcompile.ops.layer_normalization got unexpected arguments "
+                        f"{sorted(kwargs)}")
+    x = _node(x, "layer_normalization")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    axes = _norm_axes_of(x, axis, "layer_normalization")
+    epsilon = 1e-7 if epsilon is None else float(epsilon)
+    average, variance = B.reduce_mean(x, axes, True), var(x, axes, True)
+    inverse = B.div(1.0, B.sqrt(B.add(variance, epsilon)))
+    if rms_scaling:
+        out = B.mul(x, inverse)
+        return out if gamma is None else B.mul(out, _scale_for(x, gamma, axes))
+    if gamma is not None:
+        inverse = B.mul(inverse, _scale_for(x, gamma, axes))
+    rest = B.mul(B.neg(average), inverse)
+    if beta is not None:
+        rest = B.add(rest, _scale_for(x, beta, axes))
+    return B.add(B.mul(x, inverse), rest)
+
+
+def rms_normalization(x, scale=None, axis=-1, epsilon=None):
+    """x / sqrt(mean(x^2) + epsilon) * scale over `axis`, as Keras's (epsilon 1e-7 by default)."""
+    x = _node(x, "rms_normalization")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    axes = _norm_axes_of(x, axis, "rms_normalization")
+    epsilon = 1e-7 if epsilon is None else float(epsilon)
+    out = B.mul(x, B.div(1.0, B.sqrt(B.add(B.reduce_mean(B.mul(x, x), axes, True), epsilon))))
+    return out if scale is None else B.mul(out, _scale_for(x, scale, axes))
+
+
+_QUANTILE_METHODS = ("linear", "lower", "higher", "midpoint", "nearest")
+
+
+def quantile(x, q, axis=None, method="linear", keepdims=False):
+    """numpy's quantile along one axis (None: flattened), from the sorted values (see sort: n^2
+    comparisons per row; NaN not supported); q (numbers in [0, 1]) puts its axes first."""
+    if method not in _QUANTILE_METHODS:
+        raise ValueError(f"kcompile.ops.quantile: method must be one of {_QUANTILE_METHODS}; got "
+                         f"{method!r}")
+    if _is_traced([q]):
+        raise NotImplementedError("kcompile.ops.quantile takes q as numbers")
+    qs = np.asarray(q, np.float64)
+    if qs.ndim > 1 or np.any((qs < 0) | (qs > 1)) or np.any(np.isnan(qs)):
+        raise ValueError(f"kcompile.ops.quantile: q must be a number or 1-D numbers in [0, 1]; "
+                         f"got {q!r}")
+    x = _node(x, "quantile")
+    if x.dtype not in ("f32", "f64"):
+        x = B.cast(x, "f32")
+    rank = x.type.rank
+    if axis is None:
+        flat = _flat(x, "quantile")
+        out = quantile(flat, q, 0, method)
+        return B.reshape(out, qs.shape + (1,) * rank) if keepdims else out
+    if not isinstance(axis, numbers.Integral):
+        raise NotImplementedError("kcompile.ops.quantile takes one axis (an integer) or None")
+    ordered, axis = _sort_input(x, axis, "quantile")
+    ordered, _ = _by_rank(ordered, _sort_ranks(ordered, False), ordered.shape[-1])
+    n = ordered.shape[-1]
+    results = []
+    for value in qs.reshape(-1).tolist():
+        position = value * (n - 1)
+        low, high = int(np.floor(position)), int(np.ceil(position))
+        fraction = position - low
+        pick = {"lower": low, "higher": high, "nearest": int(np.round(position)),
+                "midpoint": None, "linear": None}[method]
+        at = (lambda i: take(ordered, [i], axis=-1))
+        if pick is not None:
+            results.append(at(pick))
+        elif method == "midpoint" or fraction == 0.0:
+            results.append(at(low) if low == high else B.mul(B.add(at(low), at(high)), 0.5))
+        else:
+            results.append(B.add(B.mul(at(low), 1.0 - fraction), B.mul(at(high), fraction)))
+    out = [moveaxis(r, rank - 1, axis) if keepdims else
+           B.reshape(r, r.shape[:-1]) for r in results]       # [..., 1] each
+    if qs.ndim == 0:
+        return out[0]
+    if rank == 1 and not keepdims:
+        return concatenate([B.reshape(r, (1,)) for r in out], 0)
+    if out[0].type.batched:
+        raise NotImplementedError("kcompile.ops.quantile: several q put a new first axis, before "
+                                  "the batch axis; ask for one q at a time")
+    return stack(out, 0)
+
+
+def median(x, axis=None, keepdims=False):
+    """numpy's median (see quantile)."""
+    return quantile(x, 0.5, axis, "linear", keepdims)
+
+
+def ptp(x, axis=None, keepdims=False):
+    """The range (max - min) over `axis`."""
+    x = _node(x, "ptp")
+    return B.sub(max(x, axis, keepdims), min(x, axis, keepdims))
+
+
+def logspace(start, stop, num=50, endpoint=True, base=10, dtype=None, axis=0):
+    """numpy's logspace, float32 by default (a constant)."""
+    _numbers_only("logspace", start, stop)
+    return np.logspace(start, stop, num, endpoint, base, np.float64, axis).astype(dtype or
+                                                                                    np.float32)
+
+
+def empty(shape, dtype=None):
+    """An array of zeros (numpy's `empty` leaves garbage; Keras's backends give zeros)."""
+    return np.zeros(shape, dtype or np.float32)
+
+
+def empty_like(x, dtype=None):
+    return zeros_like(x) if dtype is None else full_like(x, 0, dtype)
+
+
 # -- the same functions on arrays, outside a trace ------------------------------------------------
 
 # how many leading positional arguments are operands (the rest are axes, shapes, dtypes, bounds)
@@ -1702,12 +2107,15 @@ _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true
                                   "binary_crossentropy")}
 _OPERANDS["where"] = 3
 _OPERANDS.update({name: 2 for name in ("arctan2", "logaddexp", "logical_xor", "isclose", "outer",
-                                       "in_top_k")})
-_SEQUENCE_OPERAND = ("concatenate", "stack")     # one argument: a list of operands
+                                       "in_top_k", "tensordot", "inner", "vdot", "hypot",
+                                       "heaviside")})
+_OPERANDS["dot_product_attention"] = 3
+_SEQUENCE_OPERAND = ("concatenate", "stack", "hstack", "vstack")     # one argument: a list of operands
 # numpy's already, or not an array function
 _NOT_EAGER = ("ones", "zeros", "shape", "convert_to_numpy", "size", "full", "eye",
               "convert_to_tensor", "categorical_crossentropy", "sparse_categorical_crossentropy",
-              "full_like", "ndim", "arange", "linspace", "meshgrid", "tri", "identity")
+              "full_like", "ndim", "arange", "linspace", "meshgrid", "tri", "identity", "copy",
+              "dtype", "is_tensor", "get_item", "select", "logspace", "empty")
 
 
 def _is_traced(value) -> bool:

@@ -493,7 +493,7 @@ REFUSED = [
     (lambda v: ops.unstack(v, num=3, axis=1), ValueError, "num=3"),
     (lambda v: ops.arange(ops.shape(v)[0]), NotImplementedError, "numbers"),
     (lambda v: ops.glu(v), ValueError, "even"),
-    (lambda v: ops.moveaxis(v, 0, 1), ValueError, ""),
+    (lambda v: ops.moveaxis(v, 0, 1), ValueError, "batch dimension"),
     (lambda v: ops.multi_hot(ops.argmax(v, axis=-1), 6, sparse=True), NotImplementedError,
      "sparse"),
 ]
@@ -505,3 +505,149 @@ def test_arguments_kcompile_cannot_take_are_refused_with_the_reason(index):
     value = B.arg("x", "f32", (None, 4, 5))
     with pytest.raises(error, match=match):
         fn(value)
+
+
+# -- the second set: linear algebra helpers, normalizations, attention, quantiles -----------------
+
+SECOND = [
+    ("slice", lambda v: ops.slice(v, (0, 1, 2), (-1, 2, 3)), lambda a: a[:, 1:3, 2:5]),
+    ("hstack", lambda v: ops.hstack([v, v * 2.0]), lambda a: np.hstack([a, a * 2])),
+    ("tensordot", lambda v: ops.tensordot(v, np.arange(10.0).reshape(5, 2), axes=1),
+     lambda a: np.tensordot(a, np.arange(10.0).reshape(5, 2), axes=1)),
+    ("tensordot pairs", lambda v: ops.tensordot(v, np.arange(20.0).reshape(5, 4), ([1, 2], [1, 0])),
+     lambda a: np.tensordot(a, np.arange(20.0).reshape(5, 4), ([1, 2], [1, 0]))),
+    ("inner", lambda v: ops.inner(v, np.arange(15.0).reshape(3, 5)),
+     lambda a: np.inner(a, np.arange(15.0).reshape(3, 5))),
+    ("diff", lambda v: ops.diff(v, 2, axis=2), lambda a: np.diff(a, 2, axis=2)),
+    ("deg2rad", ops.deg2rad, np.deg2rad),
+    ("rad2deg", ops.rad2deg, np.rad2deg),
+    ("hypot", lambda v: ops.hypot(v, v * 0.5 - 1.0), lambda a: np.hypot(a, a * 0.5 - 1)),
+    ("cbrt", ops.cbrt, np.cbrt),
+    ("signbit", ops.signbit, np.signbit),
+    ("heaviside", lambda v: ops.heaviside(ops.round(v), 0.25), lambda a: np.heaviside(np.round(a),
+                                                                                      0.25)),
+    ("fliplr", ops.fliplr, np.fliplr),
+    ("rot90", lambda v: ops.rot90(v, 1, (1, 2)), lambda a: np.rot90(a, 1, (1, 2))),
+    ("rot90 three", lambda v: ops.rot90(v, 3, (2, 1)), lambda a: np.rot90(a, 3, (2, 1))),
+    ("select", lambda v: ops.select([v > 0.5, v < -0.5], [v, v * 3.0], -1.0),
+     lambda a: np.select([a > 0.5, a < -0.5], [a, a * 3], -1.0)),
+    ("layer_normalization", lambda v: ops.layer_normalization(v, np.arange(5.0), np.ones(5)),
+     lambda a: (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-7)
+     * np.arange(5.0) + 1),
+    ("layer_normalization two axes", lambda v: ops.layer_normalization(v, axis=(1, 2),
+                                                                       epsilon=1e-3),
+     lambda a: (a - a.mean((1, 2), keepdims=True)) / np.sqrt(a.var((1, 2), keepdims=True) + 1e-3)),
+    ("rms_normalization", lambda v: ops.rms_normalization(v, np.arange(5.0)),
+     lambda a: a / np.sqrt((a ** 2).mean(-1, keepdims=True) + 1e-7) * np.arange(5.0)),
+    ("quantile", lambda v: ops.quantile(v, 0.3, axis=1), lambda a: np.quantile(a, 0.3, axis=1)),
+    ("quantile keepdims", lambda v: ops.quantile(v, 0.75, axis=-1, method="midpoint", keepdims=True),
+     lambda a: np.quantile(a, 0.75, axis=-1, method="midpoint", keepdims=True)),
+    ("median", lambda v: ops.median(v, axis=2), lambda a: np.median(a, axis=2)),
+    ("ptp", lambda v: ops.ptp(v, axis=1), lambda a: np.ptp(a, axis=1)),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_second_set_on_a_batch_as_numpys(target):
+    x = RNG.normal(size=(6, 4, 5)).astype(np.float32)
+    x[0, 0, :2] = [0.0, -0.0]
+    wants = [np.asarray(reference(x.astype(np.float64))) for _, _, reference in SECOND]
+    sizes = [int(np.prod(w.shape[1:])) for w in wants]
+
+    def everything(v):
+        return ops.concatenate([ops.reshape(ops.cast(fn(v), "float32"), (-1, size))
+                                for (_, fn, _), size in zip(SECOND, sizes)], axis=-1)
+
+    got = _predict(everything, x, target)
+    start = 0
+    for (name, fn, _), want, size in zip(SECOND, wants, sizes):
+        part = got[:, start:start + size].reshape(want.shape)
+        start += size
+        np.testing.assert_allclose(part, want, rtol=2e-6, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(fn(x), want, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+def _attention_numpy(q, k, v, mask=None, scale=None, causal=False):
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    logits = np.einsum("btnh,bsnh->bnts", q, k) * scale
+    keep = np.ones(logits.shape, bool)
+    if mask is not None:
+        keep &= mask
+    if causal:
+        keep &= np.tril(np.ones(logits.shape[2:], bool))
+    logits = np.where(keep, logits, -0.7 * np.finfo(np.float32).max)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", weights, v)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dot_product_attention_in_a_custom_layer_as_keras_computes_it(target):
+    """Self-attention of a (batch, 3, 2 heads, 4) input in a custom layer (plain, causal, scaled
+    with a mask), on each target, against the formula of Keras's JAX backend in numpy; and one SGD
+    step through it matches finite differences."""
+    x = RNG.normal(size=(4, 3, 8)).astype(np.float32)
+    mask = RNG.random((1, 2, 3, 3)) > 0.3
+    mask[..., 0] = True
+
+    class SelfAttention(Layer):
+        def call(self, inputs):
+            qkv = ops.reshape(inputs, (-1, 3, 2, 4))
+            return ops.concatenate([
+                ops.reshape(ops.dot_product_attention(qkv, qkv * 0.5, qkv), (-1, 24)),
+                ops.reshape(ops.dot_product_attention(qkv, qkv, qkv - 1.0, is_causal=True),
+                            (-1, 24)),
+                ops.reshape(ops.dot_product_attention(qkv, qkv, qkv, mask=mask, scale=0.7),
+                            (-1, 24))], axis=-1)
+
+    q = x.astype(np.float64).reshape(4, 3, 2, 4)
+    want = np.concatenate([_attention_numpy(q, q * 0.5, q).reshape(4, 24),
+                           _attention_numpy(q, q, q - 1, causal=True).reshape(4, 24),
+                           _attention_numpy(q, q, q, mask=mask, scale=0.7).reshape(4, 24)], -1)
+    model = Sequential([Input((3, 8)), SelfAttention()])
+    model.compile(loss="mse", target=target)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    analytic, numeric = _fd_gradient(
+        lambda v: ops.dot_product_attention(v, v * 0.5, v, is_causal=True), q[:2])
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+SECOND_GRADIENTS = [c for c in SECOND if c[0] not in ("signbit", "heaviside", "cbrt")]
+
+
+@pytest.mark.parametrize("name,fn,reference", SECOND_GRADIENTS, ids=[c[0] for c in SECOND_GRADIENTS])
+def test_second_set_gradients_match_finite_differences(name, fn, reference):
+    analytic, numeric = _fd_gradient(fn, RNG.normal(size=(2, 4, 5)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_second_set_small_things_as_keras():
+    assert ops.dtype(np.zeros(2, np.int32)) == "int32"
+    assert ops.dtype(B.arg("x", "f32", (None, 2))) == "float32"
+    assert ops.is_tensor(np.zeros(2)) and ops.is_tensor(B.arg("x", "f32", (2,)))
+    assert not ops.is_tensor([1.0])
+    cubes = np.float32([8, -27, 0, 1e-30])           # (numpy's float32 cbrt(-27) is -2.9999998)
+    np.testing.assert_array_equal(ops.cbrt(cubes), np.cbrt(cubes.astype(np.float64)).astype(np.float32))
+    np.testing.assert_array_equal(ops.vstack([np.ones(3), np.zeros(3)]), [[1, 1, 1], [0, 0, 0]])
+    assert ops.vdot(np.float32([1, 2]), np.float32([3, 4])) == 11
+    np.testing.assert_allclose(ops.quantile(np.float32([4, 1, 3, 2]), [0.25, 0.5]), [1.75, 2.5])
+    np.testing.assert_allclose(ops.median(np.float32([[4, 1], [3, 2]])), 2.5)
+    assert ops.logspace(0, 2, 3).dtype == np.float32 and ops.logspace(0, 2, 3).tolist() == [1, 10,
+                                                                                           100]
+    np.testing.assert_array_equal(ops.empty((2, 3)), np.zeros((2, 3)))
+    np.testing.assert_array_equal(ops.isposinf(np.float32([np.inf, -np.inf, 1])), [1, 0, 0])
+    np.testing.assert_array_equal(ops.get_item(np.arange(6).reshape(2, 3), (1, slice(1, None))),
+                                  [4, 5])
+    with pytest.raises(ValueError, match="q must"):
+        ops.quantile(np.float32([1, 2]), 1.5)
+    with pytest.raises(ValueError, match="method"):
+        ops.quantile(np.float32([1, 2]), 0.5, method="weird")
+    value = B.arg("x", "f32", (None, 3, 2, 4))
+    with pytest.raises(NotImplementedError, match="flash_attention"):
+        ops.dot_product_attention(value, value, value, flash_attention=True)
+    with pytest.raises(ValueError, match="4D"):
+        ops.dot_product_attention(value[:, 0], value[:, 0], value[:, 0])
+    with pytest.raises(NotImplementedError, match="whole batch axis"):
+        ops.slice(value, (1, 0, 0, 0), (2, 3, 2, 4))
+    with pytest.raises(NotImplementedError, match="before the batch axis"):
+        ops.quantile(value, [0.2, 0.5], axis=1)
