@@ -54,7 +54,10 @@ __all__ = ["abs", "absolute", "add", "subtract", "multiply", "divide", "true_div
            "diff", "deg2rad", "rad2deg", "hypot", "cbrt", "signbit", "isneginf", "isposinf",
            "heaviside", "copy", "dtype", "is_tensor", "get_item", "fliplr", "flipud", "rot90",
            "select", "dot_product_attention", "layer_normalization", "rms_normalization",
-           "quantile", "median", "ptp", "logspace", "empty", "empty_like"]
+           "quantile", "median", "ptp", "logspace", "empty", "empty_like", "segment_sum",
+           "segment_max", "sinc", "fmod", "kron", "cross", "digitize", "searchsorted", "isin",
+           "nansum", "nanmean", "nanmax", "nanmin", "real", "imag", "conj", "conjugate", "isreal",
+           "trapezoid", "vander"]
 
 _DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "bool": "bool", "f32": "f32",
            "f64": "f64", "i32": "i32"}
@@ -2096,6 +2099,258 @@ def empty_like(x, dtype=None):
     return zeros_like(x) if dtype is None else full_like(x, 0, dtype)
 
 
+def _segment_hits(data, segment_ids, num_segments, name):
+    """(data as a node, the one-hot [N, S] bool of the rows' segments); ids outside [0, S) hit
+    none (their rows are dropped, as JAX's)."""
+    if num_segments is None:
+        raise ValueError("Argument `num_segments` must be set when using the JAX backend. "
+                         f"Received: num_segments={num_segments}")
+    if isinstance(num_segments, bool) or not isinstance(num_segments, numbers.Integral) \
+            or num_segments < 1:
+        raise ValueError(f"kcompile.ops.{name}: num_segments must be a positive integer; got "
+                         f"{num_segments!r}")
+    x = _node(data, name)
+    ids = as_traced(segment_ids)
+    if not isinstance(ids, Node):
+        ids = B.const(_static_indices(segment_ids).astype(np.int32), "i32")
+    ids = B.cast(ids, "i32") if ids.dtype != "i32" else ids
+    if ids.type.rank != 1 or x.type.rank < 1 or (ids.shape[0] != x.shape[0]):
+        raise ValueError(f"kcompile.ops.{name}: segment_ids must be one id per row of data; got "
+                         f"{ids.type} for {x.type}")
+    hits = B.eq(B.reshape(ids, ids.shape + (1,)),
+                B.const(np.arange(num_segments, dtype=np.int32), "i32"))        # [N, S]
+    return x, hits
+
+
+def segment_sum(data, segment_ids, num_segments=None, sorted=False):  # noqa: A002
+    """The sums of the rows of data (axis 0, the batch too) in each of num_segments segments:
+    [N, ...] -> [num_segments, ...]."""
+    x, hits = _segment_hits(data, segment_ids, num_segments, "segment_sum")
+    floating = x.dtype in ("f32", "f64")
+    values = x if floating else B.cast(x, "f32")
+    rows = B.reshape(values, (values.shape[0], -1)) if values.type.rank != 2 else values
+    if values.type.rank == 1:
+        rows = B.reshape(values, (values.shape[0], 1))
+    total = B.matmul(B.cast(hits, values.dtype), rows, transpose_a=True)          # [S, D]
+    out = B.reshape(total, (num_segments,) + x.shape[1:])
+    return out if floating else B.cast(out, x.dtype)
+
+
+def segment_max(data, segment_ids, num_segments=None, sorted=False):  # noqa: A002
+    """The maxima of the rows of data in each segment (-inf for a segment with no rows, as
+    JAX's; the lowest integer for integers)."""
+    x, hits = _segment_hits(data, segment_ids, num_segments, "segment_max")
+    lowest = float("-inf") if x.dtype in ("f32", "f64") else int(np.iinfo(np.int32).min)
+    rank = x.type.rank
+    spread = B.reshape(x, (x.shape[0], 1) + x.shape[1:])                          # [N, 1, ...]
+    hit = B.reshape(hits, hits.shape + (1,) * (rank - 1))                          # [N, S, 1...]
+    picked = B.select(hit, spread, B.full_like(B.broadcast(spread, hit.shape[:2] + x.shape[1:]),
+                                                lowest))
+    return B.reduce_max(picked, (0,), False)
+
+
+def sinc(x):
+    """sin(pi x) / (pi x), 1 at 0."""
+    w, dtype = _wide_input(x, "sinc")
+    zero = B.eq(w, 0.0)
+    scaled = B.mul(B.select(zero, B.full_like(w, 1.0), w), np.pi)
+    value, _, _ = _sin_cos(scaled, "sinc")
+    return _narrow(B.select(zero, B.full_like(w, 1.0), B.div(value, scaled)), dtype)
+
+
+def fmod(x1, x2):
+    """The remainder with the sign of x1 (C's fmod): x1 - trunc(x1 / x2) x2."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, "fmod")
+    quotient = trunc(B.true_div(a, b))
+    like = a if isinstance(a, Node) else b
+    if like.dtype not in ("f32", "f64") and (not isinstance(b, Node) or b.dtype not in ("f32",
+                                                                                         "f64")):
+        quotient = B.cast(quotient, "i32")
+    return B.sub(a, B.mul(quotient, b))
+
+
+def kron(x1, x2):
+    """The Kronecker product (values of one rank, no batch axis)."""
+    a, b = (_node(v, "kron") if isinstance(as_traced(v), Node) else B.const(np.asarray(v))
+            for v in (x1, x2))
+    if a.type.batched or b.type.batched:
+        raise NotImplementedError("kcompile.ops.kron of a value with a batch axis is not supported")
+    rank = builtins.max(a.type.rank, b.type.rank)
+    a = B.reshape(a, (1,) * (rank - a.type.rank) + a.shape)
+    b = B.reshape(b, (1,) * (rank - b.type.rank) + b.shape)
+    if a.dtype != b.dtype:
+        a, b = B.cast(a, "f32"), B.cast(b, "f32")
+    interleaved_a = B.reshape(a, tuple(d for n in a.shape for d in (n, 1)))
+    interleaved_b = B.reshape(b, tuple(d for n in b.shape for d in (1, n)))
+    product = B.mul(interleaved_a, interleaved_b)
+    return B.reshape(product, tuple(m * n for m, n in zip(a.shape, b.shape)))
+
+
+def cross(x1, x2, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """The cross product of 3-vectors along the last axes (numpy's cross for 3-vectors)."""
+    from ir import build_seq
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    a, b = (moveaxis(_node(v, "cross") if isinstance(as_traced(v), Node) else
+                     B.const(np.asarray(v, np.float32)), ax, -1) for v, ax in ((x1, axisa),
+                                                                                (x2, axisb)))
+    if a.shape[-1] != 3 or b.shape[-1] != 3:
+        raise NotImplementedError("kcompile.ops.cross takes 3-vectors (2-vectors are not "
+                                  f"supported); got {a.type} and {b.type}")
+    ax, ay, az = (build_seq.slice(a, i, i + 1, -1) for i in range(3))
+    bx, by, bz = (build_seq.slice(b, i, i + 1, -1) for i in range(3))
+    out = concatenate([subtract(ay * bz, az * by), subtract(az * bx, ax * bz),
+                       subtract(ax * by, ay * bx)], axis=-1)
+    return moveaxis(out, -1, axisc)
+
+
+def digitize(x, bins):
+    """The bin of each entry for increasing `bins` (numbers): how many bins are <= x, int32."""
+    x = _node(x, "digitize")
+    edges = np.asarray(bins, np.float64)
+    if edges.ndim != 1 or np.any(np.diff(edges) < 0):
+        raise ValueError(f"kcompile.ops.digitize: bins must be increasing numbers; got {bins!r}")
+    wide = B.cast(x, "f64") if x.dtype != "f64" else x
+    below = B.ge(B.reshape(wide, x.shape + (1,)), B.const(edges, "f64"))
+    return B.reduce_sum(B.cast(below, "i32"), (x.type.rank,), False)
+
+
+def searchsorted(sorted_sequence, values, side="left"):
+    """Where each value would go in the 1-D sorted_sequence to keep it sorted, int32."""
+    if side not in ("left", "right"):
+        raise ValueError(f"`side` must be either 'left' or 'right'. Received: side={side}")
+    seq = as_traced(sorted_sequence)
+    seq = seq if isinstance(seq, Node) else B.const(np.asarray(sorted_sequence, np.float32))
+    v = _node(values, "searchsorted") if isinstance(as_traced(values), Node) else \
+        B.const(np.asarray(values, np.float32))
+    if seq.type.rank != 1 or seq.type.batched:
+        raise ValueError(f"kcompile.ops.searchsorted needs a 1-D sorted_sequence; got {seq.type}")
+    if seq.dtype != v.dtype:
+        seq, v = B.cast(seq, "f32"), B.cast(v, "f32")
+    column = B.reshape(v, v.shape + (1,))
+    before = B.lt(seq, column) if side == "left" else B.le(seq, column)
+    return B.reduce_sum(B.cast(before, "i32"), (v.type.rank,), False)
+
+
+def isin(x1, x2, assume_unique=False, invert=False):
+    """Whether each entry of x1 is among the entries of x2 (or is not, with invert)."""
+    x = _node(x1, "isin")
+    test = as_traced(x2)
+    if isinstance(test, Node):
+        test = _flat(test, "isin")
+    else:
+        test = B.const(np.ravel(np.asarray(x2)), x.dtype)
+    if test.dtype != x.dtype:
+        x, test = B.cast(x, "f32"), B.cast(test, "f32")
+    found = B.reduce_sum(B.cast(B.eq(B.reshape(x, x.shape + (1,)), test), "i32"),
+                         (x.type.rank,), False)
+    return B.eq(found, 0) if invert else B.gt(found, 0)
+
+
+def _without_nan(x, name, fill):
+    x = _node(x, name)
+    if x.dtype not in ("f32", "f64"):
+        return x, None
+    nan = B.ne(x, x)
+    return B.select(nan, B.full_like(x, fill), x), nan
+
+
+def nansum(x, axis=None, keepdims=False):
+    """The sum, NaN entries left out."""
+    clean, _ = _without_nan(x, "nansum", 0.0)
+    return sum(clean, axis, keepdims)
+
+
+def nanmean(x, axis=None, keepdims=False):
+    """The mean of the entries that are not NaN (NaN where all are)."""
+    clean, nan = _without_nan(x, "nanmean", 0.0)
+    if nan is None:
+        return mean(clean, axis, keepdims)
+    count = sum(B.cast(logical_not(nan), clean.dtype), axis, keepdims)
+    return B.div(sum(clean, axis, keepdims), count)
+
+
+def nanmax(x, axis=None, keepdims=False):
+    """The maximum of the entries that are not NaN (NaN where all are)."""
+    clean, nan = _without_nan(x, "nanmax", float("-inf"))
+    out = max(clean, axis, keepdims)
+    if nan is None:
+        return out
+    none = B.eq(sum(B.cast(logical_not(nan), "i32"), axis, keepdims), 0)
+    return B.select(none, B.full_like(out, float("nan")), out)
+
+
+def nanmin(x, axis=None, keepdims=False):
+    clean, nan = _without_nan(x, "nanmin", float("inf"))
+    out = min(clean, axis, keepdims)
+    if nan is None:
+        return out
+    none = B.eq(sum(B.cast(logical_not(nan), "i32"), axis, keepdims), 0)
+    return B.select(none, B.full_like(out, float("nan")), out)
+
+
+def real(x):
+    """x itself (kcompile has no complex values)."""
+    return _node(x, "real")
+
+
+def imag(x):
+    return B.zeros_like(_node(x, "imag"))
+
+
+def conj(x):
+    return _node(x, "conj")
+
+
+conjugate = conj
+
+
+def isreal(x):
+    x = _node(x, "isreal")
+    return B.eq(B.cast(B.zeros_like(x), "i32"), 0)
+
+
+def trapezoid(y, x=None, dx=1.0, axis=-1):
+    """The trapezoidal rule's integral of y along `axis` (spacing dx, or the sample points x)."""
+    from ir import build_seq
+    y = _node(y, "trapezoid")
+    if y.dtype not in ("f32", "f64"):
+        y = B.cast(y, "f32")
+    axis = _static_axis(y, axis, "trapezoid")
+    size = y.shape[axis]
+    mids = B.mul(B.add(build_seq.slice(y, 1, size, axis), build_seq.slice(y, 0, size - 1, axis)),
+                 0.5)
+    if x is None:
+        return B.mul(B.reduce_sum(mids, (axis,), False), float(dx))
+    points = as_traced(x)
+    points = points if isinstance(points, Node) else B.const(np.asarray(x, np.float32), y.dtype)
+    if points.dtype != y.dtype:
+        points = B.cast(points, y.dtype)
+    if points.type.rank == 1:
+        points = B.reshape(points, tuple(size if i == axis else 1 for i in range(y.type.rank)))
+    steps = diff(points, 1, axis % points.type.rank if points.type.rank == y.type.rank else -1)
+    return B.reduce_sum(B.mul(mids, steps), (axis,), False)
+
+
+def vander(x, N=None, increasing=False):
+    """numpy's Vandermonde matrix of a 1-D value: columns x^(N-1), ..., x^0 (or increasing)."""
+    x = _node(x, "vander")
+    if x.type.rank != 1:
+        raise ValueError(f"kcompile.ops.vander needs a 1-D value; got {x.type}")
+    count = x.shape[0] if N is None else int(N)
+    if count is None or count < 1:
+        raise ValueError("kcompile.ops.vander: give N (the number of columns) for a batched value")
+    column = B.reshape(x, (x.shape[0], 1))
+    powers = [B.full_like(column, 1)]
+    for _ in range(count - 1):
+        powers.append(B.mul(powers[-1], column))
+    if not increasing:
+        powers.reverse()
+    return concatenate(powers, axis=1)
+
+
 # -- the same functions on arrays, outside a trace ------------------------------------------------
 
 # how many leading positional arguments are operands (the rest are axes, shapes, dtypes, bounds)
@@ -2108,7 +2363,7 @@ _OPERANDS = {name: 2 for name in ("add", "subtract", "multiply", "divide", "true
 _OPERANDS["where"] = 3
 _OPERANDS.update({name: 2 for name in ("arctan2", "logaddexp", "logical_xor", "isclose", "outer",
                                        "in_top_k", "tensordot", "inner", "vdot", "hypot",
-                                       "heaviside")})
+                                       "heaviside", "fmod", "kron", "cross", "isin")})
 _OPERANDS["dot_product_attention"] = 3
 _SEQUENCE_OPERAND = ("concatenate", "stack", "hstack", "vstack")     # one argument: a list of operands
 # numpy's already, or not an array function

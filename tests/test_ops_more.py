@@ -651,3 +651,115 @@ def test_second_set_small_things_as_keras():
         ops.slice(value, (1, 0, 0, 0), (2, 3, 2, 4))
     with pytest.raises(NotImplementedError, match="before the batch axis"):
         ops.quantile(value, [0.2, 0.5], axis=1)
+
+
+# -- the third set: segments, nan-reductions, small numpy helpers ---------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_segment_sums_over_the_batch_feed_back_through_take(target):
+    """Each sample minus the sum (and plus the max) of the samples in its segment (the segment: the
+    argmax of its first three features): segment_sum and segment_max reduce over the batch, take
+    reads the segments' rows back per sample; values as numpy's, and one SGD step through it as
+    finite differences of the same loss in numpy."""
+    x = RNG.normal(size=(7, 4)).astype(np.float32)
+    y = RNG.normal(size=(7, 4)).astype(np.float32)
+
+    def grouped(v):
+        ids = ops.argmax(v[:, :3], axis=-1)
+        totals = ops.segment_sum(v, ids, num_segments=3)
+        maxima = ops.segment_max(v, ids, num_segments=3)
+        return v - ops.take(totals, ids, axis=0) * 0.5 + ops.take(maxima, ids, axis=0)
+
+    def numpy_grouped(v):
+        ids = np.argmax(v[:, :3], axis=-1)
+        totals = np.stack([v[ids == s].sum(0) for s in range(3)])
+        maxima = np.stack([v[ids == s].max(0) if (ids == s).any() else np.full(4, -np.inf)
+                           for s in range(3)])
+        return v - totals[ids] * 0.5 + maxima[ids]
+
+    kernel0 = (np.eye(4) + RNG.normal(size=(4, 4)) * 0.1).astype(np.float32)
+    model = Sequential([Input((4,)), Dense(4, use_bias=False), Lambda(grouped)])
+    model.compile(optimizer=kcompile.optimizers.SGD(0.1), loss="mse", target=target)
+    model.set_weights([kernel0])
+    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0),
+                               numpy_grouped(x.astype(np.float64) @ kernel0), rtol=1e-5, atol=1e-5)
+
+    def loss(kernel):
+        return np.mean((numpy_grouped(x.astype(np.float64) @ kernel) - y) ** 2)
+
+    numeric = np.zeros((4, 4))
+    for j in range(16):
+        step = np.zeros(16)
+        step[j] = 1e-6
+        numeric.reshape(-1)[j] = (loss(kernel0 + step.reshape(4, 4)) -
+                                  loss(kernel0 - step.reshape(4, 4))) / 2e-6
+    model.fit(x, y, batch_size=7, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.get_weights()[0], kernel0 - 0.1 * numeric, rtol=1e-4,
+                               atol=1e-5)
+
+
+THIRD = [
+    ("sinc", ops.sinc, np.sinc),
+    ("fmod", lambda v: ops.fmod(v * 5.0, 1.5), lambda a: np.fmod(a * 5, 1.5)),
+    ("cross", lambda v: ops.cross(v[:, :, :3], v[:, :, 2:]),
+     lambda a: np.cross(a[:, :, :3], a[:, :, 2:])),
+    ("digitize", lambda v: ops.digitize(v, [-1.0, 0.0, 0.5]),
+     lambda a: np.digitize(a, [-1.0, 0.0, 0.5])),
+    ("searchsorted", lambda v: ops.searchsorted(np.float32([-1, 0, 0.5]), v, side="right"),
+     lambda a: np.searchsorted(np.float32([-1, 0, 0.5]), a.astype(np.float32), side="right")),
+    ("isin", lambda v: ops.isin(ops.round(v * 2.0), [0.0, 1.0, -3.0]),
+     lambda a: np.isin(np.round(a * 2), [0.0, 1.0, -3.0])),
+    ("nansum", lambda v: ops.nansum(ops.log(v), axis=2), lambda a: np.nansum(np.log(a), axis=2)),
+    ("nanmean", lambda v: ops.nanmean(ops.log(v), axis=1, keepdims=True),
+     lambda a: np.nanmean(np.log(a), axis=1, keepdims=True)),
+    ("nanmax", lambda v: ops.nanmax(ops.log(v), axis=2), lambda a: np.nanmax(np.log(a), axis=2)),
+    ("nanmin", lambda v: ops.nanmin(ops.log(v), axis=2), lambda a: np.nanmin(np.log(a), axis=2)),
+    ("trapezoid", lambda v: ops.trapezoid(v, axis=1), lambda a: np.trapezoid(a, axis=1)),
+    ("trapezoid x", lambda v: ops.trapezoid(v, np.float32([0, 1, 3, 3.5, 5])),
+     lambda a: np.trapezoid(a, np.float32([0, 1, 3, 3.5, 5]))),
+    ("real", lambda v: ops.real(v) + ops.imag(v), lambda a: a),
+]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_third_set_on_a_batch_as_numpys(target):
+    x = RNG.normal(size=(6, 4, 5)).astype(np.float32)
+    x[0] = -np.abs(x[0])                    # a row of logs that are all NaN
+    with np.errstate(all="ignore"):
+        wants = [np.asarray(reference(x.astype(np.float64))) for _, _, reference in THIRD]
+    sizes = [int(np.prod(w.shape[1:])) for w in wants]
+
+    def everything(v):
+        return ops.concatenate([ops.reshape(ops.cast(fn(v), "float32"), (-1, size))
+                                for (_, fn, _), size in zip(THIRD, sizes)], axis=-1)
+
+    got = _predict(everything, x, target)
+    start = 0
+    for (name, fn, _), want, size in zip(THIRD, wants, sizes):
+        part = got[:, start:start + size].reshape(want.shape)
+        start += size
+        np.testing.assert_allclose(part, want, rtol=2e-6, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(fn(x), want, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+def test_the_third_set_small_things():
+    np.testing.assert_array_equal(ops.kron(np.arange(4.0).reshape(2, 2), np.arange(6.0).reshape(2, 3)),
+                                  np.kron(np.arange(4.0).reshape(2, 2), np.arange(6.0).reshape(2, 3)))
+    np.testing.assert_array_equal(ops.vander(np.float32([1, 2, 3])), np.vander([1, 2, 3]))
+    np.testing.assert_array_equal(ops.vander(np.float32([1, 2]), 3, True), np.vander([1, 2], 3, True))
+    np.testing.assert_array_equal(ops.fmod(np.int32([-7, 7]), np.int32([2, 2])), [-1, 1])
+    assert ops.fmod(np.int32([-7]), np.int32([2])).dtype == np.int32
+    np.testing.assert_array_equal(ops.segment_max(np.float32([1, 2, 3]), np.int32([0, 0, 2]), 3),
+                                  [2, -np.inf, 3])
+    np.testing.assert_array_equal(ops.segment_sum(np.arange(6).reshape(3, 2), [0, 0, 1], 2),
+                                  [[2, 4], [4, 5]])
+    with pytest.raises(ValueError, match="num_segments"):
+        ops.segment_sum(np.float32([1, 2]), [0, 1])
+    with pytest.raises(NotImplementedError, match="3-vectors"):
+        ops.cross(np.float32([1, 2]), np.float32([3, 4]))
+    with pytest.raises(ValueError, match="increasing"):
+        ops.digitize(np.float32([1]), [2.0, 1.0])
+    analytic, numeric = _fd_gradient(lambda v: ops.sinc(v) + ops.trapezoid(v, dx=0.5),
+                                     np.array([-1.3, 0.0, 0.4, 2.2]))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
