@@ -1176,7 +1176,7 @@ def swapaxes(x, axis1, axis2):
 def _pieces(x, indices, axis):
     """The entries at static `indices` along `axis`, by slices joined in order."""
     from ir import build_seq
-    runs, start = [], None
+    runs, start, stop = [], None, None
     for index in list(indices) + [None]:          # runs of consecutive indices, one slice each
         if start is not None and index == stop:
             stop += 1
