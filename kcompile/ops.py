@@ -2272,23 +2272,25 @@ def nanmean(x, axis=None, keepdims=False):
     return B.div(sum(clean, axis, keepdims), count)
 
 
-def nanmax(x, axis=None, keepdims=False):
-    """The maximum of the entries that are not NaN (NaN where all are)."""
-    clean, nan = _without_nan(x, "nanmax", float("-inf"))
-    out = max(clean, axis, keepdims)
+def _nan_extreme(x, axis, keepdims, name, fill, reduce):
+    """`reduce` (max or min) of the entries that are not NaN, which become `fill` first (NaN where
+    all are)."""
+    clean, nan = _without_nan(x, name, fill)
+    out = reduce(clean, axis, keepdims)
     if nan is None:
         return out
     none = B.eq(sum(B.cast(logical_not(nan), "i32"), axis, keepdims), 0)
     return B.select(none, B.full_like(out, float("nan")), out)
+
+
+def nanmax(x, axis=None, keepdims=False):
+    """The maximum of the entries that are not NaN (NaN where all are)."""
+    return _nan_extreme(x, axis, keepdims, "nanmax", float("-inf"), max)
 
 
 def nanmin(x, axis=None, keepdims=False):
-    clean, nan = _without_nan(x, "nanmin", float("inf"))
-    out = min(clean, axis, keepdims)
-    if nan is None:
-        return out
-    none = B.eq(sum(B.cast(logical_not(nan), "i32"), axis, keepdims), 0)
-    return B.select(none, B.full_like(out, float("nan")), out)
+    """The minimum of the entries that are not NaN (NaN where all are)."""
+    return _nan_extreme(x, axis, keepdims, "nanmin", float("inf"), min)
 
 
 def real(x):
