@@ -257,20 +257,11 @@ _COS_TERMS = [(-1) ** k / _math.factorial(2 * k) for k in range(9)]
 
 def _sin_cos(x, name):
     """(sin x, cos x) in float64, and the float type of the result (x's, or f32 for integers)."""
-    x = _node(x, name)
-    dtype = x.dtype if x.dtype in ("f32", "f64") else "f32"
-    wide = B.cast(x, "f64") if x.dtype != "f64" else x
+    wide, dtype = _wide_input(x, name)
     turns = B.floor(B.add(B.mul(wide, 2.0 / np.pi), 0.5))                  # round(x 2/pi)
     r = B.sub(B.sub(wide, B.mul(turns, _HALF_PI_HI)), B.mul(turns, _HALF_PI_LO))
     square = B.mul(r, r)
-
-    def series(terms):
-        total = terms[-1]
-        for term in reversed(terms[:-1]):
-            total = B.add(B.mul(total, square), term)
-        return total
-
-    sin_r, cos_r = B.mul(series(_SIN_TERMS), r), series(_COS_TERMS)
+    sin_r, cos_r = B.mul(_horner(square, _SIN_TERMS), r), _horner(square, _COS_TERMS)
     quarter = B.sub(turns, B.mul(B.floor(B.mul(turns, 0.25)), 4.0))       # 0, 1, 2 or 3 (NaN)
     # sin(r + q pi/2) and cos(r + q pi/2); NaN (from an inf or NaN x) stays NaN through r
     below_two, first, third = B.lt(quarter, 2.0), B.lt(quarter, 1.0), B.lt(quarter, 3.0)
@@ -696,6 +687,20 @@ def _wide_input(x, name):
     return (x if x.dtype == "f64" else B.cast(x, "f64")), dtype
 
 
+def _wide_pair(x1, x2, name):
+    """x1 and x2 (traced values or numbers, one at least traced) as float64 values of one shape,
+    and the float type of the result (the traced operand's, or float32 for integers and bools)."""
+    a, b = as_traced(x1), as_traced(x2)
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        _node(a, name)
+    like = a if isinstance(a, Node) else b
+    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
+    a, b = (B.cast(v, "f64") if isinstance(v, Node) else B.const(np.asarray(v, np.float64), "f64")
+            for v in (a, b))
+    a, b = B._lift(a, b)
+    return a, b, dtype
+
+
 def _horner(z, coefficients):
     total = coefficients[-1]
     for coefficient in reversed(coefficients[:-1]):
@@ -818,14 +823,7 @@ def arccos(x):
 def arctan2(x1, x2):
     """The angle of the point (x2, x1), as numpy's arctan2(y=x1, x=x2), in (-pi, pi] (the signs of
     zeros are not told apart: arctan2(0, -0) is 0, numpy's pi; two infinities give NaN)."""
-    y, x = as_traced(x1), as_traced(x2)
-    if not isinstance(y, Node) and not isinstance(x, Node):
-        _node(y, "arctan2")
-    like = y if isinstance(y, Node) else x
-    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
-    y = B.cast(y, "f64") if isinstance(y, Node) else B.const(float(y), "f64")
-    x = B.cast(x, "f64") if isinstance(x, Node) else B.const(float(x), "f64")
-    y, x = B._lift(y, x)
+    y, x, dtype = _wide_pair(x1, x2, "arctan2")
     zero = B.eq(x, 0.0)
     base = _atan64(B.div(y, B.select(zero, B.full_like(x, 1.0), x)))
     half_turn = B.select(B.ge(y, 0.0), B.full_like(y, np.pi), B.full_like(y, -np.pi))
@@ -857,14 +855,7 @@ def trunc(x):
 def logaddexp(x1, x2):
     """log(exp(x1) + exp(x2)), in float64 without overflow: the larger plus log(1 + exp(-|x1 - x2|))
     (the gradient splits evenly at a tie, as the exact one)."""
-    a, b = as_traced(x1), as_traced(x2)
-    if not isinstance(a, Node) and not isinstance(b, Node):
-        _node(a, "logaddexp")
-    like = a if isinstance(a, Node) else b
-    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
-    a, b = (B.cast(v, "f64") if isinstance(v, Node) else B.const(np.asarray(v, np.float64), "f64")
-            for v in (a, b))
-    a, b = B._lift(a, b)
+    a, b, dtype = _wide_pair(x1, x2, "logaddexp")
     d = B.sub(a, b)
     d = B.select(B.ne(d, d), B.zeros_like(d), d)       # (inf - inf: the two are equal infinities)
     first = B.ge(d, 0.0)
@@ -1811,13 +1802,7 @@ def rad2deg(x):
 
 def hypot(x1, x2):
     """sqrt(x1^2 + x2^2), in float64 (no overflow for float32 values)."""
-    a, b = as_traced(x1), as_traced(x2)
-    if not isinstance(a, Node) and not isinstance(b, Node):
-        _node(a, "hypot")
-    like = a if isinstance(a, Node) else b
-    dtype = like.dtype if like.dtype in ("f32", "f64") else "f32"
-    a, b = (B.cast(v, "f64") if isinstance(v, Node) else B.const(np.asarray(v, np.float64), "f64")
-            for v in (a, b))
+    a, b, dtype = _wide_pair(x1, x2, "hypot")
     return _narrow(B.sqrt(B.add(B.mul(a, a), B.mul(b, b))), dtype)
 
 

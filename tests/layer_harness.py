@@ -10,11 +10,37 @@ import json
 import numpy as np
 
 from kcompile import optimizers
-from kcompile.layers import Input
+from kcompile.layers import Input, Layer
 from kcompile.models import Sequential
 from kcompile.utils import set_random_seed
 
 TARGETS = ("reference", "llvm")
+
+
+class Offset(Layer):
+    """x + w, w of the per-sample shape and zero at first: after one SGD step of learning rate lr on
+    the whole batch, -w / lr is the batch's summed gradient with respect to the next layer's input."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="w")
+
+    def call(self, x):
+        return x + self.w
+
+
+def central_differences(f, arrays, index, h=1e-6):
+    """d f / d arrays[index] of the float64 scalar function f(*arrays)."""
+    arrays = [np.array(a, np.float64) for a in arrays]
+    target, gradient = arrays[index], np.zeros_like(arrays[index])
+    for i in np.ndindex(target.shape):
+        old = target[i]
+        target[i] = old + h
+        up = f(*arrays)
+        target[i] = old - h
+        down = f(*arrays)
+        target[i] = old
+        gradient[i] = (up - down) / (2 * h)
+    return gradient
 
 
 def _standard_inputs(rng, shape):

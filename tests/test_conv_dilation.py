@@ -18,19 +18,8 @@ from kcompile.layers.convolutional import dilate_kernel
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from keras_subprocess import keras_available, run_keras_models
-from layer_harness import check_fit_matches_reference, run_layer_test
+from layer_harness import check_fit_matches_reference, Offset, run_layer_test
 from targets import TARGETS
-
-
-class Offset(L.Layer):
-    """x + w, w of the per-sample shape and zero at first: after one SGD step of learning rate lr on
-    the whole batch, -w / lr is the batch's summed gradient with respect to the next layer's input."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="w")
-
-    def call(self, x):
-        return x + self.w
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,20 +16,9 @@ from kcompile import optimizers, regularizers
 from kcompile.describe import describe
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
-from layer_harness import check_fit_matches_reference, run_layer_test
+from layer_harness import check_fit_matches_reference, Offset, run_layer_test
 from targets import TARGETS
 from keras_subprocess import keras_available, run_keras_models
-
-
-class Offset(L.Layer):
-    """x + w, w of the per-sample shape and zero at first: after one SGD step of learning rate 1 on
-    the whole batch, -w is the batch's summed gradient with respect to the next layer's input."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="w")
-
-    def call(self, x):
-        return x + self.w
 
 
 # -- numpy (float64) ------------------------------------------------------------------------------

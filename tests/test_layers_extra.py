@@ -27,19 +27,8 @@ from kcompile.layers.layer import TraceScope
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from keras_subprocess import keras_available, run_keras_models
-from layer_harness import check_fit_matches_reference, run_layer_test
+from layer_harness import central_differences, check_fit_matches_reference, Offset, run_layer_test
 from targets import TARGETS
-
-
-class Offset(L.Layer):
-    """x + w, w of the per-sample shape and zero at first: after one SGD step of learning rate 1 on
-    the whole batch, -w is the batch's summed gradient with respect to the next layer's input."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="w")
-
-    def call(self, x):
-        return x + self.w
 
 
 # -- float64 numpy references ----------------------------------------------------------------------
@@ -68,21 +57,6 @@ def group_normalization(x, groups, axis, gamma=None, beta=None, epsilon=1e-3):
     if beta is not None:
         out = out + beta
     return np.moveaxis(out, -1, axis)
-
-
-def central_differences(f, arrays, index, h=1e-6):
-    """d f / d arrays[index] of the float64 scalar function f(*arrays)."""
-    arrays = [np.array(a, np.float64) for a in arrays]
-    target, gradient = arrays[index], np.zeros_like(arrays[index])
-    for i in np.ndindex(target.shape):
-        old = target[i]
-        target[i] = old + h
-        up = f(*arrays)
-        target[i] = old - h
-        down = f(*arrays)
-        target[i] = old
-        gradient[i] = (up - down) / (2 * h)
-    return gradient
 
 
 # (layer, per-sample input shape, weights to set (rng, shapes) -> list, numpy forward(x, *weights),

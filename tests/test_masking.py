@@ -23,20 +23,10 @@ from kcompile import layers as L
 from kcompile.models import Sequential, load_model, model_from_json
 from kcompile.utils import set_random_seed
 from keras_subprocess import keras_available, run_keras
+from layer_harness import Offset, central_differences
 from targets import TARGETS
 
 STEPS, FEATURES = 6, 3
-
-
-class Offset(L.Layer):
-    """x + w, w zero at first: after one SGD step of learning rate 1 on the whole batch, -w is the
-    batch's summed gradient with respect to the next layer's input."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="w")
-
-    def call(self, x):
-        return x + self.w
 
 
 # -- float64 numpy references ----------------------------------------------------------------------
@@ -104,21 +94,6 @@ def padded_sequences(rng, batch=4):
     x[2, 5] = 0.0
     x[3, :2] = 0.0
     return x.astype(np.float32)
-
-
-def central_differences(f, arrays, index, h=1e-6):
-    """d f / d arrays[index] of the float64 scalar function f(*arrays)."""
-    arrays = [np.array(a, np.float64) for a in arrays]
-    target, gradient = arrays[index], np.zeros_like(arrays[index])
-    for i in np.ndindex(target.shape):
-        old = target[i]
-        target[i] = old + h
-        up = f(*arrays)
-        target[i] = old - h
-        down = f(*arrays)
-        target[i] = old
-        gradient[i] = (up - down) / (2 * h)
-    return gradient
 
 
 # -- recurrent layers after Masking, against numpy --------------------------------------------------
